@@ -1,0 +1,298 @@
+//! Client configuration: the wg-quick `.conf` a device imports, and a download file name that
+//! is safe for any device name.
+
+use std::fmt::Write as _;
+
+use zeroize::Zeroizing;
+
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::resources::{WgPeerSpec, WgServerSpec};
+
+/// Routes sent through the tunnel when the server names none: everything.
+pub const DEFAULT_ALLOWED_IPS: [&str; 2] = ["0.0.0.0/0", "::/0"];
+
+/// Everything a client `.conf` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub private_key: PrivateKey,
+    /// The device's addresses with prefix (`10.8.0.2/32`, `fd00:8::2/128`).
+    pub addresses: Vec<String>,
+    pub dns: Vec<String>,
+    pub mtu: Option<u16>,
+    pub server_public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    /// `host:port` the client dials.
+    pub endpoint: String,
+    pub allowed_ips: Vec<String>,
+    /// Seconds; `None` or 0 leaves it out.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Why a config cannot be made yet; names the missing piece.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("the peer has no address yet")]
+    NoAddress,
+    #[error("the server has not published its public key yet")]
+    NoServerKey,
+}
+
+/// The routes of a server's client configs: its `clientAllowedIPs` or everything.
+pub fn default_allowed_ips(server: &WgServerSpec) -> Vec<String> {
+    if server.client_allowed_ips.is_empty() {
+        DEFAULT_ALLOWED_IPS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        server.client_allowed_ips.clone()
+    }
+}
+
+impl ClientConfig {
+    /// The config of `peer` on `server`, given the keys read from their Secrets and the server's
+    /// published public key.
+    pub fn for_peer(
+        server: &WgServerSpec,
+        server_public_key: Option<PublicKey>,
+        peer: &WgPeerSpec,
+        private_key: PrivateKey,
+        preshared_key: Option<PresharedKey>,
+    ) -> Result<Self, ConfigError> {
+        let server_public_key = server_public_key.ok_or(ConfigError::NoServerKey)?;
+        let address = peer.address.clone().ok_or(ConfigError::NoAddress)?;
+        let mut addresses = vec![address];
+        addresses.extend(peer.address6.clone());
+        Ok(Self {
+            private_key,
+            addresses,
+            dns: server.dns.clone(),
+            mtu: server.mtu.and_then(|mtu| u16::try_from(mtu).ok()),
+            server_public_key,
+            preshared_key,
+            endpoint: server.endpoint.clone(),
+            allowed_ips: default_allowed_ips(server),
+            persistent_keepalive: server
+                .persistent_keepalive
+                .and_then(|k| u16::try_from(k).ok())
+                .filter(|k| *k > 0),
+        })
+    }
+
+    /// The wg-quick `.conf` text, in a buffer zeroized on drop (it holds the private key).
+    pub fn render(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(512));
+        let text: &mut String = &mut out;
+        // Writing to a String cannot fail.
+        let _ = writeln!(text, "[Interface]");
+        let _ = writeln!(
+            text,
+            "PrivateKey = {}",
+            self.private_key.to_base64().as_str()
+        );
+        let _ = writeln!(text, "Address = {}", self.addresses.join(", "));
+        if !self.dns.is_empty() {
+            let _ = writeln!(text, "DNS = {}", self.dns.join(", "));
+        }
+        if let Some(mtu) = self.mtu {
+            let _ = writeln!(text, "MTU = {mtu}");
+        }
+        let _ = writeln!(text);
+        let _ = writeln!(text, "[Peer]");
+        let _ = writeln!(text, "PublicKey = {}", self.server_public_key);
+        if let Some(psk) = &self.preshared_key {
+            let _ = writeln!(text, "PresharedKey = {}", psk.to_base64().as_str());
+        }
+        let _ = writeln!(text, "Endpoint = {}", self.endpoint);
+        let _ = writeln!(text, "AllowedIPs = {}", self.allowed_ips.join(", "));
+        if let Some(keepalive) = self.persistent_keepalive.filter(|k| *k > 0) {
+            let _ = writeln!(text, "PersistentKeepalive = {keepalive}");
+        }
+        out
+    }
+}
+
+/// The longest interface name Linux allows; wg-quick names the interface after the file.
+const MAX_INTERFACE_NAME: usize = 15;
+const PREFIX: &str = "wgsub-";
+
+/// A download file name `wgsub-<device>.conf` that wg-quick accepts as an interface name (at most
+/// 15 characters of `[A-Za-z0-9_=+.-]`) whatever the device name holds; `fallback` (e.g. the
+/// device number) is used when nothing of the name survives.
+pub fn config_file_name(device_name: Option<&str>, fallback: &str) -> String {
+    let room = MAX_INTERFACE_NAME - PREFIX.len();
+    let clean = |text: &str| -> String {
+        let mut out = String::new();
+        for c in text.chars() {
+            let c = match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '=' | '+' | '.' => c,
+                ' ' | '-' | '/' | '\\' | ':' => '-',
+                _ => continue,
+            };
+            if (c == '-' || c == '.') && (out.is_empty() || out.ends_with('-')) {
+                continue;
+            }
+            out.push(c);
+        }
+        let mut out: String = out.chars().take(room).collect();
+        while out.ends_with('-') || out.ends_with('.') {
+            out.pop();
+        }
+        out
+    };
+    let stem = device_name
+        .map(clean)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| clean(fallback));
+    let stem = if stem.is_empty() {
+        "vpn".to_owned()
+    } else {
+        stem
+    };
+    format!("{PREFIX}{stem}.conf")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::SecretKeyRef;
+    use proptest::prelude::*;
+
+    fn server() -> WgServerSpec {
+        serde_json::from_value(serde_json::json!({
+            "endpoint": "vpn.example.com:51820",
+            "addressPool": "10.8.0.0/24",
+            "dns": ["1.1.1.1", "2606:4700:4700::1111"],
+            "mtu": 1420,
+            "persistentKeepalive": 25,
+            "privateKeySecretRef": {"name": "wg0-key"}
+        }))
+        .unwrap()
+    }
+
+    fn peer() -> WgPeerSpec {
+        WgPeerSpec {
+            server: "main".into(),
+            public_key: None,
+            private_key_secret_ref: Some(SecretKeyRef::new("tg-1-1-key", "privateKey")),
+            preshared_key_secret_ref: None,
+            address: Some("10.8.0.2/32".into()),
+            address6: Some("fd00:8::2/128".into()),
+            expires_at: None,
+            enabled: true,
+            device_name: None,
+        }
+    }
+
+    #[test]
+    fn renders_every_field_in_wg_quick_form() {
+        let private = PrivateKey::generate();
+        let server_key = PrivateKey::generate().public_key();
+        let psk = PresharedKey::generate();
+        let config = ClientConfig::for_peer(
+            &server(),
+            Some(server_key),
+            &peer(),
+            private.clone(),
+            Some(psk.clone()),
+        )
+        .unwrap();
+        let text = config.render();
+        let expected = format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.8.0.2/32, fd00:8::2/128\nDNS = 1.1.1.1, 2606:4700:4700::1111\nMTU = 1420\n\n[Peer]\nPublicKey = {}\nPresharedKey = {}\nEndpoint = vpn.example.com:51820\nAllowedIPs = 0.0.0.0/0, ::/0\nPersistentKeepalive = 25\n",
+            private.to_base64().as_str(),
+            server_key,
+            psk.to_base64().as_str()
+        );
+        assert_eq!(text.as_str(), expected);
+    }
+
+    #[test]
+    fn optional_lines_are_left_out() {
+        let mut server = server();
+        server.dns.clear();
+        server.mtu = None;
+        server.persistent_keepalive = Some(0);
+        server.client_allowed_ips = vec!["10.8.0.0/24".into()];
+        let mut peer = peer();
+        peer.address6 = None;
+        let config = ClientConfig::for_peer(
+            &server,
+            Some(PrivateKey::generate().public_key()),
+            &peer,
+            PrivateKey::generate(),
+            None,
+        )
+        .unwrap();
+        let text = config.render();
+        for absent in ["DNS", "MTU", "PresharedKey", "PersistentKeepalive", "fd00"] {
+            assert!(!text.contains(absent), "{absent} in {}", text.as_str());
+        }
+        assert!(text.contains("AllowedIPs = 10.8.0.0/24\n"));
+        assert!(text.contains("Address = 10.8.0.2/32\n"));
+    }
+
+    #[test]
+    fn missing_address_or_server_key_is_named() {
+        let mut no_address = peer();
+        no_address.address = None;
+        let key = Some(PrivateKey::generate().public_key());
+        assert_eq!(
+            ClientConfig::for_peer(&server(), key, &no_address, PrivateKey::generate(), None),
+            Err(ConfigError::NoAddress)
+        );
+        assert_eq!(
+            ClientConfig::for_peer(&server(), None, &peer(), PrivateKey::generate(), None),
+            Err(ConfigError::NoServerKey)
+        );
+    }
+
+    #[test]
+    fn debug_of_a_config_hides_the_private_key() {
+        let config = ClientConfig::for_peer(
+            &server(),
+            Some(PrivateKey::generate().public_key()),
+            &peer(),
+            PrivateKey::generate(),
+            None,
+        )
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(config.private_key.to_base64().as_str()));
+    }
+
+    #[test]
+    fn file_names_are_safe_for_any_device_name() {
+        assert_eq!(config_file_name(Some("iPhone"), "1"), "wgsub-iPhone.conf");
+        assert_eq!(
+            config_file_name(Some("My Laptop"), "1"),
+            "wgsub-My-Laptop.conf"
+        );
+        assert_eq!(config_file_name(Some("Телефон"), "2"), "wgsub-2.conf");
+        assert_eq!(config_file_name(None, "tg-42-3"), "wgsub-tg-42-3.conf");
+        assert_eq!(
+            config_file_name(Some("../../etc/passwd"), "1"),
+            "wgsub-etc-passw.conf"
+        );
+        assert_eq!(
+            config_file_name(Some("a\"b;c\r\nd"), "1"),
+            "wgsub-abcd.conf"
+        );
+        assert_eq!(
+            config_file_name(Some("a very long device name"), "1"),
+            "wgsub-a-very-lo.conf"
+        );
+        assert_eq!(config_file_name(Some("---"), ""), "wgsub-vpn.conf");
+    }
+
+    proptest! {
+        #[test]
+        fn every_file_name_is_a_valid_wg_quick_interface_name(name in any::<String>(), fallback in "[a-z0-9-]{0,20}") {
+            let file = config_file_name(Some(&name), &fallback);
+            let stem = file.strip_suffix(".conf").unwrap();
+            prop_assert!(stem.len() <= 15, "{}", stem);
+            prop_assert!(stem.starts_with("wgsub-") && stem.len() > 6);
+            prop_assert!(stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b)), "{}", stem);
+        }
+    }
+}

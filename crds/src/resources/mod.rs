@@ -1,0 +1,37 @@
+//! The custom resources of group `wgsub.io`, version `v1alpha1`, and the validation the API
+//! server enforces on them (schema patterns, ranges and CEL rules), plus the names, labels and
+//! condition vocabulary the binaries share.
+
+mod common;
+mod peer;
+mod server;
+mod subscription;
+
+pub use common::{
+    CONDITION_READY, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION, SecretKeyRef, condition,
+    new_condition, set_condition,
+};
+pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, peer_name};
+pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
+pub use subscription::{
+    SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,
+    subscription_name, telegram_user_id_from_name,
+};
+
+/// The API group of every wgsub resource.
+pub const GROUP: &str = "wgsub.io";
+/// The one served and stored version.
+pub const VERSION: &str = "v1alpha1";
+
+/// The CRDs as `(file name, YAML)` pairs, one per kind, named by plural as committed under
+/// `crds/`.
+pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    [WgServer::crd(), VpnSubscription::crd(), WgPeer::crd()]
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{}.yaml", crd.spec.names.plural);
+            serde_yaml::to_string(&crd).map(|yaml| (file, yaml))
+        })
+        .collect()
+}

@@ -1,0 +1,115 @@
+//! `WgPeer`: one device of one subscription — its key, its address in the server's pool and
+//! until when it may be on the interface.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{OBJECT_NAME_PATTERN, SecretKeyRef, conditions_schema};
+
+/// The name of a subscription's `index`-th device (1-based): `<subscription>-<index>`.
+pub fn peer_name(subscription: &str, index: u32) -> String {
+    format!("{subscription}-{index}")
+}
+
+/// Desired state of one device.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "wgsub.io",
+    version = "v1alpha1",
+    kind = "WgPeer",
+    doc = "One device of a subscription: its key, address and expiry.",
+    plural = "wgpeers",
+    namespaced,
+    status = "WgPeerStatus",
+    shortname = "wgp",
+    category = "wgsub",
+    derive = "PartialEq",
+    cel,
+    printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
+    printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
+    printcolumn(name = "Enabled", type_ = "boolean", json_path = ".spec.enabled"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
+    printcolumn(name = "Last Handshake", type_ = "date", json_path = ".status.lastHandshake"),
+    printcolumn(name = "Device", type_ = "string", json_path = ".spec.deviceName", priority = 1),
+    validation = Rule::new("!has(self.spec.privateKeySecretRef) || has(self.spec.publicKey)")
+        .message("a peer with privateKeySecretRef must also have publicKey"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WgPeerSpec {
+    /// The `WgServer` this peer connects to.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub server: String,
+
+    /// The device's WireGuard public key (base64 of 32 bytes); absent until assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::keys::PUBLIC_KEY_PATTERN))]
+    pub public_key: Option<String>,
+
+    /// Where the private key lives; absent when the user brought their own key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_secret_ref: Option<SecretKeyRef>,
+
+    /// Where the preshared key lives, when the peer has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preshared_key_secret_ref: Option<SecretKeyRef>,
+
+    /// The device's IPv4 address in the server's pool, as a /32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 18))]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self).prefixLength() == 32")
+        .message("address must be an IPv4 address with /32, e.g. 10.8.0.2/32"))]
+    pub address: Option<String>,
+
+    /// The device's IPv6 address, as a /128, when the server has an IPv6 pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 6, max = 43))]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 6 && cidr(self).prefixLength() == 128")
+        .message("address6 must be an IPv6 address with /128, e.g. fd00:8::2/128"))]
+    pub address6: Option<String>,
+
+    /// The peer may be on the interface until this instant (mirrors the subscription's
+    /// `paidUntil`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<jiff::Timestamp>,
+
+    /// The user's connect/disconnect switch.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+
+    /// A name the user gave the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub device_name: Option<String>,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+/// Observed state of a peer, written by the node-agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WgPeerStatus {
+    /// The peer is on the interface now.
+    #[serde(default)]
+    pub active: bool,
+    /// The latest handshake the interface saw from this peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<jiff::Timestamp>,
+    /// Bytes received from the peer.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub rx_bytes: i64,
+    /// Bytes sent to the peer.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub tx_bytes: i64,
+    /// Standard conditions: `Ready`, and reasons such as `Conflict` and `OutOfPool`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

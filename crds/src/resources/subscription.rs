@@ -1,0 +1,182 @@
+//! `VpnSubscription`: one Telegram user's entitlement — how long they have paid for, how many
+//! devices they may connect and which server they use.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{OBJECT_NAME_PATTERN, conditions_schema};
+
+/// Prefix of every subscription's name: `tg-<telegramUserId>`.
+const NAME_PREFIX: &str = "tg-";
+
+/// The name of the subscription of a Telegram user.
+pub fn subscription_name(telegram_user_id: i64) -> String {
+    format!("{NAME_PREFIX}{telegram_user_id}")
+}
+
+/// The Telegram user id encoded in a subscription name, if it is one.
+pub fn telegram_user_id_from_name(name: &str) -> Option<i64> {
+    let digits = name.strip_prefix(NAME_PREFIX)?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|id| *id > 0)
+}
+
+/// Desired state of a user's subscription.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "wgsub.io",
+    version = "v1alpha1",
+    kind = "VpnSubscription",
+    doc = "One Telegram user's VPN subscription: paid period, devices and server.",
+    plural = "vpnsubscriptions",
+    namespaced,
+    status = "VpnSubscriptionStatus",
+    shortname = "vsub",
+    category = "wgsub",
+    derive = "PartialEq",
+    cel,
+    printcolumn(name = "User", type_ = "integer", json_path = ".spec.telegramUserId"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Paid Until", type_ = "date", json_path = ".spec.paidUntil"),
+    printcolumn(name = "Devices", type_ = "integer", json_path = ".spec.maxDevices"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name == 'tg-' + string(self.spec.telegramUserId)")
+        .message("the name of a VpnSubscription must be tg-<spec.telegramUserId>"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VpnSubscriptionSpec {
+    /// The Telegram user this subscription belongs to; cannot change.
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("telegramUserId is immutable"))]
+    pub telegram_user_id: i64,
+
+    /// End of the paid period (RFC 3339); absent when the user never paid. Derived from the
+    /// payment ledger, so rewriting it is always safe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_until: Option<jiff::Timestamp>,
+
+    /// The plan of the latest payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z0-9][a-z0-9-]*$"))]
+    pub plan: Option<String>,
+
+    /// How many devices (peers) the user may have.
+    #[serde(default = "default_max_devices")]
+    #[schemars(range(min = 1, max = 10))]
+    pub max_devices: i32,
+
+    /// An administrator's switch: a suspended subscription has no live peers.
+    #[serde(default)]
+    pub suspended: bool,
+
+    /// The `WgServer` to use; absent means the operator's default server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub server: Option<String>,
+}
+
+impl VpnSubscriptionSpec {
+    /// A fresh, never-paid subscription for a user.
+    pub fn for_user(telegram_user_id: i64) -> Self {
+        Self {
+            telegram_user_id,
+            paid_until: None,
+            plan: None,
+            max_devices: default_max_devices(),
+            suspended: false,
+            server: None,
+        }
+    }
+}
+
+fn default_max_devices() -> i32 {
+    1
+}
+
+/// Where a subscription stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SubscriptionPhase {
+    /// Never paid.
+    #[default]
+    Pending,
+    /// Paid, not suspended: its peers are live.
+    Active,
+    /// The paid period is over.
+    Expired,
+    /// Suspended by an administrator.
+    Suspended,
+}
+
+impl SubscriptionPhase {
+    /// Every phase, for metrics that report each one.
+    pub const ALL: [SubscriptionPhase; 4] = [
+        SubscriptionPhase::Pending,
+        SubscriptionPhase::Active,
+        SubscriptionPhase::Expired,
+        SubscriptionPhase::Suspended,
+    ];
+
+    /// The phase's name as it appears in the resource.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionPhase::Pending => "Pending",
+            SubscriptionPhase::Active => "Active",
+            SubscriptionPhase::Expired => "Expired",
+            SubscriptionPhase::Suspended => "Suspended",
+        }
+    }
+}
+
+/// Observed state of a subscription, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VpnSubscriptionStatus {
+    /// Pending, Active, Expired or Suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<SubscriptionPhase>,
+    /// When the peers stop being live (mirrors `spec.paidUntil`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<jiff::Timestamp>,
+    /// Names of the subscription's `WgPeer`s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 253)))]
+    pub peers: Vec<String>,
+    /// Standard conditions: `Ready` with reasons such as `ServerNotFound`, `PoolExhausted`,
+    /// `InvalidServer`, and `KeyRegenerated`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_name_round_trips_the_user_id() {
+        assert_eq!(subscription_name(42), "tg-42");
+        assert_eq!(telegram_user_id_from_name("tg-42"), Some(42));
+    }
+
+    #[test]
+    fn names_that_are_not_subscription_names_give_no_user() {
+        for name in [
+            "tg-",
+            "tg-0",
+            "tg-007",
+            "tg--1",
+            "tg-1a",
+            "xx-1",
+            "tg-99999999999999999999",
+        ] {
+            assert_eq!(telegram_user_id_from_name(name), None, "{name}");
+        }
+    }
+}
