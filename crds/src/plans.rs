@@ -69,7 +69,8 @@ pub struct PlanCatalogue {
     plans: Vec<Plan>,
 }
 
-const ID_PATTERN_HELP: &str = "1–32 characters of a-z, 0-9, '-' and '_'";
+const ID_PATTERN_HELP: &str =
+    "1–32 characters of a-z, 0-9 and '-', starting with a letter or digit";
 
 impl PlanCatalogue {
     /// Validates a list of plans.
@@ -215,6 +216,9 @@ mod tests {
             "plans[1].currency"
         );
         assert_eq!(field_of(with(|p| p.id = "Bad Id".into())), "plans[1].id");
+        assert_eq!(field_of(with(|p| p.id = "-month".into())), "plans[1].id");
+        assert_eq!(field_of(with(|p| p.id = "a_b".into())), "plans[1].id");
+        assert_eq!(field_of(with(|p| p.id = "x".repeat(33))), "plans[1].id");
         assert_eq!(
             field_of(with(|p| p.title.en = " ".into())),
             "plans[1].title.en"
