@@ -1,0 +1,139 @@
+{{/* Names, labels and the pieces every component shares. */}}
+
+{{- define "wgsub.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "wgsub.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>"; call with (list $ "operator"). */}}
+{{- define "wgsub.componentName" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-%s" (include "wgsub.fullname" $root | trunc 50 | trimSuffix "-") (index . 1) -}}
+{{- end -}}
+
+{{- define "wgsub.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "wgsub.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "wgsub.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version | replace "+" "_" }}
+{{ include "wgsub.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: wgsub
+{{- end -}}
+
+{{- define "wgsub.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "wgsub.nodeAgentImage" -}}
+{{- printf "%s:%s" .Values.nodeAgent.image.repository (default .Chart.AppVersion .Values.nodeAgent.image.tag) -}}
+{{- end -}}
+
+{{- define "wgsub.leaseName" -}}
+{{- default (include "wgsub.componentName" (list . "operator")) .Values.operator.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- define "wgsub.serverKeySecretName" -}}
+{{- default (printf "%s-%s-server-key" (include "wgsub.fullname" .) .Values.defaultServer.name) .Values.defaultServer.privateKeySecretName -}}
+{{- end -}}
+
+{{- define "wgsub.publicUrl" -}}
+{{- if .Values.api.publicUrl -}}
+{{- .Values.api.publicUrl | trimSuffix "/" -}}
+{{- else if and .Values.api.ingress.enabled .Values.api.ingress.host -}}
+{{- printf "https://%s" .Values.api.ingress.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "wgsub.miniAppUrl" -}}
+{{- if .Values.bot.miniAppUrl -}}
+{{- .Values.bot.miniAppUrl -}}
+{{- else if (include "wgsub.publicUrl" .) -}}
+{{- printf "%s/miniapp/" (include "wgsub.publicUrl" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod-level security for the non-root components. */}}
+{{- define "wgsub.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container-level security for the non-root components. */}}
+{{- define "wgsub.containerSecurityContext" -}}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{- define "wgsub.logEnv" -}}
+- name: WGSUB_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: WGSUB_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end -}}
+
+{{- define "wgsub.databaseUrlEnv" -}}
+- name: WGSUB_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.database.existingSecret }}
+      key: {{ .Values.secrets.database.urlKey }}
+{{- end -}}
+
+{{- define "wgsub.botTokenEnv" -}}
+- name: WGSUB_BOT_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.telegram.existingSecret }}
+      key: {{ .Values.secrets.telegram.botTokenKey }}
+{{- end -}}
+
+{{- define "wgsub.plansVolume" -}}
+- name: plans
+  configMap:
+    name: {{ include "wgsub.componentName" (list . "plans") }}
+{{- end -}}
+
+{{/* Probes on the component's HTTP port: /healthz (alive) and /readyz (ready). */}}
+{{- define "wgsub.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  periodSeconds: 10
+  timeoutSeconds: 2
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: {{ . }}
+  periodSeconds: 5
+  timeoutSeconds: 2
+  failureThreshold: 2
+{{- end -}}

@@ -1,0 +1,10 @@
+//! Tests of the Helm chart `charts/wgsub`, rendered by a real `helm` (path in `WGSUB_HELM`):
+//! lint, rendering with default values and with every option on, the pod rules, RBAC against the
+//! binaries' `api-calls.yaml`, the values schema, and the chart's copy of the CRDs.
+
+mod crds;
+mod rbac;
+mod render;
+mod rules;
+mod schema;
+mod support;

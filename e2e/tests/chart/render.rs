@@ -1,0 +1,319 @@
+//! `helm lint`, and what the chart renders: the components and their wiring, with default values
+//! and with every option on.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{EnvVar, PodSpec};
+use serde_json::Value;
+
+use crate::support::{
+    NAMESPACE, chart_dir, component, find, kind_of, name_of, of_kind, render,
+    render_every_option_on, run_helm, typed,
+};
+
+#[test]
+fn helm_lint_passes_with_default_values_and_every_option_on() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let output = run_helm(&["lint", "--strict", chart]);
+    assert!(
+        output.status.success(),
+        "helm lint failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut args = vec!["lint".to_owned(), "--strict".to_owned(), chart.to_owned()];
+    for set in crate::support::every_option_on() {
+        args.push("--set".into());
+        args.push(set);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run_helm(&args);
+    assert!(
+        output.status.success(),
+        "helm lint with every option on failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter()
+        .map(|d| format!("{} {}", kind_of(d), name_of(d)))
+        .collect()
+}
+
+#[test]
+fn default_values_render_the_four_components_and_nothing_optional() {
+    let docs = render(&[]);
+    let names = kinds(&docs);
+    for expected in [
+        format!("Deployment {}", component("operator")),
+        format!("Deployment {}", component("api")),
+        format!("Deployment {}", component("bot")),
+        format!("DaemonSet {}", component("node-agent")),
+        format!("Job {}", component("migrate")),
+        format!("Service {}", component("api")),
+        format!("ConfigMap {}", component("plans")),
+    ] {
+        assert!(
+            names.contains(&expected),
+            "missing {expected} in {names:#?}"
+        );
+    }
+    for optional in [
+        "Ingress",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "WgServer",
+        "Secret",
+    ] {
+        assert!(
+            of_kind(&docs, optional).is_empty(),
+            "{optional} rendered with default values"
+        );
+    }
+    for doc in &docs {
+        let namespaced = !kind_of(doc).starts_with("Cluster");
+        if namespaced {
+            assert_eq!(
+                doc["metadata"]["namespace"],
+                NAMESPACE,
+                "{} {}",
+                kind_of(doc),
+                name_of(doc)
+            );
+        }
+    }
+}
+
+#[test]
+fn every_option_on_renders_ingress_tls_monitoring_policies_budgets_and_the_default_server() {
+    let docs = render_every_option_on();
+    let ingress = find(&docs, "Ingress", &component("api"));
+    assert_eq!(ingress["spec"]["tls"][0]["hosts"][0], "vpn.example.test");
+    assert_eq!(
+        ingress["spec"]["tls"][0]["secretName"],
+        format!("{}-tls", component("api"))
+    );
+    assert_eq!(ingress["spec"]["ingressClassName"], "traefik");
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        component("api")
+    );
+    assert_eq!(of_kind(&docs, "ServiceMonitor").len(), 4);
+    assert_eq!(
+        of_kind(&docs, "PodDisruptionBudget").len(),
+        2,
+        "operator and api"
+    );
+    assert!(of_kind(&docs, "NetworkPolicy").len() >= 4);
+    let dashboard = of_kind(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .expect("dashboard ConfigMap");
+    let json = dashboard["data"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    let parsed: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    let server = find(&docs, "WgServer", "main");
+    assert_eq!(server["spec"]["endpoint"], "vpn.example.test:51820");
+    assert_eq!(server["spec"]["nat"]["egressInterface"], "eth0");
+    // The three Secrets, only because createFromValues was asked for; hooks so the
+    // migrations Job finds the database URL.
+    let secrets = of_kind(&docs, "Secret");
+    assert_eq!(secrets.len(), 3);
+    for secret in secrets {
+        assert_eq!(
+            secret["metadata"]["annotations"]["helm.sh/hook"],
+            "pre-install,pre-upgrade"
+        );
+    }
+}
+
+fn pod_spec(docs: &[Value], name: &str) -> PodSpec {
+    typed::<Deployment>(find(docs, "Deployment", name))
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+}
+
+fn env(spec: &PodSpec) -> Vec<EnvVar> {
+    spec.containers[0].env.clone().unwrap_or_default()
+}
+
+fn secret_ref(env: &[EnvVar], name: &str) -> Option<(String, String)> {
+    env.iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .map(|r| (r.name.clone(), r.key.clone()))
+}
+
+#[test]
+fn secrets_are_read_by_reference_from_the_configured_names() {
+    let docs = render(&[
+        "secrets.telegram.existingSecret=tg",
+        "secrets.telegram.botTokenKey=token",
+        "secrets.database.existingSecret=pg-app",
+        "secrets.database.urlKey=uri",
+    ]);
+    assert!(
+        of_kind(&docs, "Secret").is_empty(),
+        "no Secret is rendered unless asked"
+    );
+    let api = env(&pod_spec(&docs, &component("api")));
+    let bot = env(&pod_spec(&docs, &component("bot")));
+    for env in [&api, &bot] {
+        assert_eq!(
+            secret_ref(env, "WGSUB_BOT_TOKEN"),
+            Some(("tg".into(), "token".into()))
+        );
+        assert_eq!(
+            secret_ref(env, "WGSUB_DATABASE_URL"),
+            Some(("pg-app".into(), "uri".into()))
+        );
+    }
+    assert_eq!(
+        secret_ref(&api, "WGSUB_YOOKASSA_SECRET_KEY"),
+        Some(("wgsub-yookassa".into(), "secret-key".into()))
+    );
+    for doc in &docs {
+        let text = serde_json::to_string(doc).unwrap();
+        assert!(
+            !text.contains("\"value\":\"postgres"),
+            "a database URL is rendered in plain text"
+        );
+    }
+}
+
+#[test]
+fn the_bot_runs_exactly_once_and_the_operator_twice_with_leader_election() {
+    let docs = render(&["operator.replicas=3"]);
+    let bot = typed::<Deployment>(find(&docs, "Deployment", &component("bot")));
+    let spec = bot.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate")
+    );
+    let operator = typed::<Deployment>(find(&docs, "Deployment", &component("operator")));
+    assert_eq!(operator.spec.as_ref().unwrap().replicas, Some(3));
+    let default_operator =
+        typed::<Deployment>(find(&render(&[]), "Deployment", &component("operator")));
+    assert_eq!(default_operator.spec.unwrap().replicas, Some(2));
+    let env = env(&operator.spec.unwrap().template.spec.unwrap());
+    assert!(env.iter().any(|e| e.name == "WGSUB_LEASE_NAME"
+        && e.value.as_deref() == Some(component("operator").as_str())));
+}
+
+#[test]
+fn the_migrations_job_is_a_pre_install_and_pre_upgrade_hook_running_migrate() {
+    let docs = render(&[]);
+    let job = find(&docs, "Job", &component("migrate"));
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-install,pre-upgrade"
+    );
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["command"],
+        serde_json::json!(["/usr/local/bin/wgsub-api", "migrate"])
+    );
+    assert!(of_kind(&render(&["api.migrations.enabled=false"]), "Job").is_empty());
+}
+
+#[test]
+fn every_service_account_a_pod_uses_is_rendered_and_one_per_component() {
+    let docs = render_every_option_on();
+    let accounts: BTreeSet<&str> = of_kind(&docs, "ServiceAccount")
+        .into_iter()
+        .map(name_of)
+        .collect();
+    let expected: BTreeSet<String> = ["operator", "api", "bot", "node-agent"]
+        .map(component)
+        .into();
+    assert_eq!(accounts, expected.iter().map(String::as_str).collect());
+    for doc in &docs {
+        if let Some(name) = doc["spec"]["template"]["spec"]["serviceAccountName"].as_str() {
+            assert!(
+                accounts.contains(name),
+                "{} uses missing ServiceAccount {name}",
+                name_of(doc)
+            );
+        }
+    }
+}
+
+#[test]
+fn services_and_monitors_select_the_pods_they_mean() {
+    let docs = render_every_option_on();
+    for service in of_kind(&docs, "Service") {
+        let selector = service["spec"]["selector"].as_object().unwrap();
+        let matched: Vec<&Value> = docs
+            .iter()
+            .filter(|d| {
+                d["spec"]["template"]["metadata"]["labels"]
+                    .as_object()
+                    .is_some_and(|labels| selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            })
+            .collect();
+        assert_eq!(
+            matched.len(),
+            1,
+            "Service {} selects {} workloads",
+            name_of(service),
+            matched.len()
+        );
+        let ports = &matched[0]["spec"]["template"]["spec"]["containers"][0]["ports"];
+        for port in service["spec"]["ports"].as_array().unwrap() {
+            assert!(
+                ports
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == port["targetPort"]),
+                "Service {} targets a port its pods do not have",
+                name_of(service)
+            );
+        }
+    }
+    for monitor in of_kind(&docs, "ServiceMonitor") {
+        let selector = monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        let services: Vec<&Value> = of_kind(&docs, "Service")
+            .into_iter()
+            .filter(|s| {
+                selector
+                    .iter()
+                    .all(|(k, v)| s["metadata"]["labels"].get(k) == Some(v))
+            })
+            .collect();
+        assert_eq!(
+            services.len(),
+            1,
+            "ServiceMonitor {} selects {} Services",
+            name_of(monitor),
+            services.len()
+        );
+        let port = &monitor["spec"]["endpoints"][0]["port"];
+        assert!(
+            services[0]["spec"]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| &p["name"] == port)
+        );
+    }
+}

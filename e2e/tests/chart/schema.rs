@@ -1,0 +1,92 @@
+//! `values.schema.json` refuses bad values: `helm template` fails and names the field.
+
+use crate::support::try_render;
+
+fn refused(sets: &[&str], field: &str) {
+    match try_render(sets) {
+        Ok(_) => panic!("helm template accepted {sets:?}"),
+        Err(stderr) => assert!(
+            stderr.contains(field),
+            "the error for {sets:?} names {field}:\n{stderr}"
+        ),
+    }
+}
+
+#[test]
+fn bad_values_are_refused_with_the_field_named() {
+    refused(&["nodeAgent.backend=bpf"], "/nodeAgent/backend");
+    refused(&["operator.replicas=0"], "/operator/replicas");
+    refused(&["api.port=70000"], "/api/port");
+    refused(&["logFormat=xml"], "/logFormat");
+    refused(
+        &["defaultServer.endpoint=no-port"],
+        "/defaultServer/endpoint",
+    );
+    refused(
+        &["defaultServer.addressPool=10.8.0.0"],
+        "/defaultServer/addressPool",
+    );
+    refused(&["defaultServer.mtu=500"], "/defaultServer/mtu");
+    refused(
+        &["defaultServer.interfaceName=a-name-longer-than-15"],
+        "/defaultServer/interfaceName",
+    );
+    refused(&["plans[0].currency=rub"], "/plans/0/currency");
+    refused(&["plans[0].priceMinor=0"], "/plans/0/priceMinor");
+    refused(&["bot.adminIds={alice}"], "/bot/adminIds/0");
+    refused(
+        &["api.publicUrl=http://plain.example.test"],
+        "/api/publicUrl",
+    );
+    refused(
+        &["secrets.database.existingSecret=Not_A_Name"],
+        "/secrets/database/existingSecret",
+    );
+    refused(
+        &["operator.expiredPeerRetention=forever"],
+        "/operator/expiredPeerRetention",
+    );
+}
+
+#[test]
+fn unknown_values_are_refused_so_typos_do_not_pass_silently() {
+    refused(&["nodeAgent.hostNetwork=false"], "hostNetwork");
+    refused(&["opertor.replicas=2"], "opertor");
+}
+
+#[test]
+fn options_that_need_more_values_say_which() {
+    refused(&["defaultServer.create=true"], "/defaultServer/endpoint");
+    refused(&["api.ingress.enabled=true"], "/api/ingress/host");
+    refused(
+        &["secrets.createFromValues=true"],
+        "secrets.values.botToken",
+    );
+    refused(
+        &[
+            "defaultServer.create=true",
+            "defaultServer.endpoint=vpn.example.test:51820",
+            "defaultServer.nodeName=a",
+            "defaultServer.nodeSelector.x=y",
+        ],
+        "at most one of nodeName and nodeSelector",
+    );
+}
+
+#[test]
+fn good_values_of_the_same_fields_are_accepted() {
+    for sets in [
+        &["nodeAgent.backend=userspace"][..],
+        &[
+            "defaultServer.create=true",
+            "defaultServer.endpoint=[2001:db8::1]:51820",
+            "defaultServer.mtu=1420",
+        ],
+        &["api.publicUrl=https://vpn.example.test"],
+        &["operator.expiredPeerRetention=12h"],
+    ] {
+        if let Err(stderr) = try_render(sets) {
+            panic!("{sets:?} refused:\n{stderr}");
+        }
+    }
+}
