@@ -87,10 +87,13 @@ impl PlanCatalogue {
         }
         let mut ids = BTreeSet::new();
         for (index, plan) in plans.iter().enumerate() {
+            // The same rule as `VpnSubscription.spec.plan`'s schema pattern.
             let id_ok = (1..=32).contains(&plan.id.len())
-                && plan.id.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
+                && !plan.id.starts_with('-')
+                && plan
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
             if !id_ok {
                 return Err(invalid(
                     index,
