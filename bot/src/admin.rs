@@ -1,0 +1,450 @@
+//! Parsing of `/admin` arguments into an [`AdminCommand`], with errors that name what was wrong
+//! so the reply can be a usage line pointing at the problem.
+
+/// Longest text Telegram accepts in one message.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// Most days one grant may add (ten years, as the plan catalogue allows).
+pub const MAX_GRANT_DAYS: u32 = 3660;
+
+/// A user named in an admin command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRef {
+    /// A Telegram user id.
+    Id(i64),
+    /// A Telegram username, without the `@`.
+    Username(String),
+}
+
+impl std::fmt::Display for UserRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserRef::Id(id) => write!(f, "{id}"),
+            UserRef::Username(name) => write!(f, "@{name}"),
+        }
+    }
+}
+
+/// Who a broadcast goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every registered user.
+    All,
+    /// Users whose subscription is paid now and not suspended.
+    Active,
+}
+
+impl Audience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::All => "all",
+            Audience::Active => "active",
+        }
+    }
+}
+
+/// The subcommands, for usage lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subcommand {
+    Stats,
+    Grant,
+    Suspend,
+    Unsuspend,
+    Find,
+    Broadcast,
+}
+
+impl Subcommand {
+    pub const ALL: [Subcommand; 6] = [
+        Subcommand::Stats,
+        Subcommand::Grant,
+        Subcommand::Suspend,
+        Subcommand::Unsuspend,
+        Subcommand::Find,
+        Subcommand::Broadcast,
+    ];
+
+    /// The usage line of the subcommand (not translated: it is syntax).
+    pub fn usage(self) -> &'static str {
+        match self {
+            Subcommand::Stats => "/admin stats",
+            Subcommand::Grant => "/admin grant <user id | @username> <days> [reason]",
+            Subcommand::Suspend => "/admin suspend <user id | @username> [reason]",
+            Subcommand::Unsuspend => "/admin unsuspend <user id | @username> [reason]",
+            Subcommand::Find => "/admin find <user id | @username>",
+            Subcommand::Broadcast => "/admin broadcast <all | active> <text>",
+        }
+    }
+
+    /// The name used in metrics and the admin log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subcommand::Stats => "stats",
+            Subcommand::Grant => "grant",
+            Subcommand::Suspend => "suspend",
+            Subcommand::Unsuspend => "unsuspend",
+            Subcommand::Find => "find",
+            Subcommand::Broadcast => "broadcast",
+        }
+    }
+}
+
+/// A parsed `/admin` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// `/admin` alone: the list of subcommands.
+    Help,
+    Stats,
+    Grant {
+        user: UserRef,
+        days: u32,
+        reason: Option<String>,
+    },
+    Suspend {
+        user: UserRef,
+        reason: Option<String>,
+    },
+    Unsuspend {
+        user: UserRef,
+        reason: Option<String>,
+    },
+    Find {
+        user: UserRef,
+    },
+    Broadcast {
+        audience: Audience,
+        text: String,
+    },
+}
+
+/// What was wrong with the arguments; the reply names it beside the subcommand's usage line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminParseError {
+    UnknownSubcommand(String),
+    MissingUser(Subcommand),
+    BadUser(Subcommand, String),
+    MissingDays,
+    BadDays(String),
+    MissingAudience,
+    BadAudience(String),
+    EmptyBroadcast,
+    BroadcastTooLong(usize),
+    UnexpectedArguments(Subcommand, String),
+}
+
+impl AdminParseError {
+    /// The subcommand whose usage line to show, if one was recognised.
+    pub fn subcommand(&self) -> Option<Subcommand> {
+        match self {
+            AdminParseError::UnknownSubcommand(_) => None,
+            AdminParseError::MissingUser(sub)
+            | AdminParseError::BadUser(sub, _)
+            | AdminParseError::UnexpectedArguments(sub, _) => Some(*sub),
+            AdminParseError::MissingDays | AdminParseError::BadDays(_) => Some(Subcommand::Grant),
+            AdminParseError::MissingAudience
+            | AdminParseError::BadAudience(_)
+            | AdminParseError::EmptyBroadcast
+            | AdminParseError::BroadcastTooLong(_) => Some(Subcommand::Broadcast),
+        }
+    }
+}
+
+/// Splits off the first whitespace-separated word; the rest keeps its inner formatting.
+fn next_word(text: &str) -> (&str, &str) {
+    let text = text.trim_start();
+    match text.find(char::is_whitespace) {
+        Some(at) => (&text[..at], text[at..].trim_start()),
+        None => (text, ""),
+    }
+}
+
+/// Parses a user id (positive integer) or a Telegram username (`@` and 5–32 of `[A-Za-z0-9_]`).
+pub fn parse_user_ref(word: &str) -> Option<UserRef> {
+    if let Some(name) = word.strip_prefix('@') {
+        let ok = (5..=32).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && name.as_bytes()[0].is_ascii_alphabetic();
+        return ok.then(|| UserRef::Username(name.to_owned()));
+    }
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    word.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(UserRef::Id)
+}
+
+fn user_arg(sub: Subcommand, word: &str) -> Result<UserRef, AdminParseError> {
+    if word.is_empty() {
+        return Err(AdminParseError::MissingUser(sub));
+    }
+    parse_user_ref(word).ok_or_else(|| AdminParseError::BadUser(sub, word.to_owned()))
+}
+
+fn optional(text: &str) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// Parses the text after `/admin`.
+pub fn parse(args: &str) -> Result<AdminCommand, AdminParseError> {
+    let (word, rest) = next_word(args);
+    let sub = match word.to_ascii_lowercase().as_str() {
+        "" => return Ok(AdminCommand::Help),
+        "stats" => Subcommand::Stats,
+        "grant" => Subcommand::Grant,
+        "suspend" => Subcommand::Suspend,
+        "unsuspend" => Subcommand::Unsuspend,
+        "find" => Subcommand::Find,
+        "broadcast" => Subcommand::Broadcast,
+        _ => return Err(AdminParseError::UnknownSubcommand(word.to_owned())),
+    };
+    match sub {
+        Subcommand::Stats => match optional(rest) {
+            None => Ok(AdminCommand::Stats),
+            Some(extra) => Err(AdminParseError::UnexpectedArguments(sub, extra)),
+        },
+        Subcommand::Grant => {
+            let (user, rest) = next_word(rest);
+            let user = user_arg(sub, user)?;
+            let (days, rest) = next_word(rest);
+            if days.is_empty() {
+                return Err(AdminParseError::MissingDays);
+            }
+            let days = days
+                .parse::<u32>()
+                .ok()
+                .filter(|d| (1..=MAX_GRANT_DAYS).contains(d))
+                .ok_or_else(|| AdminParseError::BadDays(days.to_owned()))?;
+            Ok(AdminCommand::Grant {
+                user,
+                days,
+                reason: optional(rest),
+            })
+        }
+        Subcommand::Suspend | Subcommand::Unsuspend => {
+            let (user, rest) = next_word(rest);
+            let user = user_arg(sub, user)?;
+            let reason = optional(rest);
+            Ok(if sub == Subcommand::Suspend {
+                AdminCommand::Suspend { user, reason }
+            } else {
+                AdminCommand::Unsuspend { user, reason }
+            })
+        }
+        Subcommand::Find => {
+            let (user, rest) = next_word(rest);
+            let user = user_arg(sub, user)?;
+            match optional(rest) {
+                None => Ok(AdminCommand::Find { user }),
+                Some(extra) => Err(AdminParseError::UnexpectedArguments(sub, extra)),
+            }
+        }
+        Subcommand::Broadcast => {
+            let (audience, text) = next_word(rest);
+            let audience = match audience.to_ascii_lowercase().as_str() {
+                "" => return Err(AdminParseError::MissingAudience),
+                "all" => Audience::All,
+                "active" => Audience::Active,
+                _ => return Err(AdminParseError::BadAudience(audience.to_owned())),
+            };
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(AdminParseError::EmptyBroadcast);
+            }
+            let chars = text.chars().count();
+            if chars > MAX_MESSAGE_CHARS {
+                return Err(AdminParseError::BroadcastTooLong(chars));
+            }
+            Ok(AdminCommand::Broadcast {
+                audience,
+                text: text.to_owned(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_arguments_ask_for_help() {
+        assert_eq!(parse(""), Ok(AdminCommand::Help));
+        assert_eq!(parse("   "), Ok(AdminCommand::Help));
+    }
+
+    #[test]
+    fn grant_takes_user_days_and_an_optional_reason() {
+        assert_eq!(
+            parse("grant 42 30 apology for the outage"),
+            Ok(AdminCommand::Grant {
+                user: UserRef::Id(42),
+                days: 30,
+                reason: Some("apology for the outage".into())
+            })
+        );
+        assert_eq!(
+            parse("GRANT @some_user 7"),
+            Ok(AdminCommand::Grant {
+                user: UserRef::Username("some_user".into()),
+                days: 7,
+                reason: None
+            })
+        );
+    }
+
+    #[test]
+    fn grant_errors_name_the_bad_argument() {
+        assert_eq!(
+            parse("grant"),
+            Err(AdminParseError::MissingUser(Subcommand::Grant))
+        );
+        assert_eq!(parse("grant 42"), Err(AdminParseError::MissingDays));
+        assert_eq!(
+            parse("grant 42 abc"),
+            Err(AdminParseError::BadDays("abc".into()))
+        );
+        assert_eq!(
+            parse("grant 42 0"),
+            Err(AdminParseError::BadDays("0".into()))
+        );
+        assert_eq!(
+            parse("grant 42 -3"),
+            Err(AdminParseError::BadDays("-3".into()))
+        );
+        assert_eq!(
+            parse("grant 42 3661"),
+            Err(AdminParseError::BadDays("3661".into()))
+        );
+        assert_eq!(
+            parse("grant bob 3"),
+            Err(AdminParseError::BadUser(Subcommand::Grant, "bob".into()))
+        );
+        assert_eq!(
+            parse("grant 0 3"),
+            Err(AdminParseError::BadUser(Subcommand::Grant, "0".into()))
+        );
+    }
+
+    #[test]
+    fn user_references_are_ids_or_usernames() {
+        assert_eq!(parse_user_ref("123"), Some(UserRef::Id(123)));
+        assert_eq!(
+            parse_user_ref("@abcde"),
+            Some(UserRef::Username("abcde".into()))
+        );
+        for bad in [
+            "",
+            "@",
+            "@abc",
+            "@1abcd",
+            "@bad-name",
+            "-5",
+            "+5",
+            "1e3",
+            "99999999999999999999",
+            "@x",
+        ] {
+            assert_eq!(parse_user_ref(bad), None, "{bad}");
+        }
+        assert_eq!(UserRef::Username("abcde".into()).to_string(), "@abcde");
+        assert_eq!(UserRef::Id(7).to_string(), "7");
+    }
+
+    #[test]
+    fn suspend_unsuspend_and_find() {
+        assert_eq!(
+            parse("suspend 5 abuse"),
+            Ok(AdminCommand::Suspend {
+                user: UserRef::Id(5),
+                reason: Some("abuse".into())
+            })
+        );
+        assert_eq!(
+            parse("unsuspend @someone"),
+            Ok(AdminCommand::Unsuspend {
+                user: UserRef::Username("someone".into()),
+                reason: None
+            })
+        );
+        assert_eq!(
+            parse("suspend"),
+            Err(AdminParseError::MissingUser(Subcommand::Suspend))
+        );
+        assert_eq!(
+            parse("find 77"),
+            Ok(AdminCommand::Find {
+                user: UserRef::Id(77)
+            })
+        );
+        assert_eq!(
+            parse("find 77 88"),
+            Err(AdminParseError::UnexpectedArguments(
+                Subcommand::Find,
+                "88".into()
+            ))
+        );
+        assert_eq!(parse("stats"), Ok(AdminCommand::Stats));
+        assert_eq!(
+            parse("stats now"),
+            Err(AdminParseError::UnexpectedArguments(
+                Subcommand::Stats,
+                "now".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn broadcast_needs_an_audience_and_text() {
+        assert_eq!(
+            parse("broadcast all  Hello,\nworld! "),
+            Ok(AdminCommand::Broadcast {
+                audience: Audience::All,
+                text: "Hello,\nworld!".into()
+            })
+        );
+        assert_eq!(
+            parse("broadcast active news"),
+            Ok(AdminCommand::Broadcast {
+                audience: Audience::Active,
+                text: "news".into()
+            })
+        );
+        assert_eq!(parse("broadcast"), Err(AdminParseError::MissingAudience));
+        assert_eq!(parse("broadcast all"), Err(AdminParseError::EmptyBroadcast));
+        assert_eq!(
+            parse("broadcast active   \n "),
+            Err(AdminParseError::EmptyBroadcast)
+        );
+        assert_eq!(
+            parse("broadcast everyone hi"),
+            Err(AdminParseError::BadAudience("everyone".into()))
+        );
+        let long = "я".repeat(MAX_MESSAGE_CHARS + 1);
+        assert_eq!(
+            parse(&format!("broadcast all {long}")),
+            Err(AdminParseError::BroadcastTooLong(MAX_MESSAGE_CHARS + 1))
+        );
+    }
+
+    #[test]
+    fn unknown_subcommands_are_named() {
+        assert_eq!(
+            parse("delete 5"),
+            Err(AdminParseError::UnknownSubcommand("delete".into()))
+        );
+        assert_eq!(
+            AdminParseError::UnknownSubcommand("x".into()).subcommand(),
+            None
+        );
+        assert_eq!(
+            AdminParseError::BadDays("x".into()).subcommand(),
+            Some(Subcommand::Grant)
+        );
+        assert_eq!(
+            AdminParseError::EmptyBroadcast.subcommand(),
+            Some(Subcommand::Broadcast)
+        );
+    }
+}

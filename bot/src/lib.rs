@@ -1,0 +1,11 @@
+//! wgsub-bot: the Telegram bot of wgsub.
+//!
+//! The decisions are pure and live in their own modules ([`reminders`], [`admin`] parsing,
+//! [`broadcast`] pacing, [`text`]); the rest is a thin shell around the shared ledger crate,
+//! the Kubernetes API and the Telegram Bot API.
+
+pub mod admin;
+pub mod broadcast;
+pub mod config;
+pub mod reminders;
+pub mod text;

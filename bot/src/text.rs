@@ -1,0 +1,779 @@
+//! Every user-facing string of the bot, in Russian and English, chosen by the user's Telegram
+//! `language_code` (English for `en*`, Russian otherwise — the same rule as the plan titles).
+
+use jiff::Timestamp;
+use wgsub_crds::SubscriptionPhase;
+use wgsub_crds::plans::Plan;
+
+use crate::admin::{AdminParseError, Audience, Subcommand, UserRef};
+use crate::broadcast::Tally;
+use crate::reminders::ReminderKind;
+
+/// The language a reply is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lang {
+    #[default]
+    Ru,
+    En,
+}
+
+impl Lang {
+    /// English for `en`, `en-US`, …; Russian for everything else and when unknown.
+    pub fn from_code(code: Option<&str>) -> Self {
+        match code {
+            Some(code) if code.to_ascii_lowercase().starts_with("en") => Lang::En,
+            _ => Lang::Ru,
+        }
+    }
+
+    /// The Telegram `language_code` the bot's command list is registered under.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Ru => "ru",
+            Lang::En => "en",
+        }
+    }
+
+    fn pick<'a>(self, ru: &'a str, en: &'a str) -> &'a str {
+        match self {
+            Lang::Ru => ru,
+            Lang::En => en,
+        }
+    }
+}
+
+/// An instant as users see it: `2026-03-10 12:00 UTC`.
+pub fn date(at: Timestamp) -> String {
+    at.strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// The commands registered with Telegram (`setMyCommands`), with their descriptions.
+pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("start", lang.pick("Начать", "Start")),
+        ("app", lang.pick("Открыть приложение", "Open the app")),
+        (
+            "status",
+            lang.pick(
+                "Статус подписки и устройств",
+                "Subscription and device status",
+            ),
+        ),
+        ("buy", lang.pick("Купить или продлить", "Buy or renew")),
+        (
+            "config",
+            lang.pick(
+                "Получить конфигурацию и QR-код",
+                "Get the config and QR code",
+            ),
+        ),
+        ("help", lang.pick("Помощь", "Help")),
+    ]
+}
+
+pub fn open_app_button(lang: Lang) -> &'static str {
+    lang.pick("Открыть приложение", "Open the app")
+}
+
+/// The three-line instructions shown with the greeting.
+fn instructions(lang: Lang) -> &'static str {
+    lang.pick(
+        "1. Выберите тариф: /buy или кнопка ниже.\n\
+         2. Установите приложение WireGuard на устройство.\n\
+         3. Получите конфигурацию (/config) и импортируйте файл или отсканируйте QR-код.",
+        "1. Choose a plan: /buy or the button below.\n\
+         2. Install the WireGuard app on your device.\n\
+         3. Get your config (/config) and import the file or scan the QR code.",
+    )
+}
+
+/// The `/start` greeting; `trial` is the trial just granted (days, paid until).
+pub fn welcome(lang: Lang, first_name: &str, trial: Option<(u32, Timestamp)>) -> String {
+    let hello = match lang {
+        Lang::Ru => format!("Здравствуйте, {first_name}! Это VPN на WireGuard."),
+        Lang::En => format!("Hello, {first_name}! This is a WireGuard VPN."),
+    };
+    let trial = match (lang, trial) {
+        (_, None) => String::new(),
+        (Lang::Ru, Some((days, until))) => format!(
+            "\n\nВам подключён пробный период: {days} дн., до {}.",
+            date(until)
+        ),
+        (Lang::En, Some((days, until))) => {
+            format!(
+                "\n\nYour free trial is on: {days} days, until {}.",
+                date(until)
+            )
+        }
+    };
+    format!("{hello}{trial}\n\n{}", instructions(lang))
+}
+
+pub fn app(lang: Lang) -> &'static str {
+    lang.pick(
+        "Статус, оплата и ключи — в приложении:",
+        "Status, payments and keys are in the app:",
+    )
+}
+
+pub fn help(lang: Lang) -> String {
+    let commands: Vec<String> = command_descriptions(lang)
+        .into_iter()
+        .map(|(command, description)| format!("/{command} — {description}"))
+        .collect();
+    format!("{}\n\n{}", commands.join("\n"), instructions(lang))
+}
+
+/// The answer to anything the bot does not understand: a short help.
+pub fn unknown(lang: Lang) -> String {
+    let lead = lang.pick("Я не понял эту команду.", "I did not understand that.");
+    format!(
+        "{lead} /buy — {}, /config — {}, /status — {}, /help — {}.",
+        lang.pick("купить", "buy"),
+        lang.pick("конфигурация", "config"),
+        lang.pick("статус", "status"),
+        lang.pick("помощь", "help"),
+    )
+}
+
+pub fn internal_error(lang: Lang) -> &'static str {
+    lang.pick(
+        "Что-то пошло не так. Попробуйте ещё раз через минуту.",
+        "Something went wrong. Please try again in a minute.",
+    )
+}
+
+pub fn phase(lang: Lang, phase: SubscriptionPhase) -> &'static str {
+    match phase {
+        SubscriptionPhase::Pending => lang.pick("не оплачена", "not paid"),
+        SubscriptionPhase::Active => lang.pick("активна", "active"),
+        SubscriptionPhase::Expired => lang.pick("истекла", "expired"),
+        SubscriptionPhase::Suspended => lang.pick("приостановлена", "suspended"),
+    }
+}
+
+/// One device line of `/status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLine {
+    pub name: String,
+    pub enabled: bool,
+    pub last_handshake: Option<Timestamp>,
+}
+
+/// The `/status` answer.
+pub fn status(
+    lang: Lang,
+    current: SubscriptionPhase,
+    paid_until: Option<Timestamp>,
+    max_devices: i32,
+    devices: &[DeviceLine],
+) -> String {
+    let mut out = format!(
+        "{}: {}\n",
+        lang.pick("Подписка", "Subscription"),
+        phase(lang, current)
+    );
+    if let Some(until) = paid_until {
+        out.push_str(&format!(
+            "{}: {}\n",
+            lang.pick("Оплачено до", "Paid until"),
+            date(until)
+        ));
+    }
+    out.push_str(&format!(
+        "{}: {} / {max_devices}\n",
+        lang.pick("Устройства", "Devices"),
+        devices.len()
+    ));
+    for device in devices {
+        let handshake = match device.last_handshake {
+            Some(at) => format!(
+                "{} {}",
+                lang.pick("последнее соединение", "last handshake"),
+                date(at)
+            ),
+            None => lang
+                .pick("ещё не подключалось", "never connected")
+                .to_owned(),
+        };
+        let off = if device.enabled {
+            ""
+        } else {
+            lang.pick(" (выключено)", " (off)")
+        };
+        out.push_str(&format!("• {}{off}: {handshake}\n", device.name));
+    }
+    if current != SubscriptionPhase::Active {
+        out.push_str(lang.pick("\nПродлить: /buy", "\nRenew: /buy"));
+    }
+    out.trim_end().to_owned()
+}
+
+pub fn not_registered(lang: Lang) -> &'static str {
+    lang.pick(
+        "Вы ещё не зарегистрированы. Нажмите /start.",
+        "You are not registered yet. Press /start.",
+    )
+}
+
+pub fn choose_plan(lang: Lang) -> &'static str {
+    lang.pick("Выберите тариф:", "Choose a plan:")
+}
+
+/// The label of a plan's button: title, price and devices.
+pub fn plan_button(lang: Lang, plan: &Plan) -> String {
+    let title = plan.title.for_language(Some(lang.code()));
+    match lang {
+        Lang::Ru => format!(
+            "{title} — {} {} ({} устр.)",
+            plan.price_decimal(),
+            plan.currency,
+            plan.devices
+        ),
+        Lang::En => format!(
+            "{title} — {} {} ({} device{})",
+            plan.price_decimal(),
+            plan.currency,
+            plan.devices,
+            if plan.devices == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+pub fn ask_receipt_contact(lang: Lang) -> &'static str {
+    lang.pick(
+        "Для чека (54-ФЗ) нужен e-mail. Отправьте его одним сообщением, например name@example.com.",
+        "A receipt (54-FZ) needs an e-mail. Send it as one message, e.g. name@example.com.",
+    )
+}
+
+pub fn receipt_contact_invalid(lang: Lang, problem: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Не похоже на e-mail: {problem}. Отправьте e-mail ещё раз."),
+        Lang::En => format!("That does not look like an e-mail: {problem}. Please send it again."),
+    }
+}
+
+pub fn receipt_contact_saved(lang: Lang) -> &'static str {
+    lang.pick(
+        "Сохранил, чек придёт на этот адрес.",
+        "Saved: the receipt will go there.",
+    )
+}
+
+pub fn unknown_plan(lang: Lang) -> &'static str {
+    lang.pick(
+        "Такого тарифа больше нет. Выберите заново: /buy",
+        "That plan no longer exists. Choose again: /buy",
+    )
+}
+
+pub fn payment_link(lang: Lang, plan: &Plan) -> String {
+    let title = plan.title.for_language(Some(lang.code()));
+    match lang {
+        Lang::Ru => format!(
+            "Тариф «{title}», {} {}. Оплатите по кнопке ниже — подписка включится сразу после оплаты.",
+            plan.price_decimal(),
+            plan.currency
+        ),
+        Lang::En => format!(
+            "Plan “{title}”, {} {}. Pay with the button below — the subscription starts the moment the payment succeeds.",
+            plan.price_decimal(),
+            plan.currency
+        ),
+    }
+}
+
+pub fn pay_button(lang: Lang) -> &'static str {
+    lang.pick("Оплатить", "Pay")
+}
+
+pub fn payment_unavailable(lang: Lang) -> &'static str {
+    lang.pick(
+        "Не удалось создать платёж. Попробуйте ещё раз через минуту.",
+        "The payment could not be created. Please try again in a minute.",
+    )
+}
+
+pub fn subscription_inactive(lang: Lang) -> &'static str {
+    lang.pick(
+        "Подписка не активна, конфигурация недоступна. Оплатить: /buy",
+        "Your subscription is not active, so there is no config. Pay: /buy",
+    )
+}
+
+pub fn no_devices_yet(lang: Lang) -> &'static str {
+    lang.pick(
+        "Устройство ещё готовится — повторите /config через несколько секунд.",
+        "Your device is still being set up — try /config again in a few seconds.",
+    )
+}
+
+pub fn config_not_ready(lang: Lang) -> &'static str {
+    lang.pick(
+        "Конфигурация ещё не готова (сервер назначает адрес и ключ). Повторите /config чуть позже.",
+        "The config is not ready yet (the server is assigning an address and key). Try /config a little later.",
+    )
+}
+
+pub fn choose_device(lang: Lang) -> &'static str {
+    lang.pick("Выберите устройство:", "Choose a device:")
+}
+
+pub fn unknown_device(lang: Lang) -> &'static str {
+    lang.pick(
+        "Такого устройства нет. Выберите заново: /config",
+        "No such device. Choose again: /config",
+    )
+}
+
+pub fn config_caption(lang: Lang, device: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Конфигурация «{device}»: импортируйте файл в WireGuard."),
+        Lang::En => format!("Config “{device}”: import the file into WireGuard."),
+    }
+}
+
+pub fn qr_caption(lang: Lang) -> &'static str {
+    lang.pick(
+        "Или отсканируйте QR-код в приложении WireGuard.",
+        "Or scan the QR code in the WireGuard app.",
+    )
+}
+
+pub fn payment_succeeded(lang: Lang, paid_until: Option<Timestamp>) -> String {
+    match (lang, paid_until) {
+        (Lang::Ru, Some(until)) => format!(
+            "Оплата прошла. Подписка активна до {}. Конфигурация: /config",
+            date(until)
+        ),
+        (Lang::En, Some(until)) => format!(
+            "Payment received. Your subscription is active until {}. Config: /config",
+            date(until)
+        ),
+        (_, None) => lang
+            .pick("Оплата прошла. Спасибо!", "Payment received. Thank you!")
+            .to_owned(),
+    }
+}
+
+pub fn refund_recorded(lang: Lang, paid_until: Option<Timestamp>) -> String {
+    let until = match (lang, paid_until) {
+        (Lang::Ru, Some(until)) => format!(" Подписка теперь до {}.", date(until)),
+        (Lang::En, Some(until)) => format!(" Your subscription now ends {}.", date(until)),
+        (_, None) => String::new(),
+    };
+    format!(
+        "{}{until}",
+        lang.pick("Возврат оформлен.", "Your refund went through.")
+    )
+}
+
+pub fn reminder(lang: Lang, kind: ReminderKind, paid_until: Timestamp) -> String {
+    let at = date(paid_until);
+    match (lang, kind) {
+        (Lang::Ru, ReminderKind::ThreeDays) => {
+            format!("Подписка закончится через 3 дня ({at}). Продлить: /buy")
+        }
+        (Lang::En, ReminderKind::ThreeDays) => {
+            format!("Your subscription ends in 3 days ({at}). Renew: /buy")
+        }
+        (Lang::Ru, ReminderKind::OneDay) => {
+            format!("Подписка закончится завтра ({at}). Продлить: /buy")
+        }
+        (Lang::En, ReminderKind::OneDay) => {
+            format!("Your subscription ends tomorrow ({at}). Renew: /buy")
+        }
+        (Lang::Ru, ReminderKind::Expired) => {
+            format!("Подписка закончилась ({at}), VPN отключён. Продлить: /buy")
+        }
+        (Lang::En, ReminderKind::Expired) => {
+            format!("Your subscription ended ({at}) and the VPN is off. Renew: /buy")
+        }
+    }
+}
+
+// ---- administrators ----
+
+pub fn admin_help(lang: Lang) -> String {
+    let lines: Vec<&str> = Subcommand::ALL.iter().map(|sub| sub.usage()).collect();
+    format!(
+        "{}\n{}",
+        lang.pick("Команды администратора:", "Admin commands:"),
+        lines.join("\n")
+    )
+}
+
+/// A usage line naming what was wrong with the arguments.
+pub fn admin_usage_error(lang: Lang, error: &AdminParseError) -> String {
+    let problem = match (lang, error) {
+        (Lang::Ru, AdminParseError::UnknownSubcommand(word)) => {
+            format!("неизвестная подкоманда «{word}»")
+        }
+        (Lang::En, AdminParseError::UnknownSubcommand(word)) => {
+            format!("unknown subcommand “{word}”")
+        }
+        (Lang::Ru, AdminParseError::MissingUser(_)) => "не указан пользователь".into(),
+        (Lang::En, AdminParseError::MissingUser(_)) => "the user is missing".into(),
+        (Lang::Ru, AdminParseError::BadUser(_, word)) => {
+            format!("«{word}» — не id пользователя и не @username")
+        }
+        (Lang::En, AdminParseError::BadUser(_, word)) => {
+            format!("“{word}” is neither a user id nor an @username")
+        }
+        (Lang::Ru, AdminParseError::MissingDays) => "не указано число дней".into(),
+        (Lang::En, AdminParseError::MissingDays) => "the number of days is missing".into(),
+        (Lang::Ru, AdminParseError::BadDays(word)) => format!(
+            "дни: «{word}» — не целое число от 1 до {}",
+            crate::admin::MAX_GRANT_DAYS
+        ),
+        (Lang::En, AdminParseError::BadDays(word)) => format!(
+            "days: “{word}” is not a whole number from 1 to {}",
+            crate::admin::MAX_GRANT_DAYS
+        ),
+        (Lang::Ru, AdminParseError::MissingAudience) => "не указано, кому: all или active".into(),
+        (Lang::En, AdminParseError::MissingAudience) => {
+            "the audience is missing: all or active".into()
+        }
+        (Lang::Ru, AdminParseError::BadAudience(word)) => {
+            format!("кому: «{word}» — должно быть all или active")
+        }
+        (Lang::En, AdminParseError::BadAudience(word)) => {
+            format!("audience: “{word}” must be all or active")
+        }
+        (Lang::Ru, AdminParseError::EmptyBroadcast) => "пустой текст рассылки".into(),
+        (Lang::En, AdminParseError::EmptyBroadcast) => "the broadcast text is empty".into(),
+        (Lang::Ru, AdminParseError::BroadcastTooLong(chars)) => format!(
+            "текст длиной {chars} символов, Telegram принимает до {}",
+            crate::admin::MAX_MESSAGE_CHARS
+        ),
+        (Lang::En, AdminParseError::BroadcastTooLong(chars)) => format!(
+            "the text is {chars} characters long, Telegram takes at most {}",
+            crate::admin::MAX_MESSAGE_CHARS
+        ),
+        (Lang::Ru, AdminParseError::UnexpectedArguments(_, extra)) => {
+            format!("лишние аргументы «{extra}»")
+        }
+        (Lang::En, AdminParseError::UnexpectedArguments(_, extra)) => {
+            format!("unexpected arguments “{extra}”")
+        }
+    };
+    let usage = match error.subcommand() {
+        Some(sub) => sub.usage().to_owned(),
+        None => admin_help(lang),
+    };
+    format!(
+        "{}: {problem}.\n{}: {usage}",
+        lang.pick("Ошибка", "Error"),
+        lang.pick("Использование", "Usage")
+    )
+}
+
+/// Money amounts per currency, e.g. `1990.00 RUB`; `0` when there are none.
+pub fn amounts(amounts: &[(String, i64)]) -> String {
+    if amounts.is_empty() {
+        return "0".into();
+    }
+    amounts
+        .iter()
+        .map(|(currency, minor)| format!("{}.{:02} {currency}", minor / 100, (minor % 100).abs()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The numbers `/admin stats` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsView {
+    pub users: i64,
+    pub active: i64,
+    pub expired: i64,
+    pub never_paid: i64,
+    pub suspended: i64,
+    pub revenue_today: Vec<(String, i64)>,
+    pub revenue_30_days: Vec<(String, i64)>,
+}
+
+pub fn admin_stats(lang: Lang, stats: &StatsView) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Пользователи: {}\nАктивные подписки: {}\nИстёкшие: {}\nНе оплачивали: {}\nПриостановлены: {}\nВыручка сегодня: {}\nВыручка за 30 дней: {}",
+            stats.users,
+            stats.active,
+            stats.expired,
+            stats.never_paid,
+            stats.suspended,
+            amounts(&stats.revenue_today),
+            amounts(&stats.revenue_30_days)
+        ),
+        Lang::En => format!(
+            "Users: {}\nActive subscriptions: {}\nExpired: {}\nNever paid: {}\nSuspended: {}\nRevenue today: {}\nRevenue, last 30 days: {}",
+            stats.users,
+            stats.active,
+            stats.expired,
+            stats.never_paid,
+            stats.suspended,
+            amounts(&stats.revenue_today),
+            amounts(&stats.revenue_30_days)
+        ),
+    }
+}
+
+pub fn admin_user_not_found(lang: Lang, user: &UserRef) -> String {
+    match lang {
+        Lang::Ru => format!("Пользователь {user} не найден. Ничего не изменено."),
+        Lang::En => format!("User {user} not found. Nothing was changed."),
+    }
+}
+
+pub fn admin_granted(lang: Lang, user_id: i64, days: u32, paid_until: Option<Timestamp>) -> String {
+    let until = paid_until.map(date).unwrap_or_else(|| "—".into());
+    match lang {
+        Lang::Ru => format!("Пользователю {user_id} добавлено {days} дн. Оплачено до {until}."),
+        Lang::En => format!("Granted {days} days to user {user_id}. Paid until {until}."),
+    }
+}
+
+pub fn admin_suspended(lang: Lang, user_id: i64, suspended: bool, changed: bool) -> String {
+    match (lang, suspended, changed) {
+        (Lang::Ru, true, true) => format!("Подписка пользователя {user_id} приостановлена."),
+        (Lang::En, true, true) => format!("User {user_id} is suspended."),
+        (Lang::Ru, false, true) => format!("Подписка пользователя {user_id} возобновлена."),
+        (Lang::En, false, true) => format!("User {user_id} is no longer suspended."),
+        (Lang::Ru, true, false) => format!("Пользователь {user_id} уже приостановлен."),
+        (Lang::En, true, false) => format!("User {user_id} was already suspended."),
+        (Lang::Ru, false, false) => format!("Пользователь {user_id} и так не приостановлен."),
+        (Lang::En, false, false) => format!("User {user_id} was not suspended."),
+    }
+}
+
+/// What `/admin find` shows of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    pub telegram_id: i64,
+    pub username: Option<String>,
+    pub name: String,
+    pub language_code: Option<String>,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    pub paid_until: Option<Timestamp>,
+    pub plan: Option<String>,
+    pub max_devices: i32,
+    pub suspended: bool,
+}
+
+pub fn admin_found(lang: Lang, user: &UserView) -> String {
+    let username = user
+        .username
+        .as_deref()
+        .map(|u| format!("@{u}"))
+        .unwrap_or_else(|| "—".into());
+    let until = user.paid_until.map(date).unwrap_or_else(|| "—".into());
+    let plan = user.plan.as_deref().unwrap_or("—");
+    let language = user.language_code.as_deref().unwrap_or("—");
+    match lang {
+        Lang::Ru => format!(
+            "id {} {username} ({})\nЯзык: {language}\nС нами с {}, последний раз {}\nОплачено до: {until}\nТариф: {plan}, устройств: {}\nПриостановлен: {}",
+            user.telegram_id,
+            user.name,
+            date(user.created_at),
+            date(user.last_seen_at),
+            user.max_devices,
+            if user.suspended { "да" } else { "нет" }
+        ),
+        Lang::En => format!(
+            "id {} {username} ({})\nLanguage: {language}\nJoined {}, last seen {}\nPaid until: {until}\nPlan: {plan}, devices: {}\nSuspended: {}",
+            user.telegram_id,
+            user.name,
+            date(user.created_at),
+            date(user.last_seen_at),
+            user.max_devices,
+            if user.suspended { "yes" } else { "no" }
+        ),
+    }
+}
+
+pub fn broadcast_started(lang: Lang, audience: Audience, total: u32) -> String {
+    let who = match (lang, audience) {
+        (Lang::Ru, Audience::All) => "всем пользователям",
+        (Lang::En, Audience::All) => "all users",
+        (Lang::Ru, Audience::Active) => "активным подписчикам",
+        (Lang::En, Audience::Active) => "active subscribers",
+    };
+    match lang {
+        Lang::Ru => format!("Рассылка {who}: {total} получателей."),
+        Lang::En => format!("Broadcast to {who}: {total} recipients."),
+    }
+}
+
+pub fn broadcast_progress(lang: Lang, tally: Tally) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Рассылка: {} из {} (доставлено {}, не доставлено {})",
+            tally.done(),
+            tally.total,
+            tally.delivered,
+            tally.failed
+        ),
+        Lang::En => format!(
+            "Broadcast: {} of {} (delivered {}, failed {})",
+            tally.done(),
+            tally.total,
+            tally.delivered,
+            tally.failed
+        ),
+    }
+}
+
+pub fn broadcast_done(lang: Lang, tally: Tally) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Рассылка завершена: доставлено {}, не доставлено {}.",
+            tally.delivered, tally.failed
+        ),
+        Lang::En => format!(
+            "Broadcast finished: {} delivered, {} failed.",
+            tally.delivered, tally.failed
+        ),
+    }
+}
+
+pub fn broadcast_no_recipients(lang: Lang) -> &'static str {
+    lang.pick(
+        "Некому отправлять: получателей нет.",
+        "Nobody to send to: no recipients.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn language_follows_the_code_with_russian_as_default() {
+        assert_eq!(Lang::from_code(Some("en")), Lang::En);
+        assert_eq!(Lang::from_code(Some("EN-gb")), Lang::En);
+        assert_eq!(Lang::from_code(Some("ru")), Lang::Ru);
+        assert_eq!(Lang::from_code(Some("uk")), Lang::Ru);
+        assert_eq!(Lang::from_code(None), Lang::Ru);
+    }
+
+    #[test]
+    fn both_languages_have_the_same_commands() {
+        let ru: Vec<_> = command_descriptions(Lang::Ru)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        let en: Vec<_> = command_descriptions(Lang::En)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(ru, en);
+        for lang in [Lang::Ru, Lang::En] {
+            for (command, description) in command_descriptions(lang) {
+                assert!(help(lang).contains(&format!("/{command}")));
+                assert!((3..=256).contains(&description.chars().count()));
+            }
+        }
+    }
+
+    #[test]
+    fn welcome_has_three_instruction_lines_and_mentions_the_trial() {
+        let until = t("2026-03-10T12:00:00Z");
+        let ru = welcome(Lang::Ru, "Иван", Some((3, until)));
+        assert!(ru.contains("Иван") && ru.contains("2026-03-10 12:00 UTC") && ru.contains("3 дн."));
+        let en = welcome(Lang::En, "Ann", None);
+        assert!(!en.contains("trial"));
+        for text in [ru, en] {
+            let numbered = text
+                .lines()
+                .filter(|l| l.starts_with(['1', '2', '3']))
+                .count();
+            assert_eq!(numbered, 3, "{text}");
+        }
+    }
+
+    #[test]
+    fn reminders_say_the_date_in_the_users_language() {
+        let until = t("2026-03-10T12:00:00Z");
+        for kind in ReminderKind::ALL {
+            let ru = reminder(Lang::Ru, kind, until);
+            let en = reminder(Lang::En, kind, until);
+            assert!(ru.contains("2026-03-10 12:00 UTC") && en.contains("2026-03-10 12:00 UTC"));
+            assert_ne!(ru, en);
+            assert!(ru.contains("/buy") && en.contains("/buy"));
+        }
+    }
+
+    #[test]
+    fn usage_errors_name_the_problem_and_the_usage_line() {
+        let err = admin::parse("grant 42 abc").unwrap_err();
+        let en = admin_usage_error(Lang::En, &err);
+        assert!(
+            en.contains("“abc”") && en.contains(Subcommand::Grant.usage()),
+            "{en}"
+        );
+        let ru = admin_usage_error(Lang::Ru, &err);
+        assert!(
+            ru.contains("«abc»") && ru.contains(Subcommand::Grant.usage()),
+            "{ru}"
+        );
+        let unknown = admin_usage_error(Lang::En, &admin::parse("frobnicate").unwrap_err());
+        assert!(unknown.contains("frobnicate") && unknown.contains(Subcommand::Broadcast.usage()));
+    }
+
+    #[test]
+    fn amounts_are_shown_with_two_decimals() {
+        assert_eq!(amounts(&[]), "0");
+        assert_eq!(
+            amounts(&[("RUB".into(), 19_905), ("USD".into(), 7)]),
+            "199.05 RUB, 0.07 USD"
+        );
+    }
+
+    #[test]
+    fn status_lists_devices_and_offers_renewal_when_not_active() {
+        let devices = [
+            DeviceLine {
+                name: "phone".into(),
+                enabled: true,
+                last_handshake: Some(t("2026-03-01T10:00:00Z")),
+            },
+            DeviceLine {
+                name: "laptop".into(),
+                enabled: false,
+                last_handshake: None,
+            },
+        ];
+        let text = status(
+            Lang::En,
+            SubscriptionPhase::Expired,
+            Some(t("2026-03-02T00:00:00Z")),
+            3,
+            &devices,
+        );
+        assert!(
+            text.contains("expired")
+                && text.contains("2 / 3")
+                && text.contains("phone: last handshake 2026-03-01 10:00 UTC")
+        );
+        assert!(text.contains("laptop (off): never connected") && text.contains("/buy"));
+        let active = status(Lang::Ru, SubscriptionPhase::Active, None, 1, &[]);
+        assert!(active.contains("активна") && !active.contains("/buy"));
+    }
+
+    #[test]
+    fn plan_buttons_show_price_and_devices() {
+        let catalogue = wgsub_crds::plans::PlanCatalogue::from_yaml_str(
+            "plans: [{id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 1}]",
+        )
+        .unwrap();
+        let plan = &catalogue.plans()[0];
+        assert_eq!(plan_button(Lang::En, plan), "Month — 199.00 RUB (1 device)");
+        assert_eq!(plan_button(Lang::Ru, plan), "Месяц — 199.00 RUB (1 устр.)");
+    }
+}
