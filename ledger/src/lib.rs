@@ -1,2 +1,208 @@
 //! The money side of wgsub shared by the API and the bot: the PostgreSQL ledger, the YooKassa
 //! client and the sync of `paidUntil` into `VpnSubscription`s.
+//!
+//! The ledger is the truth for money and identity. Every change to what a user is entitled to
+//! (a trial, an admin grant, an applied payment, a refund, a suspension) happens in one database
+//! transaction that locks the user's row, records the event, re-folds the user's
+//! [`Entitlement`] with [`wgsub_crds::ledger::fold_paid_until`] into `users.paid_until / plan /
+//! max_devices`, bumps `users.ledger_version` and (for payments and refunds) writes a
+//! notification outbox row. Writing the result into the `VpnSubscription` is a separate,
+//! idempotent step ([`SubscriptionSync`]) that can be repeated any time: `synced_version`
+//! records what was last written, so a failed write is picked up by
+//! [`SubscriptionSync::sync_unsynced`].
+//!
+//! # Public API (stable; used by `wgsub-api` and `wgsub-bot`)
+//!
+//! **Connecting** — [`db`]
+//! - [`DbConfig`] (`url`, `max_connections`, `acquire_timeout`, `pgbouncer`): `pgbouncer = true`
+//!   sets the statement cache capacity to 0 and runs every query unnamed (non-persistent), for
+//!   PgBouncer in transaction pooling.
+//! - [`db::connect_lazy`]`(&DbConfig) -> PgPool`, [`db::migrate`]`(&PgPool)` (runs
+//!   `migrations/` embedded by `sqlx::migrate!`), [`db::MIGRATOR`].
+//! - [`Ledger::new`]`(pool, pgbouncer)`, [`Ledger::pool`], [`Ledger::ping`].
+//!
+//! **Users** — [`users`]
+//! - [`TelegramUser`] → [`Ledger::upsert_user`]`(&TelegramUser, now) -> User` (insert or refresh
+//!   names/language, touch last-seen), [`Ledger::touch_last_seen`], [`Ledger::user`]`(id)`,
+//!   [`Ledger::user_by_username`]`("@name" or "name")`,
+//!   [`Ledger::set_receipt_contact`]`(id, &ReceiptCustomer)` with [`ReceiptCustomer::parse`]
+//!   for a typed e-mail or phone.
+//!
+//! **Grants and suspension** — [`grants`]
+//! - [`Ledger::grant_trial`]`(user, days, now) -> Option<Entitlement>`: once per user ever (a
+//!   partial unique index), `None` when already granted or `days == 0`.
+//! - [`Ledger::admin_grant`]`(&AdminGrant, now) -> Entitlement`, [`Ledger::set_suspended`]`(user,
+//!   suspended, admin_id, reason, now) -> changed`; both write `admin_actions`.
+//!
+//! **Payments** — [`payments`], [`yookassa`]
+//! - [`YooKassa::new`]`(YooKassaConfig)`: Basic auth, `Idempotence-Key`, retries with the same key.
+//! - [`Ledger::create_payment`]`(&YooKassa, PaymentOrder, now) -> CreatedPayment
+//!   { id, yookassa_id, confirmation_url }`.
+//! - [`Ledger::payment`]`(id)`, [`Ledger::payment_by_yookassa_id`],
+//!   [`Ledger::apply_payment`]`(our id, &fetched yookassa::Payment, now) -> ApplyOutcome`
+//!   (checks amount/currency/metadata, applies once), [`Ledger::cancel_payment`],
+//!   [`Ledger::record_refund`]`(&yookassa::Refund, now) -> RefundOutcome`.
+//!
+//! **Sync to Kubernetes** — [`sync`]
+//! - [`SubscriptionSync::new`]`(kube::Client, namespace)`; field manager [`FIELD_MANAGER`]
+//!   (`wgsub-ledger`, forced: the ledger is the truth and the derivation is idempotent). It owns
+//!   `spec.telegramUserId / paidUntil / plan / maxDevices / suspended` of `tg-<id>`.
+//! - [`SubscriptionSync::sync_user`]`(&Ledger, id)`, [`SubscriptionSync::ensure_subscription`]`(
+//!   &Ledger, &TelegramUser, trial_days, now)` (upsert + trial + apply),
+//!   [`SubscriptionSync::set_suspended`], [`SubscriptionSync::admin_grant`],
+//!   [`SubscriptionSync::sync_unsynced`]`(&Ledger, limit)` and [`SubscriptionSync::sync_all`] for
+//!   drift loops.
+//!
+//! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and
+//! [`Ledger::mark_notification_sent`]`(id, now)`; [`NotificationEvent`] says what happened.
+//!
+//! **Stats** — [`stats`]: [`Ledger::stats`]`(now) -> Stats` (users, active / expired / never
+//! paid / suspended, revenue today (UTC) and in the last 30 days, per currency).
+//!
+//! **Audit** — [`audit`]: [`Ledger::record_webhook_delivery`]`(&WebhookDelivery, now)`,
+//! [`Ledger::webhook_deliveries`]`(limit)`, [`Ledger::admin_actions`]`(user)`.
+//!
+//! **Pure core** — [`entitlement::entitlement`] (rows → paidUntil, plan, devices),
+//! [`yookassa::check_succeeded_payment`], [`yookassa::create_payment_body`],
+//! [`yookassa::parse_amount_minor`], [`yookassa::should_retry`], [`sync::subscription_patch`].
+
+pub mod audit;
+pub mod db;
+pub mod entitlement;
+pub mod grants;
+pub mod outbox;
+pub mod payments;
+pub mod stats;
+pub mod sync;
+mod txn;
+pub mod users;
+pub mod yookassa;
+
+use sqlx::PgPool;
+
+pub use audit::{AdminAction, DeliveryOutcome, WebhookDelivery};
+pub use db::DbConfig;
+pub use entitlement::{Entitlement, GrantKind};
+pub use grants::AdminGrant;
+pub use outbox::{Notification, NotificationEvent};
+pub use payments::{
+    ApplyError, ApplyOutcome, CreatedPayment, PaymentError, PaymentOrder, PaymentRecord,
+    PaymentStatus, RefundOutcome,
+};
+pub use stats::{Revenue, Stats};
+pub use sync::{FIELD_MANAGER, SubscriptionSync, SyncError, SyncReport};
+pub use users::{TelegramUser, User};
+pub use yookassa::{ReceiptCustomer, ReceiptSettings, YooKassa, YooKassaConfig, YooKassaError};
+
+/// A database failure or a ledger rule that was broken.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("user {0} is not in the ledger")]
+    UnknownUser(i64),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl LedgerError {
+    /// True when the database could not be reached (as opposed to a query being refused), so
+    /// callers can answer 503 and let the sender retry.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}
+
+/// The ledger: a PostgreSQL pool and whether queries must avoid persistent statements.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pool: PgPool,
+    persistent: bool,
+}
+
+impl Ledger {
+    /// Wraps a pool; `pgbouncer` makes every query unnamed (see [`DbConfig::pgbouncer`]).
+    pub fn new(pool: PgPool, pgbouncer: bool) -> Self {
+        Self {
+            pool,
+            persistent: !pgbouncer,
+        }
+    }
+
+    /// The pool, for callers with their own tables (e.g. the bot's).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether queries may use persistent (named, cached) statements.
+    pub fn persistent_statements(&self) -> bool {
+        self.persistent
+    }
+
+    /// A round trip to the database (for readiness probes).
+    pub async fn ping(&self) -> Result<(), LedgerError> {
+        sqlx::query("SELECT 1")
+            .persistent(self.persistent)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Test support: a fresh database per test in the server at `WGSUB_TEST_DATABASE_URL`.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+    use sqlx::Connection;
+    use sqlx::postgres::PgConnection;
+
+    /// Creates a uniquely named database, runs the migrations and returns its pool. Panics with
+    /// a clear message when `WGSUB_TEST_DATABASE_URL` is not set (the test needs PostgreSQL).
+    pub async fn fresh_database(label: &str) -> (PgPool, String) {
+        let base = std::env::var("WGSUB_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!(
+                "WGSUB_TEST_DATABASE_URL is not set: this test needs PostgreSQL \
+                 (run scripts/test, or `source scripts/test-postgres; start_test_postgres DIR`)"
+            )
+        });
+        let name = format!(
+            "wgsub_{}_{}",
+            label
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(30)
+                .collect::<String>()
+                .to_ascii_lowercase(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut admin = PgConnection::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to WGSUB_TEST_DATABASE_URL: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let url = match base.rfind('/') {
+            Some(slash) if !base[slash..].contains('@') => format!("{}/{name}", &base[..slash]),
+            _ => panic!("WGSUB_TEST_DATABASE_URL must end in /<database>"),
+        };
+        let config = DbConfig {
+            max_connections: 30,
+            ..DbConfig::new(url.clone())
+        };
+        let pool = db::connect_lazy(&config).expect("test database URL");
+        db::migrate(&pool).await.expect("migrations run");
+        (pool, url)
+    }
+}

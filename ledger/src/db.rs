@@ -1,0 +1,106 @@
+//! Connecting to PostgreSQL (a pool that works behind PgBouncer in transaction pooling) and
+//! running the embedded migrations from the workspace's `migrations/` directory.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use zeroize::Zeroizing;
+
+/// The migrations of `migrations/`, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// How to connect. The URL (it may carry a password) never appears in `Debug` output.
+#[derive(Clone)]
+pub struct DbConfig {
+    pub url: Zeroizing<String>,
+    pub max_connections: u32,
+    /// How long to wait for a free connection.
+    pub acquire_timeout: Duration,
+    /// Behind PgBouncer in transaction pooling: no statement cache and no named (persistent)
+    /// prepared statements, so nothing relies on a server connection surviving a transaction.
+    pub pgbouncer: bool,
+}
+
+impl fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &"<redacted>")
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("pgbouncer", &self.pgbouncer)
+            .finish()
+    }
+}
+
+impl DbConfig {
+    /// A config with the defaults (10 connections, 5 s acquire timeout, no PgBouncer mode).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: Zeroizing::new(url.into()),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            pgbouncer: false,
+        }
+    }
+
+    /// The connect options this config stands for; an error names what is wrong with the URL
+    /// without repeating it.
+    pub fn connect_options(&self) -> Result<PgConnectOptions, sqlx::Error> {
+        let options = PgConnectOptions::from_str(&self.url)?;
+        Ok(if self.pgbouncer {
+            options.statement_cache_capacity(0)
+        } else {
+            options
+        })
+    }
+}
+
+/// Opens a pool (lazily: connections are made on first use, so a database that is down at
+/// start makes `/readyz` fail rather than the process).
+pub fn connect_lazy(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_lazy_with(config.connect_options()?))
+}
+
+/// Runs every migration not yet applied.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_url() {
+        let config = DbConfig::new("postgres://wgsub:hunter2-but-longer@db/wgsub");
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn pgbouncer_mode_turns_the_statement_cache_off() {
+        let mut config = DbConfig::new("postgres://wgsub@db/wgsub");
+        config.pgbouncer = true;
+        let options = config.connect_options().unwrap();
+        // The options print their settings; the cache capacity is one of them.
+        assert!(format!("{options:?}").contains("statement_cache_capacity: 0"));
+        config.pgbouncer = false;
+        let options = config.connect_options().unwrap();
+        assert!(!format!("{options:?}").contains("statement_cache_capacity: 0"));
+    }
+
+    #[test]
+    fn the_migrations_are_embedded() {
+        assert!(
+            MIGRATOR
+                .iter()
+                .any(|migration| migration.description.contains("ledger"))
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! Payments: creating one at YooKassa for (user, plan) with our pending record, applying a
+//! succeeded one exactly once (a primary key on `payment_applications`, not check-then-insert),
+//! canceling, and recording refunds. Each ledger change re-folds the user's entitlement and
+//! writes the notification outbox row in the same transaction.
+
+use jiff::Timestamp;
+use jiff_sqlx::ToSqlx;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+use wgsub_crds::plans::Plan;
+
+use crate::entitlement::Entitlement;
+use crate::outbox::{NotificationEvent, enqueue};
+use crate::txn::{lock_user, refold};
+use crate::yookassa::{
+    self, ExpectedPayment, PaymentMismatch, ReceiptSettings, YooKassa, YooKassaError,
+    check_succeeded_payment, create_payment_body, parse_amount_minor,
+};
+use crate::{Ledger, LedgerError};
+
+/// Where a payment stands in our records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentStatus {
+    Pending,
+    Succeeded,
+    Canceled,
+    /// YooKassa could not be asked or refused; a webhook may still prove it succeeded.
+    Failed,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Canceled => "canceled",
+            PaymentStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(PaymentStatus::Pending),
+            "succeeded" => Some(PaymentStatus::Succeeded),
+            "canceled" => Some(PaymentStatus::Canceled),
+            "failed" => Some(PaymentStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A payment row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub id: Uuid,
+    pub yookassa_id: Option<String>,
+    pub user_id: i64,
+    pub plan: String,
+    pub days: i32,
+    pub devices: i32,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: PaymentStatus,
+    pub idempotence_key: Uuid,
+    pub confirmation_url: Option<String>,
+    pub created_at: Timestamp,
+    pub succeeded_at: Option<Timestamp>,
+}
+
+impl PaymentRecord {
+    /// What a fetched payment must match.
+    pub fn expected(&self) -> ExpectedPayment<'_> {
+        ExpectedPayment {
+            our_id: self.id,
+            yookassa_id: self.yookassa_id.as_deref(),
+            user_id: self.user_id,
+            amount_minor: self.amount_minor,
+            currency: &self.currency,
+        }
+    }
+}
+
+const PAYMENT_COLUMNS: &str = "id, yookassa_id, user_id, plan, days, devices, amount_minor, \
+    currency, status, idempotence_key, confirmation_url, created_at, succeeded_at";
+
+fn payment_from_row(row: &PgRow) -> Result<PaymentRecord, LedgerError> {
+    let status: String = row.try_get("status")?;
+    Ok(PaymentRecord {
+        id: row.try_get("id")?,
+        yookassa_id: row.try_get("yookassa_id")?,
+        user_id: row.try_get("user_id")?,
+        plan: row.try_get("plan")?,
+        days: row.try_get("days")?,
+        devices: row.try_get("devices")?,
+        amount_minor: row.try_get("amount_minor")?,
+        currency: row.try_get("currency")?,
+        status: PaymentStatus::parse(&status)
+            .ok_or_else(|| LedgerError::Corrupt(format!("payment status {status:?}")))?,
+        idempotence_key: row.try_get("idempotence_key")?,
+        confirmation_url: row.try_get("confirmation_url")?,
+        created_at: row
+            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
+            .to_jiff(),
+        succeeded_at: row
+            .try_get::<Option<jiff_sqlx::Timestamp>, _>("succeeded_at")?
+            .map(jiff_sqlx::Timestamp::to_jiff),
+    })
+}
+
+/// A purchase to start.
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentOrder<'a> {
+    pub user_id: i64,
+    pub plan: &'a Plan,
+    /// Where YooKassa sends the user back after paying.
+    pub return_url: &'a str,
+    /// `Some` when 54-FZ receipts are on: the user must have an e-mail or phone.
+    pub receipt: Option<ReceiptSettings>,
+}
+
+/// A payment created at YooKassa.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedPayment {
+    pub id: Uuid,
+    pub yookassa_id: String,
+    /// Where the user pays.
+    pub confirmation_url: String,
+}
+
+/// Why a payment could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("receipts are on and the user has no e-mail or phone")]
+    ContactRequired,
+    #[error(transparent)]
+    YooKassa(#[from] YooKassaError),
+    #[error("YooKassa returned no confirmation URL")]
+    NoConfirmationUrl,
+}
+
+/// What applying a succeeded payment did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied now; the user's new entitlement.
+    Applied {
+        user_id: i64,
+        entitlement: Entitlement,
+    },
+    /// It had been applied before; nothing changed.
+    AlreadyApplied { user_id: i64 },
+}
+
+/// Why a payment was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("payment {0} is not in the ledger")]
+    UnknownPayment(Uuid),
+    #[error(transparent)]
+    Mismatch(#[from] PaymentMismatch),
+}
+
+/// What recording a refund did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    Recorded {
+        user_id: i64,
+        entitlement: Entitlement,
+    },
+    AlreadyRecorded,
+    /// The refund is of a payment wgsub does not know or never applied.
+    UnknownPayment,
+    /// YooKassa does not (yet) say the refund succeeded.
+    NotSucceeded,
+}
+
+impl Ledger {
+    /// Creates a payment for the plan: records it as pending with a fresh idempotence key, asks
+    /// YooKassa (retrying with the same key) and returns where the user pays.
+    pub async fn create_payment(
+        &self,
+        yookassa: &YooKassa,
+        order: PaymentOrder<'_>,
+        now: Timestamp,
+    ) -> Result<CreatedPayment, PaymentError> {
+        let user = self
+            .user(order.user_id)
+            .await?
+            .ok_or(LedgerError::UnknownUser(order.user_id))?;
+        let receipt = match order.receipt {
+            Some(settings) => Some((
+                user.receipt_customer()
+                    .ok_or(PaymentError::ContactRequired)?,
+                settings,
+            )),
+            None => None,
+        };
+        let id = Uuid::new_v4();
+        let idempotence_key = Uuid::new_v4();
+        let plan = order.plan;
+        sqlx::query(
+            "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
+                                   status, idempotence_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
+        )
+        .persistent(self.persistent)
+        .bind(id)
+        .bind(user.telegram_id)
+        .bind(&plan.id)
+        .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
+        .bind(i32::from(plan.devices))
+        .bind(plan.price_minor)
+        .bind(&plan.currency)
+        .bind(idempotence_key)
+        .bind(now.to_sqlx())
+        .execute(&self.pool)
+        .await
+        .map_err(LedgerError::from)?;
+        let description = format!(
+            "VPN: {}",
+            plan.title.for_language(user.language_code.as_deref())
+        );
+        let body = create_payment_body(
+            id,
+            user.telegram_id,
+            plan,
+            &description,
+            order.return_url,
+            receipt
+                .as_ref()
+                .map(|(customer, settings)| (customer, *settings)),
+        );
+        let created = match yookassa
+            .create_payment(&body, &idempotence_key.to_string())
+            .await
+        {
+            Ok(created) => created,
+            Err(error) => {
+                self.set_payment_status(id, PaymentStatus::Failed, now)
+                    .await?;
+                return Err(error.into());
+            }
+        };
+        let url = created
+            .confirmation
+            .as_ref()
+            .and_then(|c| c.confirmation_url.clone());
+        let status = if created.status == "canceled" {
+            PaymentStatus::Canceled
+        } else {
+            PaymentStatus::Pending
+        };
+        sqlx::query(
+            "UPDATE payments SET yookassa_id = $2, confirmation_url = $3, status = $4, updated_at = $5 \
+             WHERE id = $1",
+        )
+        .persistent(self.persistent)
+        .bind(id)
+        .bind(&created.id)
+        .bind(url.as_deref())
+        .bind(status.as_str())
+        .bind(now.to_sqlx())
+        .execute(&self.pool)
+        .await
+        .map_err(LedgerError::from)?;
+        let confirmation_url = url.ok_or(PaymentError::NoConfirmationUrl)?;
+        Ok(CreatedPayment {
+            id,
+            yookassa_id: created.id,
+            confirmation_url,
+        })
+    }
+
+    async fn set_payment_status(
+        &self,
+        id: Uuid,
+        status: PaymentStatus,
+        now: Timestamp,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE payments SET status = $2, updated_at = $3 WHERE id = $1")
+            .persistent(self.persistent)
+            .bind(id)
+            .bind(status.as_str())
+            .bind(now.to_sqlx())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Our payment with this id.
+    pub async fn payment(&self, id: Uuid) -> Result<Option<PaymentRecord>, LedgerError> {
+        let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(payment_from_row).transpose()
+    }
+
+    /// Our payment with this YooKassa id.
+    pub async fn payment_by_yookassa_id(
+        &self,
+        yookassa_id: &str,
+    ) -> Result<Option<PaymentRecord>, LedgerError> {
+        let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE yookassa_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(yookassa_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(payment_from_row).transpose()
+    }
+
+    /// The payment a fetched YooKassa payment stands for: by its YooKassa id, or (when our
+    /// create call never learnt the id) by the payment id in its metadata.
+    pub async fn payment_for(
+        &self,
+        fetched: &yookassa::Payment,
+    ) -> Result<Option<PaymentRecord>, LedgerError> {
+        if let Some(record) = self.payment_by_yookassa_id(&fetched.id).await? {
+            return Ok(Some(record));
+        }
+        let Some(ours) = fetched
+            .metadata
+            .get(yookassa::METADATA_PAYMENT_ID)
+            .and_then(|id| id.parse::<Uuid>().ok())
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .payment(ours)
+            .await?
+            .filter(|record| record.yookassa_id.is_none()))
+    }
+
+    /// Applies a payment YooKassa says succeeded, once: checks it against our record, then in
+    /// one transaction records the application (primary key), marks the payment succeeded,
+    /// re-folds the user's entitlement and writes the outbox row.
+    pub async fn apply_payment(
+        &self,
+        payment_id: Uuid,
+        fetched: &yookassa::Payment,
+        now: Timestamp,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let record = self
+            .payment(payment_id)
+            .await?
+            .ok_or(ApplyError::UnknownPayment(payment_id))?;
+        check_succeeded_payment(&record.expected(), fetched)?;
+        let succeeded_at = fetched.captured_at.unwrap_or(now);
+        let mut tx = self.pool.begin().await.map_err(LedgerError::from)?;
+        lock_user(&mut tx, record.user_id, self.persistent).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO payment_applications (payment_id, applied_at) VALUES ($1, $2) \
+             ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id",
+        )
+        .persistent(self.persistent)
+        .bind(record.id)
+        .bind(now.to_sqlx())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(LedgerError::from)?;
+        if inserted.is_none() {
+            tx.rollback().await.map_err(LedgerError::from)?;
+            return Ok(ApplyOutcome::AlreadyApplied {
+                user_id: record.user_id,
+            });
+        }
+        sqlx::query(
+            "UPDATE payments SET status = 'succeeded', succeeded_at = $2, updated_at = $3, \
+                yookassa_id = COALESCE(yookassa_id, $4) WHERE id = $1",
+        )
+        .persistent(self.persistent)
+        .bind(record.id)
+        .bind(succeeded_at.to_sqlx())
+        .bind(now.to_sqlx())
+        .bind(&fetched.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(LedgerError::from)?;
+        let (entitlement, _) = refold(&mut tx, record.user_id, self.persistent).await?;
+        let event = NotificationEvent::PaymentSucceeded {
+            payment_id: record.id,
+            plan: record.plan.clone(),
+            amount_minor: record.amount_minor,
+            currency: record.currency.clone(),
+            paid_until: entitlement.paid_until,
+        };
+        enqueue(&mut tx, self.persistent, record.user_id, &event, now).await?;
+        tx.commit().await.map_err(LedgerError::from)?;
+        Ok(ApplyOutcome::Applied {
+            user_id: record.user_id,
+            entitlement,
+        })
+    }
+
+    /// Marks a payment canceled (YooKassa said so); false when it was not pending or failed.
+    pub async fn cancel_payment(
+        &self,
+        payment_id: Uuid,
+        now: Timestamp,
+    ) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE payments SET status = 'canceled', updated_at = $2 \
+             WHERE id = $1 AND status IN ('pending', 'failed')",
+        )
+        .persistent(self.persistent)
+        .bind(payment_id)
+        .bind(now.to_sqlx())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a refund YooKassa reports (fetched from YooKassa, not taken from a webhook body),
+    /// once per refund id; a refund of the full amount takes the payment out of the fold.
+    pub async fn record_refund(
+        &self,
+        refund: &yookassa::Refund,
+        now: Timestamp,
+    ) -> Result<RefundOutcome, LedgerError> {
+        if refund.status != "succeeded" {
+            return Ok(RefundOutcome::NotSucceeded);
+        }
+        let Some(payment) = self.payment_by_yookassa_id(&refund.payment_id).await? else {
+            return Ok(RefundOutcome::UnknownPayment);
+        };
+        if payment.status != PaymentStatus::Succeeded {
+            return Ok(RefundOutcome::UnknownPayment);
+        }
+        let amount_minor = parse_amount_minor(&refund.amount.value)
+            .filter(|amount| *amount > 0)
+            .ok_or_else(|| {
+                LedgerError::Invalid(format!("refund amount {:?}", refund.amount.value))
+            })?;
+        if refund.amount.currency != payment.currency {
+            return Err(LedgerError::Invalid(format!(
+                "refund currency {} differs from the payment's {}",
+                refund.amount.currency, payment.currency
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, payment.user_id, self.persistent).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO refunds (yookassa_id, payment_id, amount_minor, currency, refunded_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (yookassa_id) DO NOTHING RETURNING yookassa_id",
+        )
+        .persistent(self.persistent)
+        .bind(&refund.id)
+        .bind(payment.id)
+        .bind(amount_minor)
+        .bind(&refund.amount.currency)
+        .bind(refund.created_at.unwrap_or(now).to_sqlx())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            tx.rollback().await?;
+            return Ok(RefundOutcome::AlreadyRecorded);
+        }
+        let (entitlement, _) = refold(&mut tx, payment.user_id, self.persistent).await?;
+        let event = NotificationEvent::RefundRecorded {
+            payment_id: payment.id,
+            amount_minor,
+            currency: payment.currency.clone(),
+            paid_until: entitlement.paid_until,
+        };
+        enqueue(&mut tx, self.persistent, payment.user_id, &event, now).await?;
+        tx.commit().await?;
+        Ok(RefundOutcome::Recorded {
+            user_id: payment.user_id,
+            entitlement,
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! Numbers for the administrators' `/admin`: users by subscription state and revenue (net of
+//! refunds) today (UTC) and in the last 30 days.
+
+use jiff::{SignedDuration, Timestamp};
+use jiff_sqlx::ToSqlx;
+use sqlx::Row;
+
+use crate::{Ledger, LedgerError};
+
+/// Money in one currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revenue {
+    pub currency: String,
+    pub amount_minor: i64,
+}
+
+/// The ledger at a glance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub users: i64,
+    /// Paid until after now and not suspended.
+    pub active: i64,
+    /// Paid once, the period is over, not suspended.
+    pub expired: i64,
+    pub never_paid: i64,
+    pub suspended: i64,
+    /// Since 00:00 UTC today.
+    pub revenue_today: Vec<Revenue>,
+    pub revenue_30_days: Vec<Revenue>,
+}
+
+/// The start of `now`'s day in UTC.
+pub fn start_of_day_utc(now: Timestamp) -> Timestamp {
+    let seconds = now.as_second();
+    let day = seconds.div_euclid(86_400) * 86_400;
+    Timestamp::from_second(day).unwrap_or(now)
+}
+
+impl Ledger {
+    /// Counts users by state at `now` and sums revenue.
+    pub async fn stats(&self, now: Timestamp) -> Result<Stats, LedgerError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS users, \
+                COUNT(*) FILTER (WHERE NOT suspended AND paid_until > $1) AS active, \
+                COUNT(*) FILTER (WHERE NOT suspended AND paid_until <= $1) AS expired, \
+                COUNT(*) FILTER (WHERE NOT suspended AND paid_until IS NULL) AS never_paid, \
+                COUNT(*) FILTER (WHERE suspended) AS suspended \
+             FROM users",
+        )
+        .persistent(self.persistent)
+        .bind(now.to_sqlx())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Stats {
+            users: row.try_get("users")?,
+            active: row.try_get("active")?,
+            expired: row.try_get("expired")?,
+            never_paid: row.try_get("never_paid")?,
+            suspended: row.try_get("suspended")?,
+            revenue_today: self.revenue_since(start_of_day_utc(now)).await?,
+            revenue_30_days: self
+                .revenue_since(now - SignedDuration::from_hours(24 * 30))
+                .await?,
+        })
+    }
+
+    /// Applied payments since `since` minus refunds since `since`, per currency.
+    pub async fn revenue_since(&self, since: Timestamp) -> Result<Vec<Revenue>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT currency, SUM(amount)::BIGINT AS amount FROM ( \
+                SELECT p.currency, p.amount_minor AS amount FROM payments p \
+                  JOIN payment_applications a ON a.payment_id = p.id WHERE p.succeeded_at >= $1 \
+                UNION ALL \
+                SELECT r.currency, -r.amount_minor FROM refunds r WHERE r.refunded_at >= $1 \
+             ) money GROUP BY currency ORDER BY currency",
+        )
+        .persistent(self.persistent)
+        .bind(since.to_sqlx())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Revenue {
+                    currency: row.try_get("currency")?,
+                    amount_minor: row.try_get("amount")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_day_starts_at_midnight_utc() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            start_of_day_utc(t("2026-03-04T17:45:12Z")),
+            t("2026-03-04T00:00:00Z")
+        );
+        assert_eq!(
+            start_of_day_utc(t("2026-03-04T00:00:00Z")),
+            t("2026-03-04T00:00:00Z")
+        );
+        assert_eq!(
+            start_of_day_utc(t("1969-12-31T23:00:00Z")),
+            t("1969-12-31T00:00:00Z")
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! The steps every ledger-changing transaction shares: lock the user's row (so concurrent
+//! changes to one user serialise and each re-fold sees the others), and re-fold the user's
+//! entitlement into the `users` row with a new `ledger_version`.
+
+use jiff_sqlx::ToSqlx;
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use crate::LedgerError;
+use crate::entitlement::{Entitlement, GrantFact, GrantKind, PaymentFact, entitlement};
+
+/// Locks the user's row for the rest of the transaction.
+pub(crate) async fn lock_user(
+    conn: &mut PgConnection,
+    user_id: i64,
+    persistent: bool,
+) -> Result<(), LedgerError> {
+    sqlx::query("SELECT telegram_id FROM users WHERE telegram_id = $1 FOR UPDATE")
+        .persistent(persistent)
+        .bind(user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|_| ())
+        .ok_or(LedgerError::UnknownUser(user_id))
+}
+
+/// Re-folds the user's applied payments and grants, stores the result and bumps
+/// `ledger_version`. Returns the entitlement and the new version.
+pub(crate) async fn refold(
+    conn: &mut PgConnection,
+    user_id: i64,
+    persistent: bool,
+) -> Result<(Entitlement, i64), LedgerError> {
+    let payment_rows = sqlx::query(
+        "SELECT p.id, p.succeeded_at, p.days, p.plan, p.devices, p.amount_minor, \
+                COALESCE((SELECT SUM(r.amount_minor) FROM refunds r WHERE r.payment_id = p.id), 0)::BIGINT AS refunded \
+         FROM payments p JOIN payment_applications a ON a.payment_id = p.id \
+         WHERE p.user_id = $1",
+    )
+    .persistent(persistent)
+    .bind(user_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut payments = Vec::with_capacity(payment_rows.len());
+    for row in &payment_rows {
+        let id: Uuid = row.try_get("id")?;
+        let at = row
+            .try_get::<Option<jiff_sqlx::Timestamp>, _>("succeeded_at")?
+            .ok_or_else(|| {
+                LedgerError::Corrupt(format!("applied payment {id} has no succeeded_at"))
+            })?
+            .to_jiff();
+        payments.push(PaymentFact {
+            id,
+            at,
+            days: row.try_get("days")?,
+            plan: row.try_get("plan")?,
+            devices: row.try_get("devices")?,
+            amount_minor: row.try_get("amount_minor")?,
+            refunded_minor: row.try_get("refunded")?,
+        });
+    }
+    let grant_rows =
+        sqlx::query("SELECT id, kind, granted_at, days FROM grants WHERE user_id = $1")
+            .persistent(persistent)
+            .bind(user_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut grants = Vec::with_capacity(grant_rows.len());
+    for row in &grant_rows {
+        let kind: String = row.try_get("kind")?;
+        grants.push(GrantFact {
+            id: row.try_get("id")?,
+            kind: GrantKind::parse(&kind)
+                .ok_or_else(|| LedgerError::Corrupt(format!("grant kind {kind:?}")))?,
+            at: row
+                .try_get::<jiff_sqlx::Timestamp, _>("granted_at")?
+                .to_jiff(),
+            days: row.try_get("days")?,
+        });
+    }
+    let folded = entitlement(&payments, &grants);
+    let version = bump(conn, user_id, Some(&folded), persistent).await?;
+    Ok((folded, version))
+}
+
+/// Bumps `ledger_version` (storing a new fold when given); returns the new version.
+pub(crate) async fn bump(
+    conn: &mut PgConnection,
+    user_id: i64,
+    folded: Option<&Entitlement>,
+    persistent: bool,
+) -> Result<i64, LedgerError> {
+    let row = match folded {
+        Some(folded) => {
+            sqlx::query(
+                "UPDATE users SET paid_until = $2, plan = $3, max_devices = $4, \
+                    ledger_version = ledger_version + 1 \
+                 WHERE telegram_id = $1 RETURNING ledger_version",
+            )
+            .persistent(persistent)
+            .bind(user_id)
+            .bind(folded.paid_until.map(|t| t.to_sqlx()))
+            .bind(folded.plan.as_deref())
+            .bind(folded.max_devices)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "UPDATE users SET ledger_version = ledger_version + 1 \
+                 WHERE telegram_id = $1 RETURNING ledger_version",
+            )
+            .persistent(persistent)
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    let row = row.ok_or(LedgerError::UnknownUser(user_id))?;
+    Ok(row.try_get("ledger_version")?)
+}

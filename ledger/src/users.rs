@@ -1,0 +1,237 @@
+//! Users: who a Telegram user is to the ledger (names, language, receipt contact, suspension,
+//! the cached fold), created or refreshed from Telegram's user object.
+
+use jiff::Timestamp;
+use jiff_sqlx::ToSqlx;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use crate::entitlement::Entitlement;
+use crate::yookassa::ReceiptCustomer;
+use crate::{Ledger, LedgerError};
+
+/// A Telegram user as Telegram describes them (from a bot update or Mini App initData).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelegramUser {
+    pub id: i64,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub first_name: String,
+    #[serde(default)]
+    pub last_name: Option<String>,
+    #[serde(default)]
+    pub language_code: Option<String>,
+}
+
+/// A user row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub telegram_id: i64,
+    pub username: Option<String>,
+    pub first_name: String,
+    pub last_name: Option<String>,
+    pub language_code: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub suspended: bool,
+    pub created_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    /// The ledger fold as of the latest ledger change.
+    pub entitlement: Entitlement,
+    /// Bumped by every ledger change.
+    pub ledger_version: i64,
+    /// The `ledger_version` last written to the `VpnSubscription`.
+    pub synced_version: i64,
+}
+
+impl User {
+    /// The contact a receipt goes to: the e-mail if known, else the phone.
+    pub fn receipt_customer(&self) -> Option<ReceiptCustomer> {
+        self.email
+            .clone()
+            .map(ReceiptCustomer::Email)
+            .or_else(|| self.phone.clone().map(ReceiptCustomer::Phone))
+    }
+}
+
+pub(crate) const USER_COLUMNS: &str = "telegram_id, username, first_name, last_name, \
+    language_code, email, phone, suspended, created_at, last_seen_at, paid_until, plan, \
+    max_devices, ledger_version, synced_version";
+
+pub(crate) fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
+    Ok(User {
+        telegram_id: row.try_get("telegram_id")?,
+        username: row.try_get("username")?,
+        first_name: row.try_get("first_name")?,
+        last_name: row.try_get("last_name")?,
+        language_code: row.try_get("language_code")?,
+        email: row.try_get("email")?,
+        phone: row.try_get("phone")?,
+        suspended: row.try_get("suspended")?,
+        created_at: row
+            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
+            .to_jiff(),
+        last_seen_at: row
+            .try_get::<jiff_sqlx::Timestamp, _>("last_seen_at")?
+            .to_jiff(),
+        entitlement: Entitlement {
+            paid_until: row
+                .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
+                .map(jiff_sqlx::Timestamp::to_jiff),
+            plan: row.try_get("plan")?,
+            max_devices: row.try_get("max_devices")?,
+        },
+        ledger_version: row.try_get("ledger_version")?,
+        synced_version: row.try_get("synced_version")?,
+    })
+}
+
+fn clip(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+impl Ledger {
+    /// Inserts the user or refreshes their names and language; touches last-seen either way.
+    pub async fn upsert_user(
+        &self,
+        user: &TelegramUser,
+        now: Timestamp,
+    ) -> Result<User, LedgerError> {
+        if user.id <= 0 {
+            return Err(LedgerError::Invalid(format!(
+                "telegram user id must be positive, got {}",
+                user.id
+            )));
+        }
+        let sql = format!(
+            "INSERT INTO users (telegram_id, username, first_name, last_name, language_code, \
+                                created_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (telegram_id) DO UPDATE SET username = EXCLUDED.username, \
+                first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, \
+                language_code = EXCLUDED.language_code, \
+                last_seen_at = GREATEST(users.last_seen_at, EXCLUDED.last_seen_at) \
+             RETURNING {USER_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(user.id)
+            .bind(user.username.as_deref().map(|u| clip(u, 64)))
+            .bind(clip(&user.first_name, 128))
+            .bind(user.last_name.as_deref().map(|n| clip(n, 128)))
+            .bind(user.language_code.as_deref().map(|c| clip(c, 16)))
+            .bind(now.to_sqlx())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(user_from_row(&row)?)
+    }
+
+    /// Records that the user was seen at `now`; false when the user is unknown.
+    pub async fn touch_last_seen(&self, user_id: i64, now: Timestamp) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE users SET last_seen_at = GREATEST(last_seen_at, $2) WHERE telegram_id = $1",
+        )
+        .persistent(self.persistent)
+        .bind(user_id)
+        .bind(now.to_sqlx())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The user with this Telegram id.
+    pub async fn user(&self, user_id: i64) -> Result<Option<User>, LedgerError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE telegram_id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    /// The user with this username (with or without `@`, any case).
+    pub async fn user_by_username(&self, username: &str) -> Result<Option<User>, LedgerError> {
+        let name = username.trim().trim_start_matches('@');
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE lower(username) = lower($1) \
+             ORDER BY last_seen_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(user_from_row).transpose()?)
+    }
+
+    /// Stores where 54-FZ receipts go (an e-mail replaces the phone and vice versa); false when
+    /// the user is unknown.
+    pub async fn set_receipt_contact(
+        &self,
+        user_id: i64,
+        contact: &ReceiptCustomer,
+    ) -> Result<bool, LedgerError> {
+        let (email, phone) = match contact {
+            ReceiptCustomer::Email(email) => (Some(email.as_str()), None),
+            ReceiptCustomer::Phone(phone) => (None, Some(phone.as_str())),
+        };
+        let done = sqlx::query("UPDATE users SET email = $2, phone = $3 WHERE telegram_id = $1")
+            .persistent(self.persistent)
+            .bind(user_id)
+            .bind(email)
+            .bind(phone)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Users whose ledger changed since their subscription was last written, oldest id first.
+    pub async fn unsynced_users(&self, limit: i64) -> Result<Vec<User>, LedgerError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE ledger_version <> synced_version \
+             ORDER BY telegram_id LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// One page of all users with an id above `after`, in id order.
+    pub async fn users_after(&self, after: i64, limit: i64) -> Result<Vec<User>, LedgerError> {
+        let sql = format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE telegram_id > $1 \
+             ORDER BY telegram_id LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(self.persistent)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Records that `version` of the user's ledger is now in their `VpnSubscription` (never
+    /// moves backwards).
+    pub async fn mark_synced(&self, user_id: i64, version: i64) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE users SET synced_version = $2 \
+             WHERE telegram_id = $1 AND synced_version < $2",
+        )
+        .persistent(self.persistent)
+        .bind(user_id)
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
