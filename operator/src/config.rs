@@ -1,0 +1,244 @@
+//! The operator's settings: every one a flag and a `WGSUB_…` environment variable (clap). A bad
+//! value stops the binary at start with the flag named.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use jiff::{SignedDuration, Span, SpanRelativeTo};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `wgsub-operator`: turns paid VpnSubscriptions into WgPeers with keys, addresses and expiry.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wgsub-operator", version, about)]
+pub struct Config {
+    /// Namespace whose subscriptions, peers and servers are reconciled; absent: all namespaces.
+    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
+    pub namespace: Option<String>,
+
+    /// Namespace of the leader-election Lease; defaults to --namespace (required when watching
+    /// all namespaces).
+    #[arg(long, env = "WGSUB_LEASE_NAMESPACE", value_parser = parse_name)]
+    pub lease_namespace: Option<String>,
+
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-operator", value_parser = parse_name)]
+    pub lease_name: String,
+
+    /// How long the lease stays held without renewal (e.g. 15s); at least 3s.
+    #[arg(long, env = "WGSUB_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub lease_duration: Duration,
+
+    /// This replica's name in the lease (the pod name); defaults to the host name.
+    #[arg(long, env = "WGSUB_IDENTITY", value_parser = parse_identity)]
+    pub identity: Option<String>,
+
+    /// The WgServer of subscriptions that name none.
+    #[arg(long, env = "WGSUB_DEFAULT_SERVER", default_value = "default", value_parser = parse_name)]
+    pub default_server: String,
+
+    /// How long expired or suspended subscriptions keep their peers (keys and addresses) after
+    /// the paid period, e.g. 30d or 720h.
+    #[arg(long, env = "WGSUB_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    pub retention: SignedDuration,
+
+    /// Subscriptions reconciled at the same time.
+    #[arg(long, env = "WGSUB_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "WGSUB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "WGSUB_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. info or wgsub_operator=debug.
+    #[arg(long, env = "WGSUB_LOG_LEVEL", default_value = "info", value_parser = parse_filter)]
+    pub log_level: String,
+}
+
+impl Config {
+    /// Parses and cross-checks the settings; the error names the flag at fault.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = Self::try_parse_from(args)?;
+        config.lease_namespace()?;
+        Ok(config)
+    }
+
+    /// The namespace of the Lease.
+    pub fn lease_namespace(&self) -> Result<String, clap::Error> {
+        self.lease_namespace
+            .clone()
+            .or_else(|| self.namespace.clone())
+            .ok_or_else(|| {
+                use clap::CommandFactory;
+                Self::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--lease-namespace (WGSUB_LEASE_NAMESPACE) is required when --namespace is absent",
+                )
+            })
+    }
+
+    /// This replica's identity in the lease.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("wgsub-operator-{}", std::process::id()))
+        })
+    }
+}
+
+/// A Kubernetes object name (DNS-1123 label: lower-case alphanumerics and '-', at most 63).
+fn parse_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+fn parse_span(text: &str) -> Result<SignedDuration, String> {
+    let span: Span = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration such as 30d, 12h or 15s: {e}"))?;
+    span.to_duration(SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("{text:?} is not a fixed duration: {e}"))
+}
+
+fn parse_retention(text: &str) -> Result<SignedDuration, String> {
+    let duration = parse_span(text)?;
+    if duration.is_negative() {
+        return Err(format!("{text:?} is negative"));
+    }
+    Ok(duration)
+}
+
+fn parse_lease_duration(text: &str) -> Result<Duration, String> {
+    let duration =
+        Duration::try_from(parse_span(text)?).map_err(|_| format!("{text:?} is negative"))?;
+    if duration < Duration::from_secs(3) {
+        return Err(format!("{text:?} is shorter than 3s"));
+    }
+    Ok(duration)
+}
+
+fn parse_identity(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() || text.len() > 128 {
+        return Err("the identity must be 1 to 128 characters".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
+fn parse_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("{text:?} is not a log filter: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_checked(std::iter::once("wgsub-operator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let config = parse(&["--namespace", "vpn"]).unwrap();
+        assert_eq!(config.retention, SignedDuration::from_hours(30 * 24));
+        assert_eq!(config.lease_duration, Duration::from_secs(15));
+        assert_eq!(config.lease_namespace().unwrap(), "vpn");
+        assert_eq!(config.default_server, "default");
+        assert_eq!(config.metrics_addr.port(), 8080);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn durations_accept_days_and_hours() {
+        let config = parse(&[
+            "--namespace",
+            "vpn",
+            "--retention",
+            "720h",
+            "--lease-duration",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(config.retention, SignedDuration::from_hours(720));
+        assert_eq!(config.lease_duration, Duration::from_secs(60));
+        let zero = parse(&["--namespace", "vpn", "--retention", "0s"]).unwrap();
+        assert_eq!(zero.retention, SignedDuration::ZERO);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (vec!["--namespace", "Not_A_Name"], "--namespace"),
+            (
+                vec!["--namespace", "vpn", "--retention", "soon"],
+                "--retention",
+            ),
+            (vec!["--namespace", "vpn", "--retention=-3d"], "--retention"),
+            (
+                vec!["--namespace", "vpn", "--lease-duration", "1s"],
+                "--lease-duration",
+            ),
+            (
+                vec!["--namespace", "vpn", "--concurrency", "0"],
+                "--concurrency",
+            ),
+            (
+                vec!["--namespace", "vpn", "--metrics-addr", "nowhere"],
+                "--metrics-addr",
+            ),
+            (
+                vec!["--namespace", "vpn", "--log-format", "xml"],
+                "--log-format",
+            ),
+            (
+                vec!["--namespace", "vpn", "--log-level", "info,=[=="],
+                "--log-level",
+            ),
+            (
+                vec!["--namespace", "vpn", "--default-server", "UPPER"],
+                "--default-server",
+            ),
+            (vec![], "--lease-namespace"),
+        ] {
+            let error = parse(&args).unwrap_err().to_string();
+            assert!(error.contains(flag), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn all_namespaces_with_a_lease_namespace_is_accepted() {
+        let config = parse(&["--lease-namespace", "wgsub"]).unwrap();
+        assert_eq!(config.namespace, None);
+        assert_eq!(config.lease_namespace().unwrap(), "wgsub");
+    }
+}

@@ -1,0 +1,511 @@
+//! The Kubernetes shell of the operator: reads what one subscription's reconcile needs (fresh from
+//! the API), calls [`decision::decide`], and writes the result — `WgPeer`s and key `Secret`s by
+//! server-side apply with field manager `wgsub-operator`, deletions after retention, the
+//! `VpnSubscription` status through the status subresource, Events — then requeues at the next
+//! liveness change. Also the kube-rs `Controller` wiring and the error policy.
+//!
+//! Fields written: `WgPeer` metadata labels/ownerReferences and `spec.server`, `publicKey`,
+//! `privateKeySecretRef`, `address`, `address6`, `expiresAt`; key `Secret`s; `VpnSubscription`
+//! `status`. Never `WgPeer.spec.enabled` or `deviceName` (the API's).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tracing::{debug, info, warn};
+use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::liveness::subscription_phase;
+use wgsub_crds::pool;
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
+use wgsub_crds::{SubscriptionPhase, VpnSubscription, WgPeer, WgServer};
+
+use crate::addresses::UsedAddresses;
+use crate::decision::{self, EventKind, Observed, Plan, Problem};
+use crate::metrics::Metrics;
+use crate::patches::{self, FIELD_MANAGER, PatchError};
+use crate::pools::{ServerPool, ServerPools};
+
+/// The longest a subscription waits between two reconciles when nothing happens to it.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(24 * 3600);
+/// The first retry delay after a failed reconcile; it doubles with every further failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// What the reconcile needs besides the API.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The `WgServer` of subscriptions that name none.
+    pub default_server: String,
+    /// How long peers outlive the paid period.
+    pub retention: SignedDuration,
+}
+
+/// The source of the current time (a parameter so tests can move it).
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Shared state of every reconcile of one leadership term.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub pools: ServerPools,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    failures: Mutex<HashMap<ObjectRef<VpnSubscription>, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .field("pools", &self.pools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context for one leadership term: empty address bookkeeping, to be loaded from the API.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            pools: ServerPools::default(),
+            metrics,
+            clock,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<VpnSubscription>, u32>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a reconcile failed. The variant names double as the `reason` label of the error metric.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Owner(#[from] PatchError),
+    #[error("VpnSubscription {0} has no namespace")]
+    NoNamespace(String),
+    #[error("{}", .0.message())]
+    Problem(Problem),
+}
+
+impl Error {
+    /// The metric label of the error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Owner(_) => "NoUid",
+            Error::NoNamespace(_) => "NoNamespace",
+            Error::Problem(problem) => problem.reason(),
+        }
+    }
+}
+
+/// The delay before the `attempt`-th retry (1-based): 1 s, 2 s, 4 s, … up to 5 minutes.
+pub fn backoff(attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+    BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+/// The requeue for the next change by the clock: just after it, at most [`MAX_REQUEUE`] away.
+pub fn requeue_action(at: Option<Timestamp>, now: Timestamp) -> Action {
+    let Some(at) = at else {
+        return Action::requeue(MAX_REQUEUE);
+    };
+    let until = now.duration_until(at);
+    let wait = Duration::try_from(until)
+        .unwrap_or(Duration::ZERO)
+        .saturating_add(Duration::from_millis(1));
+    Action::requeue(wait.min(MAX_REQUEUE))
+}
+
+/// Reconciles one subscription; records its duration and outcome in the metrics.
+pub async fn reconcile(
+    subscription: Arc<VpnSubscription>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_subscription(&subscription, &ctx).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::reason));
+    if result.is_ok() {
+        ctx.failures()
+            .remove(&ObjectRef::from_obj(subscription.as_ref()));
+    }
+    result
+}
+
+/// Retries a failed reconcile with exponential backoff per subscription.
+pub fn error_policy(
+    subscription: Arc<VpnSubscription>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let attempt = {
+        let mut failures = ctx.failures();
+        let count = failures
+            .entry(ObjectRef::from_obj(subscription.as_ref()))
+            .or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff(attempt);
+    warn!(
+        subscription = %subscription.name_any(),
+        namespace = subscription.namespace().unwrap_or_default(),
+        reason = error.reason(),
+        attempt,
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
+}
+
+/// Reads every `WgPeer` of the namespace and keeps the addresses of `server`'s.
+async fn load_addresses(peers: &Api<WgPeer>, server: &str) -> Result<UsedAddresses, kube::Error> {
+    let list = peers.list(&ListParams::default()).await?;
+    Ok(UsedAddresses::from_peers(server, &list.items))
+}
+
+fn report_pool(ctx: &Context, namespace: &str, server: &WgServer, pool: &ServerPool) {
+    if let Ok(v4) = pool::parse_pool_v4(&server.spec.address_pool) {
+        ctx.metrics.set_pool_usage(
+            namespace,
+            &server.name_any(),
+            pool.used.used_in_v4(v4) as u64,
+            pool::client_capacity_v4(v4),
+        );
+    }
+}
+
+async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<Action, Error> {
+    let name = sub.name_any();
+    let namespace = sub
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let now = (ctx.clock)();
+    let client = ctx.client.clone();
+    let peers_api: Api<WgPeer> = Api::namespaced(client.clone(), &namespace);
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let servers_api: Api<WgServer> = Api::namespaced(client.clone(), &namespace);
+    let subs_api: Api<VpnSubscription> = Api::namespaced(client, &namespace);
+
+    // Read fresh from the API: a cache that has not seen the peer written by the previous
+    // reconcile would make this one generate a second key.
+    let mut own_peers = Vec::new();
+    for candidate in decision::candidate_peer_names(sub) {
+        own_peers.extend(peers_api.get_opt(&candidate).await?);
+    }
+    let secret_names: BTreeSet<&str> = own_peers
+        .iter()
+        .filter_map(|p| p.spec.private_key_secret_ref.as_ref())
+        .map(|r| r.name.as_str())
+        .collect();
+    let mut secrets = Vec::new();
+    for secret in secret_names {
+        secrets.extend(secrets_api.get_opt(secret).await?);
+    }
+    let server_name = decision::server_name(&sub.spec, &ctx.settings.default_server).to_owned();
+    let active = subscription_phase(&sub.spec, now) == SubscriptionPhase::Active;
+    let server = if active {
+        servers_api.get_opt(&server_name).await?
+    } else {
+        None
+    };
+
+    let observed = Observed {
+        subscription: sub,
+        default_server: &ctx.settings.default_server,
+        server: server.as_ref(),
+        own_peers: &own_peers,
+        secrets: &secrets,
+        now,
+        retention: ctx.settings.retention,
+    };
+    let mut new_key = PrivateKey::generate;
+
+    // Decide under the server's lock, and keep holding it until every peer carrying a new
+    // address is written, so a concurrent reconcile on the same server sees the claim.
+    let (plan, allocation_lock) = match &server {
+        Some(server) => {
+            let mut pool = ctx.pools.lock(&namespace, &server_name).await;
+            if pool.needs_load() {
+                pool.load(load_addresses(&peers_api, &server_name).await?);
+            }
+            let mut plan = decision::decide(&observed, &mut pool.used, &mut new_key);
+            if matches!(plan.problem, Some(Problem::PoolExhausted { .. })) && pool.may_reload() {
+                debug!(server = %server_name, "pool looks full; reading its peers again");
+                pool.load(load_addresses(&peers_api, &server_name).await?);
+                plan = decision::decide(&observed, &mut pool.used, &mut new_key);
+            }
+            report_pool(ctx, &namespace, server, &pool);
+            let lock = plan.allocates().then_some(pool);
+            (plan, lock)
+        }
+        None => (
+            decision::decide(&observed, &mut UsedAddresses::default(), &mut new_key),
+            None,
+        ),
+    };
+
+    execute(
+        sub,
+        &namespace,
+        ctx,
+        &plan,
+        allocation_lock,
+        &peers_api,
+        &secrets_api,
+        &subs_api,
+    )
+    .await?;
+
+    match plan.problem {
+        Some(problem) => Err(Error::Problem(problem)),
+        None => Ok(requeue_action(plan.requeue_at, now)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    sub: &VpnSubscription,
+    namespace: &str,
+    ctx: &Context,
+    plan: &Plan,
+    allocation_lock: Option<tokio::sync::OwnedMutexGuard<ServerPool>>,
+    peers_api: &Api<WgPeer>,
+    secrets_api: &Api<Secret>,
+    subs_api: &Api<VpnSubscription>,
+) -> Result<(), Error> {
+    let name = sub.name_any();
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
+
+    let mut keys = Vec::new();
+    let mut moved = Vec::new();
+    for write in &plan.writes {
+        let body = patches::peer_apply(sub, &write.peer)?;
+        let applied = peers_api
+            .patch(&write.peer.name, &apply, &Patch::Apply(&body))
+            .await?;
+        debug!(subscription = %name, peer = %write.peer.name, "applied peer");
+        if let Some(key) = &write.new_key {
+            keys.push((applied, key));
+        }
+        moved.extend(write.moved_from.clone());
+    }
+    drop(allocation_lock);
+
+    for (peer, key) in keys {
+        let secret = patches::key_secret(&peer, &name, key)?;
+        secrets_api
+            .patch(&key.secret_name, &apply, &Patch::Apply(&secret))
+            .await?;
+        debug!(subscription = %name, peer = %peer.name_any(), "wrote key Secret");
+    }
+    for holding in moved {
+        holding.release_from(&mut ctx.pools.lock(namespace, &holding.server).await.used);
+    }
+
+    for holding in &plan.deletes {
+        match peers_api
+            .delete(&holding.peer, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+        holding.release_from(&mut ctx.pools.lock(namespace, &holding.server).await.used);
+        info!(subscription = %name, peer = %holding.peer, "deleted peer after retention");
+    }
+
+    if let Some(status) = &plan.status {
+        subs_api
+            .patch_status(&name, &apply, &Patch::Apply(patches::status_apply(status)))
+            .await?;
+    }
+
+    let reference = sub.object_ref(&());
+    for planned in &plan.events {
+        let event = Event {
+            type_: match planned.kind {
+                EventKind::Normal => EventType::Normal,
+                EventKind::Warning => EventType::Warning,
+            },
+            reason: planned.reason.to_owned(),
+            note: Some(planned.note.clone()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            warn!(subscription = %name, reason = planned.reason, "could not publish Event: {error}");
+        }
+    }
+    Ok(())
+}
+
+/// The subscriptions a change of `server` concerns: those naming it, or naming none when it is
+/// the default server.
+pub fn subscriptions_on_server(
+    subscriptions: &Store<VpnSubscription>,
+    server: &WgServer,
+    default_server: &str,
+) -> Vec<ObjectRef<VpnSubscription>> {
+    let name = server.name_any();
+    let namespace = server.namespace();
+    subscriptions
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == namespace)
+        .filter(|s| decision::server_name(&s.spec, default_server) == name)
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+/// The subscription a child (peer or key Secret) belongs to, by its `wgsub.io/subscription`
+/// label or, failing that, its `VpnSubscription` owner.
+pub fn owning_subscription<K: Resource>(child: &K) -> Option<ObjectRef<VpnSubscription>> {
+    let namespace = child.meta().namespace.clone()?;
+    let name = child
+        .labels()
+        .get(LABEL_SUBSCRIPTION)
+        .cloned()
+        .or_else(|| {
+            child
+                .owner_references()
+                .iter()
+                .find(|o| o.kind == "VpnSubscription" && o.api_version == "wgsub.io/v1alpha1")
+                .map(|o| o.name.clone())
+        })?;
+    Some(ObjectRef::new(&name).within(&namespace))
+}
+
+fn scoped<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    }
+}
+
+fn count_phases(metrics: &Metrics, store: &Store<VpnSubscription>, now: Timestamp) {
+    let mut counts: HashMap<SubscriptionPhase, i64> = HashMap::new();
+    for sub in store.state() {
+        *counts
+            .entry(subscription_phase(&sub.spec, now))
+            .or_default() += 1;
+    }
+    metrics.set_phase_counts(|phase| counts.get(&phase).copied().unwrap_or(0));
+}
+
+/// Runs the Controller until `shutdown` completes (then lets running reconciles finish).
+///
+/// Watches `VpnSubscription`s (primary), `WgPeer`s and key `Secret`s (mapped to their
+/// subscription), and `WgServer`s (mapped to the subscriptions on them).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let subscriptions: Api<VpnSubscription> = scoped(client.clone(), ns);
+    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let server_store = store.clone();
+    let default_server = ctx.settings.default_server.clone();
+
+    let controller = controller
+        .watches(
+            scoped::<WgPeer>(client.clone(), ns),
+            watcher::Config::default().any_semantic(),
+            |peer| owning_subscription(&peer),
+        )
+        .watches(
+            scoped::<Secret>(client.clone(), ns),
+            watcher::Config::default().labels(LABEL_PEER).any_semantic(),
+            |secret| owning_subscription(&secret),
+        )
+        .watches(
+            scoped::<WgServer>(client, ns),
+            watcher::Config::default().any_semantic(),
+            move |server| subscriptions_on_server(&server_store, &server, &default_server),
+        )
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(subscription = %object.name, "reconciled"),
+                Err(error) => debug!("controller: {error}"),
+            }
+        });
+
+    let metrics = ctx.metrics.clone();
+    let clock = ctx.clock.clone();
+    let counting = async move {
+        loop {
+            count_phases(&metrics, &store, clock());
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = counting => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_up_to_five_minutes() {
+        let delays: Vec<u64> = (1..=10).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn requeue_is_just_after_the_next_change_and_bounded() {
+        let now: Timestamp = "2026-06-01T00:00:00Z".parse().unwrap();
+        let soon = now + SignedDuration::from_secs(90);
+        assert_eq!(
+            requeue_action(Some(soon), now),
+            Action::requeue(Duration::from_millis(90_001))
+        );
+        let far = now + SignedDuration::from_hours(24 * 40);
+        assert_eq!(requeue_action(Some(far), now), Action::requeue(MAX_REQUEUE));
+        assert_eq!(requeue_action(None, now), Action::requeue(MAX_REQUEUE));
+        let past = now - SignedDuration::from_secs(1);
+        assert_eq!(
+            requeue_action(Some(past), now),
+            Action::requeue(Duration::from_millis(1))
+        );
+    }
+}

@@ -1,0 +1,756 @@
+//! The reconcile decision: from what a subscription's reconcile read (the subscription, its
+//! server or the server's absence, the subscription's peers and their key Secrets, the clock and
+//! the retention period) to what it must write — peers to apply, key Secrets to write, peers to
+//! delete, the status, the Events and when to look again.
+//!
+//! Pure: no I/O, no clock, no randomness of its own (fresh keys come from the `new_key` closure
+//! the caller passes). Addresses are claimed from the server's [`UsedAddresses`], which the
+//! caller holds under the server's lock, so two decisions never hand out the same address.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use wgsub_crds::keys::{PrivateKey, PublicKey};
+use wgsub_crds::liveness::subscription_phase;
+use wgsub_crds::pool;
+use wgsub_crds::resources::{
+    CONDITION_READY, LABEL_SERVER, LABEL_SUBSCRIPTION, condition, new_condition, peer_name,
+    set_condition,
+};
+use wgsub_crds::{
+    SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,
+    WgPeer, WgServer,
+};
+
+use crate::addresses::UsedAddresses;
+
+/// The data key of the private key in a key Secret the operator writes.
+pub const PRIVATE_KEY_FIELD: &str = "privateKey";
+/// The condition type telling that a device got a new key (its config must be downloaded again).
+pub const CONDITION_KEY_REGENERATED: &str = "KeyRegenerated";
+/// The most devices a subscription may have (the schema's bound on `maxDevices`).
+pub const MAX_DEVICES: u32 = 10;
+
+/// Condition reasons and Event reasons.
+pub mod reasons {
+    /// Every device has its key, address and expiry.
+    pub const READY: &str = "Ready";
+    /// The subscription was never paid.
+    pub const NOT_PAID: &str = "NotPaid";
+    /// The paid period is over.
+    pub const EXPIRED: &str = "Expired";
+    /// An administrator suspended the subscription.
+    pub const SUSPENDED: &str = "Suspended";
+    /// The subscription's `WgServer` does not exist.
+    pub const SERVER_NOT_FOUND: &str = "ServerNotFound";
+    /// The subscription's `WgServer` has a pool that does not parse or holds no client.
+    pub const INVALID_SERVER: &str = "InvalidServer";
+    /// No free address is left in the server's pool.
+    pub const POOL_EXHAUSTED: &str = "PoolExhausted";
+    /// A device's key Secret was lost, so it got a new key.
+    pub const KEY_REGENERATED: &str = "KeyRegenerated";
+    /// Event: a subscription became active.
+    pub const ACTIVATED: &str = "Activated";
+    /// Event: a subscription's paid period moved forward.
+    pub const RENEWED: &str = "Renewed";
+    /// Event: the retention period ended and the peers were deleted.
+    pub const PEERS_DELETED: &str = "PeersDeleted";
+}
+
+/// Normal or Warning, as Kubernetes Events have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Normal,
+    Warning,
+}
+
+/// One Event to publish about the subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub kind: EventKind,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The fields of a `WgPeer` the operator owns, as it wants them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPeer {
+    pub name: String,
+    pub server: String,
+    pub public_key: Option<String>,
+    pub private_key_secret_ref: Option<SecretKeyRef>,
+    pub address: Option<String>,
+    pub address6: Option<String>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl DesiredPeer {
+    fn from_existing(peer: &WgPeer) -> Self {
+        Self {
+            name: peer.name_any(),
+            server: peer.spec.server.clone(),
+            public_key: peer.spec.public_key.clone(),
+            private_key_secret_ref: peer.spec.private_key_secret_ref.clone(),
+            address: peer.spec.address.clone(),
+            address6: peer.spec.address6.clone(),
+            expires_at: peer.spec.expires_at,
+        }
+    }
+
+    fn fresh(name: String, server: &str) -> Self {
+        Self {
+            name,
+            server: server.to_owned(),
+            public_key: None,
+            private_key_secret_ref: None,
+            address: None,
+            address6: None,
+            expires_at: None,
+        }
+    }
+}
+
+/// A freshly generated key, to be stored in the named Secret once the peer exists.
+#[derive(Debug)]
+pub struct NewKey {
+    pub secret_name: String,
+    pub field: String,
+    pub private_key: PrivateKey,
+}
+
+/// The addresses a peer holds on a server, to free once the peer is gone from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub server: String,
+    pub peer: String,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Holding {
+    fn of(peer: &WgPeer) -> Self {
+        Self {
+            server: peer.spec.server.clone(),
+            peer: peer.name_any(),
+            v4: peer.spec.address.as_deref().and_then(pool::parse_host_v4),
+            v6: peer.spec.address6.as_deref().and_then(pool::parse_host_v6),
+        }
+    }
+
+    /// Frees these addresses in the server's bookkeeping.
+    pub fn release_from(&self, used: &mut UsedAddresses) {
+        if let Some(v4) = self.v4 {
+            used.release_v4(v4, &self.peer);
+        }
+        if let Some(v6) = self.v6 {
+            used.release_v6(v6, &self.peer);
+        }
+    }
+}
+
+/// One peer to server-side apply.
+#[derive(Debug)]
+pub struct PeerWrite {
+    pub peer: DesiredPeer,
+    /// The key Secret to write once the peer exists (its owner is the peer).
+    pub new_key: Option<NewKey>,
+    /// The write carries an address claimed by this decision.
+    pub allocated: bool,
+    /// The peer moved here from another server: free its addresses there after the write.
+    pub moved_from: Option<Holding>,
+}
+
+/// Why the subscription cannot be served now; the reconcile is retried with backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    ServerNotFound { server: String },
+    InvalidServer { server: String, message: String },
+    PoolExhausted { server: String, peers: Vec<String> },
+}
+
+impl Problem {
+    /// The condition (and Event) reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::ServerNotFound { .. } => reasons::SERVER_NOT_FOUND,
+            Problem::InvalidServer { .. } => reasons::INVALID_SERVER,
+            Problem::PoolExhausted { .. } => reasons::POOL_EXHAUSTED,
+        }
+    }
+
+    /// A sentence for the condition and the Event.
+    pub fn message(&self) -> String {
+        match self {
+            Problem::ServerNotFound { server } => format!("WgServer {server} does not exist"),
+            Problem::InvalidServer { server, message } => {
+                format!("WgServer {server} cannot give addresses: {message}")
+            }
+            Problem::PoolExhausted { server, peers } => format!(
+                "the address pool of WgServer {server} is exhausted; no address for {}",
+                peers.join(", ")
+            ),
+        }
+    }
+}
+
+/// What a reconcile must do.
+#[derive(Debug)]
+pub struct Plan {
+    pub phase: SubscriptionPhase,
+    pub writes: Vec<PeerWrite>,
+    pub deletes: Vec<Holding>,
+    /// The new status, when it differs from the current one.
+    pub status: Option<VpnSubscriptionStatus>,
+    pub events: Vec<PlannedEvent>,
+    /// The next instant at which the subscription changes by the clock alone.
+    pub requeue_at: Option<Timestamp>,
+    pub problem: Option<Problem>,
+}
+
+impl Plan {
+    /// Some write carries a freshly claimed address.
+    pub fn allocates(&self) -> bool {
+        self.writes.iter().any(|w| w.allocated)
+    }
+}
+
+/// Everything one reconcile read.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub subscription: &'a VpnSubscription,
+    /// The server used when the subscription names none.
+    pub default_server: &'a str,
+    /// The subscription's server, `None` when it does not exist.
+    pub server: Option<&'a WgServer>,
+    /// The subscription's existing peers.
+    pub own_peers: &'a [WgPeer],
+    /// The key Secrets those peers reference (missing ones are simply absent).
+    pub secrets: &'a [Secret],
+    pub now: Timestamp,
+    /// How long peers outlive the end of the paid period.
+    pub retention: SignedDuration,
+}
+
+/// The server a subscription uses.
+pub fn server_name<'a>(spec: &'a VpnSubscriptionSpec, default_server: &'a str) -> &'a str {
+    spec.server.as_deref().unwrap_or(default_server)
+}
+
+/// The names under which a subscription's peers may exist: devices 1..=maxDevices (the API
+/// names extra devices the same way) and every peer the status lists.
+pub fn candidate_peer_names(subscription: &VpnSubscription) -> Vec<String> {
+    let name = subscription.name_any();
+    let max = u32::try_from(subscription.spec.max_devices)
+        .unwrap_or(1)
+        .clamp(1, MAX_DEVICES);
+    let mut names: BTreeSet<String> = (1..=max).map(|i| peer_name(&name, i)).collect();
+    let prefix = format!("{name}-");
+    if let Some(status) = &subscription.status {
+        names.extend(
+            status
+                .peers
+                .iter()
+                .filter(|p| device_index(&prefix, p).is_some())
+                .cloned(),
+        );
+    }
+    let mut names: Vec<String> = names.into_iter().collect();
+    names.sort_by_key(|n| device_index(&prefix, n));
+    names
+}
+
+/// The name of the Secret holding a peer's private key.
+pub fn key_secret_name(peer: &str) -> String {
+    format!("{peer}-key")
+}
+
+fn device_index(prefix: &str, peer: &str) -> Option<u32> {
+    let digits = peer.strip_prefix(prefix)?;
+    if digits.starts_with('0') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The pools of a server, or why it cannot give addresses.
+fn server_pools(
+    server: Option<&WgServer>,
+    name: &str,
+) -> Result<(Ipv4Net, Option<Ipv6Net>), Problem> {
+    let server = server.ok_or_else(|| Problem::ServerNotFound {
+        server: name.to_owned(),
+    })?;
+    let invalid = |message: String| Problem::InvalidServer {
+        server: name.to_owned(),
+        message,
+    };
+    let v4 = pool::parse_pool_v4(&server.spec.address_pool).map_err(|e| invalid(e.to_string()))?;
+    if pool::client_capacity_v4(v4) == 0 {
+        return Err(invalid(format!(
+            "address pool {v4} has no room for a client"
+        )));
+    }
+    let v6 = match &server.spec.address_pool6 {
+        Some(text) => {
+            let v6 = pool::parse_pool_v6(text).map_err(|e| invalid(e.to_string()))?;
+            if v6.prefix_len() >= 127 {
+                return Err(invalid(format!(
+                    "address pool {v6} has no room for a client"
+                )));
+            }
+            Some(v6)
+        }
+        None => None,
+    };
+    Ok((v4, v6))
+}
+
+fn is_client_v4(pool: Ipv4Net, address: Ipv4Addr) -> bool {
+    pool.contains(&address)
+        && address != pool::server_address_v4(pool)
+        && (pool.prefix_len() >= 31 || (address != pool.network() && address != pool.broadcast()))
+}
+
+fn is_client_v6(pool: Ipv6Net, address: Ipv6Addr) -> bool {
+    pool.contains(&address) && address != pool.network() && address != pool::server_address_v6(pool)
+}
+
+/// Where a peer's key stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyState {
+    /// The Secret holds the private half of `publicKey`.
+    Valid,
+    /// The user brought the key: a public key and no Secret reference.
+    UserOwned,
+    /// No key yet (a device the API added).
+    Missing,
+    /// The referenced Secret is gone, unreadable or holds another key.
+    Lost,
+}
+
+fn key_state(peer: &DesiredPeer, secrets: &[Secret]) -> KeyState {
+    let public = peer
+        .public_key
+        .as_deref()
+        .and_then(|text| PublicKey::from_base64(text).ok());
+    match (public, &peer.private_key_secret_ref) {
+        (None, _) => KeyState::Missing,
+        (Some(_), None) => KeyState::UserOwned,
+        (Some(public), Some(reference)) => {
+            let stored = secrets
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(reference.name.as_str()))
+                .and_then(|s| s.data.as_ref()?.get(&reference.key))
+                .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+                .and_then(|text| PrivateKey::from_base64(text).ok());
+            match stored {
+                Some(private) if private.public_key() == public => KeyState::Valid,
+                _ => KeyState::Lost,
+            }
+        }
+    }
+}
+
+/// Whether `existing` already carries everything in `desired` (spec, labels, controller owner).
+pub fn peer_is_current(
+    existing: &WgPeer,
+    desired: &DesiredPeer,
+    subscription: &VpnSubscription,
+) -> bool {
+    let labels = existing.labels();
+    let owned = existing
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == subscription.metadata.uid.as_ref());
+    DesiredPeer::from_existing(existing) == *desired
+        && labels.get(LABEL_SUBSCRIPTION) == Some(&subscription.name_any())
+        && labels.get(LABEL_SERVER) == Some(&desired.server)
+        && owned
+}
+
+/// The write for a peer of an active subscription on a server with usable pools: keep its key
+/// and address when they are good, give it what it lacks. `Err` when the pool has no room.
+#[allow(clippy::too_many_arguments)]
+fn ensure_device(
+    existing: Option<&WgPeer>,
+    name: &str,
+    server: &str,
+    pools: (Ipv4Net, Option<Ipv6Net>),
+    paid_until: Timestamp,
+    subscription: &VpnSubscription,
+    secrets: &[Secret],
+    used: &mut UsedAddresses,
+    new_key: &mut dyn FnMut() -> PrivateKey,
+    regenerated: &mut Vec<String>,
+) -> Result<Option<PeerWrite>, ()> {
+    let mut desired = match existing {
+        Some(peer) => DesiredPeer::from_existing(peer),
+        None => DesiredPeer::fresh(name.to_owned(), server),
+    };
+    let moved_from = existing
+        .filter(|peer| peer.spec.server != server)
+        .map(Holding::of);
+    if moved_from.is_some() {
+        desired.server = server.to_owned();
+        desired.address = None;
+        desired.address6 = None;
+    }
+    let (pool4, pool6) = pools;
+    let mut allocated = false;
+
+    let current_v4 = desired.address.as_deref().and_then(pool::parse_host_v4);
+    let keep_v4 = current_v4.filter(|a| is_client_v4(pool4, *a) && used.claim_v4(*a, name));
+    let new_v4 = if keep_v4.is_none() {
+        if let Some(old) = current_v4 {
+            used.release_v4(old, name);
+        }
+        let address = used.allocate_v4(pool4, name).map_err(|_| ())?;
+        desired.address = Some(pool::host_cidr_v4(address));
+        allocated = true;
+        Some(address)
+    } else {
+        None
+    };
+
+    match pool6 {
+        Some(pool6) => {
+            let current_v6 = desired.address6.as_deref().and_then(pool::parse_host_v6);
+            let keep_v6 = current_v6.filter(|a| is_client_v6(pool6, *a) && used.claim_v6(*a, name));
+            if keep_v6.is_none() {
+                if let Some(old) = current_v6 {
+                    used.release_v6(old, name);
+                }
+                match used.allocate_v6(pool6, name) {
+                    Ok(address) => {
+                        desired.address6 = Some(pool::host_cidr_v6(address));
+                        allocated = true;
+                    }
+                    Err(_) => {
+                        if let Some(address) = new_v4 {
+                            used.release_v4(address, name);
+                        }
+                        return Err(());
+                    }
+                }
+            }
+        }
+        None => desired.address6 = None,
+    }
+
+    let mut key = None;
+    let state = key_state(&desired, secrets);
+    if matches!(state, KeyState::Missing | KeyState::Lost) {
+        if state == KeyState::Lost {
+            regenerated.push(name.to_owned());
+        }
+        let private_key = new_key();
+        let reference = desired
+            .private_key_secret_ref
+            .clone()
+            .unwrap_or_else(|| SecretKeyRef::new(key_secret_name(name), PRIVATE_KEY_FIELD));
+        desired.public_key = Some(private_key.public_key().to_base64());
+        key = Some(NewKey {
+            secret_name: reference.name.clone(),
+            field: reference.key.clone(),
+            private_key,
+        });
+        desired.private_key_secret_ref = Some(reference);
+    }
+    desired.expires_at = Some(paid_until);
+
+    let current = existing.is_some_and(|peer| peer_is_current(peer, &desired, subscription));
+    if current && key.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(PeerWrite {
+        peer: desired,
+        new_key: key,
+        allocated,
+        moved_from,
+    }))
+}
+
+/// The write that keeps a peer's `expiresAt` equal to the subscription's `paidUntil`, touching
+/// nothing else.
+fn mirror_expiry(
+    peer: &WgPeer,
+    expires_at: Timestamp,
+    subscription: &VpnSubscription,
+) -> Option<PeerWrite> {
+    let mut desired = DesiredPeer::from_existing(peer);
+    desired.expires_at = Some(expires_at);
+    (!peer_is_current(peer, &desired, subscription)).then_some(PeerWrite {
+        peer: desired,
+        new_key: None,
+        allocated: false,
+        moved_from: None,
+    })
+}
+
+/// Decides what one reconcile of `observed.subscription` must write.
+///
+/// `used` is the bookkeeping of the addresses of the subscription's server
+/// ([`server_name`]); addresses given to the subscription's peers are claimed in it.
+pub fn decide(
+    observed: &Observed<'_>,
+    used: &mut UsedAddresses,
+    new_key: &mut dyn FnMut() -> PrivateKey,
+) -> Plan {
+    let subscription = observed.subscription;
+    let spec = &subscription.spec;
+    let name = subscription.name_any();
+    let now = observed.now;
+    let phase = subscription_phase(spec, now);
+    let server = server_name(spec, observed.default_server);
+    let prefix = format!("{name}-");
+
+    let mut peers: Vec<&WgPeer> = observed.own_peers.iter().collect();
+    peers.sort_by_key(|p| {
+        (
+            device_index(&prefix, &p.name_any()).unwrap_or(u32::MAX),
+            p.name_any(),
+        )
+    });
+
+    let mut writes = Vec::new();
+    let mut deletes = Vec::new();
+    let mut regenerated = Vec::new();
+    let mut problem = None;
+    let mut requeue_at = None;
+    let mut remaining: BTreeSet<String> = peers.iter().map(|p| p.name_any()).collect();
+
+    let ready: (bool, &'static str, String) = match (phase, spec.paid_until) {
+        (SubscriptionPhase::Active, Some(paid_until)) => {
+            requeue_at = Some(paid_until);
+            match server_pools(observed.server, server) {
+                Err(found) => {
+                    writes.extend(
+                        peers
+                            .iter()
+                            .filter_map(|p| mirror_expiry(p, paid_until, subscription)),
+                    );
+                    let ready = (false, found.reason(), found.message());
+                    problem = Some(found);
+                    ready
+                }
+                Ok(pools) => {
+                    let mut devices: Vec<(Option<&WgPeer>, String)> =
+                        peers.iter().map(|p| (Some(*p), p.name_any())).collect();
+                    if devices.is_empty() {
+                        devices.push((None, peer_name(&name, 1)));
+                    }
+                    let mut exhausted = Vec::new();
+                    for (existing, device) in devices {
+                        match ensure_device(
+                            existing,
+                            &device,
+                            server,
+                            pools,
+                            paid_until,
+                            subscription,
+                            observed.secrets,
+                            used,
+                            new_key,
+                            &mut regenerated,
+                        ) {
+                            Ok(write) => {
+                                remaining.insert(device);
+                                writes.extend(write);
+                            }
+                            Err(()) => exhausted.push(device),
+                        }
+                    }
+                    if exhausted.is_empty() {
+                        (
+                            true,
+                            reasons::READY,
+                            format!(
+                                "{} device(s) on WgServer {server}, live until {paid_until}",
+                                remaining.len()
+                            ),
+                        )
+                    } else {
+                        let found = Problem::PoolExhausted {
+                            server: server.to_owned(),
+                            peers: exhausted,
+                        };
+                        let ready = (false, found.reason(), found.message());
+                        problem = Some(found);
+                        ready
+                    }
+                }
+            }
+        }
+        (SubscriptionPhase::Expired | SubscriptionPhase::Suspended, Some(paid_until)) => {
+            let delete_at = paid_until.checked_add(observed.retention).ok();
+            if delete_at.is_some_and(|at| now >= at) {
+                deletes.extend(peers.iter().map(|p| Holding::of(p)));
+                remaining.clear();
+            } else {
+                writes.extend(
+                    peers
+                        .iter()
+                        .filter_map(|p| mirror_expiry(p, paid_until, subscription)),
+                );
+                if !peers.is_empty() {
+                    requeue_at = delete_at;
+                }
+            }
+            if phase == SubscriptionPhase::Suspended {
+                (
+                    false,
+                    reasons::SUSPENDED,
+                    "suspended by an administrator".to_owned(),
+                )
+            } else {
+                (
+                    false,
+                    reasons::EXPIRED,
+                    format!("the paid period ended at {paid_until}"),
+                )
+            }
+        }
+        _ => (false, reasons::NOT_PAID, "never paid".to_owned()),
+    };
+
+    let old = subscription.status.clone().unwrap_or_default();
+    let generation = subscription.metadata.generation;
+    let mut status = old.clone();
+    status.phase = Some(phase);
+    status.expires_at = spec.paid_until;
+    status.peers = remaining.iter().cloned().collect();
+    status
+        .peers
+        .sort_by_key(|p| (device_index(&prefix, p).unwrap_or(u32::MAX), p.clone()));
+    status.observed_generation = generation;
+    let (ready_status, ready_reason, ready_message) = ready;
+    set_condition(
+        &mut status.conditions,
+        new_condition(
+            CONDITION_READY,
+            ready_status,
+            ready_reason,
+            ready_message,
+            generation,
+            now,
+        ),
+    );
+    if !regenerated.is_empty() {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                CONDITION_KEY_REGENERATED,
+                true,
+                reasons::KEY_REGENERATED,
+                format!(
+                    "new key for {} at {now}: the key Secret was lost; download the config again",
+                    regenerated.join(", ")
+                ),
+                generation,
+                now,
+            ),
+        );
+    }
+
+    let mut events = transition_events(&old, phase, spec.paid_until);
+    if let Some(found) = &problem {
+        let previous = condition(&old.conditions, CONDITION_READY).map(|c| c.reason.as_str());
+        if previous != Some(found.reason()) {
+            events.push(PlannedEvent {
+                kind: EventKind::Warning,
+                reason: found.reason(),
+                note: found.message(),
+            });
+        }
+    }
+    events.extend(regenerated.iter().map(|peer| PlannedEvent {
+        kind: EventKind::Warning,
+        reason: reasons::KEY_REGENERATED,
+        note: format!(
+            "the key Secret of {peer} was lost, so it got a new key; its config must be downloaded again"
+        ),
+    }));
+    if !deletes.is_empty() {
+        let names: Vec<&str> = deletes.iter().map(|d| d.peer.as_str()).collect();
+        events.push(PlannedEvent {
+            kind: EventKind::Normal,
+            reason: reasons::PEERS_DELETED,
+            note: format!(
+                "retention ended: deleted {} and their keys; their addresses are free again",
+                names.join(", ")
+            ),
+        });
+    }
+
+    Plan {
+        phase,
+        writes,
+        deletes,
+        status: (status != old).then_some(status),
+        events,
+        requeue_at,
+        problem,
+    }
+}
+
+fn transition_events(
+    old: &VpnSubscriptionStatus,
+    phase: SubscriptionPhase,
+    paid_until: Option<Timestamp>,
+) -> Vec<PlannedEvent> {
+    let until = paid_until.map(|t| t.to_string()).unwrap_or_default();
+    let event = |kind, reason, note: String| vec![PlannedEvent { kind, reason, note }];
+    match (old.phase, phase) {
+        (Some(SubscriptionPhase::Active), SubscriptionPhase::Active) => {
+            if paid_until > old.expires_at && old.expires_at.is_some() {
+                event(
+                    EventKind::Normal,
+                    reasons::RENEWED,
+                    format!("paid until {until}"),
+                )
+            } else {
+                vec![]
+            }
+        }
+        (Some(SubscriptionPhase::Expired), SubscriptionPhase::Active) => event(
+            EventKind::Normal,
+            reasons::RENEWED,
+            format!("renewed after expiry, paid until {until}"),
+        ),
+        (Some(SubscriptionPhase::Suspended), SubscriptionPhase::Active) => event(
+            EventKind::Normal,
+            reasons::ACTIVATED,
+            format!("suspension lifted, paid until {until}"),
+        ),
+        (_, SubscriptionPhase::Active) => event(
+            EventKind::Normal,
+            reasons::ACTIVATED,
+            format!("paid until {until}"),
+        ),
+        (previous, SubscriptionPhase::Expired) if previous != Some(SubscriptionPhase::Expired) => {
+            event(
+                EventKind::Normal,
+                reasons::EXPIRED,
+                format!("the paid period ended at {until}"),
+            )
+        }
+        (previous, SubscriptionPhase::Suspended)
+            if previous != Some(SubscriptionPhase::Suspended) =>
+        {
+            event(
+                EventKind::Warning,
+                reasons::SUSPENDED,
+                "suspended by an administrator".to_owned(),
+            )
+        }
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+#[path = "decision_tests.rs"]
+mod tests;

@@ -1,0 +1,802 @@
+//! Tests of the reconcile decision on hand-built objects. `World` plays the API server: it
+//! applies a plan's writes the way server-side apply would, so a sequence of decisions can be
+//! followed through time.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use wgsub_crds::resources::{CONDITION_READY, condition};
+use wgsub_crds::{
+    SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer,
+    WgServerSpec,
+};
+
+use super::*;
+use crate::addresses::UsedAddresses;
+use crate::patches;
+
+const DAY: SignedDuration = SignedDuration::from_hours(24);
+
+fn t(text: &str) -> Timestamp {
+    text.parse().unwrap()
+}
+
+fn now() -> Timestamp {
+    t("2026-06-01T12:00:00Z")
+}
+
+fn server(name: &str, pool: &str, pool6: Option<&str>) -> WgServer {
+    let mut server = WgServer::new(
+        name,
+        WgServerSpec {
+            endpoint: "vpn.example.com:51820".into(),
+            listen_port: 51820,
+            interface_name: "wg0".into(),
+            address_pool: pool.into(),
+            address_pool6: pool6.map(Into::into),
+            dns: vec![],
+            mtu: None,
+            persistent_keepalive: None,
+            client_allowed_ips: vec![],
+            node_name: None,
+            node_selector: None,
+            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
+            nat: None,
+        },
+    );
+    server.metadata.namespace = Some("vpn".into());
+    server
+}
+
+fn subscription(user: i64, paid_until: Option<Timestamp>) -> VpnSubscription {
+    let mut spec = VpnSubscriptionSpec::for_user(user);
+    spec.paid_until = paid_until;
+    let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+    sub.metadata.namespace = Some("vpn".into());
+    sub.metadata.uid = Some(format!("uid-tg-{user}"));
+    sub.metadata.generation = Some(1);
+    sub
+}
+
+fn api_device(sub: &str, index: u32, server: &str) -> WgPeer {
+    let mut peer = WgPeer::new(
+        &peer_name(sub, index),
+        WgPeerSpec {
+            server: server.into(),
+            public_key: None,
+            private_key_secret_ref: None,
+            preshared_key_secret_ref: None,
+            address: None,
+            address6: None,
+            expires_at: None,
+            enabled: false,
+            device_name: Some("phone".into()),
+        },
+    );
+    peer.metadata.namespace = Some("vpn".into());
+    peer.metadata.uid = Some(format!("uid-{}", peer.name_any()));
+    peer
+}
+
+/// An in-memory stand-in for the API: peers and Secrets of every subscription and the address
+/// bookkeeping of one server, updated by applying plans.
+struct World {
+    server: Option<WgServer>,
+    peers: BTreeMap<String, WgPeer>,
+    secrets: BTreeMap<String, Secret>,
+    used: UsedAddresses,
+    retention: SignedDuration,
+}
+
+impl World {
+    fn new(server: Option<WgServer>) -> Self {
+        Self {
+            server,
+            peers: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            used: UsedAddresses::default(),
+            retention: DAY * 30,
+        }
+    }
+
+    fn own_peers(&self, sub: &VpnSubscription) -> Vec<WgPeer> {
+        let prefix = format!("{}-", sub.name_any());
+        self.peers
+            .values()
+            .filter(|p| p.name_any().starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
+    fn decide(&mut self, sub: &VpnSubscription, at: Timestamp) -> Plan {
+        let own = self.own_peers(sub);
+        let secrets: Vec<Secret> = self.secrets.values().cloned().collect();
+        let observed = Observed {
+            subscription: sub,
+            default_server: "wg",
+            server: self.server.as_ref(),
+            own_peers: &own,
+            secrets: &secrets,
+            now: at,
+            retention: self.retention,
+        };
+        decide(&observed, &mut self.used, &mut PrivateKey::generate)
+    }
+
+    /// Applies the plan's writes and deletes, and stores the new status in `sub`.
+    fn apply(&mut self, sub: &mut VpnSubscription, plan: &Plan) {
+        for write in &plan.writes {
+            let body = patches::peer_apply(sub, &write.peer).unwrap();
+            let mut peer: WgPeer = serde_json::from_value(body).unwrap();
+            if let Some(existing) = self.peers.get(&write.peer.name) {
+                peer.spec.enabled = existing.spec.enabled;
+                peer.spec.device_name = existing.spec.device_name.clone();
+                peer.spec.preshared_key_secret_ref = existing.spec.preshared_key_secret_ref.clone();
+                peer.metadata.uid = existing.metadata.uid.clone();
+            } else {
+                peer.metadata.uid = Some(format!("uid-{}", write.peer.name));
+            }
+            if let Some(key) = &write.new_key {
+                let secret = patches::key_secret(&peer, &sub.name_any(), key).unwrap();
+                self.secrets.insert(key.secret_name.clone(), secret);
+            }
+            self.peers.insert(write.peer.name.clone(), peer);
+        }
+        for holding in &plan.deletes {
+            let peer = self.peers.remove(&holding.peer).unwrap();
+            self.secrets
+                .retain(|_, s| s.owner_references()[0].uid != peer.metadata.uid.clone().unwrap());
+            holding.release_from(&mut self.used);
+        }
+        if let Some(status) = &plan.status {
+            sub.status = Some(status.clone());
+        }
+    }
+
+    fn run(&mut self, sub: &mut VpnSubscription, at: Timestamp) -> Plan {
+        let plan = self.decide(sub, at);
+        self.apply(sub, &plan);
+        plan
+    }
+
+    fn peer(&self, name: &str) -> &WgPeer {
+        &self.peers[name]
+    }
+
+    fn private_key_of(&self, peer: &str) -> PrivateKey {
+        let reference = self.peer(peer).spec.private_key_secret_ref.clone().unwrap();
+        let bytes = &self.secrets[&reference.name].data.as_ref().unwrap()[&reference.key].0;
+        PrivateKey::from_base64(std::str::from_utf8(bytes).unwrap()).unwrap()
+    }
+}
+
+fn reasons_of(plan: &Plan) -> Vec<&'static str> {
+    plan.events.iter().map(|e| e.reason).collect()
+}
+
+fn ready(sub: &VpnSubscription) -> (String, String) {
+    let c = condition(&sub.status.as_ref().unwrap().conditions, CONDITION_READY).unwrap();
+    (c.status.clone(), c.reason.clone())
+}
+
+fn world() -> World {
+    World::new(Some(server("wg", "10.8.0.0/24", None)))
+}
+
+#[test]
+fn a_paid_subscription_gets_its_first_device_with_key_address_and_expiry() {
+    let mut world = world();
+    let paid_until = now() + DAY * 30;
+    let mut sub = subscription(1, Some(paid_until));
+    let plan = world.run(&mut sub, now());
+
+    assert_eq!(plan.writes.len(), 1);
+    assert!(plan.allocates());
+    let peer = world.peer("tg-1-1");
+    assert_eq!(peer.spec.address.as_deref(), Some("10.8.0.2/32"));
+    assert_eq!(peer.spec.address6, None);
+    assert_eq!(peer.spec.expires_at, Some(paid_until));
+    assert_eq!(peer.spec.server, "wg");
+    assert!(peer.spec.enabled);
+    assert_eq!(
+        peer.spec.private_key_secret_ref,
+        Some(SecretKeyRef::new("tg-1-1-key", PRIVATE_KEY_FIELD))
+    );
+    assert_eq!(
+        world.private_key_of("tg-1-1").public_key().to_base64(),
+        peer.spec.public_key.clone().unwrap()
+    );
+    let status = sub.status.clone().unwrap();
+    assert_eq!(status.phase, Some(SubscriptionPhase::Active));
+    assert_eq!(status.expires_at, Some(paid_until));
+    assert_eq!(status.peers, vec!["tg-1-1".to_owned()]);
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(ready(&sub), ("True".into(), reasons::READY.into()));
+    assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
+    assert_eq!(plan.requeue_at, Some(paid_until));
+    assert_eq!(plan.problem, None);
+}
+
+#[test]
+fn reconciling_again_changes_nothing() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let plan = world.decide(&sub, now() + SignedDuration::from_secs(5));
+    assert!(plan.writes.is_empty());
+    assert!(plan.deletes.is_empty());
+    assert!(plan.status.is_none());
+    assert!(plan.events.is_empty());
+    assert!(!plan.allocates());
+}
+
+#[test]
+fn renewal_keeps_key_and_address_and_only_moves_expiry() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let before = world.peer("tg-1-1").clone();
+    let key_before = world.private_key_of("tg-1-1");
+
+    let renewed_until = now() + DAY * 31;
+    sub.spec.paid_until = Some(renewed_until);
+    sub.metadata.generation = Some(2);
+    let plan = world.run(&mut sub, now() + SignedDuration::from_hours(1));
+
+    assert_eq!(plan.writes.len(), 1);
+    assert!(plan.writes[0].new_key.is_none());
+    assert!(!plan.allocates());
+    let after = world.peer("tg-1-1");
+    assert_eq!(after.spec.public_key, before.spec.public_key);
+    assert_eq!(after.spec.address, before.spec.address);
+    assert_eq!(after.spec.expires_at, Some(renewed_until));
+    assert_eq!(world.private_key_of("tg-1-1"), key_before);
+    assert_eq!(reasons_of(&plan), vec![reasons::RENEWED]);
+    assert_eq!(plan.requeue_at, Some(renewed_until));
+}
+
+#[test]
+fn expiry_keeps_the_peer_not_live_and_requeues_at_the_end_of_retention() {
+    let mut world = world();
+    let paid_until = now() + DAY;
+    let mut sub = subscription(1, Some(paid_until));
+    world.run(&mut sub, now());
+
+    let plan = world.run(&mut sub, paid_until);
+    assert_eq!(
+        sub.status.as_ref().unwrap().phase,
+        Some(SubscriptionPhase::Expired)
+    );
+    assert!(plan.writes.is_empty(), "expiresAt already equals paidUntil");
+    assert!(plan.deletes.is_empty());
+    assert_eq!(reasons_of(&plan), vec![reasons::EXPIRED]);
+    assert_eq!(plan.requeue_at, Some(paid_until + DAY * 30));
+    assert_eq!(ready(&sub), ("False".into(), reasons::EXPIRED.into()));
+    let peer = world.peer("tg-1-1");
+    let liveness = wgsub_crds::liveness::PeerLiveness {
+        enabled: peer.spec.enabled,
+        subscription_suspended: false,
+        expires_at: peer.spec.expires_at,
+    };
+    assert!(!liveness.is_live(paid_until));
+    assert_eq!(
+        sub.status.as_ref().unwrap().peers,
+        vec!["tg-1-1".to_owned()]
+    );
+}
+
+#[test]
+fn renewal_within_retention_brings_back_the_same_config() {
+    let mut world = world();
+    let paid_until = now() + DAY;
+    let mut sub = subscription(1, Some(paid_until));
+    world.run(&mut sub, now());
+    let before = world.peer("tg-1-1").clone();
+    world.run(&mut sub, paid_until + DAY * 10);
+
+    sub.spec.paid_until = Some(paid_until + DAY * 40);
+    let plan = world.run(&mut sub, paid_until + DAY * 10);
+    let after = world.peer("tg-1-1");
+    assert_eq!(after.spec.public_key, before.spec.public_key);
+    assert_eq!(after.spec.address, before.spec.address);
+    assert_eq!(after.spec.expires_at, Some(paid_until + DAY * 40));
+    assert_eq!(reasons_of(&plan), vec![reasons::RENEWED]);
+    assert_eq!(
+        sub.status.as_ref().unwrap().phase,
+        Some(SubscriptionPhase::Active)
+    );
+}
+
+#[test]
+fn after_retention_the_peers_are_deleted_and_their_addresses_freed() {
+    let mut world = world();
+    let paid_until = now() + DAY;
+    let mut sub = subscription(1, Some(paid_until));
+    world.run(&mut sub, now());
+    assert_eq!(world.used.len_v4(), 1);
+
+    let at = paid_until + DAY * 30;
+    let plan = world.run(&mut sub, at);
+    assert_eq!(plan.deletes.len(), 1);
+    assert_eq!(plan.deletes[0].peer, "tg-1-1");
+    assert_eq!(plan.deletes[0].v4, Some("10.8.0.2".parse().unwrap()));
+    assert!(world.peers.is_empty());
+    assert!(world.secrets.is_empty());
+    assert_eq!(world.used.len_v4(), 0);
+    assert_eq!(
+        reasons_of(&plan),
+        vec![reasons::EXPIRED, reasons::PEERS_DELETED]
+    );
+    assert!(sub.status.as_ref().unwrap().peers.is_empty());
+    assert_eq!(plan.requeue_at, None);
+
+    let again = world.decide(&sub, at + DAY);
+    assert!(again.deletes.is_empty() && again.writes.is_empty() && again.status.is_none());
+
+    let mut other = subscription(2, Some(at + DAY));
+    world.run(&mut other, at);
+    assert_eq!(
+        world.peer("tg-2-1").spec.address.as_deref(),
+        Some("10.8.0.2/32")
+    );
+}
+
+#[test]
+fn one_day_before_the_end_of_retention_nothing_is_deleted() {
+    let mut world = world();
+    let paid_until = now() + DAY;
+    let mut sub = subscription(1, Some(paid_until));
+    world.run(&mut sub, now());
+    let plan = world.run(&mut sub, paid_until + DAY * 29);
+    assert!(plan.deletes.is_empty());
+    assert!(world.peers.contains_key("tg-1-1"));
+}
+
+#[test]
+fn suspension_keeps_peers_and_lifting_it_restores_the_same_config() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY * 10));
+    world.run(&mut sub, now());
+    let before = world.peer("tg-1-1").clone();
+
+    sub.spec.suspended = true;
+    let plan = world.run(&mut sub, now() + DAY);
+    assert_eq!(
+        sub.status.as_ref().unwrap().phase,
+        Some(SubscriptionPhase::Suspended)
+    );
+    assert!(plan.writes.is_empty());
+    assert_eq!(reasons_of(&plan), vec![reasons::SUSPENDED]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    assert_eq!(ready(&sub), ("False".into(), reasons::SUSPENDED.into()));
+    assert_eq!(plan.requeue_at, Some(now() + DAY * 40));
+
+    sub.spec.suspended = false;
+    let plan = world.run(&mut sub, now() + DAY * 2);
+    assert_eq!(
+        sub.status.as_ref().unwrap().phase,
+        Some(SubscriptionPhase::Active)
+    );
+    assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
+    assert!(plan.events[0].note.contains("suspension lifted"));
+    assert_eq!(world.peer("tg-1-1").spec, before.spec);
+}
+
+#[test]
+fn a_suspended_subscription_gets_no_new_peer() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    sub.spec.suspended = true;
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.is_empty());
+    assert!(world.peers.is_empty());
+}
+
+#[test]
+fn a_never_paid_subscription_gets_nothing_and_is_pending() {
+    let mut world = world();
+    let mut sub = subscription(1, None);
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.is_empty());
+    assert!(plan.events.is_empty());
+    assert_eq!(
+        sub.status.as_ref().unwrap().phase,
+        Some(SubscriptionPhase::Pending)
+    );
+    assert_eq!(ready(&sub), ("False".into(), reasons::NOT_PAID.into()));
+    assert_eq!(plan.requeue_at, None);
+}
+
+#[test]
+fn a_missing_server_gives_server_not_found_and_no_peers() {
+    let mut world = World::new(None);
+    let mut sub = subscription(1, Some(now() + DAY));
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.is_empty());
+    assert_eq!(
+        plan.problem,
+        Some(Problem::ServerNotFound {
+            server: "wg".into()
+        })
+    );
+    assert_eq!(
+        ready(&sub),
+        ("False".into(), reasons::SERVER_NOT_FOUND.into())
+    );
+    assert!(sub.status.as_ref().unwrap().peers.is_empty());
+    assert_eq!(
+        reasons_of(&plan),
+        vec![reasons::ACTIVATED, reasons::SERVER_NOT_FOUND]
+    );
+
+    let again = world.run(&mut sub, now() + SignedDuration::from_secs(2));
+    assert!(
+        again.events.is_empty(),
+        "the warning is given once, not on every retry"
+    );
+    assert!(again.problem.is_some());
+}
+
+#[test]
+fn the_named_server_is_used_instead_of_the_default() {
+    let mut world = World::new(Some(server("fast", "10.9.0.0/24", None)));
+    let mut sub = subscription(1, Some(now() + DAY));
+    sub.spec.server = Some("fast".into());
+    world.run(&mut sub, now());
+    assert_eq!(world.peer("tg-1-1").spec.server, "fast");
+    assert_eq!(
+        world.peer("tg-1-1").spec.address.as_deref(),
+        Some("10.9.0.2/32")
+    );
+}
+
+#[test]
+fn a_server_whose_pool_does_not_parse_is_invalid() {
+    for (pool, pool6) in [
+        ("banana", None),
+        ("10.8.0.1/24", None),
+        ("10.8.0.0/32", None),
+        ("10.8.0.0/24", Some("fd00::/127")),
+        ("10.8.0.0/24", Some("nope")),
+    ] {
+        let mut world = World::new(Some(server("wg", pool, pool6)));
+        let mut sub = subscription(1, Some(now() + DAY));
+        let plan = world.run(&mut sub, now());
+        assert!(plan.writes.is_empty(), "{pool} {pool6:?}");
+        assert!(
+            matches!(&plan.problem, Some(Problem::InvalidServer { server, .. }) if server == "wg"),
+            "{pool} {pool6:?}: {:?}",
+            plan.problem
+        );
+        assert_eq!(
+            ready(&sub),
+            ("False".into(), reasons::INVALID_SERVER.into())
+        );
+    }
+}
+
+#[test]
+fn an_exhausted_pool_is_reported_once_and_leaves_other_subscriptions_alone() {
+    // A /30 has exactly one client address.
+    let mut world = World::new(Some(server("wg", "10.8.0.0/30", None)));
+    let mut first = subscription(1, Some(now() + DAY));
+    world.run(&mut first, now());
+    assert_eq!(
+        world.peer("tg-1-1").spec.address.as_deref(),
+        Some("10.8.0.2/32")
+    );
+
+    let mut second = subscription(2, Some(now() + DAY));
+    let plan = world.run(&mut second, now());
+    assert!(plan.writes.is_empty());
+    assert_eq!(
+        plan.problem,
+        Some(Problem::PoolExhausted {
+            server: "wg".into(),
+            peers: vec!["tg-2-1".into()]
+        })
+    );
+    assert_eq!(
+        ready(&second),
+        ("False".into(), reasons::POOL_EXHAUSTED.into())
+    );
+    assert!(reasons_of(&plan).contains(&reasons::POOL_EXHAUSTED));
+    assert!(second.status.as_ref().unwrap().peers.is_empty());
+    let again = world.run(&mut second, now());
+    assert!(!reasons_of(&again).contains(&reasons::POOL_EXHAUSTED));
+
+    let untouched = world.decide(&first, now());
+    assert!(untouched.writes.is_empty() && untouched.problem.is_none());
+}
+
+#[test]
+fn extra_devices_made_by_the_api_get_key_and_address_without_touching_api_fields() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    sub.spec.max_devices = 3;
+    world.run(&mut sub, now());
+    world
+        .peers
+        .insert("tg-1-2".into(), api_device("tg-1", 2, "wg"));
+
+    let plan = world.run(&mut sub, now());
+    assert_eq!(plan.writes.len(), 1);
+    let write = &plan.writes[0];
+    assert_eq!(write.peer.name, "tg-1-2");
+    assert!(write.new_key.is_some());
+    let device = world.peer("tg-1-2");
+    assert_eq!(device.spec.address.as_deref(), Some("10.8.0.3/32"));
+    assert!(device.spec.public_key.is_some());
+    assert!(
+        !device.spec.enabled,
+        "the API's switch is left as the API set it"
+    );
+    assert_eq!(device.spec.device_name.as_deref(), Some("phone"));
+    assert!(!reasons_of(&plan).contains(&reasons::KEY_REGENERATED));
+    assert_eq!(
+        sub.status.as_ref().unwrap().peers,
+        vec!["tg-1-1".to_owned(), "tg-1-2".to_owned()]
+    );
+}
+
+#[test]
+fn a_lost_key_secret_gives_a_new_key_and_says_so() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let before = world.peer("tg-1-1").clone();
+    world.secrets.clear();
+
+    let plan = world.run(&mut sub, now());
+    let after = world.peer("tg-1-1");
+    assert_ne!(after.spec.public_key, before.spec.public_key);
+    assert_eq!(after.spec.address, before.spec.address);
+    assert_eq!(
+        after.spec.private_key_secret_ref,
+        before.spec.private_key_secret_ref
+    );
+    assert_eq!(
+        world.private_key_of("tg-1-1").public_key().to_base64(),
+        after.spec.public_key.clone().unwrap()
+    );
+    assert_eq!(reasons_of(&plan), vec![reasons::KEY_REGENERATED]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    let status = sub.status.as_ref().unwrap();
+    let regenerated = condition(&status.conditions, CONDITION_KEY_REGENERATED).unwrap();
+    assert_eq!(regenerated.status, "True");
+    assert!(regenerated.message.contains("tg-1-1"));
+    assert_eq!(ready(&sub), ("True".into(), reasons::READY.into()));
+}
+
+#[test]
+fn a_secret_holding_another_key_or_garbage_counts_as_lost() {
+    for garbage in [
+        b"not a key".to_vec(),
+        PrivateKey::generate().to_base64().as_bytes().to_vec(),
+    ] {
+        let mut world = world();
+        let mut sub = subscription(1, Some(now() + DAY));
+        world.run(&mut sub, now());
+        let secret = world.secrets.get_mut("tg-1-1-key").unwrap();
+        secret.data = Some(BTreeMap::from([(
+            PRIVATE_KEY_FIELD.to_owned(),
+            ByteString(garbage),
+        )]));
+        let plan = world.run(&mut sub, now());
+        assert_eq!(reasons_of(&plan), vec![reasons::KEY_REGENERATED]);
+    }
+}
+
+#[test]
+fn a_key_the_user_brought_is_kept_without_a_secret() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    let mut own = api_device("tg-1", 1, "wg");
+    let public = PrivateKey::generate().public_key().to_base64();
+    own.spec.public_key = Some(public.clone());
+    world.peers.insert("tg-1-1".into(), own);
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes[0].new_key.is_none());
+    assert_eq!(world.peer("tg-1-1").spec.public_key, Some(public));
+    assert_eq!(world.peer("tg-1-1").spec.private_key_secret_ref, None);
+    assert!(world.secrets.is_empty());
+}
+
+#[test]
+fn two_subscriptions_allocating_on_one_server_never_share_an_address() {
+    let mut world = world();
+    let mut a = subscription(1, Some(now() + DAY));
+    let mut b = subscription(2, Some(now() + DAY));
+    // Both decide before either is applied, as two reconciles in flight would under one lock.
+    let plan_a = world.decide(&a, now());
+    let plan_b = world.decide(&b, now());
+    world.apply(&mut a, &plan_a);
+    world.apply(&mut b, &plan_b);
+    assert_ne!(
+        world.peer("tg-1-1").spec.address,
+        world.peer("tg-2-1").spec.address
+    );
+}
+
+#[test]
+fn two_hundred_subscriptions_on_a_slash_24_get_two_hundred_distinct_addresses() {
+    let mut world = world();
+    for user in 1..=200 {
+        let mut sub = subscription(user, Some(now() + DAY));
+        world.run(&mut sub, now());
+    }
+    let addresses: BTreeSet<_> = world
+        .peers
+        .values()
+        .map(|p| p.spec.address.clone().unwrap())
+        .collect();
+    assert_eq!(addresses.len(), 200);
+    assert!(addresses.iter().all(|a| a.starts_with("10.8.0.")));
+}
+
+#[test]
+fn after_a_restart_existing_peers_keep_their_addresses() {
+    let mut world = world();
+    let mut subs: Vec<_> = (1..=5)
+        .map(|u| subscription(u, Some(now() + DAY)))
+        .collect();
+    for sub in &mut subs {
+        world.run(sub, now());
+    }
+    // A new leader derives the bookkeeping from the peers that exist.
+    let peers: Vec<WgPeer> = world.peers.values().cloned().collect();
+    world.used = UsedAddresses::from_peers("wg", &peers);
+    for sub in &subs {
+        let plan = world.decide(sub, now());
+        assert!(plan.writes.is_empty(), "{}", sub.name_any());
+    }
+    let mut newcomer = subscription(6, Some(now() + DAY));
+    world.run(&mut newcomer, now());
+    assert_eq!(
+        world.peer("tg-6-1").spec.address.as_deref(),
+        Some("10.8.0.7/32")
+    );
+}
+
+#[test]
+fn a_hand_made_duplicate_address_is_replaced_for_the_younger_peer() {
+    let mut world = world();
+    let mut a = subscription(1, Some(now() + DAY));
+    world.run(&mut a, now());
+    let mut b = subscription(2, Some(now() + DAY));
+    world.run(&mut b, now());
+    world.peers.get_mut("tg-2-1").unwrap().spec.address = Some("10.8.0.2/32".into());
+    let peers: Vec<WgPeer> = world.peers.values().cloned().collect();
+    world.used = UsedAddresses::from_peers("wg", &peers);
+
+    world.run(&mut b, now());
+    assert_eq!(
+        world.peer("tg-1-1").spec.address.as_deref(),
+        Some("10.8.0.2/32")
+    );
+    assert_eq!(
+        world.peer("tg-2-1").spec.address.as_deref(),
+        Some("10.8.0.3/32")
+    );
+}
+
+#[test]
+fn an_address_outside_a_changed_pool_is_replaced_but_the_key_kept() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let key = world.peer("tg-1-1").spec.public_key.clone();
+    world.server = Some(server("wg", "10.20.0.0/16", None));
+    let plan = world.run(&mut sub, now());
+    assert!(plan.allocates());
+    assert_eq!(
+        world.peer("tg-1-1").spec.address.as_deref(),
+        Some("10.20.0.2/32")
+    );
+    assert_eq!(world.peer("tg-1-1").spec.public_key, key);
+}
+
+#[test]
+fn moving_to_another_server_gives_an_address_there_and_frees_the_old_one() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let mut old_used = std::mem::take(&mut world.used);
+    world.server = Some(server("other", "10.30.0.0/24", None));
+    sub.spec.server = Some("other".into());
+
+    let plan = world.run(&mut sub, now());
+    let moved = plan.writes[0].moved_from.clone().unwrap();
+    assert_eq!(moved.server, "wg");
+    moved.release_from(&mut old_used);
+    assert_eq!(old_used.len_v4(), 0);
+    let peer = world.peer("tg-1-1");
+    assert_eq!(peer.spec.server, "other");
+    assert_eq!(peer.spec.address.as_deref(), Some("10.30.0.2/32"));
+    assert_eq!(peer.labels()[wgsub_crds::resources::LABEL_SERVER], "other");
+}
+
+#[test]
+fn an_ipv6_pool_gives_every_device_a_slash_128_too() {
+    let mut world = World::new(Some(server("wg", "10.8.0.0/24", Some("fd00:8::/64"))));
+    let mut a = subscription(1, Some(now() + DAY));
+    let mut b = subscription(2, Some(now() + DAY));
+    world.run(&mut a, now());
+    world.run(&mut b, now());
+    assert_eq!(
+        world.peer("tg-1-1").spec.address6.as_deref(),
+        Some("fd00:8::2/128")
+    );
+    assert_eq!(
+        world.peer("tg-2-1").spec.address6.as_deref(),
+        Some("fd00:8::3/128")
+    );
+    assert!(world.decide(&a, now()).writes.is_empty());
+}
+
+#[test]
+fn an_exhausted_ipv6_pool_does_not_leak_the_ipv4_claim() {
+    let mut world = World::new(Some(server("wg", "10.8.0.0/24", Some("fd00:8::/126"))));
+    let mut a = subscription(1, Some(now() + DAY));
+    world.run(&mut a, now());
+    let mut b = subscription(2, Some(now() + DAY));
+    world.run(&mut b, now());
+    let mut c = subscription(3, Some(now() + DAY));
+    let plan = world.run(&mut c, now());
+    assert!(matches!(plan.problem, Some(Problem::PoolExhausted { .. })));
+    assert_eq!(world.used.len_v4(), 2);
+}
+
+#[test]
+fn odd_resource_content_never_panics() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    sub.spec.max_devices = -4;
+    let mut weird = api_device("tg-1", 1, "wg");
+    weird.spec.address = Some("999.1.1.1/32".into());
+    weird.spec.address6 = Some("zz".into());
+    weird.spec.public_key = Some("short".into());
+    weird.spec.private_key_secret_ref = Some(SecretKeyRef::new("missing", "x"));
+    world.peers.insert("tg-1-1".into(), weird);
+    let plan = world.run(&mut sub, now());
+    assert!(plan.problem.is_none());
+    let peer = world.peer("tg-1-1");
+    assert_eq!(peer.spec.address.as_deref(), Some("10.8.0.2/32"));
+    assert!(PublicKey::from_base64(peer.spec.public_key.as_deref().unwrap()).is_ok());
+    assert_eq!(
+        world.private_key_of("tg-1-1").public_key().to_base64(),
+        peer.spec.public_key.clone().unwrap()
+    );
+
+    let far = subscription(2, Some(Timestamp::MAX));
+    let expired_forever = world.decide(&far, now());
+    assert_eq!(expired_forever.phase, SubscriptionPhase::Active);
+    let mut ancient = subscription(3, Some(Timestamp::MIN));
+    world.retention = SignedDuration::MIN;
+    let plan = world.run(&mut ancient, now());
+    assert_eq!(plan.phase, SubscriptionPhase::Expired);
+}
+
+#[test]
+fn candidate_names_cover_every_device_slot_and_listed_peers_only() {
+    let mut sub = subscription(1, Some(now()));
+    sub.spec.max_devices = 2;
+    sub.status = Some(VpnSubscriptionStatus {
+        peers: vec![
+            "tg-1-5".into(),
+            "tg-10-1".into(),
+            "elsewhere".into(),
+            "tg-1-01".into(),
+        ],
+        ..VpnSubscriptionStatus::default()
+    });
+    assert_eq!(
+        candidate_peer_names(&sub),
+        vec!["tg-1-1", "tg-1-2", "tg-1-5"]
+    );
+    sub.spec.max_devices = 1000;
+    sub.status = None;
+    assert_eq!(candidate_peer_names(&sub).len(), MAX_DEVICES as usize);
+}

@@ -1,0 +1,165 @@
+//! `wgsub-operator`: the controller that turns paid `VpnSubscription`s into `WgPeer`s with x25519
+//! keys (in Secrets), addresses from the server's pool and `expiresAt` mirrored from
+//! `paidUntil`, keeps them through renewals, deletes them after the retention period, and writes
+//! the subscription's status. Writes use server-side apply with field manager `wgsub-operator`.
+//!
+//! Functional core: [`addresses`], [`decision`], [`patches`] and the lease rule in [`lease`] are
+//! pure and tested on hand-built objects. Imperative shell: [`controller`] (Kubernetes reads and
+//! writes, the kube-rs Controller), [`pools`] (per-server locks), [`lease`] (leader election),
+//! [`http`] and [`metrics`]; [`run`] wires them for `main`.
+
+pub mod addresses;
+pub mod config;
+pub mod controller;
+pub mod decision;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod patches;
+pub mod pools;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use kube::runtime::events::Reporter;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, LogFormat};
+use crate::controller::{Clock, Context, Settings};
+use crate::lease::{ElectionTiming, LeaseLock};
+use crate::metrics::Metrics;
+
+/// Installs the tracing subscriber the config asks for.
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            warn!("cannot listen for Ctrl-C: {error}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                warn!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// Runs the operator until SIGTERM: the HTTP server, and the Controller while this replica holds
+/// the leader lease.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let lease_namespace = config.lease_namespace()?;
+    let identity = config.identity();
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+
+    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", config.metrics_addr))?;
+    info!(address = %config.metrics_addr, "serving /healthz, /readyz, /metrics");
+    let http_shutdown = shutdown.clone();
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            http::app(http::HttpState {
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            }),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+        .into_future(),
+    );
+
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        termination_signal().await;
+        info!("termination signal: finishing running reconciles and giving the lease up");
+        signal_token.cancel();
+    });
+
+    client
+        .apiserver_version()
+        .await
+        .context("the Kubernetes API does not answer")?;
+    ready.store(true, Ordering::Relaxed);
+
+    let clock: Clock = Arc::new(jiff::Timestamp::now);
+    let lock = LeaseLock::new(
+        Api::<Lease>::namespaced(client.clone(), &lease_namespace),
+        &config.lease_name,
+        &identity,
+        config.lease_duration,
+    );
+    let settings = Settings {
+        default_server: config.default_server.clone(),
+        retention: config.retention,
+    };
+    info!(
+        identity = %identity,
+        namespace = config.namespace.as_deref().unwrap_or("<all>"),
+        default_server = %settings.default_server,
+        retention = %settings.retention,
+        "waiting for the leader lease {lease_namespace}/{}", config.lease_name
+    );
+    lease::run_elected(
+        lock,
+        ElectionTiming::from_lease_duration(config.lease_duration),
+        clock.clone(),
+        &metrics,
+        shutdown.clone(),
+        |term| {
+            let ctx = Arc::new(Context::new(
+                client.clone(),
+                Reporter {
+                    controller: patches::FIELD_MANAGER.to_owned(),
+                    instance: Some(identity.clone()),
+                },
+                settings.clone(),
+                metrics.clone(),
+                clock.clone(),
+            ));
+            controller::run(
+                ctx,
+                config.namespace.clone(),
+                config.concurrency,
+                async move { term.cancelled().await },
+            )
+        },
+    )
+    .await;
+
+    shutdown.cancel();
+    server.await.context("the HTTP server task failed")??;
+    info!("stopped");
+    Ok(())
+}

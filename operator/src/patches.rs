@@ -1,0 +1,219 @@
+//! The server-side apply bodies the operator sends: a `WgPeer`'s operator-owned fields, a key
+//! `Secret`, a `VpnSubscription` status. Pure builders, so what the operator claims ownership of
+//! is visible (and tested) in one place: never `enabled` or `deviceName`, which belong to the API.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
+use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer};
+
+use crate::decision::{DesiredPeer, NewKey};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "wgsub-operator";
+
+/// Why a body could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error("{kind} {name} has no uid yet, so nothing can be owned by it")]
+    NoUid { kind: &'static str, name: String },
+}
+
+fn controller_ref<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    kind: &'static str,
+) -> Result<OwnerReference, PatchError> {
+    owner
+        .controller_owner_ref(&())
+        .ok_or_else(|| PatchError::NoUid {
+            kind,
+            name: owner.name_any(),
+        })
+}
+
+/// The apply body of a peer: labels, controller owner (the subscription) and the spec fields
+/// the operator owns.
+pub fn peer_apply(
+    subscription: &VpnSubscription,
+    desired: &DesiredPeer,
+) -> Result<Value, PatchError> {
+    let owner = controller_ref(subscription, "VpnSubscription")?;
+    let mut spec = serde_json::Map::new();
+    spec.insert("server".into(), json!(desired.server));
+    if let Some(key) = &desired.public_key {
+        spec.insert("publicKey".into(), json!(key));
+    }
+    if let Some(reference) = &desired.private_key_secret_ref {
+        spec.insert(
+            "privateKeySecretRef".into(),
+            json!({"name": reference.name, "key": reference.key}),
+        );
+    }
+    if let Some(address) = &desired.address {
+        spec.insert("address".into(), json!(address));
+    }
+    if let Some(address) = &desired.address6 {
+        spec.insert("address6".into(), json!(address));
+    }
+    if let Some(at) = desired.expires_at {
+        spec.insert("expiresAt".into(), json!(at));
+    }
+    Ok(json!({
+        "apiVersion": "wgsub.io/v1alpha1",
+        "kind": "WgPeer",
+        "metadata": {
+            "name": desired.name,
+            "labels": {
+                LABEL_SUBSCRIPTION: subscription.name_any(),
+                LABEL_SERVER: desired.server,
+            },
+            "ownerReferences": [owner],
+        },
+        "spec": spec,
+    }))
+}
+
+/// The key Secret of a peer, owned by the peer (so deleting the peer deletes the key).
+pub fn key_secret(peer: &WgPeer, subscription: &str, key: &NewKey) -> Result<Secret, PatchError> {
+    let owner = controller_ref(peer, "WgPeer")?;
+    let text = key.private_key.to_base64();
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(key.secret_name.clone()),
+            labels: Some(BTreeMap::from([
+                (LABEL_PEER.to_owned(), peer.name_any()),
+                (LABEL_SUBSCRIPTION.to_owned(), subscription.to_owned()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            key.field.clone(),
+            ByteString(text.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The apply body of a subscription's status.
+pub fn status_apply(status: &VpnSubscriptionStatus) -> Value {
+    json!({
+        "apiVersion": "wgsub.io/v1alpha1",
+        "kind": "VpnSubscription",
+        "status": status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wgsub_crds::keys::PrivateKey;
+    use wgsub_crds::{SecretKeyRef, VpnSubscriptionSpec, WgPeerSpec};
+
+    fn subscription() -> VpnSubscription {
+        let mut sub = VpnSubscription::new("tg-7", VpnSubscriptionSpec::for_user(7));
+        sub.metadata.uid = Some("sub-uid".into());
+        sub
+    }
+
+    fn desired() -> DesiredPeer {
+        DesiredPeer {
+            name: "tg-7-1".into(),
+            server: "wg".into(),
+            public_key: Some(PrivateKey::generate().public_key().to_base64()),
+            private_key_secret_ref: Some(SecretKeyRef::new("tg-7-1-key", "privateKey")),
+            address: Some("10.8.0.2/32".into()),
+            address6: Some("fd00::2/128".into()),
+            expires_at: Some("2030-01-01T00:00:00Z".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn peer_apply_never_claims_the_api_fields() {
+        let body = peer_apply(&subscription(), &desired()).unwrap();
+        let spec = body["spec"].as_object().unwrap();
+        assert!(!spec.contains_key("enabled"));
+        assert!(!spec.contains_key("deviceName"));
+        assert_eq!(spec["address"], "10.8.0.2/32");
+        assert_eq!(spec["address6"], "fd00::2/128");
+        assert_eq!(spec["expiresAt"], "2030-01-01T00:00:00Z");
+        assert_eq!(spec["privateKeySecretRef"]["name"], "tg-7-1-key");
+    }
+
+    #[test]
+    fn peer_apply_labels_and_is_controlled_by_the_subscription() {
+        let body = peer_apply(&subscription(), &desired()).unwrap();
+        assert_eq!(body["metadata"]["labels"][LABEL_SUBSCRIPTION], "tg-7");
+        assert_eq!(body["metadata"]["labels"][LABEL_SERVER], "wg");
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"], "sub-uid");
+        assert_eq!(owner["kind"], "VpnSubscription");
+        assert_eq!(owner["controller"], true);
+        let back: WgPeer = serde_json::from_value(body).unwrap();
+        assert!(
+            back.spec.enabled,
+            "enabled defaults to true when the API never set it"
+        );
+    }
+
+    #[test]
+    fn peer_apply_omits_absent_fields() {
+        let mut bare = desired();
+        bare.public_key = None;
+        bare.private_key_secret_ref = None;
+        bare.address6 = None;
+        let body = peer_apply(&subscription(), &bare).unwrap();
+        let spec = body["spec"].as_object().unwrap();
+        assert!(!spec.contains_key("publicKey"));
+        assert!(!spec.contains_key("privateKeySecretRef"));
+        assert!(!spec.contains_key("address6"));
+    }
+
+    #[test]
+    fn nothing_is_owned_by_an_object_without_uid() {
+        let mut sub = subscription();
+        sub.metadata.uid = None;
+        let err = peer_apply(&sub, &desired()).unwrap_err();
+        assert!(err.to_string().contains("tg-7"));
+    }
+
+    #[test]
+    fn key_secret_is_owned_by_the_peer_labelled_and_holds_the_key() {
+        let mut peer = WgPeer::new(
+            "tg-7-1",
+            WgPeerSpec {
+                server: "wg".into(),
+                public_key: None,
+                private_key_secret_ref: None,
+                preshared_key_secret_ref: None,
+                address: None,
+                address6: None,
+                expires_at: None,
+                enabled: true,
+                device_name: None,
+            },
+        );
+        peer.metadata.uid = Some("peer-uid".into());
+        let key = NewKey {
+            secret_name: "tg-7-1-key".into(),
+            field: "privateKey".into(),
+            private_key: PrivateKey::generate(),
+        };
+        let secret = key_secret(&peer, "tg-7", &key).unwrap();
+        assert_eq!(secret.labels()[LABEL_PEER], "tg-7-1");
+        assert_eq!(secret.labels()[LABEL_SUBSCRIPTION], "tg-7");
+        assert_eq!(secret.owner_references()[0].uid, "peer-uid");
+        assert_eq!(secret.owner_references()[0].kind, "WgPeer");
+        let stored = &secret.data.as_ref().unwrap()["privateKey"].0;
+        assert_eq!(
+            PrivateKey::from_base64(std::str::from_utf8(stored).unwrap()).unwrap(),
+            key.private_key
+        );
+    }
+}
