@@ -1,0 +1,660 @@
+//! The agent loop: reads the index, calls the pure decisions, applies the result to the
+//! interfaces through the worker, and queues status. It wakes on an index change (incremental:
+//! the diff against what it last applied), at the next `expiresAt` (its own timer), and every
+//! resync interval plus once at start (full: the diff against the interface as read, which
+//! removes hand-added peers, restores a changed key or port and recreates a deleted interface).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use tokio_util::sync::CancellationToken;
+use wgsub_crds::keys::{PrivateKey, PublicKey};
+use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
+use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
+use wireguard_control::{DeviceUpdate, Key};
+
+use crate::desired::{PeerState, Pools, desired_peers};
+use crate::diff::diff_peers;
+use crate::expiry::{next_expiry, sleep_until};
+use crate::http::Health;
+use crate::index::{ServerKey, SharedIndex};
+use crate::interface::{Backend, LinkSpec, WgInterface, Worker};
+use crate::kube_shell::{KubeApi, StatusQueue, StatusWrite, Target};
+use crate::metrics::{ApplyKind, ApplyLabels, Metrics};
+use crate::nat::{self, Firewall, NatPlan};
+use crate::snapshot::{InterfaceSnapshot, PeerConfig};
+use crate::status::{
+    peer_ready, peer_status, peer_write_due, reason, server_ready, server_status, server_write_due,
+};
+
+/// The loop's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub backend: Backend,
+    pub resync_interval: Duration,
+    pub status_interval: Duration,
+    pub counters_interval: Duration,
+    /// `None`: detect on first use.
+    pub firewall: Option<Firewall>,
+}
+
+/// What a full comparison did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Converged {
+    created: bool,
+    /// Differences between what the agent believed was on the interface and what was there.
+    drift: usize,
+}
+
+/// Makes the interface hold `key`, `port`, exactly `desired` and the link as `link`. Runs on
+/// the worker thread. `believed` is what the agent last applied (for counting drift).
+fn converge(
+    interface: &WgInterface,
+    key: &PrivateKey,
+    port: u16,
+    desired: &BTreeMap<PublicKey, PeerConfig>,
+    believed: Option<&BTreeMap<PublicKey, PeerConfig>>,
+    link: &LinkSpec,
+) -> io::Result<Converged> {
+    let base = |update: DeviceUpdate| {
+        update
+            .set_private_key(Key(*key.as_bytes()))
+            .set_listen_port(port)
+    };
+    match interface.observe()? {
+        None => {
+            let diff = diff_peers(desired, &BTreeMap::new());
+            interface.create(diff.add_to(base(DeviceUpdate::new())))?;
+            interface.ensure_link(link)?;
+            Ok(Converged {
+                created: true,
+                drift: usize::from(believed.is_some()),
+            })
+        }
+        Some(snapshot) => {
+            let observed = snapshot.peer_configs();
+            let mut corrections = 0;
+            let mut update = DeviceUpdate::new();
+            if snapshot.public_key != Some(key.public_key()) || snapshot.listen_port != Some(port) {
+                update = base(update);
+                corrections += 1;
+            }
+            let diff = diff_peers(desired, &observed);
+            if !diff.is_empty() || corrections > 0 {
+                interface.apply(diff.add_to(update))?;
+            }
+            corrections += interface.ensure_link(link)?.len();
+            let peer_drift = believed.map_or(0, |believed| diff_peers(believed, &observed).len());
+            Ok(Converged {
+                created: false,
+                drift: corrections + peer_drift,
+            })
+        }
+    }
+}
+
+/// What the agent keeps per served server.
+#[derive(Debug)]
+struct ServerRuntime {
+    interface: WgInterface,
+    /// What the agent last applied; `None` when unknown (start, after an error).
+    applied: Option<BTreeMap<PublicKey, PeerConfig>>,
+    public_key: Option<PublicKey>,
+    listen_port: u16,
+    states: BTreeMap<String, PeerState>,
+    problem: Option<(&'static str, String)>,
+    last_sync: Option<Timestamp>,
+    next_expiry: Option<Timestamp>,
+    nat: Option<Option<NatPlan>>,
+    generation: Option<i64>,
+}
+
+impl ServerRuntime {
+    fn new(interface: WgInterface) -> Self {
+        Self {
+            interface,
+            applied: None,
+            public_key: None,
+            listen_port: 0,
+            states: BTreeMap::new(),
+            problem: None,
+            last_sync: None,
+            next_expiry: None,
+            nat: None,
+            generation: None,
+        }
+    }
+}
+
+/// Bookkeeping of status already written, so unchanged status is not written again.
+#[derive(Debug, Default)]
+struct Written {
+    peers: BTreeMap<String, (WgPeerStatus, Option<Timestamp>)>,
+    servers: BTreeMap<String, (WgServerStatus, Timestamp)>,
+}
+
+/// The agent.
+#[derive(Debug)]
+pub struct Agent {
+    settings: Settings,
+    index: Arc<SharedIndex>,
+    api: KubeApi,
+    worker: Worker,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    status: Arc<StatusQueue>,
+    node_labels: BTreeMap<String, String>,
+    servers: BTreeMap<String, ServerRuntime>,
+    written: Written,
+    firewall: Option<Firewall>,
+}
+
+impl Agent {
+    pub fn new(
+        settings: Settings,
+        index: Arc<SharedIndex>,
+        api: KubeApi,
+        worker: Worker,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        status: Arc<StatusQueue>,
+    ) -> Self {
+        let firewall = settings.firewall;
+        Self {
+            settings,
+            index,
+            api,
+            worker,
+            metrics,
+            health,
+            status,
+            node_labels: BTreeMap::new(),
+            servers: BTreeMap::new(),
+            written: Written::default(),
+            firewall,
+        }
+    }
+
+    /// Runs until `shutdown`: waits for the watches, then syncs on changes, expiry timers and the
+    /// resync interval, and queues status every status interval.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = self.index.wait_synced() => {}
+        }
+        let mut resync = tokio::time::interval(self.settings.resync_interval);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status = tokio::time::interval(self.settings.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.health.beat();
+            let wake = self
+                .servers
+                .values()
+                .filter_map(|server| server.next_expiry)
+                .min();
+            let sleep = sleep_until(wake, Timestamp::now(), self.settings.resync_interval);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = resync.tick() => {
+                    self.sync(true).await;
+                    self.health.set_ready();
+                    self.queue_status().await;
+                }
+                () = tokio::time::sleep(sleep), if wake.is_some() => self.sync(false).await,
+                () = self.index.changed() => self.sync(false).await,
+                _ = status.tick() => self.queue_status().await,
+            }
+        }
+    }
+
+    /// One pass over every served server. `full` compares with the interface as read.
+    pub async fn sync(&mut self, full: bool) {
+        if full {
+            match self.api.node_labels(&self.settings.node_name).await {
+                Ok(labels) => self.node_labels = labels,
+                Err(error) => tracing::warn!(%error, "reading this node's labels failed"),
+            }
+        }
+        let selected: Vec<WgServer> = self.index.read(|index| {
+            index
+                .servers_for_node(&self.settings.node_name, &self.node_labels)
+                .into_iter()
+                .cloned()
+                .collect()
+        });
+        let gone: Vec<String> = self
+            .servers
+            .keys()
+            .filter(|name| !selected.iter().any(|s| s.name_any() == **name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(runtime) = self.servers.remove(&name) {
+                self.teardown(runtime).await;
+            }
+        }
+        for server in selected {
+            self.sync_server(&server, full).await;
+        }
+    }
+
+    async fn teardown(&mut self, runtime: ServerRuntime) {
+        let interface = runtime.interface.clone();
+        let firewall = self.firewall;
+        let removed = self
+            .worker
+            .run(move || {
+                if let Some(firewall) = firewall {
+                    nat::remove(firewall, interface.name())?;
+                }
+                interface.delete()
+            })
+            .await;
+        tracing::info!(
+            interface = runtime.interface.name(),
+            ?removed,
+            "server no longer served; interface removed"
+        );
+    }
+
+    async fn resolve_firewall(&mut self) -> Firewall {
+        if let Some(firewall) = self.firewall {
+            return firewall;
+        }
+        let detected = self
+            .worker
+            .run(nat::detect_firewall)
+            .await
+            .unwrap_or(Firewall::Iptables);
+        tracing::info!(?detected, "firewall for NAT");
+        self.firewall = Some(detected);
+        detected
+    }
+
+    /// The server's private key, creating it (and its Secret) when the Secret does not exist.
+    async fn server_key(
+        &mut self,
+        server: &WgServer,
+    ) -> Result<PrivateKey, (&'static str, String)> {
+        let reference = &server.spec.private_key_secret_ref;
+        match self.index.read(|index| index.server_key(&server.spec)) {
+            ServerKey::Found(key) => Ok(key),
+            ServerKey::Invalid(error) => Err((
+                reason::INVALID_KEY,
+                format!("Secret {} key {}: {error}", reference.name, reference.key),
+            )),
+            ServerKey::KeyMissing => Err((
+                reason::INVALID_KEY,
+                format!("Secret {} has no key {}", reference.name, reference.key),
+            )),
+            ServerKey::SecretMissing => {
+                let key = PrivateKey::generate();
+                let created = self
+                    .api
+                    .create_server_secret(&server.name_any(), reference, &key)
+                    .await
+                    .map_err(|e| {
+                        (
+                            reason::INTERFACE_ERROR,
+                            format!("creating Secret {}: {e}", reference.name),
+                        )
+                    })?;
+                tracing::info!(secret = reference.name, "created the server key Secret");
+                self.index.update(|index| index.apply_secret(&created));
+                match self.index.read(|index| index.server_key(&server.spec)) {
+                    ServerKey::Found(key) => Ok(key),
+                    _ => Err((
+                        reason::INVALID_KEY,
+                        format!("Secret {} holds no usable key", reference.name),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn sync_server(&mut self, server: &WgServer, full: bool) {
+        let name = server.name_any();
+        let spec = &server.spec;
+        let replace = self
+            .servers
+            .get(&name)
+            .is_some_and(|runtime| runtime.interface.name() != spec.interface_name);
+        if replace && let Some(old) = self.servers.remove(&name) {
+            self.teardown(old).await;
+        }
+        if !self.servers.contains_key(&name) {
+            match WgInterface::new(&spec.interface_name, self.settings.backend) {
+                Ok(interface) => {
+                    self.servers
+                        .insert(name.clone(), ServerRuntime::new(interface));
+                }
+                Err(error) => {
+                    tracing::warn!(server = name, %error, "cannot serve");
+                    return;
+                }
+            }
+        }
+        let key = self.server_key(server).await;
+        let now = Timestamp::now();
+        let pools = parse_pool_v4(&spec.address_pool).and_then(|v4| {
+            let v6 = spec
+                .address_pool6
+                .as_deref()
+                .map(parse_pool_v6)
+                .transpose()?;
+            Ok(Pools { v4, v6 })
+        });
+        let port = u16::try_from(spec.listen_port).ok().filter(|p| *p > 0);
+        let inputs = self.index.read(|index| index.peer_inputs(&name));
+        let nat_wanted = spec.nat.as_ref().is_some_and(|nat| nat.enabled);
+        let firewall = if nat_wanted || full {
+            Some(self.resolve_firewall().await)
+        } else {
+            None
+        };
+        let Some(runtime) = self.servers.get_mut(&name) else {
+            return;
+        };
+        runtime.generation = server.metadata.generation;
+        let (key, pools, port) = match (key, pools, port) {
+            (Err(problem), _, _) => {
+                runtime.problem = Some(problem);
+                return;
+            }
+            (_, Err(error), _) => {
+                runtime.problem = Some((reason::INVALID_POOL, error.to_string()));
+                return;
+            }
+            (_, _, None) => {
+                runtime.problem = Some((
+                    reason::INVALID_POOL,
+                    format!("listenPort {} is not a port", spec.listen_port),
+                ));
+                return;
+            }
+            (Ok(key), Ok(pools), Some(port)) => (key, pools, port),
+        };
+        let desired = desired_peers(&pools, &inputs, now);
+        runtime.next_expiry = next_expiry(&inputs, now);
+        let configs = desired.configs();
+        runtime.states = desired.states;
+        let link = LinkSpec {
+            addresses: pools.interface_addresses(),
+            mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
+        };
+        let interface_labels = crate::metrics::Metrics::interface(runtime.interface.name());
+        let key_changed =
+            runtime.public_key != Some(key.public_key()) || runtime.listen_port != port;
+        let full = full || runtime.applied.is_none() || key_changed;
+        let started = Instant::now();
+        let outcome: Result<Option<usize>, String> = if full {
+            let interface = runtime.interface.clone();
+            let believed = runtime.applied.clone();
+            let desired = configs.clone();
+            let key = key.clone();
+            match self
+                .worker
+                .run(move || converge(&interface, &key, port, &desired, believed.as_ref(), &link))
+                .await
+            {
+                Ok(Ok(converged)) => {
+                    if converged.created {
+                        tracing::info!(
+                            interface = runtime.interface.name(),
+                            peers = configs.len(),
+                            "created the interface"
+                        );
+                    }
+                    Ok(Some(converged.drift))
+                }
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(gone) => Err(gone.to_string()),
+            }
+        } else {
+            let diff = diff_peers(
+                &configs,
+                runtime.applied.as_ref().unwrap_or(&BTreeMap::new()),
+            );
+            if diff.is_empty() {
+                Ok(None)
+            } else {
+                let interface = runtime.interface.clone();
+                let update = diff.add_to(DeviceUpdate::new());
+                tracing::debug!(
+                    interface = interface.name(),
+                    add = diff.add.len(),
+                    update = diff.update.len(),
+                    remove = diff.remove.len(),
+                    "applying peer changes"
+                );
+                match self.worker.run(move || interface.apply(update)).await {
+                    Ok(Ok(())) => Ok(Some(0)),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(gone) => Err(gone.to_string()),
+                }
+            }
+        };
+        let kind = if full {
+            ApplyKind::Resync
+        } else {
+            ApplyKind::Incremental
+        };
+        let labels = ApplyLabels {
+            interface: runtime.interface.name().to_owned(),
+            kind,
+        };
+        match outcome {
+            Ok(applied) => {
+                if let Some(drift) = applied {
+                    self.metrics.applies.get_or_create(&labels).inc();
+                    self.metrics
+                        .apply_duration
+                        .get_or_create(&labels)
+                        .observe(started.elapsed().as_secs_f64());
+                    if drift > 0 {
+                        tracing::info!(
+                            interface = runtime.interface.name(),
+                            drift,
+                            "corrected drift"
+                        );
+                        self.metrics
+                            .drift_corrections
+                            .get_or_create(&interface_labels)
+                            .inc_by(drift as u64);
+                    }
+                }
+                self.metrics
+                    .peers
+                    .get_or_create(&interface_labels)
+                    .set(configs.len() as i64);
+                runtime.applied = Some(configs);
+                runtime.public_key = Some(key.public_key());
+                runtime.listen_port = port;
+                runtime.problem = None;
+                runtime.last_sync = Some(Timestamp::now());
+            }
+            Err(message) => {
+                tracing::warn!(
+                    interface = runtime.interface.name(),
+                    error = message,
+                    "applying to the interface failed"
+                );
+                self.metrics
+                    .apply_errors
+                    .get_or_create(&interface_labels)
+                    .inc();
+                runtime.applied = None;
+                runtime.problem = Some((reason::INTERFACE_ERROR, message));
+                return;
+            }
+        }
+        if let Some(firewall) = firewall {
+            let wanted = nat_wanted.then(|| NatPlan {
+                interface: runtime.interface.name().to_owned(),
+                pool4: pools.v4,
+                pool6: pools.v6,
+                egress: spec
+                    .nat
+                    .as_ref()
+                    .and_then(|n| n.egress_interface.clone())
+                    .unwrap_or_default(),
+            });
+            if runtime.nat.as_ref() != Some(&wanted) || (full && wanted.is_some()) {
+                let interface = runtime.interface.name().to_owned();
+                let plan = wanted.clone();
+                let result = self
+                    .worker
+                    .run(move || match plan {
+                        Some(mut plan) => {
+                            if plan.egress.is_empty() {
+                                plan.egress = nat::default_route_interface()?;
+                            }
+                            nat::apply(firewall, &plan)
+                        }
+                        None => nat::remove(firewall, &interface),
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(())) => runtime.nat = Some(wanted),
+                    Ok(Err(error)) => {
+                        runtime.nat = None;
+                        tracing::warn!(interface = runtime.interface.name(), %error, "NAT rules failed");
+                        runtime.problem = Some((reason::INTERFACE_ERROR, format!("NAT: {error}")));
+                    }
+                    Err(gone) => {
+                        runtime.problem = Some((reason::INTERFACE_ERROR, gone.to_string()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads each interface's statistics and queues the status writes that are due.
+    pub async fn queue_status(&mut self) {
+        let now = Timestamp::now();
+        let interval = self.settings.counters_interval;
+        for (server_name, runtime) in &self.servers {
+            let interface = runtime.interface.clone();
+            let snapshot: InterfaceSnapshot = match self
+                .worker
+                .run(move || interface.observe())
+                .await
+            {
+                Ok(Ok(Some(snapshot))) => snapshot,
+                Ok(Ok(None)) => InterfaceSnapshot::default(),
+                Ok(Err(error)) => {
+                    tracing::warn!(interface = runtime.interface.name(), %error, "reading statistics failed");
+                    InterfaceSnapshot::default()
+                }
+                Err(_) => return,
+            };
+            self.record_handshakes(runtime.interface.name(), &snapshot, now);
+            let mut active = 0usize;
+            for (peer_name, state) in &runtime.states {
+                let stats = match state {
+                    PeerState::Live(key) => snapshot.peers.get(key).map(|p| p.stats),
+                    _ => None,
+                };
+                active += usize::from(stats.is_some());
+                let Some((current, generation)) = self.index.read(|index| {
+                    index
+                        .peer(peer_name)
+                        .map(|peer| (peer.status.clone(), peer.metadata.generation))
+                }) else {
+                    continue;
+                };
+                let ready = peer_ready(
+                    state,
+                    stats.is_some(),
+                    runtime.interface.name(),
+                    generation,
+                    now,
+                );
+                let new = peer_status(current.as_ref(), ready, stats.as_ref(), generation);
+                let (last, counters_at) = match self.written.peers.get(peer_name) {
+                    Some((written, at)) => (Some(written), *at),
+                    None => (current.as_ref(), None),
+                };
+                if peer_write_due(&new, last, counters_at, now, interval) {
+                    let counters_changed = last.is_none_or(|last| {
+                        last.rx_bytes != new.rx_bytes || last.tx_bytes != new.tx_bytes
+                    });
+                    let at = if counters_changed {
+                        Some(now)
+                    } else {
+                        counters_at
+                    };
+                    self.status.push(
+                        Target::Peer(peer_name.clone()),
+                        StatusWrite::Peer(new.clone()),
+                    );
+                    self.written.peers.insert(peer_name.clone(), (new, at));
+                }
+            }
+            let current = self
+                .index
+                .read(|index| index.server(server_name).and_then(|s| s.status.clone()));
+            let problem = runtime
+                .problem
+                .as_ref()
+                .map(|(why, message)| (*why, message.clone()));
+            let ready = server_ready(
+                problem,
+                active,
+                runtime.interface.name(),
+                runtime.generation,
+                now,
+            );
+            let new = server_status(
+                current.as_ref(),
+                runtime.public_key.map(|k| k.to_base64()),
+                runtime.problem.is_none().then_some(active),
+                runtime.last_sync,
+                ready,
+                runtime.generation,
+            );
+            let (last, at) = match self.written.servers.get(server_name) {
+                Some((written, at)) => (Some(written), Some(*at)),
+                None => (current.as_ref(), None),
+            };
+            if server_write_due(&new, last, at, now, interval) {
+                self.status.push(
+                    Target::Server(server_name.clone()),
+                    StatusWrite::Server(new.clone()),
+                );
+                self.written.servers.insert(server_name.clone(), (new, now));
+            }
+        }
+        let peers_known: Vec<String> = self.written.peers.keys().cloned().collect();
+        for name in peers_known {
+            if self.index.read(|index| index.peer(&name).is_none()) {
+                self.written.peers.remove(&name);
+            }
+        }
+    }
+
+    fn record_handshakes(&self, interface: &str, snapshot: &InterfaceSnapshot, now: Timestamp) {
+        let ages: Vec<f64> = snapshot
+            .peers
+            .values()
+            .filter_map(|peer| peer.stats.last_handshake)
+            .map(|at| now.duration_since(at).as_secs_f64().max(0.0))
+            .collect();
+        let labels = Metrics::interface(interface);
+        self.metrics
+            .max_handshake_age
+            .get_or_create(&labels)
+            .set(ages.iter().copied().fold(0.0, f64::max));
+        self.metrics
+            .recent_handshakes
+            .get_or_create(&labels)
+            .set(ages.iter().filter(|age| **age < 180.0).count() as i64);
+    }
+}

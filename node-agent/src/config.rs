@@ -1,0 +1,221 @@
+//! The agent's settings: every one a flag and a `WGSUB_…` environment variable. A bad value stops
+//! the binary at start with the setting named (clap names the flag; [`Config::validate`] covers
+//! what clap cannot check).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::interface::BackendChoice;
+use crate::nat::Firewall;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which firewall the NAT rules go into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FirewallChoice {
+    /// nftables when `nft` works on the node, iptables otherwise.
+    Auto,
+    Nftables,
+    Iptables,
+}
+
+impl FirewallChoice {
+    /// The fixed choice, `None` for auto-detection.
+    pub fn fixed(self) -> Option<Firewall> {
+        match self {
+            FirewallChoice::Auto => None,
+            FirewallChoice::Nftables => Some(Firewall::Nftables),
+            FirewallChoice::Iptables => Some(Firewall::Iptables),
+        }
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// wgsub-node-agent: keeps this node's WireGuard interfaces equal to the live WgPeers of the
+/// WgServers it serves.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wgsub-node-agent", version, about)]
+pub struct Config {
+    /// This node's name (from the downward API: spec.nodeName).
+    #[arg(long, env = "WGSUB_NODE_NAME")]
+    pub node_name: String,
+
+    /// The namespace whose WgServers, WgPeers, VpnSubscriptions and Secrets are watched.
+    #[arg(long, env = "WGSUB_NAMESPACE")]
+    pub namespace: String,
+
+    /// WireGuard implementation: kernel module, wireguard-go, or auto (kernel when present).
+    #[arg(long, env = "WGSUB_BACKEND", value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+
+    /// Seconds between full comparisons of the interface with the live peers.
+    #[arg(long, env = "WGSUB_RESYNC_INTERVAL", value_parser = parse_seconds, default_value = "30")]
+    pub resync_interval: Duration,
+
+    /// Seconds between status batches (handshakes, active flags, conditions).
+    #[arg(long, env = "WGSUB_STATUS_INTERVAL", value_parser = parse_seconds, default_value = "10")]
+    pub status_interval: Duration,
+
+    /// Seconds between writes of changed byte counters (and of a server's lastSync) alone.
+    #[arg(long, env = "WGSUB_COUNTERS_INTERVAL", value_parser = parse_seconds, default_value = "60")]
+    pub counters_interval: Duration,
+
+    /// Most status patches per second sent to the API server.
+    #[arg(long, env = "WGSUB_STATUS_WRITES_PER_SECOND", default_value = "20",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub status_writes_per_second: u32,
+
+    /// Firewall for NAT rules.
+    #[arg(long, env = "WGSUB_FIREWALL", value_enum, default_value = "auto")]
+    pub firewall: FirewallChoice,
+
+    /// Network namespace (a path like /var/run/netns/NAME) to manage interfaces in; default:
+    /// the agent's own (the host's, under hostNetwork).
+    #[arg(long, env = "WGSUB_NETNS")]
+    pub netns: Option<PathBuf>,
+
+    /// Address of the /healthz, /readyz and /metrics server.
+    #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:9102")]
+    pub http_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "WGSUB_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `wgsub_node_agent=debug`.
+    #[arg(long, env = "WGSUB_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A setting with a value clap accepted but the agent cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --{field}: {message}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Checks what clap cannot: names that must be non-empty, a netns that must exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_name.trim().is_empty() {
+            return Err(ConfigError {
+                field: "node-name",
+                message: "must not be empty".into(),
+            });
+        }
+        if self.namespace.trim().is_empty() {
+            return Err(ConfigError {
+                field: "namespace",
+                message: "must not be empty".into(),
+            });
+        }
+        if let Some(path) = &self.netns
+            && !path.exists()
+        {
+            return Err(ConfigError {
+                field: "netns",
+                message: format!("{} does not exist", path.display()),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(ConfigError {
+                field: "log",
+                message: format!("{:?} is not a log filter", self.log),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec![
+            "wgsub-node-agent",
+            "--node-name",
+            "n1",
+            "--namespace",
+            "wgsub",
+        ];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.resync_interval, Duration::from_secs(30));
+        assert_eq!(config.status_interval, Duration::from_secs(10));
+        assert_eq!(config.counters_interval, Duration::from_secs(60));
+        assert_eq!(config.backend, BackendChoice::Auto);
+        assert_eq!(config.firewall, FirewallChoice::Auto);
+        assert_eq!(config.http_addr.port(), 9102);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn every_setting_has_an_env_variable() {
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert!(env.starts_with("WGSUB_"), "--{id} has no WGSUB_ variable");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = parse(&["--resync-interval", "0"]).unwrap_err().to_string();
+        assert!(err.contains("--resync-interval"), "{err}");
+        let err = parse(&["--backend", "magic"]).unwrap_err().to_string();
+        assert!(err.contains("--backend"), "{err}");
+        let err = parse(&["--status-writes-per-second", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--status-writes-per-second"), "{err}");
+        let config = parse(&["--netns", "/nonexistent/netns"]).unwrap();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--netns")
+        );
+        let config = parse(&["--log", "[[["]).unwrap();
+        assert!(config.validate().unwrap_err().to_string().contains("--log"));
+        let mut config = parse(&[]).unwrap();
+        config.node_name = " ".into();
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--node-name")
+        );
+        assert!(parse(&["--resync-interval", "1.5"]).is_ok());
+    }
+}

@@ -1,0 +1,477 @@
+//! The desired peer set of one interface, decided purely: which `WgPeer`s are live at an instant,
+//! which of those can go on the interface (a parseable key, an address inside the pool, a
+//! preshared key when one is named) and, when two live peers claim the same key or address,
+//! which one wins (the older one: creation time, then name). Every peer gets a [`PeerState`]
+//! saying why it is or is not on the interface; the status module turns that into conditions.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use jiff::Timestamp;
+use wgsub_crds::keys::{PresharedKey, PublicKey};
+use wgsub_crds::liveness::PeerLiveness;
+use wgsub_crds::pool::{parse_host_v4, parse_host_v6, server_address_v4, server_address_v6};
+
+use crate::snapshot::PeerConfig;
+
+/// The address pools of a server, already parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pools {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl Pools {
+    /// The server's own addresses with the pool's prefix, as they go on the interface.
+    pub fn interface_addresses(&self) -> Vec<IpNet> {
+        let mut out = vec![IpNet::V4(
+            Ipv4Net::new(server_address_v4(self.v4), self.v4.prefix_len())
+                .unwrap_or(Ipv4Net::from(server_address_v4(self.v4))),
+        )];
+        if let Some(v6) = self.v6 {
+            out.push(IpNet::V6(
+                Ipv6Net::new(server_address_v6(v6), v6.prefix_len())
+                    .unwrap_or(Ipv6Net::from(server_address_v6(v6))),
+            ));
+        }
+        out
+    }
+
+    fn check_v4(&self, address: Ipv4Addr) -> Result<(), String> {
+        let pool = self.v4;
+        if !pool.contains(&address) {
+            return Err(format!("address {address} is outside the pool {pool}"));
+        }
+        if address == server_address_v4(pool) {
+            return Err(format!("address {address} is the server's own address"));
+        }
+        if pool.prefix_len() < 31 && (address == pool.network() || address == pool.broadcast()) {
+            return Err(format!(
+                "address {address} is the network or broadcast address of {pool}"
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_v6(&self, address: Ipv6Addr) -> Result<(), String> {
+        let Some(pool) = self.v6 else {
+            return Err(format!(
+                "address6 {address} is set but the server has no IPv6 pool"
+            ));
+        };
+        if !pool.contains(&address) {
+            return Err(format!("address6 {address} is outside the pool {pool}"));
+        }
+        if address == server_address_v6(pool) || address == pool.network() {
+            return Err(format!(
+                "address6 {address} is reserved (server or anycast address)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The peer's preshared key as found in its Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresharedKeyInput {
+    /// The peer names no preshared key.
+    NotUsed,
+    Found(PresharedKey),
+    /// The Secret or its key does not exist (yet).
+    Missing,
+    /// The Secret holds something that is not a key.
+    Invalid,
+}
+
+/// What the decision needs to know about one `WgPeer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInput {
+    pub name: String,
+    pub created: Option<Timestamp>,
+    pub public_key: Option<String>,
+    pub address: Option<String>,
+    pub address6: Option<String>,
+    pub liveness: PeerLiveness,
+    pub preshared_key: PresharedKeyInput,
+}
+
+/// Why a peer that is not live stays off the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLive {
+    Disabled,
+    Suspended,
+    Expired,
+}
+
+/// Why a live peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its public key or address is already taken by `with`.
+    Conflict {
+        with: String,
+        what: String,
+    },
+    OutOfPool(String),
+    /// The public key is absent or not a WireGuard key.
+    InvalidKey(String),
+    NoAddress,
+    MissingPresharedKey,
+}
+
+/// Where one peer stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    Live(PublicKey),
+    NotLive(NotLive),
+    Refused(Refusal),
+}
+
+/// A peer that belongs on the interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPeer {
+    /// The `WgPeer` it comes from.
+    pub name: String,
+    pub config: PeerConfig,
+}
+
+/// The decision for one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DesiredPeers {
+    pub peers: BTreeMap<PublicKey, DesiredPeer>,
+    /// Every input peer by name.
+    pub states: BTreeMap<String, PeerState>,
+}
+
+impl DesiredPeers {
+    /// The configurations only, keyed by public key, as the diff takes them.
+    pub fn configs(&self) -> BTreeMap<PublicKey, PeerConfig> {
+        self.peers
+            .iter()
+            .map(|(key, peer)| (*key, peer.config.clone()))
+            .collect()
+    }
+}
+
+fn not_live_reason(liveness: &PeerLiveness) -> NotLive {
+    if !liveness.enabled {
+        NotLive::Disabled
+    } else if liveness.subscription_suspended {
+        NotLive::Suspended
+    } else {
+        NotLive::Expired
+    }
+}
+
+/// A live peer checked on its own: its key, addresses and preshared key.
+fn validate(
+    peer: &PeerInput,
+    pools: &Pools,
+) -> Result<(PublicKey, Vec<IpAddr>, PeerConfig), Refusal> {
+    let text = peer
+        .public_key
+        .as_deref()
+        .ok_or_else(|| Refusal::InvalidKey("the peer has no publicKey yet".into()))?;
+    let key =
+        PublicKey::from_base64(text).map_err(|e| Refusal::InvalidKey(format!("publicKey: {e}")))?;
+    let address = peer.address.as_deref().ok_or(Refusal::NoAddress)?;
+    let v4 = parse_host_v4(address)
+        .ok_or_else(|| Refusal::OutOfPool(format!("address {address:?} is not an IPv4 /32")))?;
+    pools.check_v4(v4).map_err(Refusal::OutOfPool)?;
+    let mut addresses = vec![IpAddr::V4(v4)];
+    if let Some(address6) = peer.address6.as_deref() {
+        let v6 = parse_host_v6(address6).ok_or_else(|| {
+            Refusal::OutOfPool(format!("address6 {address6:?} is not an IPv6 /128"))
+        })?;
+        pools.check_v6(v6).map_err(Refusal::OutOfPool)?;
+        addresses.push(IpAddr::V6(v6));
+    }
+    let preshared_key = match &peer.preshared_key {
+        PresharedKeyInput::NotUsed => None,
+        PresharedKeyInput::Found(psk) => Some(psk.clone()),
+        PresharedKeyInput::Missing => return Err(Refusal::MissingPresharedKey),
+        PresharedKeyInput::Invalid => {
+            return Err(Refusal::InvalidKey(
+                "the preshared key Secret does not hold a WireGuard key".into(),
+            ));
+        }
+    };
+    let config = PeerConfig {
+        allowed_ips: addresses.iter().map(|a| IpNet::from(*a)).collect(),
+        preshared_key,
+    };
+    Ok((key, addresses, config))
+}
+
+/// Decides which peers go on the interface at `now`.
+pub fn desired_peers<'a>(
+    pools: &Pools,
+    peers: impl IntoIterator<Item = &'a PeerInput>,
+    now: Timestamp,
+) -> DesiredPeers {
+    let mut ordered: Vec<&PeerInput> = peers.into_iter().collect();
+    // Older peers win conflicts; a peer without a creation time counts as newest.
+    ordered.sort_by(|a, b| {
+        (a.created.is_none(), a.created, &a.name).cmp(&(b.created.is_none(), b.created, &b.name))
+    });
+    let mut out = DesiredPeers::default();
+    let mut key_owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
+    let mut address_owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+    for peer in ordered {
+        if !peer.liveness.is_live(now) {
+            out.states.insert(
+                peer.name.clone(),
+                PeerState::NotLive(not_live_reason(&peer.liveness)),
+            );
+            continue;
+        }
+        let (key, addresses, config) = match validate(peer, pools) {
+            Ok(valid) => valid,
+            Err(refusal) => {
+                out.states
+                    .insert(peer.name.clone(), PeerState::Refused(refusal));
+                continue;
+            }
+        };
+        let conflict = key_owner
+            .get(&key)
+            .map(|owner| (owner.to_string(), "publicKey".to_string()))
+            .or_else(|| {
+                addresses.iter().find_map(|address| {
+                    address_owner
+                        .get(address)
+                        .map(|owner| (owner.to_string(), format!("address {address}")))
+                })
+            });
+        if let Some((with, what)) = conflict {
+            out.states.insert(
+                peer.name.clone(),
+                PeerState::Refused(Refusal::Conflict { with, what }),
+            );
+            continue;
+        }
+        key_owner.insert(key, &peer.name);
+        for address in addresses {
+            address_owner.insert(address, &peer.name);
+        }
+        out.states.insert(peer.name.clone(), PeerState::Live(key));
+        out.peers.insert(
+            key,
+            DesiredPeer {
+                name: peer.name.clone(),
+                config,
+            },
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use wgsub_crds::keys::PrivateKey;
+    use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+    const NOW: &str = "2026-06-01T12:00:00Z";
+
+    fn pools() -> Pools {
+        Pools {
+            v4: parse_pool_v4("10.8.0.0/24").unwrap(),
+            v6: Some(parse_pool_v6("fd00:8::/64").unwrap()),
+        }
+    }
+
+    fn peer(name: &str, address: &str) -> PeerInput {
+        PeerInput {
+            name: name.into(),
+            created: Some(t("2026-01-01T00:00:00Z")),
+            public_key: Some(PrivateKey::generate().public_key().to_base64()),
+            address: Some(address.into()),
+            address6: None,
+            liveness: PeerLiveness {
+                enabled: true,
+                subscription_suspended: false,
+                expires_at: Some(t("2026-07-01T00:00:00Z")),
+            },
+            preshared_key: PresharedKeyInput::NotUsed,
+        }
+    }
+
+    fn refusal(desired: &DesiredPeers, name: &str) -> Refusal {
+        match desired.states.get(name) {
+            Some(PeerState::Refused(r)) => r.clone(),
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn live_peer_gets_its_addresses_as_allowed_ips() {
+        let mut p = peer("a", "10.8.0.2/32");
+        p.address6 = Some("fd00:8::2/128".into());
+        let psk = PresharedKey::generate();
+        p.preshared_key = PresharedKeyInput::Found(psk.clone());
+        let desired = desired_peers(&pools(), [&p], t(NOW));
+        let key = PublicKey::from_base64(p.public_key.as_deref().unwrap()).unwrap();
+        assert_eq!(desired.states["a"], PeerState::Live(key));
+        let config = &desired.peers[&key].config;
+        let expected: BTreeSet<IpNet> = ["10.8.0.2/32", "fd00:8::2/128"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(config.allowed_ips, expected);
+        assert_eq!(config.preshared_key, Some(psk));
+    }
+
+    #[test]
+    fn disabled_suspended_and_expired_peers_stay_off_with_their_reason() {
+        let mut disabled = peer("disabled", "10.8.0.2/32");
+        disabled.liveness.enabled = false;
+        let mut suspended = peer("suspended", "10.8.0.3/32");
+        suspended.liveness.subscription_suspended = true;
+        let mut expired = peer("expired", "10.8.0.4/32");
+        expired.liveness.expires_at = Some(t(NOW));
+        let mut never = peer("never", "10.8.0.5/32");
+        never.liveness.expires_at = None;
+        let desired = desired_peers(&pools(), [&disabled, &suspended, &expired, &never], t(NOW));
+        assert!(desired.peers.is_empty());
+        assert_eq!(
+            desired.states["disabled"],
+            PeerState::NotLive(NotLive::Disabled)
+        );
+        assert_eq!(
+            desired.states["suspended"],
+            PeerState::NotLive(NotLive::Suspended)
+        );
+        assert_eq!(
+            desired.states["expired"],
+            PeerState::NotLive(NotLive::Expired)
+        );
+        assert_eq!(
+            desired.states["never"],
+            PeerState::NotLive(NotLive::Expired)
+        );
+    }
+
+    #[test]
+    fn duplicate_address_refuses_the_newer_peer_and_keeps_the_older() {
+        let mut older = peer("zz-older", "10.8.0.2/32");
+        older.created = Some(t("2026-01-01T00:00:00Z"));
+        let mut newer = peer("aa-newer", "10.8.0.2/32");
+        newer.created = Some(t("2026-02-01T00:00:00Z"));
+        for order in [[&older, &newer], [&newer, &older]] {
+            let desired = desired_peers(&pools(), order, t(NOW));
+            assert_eq!(desired.peers.len(), 1);
+            assert!(matches!(desired.states["zz-older"], PeerState::Live(_)));
+            assert_eq!(
+                refusal(&desired, "aa-newer"),
+                Refusal::Conflict {
+                    with: "zz-older".into(),
+                    what: "address 10.8.0.2".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn same_creation_time_is_decided_by_name() {
+        let a = peer("a", "10.8.0.2/32");
+        let b = peer("b", "10.8.0.2/32");
+        let desired = desired_peers(&pools(), [&b, &a], t(NOW));
+        assert!(matches!(desired.states["a"], PeerState::Live(_)));
+        assert!(matches!(refusal(&desired, "b"), Refusal::Conflict { .. }));
+    }
+
+    #[test]
+    fn duplicate_public_key_is_a_conflict() {
+        let a = peer("a", "10.8.0.2/32");
+        let mut b = peer("b", "10.8.0.3/32");
+        b.public_key = a.public_key.clone();
+        let desired = desired_peers(&pools(), [&a, &b], t(NOW));
+        assert_eq!(
+            refusal(&desired, "b"),
+            Refusal::Conflict {
+                with: "a".into(),
+                what: "publicKey".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_refused_or_dead_peer_does_not_block_the_address_for_others() {
+        let mut dead = peer("a-dead", "10.8.0.2/32");
+        dead.liveness.enabled = false;
+        let mut bad_key = peer("b-bad", "10.8.0.2/32");
+        bad_key.public_key = Some("not a key".into());
+        let good = peer("c-good", "10.8.0.2/32");
+        let desired = desired_peers(&pools(), [&dead, &bad_key, &good], t(NOW));
+        assert!(matches!(desired.states["c-good"], PeerState::Live(_)));
+        assert!(matches!(refusal(&desired, "b-bad"), Refusal::InvalidKey(_)));
+    }
+
+    #[test]
+    fn addresses_outside_the_pool_or_reserved_are_refused() {
+        for (address, address6) in [
+            ("10.9.0.2/32", None),
+            ("10.8.0.1/32", None),
+            ("10.8.0.0/32", None),
+            ("10.8.0.255/32", None),
+            ("10.8.0.2/24", None),
+            ("10.8.0.2/32", Some("fd00:9::2/128")),
+            ("10.8.0.2/32", Some("fd00:8::1/128")),
+        ] {
+            let mut p = peer("p", address);
+            p.address6 = address6.map(str::to_owned);
+            let desired = desired_peers(&pools(), [&p], t(NOW));
+            assert!(
+                matches!(refusal(&desired, "p"), Refusal::OutOfPool(_)),
+                "{address} {address6:?}"
+            );
+        }
+        let mut p = peer("p", "10.8.0.2/32");
+        p.address6 = Some("fd00:8::2/128".into());
+        let no_v6 = Pools {
+            v6: None,
+            ..pools()
+        };
+        let desired = desired_peers(&no_v6, [&p], t(NOW));
+        assert!(matches!(refusal(&desired, "p"), Refusal::OutOfPool(m) if m.contains("no IPv6")));
+    }
+
+    #[test]
+    fn missing_key_address_or_preshared_key_are_named() {
+        let mut no_key = peer("no-key", "10.8.0.2/32");
+        no_key.public_key = None;
+        let mut no_address = peer("no-address", "10.8.0.3/32");
+        no_address.address = None;
+        let mut no_psk = peer("no-psk", "10.8.0.4/32");
+        no_psk.preshared_key = PresharedKeyInput::Missing;
+        let mut bad_psk = peer("bad-psk", "10.8.0.5/32");
+        bad_psk.preshared_key = PresharedKeyInput::Invalid;
+        let desired = desired_peers(&pools(), [&no_key, &no_address, &no_psk, &bad_psk], t(NOW));
+        assert!(desired.peers.is_empty());
+        assert!(matches!(
+            refusal(&desired, "no-key"),
+            Refusal::InvalidKey(_)
+        ));
+        assert_eq!(refusal(&desired, "no-address"), Refusal::NoAddress);
+        assert_eq!(refusal(&desired, "no-psk"), Refusal::MissingPresharedKey);
+        assert!(matches!(
+            refusal(&desired, "bad-psk"),
+            Refusal::InvalidKey(_)
+        ));
+    }
+
+    #[test]
+    fn interface_addresses_are_the_first_hosts_with_the_pool_prefix() {
+        let addresses: Vec<String> = pools()
+            .interface_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addresses, ["10.8.0.1/24", "fd00:8::1/64"]);
+    }
+}

@@ -1,0 +1,433 @@
+//! The WireGuard interface shell: reading the interface into a snapshot, creating it, applying
+//! one `DeviceUpdate`, and keeping its link (addresses, MTU, up) as wanted. WireGuard itself goes
+//! through wireguard-control with a [`Backend`] value — the kernel module, or wireguard-go over
+//! its UAPI socket in `/var/run/wireguard` — so tests run the same code on userspace WireGuard.
+//! Links and addresses go through iproute2 (`ip -j` to read, `ip` to change).
+//!
+//! All of it runs on one dedicated OS thread, the [`Worker`]: the calls block, the agent's async
+//! tasks must not, and the thread can enter a network namespace first (`--netns`), so everything
+//! it starts — `ip`, `nft`, wireguard-go — lives in that namespace.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+
+use ipnet::IpNet;
+use wireguard_control::{Device, DeviceUpdate, InterfaceName};
+
+use crate::snapshot::InterfaceSnapshot;
+
+/// Which WireGuard implementation the agent asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// The kernel module when the kernel has it, wireguard-go otherwise.
+    Auto,
+    Kernel,
+    Userspace,
+}
+
+/// The WireGuard implementation in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Kernel,
+    Userspace,
+}
+
+impl Backend {
+    /// Resolves a choice: `auto` is the kernel when `/sys/module/wireguard` exists.
+    pub fn resolve(choice: BackendChoice) -> Backend {
+        Self::resolve_with(choice, Path::new("/sys/module/wireguard").exists())
+    }
+
+    fn resolve_with(choice: BackendChoice, kernel_has_wireguard: bool) -> Backend {
+        match choice {
+            BackendChoice::Kernel => Backend::Kernel,
+            BackendChoice::Userspace => Backend::Userspace,
+            BackendChoice::Auto if kernel_has_wireguard => Backend::Kernel,
+            BackendChoice::Auto => Backend::Userspace,
+        }
+    }
+
+    fn control(self) -> wireguard_control::Backend {
+        match self {
+            Backend::Kernel => wireguard_control::Backend::Kernel,
+            Backend::Userspace => wireguard_control::Backend::Userspace,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        }
+    }
+}
+
+/// What the link of the interface should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkSpec {
+    pub addresses: Vec<IpNet>,
+    pub mtu: Option<u32>,
+}
+
+/// The link as `ip -j addr show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkState {
+    pub up: bool,
+    pub mtu: u32,
+    pub addresses: BTreeSet<IpNet>,
+}
+
+/// One change to the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkAction {
+    AddAddress(IpNet),
+    RemoveAddress(IpNet),
+    SetMtu(u32),
+    SetUp,
+}
+
+/// The changes that make `state` match `spec`; IPv6 link-local addresses are left alone.
+pub fn link_actions(state: &LinkState, spec: &LinkSpec) -> Vec<LinkAction> {
+    let wanted: BTreeSet<IpNet> = spec.addresses.iter().copied().collect();
+    let link_local: IpNet = "fe80::/10".parse().unwrap_or_default();
+    let mut actions: Vec<LinkAction> = state
+        .addresses
+        .iter()
+        .filter(|a| !wanted.contains(a) && !link_local.contains(*a))
+        .map(|a| LinkAction::RemoveAddress(*a))
+        .collect();
+    actions.extend(
+        wanted
+            .iter()
+            .filter(|a| !state.addresses.contains(a))
+            .map(|a| LinkAction::AddAddress(*a)),
+    );
+    if let Some(mtu) = spec.mtu.filter(|mtu| *mtu != state.mtu) {
+        actions.push(LinkAction::SetMtu(mtu));
+    }
+    if !state.up {
+        actions.push(LinkAction::SetUp);
+    }
+    actions
+}
+
+/// Parses `ip -j addr show dev <name>` output.
+pub fn parse_link_state(json: &str) -> io::Result<Option<LinkState>> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| io::Error::other(format!("ip -j output: {e}")))?;
+    let Some(link) = value.as_array().and_then(|links| links.first()) else {
+        return Ok(None);
+    };
+    let up = link
+        .get("flags")
+        .and_then(|f| f.as_array())
+        .is_some_and(|flags| flags.iter().any(|f| f.as_str() == Some("UP")));
+    let mtu = link
+        .get("mtu")
+        .and_then(|m| m.as_u64())
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(0);
+    let addresses = link
+        .get("addr_info")
+        .and_then(|a| a.as_array())
+        .map(|infos| {
+            infos
+                .iter()
+                .filter_map(|info| {
+                    let local = info.get("local")?.as_str()?.parse().ok()?;
+                    let prefix = u8::try_from(info.get("prefixlen")?.as_u64()?).ok()?;
+                    IpNet::new(local, prefix).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(LinkState { up, mtu, addresses }))
+}
+
+fn ip(args: &[&str]) -> io::Result<String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("ip: {e}")))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+/// Why an interface name was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a valid interface name")]
+pub struct InvalidName(pub String);
+
+/// One WireGuard interface on this node.
+#[derive(Debug, Clone)]
+pub struct WgInterface {
+    name: InterfaceName,
+    text: String,
+    backend: Backend,
+}
+
+impl WgInterface {
+    pub fn new(name: &str, backend: Backend) -> Result<Self, InvalidName> {
+        let parsed = name.parse().map_err(|_| InvalidName(name.into()))?;
+        Ok(Self {
+            name: parsed,
+            text: name.to_owned(),
+            backend,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.text
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The link's state, `None` when there is no such link.
+    pub fn link_state(&self) -> io::Result<Option<LinkState>> {
+        match ip(&["-j", "addr", "show", "dev", &self.text]) {
+            Ok(out) => parse_link_state(&out),
+            Err(e) if e.to_string().contains("does not exist") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads the interface; `None` when it does not exist.
+    pub fn observe(&self) -> io::Result<Option<InterfaceSnapshot>> {
+        if self.link_state()?.is_none() {
+            return Ok(None);
+        }
+        let device = Device::get(&self.name, self.backend.control())?;
+        Ok(Some(InterfaceSnapshot::from(&device)))
+    }
+
+    /// Creates the interface with its first configuration (key, port and every peer in
+    /// `update`). The kernel backend needs the link first; wireguard-control starts wireguard-go
+    /// itself when the userspace socket is missing.
+    pub fn create(&self, update: DeviceUpdate) -> io::Result<()> {
+        if self.backend == Backend::Kernel {
+            ip(&["link", "add", "dev", &self.text, "type", "wireguard"])?;
+        }
+        self.apply(update)
+    }
+
+    /// Applies one update.
+    pub fn apply(&self, update: DeviceUpdate) -> io::Result<()> {
+        update.apply(&self.name, self.backend.control())
+    }
+
+    /// Brings the link to `spec`; returns the changes made.
+    pub fn ensure_link(&self, spec: &LinkSpec) -> io::Result<Vec<LinkAction>> {
+        let state = self
+            .link_state()?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the link vanished"))?;
+        let actions = link_actions(&state, spec);
+        for action in &actions {
+            match action {
+                LinkAction::AddAddress(a) => {
+                    ip(&["addr", "add", &a.to_string(), "dev", &self.text])?
+                }
+                LinkAction::RemoveAddress(a) => {
+                    ip(&["addr", "del", &a.to_string(), "dev", &self.text])?
+                }
+                LinkAction::SetMtu(mtu) => {
+                    ip(&["link", "set", "dev", &self.text, "mtu", &mtu.to_string()])?
+                }
+                LinkAction::SetUp => ip(&["link", "set", "dev", &self.text, "up"])?,
+            };
+        }
+        Ok(actions)
+    }
+
+    /// Deletes the link (wireguard-go exits when its tun device goes).
+    pub fn delete(&self) -> io::Result<()> {
+        match ip(&["link", "del", "dev", &self.text]) {
+            Err(e) if e.to_string().contains("Cannot find device") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The worker thread is gone (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the interface worker thread has stopped")]
+pub struct WorkerGone;
+
+/// A dedicated OS thread that runs every blocking interface call, optionally inside a network
+/// namespace.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the thread; with `netns` (a path such as `/var/run/netns/<name>`) it enters that
+    /// network namespace first and fails here when it cannot.
+    pub fn start(netns: Option<PathBuf>) -> io::Result<Worker> {
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+        std::thread::Builder::new()
+            .name("wg-interface".into())
+            .spawn(move || {
+                let entered = match &netns {
+                    Some(path) => enter_netns(path),
+                    None => Ok(()),
+                };
+                let failed = entered.is_err();
+                let _ = ready_tx.send(entered);
+                if failed {
+                    return;
+                }
+                while let Ok(job) = receiver.recv() {
+                    job();
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("the interface worker did not start"))??;
+        Ok(Worker { jobs })
+    }
+
+    /// Runs `f` on the worker thread and waits for its result.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, WorkerGone>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| WorkerGone)?;
+        rx.await.map_err(|_| WorkerGone)
+    }
+}
+
+fn enter_netns(path: &Path) -> io::Result<()> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("netns {}: {e}", path.display())))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::other(format!("entering netns {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn auto_backend_prefers_the_kernel_module() {
+        assert_eq!(
+            Backend::resolve_with(BackendChoice::Auto, true),
+            Backend::Kernel
+        );
+        assert_eq!(
+            Backend::resolve_with(BackendChoice::Auto, false),
+            Backend::Userspace
+        );
+        assert_eq!(
+            Backend::resolve_with(BackendChoice::Userspace, true),
+            Backend::Userspace
+        );
+        assert_eq!(
+            Backend::resolve_with(BackendChoice::Kernel, false),
+            Backend::Kernel
+        );
+    }
+
+    #[test]
+    fn ip_json_is_parsed_into_link_state() {
+        let json = r#"[{"ifindex":5,"ifname":"wg0","flags":["POINTOPOINT","NOARP","UP","LOWER_UP"],"mtu":1420,
+            "addr_info":[{"family":"inet","local":"10.8.0.1","prefixlen":24},
+                         {"family":"inet6","local":"fd00:8::1","prefixlen":64}]}]"#;
+        let state = parse_link_state(json).unwrap().unwrap();
+        assert!(state.up);
+        assert_eq!(state.mtu, 1420);
+        assert_eq!(
+            state.addresses,
+            [net("10.8.0.1/24"), net("fd00:8::1/64")].into()
+        );
+        assert_eq!(parse_link_state("[]").unwrap(), None);
+        let down =
+            r#"[{"ifname":"wg0","flags":["POINTOPOINT","NOARP"],"mtu":1420,"addr_info":[]}]"#;
+        assert!(!parse_link_state(down).unwrap().unwrap().up);
+        assert!(parse_link_state("not json").is_err());
+    }
+
+    #[test]
+    fn link_actions_add_missing_remove_foreign_and_keep_link_local() {
+        let spec = LinkSpec {
+            addresses: vec![net("10.8.0.1/24"), net("fd00:8::1/64")],
+            mtu: Some(1420),
+        };
+        let fresh = LinkState {
+            up: false,
+            mtu: 1500,
+            addresses: BTreeSet::new(),
+        };
+        assert_eq!(
+            link_actions(&fresh, &spec),
+            vec![
+                LinkAction::AddAddress(net("10.8.0.1/24")),
+                LinkAction::AddAddress(net("fd00:8::1/64")),
+                LinkAction::SetMtu(1420),
+                LinkAction::SetUp,
+            ]
+        );
+        let drifted = LinkState {
+            up: true,
+            mtu: 1420,
+            addresses: [
+                net("10.8.0.1/24"),
+                net("10.9.0.1/24"),
+                net("fe80::1/64"),
+                net("fd00:8::1/64"),
+            ]
+            .into(),
+        };
+        assert_eq!(
+            link_actions(&drifted, &spec),
+            vec![LinkAction::RemoveAddress(net("10.9.0.1/24"))]
+        );
+        let no_mtu = LinkSpec {
+            mtu: None,
+            ..spec.clone()
+        };
+        let settled = LinkState {
+            up: true,
+            mtu: 1500,
+            addresses: spec.addresses.iter().copied().collect(),
+        };
+        assert!(link_actions(&settled, &no_mtu).is_empty());
+    }
+
+    #[tokio::test]
+    async fn worker_runs_jobs_in_order_and_reports_a_bad_netns() {
+        let worker = Worker::start(None).unwrap();
+        let thread = worker
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("wg-interface"));
+        assert_eq!(worker.run(|| 1 + 1).await.unwrap(), 2);
+        let err = Worker::start(Some(PathBuf::from("/nonexistent/netns/x"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/netns/x"), "{err}");
+    }
+}

@@ -1,0 +1,415 @@
+//! The Kubernetes shell: watches that feed the [`SharedIndex`] (WgServers, WgPeers,
+//! VpnSubscriptions for `suspended`, Secrets of the namespace for the server and preshared keys),
+//! the node's labels, creating a missing server key Secret, and status writes — batched through a
+//! latest-wins queue and rate-limited, sent with server-side apply on the status subresource
+//! under the field manager `wgsub-node-agent`. Every call made here is listed in
+//! `node-agent/api-calls.yaml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::resources::LABEL_SERVER;
+use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerStatus, WgServer, WgServerStatus};
+
+use crate::index::{Index, Kind, SharedIndex};
+use crate::metrics::{Metrics, WriteLabels};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "wgsub-node-agent";
+
+/// A watched kind and how its objects go into the index.
+trait Indexed:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static
+{
+    const KIND: Kind;
+    fn apply(index: &mut Index, object: Self);
+    fn delete(index: &mut Index, name: &str);
+    fn names(index: &Index) -> BTreeSet<String>;
+}
+
+impl Indexed for WgServer {
+    const KIND: Kind = Kind::WgServer;
+    fn apply(index: &mut Index, object: Self) {
+        index.apply_server(object);
+    }
+    fn delete(index: &mut Index, name: &str) {
+        index.delete_server(name);
+    }
+    fn names(index: &Index) -> BTreeSet<String> {
+        index.server_names()
+    }
+}
+
+impl Indexed for WgPeer {
+    const KIND: Kind = Kind::WgPeer;
+    fn apply(index: &mut Index, object: Self) {
+        index.apply_peer(object);
+    }
+    fn delete(index: &mut Index, name: &str) {
+        index.delete_peer(name);
+    }
+    fn names(index: &Index) -> BTreeSet<String> {
+        index.peer_names()
+    }
+}
+
+impl Indexed for VpnSubscription {
+    const KIND: Kind = Kind::VpnSubscription;
+    fn apply(index: &mut Index, object: Self) {
+        index.apply_subscription(&object);
+    }
+    fn delete(index: &mut Index, name: &str) {
+        index.delete_subscription(name);
+    }
+    fn names(index: &Index) -> BTreeSet<String> {
+        index.subscription_names()
+    }
+}
+
+impl Indexed for Secret {
+    const KIND: Kind = Kind::Secret;
+    fn apply(index: &mut Index, object: Self) {
+        index.apply_secret(&object);
+    }
+    fn delete(index: &mut Index, name: &str) {
+        index.delete_secret(name);
+    }
+    fn names(index: &Index) -> BTreeSet<String> {
+        index.secret_names()
+    }
+}
+
+/// Feeds one watch event into the index; `listed` collects names during a relist so objects
+/// that vanished while the watch was down are dropped at `InitDone`.
+fn feed<K: Indexed>(shared: &SharedIndex, listed: &mut BTreeSet<String>, event: Event<K>) {
+    match event {
+        Event::Init => listed.clear(),
+        Event::InitApply(object) => {
+            listed.insert(object.name_any());
+            shared.update(|index| K::apply(index, object));
+        }
+        Event::InitDone => {
+            let stale: Vec<String> = shared
+                .read(K::names)
+                .into_iter()
+                .filter(|name| !listed.contains(name))
+                .collect();
+            shared.update(|index| {
+                for name in &stale {
+                    K::delete(index, name);
+                }
+            });
+            shared.mark_synced(K::KIND);
+        }
+        Event::Apply(object) => shared.update(|index| K::apply(index, object)),
+        Event::Delete(object) => shared.update(|index| K::delete(index, &object.name_any())),
+    }
+}
+
+async fn watch_kind<K: Indexed>(
+    api: Api<K>,
+    shared: Arc<SharedIndex>,
+    shutdown: CancellationToken,
+) {
+    let mut listed = BTreeSet::new();
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = stream.next() => match next {
+                Some(Ok(event)) => feed(&shared, &mut listed, event),
+                Some(Err(error)) => tracing::warn!(kind = ?K::KIND, %error, "watch error; retrying"),
+                None => return,
+            },
+        }
+    }
+}
+
+/// Runs the four watches until `shutdown`.
+pub async fn run_watches(
+    client: Client,
+    namespace: &str,
+    shared: Arc<SharedIndex>,
+    shutdown: CancellationToken,
+) {
+    tokio::join!(
+        watch_kind(
+            Api::<WgServer>::namespaced(client.clone(), namespace),
+            shared.clone(),
+            shutdown.clone()
+        ),
+        watch_kind(
+            Api::<WgPeer>::namespaced(client.clone(), namespace),
+            shared.clone(),
+            shutdown.clone()
+        ),
+        watch_kind(
+            Api::<VpnSubscription>::namespaced(client.clone(), namespace),
+            shared.clone(),
+            shutdown.clone()
+        ),
+        watch_kind(
+            Api::<Secret>::namespaced(client, namespace),
+            shared,
+            shutdown
+        ),
+    );
+}
+
+/// The Kubernetes calls the agent loop makes.
+#[derive(Clone)]
+pub struct KubeApi {
+    client: Client,
+    namespace: String,
+}
+
+impl std::fmt::Debug for KubeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeApi")
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl KubeApi {
+    pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        Self {
+            client,
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The labels of this node (for `nodeSelector`).
+    pub async fn node_labels(&self, node: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+        let node = Api::<Node>::all(self.client.clone()).get(node).await?;
+        Ok(node.metadata.labels.unwrap_or_default())
+    }
+
+    /// Creates the Secret holding a new server key. An existing Secret is never overwritten:
+    /// when one appeared meanwhile, that one is returned.
+    pub async fn create_server_secret(
+        &self,
+        server: &str,
+        reference: &SecretKeyRef,
+        key: &PrivateKey,
+    ) -> Result<Secret, kube::Error> {
+        let api = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(reference.name.clone());
+        secret.metadata.namespace = Some(self.namespace.clone());
+        secret.metadata.labels = Some([(LABEL_SERVER.to_owned(), server.to_owned())].into());
+        secret.type_ = Some("Opaque".into());
+        secret.data = Some(
+            [(
+                reference.key.clone(),
+                ByteString(key.to_base64().as_bytes().to_vec()),
+            )]
+            .into(),
+        );
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(created) => Ok(created),
+            Err(kube::Error::Api(status)) if status.code == 409 => api.get(&reference.name).await,
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Writes a peer's status (server-side apply on `wgpeers/status`).
+    pub async fn patch_peer_status(
+        &self,
+        name: &str,
+        status: &WgPeerStatus,
+    ) -> Result<(), kube::Error> {
+        let api = Api::<WgPeer>::namespaced(self.client.clone(), &self.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": WgPeer::api_version(&()),
+            "kind": WgPeer::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes a server's status (server-side apply on `wgservers/status`).
+    pub async fn patch_server_status(
+        &self,
+        name: &str,
+        status: &WgServerStatus,
+    ) -> Result<(), kube::Error> {
+        let api = Api::<WgServer>::namespaced(self.client.clone(), &self.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": WgServer::api_version(&()),
+            "kind": WgServer::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// One queued status write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusWrite {
+    Peer(WgPeerStatus),
+    Server(WgServerStatus),
+}
+
+/// Which object a write is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Peer(String),
+    Server(String),
+}
+
+/// The latest-wins queue of status writes between the agent loop and the writer task.
+#[derive(Debug, Default)]
+pub struct StatusQueue {
+    pending: Mutex<BTreeMap<Target, StatusWrite>>,
+    wake: tokio::sync::Notify,
+}
+
+impl StatusQueue {
+    /// Queues a write, replacing an older unsent write for the same object.
+    pub fn push(&self, target: Target, write: StatusWrite) {
+        self.lock().insert(target, write);
+        self.wake.notify_one();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Target, StatusWrite>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pop(&self) -> Option<(Target, StatusWrite)> {
+        self.lock().pop_first()
+    }
+
+    /// Writes still waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends queued writes at most `per_second` a second until `shutdown`; failed writes are
+    /// queued again unless the object is gone (404) or a newer write replaced them.
+    pub async fn run_writer(
+        self: Arc<Self>,
+        api: KubeApi,
+        per_second: u32,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        let pause = Duration::from_secs(1) / per_second.max(1);
+        loop {
+            let Some((target, write)) = self.pop() else {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = self.wake.notified() => continue,
+                }
+            };
+            let (result, resource) = match (&target, &write) {
+                (Target::Peer(name), StatusWrite::Peer(status)) => {
+                    (api.patch_peer_status(name, status).await, "wgpeers")
+                }
+                (Target::Server(name), StatusWrite::Server(status)) => {
+                    (api.patch_server_status(name, status).await, "wgservers")
+                }
+                _ => continue,
+            };
+            let outcome = match result {
+                Ok(()) => "ok",
+                Err(kube::Error::Api(status)) if status.code == 404 => "gone",
+                Err(error) => {
+                    tracing::warn!(?target, %error, "status write failed; will retry");
+                    self.lock().entry(target).or_insert(write);
+                    "error"
+                }
+            };
+            metrics
+                .status_writes
+                .get_or_create(&WriteLabels {
+                    resource,
+                    result: outcome,
+                })
+                .inc();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keeps_only_the_latest_write_per_object() {
+        let queue = StatusQueue::default();
+        let first = WgPeerStatus {
+            rx_bytes: 1,
+            ..Default::default()
+        };
+        let second = WgPeerStatus {
+            rx_bytes: 2,
+            ..Default::default()
+        };
+        queue.push(Target::Peer("a".into()), StatusWrite::Peer(first));
+        queue.push(Target::Peer("a".into()), StatusWrite::Peer(second.clone()));
+        queue.push(
+            Target::Server("s".into()),
+            StatusWrite::Server(WgServerStatus::default()),
+        );
+        assert_eq!(queue.len(), 2);
+        assert_eq!(
+            queue.pop(),
+            Some((Target::Peer("a".into()), StatusWrite::Peer(second)))
+        );
+        assert!(matches!(queue.pop(), Some((Target::Server(_), _))));
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_relist_drops_objects_that_vanished() {
+        let shared = SharedIndex::default();
+        let mut listed = BTreeSet::new();
+        let peer = |name: &str| {
+            WgPeer::new(
+                name,
+                serde_json::from_value(serde_json::json!({"server": "main"})).unwrap(),
+            )
+        };
+        feed(&shared, &mut listed, Event::Apply(peer("old")));
+        feed(&shared, &mut listed, Event::<WgPeer>::Init);
+        feed(&shared, &mut listed, Event::InitApply(peer("new")));
+        assert!(!shared.is_synced());
+        feed(&shared, &mut listed, Event::<WgPeer>::InitDone);
+        assert_eq!(shared.read(|i| i.peer_names()), ["new".to_owned()].into());
+        feed(&shared, &mut listed, Event::Delete(peer("new")));
+        assert!(shared.read(|i| i.peer_names()).is_empty());
+    }
+}

@@ -1,0 +1,25 @@
+//! wgsub-node-agent: keeps each WireGuard interface of a node equal to the live `WgPeer`s of the
+//! `WgServer`s the node serves.
+//!
+//! Functional core: [`desired`] (which peers belong on the interface), [`diff`] (the changes),
+//! [`expiry`] (when the next peer leaves), [`status`] (what to write and when), the rendering half
+//! of [`nat`] and the link decisions of [`interface`]. Imperative shell: [`interface`] (WireGuard
+//! through wireguard-control, links through iproute2, on one worker thread), [`kube_shell`]
+//! (watches, Secret creation, status writes), [`agent`] (the loop), [`http`] and [`metrics`].
+//!
+//! Writes, with the field manager `wgsub-node-agent`: `WgPeer.status`, `WgServer.status`, and
+//! the server key Secret when it is missing.
+
+pub mod agent;
+pub mod config;
+pub mod desired;
+pub mod diff;
+pub mod expiry;
+pub mod http;
+pub mod index;
+pub mod interface;
+pub mod kube_shell;
+pub mod metrics;
+pub mod nat;
+pub mod snapshot;
+pub mod status;
