@@ -208,7 +208,7 @@ async fn the_trial_is_granted_once_even_when_requested_concurrently() {
     let now = t("2026-01-01T00:00:00Z");
     ledger.upsert_user(&tg(1, "a"), now).await.unwrap();
     let attempts = futures::future::join_all((0..10).map(|_| ledger.grant_trial(1, 3, now))).await;
-    let granted: Vec<_> = attempts.into_iter().map(Result::unwrap).flatten().collect();
+    let granted: Vec<_> = attempts.into_iter().filter_map(Result::unwrap).collect();
     assert_eq!(granted.len(), 1);
     assert_eq!(granted[0].paid_until, Some(now + DAY * 3));
     assert_eq!(
