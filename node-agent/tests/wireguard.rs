@@ -1,0 +1,783 @@
+//! Real WireGuard: two network namespaces (`server`, `client`) joined by a veth pair. The agent's
+//! loop drives a wireguard-go interface in the server namespace (its worker thread enters it);
+//! the client interface is configured from the `.conf` the crds renderer makes for the peer
+//! (`wg-quick strip` + `wg setconf`, address and route by `ip`). Kubernetes reads and writes go to
+//! an in-memory API (kube-fake-client); the test plays the watches by feeding the index.
+//!
+//! Needs root, wireguard-go, wireguard-tools, iproute2, ping and nft: fails with a message
+//! otherwise.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+use kube_fake_client::ClientBuilder;
+use tokio_util::sync::CancellationToken;
+use wgsub_crds::config::ClientConfig;
+use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::resources::{LABEL_SUBSCRIPTION, condition};
+use wgsub_crds::{
+    VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer, WgServerSpec,
+};
+use wgsub_node_agent::agent::{Agent, Settings};
+use wgsub_node_agent::http::Health;
+use wgsub_node_agent::index::{Kind, SharedIndex};
+use wgsub_node_agent::interface::{Backend, Worker};
+use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue};
+use wgsub_node_agent::metrics::Metrics;
+use wgsub_node_agent::nat::{self, Firewall, NatPlan};
+
+const NAMESPACE: &str = "wgsub";
+const NODE: &str = "node-1";
+const SERVER: &str = "main";
+const SERVER_VETH: &str = "172.31.0.1";
+const LISTEN_PORT: u16 = 51820;
+/// A peer put back on the server has lost its session; the client notices after WireGuard's
+/// keepalive timeout plus rekey timeout (15 s) and makes a new handshake by itself.
+const REHANDSHAKE: Duration = Duration::from_secs(25);
+
+fn require_prerequisites() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        });
+    assert_eq!(
+        uid.as_deref(),
+        Some("0"),
+        "these tests need root (network namespaces, veth pairs, wireguard-go): run them as root, e.g. with scripts/test"
+    );
+    for tool in ["wireguard-go", "wg", "wg-quick", "ip", "ping", "nft"] {
+        let found = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "these tests need `{tool}` on PATH (scripts/test installs it)"
+        );
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Two namespaces joined by a veth pair, with names unique to this process and test; removed on
+/// drop (which also ends the wireguard-go processes whose tun devices lived there).
+struct Lab {
+    server_ns: String,
+    client_ns: String,
+    server_if: String,
+    client_if: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        require_prerequisites();
+        let id = format!(
+            "{}{}",
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab {
+            server_ns: format!("wgsub-na-s{id}"),
+            client_ns: format!("wgsub-na-c{id}"),
+            server_if: format!("wgs{id}"),
+            client_if: format!("wgc{id}"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let (va, vb) = (format!("vas{id}"), format!("vbc{id}"));
+        run("ip", &["netns", "add", &lab.server_ns]);
+        run("ip", &["netns", "add", &lab.client_ns]);
+        run(
+            "ip",
+            &["link", "add", &va, "type", "veth", "peer", "name", &vb],
+        );
+        run("ip", &["link", "set", &va, "netns", &lab.server_ns]);
+        run("ip", &["link", "set", &vb, "netns", &lab.client_ns]);
+        for (ns, dev, address) in [
+            (&lab.server_ns, &va, "172.31.0.1/24"),
+            (&lab.client_ns, &vb, "172.31.0.2/24"),
+        ] {
+            run("ip", &["-n", ns, "addr", "add", address, "dev", dev]);
+            run("ip", &["-n", ns, "link", "set", dev, "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    fn netns_path(&self) -> PathBuf {
+        PathBuf::from(format!("/var/run/netns/{}", self.server_ns))
+    }
+
+    /// Brings up the client from the rendered `.conf`, as wg-quick would.
+    fn connect_client(&self, config: &ClientConfig) {
+        let conf = self.dir.path().join(format!("{}.conf", self.client_if));
+        std::fs::write(&conf, config.render().as_bytes()).unwrap();
+        let stripped = run("wg-quick", &["strip", conf.to_str().unwrap()]);
+        let stripped_path = self.dir.path().join("stripped.conf");
+        std::fs::write(&stripped_path, stripped).unwrap();
+        if !succeeds(
+            "ip",
+            &["-n", &self.client_ns, "link", "show", &self.client_if],
+        ) {
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.client_ns,
+                    "wireguard-go",
+                    &self.client_if,
+                ],
+            );
+        }
+        run(
+            "wg",
+            &["setconf", &self.client_if, stripped_path.to_str().unwrap()],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.client_ns,
+                "addr",
+                "flush",
+                "dev",
+                &self.client_if,
+            ],
+        );
+        for address in &config.addresses {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &self.client_ns,
+                    "addr",
+                    "add",
+                    address,
+                    "dev",
+                    &self.client_if,
+                ],
+            );
+        }
+        run(
+            "ip",
+            &["-n", &self.client_ns, "link", "set", &self.client_if, "up"],
+        );
+        for route in &config.allowed_ips {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &self.client_ns,
+                    "route",
+                    "replace",
+                    route,
+                    "dev",
+                    &self.client_if,
+                ],
+            );
+        }
+    }
+
+    fn ping_once(&self) -> bool {
+        succeeds(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.client_ns,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "10.8.0.1",
+            ],
+        )
+    }
+
+    /// Pings until one answer arrives or `within` passes.
+    fn ping_works(&self, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.ping_once() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The public keys on the server interface, by `wg show`.
+    fn server_peers(&self) -> Vec<String> {
+        match Command::new("wg")
+            .args(["show", &self.server_if, "peers"])
+            .output()
+        {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.server_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for name in [&self.server_if, &self.client_if] {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{name}.sock"));
+        }
+    }
+}
+
+async fn wait_for(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {within:?} waiting for {what}");
+}
+
+fn in_secs(seconds: i64) -> Timestamp {
+    Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap()
+}
+
+/// A lab with the agent running against an in-memory API.
+struct Scenario {
+    lab: Lab,
+    index: Arc<SharedIndex>,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    created: u32,
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn server_spec(lab: &Lab) -> WgServerSpec {
+    serde_json::from_value(serde_json::json!({
+        "endpoint": format!("{SERVER_VETH}:{LISTEN_PORT}"),
+        "listenPort": LISTEN_PORT,
+        "interfaceName": lab.server_if,
+        "addressPool": "10.8.0.0/24",
+        "clientAllowedIPs": ["10.8.0.0/24"],
+        "mtu": 1420,
+        "nodeName": NODE,
+        "privateKeySecretRef": {"name": "main-key", "key": "privateKey"},
+    }))
+    .unwrap()
+}
+
+impl Scenario {
+    async fn start(resync: Duration) -> Scenario {
+        let lab = Lab::new();
+        let mut server = WgServer::new(SERVER, server_spec(&lab));
+        server.metadata.namespace = Some(NAMESPACE.into());
+        let mut node = Node::default();
+        node.metadata.name = Some(NODE.into());
+        let mut subscription = VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1));
+        subscription.metadata.namespace = Some(NAMESPACE.into());
+        let client = ClientBuilder::new()
+            .with_resource::<WgServer>()
+            .with_resource::<WgPeer>()
+            .with_resource::<VpnSubscription>()
+            .with_object(server.clone())
+            .with_object(subscription.clone())
+            .with_object(node)
+            .build()
+            .await
+            .unwrap();
+        let index = Arc::new(SharedIndex::default());
+        index.update(|i| {
+            i.apply_server(server);
+            i.apply_subscription(&subscription);
+        });
+        for kind in Kind::ALL {
+            index.mark_synced(kind);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let api = KubeApi::new(client.clone(), NAMESPACE);
+        let status = Arc::new(StatusQueue::default());
+        tokio::spawn(status.clone().run_writer(
+            api.clone(),
+            1000,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let agent = Agent::new(
+            Settings {
+                node_name: NODE.into(),
+                backend: Backend::Userspace,
+                resync_interval: resync,
+                status_interval: Duration::from_millis(300),
+                counters_interval: Duration::from_secs(60),
+                firewall: Some(Firewall::Nftables),
+            },
+            index.clone(),
+            api,
+            Worker::start(Some(lab.netns_path())).unwrap(),
+            metrics.clone(),
+            Arc::new(Health::new(Duration::from_secs(60))),
+            status,
+        );
+        tokio::spawn(agent.run(shutdown.clone()));
+        Scenario {
+            lab,
+            index,
+            client,
+            metrics,
+            shutdown,
+            created: 0,
+        }
+    }
+
+    fn peers(&self) -> Api<WgPeer> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    /// A new peer with its own key, created in the API and fed to the index.
+    async fn add_peer(
+        &mut self,
+        name: &str,
+        address: &str,
+        expires_at: Timestamp,
+    ) -> (WgPeer, PrivateKey) {
+        let key = PrivateKey::generate();
+        let mut peer = WgPeer::new(
+            name,
+            WgPeerSpec {
+                server: SERVER.into(),
+                public_key: Some(key.public_key().to_base64()),
+                private_key_secret_ref: None,
+                preshared_key_secret_ref: None,
+                address: Some(address.into()),
+                address6: None,
+                expires_at: Some(expires_at),
+                enabled: true,
+                device_name: None,
+            },
+        );
+        peer.metadata.namespace = Some(NAMESPACE.into());
+        peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), "tg-1".to_owned())].into());
+        // Creation times one second apart: older peers win conflicts.
+        self.created += 1;
+        peer.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_700_000_000 + i64::from(self.created)).unwrap(),
+        ));
+        peer.metadata.generation = Some(1);
+        let created = self
+            .peers()
+            .create(&PostParams::default(), &peer)
+            .await
+            .unwrap();
+        let mut indexed = created.clone();
+        indexed.metadata.creation_timestamp = peer.metadata.creation_timestamp.clone();
+        self.index.update(|i| i.apply_peer(indexed.clone()));
+        (indexed, key)
+    }
+
+    /// Changes a peer's spec as an API write would, and feeds the change to the index.
+    fn change_peer(&self, peer: &mut WgPeer, change: impl FnOnce(&mut WgPeerSpec)) {
+        change(&mut peer.spec);
+        peer.metadata.generation = peer.metadata.generation.map(|g| g + 1);
+        self.index.update(|i| i.apply_peer(peer.clone()));
+    }
+
+    async fn server_status(&self) -> Option<wgsub_crds::WgServerStatus> {
+        Api::<WgServer>::namespaced(self.client.clone(), NAMESPACE)
+            .get(SERVER)
+            .await
+            .ok()
+            .and_then(|s| s.status)
+    }
+
+    async fn server_public_key(&self) -> wgsub_crds::keys::PublicKey {
+        wait_for(
+            "the server's public key in its status",
+            Duration::from_secs(10),
+            async || {
+                self.server_status()
+                    .await
+                    .is_some_and(|s| s.public_key.is_some())
+            },
+        )
+        .await;
+        let text = self.server_status().await.unwrap().public_key.unwrap();
+        text.parse().unwrap()
+    }
+
+    async fn client_config(&self, peer: &WgPeer, key: &PrivateKey) -> ClientConfig {
+        let server_public = self.server_public_key().await;
+        ClientConfig::for_peer(
+            &server_spec(&self.lab),
+            Some(server_public),
+            &peer.spec,
+            key.clone(),
+            None,
+        )
+        .unwrap()
+    }
+
+    async fn ready_reason(&self, peer: &str) -> Option<String> {
+        let peer = self.peers().get(peer).await.ok()?;
+        condition(&peer.status?.conditions, "Ready").map(|c| c.reason.clone())
+    }
+
+    async fn wait_on_interface(&self, key: &PrivateKey, present: bool) {
+        let text = key.public_key().to_base64();
+        let what = if present {
+            "the peer on the interface"
+        } else {
+            "the peer gone from the interface"
+        };
+        wait_for(what, Duration::from_secs(10), async || {
+            self.lab.server_peers().contains(&text) == present
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_peer_pings_through_the_tunnel_and_leaves_at_expires_at_by_its_own_timer() {
+    // A resync far away: only the expiry timer can remove the peer.
+    let mut s = Scenario::start(Duration::from_secs(3600)).await;
+    let expires = in_secs(8);
+    let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", expires).await;
+    s.wait_on_interface(&key, true).await;
+    s.lab.connect_client(&s.client_config(&peer, &key).await);
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "ping through the tunnel failed"
+    );
+
+    // The agent created the server's key Secret, and published the matching public key.
+    let secret = Api::<Secret>::namespaced(s.client.clone(), NAMESPACE)
+        .get("main-key")
+        .await
+        .expect("the agent creates the missing key Secret");
+    let stored = secret.data.unwrap()["privateKey"].0.clone();
+    let stored = PrivateKey::from_base64(&String::from_utf8(stored).unwrap()).unwrap();
+    assert_eq!(stored.public_key(), s.server_public_key().await);
+    wait_for(
+        "the peer's status to say active",
+        Duration::from_secs(10),
+        async || {
+            s.peers()
+                .get("tg-1-1")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|st| st.active)
+        },
+    )
+    .await;
+
+    // Nothing else happens: the timer alone removes the peer at expiresAt.
+    let until_expiry =
+        Duration::try_from(expires.duration_since(Timestamp::now())).unwrap_or_default();
+    tokio::time::sleep(until_expiry.saturating_sub(Duration::from_millis(500))).await;
+    assert!(
+        s.lab.server_peers().contains(&key.public_key().to_base64()),
+        "removed before expiresAt"
+    );
+    s.wait_on_interface(&key, false).await;
+    let late = Timestamp::now().duration_since(expires);
+    assert!(
+        late < jiff::SignedDuration::from_secs(2),
+        "removed {late:?} after expiresAt"
+    );
+    assert!(
+        !s.lab.ping_works(Duration::from_secs(3)),
+        "ping still works after expiry"
+    );
+    wait_for("status Expired", Duration::from_secs(10), async || {
+        s.ready_reason("tg-1-1").await.as_deref() == Some("Expired")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_enable_and_renewal_bring_the_same_key_back() {
+    let mut s = Scenario::start(Duration::from_secs(3600)).await;
+    let (mut peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
+    s.wait_on_interface(&key, true).await;
+    s.lab.connect_client(&s.client_config(&peer, &key).await);
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "ping through the tunnel failed"
+    );
+
+    s.change_peer(&mut peer, |spec| spec.enabled = false);
+    s.wait_on_interface(&key, false).await;
+    assert!(
+        !s.lab.ping_works(Duration::from_secs(2)),
+        "ping works while disabled"
+    );
+
+    s.change_peer(&mut peer, |spec| spec.enabled = true);
+    s.wait_on_interface(&key, true).await;
+    assert!(s.lab.ping_works(REHANDSHAKE), "ping fails after enable");
+
+    // Expired (the operator mirrored an old paidUntil), then renewed: same key, same config.
+    s.change_peer(&mut peer, |spec| spec.expires_at = Some(in_secs(-60)));
+    s.wait_on_interface(&key, false).await;
+    assert!(
+        !s.lab.ping_works(Duration::from_secs(2)),
+        "ping works while expired"
+    );
+    s.change_peer(&mut peer, |spec| spec.expires_at = Some(in_secs(3600)));
+    s.wait_on_interface(&key, true).await;
+    assert!(
+        s.lab.ping_works(REHANDSHAKE),
+        "ping fails after renewal without re-import"
+    );
+
+    // Suspension of the subscription takes the peer off too.
+    let mut subscription = VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1));
+    subscription.spec.suspended = true;
+    s.index.update(|i| i.apply_subscription(&subscription));
+    s.wait_on_interface(&key, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_removes_hand_added_peers_restores_the_port_and_recreates_a_deleted_interface() {
+    let mut s = Scenario::start(Duration::from_secs(1)).await;
+    let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
+    s.wait_on_interface(&key, true).await;
+    s.lab.connect_client(&s.client_config(&peer, &key).await);
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "ping through the tunnel failed"
+    );
+
+    let stranger = PrivateKey::generate().public_key().to_base64();
+    run(
+        "wg",
+        &[
+            "set",
+            &s.lab.server_if,
+            "peer",
+            &stranger,
+            "allowed-ips",
+            "10.8.0.99/32",
+        ],
+    );
+    run("wg", &["set", &s.lab.server_if, "listen-port", "40000"]);
+    assert!(s.lab.server_peers().contains(&stranger));
+    wait_for(
+        "the hand-added peer removed by resync",
+        Duration::from_secs(4),
+        async || !s.lab.server_peers().contains(&stranger),
+    )
+    .await;
+    wait_for(
+        "the listen port restored",
+        Duration::from_secs(4),
+        async || {
+            run("wg", &["show", &s.lab.server_if, "listen-port"]).trim() == LISTEN_PORT.to_string()
+        },
+    )
+    .await;
+    assert!(s.lab.server_peers().contains(&key.public_key().to_base64()));
+
+    run(
+        "ip",
+        &["-n", &s.lab.server_ns, "link", "del", &s.lab.server_if],
+    );
+    wait_for(
+        "the interface recreated with its peer",
+        Duration::from_secs(10),
+        async || s.lab.server_peers().contains(&key.public_key().to_base64()),
+    )
+    .await;
+    assert!(
+        s.lab.ping_works(REHANDSHAKE),
+        "ping fails after the interface was recreated"
+    );
+    let metrics = s.metrics.encode();
+    let drift_line = metrics
+        .lines()
+        .find(|l| l.starts_with("wgsub_node_agent_drift_corrections_total"))
+        .unwrap_or_else(|| panic!("no drift metric in\n{metrics}"));
+    let drift: f64 = drift_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(drift >= 3.0, "{drift_line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_address_refuses_the_second_peer_with_conflict_and_the_first_keeps_working() {
+    let mut s = Scenario::start(Duration::from_secs(2)).await;
+    let (first, first_key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
+    s.wait_on_interface(&first_key, true).await;
+    s.lab
+        .connect_client(&s.client_config(&first, &first_key).await);
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "ping through the tunnel failed"
+    );
+
+    let (_, second_key) = s.add_peer("tg-1-2", "10.8.0.2/32", in_secs(3600)).await;
+    let (_, outside_key) = s.add_peer("tg-1-3", "10.9.0.2/32", in_secs(3600)).await;
+    wait_for(
+        "Conflict on the second peer",
+        Duration::from_secs(10),
+        async || s.ready_reason("tg-1-2").await.as_deref() == Some("Conflict"),
+    )
+    .await;
+    wait_for(
+        "OutOfPool on the peer outside the pool",
+        Duration::from_secs(10),
+        async || s.ready_reason("tg-1-3").await.as_deref() == Some("OutOfPool"),
+    )
+    .await;
+    assert_eq!(s.ready_reason("tg-1-1").await.as_deref(), Some("Active"));
+    let on = s.lab.server_peers();
+    assert!(on.contains(&first_key.public_key().to_base64()));
+    assert!(!on.contains(&second_key.public_key().to_base64()));
+    assert!(!on.contains(&outside_key.public_key().to_base64()));
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "the first peer stopped working"
+    );
+
+    // A malformed server key: condition InvalidKey, the interface is left as it was.
+    let mut broken = Secret::default();
+    broken.metadata.name = Some("main-key".into());
+    broken.data = Some([("privateKey".to_owned(), ByteString(b"not-a-key".to_vec()))].into());
+    s.index.update(|i| i.apply_secret(&broken));
+    wait_for(
+        "InvalidKey on the server",
+        Duration::from_secs(10),
+        async || {
+            s.server_status()
+                .await
+                .and_then(|st| condition(&st.conditions, "Ready").map(|c| c.reason.clone()))
+                .as_deref()
+                == Some("InvalidKey")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        s.lab
+            .server_peers()
+            .contains(&first_key.public_key().to_base64())
+    );
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "the interface was touched on a bad key"
+    );
+    let listed = s.peers().list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_rules_are_applied_idempotently_and_removed_on_opt_out() {
+    let lab = Lab::new();
+    let worker = Worker::start(Some(lab.netns_path())).unwrap();
+    let table = nat::table_name(&lab.server_if);
+    let plan = NatPlan {
+        interface: lab.server_if.clone(),
+        pool4: "10.8.0.0/24".parse().unwrap(),
+        pool6: None,
+        egress: format!("vas{}", &lab.server_if[3..]),
+    };
+    let list = {
+        let ns = lab.server_ns.clone();
+        let table = table.clone();
+        move || {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "nft", "list", "table", "inet", &table])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        }
+    };
+    let applied = plan.clone();
+    worker
+        .run(move || nat::apply(Firewall::Nftables, &applied))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = list().expect("the NAT table exists");
+    assert!(first.contains("masquerade"), "{first}");
+    assert!(first.contains("10.8.0.0/24"), "{first}");
+    let forwarding = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.server_ns,
+            "cat",
+            "/proc/sys/net/ipv4/ip_forward",
+        ],
+    );
+    assert_eq!(forwarding.trim(), "1");
+    let again = plan.clone();
+    worker
+        .run(move || nat::apply(Firewall::Nftables, &again))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(list().unwrap(), first, "applying twice changed the rules");
+    let name = plan.interface.clone();
+    worker
+        .run(move || nat::remove(Firewall::Nftables, &name))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(list(), None, "the NAT table survived opt-out");
+    let name = plan.interface.clone();
+    worker
+        .run(move || nat::remove(Firewall::Nftables, &name))
+        .await
+        .unwrap()
+        .unwrap();
+    // The host's namespace never saw the table.
+    assert!(!run("nft", &["list", "tables"]).contains(&table));
+}
