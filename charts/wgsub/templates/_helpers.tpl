@@ -91,11 +91,13 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
+{{/* Log settings; call with (list $ "WGSUB_LOG") — the filter's variable differs per binary. */}}
 {{- define "wgsub.logEnv" -}}
+{{- $root := index . 0 -}}
 - name: WGSUB_LOG_FORMAT
-  value: {{ .Values.logFormat | quote }}
-- name: WGSUB_LOG
-  value: {{ .Values.logLevel | quote }}
+  value: {{ $root.Values.logFormat | quote }}
+- name: {{ index . 1 }}
+  value: {{ $root.Values.logLevel | quote }}
 {{- end -}}
 
 {{- define "wgsub.databaseUrlEnv" -}}
@@ -112,6 +114,24 @@ capabilities:
     secretKeyRef:
       name: {{ .Values.secrets.telegram.existingSecret }}
       key: {{ .Values.secrets.telegram.botTokenKey }}
+{{- end -}}
+
+{{- define "wgsub.yookassaEnv" -}}
+- name: WGSUB_YOOKASSA_SHOP_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.yookassa.existingSecret }}
+      key: {{ .Values.secrets.yookassa.shopIdKey }}
+- name: WGSUB_YOOKASSA_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.secrets.yookassa.existingSecret }}
+      key: {{ .Values.secrets.yookassa.secretKeyKey }}
+{{- end -}}
+
+{{/* Where YooKassa sends the user after paying: yookassa.returnUrl, or the Mini App. */}}
+{{- define "wgsub.returnUrl" -}}
+{{- default (include "wgsub.miniAppUrl" .) .Values.yookassa.returnUrl -}}
 {{- end -}}
 
 {{- define "wgsub.plansVolume" -}}

@@ -3,8 +3,10 @@
 //! binaries' `api-calls.yaml`, the values schema, and the chart's copy of the CRDs.
 
 mod crds;
+mod images;
 mod rbac;
 mod render;
 mod rules;
 mod schema;
+mod settings;
 mod support;

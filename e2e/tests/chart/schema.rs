@@ -15,6 +15,9 @@ fn refused(sets: &[&str], field: &str) {
 #[test]
 fn bad_values_are_refused_with_the_field_named() {
     refused(&["nodeAgent.backend=bpf"], "/nodeAgent/backend");
+    refused(&["nodeAgent.firewall=pf"], "/nodeAgent/firewall");
+    refused(&["bot.trialDays=400"], "/bot/trialDays");
+    refused(&["yookassa.returnUrl=ftp://x"], "/yookassa/returnUrl");
     refused(&["operator.replicas=0"], "/operator/replicas");
     refused(&["api.port=70000"], "/api/port");
     refused(&["logFormat=xml"], "/logFormat");

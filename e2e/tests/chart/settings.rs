@@ -1,0 +1,127 @@
+//! Each binary accepts the settings the chart gives it: every `WGSUB_*` variable a container
+//! gets is one its clap command reads, and the binary's own parsing and validation accept the
+//! rendered values (Secret and downward-API values are stood in for by made-up ones).
+
+use clap::{Command, CommandFactory};
+use serde_json::Value;
+
+use crate::support::{NAMESPACE, component, find, render, render_every_option_on};
+
+/// The quick start's minimal install: the public URL is what every component needs.
+const PUBLIC_URL: &str = "api.publicUrl=https://vpn.example.test";
+
+/// The flags a container's environment stands for, as `--flag=value` arguments of `command`.
+fn arguments(docs: &[Value], kind: &str, workload: &str, command: &Command) -> Vec<String> {
+    let doc = find(docs, kind, &component(workload));
+    let container = &doc["spec"]["template"]["spec"]["containers"][0];
+    let mut args = vec![command.get_name().to_owned()];
+    for var in container["env"].as_array().expect("the container has env") {
+        let name = var["name"].as_str().unwrap();
+        let value = if let Some(value) = var["value"].as_str() {
+            value.to_owned()
+        } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+            match field {
+                "metadata.namespace" => NAMESPACE.to_owned(),
+                "metadata.name" => format!("{}-5d9c7-x2x4q", component(workload)),
+                "spec.nodeName" => "vpn-1".to_owned(),
+                other => panic!("{workload}: no stand-in for the downward API field {other}"),
+            }
+        } else if let Some(key) = var["valueFrom"]["secretKeyRef"]["key"].as_str() {
+            format!("made-up-{key}-{}", std::process::id())
+        } else {
+            panic!("{workload}: {name} has neither a value nor a known valueFrom");
+        };
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().and_then(|e| e.to_str()) == Some(name))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the chart gives {workload} {name}, which {} does not read",
+                    command.get_name()
+                )
+            });
+        let long = arg.get_long().expect("every setting has a long flag");
+        args.push(format!("--{long}={value}"));
+    }
+    args
+}
+
+fn operator(docs: &[Value]) -> Result<(), String> {
+    use wgsub_operator::config::Config;
+    let args = arguments(docs, "Deployment", "operator", &Config::command());
+    Config::try_parse_checked(&args)
+        .map(drop)
+        .map_err(|e| format!("{args:?}: {e}"))
+}
+
+fn node_agent(docs: &[Value]) -> Result<(), String> {
+    use wgsub_node_agent::config::Config;
+    let args = arguments(docs, "DaemonSet", "node-agent", &Config::command());
+    let config =
+        clap::Parser::try_parse_from(&args).map_err(|e: clap::Error| format!("{args:?}: {e}"))?;
+    Config::validate(&config).map_err(|e| format!("{args:?}: {e}"))
+}
+
+fn bot_with(docs: &[Value], extra: &[&str]) -> Result<(), String> {
+    use wgsub_bot::config::Config;
+    let mut args = arguments(docs, "Deployment", "bot", &Config::command());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let config =
+        clap::Parser::try_parse_from(&args).map_err(|e: clap::Error| format!("{args:?}: {e}"))?;
+    Config::validate(&config).map_err(|e| format!("{args:?}: {e}"))
+}
+
+#[test]
+fn the_operator_accepts_the_charts_settings() {
+    for docs in [render(&[PUBLIC_URL]), render_every_option_on(), render(&[])] {
+        operator(&docs).unwrap();
+    }
+}
+
+#[test]
+fn the_node_agent_accepts_the_charts_settings() {
+    for docs in [render(&[PUBLIC_URL]), render_every_option_on(), render(&[])] {
+        node_agent(&docs).unwrap();
+    }
+}
+
+#[test]
+fn the_bot_accepts_the_charts_settings() {
+    for docs in [render(&[PUBLIC_URL]), render_every_option_on()] {
+        bot_with(&docs, &[]).unwrap();
+    }
+}
+
+#[test]
+fn without_a_public_url_the_bot_lacks_exactly_the_urls_derived_from_it() {
+    let docs = render(&[]);
+    let refused = bot_with(&docs, &[]).expect_err("the bot cannot start without its Mini App URL");
+    assert!(refused.contains("--miniapp-url"), "{refused}");
+    bot_with(
+        &docs,
+        &[
+            "--miniapp-url=https://vpn.example.test/miniapp/",
+            "--yookassa-return-url=https://vpn.example.test/miniapp/",
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_setting_the_binary_does_not_read_is_caught() {
+    let mut docs = render(&[PUBLIC_URL]);
+    let doc = docs
+        .iter_mut()
+        .find(|d| {
+            d["kind"] == "Deployment" && d["metadata"]["name"] == component("operator").as_str()
+        })
+        .unwrap();
+    doc["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "WGSUB_NO_SUCH_SETTING", "value": "1"}));
+    let caught =
+        std::panic::catch_unwind(|| operator(&docs)).expect_err("an unknown variable is refused");
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.contains("WGSUB_NO_SUCH_SETTING"), "{message}");
+}
