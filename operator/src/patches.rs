@@ -101,13 +101,16 @@ pub fn key_secret(peer: &WgPeer, subscription: &str, key: &NewKey) -> Result<Sec
     })
 }
 
-/// The apply body of a subscription's status.
+/// The apply body of a subscription's status. `peers` is always sent, also when empty, so the
+/// list empties after the peers are deleted whatever merge the server applies.
 pub fn status_apply(status: &VpnSubscriptionStatus) -> Value {
-    json!({
+    let mut body = json!({
         "apiVersion": "wgsub.io/v1alpha1",
         "kind": "VpnSubscription",
         "status": status,
-    })
+    });
+    body["status"]["peers"] = json!(status.peers);
+    body
 }
 
 #[cfg(test)]
@@ -132,6 +135,13 @@ mod tests {
             address6: Some("fd00::2/128".into()),
             expires_at: Some("2030-01-01T00:00:00Z".parse().unwrap()),
         }
+    }
+
+    #[test]
+    fn status_apply_always_carries_the_peer_list() {
+        let body = status_apply(&VpnSubscriptionStatus::default());
+        assert_eq!(body["status"]["peers"], json!([]));
+        assert_eq!(body["kind"], "VpnSubscription");
     }
 
     #[test]
