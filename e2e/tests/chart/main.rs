@@ -3,6 +3,7 @@
 //! binaries' `api-calls.yaml`, the values schema, and the chart's copy of the CRDs.
 
 mod crds;
+mod dashboard;
 mod images;
 mod rbac;
 mod render;
