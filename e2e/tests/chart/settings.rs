@@ -10,15 +10,40 @@ use crate::support::{NAMESPACE, component, find, render, render_every_option_on}
 /// The quick start's minimal install: the public URL is what every component needs.
 const PUBLIC_URL: &str = "api.publicUrl=https://vpn.example.test";
 
-/// The flags a container's environment stands for, as `--flag=value` arguments of `command`.
+/// The made-up stand-in for a Secret's value, by the key it is read from.
+fn stand_in_for_secret(key: &str) -> String {
+    let pid = std::process::id();
+    match key {
+        "url" | "uri" => format!("postgres://wgsub:made-up-{pid}@db.example.test:5432/wgsub"),
+        "bot-token" | "token" => format!("{pid}:made-up-token-{pid}"),
+        other => format!("made-up-{other}-{pid}"),
+    }
+}
+
+/// The command line a container's command and environment stand for: the command's own
+/// arguments (a subcommand), then `--flag=value` for every variable. A file the chart mounts
+/// from a ConfigMap is written to a temporary file with the rendered content.
 fn arguments(docs: &[Value], kind: &str, workload: &str, command: &Command) -> Vec<String> {
     let doc = find(docs, kind, &component(workload));
     let container = &doc["spec"]["template"]["spec"]["containers"][0];
     let mut args = vec![command.get_name().to_owned()];
+    let leading: Vec<String> = container["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .skip(1)
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let subcommand = leading.first().map(|name| {
+        command
+            .find_subcommand(name)
+            .unwrap_or_else(|| panic!("{} has no subcommand {name}", command.get_name()))
+    });
+    args.extend(leading.iter().cloned());
     for var in container["env"].as_array().expect("the container has env") {
         let name = var["name"].as_str().unwrap();
         let value = if let Some(value) = var["value"].as_str() {
-            value.to_owned()
+            mounted_file(docs, doc, container, value).unwrap_or_else(|| value.to_owned())
         } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
             match field {
                 "metadata.namespace" => NAMESPACE.to_owned(),
@@ -27,12 +52,13 @@ fn arguments(docs: &[Value], kind: &str, workload: &str, command: &Command) -> V
                 other => panic!("{workload}: no stand-in for the downward API field {other}"),
             }
         } else if let Some(key) = var["valueFrom"]["secretKeyRef"]["key"].as_str() {
-            format!("made-up-{key}-{}", std::process::id())
+            stand_in_for_secret(key)
         } else {
             panic!("{workload}: {name} has neither a value nor a known valueFrom");
         };
         let arg = command
             .get_arguments()
+            .chain(subcommand.into_iter().flat_map(|s| s.get_arguments()))
             .find(|a| a.get_env().and_then(|e| e.to_str()) == Some(name))
             .unwrap_or_else(|| {
                 panic!(
@@ -44,6 +70,34 @@ fn arguments(docs: &[Value], kind: &str, workload: &str, command: &Command) -> V
         args.push(format!("--{long}={value}"));
     }
     args
+}
+
+/// When `value` is a path inside a ConfigMap volume of the pod, a temporary copy of the
+/// rendered file (kept for the test's lifetime) and its path.
+fn mounted_file(
+    docs: &[Value],
+    workload: &Value,
+    container: &Value,
+    value: &str,
+) -> Option<String> {
+    let mount = container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|m| value.starts_with(&format!("{}/", m["mountPath"].as_str().unwrap())))?;
+    let file = value.strip_prefix(&format!("{}/", mount["mountPath"].as_str()?))?;
+    let volume = workload["spec"]["template"]["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == mount["name"])?;
+    let config_map = volume["configMap"]["name"].as_str()?;
+    let content = find(docs, "ConfigMap", config_map)["data"][file]
+        .as_str()
+        .unwrap_or_else(|| panic!("ConfigMap {config_map} has no {file}"));
+    let dir = std::env::temp_dir().join(format!("wgsub-chart-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, content).unwrap();
+    Some(path.to_str().unwrap().to_owned())
 }
 
 fn operator(docs: &[Value]) -> Result<(), String> {
@@ -69,6 +123,28 @@ fn bot_with(docs: &[Value], extra: &[&str]) -> Result<(), String> {
     let config =
         clap::Parser::try_parse_from(&args).map_err(|e: clap::Error| format!("{args:?}: {e}"))?;
     Config::validate(&config).map_err(|e| format!("{args:?}: {e}"))
+}
+
+fn api(docs: &[Value], workload: &str, kind: &str) -> Result<(), String> {
+    use wgsub_api::config::{Cli, Command as ApiCommand};
+    let args = arguments(docs, kind, workload, &Cli::command());
+    let cli: Cli =
+        clap::Parser::try_parse_from(&args).map_err(|e: clap::Error| format!("{args:?}: {e}"))?;
+    match cli.command {
+        ApiCommand::Serve(serve) => serve
+            .return_url()
+            .map(drop)
+            .map_err(|e| format!("{args:?}: {e}")),
+        ApiCommand::Migrate(_) => Ok(()),
+    }
+}
+
+#[test]
+fn the_api_and_its_migrations_job_accept_the_charts_settings() {
+    for docs in [render(&[PUBLIC_URL]), render_every_option_on()] {
+        api(&docs, "api", "Deployment").unwrap();
+        api(&docs, "migrate", "Job").unwrap();
+    }
 }
 
 #[test]

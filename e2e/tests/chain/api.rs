@@ -1,0 +1,229 @@
+//! The wgsub API in this process, configured from the binary's own flags (`wgsub-api serve …`)
+//! and wired as its `main` wires it — ledger on PostgreSQL, YooKassa client, Kubernetes APIs,
+//! drift loop — serving on a loopback port; plus the two kinds of callers: the Mini App (with
+//! initData signed by a bot token made for this run) and YooKassa's webhook (arriving through the
+//! trusted reverse proxy with a YooKassa source address in `X-Forwarded-For`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use clap::Parser as _;
+use jiff::Timestamp;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wgsub_api::config::{Cli, Command, ServeArgs};
+use wgsub_api::metrics::Metrics;
+use wgsub_api::{AppState, KubeApis, Settings, app, initdata, system};
+use wgsub_crds::plans::PlanCatalogue;
+use wgsub_ledger::{Ledger, ReceiptSettings, TelegramUser, YooKassa, YooKassaConfig, db};
+
+/// The reverse proxy in front of the API: this process, on loopback.
+const TRUSTED_PROXY: &str = "127.0.0.1/32";
+
+/// A bot token made for this run (never a literal in the repository).
+pub fn generate_bot_token() -> String {
+    format!(
+        "{}:{}",
+        7_000_000_000_u64 + u64::from(std::process::id()),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The running API.
+pub struct ApiServer {
+    pub base: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn serve_args(flags: &[String]) -> ServeArgs {
+    let cli = Cli::try_parse_from(
+        ["wgsub-api", "serve"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(flags.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("wgsub-api does not accept the test's flags: {e}"));
+    match cli.command {
+        Command::Serve(args) => *args,
+        Command::Migrate(_) => unreachable!("parsed as serve"),
+    }
+}
+
+impl ApiServer {
+    /// Parses `wgsub-api serve <flags>` and serves it against `client` on a loopback port.
+    pub async fn start(
+        client: kube::Client,
+        flags: &[String],
+        plans: &PlanCatalogue,
+        dir: &std::path::Path,
+    ) -> ApiServer {
+        let plans_file = dir.join("plans.json");
+        std::fs::write(
+            &plans_file,
+            serde_json::to_vec(plans).expect("the plan catalogue serializes"),
+        )
+        .expect("write the plans file");
+        let mut flags = flags.to_vec();
+        flags.extend([
+            "--plans-file".to_owned(),
+            plans_file.display().to_string(),
+            "--trusted-proxies".to_owned(),
+            TRUSTED_PROXY.to_owned(),
+            "--listen-addr".to_owned(),
+            "127.0.0.1:0".to_owned(),
+        ]);
+        let args = serve_args(&flags);
+
+        let return_url = args.return_url().expect("a return URL");
+        let pool = db::connect_lazy(&args.database.db_config()).expect("the database URL");
+        db::migrate(&pool).await.expect("the migrations run");
+        let yookassa = YooKassa::new(YooKassaConfig {
+            api_base: args.yookassa_api_url.clone(),
+            shop_id: args.yookassa_shop_id.clone(),
+            secret_key: args.yookassa_secret_key.0.clone(),
+            timeout: std::time::Duration::from_secs(10),
+            max_attempts: 4,
+            retry_backoff: std::time::Duration::from_millis(500),
+        })
+        .expect("a YooKassa client");
+        let state = Arc::new(AppState {
+            ledger: Ledger::new(pool, args.database.database_pgbouncer),
+            yookassa,
+            kube: KubeApis::new(client, &args.namespace),
+            plans: args.plans_file.0.clone(),
+            settings: Settings {
+                bot_token: args.bot_token.0.clone(),
+                init_data_max_age: args.init_data_max_age(),
+                return_url,
+                receipt: args.yookassa_receipts.then_some(ReceiptSettings {
+                    vat_code: args.yookassa_vat_code,
+                }),
+                yookassa_allowed: args.yookassa_allowed_ips.clone(),
+                trusted_proxies: args.trusted_proxies.clone(),
+                default_server: args.default_server.clone(),
+                max_body_bytes: args.max_body_bytes as usize,
+            },
+            metrics: Metrics::new(),
+        });
+        let stop = CancellationToken::new();
+        let drift = tokio::spawn(system::drift_loop(
+            state.clone(),
+            args.drift_interval,
+            stop.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(args.listen_addr)
+            .await
+            .expect("listen on loopback");
+        let address = listener.local_addr().expect("the listening address");
+        let served = stop.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { served.cancelled().await })
+            .await
+            .expect("the API serves");
+        });
+        ApiServer {
+            base: format!("http://{address}"),
+            http: reqwest::Client::new(),
+            stop,
+            tasks: vec![drift, server],
+        }
+    }
+
+    /// A Mini App session of `user`, with initData signed now by `bot_token`.
+    pub fn mini_app(&self, user: &TelegramUser, bot_token: &str) -> MiniApp {
+        let user_json = serde_json::to_string(&serde_json::json!({
+            "id": user.id,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "username": user.username,
+            "language_code": user.language_code,
+        }))
+        .expect("the user serializes");
+        let auth_date = Timestamp::now().as_second().to_string();
+        let query_id = format!("AAH{}", uuid::Uuid::new_v4().simple());
+        let init_data = initdata::sign(
+            &[
+                ("auth_date", &auth_date),
+                ("query_id", &query_id),
+                ("user", &user_json),
+            ],
+            bot_token,
+        );
+        MiniApp {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            authorization: format!("tma {init_data}"),
+        }
+    }
+
+    /// YooKassa's notification as it arrives through the trusted proxy from `source`.
+    pub async fn yookassa_webhook(&self, source: IpAddr, notification: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/webhooks/yookassa", self.base))
+            .header("x-forwarded-for", source.to_string())
+            .json(notification)
+            .send()
+            .await
+            .expect("the API answers the webhook")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The Mini App of one user.
+pub struct MiniApp {
+    http: reqwest::Client,
+    base: String,
+    authorization: String,
+}
+
+impl std::fmt::Debug for MiniApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniApp")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MiniApp {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .header("authorization", &self.authorization)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("authorization", &self.authorization)
+            .json(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+}
