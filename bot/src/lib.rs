@@ -5,7 +5,15 @@
 //! the Kubernetes API and the Telegram Bot API.
 
 pub mod admin;
+pub mod app;
 pub mod broadcast;
 pub mod config;
+pub mod devices;
+pub mod handlers;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
 pub mod reminders;
+pub mod store;
+pub mod telegram;
 pub mod text;

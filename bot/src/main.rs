@@ -1,1 +1,264 @@
-fn main() {}
+//! wgsub-bot: reads its settings, connects to PostgreSQL, Kubernetes, YooKassa and Telegram,
+//! and runs the handler tree (long polling or webhook), the reminder and outbox loops and the
+//! health/metrics server until SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use jiff::Timestamp;
+use teloxide::prelude::*;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use wgsub_bot::app::{App, Settings};
+use wgsub_bot::broadcast::Pacing;
+use wgsub_bot::config::{Config, LogFormat, Mode};
+use wgsub_bot::metrics::Metrics;
+use wgsub_bot::{handlers, http, jobs, telegram};
+use wgsub_crds::plans::PlanCatalogue;
+use wgsub_ledger::{
+    DbConfig, Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig, db,
+};
+
+/// Broadcast progress is edited into the admin's message every this many chats.
+const PROGRESS_EVERY: u32 = 50;
+/// Outbox rows sent per run.
+const OUTBOX_BATCH: i64 = 100;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(error) = config.validate() {
+        eprintln!("wgsub-bot: invalid configuration: {error}");
+        return ExitCode::from(2);
+    }
+    init_logging(&config);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "wgsub-bot stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let plans_text = std::fs::read_to_string(&config.plans_file)
+        .map_err(|e| anyhow::anyhow!("--plans-file {}: {e}", config.plans_file.display()))?;
+    let plans = PlanCatalogue::from_yaml_str(&plans_text)
+        .map_err(|e| anyhow::anyhow!("--plans-file {}: {e}", config.plans_file.display()))?;
+
+    let db_config = DbConfig {
+        max_connections: config.database_max_connections,
+        pgbouncer: config.pgbouncer,
+        ..DbConfig::new(config.database_url.expose())
+    };
+    let pool = db::connect_lazy(&db_config).map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+    if config.migrate {
+        db::migrate(&pool).await?;
+    }
+    let ledger = Ledger::new(pool, config.pgbouncer);
+
+    let kube = kube::Client::try_default().await?;
+    let yookassa = YooKassa::new(YooKassaConfig {
+        api_base: config
+            .yookassa_api_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned(),
+        shop_id: config.yookassa_shop_id.clone(),
+        secret_key: config.yookassa_secret_key.expose().to_owned().into(),
+        timeout: Duration::from_secs(10),
+        max_attempts: 3,
+        retry_backoff: Duration::from_millis(500),
+    })?;
+    let pacing = Pacing::new(config.broadcast_rate, 1)
+        .map_err(|e| anyhow::anyhow!("--broadcast-rate: {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let app = Arc::new(App {
+        sync: SubscriptionSync::new(kube.clone(), &config.namespace),
+        ledger,
+        kube,
+        namespace: config.namespace.clone(),
+        yookassa,
+        plans,
+        settings: Settings {
+            admin_ids: config.admin_ids.clone(),
+            trial_days: config.trial_days,
+            miniapp_url: config.miniapp_url.clone(),
+            return_url: config.yookassa_return_url.to_string(),
+            receipts: config.receipts.then_some(ReceiptSettings {
+                vat_code: config.receipt_vat_code,
+            }),
+            pacing,
+            progress_every: PROGRESS_EVERY,
+        },
+        metrics,
+    });
+
+    let bot = Bot::new(config.telegram_token.expose()).set_api_url(config.telegram_api_url.clone());
+    if let Err(error) = telegram::register_commands(&bot).await {
+        tracing::warn!(%error, "setMyCommands failed; the command menu may be stale");
+    }
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let ops = tokio::net::TcpListener::bind(config.http_listen).await?;
+    let ops_shutdown = shutdown.clone();
+    let ops_app = app.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(ops, http::ops_router(ops_app))
+            .with_graceful_shutdown(ops_shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "health server failed");
+        }
+    });
+
+    let every = |seconds: u64| Duration::from_secs(seconds);
+    spawn_loop(
+        &mut tasks,
+        shutdown.clone(),
+        every(config.reminder_interval),
+        {
+            let (app, bot) = (app.clone(), bot.clone());
+            move || {
+                let (app, bot) = (app.clone(), bot.clone());
+                async move {
+                    match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
+                        Ok(report) if report.sent + report.failed > 0 => {
+                            tracing::info!(sent = report.sent, failed = report.failed, "reminders")
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "reminder run failed"),
+                    }
+                }
+            }
+        },
+    );
+    spawn_loop(
+        &mut tasks,
+        shutdown.clone(),
+        every(config.outbox_interval),
+        {
+            let (app, bot) = (app.clone(), bot.clone());
+            move || {
+                let (app, bot) = (app.clone(), bot.clone());
+                async move {
+                    if let Err(error) =
+                        jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
+                    {
+                        tracing::warn!(%error, "outbox run failed");
+                    }
+                }
+            }
+        },
+    );
+
+    let mut dispatcher = Dispatcher::builder(bot.clone(), handlers::handler_tree())
+        .dependencies(dptree::deps![app.clone()])
+        .error_handler(LoggingErrorHandler::with_custom_text(
+            "update handling failed",
+        ))
+        .build();
+    let dispatcher_token = dispatcher.shutdown_token();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal_shutdown.cancel();
+        // The dispatcher may not be running yet (or already stopped): both are fine.
+        while dispatcher_token.shutdown().is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    match config.mode {
+        Mode::Polling => {
+            tracing::info!("receiving updates by long polling");
+            dispatcher.dispatch().await;
+        }
+        Mode::Webhook => {
+            let url = config
+                .webhook_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--webhook-url is required in webhook mode"))?;
+            let secret = config
+                .webhook_secret
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--webhook-secret is required in webhook mode"))?;
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+            let listener = tokio::net::TcpListener::bind(config.webhook_listen).await?;
+            let router = http::webhook_router(&config.webhook_path(), secret.clone(), sender);
+            let webhook_shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(webhook_shutdown.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "webhook server failed");
+                }
+            });
+            bot.set_webhook(url)
+                .secret_token(secret.expose().to_owned())
+                .await?;
+            tracing::info!(listen = %config.webhook_listen, "receiving updates by webhook");
+            dispatcher
+                .dispatch_with_listener(
+                    http::webhook_listener(receiver),
+                    LoggingErrorHandler::with_custom_text("webhook listener failed"),
+                )
+                .await;
+        }
+    }
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn spawn_loop<F, Fut>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: CancellationToken,
+    period: Duration,
+    mut step: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => step().await,
+            }
+        }
+    });
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

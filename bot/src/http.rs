@@ -1,0 +1,152 @@
+//! The bot's HTTP: `/healthz`, `/readyz` (database and Kubernetes reachable) and `/metrics` on
+//! one port, and in webhook mode the update endpoint, which accepts an update only when it
+//! carries the configured secret token (compared in constant time).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use teloxide::stop::{StopToken, mk_stop_token};
+use teloxide::types::Update;
+use teloxide::update_listeners::{StatefulListener, UpdateListener};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use wgsub_crds::VpnSubscription;
+
+use crate::app::App;
+use crate::config::Secret;
+
+/// The header Telegram puts the webhook secret token in.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"code": code, "message": message})),
+    )
+        .into_response()
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn ops_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if let Err(e) = app.ledger.ping().await {
+        tracing::warn!(error = %e, "not ready: database");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database cannot be reached",
+        );
+    }
+    let subscriptions: Api<VpnSubscription> = Api::namespaced(app.kube.clone(), &app.namespace);
+    if let Err(e) = subscriptions.list(&ListParams::default().limit(1)).await {
+        tracing::warn!(error = %e, "not ready: Kubernetes");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kubernetes_unavailable",
+            "the Kubernetes API cannot be reached",
+        );
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Clone)]
+struct WebhookState {
+    secret: Arc<Secret>,
+    updates: mpsc::UnboundedSender<Update>,
+}
+
+/// The webhook endpoint at `path`: updates with the right secret token go to `updates`.
+pub fn webhook_router(
+    path: &str,
+    secret: Secret,
+    updates: mpsc::UnboundedSender<Update>,
+) -> Router {
+    Router::new()
+        .route(path, post(receive))
+        .with_state(WebhookState {
+            secret: Arc::new(secret),
+            updates,
+        })
+}
+
+async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+    let given = headers
+        .get(SECRET_HEADER)
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(state.secret.expose().as_bytes())) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "bad_secret_token",
+            "the secret token is missing or wrong",
+        );
+    }
+    let update: Update = match serde_json::from_slice(&body) {
+        Ok(update) => update,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook body is not an update");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_update",
+                "the body is not a Telegram update",
+            );
+        }
+    };
+    if state.updates.send(update).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the bot is shutting down",
+        );
+    }
+    StatusCode::OK.into_response()
+}
+
+type UpdateStream =
+    futures::stream::Map<UnboundedReceiverStream<Update>, fn(Update) -> Result<Update, Infallible>>;
+
+/// The dispatcher's listener over the updates the webhook endpoint receives.
+pub fn webhook_listener(
+    updates: mpsc::UnboundedReceiver<Update>,
+) -> impl UpdateListener<Err = Infallible> {
+    let (stop_token, _stop_flag) = mk_stop_token();
+    let stream: UpdateStream =
+        UnboundedReceiverStream::new(updates).map(Ok as fn(Update) -> Result<Update, Infallible>);
+    StatefulListener::new(
+        (stream, stop_token),
+        stream_of,
+        |state: &mut (UpdateStream, StopToken)| state.1.clone(),
+    )
+}
+
+fn stream_of(state: &mut (UpdateStream, StopToken)) -> &mut UpdateStream {
+    &mut state.0
+}

@@ -1,0 +1,132 @@
+//! The bot's Prometheus metrics: updates handled by kind, handler errors, notifications sent
+//! and failed (by kind), served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandlerLabels {
+    pub handler: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// payment_succeeded, refund_recorded, reminder_three_days, …, broadcast.
+    pub kind: String,
+    /// sent or failed.
+    pub result: String,
+}
+
+/// The counters, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    updates: Family<KindLabels, Counter>,
+    handler_errors: Family<HandlerLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wgsub_bot");
+        let updates = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "updates_handled",
+            "Telegram updates handled, by kind (command name, callback, text)",
+            updates.clone(),
+        );
+        let handler_errors = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "handler_errors",
+            "Handlers that failed, by handler",
+            handler_errors.clone(),
+        );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications the bot tried to send, by kind and result (sent, failed)",
+            notifications.clone(),
+        );
+        Self {
+            registry,
+            updates,
+            handler_errors,
+            notifications,
+        }
+    }
+
+    pub fn update(&self, kind: &str) {
+        self.updates
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn handler_error(&self, handler: &str) {
+        self.handler_errors
+            .get_or_create(&HandlerLabels {
+                handler: handler.into(),
+            })
+            .inc();
+    }
+
+    pub fn notification(&self, kind: &str, sent: bool) {
+        self.notifications(kind, sent, 1);
+    }
+
+    pub fn notifications(&self, kind: &str, sent: bool, count: u64) {
+        self.notifications
+            .get_or_create(&NotificationLabels {
+                kind: kind.into(),
+                result: if sent { "sent" } else { "failed" }.into(),
+            })
+            .inc_by(count);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_with_their_labels() {
+        let metrics = Metrics::new();
+        metrics.update("start");
+        metrics.update("start");
+        metrics.handler_error("buy");
+        metrics.notification("payment_succeeded", true);
+        metrics.notification("broadcast", false);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"wgsub_bot_updates_handled_total{kind="start"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"wgsub_bot_handler_errors_total{handler="buy"} 1"#));
+        assert!(text.contains(
+            r#"wgsub_bot_notifications_total{kind="payment_succeeded",result="sent"} 1"#
+        ));
+        assert!(
+            text.contains(r#"wgsub_bot_notifications_total{kind="broadcast",result="failed"} 1"#)
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The bot's own queries: reminders sent (claimed before sending so restarts and replicas never
+//! send twice), referrals, the admin command log, broadcasts and their recipients. The bot's
+//! tables come from its migration; `users` is read as the ledger keeps it.
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use jiff_sqlx::ToSqlx;
+use sqlx::Row;
+use wgsub_ledger::{Ledger, LedgerError};
+
+use crate::admin::Audience;
+use crate::broadcast::Tally;
+use crate::reminders::{PaidPeriod, ReminderKey, ReminderKind};
+
+fn ts(row: &sqlx::postgres::PgRow, column: &str) -> Result<Timestamp, sqlx::Error> {
+    Ok(row.try_get::<jiff_sqlx::Timestamp, _>(column)?.to_jiff())
+}
+
+/// A paid period that may have a reminder due, with the user's language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderCandidate {
+    pub period: PaidPeriod,
+    pub language_code: Option<String>,
+}
+
+/// Users whose `paidUntil` lies in `(from, to]`.
+pub async fn reminder_candidates(
+    ledger: &Ledger,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Vec<ReminderCandidate>, LedgerError> {
+    let rows = sqlx::query(
+        "SELECT telegram_id, paid_until, suspended, language_code FROM users \
+         WHERE paid_until > $1 AND paid_until <= $2 ORDER BY telegram_id",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(from.to_sqlx())
+    .bind(to.to_sqlx())
+    .fetch_all(ledger.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ReminderCandidate {
+                period: PaidPeriod {
+                    user_id: row.try_get("telegram_id")?,
+                    paid_until: ts(row, "paid_until")?,
+                    suspended: row.try_get("suspended")?,
+                },
+                language_code: row.try_get("language_code")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(LedgerError::from)
+}
+
+/// The reminders recorded for these users (claimed, delivered or failed).
+pub async fn sent_reminders(
+    ledger: &Ledger,
+    user_ids: &[i64],
+) -> Result<BTreeSet<ReminderKey>, LedgerError> {
+    let rows = sqlx::query(
+        "SELECT user_id, paid_until, kind FROM bot_reminders_sent WHERE user_id = ANY($1)",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(user_ids)
+    .fetch_all(ledger.pool())
+    .await?;
+    let mut sent = BTreeSet::new();
+    for row in &rows {
+        let kind: String = row.try_get("kind")?;
+        let kind = ReminderKind::parse(&kind)
+            .ok_or_else(|| LedgerError::Corrupt(format!("reminder kind {kind:?}")))?;
+        sent.insert(ReminderKey {
+            user_id: row.try_get("user_id")?,
+            paid_until: ts(row, "paid_until")?,
+            kind,
+        });
+    }
+    Ok(sent)
+}
+
+/// Records the reminder as being sent; false when someone already did (it must not be sent).
+pub async fn claim_reminder(
+    ledger: &Ledger,
+    key: &ReminderKey,
+    now: Timestamp,
+) -> Result<bool, LedgerError> {
+    let inserted = sqlx::query(
+        "INSERT INTO bot_reminders_sent (user_id, paid_until, kind, claimed_at, outcome) \
+         VALUES ($1, $2, $3, $4, 'claimed') ON CONFLICT DO NOTHING",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(key.user_id)
+    .bind(key.paid_until.to_sqlx())
+    .bind(key.kind.as_str())
+    .bind(now.to_sqlx())
+    .execute(ledger.pool())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Records how a claimed reminder went: delivered, or failed for good (blocked bot).
+pub async fn finish_reminder(
+    ledger: &Ledger,
+    key: &ReminderKey,
+    delivered: bool,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE bot_reminders_sent SET outcome = $4 \
+         WHERE user_id = $1 AND paid_until = $2 AND kind = $3",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(key.user_id)
+    .bind(key.paid_until.to_sqlx())
+    .bind(key.kind.as_str())
+    .bind(if delivered { "delivered" } else { "failed" })
+    .execute(ledger.pool())
+    .await?;
+    Ok(())
+}
+
+/// Gives a claim back after a passing failure, so the next run tries again.
+pub async fn release_reminder(ledger: &Ledger, key: &ReminderKey) -> Result<(), LedgerError> {
+    sqlx::query(
+        "DELETE FROM bot_reminders_sent \
+         WHERE user_id = $1 AND paid_until = $2 AND kind = $3 AND outcome = 'claimed'",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(key.user_id)
+    .bind(key.paid_until.to_sqlx())
+    .bind(key.kind.as_str())
+    .execute(ledger.pool())
+    .await?;
+    Ok(())
+}
+
+/// Records the `/start` referral of a user, once (the first one counts).
+pub async fn record_referral(
+    ledger: &Ledger,
+    user_id: i64,
+    payload: &str,
+    referrer_id: Option<i64>,
+    now: Timestamp,
+) -> Result<bool, LedgerError> {
+    let inserted = sqlx::query(
+        "INSERT INTO bot_referrals (user_id, payload, referrer_id, recorded_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(user_id)
+    .bind(payload)
+    .bind(referrer_id)
+    .bind(now.to_sqlx())
+    .execute(ledger.pool())
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The referrer recorded for a user.
+pub async fn referral_of(ledger: &Ledger, user_id: i64) -> Result<Option<i64>, LedgerError> {
+    let row = sqlx::query("SELECT referrer_id FROM bot_referrals WHERE user_id = $1")
+        .persistent(ledger.persistent_statements())
+        .bind(user_id)
+        .fetch_optional(ledger.pool())
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get("referrer_id")?,
+        None => None,
+    })
+}
+
+/// One line of the admin command log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminLogEntry {
+    pub admin_id: i64,
+    pub command: String,
+    pub arguments: String,
+    pub outcome: String,
+}
+
+/// Appends an administrator's command and its outcome to the log.
+pub async fn log_admin(
+    ledger: &Ledger,
+    entry: &AdminLogEntry,
+    now: Timestamp,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "INSERT INTO bot_admin_log (at, admin_id, command, arguments, outcome) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(now.to_sqlx())
+    .bind(entry.admin_id)
+    .bind(&entry.command)
+    .bind(&entry.arguments)
+    .bind(&entry.outcome)
+    .execute(ledger.pool())
+    .await?;
+    Ok(())
+}
+
+/// The admin log, oldest first.
+pub async fn admin_log(ledger: &Ledger) -> Result<Vec<AdminLogEntry>, LedgerError> {
+    let rows =
+        sqlx::query("SELECT admin_id, command, arguments, outcome FROM bot_admin_log ORDER BY id")
+            .persistent(ledger.persistent_statements())
+            .fetch_all(ledger.pool())
+            .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AdminLogEntry {
+                admin_id: row.try_get("admin_id")?,
+                command: row.try_get("command")?,
+                arguments: row.try_get("arguments")?,
+                outcome: row.try_get("outcome")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(LedgerError::from)
+}
+
+/// The chats a broadcast goes to, in id order.
+pub async fn recipients(
+    ledger: &Ledger,
+    audience: Audience,
+    now: Timestamp,
+) -> Result<Vec<i64>, LedgerError> {
+    let query = match audience {
+        Audience::All => sqlx::query("SELECT telegram_id FROM users ORDER BY telegram_id"),
+        Audience::Active => sqlx::query(
+            "SELECT telegram_id FROM users WHERE NOT suspended AND paid_until > $1 \
+             ORDER BY telegram_id",
+        )
+        .bind(now.to_sqlx()),
+    };
+    let rows = query
+        .persistent(ledger.persistent_statements())
+        .fetch_all(ledger.pool())
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get("telegram_id"))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(LedgerError::from)
+}
+
+/// Records a broadcast as started; returns its id.
+pub async fn start_broadcast(
+    ledger: &Ledger,
+    admin_id: i64,
+    audience: Audience,
+    text: &str,
+    recipients: u32,
+    now: Timestamp,
+) -> Result<i64, LedgerError> {
+    let row = sqlx::query(
+        "INSERT INTO bot_broadcasts (admin_id, audience, text, started_at, recipients) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(admin_id)
+    .bind(audience.as_str())
+    .bind(text)
+    .bind(now.to_sqlx())
+    .bind(i32::try_from(recipients).unwrap_or(i32::MAX))
+    .fetch_one(ledger.pool())
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// Records how a broadcast ended.
+pub async fn finish_broadcast(
+    ledger: &Ledger,
+    id: i64,
+    tally: Tally,
+    now: Timestamp,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "UPDATE bot_broadcasts SET finished_at = $2, delivered = $3, failed = $4 WHERE id = $1",
+    )
+    .persistent(ledger.persistent_statements())
+    .bind(id)
+    .bind(now.to_sqlx())
+    .bind(i32::try_from(tally.delivered).unwrap_or(i32::MAX))
+    .bind(i32::try_from(tally.failed).unwrap_or(i32::MAX))
+    .execute(ledger.pool())
+    .await?;
+    Ok(())
+}
+
+/// A finished or running broadcast as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BroadcastRecord {
+    pub admin_id: i64,
+    pub audience: String,
+    pub text: String,
+    pub recipients: i32,
+    pub delivered: i32,
+    pub failed: i32,
+    pub finished: bool,
+}
+
+/// Every broadcast, oldest first.
+pub async fn broadcasts(ledger: &Ledger) -> Result<Vec<BroadcastRecord>, LedgerError> {
+    let rows = sqlx::query(
+        "SELECT admin_id, audience, text, recipients, delivered, failed, \
+                finished_at IS NOT NULL AS finished FROM bot_broadcasts ORDER BY id",
+    )
+    .persistent(ledger.persistent_statements())
+    .fetch_all(ledger.pool())
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(BroadcastRecord {
+                admin_id: row.try_get("admin_id")?,
+                audience: row.try_get("audience")?,
+                text: row.try_get("text")?,
+                recipients: row.try_get("recipients")?,
+                delivered: row.try_get("delivered")?,
+                failed: row.try_get("failed")?,
+                finished: row.try_get("finished")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(LedgerError::from)
+}

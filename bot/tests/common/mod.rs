@@ -1,0 +1,301 @@
+//! Test support: an `App` over a fresh PostgreSQL database (from `WGSUB_TEST_DATABASE_URL`,
+//! migrations run), an in-memory Kubernetes API and a fake YooKassa; Telegram users and
+//! messages as `teloxide_tests` mocks; a fake Telegram Bot API (wiremock) for the jobs.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, PostParams};
+use serde_json::json;
+use teloxide::types::User;
+use teloxide_tests::{MockMessageText, MockPrivateChat, MockUser};
+use wgsub_bot::app::{App, Settings};
+use wgsub_bot::broadcast::Pacing;
+use wgsub_bot::config::AdminIds;
+use wgsub_bot::metrics::Metrics;
+use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::plans::PlanCatalogue;
+use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
+use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgServer, WgServerStatus};
+use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+pub const NAMESPACE: &str = "wgsub";
+pub const ADMIN: u64 = 900;
+
+pub const PLANS: &str = "plans:
+  - {id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 1}
+  - {id: quarter, title: {ru: Квартал, en: Quarter}, days: 90, priceMinor: 54900, currency: RUB, devices: 3}
+";
+
+pub struct Harness {
+    pub app: Arc<App>,
+    pub ledger: Ledger,
+    pub kube: kube::Client,
+    pub yookassa: MockServer,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub receipts: bool,
+    pub trial_days: u32,
+}
+
+pub async fn harness(label: &str, options: Options) -> Harness {
+    let (_, url) = wgsub_ledger::testing::fresh_database(label).await;
+    // teloxide_tests runs each dispatch on a runtime of its own that ends with it, so pooled
+    // connections must not outlive their use: close each one when it is released.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .after_release(|_, _| Box::pin(async { Ok(false) }))
+        .connect_lazy(&url)
+        .unwrap();
+    let ledger = Ledger::new(pool, false);
+    let kube = kube_fake_client::ClientBuilder::new()
+        .with_resource::<VpnSubscription>()
+        .with_resource::<WgPeer>()
+        .with_resource::<WgServer>()
+        .build()
+        .await
+        .unwrap();
+    let yookassa = MockServer::start().await;
+    let client = YooKassa::new(YooKassaConfig {
+        api_base: format!("{}/v3", yookassa.uri()),
+        shop_id: "424242".into(),
+        // Made per test: no secret literal in the repository.
+        secret_key: format!("test_{}", uuid::Uuid::new_v4().simple()).into(),
+        timeout: Duration::from_secs(2),
+        max_attempts: 2,
+        retry_backoff: Duration::from_millis(10),
+    })
+    .unwrap();
+    let app = Arc::new(App {
+        ledger: ledger.clone(),
+        sync: SubscriptionSync::new(kube.clone(), NAMESPACE),
+        kube: kube.clone(),
+        namespace: NAMESPACE.into(),
+        yookassa: client,
+        plans: PlanCatalogue::from_yaml_str(PLANS).unwrap(),
+        settings: Settings {
+            admin_ids: AdminIds(vec![ADMIN as i64]),
+            trial_days: options.trial_days,
+            miniapp_url: "https://vpn.example.com/miniapp/".parse().unwrap(),
+            return_url: "https://t.me/example_bot".into(),
+            receipts: options.receipts.then_some(ReceiptSettings { vat_code: 1 }),
+            pacing: Pacing::new(30, 1).unwrap(),
+            progress_every: 2,
+        },
+        metrics: Arc::new(Metrics::new()),
+    });
+    Harness {
+        app,
+        ledger,
+        kube,
+        yookassa,
+    }
+}
+
+pub fn user(id: u64, language: &str) -> User {
+    MockUser::new()
+        .id(id)
+        .first_name("Anna")
+        .username(format!("user_{id}"))
+        .language_code(language)
+        .build()
+}
+
+pub fn message(from: u64, language: &str, text: &str) -> MockMessageText {
+    MockMessageText::new()
+        .text(text)
+        .from(user(from, language))
+        .chat(MockPrivateChat::new().id(from as i64).build())
+}
+
+impl Harness {
+    /// YooKassa answers `POST /v3/payments` with a pending payment and a confirmation URL.
+    pub async fn accept_payments(&self) {
+        Mock::given(method("POST"))
+            .and(path("/v3/payments"))
+            .respond_with(|request: &Request| {
+                let body: serde_json::Value = request.body_json().unwrap();
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "id": "yk-1",
+                    "status": "pending",
+                    "paid": false,
+                    "amount": body["amount"],
+                    "metadata": body["metadata"],
+                    "confirmation": {"type": "redirect", "confirmation_url": "https://yoomoney.example/checkout?orderId=yk-1"},
+                }))
+            })
+            .mount(&self.yookassa)
+            .await;
+    }
+
+    /// What YooKassa received.
+    pub async fn payment_requests(&self) -> Vec<serde_json::Value> {
+        self.yookassa
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == "/v3/payments")
+            .map(|r| r.body_json().unwrap())
+            .collect()
+    }
+
+    /// A server with a published key and a ready peer (key Secret, address) for `user`.
+    pub async fn ready_peer(&self, user: i64, index: u32, device: &str) {
+        let servers: Api<WgServer> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        if servers.get_opt("main").await.unwrap().is_none() {
+            let mut server = WgServer::new(
+                "main",
+                serde_json::from_value(json!({
+                    "endpoint": "vpn.example.com:51820",
+                    "addressPool": "10.8.0.0/24",
+                    "dns": ["1.1.1.1"],
+                    "privateKeySecretRef": {"name": "main-key"}
+                }))
+                .unwrap(),
+            );
+            server.metadata.namespace = Some(NAMESPACE.into());
+            let created = servers
+                .create(&PostParams::default(), &server)
+                .await
+                .unwrap();
+            let mut with_status = created.clone();
+            with_status.status = Some(WgServerStatus {
+                public_key: Some(PrivateKey::generate().public_key().to_base64()),
+                ..WgServerStatus::default()
+            });
+            servers
+                .replace_status("main", &PostParams::default(), &with_status)
+                .await
+                .unwrap();
+        }
+        let subscription = subscription_name(user);
+        let name = format!("{subscription}-{index}");
+        let key = PrivateKey::generate();
+        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        secrets
+            .create(
+                &PostParams::default(),
+                &Secret {
+                    metadata: ObjectMeta {
+                        name: Some(format!("{name}-key")),
+                        namespace: Some(NAMESPACE.into()),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(
+                        [(
+                            "privateKey".to_owned(),
+                            ByteString(key.to_base64().as_bytes().to_vec()),
+                        )]
+                        .into(),
+                    ),
+                    ..Secret::default()
+                },
+            )
+            .await
+            .unwrap();
+        let peers: Api<WgPeer> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        let mut peer = WgPeer::new(
+            &name,
+            WgPeerSpec {
+                server: "main".into(),
+                public_key: Some(key.public_key().to_base64()),
+                private_key_secret_ref: Some(SecretKeyRef::new(
+                    format!("{name}-key"),
+                    "privateKey",
+                )),
+                preshared_key_secret_ref: None,
+                address: Some(format!("10.8.0.{}/32", index + 1)),
+                address6: None,
+                expires_at: None,
+                enabled: true,
+                device_name: Some(device.into()),
+            },
+        );
+        peer.metadata.namespace = Some(NAMESPACE.into());
+        peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), subscription)].into());
+        peers.create(&PostParams::default(), &peer).await.unwrap();
+    }
+
+    pub async fn subscription(&self, user: i64) -> Option<VpnSubscription> {
+        let api: Api<VpnSubscription> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        api.get_opt(&subscription_name(user)).await.unwrap()
+    }
+}
+
+/// A fake Telegram Bot API: every method succeeds except `sendMessage` to the chats in
+/// `blocked`, which answer 403 "bot was blocked by the user".
+pub async fn fake_telegram(blocked: &[i64]) -> MockServer {
+    let server = MockServer::start().await;
+    let blocked = blocked.to_vec();
+    Mock::given(method("POST"))
+        .respond_with(move |request: &Request| {
+            let body: serde_json::Value = request.body_json().unwrap_or_default();
+            let chat = body["chat_id"].as_i64().unwrap_or_default();
+            if request
+                .url
+                .path()
+                .to_ascii_lowercase()
+                .ends_with("/sendmessage")
+                && blocked.contains(&chat)
+            {
+                return ResponseTemplate::new(403).set_body_json(json!({
+                    "ok": false,
+                    "error_code": 403,
+                    "description": "Forbidden: bot was blocked by the user"
+                }));
+            }
+            ResponseTemplate::new(200).set_body_json(json!({
+                "ok": true,
+                "result": {
+                    "message_id": 1,
+                    "date": 0,
+                    "chat": {"id": chat, "type": "private", "first_name": "x"},
+                    "text": body["text"],
+                }
+            }))
+        })
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A bot talking to `server`, with a token made for the test.
+pub fn bot_for(server: &MockServer) -> teloxide::Bot {
+    let token = format!(
+        "{}:{}",
+        100_000 + rand_suffix() % 100_000,
+        uuid::Uuid::new_v4().simple()
+    );
+    teloxide::Bot::new(token).set_api_url(server.uri().parse().unwrap())
+}
+
+fn rand_suffix() -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_u128() as u32)
+}
+
+/// The `sendMessage` requests `server` received: (chat, text).
+pub async fn sent_texts(server: &MockServer) -> Vec<(i64, String)> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path().to_ascii_lowercase().ends_with("/sendmessage"))
+        .map(|r| {
+            let body: serde_json::Value = r.body_json().unwrap();
+            (
+                body["chat_id"].as_i64().unwrap(),
+                body["text"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
