@@ -1,0 +1,311 @@
+// The wgsub Mini App: status, plans (pay through YooKassa), and the user's devices (QR code,
+// .conf download, copy, connect switch, add device). Talks to the API with
+// `Authorization: tma <initData>`; renders even when Telegram's WebApp API is absent.
+"use strict";
+
+const TEXT = {
+  en: {
+    status: "Status", plans: "Plans", keys: "Keys", phase: "Status", paidUntil: "Paid until",
+    plan: "Plan", devices: "Devices", refresh: "Refresh", addDevice: "Add device",
+    download: "Download .conf", copy: "Copy config", copied: "Copied", connected: "Connected",
+    pay: "Pay", days: "days", deviceCount: "devices", noDevices: "No devices yet.",
+    notReady: "Your key is being prepared…", openInTelegram: "Open this page from the wgsub bot in Telegram.",
+    error: "Something went wrong", Pending: "Not paid", Active: "Active", Expired: "Expired",
+    Suspended: "Suspended", device: "Device",
+  },
+  ru: {
+    status: "Статус", plans: "Тарифы", keys: "Ключи", phase: "Статус", paidUntil: "Оплачено до",
+    plan: "Тариф", devices: "Устройства", refresh: "Обновить", addDevice: "Добавить устройство",
+    download: "Скачать .conf", copy: "Скопировать конфиг", copied: "Скопировано", connected: "Подключено",
+    pay: "Оплатить", days: "дн.", deviceCount: "устр.", noDevices: "Устройств пока нет.",
+    notReady: "Ключ готовится…", openInTelegram: "Откройте эту страницу из бота wgsub в Telegram.",
+    error: "Что-то пошло не так", Pending: "Не оплачено", Active: "Активна", Expired: "Истекла",
+    Suspended: "Приостановлена", device: "Устройство",
+  },
+};
+
+const webApp = (window.Telegram && window.Telegram.WebApp) || null;
+const initData = (webApp && webApp.initData) || "";
+const unsafeUser = (webApp && webApp.initDataUnsafe && webApp.initDataUnsafe.user) || null;
+let lang = pickLanguage(unsafeUser && unsafeUser.language_code);
+const objectUrls = [];
+
+function pickLanguage(code) {
+  return code && code.toLowerCase().startsWith("en") ? "en" : "ru";
+}
+function t(key) { return TEXT[lang][key] || key; }
+function $(id) { return document.getElementById(id); }
+
+function applyTheme() {
+  const root = document.documentElement;
+  const params = (webApp && webApp.themeParams) || {};
+  for (const [key, value] of Object.entries(params)) {
+    root.style.setProperty("--tg-theme-" + key.replace(/_/g, "-"), value);
+  }
+  root.classList.toggle("dark", Boolean(webApp && webApp.colorScheme === "dark"));
+}
+
+function translate() {
+  document.documentElement.lang = lang;
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  $("tab-status").textContent = t("status");
+  $("tab-plans").textContent = t("plans");
+  $("tab-keys").textContent = t("keys");
+}
+
+function notice(message) {
+  const el = $("notice");
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {}, { Authorization: "tma " + initData });
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (!response.ok) {
+    let message = t("error");
+    try { message = (await response.json()).message || message; } catch (_) { /* not JSON */ }
+    const error = new Error(message);
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+function formatDate(iso) {
+  if (!iso) return "—";
+  return new Date(iso).toLocaleString(lang === "en" ? "en-GB" : "ru-RU", {
+    year: "numeric", month: "long", day: "numeric", hour: "2-digit", minute: "2-digit",
+  });
+}
+
+function selectTab(name) {
+  for (const tab of document.querySelectorAll("[data-tab]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
+  }
+  for (const panel of document.querySelectorAll("[data-panel]")) {
+    panel.hidden = panel.dataset.panel !== name;
+  }
+}
+
+let me = null;
+
+async function loadMe() {
+  if (!initData) {
+    notice(t("openInTelegram"));
+    return;
+  }
+  try {
+    me = await (await api("/api/v1/me")).json();
+  } catch (error) {
+    notice(error.message);
+    return;
+  }
+  notice("");
+  if (me.user.languageCode) { lang = pickLanguage(me.user.languageCode); translate(); }
+  const name = [me.user.firstName, me.user.lastName].filter(Boolean).join(" ");
+  $("user-name").textContent = name || "wgsub VPN";
+  $("user-id").textContent = "ID " + me.user.id + (me.user.username ? " · @" + me.user.username : "");
+  const phase = $("phase");
+  phase.textContent = t(me.subscription.phase);
+  phase.className = "phase-" + me.subscription.phase;
+  $("paid-until").textContent = formatDate(me.subscription.paidUntil);
+  $("plan").textContent = me.subscription.plan || "—";
+  $("device-count").textContent = me.devices.length + " / " + me.subscription.maxDevices;
+  renderDevices();
+}
+
+async function loadPlans() {
+  const list = $("plan-list");
+  let plans;
+  try {
+    plans = await (await fetch("/api/v1/plans")).json();
+  } catch (_) {
+    return;
+  }
+  list.replaceChildren();
+  for (const plan of plans) {
+    const card = document.createElement("div");
+    card.className = "card plan";
+    const info = document.createElement("div");
+    const title = document.createElement("div");
+    title.className = "name";
+    title.textContent = lang === "en" ? plan.titleEn : plan.titleRu;
+    const detail = document.createElement("div");
+    detail.className = "hint";
+    detail.textContent = plan.days + " " + t("days") + " · " + plan.devices + " " + t("deviceCount");
+    info.append(title, detail);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.plan = plan.id;
+    button.textContent = t("pay") + " " + plan.price + " " + (plan.currency === "RUB" ? "₽" : plan.currency);
+    button.addEventListener("click", () => pay(plan.id, button));
+    card.append(info, button);
+    list.append(card);
+  }
+}
+
+async function pay(planId, button) {
+  if (!initData) { notice(t("openInTelegram")); return; }
+  button.disabled = true;
+  try {
+    const payment = await (await api("/api/v1/payments", {
+      method: "POST", body: JSON.stringify({ plan: planId }),
+    })).json();
+    // openLink opens the browser on every platform (iOS included) without leaving Telegram.
+    if (webApp && typeof webApp.openLink === "function") webApp.openLink(payment.confirmationUrl);
+    else window.open(payment.confirmationUrl, "_blank", "noopener");
+  } catch (error) {
+    notice(error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function fileNameOf(response, fallback) {
+  const header = response.headers.get("Content-Disposition") || "";
+  const match = /filename="([^"]+)"/.exec(header);
+  return match ? match[1] : fallback;
+}
+
+async function renderDevice(device) {
+  const card = document.createElement("div");
+  card.className = "card device";
+  card.dataset.device = device.name;
+  const title = document.createElement("div");
+  title.className = "row";
+  const name = document.createElement("strong");
+  name.textContent = device.deviceName || t("device") + " " + device.name.split("-").pop();
+  const seen = document.createElement("span");
+  seen.className = "hint";
+  seen.textContent = device.lastHandshake ? formatDate(device.lastHandshake) : "";
+  title.append(name, seen);
+  card.append(title);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const label = document.createElement("label");
+  label.className = "switch";
+  const toggle = document.createElement("input");
+  toggle.type = "checkbox";
+  toggle.checked = device.enabled;
+  toggle.className = "connect";
+  toggle.addEventListener("change", async () => {
+    toggle.disabled = true;
+    try {
+      await api("/api/v1/me/peers/" + encodeURIComponent(device.name), {
+        method: "PATCH", body: JSON.stringify({ enabled: toggle.checked }),
+      });
+    } catch (error) {
+      toggle.checked = !toggle.checked;
+      notice(error.message);
+    } finally {
+      toggle.disabled = false;
+    }
+  });
+  label.append(toggle, document.createTextNode(t("connected")));
+  actions.append(label);
+  if (!device.ready || me.subscription.phase !== "Active") {
+    const wait = document.createElement("div");
+    wait.className = "hint";
+    wait.textContent = device.ready ? t(me.subscription.phase) : t("notReady");
+    card.append(wait, actions);
+    return card;
+  }
+  const base = "/api/v1/me/peers/" + encodeURIComponent(device.name);
+  const img = document.createElement("img");
+  img.className = "qr";
+  img.alt = "QR";
+  card.append(img);
+  try {
+    const qr = await (await api(base + "/qr")).blob();
+    const url = URL.createObjectURL(qr);
+    objectUrls.push(url);
+    img.src = url;
+    const config = await api(base + "/config");
+    const text = await config.text();
+    const link = document.createElement("a");
+    link.className = "download";
+    link.textContent = t("download");
+    link.download = fileNameOf(config, "wgsub.conf");
+    const fileUrl = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+    objectUrls.push(fileUrl);
+    link.href = fileUrl;
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.textContent = t("copy");
+    copy.addEventListener("click", async () => {
+      await copyText(text);
+      copy.textContent = t("copied");
+    });
+    actions.append(link, copy);
+  } catch (error) {
+    notice(error.message);
+  }
+  card.append(actions);
+  return card;
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+}
+
+async function renderDevices() {
+  while (objectUrls.length) URL.revokeObjectURL(objectUrls.pop());
+  const list = $("device-list");
+  list.replaceChildren();
+  if (!me) return;
+  if (me.devices.length === 0) {
+    const empty = document.createElement("div");
+    empty.className = "hint";
+    empty.textContent = t("noDevices");
+    list.append(empty);
+  }
+  for (const device of me.devices) list.append(await renderDevice(device));
+  $("add-device").hidden = me.subscription.phase !== "Active" || me.devices.length >= me.subscription.maxDevices;
+}
+
+async function addDevice() {
+  const button = $("add-device");
+  button.disabled = true;
+  try {
+    await api("/api/v1/me/peers", { method: "POST", body: JSON.stringify({}) });
+    await loadMe();
+  } catch (error) {
+    notice(error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function start() {
+  if (webApp) {
+    if (typeof webApp.ready === "function") webApp.ready();
+    if (typeof webApp.expand === "function") webApp.expand();
+  }
+  applyTheme();
+  translate();
+  for (const tab of document.querySelectorAll("[data-tab]")) {
+    tab.addEventListener("click", () => selectTab(tab.dataset.tab));
+  }
+  $("refresh").addEventListener("click", loadMe);
+  $("add-device").addEventListener("click", addDevice);
+  if (unsafeUser) {
+    $("user-name").textContent = [unsafeUser.first_name, unsafeUser.last_name].filter(Boolean).join(" ");
+    $("user-id").textContent = "ID " + unsafeUser.id;
+  }
+  loadPlans();
+  loadMe().then(() => { document.body.dataset.loaded = "true"; });
+}
+
+start();

@@ -1,0 +1,49 @@
+//! The OpenAPI document served at `/openapi.json`, generated from the handlers' annotations.
+
+use utoipa::Modify;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+
+use crate::devices::DeviceView;
+use crate::error::ErrorBody;
+use crate::user::{
+    AddDeviceRequest, CreatePaymentRequest, MeResponse, PaymentResponse, PlanView, QrFormat,
+    SubscriptionView, UpdateDeviceRequest, UserView,
+};
+
+/// `Authorization: tma <initData>`.
+struct TmaAuth;
+
+impl Modify for TmaAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "tma",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`tma <initData>`: Telegram Mini App initData, validated with the bot token",
+            ))),
+        );
+    }
+}
+
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "wgsub API", description = "The wgsub Mini App API and YooKassa webhook."),
+    paths(
+        crate::user::me,
+        crate::user::plans,
+        crate::user::create_payment,
+        crate::user::list_peers,
+        crate::user::add_peer,
+        crate::user::update_peer,
+        crate::user::peer_config,
+        crate::user::peer_qr,
+        crate::webhook::yookassa,
+    ),
+    components(schemas(
+        ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, PlanView,
+        CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
+    )),
+    modifiers(&TmaAuth),
+)]
+pub struct ApiDoc;

@@ -1,0 +1,86 @@
+//! What every handler shares: the ledger, the YooKassa client, the Kubernetes APIs of the
+//! namespace, the plan catalogue, settings and metrics.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use jiff::SignedDuration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use wgsub_crds::plans::PlanCatalogue;
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
+use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa};
+use zeroize::Zeroizing;
+
+use crate::metrics::Metrics;
+
+/// The field manager of everything the API itself writes to `WgPeer`s.
+pub const FIELD_MANAGER: &str = "wgsub-api";
+
+/// Settings the handlers read.
+pub struct Settings {
+    pub bot_token: Zeroizing<String>,
+    pub init_data_max_age: SignedDuration,
+    pub return_url: String,
+    /// `Some` when 54-FZ receipts are sent.
+    pub receipt: Option<ReceiptSettings>,
+    pub yookassa_allowed: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub default_server: String,
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("bot_token", &"<redacted>")
+            .field("init_data_max_age", &self.init_data_max_age)
+            .field("return_url", &self.return_url)
+            .field("receipt", &self.receipt)
+            .field("yookassa_allowed", &self.yookassa_allowed)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("default_server", &self.default_server)
+            .finish()
+    }
+}
+
+/// The Kubernetes APIs the API uses, all in one namespace.
+#[derive(Clone)]
+pub struct KubeApis {
+    pub subscriptions: Api<VpnSubscription>,
+    pub peers: Api<WgPeer>,
+    pub servers: Api<WgServer>,
+    pub secrets: Api<Secret>,
+    pub sync: SubscriptionSync,
+}
+
+impl std::fmt::Debug for KubeApis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeApis").finish_non_exhaustive()
+    }
+}
+
+impl KubeApis {
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            subscriptions: Api::namespaced(client.clone(), namespace),
+            peers: Api::namespaced(client.clone(), namespace),
+            servers: Api::namespaced(client.clone(), namespace),
+            secrets: Api::namespaced(client.clone(), namespace),
+            sync: SubscriptionSync::new(client, namespace),
+        }
+    }
+}
+
+/// The shared state.
+#[derive(Debug)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub yookassa: YooKassa,
+    pub kube: KubeApis,
+    pub plans: PlanCatalogue,
+    pub settings: Settings,
+    pub metrics: Metrics,
+}
+
+pub type SharedState = Arc<AppState>;

@@ -1,0 +1,617 @@
+//! The user-facing endpoints of the Mini App. Every one authenticates with
+//! `Authorization: tma <initData>` and acts only on the initData user: no user id appears in
+//! any path, and a device that is not the caller's answers 404 exactly like one that does not
+//! exist.
+
+use std::io::Cursor;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use wgsub_crds::config::{ClientConfig, config_file_name};
+use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
+use wgsub_crds::liveness::subscription_phase;
+use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
+use wgsub_crds::{SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
+use wgsub_ledger::{PaymentError, PaymentOrder};
+use zeroize::Zeroizing;
+
+use crate::devices::{
+    DeviceView, clean_device_name, device_index, device_views, is_users_peer, new_device_peer,
+    next_device_index, switch_patch,
+};
+use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::initdata::{self, InitData};
+use crate::state::{FIELD_MANAGER, SharedState};
+
+/// The authenticated Mini App user.
+#[derive(Debug)]
+pub struct AuthUser(pub InitData);
+
+impl FromRequestParts<SharedState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| ApiError::unauthorized("Authorization: tma <initData> is required"))?;
+        let raw = header
+            .strip_prefix("tma ")
+            .ok_or_else(|| ApiError::unauthorized("Authorization must use the tma scheme"))?;
+        initdata::validate(
+            raw.trim(),
+            &state.settings.bot_token,
+            state.settings.init_data_max_age,
+            Timestamp::now(),
+        )
+        .map(AuthUser)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+    }
+}
+
+/// The user as the Mini App shows them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: i64,
+    pub first_name: String,
+    pub last_name: Option<String>,
+    pub username: Option<String>,
+    pub language_code: Option<String>,
+}
+
+/// Where the subscription stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    /// `Pending`, `Active`, `Expired` or `Suspended`.
+    pub phase: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub paid_until: Option<Timestamp>,
+    pub plan: Option<String>,
+    pub max_devices: i32,
+}
+
+/// `GET /api/v1/me`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MeResponse {
+    pub user: UserView,
+    pub subscription: SubscriptionView,
+    pub devices: Vec<DeviceView>,
+}
+
+/// One plan on offer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanView {
+    pub id: String,
+    pub title_ru: String,
+    pub title_en: String,
+    pub days: u32,
+    /// Price in minor units (kopecks).
+    pub price_minor: i64,
+    /// Price as a decimal string, e.g. `199.00`.
+    pub price: String,
+    pub currency: String,
+    pub devices: u8,
+}
+
+/// `POST /api/v1/payments` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePaymentRequest {
+    pub plan: String,
+}
+
+/// A created payment.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentResponse {
+    pub payment_id: String,
+    /// Open this to pay (with `Telegram.WebApp.openLink`).
+    pub confirmation_url: String,
+}
+
+/// `POST /api/v1/me/peers` body.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddDeviceRequest {
+    #[serde(default)]
+    pub device_name: Option<String>,
+}
+
+/// `PATCH /api/v1/me/peers/{name}` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateDeviceRequest {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// A new name; empty removes it.
+    #[serde(default)]
+    pub device_name: Option<String>,
+}
+
+/// `?format=` of the QR code.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum QrFormat {
+    #[default]
+    Png,
+    Svg,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QrQuery {
+    /// `png` (default) or `svg`.
+    #[serde(default)]
+    pub format: QrFormat,
+}
+
+fn peer_not_ready(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "peer_not_ready", message)
+}
+
+async fn subscription_of(
+    state: &SharedState,
+    user_id: i64,
+) -> Result<Option<VpnSubscription>, ApiError> {
+    state
+        .kube
+        .subscriptions
+        .get_opt(&subscription_name(user_id))
+        .await
+        .map_err(ApiError::from_kube)
+}
+
+async fn active_subscription(
+    state: &SharedState,
+    user_id: i64,
+    now: Timestamp,
+) -> Result<VpnSubscription, ApiError> {
+    match subscription_of(state, user_id).await? {
+        Some(sub) if subscription_phase(&sub.spec, now) == SubscriptionPhase::Active => Ok(sub),
+        _ => Err(ApiError::subscription_inactive()),
+    }
+}
+
+async fn users_peers(state: &SharedState, user_id: i64) -> Result<Vec<WgPeer>, ApiError> {
+    let selector = format!("{LABEL_SUBSCRIPTION}={}", subscription_name(user_id));
+    let list = state
+        .kube
+        .peers
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(ApiError::from_kube)?;
+    Ok(list.items)
+}
+
+/// The caller's peer `name`, or 404 whether it is missing or someone else's.
+async fn owned_peer(state: &SharedState, user_id: i64, name: &str) -> Result<WgPeer, ApiError> {
+    if device_index(&subscription_name(user_id), name).is_none() {
+        return Err(ApiError::peer_not_found());
+    }
+    match state
+        .kube
+        .peers
+        .get_opt(name)
+        .await
+        .map_err(ApiError::from_kube)?
+    {
+        Some(peer) if is_users_peer(user_id, &peer) => Ok(peer),
+        _ => Err(ApiError::peer_not_found()),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/me", tag = "miniapp",
+    security(("tma" = [])),
+    responses((status = 200, body = MeResponse), (status = 401, body = ErrorBody)))]
+pub async fn me(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+) -> Result<Json<MeResponse>, ApiError> {
+    let now = Timestamp::now();
+    let user = state
+        .ledger
+        .upsert_user(&init.user, now)
+        .await
+        .map_err(ApiError::from_ledger)?;
+    let subscription = subscription_of(&state, user.telegram_id).await?;
+    let spec = subscription
+        .map(|s| s.spec)
+        .unwrap_or_else(|| VpnSubscriptionSpec {
+            paid_until: user.entitlement.paid_until,
+            plan: user.entitlement.plan.clone(),
+            max_devices: user.entitlement.max_devices,
+            suspended: user.suspended,
+            ..VpnSubscriptionSpec::for_user(user.telegram_id)
+        });
+    let peers = users_peers(&state, user.telegram_id).await?;
+    Ok(Json(MeResponse {
+        user: UserView {
+            id: user.telegram_id,
+            first_name: user.first_name,
+            last_name: user.last_name,
+            username: user.username,
+            language_code: user.language_code,
+        },
+        subscription: SubscriptionView {
+            phase: subscription_phase(&spec, now).as_str().to_owned(),
+            paid_until: spec.paid_until,
+            plan: spec.plan,
+            max_devices: spec.max_devices,
+        },
+        devices: device_views(user.telegram_id, &peers),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/plans", tag = "miniapp",
+    responses((status = 200, body = Vec<PlanView>)))]
+pub async fn plans(State(state): State<SharedState>) -> Json<Vec<PlanView>> {
+    Json(
+        state
+            .plans
+            .plans()
+            .iter()
+            .map(|plan| PlanView {
+                id: plan.id.clone(),
+                title_ru: plan.title.ru.clone(),
+                title_en: plan.title.en.clone(),
+                days: plan.days,
+                price_minor: plan.price_minor,
+                price: plan.price_decimal(),
+                currency: plan.currency.clone(),
+                devices: plan.devices,
+            })
+            .collect(),
+    )
+}
+
+#[utoipa::path(post, path = "/api/v1/payments", tag = "miniapp",
+    security(("tma" = [])),
+    request_body = CreatePaymentRequest,
+    responses((status = 201, body = PaymentResponse), (status = 401, body = ErrorBody),
+        (status = 409, description = "receipts need an e-mail or phone", body = ErrorBody),
+        (status = 422, description = "unknown plan", body = ErrorBody),
+        (status = 502, description = "YooKassa failed", body = ErrorBody)))]
+pub async fn create_payment(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+    ApiJson(request): ApiJson<CreatePaymentRequest>,
+) -> Result<(StatusCode, Json<PaymentResponse>), ApiError> {
+    let plan = state.plans.get(&request.plan).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_plan",
+            format!("there is no plan {:?}", request.plan),
+        )
+    })?;
+    let now = Timestamp::now();
+    let user = state
+        .ledger
+        .upsert_user(&init.user, now)
+        .await
+        .map_err(ApiError::from_ledger)?;
+    let order = PaymentOrder {
+        user_id: user.telegram_id,
+        plan,
+        return_url: &state.settings.return_url,
+        receipt: state.settings.receipt,
+    };
+    match state
+        .ledger
+        .create_payment(&state.yookassa, order, now)
+        .await
+    {
+        Ok(created) => {
+            state.metrics.payment("created");
+            Ok((
+                StatusCode::CREATED,
+                Json(PaymentResponse {
+                    payment_id: created.id.to_string(),
+                    confirmation_url: created.confirmation_url,
+                }),
+            ))
+        }
+        Err(PaymentError::ContactRequired) => {
+            state.metrics.payment("contact_required");
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "contact_required",
+                "receipts need your e-mail or phone: send it to the bot first",
+            ))
+        }
+        Err(PaymentError::Ledger(error)) => Err(ApiError::from_ledger(error)),
+        Err(error) => {
+            state.metrics.payment("provider_error");
+            tracing::warn!(%error, "creating a YooKassa payment failed");
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "payment_provider_error",
+                "the payment provider is unavailable, try again",
+            ))
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/me/peers", tag = "miniapp",
+    security(("tma" = [])),
+    responses((status = 200, body = Vec<DeviceView>), (status = 401, body = ErrorBody)))]
+pub async fn list_peers(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
+    let peers = users_peers(&state, init.user.id).await?;
+    Ok(Json(device_views(init.user.id, &peers)))
+}
+
+#[utoipa::path(post, path = "/api/v1/me/peers", tag = "miniapp",
+    security(("tma" = [])),
+    request_body = AddDeviceRequest,
+    responses((status = 201, body = DeviceView), (status = 401, body = ErrorBody),
+        (status = 403, description = "subscription_inactive", body = ErrorBody),
+        (status = 409, description = "device_limit", body = ErrorBody)))]
+pub async fn add_peer(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+    ApiJson(request): ApiJson<AddDeviceRequest>,
+) -> Result<(StatusCode, Json<DeviceView>), ApiError> {
+    let user_id = init.user.id;
+    let device_name = clean_device_name(request.device_name.as_deref())
+        .map_err(|message| ApiError::bad_request("invalid_device_name", message))?;
+    let subscription = active_subscription(&state, user_id, Timestamp::now()).await?;
+    let peers = users_peers(&state, user_id).await?;
+    let mine: Vec<&WgPeer> = peers.iter().filter(|p| is_users_peer(user_id, p)).collect();
+    if mine.len() >= usize::try_from(subscription.spec.max_devices).unwrap_or(0) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "device_limit",
+            format!(
+                "your plan allows {} device(s)",
+                subscription.spec.max_devices
+            ),
+        ));
+    }
+    let sub_name = subscription.name_any();
+    let names: Vec<String> = mine.iter().map(|p| p.name_any()).collect();
+    let index = next_device_index(&sub_name, names.iter().map(String::as_str));
+    let server = subscription
+        .spec
+        .server
+        .clone()
+        .unwrap_or_else(|| state.settings.default_server.clone());
+    let peer = new_device_peer(&subscription, index, &server, device_name);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let created = match state.kube.peers.create(&params, &peer).await {
+        Ok(created) => created,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "device_conflict",
+                "another device was added at the same time, try again",
+            ));
+        }
+        Err(error) => return Err(ApiError::from_kube(error)),
+    };
+    Ok((StatusCode::CREATED, Json(DeviceView::of(&created))))
+}
+
+#[utoipa::path(patch, path = "/api/v1/me/peers/{name}", tag = "miniapp",
+    security(("tma" = [])),
+    params(("name" = String, Path, description = "the device's peer name")),
+    request_body = UpdateDeviceRequest,
+    responses((status = 200, body = DeviceView), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn update_peer(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+    Path(name): Path<String>,
+    ApiJson(request): ApiJson<UpdateDeviceRequest>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let peer = owned_peer(&state, init.user.id, &name).await?;
+    let enabled = request.enabled.unwrap_or(peer.spec.enabled);
+    let device_name = match &request.device_name {
+        Some(text) => clean_device_name(Some(text))
+            .map_err(|message| ApiError::bad_request("invalid_device_name", message))?,
+        None => peer.spec.device_name.clone(),
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let patched = state
+        .kube
+        .peers
+        .patch(
+            &name,
+            &params,
+            &Patch::Apply(switch_patch(&name, enabled, device_name.as_deref())),
+        )
+        .await
+        .map_err(ApiError::from_kube)?;
+    Ok(Json(DeviceView::of(&patched)))
+}
+
+fn secret_value(secret: &Secret, key_ref: &SecretKeyRef) -> Option<Zeroizing<String>> {
+    let bytes = secret.data.as_ref()?.get(&key_ref.key)?;
+    std::str::from_utf8(&bytes.0)
+        .ok()
+        .map(|text| Zeroizing::new(text.trim().to_owned()))
+}
+
+async fn read_secret(
+    state: &SharedState,
+    key_ref: &SecretKeyRef,
+) -> Result<Option<Zeroizing<String>>, ApiError> {
+    let secret = state
+        .kube
+        .secrets
+        .get_opt(&key_ref.name)
+        .await
+        .map_err(ApiError::from_kube)?;
+    Ok(secret.as_ref().and_then(|s| secret_value(s, key_ref)))
+}
+
+/// The device's `.conf` and its download file name.
+async fn client_config(
+    state: &SharedState,
+    user_id: i64,
+    name: &str,
+) -> Result<(Zeroizing<String>, String), ApiError> {
+    let peer = owned_peer(state, user_id, name).await?;
+    active_subscription(state, user_id, Timestamp::now()).await?;
+    let key_ref = peer
+        .spec
+        .private_key_secret_ref
+        .as_ref()
+        .ok_or_else(|| peer_not_ready("this device has no key held by wgsub"))?;
+    let server = state
+        .kube
+        .servers
+        .get_opt(&peer.spec.server)
+        .await
+        .map_err(ApiError::from_kube)?
+        .ok_or_else(|| peer_not_ready("the device's server does not exist yet"))?;
+    let server_key = server
+        .status
+        .as_ref()
+        .and_then(|s| s.public_key.as_deref())
+        .and_then(|k| PublicKey::from_base64(k).ok());
+    let private_key = read_secret(state, key_ref)
+        .await?
+        .and_then(|text| PrivateKey::from_base64(&text).ok())
+        .ok_or_else(|| peer_not_ready("the device's key is not ready yet"))?;
+    let preshared = match &peer.spec.preshared_key_secret_ref {
+        Some(psk_ref) => Some(
+            read_secret(state, psk_ref)
+                .await?
+                .and_then(|text| PresharedKey::from_base64(&text).ok())
+                .ok_or_else(|| peer_not_ready("the device's preshared key is not ready yet"))?,
+        ),
+        None => None,
+    };
+    let config =
+        ClientConfig::for_peer(&server.spec, server_key, &peer.spec, private_key, preshared)
+            .map_err(|e| peer_not_ready(e.to_string()))?;
+    let subscription = subscription_name(user_id);
+    let fallback = device_index(&subscription, name).unwrap_or(1).to_string();
+    Ok((
+        config.render(),
+        config_file_name(peer.spec.device_name.as_deref(), &fallback),
+    ))
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, private"),
+    );
+    response
+}
+
+#[utoipa::path(get, path = "/api/v1/me/peers/{name}/config", tag = "miniapp",
+    security(("tma" = [])),
+    params(("name" = String, Path, description = "the device's peer name")),
+    responses((status = 200, description = "wg-quick .conf", content_type = "text/plain"),
+        (status = 403, description = "subscription_inactive", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "peer_not_ready", body = ErrorBody)))]
+pub async fn peer_config(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let (text, file) = client_config(&state, init.user.id, &name).await?;
+    let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file}\""))
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(no_store(
+        (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                ),
+                (header::CONTENT_DISPOSITION, disposition),
+            ],
+            text.as_str().to_owned(),
+        )
+            .into_response(),
+    ))
+}
+
+/// The QR code of a config as PNG bytes.
+pub fn qr_png(text: &str) -> Result<Vec<u8>, String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
+    let image = code
+        .render::<image::Luma<u8>>()
+        .min_dimensions(320, 320)
+        .build();
+    let mut png = Vec::new();
+    image::DynamicImage::ImageLuma8(image)
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(png)
+}
+
+/// The QR code of a config as an SVG document.
+pub fn qr_svg(text: &str) -> Result<String, String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(code
+        .render::<qrcode::render::svg::Color>()
+        .min_dimensions(320, 320)
+        .build())
+}
+
+#[utoipa::path(get, path = "/api/v1/me/peers/{name}/qr", tag = "miniapp",
+    security(("tma" = [])),
+    params(("name" = String, Path, description = "the device's peer name"), QrQuery),
+    responses((status = 200, description = "QR code of the config", content_type = "image/png"),
+        (status = 403, description = "subscription_inactive", body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "peer_not_ready", body = ErrorBody)))]
+pub async fn peer_qr(
+    State(state): State<SharedState>,
+    AuthUser(init): AuthUser,
+    Path(name): Path<String>,
+    Query(query): Query<QrQuery>,
+) -> Result<Response, ApiError> {
+    let (text, _) = client_config(&state, init.user.id, &name).await?;
+    let response = match query.format {
+        QrFormat::Png => {
+            let png = qr_png(&text).map_err(|e| ApiError::internal(&e))?;
+            ([(header::CONTENT_TYPE, "image/png")], png).into_response()
+        }
+        QrFormat::Svg => {
+            let svg = qr_svg(&text).map_err(|e| ApiError::internal(&e))?;
+            ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
+        }
+    };
+    Ok(no_store(response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qr_codes_render_as_png_and_svg() {
+        let text = "[Interface]\nAddress = 10.8.0.2/32\n";
+        let png = qr_png(text).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        let decoded = image::load_from_memory(&png).unwrap();
+        assert!(decoded.width() >= 320);
+        let svg = qr_svg(text).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("</svg>"));
+    }
+}
