@@ -240,13 +240,16 @@ pub async fn fake_telegram(blocked: &[i64]) -> MockServer {
         .respond_with(move |request: &Request| {
             let body: serde_json::Value = request.body_json().unwrap_or_default();
             let chat = body["chat_id"].as_i64().unwrap_or_default();
-            if request
+            let send = request
                 .url
                 .path()
                 .to_ascii_lowercase()
-                .ends_with("/sendmessage")
-                && blocked.contains(&chat)
-            {
+                .ends_with("/sendmessage");
+            if !send {
+                return ResponseTemplate::new(200)
+                    .set_body_json(json!({"ok": true, "result": true}));
+            }
+            if blocked.contains(&chat) {
                 return ResponseTemplate::new(403).set_body_json(json!({
                     "ok": false,
                     "error_code": 403,
