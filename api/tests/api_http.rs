@@ -1,0 +1,859 @@
+//! The API end to end over HTTP (tower `oneshot`): real PostgreSQL (a fresh database per test
+//! from `WGSUB_TEST_DATABASE_URL`), YooKassa faked by wiremock (checking Basic auth and the
+//! Idempotence-Key), Kubernetes in memory (kube-fake-client).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::connect_info::MockConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use wgsub_api::metrics::Metrics;
+use wgsub_api::{AppState, KubeApis, Settings, app, clientip, initdata};
+use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::plans::PlanCatalogue;
+use wgsub_crds::resources::LABEL_SUBSCRIPTION;
+use wgsub_crds::{
+    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer,
+    WgServerStatus,
+};
+use wgsub_ledger::testing::fresh_database;
+use wgsub_ledger::{Ledger, YooKassa, YooKassaConfig};
+use wiremock::matchers::{header as has_header, header_exists, method, path, path_regex};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+use zeroize::Zeroizing;
+
+const NS: &str = "wgsub";
+const YOOKASSA_ADDR: &str = "185.71.76.10:443";
+
+struct Harness {
+    router: Router,
+    state: Arc<AppState>,
+    client: kube::Client,
+    yookassa: MockServer,
+    token: String,
+    basic_auth: String,
+}
+
+fn plans() -> PlanCatalogue {
+    PlanCatalogue::from_yaml_str(
+        "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n",
+    )
+    .unwrap()
+}
+
+async fn harness(label: &str, fail_first_subscription_patch: bool) -> Harness {
+    let (pool, _) = fresh_database(label).await;
+    let ledger = Ledger::new(pool, false);
+    let yookassa = MockServer::start().await;
+    let shop = "54321".to_owned();
+    let secret = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let basic_auth = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{shop}:{secret}"))
+        )
+    };
+    let failures = Arc::new(AtomicUsize::new(usize::from(fail_first_subscription_patch)));
+    let mut builder = kube_fake_client::ClientBuilder::new()
+        .with_resource::<VpnSubscription>()
+        .with_resource::<WgPeer>()
+        .with_resource::<WgServer>()
+        .with_object(server());
+    if fail_first_subscription_patch {
+        let failures = failures.clone();
+        builder = builder.with_interceptor_funcs(
+            kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
+                let kind = ctx.patch.get("kind").and_then(Value::as_str);
+                if kind == Some("VpnSubscription")
+                    && failures
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    return Err(kube_fake_client::Error::Internal("injected failure".into()));
+                }
+                Ok(None)
+            }),
+        );
+    }
+    let client = builder.build().await.unwrap();
+    let token = format!("{}:{}", 4242, uuid::Uuid::new_v4().simple());
+    let state = Arc::new(AppState {
+        ledger,
+        yookassa: YooKassa::new(YooKassaConfig {
+            api_base: format!("{}/v3", yookassa.uri()),
+            shop_id: shop,
+            secret_key: Zeroizing::new(secret),
+            timeout: Duration::from_secs(2),
+            max_attempts: 2,
+            retry_backoff: Duration::from_millis(5),
+        })
+        .unwrap(),
+        kube: KubeApis::new(client.clone(), NS),
+        plans: plans(),
+        settings: Settings {
+            bot_token: Zeroizing::new(token.clone()),
+            init_data_max_age: SignedDuration::from_hours(24),
+            return_url: "https://vpn.example.com/miniapp/".into(),
+            receipt: None,
+            yookassa_allowed: clientip::yookassa_ranges(),
+            trusted_proxies: vec![clientip::parse_net("10.0.0.0/8").unwrap()],
+            default_server: "main".into(),
+            max_body_bytes: 4096,
+        },
+        metrics: Metrics::new(),
+    });
+    Harness {
+        router: app(state.clone()),
+        state,
+        client,
+        yookassa,
+        token,
+        basic_auth,
+    }
+}
+
+fn server() -> WgServer {
+    let mut server = WgServer::new(
+        "main",
+        serde_json::from_value(json!({
+            "endpoint": "vpn.example.com:51820",
+            "addressPool": "10.8.0.0/24",
+            "dns": ["1.1.1.1"],
+            "privateKeySecretRef": {"name": "main-key"}
+        }))
+        .unwrap(),
+    );
+    server.metadata.namespace = Some(NS.into());
+    server.status = Some(WgServerStatus {
+        public_key: Some(PrivateKey::generate().public_key().to_base64()),
+        ..WgServerStatus::default()
+    });
+    server
+}
+
+impl Harness {
+    fn init_data(&self, user_id: i64) -> String {
+        let now = Timestamp::now().as_second().to_string();
+        let user =
+            json!({"id": user_id, "first_name": format!("User{user_id}"), "language_code": "en"})
+                .to_string();
+        initdata::sign(&[("auth_date", &now), ("user", &user)], &self.token)
+    }
+
+    async fn call(
+        &self,
+        request: Request<Body>,
+        from: &str,
+    ) -> (StatusCode, Vec<u8>, axum::http::HeaderMap) {
+        let addr: SocketAddr = from.parse().unwrap();
+        let response = self
+            .router
+            .clone()
+            .layer(MockConnectInfo(addr))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, body, headers)
+    }
+
+    async fn user_call(
+        &self,
+        user: i64,
+        method_: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method_).uri(uri).header(
+            header::AUTHORIZATION,
+            format!("tma {}", self.init_data(user)),
+        );
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(body.to_string())
+            }
+            None => Body::empty(),
+        };
+        let (status, bytes, _) = self
+            .call(request.body(body).unwrap(), "127.0.0.1:5000")
+            .await;
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn webhook(&self, body: Value, from: &str, forwarded: Option<&str>) -> StatusCode {
+        let mut request = Request::post("/api/v1/webhooks/yookassa")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        self.call(request.body(Body::from(body.to_string())).unwrap(), from)
+            .await
+            .0
+    }
+
+    /// YooKassa accepts payment creation (checking Basic auth and an Idempotence-Key) and
+    /// reports the payment with `status` on GET.
+    async fn fake_yookassa(&self, yookassa_id: &str, status: &str) {
+        let id = yookassa_id.to_owned();
+        let created = Arc::new(std::sync::Mutex::new(None::<Value>));
+        let seen = created.clone();
+        Mock::given(method("POST"))
+            .and(path("/v3/payments"))
+            .and(has_header("authorization", self.basic_auth.as_str()))
+            .and(header_exists("idempotence-key"))
+            .respond_with(move |request: &wiremock::Request| {
+                let body: Value = request.body_json().unwrap();
+                *seen.lock().unwrap() = Some(body.clone());
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "id": id, "status": "pending", "paid": false, "amount": body["amount"],
+                    "metadata": body["metadata"],
+                    "confirmation": {"type": "redirect", "confirmation_url": "https://yoomoney.example/pay"}
+                }))
+            })
+            .mount(&self.yookassa)
+            .await;
+        let id = yookassa_id.to_owned();
+        let status = status.to_owned();
+        Mock::given(method("GET"))
+            .and(path(format!("/v3/payments/{yookassa_id}")))
+            .and(has_header("authorization", self.basic_auth.as_str()))
+            .respond_with(move |_: &wiremock::Request| {
+                let body = created
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .expect("payment created first");
+                ResponseTemplate::new(200).set_body_json(json!({
+                    "id": id, "status": status, "paid": status == "succeeded",
+                    "amount": body["amount"], "metadata": body["metadata"],
+                }))
+            })
+            .mount(&self.yookassa)
+            .await;
+        Mock::given(method("GET"))
+            .and(path_regex("^/v3/payments/.*"))
+            .respond_with(ResponseTemplate::new(404).set_body_json(
+                json!({"type": "error", "code": "not_found", "description": "no such payment"}),
+            ))
+            .with_priority(10)
+            .mount(&self.yookassa)
+            .await;
+    }
+
+    async fn subscription(&self, user: i64) -> Option<VpnSubscription> {
+        Api::<VpnSubscription>::namespaced(self.client.clone(), NS)
+            .get_opt(&format!("tg-{user}"))
+            .await
+            .unwrap()
+    }
+
+    /// An active subscription with one ready device `tg-<id>-1` (as the operator would make it).
+    async fn active_user(&self, user: i64) {
+        let subs: Api<VpnSubscription> = Api::namespaced(self.client.clone(), NS);
+        let mut spec = VpnSubscriptionSpec::for_user(user);
+        spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24 * 30));
+        spec.max_devices = 2;
+        let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+        sub.metadata.namespace = Some(NS.into());
+        let sub = subs.create(&Default::default(), &sub).await.unwrap();
+        let key = PrivateKey::generate();
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("tg-{user}-1-key")),
+                namespace: Some(NS.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "privateKey".to_owned(),
+                ByteString(key.to_base64().as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        secrets.create(&Default::default(), &secret).await.unwrap();
+        let mut peer = WgPeer::new(
+            &format!("tg-{user}-1"),
+            WgPeerSpec {
+                server: "main".into(),
+                public_key: Some(key.public_key().to_base64()),
+                private_key_secret_ref: Some(SecretKeyRef::new(
+                    format!("tg-{user}-1-key"),
+                    "privateKey",
+                )),
+                preshared_key_secret_ref: None,
+                address: Some(format!("10.8.0.{}/32", user % 200 + 2)),
+                address6: None,
+                expires_at: sub.spec.paid_until,
+                enabled: true,
+                device_name: Some("Phone".into()),
+            },
+        );
+        peer.metadata.namespace = Some(NS.into());
+        peer.metadata.labels = Some(BTreeMap::from([(
+            LABEL_SUBSCRIPTION.to_owned(),
+            format!("tg-{user}"),
+        )]));
+        Api::<WgPeer>::namespaced(self.client.clone(), NS)
+            .create(&Default::default(), &peer)
+            .await
+            .unwrap();
+    }
+}
+
+fn notification(event: &str, id: &str) -> Value {
+    json!({"type": "notification", "event": event, "object": {"id": id, "status": "succeeded"}})
+}
+
+#[tokio::test]
+async fn pay_then_webhook_applies_the_ledger_and_writes_paid_until() {
+    let h = harness("pay_flow", false).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa01", "succeeded")
+        .await;
+    let (status, created) = h
+        .user_call(
+            101,
+            "POST",
+            "/api/v1/payments",
+            Some(json!({"plan": "month"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["confirmationUrl"],
+        json!("https://yoomoney.example/pay")
+    );
+    let before = Timestamp::now();
+    let status = h
+        .webhook(
+            notification("payment.succeeded", "2f000000-000f-5000-8000-00000000aa01"),
+            YOOKASSA_ADDR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sub = h
+        .subscription(101)
+        .await
+        .expect("the subscription was written");
+    let until = sub.spec.paid_until.unwrap();
+    assert!(until >= before + SignedDuration::from_hours(24 * 30) - SignedDuration::from_secs(5));
+    assert_eq!(sub.spec.plan.as_deref(), Some("month"));
+    assert_eq!(sub.spec.max_devices, 2);
+    let outbox = h.state.ledger.unsent_notifications(10).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    let audit = h.state.ledger.webhook_deliveries(10).await.unwrap();
+    assert_eq!(audit[0].1.reason, "payment_applied");
+    let (_, me) = h.user_call(101, "GET", "/api/v1/me", None).await;
+    assert_eq!(me["subscription"]["phase"], json!("Active"));
+    assert_eq!(me["user"]["id"], json!(101));
+}
+
+#[tokio::test]
+async fn the_same_webhook_twenty_times_concurrently_is_applied_once() {
+    let h = harness("webhook_20", false).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa02", "succeeded")
+        .await;
+    h.user_call(
+        102,
+        "POST",
+        "/api/v1/payments",
+        Some(json!({"plan": "month"})),
+    )
+    .await;
+    let body = notification("payment.succeeded", "2f000000-000f-5000-8000-00000000aa02");
+    let statuses =
+        futures::future::join_all((0..20).map(|_| h.webhook(body.clone(), YOOKASSA_ADDR, None)))
+            .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let audit = h.state.ledger.webhook_deliveries(50).await.unwrap();
+    let applied = audit
+        .iter()
+        .filter(|(_, d)| d.reason == "payment_applied")
+        .count();
+    let duplicates = audit
+        .iter()
+        .filter(|(_, d)| d.reason == "already_applied")
+        .count();
+    assert_eq!((applied, duplicates), (1, 19));
+    assert_eq!(
+        h.state.ledger.unsent_notifications(50).await.unwrap().len(),
+        1
+    );
+    let user = h.state.ledger.user(102).await.unwrap().unwrap();
+    let paid = user.entitlement.paid_until.unwrap();
+    assert!(paid <= Timestamp::now() + SignedDuration::from_hours(24 * 30));
+}
+
+#[tokio::test]
+async fn a_payment_yookassa_calls_pending_changes_nothing() {
+    let h = harness("pending", false).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa03", "pending")
+        .await;
+    h.user_call(
+        103,
+        "POST",
+        "/api/v1/payments",
+        Some(json!({"plan": "month"})),
+    )
+    .await;
+    // The body claims success; YooKassa says pending, and YooKassa wins.
+    let status = h
+        .webhook(
+            notification("payment.succeeded", "2f000000-000f-5000-8000-00000000aa03"),
+            YOOKASSA_ADDR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.subscription(103).await.is_none());
+    assert_eq!(
+        h.state
+            .ledger
+            .user(103)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .paid_until,
+        None
+    );
+    assert_eq!(
+        h.state.ledger.webhook_deliveries(5).await.unwrap()[0]
+            .1
+            .reason,
+        "payment_pending"
+    );
+}
+
+#[tokio::test]
+async fn webhooks_from_outside_yookassas_ranges_are_refused_and_audited() {
+    let h = harness("forbidden", false).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa04", "succeeded")
+        .await;
+    h.user_call(
+        104,
+        "POST",
+        "/api/v1/payments",
+        Some(json!({"plan": "month"})),
+    )
+    .await;
+    let body = notification("payment.succeeded", "2f000000-000f-5000-8000-00000000aa04");
+    assert_eq!(
+        h.webhook(body.clone(), "203.0.113.7:443", None).await,
+        StatusCode::FORBIDDEN
+    );
+    // A forged X-Forwarded-For from an untrusted peer does not help.
+    assert_eq!(
+        h.webhook(body.clone(), "203.0.113.7:443", Some("185.71.76.10"))
+            .await,
+        StatusCode::FORBIDDEN
+    );
+    let audit = h.state.ledger.webhook_deliveries(5).await.unwrap();
+    assert_eq!(audit.len(), 2);
+    assert!(
+        audit
+            .iter()
+            .all(|(_, d)| d.reason == "forbidden_address" && d.remote_addr == "203.0.113.7")
+    );
+    assert_eq!(
+        h.state
+            .ledger
+            .user(104)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .paid_until,
+        None
+    );
+    // Through the trusted proxy, YooKassa's address is seen and accepted.
+    assert_eq!(
+        h.webhook(body, "10.1.1.1:443", Some("185.71.76.10")).await,
+        StatusCode::OK
+    );
+    assert!(
+        h.state
+            .ledger
+            .user(104)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .paid_until
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_payment_id_has_no_side_effects() {
+    let h = harness("unknown", false).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa05", "succeeded")
+        .await;
+    let status = h
+        .webhook(
+            notification("payment.succeeded", "2f000000-000f-5000-8000-0000000000ff"),
+            YOOKASSA_ADDR,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        h.state.ledger.webhook_deliveries(5).await.unwrap()[0]
+            .1
+            .reason,
+        "unknown_payment"
+    );
+    assert!(
+        h.state
+            .ledger
+            .unsent_notifications(5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        h.state.ledger.stats(Timestamp::now()).await.unwrap().users,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_failed_subscription_write_after_the_ledger_commit_is_repaired_by_the_drift_pass() {
+    let h = harness("drift", true).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa06", "succeeded")
+        .await;
+    h.user_call(
+        106,
+        "POST",
+        "/api/v1/payments",
+        Some(json!({"plan": "month"})),
+    )
+    .await;
+    let status = h
+        .webhook(
+            notification("payment.succeeded", "2f000000-000f-5000-8000-00000000aa06"),
+            YOOKASSA_ADDR,
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the money is recorded, so YooKassa must stop"
+    );
+    assert!(
+        h.subscription(106).await.is_none(),
+        "the injected failure stopped the write"
+    );
+    let report = h
+        .state
+        .kube
+        .sync
+        .sync_unsynced(&h.state.ledger, 10)
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1);
+    let sub = h.subscription(106).await.unwrap();
+    assert_eq!(
+        sub.spec.paid_until,
+        h.state
+            .ledger
+            .user(106)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .paid_until
+    );
+}
+
+#[tokio::test]
+async fn a_user_cannot_reach_another_users_devices_on_any_endpoint() {
+    let h = harness("isolation", false).await;
+    h.active_user(201).await;
+    h.active_user(202).await;
+    for (method_, uri, body) in [
+        ("GET", "/api/v1/me/peers/tg-202-1/config", None),
+        ("GET", "/api/v1/me/peers/tg-202-1/qr", None),
+        ("GET", "/api/v1/me/peers/tg-202-1/qr?format=svg", None),
+        (
+            "PATCH",
+            "/api/v1/me/peers/tg-202-1",
+            Some(json!({"enabled": false})),
+        ),
+        ("GET", "/api/v1/me/peers/tg-9999-1/config", None),
+        ("GET", "/api/v1/me/peers/..%2Ftg-202-1/config", None),
+    ] {
+        let (status, error) = h.user_call(201, method_, uri, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method_} {uri}: {error}");
+        assert_eq!(error["code"], json!("peer_not_found"), "{uri}");
+    }
+    let (_, mine) = h.user_call(201, "GET", "/api/v1/me/peers", None).await;
+    let names: Vec<&str> = mine
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tg-201-1"]);
+    let peer = Api::<WgPeer>::namespaced(h.client.clone(), NS)
+        .get("tg-202-1")
+        .await
+        .unwrap();
+    assert!(peer.spec.enabled, "B's device was not switched off");
+    // Without valid initData nothing is reachable.
+    let request = Request::get("/api/v1/me/peers")
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, _) = h.call(request, "127.0.0.1:1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["code"],
+        json!("unauthorized")
+    );
+}
+
+#[tokio::test]
+async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
+    let h = harness("devices", false).await;
+    h.active_user(301).await;
+    let request = Request::get("/api/v1/me/peers/tg-301-1/config")
+        .header(header::AUTHORIZATION, format!("tma {}", h.init_data(301)))
+        .body(Body::empty())
+        .unwrap();
+    let (status, body, headers) = h.call(request, "127.0.0.1:1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"wgsub-Phone.conf\""
+    );
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("Endpoint = vpn.example.com:51820") && text.contains("PrivateKey = "));
+    let request = Request::get("/api/v1/me/peers/tg-301-1/qr")
+        .header(header::AUTHORIZATION, format!("tma {}", h.init_data(301)))
+        .body(Body::empty())
+        .unwrap();
+    let (status, png, headers) = h.call(request, "127.0.0.1:1").await;
+    assert_eq!(
+        (status, &headers[header::CONTENT_TYPE]),
+        (StatusCode::OK, &"image/png".parse().unwrap())
+    );
+    assert_eq!(&png[..4], b"\x89PNG");
+    let (status, device) = h
+        .user_call(
+            301,
+            "PATCH",
+            "/api/v1/me/peers/tg-301-1",
+            Some(json!({"enabled": false, "deviceName": "Work phone"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{device}");
+    assert_eq!(
+        (device["enabled"].clone(), device["deviceName"].clone()),
+        (json!(false), json!("Work phone"))
+    );
+    let (status, added) = h
+        .user_call(
+            301,
+            "POST",
+            "/api/v1/me/peers",
+            Some(json!({"deviceName": "Laptop"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    assert_eq!(added["name"], json!("tg-301-2"));
+    let created = Api::<WgPeer>::namespaced(h.client.clone(), NS)
+        .get("tg-301-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        created.metadata.owner_references.as_ref().unwrap()[0].name,
+        "tg-301"
+    );
+    assert!(created.spec.public_key.is_none() && created.spec.address.is_none());
+    let (status, error) = h
+        .user_call(301, "POST", "/api/v1/me/peers", Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, error["code"].clone()),
+        (StatusCode::CONFLICT, json!("device_limit"))
+    );
+    // The new device has no key yet: its config is not ready.
+    let (status, error) = h
+        .user_call(301, "GET", "/api/v1/me/peers/tg-301-2/config", None)
+        .await;
+    assert_eq!(
+        (status, error["code"].clone()),
+        (StatusCode::CONFLICT, json!("peer_not_ready"))
+    );
+}
+
+#[tokio::test]
+async fn an_inactive_subscription_gets_a_clear_error_code() {
+    let h = harness("inactive", false).await;
+    h.active_user(401).await;
+    let subs: Api<VpnSubscription> = Api::namespaced(h.client.clone(), NS);
+    let mut sub = subs.get("tg-401").await.unwrap();
+    sub.spec.paid_until = Some(Timestamp::now() - SignedDuration::from_hours(1));
+    subs.replace("tg-401", &Default::default(), &sub)
+        .await
+        .unwrap();
+    for (method_, uri) in [
+        ("GET", "/api/v1/me/peers/tg-401-1/config"),
+        ("POST", "/api/v1/me/peers"),
+    ] {
+        let body = (method_ == "POST").then(|| json!({}));
+        let (status, error) = h.user_call(401, method_, uri, body).await;
+        assert_eq!(
+            (status, error["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("subscription_inactive")),
+            "{uri}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_json() {
+    let h = harness("bodies", false).await;
+    let auth = format!("tma {}", h.init_data(501));
+    let cases = [
+        (
+            "application/json",
+            "{not json".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "text/plain",
+            "{\"plan\":\"month\"}".to_owned(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "application/json",
+            format!("{{\"plan\":\"{}\"}}", "x".repeat(10_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "application/json",
+            "{\"plan\": 5}".to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "application/json",
+            "{\"plan\": \"gold\"}".to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_plan",
+        ),
+    ];
+    for (content_type, body, want, code) in cases {
+        let request = Request::post("/api/v1/payments")
+            .header(header::AUTHORIZATION, &auth)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+            .unwrap();
+        let (status, bytes, _) = h.call(request, "127.0.0.1:1").await;
+        let error: Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{code}: not JSON"));
+        assert_eq!(
+            (status, error["code"].as_str().unwrap()),
+            (want, code),
+            "{error}"
+        );
+        assert!(error["message"].is_string());
+    }
+    let request = Request::post("/api/v1/webhooks/yookassa")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("[]"))
+        .unwrap();
+    let (status, bytes, _) = h.call(request, YOOKASSA_ADDR).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&bytes).unwrap()["code"],
+        json!("malformed_body")
+    );
+    let (status, bytes, _) = h
+        .call(
+            Request::get("/nope").body(Body::empty()).unwrap(),
+            "127.0.0.1:1",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&bytes).unwrap()["code"],
+        json!("not_found")
+    );
+}
+
+#[tokio::test]
+async fn openapi_metrics_health_and_the_mini_app_are_served() {
+    let h = harness("system", false).await;
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, body, _) = h.call(get("/openapi.json"), "127.0.0.1:1").await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    for route in [
+        "/api/v1/me",
+        "/api/v1/payments",
+        "/api/v1/me/peers/{name}/qr",
+        "/api/v1/webhooks/yookassa",
+    ] {
+        assert!(doc["paths"].get(route).is_some(), "{route}");
+    }
+    assert_eq!(
+        h.call(get("/healthz"), "127.0.0.1:1").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.call(get("/readyz"), "127.0.0.1:1").await.0,
+        StatusCode::OK
+    );
+    let (status, page, headers) = h.call(get("/miniapp/"), "127.0.0.1:1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8(page).unwrap().contains("app.js"));
+    assert!(
+        headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+    let (_, metrics, _) = h.call(get("/metrics"), "127.0.0.1:1").await;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains(
+            "wgsub_api_http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wgsub_api_http_request_duration_seconds_bucket"));
+}
