@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::Bound;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use kube::ResourceExt;
@@ -23,6 +24,23 @@ pub struct UsedAddresses {
     v6: BTreeSet<Ipv6Addr>,
     owner_v4: HashMap<Ipv4Addr, String>,
     owner_v6: HashMap<Ipv6Addr, String>,
+    /// Per pool, an address every client address below which is held: the lowest free address
+    /// is at or above it, so allocation walks from here instead of from the pool's start.
+    low_water_v4: HashMap<Ipv4Net, Ipv4Addr>,
+}
+
+/// The address is a client address of the pool: inside it and neither the network, the
+/// broadcast (below /31) nor the server's address.
+pub fn is_client_v4(pool: Ipv4Net, address: Ipv4Addr) -> bool {
+    pool.contains(&address)
+        && address != pool::server_address_v4(pool)
+        && (pool.prefix_len() >= 31 || (address != pool.network() && address != pool.broadcast()))
+}
+
+/// The address is a client address of the IPv6 pool: inside it and neither the subnet-router
+/// anycast address nor the server's address.
+pub fn is_client_v6(pool: Ipv6Net, address: Ipv6Addr) -> bool {
+    pool.contains(&address) && address != pool.network() && address != pool::server_address_v6(pool)
 }
 
 impl UsedAddresses {
@@ -92,6 +110,11 @@ impl UsedAddresses {
         if self.owner_v4(address) == Some(peer) {
             self.owner_v4.remove(&address);
             self.v4.remove(&address);
+            for (pool, low_water) in &mut self.low_water_v4 {
+                if pool.contains(&address) && address < *low_water {
+                    *low_water = address;
+                }
+            }
         }
     }
 
@@ -104,9 +127,34 @@ impl UsedAddresses {
     }
 
     /// Gives `peer` the lowest free client address of `pool` and records the claim.
+    ///
+    /// The first allocation in a pool walks the held addresses from the pool's start
+    /// ([`pool::allocate_v4`]); later ones walk from the low-water mark it leaves, so they cost
+    /// a few steps however full the pool is.
     pub fn allocate_v4(&mut self, pool: Ipv4Net, peer: &str) -> Result<Ipv4Addr, PoolError> {
-        let address = pool::allocate_v4(pool, &self.v4)?;
+        let address = match self.low_water_v4.get(&pool) {
+            Some(&start) => {
+                let mut candidate = u32::from(start);
+                for held in self.v4.range((Bound::Included(start), Bound::Unbounded)) {
+                    if u32::from(*held) != candidate {
+                        break;
+                    }
+                    candidate = candidate.saturating_add(1);
+                }
+                let candidate = Ipv4Addr::from(candidate);
+                if !is_client_v4(pool, candidate) || self.v4.contains(&candidate) {
+                    return Err(PoolError::Exhausted {
+                        pool: pool.to_string(),
+                    });
+                }
+                candidate
+            }
+            None => pool::allocate_v4(pool, &self.v4)?,
+        };
         self.claim_v4(address, peer);
+        if let Some(next) = u32::from(address).checked_add(1) {
+            self.low_water_v4.insert(pool, Ipv4Addr::from(next));
+        }
         Ok(address)
     }
 
@@ -198,6 +246,74 @@ mod tests {
         used.release_v4(a("10.8.0.2"), "p1");
         assert_eq!(used.owner_v4(a("10.8.0.2")), None);
         assert_eq!(used.len_v4(), 0);
+    }
+
+    #[test]
+    fn allocation_from_the_low_water_mark_matches_the_lowest_free_address() {
+        let pool: Ipv4Net = "10.8.0.0/28".parse().unwrap();
+        let mut used = UsedAddresses::default();
+        let mut given = Vec::new();
+        while let Ok(address) = used.allocate_v4(pool, &format!("p{}", given.len())) {
+            given.push(address);
+        }
+        // .2 ..= .14 are the clients of a /28 (.1 is the server's, .15 the broadcast).
+        assert_eq!(given.len(), 13);
+        assert_eq!(given.last(), Some(&a("10.8.0.14")));
+        used.release_v4(a("10.8.0.5"), "p3");
+        used.release_v4(a("10.8.0.9"), "p7");
+        assert!(
+            used.claim_v4(a("10.8.0.5"), "someone"),
+            "a hand claim below the mark"
+        );
+        assert_eq!(used.allocate_v4(pool, "n1").unwrap(), a("10.8.0.9"));
+        assert!(used.allocate_v4(pool, "n2").is_err());
+        let reference = pool::allocate_v4(pool, &used.v4);
+        assert!(reference.is_err());
+    }
+
+    #[test]
+    fn allocation_always_gives_what_the_pool_function_gives_for_the_same_used_set() {
+        let pool: Ipv4Net = "10.8.0.0/26".parse().unwrap();
+        let mut used = UsedAddresses::default();
+        let mut holders: Vec<(Ipv4Addr, String)> = Vec::new();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..2_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            if state >> 62 == 0 && !holders.is_empty() {
+                let (address, peer) = holders.swap_remove((state >> 8) as usize % holders.len());
+                used.release_v4(address, &peer);
+                continue;
+            }
+            let expected = pool::allocate_v4(pool, &used.v4);
+            let peer = format!("p{step}");
+            let got = used.allocate_v4(pool, &peer);
+            assert_eq!(got.is_ok(), expected.is_ok(), "step {step}");
+            if let (Ok(got), Ok(expected)) = (got, expected) {
+                assert_eq!(got, expected, "step {step}");
+                holders.push((got, peer));
+            }
+        }
+    }
+
+    #[test]
+    fn client_addresses_exclude_network_server_and_broadcast() {
+        let pool: Ipv4Net = "10.8.0.0/24".parse().unwrap();
+        for (text, client) in [
+            ("10.8.0.0", false),
+            ("10.8.0.1", false),
+            ("10.8.0.2", true),
+            ("10.8.0.254", true),
+            ("10.8.0.255", false),
+            ("10.9.0.2", false),
+        ] {
+            assert_eq!(is_client_v4(pool, a(text)), client, "{text}");
+        }
+        let pool6: Ipv6Net = "fd00::/64".parse().unwrap();
+        assert!(!is_client_v6(pool6, "fd00::".parse().unwrap()));
+        assert!(!is_client_v6(pool6, "fd00::1".parse().unwrap()));
+        assert!(is_client_v6(pool6, "fd00::2".parse().unwrap()));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use wgsub_crds::{
     WgPeer, WgServer,
 };
 
-use crate::addresses::UsedAddresses;
+use crate::addresses::{UsedAddresses, is_client_v4, is_client_v6};
 
 /// The data key of the private key in a key Secret the operator writes.
 pub const PRIVATE_KEY_FIELD: &str = "privateKey";
@@ -307,16 +307,6 @@ fn server_pools(
         None => None,
     };
     Ok((v4, v6))
-}
-
-fn is_client_v4(pool: Ipv4Net, address: Ipv4Addr) -> bool {
-    pool.contains(&address)
-        && address != pool::server_address_v4(pool)
-        && (pool.prefix_len() >= 31 || (address != pool.network() && address != pool.broadcast()))
-}
-
-fn is_client_v6(pool: Ipv6Net, address: Ipv6Addr) -> bool {
-    pool.contains(&address) && address != pool.network() && address != pool::server_address_v6(pool)
 }
 
 /// Where a peer's key stands.
