@@ -222,13 +222,20 @@ impl Harness {
         let id = yookassa_id.to_owned();
         let created = Arc::new(std::sync::Mutex::new(None::<Value>));
         let seen = created.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
         Mock::given(method("POST"))
             .and(path("/v3/payments"))
             .and(has_header("authorization", self.basic_auth.as_str()))
             .and(header_exists("idempotence-key"))
             .respond_with(move |request: &wiremock::Request| {
                 let body: Value = request.body_json().unwrap();
-                *seen.lock().unwrap() = Some(body.clone());
+                // The first payment gets the given id, later ones fresh ids.
+                let id = if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    *seen.lock().unwrap() = Some(body.clone());
+                    id.clone()
+                } else {
+                    uuid::Uuid::new_v4().to_string()
+                };
                 ResponseTemplate::new(200).set_body_json(json!({
                     "id": id, "status": "pending", "paid": false, "amount": body["amount"],
                     "metadata": body["metadata"],
@@ -856,4 +863,66 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
         "{metrics}"
     );
     assert!(metrics.contains("wgsub_api_http_request_duration_seconds_bucket"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
+    let node_modules = std::env::var("WGSUB_NODE_MODULES").expect(
+        "WGSUB_NODE_MODULES is not set: this test needs playwright-core (run scripts/test)",
+    );
+    let chromium = std::env::var("WGSUB_CHROMIUM")
+        .expect("WGSUB_CHROMIUM is not set: this test needs Chromium (run scripts/test)");
+    assert!(
+        std::path::Path::new(&node_modules)
+            .join("playwright-core")
+            .is_dir(),
+        "playwright-core is missing under WGSUB_NODE_MODULES={node_modules}"
+    );
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "WGSUB_CHROMIUM={chromium} does not exist"
+    );
+    let artifacts = std::env::var("WGSUB_TEST_ARTIFACTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("wgsub-test-artifacts"));
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let h = harness("browser", false).await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000bb01", "pending")
+        .await;
+    h.active_user(601).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = h.router.clone();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let user = json!({"id": 601, "first_name": "User601", "language_code": "en"});
+    let output = tokio::process::Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/miniapp_browser.cjs"
+        ))
+        .env("WGSUB_MINIAPP_BASE", format!("http://{addr}"))
+        .env("WGSUB_INIT_DATA", h.init_data(601))
+        .env("WGSUB_USER_JSON", user.to_string())
+        .env("WGSUB_TEST_ARTIFACTS", &artifacts)
+        .env("WGSUB_NODE_MODULES", &node_modules)
+        .env("WGSUB_CHROMIUM", &chromium)
+        .output()
+        .await
+        .expect("node runs (this test needs Node.js)");
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for theme in ["light", "dark"] {
+        assert!(artifacts.join(format!("miniapp-{theme}-keys.png")).exists());
+    }
 }

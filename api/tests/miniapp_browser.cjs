@@ -1,0 +1,103 @@
+// Drives the Mini App in headless Chromium (playwright-core) against a running wgsub-api:
+// status → plans (pay opens the confirmation URL through Telegram.WebApp.openLink) → keys
+// (QR visible, .conf download link, copy), in the light and the dark theme, with a stubbed
+// window.Telegram.WebApp carrying validly signed initData. Screenshots go to the artifacts
+// directory. Run by api/tests/api_http.rs; exits non-zero on any failure.
+"use strict";
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+
+function need(name) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`${name} is not set`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const { chromium } = require(path.join(need("WGSUB_NODE_MODULES"), "playwright-core"));
+const base = need("WGSUB_MINIAPP_BASE");
+const initData = need("WGSUB_INIT_DATA");
+const user = JSON.parse(need("WGSUB_USER_JSON"));
+const artifacts = need("WGSUB_TEST_ARTIFACTS");
+
+const THEMES = {
+  light: { bg_color: "#ffffff", text_color: "#000000", hint_color: "#707579", link_color: "#2481cc",
+    button_color: "#2481cc", button_text_color: "#ffffff", secondary_bg_color: "#f4f4f5" },
+  dark: { bg_color: "#212121", text_color: "#ffffff", hint_color: "#aaaaaa", link_color: "#8774e1",
+    button_color: "#8774e1", button_text_color: "#ffffff", secondary_bg_color: "#181818" },
+};
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+async function run(theme) {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "wgsub-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: need("WGSUB_CHROMIUM"),
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    viewport: { width: 400, height: 900 },
+  });
+  try {
+    // No network: Telegram's script is unavailable, the stub below stands in for it.
+    await context.route("https://telegram.org/**", (route) => route.abort());
+    await context.addInitScript(({ initData, user, params, scheme }) => {
+      window.__opened = [];
+      window.Telegram = { WebApp: {
+        initData, initDataUnsafe: { user }, themeParams: params, colorScheme: scheme,
+        ready() {}, expand() {}, openLink(url) { window.__opened.push(url); },
+      } };
+    }, { initData, user, params: THEMES[theme], scheme: theme });
+    const page = context.pages()[0] || (await context.newPage());
+    const errors = [];
+    page.on("pageerror", (error) => errors.push(String(error)));
+    await page.goto(base + "/miniapp/");
+    await page.waitForSelector('body[data-loaded="true"]', { timeout: 15000 });
+    check((await page.textContent("#phase")) === "Active", "status shows Active");
+    check((await page.textContent("#user-id")).includes(String(user.id)), "header shows the user id");
+    check((await page.textContent("#paid-until")) !== "—", "paid-until is shown");
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const expected = theme === "dark" ? "rgb(33, 33, 33)" : "rgb(255, 255, 255)";
+    check(background === expected, `background follows the ${theme} theme: ${background}`);
+    await page.screenshot({ path: path.join(artifacts, `miniapp-${theme}-status.png`) });
+
+    await page.click("#tab-plans");
+    await page.waitForSelector('[data-plan="month"]');
+    await page.click('[data-plan="month"]');
+    await page.waitForFunction(() => window.__opened.length === 1, null, { timeout: 10000 });
+    const opened = await page.evaluate(() => window.__opened[0]);
+    check(opened.startsWith("https://yoomoney.example/"), `openLink got the confirmation URL: ${opened}`);
+    await page.screenshot({ path: path.join(artifacts, `miniapp-${theme}-plans.png`) });
+
+    await page.click("#tab-keys");
+    await page.waitForFunction(() => {
+      const img = document.querySelector("img.qr");
+      return img && img.complete && img.naturalWidth > 0;
+    }, null, { timeout: 10000 });
+    const link = await page.$("a.download");
+    check(link, "a download link is shown");
+    check((await link.getAttribute("download")) === "wgsub-Phone.conf", "download file name");
+    check((await link.getAttribute("href")).startsWith("blob:"), "download link holds the config");
+    await page.click("button.copy");
+    await page.waitForFunction(() => document.querySelector("button.copy").textContent === "Copied");
+    check((await page.$("input.connect")) !== null, "connect switch is shown");
+    await page.screenshot({ path: path.join(artifacts, `miniapp-${theme}-keys.png`), fullPage: true });
+    check(errors.length === 0, `no page errors: ${errors.join("; ")}`);
+    console.log(`miniapp ${theme}: ok`);
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+(async () => {
+  for (const theme of ["light", "dark"]) await run(theme);
+})().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
