@@ -151,14 +151,7 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
     let server_key = wait_for(
         "the server's public key in the WgServer status",
         Duration::from_secs(10),
-        async || {
-            servers
-                .get(SERVER)
-                .await
-                .ok()?
-                .status?
-                .public_key
-        },
+        async || servers.get(SERVER).await.ok()?.status?.public_key,
     )
     .await;
     assert!(lab.server_interface_exists().await);
@@ -190,15 +183,19 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
     // payment is paid until PAID_FOR from now.
     let payment_id = yookassa.single_payment_id();
     let plan_length = plans().get(PLAN).expect("the plan").duration();
-    let captured_at = Timestamp::now() + PAID_FOR - plan_length;
+    // YooKassa reports times to the millisecond.
+    let captured_at = (Timestamp::now() + PAID_FOR - plan_length)
+        .round(jiff::Unit::Millisecond)
+        .expect("a representable instant");
     let payment = yookassa.pay(&payment_id, captured_at);
-    let notification = |payment: &Value| {
-        json!({"type": "notification", "event": "payment.succeeded", "object": payment})
-    };
+    let notification = |payment: &Value| json!({"type": "notification", "event": "payment.succeeded", "object": payment});
 
     // A notification from outside YooKassa's addresses is refused and changes nothing.
     let forged = api
-        .yookassa_webhook("203.0.113.7".parse().expect("an IP"), &notification(&payment))
+        .yookassa_webhook(
+            "203.0.113.7".parse().expect("an IP"),
+            &notification(&payment),
+        )
         .await;
     assert_eq!(forged.status(), 403);
     assert_eq!(json_of(forged).await["code"], "forbidden");
@@ -233,10 +230,14 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
     let answered_in = sent.elapsed();
     assert_eq!(accepted.status(), 200);
     assert_eq!(json_of(accepted).await["outcome"], "applied");
-    let (on_interface_at, keys) = tokio::time::timeout(Duration::from_secs(10), watched)
-        .await
-        .expect("the peer reaches the interface within 10 s of the webhook")
-        .expect("the interface watcher runs");
+    let Ok(watched) = tokio::time::timeout(Duration::from_secs(10), watched).await else {
+        panic!(
+            "the peer did not reach the interface within 10 s of the webhook; the cluster \
+             holds:\n{}",
+            cluster.describe().await
+        );
+    };
+    let (on_interface_at, keys) = watched.expect("the interface watcher runs");
     let activation = on_interface_at.saturating_duration_since(sent);
 
     // What each link of the chain wrote.
@@ -257,7 +258,11 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
         .expect("the operator made the device's WgPeer");
     assert_eq!(peer.spec.expires_at, Some(paid_until));
     let public_key = peer.spec.public_key.clone().expect("a public key");
-    assert_eq!(keys, vec![public_key.clone()], "the interface holds the peer");
+    assert_eq!(
+        keys,
+        vec![public_key.clone()],
+        "the interface holds the peer"
+    );
     let key_ref = peer
         .spec
         .private_key_secret_ref

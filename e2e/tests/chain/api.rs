@@ -172,7 +172,11 @@ impl ApiServer {
     }
 
     /// YooKassa's notification as it arrives through the trusted proxy from `source`.
-    pub async fn yookassa_webhook(&self, source: IpAddr, notification: &Value) -> reqwest::Response {
+    pub async fn yookassa_webhook(
+        &self,
+        source: IpAddr,
+        notification: &Value,
+    ) -> reqwest::Response {
         self.http
             .post(format!("{}/api/v1/webhooks/yookassa", self.base))
             .header("x-forwarded-for", source.to_string())

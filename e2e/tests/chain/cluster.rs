@@ -96,6 +96,7 @@ impl<K: Resource<DynamicType = ()>> serde::Serialize for StatusOf<K> {
 struct ListWatch<K> {
     api: Api<K>,
     known: BTreeMap<String, K>,
+    listed: bool,
 }
 
 impl<K> ListWatch<K>
@@ -106,13 +107,25 @@ where
         Self {
             api,
             known: BTreeMap::new(),
+            listed: false,
         }
     }
 
-    /// The events since the previous call: `Apply` for new or changed objects, `Delete` for
-    /// vanished ones.
+    /// The events since the previous call. The first call is the initial list (`Init`, an
+    /// `InitApply` per object, `InitDone`); later ones give `Apply` for new or changed objects
+    /// and `Delete` for vanished ones.
     async fn changes(&mut self) -> Result<Vec<Event<K>>, kube::Error> {
         let listed = self.api.list(&ListParams::default()).await?.items;
+        if !self.listed {
+            self.listed = true;
+            let mut events = vec![Event::Init];
+            for object in listed {
+                events.push(Event::InitApply(object.clone()));
+                self.known.insert(object.name_any(), object);
+            }
+            events.push(Event::InitDone);
+            return Ok(events);
+        }
         let mut events = Vec::new();
         let mut present = BTreeMap::new();
         for object in listed {
@@ -161,14 +174,19 @@ fn feed<K: ResourceExt + Clone>(
 
 type Trigger<K> = mpsc::UnboundedSender<Result<K, Infallible>>;
 
+/// The operator's inputs: the streams its Controller would build from its watches.
+struct OperatorTriggers {
+    subscriptions: Trigger<VpnSubscription>,
+    peers: Trigger<WgPeer>,
+    secrets: Trigger<Secret>,
+    servers: Trigger<WgServer>,
+}
+
 /// Where the watches deliver.
 struct Consumers {
     index: Arc<SharedIndex>,
     subscriptions: reflector::store::Writer<VpnSubscription>,
-    subscription_events: Trigger<VpnSubscription>,
-    peer_events: Trigger<WgPeer>,
-    secret_events: Trigger<Secret>,
-    server_events: Trigger<WgServer>,
+    operator: OperatorTriggers,
 }
 
 fn trigger<K>(sender: &Trigger<K>, event: &Event<K>)
@@ -200,17 +218,17 @@ async fn run_watches(client: kube::Client, mut to: Consumers, shutdown: Cancella
                     Index::delete_subscription,
                 );
                 // The Controller reconciles the primary kind on applied objects only.
-                if matches!(event, Event::Apply(_)) {
-                    trigger(&to.subscription_events, &event);
+                if matches!(event, Event::Apply(_) | Event::InitApply(_)) {
+                    trigger(&to.operator.subscriptions, &event);
                 }
             }
             for event in servers.changes().await? {
                 feed(&to.index, &event, Index::apply_server, Index::delete_server);
-                trigger(&to.server_events, &event);
+                trigger(&to.operator.servers, &event);
             }
             for event in peers.changes().await? {
                 feed(&to.index, &event, Index::apply_peer, Index::delete_peer);
-                trigger(&to.peer_events, &event);
+                trigger(&to.operator.peers, &event);
             }
             for event in secrets.changes().await? {
                 feed(
@@ -219,7 +237,7 @@ async fn run_watches(client: kube::Client, mut to: Consumers, shutdown: Cancella
                     |i, s| i.apply_secret(&s),
                     Index::delete_secret,
                 );
-                trigger(&to.secret_events, &event);
+                trigger(&to.operator.secrets, &event);
             }
             Ok(())
         }
@@ -247,13 +265,7 @@ fn start_operator(
     client: &kube::Client,
     default_server: &str,
     store: Store<VpnSubscription>,
-) -> (
-    JoinHandle<()>,
-    Trigger<VpnSubscription>,
-    Trigger<WgPeer>,
-    Trigger<Secret>,
-    Trigger<WgServer>,
-) {
+) -> (JoinHandle<()>, OperatorTriggers) {
     let config = wgsub_operator::config::Config::try_parse_from([
         "wgsub-operator",
         "--namespace",
@@ -284,8 +296,7 @@ fn start_operator(
     let queue = futures::stream::select_all([
         controller::trigger_self(subscription_rx, ()).boxed(),
         controller::trigger_with(peer_rx, |peer: WgPeer| owning_subscription(&peer)).boxed(),
-        controller::trigger_with(secret_rx, |secret: Secret| owning_subscription(&secret))
-            .boxed(),
+        controller::trigger_with(secret_rx, |secret: Secret| owning_subscription(&secret)).boxed(),
         controller::trigger_with(server_rx, move |server: WgServer| {
             subscriptions_on_server(&server_store, &server, &default_server)
         })
@@ -303,10 +314,12 @@ fn start_operator(
     .for_each(|_| async {});
     (
         tokio::spawn(running),
-        subscription_tx,
-        peer_tx,
-        secret_tx,
-        server_tx,
+        OperatorTriggers {
+            subscriptions: subscription_tx,
+            peers: peer_tx,
+            secrets: secret_tx,
+            servers: server_tx,
+        },
     )
 }
 
@@ -346,8 +359,7 @@ impl Cluster {
         let mut tasks = Vec::new();
 
         let (store, writer) = reflector::store::<VpnSubscription>();
-        let (operator, subscription_events, peer_events, secret_events, server_events) =
-            start_operator(&client, &server_name, store);
+        let (operator, triggers) = start_operator(&client, &server_name, store);
         tasks.push(operator);
 
         let agent_config = wgsub_node_agent::config::Config::try_parse_from([
@@ -400,10 +412,7 @@ impl Cluster {
             Consumers {
                 index,
                 subscriptions: writer,
-                subscription_events,
-                peer_events,
-                secret_events,
-                server_events,
+                operator: triggers,
             },
             shutdown.clone(),
         )));
@@ -419,6 +428,63 @@ impl Cluster {
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
         Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+}
+
+impl Cluster {
+    /// What the API holds, for failure messages: each subscription, peer and server with its
+    /// spec and status (Secrets by name only).
+    pub async fn describe(&self) -> String {
+        let mut out = String::new();
+        let yaml =
+            |value: serde_json::Value| serde_json::to_string_pretty(&value).unwrap_or_default();
+        for subscription in self.list::<VpnSubscription>().await {
+            out += &format!(
+                "VpnSubscription {}: spec {} status {}\n",
+                subscription.name_any(),
+                yaml(serde_json::json!(subscription.spec)),
+                yaml(serde_json::json!(subscription.status))
+            );
+        }
+        for peer in self.list::<WgPeer>().await {
+            out += &format!(
+                "WgPeer {}: spec {} status {}\n",
+                peer.name_any(),
+                yaml(serde_json::json!(peer.spec)),
+                yaml(serde_json::json!(peer.status))
+            );
+        }
+        for server in self.list::<WgServer>().await {
+            out += &format!(
+                "WgServer {}: status {}\n",
+                server.name_any(),
+                yaml(serde_json::json!(server.status))
+            );
+        }
+        let secrets: Vec<String> = self
+            .list::<Secret>()
+            .await
+            .iter()
+            .map(|s| s.name_any())
+            .collect();
+        out += &format!("Secrets: {secrets:?}\n");
+        out
+    }
+
+    async fn list<K>(&self) -> Vec<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        match self.api::<K>().list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                eprintln!("chain: listing {} failed: {error}", K::kind(&()));
+                Vec::new()
+            }
+        }
     }
 }
 

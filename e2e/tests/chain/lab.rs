@@ -140,8 +140,14 @@ impl Lab {
                 &client_veth,
             ],
         );
-        run("ip", &["link", "set", &server_veth, "netns", &lab.server_ns]);
-        run("ip", &["link", "set", &client_veth, "netns", &lab.client_ns]);
+        run(
+            "ip",
+            &["link", "set", &server_veth, "netns", &lab.server_ns],
+        );
+        run(
+            "ip",
+            &["link", "set", &client_veth, "netns", &lab.client_ns],
+        );
         for (ns, dev, cidr) in [
             (&lab.server_ns, &server_veth, SERVER_VETH_CIDR),
             (&lab.client_ns, &client_veth, CLIENT_VETH_CIDR),

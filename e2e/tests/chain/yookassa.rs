@@ -104,7 +104,11 @@ impl FakeYooKassa {
     /// The only payment created so far.
     pub fn single_payment_id(&self) -> String {
         let payments = lock(&self.payments);
-        assert_eq!(payments.len(), 1, "expected exactly one payment at YooKassa");
+        assert_eq!(
+            payments.len(),
+            1,
+            "expected exactly one payment at YooKassa"
+        );
         payments.keys().next().cloned().unwrap_or_default()
     }
 
