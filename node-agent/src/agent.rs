@@ -17,11 +17,11 @@ use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
 use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
 use wireguard_control::{DeviceUpdate, Key};
 
-use crate::desired::{PeerState, Pools, desired_peers};
-use crate::diff::diff_peers;
-use crate::expiry::{next_expiry, sleep_until};
+use crate::desired::{DesiredState, PeerInput, PeerState, Pools};
+use crate::diff::{PeerDiff, diff_keys, diff_peers};
+use crate::expiry::sleep_until;
 use crate::http::Health;
-use crate::index::{ServerKey, SharedIndex};
+use crate::index::{Dirty, ServerKey, SharedIndex};
 use crate::interface::{Backend, LinkSpec, WgInterface, Worker};
 use crate::kube_shell::{KubeApi, StatusQueue, StatusWrite, Target};
 use crate::metrics::{ApplyKind, ApplyLabels, Metrics};
@@ -106,10 +106,10 @@ struct ServerRuntime {
     applied: Option<BTreeMap<PublicKey, PeerConfig>>,
     public_key: Option<PublicKey>,
     listen_port: u16,
-    states: BTreeMap<String, PeerState>,
+    /// The peer decision, kept up to date peer by peer.
+    decision: Option<DesiredState>,
     problem: Option<(&'static str, String)>,
     last_sync: Option<Timestamp>,
-    next_expiry: Option<Timestamp>,
     nat: Option<Option<NatPlan>>,
     generation: Option<i64>,
 }
@@ -121,10 +121,9 @@ impl ServerRuntime {
             applied: None,
             public_key: None,
             listen_port: 0,
-            states: BTreeMap::new(),
+            decision: None,
             problem: None,
             last_sync: None,
-            next_expiry: None,
             nat: None,
             generation: None,
         }
@@ -193,12 +192,13 @@ impl Agent {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.health.beat();
+            let now = Timestamp::now();
             let wake = self
                 .servers
                 .values()
-                .filter_map(|server| server.next_expiry)
+                .filter_map(|server| server.decision.as_ref()?.next_expiry(now))
                 .min();
-            let sleep = sleep_until(wake, Timestamp::now(), self.settings.resync_interval);
+            let sleep = sleep_until(wake, now, self.settings.resync_interval);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
@@ -240,8 +240,9 @@ impl Agent {
                 self.teardown(runtime).await;
             }
         }
+        let dirty = self.index.take_dirty();
         for server in selected {
-            self.sync_server(&server, full).await;
+            self.sync_server(&server, full, &dirty).await;
         }
     }
 
@@ -319,7 +320,7 @@ impl Agent {
         }
     }
 
-    async fn sync_server(&mut self, server: &WgServer, full: bool) {
+    async fn sync_server(&mut self, server: &WgServer, full: bool, dirty: &Dirty) {
         let name = server.name_any();
         let spec = &server.spec;
         let replace = self
@@ -352,7 +353,6 @@ impl Agent {
             Ok(Pools { v4, v6 })
         });
         let port = u16::try_from(spec.listen_port).ok().filter(|p| *p > 0);
-        let inputs = self.index.read(|index| index.peer_inputs(&name));
         let nat_wanted = spec.nat.as_ref().is_some_and(|nat| nat.enabled);
         let firewall = if nat_wanted || full {
             Some(self.resolve_firewall().await)
@@ -381,10 +381,33 @@ impl Agent {
             }
             (Ok(key), Ok(pools), Some(port)) => (key, pools, port),
         };
-        let desired = desired_peers(&pools, &inputs, now);
-        runtime.next_expiry = next_expiry(&inputs, now);
-        let configs = desired.configs();
-        runtime.states = desired.states;
+        let rebuild = full
+            || dirty.all
+            || runtime
+                .decision
+                .as_ref()
+                .is_none_or(|decision| decision.pools() != &pools);
+        let touched = if rebuild {
+            let inputs = self.index.read(|index| index.peer_inputs(&name));
+            runtime.decision = Some(DesiredState::new(pools, inputs, now));
+            None
+        } else {
+            let changes: Vec<(String, Option<PeerInput>)> = self.index.read(|index| {
+                dirty
+                    .peers
+                    .iter()
+                    .map(|peer| (peer.clone(), index.peer_input(&name, peer)))
+                    .collect()
+            });
+            runtime
+                .decision
+                .as_mut()
+                .map(|decision| decision.update(changes, now))
+        };
+        let Some(decision) = runtime.decision.as_ref() else {
+            return;
+        };
+        let desired_count = decision.desired.peers.len();
         let link = LinkSpec {
             addresses: pools.interface_addresses(),
             mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
@@ -394,7 +417,9 @@ impl Agent {
             runtime.public_key != Some(key.public_key()) || runtime.listen_port != port;
         let full = full || runtime.applied.is_none() || key_changed;
         let started = Instant::now();
-        let outcome: Result<Option<usize>, String> = if full {
+        let mut incremental: Option<PeerDiff> = None;
+        let configs = full.then(|| decision.desired.configs());
+        let outcome: Result<Option<usize>, String> = if let Some(configs) = &configs {
             let interface = runtime.interface.clone();
             let believed = runtime.applied.clone();
             let desired = configs.clone();
@@ -408,7 +433,7 @@ impl Agent {
                     if converged.created {
                         tracing::info!(
                             interface = runtime.interface.name(),
-                            peers = configs.len(),
+                            peers = desired_count,
                             "created the interface"
                         );
                     }
@@ -418,10 +443,16 @@ impl Agent {
                 Err(gone) => Err(gone.to_string()),
             }
         } else {
-            let diff = diff_peers(
-                &configs,
-                runtime.applied.as_ref().unwrap_or(&BTreeMap::new()),
-            );
+            let empty = BTreeMap::new();
+            let applied = runtime.applied.as_ref().unwrap_or(&empty);
+            let diff = match touched {
+                Some(keys) => diff_keys(
+                    |key| decision.desired.peers.get(key).map(|peer| &peer.config),
+                    applied,
+                    keys,
+                ),
+                None => diff_peers(&decision.desired.configs(), applied),
+            };
             if diff.is_empty() {
                 Ok(None)
             } else {
@@ -434,6 +465,7 @@ impl Agent {
                     remove = diff.remove.len(),
                     "applying peer changes"
                 );
+                incremental = Some(diff);
                 match self.worker.run(move || interface.apply(update)).await {
                     Ok(Ok(())) => Ok(Some(0)),
                     Ok(Err(error)) => Err(error.to_string()),
@@ -473,8 +505,12 @@ impl Agent {
                 self.metrics
                     .peers
                     .get_or_create(&interface_labels)
-                    .set(configs.len() as i64);
-                runtime.applied = Some(configs);
+                    .set(desired_count as i64);
+                match (configs, incremental, runtime.applied.as_mut()) {
+                    (Some(configs), _, _) => runtime.applied = Some(configs),
+                    (None, Some(diff), Some(applied)) => diff.apply_to(applied),
+                    _ => {}
+                }
                 runtime.public_key = Some(key.public_key());
                 runtime.listen_port = port;
                 runtime.problem = None;
@@ -557,7 +593,8 @@ impl Agent {
             };
             self.record_handshakes(runtime.interface.name(), &snapshot, now);
             let mut active = 0usize;
-            for (peer_name, state) in &runtime.states {
+            let states = runtime.decision.as_ref().map(|d| &d.desired.states);
+            for (peer_name, state) in states.into_iter().flatten() {
                 let stats = match state {
                     PeerState::Live(key) => snapshot.peers.get(key).map(|p| p.stats),
                     _ => None,

@@ -4,7 +4,7 @@
 //! which one wins (the older one: creation time, then name). Every peer gets a [`PeerState`]
 //! saying why it is or is not on the interface; the status module turns that into conditions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -209,67 +209,231 @@ pub fn desired_peers<'a>(
     peers: impl IntoIterator<Item = &'a PeerInput>,
     now: Timestamp,
 ) -> DesiredPeers {
-    let mut ordered: Vec<&PeerInput> = peers.into_iter().collect();
-    // Older peers win conflicts; a peer without a creation time counts as newest.
-    ordered.sort_by(|a, b| {
-        (a.created.is_none(), a.created, &a.name).cmp(&(b.created.is_none(), b.created, &b.name))
-    });
-    let mut out = DesiredPeers::default();
-    let mut key_owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
-    let mut address_owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-    for peer in ordered {
-        if !peer.liveness.is_live(now) {
-            out.states.insert(
-                peer.name.clone(),
-                PeerState::NotLive(not_live_reason(&peer.liveness)),
-            );
-            continue;
+    DesiredState::new(*pools, peers.into_iter().cloned(), now).desired
+}
+
+/// Something only one live peer may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    Key(PublicKey),
+    Address(IpAddr),
+}
+
+/// One peer judged on its own (without the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Eval {
+    /// Not live or invalid: its state does not depend on other peers.
+    Decided(PeerState),
+    /// Live and valid: on the interface unless an older peer holds one of its claims.
+    Candidate {
+        key: PublicKey,
+        addresses: Vec<IpAddr>,
+        config: PeerConfig,
+    },
+}
+
+impl Eval {
+    fn claims(&self) -> Vec<Claim> {
+        match self {
+            Eval::Decided(_) => Vec::new(),
+            Eval::Candidate { key, addresses, .. } => std::iter::once(Claim::Key(*key))
+                .chain(addresses.iter().map(|a| Claim::Address(*a)))
+                .collect(),
         }
-        let (key, addresses, config) = match validate(peer, pools) {
-            Ok(valid) => valid,
-            Err(refusal) => {
-                out.states
-                    .insert(peer.name.clone(), PeerState::Refused(refusal));
+    }
+}
+
+fn evaluate(peer: &PeerInput, pools: &Pools, now: Timestamp) -> Eval {
+    if !peer.liveness.is_live(now) {
+        return Eval::Decided(PeerState::NotLive(not_live_reason(&peer.liveness)));
+    }
+    match validate(peer, pools) {
+        Ok((key, addresses, config)) => Eval::Candidate {
+            key,
+            addresses,
+            config,
+        },
+        Err(refusal) => Eval::Decided(PeerState::Refused(refusal)),
+    }
+}
+
+/// Older peers win conflicts; a peer without a creation time counts as newest.
+fn conflict_order(peer: &PeerInput) -> (bool, Option<Timestamp>, &str) {
+    (peer.created.is_none(), peer.created, &peer.name)
+}
+
+/// The decision for one interface, kept up to date peer by peer: a change of one peer
+/// re-decides only that peer and the peers sharing a key or address with it (transitively), so
+/// one event costs O(log n), not O(n). [`DesiredState::new`] and any sequence of
+/// [`DesiredState::update`]s give the same decision for the same inputs.
+#[derive(Debug, Clone)]
+pub struct DesiredState {
+    pools: Pools,
+    inputs: BTreeMap<String, PeerInput>,
+    evals: BTreeMap<String, Eval>,
+    claimants: BTreeMap<Claim, BTreeSet<String>>,
+    expiries: BTreeSet<(Timestamp, String)>,
+    pub desired: DesiredPeers,
+}
+
+impl DesiredState {
+    /// The decision for `peers` from scratch.
+    pub fn new(pools: Pools, peers: impl IntoIterator<Item = PeerInput>, now: Timestamp) -> Self {
+        let mut state = DesiredState {
+            pools,
+            inputs: BTreeMap::new(),
+            evals: BTreeMap::new(),
+            claimants: BTreeMap::new(),
+            expiries: BTreeSet::new(),
+            desired: DesiredPeers::default(),
+        };
+        let changes = peers
+            .into_iter()
+            .map(|p| (p.name.clone(), Some(p)))
+            .collect();
+        state.update(changes, now);
+        state
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// The earliest `expiresAt` after `now` of a peer that was live when last decided.
+    pub fn next_expiry(&self, now: Timestamp) -> Option<Timestamp> {
+        self.expiries.iter().map(|(at, _)| *at).find(|at| *at > now)
+    }
+
+    /// Applies changed peers (`None`: the peer is gone) and the passing of time up to `now`.
+    /// Returns the public keys whose desired entry may have changed.
+    pub fn update(
+        &mut self,
+        changes: Vec<(String, Option<PeerInput>)>,
+        now: Timestamp,
+    ) -> BTreeSet<PublicKey> {
+        let mut affected: BTreeSet<String> = BTreeSet::new();
+        while let Some((at, name)) = self.expiries.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.expiries.remove(&(at, name.clone()));
+            affected.insert(name);
+        }
+        for (name, input) in changes {
+            if let Some(old) = self.inputs.remove(&name)
+                && let Some(at) = old.liveness.expires_at
+            {
+                self.expiries.remove(&(at, name.clone()));
+            }
+            if let Some(input) = input {
+                self.inputs.insert(name.clone(), input);
+            }
+            affected.insert(name);
+        }
+        // Withdraw the old claims of affected peers, then judge them again.
+        let mut pending: Vec<Claim> = Vec::new();
+        for name in &affected {
+            if let Some(old) = self.evals.remove(name) {
+                for claim in old.claims() {
+                    if let Some(names) = self.claimants.get_mut(&claim) {
+                        names.remove(name);
+                        if names.is_empty() {
+                            self.claimants.remove(&claim);
+                        }
+                    }
+                    pending.push(claim);
+                }
+            }
+            if let Some(input) = self.inputs.get(name) {
+                if let Some(at) = input.liveness.next_change(now) {
+                    self.expiries.insert((at, name.clone()));
+                }
+                let eval = evaluate(input, &self.pools, now);
+                for claim in eval.claims() {
+                    self.claimants
+                        .entry(claim)
+                        .or_default()
+                        .insert(name.clone());
+                    pending.push(claim);
+                }
+                self.evals.insert(name.clone(), eval);
+            }
+        }
+        // Everyone sharing a claim with the group joins it, transitively.
+        let mut group = affected;
+        let mut seen: BTreeSet<Claim> = BTreeSet::new();
+        while let Some(claim) = pending.pop() {
+            if !seen.insert(claim) {
                 continue;
             }
-        };
-        let conflict = key_owner
-            .get(&key)
-            .map(|owner| (owner.to_string(), "publicKey".to_string()))
-            .or_else(|| {
-                addresses.iter().find_map(|address| {
-                    address_owner
-                        .get(address)
-                        .map(|owner| (owner.to_string(), format!("address {address}")))
-                })
-            });
-        if let Some((with, what)) = conflict {
-            out.states.insert(
-                peer.name.clone(),
-                PeerState::Refused(Refusal::Conflict { with, what }),
-            );
-            continue;
+            for name in self.claimants.get(&claim).into_iter().flatten() {
+                if group.insert(name.clone())
+                    && let Some(eval) = self.evals.get(name)
+                {
+                    pending.extend(eval.claims());
+                }
+            }
         }
-        key_owner.insert(key, &peer.name);
-        for address in addresses {
-            address_owner.insert(address, &peer.name);
+        let mut keys = BTreeSet::new();
+        for name in &group {
+            if let Some(PeerState::Live(key)) = self.desired.states.remove(name) {
+                self.desired.peers.remove(&key);
+                keys.insert(key);
+            }
         }
-        out.states.insert(peer.name.clone(), PeerState::Live(key));
-        out.peers.insert(
-            key,
-            DesiredPeer {
-                name: peer.name.clone(),
-                config,
-            },
-        );
+        let mut ordered: Vec<&PeerInput> =
+            group.iter().filter_map(|n| self.inputs.get(n)).collect();
+        ordered.sort_by(|a, b| conflict_order(a).cmp(&conflict_order(b)));
+        let mut key_owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
+        let mut address_owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
+        for peer in ordered {
+            let state = match self.evals.get(&peer.name) {
+                None => continue,
+                Some(Eval::Decided(state)) => state.clone(),
+                Some(Eval::Candidate {
+                    key,
+                    addresses,
+                    config,
+                }) => {
+                    let conflict = key_owner
+                        .get(key)
+                        .map(|owner| (owner.to_string(), "publicKey".to_string()))
+                        .or_else(|| {
+                            addresses.iter().find_map(|address| {
+                                address_owner
+                                    .get(address)
+                                    .map(|owner| (owner.to_string(), format!("address {address}")))
+                            })
+                        });
+                    match conflict {
+                        Some((with, what)) => PeerState::Refused(Refusal::Conflict { with, what }),
+                        None => {
+                            key_owner.insert(*key, &peer.name);
+                            for address in addresses {
+                                address_owner.insert(*address, &peer.name);
+                            }
+                            keys.insert(*key);
+                            self.desired.peers.insert(
+                                *key,
+                                DesiredPeer {
+                                    name: peer.name.clone(),
+                                    config: config.clone(),
+                                },
+                            );
+                            PeerState::Live(*key)
+                        }
+                    }
+                }
+            };
+            self.desired.states.insert(peer.name.clone(), state);
+        }
+        keys
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
     use wgsub_crds::keys::PrivateKey;
     use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
 
@@ -473,5 +637,108 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(addresses, ["10.8.0.1/24", "fd00:8::1/64"]);
+    }
+
+    mod incremental {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A small world so conflicts are frequent: 6 names, 4 keys, 4 addresses.
+        fn input(
+            name: usize,
+            key: usize,
+            address: usize,
+            created: i64,
+            enabled: bool,
+            expires: i64,
+            keys: &[String],
+        ) -> PeerInput {
+            PeerInput {
+                name: format!("p{name}"),
+                created: Some(Timestamp::from_second(1_700_000_000 + created).unwrap()),
+                public_key: Some(keys[key].clone()),
+                address: Some(format!("10.8.0.{}/32", address + 2)),
+                address6: None,
+                liveness: PeerLiveness {
+                    enabled,
+                    subscription_suspended: false,
+                    expires_at: Some(Timestamp::from_second(1_800_000_000 + expires).unwrap()),
+                },
+                preshared_key: PresharedKeyInput::NotUsed,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn incremental_updates_equal_a_fresh_decision(
+                ops in proptest::collection::vec(
+                    (0usize..6, 0usize..4, 0usize..4, 0i64..3, any::<bool>(), 0i64..20, 0u8..4, 0i64..3),
+                    1..40,
+                )
+            ) {
+                let keys: Vec<String> = (0..4).map(|_| PrivateKey::generate().public_key().to_base64()).collect();
+                let mut now = Timestamp::from_second(1_800_000_000).unwrap();
+                let mut state = DesiredState::new(pools(), [], now);
+                let mut inputs: BTreeMap<String, PeerInput> = BTreeMap::new();
+                for (name, key, address, created, enabled, expires, action, advance) in ops {
+                    now = now.checked_add(jiff::SignedDuration::from_secs(advance * 3)).unwrap();
+                    let peer = input(name, key, address, created, enabled, expires, &keys);
+                    let change = if action == 0 {
+                        inputs.remove(&peer.name);
+                        (peer.name.clone(), None)
+                    } else {
+                        inputs.insert(peer.name.clone(), peer.clone());
+                        (peer.name.clone(), Some(peer))
+                    };
+                    let before = state.desired.clone();
+                    let touched = state.update(vec![change], now);
+                    let fresh = DesiredState::new(pools(), inputs.values().cloned(), now);
+                    prop_assert_eq!(&state.desired, &fresh.desired);
+                    prop_assert_eq!(state.next_expiry(now), fresh.next_expiry(now));
+                    // Every key whose entry changed is reported.
+                    for (key, peer) in &fresh.desired.peers {
+                        if before.peers.get(key) != Some(peer) {
+                            prop_assert!(touched.contains(key));
+                        }
+                    }
+                    for key in before.peers.keys() {
+                        if !fresh.desired.peers.contains_key(key) {
+                            prop_assert!(touched.contains(key));
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn expiry_alone_is_applied_by_update_without_changes() {
+            let keys: Vec<String> = (0..2)
+                .map(|_| PrivateKey::generate().public_key().to_base64())
+                .collect();
+            let now = Timestamp::from_second(1_800_000_000).unwrap();
+            let older = input(0, 0, 0, 0, true, 5, &keys);
+            let newer = input(1, 1, 0, 1, true, 50, &keys);
+            let mut state = DesiredState::new(pools(), [older, newer], now);
+            assert!(matches!(
+                state.desired.states["p1"],
+                PeerState::Refused(Refusal::Conflict { .. })
+            ));
+            assert_eq!(
+                state.next_expiry(now),
+                Some(Timestamp::from_second(1_800_000_005).unwrap())
+            );
+            let later = Timestamp::from_second(1_800_000_005).unwrap();
+            let touched = state.update(Vec::new(), later);
+            assert_eq!(touched.len(), 2);
+            assert_eq!(
+                state.desired.states["p0"],
+                PeerState::NotLive(NotLive::Expired)
+            );
+            assert!(matches!(state.desired.states["p1"], PeerState::Live(_)));
+            assert_eq!(
+                state.next_expiry(later),
+                Some(Timestamp::from_second(1_800_000_050).unwrap())
+            );
+        }
     }
 }

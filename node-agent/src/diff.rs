@@ -94,6 +94,29 @@ pub fn diff_peers(
     diff
 }
 
+/// Compares desired with observed for the given keys only (the keys an incremental decision
+/// touched); every other peer is known to be unchanged.
+pub fn diff_keys<'a>(
+    desired: impl Fn(&PublicKey) -> Option<&'a PeerConfig>,
+    observed: &BTreeMap<PublicKey, PeerConfig>,
+    keys: impl IntoIterator<Item = PublicKey>,
+) -> PeerDiff {
+    let mut diff = PeerDiff::default();
+    for key in keys {
+        match (desired(&key), observed.get(&key)) {
+            (Some(want), None) => {
+                diff.add.insert(key, want.clone());
+            }
+            (Some(want), Some(have)) if want != have => {
+                diff.update.insert(key, want.clone());
+            }
+            (None, Some(_)) => diff.remove.push(key),
+            _ => {}
+        }
+    }
+    diff
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +235,27 @@ mod tests {
             diff.add_to(DeviceUpdate::new()),
             DeviceUpdate::new().replace_peers()
         );
+    }
+
+    #[test]
+    fn diff_of_the_touched_keys_equals_the_full_diff_restricted_to_them() {
+        let (a, b, c, d) = (key(), key(), key(), key());
+        let observed: BTreeMap<_, _> = [
+            (a, config(&["10.8.0.2/32"])),
+            (b, config(&["10.8.0.3/32"])),
+            (d, config(&["10.8.0.5/32"])),
+        ]
+        .into();
+        let desired: BTreeMap<_, _> = [
+            (a, config(&["10.8.0.2/32"])),
+            (c, config(&["10.8.0.4/32"])),
+            (d, config(&["10.8.0.6/32"])),
+        ]
+        .into();
+        let all = diff_keys(|k| desired.get(k), &observed, [a, b, c, d]);
+        assert_eq!(all, diff_peers(&desired, &observed));
+        let some = diff_keys(|k| desired.get(k), &observed, [c]);
+        assert_eq!(some.add.keys().collect::<Vec<_>>(), [&c]);
+        assert_eq!(some.len(), 1);
     }
 }

@@ -38,6 +38,15 @@ impl SecretData {
         Self(out)
     }
 
+    fn same_as(&self, other: &SecretData) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((ka, va), (kb, vb))| ka == kb && va.as_slice() == vb.as_slice())
+    }
+
     fn text(&self, key: &str) -> Option<Zeroizing<String>> {
         let bytes = self.0.get(key)?;
         Some(Zeroizing::new(String::from_utf8_lossy(bytes).into_owned()))
@@ -73,6 +82,15 @@ pub enum ServerKey {
     Invalid(KeyError),
 }
 
+/// What changed since the agent last looked, as far as the peer decision is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// A server or its key changed: decide every peer again.
+    pub all: bool,
+    /// Peers whose decision inputs may have changed.
+    pub peers: BTreeSet<String>,
+}
+
 /// The index itself.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -80,6 +98,7 @@ pub struct Index {
     peers: BTreeMap<String, WgPeer>,
     suspended: BTreeMap<String, bool>,
     secrets: BTreeMap<String, SecretData>,
+    dirty: Dirty,
 }
 
 fn strip(meta: &mut kube::api::ObjectMeta) {
@@ -90,31 +109,96 @@ fn strip(meta: &mut kube::api::ObjectMeta) {
 impl Index {
     pub fn apply_server(&mut self, mut server: WgServer) {
         strip(&mut server.metadata);
-        self.servers.insert(server.name_any(), server);
+        let name = server.name_any();
+        if self
+            .servers
+            .get(&name)
+            .is_none_or(|old| old.spec != server.spec)
+        {
+            self.dirty.all = true;
+        }
+        self.servers.insert(name, server);
     }
     pub fn delete_server(&mut self, name: &str) {
         self.servers.remove(name);
+        self.dirty.all = true;
     }
     pub fn apply_peer(&mut self, mut peer: WgPeer) {
         strip(&mut peer.metadata);
-        self.peers.insert(peer.name_any(), peer);
+        let name = peer.name_any();
+        let inputs_changed = self.peers.get(&name).is_none_or(|old| {
+            old.spec != peer.spec
+                || Self::subscription_of(old) != Self::subscription_of(&peer)
+                || old.metadata.creation_timestamp != peer.metadata.creation_timestamp
+        });
+        if inputs_changed {
+            self.dirty.peers.insert(name.clone());
+        }
+        self.peers.insert(name, peer);
     }
     pub fn delete_peer(&mut self, name: &str) {
         self.peers.remove(name);
+        self.dirty.peers.insert(name.to_owned());
+    }
+    fn mark_subscription_peers(&mut self, subscription: &str) {
+        for (name, peer) in &self.peers {
+            if Self::subscription_of(peer).as_deref() == Some(subscription) {
+                self.dirty.peers.insert(name.clone());
+            }
+        }
     }
     pub fn apply_subscription(&mut self, subscription: &VpnSubscription) {
-        self.suspended
-            .insert(subscription.name_any(), subscription.spec.suspended);
+        let name = subscription.name_any();
+        let suspended = subscription.spec.suspended;
+        if self.suspended.insert(name.clone(), suspended) != Some(suspended) {
+            self.mark_subscription_peers(&name);
+        }
     }
     pub fn delete_subscription(&mut self, name: &str) {
-        self.suspended.remove(name);
+        if self.suspended.remove(name).is_some() {
+            self.mark_subscription_peers(name);
+        }
+    }
+    fn mark_secret_users(&mut self, secret: &str) {
+        if self
+            .servers
+            .values()
+            .any(|s| s.spec.private_key_secret_ref.name == secret)
+        {
+            self.dirty.all = true;
+        }
+        for (name, peer) in &self.peers {
+            if peer
+                .spec
+                .preshared_key_secret_ref
+                .as_ref()
+                .is_some_and(|r| r.name == secret)
+            {
+                self.dirty.peers.insert(name.clone());
+            }
+        }
     }
     pub fn apply_secret(&mut self, secret: &Secret) {
-        self.secrets
-            .insert(secret.name_any(), SecretData::from_secret(secret));
+        let name = secret.name_any();
+        let data = SecretData::from_secret(secret);
+        if self
+            .secrets
+            .get(&name)
+            .is_none_or(|old| !old.same_as(&data))
+        {
+            self.mark_secret_users(&name);
+        }
+        self.secrets.insert(name, data);
     }
     pub fn delete_secret(&mut self, name: &str) {
-        self.secrets.remove(name);
+        if self.secrets.remove(name).is_some() {
+            self.mark_secret_users(name);
+        }
+    }
+
+    /// What changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
     }
 
     pub fn server_names(&self) -> BTreeSet<String> {
@@ -177,30 +261,40 @@ impl Index {
         }
     }
 
+    fn input_of(&self, peer: &WgPeer) -> PeerInput {
+        let suspended = Self::subscription_of(peer)
+            .and_then(|name| self.suspended.get(&name).copied())
+            .unwrap_or(false);
+        PeerInput {
+            name: peer.name_any(),
+            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            public_key: peer.spec.public_key.clone(),
+            address: peer.spec.address.clone(),
+            address6: peer.spec.address6.clone(),
+            liveness: PeerLiveness {
+                enabled: peer.spec.enabled,
+                subscription_suspended: suspended,
+                expires_at: peer.spec.expires_at,
+            },
+            preshared_key: self.preshared_key(peer.spec.preshared_key_secret_ref.as_ref()),
+        }
+    }
+
     /// The decision inputs of every peer of `server`.
     pub fn peer_inputs(&self, server: &str) -> Vec<PeerInput> {
         self.peers
             .values()
             .filter(|peer| peer.spec.server == server)
-            .map(|peer| {
-                let suspended = Self::subscription_of(peer)
-                    .and_then(|name| self.suspended.get(&name).copied())
-                    .unwrap_or(false);
-                PeerInput {
-                    name: peer.name_any(),
-                    created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                    public_key: peer.spec.public_key.clone(),
-                    address: peer.spec.address.clone(),
-                    address6: peer.spec.address6.clone(),
-                    liveness: PeerLiveness {
-                        enabled: peer.spec.enabled,
-                        subscription_suspended: suspended,
-                        expires_at: peer.spec.expires_at,
-                    },
-                    preshared_key: self.preshared_key(peer.spec.preshared_key_secret_ref.as_ref()),
-                }
-            })
+            .map(|peer| self.input_of(peer))
             .collect()
+    }
+
+    /// The decision input of one peer, if it exists and belongs to `server`.
+    pub fn peer_input(&self, server: &str, name: &str) -> Option<PeerInput> {
+        self.peers
+            .get(name)
+            .filter(|peer| peer.spec.server == server)
+            .map(|peer| self.input_of(peer))
     }
 
     /// The server's private key from the Secret it names.
@@ -257,6 +351,11 @@ impl SharedIndex {
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         // A panic while holding the lock leaves plain maps behind; they stay usable.
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes what changed since the last call (without waking the loop).
+    pub fn take_dirty(&self) -> Dirty {
+        self.lock().take_dirty()
     }
 
     /// Waits for the next change.
@@ -483,5 +582,51 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn only_changes_of_decision_inputs_mark_peers_dirty() {
+        let mut index = Index::default();
+        index.apply_server(WgServer::new("main", server(Some("n1"), None)));
+        index.apply_peer(peer("a", Some("tg-1"), None));
+        index.apply_peer(peer("b", Some("tg-2"), None));
+        let first = index.take_dirty();
+        assert!(first.all);
+        assert_eq!(first.peers, ["a".to_owned(), "b".to_owned()].into());
+        assert_eq!(index.take_dirty(), Dirty::default());
+
+        // A status echo is not a change of inputs.
+        let mut echoed = peer("a", Some("tg-1"), None);
+        echoed.status = Some(wgsub_crds::WgPeerStatus::default());
+        index.apply_peer(echoed);
+        let mut server_echo = WgServer::new("main", server(Some("n1"), None));
+        server_echo.status = Some(wgsub_crds::WgServerStatus::default());
+        index.apply_server(server_echo);
+        assert_eq!(index.take_dirty(), Dirty::default());
+
+        let mut disabled = peer("a", Some("tg-1"), None);
+        disabled.spec.enabled = false;
+        index.apply_peer(disabled);
+        assert_eq!(index.take_dirty().peers, ["a".to_owned()].into());
+
+        index.apply_subscription(&subscription("tg-2", true));
+        assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());
+        index.apply_subscription(&subscription("tg-2", true));
+        assert_eq!(index.take_dirty(), Dirty::default());
+
+        index.apply_secret(&secret("psk", "presharedKey", "x"));
+        assert_eq!(
+            index.take_dirty().peers,
+            ["a".to_owned(), "b".to_owned()].into()
+        );
+        index.apply_secret(&secret("main-key", "privateKey", "x"));
+        assert!(index.take_dirty().all);
+        index.apply_secret(&secret("unrelated", "k", "x"));
+        assert_eq!(index.take_dirty(), Dirty::default());
+        index.delete_peer("a");
+        assert_eq!(index.take_dirty().peers, ["a".to_owned()].into());
+        assert!(index.peer_input("main", "a").is_none());
+        assert!(index.peer_input("main", "b").is_some());
+        assert!(index.peer_input("other", "b").is_none());
     }
 }
