@@ -108,12 +108,48 @@ capabilities:
       key: {{ .Values.secrets.database.urlKey }}
 {{- end -}}
 
+{{/* PgBouncer transaction pooling; call with (list $ "WGSUB_DATABASE_PGBOUNCER") — the variable
+differs per binary. */}}
+{{- define "wgsub.pgbouncerEnv" -}}
+{{- $root := index . 0 -}}
+- name: {{ index . 1 }}
+  value: {{ $root.Values.database.pgbouncer | quote }}
+{{- end -}}
+
+{{/* The Telegram bot token; call with (list $ "WGSUB_BOT_TOKEN") — the variable differs per
+binary (the api: WGSUB_BOT_TOKEN, the bot: WGSUB_TELEGRAM_BOT_TOKEN). */}}
 {{- define "wgsub.botTokenEnv" -}}
-- name: WGSUB_BOT_TOKEN
+{{- $root := index . 0 -}}
+- name: {{ index . 1 }}
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.secrets.telegram.existingSecret }}
-      key: {{ .Values.secrets.telegram.botTokenKey }}
+      name: {{ $root.Values.secrets.telegram.existingSecret }}
+      key: {{ $root.Values.secrets.telegram.botTokenKey }}
+{{- end -}}
+
+{{/* 54-FZ receipts; the api and the bot read the same variables. */}}
+{{- define "wgsub.receiptsEnv" -}}
+- name: WGSUB_YOOKASSA_RECEIPTS
+  value: {{ .Values.yookassa.receipts.enabled | quote }}
+- name: WGSUB_YOOKASSA_VAT_CODE
+  value: {{ .Values.yookassa.receipts.vatCode | quote }}
+{{- end -}}
+
+{{/* The URL Telegram posts the bot's updates to (webhook mode): bot.webhook.url, or
+<api.publicUrl>/telegram/webhook. */}}
+{{- define "wgsub.botWebhookUrl" -}}
+{{- if .Values.bot.webhook.url -}}
+{{- .Values.bot.webhook.url -}}
+{{- else if (include "wgsub.publicUrl" .) -}}
+{{- printf "%s/telegram/webhook" (include "wgsub.publicUrl" .) -}}
+{{- else -}}
+{{- fail "bot.webhook.url (or api.publicUrl, or api.ingress.host) is required with bot.mode=webhook" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The path of the bot's webhook URL, which the bot serves ("/" when the URL has none). */}}
+{{- define "wgsub.botWebhookPath" -}}
+{{- default "/" (urlParse (include "wgsub.botWebhookUrl" .)).path -}}
 {{- end -}}
 
 {{- define "wgsub.yookassaEnv" -}}

@@ -320,3 +320,216 @@ fn services_and_monitors_select_the_pods_they_mean() {
         );
     }
 }
+
+/// The plain value of `name` in a container's environment, if it is set to one.
+fn value_of(env: &[EnvVar], name: &str) -> Option<String> {
+    env.iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn one_value_each_turns_receipts_and_pgbouncer_on_in_the_api_and_the_bot() {
+    for (receipts, vat, pgbouncer) in [("false", "1", "false"), ("true", "6", "true")] {
+        let docs = render(&[
+            &format!("yookassa.receipts.enabled={receipts}"),
+            &format!("yookassa.receipts.vatCode={vat}"),
+            &format!("database.pgbouncer={pgbouncer}"),
+        ]);
+        let api = env(&pod_spec(&docs, &component("api")));
+        let bot = env(&pod_spec(&docs, &component("bot")));
+        for (workload, env, pgbouncer_var) in [
+            ("api", &api, "WGSUB_DATABASE_PGBOUNCER"),
+            ("bot", &bot, "WGSUB_PGBOUNCER"),
+        ] {
+            assert_eq!(
+                value_of(env, "WGSUB_YOOKASSA_RECEIPTS").as_deref(),
+                Some(receipts),
+                "{workload}"
+            );
+            assert_eq!(
+                value_of(env, "WGSUB_YOOKASSA_VAT_CODE").as_deref(),
+                Some(vat),
+                "{workload}"
+            );
+            assert_eq!(
+                value_of(env, pgbouncer_var).as_deref(),
+                Some(pgbouncer),
+                "{workload}"
+            );
+        }
+        let migrate = find(&docs, "Job", &component("migrate"));
+        let migrate_env: Vec<EnvVar> = serde_json::from_value(
+            migrate["spec"]["template"]["spec"]["containers"][0]["env"].clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            value_of(&migrate_env, "WGSUB_DATABASE_PGBOUNCER").as_deref(),
+            Some(pgbouncer),
+            "the migrations reach the database the way the api does"
+        );
+    }
+}
+
+/// The paths of the api's Ingress: (path, pathType, Service, port name) each.
+fn ingress_paths(docs: &[Value]) -> Vec<(String, String, String, String)> {
+    let ingress = find(docs, "Ingress", &component("api"));
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let backend = &p["backend"]["service"];
+            (
+                text(&p["path"]),
+                text(&p["pathType"]),
+                text(&backend["name"]),
+                text(&backend["port"]["name"]),
+            )
+        })
+        .collect()
+}
+
+const INGRESS_ON: [&str; 2] = [
+    "api.ingress.enabled=true",
+    "api.ingress.host=vpn.example.test",
+];
+
+#[test]
+fn polling_mode_renders_no_webhook_service_port_path_or_settings() {
+    let docs = render(&[&INGRESS_ON[..], &["networkPolicy.enabled=true"]].concat());
+    assert!(
+        of_kind(&docs, "Service")
+            .iter()
+            .all(|s| name_of(s) != format!("{}-webhook", component("bot"))),
+        "no webhook Service in polling mode"
+    );
+    let spec = pod_spec(&docs, &component("bot"));
+    let ports: Vec<String> = spec.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    assert_eq!(ports, ["metrics"]);
+    let bot_env = env(&spec);
+    assert_eq!(
+        value_of(&bot_env, "WGSUB_BOT_MODE").as_deref(),
+        Some("polling")
+    );
+    assert!(
+        bot_env
+            .iter()
+            .all(|e| !e.name.starts_with("WGSUB_BOT_WEBHOOK_")),
+        "no webhook settings in polling mode"
+    );
+    assert_eq!(
+        ingress_paths(&docs),
+        [(
+            "/".to_owned(),
+            "Prefix".to_owned(),
+            component("api"),
+            "http".to_owned()
+        )]
+    );
+    let policy = find(&docs, "NetworkPolicy", &component("bot"));
+    assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn webhook_mode_renders_the_bots_service_ingress_path_policy_and_settings() {
+    let webhook_service = format!("{}-webhook", component("bot"));
+    for (url, path) in [
+        (None, "/telegram/webhook"),
+        (Some("https://vpn.example.test/tg/updates"), "/tg/updates"),
+    ] {
+        let url_set = url.map(|u| format!("bot.webhook.url={u}"));
+        let mut sets = vec![
+            "bot.mode=webhook",
+            "bot.webhook.existingSecret=tg-hook",
+            "bot.webhook.secretKey=token",
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiFrom[0].ipBlock.cidr=10.42.0.0/16",
+        ];
+        sets.extend(INGRESS_ON);
+        sets.extend(url_set.as_deref());
+        let docs = render(&sets);
+
+        let spec = pod_spec(&docs, &component("bot"));
+        let bot_env = env(&spec);
+        assert_eq!(
+            value_of(&bot_env, "WGSUB_BOT_MODE").as_deref(),
+            Some("webhook")
+        );
+        assert_eq!(
+            value_of(&bot_env, "WGSUB_BOT_WEBHOOK_URL"),
+            Some(format!("https://vpn.example.test{path}"))
+        );
+        assert_eq!(
+            value_of(&bot_env, "WGSUB_BOT_WEBHOOK_LISTEN").as_deref(),
+            Some("0.0.0.0:8443")
+        );
+        let secret = bot_env
+            .iter()
+            .find(|e| e.name == "WGSUB_BOT_WEBHOOK_SECRET")
+            .expect("the bot gets its webhook secret");
+        assert!(
+            secret.value.is_none(),
+            "the webhook secret is never a value"
+        );
+        let reference = secret
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("the webhook secret comes from a Secret");
+        assert_eq!(
+            (reference.name.as_str(), reference.key.as_str()),
+            ("tg-hook", "token")
+        );
+        assert!(
+            spec.containers[0]
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.name.as_deref() == Some("webhook") && p.container_port == 8443)
+        );
+
+        let service = find(&docs, "Service", &webhook_service);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "webhook");
+        assert_eq!(service["spec"]["ports"][0]["port"], 8443);
+        assert_eq!(
+            service["spec"]["selector"]["app.kubernetes.io/component"],
+            "bot"
+        );
+
+        assert!(ingress_paths(&docs).contains(&(
+            path.to_owned(),
+            "Exact".to_owned(),
+            webhook_service.clone(),
+            "webhook".to_owned()
+        )));
+
+        let policy = find(&docs, "NetworkPolicy", &component("bot"));
+        let webhook_rule = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["ports"][0]["port"] == "webhook")
+            .expect("the bot's policy lets the webhook port in");
+        assert_eq!(
+            webhook_rule["from"][0]["ipBlock"]["cidr"], "10.42.0.0/16",
+            "from where the api may be reached"
+        );
+    }
+}
+
+#[test]
+fn webhook_mode_without_the_ingress_renders_no_ingress_path() {
+    let docs = render(&[
+        "bot.mode=webhook",
+        "bot.webhook.url=https://bot.example.test/hook",
+    ]);
+    assert!(of_kind(&docs, "Ingress").is_empty());
+    find(&docs, "Service", &format!("{}-webhook", component("bot")));
+}

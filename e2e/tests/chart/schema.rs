@@ -49,6 +49,26 @@ fn bad_values_are_refused_with_the_field_named() {
         &["operator.expiredPeerRetention=forever"],
         "/operator/expiredPeerRetention",
     );
+    refused(&["api.driftInterval=soon"], "/api/driftInterval");
+    refused(
+        &["yookassa.receipts.vatCode=13"],
+        "/yookassa/receipts/vatCode",
+    );
+    refused(
+        &["yookassa.receipts.enabled=yes"],
+        "/yookassa/receipts/enabled",
+    );
+    refused(&["database.pgbouncer=on"], "/database/pgbouncer");
+    refused(&["bot.mode=push"], "/bot/mode");
+    refused(
+        &["bot.webhook.url=http://plain.example.test/hook"],
+        "/bot/webhook/url",
+    );
+    refused(&["bot.webhook.port=0"], "/bot/webhook/port");
+    refused(
+        &["bot.webhook.existingSecret=Not_A_Name"],
+        "/bot/webhook/existingSecret",
+    );
 }
 
 #[test]
@@ -65,6 +85,7 @@ fn options_that_need_more_values_say_which() {
         &["secrets.createFromValues=true"],
         "secrets.values.botToken",
     );
+    refused(&["bot.mode=webhook"], "bot.webhook.url");
     refused(
         &[
             "defaultServer.create=true",
@@ -87,6 +108,16 @@ fn good_values_of_the_same_fields_are_accepted() {
         ],
         &["api.publicUrl=https://vpn.example.test"],
         &["operator.expiredPeerRetention=12h"],
+        &[
+            "yookassa.receipts.enabled=true",
+            "yookassa.receipts.vatCode=12",
+            "database.pgbouncer=true",
+            "api.driftInterval=90s",
+        ],
+        &[
+            "bot.mode=webhook",
+            "bot.webhook.url=https://bot.example.test/hook",
+        ],
     ] {
         if let Err(stderr) = try_render(sets) {
             panic!("{sets:?} refused:\n{stderr}");

@@ -2,7 +2,7 @@
 //! gets is one its clap command reads, and the binary's own parsing and validation accept the
 //! rendered values (Secret and downward-API values are stood in for by made-up ones).
 
-use clap::{Command, CommandFactory};
+use clap::{Arg, ArgAction, Command, CommandFactory};
 use serde_json::Value;
 
 use crate::support::{NAMESPACE, component, find, render, render_every_option_on};
@@ -67,9 +67,35 @@ fn arguments(docs: &[Value], kind: &str, workload: &str, command: &Command) -> V
                 )
             });
         let long = arg.get_long().expect("every setting has a long flag");
-        args.push(format!("--{long}={value}"));
+        if arg.get_action().takes_values() {
+            args.push(format!("--{long}={value}"));
+        } else if switch_is_on(arg, name, &value) {
+            args.push(format!("--{long}"));
+        }
     }
     args
+}
+
+/// A switch (a flag taking no value, like `--database-pgbouncer`) set from its variable: clap
+/// parses the variable's value with the flag's own value parser, so does this (on a copy of the
+/// flag that takes the value); `true` stands for the flag given, `false` for it left out,
+/// anything else fails the test.
+fn switch_is_on(arg: &Arg, name: &str, value: &str) -> bool {
+    assert!(
+        matches!(arg.get_action(), ArgAction::SetTrue),
+        "{name} sets a flag of action {:?}, which the chart does not use",
+        arg.get_action()
+    );
+    let long = arg.get_long().expect("every setting has a long flag");
+    let taking_the_value = arg.clone().action(ArgAction::Set).required(false);
+    let matches = Command::new("switch")
+        .arg(taking_the_value)
+        .try_get_matches_from(["switch".to_owned(), format!("--{long}={value}")])
+        .unwrap_or_else(|e| panic!("{name}={value} is refused: {e}"));
+    matches
+        .get_one::<bool>(arg.get_id().as_str())
+        .copied()
+        .unwrap_or_else(|| panic!("{name} is a switch whose value is not a bool"))
 }
 
 /// When `value` is a path inside a ConfigMap volume of the pod, a temporary copy of the
