@@ -2,6 +2,8 @@
 //! gets is one its clap command reads, and the binary's own parsing and validation accept the
 //! rendered values (Secret and downward-API values are stood in for by made-up ones).
 
+use std::collections::BTreeSet;
+
 use clap::{Arg, ArgAction, Command, CommandFactory};
 use serde_json::Value;
 
@@ -162,6 +164,87 @@ fn api(docs: &[Value], workload: &str, kind: &str) -> Result<(), String> {
             .map(drop)
             .map_err(|e| format!("{args:?}: {e}")),
         ApiCommand::Migrate(_) => Ok(()),
+    }
+}
+
+/// The variables a workload's container gets.
+fn variables_given(docs: &[Value], kind: &str, workload: &str) -> BTreeSet<String> {
+    let doc = find(docs, kind, &component(workload));
+    doc["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("the container has env")
+        .iter()
+        .map(|var| var["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The variables a command (with the named subcommand's) reads.
+fn variables_read(command: &Command, subcommand: Option<&str>) -> BTreeSet<String> {
+    let sub = subcommand.map(|name| command.find_subcommand(name).unwrap());
+    command
+        .get_arguments()
+        .chain(sub.into_iter().flat_map(|s| s.get_arguments()))
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+        .collect()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// With every option on, the chart sets every setting the api and the bot read except the ones
+/// it leaves at the binary's default on purpose (API base URLs, which only tests point
+/// elsewhere, and tuning, which `extraEnv` can set): a setting a binary gains is caught here
+/// until the chart passes it or it is added to these lists.
+#[test]
+fn with_every_option_on_the_api_and_the_bot_get_every_setting_they_read_but_the_defaults_kept() {
+    let docs = render_every_option_on();
+    let api = wgsub_api::config::Cli::command();
+    let kept_by_the_api = names(&[
+        "WGSUB_DATABASE_MAX_CONNECTIONS",
+        "WGSUB_YOOKASSA_API_URL",
+        "WGSUB_YOOKASSA_ALLOWED_IPS",
+        "WGSUB_MAX_BODY_BYTES",
+    ]);
+    let read: BTreeSet<String> = variables_read(&api, Some("serve"))
+        .difference(&kept_by_the_api)
+        .cloned()
+        .collect();
+    assert_eq!(variables_given(&docs, "Deployment", "api"), read);
+    let migrate: BTreeSet<String> = variables_read(&api, Some("migrate"))
+        .difference(&kept_by_the_api)
+        .cloned()
+        .collect();
+    assert_eq!(variables_given(&docs, "Job", "migrate"), migrate);
+
+    let bot = wgsub_bot::config::Config::command();
+    let kept_by_the_bot = names(&[
+        "WGSUB_TELEGRAM_API_URL",
+        "WGSUB_DATABASE_MAX_CONNECTIONS",
+        "WGSUB_YOOKASSA_API_URL",
+        "WGSUB_BOT_REMINDER_INTERVAL",
+        "WGSUB_BOT_OUTBOX_INTERVAL",
+        "WGSUB_BOT_BROADCAST_RATE",
+    ]);
+    let read: BTreeSet<String> = variables_read(&bot, None)
+        .difference(&kept_by_the_bot)
+        .cloned()
+        .collect();
+    assert_eq!(variables_given(&docs, "Deployment", "bot"), read);
+}
+
+#[test]
+fn a_switch_is_given_when_its_value_is_true_and_left_out_when_false() {
+    use wgsub_api::config::Cli;
+    for (value, given) in [("true", true), ("false", false)] {
+        let docs = render(&[PUBLIC_URL, &format!("database.pgbouncer={value}")]);
+        let args = arguments(&docs, "Deployment", "api", &Cli::command());
+        assert_eq!(
+            args.iter().any(|a| a == "--database-pgbouncer"),
+            given,
+            "{args:?}"
+        );
+        api(&docs, "api", "Deployment").unwrap();
     }
 }
 

@@ -109,6 +109,7 @@ pub fn every_option_on() -> Vec<String> {
         "api.ingress.tls.enabled=true".into(),
         "api.trustedProxies={10.42.0.0/16}".into(),
         "api.driftInterval=5m".into(),
+        "yookassa.returnUrl=https://vpn.example.test/miniapp/paid".into(),
         "yookassa.receipts.enabled=true".into(),
         "yookassa.receipts.vatCode=6".into(),
         "database.pgbouncer=true".into(),
