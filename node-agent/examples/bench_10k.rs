@@ -195,6 +195,7 @@ async fn main() {
     for peer in &peers {
         index.update(|i| i.apply_peer(peer.object.clone()));
     }
+    let rss_indexed = rss_kib("VmRSS:");
     let empty = conf(&server_key, port, &[]);
     let full = conf(&server_key, port, &peers);
 
@@ -209,7 +210,15 @@ async fn main() {
         syncconf_cold.push(syncconf(dir.path(), &interface, &full));
     }
     agent.sync(true).await;
+    let start = Instant::now();
+    agent.sync(true).await;
+    let settled = start.elapsed();
+    let rss_synced = rss_kib("VmRSS:");
     agent.queue_status().await;
+    eprintln!(
+        "RSS KiB: harness {rss_before}, +index {rss_indexed}, +synced {rss_synced}, +status {}",
+        rss_kib("VmRSS:")
+    );
     let rss_at_10k = rss_kib("VmRSS:");
     let hwm_at_10k = rss_kib("VmHWM:");
 
@@ -259,6 +268,9 @@ async fn main() {
     println!(
         "cold convergence: agent {ac:?}  wg syncconf {sc:?}  (agent/syncconf = {:.2})",
         ac.as_secs_f64() / sc.as_secs_f64()
+    );
+    println!(
+        "full resync with nothing to change (read {count} peers, decide, compare): agent {settled:?}"
     );
     println!(
         "one changed peer: agent {a1:?}  wg syncconf {s1:?}  (syncconf/agent = {:.0}x)",

@@ -388,6 +388,8 @@ impl Agent {
                 .as_ref()
                 .is_none_or(|decision| decision.pools() != &pools);
         let touched = if rebuild {
+            // Drop the old decision first: at 10k peers two at once double the memory.
+            runtime.decision = None;
             let inputs = self.index.read(|index| index.peer_inputs(&name));
             runtime.decision = Some(DesiredState::new(pools, inputs, now));
             None

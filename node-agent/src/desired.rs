@@ -257,9 +257,16 @@ fn evaluate(peer: &PeerInput, pools: &Pools, now: Timestamp) -> Eval {
     }
 }
 
+/// What the decision keeps of a peer's input besides its evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PeerMeta {
+    created: Option<Timestamp>,
+    expires_at: Option<Timestamp>,
+}
+
 /// Older peers win conflicts; a peer without a creation time counts as newest.
-fn conflict_order(peer: &PeerInput) -> (bool, Option<Timestamp>, &str) {
-    (peer.created.is_none(), peer.created, &peer.name)
+fn conflict_order<'a>((name, meta): &(&'a String, PeerMeta)) -> (bool, Option<Timestamp>, &'a str) {
+    (meta.created.is_none(), meta.created, name.as_str())
 }
 
 /// The decision for one interface, kept up to date peer by peer: a change of one peer
@@ -269,9 +276,11 @@ fn conflict_order(peer: &PeerInput) -> (bool, Option<Timestamp>, &str) {
 #[derive(Debug, Clone)]
 pub struct DesiredState {
     pools: Pools,
-    inputs: BTreeMap<String, PeerInput>,
+    /// Per peer what ordering and expiry need (the rest of its input lives in `evals`).
+    inputs: BTreeMap<String, PeerMeta>,
     evals: BTreeMap<String, Eval>,
-    claimants: BTreeMap<Claim, BTreeSet<String>>,
+    /// (claim, claimant) pairs of every candidate, winners and losers alike.
+    claimants: BTreeSet<(Claim, String)>,
     expiries: BTreeSet<(Timestamp, String)>,
     pub desired: DesiredPeers,
 }
@@ -283,7 +292,7 @@ impl DesiredState {
             pools,
             inputs: BTreeMap::new(),
             evals: BTreeMap::new(),
-            claimants: BTreeMap::new(),
+            claimants: BTreeSet::new(),
             expiries: BTreeSet::new(),
             desired: DesiredPeers::default(),
         };
@@ -319,41 +328,50 @@ impl DesiredState {
             self.expiries.remove(&(at, name.clone()));
             affected.insert(name);
         }
+        let mut fresh: BTreeMap<String, Eval> = BTreeMap::new();
         for (name, input) in changes {
             if let Some(old) = self.inputs.remove(&name)
-                && let Some(at) = old.liveness.expires_at
+                && let Some(at) = old.expires_at
             {
                 self.expiries.remove(&(at, name.clone()));
             }
             if let Some(input) = input {
-                self.inputs.insert(name.clone(), input);
+                if let Some(at) = input.liveness.next_change(now) {
+                    self.expiries.insert((at, name.clone()));
+                }
+                self.inputs.insert(
+                    name.clone(),
+                    PeerMeta {
+                        created: input.created,
+                        expires_at: input.liveness.expires_at,
+                    },
+                );
+                fresh.insert(name.clone(), evaluate(&input, &self.pools, now));
             }
             affected.insert(name);
         }
         // Withdraw the old claims of affected peers, then judge them again.
         let mut pending: Vec<Claim> = Vec::new();
         for name in &affected {
-            if let Some(old) = self.evals.remove(name) {
+            let old = self.evals.remove(name);
+            if let Some(old) = &old {
                 for claim in old.claims() {
-                    if let Some(names) = self.claimants.get_mut(&claim) {
-                        names.remove(name);
-                        if names.is_empty() {
-                            self.claimants.remove(&claim);
-                        }
-                    }
+                    self.claimants.remove(&(claim, name.clone()));
                     pending.push(claim);
                 }
             }
-            if let Some(input) = self.inputs.get(name) {
-                if let Some(at) = input.liveness.next_change(now) {
-                    self.expiries.insert((at, name.clone()));
+            // A peer whose input did not change was affected by its expiry: only its liveness
+            // changed, and it ended.
+            let eval = match fresh.remove(name) {
+                Some(eval) => Some(eval),
+                None if self.inputs.contains_key(name) => {
+                    old.map(|_| Eval::Decided(PeerState::NotLive(NotLive::Expired)))
                 }
-                let eval = evaluate(input, &self.pools, now);
+                None => None,
+            };
+            if let Some(eval) = eval {
                 for claim in eval.claims() {
-                    self.claimants
-                        .entry(claim)
-                        .or_default()
-                        .insert(name.clone());
+                    self.claimants.insert((claim, name.clone()));
                     pending.push(claim);
                 }
                 self.evals.insert(name.clone(), eval);
@@ -366,7 +384,13 @@ impl DesiredState {
             if !seen.insert(claim) {
                 continue;
             }
-            for name in self.claimants.get(&claim).into_iter().flatten() {
+            let holders: Vec<&String> = self
+                .claimants
+                .range((claim, String::new())..)
+                .take_while(|(c, _)| *c == claim)
+                .map(|(_, name)| name)
+                .collect();
+            for name in holders {
                 if group.insert(name.clone())
                     && let Some(eval) = self.evals.get(name)
                 {
@@ -381,13 +405,15 @@ impl DesiredState {
                 keys.insert(key);
             }
         }
-        let mut ordered: Vec<&PeerInput> =
-            group.iter().filter_map(|n| self.inputs.get(n)).collect();
+        let mut ordered: Vec<(&String, PeerMeta)> = group
+            .iter()
+            .filter_map(|n| Some((n, *self.inputs.get(n)?)))
+            .collect();
         ordered.sort_by(|a, b| conflict_order(a).cmp(&conflict_order(b)));
         let mut key_owner: BTreeMap<PublicKey, &str> = BTreeMap::new();
         let mut address_owner: BTreeMap<IpAddr, &str> = BTreeMap::new();
-        for peer in ordered {
-            let state = match self.evals.get(&peer.name) {
+        for (name, _) in ordered {
+            let state = match self.evals.get(name) {
                 None => continue,
                 Some(Eval::Decided(state)) => state.clone(),
                 Some(Eval::Candidate {
@@ -408,15 +434,15 @@ impl DesiredState {
                     match conflict {
                         Some((with, what)) => PeerState::Refused(Refusal::Conflict { with, what }),
                         None => {
-                            key_owner.insert(*key, &peer.name);
+                            key_owner.insert(*key, name);
                             for address in addresses {
-                                address_owner.insert(*address, &peer.name);
+                                address_owner.insert(*address, name);
                             }
                             keys.insert(*key);
                             self.desired.peers.insert(
                                 *key,
                                 DesiredPeer {
-                                    name: peer.name.clone(),
+                                    name: name.clone(),
                                     config: config.clone(),
                                 },
                             );
@@ -425,7 +451,7 @@ impl DesiredState {
                     }
                 }
             };
-            self.desired.states.insert(peer.name.clone(), state);
+            self.desired.states.insert(name.clone(), state);
         }
         keys
     }

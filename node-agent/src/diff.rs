@@ -41,8 +41,11 @@ impl PeerDiff {
     /// Adds these peer changes to `update`: additions and updates replace the peer's allowed
     /// IPs and set (or clear) its preshared key; removals remove.
     pub fn add_to(&self, mut update: DeviceUpdate) -> DeviceUpdate {
-        for (key, config) in self.add.iter().chain(&self.update) {
-            update = update.add_peer(peer_builder(key, config));
+        for (key, config) in &self.add {
+            update = update.add_peer(peer_builder(key, config, false));
+        }
+        for (key, config) in &self.update {
+            update = update.add_peer(peer_builder(key, config, true));
         }
         for key in &self.remove {
             update = update.remove_peer_by_key(&Key(*key.as_bytes()));
@@ -51,7 +54,9 @@ impl PeerDiff {
     }
 }
 
-fn peer_builder(key: &PublicKey, config: &PeerConfig) -> PeerConfigBuilder {
+/// The builder of one added or updated peer. A new peer has no preshared key to clear, so
+/// `existing` decides whether "no preshared key" is sent as an explicit unset.
+fn peer_builder(key: &PublicKey, config: &PeerConfig, existing: bool) -> PeerConfigBuilder {
     let allowed: Vec<AllowedIp> = config
         .allowed_ips
         .iter()
@@ -65,7 +70,8 @@ fn peer_builder(key: &PublicKey, config: &PeerConfig) -> PeerConfigBuilder {
         .add_allowed_ips(&allowed);
     match &config.preshared_key {
         Some(psk) => builder.set_preshared_key(Key(*psk.as_bytes())),
-        None => builder.unset_preshared_key(),
+        None if existing => builder.unset_preshared_key(),
+        None => builder,
     }
 }
 
@@ -228,7 +234,7 @@ mod tests {
             [(a, config(&["10.8.0.2/32"])), (c, config(&["10.8.0.4/32"]))].into();
         let diff = diff_peers(&desired, &observed);
         let expected = DeviceUpdate::new()
-            .add_peer(peer_builder(&c, &desired[&c]))
+            .add_peer(peer_builder(&c, &desired[&c], false))
             .remove_peer_by_key(&Key(*b.as_bytes()));
         assert_eq!(diff.add_to(DeviceUpdate::new()), expected);
         assert_ne!(
