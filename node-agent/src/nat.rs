@@ -226,11 +226,25 @@ pub fn default_route_interface() -> io::Result<String> {
 }
 
 fn enable_forwarding(v6: bool) -> io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n")?;
+    ensure_sysctl_on("/proc/sys/net/ipv4/ip_forward")?;
     if v6 {
-        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1\n")?;
+        ensure_sysctl_on("/proc/sys/net/ipv6/conf/all/forwarding")?;
     }
     Ok(())
+}
+
+/// Turns a boolean sysctl on, writing only when it is off: `/proc/sys` is read-only in an
+/// unprivileged container, and nodes (k3s, kube-proxy) usually have forwarding on already.
+fn ensure_sysctl_on(path: &str) -> io::Result<()> {
+    if std::fs::read_to_string(path)?.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(path, "1\n").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{path} is 0 and cannot be set ({e}); enable IP forwarding on the node"),
+        )
+    })
 }
 
 fn iptables_existing(interface: &str, v6: bool) -> io::Result<Vec<IptablesRule>> {
