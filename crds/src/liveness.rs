@@ -82,7 +82,7 @@ mod tests {
     }
 
     #[test]
-    fn live_only_when_enabled_not_suspended_and_before_expiry() {
+    fn liveness_needs_enabled_unsuspended_and_unexpired() {
         let now = t(NOW);
         let future = Some("2026-06-02T00:00:00Z");
         for enabled in [false, true] {

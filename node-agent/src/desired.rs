@@ -499,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn live_peer_gets_its_addresses_as_allowed_ips() {
+    fn addresses_of_a_live_peer_become_allowed_ips() {
         let mut p = peer("a", "10.8.0.2/32");
         p.address6 = Some("fd00:8::2/128".into());
         let psk = PresharedKey::generate();

@@ -483,7 +483,7 @@ impl Scenario {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_peer_pings_through_the_tunnel_and_leaves_at_expires_at_by_its_own_timer() {
+async fn tunnel_pings_and_the_expiry_timer_alone_removes_the_peer() {
     // A resync far away: only the expiry timer can remove the peer.
     let mut s = Scenario::start(Duration::from_secs(3600)).await;
     let expires = in_secs(8);

@@ -258,7 +258,7 @@ fn renewal_keeps_key_and_address_and_only_moves_expiry() {
 }
 
 #[test]
-fn expiry_keeps_the_peer_not_live_and_requeues_at_the_end_of_retention() {
+fn expired_peer_stays_until_retention_and_requeues_then() {
     let mut world = world();
     let paid_until = now() + DAY;
     let mut sub = subscription(1, Some(paid_until));

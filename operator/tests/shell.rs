@@ -331,7 +331,7 @@ async fn renewal_keeps_key_and_address() {
 }
 
 #[tokio::test]
-async fn expiry_makes_the_peer_not_live_and_retention_deletes_it_with_its_secret() {
+async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
     let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
     let paid_until = start() + DAY;
     let name = cluster.subscribe(1, Some(paid_until)).await;
