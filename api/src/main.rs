@@ -3,15 +3,14 @@
 //! graceful shutdown on SIGTERM/SIGINT).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wgsub_api::config::{Cli, Command, LogFormat, ServeArgs};
-use wgsub_api::metrics::Metrics;
-use wgsub_api::{AppState, KubeApis, Settings, app, system};
-use wgsub_ledger::{Ledger, ReceiptSettings, YooKassa, YooKassaConfig, db};
+use wgsub_api::state::state_from_args;
+use wgsub_api::{app, system};
+use wgsub_ledger::db;
 
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::new(filter);
@@ -43,40 +42,10 @@ async fn shutdown_signal(stop: CancellationToken) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let return_url = args.return_url().map_err(anyhow::Error::msg)?;
-    let pool = db::connect_lazy(&args.database.db_config()).context("--database-url")?;
-    db::migrate(&pool).await.context("running migrations")?;
-    let ledger = Ledger::new(pool, args.database.database_pgbouncer);
-    let yookassa = YooKassa::new(YooKassaConfig {
-        api_base: args.yookassa_api_url.clone(),
-        shop_id: args.yookassa_shop_id.clone(),
-        secret_key: args.yookassa_secret_key.0.clone(),
-        timeout: std::time::Duration::from_secs(10),
-        max_attempts: 4,
-        retry_backoff: std::time::Duration::from_millis(500),
-    })?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
-    let state = Arc::new(AppState {
-        ledger,
-        yookassa,
-        kube: KubeApis::new(client, &args.namespace),
-        plans: args.plans_file.0.clone(),
-        settings: Settings {
-            bot_token: args.bot_token.0.clone(),
-            init_data_max_age: args.init_data_max_age(),
-            return_url,
-            receipt: args.yookassa_receipts.then_some(ReceiptSettings {
-                vat_code: args.yookassa_vat_code,
-            }),
-            yookassa_allowed: args.yookassa_allowed_ips.clone(),
-            trusted_proxies: args.trusted_proxies.clone(),
-            default_server: args.default_server.clone(),
-            max_body_bytes: args.max_body_bytes as usize,
-        },
-        metrics: Metrics::new(),
-    });
+    let state = state_from_args(&args, client).await?;
     let stop = CancellationToken::new();
     let drift = tokio::spawn(system::drift_loop(
         state.clone(),

@@ -84,3 +84,46 @@ pub struct AppState {
 }
 
 pub type SharedState = Arc<AppState>;
+
+/// The state `wgsub-api serve` runs with, wired from its settings: the ledger on a migrated
+/// database, the YooKassa client and the Kubernetes APIs of `client`. The binary and the
+/// end-to-end test both build their state here, so the test runs what production runs.
+pub async fn state_from_args(
+    args: &crate::config::ServeArgs,
+    client: kube::Client,
+) -> anyhow::Result<SharedState> {
+    use anyhow::Context as _;
+    let return_url = args.return_url().map_err(anyhow::Error::msg)?;
+    let pool =
+        wgsub_ledger::db::connect_lazy(&args.database.db_config()).context("--database-url")?;
+    wgsub_ledger::db::migrate(&pool)
+        .await
+        .context("running migrations")?;
+    let yookassa = YooKassa::new(wgsub_ledger::YooKassaConfig {
+        api_base: args.yookassa_api_url.clone(),
+        shop_id: args.yookassa_shop_id.clone(),
+        secret_key: args.yookassa_secret_key.0.clone(),
+        timeout: std::time::Duration::from_secs(10),
+        max_attempts: 4,
+        retry_backoff: std::time::Duration::from_millis(500),
+    })?;
+    Ok(Arc::new(AppState {
+        ledger: Ledger::new(pool, args.database.database_pgbouncer),
+        yookassa,
+        kube: KubeApis::new(client, &args.namespace),
+        plans: args.plans_file.0.clone(),
+        settings: Settings {
+            bot_token: args.bot_token.0.clone(),
+            init_data_max_age: args.init_data_max_age(),
+            return_url,
+            receipt: args.yookassa_receipts.then_some(ReceiptSettings {
+                vat_code: args.yookassa_vat_code,
+            }),
+            yookassa_allowed: args.yookassa_allowed_ips.clone(),
+            trusted_proxies: args.trusted_proxies.clone(),
+            default_server: args.default_server.clone(),
+            max_body_bytes: args.max_body_bytes as usize,
+        },
+        metrics: Metrics::new(),
+    }))
+}

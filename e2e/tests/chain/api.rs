@@ -5,7 +5,6 @@
 //! trusted reverse proxy with a YooKassa source address in `X-Forwarded-For`).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use clap::Parser as _;
 use jiff::Timestamp;
@@ -13,10 +12,10 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wgsub_api::config::{Cli, Command, ServeArgs};
-use wgsub_api::metrics::Metrics;
-use wgsub_api::{AppState, KubeApis, Settings, app, initdata, system};
+use wgsub_api::state::state_from_args;
+use wgsub_api::{app, initdata, system};
 use wgsub_crds::plans::PlanCatalogue;
-use wgsub_ledger::{Ledger, ReceiptSettings, TelegramUser, YooKassa, YooKassaConfig, db};
+use wgsub_ledger::TelegramUser;
 
 /// The reverse proxy in front of the API: this process, on loopback.
 const TRUSTED_PROXY: &str = "127.0.0.1/32";
@@ -85,37 +84,9 @@ impl ApiServer {
         ]);
         let args = serve_args(&flags);
 
-        let return_url = args.return_url().expect("a return URL");
-        let pool = db::connect_lazy(&args.database.db_config()).expect("the database URL");
-        db::migrate(&pool).await.expect("the migrations run");
-        let yookassa = YooKassa::new(YooKassaConfig {
-            api_base: args.yookassa_api_url.clone(),
-            shop_id: args.yookassa_shop_id.clone(),
-            secret_key: args.yookassa_secret_key.0.clone(),
-            timeout: std::time::Duration::from_secs(10),
-            max_attempts: 4,
-            retry_backoff: std::time::Duration::from_millis(500),
-        })
-        .expect("a YooKassa client");
-        let state = Arc::new(AppState {
-            ledger: Ledger::new(pool, args.database.database_pgbouncer),
-            yookassa,
-            kube: KubeApis::new(client, &args.namespace),
-            plans: args.plans_file.0.clone(),
-            settings: Settings {
-                bot_token: args.bot_token.0.clone(),
-                init_data_max_age: args.init_data_max_age(),
-                return_url,
-                receipt: args.yookassa_receipts.then_some(ReceiptSettings {
-                    vat_code: args.yookassa_vat_code,
-                }),
-                yookassa_allowed: args.yookassa_allowed_ips.clone(),
-                trusted_proxies: args.trusted_proxies.clone(),
-                default_server: args.default_server.clone(),
-                max_body_bytes: args.max_body_bytes as usize,
-            },
-            metrics: Metrics::new(),
-        });
+        let state = state_from_args(&args, client)
+            .await
+            .expect("the API state from its settings");
         let stop = CancellationToken::new();
         let drift = tokio::spawn(system::drift_loop(
             state.clone(),
