@@ -12,6 +12,11 @@
 //! | 1 day before | `paidUntil - 1d <= t < paidUntil` |
 //! | at expiry | `paidUntil <= t < paidUntil + 1d` |
 //!
+//! A reminder is only due when the period had already begun when its window opened: a 3-day
+//! trial granted at `/start` does not announce "3 days left" in the same minute, and a 1-day
+//! admin grant gets no "1 day left". The period begins at the ledger change that set its end
+//! (a grant, an applied payment or a refund).
+//!
 //! Suspended users get none (their peers are off for another reason).
 
 use std::collections::BTreeSet;
@@ -70,11 +75,16 @@ impl ReminderKind {
         }
     }
 
-    /// The reminder due at `now` for a period ending at `paid_until`, if any.
-    pub fn due_at(paid_until: Timestamp, now: Timestamp) -> Option<Self> {
+    /// The reminder due at `now` for a period that began at `began_at` (unknown: long ago) and
+    /// ends at `paid_until`, if any. A window that opened before the period began is not due.
+    pub fn due_at(
+        paid_until: Timestamp,
+        began_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| {
             let (start, end) = kind.window(paid_until);
-            start <= now && now < end
+            start <= now && now < end && began_at.is_none_or(|began| began < start)
         })
     }
 }
@@ -84,6 +94,8 @@ impl ReminderKind {
 pub struct PaidPeriod {
     pub user_id: i64,
     pub paid_until: Timestamp,
+    /// When the ledger change that set `paid_until` happened; `None` when the ledger holds none.
+    pub began_at: Option<Timestamp>,
     pub suspended: bool,
 }
 
@@ -118,7 +130,7 @@ pub fn due_reminders(
         .iter()
         .filter(|period| !period.suspended)
         .filter_map(|period| {
-            let kind = ReminderKind::due_at(period.paid_until, now)?;
+            let kind = ReminderKind::due_at(period.paid_until, period.began_at, now)?;
             let key = ReminderKey {
                 user_id: period.user_id,
                 paid_until: period.paid_until,
@@ -147,6 +159,7 @@ mod tests {
         PaidPeriod {
             user_id,
             paid_until: t(paid_until),
+            began_at: None,
             suspended: false,
         }
     }
@@ -177,7 +190,13 @@ mod tests {
             (end + DAY * 40, None),
         ];
         for (now, expected) in cases {
-            assert_eq!(ReminderKind::due_at(end, now), expected, "at {now}");
+            assert_eq!(ReminderKind::due_at(end, None, now), expected, "at {now}");
+            let long_before = Some(end - DAY * 30);
+            assert_eq!(
+                ReminderKind::due_at(end, long_before, now),
+                expected,
+                "at {now}"
+            );
         }
     }
 
@@ -231,6 +250,7 @@ mod tests {
         let renewed = [PaidPeriod {
             user_id: 5,
             paid_until: end2,
+            began_at: Some(end1 - DAY * 2),
             suspended: false,
         }];
         // Around the old end nothing is due any more.
@@ -266,6 +286,7 @@ mod tests {
         let renewed = [PaidPeriod {
             user_id: 9,
             paid_until: end2,
+            began_at: Some(end1 + HOUR),
             suspended: false,
         }];
         let due = due_reminders(&renewed, &sent, end2 - DAY * 2);
@@ -320,10 +341,60 @@ mod tests {
             let in_range = from < paid_until && paid_until <= to;
             assert_eq!(
                 in_range,
-                ReminderKind::due_at(paid_until, now).is_some(),
+                ReminderKind::due_at(paid_until, None, now).is_some(),
                 "paidUntil {paid_until}"
             );
         }
+    }
+
+    #[test]
+    fn a_period_shorter_than_a_window_skips_the_reminders_whose_window_opened_before_it_began() {
+        // Trial of 3 days granted at /start: no "3 days left" now, the 1-day and the expiry
+        // reminders later.
+        let start = t("2026-03-01T12:00:00Z");
+        let trial = [PaidPeriod {
+            user_id: 4,
+            paid_until: start + DAY * 3,
+            began_at: Some(start),
+            suspended: false,
+        }];
+        let mut sent = BTreeSet::new();
+        let mut stages = vec![];
+        let mut now = start;
+        while now < start + DAY * 5 {
+            for key in due_reminders(&trial, &sent, now) {
+                stages.push(key.kind);
+                sent.insert(key);
+            }
+            now += HOUR;
+        }
+        assert_eq!(stages, [ReminderKind::OneDay, ReminderKind::Expired]);
+
+        // A grant of 12 hours: only the expiry reminder.
+        let short = [PaidPeriod {
+            user_id: 4,
+            paid_until: start + HOUR * 12,
+            began_at: Some(start),
+            suspended: false,
+        }];
+        assert!(due_reminders(&short, &BTreeSet::new(), start).is_empty());
+        assert!(due_reminders(&short, &BTreeSet::new(), start + HOUR * 11).is_empty());
+        assert_eq!(
+            kinds_at(&short, &BTreeSet::new(), start + HOUR * 12),
+            [(4, ReminderKind::Expired)]
+        );
+
+        // Begun one instant before the window opened: the reminder is due.
+        let end = t(END);
+        let just_before = Some(end - DAY * 3 - NANO);
+        assert_eq!(
+            ReminderKind::due_at(end, just_before, end - DAY * 3),
+            Some(ReminderKind::ThreeDays)
+        );
+        assert_eq!(
+            ReminderKind::due_at(end, Some(end - DAY * 3), end - DAY * 3),
+            None
+        );
     }
 
     #[test]

@@ -24,15 +24,22 @@ pub struct ReminderCandidate {
     pub language_code: Option<String>,
 }
 
-/// Users whose `paidUntil` lies in `(from, to]`.
+/// Users whose `paidUntil` lies in `(from, to]`, with when their period began: the latest
+/// ledger change that can move `paidUntil` (a grant, an applied payment, a refund).
 pub async fn reminder_candidates(
     ledger: &Ledger,
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<ReminderCandidate>, LedgerError> {
     let rows = sqlx::query(
-        "SELECT telegram_id, paid_until, suspended, language_code FROM users \
-         WHERE paid_until > $1 AND paid_until <= $2 ORDER BY telegram_id",
+        "SELECT u.telegram_id, u.paid_until, u.suspended, u.language_code, GREATEST( \
+           (SELECT max(g.granted_at) FROM grants g WHERE g.user_id = u.telegram_id), \
+           (SELECT max(a.applied_at) FROM payment_applications a \
+              JOIN payments p ON p.id = a.payment_id WHERE p.user_id = u.telegram_id), \
+           (SELECT max(r.refunded_at) FROM refunds r \
+              JOIN payments p ON p.id = r.payment_id WHERE p.user_id = u.telegram_id) \
+         ) AS period_began_at \
+         FROM users u WHERE u.paid_until > $1 AND u.paid_until <= $2 ORDER BY u.telegram_id",
     )
     .persistent(ledger.persistent_statements())
     .bind(from.to_sqlx())
@@ -45,6 +52,9 @@ pub async fn reminder_candidates(
                 period: PaidPeriod {
                     user_id: row.try_get("telegram_id")?,
                     paid_until: ts(row, "paid_until")?,
+                    began_at: row
+                        .try_get::<Option<jiff_sqlx::Timestamp>, _>("period_began_at")?
+                        .map(|at| at.to_jiff()),
                     suspended: row.try_get("suspended")?,
                 },
                 language_code: row.try_get("language_code")?,

@@ -134,6 +134,35 @@ async fn reminders_go_out_once_per_period_survive_restarts_and_start_again_after
 }
 
 #[tokio::test]
+async fn a_three_day_trial_is_not_told_three_days_left_at_sign_up_but_gets_the_later_reminders() {
+    let h = harness("bot_trial_reminders", Options::default()).await;
+    let telegram = fake_telegram(&[]).await;
+    let bot = bot_for(&telegram);
+    let start: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+    h.ledger.upsert_user(&tg(3101, "en"), start).await.unwrap();
+    h.ledger.grant_trial(3101, 3, start).await.unwrap();
+    let end = start + DAY * 3;
+
+    for now in [start, start + DAY / 24, start + DAY + DAY / 2] {
+        let report = jobs::send_due_reminders(&h.app, &bot, now).await.unwrap();
+        assert_eq!((report.sent, report.failed), (0, 0), "at {now}");
+    }
+    jobs::send_due_reminders(&h.app, &bot, end - DAY / 2)
+        .await
+        .unwrap();
+    jobs::send_due_reminders(&h.app, &bot, end + DAY / 24)
+        .await
+        .unwrap();
+    assert_eq!(
+        sent_texts(&telegram).await,
+        [
+            (3101, text::reminder(Lang::En, ReminderKind::OneDay, end)),
+            (3101, text::reminder(Lang::En, ReminderKind::Expired, end)),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn the_payment_outbox_is_drained_once_with_the_new_paid_until() {
     let h = harness("bot_outbox", Options::default()).await;
     h.accept_payments().await;
