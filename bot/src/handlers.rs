@@ -18,6 +18,7 @@ use wgsub_crds::plans::Plan;
 use wgsub_crds::{SubscriptionPhase, WgPeer};
 use wgsub_ledger::{
     AdminGrant, PaymentError, PaymentOrder, ReceiptCustomer, SyncError, TelegramUser,
+    User as LedgerUser,
 };
 
 use crate::admin::{self, AdminCommand, UserRef};
@@ -237,12 +238,7 @@ async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
                 .await?;
             return Ok(());
         };
-        let spec = VpnSubscriptionSpec {
-            paid_until: user.entitlement.paid_until,
-            suspended: user.suspended,
-            ..VpnSubscriptionSpec::for_user(id)
-        };
-        let phase = subscription_phase(&spec, Timestamp::now());
+        let phase = ledger_phase(&user, Timestamp::now());
         let peers = devices::user_peers(&app.kube, &app.namespace, id).await?;
         let lines: Vec<text::DeviceLine> = peers
             .iter()
@@ -375,12 +371,7 @@ async fn config(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
                 .await?;
             return Ok(());
         };
-        let spec = VpnSubscriptionSpec {
-            paid_until: user.entitlement.paid_until,
-            suspended: user.suspended,
-            ..VpnSubscriptionSpec::for_user(id)
-        };
-        if subscription_phase(&spec, Timestamp::now()) != SubscriptionPhase::Active {
+        if ledger_phase(&user, Timestamp::now()) != SubscriptionPhase::Active {
             bot.send_message(message.chat.id, text::subscription_inactive(lang))
                 .await?;
             return Ok(());
@@ -441,6 +432,16 @@ async fn send_device(
     Ok(())
 }
 
+/// The phase the user's subscription has by the ledger (the truth the resource follows).
+fn ledger_phase(user: &LedgerUser, now: Timestamp) -> SubscriptionPhase {
+    let spec = VpnSubscriptionSpec {
+        paid_until: user.entitlement.paid_until,
+        suspended: user.suspended,
+        ..VpnSubscriptionSpec::for_user(user.telegram_id)
+    };
+    subscription_phase(&spec, now)
+}
+
 async fn config_device(
     bot: &Bot,
     app: &App,
@@ -450,17 +451,9 @@ async fn config_device(
     peer_name: &str,
 ) -> HandlerResult {
     let id = user_id(from)?;
-    let active = match app.ledger.user(id).await? {
-        Some(user) => {
-            let spec = VpnSubscriptionSpec {
-                paid_until: user.entitlement.paid_until,
-                suspended: user.suspended,
-                ..VpnSubscriptionSpec::for_user(id)
-            };
-            subscription_phase(&spec, Timestamp::now()) == SubscriptionPhase::Active
-        }
-        None => false,
-    };
+    let user = app.ledger.user(id).await?;
+    let active =
+        user.is_some_and(|user| ledger_phase(&user, Timestamp::now()) == SubscriptionPhase::Active);
     if !active {
         bot.send_message(chat, text::subscription_inactive(lang))
             .await?;
