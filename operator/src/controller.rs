@@ -8,7 +8,7 @@
 //! `privateKeySecretRef`, `address`, `address6`, `expiresAt`; key `Secret`s; `VpnSubscription`
 //! `status`. Never `WgPeer.spec.enabled` or `deviceName` (the API's).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -218,14 +218,9 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     for candidate in decision::candidate_peer_names(sub) {
         own_peers.extend(peers_api.get_opt(&candidate).await?);
     }
-    let secret_names: BTreeSet<&str> = own_peers
-        .iter()
-        .filter_map(|p| p.spec.private_key_secret_ref.as_ref())
-        .map(|r| r.name.as_str())
-        .collect();
     let mut secrets = Vec::new();
-    for secret in secret_names {
-        secrets.extend(secrets_api.get_opt(secret).await?);
+    for secret in decision::key_secret_names(&own_peers) {
+        secrets.extend(secrets_api.get_opt(&secret).await?);
     }
     let server_name = decision::server_name(&sub.spec, &ctx.settings.default_server).to_owned();
     let active = subscription_phase(&sub.spec, now) == SubscriptionPhase::Active;
@@ -302,27 +297,35 @@ async fn execute(
     let name = sub.name_any();
     let apply = PatchParams::apply(FIELD_MANAGER).force();
 
+    // First every peer as it may be applied before its new key is stored (new devices without
+    // a key), under the allocation lock so a concurrent reconcile sees the claimed addresses.
     let mut keys = Vec::new();
     let mut moved = Vec::new();
     for write in &plan.writes {
-        let body = patches::peer_apply(sub, &write.peer)?;
+        let body = patches::peer_apply(sub, &write.first_apply())?;
         let applied = peers_api
             .patch(&write.peer.name, &apply, &Patch::Apply(&body))
             .await?;
         debug!(subscription = %name, peer = %write.peer.name, "applied peer");
-        if let Some(key) = &write.new_key {
-            keys.push((applied, key));
+        if let Some(key) = write.key_to_store() {
+            keys.push((applied, write, key));
         }
         moved.extend(write.moved_from.clone());
     }
     drop(allocation_lock);
 
-    for (peer, key) in keys {
+    // Then each new key: the Secret (owned by the peer just applied), and only once it is
+    // stored, the public key in the peer's spec.
+    for (peer, write, key) in keys {
         let secret = patches::key_secret(&peer, &name, key)?;
         secrets_api
-            .patch(&key.secret_name, &apply, &Patch::Apply(&secret))
+            .patch(&key.reference.name, &apply, &Patch::Apply(&secret))
             .await?;
-        debug!(subscription = %name, peer = %peer.name_any(), "wrote key Secret");
+        let body = patches::peer_apply(sub, &write.published())?;
+        peers_api
+            .patch(&write.peer.name, &apply, &Patch::Apply(&body))
+            .await?;
+        debug!(subscription = %name, peer = %write.peer.name, "stored and published a new key");
     }
     for holding in moved {
         holding.release_from(&mut ctx.pools.lock(namespace, &holding.server).await.used);

@@ -3,6 +3,12 @@
 //! the retention period) to what it must write — peers to apply, key Secrets to write, peers to
 //! delete, the status, the Events and when to look again.
 //!
+//! Keys follow one protocol: a public key is published in a peer's spec only once its private
+//! half is in the peer's key Secret ([`KeyStep`]). So a reconcile that stops half-way leaves
+//! either a peer without a published key (completed by the next reconcile, silently) or a Secret
+//! holding a key not yet published (published by the next reconcile). `KeyRegenerated` is
+//! reported only when a key that was published lost its private half.
+//!
 //! Pure: no I/O, no clock, no randomness of its own (fresh keys come from the `new_key` closure
 //! the caller passes). Addresses are claimed from the server's [`UsedAddresses`], which the
 //! caller holds under the server's lock, so two decisions never hand out the same address.
@@ -114,12 +120,29 @@ impl DesiredPeer {
     }
 }
 
-/// A freshly generated key, to be stored in the named Secret once the peer exists.
+/// A freshly generated key, to be stored in its Secret (owned by the peer) before its public
+/// half is published in the peer's spec.
 #[derive(Debug)]
 pub struct NewKey {
-    pub secret_name: String,
-    pub field: String,
+    /// Where the private half goes: the Secret's name and data key.
+    pub reference: SecretKeyRef,
     pub private_key: PrivateKey,
+}
+
+/// What a write does about a device's key. A public key is only ever published once its private
+/// half is in the key Secret, so a failed Secret write leaves a peer without a published key
+/// (which the next reconcile simply completes), never a published key without its Secret.
+#[derive(Debug)]
+pub enum KeyStep {
+    /// Apply the peer (without the new key), write the Secret owned by the applied peer, then
+    /// publish the key's public half with the Secret reference.
+    Store(NewKey),
+    /// The Secret, owned by the peer, already holds a private key that is not published (a
+    /// previous reconcile stopped between the Secret and the publication): publish it.
+    Publish {
+        public_key: String,
+        reference: SecretKeyRef,
+    },
 }
 
 /// The addresses a peer holds on a server, to free once the peer is gone from there.
@@ -155,13 +178,53 @@ impl Holding {
 /// One peer to server-side apply.
 #[derive(Debug)]
 pub struct PeerWrite {
+    /// The operator-owned fields of the peer, carrying the key that was published before this
+    /// write (none for a new device).
     pub peer: DesiredPeer,
-    /// The key Secret to write once the peer exists (its owner is the peer).
-    pub new_key: Option<NewKey>,
+    /// What to do about the key, if anything.
+    pub key: Option<KeyStep>,
     /// The write carries an address claimed by this decision.
     pub allocated: bool,
     /// The peer moved here from another server: free its addresses there after the write.
     pub moved_from: Option<Holding>,
+}
+
+impl PeerWrite {
+    /// The peer as applied first: before a fresh key is in its Secret, without that key.
+    pub fn first_apply(&self) -> DesiredPeer {
+        match &self.key {
+            Some(KeyStep::Store(_)) | None => self.peer.clone(),
+            Some(KeyStep::Publish { .. }) => self.published(),
+        }
+    }
+
+    /// The fresh key to store in its Secret, owned by the peer [`Self::first_apply`] wrote.
+    pub fn key_to_store(&self) -> Option<&NewKey> {
+        match &self.key {
+            Some(KeyStep::Store(key)) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The peer with its key published: the end state of the write.
+    pub fn published(&self) -> DesiredPeer {
+        let mut peer = self.peer.clone();
+        match &self.key {
+            Some(KeyStep::Store(key)) => {
+                peer.public_key = Some(key.private_key.public_key().to_base64());
+                peer.private_key_secret_ref = Some(key.reference.clone());
+            }
+            Some(KeyStep::Publish {
+                public_key,
+                reference,
+            }) => {
+                peer.public_key = Some(public_key.clone());
+                peer.private_key_secret_ref = Some(reference.clone());
+            }
+            None => {}
+        }
+        peer
+    }
 }
 
 /// Why the subscription cannot be served now; the reconcile is retried with backoff.
@@ -309,40 +372,90 @@ fn server_pools(
     Ok((v4, v6))
 }
 
-/// Where a peer's key stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeyState {
-    /// The Secret holds the private half of `publicKey`.
-    Valid,
-    /// The user brought the key: a public key and no Secret reference.
-    UserOwned,
-    /// No key yet (a device the API added).
-    Missing,
-    /// The referenced Secret is gone, unreadable or holds another key.
-    Lost,
+/// What a device's key needs, and whether a key that was published is being replaced.
+#[derive(Debug)]
+enum KeyNeed {
+    /// The Secret holds the private half of `publicKey`, or the user brought the key (a public
+    /// key and no Secret reference).
+    Keep,
+    /// A new key must be generated and stored.
+    Store {
+        reference: SecretKeyRef,
+        replaces_published: bool,
+    },
+    /// The peer's own Secret holds a private key that is not the published one: publish it.
+    Publish {
+        public_key: PublicKey,
+        reference: SecretKeyRef,
+        replaces_published: bool,
+    },
 }
 
-fn key_state(peer: &DesiredPeer, secrets: &[Secret]) -> KeyState {
-    let public = peer
+/// The private key stored in the referenced Secret, and whether that Secret is owned by the
+/// peer with uid `owner`.
+fn stored_key(
+    secrets: &[Secret],
+    reference: &SecretKeyRef,
+    owner: Option<&str>,
+) -> (Option<PrivateKey>, bool) {
+    let Some(secret) = secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(reference.name.as_str()))
+    else {
+        return (None, false);
+    };
+    let owned = owner.is_some_and(|uid| secret.owner_references().iter().any(|o| o.uid == uid));
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&reference.key))
+        .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
+        .and_then(|text| PrivateKey::from_base64(text).ok());
+    (key, owned)
+}
+
+/// Where `desired`'s key stands, given the Secrets read. A key stored in a Secret that the peer
+/// (uid `owner`) does not own is never published: it may be a leftover of an older peer.
+fn key_need(desired: &DesiredPeer, owner: Option<&str>, secrets: &[Secret]) -> KeyNeed {
+    let published = desired
         .public_key
         .as_deref()
         .and_then(|text| PublicKey::from_base64(text).ok());
-    match (public, &peer.private_key_secret_ref) {
-        (None, _) => KeyState::Missing,
-        (Some(_), None) => KeyState::UserOwned,
-        (Some(public), Some(reference)) => {
-            let stored = secrets
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(reference.name.as_str()))
-                .and_then(|s| s.data.as_ref()?.get(&reference.key))
-                .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
-                .and_then(|text| PrivateKey::from_base64(text).ok());
-            match stored {
-                Some(private) if private.public_key() == public => KeyState::Valid,
-                _ => KeyState::Lost,
-            }
-        }
+    if published.is_some() && desired.private_key_secret_ref.is_none() {
+        return KeyNeed::Keep;
     }
+    let reference = desired
+        .private_key_secret_ref
+        .clone()
+        .unwrap_or_else(|| SecretKeyRef::new(key_secret_name(&desired.name), PRIVATE_KEY_FIELD));
+    let (stored, owned) = stored_key(secrets, &reference, owner);
+    let replaces_published = published.is_some();
+    match (published, stored) {
+        (Some(public), Some(private)) if private.public_key() == public => KeyNeed::Keep,
+        (_, Some(private)) if owned => KeyNeed::Publish {
+            public_key: private.public_key(),
+            reference,
+            replaces_published,
+        },
+        _ => KeyNeed::Store {
+            reference,
+            replaces_published,
+        },
+    }
+}
+
+/// The names of the key Secrets a reconcile must read for `peers`: the referenced ones, and
+/// for a peer without a published key the Secret its key is stored in before publication.
+/// Peers whose user brought the key need none.
+pub fn key_secret_names(peers: &[WgPeer]) -> BTreeSet<String> {
+    peers
+        .iter()
+        .filter_map(|peer| match &peer.spec.private_key_secret_ref {
+            Some(reference) => Some(reference.name.clone()),
+            None if peer.spec.public_key.is_none() => Some(key_secret_name(&peer.name_any())),
+            None => None,
+        })
+        .collect()
 }
 
 /// Whether `existing` already carries everything in `desired` (spec, labels, controller owner).
@@ -431,24 +544,44 @@ fn ensure_device(
         None => desired.address6 = None,
     }
 
-    let mut key = None;
-    let state = key_state(&desired, secrets);
-    if matches!(state, KeyState::Missing | KeyState::Lost) {
-        if state == KeyState::Lost {
-            regenerated.push(name.to_owned());
+    let owner = existing.and_then(|peer| peer.metadata.uid.as_deref());
+    let key = match key_need(&desired, owner, secrets) {
+        KeyNeed::Keep => None,
+        KeyNeed::Store {
+            reference,
+            replaces_published,
+        } => {
+            if replaces_published {
+                regenerated.push(name.to_owned());
+            }
+            Some(KeyStep::Store(NewKey {
+                reference,
+                private_key: new_key(),
+            }))
         }
-        let private_key = new_key();
-        let reference = desired
-            .private_key_secret_ref
-            .clone()
-            .unwrap_or_else(|| SecretKeyRef::new(key_secret_name(name), PRIVATE_KEY_FIELD));
-        desired.public_key = Some(private_key.public_key().to_base64());
-        key = Some(NewKey {
-            secret_name: reference.name.clone(),
-            field: reference.key.clone(),
-            private_key,
-        });
-        desired.private_key_secret_ref = Some(reference);
+        KeyNeed::Publish {
+            public_key,
+            reference,
+            replaces_published,
+        } => {
+            if replaces_published {
+                regenerated.push(name.to_owned());
+            }
+            Some(KeyStep::Publish {
+                public_key: public_key.to_base64(),
+                reference,
+            })
+        }
+    };
+    let published = desired
+        .public_key
+        .as_deref()
+        .is_some_and(|text| PublicKey::from_base64(text).is_ok());
+    if key.is_some() && !published {
+        // Until the new key is stored, the peer carries no key at all (the CRD refuses a
+        // Secret reference without a public key).
+        desired.public_key = None;
+        desired.private_key_secret_ref = None;
     }
     desired.expires_at = Some(paid_until);
 
@@ -458,7 +591,7 @@ fn ensure_device(
     }
     Ok(Some(PeerWrite {
         peer: desired,
-        new_key: key,
+        key,
         allocated,
         moved_from,
     }))
@@ -475,7 +608,7 @@ fn mirror_expiry(
     desired.expires_at = Some(expires_at);
     (!peer_is_current(peer, &desired, subscription)).then_some(PeerWrite {
         peer: desired,
-        new_key: None,
+        key: None,
         allocated: false,
         moved_from: None,
     })
@@ -637,7 +770,7 @@ pub fn decide(
                 true,
                 reasons::KEY_REGENERATED,
                 format!(
-                    "new key for {} at {now}: the key Secret was lost; download the config again",
+                    "new key for {} at {now}: the published key's private half was lost from its Secret; download the config again",
                     regenerated.join(", ")
                 ),
                 generation,
@@ -661,7 +794,7 @@ pub fn decide(
         kind: EventKind::Warning,
         reason: reasons::KEY_REGENERATED,
         note: format!(
-            "the key Secret of {peer} was lost, so it got a new key; its config must be downloaded again"
+            "the key Secret of {peer} lost its published key, so it got a new key; its config must be downloaded again"
         ),
     }));
     if !deletes.is_empty() {

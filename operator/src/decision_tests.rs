@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use wgsub_crds::resources::{CONDITION_READY, condition};
 use wgsub_crds::{
     SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer,
@@ -80,6 +80,16 @@ fn api_device(sub: &str, index: u32, server: &str) -> WgPeer {
     peer
 }
 
+/// Where a carried-out plan fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Nowhere,
+    /// The write of a new key's Secret fails.
+    SecretWrite,
+    /// The Secret is written; the apply publishing its public key fails.
+    Publication,
+}
+
 /// An in-memory stand-in for the API: peers and Secrets of every subscription and the address
 /// bookkeeping of one server, updated by applying plans.
 struct World {
@@ -125,24 +135,48 @@ impl World {
         decide(&observed, &mut self.used, &mut PrivateKey::generate)
     }
 
-    /// Applies the plan's writes and deletes, and stores the new status in `sub`.
-    fn apply(&mut self, sub: &mut VpnSubscription, plan: &Plan) {
+    /// Server-side applies a peer's operator-owned fields, keeping the API's; returns the stored
+    /// peer.
+    fn apply_peer(&mut self, sub: &VpnSubscription, desired: &DesiredPeer) -> WgPeer {
+        let body = patches::peer_apply(sub, desired).unwrap();
+        let mut peer: WgPeer = serde_json::from_value(body).unwrap();
+        if let Some(existing) = self.peers.get(&desired.name) {
+            peer.spec.enabled = existing.spec.enabled;
+            peer.spec.device_name = existing.spec.device_name.clone();
+            peer.spec.preshared_key_secret_ref = existing.spec.preshared_key_secret_ref.clone();
+            peer.metadata.uid = existing.metadata.uid.clone();
+        } else {
+            peer.metadata.uid = Some(format!("uid-{}", desired.name));
+        }
+        assert!(
+            peer.spec.private_key_secret_ref.is_none() || peer.spec.public_key.is_some(),
+            "the CRD refuses a Secret reference without a public key"
+        );
+        self.peers.insert(desired.name.clone(), peer.clone());
+        peer
+    }
+
+    /// Carries the plan out the way the shell does (every peer's first apply, then per new key
+    /// the Secret and the publication, the deletes, the status), failing at `stop`: nothing
+    /// after the failing call is written, the status included. Returns whether it completed.
+    fn apply_until(&mut self, sub: &mut VpnSubscription, plan: &Plan, stop: Stop) -> bool {
+        let mut stored = Vec::new();
         for write in &plan.writes {
-            let body = patches::peer_apply(sub, &write.peer).unwrap();
-            let mut peer: WgPeer = serde_json::from_value(body).unwrap();
-            if let Some(existing) = self.peers.get(&write.peer.name) {
-                peer.spec.enabled = existing.spec.enabled;
-                peer.spec.device_name = existing.spec.device_name.clone();
-                peer.spec.preshared_key_secret_ref = existing.spec.preshared_key_secret_ref.clone();
-                peer.metadata.uid = existing.metadata.uid.clone();
-            } else {
-                peer.metadata.uid = Some(format!("uid-{}", write.peer.name));
+            let peer = self.apply_peer(sub, &write.first_apply());
+            if let Some(key) = write.key_to_store() {
+                stored.push((peer, write, key));
             }
-            if let Some(key) = &write.new_key {
-                let secret = patches::key_secret(&peer, &sub.name_any(), key).unwrap();
-                self.secrets.insert(key.secret_name.clone(), secret);
+        }
+        for (peer, write, key) in stored {
+            if stop == Stop::SecretWrite {
+                return false;
             }
-            self.peers.insert(write.peer.name.clone(), peer);
+            let secret = patches::key_secret(&peer, &sub.name_any(), key).unwrap();
+            self.secrets.insert(key.reference.name.clone(), secret);
+            if stop == Stop::Publication {
+                return false;
+            }
+            self.apply_peer(sub, &write.published());
         }
         for holding in &plan.deletes {
             let peer = self.peers.remove(&holding.peer).unwrap();
@@ -153,12 +187,36 @@ impl World {
         if let Some(status) = &plan.status {
             sub.status = Some(status.clone());
         }
+        true
+    }
+
+    fn apply(&mut self, sub: &mut VpnSubscription, plan: &Plan) {
+        assert!(self.apply_until(sub, plan, Stop::Nowhere));
     }
 
     fn run(&mut self, sub: &mut VpnSubscription, at: Timestamp) -> Plan {
         let plan = self.decide(sub, at);
         self.apply(sub, &plan);
         plan
+    }
+
+    /// Every published key managed through a Secret has its private half there.
+    fn assert_published_keys_are_stored(&self) {
+        for peer in self.peers.values() {
+            if let (Some(public), Some(_)) =
+                (&peer.spec.public_key, &peer.spec.private_key_secret_ref)
+            {
+                assert_eq!(
+                    &self
+                        .private_key_of(&peer.name_any())
+                        .public_key()
+                        .to_base64(),
+                    public,
+                    "{} publishes a key its Secret does not hold",
+                    peer.name_any()
+                );
+            }
+        }
     }
 
     fn peer(&self, name: &str) -> &WgPeer {
@@ -246,7 +304,7 @@ fn renewal_keeps_key_and_address_and_only_moves_expiry() {
     let plan = world.run(&mut sub, now() + SignedDuration::from_hours(1));
 
     assert_eq!(plan.writes.len(), 1);
-    assert!(plan.writes[0].new_key.is_none());
+    assert!(plan.writes[0].key.is_none());
     assert!(!plan.allocates());
     let after = world.peer("tg-1-1");
     assert_eq!(after.spec.public_key, before.spec.public_key);
@@ -525,7 +583,7 @@ fn extra_devices_made_by_the_api_get_key_and_address_without_touching_api_fields
     assert_eq!(plan.writes.len(), 1);
     let write = &plan.writes[0];
     assert_eq!(write.peer.name, "tg-1-2");
-    assert!(write.new_key.is_some());
+    assert!(write.key_to_store().is_some());
     let device = world.peer("tg-1-2");
     assert_eq!(device.spec.address.as_deref(), Some("10.8.0.3/32"));
     assert!(device.spec.public_key.is_some());
@@ -571,22 +629,42 @@ fn a_lost_key_secret_gives_a_new_key_and_says_so() {
 }
 
 #[test]
-fn a_secret_holding_another_key_or_garbage_counts_as_lost() {
-    for garbage in [
-        b"not a key".to_vec(),
-        PrivateKey::generate().to_base64().as_bytes().to_vec(),
-    ] {
-        let mut world = world();
-        let mut sub = subscription(1, Some(now() + DAY));
-        world.run(&mut sub, now());
-        let secret = world.secrets.get_mut("tg-1-1-key").unwrap();
-        secret.data = Some(BTreeMap::from([(
-            PRIVATE_KEY_FIELD.to_owned(),
-            ByteString(garbage),
-        )]));
-        let plan = world.run(&mut sub, now());
-        assert_eq!(reasons_of(&plan), vec![reasons::KEY_REGENERATED]);
-    }
+fn a_secret_holding_garbage_gets_a_new_key_and_says_so() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let before = world.peer("tg-1-1").spec.public_key.clone();
+    let secret = world.secrets.get_mut("tg-1-1-key").unwrap();
+    secret.data = Some(BTreeMap::from([(
+        PRIVATE_KEY_FIELD.to_owned(),
+        ByteString(b"not a key".to_vec()),
+    )]));
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes[0].key_to_store().is_some());
+    assert_eq!(reasons_of(&plan), vec![reasons::KEY_REGENERATED]);
+    assert_ne!(world.peer("tg-1-1").spec.public_key, before);
+    world.assert_published_keys_are_stored();
+}
+
+#[test]
+fn a_peer_secret_holding_another_key_gets_that_key_published_and_says_so() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let replacement = PrivateKey::generate();
+    let secret = world.secrets.get_mut("tg-1-1-key").unwrap();
+    secret.data = Some(BTreeMap::from([(
+        PRIVATE_KEY_FIELD.to_owned(),
+        ByteString(replacement.to_base64().as_bytes().to_vec()),
+    )]));
+    let plan = world.run(&mut sub, now());
+    assert!(matches!(plan.writes[0].key, Some(KeyStep::Publish { .. })));
+    assert_eq!(reasons_of(&plan), vec![reasons::KEY_REGENERATED]);
+    assert_eq!(
+        world.peer("tg-1-1").spec.public_key,
+        Some(replacement.public_key().to_base64())
+    );
+    world.assert_published_keys_are_stored();
 }
 
 #[test]
@@ -598,7 +676,7 @@ fn a_key_the_user_brought_is_kept_without_a_secret() {
     own.spec.public_key = Some(public.clone());
     world.peers.insert("tg-1-1".into(), own);
     let plan = world.run(&mut sub, now());
-    assert!(plan.writes[0].new_key.is_none());
+    assert!(plan.writes[0].key.is_none());
     assert_eq!(world.peer("tg-1-1").spec.public_key, Some(public));
     assert_eq!(world.peer("tg-1-1").spec.private_key_secret_ref, None);
     assert!(world.secrets.is_empty());
@@ -799,4 +877,238 @@ fn candidate_names_cover_every_device_slot_and_listed_peers_only() {
     sub.spec.max_devices = 1000;
     sub.status = None;
     assert_eq!(candidate_peer_names(&sub).len(), MAX_DEVICES as usize);
+}
+
+/// A key generator that must not be called.
+fn no_new_key() -> PrivateKey {
+    panic!("no new key may be generated here")
+}
+
+#[test]
+fn a_failed_secret_write_publishes_nothing_and_the_retry_says_nothing_about_keys() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    let plan = world.decide(&sub, now());
+    assert!(!world.apply_until(&mut sub, &plan, Stop::SecretWrite));
+    let half = world.peer("tg-1-1");
+    assert_eq!(half.spec.public_key, None);
+    assert_eq!(half.spec.private_key_secret_ref, None);
+    assert_eq!(half.spec.address.as_deref(), Some("10.8.0.2/32"));
+    assert!(world.secrets.is_empty());
+
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes[0].key_to_store().is_some());
+    assert!(!plan.allocates(), "the address given before is kept");
+    assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
+    let status = sub.status.as_ref().unwrap();
+    assert!(condition(&status.conditions, CONDITION_KEY_REGENERATED).is_none());
+    assert_eq!(ready(&sub), ("True".into(), reasons::READY.into()));
+    world.assert_published_keys_are_stored();
+    assert!(world.peer("tg-1-1").spec.public_key.is_some());
+}
+
+#[test]
+fn a_failed_publication_is_completed_with_the_key_already_stored() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    let plan = world.decide(&sub, now());
+    assert!(!world.apply_until(&mut sub, &plan, Stop::Publication));
+    assert_eq!(world.peer("tg-1-1").spec.public_key, None);
+    let stored = {
+        let data = world.secrets["tg-1-1-key"].data.as_ref().unwrap();
+        let text = std::str::from_utf8(&data[PRIVATE_KEY_FIELD].0).unwrap();
+        PrivateKey::from_base64(text).unwrap()
+    };
+
+    let own = world.own_peers(&sub);
+    let secrets: Vec<Secret> = world.secrets.values().cloned().collect();
+    let observed = Observed {
+        subscription: &sub,
+        default_server: "wg",
+        server: world.server.as_ref(),
+        own_peers: &own,
+        secrets: &secrets,
+        now: now(),
+        retention: world.retention,
+    };
+    let plan = decide(&observed, &mut world.used, &mut no_new_key);
+    assert!(matches!(plan.writes[0].key, Some(KeyStep::Publish { .. })));
+    world.apply(&mut sub, &plan);
+    assert_eq!(
+        world.peer("tg-1-1").spec.public_key,
+        Some(stored.public_key().to_base64())
+    );
+    assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
+    let status = sub.status.as_ref().unwrap();
+    assert!(condition(&status.conditions, CONDITION_KEY_REGENERATED).is_none());
+    world.assert_published_keys_are_stored();
+}
+
+#[test]
+fn a_lost_key_is_reported_once_by_the_reconcile_that_publishes_its_replacement() {
+    for stop in [Stop::SecretWrite, Stop::Publication] {
+        let mut world = world();
+        let mut sub = subscription(1, Some(now() + DAY));
+        world.run(&mut sub, now());
+        let lost = world.peer("tg-1-1").spec.public_key.clone();
+        world.secrets.clear();
+
+        let plan = world.decide(&sub, now());
+        assert!(
+            plan.events
+                .iter()
+                .any(|e| e.reason == reasons::KEY_REGENERATED)
+        );
+        assert!(!world.apply_until(&mut sub, &plan, stop), "{stop:?}");
+        assert_eq!(
+            world.peer("tg-1-1").spec.public_key,
+            lost,
+            "{stop:?}: the lost key stays published until its replacement is stored"
+        );
+        let status = sub.status.as_ref().unwrap();
+        assert!(
+            condition(&status.conditions, CONDITION_KEY_REGENERATED).is_none(),
+            "{stop:?}: a failed reconcile tells nobody"
+        );
+
+        let plan = world.run(&mut sub, now());
+        assert_eq!(
+            reasons_of(&plan),
+            vec![reasons::KEY_REGENERATED],
+            "{stop:?}"
+        );
+        assert_ne!(world.peer("tg-1-1").spec.public_key, lost, "{stop:?}");
+        world.assert_published_keys_are_stored();
+        let again = world.run(&mut sub, now());
+        assert!(
+            again.events.is_empty() && again.writes.is_empty(),
+            "{stop:?}"
+        );
+    }
+}
+
+/// What the key Secret a peer's reference (or default name) points at holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Absent,
+    ThePublishedKey,
+    AnotherKey,
+    Garbage,
+}
+
+/// Who owns that Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecretOwner {
+    ThePeer,
+    AnOlderPeer,
+    Nobody,
+}
+
+#[test]
+fn every_key_situation_publishes_only_stored_keys_and_reports_only_lost_published_ones() {
+    for published in [None, Some("valid"), Some("garbage")] {
+        for referenced in [false, true] {
+            for stored in [
+                Stored::Absent,
+                Stored::ThePublishedKey,
+                Stored::AnotherKey,
+                Stored::Garbage,
+            ] {
+                for owner in [
+                    SecretOwner::ThePeer,
+                    SecretOwner::AnOlderPeer,
+                    SecretOwner::Nobody,
+                ] {
+                    let case = format!("{published:?} ref={referenced} {stored:?} {owner:?}");
+                    let published_key = PrivateKey::generate();
+                    let other_key = PrivateKey::generate();
+                    let mut world = world();
+                    let mut sub = subscription(1, Some(now() + DAY));
+                    let mut peer = api_device("tg-1", 1, "wg");
+                    peer.spec.address = Some("10.8.0.2/32".into());
+                    peer.spec.public_key = match published {
+                        Some("valid") => Some(published_key.public_key().to_base64()),
+                        Some(_) => Some("not-a-key".into()),
+                        None => None,
+                    };
+                    peer.spec.private_key_secret_ref = referenced
+                        .then(|| SecretKeyRef::new(key_secret_name("tg-1-1"), PRIVATE_KEY_FIELD));
+                    let bytes = match stored {
+                        Stored::Absent => None,
+                        Stored::ThePublishedKey => {
+                            Some(published_key.to_base64().as_bytes().to_vec())
+                        }
+                        Stored::AnotherKey => Some(other_key.to_base64().as_bytes().to_vec()),
+                        Stored::Garbage => Some(b"garbage".to_vec()),
+                    };
+                    if let Some(bytes) = bytes {
+                        let mut secret = Secret::default();
+                        secret.metadata.name = Some(key_secret_name("tg-1-1"));
+                        secret.metadata.owner_references = match owner {
+                            SecretOwner::Nobody => None,
+                            SecretOwner::ThePeer | SecretOwner::AnOlderPeer => {
+                                let mut owned = peer.clone();
+                                if owner == SecretOwner::AnOlderPeer {
+                                    owned.metadata.uid = Some("uid-of-an-older-tg-1-1".into());
+                                }
+                                Some(vec![owned.controller_owner_ref(&()).unwrap()])
+                            }
+                        };
+                        secret.data = Some(BTreeMap::from([(
+                            PRIVATE_KEY_FIELD.to_owned(),
+                            ByteString(bytes),
+                        )]));
+                        world.secrets.insert(key_secret_name("tg-1-1"), secret);
+                    }
+                    world.peers.insert("tg-1-1".into(), peer);
+
+                    let user_owned = published == Some("valid") && !referenced;
+                    let valid = published == Some("valid") && stored == Stored::ThePublishedKey;
+                    let was_published = published == Some("valid") && referenced;
+                    let reusable = stored == Stored::AnotherKey && owner == SecretOwner::ThePeer
+                        || stored == Stored::ThePublishedKey
+                            && owner == SecretOwner::ThePeer
+                            && !was_published;
+
+                    let plan = world.decide(&sub, now());
+                    let step = plan.writes.first().and_then(|w| w.key.as_ref());
+                    match step {
+                        None => assert!(user_owned || valid, "{case}: the key was kept"),
+                        Some(KeyStep::Publish { .. }) => {
+                            assert!(reusable, "{case}: publishes a key it did not store")
+                        }
+                        Some(KeyStep::Store(_)) => {
+                            assert!(!user_owned && !valid && !reusable, "{case}: a needless key")
+                        }
+                    }
+                    let regenerated = reasons_of(&plan).contains(&reasons::KEY_REGENERATED);
+                    assert_eq!(regenerated, was_published && !valid, "{case}");
+
+                    world.apply(&mut sub, &plan);
+                    world.assert_published_keys_are_stored();
+                    let again = world.decide(&sub, now());
+                    assert!(
+                        again.writes.is_empty() && again.events.is_empty(),
+                        "{case}: settles in one reconcile"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn key_secrets_are_read_for_references_and_for_peers_awaiting_their_key() {
+    let mut awaiting = api_device("tg-1", 1, "wg");
+    awaiting.spec.public_key = None;
+    let mut referenced = api_device("tg-1", 2, "wg");
+    referenced.spec.public_key = Some(PrivateKey::generate().public_key().to_base64());
+    referenced.spec.private_key_secret_ref = Some(SecretKeyRef::new("custom", "k"));
+    let mut brought = api_device("tg-1", 3, "wg");
+    brought.spec.public_key = Some(PrivateKey::generate().public_key().to_base64());
+    let names = key_secret_names(&[awaiting, referenced, brought]);
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec!["custom".to_owned(), "tg-1-1-key".to_owned()]
+    );
 }

@@ -84,7 +84,7 @@ pub fn key_secret(peer: &WgPeer, subscription: &str, key: &NewKey) -> Result<Sec
     let text = key.private_key.to_base64();
     Ok(Secret {
         metadata: ObjectMeta {
-            name: Some(key.secret_name.clone()),
+            name: Some(key.reference.name.clone()),
             labels: Some(BTreeMap::from([
                 (LABEL_PEER.to_owned(), peer.name_any()),
                 (LABEL_SUBSCRIPTION.to_owned(), subscription.to_owned()),
@@ -94,7 +94,7 @@ pub fn key_secret(peer: &WgPeer, subscription: &str, key: &NewKey) -> Result<Sec
         },
         type_: Some("Opaque".to_owned()),
         data: Some(BTreeMap::from([(
-            key.field.clone(),
+            key.reference.key.clone(),
             ByteString(text.as_bytes().to_vec()),
         )])),
         ..Secret::default()
@@ -211,8 +211,7 @@ mod tests {
         );
         peer.metadata.uid = Some("peer-uid".into());
         let key = NewKey {
-            secret_name: "tg-7-1-key".into(),
-            field: "privateKey".into(),
+            reference: SecretKeyRef::new("tg-7-1-key", "privateKey"),
             private_key: PrivateKey::generate(),
         };
         let secret = key_secret(&peer, "tg-7", &key).unwrap();

@@ -2,6 +2,7 @@
 //! peers, key Secrets, statuses and Events through the same calls they make in a cluster.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use jiff::{SignedDuration, Timestamp};
@@ -11,7 +12,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::{Client, ResourceExt};
-use kube_fake_client::ClientBuilder;
+use kube_fake_client::{ClientBuilder, interceptor};
 use serde_json::json;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::liveness::PeerLiveness;
@@ -66,14 +67,19 @@ struct Cluster {
 
 impl Cluster {
     async fn new(servers: Vec<WgServer>) -> Self {
-        let client = ClientBuilder::new()
+        Self::with_interceptors(servers, None).await
+    }
+
+    async fn with_interceptors(servers: Vec<WgServer>, funcs: Option<interceptor::Funcs>) -> Self {
+        let mut builder = ClientBuilder::new()
             .with_resource::<VpnSubscription>()
             .with_resource::<WgPeer>()
             .with_resource::<WgServer>()
-            .with_objects(servers)
-            .build()
-            .await
-            .unwrap();
+            .with_objects(servers);
+        if let Some(funcs) = funcs {
+            builder = builder.with_interceptor_funcs(funcs);
+        }
+        let client = builder.build().await.unwrap();
         let clock = Arc::new(Mutex::new(start()));
         let metrics = Arc::new(Metrics::new());
         let ctx = Self::context(&client, &clock, &metrics);
@@ -669,5 +675,84 @@ async fn a_never_paid_subscription_is_pending_without_peers() {
             .unwrap()
             .items
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_key_secret_write_that_fails_once_publishes_no_key_and_regenerates_nothing() {
+    let failures_left = Arc::new(AtomicU32::new(1));
+    let secret_writes = Arc::new(AtomicU32::new(0));
+    let funcs = {
+        let failures_left = failures_left.clone();
+        let secret_writes = secret_writes.clone();
+        interceptor::Funcs::new().patch(move |ctx| {
+            if ctx.patch["kind"] != "Secret" {
+                return Ok(None);
+            }
+            secret_writes.fetch_add(1, Ordering::SeqCst);
+            match failures_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            {
+                Ok(_) => Err(kube_fake_client::Error::Internal(
+                    "the API server is unavailable".into(),
+                )),
+                Err(_) => Ok(None),
+            }
+        })
+    };
+    let cluster = Cluster::with_interceptors(vec![server("wg", "10.8.0.0/24")], Some(funcs)).await;
+    let name = cluster.subscribe(1, Some(start() + DAY)).await;
+
+    let failed = cluster.reconcile(&name).await;
+    assert!(matches!(failed, Err(Error::Kube(_))), "{failed:?}");
+    assert_eq!(secret_writes.load(Ordering::SeqCst), 1);
+    let half = cluster.peer("tg-1-1").await;
+    assert_eq!(
+        half.spec.public_key, None,
+        "no key published without its Secret"
+    );
+    assert_eq!(half.spec.private_key_secret_ref, None);
+    assert_eq!(half.spec.address.as_deref(), Some("10.8.0.2/32"));
+    assert!(
+        cluster
+            .secrets()
+            .get_opt("tg-1-1-key")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    cluster.reconcile(&name).await.unwrap();
+    assert_eq!(secret_writes.load(Ordering::SeqCst), 2);
+    let peer = cluster.peer("tg-1-1").await;
+    assert_eq!(peer.spec.address, half.spec.address);
+    assert_eq!(
+        cluster
+            .private_key_of("tg-1-1")
+            .await
+            .public_key()
+            .to_base64(),
+        peer.spec.public_key.unwrap()
+    );
+    let sub = cluster.sub(&name).await;
+    assert!(
+        condition(
+            &sub.status.as_ref().unwrap().conditions,
+            CONDITION_KEY_REGENERATED
+        )
+        .is_none()
+    );
+    assert_eq!(ready_reason(&sub), reasons::READY);
+    assert_eq!(cluster.event_reasons(&name).await, vec![reasons::ACTIVATED]);
+
+    cluster.reconcile(&name).await.unwrap();
+    assert_eq!(
+        secret_writes.load(Ordering::SeqCst),
+        2,
+        "settled: no further key"
+    );
+    assert_eq!(
+        cluster.event_count(&name, reasons::KEY_REGENERATED).await,
+        0
     );
 }
