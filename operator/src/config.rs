@@ -61,8 +61,8 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax), e.g. info or wgsub_operator=debug.
-    #[arg(long, env = "WGSUB_LOG_LEVEL", default_value = "info", value_parser = parse_filter)]
-    pub log_level: String,
+    #[arg(long = "log", env = "WGSUB_LOG", default_value = "info", value_parser = parse_filter)]
+    pub log_filter: String,
 }
 
 impl Config {
@@ -220,10 +220,7 @@ mod tests {
                 vec!["--namespace", "vpn", "--log-format", "xml"],
                 "--log-format",
             ),
-            (
-                vec!["--namespace", "vpn", "--log-level", "info,=[=="],
-                "--log-level",
-            ),
+            (vec!["--namespace", "vpn", "--log", "info,=[=="], "--log"),
             (
                 vec!["--namespace", "vpn", "--default-server", "UPPER"],
                 "--default-server",
@@ -233,6 +230,19 @@ mod tests {
             let error = parse(&args).unwrap_err().to_string();
             assert!(error.contains(flag), "{args:?}: {error}");
         }
+    }
+
+    #[test]
+    fn the_log_filter_is_read_from_the_same_variable_as_the_other_binaries() {
+        use clap::CommandFactory;
+        let command = Config::command();
+        let log = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some("log"))
+            .expect("a --log flag");
+        assert_eq!(log.get_env().and_then(|e| e.to_str()), Some("WGSUB_LOG"));
+        let config = parse(&["--namespace", "vpn", "--log", "wgsub_operator=debug"]).unwrap();
+        assert_eq!(config.log_filter, "wgsub_operator=debug");
     }
 
     #[test]

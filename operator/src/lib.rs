@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 
 /// Installs the tracing subscriber the config asks for.
 pub fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Text => builder.init(),
