@@ -156,8 +156,8 @@ fn parse_vat_code(text: &str) -> Result<u8, String> {
 #[command(name = "wgsub-bot", version)]
 pub struct Config {
     /// Telegram bot token from @BotFather.
-    #[arg(long, env = "WGSUB_TELEGRAM_BOT_TOKEN", hide_env_values = true)]
-    pub telegram_token: Secret,
+    #[arg(long, env = "WGSUB_BOT_TOKEN", hide_env_values = true)]
+    pub bot_token: Secret,
 
     /// Base URL of the Telegram Bot API (a local Bot API server, or a fake in tests).
     #[arg(long, env = "WGSUB_TELEGRAM_API_URL", default_value = "https://api.telegram.org", value_parser = parse_http_url)]
@@ -172,8 +172,8 @@ pub struct Config {
     pub database_max_connections: u32,
 
     /// The database is behind PgBouncer in transaction pooling: no persistent prepared statements.
-    #[arg(long, env = "WGSUB_PGBOUNCER", default_value_t = false, action = clap::ArgAction::Set)]
-    pub pgbouncer: bool,
+    #[arg(long, env = "WGSUB_DATABASE_PGBOUNCER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub database_pgbouncer: bool,
 
     /// Run the migrations at start (off when a Helm hook Job runs them).
     #[arg(long, env = "WGSUB_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -216,8 +216,8 @@ pub struct Config {
     pub webhook_listen: SocketAddr,
 
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "WGSUB_BOT_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
-    pub http_listen: SocketAddr,
+    #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
 
     /// YooKassa API base URL.
     #[arg(long, env = "WGSUB_YOOKASSA_API_URL", default_value = "https://api.yookassa.ru/v3", value_parser = parse_http_url)]
@@ -321,7 +321,7 @@ mod tests {
     fn base() -> Vec<String> {
         [
             "wgsub-bot",
-            "--telegram-token",
+            "--bot-token",
             "test-token-value",
             "--database-url",
             "postgres://localhost/x",

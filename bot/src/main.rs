@@ -60,14 +60,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let db_config = DbConfig {
         max_connections: config.database_max_connections,
-        pgbouncer: config.pgbouncer,
+        pgbouncer: config.database_pgbouncer,
         ..DbConfig::new(config.database_url.expose())
     };
     let pool = db::connect_lazy(&db_config).map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
     if config.migrate {
         db::migrate(&pool).await?;
     }
-    let ledger = Ledger::new(pool, config.pgbouncer);
+    let ledger = Ledger::new(pool, config.database_pgbouncer);
 
     let kube = kube::Client::try_default().await?;
     let yookassa = YooKassa::new(YooKassaConfig {
@@ -106,7 +106,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
     });
 
-    let bot = Bot::new(config.telegram_token.expose()).set_api_url(config.telegram_api_url.clone());
+    let bot = Bot::new(config.bot_token.expose()).set_api_url(config.telegram_api_url.clone());
     if let Err(error) = telegram::register_commands(&bot).await {
         tracing::warn!(%error, "setMyCommands failed; the command menu may be stale");
     }
@@ -114,7 +114,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    let ops = tokio::net::TcpListener::bind(config.http_listen).await?;
+    let ops = tokio::net::TcpListener::bind(config.http_addr).await?;
     let ops_shutdown = shutdown.clone();
     let ops_app = app.clone();
     tasks.spawn(async move {

@@ -91,13 +91,12 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
-{{/* Log settings; call with (list $ "WGSUB_LOG") — the filter's variable differs per binary. */}}
+{{/* Log settings, read alike by every binary. */}}
 {{- define "wgsub.logEnv" -}}
-{{- $root := index . 0 -}}
 - name: WGSUB_LOG_FORMAT
-  value: {{ $root.Values.logFormat | quote }}
-- name: {{ index . 1 }}
-  value: {{ $root.Values.logLevel | quote }}
+  value: {{ .Values.logFormat | quote }}
+- name: WGSUB_LOG
+  value: {{ .Values.logLevel | quote }}
 {{- end -}}
 
 {{- define "wgsub.databaseUrlEnv" -}}
@@ -108,23 +107,19 @@ capabilities:
       key: {{ .Values.secrets.database.urlKey }}
 {{- end -}}
 
-{{/* PgBouncer transaction pooling; call with (list $ "WGSUB_DATABASE_PGBOUNCER") — the variable
-differs per binary. */}}
+{{/* PgBouncer transaction pooling (the api, its migrate Job and the bot). */}}
 {{- define "wgsub.pgbouncerEnv" -}}
-{{- $root := index . 0 -}}
-- name: {{ index . 1 }}
-  value: {{ $root.Values.database.pgbouncer | quote }}
+- name: WGSUB_DATABASE_PGBOUNCER
+  value: {{ .Values.database.pgbouncer | quote }}
 {{- end -}}
 
-{{/* The Telegram bot token; call with (list $ "WGSUB_BOT_TOKEN") — the variable differs per
-binary (the api: WGSUB_BOT_TOKEN, the bot: WGSUB_TELEGRAM_BOT_TOKEN). */}}
+{{/* The Telegram bot token (the api checks initData with it, the bot talks with it). */}}
 {{- define "wgsub.botTokenEnv" -}}
-{{- $root := index . 0 -}}
-- name: {{ index . 1 }}
+- name: WGSUB_BOT_TOKEN
   valueFrom:
     secretKeyRef:
-      name: {{ $root.Values.secrets.telegram.existingSecret }}
-      key: {{ $root.Values.secrets.telegram.botTokenKey }}
+      name: {{ .Values.secrets.telegram.existingSecret }}
+      key: {{ .Values.secrets.telegram.botTokenKey }}
 {{- end -}}
 
 {{/* 54-FZ receipts; the api and the bot read the same variables. */}}
