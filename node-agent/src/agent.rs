@@ -18,7 +18,7 @@ use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
 use wireguard_control::{DeviceUpdate, Key};
 
 use crate::desired::{DesiredState, PeerInput, PeerState, Pools};
-use crate::diff::{PeerDiff, diff_keys, diff_peers};
+use crate::diff::{PeerDiff, count_differences, diff_keys, diff_peers};
 use crate::expiry::sleep_until;
 use crate::http::Health;
 use crate::index::{Dirty, ServerKey, SharedIndex};
@@ -27,6 +27,9 @@ use crate::kube_shell::{KubeApi, StatusQueue, StatusWrite, Target};
 use crate::metrics::{ApplyKind, ApplyLabels, Metrics};
 use crate::nat::{self, Firewall, NatPlan};
 use crate::snapshot::{InterfaceSnapshot, PeerConfig};
+
+/// Peer configurations by public key.
+type PeerConfigs = BTreeMap<PublicKey, PeerConfig>;
 use crate::status::{
     peer_ready, peer_status, peer_write_due, reason, server_ready, server_status, server_write_due,
 };
@@ -77,10 +80,12 @@ fn converge(
             })
         }
         Some(snapshot) => {
-            let observed = snapshot.peer_configs();
+            let public_key = snapshot.public_key;
+            let listen_port = snapshot.listen_port;
+            let observed = snapshot.into_peer_configs();
             let mut corrections = 0;
             let mut update = DeviceUpdate::new();
-            if snapshot.public_key != Some(key.public_key()) || snapshot.listen_port != Some(port) {
+            if public_key != Some(key.public_key()) || listen_port != Some(port) {
                 update = base(update);
                 corrections += 1;
             }
@@ -88,8 +93,9 @@ fn converge(
             if !diff.is_empty() || corrections > 0 {
                 interface.apply(diff.add_to(update))?;
             }
+            drop(diff);
             corrections += interface.ensure_link(link)?.len();
-            let peer_drift = believed.map_or(0, |believed| diff_peers(believed, &observed).len());
+            let peer_drift = believed.map_or(0, |believed| count_differences(believed, &observed));
             Ok(Converged {
                 created: false,
                 drift: corrections + peer_drift,
@@ -102,8 +108,9 @@ fn converge(
 #[derive(Debug)]
 struct ServerRuntime {
     interface: WgInterface,
-    /// What the agent last applied; `None` when unknown (start, after an error).
-    applied: Option<BTreeMap<PublicKey, PeerConfig>>,
+    /// What the agent last applied; `None` when unknown (start, after an error). Shared with
+    /// the worker during a full comparison instead of copied.
+    applied: Option<Arc<PeerConfigs>>,
     public_key: Option<PublicKey>,
     listen_port: u16,
     /// The peer decision, kept up to date peer by peer.
@@ -420,15 +427,15 @@ impl Agent {
         let full = full || runtime.applied.is_none() || key_changed;
         let started = Instant::now();
         let mut incremental: Option<PeerDiff> = None;
-        let configs = full.then(|| decision.desired.configs());
+        let configs = full.then(|| Arc::new(decision.desired.configs()));
         let outcome: Result<Option<usize>, String> = if let Some(configs) = &configs {
             let interface = runtime.interface.clone();
             let believed = runtime.applied.clone();
-            let desired = configs.clone();
+            let desired = Arc::clone(configs);
             let key = key.clone();
             match self
                 .worker
-                .run(move || converge(&interface, &key, port, &desired, believed.as_ref(), &link))
+                .run(move || converge(&interface, &key, port, &desired, believed.as_deref(), &link))
                 .await
             {
                 Ok(Ok(converged)) => {
@@ -445,8 +452,8 @@ impl Agent {
                 Err(gone) => Err(gone.to_string()),
             }
         } else {
-            let empty = BTreeMap::new();
-            let applied = runtime.applied.as_ref().unwrap_or(&empty);
+            let empty = PeerConfigs::new();
+            let applied = runtime.applied.as_deref().unwrap_or(&empty);
             let diff = match touched {
                 Some(keys) => diff_keys(
                     |key| decision.desired.peers.get(key).map(|peer| &peer.config),
@@ -510,7 +517,7 @@ impl Agent {
                     .set(desired_count as i64);
                 match (configs, incremental, runtime.applied.as_mut()) {
                     (Some(configs), _, _) => runtime.applied = Some(configs),
-                    (None, Some(diff), Some(applied)) => diff.apply_to(applied),
+                    (None, Some(diff), Some(applied)) => diff.apply_to(Arc::make_mut(applied)),
                     _ => {}
                 }
                 runtime.public_key = Some(key.public_key());

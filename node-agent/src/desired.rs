@@ -4,7 +4,7 @@
 //! which one wins (the older one: creation time, then name). Every peer gets a [`PeerState`]
 //! saying why it is or is not on the interface; the status module turns that into conditions.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -196,10 +196,7 @@ fn validate(
             ));
         }
     };
-    let config = PeerConfig {
-        allowed_ips: addresses.iter().map(|a| IpNet::from(*a)).collect(),
-        preshared_key,
-    };
+    let config = PeerConfig::new(addresses.iter().map(|a| IpNet::from(*a)), preshared_key);
     Ok((key, addresses, config))
 }
 
@@ -286,22 +283,114 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// The decision for `peers` from scratch.
+    /// The decision for `peers` from scratch, in bulk: every peer is judged once, the
+    /// candidates are ordered by age once and claims are handed out greedily, and every map is
+    /// built from sorted input (no per-peer tree rebalancing). When a name comes twice the last
+    /// input wins, as with [`DesiredState::update`].
     pub fn new(pools: Pools, peers: impl IntoIterator<Item = PeerInput>, now: Timestamp) -> Self {
-        let mut state = DesiredState {
-            pools,
-            inputs: BTreeMap::new(),
-            evals: BTreeMap::new(),
-            claimants: BTreeSet::new(),
-            expiries: BTreeSet::new(),
-            desired: DesiredPeers::default(),
-        };
-        let changes = peers
-            .into_iter()
-            .map(|p| (p.name.clone(), Some(p)))
+        let mut list: Vec<PeerInput> = peers.into_iter().collect();
+        // Stable sort then reverse: the last input of each name comes first and is kept.
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list.reverse();
+        list.dedup_by(|later, kept| later.name == kept.name);
+        list.reverse();
+        let mut inputs = Vec::with_capacity(list.len());
+        let mut evals = Vec::with_capacity(list.len());
+        let mut claimants = Vec::with_capacity(list.len() * 2);
+        let mut expiries = Vec::with_capacity(list.len());
+        for input in list {
+            let name = input.name.clone();
+            if let Some(at) = input.liveness.next_change(now) {
+                expiries.push((at, name.clone()));
+            }
+            let meta = PeerMeta {
+                created: input.created,
+                expires_at: input.liveness.expires_at,
+            };
+            let eval = evaluate(&input, &pools, now);
+            for claim in eval.claims() {
+                claimants.push((claim, name.clone()));
+            }
+            inputs.push((name.clone(), meta));
+            evals.push((name, eval));
+        }
+        let mut order: Vec<usize> = (0..evals.len())
+            .filter(|i| matches!(evals[*i].1, Eval::Candidate { .. }))
             .collect();
-        state.update(changes, now);
-        state
+        order.sort_by(|a, b| {
+            let (a, b) = (&inputs[*a], &inputs[*b]);
+            conflict_order(&(&a.0, a.1)).cmp(&conflict_order(&(&b.0, b.1)))
+        });
+        let mut states: Vec<Option<PeerState>> = evals
+            .iter()
+            .map(|(_, eval)| match eval {
+                Eval::Decided(state) => Some(state.clone()),
+                Eval::Candidate { .. } => None,
+            })
+            .collect();
+        let mut key_owner: HashMap<PublicKey, usize> = HashMap::with_capacity(order.len());
+        let mut address_owner: HashMap<IpAddr, usize> = HashMap::with_capacity(order.len());
+        let mut peers = Vec::with_capacity(order.len());
+        for i in order {
+            let (name, eval) = &evals[i];
+            let Eval::Candidate {
+                key,
+                addresses,
+                config,
+            } = eval
+            else {
+                continue;
+            };
+            let conflict = key_owner
+                .get(key)
+                .map(|owner| (*owner, "publicKey".to_string()))
+                .or_else(|| {
+                    addresses.iter().find_map(|address| {
+                        address_owner
+                            .get(address)
+                            .map(|owner| (*owner, format!("address {address}")))
+                    })
+                });
+            states[i] = Some(match conflict {
+                Some((owner, what)) => PeerState::Refused(Refusal::Conflict {
+                    with: evals[owner].0.clone(),
+                    what,
+                }),
+                None => {
+                    key_owner.insert(*key, i);
+                    for address in addresses {
+                        address_owner.insert(*address, i);
+                    }
+                    peers.push((
+                        *key,
+                        DesiredPeer {
+                            name: name.clone(),
+                            config: config.clone(),
+                        },
+                    ));
+                    PeerState::Live(*key)
+                }
+            });
+        }
+        peers.sort_unstable_by_key(|(key, _)| *key);
+        claimants.sort_unstable();
+        expiries.sort_unstable();
+        let states = evals
+            .iter()
+            .zip(states)
+            .filter_map(|((name, _), state)| Some((name.clone(), state?)))
+            .collect();
+        DesiredState {
+            pools,
+            inputs: inputs.into_iter().collect(),
+            evals: evals.into_iter().collect(),
+            claimants: claimants.into_iter().collect(),
+            expiries: expiries.into_iter().collect(),
+            desired: DesiredPeers {
+                peers: peers.into_iter().collect(),
+                states,
+            },
+        }
     }
 
     pub fn pools(&self) -> &Pools {
@@ -508,11 +597,11 @@ mod tests {
         let key = PublicKey::from_base64(p.public_key.as_deref().unwrap()).unwrap();
         assert_eq!(desired.states["a"], PeerState::Live(key));
         let config = &desired.peers[&key].config;
-        let expected: BTreeSet<IpNet> = ["10.8.0.2/32", "fd00:8::2/128"]
+        let expected: Vec<IpNet> = ["10.8.0.2/32", "fd00:8::2/128"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        assert_eq!(config.allowed_ips, expected);
+        assert_eq!(&*config.allowed_ips, expected.as_slice());
         assert_eq!(config.preshared_key, Some(psk));
     }
 

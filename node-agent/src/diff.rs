@@ -100,6 +100,23 @@ pub fn diff_peers(
     diff
 }
 
+/// How many peers differ between two configuration sets (what [`diff_peers`] would touch),
+/// without building the diff.
+pub fn count_differences(
+    desired: &BTreeMap<PublicKey, PeerConfig>,
+    observed: &BTreeMap<PublicKey, PeerConfig>,
+) -> usize {
+    let changed = desired
+        .iter()
+        .filter(|(key, want)| observed.get(key) != Some(want))
+        .count();
+    changed
+        + observed
+            .keys()
+            .filter(|key| !desired.contains_key(key))
+            .count()
+}
+
 /// Compares desired with observed for the given keys only (the keys an incremental decision
 /// touched); every other peer is known to be unchanged.
 pub fn diff_keys<'a>(
@@ -133,10 +150,7 @@ mod tests {
     }
 
     fn config(ips: &[&str]) -> PeerConfig {
-        PeerConfig {
-            allowed_ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            preshared_key: None,
-        }
+        PeerConfig::new(ips.iter().map(|s| s.parse().unwrap()), None)
     }
 
     #[test]
@@ -201,6 +215,8 @@ mod tests {
         assert_eq!(diff.add.len(), 2);
         assert_eq!(diff.update.len(), 2);
         assert_eq!(diff.remove.len(), 2);
+        assert_eq!(count_differences(&desired, &observed), diff.len());
+        assert_eq!(count_differences(&observed, &desired), 6);
         let mut after = observed.clone();
         diff.apply_to(&mut after);
         assert_eq!(after, desired);

@@ -3,17 +3,34 @@
 //! built outside its crate, so every decision compares against this type instead; a `Device`
 //! read from the interface converts into it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
 use wgsub_crds::keys::{PresharedKey, PublicKey};
 
-/// What a peer on the interface is configured with.
+/// What a peer on the interface is configured with. The allowed IPs are kept sorted and
+/// without duplicates (build it with [`PeerConfig::new`]), so equal sets compare equal; a sorted
+/// boxed slice costs one small allocation where a tree set costs a whole node per peer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerConfig {
-    pub allowed_ips: BTreeSet<IpNet>,
+    pub allowed_ips: Box<[IpNet]>,
     pub preshared_key: Option<PresharedKey>,
+}
+
+impl PeerConfig {
+    pub fn new(
+        allowed_ips: impl IntoIterator<Item = IpNet>,
+        preshared_key: Option<PresharedKey>,
+    ) -> Self {
+        let mut ips: Vec<IpNet> = allowed_ips.into_iter().collect();
+        ips.sort_unstable();
+        ips.dedup();
+        Self {
+            allowed_ips: ips.into_boxed_slice(),
+            preshared_key,
+        }
+    }
 }
 
 /// Traffic counters and the latest handshake of a peer, as the interface reports them.
@@ -41,11 +58,11 @@ pub struct InterfaceSnapshot {
 }
 
 impl InterfaceSnapshot {
-    /// The peers' configurations without statistics.
-    pub fn peer_configs(&self) -> BTreeMap<PublicKey, PeerConfig> {
+    /// The peers' configurations, consuming the snapshot (no copies).
+    pub fn into_peer_configs(self) -> BTreeMap<PublicKey, PeerConfig> {
         self.peers
-            .iter()
-            .map(|(key, peer)| (*key, peer.config.clone()))
+            .into_iter()
+            .map(|(key, peer)| (key, peer.config))
             .collect()
     }
 }
@@ -77,15 +94,13 @@ impl From<&wireguard_control::Device> for InterfaceSnapshot {
             .peers
             .iter()
             .map(|peer| {
-                let config = PeerConfig {
-                    allowed_ips: peer
-                        .config
+                let config = PeerConfig::new(
+                    peer.config
                         .allowed_ips
                         .iter()
-                        .filter_map(|ip| IpNet::new(ip.address, ip.cidr).ok())
-                        .collect(),
-                    preshared_key: preshared_key_from(peer.config.preshared_key.as_ref()),
-                };
+                        .filter_map(|ip| IpNet::new(ip.address, ip.cidr).ok()),
+                    preshared_key_from(peer.config.preshared_key.as_ref()),
+                );
                 let stats = PeerStats {
                     last_handshake: peer.stats.last_handshake_time.and_then(timestamp_from),
                     rx_bytes: peer.stats.rx_bytes,
