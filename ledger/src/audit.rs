@@ -6,6 +6,7 @@ use jiff_sqlx::ToSqlx;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::session::RunOn;
 use crate::{Ledger, LedgerError};
 
 /// What became of a webhook delivery.
@@ -91,7 +92,7 @@ impl Ledger {
         .bind(delivery.object_id.as_deref().map(|e| e.chars().take(64).collect::<String>()))
         .bind(delivery.outcome.as_str())
         .bind(&delivery.reason)
-        .fetch_one(&self.pool)
+        .fetch_one_on(self)
         .await?;
         Ok(row.try_get("id")?)
     }
@@ -107,7 +108,7 @@ impl Ledger {
         )
         .persistent(self.persistent)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all_on(self)
         .await?;
         rows.iter()
             .map(|row| {
@@ -137,7 +138,7 @@ impl Ledger {
         )
         .persistent(self.persistent)
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all_on(self)
         .await?;
         rows.iter()
             .map(|row| {

@@ -1,5 +1,6 @@
 //! Connecting to PostgreSQL (a pool that works behind PgBouncer in transaction pooling) and
-//! running the embedded migrations from the workspace's `migrations/` directory.
+//! running the embedded migrations from the workspace's `migrations/` directory — directly, or
+//! through a transaction pooler (see [`migrate_with`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -68,9 +69,47 @@ pub fn connect_lazy(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(config.connect_options()?))
 }
 
-/// Runs every migration not yet applied.
+/// Runs every migration not yet applied, serialised by sqlx's session-level advisory lock.
+/// Use it only on a direct connection to PostgreSQL: behind a transaction pooler the lock and
+/// its unlock can land on different server connections (see [`migrate_with`]).
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// The key of the transaction-scoped advisory lock that serialises migrators behind PgBouncer
+/// (an arbitrary constant: the bytes of "wgsubmig").
+const MIGRATION_LOCK_KEY: i64 = 0x7767_7375_626d_6967;
+
+/// Runs every migration not yet applied, in the way `pgbouncer` says the database is reached.
+///
+/// Directly (`false`): [`migrate`]. Behind PgBouncer in transaction pooling (`true`), where a
+/// session-level advisory lock would stay on whichever server connection took it and the
+/// unlock could go to another one, everything runs in ONE transaction (so the pooler keeps one
+/// server connection for it): a transaction-scoped advisory lock first (concurrent migrators
+/// wait for it, and it ends with the commit), then each pending migration in a savepoint, then
+/// `DEALLOCATE ALL` (the pool must then be one made with [`DbConfig::pgbouncer`], which caches
+/// no statements), because sqlx's migrator prepares named statements that must not outlive
+/// the transaction on a pooled server connection. A migration marked `-- no-transaction` (e.g.
+/// `CREATE INDEX CONCURRENTLY`) cannot run this way; there are none.
+pub async fn migrate_with(
+    pool: &PgPool,
+    pgbouncer: bool,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    if !pgbouncer {
+        return migrate(pool).await;
+    }
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_locking(false);
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .persistent(false)
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    migrator.run(&mut *tx).await?;
+    sqlx::raw_sql("DEALLOCATE ALL").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,11 +15,18 @@
 //!
 //! **Connecting** — [`db`]
 //! - [`DbConfig`] (`url`, `max_connections`, `acquire_timeout`, `pgbouncer`): `pgbouncer = true`
-//!   sets the statement cache capacity to 0 and runs every query unnamed (non-persistent), for
-//!   PgBouncer in transaction pooling.
+//!   sets the statement cache capacity to 0, runs every query unnamed (non-persistent) and
+//!   each single query in its own transaction, for PgBouncer in transaction pooling.
 //! - [`db::connect_lazy`]`(&DbConfig) -> PgPool`, [`db::migrate`]`(&PgPool)` (runs
-//!   `migrations/` embedded by `sqlx::migrate!`), [`db::MIGRATOR`].
+//!   `migrations/` embedded by `sqlx::migrate!`, directly), [`db::migrate_with`]`(&PgPool,
+//!   pgbouncer)` (the same, also safe through PgBouncer in transaction pooling when the pool
+//!   was made with `DbConfig::pgbouncer`), [`db::MIGRATOR`].
 //! - [`Ledger::new`]`(pool, pgbouncer)`, [`Ledger::pool`], [`Ledger::ping`].
+//! - [`Ledger::session`]` -> Session` (deref to `PgConnection`; [`session::Session::finish`]
+//!   after the last query): how to run your own queries with arguments (e.g. the bot's
+//!   tables) so they also work behind PgBouncer — there a session is a transaction, because
+//!   sqlx's `Parse` and `Bind` round trips must reach the same server connection. The
+//!   ledger's own single queries run this way.
 //!
 //! **Users** — [`users`]
 //! - [`TelegramUser`] → [`Ledger::upsert_user`]`(&TelegramUser, now) -> User` (insert or refresh
@@ -72,6 +79,7 @@ pub mod entitlement;
 pub mod grants;
 pub mod outbox;
 pub mod payments;
+pub mod session;
 pub mod stats;
 pub mod sync;
 mod txn;

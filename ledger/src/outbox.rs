@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
+use crate::session::RunOn;
 use crate::{Ledger, LedgerError};
 
 /// What happened, as the user should be told.
@@ -81,7 +82,7 @@ impl Ledger {
         )
         .persistent(self.persistent)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all_on(self)
         .await?;
         rows.iter()
             .map(|row| {
@@ -110,7 +111,7 @@ impl Ledger {
                 .persistent(self.persistent)
                 .bind(id)
                 .bind(now.to_sqlx())
-                .execute(&self.pool)
+                .execute_on(self)
                 .await?;
         Ok(done.rows_affected() == 1)
     }

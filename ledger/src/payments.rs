@@ -12,6 +12,7 @@ use wgsub_crds::plans::Plan;
 
 use crate::entitlement::Entitlement;
 use crate::outbox::{NotificationEvent, enqueue};
+use crate::session::RunOn;
 use crate::txn::{lock_user, refold};
 use crate::yookassa::{
     self, ExpectedPayment, PaymentMismatch, ReceiptSettings, YooKassa, YooKassaError,
@@ -217,7 +218,7 @@ impl Ledger {
         .bind(&plan.currency)
         .bind(idempotence_key)
         .bind(now.to_sqlx())
-        .execute(&self.pool)
+        .execute_on(self)
         .await
         .map_err(LedgerError::from)?;
         let description = format!(
@@ -264,7 +265,7 @@ impl Ledger {
         .bind(url.as_deref())
         .bind(status.as_str())
         .bind(now.to_sqlx())
-        .execute(&self.pool)
+        .execute_on(self)
         .await
         .map_err(LedgerError::from)?;
         let confirmation_url = url.ok_or(PaymentError::NoConfirmationUrl)?;
@@ -286,7 +287,7 @@ impl Ledger {
             .bind(id)
             .bind(status.as_str())
             .bind(now.to_sqlx())
-            .execute(&self.pool)
+            .execute_on(self)
             .await?;
         Ok(())
     }
@@ -297,7 +298,7 @@ impl Ledger {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(self.persistent)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional_on(self)
             .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
@@ -311,7 +312,7 @@ impl Ledger {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(self.persistent)
             .bind(yookassa_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional_on(self)
             .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
@@ -412,7 +413,7 @@ impl Ledger {
         .persistent(self.persistent)
         .bind(payment_id)
         .bind(now.to_sqlx())
-        .execute(&self.pool)
+        .execute_on(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }

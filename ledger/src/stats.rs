@@ -5,6 +5,7 @@ use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use sqlx::Row;
 
+use crate::session::RunOn;
 use crate::{Ledger, LedgerError};
 
 /// Money in one currency.
@@ -49,7 +50,7 @@ impl Ledger {
         )
         .persistent(self.persistent)
         .bind(now.to_sqlx())
-        .fetch_one(&self.pool)
+        .fetch_one_on(self)
         .await?;
         Ok(Stats {
             users: row.try_get("users")?,
@@ -76,7 +77,7 @@ impl Ledger {
         )
         .persistent(self.persistent)
         .bind(since.to_sqlx())
-        .fetch_all(&self.pool)
+        .fetch_all_on(self)
         .await?;
         rows.iter()
             .map(|row| {

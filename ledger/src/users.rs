@@ -8,6 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 use crate::entitlement::Entitlement;
+use crate::session::RunOn;
 use crate::yookassa::ReceiptCustomer;
 use crate::{Ledger, LedgerError};
 
@@ -123,7 +124,7 @@ impl Ledger {
             .bind(user.last_name.as_deref().map(|n| clip(n, 128)))
             .bind(user.language_code.as_deref().map(|c| clip(c, 16)))
             .bind(now.to_sqlx())
-            .fetch_one(&self.pool)
+            .fetch_one_on(self)
             .await?;
         Ok(user_from_row(&row)?)
     }
@@ -136,7 +137,7 @@ impl Ledger {
         .persistent(self.persistent)
         .bind(user_id)
         .bind(now.to_sqlx())
-        .execute(&self.pool)
+        .execute_on(self)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -147,7 +148,7 @@ impl Ledger {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(self.persistent)
             .bind(user_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional_on(self)
             .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
@@ -165,7 +166,7 @@ impl Ledger {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(self.persistent)
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional_on(self)
             .await?;
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
@@ -186,7 +187,7 @@ impl Ledger {
             .bind(user_id)
             .bind(email)
             .bind(phone)
-            .execute(&self.pool)
+            .execute_on(self)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -200,7 +201,7 @@ impl Ledger {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .persistent(self.persistent)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all_on(self)
             .await?;
         Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
     }
@@ -215,7 +216,7 @@ impl Ledger {
             .persistent(self.persistent)
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all_on(self)
             .await?;
         Ok(rows.iter().map(user_from_row).collect::<Result<_, _>>()?)
     }
@@ -230,7 +231,7 @@ impl Ledger {
         .persistent(self.persistent)
         .bind(user_id)
         .bind(version)
-        .execute(&self.pool)
+        .execute_on(self)
         .await?;
         Ok(())
     }

@@ -2,6 +2,9 @@
 //! `WGSUB_TEST_DATABASE_URL`), YooKassa faked with wiremock and Kubernetes with
 //! kube-fake-client.
 
+#[path = "support/pgbouncer.rs"]
+mod pgbouncer;
+
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -19,6 +22,8 @@ use wgsub_ledger::{
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 use zeroize::Zeroizing;
+
+use crate::pgbouncer::PgBouncer;
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
 
@@ -568,4 +573,202 @@ async fn pgbouncer_mode_runs_every_query_without_persistent_statements() {
         .await
         .unwrap();
     assert_eq!(prepared, 0);
+}
+
+/// A fresh, empty (unmigrated) database in the server at `WGSUB_TEST_DATABASE_URL`.
+async fn empty_database(label: &str) -> String {
+    let base = std::env::var("WGSUB_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "WGSUB_TEST_DATABASE_URL is not set: this test needs PostgreSQL \
+             (run scripts/test, or `source scripts/test-postgres; start_test_postgres DIR`)"
+        )
+    });
+    let name = format!("wgsub_{label}_{}", Uuid::new_v4().simple());
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&base)
+        .await
+        .expect("connect to WGSUB_TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    name
+}
+
+/// A pool through `bouncer` to `database`, with or without the PgBouncer setting.
+fn pooled(bouncer: &PgBouncer, database: &str, pgbouncer: bool) -> sqlx::PgPool {
+    db::connect_lazy(&DbConfig {
+        pgbouncer,
+        max_connections: 16,
+        ..DbConfig::new(bouncer.url(database))
+    })
+    .unwrap()
+}
+
+/// The ledger's real paths, concurrently, as the API and the bot run them: user upserts, the
+/// trial (granted once), an admin grant (a fold), a payment created at YooKassa, its webhook
+/// applied 20× at once (applied once), lookups and stats. `Err` names the first failure.
+async fn ledger_workload(ledger: &Ledger, yk: &FakeYooKassa) -> Result<(), String> {
+    let now = t("2026-03-01T00:00:00Z");
+    let upserts = futures::future::join_all(
+        (1..=40).map(|id| async move { ledger.upsert_user(&tg(id, &format!("u{id}")), now).await }),
+    )
+    .await;
+    for upserted in upserts {
+        upserted.map_err(|e| format!("upsert_user: {e}"))?;
+    }
+    let trials = futures::future::join_all((0..10).map(|_| ledger.grant_trial(1, 3, now))).await;
+    let mut granted = 0;
+    for trial in trials {
+        granted += usize::from(trial.map_err(|e| format!("grant_trial: {e}"))?.is_some());
+    }
+    if granted != 1 {
+        return Err(format!("the trial was granted {granted} times"));
+    }
+    let grants = futures::future::join_all((2..=20).map(|user_id| async move {
+        let grant = AdminGrant {
+            user_id,
+            days: 7,
+            admin_id: 1,
+            reason: "load".into(),
+        };
+        ledger.admin_grant(&grant, now).await
+    }))
+    .await;
+    for folded in grants {
+        let folded = folded.map_err(|e| format!("admin_grant: {e}"))?;
+        if folded.paid_until != Some(now + DAY * 7) {
+            return Err(format!("admin grant folded to {:?}", folded.paid_until));
+        }
+    }
+    let plan = plan();
+    let created = ledger
+        .create_payment(
+            &yk.client(),
+            PaymentOrder {
+                user_id: 25,
+                plan: &plan,
+                return_url: "https://t.me/wgsub_bot",
+                receipt: None,
+            },
+            now,
+        )
+        .await
+        .map_err(|e| format!("create_payment: {e}"))?;
+    let record = ledger
+        .payment(created.id)
+        .await
+        .map_err(|e| format!("payment: {e}"))?
+        .ok_or("the created payment is not in the ledger")?;
+    let fetched = succeeded(&record);
+    let applies = futures::future::join_all(
+        (0..20).map(|_| ledger.apply_payment(record.id, &fetched, now + DAY)),
+    )
+    .await;
+    let mut applied = 0;
+    for outcome in applies {
+        match outcome.map_err(|e| format!("apply_payment: {e}"))? {
+            ApplyOutcome::Applied { .. } => applied += 1,
+            ApplyOutcome::AlreadyApplied { .. } => {}
+        }
+    }
+    if applied != 1 {
+        return Err(format!("the payment was applied {applied} times"));
+    }
+    let user = ledger
+        .user(25)
+        .await
+        .map_err(|e| format!("user: {e}"))?
+        .ok_or("user 25 is missing")?;
+    if user.entitlement.paid_until != Some(t("2026-03-01T00:00:00Z") + DAY * 90) {
+        return Err(format!("paid until {:?}", user.entitlement.paid_until));
+    }
+    let stats = ledger.stats(now).await.map_err(|e| format!("stats: {e}"))?;
+    if stats.users != 40 {
+        return Err(format!("stats count {} users", stats.users));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn through_pgbouncer_concurrent_migrations_serialise_and_leave_no_prepared_statements() {
+    let bouncer = PgBouncer::start(2).await;
+    let database = empty_database("bouncer_migrate").await;
+    let runs = futures::future::join_all((0..4).map(|_| {
+        let pool = pooled(&bouncer, &database, true);
+        async move { db::migrate_with(&pool, true).await }
+    }))
+    .await;
+    for run in runs {
+        run.expect("every migrator succeeds through PgBouncer");
+    }
+    let pool = pooled(&bouncer, &database, true);
+    db::migrate_with(&pool, true)
+        .await
+        .expect("a second migration run is a no-op");
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+        .persistent(false)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, i64::try_from(db::MIGRATOR.iter().count()).unwrap());
+    // Two open transactions hold both server connections: neither kept a prepared statement,
+    // and no advisory lock on this database is left.
+    let mut first = pool.begin().await.unwrap();
+    let mut second = pool.begin().await.unwrap();
+    for tx in [&mut first, &mut second] {
+        let leftovers: (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM pg_prepared_statements), \
+                    (SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND database = \
+                        (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        )
+        .persistent(false)
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap();
+        assert_eq!(leftovers, (0, 0));
+    }
+}
+
+#[tokio::test]
+async fn through_pgbouncer_transaction_pooling_the_ledger_works_with_the_pgbouncer_setting() {
+    let bouncer = PgBouncer::start(3).await;
+    let database = empty_database("bouncer_on").await;
+    let pool = pooled(&bouncer, &database, true);
+    db::migrate_with(&pool, true).await.unwrap();
+    let yk = FakeYooKassa::start().await;
+    yk.accept_payments("2f000000-000f-5000-8000-0000000000b1")
+        .await;
+    let ledger = Ledger::new(pool, true);
+    for round in 0..3 {
+        // Each round on fresh users: a second round re-runs the same statements.
+        if round > 0 {
+            sqlx::raw_sql("TRUNCATE users CASCADE")
+                .execute(ledger.pool())
+                .await
+                .unwrap();
+        }
+        ledger_workload(&ledger, &yk)
+            .await
+            .unwrap_or_else(|e| panic!("round {round} through PgBouncer: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn through_pgbouncer_the_same_paths_fail_without_the_pgbouncer_setting() {
+    // Proves the test above exercises the problem: with cached, named prepared statements the
+    // pooler hands a client a server connection where its statement does not exist, or where
+    // another client's statement of the same name does.
+    let bouncer = PgBouncer::start(3).await;
+    let database = empty_database("bouncer_off").await;
+    db::migrate_with(&pooled(&bouncer, &database, true), true)
+        .await
+        .unwrap();
+    let yk = FakeYooKassa::start().await;
+    yk.accept_payments("2f000000-000f-5000-8000-0000000000b2")
+        .await;
+    let ledger = Ledger::new(pooled(&bouncer, &database, false), false);
+    let error = ledger_workload(&ledger, &yk)
+        .await
+        .expect_err("named prepared statements cannot work through transaction pooling");
+    assert!(error.contains("prepared statement"), "{error}");
 }
