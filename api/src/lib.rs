@@ -18,6 +18,7 @@ pub mod initdata;
 pub mod metrics;
 pub mod miniapp;
 pub mod openapi;
+pub mod qr;
 pub mod state;
 pub mod system;
 pub mod user;

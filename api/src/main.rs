@@ -75,7 +75,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate(database) => {
             let pool = db::connect_lazy(&database.db_config()).context("--database-url")?;
-            db::migrate(&pool).await.context("running migrations")?;
+            db::migrate_with(&pool, database.database_pgbouncer)
+                .await
+                .context("running migrations")?;
             tracing::info!("migrations applied");
             Ok(())
         }

@@ -13,6 +13,7 @@ use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa};
 use zeroize::Zeroizing;
 
 use crate::metrics::Metrics;
+use crate::qr::QrCache;
 
 /// The field manager of everything the API itself writes to `WgPeer`s.
 pub const FIELD_MANAGER: &str = "wgsub-api";
@@ -81,6 +82,8 @@ pub struct AppState {
     pub plans: PlanCatalogue,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// Rendered QR codes of device configs.
+    pub qr_cache: QrCache,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -96,7 +99,7 @@ pub async fn state_from_args(
     let return_url = args.return_url().map_err(anyhow::Error::msg)?;
     let pool =
         wgsub_ledger::db::connect_lazy(&args.database.db_config()).context("--database-url")?;
-    wgsub_ledger::db::migrate(&pool)
+    wgsub_ledger::db::migrate_with(&pool, args.database.database_pgbouncer)
         .await
         .context("running migrations")?;
     let yookassa = YooKassa::new(wgsub_ledger::YooKassaConfig {
@@ -125,5 +128,6 @@ pub async fn state_from_args(
             max_body_bytes: args.max_body_bytes as usize,
         },
         metrics: Metrics::new(),
+        qr_cache: QrCache::new(QrCache::DEFAULT_CAPACITY),
     }))
 }

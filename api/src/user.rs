@@ -3,8 +3,6 @@
 //! any path, and a device that is not the caller's answers 404 exactly like one that does not
 //! exist.
 
-use std::io::Cursor;
-
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -30,6 +28,7 @@ use crate::devices::{
 };
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::initdata::{self, InitData};
+use crate::qr::QrImage;
 use crate::state::{FIELD_MANAGER, SharedState};
 
 /// The authenticated Mini App user.
@@ -551,29 +550,6 @@ pub async fn peer_config(
     ))
 }
 
-/// The QR code of a config as PNG bytes.
-pub fn qr_png(text: &str) -> Result<Vec<u8>, String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
-    let image = code
-        .render::<image::Luma<u8>>()
-        .min_dimensions(320, 320)
-        .build();
-    let mut png = Vec::new();
-    image::DynamicImage::ImageLuma8(image)
-        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    Ok(png)
-}
-
-/// The QR code of a config as an SVG document.
-pub fn qr_svg(text: &str) -> Result<String, String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
-    Ok(code
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(320, 320)
-        .build())
-}
-
 #[utoipa::path(get, path = "/api/v1/me/peers/{name}/qr", tag = "miniapp",
     security(("tma" = [])),
     params(("name" = String, Path, description = "the device's peer name"), QrQuery),
@@ -587,31 +563,16 @@ pub async fn peer_qr(
     Query(query): Query<QrQuery>,
 ) -> Result<Response, ApiError> {
     let (text, _) = client_config(&state, init.user.id, &name).await?;
-    let response = match query.format {
-        QrFormat::Png => {
-            let png = qr_png(&text).map_err(|e| ApiError::internal(&e))?;
-            ([(header::CONTENT_TYPE, "image/png")], png).into_response()
-        }
-        QrFormat::Svg => {
-            let svg = qr_svg(&text).map_err(|e| ApiError::internal(&e))?;
-            ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
-        }
+    let format = match query.format {
+        QrFormat::Png => QrImage::Png,
+        QrFormat::Svg => QrImage::Svg,
     };
-    Ok(no_store(response))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qr_codes_render_as_png_and_svg() {
-        let text = "[Interface]\nAddress = 10.8.0.2/32\n";
-        let png = qr_png(text).unwrap();
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        let decoded = image::load_from_memory(&png).unwrap();
-        assert!(decoded.width() >= 320);
-        let svg = qr_svg(text).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("</svg>"));
-    }
+    let image = state
+        .qr_cache
+        .get_or_render(format, text)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(no_store(
+        ([(header::CONTENT_TYPE, format.content_type())], image).into_response(),
+    ))
 }

@@ -20,6 +20,7 @@ use kube::Api;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wgsub_api::metrics::Metrics;
+use wgsub_api::qr::QrCache;
 use wgsub_api::{AppState, KubeApis, Settings, app, clientip, initdata};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
@@ -114,6 +115,7 @@ async fn harness(label: &str, fail_first_subscription_patch: bool) -> Harness {
             max_body_bytes: 4096,
         },
         metrics: Metrics::new(),
+        qr_cache: QrCache::new(QrCache::DEFAULT_CAPACITY),
     });
     Harness {
         router: app(state.clone()),
