@@ -612,7 +612,7 @@ impl Agent {
                 let Some((current, generation)) = self.index.read(|index| {
                     index
                         .peer(peer_name)
-                        .map(|peer| (peer.status.clone(), peer.metadata.generation))
+                        .map(|peer| (peer.status.clone(), peer.generation))
                 }) else {
                     continue;
                 };

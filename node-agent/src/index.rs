@@ -6,12 +6,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use wgsub_crds::keys::{KeyError, PresharedKey, PrivateKey};
 use wgsub_crds::liveness::PeerLiveness;
 use wgsub_crds::resources::LABEL_SUBSCRIPTION;
-use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgServer, WgServerSpec};
+use wgsub_crds::{
+    SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgPeerStatus, WgServer, WgServerSpec,
+};
 use zeroize::Zeroizing;
 
 use crate::desired::{PeerInput, PresharedKeyInput};
@@ -91,11 +94,36 @@ pub struct Dirty {
     pub peers: BTreeSet<String>,
 }
 
+/// What the index keeps of a `WgPeer`: what the decision and the status need, nothing of its
+/// metadata but the subscription it belongs to, its creation time and generation. At 10k peers
+/// this is a fraction of the whole object (labels, owner references, uid, resource version).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedPeer {
+    pub spec: WgPeerSpec,
+    pub subscription: Option<String>,
+    pub created: Option<Timestamp>,
+    pub generation: Option<i64>,
+    pub status: Option<WgPeerStatus>,
+}
+
+impl IndexedPeer {
+    fn from_object(peer: WgPeer) -> Self {
+        Self {
+            subscription: Index::subscription_of(&peer),
+            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            generation: peer.metadata.generation,
+            spec: peer.spec,
+            status: peer.status,
+        }
+    }
+}
+
 /// The index itself.
 #[derive(Debug, Default)]
 pub struct Index {
     servers: BTreeMap<String, WgServer>,
-    peers: BTreeMap<String, WgPeer>,
+    /// Boxed: the map's nodes hold pointers, not half-empty slots of whole records.
+    peers: BTreeMap<String, Box<IndexedPeer>>,
     suspended: BTreeMap<String, bool>,
     secrets: BTreeMap<String, SecretData>,
     dirty: Dirty,
@@ -123,18 +151,18 @@ impl Index {
         self.servers.remove(name);
         self.dirty.all = true;
     }
-    pub fn apply_peer(&mut self, mut peer: WgPeer) {
-        strip(&mut peer.metadata);
+    pub fn apply_peer(&mut self, peer: WgPeer) {
         let name = peer.name_any();
+        let peer = IndexedPeer::from_object(peer);
         let inputs_changed = self.peers.get(&name).is_none_or(|old| {
             old.spec != peer.spec
-                || Self::subscription_of(old) != Self::subscription_of(&peer)
-                || old.metadata.creation_timestamp != peer.metadata.creation_timestamp
+                || old.subscription != peer.subscription
+                || old.created != peer.created
         });
         if inputs_changed {
             self.dirty.peers.insert(name.clone());
         }
-        self.peers.insert(name, peer);
+        self.peers.insert(name, Box::new(peer));
     }
     pub fn delete_peer(&mut self, name: &str) {
         self.peers.remove(name);
@@ -142,7 +170,7 @@ impl Index {
     }
     fn mark_subscription_peers(&mut self, subscription: &str) {
         for (name, peer) in &self.peers {
-            if Self::subscription_of(peer).as_deref() == Some(subscription) {
+            if peer.subscription.as_deref() == Some(subscription) {
                 self.dirty.peers.insert(name.clone());
             }
         }
@@ -218,8 +246,8 @@ impl Index {
         self.servers.get(name)
     }
 
-    pub fn peer(&self, name: &str) -> Option<&WgPeer> {
-        self.peers.get(name)
+    pub fn peer(&self, name: &str) -> Option<&IndexedPeer> {
+        self.peers.get(name).map(|peer| &**peer)
     }
 
     /// The servers this node serves.
@@ -261,13 +289,15 @@ impl Index {
         }
     }
 
-    fn input_of(&self, peer: &WgPeer) -> PeerInput {
-        let suspended = Self::subscription_of(peer)
-            .and_then(|name| self.suspended.get(&name).copied())
+    fn input_of(&self, name: &str, peer: &IndexedPeer) -> PeerInput {
+        let suspended = peer
+            .subscription
+            .as_ref()
+            .and_then(|name| self.suspended.get(name).copied())
             .unwrap_or(false);
         PeerInput {
-            name: peer.name_any(),
-            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            name: name.to_owned(),
+            created: peer.created,
             public_key: peer.spec.public_key.clone(),
             address: peer.spec.address.clone(),
             address6: peer.spec.address6.clone(),
@@ -283,9 +313,9 @@ impl Index {
     /// The decision inputs of every peer of `server`.
     pub fn peer_inputs(&self, server: &str) -> Vec<PeerInput> {
         self.peers
-            .values()
-            .filter(|peer| peer.spec.server == server)
-            .map(|peer| self.input_of(peer))
+            .iter()
+            .filter(|(_, peer)| peer.spec.server == server)
+            .map(|(name, peer)| self.input_of(name, peer))
             .collect()
     }
 
@@ -294,7 +324,7 @@ impl Index {
         self.peers
             .get(name)
             .filter(|peer| peer.spec.server == server)
-            .map(|peer| self.input_of(peer))
+            .map(|peer| self.input_of(name, peer))
     }
 
     /// The server's private key from the Secret it names.

@@ -19,7 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::resources::LABEL_SERVER;
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SERVER};
 use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerStatus, WgServer, WgServerStatus};
 
 use crate::index::{Index, Kind, SharedIndex};
@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, WriteLabels};
 pub const FIELD_MANAGER: &str = "wgsub-node-agent";
 
 /// A watched kind and how its objects go into the index.
-trait Indexed:
+pub trait Indexed:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static
 {
     const KIND: Kind;
@@ -91,8 +91,9 @@ impl Indexed for Secret {
 }
 
 /// Feeds one watch event into the index; `listed` collects names during a relist so objects
-/// that vanished while the watch was down are dropped at `InitDone`.
-fn feed<K: Indexed>(shared: &SharedIndex, listed: &mut BTreeSet<String>, event: Event<K>) {
+/// that vanished while the watch was down are dropped at `InitDone`. Public so the benchmark
+/// fills the index exactly as the watches do.
+pub fn feed<K: Indexed>(shared: &SharedIndex, listed: &mut BTreeSet<String>, event: Event<K>) {
     match event {
         Event::Init => listed.clear(),
         Event::InitApply(object) => {
@@ -119,11 +120,12 @@ fn feed<K: Indexed>(shared: &SharedIndex, listed: &mut BTreeSet<String>, event: 
 
 async fn watch_kind<K: Indexed>(
     api: Api<K>,
+    config: watcher::Config,
     shared: Arc<SharedIndex>,
     shutdown: CancellationToken,
 ) {
     let mut listed = BTreeSet::new();
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     loop {
         tokio::select! {
@@ -137,6 +139,13 @@ async fn watch_kind<K: Indexed>(
     }
 }
 
+/// The Secrets the agent watches: every Secret of the namespace but the peers' own private
+/// keys (labelled `wgsub.io/peer` by the operator). A server never needs its clients' private
+/// keys, and at 10k peers they would be most of what the agent lists and keeps.
+fn secret_selector() -> String {
+    format!("!{LABEL_PEER}")
+}
+
 /// Runs the four watches until `shutdown`.
 pub async fn run_watches(
     client: Client,
@@ -147,21 +156,25 @@ pub async fn run_watches(
     tokio::join!(
         watch_kind(
             Api::<WgServer>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
             shared.clone(),
             shutdown.clone()
         ),
         watch_kind(
             Api::<WgPeer>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
             shared.clone(),
             shutdown.clone()
         ),
         watch_kind(
             Api::<VpnSubscription>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
             shared.clone(),
             shutdown.clone()
         ),
         watch_kind(
             Api::<Secret>::namespaced(client, namespace),
+            watcher::Config::default().labels(&secret_selector()),
             shared,
             shutdown
         ),
