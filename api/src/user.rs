@@ -9,19 +9,17 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use wgsub_crds::config::{ClientConfig, config_file_name};
-use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
+use wgsub_crds::{SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
 use wgsub_ledger::{PaymentError, PaymentOrder};
 use zeroize::Zeroizing;
 
+use crate::device_config::{DeviceConfigError, render_device_config};
 use crate::devices::{
     DeviceView, clean_device_name, device_index, device_views, is_users_peer, new_device_peer,
     next_device_index, switch_patch,
@@ -444,26 +442,6 @@ pub async fn update_peer(
     Ok(Json(DeviceView::of(&patched)))
 }
 
-fn secret_value(secret: &Secret, key_ref: &SecretKeyRef) -> Option<Zeroizing<String>> {
-    let bytes = secret.data.as_ref()?.get(&key_ref.key)?;
-    std::str::from_utf8(&bytes.0)
-        .ok()
-        .map(|text| Zeroizing::new(text.trim().to_owned()))
-}
-
-async fn read_secret(
-    state: &SharedState,
-    key_ref: &SecretKeyRef,
-) -> Result<Option<Zeroizing<String>>, ApiError> {
-    let secret = state
-        .kube
-        .secrets
-        .get_opt(&key_ref.name)
-        .await
-        .map_err(ApiError::from_kube)?;
-    Ok(secret.as_ref().and_then(|s| secret_value(s, key_ref)))
-}
-
 /// The device's `.conf` and its download file name.
 async fn client_config(
     state: &SharedState,
@@ -472,45 +450,14 @@ async fn client_config(
 ) -> Result<(Zeroizing<String>, String), ApiError> {
     let peer = owned_peer(state, user_id, name).await?;
     active_subscription(state, user_id, Timestamp::now()).await?;
-    let key_ref = peer
-        .spec
-        .private_key_secret_ref
-        .as_ref()
-        .ok_or_else(|| peer_not_ready("this device has no key held by wgsub"))?;
-    let server = state
-        .kube
-        .servers
-        .get_opt(&peer.spec.server)
-        .await
-        .map_err(ApiError::from_kube)?
-        .ok_or_else(|| peer_not_ready("the device's server does not exist yet"))?;
-    let server_key = server
-        .status
-        .as_ref()
-        .and_then(|s| s.public_key.as_deref())
-        .and_then(|k| PublicKey::from_base64(k).ok());
-    let private_key = read_secret(state, key_ref)
-        .await?
-        .and_then(|text| PrivateKey::from_base64(&text).ok())
-        .ok_or_else(|| peer_not_ready("the device's key is not ready yet"))?;
-    let preshared = match &peer.spec.preshared_key_secret_ref {
-        Some(psk_ref) => Some(
-            read_secret(state, psk_ref)
-                .await?
-                .and_then(|text| PresharedKey::from_base64(&text).ok())
-                .ok_or_else(|| peer_not_ready("the device's preshared key is not ready yet"))?,
-        ),
-        None => None,
-    };
-    let config =
-        ClientConfig::for_peer(&server.spec, server_key, &peer.spec, private_key, preshared)
-            .map_err(|e| peer_not_ready(e.to_string()))?;
-    let subscription = subscription_name(user_id);
-    let fallback = device_index(&subscription, name).unwrap_or(1).to_string();
-    Ok((
-        config.render(),
-        config_file_name(peer.spec.device_name.as_deref(), &fallback),
-    ))
+    let fallback = device_index(&subscription_name(user_id), name)
+        .unwrap_or(1)
+        .to_string();
+    match render_device_config(&state.kube.servers, &state.kube.secrets, &peer, &fallback).await {
+        Ok(rendered) => Ok((rendered.text, rendered.file_name)),
+        Err(DeviceConfigError::Kube(error)) => Err(ApiError::from_kube(error)),
+        Err(DeviceConfigError::NotReady(message)) => Err(peer_not_ready(message)),
+    }
 }
 
 fn no_store(mut response: Response) -> Response {
