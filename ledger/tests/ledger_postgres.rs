@@ -772,3 +772,32 @@ async fn through_pgbouncer_the_same_paths_fail_without_the_pgbouncer_setting() {
         .expect_err("named prepared statements cannot work through transaction pooling");
     assert!(error.contains("prepared statement"), "{error}");
 }
+
+#[tokio::test]
+async fn through_pgbouncer_sqlxs_own_migrator_fails_when_run_concurrently() {
+    // Why `migrate_with` exists: sqlx's migrator (a session advisory lock, named statements)
+    // run by several processes at once through the pooler collides on its statement names.
+    let bouncer = PgBouncer::start(2).await;
+    let database = empty_database("bouncer_plain_migrate").await;
+    let runs = futures::future::join_all((0..4).map(|_| {
+        let pool = pooled(&bouncer, &database, true);
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), db::migrate(&pool))
+                .await
+                .map_err(|_| "timed out waiting for the session lock".to_owned())?
+                .map_err(|e| e.to_string())
+        }
+    }))
+    .await;
+    let failures: Vec<String> = runs.into_iter().filter_map(Result::err).collect();
+    assert!(
+        !failures.is_empty(),
+        "every plain migrator succeeded through PgBouncer"
+    );
+    assert!(
+        failures
+            .iter()
+            .all(|e| e.contains("prepared statement") || e.contains("timed out")),
+        "{failures:?}"
+    );
+}

@@ -14,7 +14,14 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 /// Where the binary is: `WGSUB_PGBOUNCER`, else Debian's path, else `pgbouncer` on `PATH`.
 fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("WGSUB_PGBOUNCER") {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(
+            path.exists(),
+            "WGSUB_PGBOUNCER={} does not exist: this test needs a real PgBouncer \
+             (apt-get install pgbouncer)",
+            path.display()
+        );
+        return path;
     }
     let debian = PathBuf::from("/usr/sbin/pgbouncer");
     if debian.exists() {
