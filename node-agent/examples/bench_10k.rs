@@ -212,12 +212,15 @@ impl Bench {
     }
 
     /// A restarted agent: fresh index from the list pages, fresh loop state, one full sync.
-    async fn cold_start(&self, pages: &[Vec<u8>]) -> (Agent, Arc<SharedIndex>) {
+    /// Also returns how long filling the index took.
+    async fn cold_start(&self, pages: &[Vec<u8>]) -> (Agent, Arc<SharedIndex>, Duration) {
+        let start = Instant::now();
         let index = Arc::new(SharedIndex::default());
         fill_index(&index, &self.server, &self.secret, pages);
+        let filled = start.elapsed();
         let mut agent = self.agent(index.clone());
         agent.sync(true).await;
-        (agent, index)
+        (agent, index, filled)
     }
 }
 
@@ -338,13 +341,14 @@ async fn main() {
         worker: Worker::start(Some(format!("/var/run/netns/{ns}").into())).unwrap(),
     };
     // The interface with its key and port but no peers: both contenders start from here.
-    let (agent, _) = bench.cold_start(&[]).await;
+    let (agent, _, _) = bench.cold_start(&[]).await;
     drop(agent);
 
     std::fs::write("/proc/self/clear_refs", "5").expect("resetting VmHWM");
     let baseline = status_kib("VmRSS:");
 
     let mut agent_cold = Vec::new();
+    let mut agent_fill = Vec::new();
     let mut syncconf_cold = Vec::new();
     let mut last = None;
     for round in 0..rounds {
@@ -353,9 +357,10 @@ async fn main() {
             if (round + turn) % 2 == 0 {
                 drop(last.take());
                 let start = Instant::now();
-                let started = bench.cold_start(&pages).await;
+                let (agent, index, filled) = bench.cold_start(&pages).await;
                 agent_cold.push(start.elapsed());
-                last = Some(started);
+                agent_fill.push(filled);
+                last = Some((agent, index));
             } else {
                 syncconf_cold.push(syncconf(&interface, &full));
             }
@@ -375,16 +380,21 @@ async fn main() {
     let mut agent_one = Vec::new();
     let mut syncconf_one = Vec::new();
     for (round, (disabled, enabled)) in changed.into_iter().enumerate() {
+        // Both start from every peer on the interface; who goes first alternates.
         let mut listed = Default::default();
-        feed(&index, &mut listed, Event::Apply(disabled));
-        let start = Instant::now();
-        agent.sync(false).await;
-        agent_one.push(start.elapsed());
-        // Back to all peers for syncconf's turn, then syncconf applies the same change.
-        syncconf(&interface, &full);
-        syncconf_one.push(syncconf(&interface, &without[round]));
-        feed(&index, &mut listed, Event::Apply(enabled));
-        agent.sync(true).await;
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                feed(&index, &mut listed, Event::Apply(disabled.clone()));
+                let start = Instant::now();
+                agent.sync(false).await;
+                agent_one.push(start.elapsed());
+                feed(&index, &mut listed, Event::Apply(enabled.clone()));
+                agent.sync(false).await;
+            } else {
+                syncconf_one.push(syncconf(&interface, &without[round]));
+                syncconf(&interface, &full);
+            }
+        }
     }
     let peak = status_kib("VmHWM:");
     let peers_on = String::from_utf8(
@@ -402,6 +412,11 @@ async fn main() {
         "the interface does not hold every peer at the end"
     );
 
+    let ratios: Vec<f64> = agent_one
+        .iter()
+        .zip(&syncconf_one)
+        .map(|(agent, syncconf)| syncconf.as_secs_f64() / agent.as_secs_f64())
+        .collect();
     println!("peers: {count}, rounds: {rounds}, backend: wireguard-go (userspace)");
     println!(
         "cold convergence: agent {}\n                  wg syncconf {}\n                  agent/syncconf (medians) = {:.2}",
@@ -410,16 +425,20 @@ async fn main() {
         median(&agent_cold) / median(&syncconf_cold)
     );
     println!(
+        "  of which the agent decoding the list pages and filling its index: {}",
+        range(&agent_fill)
+    );
+    println!(
         "full resync with nothing to change: agent {}",
         range(&settled)
     );
     println!(
-        "one changed peer: agent {}\n                  wg syncconf {}\n                  syncconf/agent: medians {:.0}x, worst agent vs best syncconf {:.0}x",
+        "one changed peer: agent {}\n                  wg syncconf {}\n                  syncconf/agent: medians {:.0}x, per round (same round) from {:.0}x to {:.0}x",
         range(&agent_one),
         range(&syncconf_one),
         median(&syncconf_one) / median(&agent_one),
-        syncconf_one.iter().min().unwrap().as_secs_f64()
-            / agent_one.iter().max().unwrap().as_secs_f64()
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
     );
     println!(
         "agent memory over the harness baseline ({} MiB): steady {:.1} MiB, peak {:.1} MiB",

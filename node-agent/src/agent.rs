@@ -90,8 +90,9 @@ fn converge(
                 corrections += 1;
             }
             let diff = diff_peers(desired, &observed);
+            let update = diff.add_to(update);
             if !diff.is_empty() || corrections > 0 {
-                interface.apply(diff.add_to(update))?;
+                interface.apply(update)?;
             }
             drop(diff);
             corrections += interface.ensure_link(link)?.len();
@@ -112,6 +113,9 @@ struct ServerRuntime {
     /// the worker during a full comparison instead of copied.
     applied: Option<Arc<PeerConfigs>>,
     public_key: Option<PublicKey>,
+    /// The private key last seen and its public half: deriving it is a scalar multiplication,
+    /// not worth repeating on every event.
+    key_pair: Option<(PrivateKey, PublicKey)>,
     listen_port: u16,
     /// The peer decision, kept up to date peer by peer.
     decision: Option<DesiredState>,
@@ -127,6 +131,7 @@ impl ServerRuntime {
             interface,
             applied: None,
             public_key: None,
+            key_pair: None,
             listen_port: 0,
             decision: None,
             problem: None,
@@ -422,8 +427,15 @@ impl Agent {
             mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
         };
         let interface_labels = crate::metrics::Metrics::interface(runtime.interface.name());
-        let key_changed =
-            runtime.public_key != Some(key.public_key()) || runtime.listen_port != port;
+        let public = match &runtime.key_pair {
+            Some((private, public)) if *private == key => *public,
+            _ => {
+                let public = key.public_key();
+                runtime.key_pair = Some((key.clone(), public));
+                public
+            }
+        };
+        let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
         let full = full || runtime.applied.is_none() || key_changed;
         let started = Instant::now();
         let mut incremental: Option<PeerDiff> = None;
@@ -520,7 +532,7 @@ impl Agent {
                     (None, Some(diff), Some(applied)) => diff.apply_to(Arc::make_mut(applied)),
                     _ => {}
                 }
-                runtime.public_key = Some(key.public_key());
+                runtime.public_key = Some(public);
                 runtime.listen_port = port;
                 runtime.problem = None;
                 runtime.last_sync = Some(Timestamp::now());

@@ -164,10 +164,7 @@ fn not_live_reason(liveness: &PeerLiveness) -> NotLive {
 }
 
 /// A live peer checked on its own: its key, addresses and preshared key.
-fn validate(
-    peer: &PeerInput,
-    pools: &Pools,
-) -> Result<(PublicKey, Vec<IpAddr>, PeerConfig), Refusal> {
+fn validate(peer: &PeerInput, pools: &Pools) -> Result<(PublicKey, PeerConfig), Refusal> {
     let text = peer
         .public_key
         .as_deref()
@@ -178,13 +175,13 @@ fn validate(
     let v4 = parse_host_v4(address)
         .ok_or_else(|| Refusal::OutOfPool(format!("address {address:?} is not an IPv4 /32")))?;
     pools.check_v4(v4).map_err(Refusal::OutOfPool)?;
-    let mut addresses = vec![IpAddr::V4(v4)];
+    let mut addresses = vec![IpNet::from(IpAddr::V4(v4))];
     if let Some(address6) = peer.address6.as_deref() {
         let v6 = parse_host_v6(address6).ok_or_else(|| {
             Refusal::OutOfPool(format!("address6 {address6:?} is not an IPv6 /128"))
         })?;
         pools.check_v6(v6).map_err(Refusal::OutOfPool)?;
-        addresses.push(IpAddr::V6(v6));
+        addresses.push(IpNet::from(IpAddr::V6(v6)));
     }
     let preshared_key = match &peer.preshared_key {
         PresharedKeyInput::NotUsed => None,
@@ -196,8 +193,7 @@ fn validate(
             ));
         }
     };
-    let config = PeerConfig::new(addresses.iter().map(|a| IpNet::from(*a)), preshared_key);
-    Ok((key, addresses, config))
+    Ok((key, PeerConfig::new(addresses, preshared_key)))
 }
 
 /// Decides which peers go on the interface at `now`.
@@ -216,25 +212,26 @@ enum Claim {
     Address(IpAddr),
 }
 
+/// The host addresses a candidate claims: its allowed IPs (each a /32 or /128), IPv4 first.
+fn addresses(config: &PeerConfig) -> impl Iterator<Item = IpAddr> + '_ {
+    config.allowed_ips.iter().map(IpNet::addr)
+}
+
 /// One peer judged on its own (without the others).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Eval {
     /// Not live or invalid: its state does not depend on other peers.
     Decided(PeerState),
     /// Live and valid: on the interface unless an older peer holds one of its claims.
-    Candidate {
-        key: PublicKey,
-        addresses: Vec<IpAddr>,
-        config: PeerConfig,
-    },
+    Candidate { key: PublicKey, config: PeerConfig },
 }
 
 impl Eval {
     fn claims(&self) -> Vec<Claim> {
         match self {
             Eval::Decided(_) => Vec::new(),
-            Eval::Candidate { key, addresses, .. } => std::iter::once(Claim::Key(*key))
-                .chain(addresses.iter().map(|a| Claim::Address(*a)))
+            Eval::Candidate { key, config } => std::iter::once(Claim::Key(*key))
+                .chain(addresses(config).map(Claim::Address))
                 .collect(),
         }
     }
@@ -245,11 +242,7 @@ fn evaluate(peer: &PeerInput, pools: &Pools, now: Timestamp) -> Eval {
         return Eval::Decided(PeerState::NotLive(not_live_reason(&peer.liveness)));
     }
     match validate(peer, pools) {
-        Ok((key, addresses, config)) => Eval::Candidate {
-            key,
-            addresses,
-            config,
-        },
+        Ok((key, config)) => Eval::Candidate { key, config },
         Err(refusal) => Eval::Decided(PeerState::Refused(refusal)),
     }
 }
@@ -308,8 +301,11 @@ impl DesiredState {
                 expires_at: input.liveness.expires_at,
             };
             let eval = evaluate(&input, &pools, now);
-            for claim in eval.claims() {
-                claimants.push((claim, name.clone()));
+            if let Eval::Candidate { key, config } = &eval {
+                claimants.push((Claim::Key(*key), name.clone()));
+                for address in addresses(config) {
+                    claimants.push((Claim::Address(address), name.clone()));
+                }
             }
             inputs.push((name.clone(), meta));
             evals.push((name, eval));
@@ -333,21 +329,16 @@ impl DesiredState {
         let mut peers = Vec::with_capacity(order.len());
         for i in order {
             let (name, eval) = &evals[i];
-            let Eval::Candidate {
-                key,
-                addresses,
-                config,
-            } = eval
-            else {
+            let Eval::Candidate { key, config } = eval else {
                 continue;
             };
             let conflict = key_owner
                 .get(key)
                 .map(|owner| (*owner, "publicKey".to_string()))
                 .or_else(|| {
-                    addresses.iter().find_map(|address| {
+                    addresses(config).find_map(|address| {
                         address_owner
-                            .get(address)
+                            .get(&address)
                             .map(|owner| (*owner, format!("address {address}")))
                     })
                 });
@@ -358,8 +349,8 @@ impl DesiredState {
                 }),
                 None => {
                     key_owner.insert(*key, i);
-                    for address in addresses {
-                        address_owner.insert(*address, i);
+                    for address in addresses(config) {
+                        address_owner.insert(address, i);
                     }
                     peers.push((
                         *key,
@@ -505,18 +496,14 @@ impl DesiredState {
             let state = match self.evals.get(name) {
                 None => continue,
                 Some(Eval::Decided(state)) => state.clone(),
-                Some(Eval::Candidate {
-                    key,
-                    addresses,
-                    config,
-                }) => {
+                Some(Eval::Candidate { key, config }) => {
                     let conflict = key_owner
                         .get(key)
                         .map(|owner| (owner.to_string(), "publicKey".to_string()))
                         .or_else(|| {
-                            addresses.iter().find_map(|address| {
+                            addresses(config).find_map(|address| {
                                 address_owner
-                                    .get(address)
+                                    .get(&address)
                                     .map(|owner| (owner.to_string(), format!("address {address}")))
                             })
                         });
@@ -524,8 +511,8 @@ impl DesiredState {
                         Some((with, what)) => PeerState::Refused(Refusal::Conflict { with, what }),
                         None => {
                             key_owner.insert(*key, name);
-                            for address in addresses {
-                                address_owner.insert(*address, name);
+                            for address in addresses(config) {
+                                address_owner.insert(address, name);
                             }
                             keys.insert(*key);
                             self.desired.peers.insert(
