@@ -4,9 +4,8 @@
 //! Pure data: the shell keeps one [`UsedAddresses`] per server behind a per-server lock (see
 //! `pools`), the reconcile decision claims from it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::ops::Bound;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use kube::ResourceExt;
@@ -20,13 +19,12 @@ use wgsub_crds::pool::{self, PoolError};
 /// decision gives that other peer a fresh one.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UsedAddresses {
-    v4: BTreeSet<Ipv4Addr>,
+    /// The held IPv4 addresses as maximal runs of consecutive addresses (first → last), so the
+    /// lowest free address of a pool is one lookup away however full the pool is.
+    runs_v4: BTreeMap<u32, u32>,
     v6: BTreeSet<Ipv6Addr>,
     owner_v4: HashMap<Ipv4Addr, String>,
     owner_v6: HashMap<Ipv6Addr, String>,
-    /// Per pool, an address every client address below which is held: the lowest free address
-    /// is at or above it, so allocation walks from here instead of from the pool's start.
-    low_water_v4: HashMap<Ipv4Net, Ipv4Addr>,
 }
 
 /// The address is a client address of the pool: inside it and neither the network, the
@@ -43,28 +41,52 @@ pub fn is_client_v6(pool: Ipv6Net, address: Ipv6Addr) -> bool {
     pool.contains(&address) && address != pool.network() && address != pool::server_address_v6(pool)
 }
 
+/// What the address bookkeeping reads of a `WgPeer`: its name, creation time, server and
+/// addresses. The shell lists peers into this (the rest of each object is skipped while
+/// parsing), so loading a full server costs a few dozen bytes per peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddresses {
+    pub name: String,
+    pub created: Option<jiff::Timestamp>,
+    pub server: String,
+    pub address: Option<String>,
+    pub address6: Option<String>,
+}
+
+impl PeerAddresses {
+    /// The fields of a whole peer.
+    pub fn of(peer: &WgPeer) -> Self {
+        Self {
+            name: peer.name_any(),
+            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            server: peer.spec.server.clone(),
+            address: peer.spec.address.clone(),
+            address6: peer.spec.address6.clone(),
+        }
+    }
+}
+
 impl UsedAddresses {
     /// The addresses of the peers whose `spec.server` is `server`; peers of other servers and
     /// address texts that are not a host address are ignored.
     pub fn from_peers<'a>(server: &str, peers: impl IntoIterator<Item = &'a WgPeer>) -> Self {
-        let mut ours: Vec<&WgPeer> = peers
+        Self::from_addresses(server, peers.into_iter().map(PeerAddresses::of))
+    }
+
+    /// [`Self::from_peers`] on the address fields alone.
+    pub fn from_addresses(server: &str, peers: impl IntoIterator<Item = PeerAddresses>) -> Self {
+        let mut ours: Vec<PeerAddresses> = peers
             .into_iter()
-            .filter(|peer| peer.spec.server == server)
+            .filter(|peer| peer.server == server)
             .collect();
-        ours.sort_by(|a, b| {
-            let created = |p: &WgPeer| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            created(a)
-                .cmp(&created(b))
-                .then_with(|| a.name_any().cmp(&b.name_any()))
-        });
+        ours.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name.cmp(&b.name)));
         let mut used = Self::default();
         for peer in ours {
-            let name = peer.name_any();
-            if let Some(v4) = peer.spec.address.as_deref().and_then(pool::parse_host_v4) {
-                used.claim_v4(v4, &name);
+            if let Some(v4) = peer.address.as_deref().and_then(pool::parse_host_v4) {
+                used.claim_v4(v4, &peer.name);
             }
-            if let Some(v6) = peer.spec.address6.as_deref().and_then(pool::parse_host_v6) {
-                used.claim_v6(v6, &name);
+            if let Some(v6) = peer.address6.as_deref().and_then(pool::parse_host_v6) {
+                used.claim_v6(v6, &peer.name);
             }
         }
         used
@@ -76,10 +98,44 @@ impl UsedAddresses {
         match self.owner_v4.get(&address) {
             Some(owner) => owner == peer,
             None => {
-                self.v4.insert(address);
+                self.insert_run_v4(u32::from(address));
                 self.owner_v4.insert(address, peer.to_owned());
                 true
             }
+        }
+    }
+
+    /// Adds `address` (not yet held) to the runs, merging with its neighbours.
+    fn insert_run_v4(&mut self, address: u32) {
+        let mut first = address;
+        let mut last = address;
+        if let Some((&start, &end)) = self.runs_v4.range(..address).next_back()
+            && end.checked_add(1) == Some(address)
+        {
+            first = start;
+        }
+        if let Some(next) = address.checked_add(1)
+            && let Some(end) = self.runs_v4.remove(&next)
+        {
+            last = end;
+        }
+        self.runs_v4.insert(first, last);
+    }
+
+    /// Removes `address` (held) from the runs, splitting the run that holds it.
+    fn remove_run_v4(&mut self, address: u32) {
+        let Some((&start, &end)) = self.runs_v4.range(..=address).next_back() else {
+            return;
+        };
+        if end < address {
+            return;
+        }
+        self.runs_v4.remove(&start);
+        if start < address {
+            self.runs_v4.insert(start, address - 1);
+        }
+        if address < end {
+            self.runs_v4.insert(address + 1, end);
         }
     }
 
@@ -109,12 +165,7 @@ impl UsedAddresses {
     pub fn release_v4(&mut self, address: Ipv4Addr, peer: &str) {
         if self.owner_v4(address) == Some(peer) {
             self.owner_v4.remove(&address);
-            self.v4.remove(&address);
-            for (pool, low_water) in &mut self.low_water_v4 {
-                if pool.contains(&address) && address < *low_water {
-                    *low_water = address;
-                }
-            }
+            self.remove_run_v4(u32::from(address));
         }
     }
 
@@ -128,33 +179,26 @@ impl UsedAddresses {
 
     /// Gives `peer` the lowest free client address of `pool` and records the claim.
     ///
-    /// The first allocation in a pool walks the held addresses from the pool's start
-    /// ([`pool::allocate_v4`]); later ones walk from the low-water mark it leaves, so they cost
-    /// a few steps however full the pool is.
+    /// The lowest client address is the one after the server's; when it is held, the first
+    /// address after the run holding it is free (runs are maximal): one lookup in the runs,
+    /// however full the pool is.
     pub fn allocate_v4(&mut self, pool: Ipv4Net, peer: &str) -> Result<Ipv4Addr, PoolError> {
-        let address = match self.low_water_v4.get(&pool) {
-            Some(&start) => {
-                let mut candidate = u32::from(start);
-                for held in self.v4.range((Bound::Included(start), Bound::Unbounded)) {
-                    if u32::from(*held) != candidate {
-                        break;
-                    }
-                    candidate = candidate.saturating_add(1);
-                }
-                let candidate = Ipv4Addr::from(candidate);
-                if !is_client_v4(pool, candidate) || self.v4.contains(&candidate) {
-                    return Err(PoolError::Exhausted {
-                        pool: pool.to_string(),
-                    });
-                }
-                candidate
-            }
-            None => pool::allocate_v4(pool, &self.v4)?,
+        let exhausted = || PoolError::Exhausted {
+            pool: pool.to_string(),
         };
-        self.claim_v4(address, peer);
-        if let Some(next) = u32::from(address).checked_add(1) {
-            self.low_water_v4.insert(pool, Ipv4Addr::from(next));
+        let mut candidate = u32::from(pool::server_address_v4(pool))
+            .checked_add(1)
+            .ok_or_else(exhausted)?;
+        if let Some((_, &end)) = self.runs_v4.range(..=candidate).next_back()
+            && end >= candidate
+        {
+            candidate = end.checked_add(1).ok_or_else(exhausted)?;
         }
+        let address = Ipv4Addr::from(candidate);
+        if !is_client_v4(pool, address) {
+            return Err(exhausted());
+        }
+        self.claim_v4(address, peer);
         Ok(address)
     }
 
@@ -167,7 +211,7 @@ impl UsedAddresses {
 
     /// How many IPv4 addresses are held.
     pub fn len_v4(&self) -> usize {
-        self.v4.len()
+        self.owner_v4.len()
     }
 
     /// How many IPv6 addresses are held.
@@ -177,7 +221,16 @@ impl UsedAddresses {
 
     /// How many IPv4 addresses inside `pool` are held.
     pub fn used_in_v4(&self, pool: Ipv4Net) -> usize {
-        self.v4.range(pool.network()..=pool.broadcast()).count()
+        let (low, high) = (u32::from(pool.network()), u32::from(pool.broadcast()));
+        let overlapping = match self.runs_v4.range(..low).next_back() {
+            Some((&start, &end)) if end >= low => Some((start, end)),
+            _ => None,
+        };
+        overlapping
+            .into_iter()
+            .chain(self.runs_v4.range(low..=high).map(|(&s, &e)| (s, e)))
+            .map(|(start, end)| (end.min(high) - start.max(low)) as usize + 1)
+            .sum()
     }
 }
 
@@ -209,6 +262,26 @@ mod tests {
 
     fn a(text: &str) -> Ipv4Addr {
         text.parse().unwrap()
+    }
+
+    impl UsedAddresses {
+        /// Every held IPv4 address, from the owners (not from the runs under test).
+        fn held_v4(&self) -> BTreeSet<Ipv4Addr> {
+            self.owner_v4.keys().copied().collect()
+        }
+
+        /// The runs hold exactly the owned addresses, each run maximal.
+        fn assert_runs_match_owners(&self) {
+            let from_runs: BTreeSet<Ipv4Addr> = self
+                .runs_v4
+                .iter()
+                .flat_map(|(&s, &e)| (s..=e).map(Ipv4Addr::from))
+                .collect();
+            assert_eq!(from_runs, self.held_v4());
+            for ((_, &end), (&next, _)) in self.runs_v4.iter().zip(self.runs_v4.iter().skip(1)) {
+                assert!(end + 1 < next, "runs {end} and {next} should be one");
+            }
+        }
     }
 
     #[test]
@@ -249,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn allocation_from_the_low_water_mark_matches_the_lowest_free_address() {
+    fn allocation_after_releases_and_hand_claims_gives_the_lowest_free_address() {
         let pool: Ipv4Net = "10.8.0.0/28".parse().unwrap();
         let mut used = UsedAddresses::default();
         let mut given = Vec::new();
@@ -267,7 +340,7 @@ mod tests {
         );
         assert_eq!(used.allocate_v4(pool, "n1").unwrap(), a("10.8.0.9"));
         assert!(used.allocate_v4(pool, "n2").is_err());
-        let reference = pool::allocate_v4(pool, &used.v4);
+        let reference = pool::allocate_v4(pool, &used.held_v4());
         assert!(reference.is_err());
     }
 
@@ -284,9 +357,27 @@ mod tests {
             if state >> 62 == 0 && !holders.is_empty() {
                 let (address, peer) = holders.swap_remove((state >> 8) as usize % holders.len());
                 used.release_v4(address, &peer);
+                used.assert_runs_match_owners();
                 continue;
             }
-            let expected = pool::allocate_v4(pool, &used.v4);
+            if state >> 61 == 2 {
+                // A hand-made address: anywhere around the pool, the server's included.
+                let address =
+                    Ipv4Addr::from(u32::from(pool.network()) - 4 + (state >> 40) as u32 % 72);
+                let peer = format!("hand{step}");
+                if used.claim_v4(address, &peer) {
+                    holders.push((address, peer));
+                }
+                used.assert_runs_match_owners();
+                continue;
+            }
+            let held = used.held_v4();
+            assert_eq!(
+                used.used_in_v4(pool),
+                held.range(pool.network()..=pool.broadcast()).count(),
+                "step {step}"
+            );
+            let expected = pool::allocate_v4(pool, &held);
             let peer = format!("p{step}");
             let got = used.allocate_v4(pool, &peer);
             assert_eq!(got.is_ok(), expected.is_ok(), "step {step}");
@@ -294,6 +385,7 @@ mod tests {
                 assert_eq!(got, expected, "step {step}");
                 holders.push((got, peer));
             }
+            used.assert_runs_match_owners();
         }
     }
 

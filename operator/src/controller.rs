@@ -16,10 +16,11 @@ use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 use wgsub_crds::keys::PrivateKey;
@@ -28,7 +29,7 @@ use wgsub_crds::pool;
 use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, WgPeer, WgServer};
 
-use crate::addresses::UsedAddresses;
+use crate::addresses::{PeerAddresses, UsedAddresses};
 use crate::decision::{self, EventKind, Observed, Plan, Problem};
 use crate::metrics::Metrics;
 use crate::patches::{self, FIELD_MANAGER, PatchError};
@@ -183,10 +184,69 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
-/// Reads every `WgPeer` of the namespace and keeps the addresses of `server`'s.
-async fn load_addresses(peers: &Api<WgPeer>, server: &str) -> Result<UsedAddresses, kube::Error> {
-    let list = peers.list(&ListParams::default()).await?;
-    Ok(UsedAddresses::from_peers(server, &list.items))
+/// A list of `WgPeer`s as the address load parses it: of each peer only the fields
+/// [`PeerAddresses`] holds; the rest (status, labels, owners, managedFields) is skipped while
+/// parsing instead of being built and dropped.
+#[derive(serde::Deserialize)]
+struct ListedPeers {
+    #[serde(default)]
+    items: Vec<ListedPeer>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedPeer {
+    #[serde(default)]
+    metadata: ListedMeta,
+    #[serde(default)]
+    spec: ListedSpec,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListedMeta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ListedSpec {
+    #[serde(default)]
+    server: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    address6: Option<String>,
+}
+
+impl From<ListedPeer> for PeerAddresses {
+    fn from(peer: ListedPeer) -> Self {
+        Self {
+            name: peer.metadata.name,
+            created: peer.metadata.creation_timestamp.map(|t| t.0),
+            server: peer.spec.server,
+            address: peer.spec.address,
+            address6: peer.spec.address6,
+        }
+    }
+}
+
+/// Reads every `WgPeer` of the namespace (fresh from the API) and keeps the addresses of
+/// `server`'s.
+async fn load_addresses(
+    client: &Client,
+    namespace: &str,
+    server: &str,
+) -> Result<UsedAddresses, kube::Error> {
+    let request = kube::core::Request::new(WgPeer::url_path(&(), Some(namespace)))
+        .list(&ListParams::default())
+        .map_err(kube::Error::BuildRequest)?;
+    let list: ListedPeers = client.request(request).await?;
+    Ok(UsedAddresses::from_addresses(
+        server,
+        list.items.into_iter().map(PeerAddresses::from),
+    ))
 }
 
 fn report_pool(ctx: &Context, namespace: &str, server: &WgServer, pool: &ServerPool) {
@@ -247,12 +307,12 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
         Some(server) => {
             let mut pool = ctx.pools.lock(&namespace, &server_name).await;
             if pool.needs_load() {
-                pool.load(load_addresses(&peers_api, &server_name).await?);
+                pool.load(load_addresses(&ctx.client, &namespace, &server_name).await?);
             }
             let mut plan = decision::decide(&observed, &mut pool.used, &mut new_key);
             if matches!(plan.problem, Some(Problem::PoolExhausted { .. })) && pool.may_reload() {
                 debug!(server = %server_name, "pool looks full; reading its peers again");
-                pool.load(load_addresses(&peers_api, &server_name).await?);
+                pool.load(load_addresses(&ctx.client, &namespace, &server_name).await?);
                 plan = decision::decide(&observed, &mut pool.used, &mut new_key);
             }
             report_pool(ctx, &namespace, server, &pool);
@@ -425,10 +485,32 @@ fn count_phases(metrics: &Metrics, store: &Store<VpnSubscription>, now: Timestam
     metrics.set_phase_counts(|phase| counts.get(&phase).copied().unwrap_or(0));
 }
 
+/// Trims what the subscription cache keeps of an object to what reconciles read: the
+/// `managedFields` (often larger than the object itself) and a client-side-apply
+/// `last-applied-configuration` annotation go.
+pub fn trim_for_cache<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// The annotation `kubectl apply` (client-side) leaves on objects.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Runs the Controller until `shutdown` completes (then lets running reconciles finish).
 ///
-/// Watches `VpnSubscription`s (primary), `WgPeer`s and key `Secret`s (mapped to their
-/// subscription), and `WgServer`s (mapped to the subscriptions on them).
+/// Watches `VpnSubscription`s (primary, the one cache: trimmed by [`trim_for_cache`]),
+/// `WgPeer`s and key `Secret`s (metadata only — only their labels and owners are read, to map
+/// them to their subscription; a Secret's data never reaches a watch), and `WgServer`s (mapped
+/// to the subscriptions on them). Nothing but the subscriptions is cached: a reconcile reads the
+/// peers, Secrets and server it needs fresh from the API. The initial lists of the three large
+/// kinds are paged (the default consistent list semantic; `resourceVersion=0` would make the
+/// API server answer in one piece, ignoring the page size).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -437,23 +519,27 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
-    let subscriptions: Api<VpnSubscription> = scoped(client.clone(), ns);
-    let controller = Controller::new(subscriptions, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let (store, writer) = reflector::store::<VpnSubscription>();
+    let subscriptions = watcher(scoped(client.clone(), ns), watcher::Config::default())
+        .modify(trim_for_cache)
+        .reflect(writer)
+        .applied_objects();
     let server_store = store.clone();
     let default_server = ctx.settings.default_server.clone();
+    let peers = watcher(
+        scoped::<PartialObjectMeta<WgPeer>>(client.clone(), ns),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(client.clone(), ns),
+        watcher::Config::default().labels(LABEL_PEER),
+    )
+    .touched_objects();
 
-    let controller = controller
-        .watches(
-            scoped::<WgPeer>(client.clone(), ns),
-            watcher::Config::default().any_semantic(),
-            |peer| owning_subscription(&peer),
-        )
-        .watches(
-            scoped::<Secret>(client.clone(), ns),
-            watcher::Config::default().labels(LABEL_PEER).any_semantic(),
-            |secret| owning_subscription(&secret),
-        )
+    let controller = Controller::for_stream(subscriptions, store.clone())
+        .watches_stream(peers, |peer| owning_subscription(&peer))
+        .watches_stream(secrets, |secret| owning_subscription(&secret))
         .watches(
             scoped::<WgServer>(client, ns),
             watcher::Config::default().any_semantic(),
@@ -486,6 +572,66 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_neither_managed_fields_nor_last_applied_but_everything_else() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut sub = VpnSubscription::new("tg-1", wgsub_crds::VpnSubscriptionSpec::for_user(1));
+        sub.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("wgsub-api".into()),
+            ..ManagedFieldsEntry::default()
+        }]);
+        sub.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_owned(), "{}".to_owned()),
+                ("note".to_owned(), "kept".to_owned()),
+            ]
+            .into(),
+        );
+        let mut expected = sub.clone();
+        expected.metadata.managed_fields = None;
+        expected.metadata.annotations = Some([("note".to_owned(), "kept".to_owned())].into());
+        trim_for_cache(&mut sub);
+        assert_eq!(sub, expected);
+
+        sub.metadata.annotations = Some([(LAST_APPLIED.to_owned(), "{}".to_owned())].into());
+        trim_for_cache(&mut sub);
+        assert_eq!(sub.metadata.annotations, None);
+    }
+
+    #[test]
+    fn a_listed_peer_parses_to_the_same_addresses_as_the_whole_peer() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut peer = WgPeer::new(
+            "tg-1-1",
+            wgsub_crds::WgPeerSpec {
+                server: "wg".into(),
+                public_key: None,
+                private_key_secret_ref: None,
+                preshared_key_secret_ref: None,
+                address: Some("10.8.0.2/32".into()),
+                address6: Some("fd00::2/128".into()),
+                expires_at: None,
+                enabled: true,
+                device_name: Some("phone".into()),
+            },
+        );
+        peer.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().unwrap()));
+        peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), "tg-1".to_owned())].into());
+        let bare = WgPeer::new("tg-2-1", peer.spec.clone());
+        let list = serde_json::json!({
+            "apiVersion": "wgsub.io/v1alpha1",
+            "kind": "WgPeerList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [peer, bare],
+        });
+        let listed: ListedPeers = serde_json::from_value(list).unwrap();
+        let parsed: Vec<PeerAddresses> = listed.items.into_iter().map(Into::into).collect();
+        assert_eq!(
+            parsed,
+            vec![PeerAddresses::of(&peer), PeerAddresses::of(&bare)]
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_up_to_five_minutes() {
