@@ -1,7 +1,7 @@
 //! Users: who a Telegram user is to the ledger (names, language, receipt contact, suspension,
 //! the cached fold), created or refreshed from Telegram's user object.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -93,8 +93,25 @@ fn clip(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
+/// How stale the stored last-seen time may be: a visit within this much of it, with names and
+/// language unchanged, is answered from a read alone (no write, so no WAL flush on the Mini
+/// App's hot path). Last-seen is therefore kept to the minute.
+pub const LAST_SEEN_RESOLUTION: SignedDuration = SignedDuration::from_secs(60);
+
+/// Whether a visit by `seen` at `now` must write the stored user: a name, the username or the
+/// language differs from what would be stored, or last-seen is older than
+/// [`LAST_SEEN_RESOLUTION`].
+pub fn visit_needs_write(stored: &User, seen: &TelegramUser, now: Timestamp) -> bool {
+    stored.username != seen.username.as_deref().map(|u| clip(u, 64))
+        || stored.first_name != clip(&seen.first_name, 128)
+        || stored.last_name != seen.last_name.as_deref().map(|n| clip(n, 128))
+        || stored.language_code != seen.language_code.as_deref().map(|c| clip(c, 16))
+        || now.duration_since(stored.last_seen_at) >= LAST_SEEN_RESOLUTION
+}
+
 impl Ledger {
-    /// Inserts the user or refreshes their names and language; touches last-seen either way.
+    /// Inserts the user or refreshes their names and language; touches last-seen either way (to
+    /// [`LAST_SEEN_RESOLUTION`]: an unchanged user seen within it is only read).
     pub async fn upsert_user(
         &self,
         user: &TelegramUser,
@@ -105,6 +122,11 @@ impl Ledger {
                 "telegram user id must be positive, got {}",
                 user.id
             )));
+        }
+        if let Some(stored) = self.user(user.id).await?
+            && !visit_needs_write(&stored, user, now)
+        {
+            return Ok(stored);
         }
         let sql = format!(
             "INSERT INTO users (telegram_id, username, first_name, last_name, language_code, \
@@ -234,5 +256,101 @@ impl Ledger {
         .execute_on(self)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn seen() -> TelegramUser {
+        TelegramUser {
+            id: 7,
+            username: Some("anna".into()),
+            first_name: "Anna".into(),
+            last_name: Some("K".into()),
+            language_code: Some("ru".into()),
+        }
+    }
+
+    fn stored(last_seen: &str) -> User {
+        let seen = seen();
+        User {
+            telegram_id: 7,
+            username: seen.username,
+            first_name: seen.first_name,
+            last_name: seen.last_name,
+            language_code: seen.language_code,
+            email: None,
+            phone: None,
+            suspended: false,
+            created_at: t("2026-01-01T00:00:00Z"),
+            last_seen_at: t(last_seen),
+            entitlement: Entitlement::default(),
+            ledger_version: 0,
+            synced_version: 0,
+        }
+    }
+
+    #[test]
+    fn an_unchanged_user_seen_within_the_resolution_needs_no_write() {
+        let stored = stored("2026-01-01T12:00:00Z");
+        assert!(!visit_needs_write(
+            &stored,
+            &seen(),
+            t("2026-01-01T12:00:00Z")
+        ));
+        assert!(!visit_needs_write(
+            &stored,
+            &seen(),
+            t("2026-01-01T12:00:59Z")
+        ));
+        // A clock behind the stored time writes nothing either (last-seen never goes back).
+        assert!(!visit_needs_write(
+            &stored,
+            &seen(),
+            t("2026-01-01T11:59:00Z")
+        ));
+        assert!(visit_needs_write(
+            &stored,
+            &seen(),
+            t("2026-01-01T12:01:00Z")
+        ));
+    }
+
+    #[test]
+    fn any_changed_name_or_language_needs_a_write() {
+        let stored = stored("2026-01-01T12:00:00Z");
+        let now = t("2026-01-01T12:00:01Z");
+        let changes: [fn(&mut TelegramUser); 6] = [
+            |u| u.username = Some("anna2".into()),
+            |u| u.username = None,
+            |u| u.first_name = "Anya".into(),
+            |u| u.last_name = None,
+            |u| u.language_code = Some("en".into()),
+            |u| u.language_code = None,
+        ];
+        for change in changes {
+            let mut visitor = seen();
+            change(&mut visitor);
+            assert!(visit_needs_write(&stored, &visitor, now), "{visitor:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_compared_as_they_are_stored_clipped() {
+        let mut visitor = seen();
+        visitor.first_name = "x".repeat(200);
+        let mut stored = stored("2026-01-01T12:00:00Z");
+        stored.first_name = "x".repeat(128);
+        assert!(!visit_needs_write(
+            &stored,
+            &visitor,
+            t("2026-01-01T12:00:01Z")
+        ));
     }
 }
