@@ -4,6 +4,11 @@
 //! `VpnSubscription` status through the status subresource, Events — then requeues at the next
 //! liveness change. Also the kube-rs `Controller` wiring and the error policy.
 //!
+//! A new key is written in three steps: the peer is applied without it, the key Secret is
+//! applied owned by that peer, and only then the peer is applied again with `publicKey` and
+//! `privateKeySecretRef` (see [`decision::KeyStep`]); a failure in between leaves nothing that
+//! looks like a lost key.
+//!
 //! Fields written: `WgPeer` metadata labels/ownerReferences and `spec.server`, `publicKey`,
 //! `privateKeySecretRef`, `address`, `address6`, `expiresAt`; key `Secret`s; `VpnSubscription`
 //! `status`. Never `WgPeer.spec.enabled` or `deviceName` (the API's).
