@@ -5,7 +5,8 @@
 //! - **Cold convergence**: the interface has its key and port but no peers. The agent starts as
 //!   a restarted agent does: a fresh index fed through the watches' own code
 //!   (`kube_shell::feed`) from the `WgPeer` list as the API server sends it (JSON pages of 500
-//!   objects with labels, owner references, managed fields and status, decoded here), a fresh
+//!   objects with labels, owner references, managed fields and status, decoded here into the
+//!   watch's own type `WatchedPeer`), a fresh
 //!   `Agent`, one full `sync` (decision, read of the interface, one `DeviceUpdate`, link check).
 //!   `wg syncconf` gets the equivalent `.conf` file. Both stop when the interface holds every
 //!   peer. The list decoding and index filling are also reported on their own, so the agent's
@@ -42,7 +43,7 @@ use wgsub_node_agent::agent::{Agent, Settings};
 use wgsub_node_agent::http::Health;
 use wgsub_node_agent::index::SharedIndex;
 use wgsub_node_agent::interface::{Backend, Worker};
-use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, feed};
+use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, WatchedPeer, feed};
 use wgsub_node_agent::metrics::Metrics;
 
 const PAGE: usize = 500;
@@ -175,14 +176,14 @@ fn fill_index(index: &SharedIndex, server: &WgServer, secret: &Secret, pages: &[
     feed::<VpnSubscription>(index, &mut listed, Event::Init);
     feed::<VpnSubscription>(index, &mut listed, Event::InitDone);
     let mut listed = Default::default();
-    feed::<WgPeer>(index, &mut listed, Event::Init);
+    feed::<WatchedPeer>(index, &mut listed, Event::Init);
     for page in pages {
-        let list: ObjectList<WgPeer> = serde_json::from_slice(page).unwrap();
+        let list: ObjectList<WatchedPeer> = serde_json::from_slice(page).unwrap();
         for peer in list.items {
             feed(index, &mut listed, Event::InitApply(peer));
         }
     }
-    feed::<WgPeer>(index, &mut listed, Event::InitDone);
+    feed::<WatchedPeer>(index, &mut listed, Event::InitDone);
 }
 
 struct Bench {
@@ -327,7 +328,7 @@ async fn main() {
             write(dir.path(), &format!("without-{round}.conf"), &text)
         })
         .collect();
-    let changed: Vec<(WgPeer, WgPeer)> = (0..rounds)
+    let changed: Vec<(WatchedPeer, WatchedPeer)> = (0..rounds)
         .map(|round| {
             let i = which(round);
             let object =

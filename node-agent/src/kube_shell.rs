@@ -5,6 +5,7 @@
 //! under the field manager `wgsub-node-agent`. Every call made here is listed in
 //! `node-agent/api-calls.yaml`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -20,7 +22,9 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{LABEL_PEER, LABEL_SERVER};
-use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerStatus, WgServer, WgServerStatus};
+use wgsub_crds::{
+    SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgPeerStatus, WgServer, WgServerStatus,
+};
 
 use crate::index::{Index, Kind, SharedIndex};
 use crate::metrics::{Metrics, WriteLabels};
@@ -51,10 +55,88 @@ impl Indexed for WgServer {
     }
 }
 
-impl Indexed for WgPeer {
+/// A `WgPeer` as the agent decodes it from list and watch responses. Only the metadata the
+/// agent reads is decoded (name, namespace, uid, resource version, generation, creation and
+/// deletion time, labels, owner references); `managedFields`, annotations and the rest are
+/// skipped by the parser, never built — at 10k peers with several field managers each they
+/// are most of the list's bytes.
+#[derive(Debug, Clone)]
+pub struct WatchedPeer(pub WgPeer);
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+    labels: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LeanPeer {
+    metadata: LeanMeta,
+    spec: WgPeerSpec,
+    #[serde(default)]
+    status: Option<WgPeerStatus>,
+}
+
+impl<'de> serde::Deserialize<'de> for WatchedPeer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let LeanPeer {
+            metadata,
+            spec,
+            status,
+        } = LeanPeer::deserialize(deserializer)?;
+        let mut peer = WgPeer::new(metadata.name.as_deref().unwrap_or_default(), spec);
+        peer.metadata = ObjectMeta {
+            name: metadata.name,
+            namespace: metadata.namespace,
+            uid: metadata.uid,
+            resource_version: metadata.resource_version,
+            generation: metadata.generation,
+            creation_timestamp: metadata.creation_timestamp,
+            deletion_timestamp: metadata.deletion_timestamp,
+            labels: metadata.labels,
+            owner_references: metadata.owner_references,
+            ..ObjectMeta::default()
+        };
+        peer.status = status;
+        Ok(WatchedPeer(peer))
+    }
+}
+
+impl Resource for WatchedPeer {
+    type DynamicType = ();
+    type Scope = <WgPeer as Resource>::Scope;
+    fn kind(dt: &()) -> Cow<'_, str> {
+        WgPeer::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        WgPeer::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        WgPeer::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        WgPeer::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
+impl Indexed for WatchedPeer {
     const KIND: Kind = Kind::WgPeer;
     fn apply(index: &mut Index, object: Self) {
-        index.apply_peer(object);
+        index.apply_peer(object.0);
     }
     fn delete(index: &mut Index, name: &str) {
         index.delete_peer(name);
@@ -161,7 +243,7 @@ pub async fn run_watches(
             shutdown.clone()
         ),
         watch_kind(
-            Api::<WgPeer>::namespaced(client.clone(), namespace),
+            Api::<WatchedPeer>::namespaced(client.clone(), namespace),
             watcher::Config::default(),
             shared.clone(),
             shutdown.clone()
@@ -381,6 +463,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_watched_peer_keeps_what_the_agent_reads_and_drops_managed_fields() {
+        let json = serde_json::json!({
+            "apiVersion": "wgsub.io/v1alpha1",
+            "kind": "WgPeer",
+            "metadata": {
+                "name": "tg-1-1", "namespace": "vpn", "uid": "u-1", "resourceVersion": "7",
+                "generation": 3, "creationTimestamp": "2026-01-01T00:00:00Z",
+                "labels": {"wgsub.io/subscription": "tg-1"},
+                "annotations": {"note": "x"},
+                "ownerReferences": [{"apiVersion": "wgsub.io/v1alpha1", "kind": "VpnSubscription",
+                    "name": "tg-1", "uid": "s-1"}],
+                "managedFields": [{"manager": "wgsub-operator", "operation": "Apply",
+                    "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:enabled": {}}}}]
+            },
+            "spec": {"server": "main", "address": "10.8.0.2/32", "enabled": true},
+            "status": {"active": true, "rxBytes": 5}
+        });
+        let full: WgPeer = serde_json::from_value(json.clone()).unwrap();
+        let WatchedPeer(lean) = serde_json::from_value(json).unwrap();
+        assert_eq!(lean.spec, full.spec);
+        assert_eq!(lean.status, full.status);
+        let mut expected = full.metadata.clone();
+        expected.managed_fields = None;
+        expected.annotations = None;
+        assert_eq!(lean.metadata, expected);
+        assert_eq!(
+            WatchedPeer::url_path(&(), Some("vpn")),
+            WgPeer::url_path(&(), Some("vpn"))
+        );
+    }
+
+    #[test]
     fn queue_keeps_only_the_latest_write_per_object() {
         let queue = StatusQueue::default();
         let first = WgPeerStatus {
@@ -411,16 +525,16 @@ mod tests {
         let shared = SharedIndex::default();
         let mut listed = BTreeSet::new();
         let peer = |name: &str| {
-            WgPeer::new(
+            WatchedPeer(WgPeer::new(
                 name,
                 serde_json::from_value(serde_json::json!({"server": "main"})).unwrap(),
-            )
+            ))
         };
         feed(&shared, &mut listed, Event::Apply(peer("old")));
-        feed(&shared, &mut listed, Event::<WgPeer>::Init);
+        feed(&shared, &mut listed, Event::<WatchedPeer>::Init);
         feed(&shared, &mut listed, Event::InitApply(peer("new")));
         assert!(!shared.is_synced());
-        feed(&shared, &mut listed, Event::<WgPeer>::InitDone);
+        feed(&shared, &mut listed, Event::<WatchedPeer>::InitDone);
         assert_eq!(shared.read(|i| i.peer_names()), ["new".to_owned()].into());
         feed(&shared, &mut listed, Event::Delete(peer("new")));
         assert!(shared.read(|i| i.peer_names()).is_empty());
