@@ -65,7 +65,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let pool = db::connect_lazy(&db_config).map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
     if config.migrate {
-        db::migrate(&pool).await?;
+        db::migrate_with(&pool, config.database_pgbouncer).await?;
     }
     let ledger = Ledger::new(pool, config.database_pgbouncer);
 

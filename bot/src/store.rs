@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
 use sqlx::Row;
+use wgsub_ledger::session::RunOn;
 use wgsub_ledger::{Ledger, LedgerError};
 
 use crate::admin::Audience;
@@ -41,10 +42,9 @@ pub async fn reminder_candidates(
          ) AS period_began_at \
          FROM users u WHERE u.paid_until > $1 AND u.paid_until <= $2 ORDER BY u.telegram_id",
     )
-    .persistent(ledger.persistent_statements())
     .bind(from.to_sqlx())
     .bind(to.to_sqlx())
-    .fetch_all(ledger.pool())
+    .fetch_all_on(ledger)
     .await?;
     rows.iter()
         .map(|row| {
@@ -72,9 +72,8 @@ pub async fn sent_reminders(
     let rows = sqlx::query(
         "SELECT user_id, paid_until, kind FROM bot_reminders_sent WHERE user_id = ANY($1)",
     )
-    .persistent(ledger.persistent_statements())
     .bind(user_ids)
-    .fetch_all(ledger.pool())
+    .fetch_all_on(ledger)
     .await?;
     let mut sent = BTreeSet::new();
     for row in &rows {
@@ -100,12 +99,11 @@ pub async fn claim_reminder(
         "INSERT INTO bot_reminders_sent (user_id, paid_until, kind, claimed_at, outcome) \
          VALUES ($1, $2, $3, $4, 'claimed') ON CONFLICT DO NOTHING",
     )
-    .persistent(ledger.persistent_statements())
     .bind(key.user_id)
     .bind(key.paid_until.to_sqlx())
     .bind(key.kind.as_str())
     .bind(now.to_sqlx())
-    .execute(ledger.pool())
+    .execute_on(ledger)
     .await?
     .rows_affected();
     Ok(inserted == 1)
@@ -121,12 +119,11 @@ pub async fn finish_reminder(
         "UPDATE bot_reminders_sent SET outcome = $4 \
          WHERE user_id = $1 AND paid_until = $2 AND kind = $3",
     )
-    .persistent(ledger.persistent_statements())
     .bind(key.user_id)
     .bind(key.paid_until.to_sqlx())
     .bind(key.kind.as_str())
     .bind(if delivered { "delivered" } else { "failed" })
-    .execute(ledger.pool())
+    .execute_on(ledger)
     .await?;
     Ok(())
 }
@@ -137,11 +134,10 @@ pub async fn release_reminder(ledger: &Ledger, key: &ReminderKey) -> Result<(), 
         "DELETE FROM bot_reminders_sent \
          WHERE user_id = $1 AND paid_until = $2 AND kind = $3 AND outcome = 'claimed'",
     )
-    .persistent(ledger.persistent_statements())
     .bind(key.user_id)
     .bind(key.paid_until.to_sqlx())
     .bind(key.kind.as_str())
-    .execute(ledger.pool())
+    .execute_on(ledger)
     .await?;
     Ok(())
 }
@@ -158,12 +154,11 @@ pub async fn record_referral(
         "INSERT INTO bot_referrals (user_id, payload, referrer_id, recorded_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (user_id) DO NOTHING",
     )
-    .persistent(ledger.persistent_statements())
     .bind(user_id)
     .bind(payload)
     .bind(referrer_id)
     .bind(now.to_sqlx())
-    .execute(ledger.pool())
+    .execute_on(ledger)
     .await?
     .rows_affected();
     Ok(inserted == 1)
@@ -172,9 +167,8 @@ pub async fn record_referral(
 /// The referrer recorded for a user.
 pub async fn referral_of(ledger: &Ledger, user_id: i64) -> Result<Option<i64>, LedgerError> {
     let row = sqlx::query("SELECT referrer_id FROM bot_referrals WHERE user_id = $1")
-        .persistent(ledger.persistent_statements())
         .bind(user_id)
-        .fetch_optional(ledger.pool())
+        .fetch_optional_on(ledger)
         .await?;
     Ok(match row {
         Some(row) => row.try_get("referrer_id")?,
@@ -201,13 +195,12 @@ pub async fn log_admin(
         "INSERT INTO bot_admin_log (at, admin_id, command, arguments, outcome) \
          VALUES ($1, $2, $3, $4, $5)",
     )
-    .persistent(ledger.persistent_statements())
     .bind(now.to_sqlx())
     .bind(entry.admin_id)
     .bind(&entry.command)
     .bind(&entry.arguments)
     .bind(&entry.outcome)
-    .execute(ledger.pool())
+    .execute_on(ledger)
     .await?;
     Ok(())
 }
@@ -216,8 +209,7 @@ pub async fn log_admin(
 pub async fn admin_log(ledger: &Ledger) -> Result<Vec<AdminLogEntry>, LedgerError> {
     let rows =
         sqlx::query("SELECT admin_id, command, arguments, outcome FROM bot_admin_log ORDER BY id")
-            .persistent(ledger.persistent_statements())
-            .fetch_all(ledger.pool())
+            .fetch_all_on(ledger)
             .await?;
     rows.iter()
         .map(|row| {
@@ -246,10 +238,7 @@ pub async fn recipients(
         )
         .bind(now.to_sqlx()),
     };
-    let rows = query
-        .persistent(ledger.persistent_statements())
-        .fetch_all(ledger.pool())
-        .await?;
+    let rows = query.fetch_all_on(ledger).await?;
     rows.iter()
         .map(|row| row.try_get("telegram_id"))
         .collect::<Result<_, sqlx::Error>>()
@@ -269,13 +258,12 @@ pub async fn start_broadcast(
         "INSERT INTO bot_broadcasts (admin_id, audience, text, started_at, recipients) \
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
     )
-    .persistent(ledger.persistent_statements())
     .bind(admin_id)
     .bind(audience.as_str())
     .bind(text)
     .bind(now.to_sqlx())
     .bind(i32::try_from(recipients).unwrap_or(i32::MAX))
-    .fetch_one(ledger.pool())
+    .fetch_one_on(ledger)
     .await?;
     Ok(row.try_get("id")?)
 }
@@ -290,12 +278,11 @@ pub async fn finish_broadcast(
     sqlx::query(
         "UPDATE bot_broadcasts SET finished_at = $2, delivered = $3, failed = $4 WHERE id = $1",
     )
-    .persistent(ledger.persistent_statements())
     .bind(id)
     .bind(now.to_sqlx())
     .bind(i32::try_from(tally.delivered).unwrap_or(i32::MAX))
     .bind(i32::try_from(tally.failed).unwrap_or(i32::MAX))
-    .execute(ledger.pool())
+    .execute_on(ledger)
     .await?;
     Ok(())
 }
@@ -318,8 +305,7 @@ pub async fn broadcasts(ledger: &Ledger) -> Result<Vec<BroadcastRecord>, LedgerE
         "SELECT admin_id, audience, text, recipients, delivered, failed, \
                 finished_at IS NOT NULL AS finished FROM bot_broadcasts ORDER BY id",
     )
-    .persistent(ledger.persistent_statements())
-    .fetch_all(ledger.pool())
+    .fetch_all_on(ledger)
     .await?;
     rows.iter()
         .map(|row| {

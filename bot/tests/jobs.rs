@@ -163,6 +163,57 @@ async fn a_three_day_trial_is_not_told_three_days_left_at_sign_up_but_gets_the_l
 }
 
 #[tokio::test]
+async fn behind_pgbouncer_transaction_pooling_two_concurrent_reminder_runs_send_each_reminder_once()
+{
+    let h = harness(
+        "bot_pgbouncer",
+        Options {
+            pgbouncer: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let telegram = fake_telegram(&[]).await;
+    let bot = bot_for(&telegram);
+    let start: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+    let users: Vec<i64> = (3201..3209).collect();
+    for &id in &users {
+        h.ledger.upsert_user(&tg(id, "en"), start).await.unwrap();
+        let grant = AdminGrant {
+            user_id: id,
+            days: 10,
+            admin_id: 1,
+            reason: "test".into(),
+        };
+        h.ledger.admin_grant(&grant, start).await.unwrap();
+    }
+    let end = start + DAY * 10;
+
+    // Two replicas' runs at once: every claim, finish and read goes through the pooler.
+    let (first, second) = tokio::join!(
+        jobs::send_due_reminders(&h.app, &bot, end - DAY * 2),
+        jobs::send_due_reminders(&h.app, &bot, end - DAY * 2),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.sent + second.sent, users.len() as u32);
+    assert_eq!(first.failed + second.failed, 0);
+    let mut reminded: Vec<i64> = sent_texts(&telegram)
+        .await
+        .into_iter()
+        .map(|(chat, text)| {
+            assert_eq!(text, text::reminder(Lang::En, ReminderKind::ThreeDays, end));
+            chat
+        })
+        .collect();
+    reminded.sort();
+    assert_eq!(reminded, users);
+    let again = jobs::send_due_reminders(&h.app, &bot, end - DAY * 2 + DAY / 24)
+        .await
+        .unwrap();
+    assert_eq!((again.sent, again.failed), (0, 0));
+}
+
+#[tokio::test]
 async fn the_payment_outbox_is_drained_once_with_the_new_paid_until() {
     let h = harness("bot_outbox", Options::default()).await;
     h.accept_payments().await;

@@ -75,8 +75,10 @@ impl Ledger {
     }
 }
 
-/// Runs one query in its own [`Session`] of the ledger, with the ledger's statement mode.
-pub(crate) trait RunOn {
+/// Runs one query in its own [`Session`] of the ledger, with the ledger's statement mode: what
+/// code outside the ledger (the bot's tables) uses for a single query so it holds behind PgBouncer.
+#[allow(async_fn_in_trait)]
+pub trait RunOn {
     async fn execute_on(self, ledger: &Ledger) -> Result<PgQueryResult, sqlx::Error>;
     async fn fetch_one_on(self, ledger: &Ledger) -> Result<PgRow, sqlx::Error>;
     async fn fetch_optional_on(self, ledger: &Ledger) -> Result<Option<PgRow>, sqlx::Error>;

@@ -1,6 +1,8 @@
 //! Test support: an `App` over a fresh PostgreSQL database (from `WGSUB_TEST_DATABASE_URL`,
 //! migrations run), an in-memory Kubernetes API and a fake YooKassa; Telegram users and
 //! messages as `teloxide_tests` mocks; a fake Telegram Bot API (wiremock) for the jobs.
+//! With `Options::pgbouncer` the database is reached through a real PgBouncer in transaction
+//! pooling (the ledger's test support, shared by path) and the ledger runs in PgBouncer mode.
 
 #![allow(dead_code)]
 
@@ -33,29 +35,53 @@ pub const PLANS: &str = "plans:
   - {id: quarter, title: {ru: Квартал, en: Quarter}, days: 90, priceMinor: 54900, currency: RUB, devices: 3}
 ";
 
+#[path = "../../../ledger/tests/support/pgbouncer.rs"]
+mod pgbouncer;
+
 pub struct Harness {
     pub app: Arc<App>,
     pub ledger: Ledger,
     pub kube: kube::Client,
     pub yookassa: MockServer,
+    /// The pooler, when the test asked for one (stopped when the harness is dropped).
+    pub pgbouncer: Option<pgbouncer::PgBouncer>,
 }
 
 #[derive(Default)]
 pub struct Options {
     pub receipts: bool,
     pub trial_days: u32,
+    /// Reach PostgreSQL through PgBouncer in transaction pooling (two server connections).
+    pub pgbouncer: bool,
 }
 
 pub async fn harness(label: &str, options: Options) -> Harness {
-    let (_, url) = wgsub_ledger::testing::fresh_database(label).await;
+    let (_, direct_url) = wgsub_ledger::testing::fresh_database(label).await;
+    let pgbouncer = if options.pgbouncer {
+        Some(pgbouncer::PgBouncer::start(2).await)
+    } else {
+        None
+    };
+    let url = match &pgbouncer {
+        Some(bouncer) => {
+            let database = direct_url.rsplit('/').next().expect("a database name");
+            bouncer.url(database)
+        }
+        None => direct_url,
+    };
     // teloxide_tests runs each dispatch on a runtime of its own that ends with it, so pooled
     // connections must not outlive their use: close each one when it is released.
+    let connect = wgsub_ledger::DbConfig {
+        pgbouncer: options.pgbouncer,
+        ..wgsub_ledger::DbConfig::new(url)
+    }
+    .connect_options()
+    .unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .after_release(|_, _| Box::pin(async { Ok(false) }))
-        .connect_lazy(&url)
-        .unwrap();
-    let ledger = Ledger::new(pool, false);
+        .connect_lazy_with(connect);
+    let ledger = Ledger::new(pool, options.pgbouncer);
     let kube = kube_fake_client::ClientBuilder::new()
         .with_resource::<VpnSubscription>()
         .with_resource::<WgPeer>()
@@ -97,6 +123,7 @@ pub async fn harness(label: &str, options: Options) -> Harness {
         ledger,
         kube,
         yookassa,
+        pgbouncer,
     }
 }
 
