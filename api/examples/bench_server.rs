@@ -202,7 +202,7 @@ async fn main() {
         &format!("test_{}", uuid::Uuid::new_v4().simple()),
         "--yookassa-api-url",
         "http://127.0.0.1:9/v3",
-        "--listen-addr",
+        "--http-addr",
         &listen,
     ]
     .into_iter()
@@ -234,7 +234,7 @@ async fn main() {
         &[("auth_date", &auth_date), ("user", &user_json)],
         &bot_token,
     );
-    let listener = tokio::net::TcpListener::bind(args.listen_addr)
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .expect("listen");
     let address = listener.local_addr().expect("the listening address");

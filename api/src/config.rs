@@ -85,8 +85,8 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     /// Address the HTTP server listens on.
-    #[arg(long, env = "WGSUB_LISTEN_ADDR", default_value = "0.0.0.0:8080")]
-    pub listen_addr: SocketAddr,
+    #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
 
     /// Namespace of the VpnSubscriptions, WgPeers, WgServers and key Secrets.
     #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]

@@ -52,10 +52,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.drift_interval,
         stop.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind(args.listen_addr)
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
-        .with_context(|| format!("--listen-addr {}", args.listen_addr))?;
-    tracing::info!(addr = %args.listen_addr, namespace = %args.namespace, "serving");
+        .with_context(|| format!("--http-addr {}", args.http_addr))?;
+    tracing::info!(addr = %args.http_addr, namespace = %args.namespace, "serving");
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -53,8 +53,8 @@ pub struct Config {
     pub concurrency: u16,
 
     /// Address of the /healthz, /readyz and /metrics server.
-    #[arg(long, env = "WGSUB_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-    pub metrics_addr: SocketAddr,
+    #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
 
     /// Log format.
     #[arg(long, env = "WGSUB_LOG_FORMAT", value_enum, default_value = "text")]
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(config.lease_duration, Duration::from_secs(15));
         assert_eq!(config.lease_namespace().unwrap(), "vpn");
         assert_eq!(config.default_server, "default");
-        assert_eq!(config.metrics_addr.port(), 8080);
+        assert_eq!(config.http_addr.port(), 8080);
         assert_eq!(config.log_format, LogFormat::Text);
     }
 
@@ -213,8 +213,8 @@ mod tests {
                 "--concurrency",
             ),
             (
-                vec!["--namespace", "vpn", "--metrics-addr", "nowhere"],
-                "--metrics-addr",
+                vec!["--namespace", "vpn", "--http-addr", "nowhere"],
+                "--http-addr",
             ),
             (
                 vec!["--namespace", "vpn", "--log-format", "xml"],

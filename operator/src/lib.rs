@@ -83,10 +83,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();
 
-    let listener = tokio::net::TcpListener::bind(config.metrics_addr)
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
-        .with_context(|| format!("cannot listen on --metrics-addr {}", config.metrics_addr))?;
-    info!(address = %config.metrics_addr, "serving /healthz, /readyz, /metrics");
+        .with_context(|| format!("cannot listen on --http-addr {}", config.http_addr))?;
+    info!(address = %config.http_addr, "serving /healthz, /readyz, /metrics");
     let http_shutdown = shutdown.clone();
     let server = tokio::spawn(
         axum::serve(

@@ -79,7 +79,7 @@ impl ApiServer {
             plans_file.display().to_string(),
             "--trusted-proxies".to_owned(),
             TRUSTED_PROXY.to_owned(),
-            "--listen-addr".to_owned(),
+            "--http-addr".to_owned(),
             "127.0.0.1:0".to_owned(),
         ]);
         let args = serve_args(&flags);
@@ -93,7 +93,7 @@ impl ApiServer {
             args.drift_interval,
             stop.clone(),
         ));
-        let listener = tokio::net::TcpListener::bind(args.listen_addr)
+        let listener = tokio::net::TcpListener::bind(args.http_addr)
             .await
             .expect("listen on loopback");
         let address = listener.local_addr().expect("the listening address");
