@@ -12,7 +12,6 @@
 
 pub mod clientip;
 pub mod config;
-pub mod device_config;
 pub mod devices;
 pub mod error;
 pub mod initdata;

@@ -1,16 +1,17 @@
-//! QR codes of device configs (PNG or SVG, made by the `qrcode` crate) and the bounded cache of
-//! rendered codes. Rendering a PNG costs milliseconds of CPU, and the Mini App asks for the same
-//! code on every visit of the Keys tab, so a code is rendered once per distinct config: the
+//! The formats the api serves QR codes of device configs in (rendered by
+//! [`wgsub_devices::qr`]) and the bounded cache of rendered codes. Rendering a PNG costs
+//! milliseconds of CPU, and the Mini App asks for the same code on every visit of the Keys
+//! tab, so a code is rendered once per distinct config: the
 //! cache key is the SHA-256 of the format and the config text, so any change of key, address,
 //! server or name is a new entry, and a stale image can never be served. Entries hold only the
 //! image (the config text itself is not kept); the oldest go first when the cache is full.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Cursor;
 use std::sync::Mutex;
 
 use axum::body::Bytes;
 use sha2::{Digest as _, Sha256};
+use wgsub_devices::qr::{QrError, qr_png, qr_svg};
 
 /// Side of the rendered image, in pixels (at least).
 const MIN_PIXELS: u32 = 320;
@@ -38,35 +39,12 @@ impl QrImage {
     }
 
     /// Renders `text` as a QR code in this format.
-    pub fn render(self, text: &str) -> Result<Bytes, String> {
+    pub fn render(self, text: &str) -> Result<Bytes, QrError> {
         match self {
-            QrImage::Png => qr_png(text).map(Bytes::from),
-            QrImage::Svg => qr_svg(text).map(Bytes::from),
+            QrImage::Png => qr_png(text, MIN_PIXELS).map(Bytes::from),
+            QrImage::Svg => qr_svg(text, MIN_PIXELS).map(Bytes::from),
         }
     }
-}
-
-/// The QR code of a config as PNG bytes.
-pub fn qr_png(text: &str) -> Result<Vec<u8>, String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
-    let image = code
-        .render::<image::Luma<u8>>()
-        .min_dimensions(MIN_PIXELS, MIN_PIXELS)
-        .build();
-    let mut png = Vec::new();
-    image::DynamicImage::ImageLuma8(image)
-        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    Ok(png)
-}
-
-/// The QR code of a config as an SVG document.
-pub fn qr_svg(text: &str) -> Result<String, String> {
-    let code = qrcode::QrCode::new(text.as_bytes()).map_err(|e| e.to_string())?;
-    Ok(code
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(MIN_PIXELS, MIN_PIXELS)
-        .build())
 }
 
 type Key = [u8; 32];
@@ -166,7 +144,7 @@ impl QrCache {
         })
         .await
         .map_err(|e| format!("the QR renderer failed: {e}"))?;
-        let image = image?;
+        let image = image.map_err(|e| e.to_string())?;
         self.insert(format, &text, image.clone());
         Ok(image)
     }
@@ -177,23 +155,12 @@ mod tests {
     use super::*;
     use zeroize::Zeroizing;
 
-    #[test]
-    fn qr_codes_render_as_png_and_svg() {
-        let text = "[Interface]\nAddress = 10.8.0.2/32\n";
-        let png = qr_png(text).unwrap();
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        let decoded = image::load_from_memory(&png).unwrap();
-        assert!(decoded.width() >= MIN_PIXELS);
-        let svg = qr_svg(text).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("</svg>"));
-    }
-
     #[tokio::test]
     async fn a_code_is_rendered_once_per_config_and_format() {
         let cache = QrCache::new(8);
         let text = || Zeroizing::new("[Interface]\nAddress = 10.8.0.2/32\n".to_owned());
         let png = cache.get_or_render(QrImage::Png, text()).await.unwrap();
-        assert_eq!(png, Bytes::from(qr_png(&text()).unwrap()));
+        assert_eq!(png, Bytes::from(qr_png(&text(), MIN_PIXELS).unwrap()));
         assert_eq!(cache.len(), 1);
         // Served from the cache: a marker image stored under the same key comes back.
         cache.insert(QrImage::Png, &text(), Bytes::from_static(b"cached"));

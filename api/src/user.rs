@@ -19,7 +19,6 @@ use wgsub_crds::{SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer
 use wgsub_ledger::{PaymentError, PaymentOrder};
 use zeroize::Zeroizing;
 
-use crate::device_config::{DeviceConfigError, render_device_config};
 use crate::devices::{
     DeviceView, clean_device_name, device_index, device_views, is_users_peer, new_device_peer,
     next_device_index, switch_patch,
@@ -28,6 +27,7 @@ use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::initdata::{self, InitData};
 use crate::qr::QrImage;
 use crate::state::{FIELD_MANAGER, SharedState};
+use wgsub_devices::{DeviceConfigError, render_device_config};
 
 /// The authenticated Mini App user.
 #[derive(Debug)]

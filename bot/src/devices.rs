@@ -1,23 +1,20 @@
 //! A user's devices as the cluster has them: their `WgPeer`s (found by the subscription label),
-//! and a device's client config rendered from the peer, its key `Secret` and its `WgServer`
-//! with the pure [`wgsub_crds::config::ClientConfig`], plus the config's QR code as PNG.
-
-use std::io::Cursor;
+//! and a device's client config and QR code as the shared [`wgsub_devices`] renders them.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
-use wgsub_crds::config::{ClientConfig, config_file_name};
-use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
 use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{SecretKeyRef, WgPeer, WgServer};
+use wgsub_crds::{WgPeer, WgServer};
+use wgsub_devices::qr::QrError;
+use wgsub_devices::{DeviceConfigError, RenderedConfig, render_device_config};
 
-/// A Kubernetes read failed.
+/// A Kubernetes read or the QR code failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("reading from Kubernetes failed: {0}")]
     Kube(#[from] kube::Error),
-    #[error("the QR code could not be made: {0}")]
-    Qr(String),
+    #[error(transparent)]
+    Qr(#[from] QrError),
 }
 
 /// The user's peers, by name.
@@ -66,104 +63,33 @@ pub fn device_label(peer: &WgPeer) -> String {
 /// A device's config file, or why there is none yet.
 #[derive(Debug)]
 pub enum DeviceConfig {
-    Ready {
-        file_name: String,
-        /// The `.conf` text (holds the private key: send it, never log it).
-        text: Vec<u8>,
-    },
+    Ready(RenderedConfig),
     /// The peer has no address, key or server key yet (the operator or agent is not done), or
     /// the user brought their own key.
     NotReady,
 }
 
-async fn secret_value(
-    client: &kube::Client,
-    namespace: &str,
-    reference: &SecretKeyRef,
-) -> Result<Option<String>, DeviceError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let Some(secret) = api.get_opt(&reference.name).await? else {
-        return Ok(None);
-    };
-    Ok(secret
-        .data
-        .and_then(|mut data| data.remove(&reference.key))
-        .and_then(|bytes| String::from_utf8(bytes.0).ok()))
-}
-
-/// Renders the peer's client config from the cluster's state.
+/// Reads the peer's server and key Secrets and renders its client config (the shared path of
+/// [`wgsub_devices::render_device_config`]; the file name falls back to the peer's name).
 pub async fn device_config(
     client: &kube::Client,
     namespace: &str,
     peer: &WgPeer,
 ) -> Result<DeviceConfig, DeviceError> {
-    let Some(key_ref) = &peer.spec.private_key_secret_ref else {
-        return Ok(DeviceConfig::NotReady);
-    };
     let servers: Api<WgServer> = Api::namespaced(client.clone(), namespace);
-    let Some(server) = servers.get_opt(&peer.spec.server).await? else {
-        return Ok(DeviceConfig::NotReady);
-    };
-    let server_key = server
-        .status
-        .as_ref()
-        .and_then(|status| status.public_key.as_deref())
-        .and_then(|key| PublicKey::from_base64(key).ok());
-    let Some(private_key) = secret_value(client, namespace, key_ref)
-        .await?
-        .and_then(|text| PrivateKey::from_base64(&text).ok())
-    else {
-        return Ok(DeviceConfig::NotReady);
-    };
-    let preshared_key = match &peer.spec.preshared_key_secret_ref {
-        Some(reference) => match secret_value(client, namespace, reference)
-            .await?
-            .and_then(|text| PresharedKey::from_base64(&text).ok())
-        {
-            Some(key) => Some(key),
-            None => return Ok(DeviceConfig::NotReady),
-        },
-        None => None,
-    };
-    let Ok(config) = ClientConfig::for_peer(
-        &server.spec,
-        server_key,
-        &peer.spec,
-        private_key,
-        preshared_key,
-    ) else {
-        return Ok(DeviceConfig::NotReady);
-    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let peer_name = peer.metadata.name.clone().unwrap_or_default();
-    Ok(DeviceConfig::Ready {
-        file_name: config_file_name(peer.spec.device_name.as_deref(), &peer_name),
-        text: config.render().as_bytes().to_vec(),
-    })
-}
-
-/// The config as a QR code PNG (what the WireGuard apps scan).
-pub fn qr_png(config: &[u8]) -> Result<Vec<u8>, DeviceError> {
-    let code = qrcode::QrCode::new(config).map_err(|e| DeviceError::Qr(e.to_string()))?;
-    let image = code
-        .render::<image::Luma<u8>>()
-        .min_dimensions(512, 512)
-        .build();
-    let mut png = Cursor::new(Vec::new());
-    image
-        .write_to(&mut png, image::ImageFormat::Png)
-        .map_err(|e| DeviceError::Qr(e.to_string()))?;
-    Ok(png.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qr_codes_are_png_images() {
-        let png = qr_png(b"[Interface]\nAddress = 10.8.0.2/32\n").unwrap();
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        let decoded = image::load_from_memory(&png).unwrap();
-        assert!(decoded.width() >= 512);
+    match render_device_config(&servers, &secrets, peer, &peer_name).await {
+        Ok(rendered) => Ok(DeviceConfig::Ready(rendered)),
+        Err(DeviceConfigError::NotReady(_)) => Ok(DeviceConfig::NotReady),
+        Err(DeviceConfigError::Kube(error)) => Err(DeviceError::Kube(error)),
     }
 }
+
+/// The config as a QR code PNG for a Telegram photo (what the WireGuard apps scan).
+pub fn qr_png(config: &str) -> Result<Vec<u8>, DeviceError> {
+    Ok(wgsub_devices::qr::qr_png(config, QR_PIXELS)?)
+}
+
+/// Side of the QR photo, in pixels (at least): Telegram shows photos scaled down.
+const QR_PIXELS: u32 = 512;

@@ -415,13 +415,12 @@ async fn send_device(
         DeviceConfig::NotReady => {
             bot.send_message(chat, text::config_not_ready(lang)).await?;
         }
-        DeviceConfig::Ready {
-            file_name,
-            text: conf,
-        } => {
-            let qr = devices::qr_png(&conf)?;
+        DeviceConfig::Ready(rendered) => {
+            let qr = devices::qr_png(&rendered.text)?;
             let label = devices::device_label(peer);
-            bot.send_document(chat, InputFile::memory(conf).file_name(file_name))
+            // teloxide takes the bytes by value: this copy is dropped when the upload is done.
+            let conf = rendered.text.as_bytes().to_vec();
+            bot.send_document(chat, InputFile::memory(conf).file_name(rendered.file_name))
                 .caption(text::config_caption(lang, &label))
                 .await?;
             bot.send_photo(chat, InputFile::memory(qr).file_name("wgsub-qr.png"))

@@ -1,8 +1,8 @@
 //! Reading what a device's client config needs from the cluster — the peer's `WgServer` and its
 //! private (and preshared) key `Secret`s — and rendering it with the pure
-//! [`wgsub_crds::config::ClientConfig`]. It knows nothing of users or HTTP: callers check that
-//! the peer is the caller's (and the subscription active) first. Written so the bot's identical
-//! read path can share it.
+//! [`wgsub_crds::config::ClientConfig`]. It knows nothing of users, HTTP or Telegram: callers
+//! (the api's config and QR endpoints, the bot's `/config`) check that the peer is the caller's
+//! and the subscription active first.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
