@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
-/// Where the binary is: `WGSUB_PGBOUNCER`, else Debian's path, else `pgbouncer` on `PATH`.
+/// Where the binary is: `WGSUB_PGBOUNCER_BIN`, else Debian's path, else `pgbouncer` on `PATH`.
 fn binary() -> PathBuf {
-    if let Ok(path) = std::env::var("WGSUB_PGBOUNCER") {
+    if let Ok(path) = std::env::var("WGSUB_PGBOUNCER_BIN") {
         let path = PathBuf::from(path);
         assert!(
             path.exists(),
-            "WGSUB_PGBOUNCER={} does not exist: this test needs a real PgBouncer \
+            "WGSUB_PGBOUNCER_BIN={} does not exist: this test needs a real PgBouncer \
              (apt-get install pgbouncer)",
             path.display()
         );
@@ -36,7 +36,7 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "pgbouncer not found: this test needs a real PgBouncer \
-                 (apt-get install pgbouncer, or WGSUB_PGBOUNCER=<path to the binary>)"
+                 (apt-get install pgbouncer, or WGSUB_PGBOUNCER_BIN=<path to the binary>)"
             )
         })
 }
