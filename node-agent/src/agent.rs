@@ -18,7 +18,7 @@ use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
 use wireguard_control::{DeviceUpdate, Key};
 
 use crate::desired::{DesiredState, PeerInput, PeerState, Pools};
-use crate::diff::{PeerDiff, count_differences, diff_keys, diff_peers};
+use crate::diff::{PeerDiff, count_differences, diff_keys, diff_peers, safe_additions};
 use crate::expiry::sleep_until;
 use crate::http::Health;
 use crate::index::{Dirty, ServerKey, SharedIndex};
@@ -105,6 +105,59 @@ fn converge(
     }
 }
 
+/// Readies the interface while the `WgPeer` list is still arriving: reads it once, creates it
+/// if missing, restores key and port, adds the peers [`safe_additions`] allows and sets the
+/// link. Removes nothing. Returns what the interface holds afterwards. Runs on the worker.
+fn prepare(
+    interface: &WgInterface,
+    key: &PrivateKey,
+    port: u16,
+    desired: &PeerConfigs,
+    link: &LinkSpec,
+) -> io::Result<(PeerConfigs, bool)> {
+    let base = |update: DeviceUpdate| {
+        update
+            .set_private_key(Key(*key.as_bytes()))
+            .set_listen_port(port)
+    };
+    match interface.observe()? {
+        None => {
+            let diff = safe_additions(desired, &BTreeMap::new());
+            interface.create(diff.add_to(base(DeviceUpdate::new())))?;
+            interface.ensure_link(link)?;
+            Ok((diff.add, true))
+        }
+        Some(snapshot) => {
+            let restore =
+                snapshot.public_key != Some(key.public_key()) || snapshot.listen_port != Some(port);
+            let mut observed = snapshot.into_peer_configs();
+            let diff = safe_additions(desired, &observed);
+            let update = if restore {
+                base(DeviceUpdate::new())
+            } else {
+                DeviceUpdate::new()
+            };
+            if restore || !diff.is_empty() {
+                interface.apply(diff.add_to(update))?;
+            }
+            interface.ensure_link(link)?;
+            diff.apply_to(&mut observed);
+            Ok((observed, false))
+        }
+    }
+}
+
+/// Which kind of pass over a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// During the initial `WgPeer` list: only additions that are safe on a partial view.
+    Start,
+    /// After an event or timer: the diff against what the agent last applied.
+    Incremental,
+    /// Healing: the diff against the interface as read.
+    Full,
+}
+
 /// What the agent keeps per served server.
 #[derive(Debug)]
 struct ServerRuntime {
@@ -123,6 +176,13 @@ struct ServerRuntime {
     last_sync: Option<Timestamp>,
     nat: Option<Option<NatPlan>>,
     generation: Option<i64>,
+    /// Set by a [`Pass::Start`]: `applied` is the interface as read when the list began plus
+    /// everything applied since, and the decision is up to date but for the dirty peers, so
+    /// the first full pass after the list compares with `applied` instead of reading the
+    /// interface again (a hand change in those seconds waits for the next periodic pass).
+    warm: bool,
+    /// A pass stopped before updating the decision (a server problem): rebuild it next time.
+    decision_stale: bool,
 }
 
 impl ServerRuntime {
@@ -138,6 +198,8 @@ impl ServerRuntime {
             last_sync: None,
             nat: None,
             generation: None,
+            warm: false,
+            decision_stale: false,
         }
     }
 }
@@ -194,9 +256,8 @@ impl Agent {
     /// Runs until `shutdown`: waits for the watches, then syncs on changes, expiry timers and the
     /// resync interval, and queues status every status interval.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = self.index.wait_synced() => {}
+        if !self.start(&shutdown).await {
+            return;
         }
         let mut resync = tokio::time::interval(self.settings.resync_interval);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,14 +287,48 @@ impl Agent {
         }
     }
 
+    /// Until every watch has listed its kind once: whenever the index changes after the servers,
+    /// Secrets and subscriptions are listed, a [`Pass::Start`] adds the peers listed so far that
+    /// are safe to add, so wireguard-go works on one page of the `WgPeer` list while the next is
+    /// decoded. Returns `false` on shutdown. The first full pass after it finds little to do.
+    pub async fn start(&mut self, shutdown: &CancellationToken) -> bool {
+        let mut labels_read = false;
+        loop {
+            if self.index.is_synced() {
+                return true;
+            }
+            if self.index.is_synced_except(crate::index::Kind::WgPeer) {
+                if !labels_read {
+                    self.read_node_labels().await;
+                    labels_read = true;
+                }
+                self.pass(Pass::Start).await;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = self.index.wait_synced() => return true,
+                () = self.index.changed() => {}
+            }
+        }
+    }
+
+    async fn read_node_labels(&mut self) {
+        match self.api.node_labels(&self.settings.node_name).await {
+            Ok(labels) => self.node_labels = labels,
+            Err(error) => tracing::warn!(%error, "reading this node's labels failed"),
+        }
+    }
+
     /// One pass over every served server. `full` compares with the interface as read.
     pub async fn sync(&mut self, full: bool) {
         if full {
-            match self.api.node_labels(&self.settings.node_name).await {
-                Ok(labels) => self.node_labels = labels,
-                Err(error) => tracing::warn!(%error, "reading this node's labels failed"),
-            }
+            self.read_node_labels().await;
         }
+        self.pass(if full { Pass::Full } else { Pass::Incremental })
+            .await;
+    }
+
+    async fn pass(&mut self, pass: Pass) {
         let selected: Vec<WgServer> = self.index.read(|index| {
             index
                 .servers_for_node(&self.settings.node_name, &self.node_labels)
@@ -254,7 +349,7 @@ impl Agent {
         }
         let dirty = self.index.take_dirty();
         for server in selected {
-            self.sync_server(&server, full, &dirty).await;
+            self.sync_server(&server, pass, &dirty).await;
         }
     }
 
@@ -332,7 +427,8 @@ impl Agent {
         }
     }
 
-    async fn sync_server(&mut self, server: &WgServer, full: bool, dirty: &Dirty) {
+    async fn sync_server(&mut self, server: &WgServer, pass: Pass, dirty: &Dirty) {
+        let full = pass == Pass::Full;
         let name = server.name_any();
         let spec = &server.spec;
         let replace = self
@@ -366,7 +462,7 @@ impl Agent {
         });
         let port = u16::try_from(spec.listen_port).ok().filter(|p| *p > 0);
         let nat_wanted = spec.nat.as_ref().is_some_and(|nat| nat.enabled);
-        let firewall = if nat_wanted || full {
+        let firewall = if nat_wanted || pass != Pass::Incremental {
             Some(self.resolve_firewall().await)
         } else {
             None
@@ -375,25 +471,27 @@ impl Agent {
             return;
         };
         runtime.generation = server.metadata.generation;
-        let (key, pools, port) = match (key, pools, port) {
-            (Err(problem), _, _) => {
-                runtime.problem = Some(problem);
-                return;
-            }
-            (_, Err(error), _) => {
-                runtime.problem = Some((reason::INVALID_POOL, error.to_string()));
-                return;
-            }
-            (_, _, None) => {
-                runtime.problem = Some((
-                    reason::INVALID_POOL,
-                    format!("listenPort {} is not a port", spec.listen_port),
-                ));
-                return;
-            }
-            (Ok(key), Ok(pools), Some(port)) => (key, pools, port),
+        let was_warm = std::mem::take(&mut runtime.warm);
+        let checked = match (key, pools, port) {
+            (Err(problem), _, _) => Err(problem),
+            (_, Err(error), _) => Err((reason::INVALID_POOL, error.to_string())),
+            (_, _, None) => Err((
+                reason::INVALID_POOL,
+                format!("listenPort {} is not a port", spec.listen_port),
+            )),
+            (Ok(key), Ok(pools), Some(port)) => Ok((key, pools, port)),
         };
-        let rebuild = full
+        let (key, pools, port) = match checked {
+            Ok(checked) => checked,
+            Err(problem) => {
+                // The dirty peers of this pass did not reach the decision.
+                runtime.problem = Some(problem);
+                runtime.decision_stale = true;
+                return;
+            }
+        };
+        let rebuild = (full && !was_warm)
+            || std::mem::take(&mut runtime.decision_stale)
             || dirty.all
             || runtime
                 .decision
@@ -436,11 +534,39 @@ impl Agent {
             }
         };
         let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
-        let full = full || runtime.applied.is_none() || key_changed;
+        let prepare_needed = runtime.applied.is_none() || key_changed;
+        // The first full pass after a start pass compares with what it applied (read when the
+        // list began), not with a new read of the interface.
+        let compare_applied = full && was_warm && !prepare_needed && !dirty.all;
+        let full = full || prepare_needed;
         let started = Instant::now();
         let mut incremental: Option<PeerDiff> = None;
-        let configs = full.then(|| Arc::new(decision.desired.configs()));
-        let outcome: Result<Option<usize>, String> = if let Some(configs) = &configs {
+        let mut configs = None;
+        let outcome: Result<Option<usize>, String> = if pass == Pass::Start && prepare_needed {
+            let interface = runtime.interface.clone();
+            let desired = decision.desired.configs();
+            let key = key.clone();
+            match self
+                .worker
+                .run(move || prepare(&interface, &key, port, &desired, &link))
+                .await
+            {
+                Ok(Ok((on_interface, created))) => {
+                    if created {
+                        tracing::info!(
+                            interface = runtime.interface.name(),
+                            peers = on_interface.len(),
+                            "created the interface"
+                        );
+                    }
+                    configs = Some(Arc::new(on_interface));
+                    Ok(Some(0))
+                }
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(gone) => Err(gone.to_string()),
+            }
+        } else if full && !compare_applied {
+            let configs = configs.insert(Arc::new(decision.desired.configs()));
             let interface = runtime.interface.clone();
             let believed = runtime.applied.clone();
             let desired = Arc::clone(configs);
@@ -466,13 +592,23 @@ impl Agent {
         } else {
             let empty = PeerConfigs::new();
             let applied = runtime.applied.as_deref().unwrap_or(&empty);
-            let diff = match touched {
-                Some(keys) => diff_keys(
-                    |key| decision.desired.peers.get(key).map(|peer| &peer.config),
+            let desired =
+                |key: &PublicKey| decision.desired.peers.get(key).map(|peer| &peer.config);
+            let diff = match (pass, touched) {
+                (Pass::Start, Some(keys)) => safe_additions(
+                    keys.iter().filter_map(|key| Some((key, desired(key)?))),
                     applied,
-                    keys,
                 ),
-                None => diff_peers(&decision.desired.configs(), applied),
+                (Pass::Start, None) => safe_additions(
+                    decision
+                        .desired
+                        .peers
+                        .iter()
+                        .map(|(key, peer)| (key, &peer.config)),
+                    applied,
+                ),
+                (_, Some(keys)) if !compare_applied => diff_keys(desired, applied, keys),
+                _ => diff_peers(&decision.desired.configs(), applied),
             };
             if diff.is_empty() {
                 Ok(None)
@@ -536,6 +672,7 @@ impl Agent {
                 runtime.listen_port = port;
                 runtime.problem = None;
                 runtime.last_sync = Some(Timestamp::now());
+                runtime.warm = pass == Pass::Start;
             }
             Err(message) => {
                 tracing::warn!(
@@ -563,7 +700,7 @@ impl Agent {
                     .and_then(|n| n.egress_interface.clone())
                     .unwrap_or_default(),
             });
-            if runtime.nat.as_ref() != Some(&wanted) || (full && wanted.is_some()) {
+            if runtime.nat.as_ref() != Some(&wanted) || (full && !was_warm && wanted.is_some()) {
                 let interface = runtime.interface.name().to_owned();
                 let plan = wanted.clone();
                 let result = self

@@ -3,7 +3,8 @@
 //! turned into exactly one `DeviceUpdate` naming only the changed peers — never a rewrite of the
 //! whole interface.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 
 use wgsub_crds::keys::PublicKey;
 use wireguard_control::{AllowedIp, DeviceUpdate, Key, PeerConfigBuilder};
@@ -135,6 +136,41 @@ pub fn diff_keys<'a>(
             }
             (None, Some(_)) => diff.remove.push(key),
             _ => {}
+        }
+    }
+    diff
+}
+
+/// The additions that are safe while the `WgPeer` list is still arriving: of `candidates`
+/// (peers desired from the part of the list seen so far), those whose key is not on the
+/// interface and none of whose addresses the interface already gives another peer. Such an
+/// addition can only turn out wrong for a peer that loses a conflict to an older peer not yet
+/// listed; the full comparison after the list removes it then. Everything else — updates of
+/// peers already there (which a not yet listed older peer with the same key may hold rightly),
+/// taking an address from a peer on the interface, removals — waits for the complete list, so
+/// a peer working before a restart is never disturbed by a partial view.
+pub fn safe_additions<'a>(
+    candidates: impl IntoIterator<Item = (&'a PublicKey, &'a PeerConfig)>,
+    on_interface: &BTreeMap<PublicKey, PeerConfig>,
+) -> PeerDiff {
+    let mut taken: Option<HashSet<IpAddr>> = None;
+    let mut diff = PeerDiff::default();
+    for (key, config) in candidates {
+        if on_interface.contains_key(key) {
+            continue;
+        }
+        let taken = taken.get_or_insert_with(|| {
+            on_interface
+                .values()
+                .flat_map(|config| config.allowed_ips.iter().map(ipnet::IpNet::addr))
+                .collect()
+        });
+        if config
+            .allowed_ips
+            .iter()
+            .all(|ip| !taken.contains(&ip.addr()))
+        {
+            diff.add.insert(*key, config.clone());
         }
     }
     diff
@@ -279,5 +315,29 @@ mod tests {
         let some = diff_keys(|k| desired.get(k), &observed, [c]);
         assert_eq!(some.add.keys().collect::<Vec<_>>(), [&c]);
         assert_eq!(some.len(), 1);
+    }
+    #[test]
+    fn early_additions_skip_peers_on_the_interface_and_taken_addresses() {
+        let (present, changed, thief, new) = (key(), key(), key(), key());
+        let on_interface: BTreeMap<_, _> = [
+            (present, config(&["10.8.0.2/32"])),
+            (changed, config(&["10.8.0.3/32"])),
+        ]
+        .into();
+        let candidates: BTreeMap<_, _> = [
+            (present, config(&["10.8.0.2/32"])),
+            // an update of a peer already there waits for the full list
+            (changed, config(&["10.8.0.9/32"])),
+            // so does a new key claiming an address a peer on the interface holds
+            (thief, config(&["10.8.0.7/32", "10.8.0.2/32"])),
+            (new, config(&["10.8.0.4/32", "fd00:8::4/128"])),
+        ]
+        .into();
+        let diff = safe_additions(&candidates, &on_interface);
+        assert_eq!(diff.add.keys().collect::<Vec<_>>(), [&new]);
+        assert!(diff.update.is_empty() && diff.remove.is_empty());
+        // on an empty interface every candidate is an addition
+        let all = safe_additions(&candidates, &BTreeMap::new());
+        assert_eq!(all, diff_peers(&candidates, &BTreeMap::new()));
     }
 }

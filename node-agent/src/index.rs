@@ -411,6 +411,14 @@ impl SharedIndex {
         self.synced.lock().unwrap_or_else(|e| e.into_inner()).len() == Kind::ALL.len()
     }
 
+    /// Every watch but `kind`'s has listed its kind once.
+    pub fn is_synced_except(&self, kind: Kind) -> bool {
+        let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        Kind::ALL
+            .iter()
+            .all(|other| *other == kind || synced.contains(other))
+    }
+
     /// Waits until every watch has listed its kind once.
     pub async fn wait_synced(&self) {
         loop {

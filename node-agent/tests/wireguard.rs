@@ -314,6 +314,12 @@ fn server_spec(lab: &Lab) -> WgServerSpec {
 
 impl Scenario {
     async fn start(resync: Duration) -> Scenario {
+        Self::start_with(resync, true).await
+    }
+
+    /// The agent started with every watch listed, or (`peers_listed` false) with the `WgPeer`
+    /// list still arriving: the test feeds it and ends it with [`Scenario::end_peer_list`].
+    async fn start_with(resync: Duration, peers_listed: bool) -> Scenario {
         let lab = Lab::new();
         let mut server = WgServer::new(SERVER, server_spec(&lab));
         server.metadata.namespace = Some(NAMESPACE.into());
@@ -337,7 +343,9 @@ impl Scenario {
             i.apply_subscription(&subscription);
         });
         for kind in Kind::ALL {
-            index.mark_synced(kind);
+            if peers_listed || kind != Kind::WgPeer {
+                index.mark_synced(kind);
+            }
         }
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
@@ -419,6 +427,11 @@ impl Scenario {
         indexed.metadata.creation_timestamp = peer.metadata.creation_timestamp.clone();
         self.index.update(|i| i.apply_peer(indexed.clone()));
         (indexed, key)
+    }
+
+    /// The `WgPeer` list's end (the watch's `InitDone`).
+    fn end_peer_list(&self) {
+        self.index.mark_synced(Kind::WgPeer);
     }
 
     /// Changes a peer's spec as an API write would, and feeds the change to the index.
@@ -780,4 +793,54 @@ async fn nat_rules_are_applied_idempotently_and_removed_on_opt_out() {
         .unwrap();
     // The host's namespace never saw the table.
     assert!(!run("nft", &["list", "tables"]).contains(&table));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_the_list_end_settles_conflicts()
+ {
+    let mut s = Scenario::start_with(Duration::from_secs(60), false).await;
+    // Listed first, but created after the peer listed next: the loser of their conflict.
+    s.created = 10;
+    let (_, newer_key) = s.add_peer("tg-1-b", "10.8.0.2/32", in_secs(3600)).await;
+    s.wait_on_interface(&newer_key, true).await;
+    s.created = 0;
+    let (_, older_key) = s.add_peer("tg-1-a", "10.8.0.2/32", in_secs(3600)).await;
+    let (_, other_key) = s.add_peer("tg-1-c", "10.8.0.3/32", in_secs(3600)).await;
+    s.wait_on_interface(&other_key, true).await;
+    // The older peer's address is held on the interface: it waits for the whole list.
+    let holder = |key: &PrivateKey| {
+        let text = key.public_key().to_base64();
+        run("wg", &["show", &s.lab.server_if, "allowed-ips"])
+            .lines()
+            .any(|line| line.starts_with(&text) && line.contains("10.8.0.2/32"))
+    };
+    assert!(
+        holder(&newer_key),
+        "the peer listed first was not added early"
+    );
+    assert!(
+        !s.lab
+            .server_peers()
+            .contains(&older_key.public_key().to_base64()),
+        "a peer was added before the list ended although its address was taken"
+    );
+
+    s.end_peer_list();
+    s.wait_on_interface(&newer_key, false).await;
+    s.wait_on_interface(&older_key, true).await;
+    assert!(
+        holder(&older_key),
+        "the older peer does not hold its address"
+    );
+    assert!(
+        s.lab
+            .server_peers()
+            .contains(&other_key.public_key().to_base64())
+    );
+    wait_for(
+        "Conflict on the newer peer",
+        Duration::from_secs(10),
+        async || s.ready_reason("tg-1-b").await.as_deref() == Some("Conflict"),
+    )
+    .await;
 }
