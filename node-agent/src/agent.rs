@@ -1,10 +1,11 @@
 //! The agent loop: reads the index, calls the pure decisions, applies the result to the
-//! interfaces through the worker, and queues status. It wakes on an index change (incremental:
+//! interfaces through the worker, and queues status. While the first `WgPeer` list arrives it
+//! already adds the peers that are safe to add on a partial view (start passes). It wakes on an index change (incremental:
 //! the diff against what it last applied), at the next `expiresAt` (its own timer), and every
 //! resync interval plus once at start (full: the diff against the interface as read, which
 //! removes hand-added peers, restores a changed key or port and recreates a deleted interface).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,6 +184,14 @@ struct ServerRuntime {
     warm: bool,
     /// A pass stopped before updating the decision (a server problem): rebuild it next time.
     decision_stale: bool,
+    /// Applies of start passes queued on the worker and not awaited (so the next page is
+    /// decided while wireguard-go works on this one), with when they were queued. Any other
+    /// pass waits for them first.
+    queued: Vec<(Instant, tokio::sync::oneshot::Receiver<io::Result<()>>)>,
+    /// Peers a start pass decided while an apply was still queued: they go with the next
+    /// apply, one larger update instead of one per page (wireguard-go works through a few
+    /// large updates faster than through many small ones).
+    held: BTreeSet<PublicKey>,
 }
 
 impl ServerRuntime {
@@ -200,6 +209,8 @@ impl ServerRuntime {
             generation: None,
             warm: false,
             decision_stale: false,
+            queued: Vec::new(),
+            held: BTreeSet::new(),
         }
     }
 }
@@ -225,6 +236,8 @@ pub struct Agent {
     servers: BTreeMap<String, ServerRuntime>,
     written: Written,
     firewall: Option<Firewall>,
+    /// Wakes the start passes when a queued apply has finished (to send the held peers).
+    queue_done: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -250,6 +263,7 @@ impl Agent {
             servers: BTreeMap::new(),
             written: Written::default(),
             firewall,
+            queue_done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -288,9 +302,12 @@ impl Agent {
     }
 
     /// Until every watch has listed its kind once: whenever the index changes after the servers,
-    /// Secrets and subscriptions are listed, a [`Pass::Start`] adds the peers listed so far that
-    /// are safe to add, so wireguard-go works on one page of the `WgPeer` list while the next is
-    /// decoded. Returns `false` on shutdown. The first full pass after it finds little to do.
+    /// Secrets and subscriptions are listed, a [`Pass::Start`] decides the peers listed so far
+    /// and queues the ones that are safe to add on the worker without waiting for it; peers
+    /// decided while an apply is still queued are held and sent together when it is done. So
+    /// wireguard-go works on the first pages of the `WgPeer` list while the next ones are
+    /// decoded and decided. Returns `false` on shutdown. The first full pass after it waits for
+    /// the queued applies, compares with what was applied and sends what is left.
     pub async fn start(&mut self, shutdown: &CancellationToken) -> bool {
         let mut labels_read = false;
         loop {
@@ -304,10 +321,12 @@ impl Agent {
                 }
                 self.pass(Pass::Start).await;
             }
+            let holding = self.servers.values().any(|server| !server.held.is_empty());
             tokio::select! {
                 () = shutdown.cancelled() => return false,
                 () = self.index.wait_synced() => return true,
                 () = self.index.changed() => {}
+                () = self.queue_done.notified(), if holding => {}
             }
         }
     }
@@ -471,6 +490,52 @@ impl Agent {
             return;
         };
         runtime.generation = server.metadata.generation;
+        // Queued applies: a start pass collects those done, any other pass waits for all.
+        for (queued_at, mut reply) in std::mem::take(&mut runtime.queued) {
+            let result = if pass == Pass::Start {
+                match reply.try_recv() {
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        runtime.queued.push((queued_at, reply));
+                        continue;
+                    }
+                    other => other.map_err(drop),
+                }
+            } else {
+                reply.await.map_err(drop)
+            };
+            {
+                let labels = ApplyLabels {
+                    interface: runtime.interface.name().to_owned(),
+                    kind: ApplyKind::Incremental,
+                };
+                let failure = match result {
+                    Ok(Ok(())) => {
+                        self.metrics.applies.get_or_create(&labels).inc();
+                        self.metrics
+                            .apply_duration
+                            .get_or_create(&labels)
+                            .observe(queued_at.elapsed().as_secs_f64());
+                        continue;
+                    }
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => crate::interface::WorkerGone.to_string(),
+                };
+                tracing::warn!(
+                    interface = runtime.interface.name(),
+                    error = failure,
+                    "applying to the interface failed"
+                );
+                self.metrics
+                    .apply_errors
+                    .get_or_create(&Metrics::interface(runtime.interface.name()))
+                    .inc();
+                // Unknown now: this pass reads the interface again.
+                runtime.applied = None;
+                runtime.held.clear();
+                runtime.warm = false;
+                runtime.problem = Some((reason::INTERFACE_ERROR, failure));
+            }
+        }
         let was_warm = std::mem::take(&mut runtime.warm);
         let checked = match (key, pools, port) {
             (Err(problem), _, _) => Err(problem),
@@ -496,7 +561,13 @@ impl Agent {
             || runtime
                 .decision
                 .as_ref()
-                .is_none_or(|decision| decision.pools() != &pools);
+                .is_none_or(|decision| decision.pools() != &pools)
+            // More changed peers than decided ones (list pages): deciding in bulk is cheaper.
+            || (pass != Pass::Incremental
+                && runtime
+                    .decision
+                    .as_ref()
+                    .is_some_and(|decision| dirty.peers.len() > decision.desired.states.len()));
         let touched = if rebuild {
             // Drop the old decision first: at 10k peers two at once double the memory.
             runtime.decision = None;
@@ -590,26 +661,38 @@ impl Agent {
                 Err(gone) => Err(gone.to_string()),
             }
         } else {
+            let mut held = std::mem::take(&mut runtime.held);
             let empty = PeerConfigs::new();
             let applied = runtime.applied.as_deref().unwrap_or(&empty);
             let desired =
                 |key: &PublicKey| decision.desired.peers.get(key).map(|peer| &peer.config);
             let diff = match (pass, touched) {
-                (Pass::Start, Some(keys)) => safe_additions(
-                    keys.iter().filter_map(|key| Some((key, desired(key)?))),
-                    applied,
-                ),
-                (Pass::Start, None) => safe_additions(
-                    decision
-                        .desired
-                        .peers
-                        .iter()
-                        .map(|(key, peer)| (key, &peer.config)),
-                    applied,
-                ),
-                (_, Some(keys)) if !compare_applied => diff_keys(desired, applied, keys),
-                _ => diff_peers(&decision.desired.configs(), applied),
+                (Pass::Start, touched) => {
+                    match touched {
+                        Some(keys) => held.extend(keys),
+                        None => held.extend(decision.desired.peers.keys()),
+                    }
+                    if runtime.queued.is_empty() {
+                        let candidates = std::mem::take(&mut held);
+                        safe_additions(
+                            candidates
+                                .iter()
+                                .filter_map(|key| Some((key, desired(key)?))),
+                            applied,
+                        )
+                    } else {
+                        PeerDiff::default()
+                    }
+                }
+                (_, Some(keys)) if !compare_applied && held.is_empty() => {
+                    diff_keys(desired, applied, keys)
+                }
+                _ => {
+                    held.clear();
+                    diff_peers(&decision.desired.configs(), applied)
+                }
             };
+            runtime.held = held;
             if diff.is_empty() {
                 Ok(None)
             } else {
@@ -623,10 +706,23 @@ impl Agent {
                     "applying peer changes"
                 );
                 incremental = Some(diff);
-                match self.worker.run(move || interface.apply(update)).await {
-                    Ok(Ok(())) => Ok(Some(0)),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(gone) => Err(gone.to_string()),
+                if pass == Pass::Start {
+                    match self.worker.submit(move || interface.apply(update)) {
+                        Ok(reply) => {
+                            runtime.queued.push((started, reply));
+                            // Queued behind the apply, so it fires once the reply is there.
+                            let done = Arc::clone(&self.queue_done);
+                            let _ = self.worker.submit(move || done.notify_one());
+                            Ok(None)
+                        }
+                        Err(gone) => Err(gone.to_string()),
+                    }
+                } else {
+                    match self.worker.run(move || interface.apply(update)).await {
+                        Ok(Ok(())) => Ok(Some(0)),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(gone) => Err(gone.to_string()),
+                    }
                 }
             }
         };

@@ -307,13 +307,23 @@ impl Worker {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
+        self.submit(f)?.await.map_err(|_| WorkerGone)
+    }
+
+    /// Queues `f` behind the jobs already queued without waiting for it; its result arrives on
+    /// the returned channel (closed if the worker is gone).
+    pub fn submit<R, F>(&self, f: F) -> Result<tokio::sync::oneshot::Receiver<R>, WorkerGone>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.jobs
             .send(Box::new(move || {
                 let _ = tx.send(f());
             }))
             .map_err(|_| WorkerGone)?;
-        rx.await.map_err(|_| WorkerGone)
+        Ok(rx)
     }
 }
 
@@ -427,6 +437,28 @@ mod tests {
             .unwrap();
         assert_eq!(thread.as_deref(), Some("wg-interface"));
         assert_eq!(worker.run(|| 1 + 1).await.unwrap(), 2);
+        // Queued jobs run in order, before a job run after them.
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let queued: Vec<_> = (0..3)
+            .map(|i| {
+                let order = order.clone();
+                worker
+                    .submit(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        order.lock().unwrap().push(i);
+                        i
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let seen = worker.run({
+            let order = order.clone();
+            move || order.lock().unwrap().clone()
+        });
+        assert_eq!(seen.await.unwrap(), [0, 1, 2]);
+        for (i, reply) in queued.into_iter().enumerate() {
+            assert_eq!(reply.await.unwrap(), i);
+        }
         let err = Worker::start(Some(PathBuf::from("/nonexistent/netns/x"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/netns/x"), "{err}");
     }
