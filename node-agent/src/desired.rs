@@ -113,8 +113,10 @@ pub enum Refusal {
         what: String,
     },
     OutOfPool(String),
-    /// The public key is absent or not a WireGuard key.
+    /// The public key (or preshared key) is not a WireGuard key.
     InvalidKey(String),
+    /// No public key yet: the operator publishes it once the private half is in its Secret.
+    NoKey,
     NoAddress,
     MissingPresharedKey,
 }
@@ -165,10 +167,7 @@ fn not_live_reason(liveness: &PeerLiveness) -> NotLive {
 
 /// A live peer checked on its own: its key, addresses and preshared key.
 fn validate(peer: &PeerInput, pools: &Pools) -> Result<(PublicKey, PeerConfig), Refusal> {
-    let text = peer
-        .public_key
-        .as_deref()
-        .ok_or_else(|| Refusal::InvalidKey("the peer has no publicKey yet".into()))?;
+    let text = peer.public_key.as_deref().ok_or(Refusal::NoKey)?;
     let key =
         PublicKey::from_base64(text).map_err(|e| Refusal::InvalidKey(format!("publicKey: {e}")))?;
     let address = peer.address.as_deref().ok_or(Refusal::NoAddress)?;
@@ -719,10 +718,7 @@ mod tests {
         bad_psk.preshared_key = PresharedKeyInput::Invalid;
         let desired = desired_peers(&pools(), [&no_key, &no_address, &no_psk, &bad_psk], t(NOW));
         assert!(desired.peers.is_empty());
-        assert!(matches!(
-            refusal(&desired, "no-key"),
-            Refusal::InvalidKey(_)
-        ));
+        assert_eq!(refusal(&desired, "no-key"), Refusal::NoKey);
         assert_eq!(refusal(&desired, "no-address"), Refusal::NoAddress);
         assert_eq!(refusal(&desired, "no-psk"), Refusal::MissingPresharedKey);
         assert!(matches!(

@@ -24,6 +24,7 @@ pub mod reason {
     pub const CONFLICT: &str = "Conflict";
     pub const OUT_OF_POOL: &str = "OutOfPool";
     pub const INVALID_KEY: &str = "InvalidKey";
+    pub const NO_KEY: &str = "NoKey";
     pub const NO_ADDRESS: &str = "NoAddress";
     pub const MISSING_PRESHARED_KEY: &str = "MissingPresharedKey";
     pub const SYNCED: &str = "Synced";
@@ -74,6 +75,11 @@ pub fn peer_ready(
         PeerState::Refused(Refusal::InvalidKey(message)) => {
             (false, reason::INVALID_KEY, message.clone())
         }
+        PeerState::Refused(Refusal::NoKey) => (
+            false,
+            reason::NO_KEY,
+            "the peer has no publicKey yet".to_owned(),
+        ),
         PeerState::Refused(Refusal::NoAddress) => (
             false,
             reason::NO_ADDRESS,
@@ -273,6 +279,12 @@ mod tests {
                 false,
                 false,
                 reason::INVALID_KEY,
+            ),
+            (
+                PeerState::Refused(Refusal::NoKey),
+                false,
+                false,
+                reason::NO_KEY,
             ),
             (
                 PeerState::Refused(Refusal::NoAddress),
