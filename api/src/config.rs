@@ -263,14 +263,7 @@ fn parse_nonempty(text: &str) -> Result<String, String> {
 }
 
 fn parse_name(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-');
-    if ok {
+    if wgsub_crds::resources::is_dns_label(text) {
         Ok(text.to_owned())
     } else {
         Err(format!("{text:?} is not a Kubernetes name (DNS label)"))

@@ -229,15 +229,10 @@ async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
     app.metrics.update("status");
     let lang = lang_of(message.from.as_ref());
     let result = async {
-        let Some(from) = message.from.as_ref() else {
+        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
             return Ok(());
         };
-        let id = user_id(from)?;
-        let Some(user) = app.ledger.user(id).await? else {
-            bot.send_message(message.chat.id, text::not_registered(lang))
-                .await?;
-            return Ok(());
-        };
+        let id = user.telegram_id;
         let phase = ledger_phase(&user, Timestamp::now());
         let peers = devices::user_peers(&app.kube, &app.namespace, id).await?;
         let lines: Vec<text::DeviceLine> = peers
@@ -362,15 +357,10 @@ async fn config(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
     app.metrics.update("config");
     let lang = lang_of(message.from.as_ref());
     let result = async {
-        let Some(from) = message.from.as_ref() else {
+        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
             return Ok(());
         };
-        let id = user_id(from)?;
-        let Some(user) = app.ledger.user(id).await? else {
-            bot.send_message(message.chat.id, text::not_registered(lang))
-                .await?;
-            return Ok(());
-        };
+        let id = user.telegram_id;
         if ledger_phase(&user, Timestamp::now()) != SubscriptionPhase::Active {
             bot.send_message(message.chat.id, text::subscription_inactive(lang))
                 .await?;
@@ -429,6 +419,25 @@ async fn send_device(
         }
     }
     Ok(())
+}
+
+/// The sender's ledger record; `None` (after telling a sender who never used /start so) when
+/// there is none or the message has no sender.
+async fn registered_user(
+    bot: &Bot,
+    app: &App,
+    message: &Message,
+    lang: Lang,
+) -> Result<Option<LedgerUser>, HandlerError> {
+    let Some(from) = message.from.as_ref() else {
+        return Ok(None);
+    };
+    let user = app.ledger.user(user_id(from)?).await?;
+    if user.is_none() {
+        bot.send_message(message.chat.id, text::not_registered(lang))
+            .await?;
+    }
+    Ok(user)
 }
 
 /// The phase the user's subscription has by the ledger (the truth the resource follows).

@@ -85,7 +85,6 @@ impl Ledger {
             "INSERT INTO webhook_deliveries (received_at, remote_addr, event, object_id, outcome, reason) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
-        .persistent(self.persistent)
         .bind(now.to_sqlx())
         .bind(&delivery.remote_addr)
         .bind(delivery.event.as_deref().map(|e| e.chars().take(64).collect::<String>()))
@@ -106,7 +105,6 @@ impl Ledger {
             "SELECT received_at, remote_addr, event, object_id, outcome, reason \
              FROM webhook_deliveries ORDER BY id DESC LIMIT $1",
         )
-        .persistent(self.persistent)
         .bind(limit)
         .fetch_all_on(self)
         .await?;
@@ -136,7 +134,6 @@ impl Ledger {
             "SELECT at, admin_id, user_id, action, reason, details FROM admin_actions \
              WHERE user_id = $1 ORDER BY id",
         )
-        .persistent(self.persistent)
         .bind(user_id)
         .fetch_all_on(self)
         .await?;

@@ -80,7 +80,6 @@ impl Ledger {
             "SELECT id, user_id, created_at, payload FROM notifications \
              WHERE sent_at IS NULL ORDER BY id LIMIT $1",
         )
-        .persistent(self.persistent)
         .bind(limit)
         .fetch_all_on(self)
         .await?;
@@ -108,7 +107,6 @@ impl Ledger {
     ) -> Result<bool, LedgerError> {
         let done =
             sqlx::query("UPDATE notifications SET sent_at = $2 WHERE id = $1 AND sent_at IS NULL")
-                .persistent(self.persistent)
                 .bind(id)
                 .bind(now.to_sqlx())
                 .execute_on(self)

@@ -208,7 +208,6 @@ impl Ledger {
                                    status, idempotence_key, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
         )
-        .persistent(self.persistent)
         .bind(id)
         .bind(user.telegram_id)
         .bind(&plan.id)
@@ -259,7 +258,6 @@ impl Ledger {
             "UPDATE payments SET yookassa_id = $2, confirmation_url = $3, status = $4, updated_at = $5 \
              WHERE id = $1",
         )
-        .persistent(self.persistent)
         .bind(id)
         .bind(&created.id)
         .bind(url.as_deref())
@@ -283,7 +281,6 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<(), LedgerError> {
         sqlx::query("UPDATE payments SET status = $2, updated_at = $3 WHERE id = $1")
-            .persistent(self.persistent)
             .bind(id)
             .bind(status.as_str())
             .bind(now.to_sqlx())
@@ -296,7 +293,6 @@ impl Ledger {
     pub async fn payment(&self, id: Uuid) -> Result<Option<PaymentRecord>, LedgerError> {
         let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(id)
             .fetch_optional_on(self)
             .await?;
@@ -310,7 +306,6 @@ impl Ledger {
     ) -> Result<Option<PaymentRecord>, LedgerError> {
         let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE yookassa_id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(yookassa_id)
             .fetch_optional_on(self)
             .await?;
@@ -410,7 +405,6 @@ impl Ledger {
             "UPDATE payments SET status = 'canceled', updated_at = $2 \
              WHERE id = $1 AND status IN ('pending', 'failed')",
         )
-        .persistent(self.persistent)
         .bind(payment_id)
         .bind(now.to_sqlx())
         .execute_on(self)

@@ -48,7 +48,6 @@ impl Ledger {
                 COUNT(*) FILTER (WHERE suspended) AS suspended \
              FROM users",
         )
-        .persistent(self.persistent)
         .bind(now.to_sqlx())
         .fetch_one_on(self)
         .await?;
@@ -75,7 +74,6 @@ impl Ledger {
                 SELECT r.currency, -r.amount_minor FROM refunds r WHERE r.refunded_at >= $1 \
              ) money GROUP BY currency ORDER BY currency",
         )
-        .persistent(self.persistent)
         .bind(since.to_sqlx())
         .fetch_all_on(self)
         .await?;

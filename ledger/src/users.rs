@@ -139,7 +139,6 @@ impl Ledger {
              RETURNING {USER_COLUMNS}"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(user.id)
             .bind(user.username.as_deref().map(|u| clip(u, 64)))
             .bind(clip(&user.first_name, 128))
@@ -156,7 +155,6 @@ impl Ledger {
         let done = sqlx::query(
             "UPDATE users SET last_seen_at = GREATEST(last_seen_at, $2) WHERE telegram_id = $1",
         )
-        .persistent(self.persistent)
         .bind(user_id)
         .bind(now.to_sqlx())
         .execute_on(self)
@@ -168,7 +166,6 @@ impl Ledger {
     pub async fn user(&self, user_id: i64) -> Result<Option<User>, LedgerError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE telegram_id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(user_id)
             .fetch_optional_on(self)
             .await?;
@@ -186,7 +183,6 @@ impl Ledger {
              ORDER BY last_seen_at DESC LIMIT 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(name)
             .fetch_optional_on(self)
             .await?;
@@ -205,7 +201,6 @@ impl Ledger {
             ReceiptCustomer::Phone(phone) => (None, Some(phone.as_str())),
         };
         let done = sqlx::query("UPDATE users SET email = $2, phone = $3 WHERE telegram_id = $1")
-            .persistent(self.persistent)
             .bind(user_id)
             .bind(email)
             .bind(phone)
@@ -221,7 +216,6 @@ impl Ledger {
              ORDER BY telegram_id LIMIT $1"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(limit)
             .fetch_all_on(self)
             .await?;
@@ -235,7 +229,6 @@ impl Ledger {
              ORDER BY telegram_id LIMIT $2"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(self.persistent)
             .bind(after)
             .bind(limit)
             .fetch_all_on(self)
@@ -250,7 +243,6 @@ impl Ledger {
             "UPDATE users SET synced_version = $2 \
              WHERE telegram_id = $1 AND synced_version < $2",
         )
-        .persistent(self.persistent)
         .bind(user_id)
         .bind(version)
         .execute_on(self)

@@ -19,6 +19,18 @@ pub const CONDITION_READY: &str = "Ready";
 /// Regex of a Kubernetes object name (DNS-1123 subdomain, at most 253 characters).
 pub(crate) const OBJECT_NAME_PATTERN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Whether `text` is a DNS-1123 label (lower-case alphanumerics and '-', not at either end, at
+/// most 63 characters): the names of namespaces, Leases and wgsub's servers given as settings.
+pub fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
 /// Regex of a key inside a `Secret`'s data.
 pub(crate) const SECRET_DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 /// A reference to one key of a `Secret` in the resource's own namespace.
@@ -115,6 +127,16 @@ pub fn new_condition(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dns_labels_are_lower_case_alphanumerics_and_inner_dashes_up_to_63() {
+        for good in ["a", "wgsub", "vpn-1", "0", &"a".repeat(63)] {
+            assert!(super::is_dns_label(good), "{good:?}");
+        }
+        for bad in ["", "-a", "a-", "UPPER", "a.b", "a_b", "ä", &"a".repeat(64)] {
+            assert!(!super::is_dns_label(bad), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     fn at(seconds: i64) -> jiff::Timestamp {

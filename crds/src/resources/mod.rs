@@ -9,7 +9,7 @@ mod subscription;
 
 pub use common::{
     CONDITION_READY, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION, SecretKeyRef, condition,
-    new_condition, set_condition,
+    is_dns_label, new_condition, set_condition,
 };
 pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, peer_name};
 pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
