@@ -6,7 +6,7 @@
 //! interface as read, which removes hand-added peers, restores a changed key or port and
 //! recreates a deleted interface).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +19,8 @@ use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
 use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
 use wireguard_control::{DeviceUpdate, Key};
 
-use crate::desired::{DesiredState, PeerInput, PeerState, Pools};
-use crate::diff::{PeerDiff, count_differences, diff_keys, diff_peers, safe_additions};
+use crate::desired::{DesiredState, PeerInput, PeerState, Pools, live_candidate};
+use crate::diff::{EarlyAdditions, PeerDiff, count_differences, diff_keys, diff_peers};
 use crate::expiry::sleep_until;
 use crate::http::Health;
 use crate::index::{Dirty, ServerKey, SharedIndex};
@@ -75,13 +75,13 @@ fn converge(
         None => {
             let diff = diff_peers(desired, &BTreeMap::new());
             interface.create(diff.add_to(base(DeviceUpdate::new())))?;
-            interface.ensure_link(link)?;
+            interface.ensure_link(link, None)?;
             Ok(Converged {
                 created: true,
                 drift: usize::from(believed.is_some()),
             })
         }
-        Some(snapshot) => {
+        Some((snapshot, link_state)) => {
             let public_key = snapshot.public_key;
             let listen_port = snapshot.listen_port;
             let observed = snapshot.into_peer_configs();
@@ -97,7 +97,7 @@ fn converge(
                 interface.apply(update)?;
             }
             drop(diff);
-            corrections += interface.ensure_link(link)?.len();
+            corrections += interface.ensure_link(link, Some(link_state))?.len();
             let peer_drift = believed.map_or(0, |believed| count_differences(believed, &observed));
             Ok(Converged {
                 created: false,
@@ -108,45 +108,84 @@ fn converge(
 }
 
 /// Readies the interface while the `WgPeer` list is still arriving: reads it once, creates it
-/// if missing, restores key and port, adds the peers [`safe_additions`] allows and sets the
-/// link. Removes nothing. Returns what the interface holds afterwards. Runs on the worker.
+/// if missing, restores key and port and sets the link. Adds and removes no peer (the start
+/// passes queue the additions that are safe behind it). Returns the peers the interface holds
+/// and whether it was created. Runs on the worker.
 fn prepare(
     interface: &WgInterface,
     key: &PrivateKey,
     port: u16,
-    desired: &PeerConfigs,
     link: &LinkSpec,
 ) -> io::Result<(PeerConfigs, bool)> {
-    let base = |update: DeviceUpdate| {
-        update
-            .set_private_key(Key(*key.as_bytes()))
-            .set_listen_port(port)
-    };
+    let base = DeviceUpdate::new()
+        .set_private_key(Key(*key.as_bytes()))
+        .set_listen_port(port);
     match interface.observe()? {
         None => {
-            let diff = safe_additions(desired, &BTreeMap::new());
-            interface.create(diff.add_to(base(DeviceUpdate::new())))?;
-            interface.ensure_link(link)?;
-            Ok((diff.add, true))
+            interface.create(base)?;
+            interface.ensure_link(link, None)?;
+            Ok((PeerConfigs::new(), true))
         }
-        Some(snapshot) => {
-            let restore =
-                snapshot.public_key != Some(key.public_key()) || snapshot.listen_port != Some(port);
-            let mut observed = snapshot.into_peer_configs();
-            let diff = safe_additions(desired, &observed);
-            let update = if restore {
-                base(DeviceUpdate::new())
-            } else {
-                DeviceUpdate::new()
-            };
-            if restore || !diff.is_empty() {
-                interface.apply(diff.add_to(update))?;
+        Some((snapshot, link_state)) => {
+            if snapshot.public_key != Some(key.public_key()) || snapshot.listen_port != Some(port) {
+                interface.apply(base)?;
             }
-            interface.ensure_link(link)?;
-            diff.apply_to(&mut observed);
-            Ok((observed, false))
+            interface.ensure_link(link, Some(link_state))?;
+            Ok((snapshot.into_peer_configs(), false))
         }
     }
+}
+
+/// A start pass's additions, queued on the worker: the result and the time the apply took.
+type QueuedApply = tokio::sync::oneshot::Receiver<(io::Result<()>, Duration)>;
+
+/// Collects the applies start passes queued: with `wait`, all of them; otherwise those done.
+/// A failed one leaves what is on the interface unknown (read again by the next pass).
+async fn collect_queued(metrics: &Metrics, runtime: &mut ServerRuntime, wait: bool) {
+    let labels = ApplyLabels {
+        interface: runtime.interface.name().to_owned(),
+        kind: ApplyKind::Start,
+    };
+    for mut reply in std::mem::take(&mut runtime.queued) {
+        let result = if wait {
+            reply.await.map_err(drop)
+        } else {
+            match reply.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    runtime.queued.push(reply);
+                    continue;
+                }
+                other => other.map_err(drop),
+            }
+        };
+        match result {
+            Ok((Ok(()), took)) => {
+                metrics.applies.get_or_create(&labels).inc();
+                metrics
+                    .apply_duration
+                    .get_or_create(&labels)
+                    .observe(took.as_secs_f64());
+            }
+            Ok((Err(error), _)) => apply_failed(metrics, runtime, error.to_string()),
+            Err(()) => apply_failed(metrics, runtime, crate::interface::WorkerGone.to_string()),
+        }
+    }
+}
+
+/// An update of the interface failed: what is on it is unknown until it is read again.
+fn apply_failed(metrics: &Metrics, runtime: &mut ServerRuntime, message: String) {
+    tracing::warn!(
+        interface = runtime.interface.name(),
+        error = message,
+        "applying to the interface failed"
+    );
+    metrics
+        .apply_errors
+        .get_or_create(&Metrics::interface(runtime.interface.name()))
+        .inc();
+    runtime.applied = None;
+    runtime.warm = false;
+    runtime.problem = Some((reason::INTERFACE_ERROR, message));
 }
 
 /// Which kind of pass over a server.
@@ -185,14 +224,12 @@ struct ServerRuntime {
     warm: bool,
     /// A pass stopped before updating the decision (a server problem): rebuild it next time.
     decision_stale: bool,
-    /// Applies of start passes queued on the worker and not awaited (so the next page is
-    /// decided while wireguard-go works on this one), with when they were queued. Any other
-    /// pass waits for them first.
-    queued: Vec<(Instant, tokio::sync::oneshot::Receiver<io::Result<()>>)>,
-    /// Peers a start pass decided while an apply was still queued: they go with the next
-    /// apply, one larger update instead of one per page (wireguard-go works through a few
-    /// large updates faster than through many small ones).
-    held: BTreeSet<PublicKey>,
+    /// Applies of start passes queued on the worker and not awaited, so wireguard-go always
+    /// has the next page's peers waiting while the agent decodes and decides the one after.
+    /// Any other pass waits for them first.
+    queued: Vec<QueuedApply>,
+    /// What the start passes know while the `WgPeer` list arrives.
+    early: Option<EarlyAdditions>,
 }
 
 impl ServerRuntime {
@@ -211,7 +248,7 @@ impl ServerRuntime {
             warm: false,
             decision_stale: false,
             queued: Vec::new(),
-            held: BTreeSet::new(),
+            early: None,
         }
     }
 }
@@ -230,6 +267,8 @@ pub struct Agent {
     index: Arc<SharedIndex>,
     api: KubeApi,
     worker: Worker,
+    /// Firewall rules (NAT), so they never wait behind an update of the interface.
+    firewall_worker: Worker,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     status: Arc<StatusQueue>,
@@ -237,8 +276,6 @@ pub struct Agent {
     servers: BTreeMap<String, ServerRuntime>,
     written: Written,
     firewall: Option<Firewall>,
-    /// Wakes the start passes when a queued apply has finished (to send the held peers).
-    queue_done: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -252,11 +289,16 @@ impl Agent {
         status: Arc<StatusQueue>,
     ) -> Self {
         let firewall = settings.firewall;
+        let firewall_worker = worker.sibling("wg-firewall").unwrap_or_else(|error| {
+            tracing::warn!(%error, "no separate firewall thread; firewall rules share the interface thread");
+            worker.clone()
+        });
         Self {
             settings,
             index,
             api,
             worker,
+            firewall_worker,
             metrics,
             health,
             status,
@@ -264,7 +306,6 @@ impl Agent {
             servers: BTreeMap::new(),
             written: Written::default(),
             firewall,
-            queue_done: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -304,8 +345,7 @@ impl Agent {
 
     /// Until every watch has listed its kind once: whenever the index changes after the servers,
     /// Secrets and subscriptions are listed, a [`Pass::Start`] decides the peers listed so far
-    /// and queues the ones that are safe to add on the worker without waiting for it; peers
-    /// decided while an apply is still queued are held and sent together when it is done. So
+    /// and queues the ones that are safe to add on the worker without waiting for it. So
     /// wireguard-go works on the first pages of the `WgPeer` list while the next ones are
     /// decoded and decided. Returns `false` on shutdown. The first full pass after it waits for
     /// the queued applies, compares with what was applied and sends what is left.
@@ -322,12 +362,10 @@ impl Agent {
                 }
                 self.pass(Pass::Start).await;
             }
-            let holding = self.servers.values().any(|server| !server.held.is_empty());
             tokio::select! {
                 () = shutdown.cancelled() => return false,
                 () = self.index.wait_synced() => return true,
                 () = self.index.changed() => {}
-                () = self.queue_done.notified(), if holding => {}
             }
         }
     }
@@ -397,7 +435,7 @@ impl Agent {
             return firewall;
         }
         let detected = self
-            .worker
+            .firewall_worker
             .run(nat::detect_firewall)
             .await
             .unwrap_or(Firewall::Iptables);
@@ -482,62 +520,21 @@ impl Agent {
         });
         let port = u16::try_from(spec.listen_port).ok().filter(|p| *p > 0);
         let nat_wanted = spec.nat.as_ref().is_some_and(|nat| nat.enabled);
-        let firewall = if nat_wanted || pass != Pass::Incremental {
-            Some(self.resolve_firewall().await)
-        } else {
-            None
+        let nat_held = self
+            .servers
+            .get(&name)
+            .is_some_and(|runtime| matches!(runtime.nat, Some(Some(_))));
+        // NAT waits for the end of the list (start passes only add peers); an incremental pass
+        // looks at it when it is wanted or has to go.
+        let firewall = match pass {
+            Pass::Start => None,
+            Pass::Incremental if !nat_wanted && !nat_held => None,
+            Pass::Incremental | Pass::Full => Some(self.resolve_firewall().await),
         };
         let Some(runtime) = self.servers.get_mut(&name) else {
             return;
         };
         runtime.generation = server.metadata.generation;
-        // Queued applies: a start pass collects those done, any other pass waits for all.
-        for (queued_at, mut reply) in std::mem::take(&mut runtime.queued) {
-            let result = if pass == Pass::Start {
-                match reply.try_recv() {
-                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                        runtime.queued.push((queued_at, reply));
-                        continue;
-                    }
-                    other => other.map_err(drop),
-                }
-            } else {
-                reply.await.map_err(drop)
-            };
-            {
-                let labels = ApplyLabels {
-                    interface: runtime.interface.name().to_owned(),
-                    kind: ApplyKind::Incremental,
-                };
-                let failure = match result {
-                    Ok(Ok(())) => {
-                        self.metrics.applies.get_or_create(&labels).inc();
-                        self.metrics
-                            .apply_duration
-                            .get_or_create(&labels)
-                            .observe(queued_at.elapsed().as_secs_f64());
-                        continue;
-                    }
-                    Ok(Err(error)) => error.to_string(),
-                    Err(_) => crate::interface::WorkerGone.to_string(),
-                };
-                tracing::warn!(
-                    interface = runtime.interface.name(),
-                    error = failure,
-                    "applying to the interface failed"
-                );
-                self.metrics
-                    .apply_errors
-                    .get_or_create(&Metrics::interface(runtime.interface.name()))
-                    .inc();
-                // Unknown now: this pass reads the interface again.
-                runtime.applied = None;
-                runtime.held.clear();
-                runtime.warm = false;
-                runtime.problem = Some((reason::INTERFACE_ERROR, failure));
-            }
-        }
-        let was_warm = std::mem::take(&mut runtime.warm);
         let checked = match (key, pools, port) {
             (Err(problem), _, _) => Err(problem),
             (_, Err(error), _) => Err((reason::INVALID_POOL, error.to_string())),
@@ -556,6 +553,138 @@ impl Agent {
                 return;
             }
         };
+        // NAT runs on its own thread, beside the queued applies and this pass's update.
+        let nat_job = firewall.and_then(|firewall| {
+            let wanted = nat_wanted.then(|| NatPlan {
+                interface: runtime.interface.name().to_owned(),
+                pool4: pools.v4,
+                pool6: pools.v6,
+                egress: spec
+                    .nat
+                    .as_ref()
+                    .and_then(|n| n.egress_interface.clone())
+                    .unwrap_or_default(),
+            });
+            let due = runtime.nat.as_ref() != Some(&wanted) || (full && wanted.is_some());
+            due.then(|| {
+                let interface = runtime.interface.name().to_owned();
+                let plan = wanted.clone();
+                let job = self.firewall_worker.submit(move || match plan {
+                    Some(mut plan) => {
+                        if plan.egress.is_empty() {
+                            plan.egress = nat::default_route_interface()?;
+                        }
+                        nat::apply(firewall, &plan)
+                    }
+                    None => nat::remove(firewall, &interface),
+                });
+                (wanted, job)
+            })
+        });
+        let was_warm = std::mem::take(&mut runtime.warm);
+        let link = LinkSpec {
+            addresses: pools.interface_addresses(),
+            mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
+        };
+        let interface_labels = crate::metrics::Metrics::interface(runtime.interface.name());
+        let public = match &runtime.key_pair {
+            Some((private, public)) if *private == key => *public,
+            _ => {
+                let public = key.public_key();
+                runtime.key_pair = Some((key.clone(), public));
+                public
+            }
+        };
+        let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
+        let started = Instant::now();
+        // A start pass readies the interface first (read, created, key and port restored, link
+        // set); its additions are then queued behind that.
+        let prepared = if pass == Pass::Start && (runtime.applied.is_none() || key_changed) {
+            let interface = runtime.interface.clone();
+            let key = key.clone();
+            let link = link.clone();
+            match self
+                .worker
+                .run(move || prepare(&interface, &key, port, &link))
+                .await
+            {
+                Ok(Ok((on_interface, created))) => {
+                    if created {
+                        tracing::info!(
+                            interface = runtime.interface.name(),
+                            "created the interface"
+                        );
+                    }
+                    runtime.applied = Some(Arc::new(on_interface));
+                    runtime.public_key = Some(public);
+                    runtime.listen_port = port;
+                    Ok(true)
+                }
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(gone) => Err(gone.to_string()),
+            }
+        } else {
+            Ok(false)
+        };
+        if pass == Pass::Start {
+            collect_queued(&self.metrics, runtime, false).await;
+            // Start passes keep no decision: the first full pass decides in bulk.
+            runtime.decision = None;
+            let prepared_now = match prepared {
+                Ok(ran) => ran,
+                Err(message) => return apply_failed(&self.metrics, runtime, message),
+            };
+            if prepared_now || dirty.all {
+                runtime.early = None;
+            }
+            let inputs: Vec<PeerInput> = self.index.read(|index| {
+                if dirty.all {
+                    index.peer_inputs(&name)
+                } else {
+                    dirty
+                        .peers
+                        .iter()
+                        .filter_map(|peer| index.peer_input(&name, peer))
+                        .collect()
+                }
+            });
+            let applied = Arc::make_mut(runtime.applied.get_or_insert_default());
+            let early = runtime
+                .early
+                .get_or_insert_with(|| EarlyAdditions::new(applied));
+            let listed = inputs.into_iter().filter_map(|input| {
+                let (key, config) = live_candidate(&input, &pools, now)?;
+                Some((input.name, key, config))
+            });
+            let diff = early.next(listed, applied);
+            if !diff.is_empty() {
+                let interface = runtime.interface.clone();
+                let update = diff.add_to(DeviceUpdate::new());
+                tracing::debug!(
+                    interface = interface.name(),
+                    add = diff.add.len(),
+                    "adding peers while the list arrives"
+                );
+                let queued = self.worker.submit(move || {
+                    let started = Instant::now();
+                    (interface.apply(update), started.elapsed())
+                });
+                match queued {
+                    Ok(reply) => runtime.queued.push(reply),
+                    Err(gone) => return apply_failed(&self.metrics, runtime, gone.to_string()),
+                }
+                diff.apply_to(applied);
+            }
+            self.metrics
+                .peers
+                .get_or_create(&interface_labels)
+                .set(applied.len() as i64);
+            runtime.problem = None;
+            runtime.last_sync = Some(Timestamp::now());
+            runtime.warm = true;
+            return;
+        }
+        runtime.early = None;
         let rebuild = (full && !was_warm)
             || std::mem::take(&mut runtime.decision_stale)
             || dirty.all
@@ -588,56 +717,21 @@ impl Agent {
                 .as_mut()
                 .map(|decision| decision.update(changes, now))
         };
+        // Decided while wireguard-go still works on the start passes' additions.
+        collect_queued(&self.metrics, runtime, true).await;
         let Some(decision) = runtime.decision.as_ref() else {
             return;
         };
         let desired_count = decision.desired.peers.len();
-        let link = LinkSpec {
-            addresses: pools.interface_addresses(),
-            mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
-        };
-        let interface_labels = crate::metrics::Metrics::interface(runtime.interface.name());
-        let public = match &runtime.key_pair {
-            Some((private, public)) if *private == key => *public,
-            _ => {
-                let public = key.public_key();
-                runtime.key_pair = Some((key.clone(), public));
-                public
-            }
-        };
         let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
         let prepare_needed = runtime.applied.is_none() || key_changed;
         // The first full pass after a start pass compares with what it applied (read when the
         // list began), not with a new read of the interface.
         let compare_applied = full && was_warm && !prepare_needed && !dirty.all;
         let full = full || prepare_needed;
-        let started = Instant::now();
         let mut incremental: Option<PeerDiff> = None;
         let mut configs = None;
-        let outcome: Result<Option<usize>, String> = if pass == Pass::Start && prepare_needed {
-            let interface = runtime.interface.clone();
-            let desired = decision.desired.configs();
-            let key = key.clone();
-            match self
-                .worker
-                .run(move || prepare(&interface, &key, port, &desired, &link))
-                .await
-            {
-                Ok(Ok((on_interface, created))) => {
-                    if created {
-                        tracing::info!(
-                            interface = runtime.interface.name(),
-                            peers = on_interface.len(),
-                            "created the interface"
-                        );
-                    }
-                    configs = Some(Arc::new(on_interface));
-                    Ok(Some(0))
-                }
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(gone) => Err(gone.to_string()),
-            }
-        } else if full && !compare_applied {
+        let outcome: Result<Option<usize>, String> = if full && !compare_applied {
             let configs = configs.insert(Arc::new(decision.desired.configs()));
             let interface = runtime.interface.clone();
             let believed = runtime.applied.clone();
@@ -662,38 +756,14 @@ impl Agent {
                 Err(gone) => Err(gone.to_string()),
             }
         } else {
-            let mut held = std::mem::take(&mut runtime.held);
             let empty = PeerConfigs::new();
             let applied = runtime.applied.as_deref().unwrap_or(&empty);
             let desired =
                 |key: &PublicKey| decision.desired.peers.get(key).map(|peer| &peer.config);
-            let diff = match (pass, touched) {
-                (Pass::Start, touched) => {
-                    match touched {
-                        Some(keys) => held.extend(keys),
-                        None => held.extend(decision.desired.peers.keys()),
-                    }
-                    if runtime.queued.is_empty() {
-                        let candidates = std::mem::take(&mut held);
-                        safe_additions(
-                            candidates
-                                .iter()
-                                .filter_map(|key| Some((key, desired(key)?))),
-                            applied,
-                        )
-                    } else {
-                        PeerDiff::default()
-                    }
-                }
-                (_, Some(keys)) if !compare_applied && held.is_empty() => {
-                    diff_keys(desired, applied, keys)
-                }
-                _ => {
-                    held.clear();
-                    diff_peers(&decision.desired.configs(), applied)
-                }
+            let diff = match touched {
+                Some(keys) if !compare_applied => diff_keys(desired, applied, keys),
+                _ => diff_peers(decision.desired.configs_iter(), applied),
             };
-            runtime.held = held;
             if diff.is_empty() {
                 Ok(None)
             } else {
@@ -707,23 +777,10 @@ impl Agent {
                     "applying peer changes"
                 );
                 incremental = Some(diff);
-                if pass == Pass::Start {
-                    match self.worker.submit(move || interface.apply(update)) {
-                        Ok(reply) => {
-                            runtime.queued.push((started, reply));
-                            // Queued behind the apply, so it fires once the reply is there.
-                            let done = Arc::clone(&self.queue_done);
-                            let _ = self.worker.submit(move || done.notify_one());
-                            Ok(None)
-                        }
-                        Err(gone) => Err(gone.to_string()),
-                    }
-                } else {
-                    match self.worker.run(move || interface.apply(update)).await {
-                        Ok(Ok(())) => Ok(Some(0)),
-                        Ok(Err(error)) => Err(error.to_string()),
-                        Err(gone) => Err(gone.to_string()),
-                    }
+                match self.worker.run(move || interface.apply(update)).await {
+                    Ok(Ok(())) => Ok(Some(0)),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(gone) => Err(gone.to_string()),
                 }
             }
         };
@@ -769,60 +826,22 @@ impl Agent {
                 runtime.listen_port = port;
                 runtime.problem = None;
                 runtime.last_sync = Some(Timestamp::now());
-                runtime.warm = pass == Pass::Start;
             }
-            Err(message) => {
-                tracing::warn!(
-                    interface = runtime.interface.name(),
-                    error = message,
-                    "applying to the interface failed"
-                );
-                self.metrics
-                    .apply_errors
-                    .get_or_create(&interface_labels)
-                    .inc();
-                runtime.applied = None;
-                runtime.problem = Some((reason::INTERFACE_ERROR, message));
-                return;
-            }
+            Err(message) => return apply_failed(&self.metrics, runtime, message),
         }
-        if let Some(firewall) = firewall {
-            let wanted = nat_wanted.then(|| NatPlan {
-                interface: runtime.interface.name().to_owned(),
-                pool4: pools.v4,
-                pool6: pools.v6,
-                egress: spec
-                    .nat
-                    .as_ref()
-                    .and_then(|n| n.egress_interface.clone())
-                    .unwrap_or_default(),
-            });
-            if runtime.nat.as_ref() != Some(&wanted) || (full && !was_warm && wanted.is_some()) {
-                let interface = runtime.interface.name().to_owned();
-                let plan = wanted.clone();
-                let result = self
-                    .worker
-                    .run(move || match plan {
-                        Some(mut plan) => {
-                            if plan.egress.is_empty() {
-                                plan.egress = nat::default_route_interface()?;
-                            }
-                            nat::apply(firewall, &plan)
-                        }
-                        None => nat::remove(firewall, &interface),
-                    })
-                    .await;
-                match result {
-                    Ok(Ok(())) => runtime.nat = Some(wanted),
-                    Ok(Err(error)) => {
-                        runtime.nat = None;
-                        tracing::warn!(interface = runtime.interface.name(), %error, "NAT rules failed");
-                        runtime.problem = Some((reason::INTERFACE_ERROR, format!("NAT: {error}")));
-                    }
-                    Err(gone) => {
-                        runtime.problem = Some((reason::INTERFACE_ERROR, gone.to_string()))
-                    }
+        if let Some((wanted, job)) = nat_job {
+            let result = match job {
+                Ok(reply) => reply.await.map_err(|_| crate::interface::WorkerGone),
+                Err(gone) => Err(gone),
+            };
+            match result {
+                Ok(Ok(())) => runtime.nat = Some(wanted),
+                Ok(Err(error)) => {
+                    runtime.nat = None;
+                    tracing::warn!(interface = runtime.interface.name(), %error, "NAT rules failed");
+                    runtime.problem = Some((reason::INTERFACE_ERROR, format!("NAT: {error}")));
                 }
+                Err(gone) => runtime.problem = Some((reason::INTERFACE_ERROR, gone.to_string())),
             }
         }
     }
@@ -838,7 +857,7 @@ impl Agent {
                 .run(move || interface.observe())
                 .await
             {
-                Ok(Ok(Some(snapshot))) => snapshot,
+                Ok(Ok(Some((snapshot, _link)))) => snapshot,
                 Ok(Ok(None)) => InterfaceSnapshot::default(),
                 Ok(Err(error)) => {
                     tracing::warn!(interface = runtime.interface.name(), %error, "reading statistics failed");

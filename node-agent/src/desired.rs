@@ -148,10 +148,14 @@ pub struct DesiredPeers {
 impl DesiredPeers {
     /// The configurations only, keyed by public key, as the diff takes them.
     pub fn configs(&self) -> BTreeMap<PublicKey, PeerConfig> {
-        self.peers
-            .iter()
-            .map(|(key, peer)| (*key, peer.config.clone()))
+        self.configs_iter()
+            .map(|(key, config)| (*key, config.clone()))
             .collect()
+    }
+
+    /// The configurations borrowed, in key order.
+    pub fn configs_iter(&self) -> impl Iterator<Item = (&PublicKey, &PeerConfig)> {
+        self.peers.iter().map(|(key, peer)| (key, &peer.config))
     }
 }
 
@@ -233,6 +237,19 @@ impl Eval {
                 .chain(addresses(config).map(Claim::Address))
                 .collect(),
         }
+    }
+}
+
+/// One peer judged on its own, as the start passes take it: its key and configuration when it
+/// is live at `now` and valid; `None` otherwise (its state waits for the full decision).
+pub fn live_candidate(
+    peer: &PeerInput,
+    pools: &Pools,
+    now: Timestamp,
+) -> Option<(PublicKey, PeerConfig)> {
+    match evaluate(peer, pools, now) {
+        Eval::Candidate { key, config } => Some((key, config)),
+        Eval::Decided(_) => None,
     }
 }
 
@@ -589,6 +606,30 @@ mod tests {
             .collect();
         assert_eq!(&*config.allowed_ips, expected.as_slice());
         assert_eq!(config.preshared_key, Some(psk));
+    }
+
+    #[test]
+    fn a_live_candidate_is_what_a_lone_peer_would_put_on_the_interface() {
+        let live = peer("live", "10.8.0.2/32");
+        let mut disabled = peer("disabled", "10.8.0.3/32");
+        disabled.liveness.enabled = false;
+        let outside = peer("outside", "10.9.0.2/32");
+        let mut keyless = peer("keyless", "10.8.0.4/32");
+        keyless.public_key = None;
+        for input in [&live, &disabled, &outside, &keyless] {
+            let alone = desired_peers(&pools(), [input], t(NOW));
+            assert_eq!(
+                live_candidate(input, &pools(), t(NOW)),
+                alone
+                    .peers
+                    .into_iter()
+                    .next()
+                    .map(|(key, peer)| (key, peer.config)),
+                "{}",
+                input.name
+            );
+        }
+        assert!(live_candidate(&live, &pools(), t(NOW)).is_some());
     }
 
     #[test]

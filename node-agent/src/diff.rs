@@ -3,7 +3,7 @@
 //! turned into exactly one `DeviceUpdate` naming only the changed peers — never a rewrite of the
 //! whole interface.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use wgsub_crds::keys::PublicKey;
@@ -76,28 +76,35 @@ fn peer_builder(key: &PublicKey, config: &PeerConfig, existing: bool) -> PeerCon
     }
 }
 
-/// Compares desired with observed peer configurations.
-pub fn diff_peers(
-    desired: &BTreeMap<PublicKey, PeerConfig>,
+/// Compares desired with observed peer configurations. `desired` comes in key order (a map's
+/// iteration): the two sorted sequences are merged, so nothing is copied but the differences.
+pub fn diff_peers<'a>(
+    desired: impl IntoIterator<Item = (&'a PublicKey, &'a PeerConfig)>,
     observed: &BTreeMap<PublicKey, PeerConfig>,
 ) -> PeerDiff {
     let mut diff = PeerDiff::default();
+    let mut observed = observed.iter().peekable();
+    let mut previous: Option<&PublicKey> = None;
     for (key, want) in desired {
-        match observed.get(key) {
+        assert!(
+            previous.is_none_or(|previous| previous < key),
+            "diff_peers takes the desired peers in key order"
+        );
+        previous = Some(key);
+        while let Some((gone, _)) = observed.next_if(|(have, _)| *have < key) {
+            diff.remove.push(*gone);
+        }
+        match observed.next_if(|(have, _)| *have == key) {
             None => {
                 diff.add.insert(*key, want.clone());
             }
-            Some(have) if have != want => {
+            Some((_, have)) if have != want => {
                 diff.update.insert(*key, want.clone());
             }
             Some(_) => {}
         }
     }
-    diff.remove = observed
-        .keys()
-        .filter(|key| !desired.contains_key(key))
-        .copied()
-        .collect();
+    diff.remove.extend(observed.map(|(gone, _)| *gone));
     diff
 }
 
@@ -141,39 +148,75 @@ pub fn diff_keys<'a>(
     diff
 }
 
-/// The additions that are safe while the `WgPeer` list is still arriving: of `candidates`
-/// (peers desired from the part of the list seen so far), those whose key is not on the
-/// interface and none of whose addresses the interface already gives another peer. Such an
-/// addition can only turn out wrong for a peer that loses a conflict to an older peer not yet
-/// listed; the full comparison after the list removes it then. Everything else — updates of
-/// peers already there (which a not yet listed older peer with the same key may hold rightly),
-/// taking an address from a peer on the interface, removals — waits for the complete list, so
-/// a peer working before a restart is never disturbed by a partial view.
-pub fn safe_additions<'a>(
-    candidates: impl IntoIterator<Item = (&'a PublicKey, &'a PeerConfig)>,
-    on_interface: &BTreeMap<PublicKey, PeerConfig>,
-) -> PeerDiff {
-    let mut taken: Option<HashSet<IpAddr>> = None;
-    let mut diff = PeerDiff::default();
-    for (key, config) in candidates {
-        if on_interface.contains_key(key) {
-            continue;
-        }
-        let taken = taken.get_or_insert_with(|| {
-            on_interface
+/// The additions that are safe while the `WgPeer` list is still arriving, page by page: of the
+/// live, valid peers listed so far, those whose key is not on the interface, none of whose
+/// addresses the interface already gives another peer, and whose key and addresses no other
+/// listed peer claimed first. Such an addition can only turn out wrong for a peer that loses a
+/// conflict to an older peer listed later; the full comparison after the list removes it then.
+/// Everything else — updates of peers already there (which a not yet listed older peer with the
+/// same key may hold rightly), taking an address from a peer on the interface, either side of a
+/// conflict seen so far, removals — waits for the complete list, so a peer working before a
+/// restart is never disturbed by a partial view. Each page costs a few hash lookups per peer
+/// listed; nothing is re-decided.
+#[derive(Debug, Default)]
+pub struct EarlyAdditions {
+    /// Who listed each key and address first.
+    keys: HashMap<PublicKey, String>,
+    addresses: HashMap<IpAddr, String>,
+    /// Every address on the interface: as read before the list plus everything added since.
+    taken: HashSet<IpAddr>,
+}
+
+impl EarlyAdditions {
+    /// Starts from the interface as read before the list.
+    pub fn new(on_interface: &BTreeMap<PublicKey, PeerConfig>) -> Self {
+        Self {
+            taken: on_interface
                 .values()
                 .flat_map(|config| config.allowed_ips.iter().map(ipnet::IpNet::addr))
-                .collect()
-        });
-        if config
-            .allowed_ips
-            .iter()
-            .all(|ip| !taken.contains(&ip.addr()))
-        {
-            diff.add.insert(*key, config.clone());
+                .collect(),
+            ..Self::default()
         }
     }
-    diff
+
+    /// The additions among `listed` (the `WgPeer` name, key and configuration of peers just
+    /// listed that are live and valid on their own), given what is on the interface (everything
+    /// added before included). Remembers their claims for the pages to come.
+    pub fn next(
+        &mut self,
+        listed: impl IntoIterator<Item = (String, PublicKey, PeerConfig)>,
+        on_interface: &BTreeMap<PublicKey, PeerConfig>,
+    ) -> PeerDiff {
+        let mut diff = PeerDiff::default();
+        for (name, key, config) in listed {
+            let claimed_by_another = |owner: Option<&String>| owner.is_some_and(|o| *o != name);
+            if claimed_by_another(self.keys.get(&key))
+                || config
+                    .allowed_ips
+                    .iter()
+                    .any(|ip| claimed_by_another(self.addresses.get(&ip.addr())))
+            {
+                continue;
+            }
+            self.keys.insert(key, name.clone());
+            for ip in &config.allowed_ips {
+                self.addresses.insert(ip.addr(), name.clone());
+            }
+            if on_interface.contains_key(&key)
+                || diff.add.contains_key(&key)
+                || config
+                    .allowed_ips
+                    .iter()
+                    .any(|ip| self.taken.contains(&ip.addr()))
+            {
+                continue;
+            }
+            self.taken
+                .extend(config.allowed_ips.iter().map(ipnet::IpNet::addr));
+            diff.add.insert(key, config);
+        }
+        diff
+    }
 }
 
 #[cfg(test)]
@@ -316,6 +359,13 @@ mod tests {
         assert_eq!(some.add.keys().collect::<Vec<_>>(), [&c]);
         assert_eq!(some.len(), 1);
     }
+    fn listed(peers: &[(&str, PublicKey, PeerConfig)]) -> Vec<(String, PublicKey, PeerConfig)> {
+        peers
+            .iter()
+            .map(|(name, key, config)| (name.to_string(), *key, config.clone()))
+            .collect()
+    }
+
     #[test]
     fn early_additions_skip_peers_on_the_interface_and_taken_addresses() {
         let (present, changed, thief, new) = (key(), key(), key(), key());
@@ -324,20 +374,115 @@ mod tests {
             (changed, config(&["10.8.0.3/32"])),
         ]
         .into();
-        let candidates: BTreeMap<_, _> = [
-            (present, config(&["10.8.0.2/32"])),
+        let page = listed(&[
+            ("present", present, config(&["10.8.0.2/32"])),
             // an update of a peer already there waits for the full list
-            (changed, config(&["10.8.0.9/32"])),
+            ("changed", changed, config(&["10.8.0.9/32"])),
             // so does a new key claiming an address a peer on the interface holds
-            (thief, config(&["10.8.0.7/32", "10.8.0.2/32"])),
-            (new, config(&["10.8.0.4/32", "fd00:8::4/128"])),
-        ]
-        .into();
-        let diff = safe_additions(&candidates, &on_interface);
+            ("thief", thief, config(&["10.8.0.7/32", "10.8.0.2/32"])),
+            ("new", new, config(&["10.8.0.4/32", "fd00:8::4/128"])),
+        ]);
+        let diff = EarlyAdditions::new(&on_interface).next(page.clone(), &on_interface);
         assert_eq!(diff.add.keys().collect::<Vec<_>>(), [&new]);
         assert!(diff.update.is_empty() && diff.remove.is_empty());
-        // on an empty interface every candidate is an addition
-        let all = safe_additions(&candidates, &BTreeMap::new());
-        assert_eq!(all, diff_peers(&candidates, &BTreeMap::new()));
+        // on an empty interface every candidate without a conflict is an addition
+        let empty = BTreeMap::new();
+        let all = EarlyAdditions::new(&empty).next(page, &empty);
+        assert_eq!(all.add.len(), 3, "{all:?}");
+        assert!(
+            !all.add.contains_key(&thief),
+            "10.8.0.2 was listed first by another peer"
+        );
+    }
+
+    #[test]
+    fn early_additions_remember_claims_and_additions_across_pages() {
+        let (first, second, same_key, again) = (key(), key(), key(), key());
+        let mut on_interface = BTreeMap::new();
+        let mut early = EarlyAdditions::new(&on_interface);
+        let page = early.next(
+            listed(&[
+                ("first", first, config(&["10.8.0.2/32"])),
+                ("same-key-a", same_key, config(&["10.8.0.5/32"])),
+            ]),
+            &on_interface,
+        );
+        assert_eq!(page.add.len(), 2);
+        page.apply_to(&mut on_interface);
+        let page = early.next(
+            listed(&[
+                // another peer claiming an address listed before: waits for the list
+                ("second", second, config(&["10.8.0.2/32"])),
+                // another peer with a key listed before: waits too
+                ("same-key-b", same_key, config(&["10.8.0.6/32"])),
+                // the same peer listed again (a change while the list arrives): already added
+                ("first", first, config(&["10.8.0.2/32"])),
+                ("again", again, config(&["10.8.0.7/32"])),
+            ]),
+            &on_interface,
+        );
+        assert_eq!(page.add.keys().collect::<Vec<_>>(), [&again]);
+        page.apply_to(&mut on_interface);
+        // an address listed on an earlier page stays claimed for a later claimant
+        let late = key();
+        let page = early.next(
+            listed(&[("late", late, config(&["10.8.0.7/32"]))]),
+            &on_interface,
+        );
+        assert!(page.is_empty());
+    }
+
+    mod merge {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Peers over a small key space (so sets overlap) with one of three addresses each.
+        fn peers() -> impl Strategy<Value = BTreeMap<PublicKey, PeerConfig>> {
+            proptest::collection::btree_map(0u8..16, 0u8..3, 0..12).prop_map(|peers| {
+                peers
+                    .into_iter()
+                    .map(|(key, host)| {
+                        (
+                            PublicKey::from_bytes([key; 32]),
+                            config(&[&format!("10.8.0.{}/32", host + 2)]),
+                        )
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn the_merged_diff_is_exactly_the_set_difference(
+                desired in peers(),
+                observed in peers(),
+            ) {
+                let diff = diff_peers(&desired, &observed);
+                let added: Vec<_> = desired.keys().filter(|k| !observed.contains_key(k)).collect();
+                let updated: Vec<_> = desired
+                    .iter()
+                    .filter(|(k, want)| observed.get(k).is_some_and(|have| have != *want))
+                    .map(|(k, _)| k)
+                    .collect();
+                let removed: Vec<_> = observed.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+                prop_assert_eq!(diff.add.keys().collect::<Vec<_>>(), added);
+                prop_assert_eq!(diff.update.keys().collect::<Vec<_>>(), updated);
+                prop_assert_eq!(&diff.remove, &removed);
+                let mut after = observed.clone();
+                diff.apply_to(&mut after);
+                prop_assert_eq!(after, desired);
+            }
+        }
+
+        #[test]
+        #[should_panic(expected = "in key order")]
+        fn desired_peers_out_of_key_order_are_refused() {
+            let (low, high) = (
+                PublicKey::from_bytes([1; 32]),
+                PublicKey::from_bytes([2; 32]),
+            );
+            let wanted = config(&["10.8.0.2/32"]);
+            diff_peers([(&high, &wanted), (&low, &wanted)], &BTreeMap::new());
+        }
     }
 }

@@ -203,13 +203,13 @@ impl WgInterface {
         }
     }
 
-    /// Reads the interface; `None` when it does not exist.
-    pub fn observe(&self) -> io::Result<Option<InterfaceSnapshot>> {
-        if self.link_state()?.is_none() {
+    /// Reads the interface and its link; `None` when it does not exist.
+    pub fn observe(&self) -> io::Result<Option<(InterfaceSnapshot, LinkState)>> {
+        let Some(link) = self.link_state()? else {
             return Ok(None);
-        }
+        };
         let device = Device::get(&self.name, self.backend.control())?;
-        Ok(Some(InterfaceSnapshot::from(&device)))
+        Ok(Some((InterfaceSnapshot::from(&device), link)))
     }
 
     /// Creates the interface with its first configuration (key, port and every peer in
@@ -227,11 +227,19 @@ impl WgInterface {
         update.apply(&self.name, self.backend.control())
     }
 
-    /// Brings the link to `spec`; returns the changes made.
-    pub fn ensure_link(&self, spec: &LinkSpec) -> io::Result<Vec<LinkAction>> {
-        let state = self
-            .link_state()?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the link vanished"))?;
+    /// Brings the link to `spec` from `state` (the link as just read; `None`: read it now);
+    /// returns the changes made.
+    pub fn ensure_link(
+        &self,
+        spec: &LinkSpec,
+        state: Option<LinkState>,
+    ) -> io::Result<Vec<LinkAction>> {
+        let state = match state {
+            Some(state) => state,
+            None => self
+                .link_state()?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the link vanished"))?,
+        };
         let actions = link_actions(&state, spec);
         for action in &actions {
             match action {
@@ -271,18 +279,30 @@ pub struct WorkerGone;
 #[derive(Debug, Clone)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+    netns: Option<PathBuf>,
 }
 
 impl Worker {
     /// Starts the thread; with `netns` (a path such as `/var/run/netns/<name>`) it enters that
     /// network namespace first and fails here when it cannot.
     pub fn start(netns: Option<PathBuf>) -> io::Result<Worker> {
+        Self::start_named("wg-interface", netns)
+    }
+
+    /// Another thread in the same network namespace, for jobs that should not wait behind this
+    /// one's (firewall rules while wireguard-go works through a large update).
+    pub fn sibling(&self, name: &str) -> io::Result<Worker> {
+        Self::start_named(name, self.netns.clone())
+    }
+
+    fn start_named(name: &str, netns: Option<PathBuf>) -> io::Result<Worker> {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
+        let path = netns.clone();
         std::thread::Builder::new()
-            .name("wg-interface".into())
+            .name(name.into())
             .spawn(move || {
-                let entered = match &netns {
+                let entered = match &path {
                     Some(path) => enter_netns(path),
                     None => Ok(()),
                 };
@@ -298,7 +318,7 @@ impl Worker {
         ready_rx
             .recv()
             .map_err(|_| io::Error::other("the interface worker did not start"))??;
-        Ok(Worker { jobs })
+        Ok(Worker { jobs, netns })
     }
 
     /// Runs `f` on the worker thread and waits for its result.
@@ -459,6 +479,12 @@ mod tests {
         for (i, reply) in queued.into_iter().enumerate() {
             assert_eq!(reply.await.unwrap(), i);
         }
+        let sibling = worker.sibling("wg-firewall").unwrap();
+        let thread = sibling
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert_eq!(thread.as_deref(), Some("wg-firewall"));
         let err = Worker::start(Some(PathBuf::from("/nonexistent/netns/x"))).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/netns/x"), "{err}");
     }

@@ -10,9 +10,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Whether an apply came from an event or timer (incremental) or a full comparison (resync).
+/// Whether an apply added peers while the first `WgPeer` list arrived (start), came from an
+/// event or timer (incremental) or from a full comparison (resync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
 pub enum ApplyKind {
+    Start,
     Incremental,
     Resync,
 }

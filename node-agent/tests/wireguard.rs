@@ -843,4 +843,12 @@ async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_th
         async || s.ready_reason("tg-1-b").await.as_deref() == Some("Conflict"),
     )
     .await;
+    // The additions made while the list arrived are counted as start applies.
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &s.metrics.registry).unwrap();
+    let start_applies = format!(
+        "wgsub_node_agent_applies_total{{interface=\"{}\",kind=\"Start\"}}",
+        s.lab.server_if
+    );
+    assert!(metrics.contains(&start_applies), "{metrics}");
 }
