@@ -595,6 +595,10 @@ impl Agent {
                 public
             }
         };
+        if pass == Pass::Start {
+            // A failed one leaves nothing applied: this pass reads the interface again.
+            collect_queued(&self.metrics, runtime, false).await;
+        }
         let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
         let started = Instant::now();
         // A start pass readies the interface first (read, created, key and port restored, link
@@ -627,18 +631,20 @@ impl Agent {
             Ok(false)
         };
         if pass == Pass::Start {
-            collect_queued(&self.metrics, runtime, false).await;
             // Start passes keep no decision: the first full pass decides in bulk.
             runtime.decision = None;
             let prepared_now = match prepared {
                 Ok(ran) => ran,
                 Err(message) => return apply_failed(&self.metrics, runtime, message),
             };
-            if prepared_now || dirty.all {
+            // A fresh read of the interface (or a changed server) starts the view over, from
+            // every peer listed so far.
+            let from_scratch = prepared_now || dirty.all;
+            if from_scratch {
                 runtime.early = None;
             }
             let inputs: Vec<PeerInput> = self.index.read(|index| {
-                if dirty.all {
+                if from_scratch {
                     index.peer_inputs(&name)
                 } else {
                     dirty
@@ -648,7 +654,9 @@ impl Agent {
                         .collect()
                 }
             });
-            let applied = Arc::make_mut(runtime.applied.get_or_insert_default());
+            let Some(applied) = runtime.applied.as_mut().map(Arc::make_mut) else {
+                return;
+            };
             let early = runtime
                 .early
                 .get_or_insert_with(|| EarlyAdditions::new(applied));
