@@ -344,11 +344,12 @@ impl Agent {
     }
 
     /// Until every watch has listed its kind once: whenever the index changes after the servers,
-    /// Secrets and subscriptions are listed, a [`Pass::Start`] decides the peers listed so far
-    /// and queues the ones that are safe to add on the worker without waiting for it. So
-    /// wireguard-go works on the first pages of the `WgPeer` list while the next ones are
-    /// decoded and decided. Returns `false` on shutdown. The first full pass after it waits for
-    /// the queued applies, compares with what was applied and sends what is left.
+    /// Secrets and subscriptions are listed, a [`Pass::Start`] judges the peers listed since the
+    /// last one ([`EarlyAdditions`]) and queues the ones that are safe to add on the worker
+    /// without waiting for it. So wireguard-go works on the first pages of the `WgPeer` list
+    /// while the next ones are decoded. Returns `false` on shutdown. The first full pass after
+    /// it decides every peer in bulk, waits for the queued applies, compares with what was
+    /// applied and sends what is left.
     pub async fn start(&mut self, shutdown: &CancellationToken) -> bool {
         let mut labels_read = false;
         loop {
