@@ -796,6 +796,51 @@ async fn nat_rules_are_applied_idempotently_and_removed_on_opt_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_turns_nat_on_and_off_with_the_server_without_waiting_for_a_resync() {
+    // A resync far beyond the deadlines below: only the server's change can act.
+    let s = Scenario::start(Duration::from_secs(600)).await;
+    let table = nat::table_name(&s.lab.server_if);
+    let ns = s.lab.server_ns.clone();
+    let table_exists = move || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", "list", "table", "inet", &table])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    wait_for("the interface", Duration::from_secs(10), async || {
+        Command::new("wg")
+            .args(["show", &s.lab.server_if])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .await;
+    assert!(!table_exists(), "NAT rules without NAT asked for");
+    let set_nat = |enabled: bool| {
+        let mut server = s.index.read(|i| i.server(SERVER).cloned()).unwrap();
+        server.spec.nat = Some(wgsub_crds::resources::NatSpec {
+            enabled,
+            egress_interface: Some(format!("vas{}", &s.lab.server_if[3..])),
+        });
+        server.metadata.generation = server.metadata.generation.map(|g| g + 1);
+        s.index.update(|i| i.apply_server(server));
+    };
+    set_nat(true);
+    wait_for(
+        "NAT rules after opt-in",
+        Duration::from_secs(10),
+        async || table_exists(),
+    )
+    .await;
+    set_nat(false);
+    wait_for(
+        "no NAT rules after opt-out",
+        Duration::from_secs(10),
+        async || !table_exists(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_the_list_end_settles_conflicts()
  {
     let mut s = Scenario::start_with(Duration::from_secs(60), false).await;
