@@ -515,7 +515,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// to the subscriptions on them). Nothing but the subscriptions is cached: a reconcile reads the
 /// peers, Secrets and server it needs fresh from the API. The initial lists of the three large
 /// kinds are paged (the default consistent list semantic; `resourceVersion=0` would make the
-/// API server answer in one piece, ignoring the page size).
+/// API server answer in one piece, ignoring the page size); the few servers are listed from
+/// the API server's watch cache.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -547,7 +548,12 @@ pub async fn run(
         .watches_stream(secrets, |secret| owning_subscription(&secret))
         .watches(
             scoped::<WgServer>(client, ns),
-            watcher::Config::default().any_semantic(),
+            // Few servers: listed whole from the API server's watch cache (a page size would
+            // make kube drop `resourceVersion=0` and read etcd instead).
+            watcher::Config {
+                page_size: None,
+                ..watcher::Config::default().any_semantic()
+            },
             move |server| subscriptions_on_server(&server_store, &server, &default_server),
         )
         .with_config(controller::Config::default().concurrency(concurrency))

@@ -329,6 +329,19 @@ async fn the_running_controller_follows_watches_with_only_granted_calls_and_stop
             "{resource} are watched whole"
         );
     }
+    // The few servers are listed whole from the API server's watch cache, not paged from etcd.
+    let server_lists: Vec<&Recorded> = of("wgservers")
+        .into_iter()
+        .filter(|r| r.method == "GET" && !r.is_watch())
+        .collect();
+    assert!(
+        !server_lists.is_empty()
+            && server_lists.iter().all(|r| {
+                r.query.get("resourceVersion").map(String::as_str) == Some("0")
+                    && !r.query.contains_key("limit")
+            }),
+        "{server_lists:?}"
+    );
     // Peers, key Secrets and statuses are written by server-side apply with the field manager.
     for request in requests.iter().filter(|r| r.method == "PATCH") {
         assert_eq!(
