@@ -188,6 +188,15 @@ fn apply_failed(metrics: &Metrics, runtime: &mut ServerRuntime, message: String)
     runtime.problem = Some((reason::INTERFACE_ERROR, message));
 }
 
+/// A server's settings as a pass checked them.
+struct Checked {
+    key: PrivateKey,
+    public: PublicKey,
+    port: u16,
+    pools: Pools,
+    link: LinkSpec,
+}
+
 /// Which kind of pass over a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -587,7 +596,6 @@ impl Agent {
             addresses: pools.interface_addresses(),
             mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
         };
-        let interface_labels = crate::metrics::Metrics::interface(runtime.interface.name());
         let public = match &runtime.key_pair {
             Some((private, public)) if *private == key => *public,
             _ => {
@@ -597,116 +605,26 @@ impl Agent {
             }
         };
         if pass == Pass::Start {
-            // A failed one leaves nothing applied: this pass reads the interface again.
-            collect_queued(&self.metrics, runtime, false).await;
-        }
-        let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
-        let started = Instant::now();
-        // A start pass readies the interface first (read, created, key and port restored, link
-        // set); its additions are then queued behind that.
-        let prepared = if pass == Pass::Start && (runtime.applied.is_none() || key_changed) {
-            let interface = runtime.interface.clone();
-            let key = key.clone();
-            let link = link.clone();
-            match self
-                .worker
-                .run(move || prepare(&interface, &key, port, &link))
-                .await
-            {
-                Ok(Ok((on_interface, created))) => {
-                    if created {
-                        tracing::info!(
-                            interface = runtime.interface.name(),
-                            "created the interface"
-                        );
-                    }
-                    runtime.applied = Some(Arc::new(on_interface));
-                    runtime.public_key = Some(public);
-                    runtime.listen_port = port;
-                    Ok(true)
-                }
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(gone) => Err(gone.to_string()),
-            }
-        } else {
-            Ok(false)
-        };
-        if pass == Pass::Start {
-            // Start passes keep no decision: the first full pass decides in bulk.
-            runtime.decision = None;
-            let prepared_now = match prepared {
-                Ok(ran) => ran,
-                Err(message) => return apply_failed(&self.metrics, runtime, message),
+            let checked = Checked {
+                key,
+                public,
+                port,
+                pools,
+                link,
             };
-            // A fresh read of the interface (or a changed server) starts the view over, from
-            // every peer listed so far.
-            let from_scratch = prepared_now || dirty.all;
-            if from_scratch {
-                runtime.early = None;
-            }
-            let inputs: Vec<PeerInput> = self.index.read(|index| {
-                if from_scratch {
-                    index.peer_inputs(&name)
-                } else {
-                    dirty
-                        .peers
-                        .iter()
-                        .filter_map(|peer| index.peer_input(&name, peer))
-                        .collect()
-                }
-            });
-            let Some(applied) = runtime.applied.as_mut().map(Arc::make_mut) else {
-                return;
-            };
-            let early = runtime
-                .early
-                .get_or_insert_with(|| EarlyAdditions::new(applied));
-            let listed = inputs.into_iter().filter_map(|input| {
-                let (key, config) = live_candidate(&input, &pools, now)?;
-                Some((input.name, key, config))
-            });
-            let diff = early.next(listed, applied);
-            if !diff.is_empty() {
-                let interface = runtime.interface.clone();
-                let update = diff.add_to(DeviceUpdate::new());
-                tracing::debug!(
-                    interface = interface.name(),
-                    add = diff.add.len(),
-                    "adding peers while the list arrives"
-                );
-                let queued = self.worker.submit(move || {
-                    let started = Instant::now();
-                    (interface.apply(update), started.elapsed())
-                });
-                match queued {
-                    Ok(reply) => runtime.queued.push(reply),
-                    Err(gone) => return apply_failed(&self.metrics, runtime, gone.to_string()),
-                }
-                diff.apply_to(applied);
-            }
-            self.metrics
-                .peers
-                .get_or_create(&interface_labels)
-                .set(applied.len() as i64);
-            runtime.problem = None;
-            runtime.last_sync = Some(Timestamp::now());
-            runtime.warm = true;
-            return;
+            return self.start_pass(&name, &checked, now, dirty).await;
         }
+        let interface_labels = Metrics::interface(runtime.interface.name());
         runtime.early = None;
-        let rebuild = (full && !was_warm)
-            || std::mem::take(&mut runtime.decision_stale)
+        // A full pass decides in bulk (after start passes there is no decision to update).
+        let stale = std::mem::take(&mut runtime.decision_stale);
+        let rebuild = full
+            || stale
             || dirty.all
             || runtime
                 .decision
                 .as_ref()
-                .is_none_or(|decision| decision.pools() != &pools)
-            // More changed peers than decided ones (list pages): deciding in bulk is cheaper.
-            || (pass != Pass::Incremental
-                && runtime
-                    .decision
-                    .as_ref()
-                    .is_some_and(|decision| dirty.peers.len() > decision.desired.states.len()));
+                .is_none_or(|decision| decision.pools() != &pools);
         let touched = if rebuild {
             // Drop the old decision first: at 10k peers two at once double the memory.
             runtime.decision = None;
@@ -738,6 +656,7 @@ impl Agent {
         // list began), not with a new read of the interface.
         let compare_applied = full && was_warm && !prepare_needed && !dirty.all;
         let full = full || prepare_needed;
+        let started = Instant::now();
         let mut incremental: Option<PeerDiff> = None;
         let mut configs = None;
         let outcome: Result<Option<usize>, String> = if full && !compare_applied {
@@ -853,6 +772,102 @@ impl Agent {
                 Err(gone) => runtime.problem = Some((reason::INTERFACE_ERROR, gone.to_string())),
             }
         }
+    }
+
+    /// One start pass over a server while the `WgPeer` list arrives: collects the applies
+    /// already done, readies the interface when what is on it is unknown (or the key or port
+    /// changed), then queues the additions [`EarlyAdditions`] allows among the peers listed
+    /// since the last pass. Keeps no decision: the first full pass decides in bulk.
+    async fn start_pass(&mut self, name: &str, checked: &Checked, now: Timestamp, dirty: &Dirty) {
+        let Some(runtime) = self.servers.get_mut(name) else {
+            return;
+        };
+        // A failed one leaves nothing applied: this pass reads the interface again.
+        collect_queued(&self.metrics, runtime, false).await;
+        runtime.decision = None;
+        let prepare_needed = runtime.applied.is_none()
+            || runtime.public_key != Some(checked.public)
+            || runtime.listen_port != checked.port;
+        if prepare_needed {
+            let interface = runtime.interface.clone();
+            let key = checked.key.clone();
+            let (port, link) = (checked.port, checked.link.clone());
+            let prepared = match self
+                .worker
+                .run(move || prepare(&interface, &key, port, &link))
+                .await
+            {
+                Ok(result) => result.map_err(|error| error.to_string()),
+                Err(gone) => Err(gone.to_string()),
+            };
+            match prepared {
+                Ok((on_interface, created)) => {
+                    if created {
+                        tracing::info!(
+                            interface = runtime.interface.name(),
+                            "created the interface"
+                        );
+                    }
+                    runtime.applied = Some(Arc::new(on_interface));
+                    runtime.public_key = Some(checked.public);
+                    runtime.listen_port = checked.port;
+                }
+                Err(message) => return apply_failed(&self.metrics, runtime, message),
+            }
+        }
+        // A fresh read of the interface (or a changed server) starts the view over, from every
+        // peer listed so far.
+        let from_scratch = prepare_needed || dirty.all;
+        if from_scratch {
+            runtime.early = None;
+        }
+        let inputs: Vec<PeerInput> = self.index.read(|index| {
+            if from_scratch {
+                index.peer_inputs(name)
+            } else {
+                dirty
+                    .peers
+                    .iter()
+                    .filter_map(|peer| index.peer_input(name, peer))
+                    .collect()
+            }
+        });
+        let Some(applied) = runtime.applied.as_mut().map(Arc::make_mut) else {
+            return;
+        };
+        let early = runtime
+            .early
+            .get_or_insert_with(|| EarlyAdditions::new(applied));
+        let listed = inputs.into_iter().filter_map(|input| {
+            let (key, config) = live_candidate(&input, &checked.pools, now)?;
+            Some((input.name, key, config))
+        });
+        let diff = early.next(listed, applied);
+        if !diff.is_empty() {
+            let interface = runtime.interface.clone();
+            let update = diff.add_to(DeviceUpdate::new());
+            tracing::debug!(
+                interface = interface.name(),
+                add = diff.add.len(),
+                "adding peers while the list arrives"
+            );
+            let queued = self.worker.submit(move || {
+                let started = Instant::now();
+                (interface.apply(update), started.elapsed())
+            });
+            match queued {
+                Ok(reply) => runtime.queued.push(reply),
+                Err(gone) => return apply_failed(&self.metrics, runtime, gone.to_string()),
+            }
+            diff.apply_to(applied);
+        }
+        self.metrics
+            .peers
+            .get_or_create(&Metrics::interface(runtime.interface.name()))
+            .set(applied.len() as i64);
+        runtime.problem = None;
+        runtime.last_sync = Some(Timestamp::now());
+        runtime.warm = true;
     }
 
     /// Reads each interface's statistics and queues the status writes that are due.

@@ -609,7 +609,7 @@ mod tests {
     }
 
     #[test]
-    fn a_live_candidate_is_what_a_lone_peer_would_put_on_the_interface() {
+    fn one_peer_judged_alone_gives_what_its_lone_decision_puts_on_the_interface() {
         let live = peer("live", "10.8.0.2/32");
         let mut disabled = peer("disabled", "10.8.0.3/32");
         disabled.liveness.enabled = false;

@@ -127,17 +127,17 @@ pub fn new_condition(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn dns_labels_are_lower_case_alphanumerics_and_inner_dashes_up_to_63() {
         for good in ["a", "wgsub", "vpn-1", "0", &"a".repeat(63)] {
-            assert!(super::is_dns_label(good), "{good:?}");
+            assert!(is_dns_label(good), "{good:?}");
         }
         for bad in ["", "-a", "a-", "UPPER", "a.b", "a_b", "ä", &"a".repeat(64)] {
-            assert!(!super::is_dns_label(bad), "{bad:?}");
+            assert!(!is_dns_label(bad), "{bad:?}");
         }
     }
-
-    use super::*;
 
     fn at(seconds: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(seconds).unwrap()
