@@ -134,7 +134,9 @@ pub fn iptables_rules(plan: &NatPlan) -> Vec<IptablesRule> {
     rules
 }
 
-/// The tagged rules found in `iptables -S <chain>` output (`-A CHAIN args…` lines).
+/// The tagged rules found in `iptables -S <chain>` output (`-A CHAIN args…` lines). The listing
+/// is shell-quoted (`--comment "wgsub:wg0"`), so each line is split as a shell would split it;
+/// a line that does not split (unbalanced quotes) is not ours.
 pub fn tagged_rules_in(
     listing: &str,
     v6: bool,
@@ -146,13 +148,13 @@ pub fn tagged_rules_in(
     let prefix = format!("-A {chain} ");
     listing
         .lines()
-        .filter_map(|line| line.strip_prefix(&prefix))
-        .filter(|rest| rest.split_whitespace().any(|w| w == tag))
-        .map(|rest| IptablesRule {
+        .filter_map(|line| shlex::split(line.strip_prefix(&prefix)?))
+        .filter(|args| args.contains(&tag))
+        .map(|args| IptablesRule {
             v6,
             table,
             chain,
-            args: words(rest),
+            args,
         })
         .collect()
 }
@@ -369,14 +371,20 @@ mod tests {
     }
 
     #[test]
-    fn listing_parses_only_our_tagged_rules() {
+    fn listing_parses_only_our_tagged_rules_with_the_comment_quoted_as_iptables_prints_it() {
         let listing = "-P POSTROUTING ACCEPT\n\
-            -A POSTROUTING -s 10.8.0.0/24 -o eth0 -m comment --comment wgsub:wg0 -j MASQUERADE\n\
-            -A POSTROUTING -s 10.9.0.0/24 -o eth0 -m comment --comment wgsub:wg1 -j MASQUERADE\n\
+            -A POSTROUTING -s 10.8.0.0/24 -o eth0 -m comment --comment \"wgsub:wg0\" -j MASQUERADE\n\
+            -A POSTROUTING -s 10.9.0.0/24 -o eth0 -m comment --comment \"wgsub:wg1\" -j MASQUERADE\n\
+            -A POSTROUTING -s 10.7.0.0/24 -m comment --comment \"not wgsub:wg0\" -j MASQUERADE\n\
+            -A POSTROUTING -m comment --comment \"unbalanced -j MASQUERADE\n\
             -A POSTROUTING -o eth0 -j MASQUERADE\n";
         let found = tagged_rules_in(listing, false, "nat", "POSTROUTING", "wg0");
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0], iptables_rules(&plan(false))[2]);
+        assert_eq!(found, vec![iptables_rules(&plan(false))[2].clone()]);
+        let (delete, add) = iptables_changes(&found, &iptables_rules(&plan(false))[2..]);
+        assert!(
+            delete.is_empty() && add.is_empty(),
+            "a listed rule is not re-added"
+        );
     }
 
     #[test]

@@ -796,6 +796,87 @@ async fn nat_rules_are_applied_idempotently_and_removed_on_opt_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_rules_through_iptables_are_applied_idempotently_and_removed_on_opt_out() {
+    let lab = Lab::new();
+    let worker = Worker::start(Some(lab.netns_path())).unwrap();
+    let plan = NatPlan {
+        interface: lab.server_if.clone(),
+        pool4: "10.8.0.0/24".parse().unwrap(),
+        pool6: Some("fd00:8::/64".parse().unwrap()),
+        egress: format!("vas{}", &lab.server_if[3..]),
+    };
+    let tag = nat::rule_comment(&plan.interface);
+    // Every rule of both families and both tables, as `iptables -S` prints them.
+    let listing = || {
+        let mut out = String::new();
+        for binary in ["iptables", "ip6tables"] {
+            for table in ["filter", "nat"] {
+                out += &run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        &lab.server_ns,
+                        binary,
+                        "-w",
+                        "-t",
+                        table,
+                        "-S",
+                    ],
+                );
+            }
+        }
+        out
+    };
+    let ours = |text: &str| text.lines().filter(|l| l.contains(&tag)).count();
+    let before = listing();
+    let applied = plan.clone();
+    worker
+        .run(move || nat::apply(Firewall::Iptables, &applied))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = listing();
+    assert_eq!(ours(&first), 6, "three rules per family: {first}");
+    assert!(
+        first.contains("-s 10.8.0.0/24") && first.contains("-s fd00:8::/64"),
+        "{first}"
+    );
+    assert!(first.contains("-j MASQUERADE"), "{first}");
+    for _ in 0..2 {
+        let again = plan.clone();
+        worker
+            .run(move || nat::apply(Firewall::Iptables, &again))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(listing(), first, "applying again changed the rules");
+    }
+    // A changed egress interface replaces the masquerade rules, nothing else.
+    let mut moved = plan.clone();
+    moved.egress = "lo".into();
+    let applied = moved.clone();
+    worker
+        .run(move || nat::apply(Firewall::Iptables, &applied))
+        .await
+        .unwrap()
+        .unwrap();
+    let after_move = listing();
+    assert_eq!(ours(&after_move), 6, "{after_move}");
+    assert!(after_move.contains("-o lo -m comment"), "{after_move}");
+    assert!(!after_move.contains(&format!("-o {} -m comment", plan.egress)));
+    for _ in 0..2 {
+        let name = plan.interface.clone();
+        worker
+            .run(move || nat::remove(Firewall::Iptables, &name))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(listing(), before, "opt-out left rules behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_turns_nat_on_and_off_with_the_server_without_waiting_for_a_resync() {
     // A resync far beyond the deadlines below: only the server's change can act.
     let s = Scenario::start(Duration::from_secs(600)).await;
