@@ -1,6 +1,6 @@
 //! An in-memory Kubernetes API server served over HTTP on a loopback port, for tests that run
-//! the operator's real `controller::run` with a real `kube::Client`. It owns the Kubernetes
-//! semantics the watches depend on, which kube-fake-client lacks:
+//! the operator's and the node-agent's real watches with a real `kube::Client`. It owns the
+//! Kubernetes semantics the watches depend on, which kube-fake-client lacks:
 //!
 //! - one global `resourceVersion`, bumped by every change (a no-op write bumps nothing and
 //!   sends no event, as a real server's);
@@ -18,7 +18,10 @@
 //! - no garbage collector: dependents of a deleted owner stay (as they do until the real
 //!   collector gets to them).
 //!
-//! Every request is recorded (method, path, query, `Accept`, `Content-Type`, response status).
+//! It serves wgsub's three kinds, Secrets, Events (namespaced) and Nodes (cluster-scoped).
+//! Every request is recorded (method, path, query, `Accept`, `Content-Type`, response status,
+//! and which client sent it: [`FakeApi::client_named`]), and [`ungranted`] checks the record
+//! against a binary's RBAC contract (its `api-calls.yaml`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -46,6 +49,8 @@ struct Kind {
     kind: &'static str,
     /// A custom resource with the status subresource enabled.
     status_subresource: bool,
+    /// Namespaced (else cluster-scoped, stored under the namespace "").
+    namespaced: bool,
 }
 
 impl Kind {
@@ -65,6 +70,7 @@ const KINDS: &[Kind] = &[
         plural: "vpnsubscriptions",
         kind: "VpnSubscription",
         status_subresource: true,
+        namespaced: true,
     },
     Kind {
         group: "wgsub.io",
@@ -72,6 +78,7 @@ const KINDS: &[Kind] = &[
         plural: "wgpeers",
         kind: "WgPeer",
         status_subresource: true,
+        namespaced: true,
     },
     Kind {
         group: "wgsub.io",
@@ -79,6 +86,7 @@ const KINDS: &[Kind] = &[
         plural: "wgservers",
         kind: "WgServer",
         status_subresource: true,
+        namespaced: true,
     },
     Kind {
         group: "",
@@ -86,6 +94,7 @@ const KINDS: &[Kind] = &[
         plural: "secrets",
         kind: "Secret",
         status_subresource: false,
+        namespaced: true,
     },
     Kind {
         group: "events.k8s.io",
@@ -93,6 +102,15 @@ const KINDS: &[Kind] = &[
         plural: "events",
         kind: "Event",
         status_subresource: false,
+        namespaced: true,
+    },
+    Kind {
+        group: "",
+        version: "v1",
+        plural: "nodes",
+        kind: "Node",
+        status_subresource: false,
+        namespaced: false,
     },
 ];
 
@@ -114,6 +132,8 @@ pub struct Recorded {
     pub accept: Option<String>,
     pub content_type: Option<String>,
     pub status: u16,
+    /// The client's name, for clients made by [`FakeApi::client_named`].
+    pub client: Option<String>,
 }
 
 impl Recorded {
@@ -202,6 +222,14 @@ pub struct FakeApi {
     serving: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for FakeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeApi")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for FakeApi {
     fn drop(&mut self) {
         self.serving.abort();
@@ -242,14 +270,30 @@ impl FakeApi {
         kube::Client::try_from(config).expect("client")
     }
 
+    /// A client whose requests are recorded with `name`, to tell apart components sharing the
+    /// server.
+    pub fn client_named(&self, name: &str) -> kube::Client {
+        let mut config = kube::Config::new(self.url.parse().expect("url"));
+        config.headers.push((
+            header::HeaderName::from_static(CLIENT_HEADER),
+            header::HeaderValue::from_str(name).expect("a header-safe name"),
+        ));
+        kube::Client::try_from(config).expect("client")
+    }
+
     /// Creates an object as another client would (not recorded).
     pub fn create<K: Resource<DynamicType = ()> + Serialize>(&self, object: &K) {
         let kind = kind_of::<K>();
         let body = serde_json::to_value(object).expect("serializable");
-        let namespace = body["metadata"]["namespace"]
-            .as_str()
-            .expect("a namespaced object")
-            .to_owned();
+        let namespace = match body["metadata"]["namespace"].as_str() {
+            Some(namespace) if kind.namespaced => namespace.to_owned(),
+            None if !kind.namespaced => String::new(),
+            _ => panic!(
+                "{} objects are {}namespaced",
+                kind.kind,
+                if kind.namespaced { "" } else { "not " }
+            ),
+        };
         let mut store = self.inner.store();
         create(&mut store, &self.inner.changes, kind, &namespace, body).expect("created");
     }
@@ -316,6 +360,9 @@ impl FakeApi {
     }
 }
 
+/// The header that names a client made by [`FakeApi::client_named`].
+const CLIENT_HEADER: &str = "x-fake-api-client";
+
 /// Where a request goes.
 #[derive(Debug, Clone)]
 struct Route {
@@ -340,6 +387,9 @@ fn parse_path(path: &str) -> Option<Route> {
     let kind = *KINDS
         .iter()
         .find(|k| k.group == group && k.version == version && k.plural == plural)?;
+    if namespace.is_some() && !kind.namespaced {
+        return None;
+    }
     let (name, subresource) = match tail {
         [] => (None, None),
         [name] => (Some(*name), None),
@@ -399,6 +449,10 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let accept = header_text(request.headers(), header::ACCEPT);
     let content_type = header_text(request.headers(), header::CONTENT_TYPE);
+    let client = header_text(
+        request.headers(),
+        header::HeaderName::from_static(CLIENT_HEADER),
+    );
     let body = request
         .into_body()
         .collect()
@@ -432,6 +486,7 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Response {
         accept,
         content_type,
         status: response.status().as_u16(),
+        client,
     });
     response
 }
@@ -446,7 +501,11 @@ fn respond(
     body: &Bytes,
 ) -> Response {
     let kind = route.kind;
+    // The namespace an object is stored under: the request's, or "" for cluster-scoped kinds.
     let writes_need_namespace = || {
+        if !kind.namespaced {
+            return Ok(String::new());
+        }
         route
             .namespace
             .clone()
@@ -871,7 +930,9 @@ fn create(
     }
     store.uids += 1;
     let metadata = &mut object["metadata"];
-    metadata["namespace"] = json!(namespace);
+    if kind.namespaced {
+        metadata["namespace"] = json!(namespace);
+    }
     metadata["uid"] = json!(format!("00000000-0000-4000-8000-{:012}", store.uids));
     metadata["creationTimestamp"] = json!(
         jiff::Timestamp::now()
@@ -1008,4 +1069,45 @@ fn patch(
         Some(after),
     );
     json_response(StatusCode::OK, &stored)
+}
+
+/// The requests that `api_calls` (a binary's `api-calls.yaml`: a list of `apiGroup`,
+/// `resource`, `verbs`) does not grant, one line each; also the requests a real server would
+/// have refused (any error but a `404` on a `GET` of one object, which callers expect).
+pub fn ungranted<'a>(
+    api_calls: &str,
+    requests: impl IntoIterator<Item = &'a Recorded>,
+) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Rule {
+        api_group: String,
+        resource: String,
+        verbs: Vec<String>,
+    }
+    let rules: Vec<Rule> = serde_yaml::from_str(api_calls).expect("api-calls.yaml parses");
+    let mut refused = Vec::new();
+    for request in requests {
+        let Some((group, resource, _)) = request.target() else {
+            refused.push(format!("not a resource request: {request:?}"));
+            continue;
+        };
+        for verb in request.verbs() {
+            let granted = rules.iter().any(|rule| {
+                rule.api_group == group
+                    && rule.resource == resource
+                    && rule.verbs.iter().any(|v| v == verb)
+            });
+            if !granted {
+                refused.push(format!(
+                    "{verb} on {group:?} {resource} is not granted: {request:?}"
+                ));
+            }
+        }
+        let expected_miss = request.method == "GET" && !request.is_watch() && request.status == 404;
+        if request.status >= 300 && !expected_miss {
+            refused.push(format!("the API refused {request:?}"));
+        }
+    }
+    refused
 }
