@@ -1,12 +1,14 @@
 //! The whole chain in one process, where a cluster would be: a Telegram user buys a plan in the
 //! Mini App, YooKassa (a local fake) reports the payment by webhook to the API, the API applies it
-//! to the ledger (a real PostgreSQL) and writes the `VpnSubscription` into an in-memory Kubernetes
-//! API that every component shares; the operator's reconcile makes the `WgPeer` and its key
-//! `Secret`; the node-agent's loop puts the peer on a real wireguard-go interface in a `server`
+//! to the ledger (a real PostgreSQL) and writes the `VpnSubscription` into a Kubernetes API server
+//! (in-process, with list and watch over HTTP) that every component shares; the operator's
+//! controller, told by its watches, makes the `WgPeer` and its key `Secret`; the node-agent,
+//! told by its own watches, puts the peer on a real wireguard-go interface in a `server`
 //! network namespace; a `client` namespace configured from the API's `/config` download pings the
 //! server through the tunnel. Then the clock passes `paidUntil`: the peer leaves the interface
 //! and the ping fails. Prints the activation latency (webhook sent → peer on the interface) and
-//! the cut-off latency (`paidUntil` → peer gone).
+//! the cut-off latency (`paidUntil` → peer gone). Every Kubernetes call each component made is one
+//! its RBAC contract (`api-calls.yaml`) grants.
 //!
 //! Every component reads the real clock, so the paid period is made to end seconds from now: the
 //! fake YooKassa reports the payment captured a day (the plan's length) minus a few seconds ago,
@@ -144,7 +146,13 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
     .collect();
     flags.extend(yookassa.api_flags());
     let config_dir = tempfile::tempdir().expect("a temporary directory");
-    let api = ApiServer::start(cluster.client.clone(), &flags, &plans(), config_dir.path()).await;
+    let api = ApiServer::start(
+        cluster.client_for("api"),
+        &flags,
+        &plans(),
+        config_dir.path(),
+    )
+    .await;
 
     // The node-agent brings the server's interface up and publishes its public key.
     let servers = cluster.api::<WgServer>();
@@ -357,4 +365,6 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
         "activation took {activation:?}"
     );
     assert!(cut_off < CUT_OFF_BOUND, "cut-off took {cut_off:?}");
+    let refused = cluster.refused_requests();
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
 }

@@ -381,7 +381,7 @@ fn parse_path(path: &str) -> Option<Route> {
     };
     let (namespace, plural, tail) = match rest {
         ["namespaces", namespace, plural, tail @ ..] => (Some(*namespace), *plural, tail),
-        [plural] => (None, *plural, &[][..]),
+        [plural, tail @ ..] => (None, *plural, tail),
         _ => return None,
     };
     let kind = *KINDS
