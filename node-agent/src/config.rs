@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::interface::BackendChoice;
+use crate::agent::Settings;
+use crate::interface::{Backend, BackendChoice};
 use crate::nat::Firewall;
 
 /// Log output format.
@@ -144,6 +145,25 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The agent loop's settings (the backend resolved against this machine: `auto` is the
+    /// kernel's when it has WireGuard).
+    pub fn agent_settings(&self) -> Settings {
+        Settings {
+            node_name: self.node_name.clone(),
+            backend: Backend::resolve(self.backend),
+            resync_interval: self.resync_interval,
+            status_interval: self.status_interval,
+            counters_interval: self.counters_interval,
+            firewall: self.firewall.fixed(),
+        }
+    }
+
+    /// How long `/healthz` tolerates no finished full comparison: four resync periods and a
+    /// minute for a slow one.
+    pub fn health_deadline(&self) -> Duration {
+        self.resync_interval * 4 + Duration::from_secs(60)
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +193,32 @@ mod tests {
         assert_eq!(config.firewall, FirewallChoice::Auto);
         assert_eq!(config.http_addr.port(), 9102);
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn the_agent_settings_carry_the_flags() {
+        let config = parse(&[
+            "--backend",
+            "userspace",
+            "--resync-interval",
+            "5",
+            "--status-interval",
+            "2",
+            "--counters-interval",
+            "90",
+            "--firewall",
+            "iptables",
+        ])
+        .unwrap();
+        let settings = config.agent_settings();
+        assert_eq!(settings.node_name, "n1");
+        assert_eq!(settings.backend, Backend::Userspace);
+        assert_eq!(settings.resync_interval, Duration::from_secs(5));
+        assert_eq!(settings.status_interval, Duration::from_secs(2));
+        assert_eq!(settings.counters_interval, Duration::from_secs(90));
+        assert_eq!(settings.firewall, Some(Firewall::Iptables));
+        assert_eq!(config.health_deadline(), Duration::from_secs(80));
+        assert_eq!(parse(&[]).unwrap().agent_settings().firewall, None);
     }
 
     #[test]

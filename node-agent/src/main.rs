@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use wgsub_node_agent::agent::{Agent, Settings};
+use wgsub_node_agent::agent::Agent;
 use wgsub_node_agent::config::{Config, LogFormat};
 use wgsub_node_agent::http::{Health, app};
 use wgsub_node_agent::index::SharedIndex;
-use wgsub_node_agent::interface::{Backend, Worker};
+use wgsub_node_agent::interface::Worker;
 use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_node_agent::metrics::Metrics;
 
@@ -46,11 +46,11 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
     init_logging(&config);
-    let backend = Backend::resolve(config.backend);
+    let settings = config.agent_settings();
     tracing::info!(
         node = config.node_name,
         namespace = config.namespace,
-        backend = backend.as_str(),
+        backend = settings.backend.as_str(),
         "starting"
     );
 
@@ -60,9 +60,7 @@ async fn main() -> anyhow::Result<()> {
 
     let index = Arc::new(SharedIndex::default());
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::new(
-        config.resync_interval * 4 + std::time::Duration::from_secs(60),
-    ));
+    let health = Arc::new(Health::new(config.health_deadline()));
     let status = Arc::new(StatusQueue::default());
     let api = KubeApi::new(client.clone(), config.namespace.clone());
     let worker = Worker::start(config.netns.clone())?;
@@ -72,14 +70,7 @@ async fn main() -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let agent = Agent::new(
-        Settings {
-            node_name: config.node_name.clone(),
-            backend,
-            resync_interval: config.resync_interval,
-            status_interval: config.status_interval,
-            counters_interval: config.counters_interval,
-            firewall: config.firewall.fixed(),
-        },
+        settings,
         index.clone(),
         api.clone(),
         worker,

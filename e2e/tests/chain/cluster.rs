@@ -7,7 +7,6 @@
 //! RBAC contract (`api-calls.yaml`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::{Node, Secret};
@@ -19,10 +18,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_fake_api::{FakeApi, ungranted};
-use wgsub_node_agent::agent::{Agent, Settings as AgentSettings};
+use wgsub_node_agent::agent::Agent;
 use wgsub_node_agent::http::Health;
 use wgsub_node_agent::index::SharedIndex;
-use wgsub_node_agent::interface::{Backend, Worker};
+use wgsub_node_agent::interface::Worker;
 use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_operator::controller::{Context, Settings as OperatorSettings};
 
@@ -105,21 +104,12 @@ fn start_node_agent(
     let api = KubeApi::new(client.clone(), config.namespace.clone());
     let status = Arc::new(StatusQueue::default());
     let agent = Agent::new(
-        AgentSettings {
-            node_name: config.node_name.clone(),
-            backend: Backend::resolve(config.backend),
-            resync_interval: config.resync_interval,
-            status_interval: config.status_interval,
-            counters_interval: config.counters_interval,
-            firewall: config.firewall.fixed(),
-        },
+        config.agent_settings(),
         index.clone(),
         api.clone(),
         Worker::start(config.netns.clone()).expect("the worker enters the netns"),
         metrics.clone(),
-        Arc::new(Health::new(
-            config.resync_interval * 4 + Duration::from_secs(60),
-        )),
+        Arc::new(Health::new(config.health_deadline())),
         status.clone(),
     );
     let namespace = config.namespace.clone();
