@@ -71,6 +71,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS crypto provider, named here: with two compiled in (as a build with test
+    // dependencies has), rustls would refuse to pick one at the first connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_logging(cli.log_format, &cli.log_filter);
     match cli.command {
         Command::Migrate(database) => {

@@ -29,6 +29,9 @@ const OUTBOX_BATCH: i64 = 100;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    // One TLS crypto provider, named here: with two compiled in (as a build with test
+    // dependencies has), rustls would refuse to pick one at the first connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(error) = config.validate() {
         eprintln!("wgsub-bot: invalid configuration: {error}");
         return ExitCode::from(2);

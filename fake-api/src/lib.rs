@@ -18,7 +18,12 @@
 //! - no garbage collector: dependents of a deleted owner stay (as they do until the real
 //!   collector gets to them).
 //!
-//! It serves wgsub's three kinds, Secrets, Events (namespaced) and Nodes (cluster-scoped).
+//! - PUT (update) of an existing object, refused with `409 Conflict` when the body's
+//!   `resourceVersion` is not the stored one (optimistic concurrency, as leader election needs);
+//! - `/version`.
+//!
+//! It serves wgsub's three kinds, Secrets, Events, Leases (namespaced) and Nodes
+//! (cluster-scoped).
 //! Every request is recorded (method, path, query, `Accept`, `Content-Type`, response status,
 //! and which client sent it: [`FakeApi::client_named`]), and [`ungranted`] checks the record
 //! against a binary's RBAC contract (its `api-calls.yaml`).
@@ -101,6 +106,14 @@ const KINDS: &[Kind] = &[
         version: "v1",
         plural: "events",
         kind: "Event",
+        status_subresource: false,
+        namespaced: true,
+    },
+    Kind {
+        group: "coordination.k8s.io",
+        version: "v1",
+        plural: "leases",
+        kind: "Lease",
         status_subresource: false,
         namespaced: true,
     },
@@ -268,6 +281,23 @@ impl FakeApi {
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url.parse().expect("url"));
         kube::Client::try_from(config).expect("client")
+    }
+
+    /// The server's base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A kubeconfig for this server, as a binary reads one from `KUBECONFIG`; its requests are
+    /// recorded under `name` like those of [`FakeApi::client_named`] (the name is the bearer
+    /// token, which this server takes for the client's identity).
+    pub fn kubeconfig(&self, name: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             users:\n- name: {name}\n  user:\n    token: {name}\ncontexts:\n- name: {name}\n  context:\n    \
+             cluster: fake\n    user: {name}\ncurrent-context: {name}\n",
+            url = self.url
+        )
     }
 
     /// A client whose requests are recorded with `name`, to tell apart components sharing the
@@ -452,7 +482,12 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Response {
     let client = header_text(
         request.headers(),
         header::HeaderName::from_static(CLIENT_HEADER),
-    );
+    )
+    .or_else(|| {
+        header_text(request.headers(), header::AUTHORIZATION)?
+            .strip_prefix("Bearer ")
+            .map(str::to_owned)
+    });
     let body = request
         .into_body()
         .collect()
@@ -464,6 +499,10 @@ async fn handle(inner: &Arc<Inner>, request: Request) -> Response {
         .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
 
     let response = match parse_path(&path) {
+        None if method == "GET" && path == "/version" => json_response(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0-wgsub-fake-api", "platform": "linux/amd64"}),
+        ),
         None => status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -546,6 +585,20 @@ fn respond(
                 Err(response) => return *response,
             };
             patch(inner, route, &namespace, name, query, content_type, body)
+        }
+        ("PUT", Some(name)) if route.subresource.is_none() => {
+            let namespace = match writes_need_namespace() {
+                Ok(namespace) => namespace,
+                Err(response) => return *response,
+            };
+            let Ok(object) = serde_json::from_slice::<Value>(body) else {
+                return bad_request("the body is not JSON".into());
+            };
+            let mut store = inner.store();
+            match replace(&mut store, &inner.changes, kind, &namespace, name, object) {
+                Ok(replaced) => json_response(StatusCode::OK, &replaced),
+                Err(response) => *response,
+            }
         }
         ("DELETE", Some(name)) => {
             let namespace = match writes_need_namespace() {
@@ -1071,6 +1124,50 @@ fn patch(
     json_response(StatusCode::OK, &stored)
 }
 
+/// An update (PUT) of a stored object: the body replaces it but for what the server owns (uid,
+/// creation time; the status of a kind with the status subresource); a body carrying another
+/// `resourceVersion` than the stored one is a conflict.
+fn replace(
+    store: &mut Store,
+    changes: &broadcast::Sender<Change>,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    mut object: Value,
+) -> Result<Value, Box<Response>> {
+    if object["metadata"]["name"].as_str() != Some(name) {
+        return Err(Box::new(bad_request(format!(
+            "the name of the object does not match the name on the URL ({name})"
+        ))));
+    }
+    let key = (kind.plural, namespace.to_owned(), name.to_owned());
+    let Some(stored) = store.objects.get(&key).cloned() else {
+        return Err(Box::new(not_found(kind, name)));
+    };
+    if let Some(version) = object["metadata"]["resourceVersion"].as_str()
+        && Some(version) != stored["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(Box::new(status_response(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {}.{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                kind.plural, kind.group
+            ),
+        )));
+    }
+    for owned in ["uid", "creationTimestamp", "generation"] {
+        object["metadata"][owned] = stored["metadata"][owned].clone();
+    }
+    if kind.namespaced {
+        object["metadata"]["namespace"] = json!(namespace);
+    }
+    if kind.status_subresource {
+        object["status"] = stored["status"].clone();
+    }
+    Ok(commit(store, changes, kind, namespace, name, Some(object)))
+}
+
 /// The requests that `api_calls` (a binary's `api-calls.yaml`: a list of `apiGroup`,
 /// `resource`, `verbs`) does not grant, one line each; also the requests a real server would
 /// have refused (any error but a `404` on a `GET` of one object, which callers expect).
@@ -1088,6 +1185,10 @@ pub fn ungranted<'a>(
     let rules: Vec<Rule> = serde_yaml::from_str(api_calls).expect("api-calls.yaml parses");
     let mut refused = Vec::new();
     for request in requests {
+        // Every authenticated client may read the version (system:public-info-viewer).
+        if request.method == "GET" && request.path == "/version" {
+            continue;
+        }
         let Some((group, resource, _)) = request.target() else {
             refused.push(format!("not a resource request: {request:?}"));
             continue;

@@ -41,6 +41,9 @@ async fn shutdown_signal(token: CancellationToken) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    // One TLS crypto provider, named here: with two compiled in (as a build with test
+    // dependencies has), rustls would refuse to pick one at the first connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(error) = config.validate() {
         eprintln!("wgsub-node-agent: {error}");
         std::process::exit(2);
