@@ -12,12 +12,18 @@
 //! - metadata-only lists and watches when the `Accept` header asks for
 //!   `as=PartialObjectMetadataList` / `as=PartialObjectMetadata`;
 //! - GET one, POST create (409 when it exists), DELETE (404 when missing), PATCH with
-//!   server-side apply (`fieldManager` required, creates a missing object, merges the applied
-//!   fields recursively), JSON merge patch, and the `/status` subresource (a status write
+//!   server-side apply, JSON merge patch, and the `/status` subresource (a status write
 //!   changes only the status; a main-resource write never changes the status);
+//! - server-side apply with field ownership: `fieldManager` required; a missing object is
+//!   created; each manager owns the fields it applied (per subresource), and a field it owned
+//!   but leaves out of its next apply is removed unless another manager owns it too; applying a
+//!   field another manager owns with a different value is a `409` conflict unless `force=true`,
+//!   which takes the field over; a non-apply write that changes a field takes it from its
+//!   appliers. Simplified: lists are atomic (one field each, where the real server keys
+//!   `x-kubernetes-list-type: map` lists by their keys), and ownership is not shown in
+//!   `metadata.managedFields`;
 //! - no garbage collector: dependents of a deleted owner stay (as they do until the real
-//!   collector gets to them).
-//!
+//!   collector gets to them);
 //! - PUT (update) of an existing object, refused with `409 Conflict` when the body's
 //!   `resourceVersion` is not the stored one (optimistic concurrency, as leader election needs);
 //! - `/version`.
@@ -28,7 +34,7 @@
 //! and which client sent it: [`FakeApi::client_named`]), and [`ungranted`] checks the record
 //! against a binary's RBAC contract (its `api-calls.yaml`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -214,7 +220,16 @@ struct Store {
     pages: HashMap<String, (u64, VecDeque<Value>)>,
     tokens: u64,
     requests: Vec<Recorded>,
+    /// Server-side apply ownership, by object, then by (manager, subresource).
+    appliers: HashMap<ObjectKey, Owners>,
 }
+
+/// An object's key in the store: (plural, namespace, name).
+type ObjectKey = (&'static str, String, String);
+/// One field: the map keys down to it.
+type FieldPath = Vec<String>;
+/// The fields each applier owns: by (field manager, subresource or "").
+type Owners = BTreeMap<(String, String), BTreeSet<FieldPath>>;
 
 struct Inner {
     store: Mutex<Store>,
@@ -916,7 +931,7 @@ fn commit(
                 }
             }
             after["metadata"]["resourceVersion"] = json!(rv.to_string());
-            store.objects.insert(key, after.clone());
+            store.objects.insert(key.clone(), after.clone());
             after
         }
         None => {
@@ -933,6 +948,19 @@ fn commit(
         after: after.map(|_| object.clone()),
         object: object.clone(),
     };
+    match &change.after {
+        None => {
+            store.appliers.remove(&key);
+        }
+        Some(after) => {
+            if let (Some(before), Some(owners)) = (&change.before, store.appliers.get_mut(&key)) {
+                let changed = changed_fields(before, after);
+                for fields in owners.values_mut() {
+                    fields.retain(|field| !changed.contains(field));
+                }
+            }
+        }
+    }
     store.history.push(change.clone());
     // No watch open is not an error.
     let _ = changes.send(change);
@@ -1015,6 +1043,116 @@ fn check_type(kind: Kind, object: &Value) -> Result<(), Box<Response>> {
 
 /// Merges `patch` into `target`: objects field by field, anything else replaced; with
 /// `null_deletes` (JSON merge patch) a null removes the field.
+/// The fields of `value` under `prefix`, as server-side apply counts them: every map key down
+/// to a value that is not a non-empty map (lists and empty maps are one field each).
+fn fields_of(value: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (key, inner) in map {
+                prefix.push(key.clone());
+                fields_of(inner, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => {
+            out.insert(prefix.clone());
+        }
+    }
+}
+
+/// The fields an apply body sets within its scope (the status alone for the status
+/// subresource; all but the status otherwise, when the kind has the subresource), leaving out
+/// the type and what only the server sets.
+fn applied_fields(body: &Value, scope: Scope) -> BTreeSet<FieldPath> {
+    let mut out = BTreeSet::new();
+    let Some(map) = body.as_object() else {
+        return out;
+    };
+    for (key, value) in map {
+        if key == "apiVersion" || key == "kind" || !scope.covers(key) {
+            continue;
+        }
+        if key == "metadata" {
+            for (field, inner) in value.as_object().into_iter().flatten() {
+                if !SERVER_METADATA.contains(&field.as_str()) {
+                    fields_of(inner, &mut vec![key.clone(), field.clone()], &mut out);
+                }
+            }
+        } else {
+            fields_of(value, &mut vec![key.clone()], &mut out);
+        }
+    }
+    out
+}
+
+/// Which part of an object a write addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The `/status` subresource.
+    Status,
+    /// The main resource of a kind with the status subresource: everything but the status.
+    AllButStatus,
+    /// The main resource of a kind without it.
+    All,
+}
+
+impl Scope {
+    fn of(kind: Kind, route: &Route) -> Scope {
+        match (&route.subresource, kind.status_subresource) {
+            (Some(_), _) => Scope::Status,
+            (None, true) => Scope::AllButStatus,
+            (None, false) => Scope::All,
+        }
+    }
+
+    fn covers(self, top_level_field: &str) -> bool {
+        match self {
+            Scope::Status => top_level_field == "status",
+            Scope::AllButStatus => top_level_field != "status",
+            Scope::All => true,
+        }
+    }
+
+    fn subresource(self) -> &'static str {
+        if self == Scope::Status { "status" } else { "" }
+    }
+}
+
+fn value_at<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(value, |inner, key| inner.as_object()?.get(key))
+}
+
+/// Removes the field at `path` — unless it is a map that has fields in it (someone else's).
+fn remove_field(value: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut inner = value;
+    for key in parents {
+        match inner.as_object_mut().and_then(|map| map.get_mut(key)) {
+            Some(next) => inner = next,
+            None => return,
+        }
+    }
+    if let Some(map) = inner.as_object_mut()
+        && map
+            .get(last)
+            .is_some_and(|v| v.as_object().is_none_or(serde_json::Map::is_empty))
+    {
+        map.remove(last);
+    }
+}
+
+/// The fields whose values differ between two versions of an object.
+fn changed_fields(before: &Value, after: &Value) -> BTreeSet<FieldPath> {
+    let mut all = BTreeSet::new();
+    fields_of(before, &mut Vec::new(), &mut all);
+    fields_of(after, &mut Vec::new(), &mut all);
+    all.retain(|field| value_at(before, field) != value_at(after, field));
+    all
+}
+
 fn merge(target: &mut Value, patch: &Value, null_deletes: bool) {
     match (target.as_object_mut(), patch.as_object()) {
         (Some(target), Some(patch)) => {
@@ -1082,19 +1220,67 @@ fn patch(
             return bad_request("the name of the object does not match the request's".into());
         }
     }
+    let scope = Scope::of(kind, route);
+    let applier = (
+        query.get("fieldManager").cloned().unwrap_or_default(),
+        scope.subresource().to_owned(),
+    );
+    let applied = applied_fields(&body, scope);
     let mut store = inner.store();
     let key = (kind.plural, namespace.to_owned(), name.to_owned());
     let Some(before) = store.objects.get(&key).cloned() else {
         if apply && route.subresource.is_none() {
             body["metadata"]["name"] = json!(name);
             return match create(&mut store, &inner.changes, kind, namespace, body) {
-                Ok(created) => json_response(StatusCode::CREATED, &created),
+                Ok(created) => {
+                    store
+                        .appliers
+                        .entry(key)
+                        .or_default()
+                        .insert(applier, applied);
+                    json_response(StatusCode::CREATED, &created)
+                }
                 Err(response) => *response,
             };
         }
         return not_found(kind, name);
     };
     let mut after = before.clone();
+    if apply {
+        let owners = store.appliers.get(&key).cloned().unwrap_or_default();
+        let force = query.get("force").map(String::as_str) == Some("true");
+        let conflicts: Vec<String> = owners
+            .iter()
+            .filter(|(other, _)| other.0 != applier.0)
+            .flat_map(|((other, _), fields)| {
+                fields
+                    .intersection(&applied)
+                    .filter(|field| value_at(&before, field) != value_at(&body, field))
+                    .map(move |field| format!("conflict with \"{other}\": .{}", field.join(".")))
+            })
+            .collect();
+        if !force && !conflicts.is_empty() {
+            return status_response(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Apply failed with {} conflict(s): {}",
+                    conflicts.len(),
+                    conflicts.join(", ")
+                ),
+            );
+        }
+        // What this manager applied before and leaves out now goes, unless someone else owns
+        // it too.
+        for field in owners.get(&applier).into_iter().flatten() {
+            let shared = owners
+                .iter()
+                .any(|(other, fields)| *other != applier && fields.contains(field));
+            if !applied.contains(field) && !shared {
+                remove_field(&mut after, field);
+            }
+        }
+    }
     if route.subresource.is_some() {
         // The status subresource writes the status alone.
         if let Some(status) = body.get("status") {
@@ -1121,6 +1307,13 @@ fn patch(
         name,
         Some(after),
     );
+    if apply {
+        store
+            .appliers
+            .entry(key)
+            .or_default()
+            .insert(applier, applied);
+    }
     json_response(StatusCode::OK, &stored)
 }
 
