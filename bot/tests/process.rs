@@ -1,6 +1,6 @@
 //! The `wgsub-bot` binary as a process, configured as the chart configures it (the environment)
 //! against a real PostgreSQL, a stand-in Telegram Bot API (`WGSUB_TELEGRAM_API_URL`, long
-//! polling) and an in-process Kubernetes API server (`wgsub_fake_api`, through `KUBECONFIG`):
+//! polling) and an in-process Kubernetes API server (`wgsub_testkit::fake_api`, through `KUBECONFIG`):
 //! its `--help`, a bad setting refused with the flag named; running, a user's `/start` gets an
 //! answer and their `VpnSubscription`, `/healthz`, `/readyz` and `/metrics` answer, logs are JSON
 //! and hold no secret, SIGTERM ends it with exit 0; every Kubernetes call is granted by
@@ -8,15 +8,15 @@
 //!
 //! Needs PostgreSQL (`WGSUB_TEST_DATABASE_URL`, as scripts/test provides).
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wgsub_crds::VpnSubscription;
-use wgsub_fake_api::{FakeApi, ungranted};
 use wgsub_ledger::testing::fresh_database;
+use wgsub_testkit::fake_api::{FakeApi, ungranted};
+use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-bot");
@@ -24,13 +24,6 @@ const NS: &str = "wgsub";
 const USER: i64 = 424_242;
 const WITHIN: Duration = Duration::from_secs(15);
 const PLANS: &str = "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// The Bot API as the bot sees it: one `/start` from a user on the first poll, then nothing
 /// (each empty poll held a little, as a long poll is); every message sent is kept.
@@ -89,30 +82,21 @@ impl Respond for TelegramApi {
 
 #[test]
 fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_named() {
-    let help = Command::new(BINARY).arg("--help").output().expect("runs");
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--bot-token",
-        "--telegram-api-url",
-        "--plans-file",
-        "WGSUB_BOT_ADMIN_IDS",
-    ] {
-        assert!(text.contains(flag), "--help mentions {flag}: {text}");
-    }
-    let bad = Command::new(BINARY)
-        .env_clear()
-        .args(["--http-addr", "not-an-address"])
-        .output()
-        .expect("runs");
-    assert_eq!(bad.status.code(), Some(2), "a bad setting exits 2");
-    let message = String::from_utf8_lossy(&bad.stderr);
-    assert!(message.contains("--http-addr"), "{message}");
+    assert_help_mentions(
+        BINARY,
+        &[],
+        &[
+            "--bot-token",
+            "--telegram-api-url",
+            "--plans-file",
+            "WGSUB_BOT_ADMIN_IDS",
+        ],
+    );
+    assert_refused_at_start(BINARY, &["--http-addr", "not-an-address"], "--http-addr");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_sigterm() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let (_, database_url) = fresh_database("bot_process").await;
     let kube = FakeApi::start().await;
     let telegram = MockServer::start().await;
@@ -135,42 +119,28 @@ async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_si
         uuid::Uuid::new_v4().simple()
     );
     let secret_key = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let logs = dir.path().join("bot.log");
-    let port = free_port();
-    let mut child: Child = Command::new(BINARY)
-        .env_clear()
-        .env("KUBECONFIG", &kubeconfig)
-        .env("WGSUB_BOT_TOKEN", &token)
-        .env("WGSUB_TELEGRAM_API_URL", telegram.uri())
-        .env("WGSUB_DATABASE_URL", &database_url)
-        .env("WGSUB_NAMESPACE", NS)
-        .env("WGSUB_PLANS_FILE", &plans)
-        .env("WGSUB_MINIAPP_URL", "https://vpn.example.com/miniapp/")
-        .env("WGSUB_YOOKASSA_SHOP_ID", "100500")
-        .env("WGSUB_YOOKASSA_SECRET_KEY", &secret_key)
-        .env("WGSUB_YOOKASSA_RETURN_URL", "https://t.me/wgsub_test_bot")
-        .env("WGSUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("WGSUB_LOG_FORMAT", "json")
-        .stdout(std::fs::File::create(&logs).expect("a log file"))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the bot starts");
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(&mut child);
-    let http = |path: &'static str| async move {
-        let response = reqwest::get(format!("http://127.0.0.1:{port}{path}"))
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    };
-
+    let kubeconfig = kubeconfig.display().to_string();
+    let plans = plans.display().to_string();
+    let telegram_url = telegram.uri();
+    let mut bot = Process::start(
+        BINARY,
+        "bot",
+        dir.path(),
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("WGSUB_BOT_TOKEN", token.as_str()),
+            ("WGSUB_TELEGRAM_API_URL", telegram_url.as_str()),
+            ("WGSUB_DATABASE_URL", database_url.as_str()),
+            ("WGSUB_NAMESPACE", NS),
+            ("WGSUB_PLANS_FILE", plans.as_str()),
+            ("WGSUB_MINIAPP_URL", "https://vpn.example.com/miniapp/"),
+            ("WGSUB_YOOKASSA_SHOP_ID", "100500"),
+            ("WGSUB_YOOKASSA_SECRET_KEY", secret_key.as_str()),
+            ("WGSUB_YOOKASSA_RETURN_URL", "https://t.me/wgsub_test_bot"),
+            ("WGSUB_LOG_FORMAT", "json"),
+        ],
+        &[],
+    );
     let deadline = Instant::now() + WITHIN;
     let subscription = loop {
         if let Some(subscription) = kube.get::<VpnSubscription>(NS, &format!("tg-{USER}")) {
@@ -198,38 +168,15 @@ async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_si
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for path in ["/healthz", "/readyz"] {
-        assert_eq!(http(path).await.map(|r| r.0), Some(200), "{path}");
-    }
-    let (status, metrics) = http("/metrics").await.expect("metrics");
+    bot.wait_ready(WITHIN).await;
+    let (status, metrics) = bot.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("# EOF"), "OpenMetrics text: {metrics}");
 
-    let sent_signal = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent_signal.success());
-    let deadline = Instant::now() + WITHIN;
-    let exit = loop {
-        if let Some(exit) = child.0.try_wait().expect("waiting") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the bot still runs {WITHIN:?} after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = bot.terminate(WITHIN);
     assert!(exit.success(), "the bot exits 0 on SIGTERM: {exit:?}");
-
-    let logs = std::fs::read_to_string(&logs).expect("the log");
-    assert!(!logs.is_empty(), "the bot logged nothing");
-    for line in logs.lines() {
-        let entry: Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
-        assert!(entry.get("level").is_some(), "{line}");
-    }
+    bot.json_log();
+    let logs = bot.log();
     for secret in [&token, &secret_key] {
         assert!(
             !logs.contains(secret.as_str()),

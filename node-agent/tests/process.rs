@@ -1,5 +1,5 @@
 //! The `wgsub-node-agent` binary as a process, configured as the chart configures it (the
-//! environment), against an in-process API server (`wgsub_fake_api`, reached through
+//! environment), against an in-process API server (`wgsub_testkit::fake_api`, reached through
 //! `KUBECONFIG`) and a wireguard-go interface in a throwaway network namespace: its `--help`, a
 //! bad setting refused at start with the flag named; running, it serves `/healthz`, `/readyz`
 //! and `/metrics`, logs JSON, creates the server's key Secret, publishes the public key, puts a
@@ -8,15 +8,16 @@
 //!
 //! Needs root, wireguard-go, wireguard-tools and iproute2: fails with a message otherwise.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::LABEL_SUBSCRIPTION;
 use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer};
-use wgsub_fake_api::{FakeApi, ungranted};
+use wgsub_testkit::fake_api::{FakeApi, ungranted};
+use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-node-agent");
 const NS: &str = "wgsub";
@@ -42,13 +43,6 @@ fn require_root_and_tools() {
             "this test needs `{tool}` on PATH (scripts/test installs it)"
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// A network namespace of its own; removed on drop, with the wireguard-go socket.
@@ -105,69 +99,36 @@ impl Drop for Netns {
     }
 }
 
-struct Agent {
-    child: Child,
-    port: u16,
-    logs: std::path::PathBuf,
-}
-
-impl Agent {
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port))
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WITHIN:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 #[test]
 fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_named() {
-    let help = Command::new(BINARY).arg("--help").output().expect("runs");
-    assert!(help.status.success());
-    let text = String::from_utf8_lossy(&help.stdout);
-    for flag in [
-        "--node-name",
-        "--backend",
-        "--resync-interval",
-        "--firewall",
-        "WGSUB_NETNS",
-    ] {
-        assert!(text.contains(flag), "--help mentions {flag}: {text}");
-    }
-    let bad = Command::new(BINARY)
-        .env_clear()
-        .args(["--node-name", NODE, "--namespace", NS])
-        .args(["--netns", "/nonexistent/netns"])
-        .output()
-        .expect("runs");
-    assert_eq!(bad.status.code(), Some(2), "a bad setting exits 2");
-    let message = String::from_utf8_lossy(&bad.stderr);
-    assert!(message.contains("--netns"), "{message}");
+    assert_help_mentions(
+        BINARY,
+        &[],
+        &[
+            "--node-name",
+            "--backend",
+            "--resync-interval",
+            "--firewall",
+            "WGSUB_NETNS",
+        ],
+    );
+    assert_refused_at_start(
+        BINARY,
+        &[
+            "--node-name",
+            NODE,
+            "--namespace",
+            NS,
+            "--netns",
+            "/nonexistent/netns",
+        ],
+        "--netns",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sigterm() {
     require_root_and_tools();
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let netns = Netns::new();
     let api = FakeApi::start().await;
     let mut node = Node::default();
@@ -195,36 +156,31 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig("node-agent")).expect("a kubeconfig");
-    let logs = dir.path().join("agent.log");
-    let port = free_port();
-    let child = Command::new(BINARY)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", &kubeconfig)
-        .env("WGSUB_NODE_NAME", NODE)
-        .env("WGSUB_NAMESPACE", NS)
-        .env("WGSUB_BACKEND", "userspace")
-        .env("WGSUB_FIREWALL", "auto")
-        .env("WGSUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("WGSUB_NETNS", format!("/var/run/netns/{}", netns.name))
-        .env("WGSUB_STATUS_INTERVAL", "1")
-        .env("WGSUB_LOG_FORMAT", "json")
-        .stdout(std::fs::File::create(&logs).expect("a log file"))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the agent starts");
-    let mut agent = Agent { child, port, logs };
-
-    for path in ["/healthz", "/readyz"] {
-        eventually(&format!("the agent answers {path} with 200"), async || {
-            (agent.get(path).await?.0 == 200).then_some(())
-        })
-        .await;
-    }
+    let kubeconfig = kubeconfig.display().to_string();
+    let netns_path = format!("/var/run/netns/{}", netns.name);
+    let mut agent = Process::start(
+        BINARY,
+        "node-agent",
+        dir.path(),
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("WGSUB_NODE_NAME", NODE),
+            ("WGSUB_NAMESPACE", NS),
+            ("WGSUB_BACKEND", "userspace"),
+            ("WGSUB_FIREWALL", "auto"),
+            ("WGSUB_NETNS", netns_path.as_str()),
+            ("WGSUB_STATUS_INTERVAL", "1"),
+            ("WGSUB_LOG_FORMAT", "json"),
+        ],
+        &[],
+    );
+    agent.wait_ready(WITHIN).await;
     // The server's key: made, kept in the Secret the server names, published in its status.
-    let public = eventually("the server's public key in its status", async || {
-        api.get::<WgServer>(NS, "main")?.status?.public_key
-    })
+    let public = eventually(
+        "the server's public key in its status",
+        WITHIN,
+        async || api.get::<WgServer>(NS, "main")?.status?.public_key,
+    )
     .await;
     let secret = api
         .get::<Secret>(NS, "main-key")
@@ -252,11 +208,11 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     peer.metadata.namespace = Some(NS.into());
     peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), "tg-1".to_owned())].into());
     api.create(&peer);
-    eventually("the peer on the interface", async || {
+    eventually("the peer on the interface", WITHIN, async || {
         (netns.peers() == vec![client_key.clone()]).then_some(())
     })
     .await;
-    eventually("the peer reported active", async || {
+    eventually("the peer reported active", WITHIN, async || {
         api.get::<WgPeer>(NS, "tg-1-1")?
             .status?
             .active
@@ -268,33 +224,11 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     assert!(metrics.contains("wgsub_node_agent_peers"), "{metrics}");
 
     // SIGTERM: a clean exit, within the pod's grace period.
-    let sent = Command::new("kill")
-        .args(["-TERM", &agent.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let deadline = Instant::now() + WITHIN;
-    let exit = loop {
-        if let Some(exit) = agent.child.try_wait().expect("waiting") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent still runs {WITHIN:?} after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = agent.terminate(WITHIN);
     assert!(exit.success(), "the agent exits 0 on SIGTERM: {exit:?}");
-
-    let logs = std::fs::read_to_string(&agent.logs).expect("the log");
-    assert!(!logs.is_empty(), "the agent logged nothing");
-    for line in logs.lines() {
-        let entry: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
-        assert!(entry.get("level").is_some(), "{line}");
-    }
+    agent.json_log();
     assert!(
-        !logs.contains(key.to_base64().as_str()),
+        !agent.log().contains(key.to_base64().as_str()),
         "the server's private key was logged"
     );
     let refused = ungranted(include_str!("../api-calls.yaml"), &api.requests());

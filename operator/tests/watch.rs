@@ -1,5 +1,5 @@
 //! The operator's real `controller::run` (its watches, mappers and reconciles) against an
-//! in-process API server with list and watch semantics (`wgsub_fake_api`): subscriptions
+//! in-process API server with list and watch semantics (`wgsub_testkit::fake_api`): subscriptions
 //! arrive through the watch, a deleted peer and a changed server trigger reconciles, every call
 //! is one the RBAC contract (`api-calls.yaml`) grants, and the controller stops on shutdown.
 
@@ -17,10 +17,10 @@ use wgsub_crds::{
     SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec,
     WgServer, WgServerSpec,
 };
-use wgsub_fake_api::{FakeApi, Recorded, ungranted};
 use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::decision::reasons;
 use wgsub_operator::metrics::Metrics;
+use wgsub_testkit::fake_api::{FakeApi, Recorded, ungranted};
 
 const NS: &str = "vpn";
 const WITHIN: Duration = Duration::from_secs(10);
@@ -139,8 +139,6 @@ fn assert_key_matches(peer: &WgPeer, secret: &Secret) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_controller_follows_watches_with_only_granted_calls_and_stops_on_shutdown() {
-    // The dev-dependencies bring a second rustls crypto provider; the binary has ring alone.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let api = FakeApi::start().await;
     api.create(&server("wg", "10.8.0.0/24"));
     for i in 0..OTHER_PEERS {

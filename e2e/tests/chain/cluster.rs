@@ -1,5 +1,5 @@
 //! The cluster, in this process: one Kubernetes API server with list and watch over HTTP
-//! (`wgsub_fake_api`) shared by every component, each with its own client; the operator's real
+//! (`wgsub_testkit::fake_api`) shared by every component, each with its own client; the operator's real
 //! `controller::run` (its watches, mappers, scheduler and reconciles) and the node-agent's real
 //! watches, status writer and loop on a wireguard-go interface in the lab's server namespace —
 //! wired as their `main`s wire them, configured from the flags the chart gives them. Every
@@ -17,13 +17,13 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
-use wgsub_fake_api::{FakeApi, ungranted};
 use wgsub_node_agent::agent::Agent;
 use wgsub_node_agent::http::Health;
 use wgsub_node_agent::index::SharedIndex;
 use wgsub_node_agent::interface::Worker;
 use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_operator::controller::{Context, Settings as OperatorSettings};
+use wgsub_testkit::fake_api::{FakeApi, ungranted};
 
 /// The namespace wgsub is installed in.
 pub const NAMESPACE: &str = "wgsub";
@@ -147,9 +147,6 @@ impl Cluster {
     /// An API server holding `server` and its node, with the operator and the node-agent (whose
     /// interfaces live in `netns`) running against it.
     pub async fn start(server: WgServer, netns: &std::path::Path) -> Cluster {
-        // kube's client sees two rustls crypto providers among the test's dependencies; the
-        // binaries have ring alone.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let api_server = FakeApi::start().await;
         let mut node = Node::default();
         node.metadata.name = Some(NODE.to_owned());

@@ -7,7 +7,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use wgsub_crds::{SecretKeyRef, WgServer, WgServerSpec};
-use wgsub_fake_api::FakeApi;
+use wgsub_testkit::fake_api::FakeApi;
 
 const NS: &str = "ns";
 

@@ -265,8 +265,11 @@ impl Drop for FakeApi {
 }
 
 impl FakeApi {
-    /// Starts serving an empty cluster on a loopback port.
+    /// Starts serving an empty cluster on a loopback port. Also names this process's TLS crypto
+    /// provider (ring, as the binaries do): test builds compile in two, and kube's client
+    /// refuses to pick.
     pub async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (changes, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
             store: Mutex::default(),
