@@ -63,7 +63,8 @@ pub struct Config {
     #[arg(long, env = "WGSUB_NAMESPACE")]
     pub namespace: String,
 
-    /// WireGuard implementation: kernel module, wireguard-go, or auto (kernel when present).
+    /// WireGuard implementation: kernel module, wireguard-go, or auto (the kernel when it has
+    /// WireGuard or can load it).
     #[arg(long, env = "WGSUB_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendChoice,
 
@@ -218,7 +219,8 @@ mod tests {
         assert_eq!(settings.counters_interval, Duration::from_secs(90));
         assert_eq!(settings.firewall, Some(Firewall::Iptables));
         assert_eq!(config.health_deadline(), Duration::from_secs(80));
-        assert_eq!(parse(&[]).unwrap().agent_settings().firewall, None);
+        let defaults = parse(&["--backend", "userspace"]).unwrap().agent_settings();
+        assert_eq!(defaults.firewall, None, "auto: detected on first use");
     }
 
     #[test]

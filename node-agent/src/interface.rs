@@ -36,16 +36,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Resolves a choice: `auto` is the kernel when `/sys/module/wireguard` exists.
+    /// Resolves a choice: `auto` is the kernel when it has WireGuard (see
+    /// [`kernel_has_wireguard`]); the kernel is only asked for `auto`.
     pub fn resolve(choice: BackendChoice) -> Backend {
-        Self::resolve_with(choice, Path::new("/sys/module/wireguard").exists())
+        Self::resolve_with(choice, kernel_has_wireguard)
     }
 
-    fn resolve_with(choice: BackendChoice, kernel_has_wireguard: bool) -> Backend {
+    fn resolve_with(choice: BackendChoice, kernel_has_wireguard: impl FnOnce() -> bool) -> Backend {
         match choice {
             BackendChoice::Kernel => Backend::Kernel,
             BackendChoice::Userspace => Backend::Userspace,
-            BackendChoice::Auto if kernel_has_wireguard => Backend::Kernel,
+            BackendChoice::Auto if kernel_has_wireguard() => Backend::Kernel,
             BackendChoice::Auto => Backend::Userspace,
         }
     }
@@ -161,6 +162,23 @@ fn ip(args: &[&str]) -> io::Result<String> {
             String::from_utf8_lossy(&output.stderr).trim()
         )))
     }
+}
+
+/// Whether this kernel runs WireGuard interfaces: its module is loaded, or it can be — on a
+/// fresh node the module is usually not loaded until the first WireGuard link, so a throwaway
+/// link is made (which loads it) and removed at once.
+pub fn kernel_has_wireguard() -> bool {
+    if Path::new("/sys/module/wireguard").exists() {
+        return true;
+    }
+    let probe = format!("wgsubprobe{}", std::process::id() % 100_000);
+    if ip(&["link", "add", "dev", &probe, "type", "wireguard"]).is_err() {
+        return false;
+    }
+    if let Err(error) = ip(&["link", "del", "dev", &probe]) {
+        tracing::warn!(%error, link = probe, "could not remove the probe link");
+    }
+    true
 }
 
 /// Why an interface name was refused.
@@ -363,21 +381,22 @@ mod tests {
     }
 
     #[test]
-    fn auto_backend_prefers_the_kernel_module() {
+    fn auto_backend_prefers_the_kernel_and_only_auto_asks_it() {
         assert_eq!(
-            Backend::resolve_with(BackendChoice::Auto, true),
+            Backend::resolve_with(BackendChoice::Auto, || true),
             Backend::Kernel
         );
         assert_eq!(
-            Backend::resolve_with(BackendChoice::Auto, false),
+            Backend::resolve_with(BackendChoice::Auto, || false),
+            Backend::Userspace
+        );
+        let not_asked = || -> bool { panic!("an explicit choice does not probe the kernel") };
+        assert_eq!(
+            Backend::resolve_with(BackendChoice::Userspace, not_asked),
             Backend::Userspace
         );
         assert_eq!(
-            Backend::resolve_with(BackendChoice::Userspace, true),
-            Backend::Userspace
-        );
-        assert_eq!(
-            Backend::resolve_with(BackendChoice::Kernel, false),
+            Backend::resolve_with(BackendChoice::Kernel, not_asked),
             Backend::Kernel
         );
     }

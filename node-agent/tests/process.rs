@@ -166,7 +166,9 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
             ("KUBECONFIG", kubeconfig.as_str()),
             ("WGSUB_NODE_NAME", NODE),
             ("WGSUB_NAMESPACE", NS),
-            ("WGSUB_BACKEND", "userspace"),
+            // As the chart's default: the kernel's WireGuard when it has it (this kernel may
+            // not: then wireguard-go).
+            ("WGSUB_BACKEND", "auto"),
             ("WGSUB_FIREWALL", "auto"),
             ("WGSUB_NETNS", netns_path.as_str()),
             ("WGSUB_STATUS_INTERVAL", "1"),
@@ -226,7 +228,17 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     // SIGTERM: a clean exit, within the pod's grace period.
     let exit = agent.terminate(WITHIN);
     assert!(exit.success(), "the agent exits 0 on SIGTERM: {exit:?}");
-    agent.json_log();
+    let log = agent.json_log();
+    let expected = if std::path::Path::new("/sys/module/wireguard").exists() {
+        "kernel"
+    } else {
+        "userspace"
+    };
+    let started = log
+        .iter()
+        .find(|entry| entry["fields"]["message"] == "starting")
+        .expect("a start line");
+    assert_eq!(started["fields"]["backend"], expected, "{started}");
     assert!(
         !agent.log().contains(key.to_base64().as_str()),
         "the server's private key was logged"
