@@ -24,27 +24,6 @@ const NS: &str = "wgsub";
 const NODE: &str = "vpn-node-1";
 const WITHIN: Duration = Duration::from_secs(10);
 
-fn require_root_and_tools() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1));
-    assert_eq!(
-        uid,
-        Some("0"),
-        "this test needs root (a network namespace, wireguard-go): run it as root, e.g. with scripts/test"
-    );
-    for tool in ["wireguard-go", "wg", "ip"] {
-        let found = std::env::var_os("PATH")
-            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
-        assert!(
-            found,
-            "this test needs `{tool}` on PATH (scripts/test installs it)"
-        );
-    }
-}
-
 /// A network namespace of its own; removed on drop, with the wireguard-go socket.
 struct Netns {
     name: String,
@@ -128,7 +107,11 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sigterm() {
-    require_root_and_tools();
+    wgsub_testkit::host::require_root_and_tools(
+        "this test",
+        "a network namespace, wireguard-go",
+        &["wireguard-go", "wg", "ip"],
+    );
     let netns = Netns::new();
     let api = FakeApi::start().await;
     let mut node = Node::default();

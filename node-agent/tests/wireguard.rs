@@ -44,30 +44,6 @@ const LISTEN_PORT: u16 = 51820;
 /// keepalive timeout plus rekey timeout (15 s) and makes a new handshake by itself.
 const REHANDSHAKE: Duration = Duration::from_secs(25);
 
-fn require_prerequisites() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        });
-    assert_eq!(
-        uid.as_deref(),
-        Some("0"),
-        "these tests need root (network namespaces, veth pairs, wireguard-go): run them as root, e.g. with scripts/test"
-    );
-    for tool in ["wireguard-go", "wg", "wg-quick", "ip", "ping", "nft"] {
-        let found = std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-            .unwrap_or(false);
-        assert!(
-            found,
-            "these tests need `{tool}` on PATH (scripts/test installs it)"
-        );
-    }
-}
-
 fn run(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
         .args(args)
@@ -103,7 +79,11 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        require_prerequisites();
+        wgsub_testkit::host::require_root_and_tools(
+            "the WireGuard tests",
+            "network namespaces, veth pairs, wireguard-go",
+            &["wireguard-go", "wg", "wg-quick", "ip", "ping", "nft"],
+        );
         let id = format!(
             "{}{}",
             std::process::id() % 100_000,

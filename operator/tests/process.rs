@@ -167,14 +167,10 @@ async fn two_replicas_elect_one_leader_that_hands_the_lease_over_on_sigterm() {
             replica.name()
         );
     }
-    let requests = api.requests();
     for name in ["replica-a", "replica-b"] {
-        let made: Vec<_> = requests
-            .iter()
-            .filter(|r| r.client.as_deref() == Some(name))
-            .collect();
+        let made = api.requests_from(name);
         assert!(!made.is_empty(), "{name} made no request");
-        let refused = ungranted(include_str!("../api-calls.yaml"), made);
+        let refused = ungranted(include_str!("../api-calls.yaml"), &made);
         assert!(refused.is_empty(), "{name}:\n{}", refused.join("\n"));
     }
     println!(

@@ -402,6 +402,17 @@ impl FakeApi {
         self.inner.store().requests.clone()
     }
 
+    /// The requests so far of the client named `client`.
+    pub fn requests_from(&self, client: &str) -> Vec<Recorded> {
+        self.inner
+            .store()
+            .requests
+            .iter()
+            .filter(|r| r.client.as_deref() == Some(client))
+            .cloned()
+            .collect()
+    }
+
     /// How many watch responses are still streaming.
     pub fn open_watches(&self) -> usize {
         self.inner.open_watches.load(Ordering::SeqCst)
@@ -475,6 +486,14 @@ fn not_found(kind: Kind, name: &str) -> Response {
         StatusCode::NOT_FOUND,
         "NotFound",
         format!("{}.{} \"{name}\" not found", kind.plural, kind.group),
+    )
+}
+
+fn method_not_allowed(method: &str, kind: Kind) -> Response {
+    status_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{method} is not supported on {}", kind.plural),
     )
 }
 
@@ -558,25 +577,29 @@ fn respond(
     body: &Bytes,
 ) -> Response {
     let kind = route.kind;
+    if method == "GET" && route.name.is_none() {
+        return if query.get("watch").map(String::as_str) == Some("true") {
+            watch(inner, route, query, metadata_only)
+        } else {
+            list(inner, route, query, metadata_only)
+        };
+    }
     // The namespace an object is stored under: the request's, or "" for cluster-scoped kinds.
-    let writes_need_namespace = || {
-        if !kind.namespaced {
-            return Ok(String::new());
+    let namespace = match (&route.namespace, kind.namespaced) {
+        (_, false) => String::new(),
+        (Some(namespace), true) => namespace.clone(),
+        (None, true) => {
+            return match (method, &route.name) {
+                ("GET", Some(name)) => not_found(kind, name),
+                ("POST", None) | ("PATCH" | "PUT" | "DELETE", Some(_)) => {
+                    bad_request(format!("{} are namespaced", kind.plural))
+                }
+                _ => method_not_allowed(method, kind),
+            };
         }
-        route
-            .namespace
-            .clone()
-            .ok_or_else(|| Box::new(bad_request(format!("{} are namespaced", kind.plural))))
     };
     match (method, &route.name) {
-        ("GET", None) if query.get("watch").map(String::as_str) == Some("true") => {
-            watch(inner, route, query, metadata_only)
-        }
-        ("GET", None) => list(inner, route, query, metadata_only),
         ("GET", Some(name)) => {
-            let Ok(namespace) = writes_need_namespace() else {
-                return not_found(kind, name);
-            };
             let store = inner.store();
             match store.objects.get(&(kind.plural, namespace, name.clone())) {
                 Some(object) => json_response(StatusCode::OK, &render(kind, object, metadata_only)),
@@ -584,10 +607,6 @@ fn respond(
             }
         }
         ("POST", None) => {
-            let namespace = match writes_need_namespace() {
-                Ok(namespace) => namespace,
-                Err(response) => return *response,
-            };
             let Ok(object) = serde_json::from_slice::<Value>(body) else {
                 return bad_request("the body is not JSON".into());
             };
@@ -597,18 +616,8 @@ fn respond(
                 Err(response) => *response,
             }
         }
-        ("PATCH", Some(name)) => {
-            let namespace = match writes_need_namespace() {
-                Ok(namespace) => namespace,
-                Err(response) => return *response,
-            };
-            patch(inner, route, &namespace, name, query, content_type, body)
-        }
+        ("PATCH", Some(name)) => patch(inner, route, &namespace, name, query, content_type, body),
         ("PUT", Some(name)) if route.subresource.is_none() => {
-            let namespace = match writes_need_namespace() {
-                Ok(namespace) => namespace,
-                Err(response) => return *response,
-            };
             let Ok(object) = serde_json::from_slice::<Value>(body) else {
                 return bad_request("the body is not JSON".into());
             };
@@ -619,10 +628,6 @@ fn respond(
             }
         }
         ("DELETE", Some(name)) => {
-            let namespace = match writes_need_namespace() {
-                Ok(namespace) => namespace,
-                Err(response) => return *response,
-            };
             let mut store = inner.store();
             let key = (kind.plural, namespace.clone(), name.clone());
             if !store.objects.contains_key(&key) {
@@ -631,11 +636,7 @@ fn respond(
             let deleted = commit(&mut store, &inner.changes, kind, &namespace, name, None);
             json_response(StatusCode::OK, &deleted)
         }
-        _ => status_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            format!("{method} is not supported on {}", kind.plural),
-        ),
+        _ => method_not_allowed(method, kind),
     }
 }
 
@@ -1044,8 +1045,6 @@ fn check_type(kind: Kind, object: &Value) -> Result<(), Box<Response>> {
     Ok(())
 }
 
-/// Merges `patch` into `target`: objects field by field, anything else replaced; with
-/// `null_deletes` (JSON merge patch) a null removes the field.
 /// The fields of `value` under `prefix`, as server-side apply counts them: every map key down
 /// to a value that is not a non-empty map (lists and empty maps are one field each).
 fn fields_of(value: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
@@ -1156,6 +1155,8 @@ fn changed_fields(before: &Value, after: &Value) -> BTreeSet<FieldPath> {
     all
 }
 
+/// Merges `patch` into `target`: objects field by field, anything else replaced; with
+/// `null_deletes` (JSON merge patch) a null removes the field.
 fn merge(target: &mut Value, patch: &Value, null_deletes: bool) {
     match (target.as_object_mut(), patch.as_object()) {
         (Some(target), Some(patch)) => {
@@ -1223,47 +1224,84 @@ fn patch(
             return bad_request("the name of the object does not match the request's".into());
         }
     }
-    let scope = Scope::of(kind, route);
-    let applier = (
-        query.get("fieldManager").cloned().unwrap_or_default(),
-        scope.subresource().to_owned(),
-    );
-    let applied = applied_fields(&body, scope);
+    // An apply's manager (per subresource) and the fields it sets.
+    let ownership = apply.then(|| {
+        let scope = Scope::of(kind, route);
+        (
+            (
+                query.get("fieldManager").cloned().unwrap_or_default(),
+                scope.subresource().to_owned(),
+            ),
+            applied_fields(&body, scope),
+        )
+    });
     let mut store = inner.store();
     let key = (kind.plural, namespace.to_owned(), name.to_owned());
-    let Some(before) = store.objects.get(&key).cloned() else {
-        if apply && route.subresource.is_none() {
+    let (stored, code) = match store.objects.get(&key).cloned() {
+        None if apply && route.subresource.is_none() => {
             body["metadata"]["name"] = json!(name);
-            return match create(&mut store, &inner.changes, kind, namespace, body) {
-                Ok(created) => {
-                    store
-                        .appliers
-                        .entry(key)
-                        .or_default()
-                        .insert(applier, applied);
-                    json_response(StatusCode::CREATED, &created)
-                }
-                Err(response) => *response,
-            };
+            match create(&mut store, &inner.changes, kind, namespace, body) {
+                Ok(created) => (created, StatusCode::CREATED),
+                Err(response) => return *response,
+            }
         }
-        return not_found(kind, name);
+        None => return not_found(kind, name),
+        Some(before) => match updated(&store, route, &key, before, body, ownership.as_ref(), query)
+        {
+            Ok(after) => (
+                commit(
+                    &mut store,
+                    &inner.changes,
+                    kind,
+                    namespace,
+                    name,
+                    Some(after),
+                ),
+                StatusCode::OK,
+            ),
+            Err(response) => return *response,
+        },
     };
+    if let Some((applier, applied)) = ownership {
+        store
+            .appliers
+            .entry(key)
+            .or_default()
+            .insert(applier, applied);
+    }
+    json_response(code, &stored)
+}
+
+/// The object after a patch of `before` with `body`: an apply (`ownership`: its manager and
+/// fields) first drops the fields its manager no longer sets and is refused on conflicts.
+fn updated(
+    store: &Store,
+    route: &Route,
+    key: &ObjectKey,
+    before: Value,
+    mut body: Value,
+    ownership: Option<&((String, String), BTreeSet<FieldPath>)>,
+    query: &BTreeMap<String, String>,
+) -> Result<Value, Box<Response>> {
+    let kind = route.kind;
+    let apply = ownership.is_some();
     let mut after = before.clone();
-    if apply {
-        let owners = store.appliers.get(&key).cloned().unwrap_or_default();
+    if let Some((applier, applied)) = ownership {
+        let no_owners = Owners::new();
+        let owners = store.appliers.get(key).unwrap_or(&no_owners);
         let force = query.get("force").map(String::as_str) == Some("true");
         let conflicts: Vec<String> = owners
             .iter()
             .filter(|(other, _)| other.0 != applier.0)
             .flat_map(|((other, _), fields)| {
                 fields
-                    .intersection(&applied)
+                    .intersection(applied)
                     .filter(|field| value_at(&before, field) != value_at(&body, field))
                     .map(move |field| format!("conflict with \"{other}\": .{}", field.join(".")))
             })
             .collect();
         if !force && !conflicts.is_empty() {
-            return status_response(
+            return Err(Box::new(status_response(
                 StatusCode::CONFLICT,
                 "Conflict",
                 format!(
@@ -1271,14 +1309,14 @@ fn patch(
                     conflicts.len(),
                     conflicts.join(", ")
                 ),
-            );
+            )));
         }
         // What this manager applied before and leaves out now goes, unless someone else owns
         // it too.
-        for field in owners.get(&applier).into_iter().flatten() {
+        for field in owners.get(applier).into_iter().flatten() {
             let shared = owners
                 .iter()
-                .any(|(other, fields)| *other != applier && fields.contains(field));
+                .any(|(other, fields)| other != applier && fields.contains(field));
             if !applied.contains(field) && !shared {
                 remove_field(&mut after, field);
             }
@@ -1302,22 +1340,7 @@ fn patch(
         }
         merge(&mut after, &body, !apply);
     }
-    let stored = commit(
-        &mut store,
-        &inner.changes,
-        kind,
-        namespace,
-        name,
-        Some(after),
-    );
-    if apply {
-        store
-            .appliers
-            .entry(key)
-            .or_default()
-            .insert(applier, applied);
-    }
-    json_response(StatusCode::OK, &stored)
+    Ok(after)
 }
 
 /// An update (PUT) of a stored object: the body replaces it but for what the server owns (uid,

@@ -195,13 +195,10 @@ impl Cluster {
         let requests = self.server.requests();
         let mut refused = Vec::new();
         for (component, contract) in CONTRACTS {
-            let made: Vec<_> = requests
-                .iter()
-                .filter(|r| r.client.as_deref() == Some(component))
-                .collect();
+            let made = self.server.requests_from(component);
             assert!(!made.is_empty(), "{component} made no request");
             refused.extend(
-                ungranted(contract, made)
+                ungranted(contract, &made)
                     .into_iter()
                     .map(|line| format!("{component}: {line}")),
             );

@@ -13,36 +13,13 @@ pub const SERVER_VETH_ADDRESS: &str = "172.31.0.1";
 const SERVER_VETH_CIDR: &str = "172.31.0.1/24";
 const CLIENT_VETH_CIDR: &str = "172.31.0.2/24";
 
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("Uid:"))
-                .and_then(|line| line.split_whitespace().nth(1).map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Fails the test with a clear message when root or a tool is missing (never a silent pass).
 pub fn require_prerequisites() {
-    assert!(
-        is_root(),
-        "the chain test needs root (network namespaces, veth pairs, wireguard-go): run it as \
-         root, e.g. through scripts/test"
+    wgsub_testkit::host::require_root_and_tools(
+        "the chain test",
+        "network namespaces, veth pairs, wireguard-go",
+        &["wireguard-go", "wg", "wg-quick", "ip", "ping", "nft"],
     );
-    for tool in ["wireguard-go", "wg", "wg-quick", "ip", "ping", "nft"] {
-        assert!(
-            on_path(tool),
-            "the chain test needs `{tool}` on PATH (scripts/install-test-deps installs it)"
-        );
-    }
     assert!(
         std::path::Path::new("/dev/net/tun").exists(),
         "the chain test needs /dev/net/tun for wireguard-go"
