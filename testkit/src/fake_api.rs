@@ -301,11 +301,6 @@ impl FakeApi {
         kube::Client::try_from(config).expect("client")
     }
 
-    /// The server's base URL (`http://127.0.0.1:PORT`).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// A kubeconfig for this server, as a binary reads one from `KUBECONFIG`; its requests are
     /// recorded under `name` like those of [`FakeApi::client_named`] (the name is the bearer
     /// token, which this server takes for the client's identity).

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free loopback TCP port (free when asked; the caller binds it soon after).
-pub fn free_port() -> u16 {
+/// A free loopback TCP port (free when asked; the process binds it soon after).
+fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")
