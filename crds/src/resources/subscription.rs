@@ -44,7 +44,12 @@ pub fn telegram_user_id_from_name(name: &str) -> Option<i64> {
     printcolumn(name = "Paid Until", type_ = "date", json_path = ".spec.paidUntil"),
     printcolumn(name = "Devices", type_ = "integer", json_path = ".spec.maxDevices"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name == 'tg-' + string(self.spec.telegramUserId)")
+    // Parses the name rather than printing the id: the API server's cost estimator gives
+    // `string(int)` no size bound and refuses the CRD; a name is at most 253 characters.
+    validation = Rule::new(
+        "self.metadata.name.matches('^tg-[1-9][0-9]{0,18}$') \
+         && int(self.metadata.name.substring(3)) == self.spec.telegramUserId"
+    )
         .message("the name of a VpnSubscription must be tg-<spec.telegramUserId>"),
 )]
 #[serde(rename_all = "camelCase")]
