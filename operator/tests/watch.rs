@@ -1,16 +1,27 @@
-//! The operator's real `controller::run` (its watches, mappers and reconciles) against an
-//! in-process API server with list and watch semantics (`wgsub_testkit::fake_api`): subscriptions
-//! arrive through the watch, a deleted peer and a changed server trigger reconciles, every call
-//! is one the RBAC contract (`api-calls.yaml`) grants, and the controller stops on shutdown.
+//! The operator's real `controller::run` (its watches, mappers and reconciles) against the real
+//! API server (`wgsub_testkit::envtest`), a namespace per test, its client authenticated as the
+//! chart's `wgsub-operator` ServiceAccount under the Roles the chart renders: subscriptions
+//! arrive through the watch, a deleted peer and a changed server trigger reconciles, the initial
+//! peer list is paged, the controller stops on shutdown; the API's `enabled` switch survives the
+//! operator's applies (server-side apply ownership), a field edited by hand is taken back, the
+//! status goes only through the status subresource; the garbage collector deletes a deleted
+//! subscription's peers and key Secrets. Each test ends with none of the operator's calls
+//! refused by the server's RBAC. The calls themselves are read from the server's audit log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
-use serde_json::json;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, LABEL_PEER, LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{
@@ -20,15 +31,24 @@ use wgsub_crds::{
 use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::decision::reasons;
 use wgsub_operator::metrics::Metrics;
-use wgsub_testkit::fake_api::{FakeApi, Recorded, ungranted};
+use wgsub_operator::patches::FIELD_MANAGER;
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, service_account,
+};
+use wgsub_testkit::envtest::{AuditedRequest, ControlPlane};
+use wgsub_testkit::process::eventually;
 
-const NS: &str = "vpn";
-const WITHIN: Duration = Duration::from_secs(10);
+const WITHIN: Duration = Duration::from_secs(20);
+/// The garbage collector notices a newly established CRD only at its next discovery (up to
+/// ~40 s after the CRDs were installed), then collects.
+const COLLECTED_WITHIN: Duration = Duration::from_secs(90);
 /// Peers of another server, more than one page of the watcher's list (500).
 const OTHER_PEERS: usize = 520;
+/// The field manager of the API (`api/src/state.rs`).
+const API_MANAGER: &str = "wgsub-api";
 
 fn server(name: &str, pool: &str) -> WgServer {
-    let mut server = WgServer::new(
+    WgServer::new(
         name,
         WgServerSpec {
             endpoint: "vpn.example.com:51820".into(),
@@ -45,13 +65,11 @@ fn server(name: &str, pool: &str) -> WgServer {
             private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
             nat: None,
         },
-    );
-    server.metadata.namespace = Some(NS.into());
-    server
+    )
 }
 
 fn other_peer(i: usize) -> WgPeer {
-    let mut peer = WgPeer::new(
+    WgPeer::new(
         &format!("other-{i}"),
         WgPeerSpec {
             server: "other".into(),
@@ -64,67 +82,144 @@ fn other_peer(i: usize) -> WgPeer {
             enabled: true,
             device_name: None,
         },
-    );
-    peer.metadata.namespace = Some(NS.into());
-    peer
+    )
 }
 
-/// Polls `check` until it gives a value; fails naming `what` after `within`.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WITHIN:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+fn paid_subscription(user: i64, paid_until: Timestamp) -> VpnSubscription {
+    let mut spec = VpnSubscriptionSpec::for_user(user);
+    spec.paid_until = Some(paid_until);
+    VpnSubscription::new(&format!("tg-{user}"), spec)
+}
+
+/// One test's namespace on the real server, with the chart's RBAC applied and the default
+/// server `wg` in it.
+struct Namespace {
+    plane: &'static ControlPlane,
+    name: String,
+    admin: Client,
+}
+
+impl Namespace {
+    async fn new(prefix: &str) -> Namespace {
+        let plane = ControlPlane::with_crds();
+        let name = plane.namespace(prefix).await;
+        apply_chart_rbac(plane, &name, &[]).await;
+        let namespace = Namespace {
+            plane,
+            name,
+            admin: plane.admin_client(),
+        };
+        namespace.create(&server("wg", "10.8.0.0/24")).await;
+        namespace
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.admin.clone(), &self.name)
+    }
+
+    async fn create<K>(&self, object: &K) -> K
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>()
+            .create(&PostParams::default(), object)
+            .await
+            .unwrap_or_else(|e| panic!("creating {}: {e}", object.name_any()))
+    }
+
+    async fn get<K>(&self, name: &str) -> Option<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>().get_opt(name).await.expect("an admin read")
+    }
+
+    /// Every request the operator made so far, from the server's audit log.
+    fn requests(&self) -> Vec<AuditedRequest> {
+        self.plane
+            .requests_of(&self.name, &service_account("operator"))
+    }
+
+    /// Waits until the operator has made no request for 500 ms (its reconciles are done);
+    /// returns how many it made.
+    async fn settled(&self) -> usize {
+        let mut seen = self.requests().len();
+        let mut quiet_since = Instant::now();
+        eventually("the operator stops making requests", WITHIN, async || {
+            let now = self.requests().len();
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
+            (quiet_since.elapsed() >= Duration::from_millis(500)).then_some(now)
+        })
+        .await
+    }
+
+    /// The peer `name` once it carries a published key and an address, with its key Secret.
+    async fn published(&self, name: &str) -> Option<(WgPeer, Secret)> {
+        let peer = self.get::<WgPeer>(name).await?;
+        peer.spec.public_key.as_ref()?;
+        peer.spec.address.as_ref()?;
+        let reference = peer.spec.private_key_secret_ref.clone()?;
+        let secret = self.get::<Secret>(&reference.name).await?;
+        // The Secret belongs to this very peer (not to an earlier one of the same name).
+        let owner = secret.owner_references().first()?.uid.clone();
+        (Some(owner) == peer.metadata.uid).then_some((peer, secret))
+    }
+
+    fn assert_nothing_forbidden(&self) {
+        assert_nothing_forbidden(self.plane, &self.name, "operator");
     }
 }
 
-/// Waits until the operator has made no request for 300 ms (its reconciles are done).
-async fn settled(api: &FakeApi) -> usize {
-    let mut seen = api.requests().len();
-    let mut quiet_since = Instant::now();
-    eventually("the operator stops making requests", || {
-        let now = api.requests().len();
-        if now != seen {
-            seen = now;
-            quiet_since = Instant::now();
-        }
-        (quiet_since.elapsed() >= Duration::from_millis(300)).then_some(now)
-    })
-    .await
+/// The operator's controller running in a namespace as the chart's ServiceAccount.
+struct Operator {
+    stop: oneshot::Sender<()>,
+    running: JoinHandle<()>,
 }
 
-fn path(resource: &str, name: Option<&str>) -> String {
-    let base = match resource {
-        "secrets" => format!("/api/v1/namespaces/{NS}/secrets"),
-        other => format!("/apis/wgsub.io/v1alpha1/namespaces/{NS}/{other}"),
-    };
-    match name {
-        Some(name) => format!("{base}/{name}"),
-        None => base,
+impl Operator {
+    async fn start(ns: &Namespace) -> Operator {
+        let client = component_client(ns.plane, &ns.name, "operator").await;
+        let ctx = Arc::new(Context::new(
+            client,
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some("test".into()),
+            },
+            Settings {
+                default_server: "wg".into(),
+                retention: SignedDuration::from_hours(24 * 30),
+            },
+            Arc::new(Metrics::new()),
+            Arc::new(Timestamp::now),
+        ));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(controller::run(ctx, Some(ns.name.clone()), 2, async move {
+            let _ = stopped.await;
+        }));
+        Operator { stop, running }
     }
-}
 
-fn gets_of(requests: &[Recorded], resource: &str, name: &str) -> usize {
-    let path = path(resource, Some(name));
-    requests
-        .iter()
-        .filter(|r| r.method == "GET" && r.path == path)
-        .count()
-}
-
-/// The peer `name` once it carries a published key and an address, with its key Secret.
-fn published(api: &FakeApi, name: &str) -> Option<(WgPeer, Secret)> {
-    let peer = api.get::<WgPeer>(NS, name)?;
-    peer.spec.public_key.as_ref()?;
-    peer.spec.address.as_ref()?;
-    let reference = peer.spec.private_key_secret_ref.clone()?;
-    let secret = api.get::<Secret>(NS, &reference.name)?;
-    // The Secret belongs to this very peer (not to an earlier one of the same name).
-    let owner = secret.owner_references().first()?.uid.clone();
-    (Some(owner) == peer.metadata.uid).then_some((peer, secret))
+    /// Asks the controller to stop; fails unless it returns within the deadline.
+    async fn shutdown(self) {
+        self.stop.send(()).expect("the controller is running");
+        tokio::time::timeout(WITHIN, self.running)
+            .await
+            .expect("the controller stops within the deadline")
+            .expect("the controller does not panic");
+    }
 }
 
 fn assert_key_matches(peer: &WgPeer, secret: &Secret) {
@@ -137,38 +232,60 @@ fn assert_key_matches(peer: &WgPeer, secret: &Secret) {
     );
 }
 
+/// The path and query parameters of an audited request.
+fn parts(request: &AuditedRequest) -> (String, HashMap<String, String>) {
+    let url = reqwest::Url::parse(&format!("https://server{}", request.uri)).expect("a URI");
+    (
+        url.path().to_owned(),
+        url.query_pairs().into_owned().collect(),
+    )
+}
+
+fn is_get_of(request: &AuditedRequest, resource: &str, name: &str) -> bool {
+    request.verb == "get"
+        && request.resource.as_deref() == Some(resource)
+        && parts(request).0.ends_with(&format!("/{resource}/{name}"))
+}
+
+/// The `managedFields` entries of `manager` (one per operation and subresource).
+fn managed_by<'a>(entries: &'a [ManagedFieldsEntry], manager: &str) -> Vec<&'a ManagedFieldsEntry> {
+    entries
+        .iter()
+        .filter(|e| e.manager.as_deref() == Some(manager))
+        .collect()
+}
+
+fn owns_spec_field(entry: &ManagedFieldsEntry, field: &str) -> bool {
+    entry
+        .fields_v1
+        .as_ref()
+        .and_then(|f| f.0.get("f:spec"))
+        .and_then(|spec| spec.get(format!("f:{field}")))
+        .is_some()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_running_controller_follows_watches_with_only_granted_calls_and_stops_on_shutdown() {
-    let api = FakeApi::start().await;
-    api.create(&server("wg", "10.8.0.0/24"));
-    for i in 0..OTHER_PEERS {
-        api.create(&other_peer(i));
-    }
-    let ctx = Arc::new(Context::new(
-        api.client(),
-        Reporter {
-            controller: "wgsub-operator".into(),
-            instance: Some("test".into()),
-        },
-        Settings {
-            default_server: "wg".into(),
-            retention: SignedDuration::from_hours(24 * 30),
-        },
-        Arc::new(Metrics::new()),
-        Arc::new(Timestamp::now),
-    ));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(controller::run(ctx, Some(NS.into()), 2, async move {
-        let _ = stopped.await;
-    }));
+async fn the_running_controller_follows_watches_under_the_charts_rbac_and_stops_on_shutdown() {
+    let ns = Namespace::new("operator-watch").await;
+    let other_peers: Api<WgPeer> = ns.api();
+    futures::stream::iter(0..OTHER_PEERS)
+        .for_each_concurrent(16, |i| {
+            let api = other_peers.clone();
+            async move {
+                api.create(&PostParams::default(), &other_peer(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("other peer {i}: {e}"));
+            }
+        })
+        .await;
+    let operator = Operator::start(&ns).await;
 
     // The four watches are open (each after its initial list) before the subscription exists.
     for resource in ["vpnsubscriptions", "wgpeers", "secrets", "wgservers"] {
-        let collection = path(resource, None);
-        eventually(&format!("a watch of {resource}"), || {
-            api.requests()
+        eventually(&format!("a watch of {resource}"), WITHIN, async || {
+            ns.requests()
                 .iter()
-                .any(|r| r.is_watch() && r.path == collection)
+                .any(|r| r.verb == "watch" && r.resource.as_deref() == Some(resource))
                 .then_some(())
         })
         .await;
@@ -176,23 +293,20 @@ async fn the_running_controller_follows_watches_with_only_granted_calls_and_stop
 
     // 1. A paid subscription created now can only arrive through the watch.
     let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
-    let mut spec = VpnSubscriptionSpec::for_user(1);
-    spec.paid_until = Some(paid_until);
-    let mut sub = VpnSubscription::new("tg-1", spec);
-    sub.metadata.namespace = Some(NS.into());
-    api.create(&sub);
-
-    let (peer, secret) = eventually("tg-1 gets a published peer with its key Secret", || {
-        published(&api, "tg-1-1")
-    })
+    ns.create(&paid_subscription(1, paid_until)).await;
+    let (peer, secret) = eventually(
+        "tg-1 gets a published peer with its key Secret",
+        WITHIN,
+        async || ns.published("tg-1-1").await,
+    )
     .await;
     assert_eq!(peer.spec.address.as_deref(), Some("10.8.0.2/32"));
     assert_eq!(peer.spec.expires_at, Some(paid_until));
     assert_eq!(peer.labels()[LABEL_SUBSCRIPTION], "tg-1");
     assert_eq!(secret.labels()[LABEL_PEER], "tg-1-1");
     assert_key_matches(&peer, &secret);
-    let status = eventually("tg-1's status shows it active", || {
-        let status = api.get::<VpnSubscription>(NS, "tg-1")?.status?;
+    let status = eventually("tg-1's status shows it active", WITHIN, async || {
+        let status = ns.get::<VpnSubscription>("tg-1").await?.status?;
         (status.phase == Some(SubscriptionPhase::Active)).then_some(status)
     })
     .await;
@@ -205,13 +319,18 @@ async fn the_running_controller_follows_watches_with_only_granted_calls_and_stop
         reasons::READY
     );
 
-    // 2. A peer deleted by hand (its key Secret not yet collected) comes back, with a new key:
-    // only the metadata watch of the peers reports the deletion.
-    settled(&api).await;
+    // 2. A peer deleted by hand comes back, with a new key: only the metadata watch of the
+    // peers reports the deletion.
+    ns.settled().await;
     let deleted_uid = peer.metadata.uid.clone();
-    api.delete::<WgPeer>(NS, "tg-1-1");
-    let (again, secret) = eventually("the deleted peer is recreated", || {
-        published(&api, "tg-1-1").filter(|(p, _)| p.metadata.uid != deleted_uid)
+    ns.api::<WgPeer>()
+        .delete("tg-1-1", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    let (again, secret) = eventually("the deleted peer is recreated", WITHIN, async || {
+        ns.published("tg-1-1")
+            .await
+            .filter(|(p, _)| p.metadata.uid != deleted_uid)
     })
     .await;
     // A fresh address of the pool: the operator's bookkeeping learns of addresses freed by
@@ -226,111 +345,294 @@ async fn the_running_controller_follows_watches_with_only_granted_calls_and_stop
 
     // 3. A change of the server reconciles the subscriptions on it: each reads its server and
     // peer again (nothing else asks for them while the operator is idle).
-    let before = settled(&api).await;
-    api.modify::<WgServer>(NS, "wg", |server| {
-        server["spec"]["dns"] = json!(["10.8.0.1"]);
-    });
-    eventually("a server change reconciles tg-1", || {
-        let after = &api.requests()[before..];
-        (gets_of(after, "wgservers", "wg") > 0 && gets_of(after, "wgpeers", "tg-1-1") > 0)
-            .then_some(())
-    })
-    .await;
-
-    // Shutdown: the controller returns and closes its watches.
-    settled(&api).await;
-    stop.send(()).expect("the controller is running");
-    tokio::time::timeout(WITHIN, running)
+    let before = ns.settled().await;
+    ns.api::<WgServer>()
+        .patch(
+            "wg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dns": ["10.8.0.1"]}})),
+        )
         .await
-        .expect("the controller stops within the deadline")
-        .expect("the controller does not panic");
-    eventually("every watch is closed", || {
-        (api.open_watches() == 0).then_some(())
+        .expect("the server changed");
+    eventually("a server change reconciles tg-1", WITHIN, async || {
+        let after = &ns.requests()[before..];
+        (after.iter().any(|r| is_get_of(r, "wgservers", "wg"))
+            && after.iter().any(|r| is_get_of(r, "wgpeers", "tg-1-1")))
+        .then_some(())
     })
     .await;
 
-    // 4. Every call is granted by api-calls.yaml, and the real API would have accepted it.
-    let requests = api.requests();
-    let contract = include_str!("../api-calls.yaml");
-    let refused = ungranted(contract, &requests);
-    assert!(refused.is_empty(), "{}", refused.join("\n"));
-    let of = |resource: &str| -> Vec<&Recorded> {
-        let collection = path(resource, None);
-        requests.iter().filter(|r| r.path == collection).collect()
+    // Shutdown: the controller returns and closes its watches (the server logs each watch
+    // once when it starts streaming and once when it ends).
+    ns.settled().await;
+    operator.shutdown().await;
+    eventually("every watch is closed", WITHIN, async || {
+        let watches: Vec<AuditedRequest> = ns
+            .requests()
+            .into_iter()
+            .filter(|r| r.verb == "watch")
+            .collect();
+        let started = watches
+            .iter()
+            .filter(|r| r.stage == "ResponseStarted")
+            .count();
+        let ended = watches
+            .iter()
+            .filter(|r| r.stage == "ResponseComplete")
+            .count();
+        (started > 0 && started == ended).then_some(())
+    })
+    .await;
+
+    // 4. What the operator asked of the server, from its audit log.
+    let requests = ns.requests();
+    let of = |resource: &str, verb: &str| -> Vec<HashMap<String, String>> {
+        requests
+            .iter()
+            .filter(|r| r.verb == verb && r.resource.as_deref() == Some(resource))
+            .map(|r| parts(r).1)
+            .collect()
     };
-    // Peers and key Secrets: listed and watched metadata-only, the Secrets by label.
-    for resource in ["wgpeers", "secrets"] {
-        for request in of(resource).into_iter().filter(|r| r.method == "GET") {
-            assert!(
-                request.wants_metadata_only()
-                    || !request.query.contains_key("limit") && !request.is_watch(),
-                "{resource} are watched metadata-only: {request:?}"
+    // Key Secrets are listed and watched by label only.
+    for verb in ["list", "watch"] {
+        let calls = of("secrets", verb);
+        assert!(!calls.is_empty(), "secrets are {verb}ed");
+        for query in calls {
+            assert_eq!(
+                query.get("labelSelector").map(String::as_str),
+                Some(LABEL_PEER),
+                "key Secrets are {verb}ed by label: {query:?}"
             );
-            if resource == "secrets" {
-                assert_eq!(
-                    request.query.get("labelSelector").map(String::as_str),
-                    Some(LABEL_PEER),
-                    "key Secrets are watched by label: {request:?}"
-                );
-            }
         }
     }
-    let peer_watch_lists: Vec<&Recorded> = of("wgpeers")
+    // The peers' initial list is paged.
+    let peer_pages: Vec<HashMap<String, String>> = of("wgpeers", "list")
         .into_iter()
-        .filter(|r| !r.is_watch() && r.wants_metadata_only())
+        .filter(|q| q.contains_key("limit"))
         .collect();
     assert!(
-        peer_watch_lists
-            .iter()
-            .any(|r| r.query.contains_key("continue")),
-        "the {OTHER_PEERS} peers are listed in pages: {peer_watch_lists:?}"
+        peer_pages.iter().any(|q| q.contains_key("continue")),
+        "the {OTHER_PEERS} peers are listed in pages: {peer_pages:?}"
     );
-    for resource in ["vpnsubscriptions", "wgservers"] {
-        assert!(
-            of(resource).iter().all(|r| !r.wants_metadata_only()),
-            "{resource} are watched whole"
-        );
-    }
     // The few servers are listed whole from the API server's watch cache, not paged from etcd.
-    let server_lists: Vec<&Recorded> = of("wgservers")
-        .into_iter()
-        .filter(|r| r.method == "GET" && !r.is_watch())
-        .collect();
+    let server_lists = of("wgservers", "list");
     assert!(
         !server_lists.is_empty()
-            && server_lists.iter().all(|r| {
-                r.query.get("resourceVersion").map(String::as_str) == Some("0")
-                    && !r.query.contains_key("limit")
+            && server_lists.iter().all(|q| {
+                q.get("resourceVersion").map(String::as_str) == Some("0")
+                    && !q.contains_key("limit")
             }),
         "{server_lists:?}"
     );
-    // Peers, key Secrets and statuses are written by server-side apply with the field manager.
-    for request in requests.iter().filter(|r| r.method == "PATCH") {
-        assert_eq!(
-            request.content_type.as_deref(),
-            Some("application/apply-patch+yaml"),
-            "{request:?}"
-        );
-        assert_eq!(
-            request.query.get("fieldManager").map(String::as_str),
-            Some("wgsub-operator"),
-            "{request:?}"
-        );
-    }
-    // The watches were asked for bookmarks and resumed from their list's resourceVersion.
-    for resource in ["vpnsubscriptions", "wgpeers", "secrets", "wgservers"] {
-        for request in of(resource).into_iter().filter(|r| r.is_watch()) {
+    // Every write is a server-side apply under the operator's field manager.
+    for resource in ["wgpeers", "secrets", "vpnsubscriptions/status"] {
+        let patches = of(resource, "patch");
+        assert!(!patches.is_empty(), "{resource} are applied");
+        for query in patches {
             assert_eq!(
-                request.query.get("allowWatchBookmarks").map(String::as_str),
-                Some("true")
-            );
-            assert!(
-                request
-                    .query
-                    .get("resourceVersion")
-                    .is_some_and(|rv| rv != "0"),
-                "{request:?}"
+                query.get("fieldManager").map(String::as_str),
+                Some(FIELD_MANAGER),
+                "{resource}: {query:?}"
             );
         }
     }
+    // The watches were asked for bookmarks and resumed from their list's resourceVersion.
+    for resource in ["vpnsubscriptions", "wgpeers", "secrets", "wgservers"] {
+        for query in of(resource, "watch") {
+            assert_eq!(
+                query.get("allowWatchBookmarks").map(String::as_str),
+                Some("true"),
+                "{resource}: {query:?}"
+            );
+            assert!(
+                query.get("resourceVersion").is_some_and(|rv| rv != "0"),
+                "{resource}: {query:?}"
+            );
+        }
+    }
+    ns.assert_nothing_forbidden();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_applies_own_its_fields_only_and_status_goes_through_the_subresource() {
+    let ns = Namespace::new("operator-ssa").await;
+    let operator = Operator::start(&ns).await;
+    let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
+    ns.create(&paid_subscription(2, paid_until)).await;
+    let (peer, _) = eventually("tg-2 gets a published peer", WITHIN, async || {
+        ns.published("tg-2-1").await
+    })
+    .await;
+    let peers = ns.api::<WgPeer>();
+
+    // The user switches the device off through the API (its own forced apply).
+    let switch = json!({
+        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgPeer",
+        "metadata": {"name": "tg-2-1"},
+        "spec": {"enabled": false, "deviceName": "phone"},
+    });
+    peers
+        .patch(
+            "tg-2-1",
+            &PatchParams::apply(API_MANAGER).force(),
+            &Patch::Apply(&switch),
+        )
+        .await
+        .expect("the API's switch");
+
+    // Another manager cannot take an operator field without forcing: the server names the owner.
+    let grab = json!({
+        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgPeer",
+        "metadata": {"name": "tg-2-1"},
+        "spec": {"address": "10.8.0.77/32"},
+    });
+    let conflict = peers
+        .patch(
+            "tg-2-1",
+            &PatchParams::apply(API_MANAGER),
+            &Patch::Apply(&grab),
+        )
+        .await
+        .expect_err("a conflict");
+    assert!(
+        matches!(&conflict, kube::Error::Api(s) if s.code == 409 && s.message.contains(FIELD_MANAGER)),
+        "{conflict}"
+    );
+
+    // A renewal makes the operator apply the peer again; the switch stays the API's.
+    let renewed = paid_until + SignedDuration::from_hours(24 * 30);
+    ns.api::<VpnSubscription>()
+        .patch(
+            "tg-2",
+            &PatchParams::apply(API_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "wgsub.io/v1alpha1", "kind": "VpnSubscription",
+                "metadata": {"name": "tg-2"},
+                "spec": {"paidUntil": renewed},
+            })),
+        )
+        .await
+        .expect("the renewal");
+    let after = eventually("the renewal reaches the peer", WITHIN, async || {
+        let peer = ns.get::<WgPeer>("tg-2-1").await?;
+        (peer.spec.expires_at == Some(renewed)).then_some(peer)
+    })
+    .await;
+    assert!(!after.spec.enabled, "the operator's apply kept the switch");
+    assert_eq!(after.spec.device_name.as_deref(), Some("phone"));
+    assert_eq!(after.spec.address, peer.spec.address);
+    assert_eq!(after.spec.public_key, peer.spec.public_key);
+    let fields = after.metadata.managed_fields.clone().unwrap_or_default();
+    let operator_entries = managed_by(&fields, FIELD_MANAGER);
+    assert_eq!(operator_entries.len(), 1, "{fields:?}");
+    let owned = operator_entries[0];
+    assert_eq!(owned.operation.as_deref(), Some("Apply"));
+    for field in [
+        "server",
+        "address",
+        "publicKey",
+        "privateKeySecretRef",
+        "expiresAt",
+    ] {
+        assert!(owns_spec_field(owned, field), "the operator owns {field}");
+    }
+    for field in ["enabled", "deviceName"] {
+        assert!(
+            !owns_spec_field(owned, field),
+            "the operator never takes {field}: {owned:?}"
+        );
+        assert!(
+            managed_by(&fields, API_MANAGER)
+                .iter()
+                .any(|e| owns_spec_field(e, field)),
+            "the API owns {field}"
+        );
+    }
+
+    // An expiry edited by hand (an update, not an apply) is taken back by the next reconcile,
+    // which the peers' metadata watch triggers.
+    ns.api::<WgPeer>()
+        .patch(
+            "tg-2-1",
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(json!({"spec": {"expiresAt": "2030-01-01T00:00:00Z"}})),
+        )
+        .await
+        .expect("a hand edit");
+    let repaired = eventually("the hand edit is taken back", WITHIN, async || {
+        let peer = ns.get::<WgPeer>("tg-2-1").await?;
+        (peer.spec.expires_at == Some(renewed)).then_some(peer)
+    })
+    .await;
+    let fields = repaired.metadata.managed_fields.unwrap_or_default();
+    assert!(
+        managed_by(&fields, "kubectl-edit")
+            .iter()
+            .all(|e| !owns_spec_field(e, "expiresAt")),
+        "the operator's forced apply took expiresAt back: {fields:?}"
+    );
+
+    // The subscription's status is written through the status subresource only: the operator
+    // owns nothing of the main resource.
+    let status = eventually("tg-2's status follows the renewal", WITHIN, async || {
+        let sub = ns.get::<VpnSubscription>("tg-2").await?;
+        (sub.status.as_ref()?.expires_at == Some(renewed)).then_some(sub)
+    })
+    .await;
+    let fields = status.metadata.managed_fields.unwrap_or_default();
+    let entries = managed_by(&fields, FIELD_MANAGER);
+    assert!(!entries.is_empty(), "{fields:?}");
+    for entry in entries {
+        assert_eq!(entry.subresource.as_deref(), Some("status"), "{entry:?}");
+        assert_eq!(entry.operation.as_deref(), Some("Apply"), "{entry:?}");
+    }
+
+    operator.shutdown().await;
+    ns.assert_nothing_forbidden();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_subscription_collects_its_peers_and_their_key_secrets() {
+    let ns = Namespace::new("operator-gc").await;
+    let operator = Operator::start(&ns).await;
+    let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
+    ns.create(&paid_subscription(3, paid_until)).await;
+    let (peer, secret) = eventually("tg-3 gets a published peer", WITHIN, async || {
+        ns.published("tg-3-1").await
+    })
+    .await;
+    let secret_name = secret.name_any();
+    let owner: Vec<Value> = peer
+        .owner_references()
+        .iter()
+        .map(|o| json!({"kind": o.kind, "name": o.name, "controller": o.controller}))
+        .collect();
+    assert_eq!(
+        owner,
+        vec![json!({"kind": "VpnSubscription", "name": "tg-3", "controller": true})]
+    );
+
+    ns.api::<VpnSubscription>()
+        .delete("tg-3", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    eventually(
+        "the garbage collector deletes the peer and its key Secret",
+        COLLECTED_WITHIN,
+        async || {
+            (ns.get::<WgPeer>("tg-3-1").await.is_none()
+                && ns.get::<Secret>(&secret_name).await.is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    // Nothing brings them back: the operator does not reconcile a deleted subscription.
+    ns.settled().await;
+    assert!(ns.get::<WgPeer>("tg-3-1").await.is_none());
+
+    operator.shutdown().await;
+    ns.assert_nothing_forbidden();
 }
