@@ -1,5 +1,8 @@
-//! Leader election against an in-memory API server: acquiring, renewing, refusing a held lease,
-//! taking over an expired one, giving it up, and a leader's work stopping when the lease is lost.
+//! Leader election on a real Lease of the real API server (`wgsub_testkit::envtest`), a namespace
+//! per test, as the chart's `wgsub-operator` ServiceAccount under the chart's RBAC: acquiring,
+//! renewing, refusing a held lease, taking over an expired one, a stale write refused by the
+//! server's resourceVersion check, giving it up, and a leader's work stopping when the lease is
+//! lost. Each test ends with none of its calls refused by the server.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,24 +12,47 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use kube_fake_client::ClientBuilder;
 use tokio_util::sync::CancellationToken;
 use wgsub_operator::controller::Clock;
 use wgsub_operator::lease::{ElectionTiming, LeaseLock, run_elected};
 use wgsub_operator::metrics::Metrics;
-
-const NS: &str = "wgsub";
+use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::envtest::ControlPlane;
 
 fn t0() -> Timestamp {
     "2026-06-01T12:00:00Z".parse().unwrap()
 }
 
-async fn client() -> Client {
-    ClientBuilder::new().build().await.unwrap()
+/// A fresh namespace with the chart's RBAC, and the operator's client in it.
+struct Replicas {
+    plane: &'static ControlPlane,
+    namespace: String,
+    client: Client,
 }
 
+impl Replicas {
+    async fn new() -> Replicas {
+        let plane = ControlPlane::shared();
+        let namespace = plane.namespace("operator-lease").await;
+        apply_chart_rbac(plane, &namespace, &[]).await;
+        let client = component_client(plane, &namespace, "operator").await;
+        Replicas {
+            plane,
+            namespace,
+            client,
+        }
+    }
+
+    /// Fails the test with the server's 403s when the operator made a call the chart does not
+    /// grant.
+    fn assert_nothing_forbidden(&self) {
+        assert_nothing_forbidden(self.plane, &self.namespace, "operator");
+    }
+}
+
+/// The operator's client is namespaced by its ServiceAccount's namespace.
 fn leases(client: &Client) -> Api<Lease> {
-    Api::namespaced(client.clone(), NS)
+    Api::default_namespaced(client.clone())
 }
 
 fn lock(client: &Client, identity: &str) -> LeaseLock {
@@ -49,7 +75,8 @@ async fn holder(client: &Client) -> Option<String> {
 
 #[tokio::test]
 async fn the_first_replica_creates_and_holds_the_lease() {
-    let client = client().await;
+    let replicas = Replicas::new().await;
+    let client = replicas.client.clone();
     assert!(lock(&client, "a").try_acquire_or_renew(t0()).await.unwrap());
     let lease = leases(&client)
         .get("wgsub-operator")
@@ -60,11 +87,13 @@ async fn the_first_replica_creates_and_holds_the_lease() {
     assert_eq!(lease.holder_identity.as_deref(), Some("a"));
     assert_eq!(lease.lease_duration_seconds, Some(15));
     assert_eq!(lease.lease_transitions, Some(0));
+    replicas.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn the_holder_renews_and_others_are_refused_while_it_is_held() {
-    let client = client().await;
+    let replicas = Replicas::new().await;
+    let client = replicas.client.clone();
     let a = lock(&client, "a");
     let b = lock(&client, "b");
     assert!(a.try_acquire_or_renew(t0()).await.unwrap());
@@ -85,11 +114,13 @@ async fn the_holder_renews_and_others_are_refused_while_it_is_held() {
             .unwrap()
     );
     assert_eq!(holder(&client).await.as_deref(), Some("a"));
+    replicas.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over() {
-    let client = client().await;
+    let replicas = Replicas::new().await;
+    let client = replicas.client.clone();
     assert!(lock(&client, "a").try_acquire_or_renew(t0()).await.unwrap());
     let b = lock(&client, "b");
     assert!(
@@ -112,11 +143,13 @@ async fn an_expired_lease_is_taken_over() {
             .await
             .unwrap()
     );
+    replicas.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn a_stale_write_loses_the_race() {
-    let client = client().await;
+    let replicas = Replicas::new().await;
+    let client = replicas.client.clone();
     assert!(lock(&client, "a").try_acquire_or_renew(t0()).await.unwrap());
     // b read the expired lease; meanwhile c took it over. b's replace carries the old
     // resourceVersion and must be refused.
@@ -134,11 +167,13 @@ async fn a_stale_write_loses_the_race() {
         .await;
     assert!(matches!(refused, Err(kube::Error::Api(status)) if status.code == 409));
     assert_eq!(holder(&client).await.as_deref(), Some("c"));
+    replicas.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn a_released_lease_is_taken_at_once() {
-    let client = client().await;
+    let replicas = Replicas::new().await;
+    let client = replicas.client.clone();
     let a = lock(&client, "a");
     assert!(a.try_acquire_or_renew(t0()).await.unwrap());
     lock(&client, "b").release().await.unwrap();
@@ -154,11 +189,13 @@ async fn a_released_lease_is_taken_at_once() {
             .await
             .unwrap()
     );
+    replicas.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn a_leader_that_loses_the_lease_stops_its_work_and_shutdown_gives_it_up() {
-    let client = client().await;
+    let replicas = Replicas::new().await;
+    let client = replicas.client.clone();
     let clock_time = Arc::new(Mutex::new(t0()));
     let clock: Clock = {
         let time = clock_time.clone();
@@ -210,7 +247,7 @@ async fn a_leader_that_loses_the_lease_stops_its_work_and_shutdown_gives_it_up()
     };
 
     let wait_for = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
-        for _ in 0..200 {
+        for _ in 0..1000 {
             if check() {
                 return;
             }
@@ -267,4 +304,5 @@ async fn a_leader_that_loses_the_lease_stops_its_work_and_shutdown_gives_it_up()
         .unwrap();
     assert!(stopped.load(Ordering::SeqCst));
     assert_eq!(holder(&client).await, None);
+    replicas.assert_nothing_forbidden();
 }
