@@ -1,6 +1,6 @@
 //! Operational endpoints: `/healthz` (the process serves), `/readyz` (database and Kubernetes
 //! reachable), `/metrics`, `/openapi.json`, the request metrics middleware and the drift loop
-//! that re-applies ledger → `VpnSubscription` differences.
+//! that repairs every difference between the ledger and the `VpnSubscription`s.
 
 use std::time::{Duration, Instant};
 
@@ -96,39 +96,51 @@ pub async fn track(State(state): State<SharedState>, request: Request, next: Nex
     response
 }
 
-/// Applies every user at start, then every `interval` the users whose ledger changed since
-/// their last write, until `stop`.
+/// Keeps every `VpnSubscription` equal to the ledger until `stop`: a reflector caches the
+/// namespace's subscriptions, and once it has listed them a pass compares every user with
+/// their resource and writes only what differs (edited, deleted or never written; see
+/// [`wgsub_ledger::drift`]) — at start, then every `interval`. A pass with nothing to repair
+/// makes no Kubernetes call.
 pub async fn drift_loop(state: SharedState, interval: Duration, stop: CancellationToken) {
-    match state.kube.sync.sync_all(&state.ledger).await {
-        Ok(report) => tracing::info!(
-            applied = report.applied,
-            failed = report.failed,
-            "initial ledger sync"
-        ),
-        Err(error) => tracing::warn!(%error, "initial ledger sync failed"),
-    }
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+    let (drift, reflector) = state.kube.sync.drift_repair();
+    let passes = async {
+        if !drift.ready().await {
+            return;
         }
-        match state.kube.sync.sync_unsynced(&state.ledger, 500).await {
-            Ok(report) => {
-                for _ in 0..report.applied {
-                    state.metrics.sync(true);
+        loop {
+            match drift.pass(&state.ledger).await {
+                Ok(report) => {
+                    for _ in 0..report.created + report.updated {
+                        state.metrics.sync(true);
+                    }
+                    for _ in 0..report.failed {
+                        state.metrics.sync(false);
+                    }
+                    if report.created + report.updated + report.failed > 0 {
+                        tracing::info!(
+                            users = report.users,
+                            created = report.created,
+                            updated = report.updated,
+                            failed = report.failed,
+                            elapsed_ms = report.elapsed.as_millis(),
+                            "ledger drift repaired"
+                        );
+                    } else {
+                        tracing::debug!(
+                            users = report.users,
+                            elapsed_ms = report.elapsed.as_millis(),
+                            "no ledger drift"
+                        );
+                    }
                 }
-                for _ in 0..report.failed {
-                    state.metrics.sync(false);
-                }
-                if report.applied + report.failed > 0 {
-                    tracing::info!(
-                        applied = report.applied,
-                        failed = report.failed,
-                        "ledger drift repaired"
-                    );
-                }
+                Err(error) => tracing::warn!(%error, "ledger drift pass failed"),
             }
-            Err(error) => tracing::warn!(%error, "ledger drift pass failed"),
+            tokio::time::sleep(interval).await;
         }
+    };
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = reflector => {}
+        () = passes => {}
     }
 }

@@ -8,8 +8,9 @@
 //! max_devices`, bumps `users.ledger_version` and (for payments and refunds) writes a
 //! notification outbox row. Writing the result into the `VpnSubscription` is a separate,
 //! idempotent step ([`SubscriptionSync`]) that can be repeated any time: `synced_version`
-//! records what was last written, so a failed write is picked up by
-//! [`SubscriptionSync::sync_unsynced`].
+//! records what was last written. The API's drift loop ([`drift::DriftRepair`]) compares every
+//! user with their resource and writes only what differs, so a missed write, a `kubectl edit`
+//! and a deleted resource are all repaired by its next pass.
 //!
 //! # Public API (stable; used by `wgsub-api` and `wgsub-bot`)
 //!
@@ -57,8 +58,10 @@
 //! - [`SubscriptionSync::sync_user`]`(&Ledger, id)`, [`SubscriptionSync::ensure_subscription`]`(
 //!   &Ledger, &TelegramUser, trial_days, now)` (upsert + trial + apply),
 //!   [`SubscriptionSync::set_suspended`], [`SubscriptionSync::admin_grant`],
-//!   [`SubscriptionSync::sync_unsynced`]`(&Ledger, limit)` and [`SubscriptionSync::sync_all`] for
-//!   drift loops.
+//!   [`SubscriptionSync::sync_unsynced`]`(&Ledger, limit)`.
+//! - [`SubscriptionSync::drift_repair`]` -> (DriftRepair, reflector future)`: run the future,
+//!   await [`DriftRepair::ready`], then call [`DriftRepair::pass`]`(&Ledger) -> DriftReport`
+//!   every interval; [`DriftRepair::cached`]`(id)` is the resource as the pass sees it.
 //!
 //! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and
 //! [`Ledger::mark_notification_sent`]`(id, now)`; [`NotificationEvent`] says what happened.
@@ -71,10 +74,13 @@
 //!
 //! **Pure core** — [`entitlement::entitlement`] (rows → paidUntil, plan, devices),
 //! [`yookassa::check_succeeded_payment`], [`yookassa::create_payment_body`],
-//! [`yookassa::parse_amount_minor`], [`yookassa::should_retry`], [`sync::subscription_patch`].
+//! [`yookassa::parse_amount_minor`], [`yookassa::should_retry`], [`sync::subscription_patch`],
+//! [`drift::repair`] / [`drift::plan_repairs`] (ledger rows + observed resources → the writes
+//! to make).
 
 pub mod audit;
 pub mod db;
+pub mod drift;
 pub mod entitlement;
 pub mod grants;
 pub mod outbox;
@@ -90,6 +96,7 @@ use sqlx::PgPool;
 
 pub use audit::{AdminAction, DeliveryOutcome, WebhookDelivery};
 pub use db::DbConfig;
+pub use drift::{DriftRepair, DriftReport};
 pub use entitlement::{Entitlement, GrantKind};
 pub use grants::AdminGrant;
 pub use outbox::{Notification, NotificationEvent};

@@ -46,6 +46,8 @@ pub enum SyncError {
     Ledger(#[from] LedgerError),
     #[error("writing the VpnSubscription failed: {0}")]
     Kube(#[from] kube::Error),
+    #[error("the VpnSubscription still differs from the ledger after the write in {0:?}")]
+    Unrepaired(Vec<&'static str>),
 }
 
 /// How a batch sync went.
@@ -59,6 +61,7 @@ pub struct SyncReport {
 #[derive(Clone)]
 pub struct SubscriptionSync {
     api: Api<VpnSubscription>,
+    namespace: String,
 }
 
 impl std::fmt::Debug for SubscriptionSync {
@@ -71,7 +74,16 @@ impl SubscriptionSync {
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
         }
+    }
+
+    pub(crate) fn api(&self) -> &Api<VpnSubscription> {
+        &self.api
+    }
+
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// Applies the user's row as it is now and records the version written.
@@ -154,8 +166,9 @@ impl SubscriptionSync {
         Ok(entitlement)
     }
 
-    /// Applies up to `limit` users whose ledger changed since their last write (the drift
-    /// loop's step). A user that fails stays unsynced and is retried next time.
+    /// Applies up to `limit` users whose ledger changed since their last write. A user that
+    /// fails stays unsynced and is retried next time. (The drift loop compares resources
+    /// instead: [`SubscriptionSync::drift_repair`].)
     pub async fn sync_unsynced(
         &self,
         ledger: &Ledger,
@@ -166,23 +179,6 @@ impl SubscriptionSync {
             self.apply_counted(ledger, &user, &mut report).await;
         }
         Ok(report)
-    }
-
-    /// Applies every user (at start, to repair resources edited or lost behind our back).
-    pub async fn sync_all(&self, ledger: &Ledger) -> Result<SyncReport, LedgerError> {
-        const PAGE: i64 = 200;
-        let mut report = SyncReport::default();
-        let mut after = 0;
-        loop {
-            let page = ledger.users_after(after, PAGE).await?;
-            for user in &page {
-                self.apply_counted(ledger, user, &mut report).await;
-            }
-            match page.last() {
-                Some(last) if page.len() as i64 == PAGE => after = last.telegram_id,
-                _ => return Ok(report),
-            }
-        }
     }
 
     async fn apply_counted(&self, ledger: &Ledger, user: &User, report: &mut SyncReport) {

@@ -1,6 +1,6 @@
 //! The ledger against a real PostgreSQL (a fresh database per test from
-//! `WGSUB_TEST_DATABASE_URL`), YooKassa faked with wiremock and Kubernetes with
-//! kube-fake-client.
+//! `WGSUB_TEST_DATABASE_URL`), YooKassa faked with wiremock. Its writes into Kubernetes are
+//! tested on the real API server in `subscriptions_kubernetes.rs`.
 
 #[path = "support/pgbouncer.rs"]
 mod pgbouncer;
@@ -8,16 +8,14 @@ mod pgbouncer;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use kube::api::Api;
 use serde_json::json;
 use uuid::Uuid;
-use wgsub_crds::VpnSubscription;
 use wgsub_crds::plans::{LocalizedText, Plan};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::yookassa::{self, Amount, METADATA_PAYMENT_ID, METADATA_USER_ID};
 use wgsub_ledger::{
     AdminGrant, ApplyError, ApplyOutcome, DbConfig, Ledger, NotificationEvent, PaymentOrder,
-    ReceiptCustomer, RefundOutcome, SubscriptionSync, TelegramUser, YooKassa, YooKassaConfig, db,
+    ReceiptCustomer, RefundOutcome, TelegramUser, YooKassa, YooKassaConfig, db,
 };
 use wiremock::matchers::{header, header_exists, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -500,55 +498,6 @@ async fn a_full_refund_takes_the_payment_out_once_and_revenue_follows() {
         .await
         .unwrap();
     assert_eq!(stats.revenue_today[0].amount_minor, 0);
-}
-
-#[tokio::test]
-async fn sync_writes_the_fold_into_the_subscription_and_catches_up_after_a_failure() {
-    let ledger = ledger("sync").await;
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<VpnSubscription>()
-        .build()
-        .await
-        .unwrap();
-    let sync = SubscriptionSync::new(client.clone(), "wgsub");
-    let now = t("2026-01-01T00:00:00Z");
-    let (user, subscription) = sync
-        .ensure_subscription(&ledger, &tg(42, "x"), 3, now)
-        .await
-        .unwrap();
-    assert_eq!(subscription.spec.telegram_user_id, 42);
-    assert_eq!(subscription.spec.paid_until, Some(now + DAY * 3));
-    assert_eq!(
-        ledger.user(42).await.unwrap().unwrap().synced_version,
-        user.ledger_version
-    );
-    // A ledger change whose write is missed is applied by the next drift pass.
-    ledger
-        .admin_grant(
-            &AdminGrant {
-                user_id: 42,
-                days: 7,
-                admin_id: 1,
-                reason: "gift".into(),
-            },
-            now,
-        )
-        .await
-        .unwrap();
-    assert_eq!(ledger.unsynced_users(10).await.unwrap().len(), 1);
-    let report = sync.sync_unsynced(&ledger, 10).await.unwrap();
-    assert_eq!((report.applied, report.failed), (1, 0));
-    let api: Api<VpnSubscription> = Api::namespaced(client, "wgsub");
-    let stored = api.get("tg-42").await.unwrap();
-    assert_eq!(stored.spec.paid_until, Some(now + DAY * 10));
-    assert!(ledger.unsynced_users(10).await.unwrap().is_empty());
-    let suspended = sync
-        .set_suspended(&ledger, 42, true, 1, "abuse", now)
-        .await
-        .unwrap();
-    assert!(suspended.spec.suspended);
-    let all = sync.sync_all(&ledger).await.unwrap();
-    assert_eq!((all.applied, all.failed), (1, 0));
 }
 
 #[tokio::test]
