@@ -1,10 +1,12 @@
 //! The `wgsub-node-agent` binary as a process, configured as the chart configures it (the
-//! environment), against an in-process API server (`wgsub_testkit::fake_api`, reached through
-//! `KUBECONFIG`) and a wireguard-go interface in a throwaway network namespace: its `--help`, a
-//! bad setting refused at start with the flag named; running, it serves `/healthz`, `/readyz`
-//! and `/metrics`, logs JSON, creates the server's key Secret, publishes the public key, puts a
-//! live `WgPeer` from its watch on the interface and reports it active; on SIGTERM it exits 0.
-//! Every call it made is granted by `api-calls.yaml`.
+//! environment), against the real API server (`wgsub_testkit::envtest`) through a `KUBECONFIG`
+//! with the token of the chart's `wgsub-node-agent` ServiceAccount, under the Role and
+//! ClusterRole the chart renders, and a wireguard-go interface in a throwaway network namespace:
+//! its `--help`, a bad setting refused at start with the flag named; running, it reads its Node,
+//! serves `/healthz`, `/readyz` and `/metrics`, logs JSON, creates the server's key Secret,
+//! publishes the public key, puts a live `WgPeer` from its watch on the interface and reports it
+//! active (both through the status subresource); on SIGTERM it exits 0. The server refused none
+//! of its calls.
 //!
 //! Needs root, wireguard-go, wireguard-tools and iproute2: fails with a message otherwise.
 
@@ -13,15 +15,20 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::api::{Api, PostParams};
+use kube::{Resource, ResourceExt};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::LABEL_SUBSCRIPTION;
 use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer};
-use wgsub_testkit::fake_api::{FakeApi, ungranted};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, service_account,
+};
+use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-node-agent");
+/// The namespace of the refused-setting check (no server involved).
 const NS: &str = "wgsub";
-const NODE: &str = "vpn-node-1";
 const WITHIN: Duration = Duration::from_secs(10);
 
 /// A network namespace of its own; removed on drop, with the wireguard-go socket.
@@ -95,7 +102,7 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
         BINARY,
         &[
             "--node-name",
-            NODE,
+            "vpn-node-1",
             "--namespace",
             NS,
             "--netns",
@@ -113,32 +120,48 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
         &["wireguard-go", "wg", "ip"],
     );
     let netns = Netns::new();
-    let api = FakeApi::start().await;
-    let mut node = Node::default();
-    node.metadata.name = Some(NODE.into());
-    api.create(&node);
-    let mut server: WgServer = serde_json::from_value(serde_json::json!({
+    let plane = ControlPlane::with_crds();
+    let ns = plane.namespace("node-agent-process").await;
+    apply_chart_rbac(plane, &ns, &[]).await;
+    let admin = plane.admin_client();
+    // The agent reads its own Node (cluster scope): one per test, named after the namespace.
+    let node_name = format!("node-{ns}");
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node_name, "labels": {"wgsub.io/vpn": "true"}},
+    }))
+    .expect("a Node");
+    create(&Api::all(admin.clone()), &node).await;
+    let server: WgServer = serde_json::from_value(serde_json::json!({
         "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-        "metadata": {"name": "main", "namespace": NS},
+        "metadata": {"name": "main"},
         "spec": {
             "endpoint": "vpn.example.com:51820",
             "listenPort": 51820,
             "interfaceName": netns.interface,
             "addressPool": "10.8.0.0/24",
-            "nodeName": NODE,
+            "nodeSelector": {"wgsub.io/vpn": "true"},
             "privateKeySecretRef": {"name": "main-key", "key": "privateKey"},
         }
     }))
     .expect("a WgServer");
-    server.metadata.namespace = Some(NS.into());
-    api.create(&server);
-    let mut subscription = VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1));
-    subscription.metadata.namespace = Some(NS.into());
-    api.create(&subscription);
+    let servers: Api<WgServer> = Api::namespaced(admin.clone(), &ns);
+    let peers: Api<WgPeer> = Api::namespaced(admin.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    create(&servers, &server).await;
+    create(
+        &Api::namespaced(admin.clone(), &ns),
+        &VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1)),
+    )
+    .await;
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig("node-agent")).expect("a kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        component_kubeconfig(plane, &ns, "node-agent").await,
+    )
+    .expect("a kubeconfig");
     let kubeconfig = kubeconfig.display().to_string();
     let netns_path = format!("/var/run/netns/{}", netns.name);
     let mut agent = Process::start(
@@ -147,8 +170,8 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
         dir.path(),
         &[
             ("KUBECONFIG", kubeconfig.as_str()),
-            ("WGSUB_NODE_NAME", NODE),
-            ("WGSUB_NAMESPACE", NS),
+            ("WGSUB_NODE_NAME", node_name.as_str()),
+            ("WGSUB_NAMESPACE", ns.as_str()),
             // As the chart's default: the kernel's WireGuard when it has it (this kernel may
             // not: then wireguard-go).
             ("WGSUB_BACKEND", "auto"),
@@ -164,11 +187,19 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     let public = eventually(
         "the server's public key in its status",
         WITHIN,
-        async || api.get::<WgServer>(NS, "main")?.status?.public_key,
+        async || {
+            servers
+                .get_opt("main")
+                .await
+                .expect("an admin read")?
+                .status?
+                .public_key
+        },
     )
     .await;
-    let secret = api
-        .get::<Secret>(NS, "main-key")
+    let secret = secrets
+        .get("main-key")
+        .await
         .expect("the agent made the key Secret");
     let stored = &secret.data.as_ref().expect("data")["privateKey"].0;
     let key = PrivateKey::from_base64(std::str::from_utf8(stored).expect("text")).expect("a key");
@@ -190,20 +221,49 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
             device_name: None,
         },
     );
-    peer.metadata.namespace = Some(NS.into());
     peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), "tg-1".to_owned())].into());
-    api.create(&peer);
+    create(&peers, &peer).await;
     eventually("the peer on the interface", WITHIN, async || {
         (netns.peers() == vec![client_key.clone()]).then_some(())
     })
     .await;
     eventually("the peer reported active", WITHIN, async || {
-        api.get::<WgPeer>(NS, "tg-1-1")?
+        peers
+            .get_opt("tg-1-1")
+            .await
+            .expect("an admin read")?
             .status?
             .active
             .then_some(())
     })
     .await;
+    // Statuses are the agent's through the status subresource, nothing of the main resource.
+    for fields in [
+        peers
+            .get("tg-1-1")
+            .await
+            .expect("the peer")
+            .managed_fields()
+            .to_vec(),
+        servers
+            .get("main")
+            .await
+            .expect("the server")
+            .managed_fields()
+            .to_vec(),
+    ] {
+        let agents: Vec<_> = fields
+            .iter()
+            .filter(|e| e.manager.as_deref() == Some("wgsub-node-agent"))
+            .collect();
+        assert!(
+            !agents.is_empty()
+                && agents
+                    .iter()
+                    .all(|e| e.subresource.as_deref() == Some("status")),
+            "{fields:?}"
+        );
+    }
     let (status, metrics) = agent.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("wgsub_node_agent_peers"), "{metrics}");
@@ -226,6 +286,22 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
         !agent.log().contains(key.to_base64().as_str()),
         "the server's private key was logged"
     );
-    let refused = ungranted(include_str!("../api-calls.yaml"), &api.requests());
-    assert!(refused.is_empty(), "{}", refused.join("\n"));
+    // Its Node was read under the chart's ClusterRole (the server's nodeSelector matched).
+    let made = plane.requests_of(&ns, &service_account("node-agent"));
+    assert!(
+        made.iter().any(|r| r.verb == "get"
+            && r.resource.as_deref() == Some("nodes")
+            && r.code == Some(200)),
+        "the agent read its Node: {made:?}"
+    );
+    assert_nothing_forbidden(plane, &ns, "node-agent");
+}
+
+async fn create<K>(api: &Api<K>, object: &K)
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {}: {e}", object.name_any()));
 }
