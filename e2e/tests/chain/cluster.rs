@@ -1,16 +1,17 @@
-//! The cluster, in this process: one Kubernetes API server with list and watch over HTTP
-//! (`wgsub_testkit::fake_api`) shared by every component, each with its own client; the operator's real
-//! `controller::run` (its watches, mappers, scheduler and reconciles) and the node-agent's real
-//! watches, status writer and loop on a wireguard-go interface in the lab's server namespace —
-//! wired as their `main`s wire them, configured from the flags the chart gives them. Every
-//! request is recorded under the component that made it, so the test can hold each one to its
-//! RBAC contract (`api-calls.yaml`).
+//! The cluster: the real Kubernetes API server of this test process (`wgsub_testkit::envtest`,
+//! with its garbage collector), a namespace per test with the chart's RBAC applied to it and a
+//! Node for the VPN server; the operator's real `controller::run` (its watches, mappers,
+//! scheduler and reconciles) and the node-agent's real watches, status writer and loop on a
+//! wireguard-go interface in the lab's server namespace — wired as their `main`s wire them,
+//! configured from the flags the chart gives them. Every component talks to the server with a
+//! client authenticated as the ServiceAccount the chart runs it under, so a call the chart's
+//! RBAC does not grant is the server's own 403, and the server's audit log tells the test.
 
 use std::sync::Arc;
 
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -23,35 +24,23 @@ use wgsub_node_agent::index::SharedIndex;
 use wgsub_node_agent::interface::Worker;
 use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_operator::controller::{Context, Settings as OperatorSettings};
-use wgsub_testkit::fake_api::{FakeApi, ungranted};
-
-/// The namespace wgsub is installed in.
-pub const NAMESPACE: &str = "wgsub";
-/// The node the VPN server runs on.
-pub const NODE: &str = "vpn-node-1";
-
-/// Each component that talks to the API, by the name its requests are recorded under, with
-/// its RBAC contract.
-const CONTRACTS: &[(&str, &str)] = &[
-    ("operator", include_str!("../../../operator/api-calls.yaml")),
-    (
-        "node-agent",
-        include_str!("../../../node-agent/api-calls.yaml"),
-    ),
-    ("api", include_str!("../../../api/api-calls.yaml")),
-];
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, service_account,
+};
+use wgsub_testkit::envtest::{AuditedRequest, ControlPlane};
 
 /// The operator, configured as its binary is (defaults plus the chart's flags), running its
 /// controller until `shutdown`.
 fn start_operator(
     client: kube::Client,
+    namespace: &str,
     default_server: &str,
     shutdown: &CancellationToken,
 ) -> JoinHandle<()> {
     let config = wgsub_operator::config::Config::try_parse_from([
         "wgsub-operator",
         "--namespace",
-        NAMESPACE,
+        namespace,
         "--default-server",
         default_server,
     ])
@@ -71,7 +60,7 @@ fn start_operator(
     ));
     tokio::spawn(wgsub_operator::controller::run(
         ctx,
-        Some(NAMESPACE.to_owned()),
+        Some(namespace.to_owned()),
         config.concurrency,
         shutdown.clone().cancelled_owned(),
     ))
@@ -81,15 +70,17 @@ fn start_operator(
 /// its watches, status writer and loop, until `shutdown`.
 fn start_node_agent(
     client: kube::Client,
+    namespace: &str,
+    node: &str,
     netns: &std::path::Path,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let config = wgsub_node_agent::config::Config::try_parse_from([
         "wgsub-node-agent",
         "--node-name",
-        NODE,
+        node,
         "--namespace",
-        NAMESPACE,
+        namespace,
         "--backend",
         "userspace",
         "--netns",
@@ -128,93 +119,113 @@ fn start_node_agent(
     ]
 }
 
-/// The cluster and its running components; stopped on drop.
+/// A namespace of the shared control plane with the chart's RBAC, the VPN node, and the
+/// components running in it; the components stop on drop (the namespace stays until the
+/// control plane ends with the test process).
 pub struct Cluster {
-    server: FakeApi,
-    /// The test's own client (recorded as "test", held to no contract).
+    plane: &'static ControlPlane,
+    /// The namespace wgsub is installed in.
+    pub namespace: String,
+    /// The node the VPN server runs on (a Node object; no kubelet behind it).
+    pub node: String,
+    /// The test's own client (admin): setup, checks and what an administrator does.
     pub client: kube::Client,
+    /// The components that were given a client, in order.
+    components: Vec<&'static str>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
 impl Cluster {
-    /// An API server holding `server` and its node, with the operator and the node-agent (whose
-    /// interfaces live in `netns`) running against it.
-    pub async fn start(server: WgServer, netns: &std::path::Path) -> Cluster {
-        let api_server = FakeApi::start().await;
-        let mut node = Node::default();
-        node.metadata.name = Some(NODE.to_owned());
-        api_server.create(&node);
-        let server_name = server.name_any();
-        api_server.create(&server);
-        let shutdown = CancellationToken::new();
-        let mut tasks = vec![start_operator(
-            api_server.client_named("operator"),
-            &server_name,
-            &shutdown,
-        )];
-        tasks.extend(start_node_agent(
-            api_server.client_named("node-agent"),
-            netns,
-            &shutdown,
-        ));
+    /// A fresh namespace (`<prefix>-…`) on the real API server with the chart's RBAC (default
+    /// values) and a Node for the VPN server; nothing runs yet.
+    pub async fn new(prefix: &str) -> Cluster {
+        let plane = ControlPlane::with_crds();
+        let namespace = plane.namespace(prefix).await;
+        apply_chart_rbac(plane, &namespace, &[]).await;
+        let client = plane.admin_client();
+        let node = format!("{namespace}-vpn");
+        let mut object = Node::default();
+        object.metadata.name = Some(node.clone());
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|e| panic!("creating the Node {node}: {e}"));
         Cluster {
-            client: api_server.client_named("test"),
-            server: api_server,
-            shutdown,
-            tasks,
+            plane,
+            namespace,
+            node,
+            client,
+            components: Vec::new(),
+            shutdown: CancellationToken::new(),
+            tasks: Vec::new(),
         }
     }
 
-    /// A client for a component held to a contract in [`Cluster::refused_requests`].
-    pub fn client_for(&self, component: &str) -> kube::Client {
-        assert!(
-            CONTRACTS.iter().any(|(name, _)| *name == component),
-            "{component} has no RBAC contract here"
-        );
-        self.server.client_named(component)
+    /// Creates `server` (as the chart does) and starts the operator and the node-agent (whose
+    /// interfaces live in `netns`), each with its ServiceAccount's client.
+    pub async fn start(&mut self, server: &WgServer, netns: &std::path::Path) {
+        self.api::<WgServer>()
+            .create(&PostParams::default(), server)
+            .await
+            .expect("the API server admits the WgServer");
+        let operator = self.client_for("operator").await;
+        self.tasks.push(start_operator(
+            operator,
+            &self.namespace,
+            &server.name_any(),
+            &self.shutdown,
+        ));
+        let agent = self.client_for("node-agent").await;
+        self.tasks.extend(start_node_agent(
+            agent,
+            &self.namespace,
+            &self.node,
+            netns,
+            &self.shutdown,
+        ));
+    }
+
+    /// A client authenticated as the ServiceAccount the chart runs `component` under; the
+    /// component is then held to the chart's RBAC by [`Cluster::assert_nothing_forbidden`].
+    pub async fn client_for(&mut self, component: &'static str) -> kube::Client {
+        if !self.components.contains(&component) {
+            self.components.push(component);
+        }
+        component_client(self.plane, &self.namespace, component).await
     }
 
     pub fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Every request so far that its component's `api-calls.yaml` does not grant or that the
-    /// API refused, and every request from a client that is no component's; empty when all is
-    /// well.
-    pub fn refused_requests(&self) -> Vec<String> {
-        let requests = self.server.requests();
-        let mut refused = Vec::new();
-        for (component, contract) in CONTRACTS {
-            let made = self.server.requests_from(component);
-            assert!(!made.is_empty(), "{component} made no request");
-            refused.extend(
-                ungranted(contract, &made)
-                    .into_iter()
-                    .map(|line| format!("{component}: {line}")),
+    /// Every call `component` made so far, from the server's audit log.
+    pub fn requests_of(&self, component: &str) -> Vec<AuditedRequest> {
+        self.plane
+            .requests_of(&self.namespace, &service_account(component))
+    }
+
+    /// Fails the test unless every component given a client made calls and the server refused
+    /// none of them (its own 403s, from its audit log).
+    pub fn assert_nothing_forbidden(&self) {
+        for component in &self.components {
+            assert!(
+                !self.requests_of(component).is_empty(),
+                "{component} made no request"
             );
+            assert_nothing_forbidden(self.plane, &self.namespace, component);
         }
-        refused.extend(
-            requests
-                .iter()
-                .filter(|r| {
-                    r.client.as_deref() != Some("test")
-                        && !CONTRACTS
-                            .iter()
-                            .any(|(name, _)| r.client.as_deref() == Some(name))
-                })
-                .map(|r| format!("a request from no known component: {r:?}")),
-        );
-        refused
     }
 }
 

@@ -1,5 +1,5 @@
-//! The two hosts of the chain test: a `server` and a `client` network namespace joined by a veth
-//! pair, with names unique to this process; the client's WireGuard interface configured from a
+//! The two hosts of a chain test: a `server` and a `client` network namespace joined by a veth
+//! pair, with names unique to this process and test; the client's WireGuard interface configured from a
 //! `.conf` as wg-quick would (`wg-quick strip` + `wg setconf`, addresses, MTU and routes by
 //! `ip`); ping through the tunnel; the server interface's peers read with `wg show`. Everything is
 //! removed on drop (deleting a wireguard-go interface or its UAPI socket ends its process).
@@ -90,10 +90,15 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Creates the namespaces and the veth pair between them.
-    pub fn new() -> Lab {
+    /// Creates the namespaces and the veth pair between them; `tag` (a lowercase letter or
+    /// digit) tells apart the labs of tests that run at the same time in this process.
+    pub fn new(tag: char) -> Lab {
         require_prerequisites();
-        let id = std::process::id() % 100_000;
+        assert!(
+            tag.is_ascii_lowercase() || tag.is_ascii_digit(),
+            "a lab tag fits an interface name: {tag:?}"
+        );
+        let id = format!("{tag}{}", std::process::id() % 100_000);
         let lab = Lab {
             server_ns: format!("wgsub-chain-s{id}"),
             client_ns: format!("wgsub-chain-c{id}"),
