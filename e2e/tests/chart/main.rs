@@ -1,10 +1,12 @@
 //! Tests of the Helm chart `charts/wgsub`, rendered by a real `helm` (path in `WGSUB_HELM`):
 //! lint, rendering with default values and with every option on, the pod rules, RBAC against the
-//! binaries' `api-calls.yaml`, the values schema, and the chart's copy of the CRDs.
+//! binaries' `api-calls.yaml`, the values schema, the chart's copy of the CRDs, and the chart
+//! installed, upgraded and uninstalled on a real API server.
 
 mod crds;
 mod dashboard;
 mod images;
+mod install;
 mod rbac;
 mod render;
 mod rules;

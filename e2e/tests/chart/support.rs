@@ -42,9 +42,11 @@ pub fn helm() -> PathBuf {
     path
 }
 
-/// Runs helm with `args` and returns its output (whatever the exit status).
-pub fn run_helm(args: &[&str]) -> Output {
-    Command::new(helm())
+/// A helm command with `args` and its own cache, config and data folders (no repository or
+/// plugin of the user's leaks in).
+pub fn helm_command(args: &[&str]) -> Command {
+    let mut command = Command::new(helm());
+    command
         .args(args)
         .env(
             "HELM_CACHE_HOME",
@@ -57,9 +59,32 @@ pub fn run_helm(args: &[&str]) -> Output {
         .env(
             "HELM_DATA_HOME",
             std::env::temp_dir().join("wgsub-helm-data"),
+        );
+    command
+}
+
+/// Runs helm with `args` and returns its output (whatever the exit status).
+pub fn run_helm(args: &[&str]) -> Output {
+    helm_command(args).output().expect("helm runs")
+}
+
+/// The kubectl binary from `WGSUB_KUBECTL` (set by `scripts/test`); a clear failure when missing.
+pub fn kubectl() -> PathBuf {
+    let path = std::env::var_os("WGSUB_KUBECTL").unwrap_or_else(|| {
+        panic!(
+            "WGSUB_KUBECTL is not set: the chart install tests run a real kubectl. Run them \
+             through scripts/test, or export \
+             WGSUB_KUBECTL=$HOME/.cache/wgsub-test-tools/bin/kubectl \
+             (scripts/install-test-deps installs it)"
         )
-        .output()
-        .expect("helm runs")
+    });
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "WGSUB_KUBECTL={} does not exist; run scripts/install-test-deps",
+        path.display()
+    );
+    path
 }
 
 /// `helm template` with `--set`-style values; Err carries helm's stderr.
