@@ -111,12 +111,12 @@ pub fn new_device_peer(
 }
 
 /// The server-side-apply patch of the user's switch and name on a peer (the fields the API
-/// owns). Both are always sent, so the API's ownership of them never lapses.
+/// owns). Both are always sent, so the API's ownership of them never lapses; a removed name is
+/// sent as `null` (the field is nullable), not left out: leaving it out would remove it only
+/// when the API's applies alone own it, and the API's create of a device peer owns it as an
+/// update, so the name would stay.
 pub fn switch_patch(name: &str, enabled: bool, device_name: Option<&str>) -> serde_json::Value {
-    let mut spec = json!({"enabled": enabled});
-    if let Some(device) = device_name {
-        spec["deviceName"] = json!(device);
-    }
+    let spec = json!({"enabled": enabled, "deviceName": device_name});
     json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
         "kind": "WgPeer",
@@ -275,10 +275,9 @@ mod tests {
                    "metadata": {"name": "tg-1-1"},
                    "spec": {"enabled": false, "deviceName": "Phone"}})
         );
-        assert!(
-            switch_patch("tg-1-1", true, None)["spec"]
-                .get("deviceName")
-                .is_none()
+        assert_eq!(
+            switch_patch("tg-1-1", true, None)["spec"],
+            json!({"enabled": true, "deviceName": null})
         );
     }
 

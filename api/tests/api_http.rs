@@ -1,6 +1,12 @@
 //! The API end to end over HTTP (tower `oneshot`): real PostgreSQL (a fresh database per test
 //! from `WGSUB_TEST_DATABASE_URL`), YooKassa faked by wiremock (checking Basic auth and the
-//! Idempotence-Key), Kubernetes in memory (kube-fake-client).
+//! Idempotence-Key), and the real Kubernetes API server of the test process
+//! (`wgsub_testkit::envtest`, a namespace per test) with the chart's RBAC applied: the handlers
+//! talk to it as the api's ServiceAccount, so server-side apply of `VpnSubscription.spec` and
+//! `WgPeer.spec.enabled/deviceName`, creating device peers and reading key Secrets are judged by
+//! the server's schemas, field managers and RBAC, and every test that touches Kubernetes ends
+//! with no call refused. One test injects a fault a real server cannot be made to show and keeps
+//! an in-memory Kubernetes (kube-fake-client); its doc comment says so.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,31 +23,37 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wgsub_api::metrics::Metrics;
 use wgsub_api::qr::QrCache;
+use wgsub_api::state::FIELD_MANAGER;
 use wgsub_api::{AppState, KubeApis, Settings, app, clientip, initdata};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
 use wgsub_crds::resources::LABEL_SUBSCRIPTION;
 use wgsub_crds::{
     SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer,
-    WgServerStatus,
 };
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::{Ledger, YooKassa, YooKassaConfig};
+use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::envtest::ControlPlane;
 use wiremock::matchers::{header as has_header, header_exists, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 use zeroize::Zeroizing;
 
-const NS: &str = "wgsub";
 const YOOKASSA_ADDR: &str = "185.71.76.10:443";
 
 struct Harness {
     router: Router,
     state: Arc<AppState>,
-    client: kube::Client,
+    /// The test's own view of Kubernetes (setup and checks): the admin on the real server.
+    admin: kube::Client,
+    namespace: String,
+    /// The real control plane; `None` for the in-memory one.
+    plane: Option<&'static ControlPlane>,
     yookassa: MockServer,
     token: String,
     basic_auth: String,
@@ -54,7 +66,55 @@ fn plans() -> PlanCatalogue {
     .unwrap()
 }
 
-async fn harness(label: &str, fail_first_subscription_patch: bool) -> Harness {
+/// The API on the real server: a fresh namespace with the chart's RBAC and the server `main`
+/// (its public key published), the handlers' client authenticated as the api's ServiceAccount.
+async fn harness(label: &str) -> Harness {
+    let plane = ControlPlane::with_crds();
+    let namespace = plane
+        .namespace(&format!("api-{}", label.replace('_', "-")))
+        .await;
+    apply_chart_rbac(plane, &namespace, &[]).await;
+    let admin = plane.admin_client();
+    create_server(&admin, &namespace).await;
+    let client = component_client(plane, &namespace, "api").await;
+    let mut h = harness_with(label, client, admin, &namespace).await;
+    h.plane = Some(plane);
+    h
+}
+
+/// The API on an in-memory Kubernetes whose first `VpnSubscription` patch fails with an
+/// internal error: a fault the real server cannot be made to show on demand.
+async fn harness_failing_first_subscription_patch(label: &str) -> Harness {
+    let failures = Arc::new(AtomicUsize::new(1));
+    let client = kube_fake_client::ClientBuilder::new()
+        .with_resource::<VpnSubscription>()
+        .with_resource::<WgPeer>()
+        .with_resource::<WgServer>()
+        .with_interceptor_funcs(
+            kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
+                let kind = ctx.patch.get("kind").and_then(Value::as_str);
+                if kind == Some("VpnSubscription")
+                    && failures
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    return Err(kube_fake_client::Error::Internal("injected failure".into()));
+                }
+                Ok(None)
+            }),
+        )
+        .build()
+        .await
+        .unwrap();
+    harness_with(label, client.clone(), client, "wgsub").await
+}
+
+async fn harness_with(
+    label: &str,
+    client: kube::Client,
+    admin: kube::Client,
+    namespace: &str,
+) -> Harness {
     let (pool, _) = fresh_database(label).await;
     let ledger = Ledger::new(pool, false);
     let yookassa = MockServer::start().await;
@@ -67,29 +127,6 @@ async fn harness(label: &str, fail_first_subscription_patch: bool) -> Harness {
             base64::engine::general_purpose::STANDARD.encode(format!("{shop}:{secret}"))
         )
     };
-    let failures = Arc::new(AtomicUsize::new(usize::from(fail_first_subscription_patch)));
-    let mut builder = kube_fake_client::ClientBuilder::new()
-        .with_resource::<VpnSubscription>()
-        .with_resource::<WgPeer>()
-        .with_resource::<WgServer>()
-        .with_object(server());
-    if fail_first_subscription_patch {
-        let failures = failures.clone();
-        builder = builder.with_interceptor_funcs(
-            kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
-                let kind = ctx.patch.get("kind").and_then(Value::as_str);
-                if kind == Some("VpnSubscription")
-                    && failures
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok()
-                {
-                    return Err(kube_fake_client::Error::Internal("injected failure".into()));
-                }
-                Ok(None)
-            }),
-        );
-    }
-    let client = builder.build().await.unwrap();
     let token = format!("{}:{}", 4242, uuid::Uuid::new_v4().simple());
     let state = Arc::new(AppState {
         ledger,
@@ -102,7 +139,7 @@ async fn harness(label: &str, fail_first_subscription_patch: bool) -> Harness {
             retry_backoff: Duration::from_millis(5),
         })
         .unwrap(),
-        kube: KubeApis::new(client.clone(), NS),
+        kube: KubeApis::new(client, namespace),
         plans: plans(),
         settings: Settings {
             bot_token: Zeroizing::new(token.clone()),
@@ -120,15 +157,20 @@ async fn harness(label: &str, fail_first_subscription_patch: bool) -> Harness {
     Harness {
         router: app(state.clone()),
         state,
-        client,
+        admin,
+        namespace: namespace.to_owned(),
+        plane: None,
         yookassa,
         token,
         basic_auth,
     }
 }
 
-fn server() -> WgServer {
-    let mut server = WgServer::new(
+/// The WgServer `main` with its public key published (as the node-agent does, through the
+/// status subresource).
+async fn create_server(admin: &kube::Client, namespace: &str) {
+    let servers: Api<WgServer> = Api::namespaced(admin.clone(), namespace);
+    let server = WgServer::new(
         "main",
         serde_json::from_value(json!({
             "endpoint": "vpn.example.com:51820",
@@ -138,15 +180,31 @@ fn server() -> WgServer {
         }))
         .unwrap(),
     );
-    server.metadata.namespace = Some(NS.into());
-    server.status = Some(WgServerStatus {
-        public_key: Some(PrivateKey::generate().public_key().to_base64()),
-        ..WgServerStatus::default()
+    servers
+        .create(&PostParams::default(), &server)
+        .await
+        .unwrap();
+    let status = json!({
+        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
+        "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
     });
-    server
+    servers
+        .patch_status(
+            "main",
+            &PatchParams::apply("wgsub-test-agent"),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
 }
 
 impl Harness {
+    /// Fails with the server's own 403s when the API made a call the chart does not grant.
+    fn assert_nothing_forbidden(&self) {
+        let plane = self.plane.expect("a test on the real API server");
+        assert_nothing_forbidden(plane, &self.namespace, "api");
+    }
+
     fn init_data(&self, user_id: i64) -> String {
         let now = Timestamp::now().as_second().to_string();
         let user =
@@ -275,7 +333,7 @@ impl Harness {
     }
 
     async fn subscription(&self, user: i64) -> Option<VpnSubscription> {
-        Api::<VpnSubscription>::namespaced(self.client.clone(), NS)
+        Api::<VpnSubscription>::namespaced(self.admin.clone(), &self.namespace)
             .get_opt(&format!("tg-{user}"))
             .await
             .unwrap()
@@ -283,19 +341,19 @@ impl Harness {
 
     /// An active subscription with one ready device `tg-<id>-1` (as the operator would make it).
     async fn active_user(&self, user: i64) {
-        let subs: Api<VpnSubscription> = Api::namespaced(self.client.clone(), NS);
+        let subs: Api<VpnSubscription> = Api::namespaced(self.admin.clone(), &self.namespace);
         let mut spec = VpnSubscriptionSpec::for_user(user);
         spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24 * 30));
         spec.max_devices = 2;
         let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
-        sub.metadata.namespace = Some(NS.into());
+        sub.metadata.namespace = Some(self.namespace.clone());
         let sub = subs.create(&Default::default(), &sub).await.unwrap();
         let key = PrivateKey::generate();
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), NS);
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.namespace);
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(format!("tg-{user}-1-key")),
-                namespace: Some(NS.into()),
+                namespace: Some(self.namespace.clone()),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(
@@ -322,16 +380,28 @@ impl Harness {
                 device_name: Some("Phone".into()),
             },
         );
-        peer.metadata.namespace = Some(NS.into());
+        peer.metadata.namespace = Some(self.namespace.clone());
         peer.metadata.labels = Some(BTreeMap::from([(
             LABEL_SUBSCRIPTION.to_owned(),
             format!("tg-{user}"),
         )]));
-        Api::<WgPeer>::namespaced(self.client.clone(), NS)
+        Api::<WgPeer>::namespaced(self.admin.clone(), &self.namespace)
             .create(&Default::default(), &peer)
             .await
             .unwrap();
     }
+}
+
+/// The fields `manager` owns by server-side apply (`fieldsV1`), `Null` when it owns none.
+fn applied_by(meta: &kube::api::ObjectMeta, manager: &str) -> Value {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .find(|entry| {
+            entry.manager.as_deref() == Some(manager) && entry.operation.as_deref() == Some("Apply")
+        })
+        .and_then(|entry| entry.fields_v1.as_ref())
+        .map_or(Value::Null, |fields| fields.0.clone())
 }
 
 fn notification(event: &str, id: &str) -> Value {
@@ -340,7 +410,7 @@ fn notification(event: &str, id: &str) -> Value {
 
 #[tokio::test]
 async fn pay_then_webhook_applies_the_ledger_and_writes_paid_until() {
-    let h = harness("pay_flow", false).await;
+    let h = harness("pay_flow").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000aa01", "succeeded")
         .await;
     let (status, created) = h
@@ -373,6 +443,10 @@ async fn pay_then_webhook_applies_the_ledger_and_writes_paid_until() {
     assert!(until >= before + SignedDuration::from_hours(24 * 30) - SignedDuration::from_secs(5));
     assert_eq!(sub.spec.plan.as_deref(), Some("month"));
     assert_eq!(sub.spec.max_devices, 2);
+    let owned = applied_by(&sub.metadata, wgsub_ledger::sync::FIELD_MANAGER);
+    for field in ["f:paidUntil", "f:plan", "f:maxDevices"] {
+        assert!(owned["f:spec"].get(field).is_some(), "{field}: {owned}");
+    }
     let outbox = h.state.ledger.unsent_notifications(10).await.unwrap();
     assert_eq!(outbox.len(), 1);
     let audit = h.state.ledger.webhook_deliveries(10).await.unwrap();
@@ -380,11 +454,12 @@ async fn pay_then_webhook_applies_the_ledger_and_writes_paid_until() {
     let (_, me) = h.user_call(101, "GET", "/api/v1/me", None).await;
     assert_eq!(me["subscription"]["phase"], json!("Active"));
     assert_eq!(me["user"]["id"], json!(101));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn the_same_webhook_twenty_times_concurrently_is_applied_once() {
-    let h = harness("webhook_20", false).await;
+    let h = harness("webhook_20").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000aa02", "succeeded")
         .await;
     h.user_call(
@@ -419,11 +494,12 @@ async fn the_same_webhook_twenty_times_concurrently_is_applied_once() {
     let user = h.state.ledger.user(102).await.unwrap().unwrap();
     let paid = user.entitlement.paid_until.unwrap();
     assert!(paid <= Timestamp::now() + SignedDuration::from_hours(24 * 30));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn a_payment_yookassa_calls_pending_changes_nothing() {
-    let h = harness("pending", false).await;
+    let h = harness("pending").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000aa03", "pending")
         .await;
     h.user_call(
@@ -460,11 +536,12 @@ async fn a_payment_yookassa_calls_pending_changes_nothing() {
             .reason,
         "payment_pending"
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn webhooks_from_outside_yookassas_ranges_are_refused_and_audited() {
-    let h = harness("forbidden", false).await;
+    let h = harness("forbidden").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000aa04", "succeeded")
         .await;
     h.user_call(
@@ -519,11 +596,12 @@ async fn webhooks_from_outside_yookassas_ranges_are_refused_and_audited() {
             .paid_until
             .is_some()
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn an_unknown_payment_id_has_no_side_effects() {
-    let h = harness("unknown", false).await;
+    let h = harness("unknown").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000aa05", "succeeded")
         .await;
     let status = h
@@ -552,11 +630,14 @@ async fn an_unknown_payment_id_has_no_side_effects() {
         h.state.ledger.stats(Timestamp::now()).await.unwrap().users,
         0
     );
+    h.assert_nothing_forbidden();
 }
 
+/// Keeps the in-memory Kubernetes: the API server answering 500 to the subscription's apply is
+/// a fault the real server cannot be made to show.
 #[tokio::test]
 async fn a_failed_subscription_write_after_the_ledger_commit_is_repaired_by_the_drift_pass() {
-    let h = harness("drift", true).await;
+    let h = harness_failing_first_subscription_patch("drift").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000aa06", "succeeded")
         .await;
     h.user_call(
@@ -606,7 +687,7 @@ async fn a_failed_subscription_write_after_the_ledger_commit_is_repaired_by_the_
 
 #[tokio::test]
 async fn a_user_cannot_reach_another_users_devices_on_any_endpoint() {
-    let h = harness("isolation", false).await;
+    let h = harness("isolation").await;
     h.active_user(201).await;
     h.active_user(202).await;
     for (method_, uri, body) in [
@@ -633,7 +714,7 @@ async fn a_user_cannot_reach_another_users_devices_on_any_endpoint() {
         .map(|d| d["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["tg-201-1"]);
-    let peer = Api::<WgPeer>::namespaced(h.client.clone(), NS)
+    let peer = Api::<WgPeer>::namespaced(h.admin.clone(), &h.namespace)
         .get("tg-202-1")
         .await
         .unwrap();
@@ -648,11 +729,12 @@ async fn a_user_cannot_reach_another_users_devices_on_any_endpoint() {
         serde_json::from_slice::<Value>(&body).unwrap()["code"],
         json!("unauthorized")
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
-    let h = harness("devices", false).await;
+    let h = harness("devices").await;
     h.active_user(301).await;
     let request = Request::get("/api/v1/me/peers/tg-301-1/config")
         .header(header::AUTHORIZATION, format!("tma {}", h.init_data(301)))
@@ -689,6 +771,19 @@ async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
         (device["enabled"].clone(), device["deviceName"].clone()),
         (json!(false), json!("Work phone"))
     );
+    // The switch is the API's own apply; the operator's fields stay as they were.
+    let switched = Api::<WgPeer>::namespaced(h.admin.clone(), &h.namespace)
+        .get("tg-301-1")
+        .await
+        .unwrap();
+    assert!(!switched.spec.enabled);
+    assert!(switched.spec.public_key.is_some() && switched.spec.address.is_some());
+    let owned = applied_by(&switched.metadata, FIELD_MANAGER);
+    assert_eq!(
+        owned["f:spec"],
+        json!({"f:enabled": {}, "f:deviceName": {}}),
+        "{owned}"
+    );
     let (status, added) = h
         .user_call(
             301,
@@ -699,7 +794,7 @@ async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{added}");
     assert_eq!(added["name"], json!("tg-301-2"));
-    let created = Api::<WgPeer>::namespaced(h.client.clone(), NS)
+    let created = Api::<WgPeer>::namespaced(h.admin.clone(), &h.namespace)
         .get("tg-301-2")
         .await
         .unwrap();
@@ -708,6 +803,39 @@ async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
         "tg-301"
     );
     assert!(created.spec.public_key.is_none() && created.spec.address.is_none());
+    assert!(
+        created
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .all(|entry| entry.manager.as_deref() == Some(FIELD_MANAGER)),
+        "created by the API's field manager: {:?}",
+        created.metadata.managed_fields
+    );
+    // Clearing the name of the device the API created (its create wrote the name), naming it
+    // again and clearing that: each as asked, on the resource too.
+    for (name, want) in [
+        ("  ", Value::Null),
+        ("Old laptop", json!("Old laptop")),
+        ("", Value::Null),
+    ] {
+        let (status, device) = h
+            .user_call(
+                301,
+                "PATCH",
+                "/api/v1/me/peers/tg-301-2",
+                Some(json!({"deviceName": name})),
+            )
+            .await;
+        assert_eq!((status, &device["deviceName"]), (StatusCode::OK, &want));
+        let stored = Api::<WgPeer>::namespaced(h.admin.clone(), &h.namespace)
+            .get("tg-301-2")
+            .await
+            .unwrap();
+        assert_eq!(json!(stored.spec.device_name), want, "{name:?}");
+        assert!(stored.spec.enabled);
+    }
     let (status, error) = h
         .user_call(301, "POST", "/api/v1/me/peers", Some(json!({})))
         .await;
@@ -723,13 +851,14 @@ async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
         (status, error["code"].clone()),
         (StatusCode::CONFLICT, json!("peer_not_ready"))
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn an_inactive_subscription_gets_a_clear_error_code() {
-    let h = harness("inactive", false).await;
+    let h = harness("inactive").await;
     h.active_user(401).await;
-    let subs: Api<VpnSubscription> = Api::namespaced(h.client.clone(), NS);
+    let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
     let mut sub = subs.get("tg-401").await.unwrap();
     sub.spec.paid_until = Some(Timestamp::now() - SignedDuration::from_hours(1));
     subs.replace("tg-401", &Default::default(), &sub)
@@ -747,11 +876,12 @@ async fn an_inactive_subscription_gets_a_clear_error_code() {
             "{uri}"
         );
     }
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_json() {
-    let h = harness("bodies", false).await;
+    let h = harness("bodies").await;
     let auth = format!("tma {}", h.init_data(501));
     let cases = [
         (
@@ -822,11 +952,12 @@ async fn malformed_oversized_and_wrongly_typed_bodies_get_4xx_json() {
         serde_json::from_slice::<Value>(&bytes).unwrap()["code"],
         json!("not_found")
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
 async fn openapi_metrics_health_and_the_mini_app_are_served() {
-    let h = harness("system", false).await;
+    let h = harness("system").await;
     let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
     let (status, body, _) = h.call(get("/openapi.json"), "127.0.0.1:1").await;
     assert_eq!(status, StatusCode::OK);
@@ -865,6 +996,7 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
         "{metrics}"
     );
     assert!(metrics.contains("wgsub_api_http_request_duration_seconds_bucket"));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -888,7 +1020,7 @@ async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("wgsub-test-artifacts"));
     std::fs::create_dir_all(&artifacts).unwrap();
-    let h = harness("browser", false).await;
+    let h = harness("browser").await;
     h.fake_yookassa("2f000000-000f-5000-8000-00000000bb01", "pending")
         .await;
     h.active_user(601).await;
@@ -927,4 +1059,5 @@ async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
     for theme in ["light", "dark"] {
         assert!(artifacts.join(format!("miniapp-{theme}-keys.png")).exists());
     }
+    h.assert_nothing_forbidden();
 }
