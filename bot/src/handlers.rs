@@ -588,7 +588,7 @@ async fn run_admin(
             };
             let entitlement = match app.sync.admin_grant(&app.ledger, &grant, now).await {
                 Ok(entitlement) => entitlement,
-                Err(SyncError::Kube(error)) => {
+                Err(error @ (SyncError::Kube(_) | SyncError::Unrepaired(_))) => {
                     tracing::warn!(%error, "grant recorded; VpnSubscription write failed, the drift loop retries");
                     app.ledger
                         .user(target.telegram_id)
