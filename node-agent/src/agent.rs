@@ -564,31 +564,27 @@ impl Agent {
             }
         };
         // NAT runs on its own thread, beside the queued applies and this pass's update.
+        // A plan that cannot be made leaves the rules in place and reports why, every pass.
         let nat_job = firewall.and_then(|firewall| {
-            let wanted = nat_wanted.then(|| NatPlan {
-                interface: runtime.interface.name().to_owned(),
-                pool4: pools.v4,
-                pool6: pools.v6,
-                egress: spec
-                    .nat
-                    .as_ref()
-                    .and_then(|n| n.egress_interface.clone())
-                    .unwrap_or_default(),
-            });
-            let due = runtime.nat.as_ref() != Some(&wanted) || (full && wanted.is_some());
+            let planned = NatPlan::for_server(runtime.interface.name(), pools, spec);
+            let due = match &planned {
+                Ok(wanted) => runtime.nat.as_ref() != Some(wanted) || (full && wanted.is_some()),
+                Err(_) => true,
+            };
             due.then(|| {
                 let interface = runtime.interface.name().to_owned();
-                let plan = wanted.clone();
+                let plan = planned.clone();
                 let job = self.firewall_worker.submit(move || match plan {
-                    Some(mut plan) => {
+                    Ok(Some(mut plan)) => {
                         if plan.egress.is_empty() {
                             plan.egress = nat::default_route_interface()?;
                         }
                         nat::apply(firewall, &plan)
                     }
-                    None => nat::remove(firewall, &interface),
+                    Ok(None) => nat::remove(firewall, &interface),
+                    Err(problem) => Err(std::io::Error::other(problem)),
                 });
-                (wanted, job)
+                (planned.ok(), job)
             })
         });
         let was_warm = std::mem::take(&mut runtime.warm);
@@ -763,7 +759,7 @@ impl Agent {
                 Err(gone) => Err(gone),
             };
             match result {
-                Ok(Ok(())) => runtime.nat = Some(wanted),
+                Ok(Ok(())) => runtime.nat = wanted,
                 Ok(Err(error)) => {
                     runtime.nat = None;
                     tracing::warn!(interface = runtime.interface.name(), %error, "NAT rules failed");

@@ -718,6 +718,9 @@ async fn nat_rules_are_applied_idempotently_and_removed_on_opt_out() {
         pool4: "10.8.0.0/24".parse().unwrap(),
         pool6: None,
         egress: format!("vas{}", &lab.server_if[3..]),
+        client_to_client: false,
+        blocked: Vec::new(),
+        dns: false,
     };
     let list = {
         let ns = lab.server_ns.clone();
@@ -784,6 +787,9 @@ async fn nat_rules_through_iptables_are_applied_idempotently_and_removed_on_opt_
         pool4: "10.8.0.0/24".parse().unwrap(),
         pool6: Some("fd00:8::/64".parse().unwrap()),
         egress: format!("vas{}", &lab.server_if[3..]),
+        client_to_client: false,
+        blocked: Vec::new(),
+        dns: false,
     };
     let tag = nat::rule_comment(&plan.interface);
     // Every rule of both families and both tables, as `iptables -S` prints them.
@@ -817,7 +823,11 @@ async fn nat_rules_through_iptables_are_applied_idempotently_and_removed_on_opt_
         .unwrap()
         .unwrap();
     let first = listing();
-    assert_eq!(ours(&first), 6, "three rules per family: {first}");
+    assert_eq!(
+        ours(&first),
+        8,
+        "two jumps into FORWARD, one into INPUT and the masquerade, per family: {first}"
+    );
     assert!(
         first.contains("-s 10.8.0.0/24") && first.contains("-s fd00:8::/64"),
         "{first}"
@@ -842,7 +852,7 @@ async fn nat_rules_through_iptables_are_applied_idempotently_and_removed_on_opt_
         .unwrap()
         .unwrap();
     let after_move = listing();
-    assert_eq!(ours(&after_move), 6, "{after_move}");
+    assert_eq!(ours(&after_move), 8, "{after_move}");
     assert!(after_move.contains("-o lo -m comment"), "{after_move}");
     assert!(!after_move.contains(&format!("-o {} -m comment", plan.egress)));
     for _ in 0..2 {
@@ -881,6 +891,7 @@ async fn the_agent_turns_nat_on_and_off_with_the_server_without_waiting_for_a_re
         server.spec.nat = Some(wgsub_crds::resources::NatSpec {
             enabled,
             egress_interface: Some(format!("vas{}", &s.lab.server_if[3..])),
+            ..Default::default()
         });
         server.metadata.generation = server.metadata.generation.map(|g| g + 1);
         s.index.update(|i| i.apply_server(server));

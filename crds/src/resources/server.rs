@@ -30,7 +30,6 @@ const INTERFACE_NAME_PATTERN: &str = r"^[A-Za-z0-9_=+.-]{1,15}$";
     shortname = "wgs",
     category = "wgsub",
     derive = "PartialEq",
-    cel,
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.addressPool"),
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
@@ -105,7 +104,8 @@ pub struct WgServerSpec {
     /// The Secret key holding the server's private key; the node-agent creates it when missing.
     pub private_key_secret_ref: SecretKeyRef,
 
-    /// NAT: forwarding and masquerading of the pool out of the node's egress interface.
+    /// NAT: forwarding and masquerading of the pool out of the node's egress interface, and
+    /// what clients may reach through the node (only the internet, by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatSpec>,
 }
@@ -114,13 +114,28 @@ pub struct WgServerSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NatSpec {
-    /// Masquerade client traffic leaving the node (and enable IP forwarding).
+    /// Masquerade client traffic leaving the node, enable IP forwarding and keep clients to
+    /// the internet (the options below). Off, the node-agent writes no firewall rules at all
+    /// and the node's own firewall decides what clients reach.
     #[serde(default)]
     pub enabled: bool,
     /// Interface traffic leaves through; absent means the interface of the default route.
+    /// Clients' traffic is forwarded out of this interface only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = INTERFACE_NAME_PATTERN))]
     pub egress_interface: Option<String>,
+    /// Let clients reach each other through the server (off: each client reaches only the
+    /// internet and what the server offers it).
+    #[serde(default)]
+    pub client_to_client: bool,
+    /// Destinations clients may not reach, beyond the ones always refused (private, CGNAT,
+    /// link-local, loopback and unique-local ranges), e.g. public addresses of the provider's
+    /// own services. IPv4 or IPv6 CIDRs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 3, max = 49)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) && cidr(c).masked() == cidr(c))")
+        .message("every blockedDestinations entry must be a network in CIDR form, e.g. 203.0.113.0/24"))]
+    pub blocked_destinations: Vec<String>,
 }
 
 /// Observed state of a WireGuard server, written by its node-agent.
