@@ -1,0 +1,161 @@
+//! A device's config rendered from what the real Kubernetes API server of the test process
+//! holds (`wgsub_testkit::envtest`, a namespace per test): the peer's `WgServer` (its public key
+//! published through the status subresource) and its private key `Secret`, read by the api's
+//! and by the bot's ServiceAccount under the chart's RBAC — the two callers of this crate — with
+//! no call refused; and each missing piece named as not ready.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::json;
+use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::{SecretKeyRef, WgPeer, WgPeerSpec, WgServer};
+use wgsub_devices::{DeviceConfigError, RenderedConfig, render_device_config};
+use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::envtest::ControlPlane;
+
+/// The components that render configs.
+const READERS: [&str; 2] = ["api", "bot"];
+
+/// A namespace with the chart's RBAC and, as asked, the server `main` (with or without its
+/// published key) and the key Secret `tg-1-1-key` holding `key`.
+async fn cluster(server: Option<bool>, key: Option<&PrivateKey>) -> String {
+    let plane = ControlPlane::with_crds();
+    let ns = plane.namespace("devices").await;
+    apply_chart_rbac(plane, &ns, &[]).await;
+    let admin = plane.admin_client();
+    if let Some(with_key) = server {
+        let servers: Api<WgServer> = Api::namespaced(admin.clone(), &ns);
+        let server = WgServer::new(
+            "main",
+            serde_json::from_value(json!({
+                "endpoint": "vpn.example.com:51820",
+                "addressPool": "10.8.0.0/24",
+                "privateKeySecretRef": {"name": "main-key"}
+            }))
+            .unwrap(),
+        );
+        servers
+            .create(&PostParams::default(), &server)
+            .await
+            .unwrap();
+        if with_key {
+            let status = json!({
+                "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
+                "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
+            });
+            servers
+                .patch_status(
+                    "main",
+                    &PatchParams::apply("wgsub-test-agent"),
+                    &Patch::Apply(&status),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    if let Some(key) = key {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("tg-1-1-key".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "privateKey".to_owned(),
+                ByteString(key.to_base64().as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        Api::<Secret>::namespaced(admin, &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    ns
+}
+
+fn peer(key_secret: Option<&str>) -> WgPeer {
+    WgPeer::new(
+        "tg-1-1",
+        WgPeerSpec {
+            server: "main".into(),
+            public_key: None,
+            private_key_secret_ref: key_secret.map(|name| SecretKeyRef::new(name, "privateKey")),
+            preshared_key_secret_ref: None,
+            address: Some("10.8.0.2/32".into()),
+            address6: None,
+            expires_at: None,
+            enabled: true,
+            device_name: Some("My Phone".into()),
+        },
+    )
+}
+
+/// Renders `peer` as `component` (its ServiceAccount under the chart's RBAC) and checks that
+/// the server refused none of its reads.
+async fn render_as(
+    component: &str,
+    ns: &str,
+    peer: &WgPeer,
+) -> Result<RenderedConfig, DeviceConfigError> {
+    let plane = ControlPlane::with_crds();
+    let client = component_client(plane, ns, component).await;
+    let rendered = render_device_config(
+        &Api::namespaced(client.clone(), ns),
+        &Api::namespaced(client, ns),
+        peer,
+        "1",
+    )
+    .await;
+    assert_nothing_forbidden(plane, ns, component);
+    rendered
+}
+
+#[tokio::test]
+async fn a_ready_peer_renders_its_config_and_file_name_for_the_api_and_the_bot() {
+    let key = PrivateKey::generate();
+    let ns = cluster(Some(true), Some(&key)).await;
+    for component in READERS {
+        let rendered = render_as(component, &ns, &peer(Some("tg-1-1-key")))
+            .await
+            .unwrap_or_else(|e| panic!("{component}: {e}"));
+        assert!(
+            rendered
+                .text
+                .contains(&format!("PrivateKey = {}", key.to_base64().as_str()))
+        );
+        assert!(rendered.text.contains("Endpoint = vpn.example.com:51820"));
+        assert_eq!(rendered.file_name, "wgsub-My-Phone.conf");
+        assert!(!format!("{rendered:?}").contains(key.to_base64().as_str()));
+    }
+}
+
+#[tokio::test]
+async fn each_missing_piece_is_named_as_not_ready() {
+    let key = PrivateKey::generate();
+    let cases = [
+        (Some(true), Some(&key), None, "no key held by wgsub"),
+        (
+            None,
+            Some(&key),
+            Some("tg-1-1-key"),
+            "server does not exist",
+        ),
+        (Some(false), Some(&key), Some("tg-1-1-key"), "server"),
+        (Some(true), None, Some("tg-1-1-key"), "key is not ready"),
+    ];
+    for (server, key, secret, expected) in cases {
+        let ns = cluster(server, key).await;
+        for component in READERS {
+            match render_as(component, &ns, &peer(secret)).await {
+                Err(DeviceConfigError::NotReady(message)) => {
+                    assert!(message.contains(expected), "{message} ∌ {expected}");
+                }
+                other => panic!("{component}: expected NotReady({expected}), got {other:?}"),
+            }
+        }
+    }
+}
