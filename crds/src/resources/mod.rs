@@ -2,6 +2,8 @@
 //! server enforces on them (schema patterns, ranges and CEL rules), plus the names, labels and
 //! condition vocabulary the binaries share.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
 mod common;
 mod peer;
 mod server;
@@ -23,11 +25,17 @@ pub const GROUP: &str = "wgsub.io";
 /// The one served and stored version.
 pub const VERSION: &str = "v1alpha1";
 
+/// The CRDs, one per kind, as the API server gets them. Use these rather than the derived
+/// `CustomResourceExt::crd()`: VpnSubscription's adds the schema of its name.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![WgServer::crd(), subscription::crd(), WgPeer::crd()]
+}
+
 /// The CRDs as `(file name, YAML)` pairs, one per kind, named by plural as committed under
 /// `crds/`.
 pub fn crd_documents() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    use kube::CustomResourceExt;
-    [WgServer::crd(), VpnSubscription::crd(), WgPeer::crd()]
+    crds()
         .into_iter()
         .map(|crd| {
             let file = format!("{}.yaml", crd.spec.names.plural);

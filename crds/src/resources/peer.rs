@@ -25,7 +25,6 @@ pub fn peer_name(subscription: &str, index: u32) -> String {
     shortname = "wgp",
     category = "wgsub",
     derive = "PartialEq",
-    cel,
     printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
     printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
     printcolumn(name = "Enabled", type_ = "boolean", json_path = ".spec.enabled"),
@@ -33,7 +32,9 @@ pub fn peer_name(subscription: &str, index: u32) -> String {
     printcolumn(name = "Last Handshake", type_ = "date", json_path = ".status.lastHandshake"),
     printcolumn(name = "Device", type_ = "string", json_path = ".spec.deviceName", priority = 1),
     validation = Rule::new("!has(self.spec.privateKeySecretRef) || has(self.spec.publicKey)")
-        .message("a peer with privateKeySecretRef must also have publicKey"),
+        .message("a peer with privateKeySecretRef must also have publicKey")
+        .field_path(".spec.publicKey")
+        .reason(kube::core::Reason::FieldValueRequired),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WgPeerSpec {

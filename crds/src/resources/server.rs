@@ -37,7 +37,9 @@ const INTERFACE_NAME_PATTERN: &str = r"^[A-Za-z0-9_=+.-]{1,15}$";
     printcolumn(name = "Last Sync", type_ = "date", json_path = ".status.lastSync"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!has(self.spec.nodeName) || !has(self.spec.nodeSelector)")
-        .message("set at most one of spec.nodeName and spec.nodeSelector"),
+        .message("set at most one of spec.nodeName and spec.nodeSelector")
+        .field_path(".spec.nodeSelector")
+        .reason(kube::core::Reason::FieldValueForbidden),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WgServerSpec {

@@ -1,8 +1,11 @@
 //! `VpnSubscription`: one Telegram user's entitlement — how long they have paid for, how many
 //! devices they may connect and which server they use.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +13,12 @@ use super::common::{OBJECT_NAME_PATTERN, conditions_schema};
 
 /// Prefix of every subscription's name: `tg-<telegramUserId>`.
 const NAME_PREFIX: &str = "tg-";
+/// Regex of a subscription's name: the prefix and a positive id without leading zeros, at most
+/// 18 digits, so that every name's digits read as an i64 (Telegram's ids have at most 52 bits,
+/// 16 digits).
+const NAME_PATTERN: &str = "^tg-[1-9][0-9]{0,17}$";
+/// The longest subscription name: the prefix and 18 digits.
+const NAME_MAX_LENGTH: i64 = 21;
 
 /// The name of the subscription of a Telegram user.
 pub fn subscription_name(telegram_user_id: i64) -> String {
@@ -25,6 +34,53 @@ pub fn telegram_user_id_from_name(name: &str) -> Option<i64> {
     digits.parse().ok().filter(|id| *id > 0)
 }
 
+/// The VpnSubscription CRD: the derived one, and a schema for `metadata.name` (`tg-` and the
+/// user id), which the derive cannot express. The API server refuses a bad name with a message
+/// naming `metadata.name`, and the name's `maxLength` keeps the name rule's estimated cost
+/// small: the server's cost estimator takes the sizes of `metadata.name` from the schema only
+/// when the schema declares `kind`, `apiVersion`, `metadata.name` and `metadata.generateName`
+/// (otherwise it prices a name as the largest request, three megabytes).
+pub(crate) fn crd() -> CustomResourceDefinition {
+    let string = |description: &str| JSONSchemaProps {
+        type_: Some("string".into()),
+        description: Some(description.into()),
+        ..Default::default()
+    };
+    let name = JSONSchemaProps {
+        pattern: Some(NAME_PATTERN.into()),
+        max_length: Some(NAME_MAX_LENGTH),
+        ..string("tg-<spec.telegramUserId>: one subscription per Telegram user.")
+    };
+    let metadata = JSONSchemaProps {
+        type_: Some("object".into()),
+        properties: Some(
+            [
+                ("name".to_owned(), name),
+                (
+                    "generateName".to_owned(),
+                    string("Unused: a subscription's name is given, not generated."),
+                ),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let mut crd = VpnSubscription::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(root) = version
+            .schema
+            .as_mut()
+            .and_then(|schema| schema.open_api_v3_schema.as_mut())
+        {
+            let properties = root.properties.get_or_insert_default();
+            properties.insert("apiVersion".to_owned(), string("wgsub.io/v1alpha1"));
+            properties.insert("kind".to_owned(), string("VpnSubscription"));
+            properties.insert("metadata".to_owned(), metadata.clone());
+        }
+    }
+    crd
+}
+
 /// Desired state of a user's subscription.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
@@ -38,19 +94,18 @@ pub fn telegram_user_id_from_name(name: &str) -> Option<i64> {
     shortname = "vsub",
     category = "wgsub",
     derive = "PartialEq",
-    cel,
     printcolumn(name = "User", type_ = "integer", json_path = ".spec.telegramUserId"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Paid Until", type_ = "date", json_path = ".spec.paidUntil"),
     printcolumn(name = "Devices", type_ = "integer", json_path = ".spec.maxDevices"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    // Parses the name rather than printing the id: the API server's cost estimator gives
-    // `string(int)` no size bound and refuses the CRD; a name is at most 253 characters.
-    validation = Rule::new(
-        "self.metadata.name.matches('^tg-[1-9][0-9]{0,18}$') \
-         && int(self.metadata.name.substring(3)) == self.spec.telegramUserId"
-    )
-        .message("the name of a VpnSubscription must be tg-<spec.telegramUserId>"),
+    // The name's shape is checked by the schema of `metadata.name` (see `crd`), so this only
+    // reads the digits; it parses the name rather than printing the id because the API server's
+    // cost estimator gives `string(int)` no size bound and refuses the CRD, while the name's
+    // `maxLength` bounds the parse.
+    validation = Rule::new("int(self.metadata.name.substring(3)) == self.spec.telegramUserId")
+        .message("the name of a VpnSubscription must be tg-<spec.telegramUserId>")
+        .field_path(".spec.telegramUserId"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VpnSubscriptionSpec {
