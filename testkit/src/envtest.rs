@@ -668,7 +668,10 @@ fn read(dir: &Path, name: &str) -> Result<String, String> {
 /// Waits until `/readyz` says `ok`; fails with the tail of the logs when a process exits or
 /// time runs out.
 fn wait_ready(plane: &ControlPlane, children: &mut Children, dir: &Path) -> Result<(), String> {
+    // rustls by name: a test crate whose dependencies also turn on reqwest's native-tls (the
+    // bot's teloxide_tests) would otherwise refuse the PEM identity ("builder error").
     let client = reqwest::Client::builder()
+        .use_rustls_tls()
         .add_root_certificate(
             reqwest::Certificate::from_pem(plane.ca_pem.as_bytes()).map_err(|e| e.to_string())?,
         )
