@@ -1,5 +1,6 @@
 //! Every command through `handler_tree()` with `teloxide_tests`, against a real PostgreSQL
-//! ledger, an in-memory Kubernetes API and a fake YooKassa: sign-up with the trial once,
+//! ledger, the real Kubernetes API server (the bot's client authenticated as its ServiceAccount
+//! under the chart's RBAC; no call refused) and a fake YooKassa: sign-up with the trial once,
 //! buying (payment link from the same payment code the API uses, receipt e-mail asked once),
 //! status, configs, the admin gate and each admin command, and bad input.
 
@@ -86,6 +87,7 @@ async fn start_registers_grants_the_trial_once_creates_the_subscription_and_reco
         store::referral_of(&h.ledger, 1001).await.unwrap(),
         Some(555)
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,6 +112,7 @@ async fn start_in_russian_without_a_trial_when_trial_days_is_zero() {
         None
     );
     assert!(h.subscription(1002).await.is_some());
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,6 +143,7 @@ async fn help_app_and_anything_unknown_get_an_answer() {
         metrics.contains(r#"wgsub_bot_updates_handled_total{kind="unknown"} 3"#),
         "{metrics}"
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,6 +173,7 @@ async fn status_shows_phase_paid_until_and_devices() {
         "{status}"
     );
     assert!(status.contains("phone: never connected"), "{status}");
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -236,6 +241,7 @@ async fn buy_offers_the_plans_and_a_plan_button_gives_a_yookassa_payment_link() 
     bot.dispatch().await;
     assert_eq!(last_text(&bot), text::unknown_plan(Lang::En));
     assert_eq!(h.payment_requests().await.len(), 1);
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,6 +260,7 @@ async fn yookassa_failing_gives_a_clear_answer_not_silence() {
     bot.dependencies(dptree::deps![h.app.clone()]);
     bot.dispatch().await;
     assert_eq!(last_text(&bot), text::payment_unavailable(Lang::Ru));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,6 +318,7 @@ async fn with_receipts_on_the_bot_asks_for_an_email_once_then_sells_with_a_recei
     bot.update(message(1007, "en", "thanks"));
     bot.dispatch().await;
     assert_eq!(last_text(&bot), text::unknown(Lang::En));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -386,6 +394,7 @@ async fn config_sends_the_conf_and_its_qr_and_asks_which_device_when_there_are_s
     bot.dispatch().await;
     assert_eq!(last_text(&bot), text::unknown_device(Lang::En));
     assert!(bot.get_responses().sent_messages_document.is_empty());
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,6 +408,7 @@ async fn config_without_an_active_subscription_says_so() {
     bot.dispatch().await;
     assert_eq!(last_text(&bot), text::subscription_inactive(Lang::Ru));
     assert!(bot.get_responses().sent_messages_document.is_empty());
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -425,6 +435,7 @@ async fn admin_is_only_for_admins_everyone_else_gets_the_unknown_command_answer(
             && stats.contains("Revenue today: 0"),
         "{stats}"
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -515,6 +526,7 @@ async fn admin_grant_suspend_find_write_through_the_ledger_and_are_audited() {
         ]
     );
     assert!(log.iter().all(|e| e.admin_id == ADMIN as i64));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -585,4 +597,5 @@ async fn broadcast_refuses_empty_text_and_reports_delivered_and_failed() {
     );
     let log = store::admin_log(&h.ledger).await.unwrap();
     assert_eq!(log.last().unwrap().outcome, "all: 3 delivered, 0 failed");
+    h.assert_nothing_forbidden();
 }

@@ -1,8 +1,8 @@
-//! The background jobs and the HTTP side against real PostgreSQL, the in-memory Kubernetes API
-//! and a fake Telegram Bot API (wiremock): reminders sent once per period and kept across
-//! restarts, the payment outbox drained, a blocked user counted as failed without retries,
-//! the command list registered in both languages, the webhook's secret token, and the
-//! health/metrics endpoints.
+//! The background jobs and the HTTP side against real PostgreSQL, the real Kubernetes API server
+//! (as the bot's ServiceAccount under the chart's RBAC) and a fake Telegram Bot API (wiremock):
+//! reminders sent once per period and kept across restarts, the payment outbox drained, a
+//! blocked user counted as failed without retries, the command list registered in both
+//! languages, the webhook's secret token, and the health/metrics endpoints.
 
 mod common;
 
@@ -131,6 +131,7 @@ async fn reminders_go_out_once_per_period_survive_restarts_and_start_again_after
         ),
         "{metrics}"
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
@@ -160,6 +161,7 @@ async fn a_three_day_trial_is_not_told_three_days_left_at_sign_up_but_gets_the_l
             (3101, text::reminder(Lang::En, ReminderKind::Expired, end)),
         ]
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
@@ -211,6 +213,7 @@ async fn behind_pgbouncer_transaction_pooling_two_concurrent_reminder_runs_send_
         .await
         .unwrap();
     assert_eq!((again.sent, again.failed), (0, 0));
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
@@ -283,6 +286,7 @@ async fn the_payment_outbox_is_drained_once_with_the_new_paid_until() {
             .encode()
             .contains(r#"kind="payment_succeeded",result="sent"} 1"#)
     );
+    h.assert_nothing_forbidden();
 }
 
 #[tokio::test]
@@ -429,4 +433,5 @@ async fn health_readiness_and_metrics_are_served() {
     let body = not_ready.into_body().collect().await.unwrap().to_bytes();
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["code"], "database_unavailable");
+    h.assert_nothing_forbidden();
 }

@@ -1,6 +1,9 @@
 //! Test support: an `App` over a fresh PostgreSQL database (from `WGSUB_TEST_DATABASE_URL`,
-//! migrations run), an in-memory Kubernetes API and a fake YooKassa; Telegram users and
-//! messages as `teloxide_tests` mocks; a fake Telegram Bot API (wiremock) for the jobs.
+//! migrations run), the real Kubernetes API server of the test process
+//! (`wgsub_testkit::envtest`, a fresh namespace per harness with the chart's RBAC applied; the
+//! bot's client is authenticated as its ServiceAccount, the test's own setup and checks use the
+//! admin) and a fake YooKassa; Telegram users and messages as `teloxide_tests` mocks; a fake
+//! Telegram Bot API (wiremock) for the jobs.
 //! With `Options::pgbouncer` the database is reached through a real PgBouncer in transaction
 //! pooling (the ledger's test support, shared by path) and the ledger runs in PgBouncer mode.
 
@@ -11,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
 use teloxide::types::User;
 use teloxide_tests::{MockMessageText, MockPrivateChat, MockUser};
@@ -22,12 +25,13 @@ use wgsub_bot::metrics::Metrics;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
 use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgServer, WgServerStatus};
+use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgServer};
 use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig};
+use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::envtest::ControlPlane;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-pub const NAMESPACE: &str = "wgsub";
 pub const ADMIN: u64 = 900;
 
 pub const PLANS: &str = "plans:
@@ -41,7 +45,11 @@ mod pgbouncer;
 pub struct Harness {
     pub app: Arc<App>,
     pub ledger: Ledger,
-    pub kube: kube::Client,
+    /// The test's own view of Kubernetes (setup and checks): the admin.
+    pub admin: kube::Client,
+    /// The namespace of this harness (the bot's `--namespace`).
+    pub namespace: String,
+    pub plane: &'static ControlPlane,
     pub yookassa: MockServer,
     /// The pooler, when the test asked for one (stopped when the harness is dropped).
     pub pgbouncer: Option<pgbouncer::PgBouncer>,
@@ -82,13 +90,10 @@ pub async fn harness(label: &str, options: Options) -> Harness {
         .after_release(|_, _| Box::pin(async { Ok(false) }))
         .connect_lazy_with(connect);
     let ledger = Ledger::new(pool, options.pgbouncer);
-    let kube = kube_fake_client::ClientBuilder::new()
-        .with_resource::<VpnSubscription>()
-        .with_resource::<WgPeer>()
-        .with_resource::<WgServer>()
-        .build()
-        .await
-        .unwrap();
+    let plane = ControlPlane::with_crds();
+    let namespace = plane.namespace(&label.replace('_', "-")).await;
+    apply_chart_rbac(plane, &namespace, &[]).await;
+    let kube = component_client(plane, &namespace, "bot").await;
     let yookassa = MockServer::start().await;
     let client = YooKassa::new(YooKassaConfig {
         api_base: format!("{}/v3", yookassa.uri()),
@@ -102,9 +107,9 @@ pub async fn harness(label: &str, options: Options) -> Harness {
     .unwrap();
     let app = Arc::new(App {
         ledger: ledger.clone(),
-        sync: SubscriptionSync::new(kube.clone(), NAMESPACE),
-        kube: kube.clone(),
-        namespace: NAMESPACE.into(),
+        sync: SubscriptionSync::new(kube.clone(), &namespace),
+        kube,
+        namespace: namespace.clone(),
         yookassa: client,
         plans: PlanCatalogue::from_yaml_str(PLANS).unwrap(),
         settings: Settings {
@@ -121,7 +126,9 @@ pub async fn harness(label: &str, options: Options) -> Harness {
     Harness {
         app,
         ledger,
-        kube,
+        admin: plane.admin_client(),
+        namespace,
+        plane,
         yookassa,
         pgbouncer,
     }
@@ -144,6 +151,11 @@ pub fn message(from: u64, language: &str, text: &str) -> MockMessageText {
 }
 
 impl Harness {
+    /// Fails with the server's own 403s when the bot made a call the chart does not grant.
+    pub fn assert_nothing_forbidden(&self) {
+        assert_nothing_forbidden(self.plane, &self.namespace, "bot");
+    }
+
     /// YooKassa answers `POST /v3/payments` with a pending payment and a confirmation URL.
     pub async fn accept_payments(&self) {
         Mock::given(method("POST"))
@@ -177,9 +189,9 @@ impl Harness {
 
     /// A server with a published key and a ready peer (key Secret, address) for `user`.
     pub async fn ready_peer(&self, user: i64, index: u32, device: &str) {
-        let servers: Api<WgServer> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        let servers: Api<WgServer> = Api::namespaced(self.admin.clone(), &self.namespace);
         if servers.get_opt("main").await.unwrap().is_none() {
-            let mut server = WgServer::new(
+            let server = WgServer::new(
                 "main",
                 serde_json::from_value(json!({
                     "endpoint": "vpn.example.com:51820",
@@ -189,32 +201,35 @@ impl Harness {
                 }))
                 .unwrap(),
             );
-            server.metadata.namespace = Some(NAMESPACE.into());
-            let created = servers
+            servers
                 .create(&PostParams::default(), &server)
                 .await
                 .unwrap();
-            let mut with_status = created.clone();
-            with_status.status = Some(WgServerStatus {
-                public_key: Some(PrivateKey::generate().public_key().to_base64()),
-                ..WgServerStatus::default()
+            // The node-agent publishes the key through the status subresource.
+            let status = json!({
+                "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
+                "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
             });
             servers
-                .replace_status("main", &PostParams::default(), &with_status)
+                .patch_status(
+                    "main",
+                    &PatchParams::apply("wgsub-test-agent"),
+                    &Patch::Apply(&status),
+                )
                 .await
                 .unwrap();
         }
         let subscription = subscription_name(user);
         let name = format!("{subscription}-{index}");
         let key = PrivateKey::generate();
-        let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.namespace);
         secrets
             .create(
                 &PostParams::default(),
                 &Secret {
                     metadata: ObjectMeta {
                         name: Some(format!("{name}-key")),
-                        namespace: Some(NAMESPACE.into()),
+                        namespace: Some(self.namespace.clone()),
                         ..ObjectMeta::default()
                     },
                     data: Some(
@@ -229,7 +244,7 @@ impl Harness {
             )
             .await
             .unwrap();
-        let peers: Api<WgPeer> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        let peers: Api<WgPeer> = Api::namespaced(self.admin.clone(), &self.namespace);
         let mut peer = WgPeer::new(
             &name,
             WgPeerSpec {
@@ -247,13 +262,13 @@ impl Harness {
                 device_name: Some(device.into()),
             },
         );
-        peer.metadata.namespace = Some(NAMESPACE.into());
+        peer.metadata.namespace = Some(self.namespace.clone());
         peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), subscription)].into());
         peers.create(&PostParams::default(), &peer).await.unwrap();
     }
 
     pub async fn subscription(&self, user: i64) -> Option<VpnSubscription> {
-        let api: Api<VpnSubscription> = Api::namespaced(self.kube.clone(), NAMESPACE);
+        let api: Api<VpnSubscription> = Api::namespaced(self.admin.clone(), &self.namespace);
         api.get_opt(&subscription_name(user)).await.unwrap()
     }
 }
