@@ -228,7 +228,7 @@ fn rendered(namespace: &str, sets: &[&str], hooks: bool) -> Vec<Value> {
     let out = succeeded("helm template", run_helm(&args));
     parse_documents(&out)
         .into_iter()
-        .filter(|doc| hooks == !doc["metadata"]["annotations"]["helm.sh/hook"].is_null())
+        .filter(|doc| hooks != doc["metadata"]["annotations"]["helm.sh/hook"].is_null())
         .collect()
 }
 
