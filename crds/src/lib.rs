@@ -2,10 +2,11 @@
 //!
 //! The custom resources (`WgServer`, `VpnSubscription`, `WgPeer`) live in [`resources`]; the
 //! decisions every binary shares (keys, client configs, address pools, the payment ledger fold,
-//! peer liveness, the plan catalogue) live in their own modules. Nothing here performs I/O or
-//! reads a clock: time is always a parameter.
+//! peer liveness, the plan catalogue, device ownership and names) live in their own modules.
+//! Nothing here performs I/O or reads a clock: time is always a parameter.
 
 pub mod config;
+pub mod devices;
 pub mod keys;
 pub mod ledger;
 pub mod liveness;
