@@ -15,26 +15,8 @@ use wgsub_crds::resources::{
 };
 use wgsub_crds::{VpnSubscription, WgPeer, WgPeerSpec};
 
-/// Longest device name (the CRD's limit).
-pub const MAX_DEVICE_NAME: usize = 64;
-
-/// Whether the peer is one of the user's devices: named `tg-<id>-<n>` and labelled with the
-/// user's subscription. Both must hold, so neither a label nor a name alone grants access.
-pub fn is_users_peer(user_id: i64, peer: &WgPeer) -> bool {
-    let subscription = subscription_name(user_id);
-    let named = device_index(&subscription, &peer.name_any()).is_some();
-    let labelled = peer.labels().get(LABEL_SUBSCRIPTION) == Some(&subscription);
-    named && labelled
-}
-
-/// The device number in `<subscription>-<n>`.
-pub fn device_index(subscription: &str, name: &str) -> Option<u32> {
-    let digits = name.strip_prefix(subscription)?.strip_prefix('-')?;
-    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
+pub use wgsub_crds::devices::{MAX_DEVICE_NAME, clean_device_name, display_device_name};
+pub use wgsub_crds::devices::{device_index, is_users_peer};
 
 /// The smallest device number ≥ 1 not used by `existing`.
 pub fn next_device_index<'a>(
@@ -46,23 +28,6 @@ pub fn next_device_index<'a>(
         .filter_map(|name| device_index(subscription, name))
         .collect();
     (1..).find(|n| !used.contains(n)).unwrap_or(1)
-}
-
-/// A device name as the user typed it: trimmed, `None` when empty; refused when too long or
-/// holding control characters.
-pub fn clean_device_name(text: Option<&str>) -> Result<Option<String>, String> {
-    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
-        return Ok(None);
-    };
-    if text.chars().count() > MAX_DEVICE_NAME {
-        return Err(format!(
-            "a device name has at most {MAX_DEVICE_NAME} characters"
-        ));
-    }
-    if text.chars().any(char::is_control) {
-        return Err("a device name cannot hold control characters".into());
-    }
-    Ok(Some(text.to_owned()))
 }
 
 /// The `WgPeer` the API creates for an extra device: labels, an owner reference to the
@@ -150,7 +115,7 @@ impl DeviceView {
         let status = peer.status.clone().unwrap_or_default();
         Self {
             name: peer.name_any(),
-            device_name: peer.spec.device_name.clone(),
+            device_name: peer.spec.device_name.as_deref().map(display_device_name),
             enabled: peer.spec.enabled,
             active: status.active,
             ready: peer.spec.address.is_some() && peer.spec.private_key_secret_ref.is_some(),
@@ -228,22 +193,6 @@ mod tests {
         assert_eq!(next_device_index("tg-1", ["tg-1-1", "tg-1-2"]), 3);
         assert_eq!(next_device_index("tg-1", ["tg-1-1", "tg-1-3"]), 2);
         assert_eq!(next_device_index("tg-1", ["tg-1-2", "other"]), 1);
-    }
-
-    #[test]
-    fn device_names_are_trimmed_and_checked() {
-        assert_eq!(
-            clean_device_name(Some("  Phone ")),
-            Ok(Some("Phone".into()))
-        );
-        assert_eq!(clean_device_name(Some("   ")), Ok(None));
-        assert_eq!(clean_device_name(None), Ok(None));
-        assert!(clean_device_name(Some(&"x".repeat(65))).is_err());
-        assert!(clean_device_name(Some("a\nb")).is_err());
-        assert_eq!(
-            clean_device_name(Some(&"я".repeat(64))),
-            Ok(Some("я".repeat(64)))
-        );
     }
 
     #[test]
