@@ -283,12 +283,13 @@ pub async fn plans(State(state): State<SharedState>) -> Json<Vec<PlanView>> {
     responses((status = 201, body = PaymentResponse), (status = 401, body = ErrorBody),
         (status = 409, description = "receipts need an e-mail or phone", body = ErrorBody),
         (status = 422, description = "unknown plan", body = ErrorBody),
+        (status = 429, description = "too many payments started; `Retry-After` says when to try again", body = ErrorBody),
         (status = 502, description = "YooKassa failed", body = ErrorBody)))]
 pub async fn create_payment(
     State(state): State<SharedState>,
     AuthUser(init): AuthUser,
     ApiJson(request): ApiJson<CreatePaymentRequest>,
-) -> Result<(StatusCode, Json<PaymentResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     let plan = state.plans.get(&request.plan).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -321,7 +322,21 @@ pub async fn create_payment(
                     payment_id: created.id.to_string(),
                     confirmation_url: created.confirmation_url,
                 }),
-            ))
+            )
+                .into_response())
+        }
+        Err(PaymentError::Limited(limited)) => {
+            state.metrics.payment("limited");
+            let seconds = limited.retry_after.as_secs();
+            Ok((
+                [(header::RETRY_AFTER, seconds.to_string())],
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_payments",
+                    format!("too many payments started: try again in {seconds} seconds"),
+                ),
+            )
+                .into_response())
         }
         Err(PaymentError::ContactRequired) => {
             state.metrics.payment("contact_required");

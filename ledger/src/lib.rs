@@ -101,8 +101,8 @@ pub use entitlement::{Entitlement, GrantKind};
 pub use grants::AdminGrant;
 pub use outbox::{Notification, NotificationEvent};
 pub use payments::{
-    ApplyError, ApplyOutcome, CreatedPayment, PaymentError, PaymentOrder, PaymentRecord,
-    PaymentStatus, RefundOutcome,
+    ApplyError, ApplyOutcome, CreatedPayment, PaymentError, PaymentLimited, PaymentLimits,
+    PaymentOrder, PaymentRecord, PaymentStatus, RecentPayment, RefundOutcome, payment_allowance,
 };
 pub use stats::{Revenue, Stats};
 pub use sync::{FIELD_MANAGER, SubscriptionSync, SyncError, SyncReport};
@@ -144,6 +144,7 @@ impl LedgerError {
 pub struct Ledger {
     pool: PgPool,
     persistent: bool,
+    payment_limits: PaymentLimits,
 }
 
 impl Ledger {
@@ -152,6 +153,16 @@ impl Ledger {
         Self {
             pool,
             persistent: !pgbouncer,
+            payment_limits: PaymentLimits::default(),
+        }
+    }
+
+    /// The same ledger with other limits on starting payments (the default is
+    /// [`PaymentLimits::default`]).
+    pub fn with_payment_limits(self, payment_limits: PaymentLimits) -> Self {
+        Self {
+            payment_limits,
+            ..self
         }
     }
 

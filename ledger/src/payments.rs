@@ -1,9 +1,11 @@
-//! Payments: creating one at YooKassa for (user, plan) with our pending record, applying a
+//! Payments: creating one at YooKassa for (user, plan) with our pending record — within the
+//! user's limits on open payments and on payments started per window ([`payment_allowance`],
+//! decided under the user's row lock so concurrent requests cannot slip past) —, applying a
 //! succeeded one exactly once (a primary key on `payment_applications`, not check-then-insert),
 //! canceling, and recording refunds. Each ledger change re-folds the user's entitlement and
 //! writes the notification outbox row in the same transaction.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -109,6 +111,91 @@ fn payment_from_row(row: &PgRow) -> Result<PaymentRecord, LedgerError> {
     })
 }
 
+/// How many payments one user may start: at most `max_open` open at once (pending, and
+/// created less than `open_for` ago — YooKassa lets a pending redirect payment lapse), and at
+/// most `max_per_window` created (in any state) within `window`. Each creation is a row and a
+/// YooKassa call, and YooKassa throttles the whole shop, so one account must not loop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentLimits {
+    pub max_open: u32,
+    pub open_for: SignedDuration,
+    pub max_per_window: u32,
+    pub window: SignedDuration,
+}
+
+impl Default for PaymentLimits {
+    /// Three open payments (one per plan and a retry), ten an hour.
+    fn default() -> Self {
+        Self {
+            max_open: 3,
+            open_for: SignedDuration::from_hours(1),
+            max_per_window: 10,
+            window: SignedDuration::from_hours(1),
+        }
+    }
+}
+
+/// One of the user's recent payments, as the limits see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentPayment {
+    pub created_at: Timestamp,
+    pub status: PaymentStatus,
+}
+
+/// A payment refused by the limits, and when the next one will be allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many payments started: try again in {} s", .retry_after.as_secs())]
+pub struct PaymentLimited {
+    /// Whole seconds, at least one.
+    pub retry_after: std::time::Duration,
+}
+
+/// Whether the user may start another payment now, given their payments created since
+/// `now - max(open_for, window)` (older ones are not looked at).
+pub fn payment_allowance(
+    limits: &PaymentLimits,
+    recent: &[RecentPayment],
+    now: Timestamp,
+) -> Result<(), PaymentLimited> {
+    // When the count of `at` (creation instants) within `span` falls below `max`: the
+    // (len - max + 1)-th newest must leave the span first.
+    let free_at = |mut at: Vec<Timestamp>, max: u32, span: SignedDuration| -> Option<Timestamp> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        if at.len() < max {
+            return None;
+        }
+        at.sort();
+        Some(at[at.len() - max] + span)
+    };
+    let in_span = |span: SignedDuration, open_only: bool| -> Vec<Timestamp> {
+        recent
+            .iter()
+            .filter(|p| p.created_at > now - span && p.created_at <= now)
+            .filter(|p| !open_only || p.status == PaymentStatus::Pending)
+            .map(|p| p.created_at)
+            .collect()
+    };
+    let open = free_at(
+        in_span(limits.open_for, true),
+        limits.max_open,
+        limits.open_for,
+    );
+    let rate = free_at(
+        in_span(limits.window, false),
+        limits.max_per_window,
+        limits.window,
+    );
+    match open.max(rate) {
+        None => Ok(()),
+        Some(free_at) => {
+            let wait = free_at.duration_since(now).as_secs_f64().ceil().max(1.0);
+            Err(PaymentLimited {
+                retry_after: std::time::Duration::from_secs_f64(wait),
+            })
+        }
+    }
+}
+
 /// A purchase to start.
 #[derive(Debug, Clone, Copy)]
 pub struct PaymentOrder<'a> {
@@ -140,6 +227,8 @@ pub enum PaymentError {
     YooKassa(#[from] YooKassaError),
     #[error("YooKassa returned no confirmation URL")]
     NoConfirmationUrl,
+    #[error(transparent)]
+    Limited(#[from] PaymentLimited),
 }
 
 /// What applying a succeeded payment did.
@@ -180,8 +269,9 @@ pub enum RefundOutcome {
 }
 
 impl Ledger {
-    /// Creates a payment for the plan: records it as pending with a fresh idempotence key, asks
-    /// YooKassa (retrying with the same key) and returns where the user pays.
+    /// Creates a payment for the plan: checks the user's [`PaymentLimits`], records it as pending
+    /// with a fresh idempotence key, asks YooKassa (retrying with the same key) and returns
+    /// where the user pays. A refused payment makes no row and no YooKassa call.
     pub async fn create_payment(
         &self,
         yookassa: &YooKassa,
@@ -203,6 +293,32 @@ impl Ledger {
         let id = Uuid::new_v4();
         let idempotence_key = Uuid::new_v4();
         let plan = order.plan;
+        let limits = self.payment_limits;
+        let mut tx = self.pool.begin().await.map_err(LedgerError::from)?;
+        lock_user(&mut tx, user.telegram_id, self.persistent).await?;
+        let since = now - limits.open_for.max(limits.window);
+        let recent = sqlx::query(
+            "SELECT created_at, status FROM payments WHERE user_id = $1 AND created_at > $2",
+        )
+        .persistent(self.persistent)
+        .bind(user.telegram_id)
+        .bind(since.to_sqlx())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(LedgerError::from)?
+        .iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            Ok(RecentPayment {
+                created_at: row
+                    .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
+                    .to_jiff(),
+                status: PaymentStatus::parse(&status)
+                    .ok_or_else(|| LedgerError::Corrupt(format!("payment status {status:?}")))?,
+            })
+        })
+        .collect::<Result<Vec<_>, LedgerError>>()?;
+        payment_allowance(&limits, &recent, now)?;
         sqlx::query(
             "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
                                    status, idempotence_key, created_at, updated_at) \
@@ -217,9 +333,11 @@ impl Ledger {
         .bind(&plan.currency)
         .bind(idempotence_key)
         .bind(now.to_sqlx())
-        .execute_on(self)
+        .persistent(self.persistent)
+        .execute(&mut *tx)
         .await
         .map_err(LedgerError::from)?;
+        tx.commit().await.map_err(LedgerError::from)?;
         let description = format!(
             "VPN: {}",
             plan.title.for_language(user.language_code.as_deref())
@@ -470,5 +588,133 @@ impl Ledger {
             user_id: payment.user_id,
             entitlement,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const NOW: &str = "2026-12-01T12:00:00Z";
+
+    fn at(minutes_ago: i64) -> Timestamp {
+        NOW.parse::<Timestamp>().unwrap() - SignedDuration::from_mins(minutes_ago)
+    }
+
+    fn payment(minutes_ago: i64, status: PaymentStatus) -> RecentPayment {
+        RecentPayment {
+            created_at: at(minutes_ago),
+            status,
+        }
+    }
+
+    fn limits() -> PaymentLimits {
+        PaymentLimits {
+            max_open: 2,
+            open_for: SignedDuration::from_mins(60),
+            max_per_window: 4,
+            window: SignedDuration::from_mins(30),
+        }
+    }
+
+    #[test]
+    fn open_payments_are_capped_until_the_oldest_lapses() {
+        let now = at(0);
+        assert_eq!(payment_allowance(&limits(), &[], now), Ok(()));
+        let one = [payment(50, PaymentStatus::Pending)];
+        assert_eq!(payment_allowance(&limits(), &one, now), Ok(()));
+        let two = [
+            payment(50, PaymentStatus::Pending),
+            payment(40, PaymentStatus::Pending),
+        ];
+        // The one made 50 minutes ago stops counting as open in 10 minutes.
+        assert_eq!(
+            payment_allowance(&limits(), &two, now),
+            Err(PaymentLimited {
+                retry_after: Duration::from_secs(600)
+            })
+        );
+        // Paid, canceled or failed payments are not open; an hour-old pending one has lapsed.
+        for status in [
+            PaymentStatus::Succeeded,
+            PaymentStatus::Canceled,
+            PaymentStatus::Failed,
+        ] {
+            let closed = [payment(50, PaymentStatus::Pending), payment(40, status)];
+            assert_eq!(payment_allowance(&limits(), &closed, now), Ok(()));
+        }
+        let lapsed = [
+            payment(61, PaymentStatus::Pending),
+            payment(40, PaymentStatus::Pending),
+        ];
+        assert_eq!(payment_allowance(&limits(), &lapsed, now), Ok(()));
+    }
+
+    #[test]
+    fn payments_started_per_window_are_capped_whatever_became_of_them() {
+        let now = at(0);
+        let four = [
+            payment(29, PaymentStatus::Canceled),
+            payment(20, PaymentStatus::Failed),
+            payment(10, PaymentStatus::Succeeded),
+            payment(5, PaymentStatus::Canceled),
+        ];
+        // The one made 29 minutes ago leaves the 30-minute window in a minute.
+        assert_eq!(
+            payment_allowance(&limits(), &four, now),
+            Err(PaymentLimited {
+                retry_after: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(payment_allowance(&limits(), &four[1..], now), Ok(()));
+        // Both limits hit: the later of the two.
+        let both = [
+            payment(29, PaymentStatus::Pending),
+            payment(28, PaymentStatus::Canceled),
+            payment(27, PaymentStatus::Canceled),
+            payment(2, PaymentStatus::Pending),
+        ];
+        assert_eq!(
+            payment_allowance(&limits(), &both, now),
+            Err(PaymentLimited {
+                retry_after: Duration::from_secs(31 * 60)
+            })
+        );
+    }
+
+    #[test]
+    fn the_wait_is_whole_seconds_and_never_zero() {
+        let now = at(0) + SignedDuration::from_millis(1500);
+        let recent = [
+            payment(60, PaymentStatus::Pending),
+            payment(1, PaymentStatus::Pending),
+        ];
+        // The oldest, made an hour before `at(0)`, lapsed 1.5 s ago.
+        assert_eq!(payment_allowance(&limits(), &recent, now), Ok(()));
+        let recent = [
+            payment(59, PaymentStatus::Pending),
+            payment(1, PaymentStatus::Pending),
+        ];
+        assert_eq!(
+            payment_allowance(&limits(), &recent, now),
+            Err(PaymentLimited {
+                retry_after: Duration::from_secs(59)
+            })
+        );
+        let just = [
+            RecentPayment {
+                created_at: at(60) + SignedDuration::from_millis(1600),
+                status: PaymentStatus::Pending,
+            },
+            payment(1, PaymentStatus::Pending),
+        ];
+        assert_eq!(
+            payment_allowance(&limits(), &just, now),
+            Err(PaymentLimited {
+                retry_after: Duration::from_secs(1)
+            })
+        );
     }
 }
