@@ -482,6 +482,15 @@ async fn installs_with_every_option_the_server_can_admit() {
     let server = cluster.get(&["-n", &namespace, "wgserver", "main"]);
     assert_eq!(server["spec"]["addressPool6"], "fd00:8::/64");
     assert_eq!(server["spec"]["nodeName"], "vpn-1");
+    // The server admitted the Ingress with only the public paths.
+    let ingress = cluster.get(&["-n", &namespace, "ingress", &component("api")]);
+    let paths: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .expect("the Ingress's paths")
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    assert_eq!(paths, ["/api/", "/miniapp/", "/telegram/updates"]);
 }
 
 #[tokio::test]

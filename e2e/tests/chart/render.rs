@@ -1,5 +1,5 @@
 //! `helm lint`, and what the chart renders: the components and their wiring, with default values
-//! and with every option on.
+//! and with every option on; which paths the Ingress makes public.
 
 use std::collections::BTreeSet;
 
@@ -388,6 +388,105 @@ fn ingress_paths(docs: &[Value]) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
+/// The api's public paths: the JSON API (the YooKassa webhook included) and the Mini App.
+fn public_api_paths() -> Vec<(String, String, String, String)> {
+    ["/api/", "/miniapp/"]
+        .map(|path| {
+            (
+                path.to_owned(),
+                "Prefix".to_owned(),
+                component("api"),
+                "http".to_owned(),
+            )
+        })
+        .to_vec()
+}
+
+/// The Service an Ingress with `paths` sends a request for `request` to, by the Ingress API's
+/// matching rules: an `Exact` path equals the request's path; a `Prefix` path matches element
+/// by element (`/api/` matches `/api/v1` and `/api`, never `/apiv1`); the longest match wins.
+fn routed_to(paths: &[(String, String, String, String)], request: &str) -> Option<String> {
+    let elements = |path: &str| -> Vec<String> {
+        path.split('/')
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    paths
+        .iter()
+        .filter(|(path, kind, _, _)| match kind.as_str() {
+            "Exact" => path == request,
+            "Prefix" => elements(request).starts_with(&elements(path)),
+            other => panic!("pathType {other} is not portable across ingress controllers"),
+        })
+        .max_by_key(|(path, _, _, _)| path.len())
+        .map(|(_, _, service, _)| service.clone())
+}
+
+/// The paths the Mini App asks the browser to load: the files `index.html` names relative to
+/// `/miniapp/`, and the absolute paths `app.js` fetches.
+fn paths_the_mini_app_loads() -> Vec<String> {
+    let dir = crate::support::repo_root().join("api").join("miniapp");
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("a Mini App file");
+    let quoted_after = |text: &str, marker: &str| -> Vec<String> {
+        text.match_indices(marker)
+            .filter_map(|(at, _)| {
+                let rest = &text[at + marker.len()..];
+                rest.find('"').map(|end| rest[..end].to_owned())
+            })
+            .collect()
+    };
+    let page = read("index.html");
+    let mut paths: Vec<String> = ["href=\"", "src=\""]
+        .iter()
+        .flat_map(|marker| quoted_after(&page, marker))
+        .filter(|target| !target.contains("://"))
+        .map(|file| format!("/miniapp/{file}"))
+        .collect();
+    let script = read("app.js");
+    paths.extend(
+        ["fetch(\"", "api(\""]
+            .iter()
+            .flat_map(|marker| quoted_after(&script, marker)),
+    );
+    assert!(
+        paths.len() >= 4,
+        "the Mini App's files name their stylesheet, script and API calls: {paths:?}"
+    );
+    paths
+}
+
+#[test]
+fn the_ingress_routes_only_the_api_and_the_mini_app_and_keeps_operational_endpoints_in_cluster() {
+    let docs = render(&INGRESS_ON);
+    let paths = ingress_paths(&docs);
+    assert_eq!(paths, public_api_paths());
+    let api = Some(component("api"));
+    let mut public = vec![
+        "/miniapp/".to_owned(),
+        "/api/v1/webhooks/yookassa".to_owned(),
+    ];
+    public.extend(paths_the_mini_app_loads());
+    for request in &public {
+        assert_eq!(routed_to(&paths, request), api, "{request} is public");
+    }
+    for request in [
+        "/",
+        "/metrics",
+        "/readyz",
+        "/healthz",
+        "/openapi.json",
+        "/apiv1",
+        "/miniappx/app.js",
+    ] {
+        assert_eq!(
+            routed_to(&paths, request),
+            None,
+            "{request} stays in-cluster"
+        );
+    }
+}
+
 const INGRESS_ON: [&str; 2] = [
     "api.ingress.enabled=true",
     "api.ingress.host=vpn.example.test",
@@ -421,15 +520,7 @@ fn polling_mode_renders_no_webhook_service_port_path_or_settings() {
             .all(|e| !e.name.starts_with("WGSUB_BOT_WEBHOOK_")),
         "no webhook settings in polling mode"
     );
-    assert_eq!(
-        ingress_paths(&docs),
-        [(
-            "/".to_owned(),
-            "Prefix".to_owned(),
-            component("api"),
-            "http".to_owned()
-        )]
-    );
+    assert_eq!(ingress_paths(&docs), public_api_paths());
     let policy = find(&docs, "NetworkPolicy", &component("bot"));
     assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 1);
 }
