@@ -482,6 +482,11 @@ async fn installs_with_every_option_the_server_can_admit() {
     let server = cluster.get(&["-n", &namespace, "wgserver", "main"]);
     assert_eq!(server["spec"]["addressPool6"], "fd00:8::/64");
     assert_eq!(server["spec"]["nodeName"], "vpn-1");
+    assert_eq!(server["spec"]["nat"]["clientToClient"], true);
+    assert_eq!(
+        server["spec"]["nat"]["blockedDestinations"],
+        json!(["198.51.100.0/24", "2001:db8:100::/48"])
+    );
     // The server admitted the Ingress with only the public paths.
     let ingress = cluster.get(&["-n", &namespace, "ingress", &component("api")]);
     let paths: Vec<&str> = ingress["spec"]["rules"][0]["http"]["paths"]
@@ -491,6 +496,26 @@ async fn installs_with_every_option_the_server_can_admit() {
         .filter_map(|p| p["path"].as_str())
         .collect();
     assert_eq!(paths, ["/api/", "/miniapp/", "/telegram/updates"]);
+    // A network with host bits set matches the values schema's pattern; the CRD's CEL rule
+    // refuses it.
+    let mut sets = sets;
+    sets.extend([
+        "defaultServer.name=unmasked",
+        "defaultServer.nat.blockedDestinations={198.51.100.7/24}",
+    ]);
+    let server = rendered(&namespace, &sets, false)
+        .into_iter()
+        .filter(|doc| kind_of(doc) == "WgServer")
+        .collect::<Vec<_>>();
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = manifest(dir.path(), "unmasked.yaml", &server);
+    let out = cluster.kubectl(&["create", "--dry-run=server", "-f", path_str(&file)], None);
+    assert!(!out.status.success(), "the server admitted 198.51.100.7/24");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("every blockedDestinations entry must be a network in CIDR form"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

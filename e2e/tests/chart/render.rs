@@ -1,5 +1,5 @@
 //! `helm lint`, and what the chart renders: the components and their wiring, with default values
-//! and with every option on; which paths the Ingress makes public.
+//! and with every option on; which paths the Ingress makes public; the default WgServer.
 
 use std::collections::BTreeSet;
 
@@ -127,6 +127,11 @@ fn every_option_on_renders_ingress_tls_monitoring_policies_budgets_and_the_defau
     let server = find(&docs, "WgServer", "main");
     assert_eq!(server["spec"]["endpoint"], "vpn.example.test:51820");
     assert_eq!(server["spec"]["nat"]["egressInterface"], "eth0");
+    assert_eq!(server["spec"]["nat"]["clientToClient"], true);
+    assert_eq!(
+        server["spec"]["nat"]["blockedDestinations"],
+        serde_json::json!(["198.51.100.0/24", "2001:db8:100::/48"])
+    );
     // The three Secrets, only because createFromValues was asked for; hooks so the
     // migrations Job finds the database URL.
     let secrets = of_kind(&docs, "Secret");
@@ -620,4 +625,51 @@ fn webhook_mode_without_the_ingress_renders_no_ingress_path() {
     ]);
     assert!(of_kind(&docs, "Ingress").is_empty());
     find(&docs, "Service", &format!("{}-webhook", component("bot")));
+}
+
+#[test]
+fn the_default_server_keeps_clients_apart_and_blocks_nothing_extra_unless_asked() {
+    let server_on = [
+        "defaultServer.create=true",
+        "defaultServer.endpoint=vpn.example.test:51820",
+    ];
+    let docs = render(&server_on);
+    let nat = &find(&docs, "WgServer", "main")["spec"]["nat"];
+    assert_eq!(nat["enabled"], true);
+    assert_eq!(nat["clientToClient"], false, "isolation is the default");
+    assert!(
+        nat.get("blockedDestinations").is_none(),
+        "no list beyond the ranges the node-agent always refuses: {nat}"
+    );
+    // Values of a release made before the options (helm upgrade --reuse-values) lack them.
+    let docs = render(
+        &[
+            &server_on[..],
+            &[
+                "defaultServer.nat.clientToClient=null",
+                "defaultServer.nat.blockedDestinations=null",
+            ],
+        ]
+        .concat(),
+    );
+    let nat = &find(&docs, "WgServer", "main")["spec"]["nat"];
+    assert_eq!(nat["clientToClient"], false);
+    assert!(nat.get("blockedDestinations").is_none());
+
+    let docs = render(
+        &[
+            &server_on[..],
+            &[
+                "defaultServer.nat.clientToClient=true",
+                "defaultServer.nat.blockedDestinations={203.0.113.0/24,2001:db8::/32}",
+            ],
+        ]
+        .concat(),
+    );
+    let nat = &find(&docs, "WgServer", "main")["spec"]["nat"];
+    assert_eq!(nat["clientToClient"], true);
+    assert_eq!(
+        nat["blockedDestinations"],
+        serde_json::json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
 }

@@ -69,6 +69,32 @@ fn bad_values_are_refused_with_the_field_named() {
         &["bot.webhook.existingSecret=Not_A_Name"],
         "/bot/webhook/existingSecret",
     );
+    refused(
+        &["defaultServer.nat.clientToClient=sometimes"],
+        "/defaultServer/nat/clientToClient",
+    );
+    for entry in [
+        "203.0.113.0",
+        "203.0.113.0/33",
+        "203.0.113/24",
+        "2001:db8::/129",
+        "example.test/24",
+    ] {
+        refused(
+            &[&format!(
+                "defaultServer.nat.blockedDestinations={{{entry}}}"
+            )],
+            "/defaultServer/nat/blockedDestinations/0",
+        );
+    }
+    let too_many: Vec<String> = (0..65).map(|i| format!("10.{i}.0.0/16")).collect();
+    refused(
+        &[&format!(
+            "defaultServer.nat.blockedDestinations={{{}}}",
+            too_many.join(",")
+        )],
+        "/defaultServer/nat/blockedDestinations",
+    );
 }
 
 #[test]
@@ -117,6 +143,10 @@ fn good_values_of_the_same_fields_are_accepted() {
         &[
             "bot.mode=webhook",
             "bot.webhook.url=https://bot.example.test/hook",
+        ],
+        &[
+            "defaultServer.nat.clientToClient=true",
+            "defaultServer.nat.blockedDestinations={0.0.0.0/0,203.0.113.0/24,::/0,2001:db8::/32,fd00:1:2:3:4:5:6:0/112}",
         ],
     ] {
         if let Err(stderr) = try_render(sets) {

@@ -128,6 +128,8 @@ pub fn every_option_on() -> Vec<String> {
         "defaultServer.nodeName=vpn-1".into(),
         "defaultServer.nat.enabled=true".into(),
         "defaultServer.nat.egressInterface=eth0".into(),
+        "defaultServer.nat.clientToClient=true".into(),
+        "defaultServer.nat.blockedDestinations={198.51.100.0/24,2001:db8:100::/48}".into(),
         "api.ingress.enabled=true".into(),
         "api.ingress.className=traefik".into(),
         "api.ingress.host=vpn.example.test".into(),
