@@ -8,15 +8,23 @@ use crate::resources::{SubscriptionPhase, VpnSubscriptionSpec};
 /// What decides whether one peer is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerLiveness {
+    /// The user's switch (`spec.enabled`).
     pub enabled: bool,
+    /// The operator keeps the peer off because it exceeds its subscription's `maxDevices`
+    /// (the `wgsub.io/over-limit` label).
+    pub over_limit: bool,
     pub subscription_suspended: bool,
     pub expires_at: Option<Timestamp>,
 }
 
 impl PeerLiveness {
-    /// A peer is live iff it is enabled, its subscription is not suspended and `now < expiresAt`.
+    /// A peer is live iff it is enabled, within its subscription's device limit, its
+    /// subscription is not suspended and `now < expiresAt`.
     pub fn is_live(&self, now: Timestamp) -> bool {
-        self.enabled && !self.subscription_suspended && self.expires_at.is_some_and(|at| now < at)
+        self.enabled
+            && !self.over_limit
+            && !self.subscription_suspended
+            && self.expires_at.is_some_and(|at| now < at)
     }
 
     /// The instant after `now` at which this peer stops being live by the clock alone.
@@ -76,27 +84,43 @@ mod tests {
     fn peer(enabled: bool, suspended: bool, expires: Option<&str>) -> PeerLiveness {
         PeerLiveness {
             enabled,
+            over_limit: false,
             subscription_suspended: suspended,
             expires_at: expires.map(t),
         }
     }
 
     #[test]
-    fn liveness_needs_enabled_unsuspended_and_unexpired() {
+    fn liveness_needs_enabled_within_limit_unsuspended_and_unexpired() {
         let now = t(NOW);
         let future = Some("2026-06-02T00:00:00Z");
         for enabled in [false, true] {
-            for suspended in [false, true] {
-                for expires in [None, Some("2026-05-01T00:00:00Z"), Some(NOW), future] {
-                    let expected = enabled && !suspended && expires == future;
-                    assert_eq!(
-                        peer(enabled, suspended, expires).is_live(now),
-                        expected,
-                        "{enabled} {suspended} {expires:?}"
-                    );
+            for over_limit in [false, true] {
+                for suspended in [false, true] {
+                    for expires in [None, Some("2026-05-01T00:00:00Z"), Some(NOW), future] {
+                        let expected = enabled && !over_limit && !suspended && expires == future;
+                        let liveness = PeerLiveness {
+                            over_limit,
+                            ..peer(enabled, suspended, expires)
+                        };
+                        assert_eq!(
+                            liveness.is_live(now),
+                            expected,
+                            "{enabled} {over_limit} {suspended} {expires:?}"
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_peer_over_the_device_limit_has_no_expiry_to_wait_for() {
+        let over = PeerLiveness {
+            over_limit: true,
+            ..peer(true, false, Some("2026-06-02T00:00:00Z"))
+        };
+        assert_eq!(next_liveness_change([over], t(NOW)), None);
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct PeerInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotLive {
     Disabled,
+    /// The subscription's `maxDevices` has no room for it (the operator's label).
+    OverLimit,
     Suspended,
     Expired,
 }
@@ -162,6 +164,8 @@ impl DesiredPeers {
 fn not_live_reason(liveness: &PeerLiveness) -> NotLive {
     if !liveness.enabled {
         NotLive::Disabled
+    } else if liveness.over_limit {
+        NotLive::OverLimit
     } else if liveness.subscription_suspended {
         NotLive::Suspended
     } else {
@@ -576,6 +580,7 @@ mod tests {
             address6: None,
             liveness: PeerLiveness {
                 enabled: true,
+                over_limit: false,
                 subscription_suspended: false,
                 expires_at: Some(t("2026-07-01T00:00:00Z")),
             },
@@ -613,10 +618,12 @@ mod tests {
         let live = peer("live", "10.8.0.2/32");
         let mut disabled = peer("disabled", "10.8.0.3/32");
         disabled.liveness.enabled = false;
+        let mut over_limit = peer("over-limit", "10.8.0.5/32");
+        over_limit.liveness.over_limit = true;
         let outside = peer("outside", "10.9.0.2/32");
         let mut keyless = peer("keyless", "10.8.0.4/32");
         keyless.public_key = None;
-        for input in [&live, &disabled, &outside, &keyless] {
+        for input in [&live, &disabled, &over_limit, &outside, &keyless] {
             let alone = desired_peers(&pools(), [input], t(NOW));
             assert_eq!(
                 live_candidate(input, &pools(), t(NOW)),
@@ -633,20 +640,30 @@ mod tests {
     }
 
     #[test]
-    fn disabled_suspended_and_expired_peers_stay_off_with_their_reason() {
+    fn disabled_over_limit_suspended_and_expired_peers_stay_off_with_their_reason() {
         let mut disabled = peer("disabled", "10.8.0.2/32");
         disabled.liveness.enabled = false;
+        let mut over_limit = peer("over-limit", "10.8.0.6/32");
+        over_limit.liveness.over_limit = true;
         let mut suspended = peer("suspended", "10.8.0.3/32");
         suspended.liveness.subscription_suspended = true;
         let mut expired = peer("expired", "10.8.0.4/32");
         expired.liveness.expires_at = Some(t(NOW));
         let mut never = peer("never", "10.8.0.5/32");
         never.liveness.expires_at = None;
-        let desired = desired_peers(&pools(), [&disabled, &suspended, &expired, &never], t(NOW));
+        let desired = desired_peers(
+            &pools(),
+            [&disabled, &over_limit, &suspended, &expired, &never],
+            t(NOW),
+        );
         assert!(desired.peers.is_empty());
         assert_eq!(
             desired.states["disabled"],
             PeerState::NotLive(NotLive::Disabled)
+        );
+        assert_eq!(
+            desired.states["over-limit"],
+            PeerState::NotLive(NotLive::OverLimit)
         );
         assert_eq!(
             desired.states["suspended"],
@@ -800,6 +817,7 @@ mod tests {
                 address6: None,
                 liveness: PeerLiveness {
                     enabled,
+                    over_limit: false,
                     subscription_suspended: false,
                     expires_at: Some(Timestamp::from_second(1_800_000_000 + expires).unwrap()),
                 },

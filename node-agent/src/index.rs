@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use wgsub_crds::keys::{KeyError, PresharedKey, PrivateKey};
 use wgsub_crds::liveness::PeerLiveness;
-use wgsub_crds::resources::LABEL_SUBSCRIPTION;
+use wgsub_crds::resources::{LABEL_SUBSCRIPTION, is_over_limit};
 use wgsub_crds::{
     SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgPeerStatus, WgServer, WgServerSpec,
 };
@@ -95,12 +95,14 @@ pub struct Dirty {
 }
 
 /// What the index keeps of a `WgPeer`: what the decision and the status need, nothing of its
-/// metadata but the subscription it belongs to, its creation time and generation. At 10k peers
+/// metadata but the subscription it belongs to, whether the operator keeps it off for the
+/// device limit (its `wgsub.io/over-limit` label), its creation time and generation. At 10k peers
 /// this is a fraction of the whole object (labels, owner references, uid, resource version).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexedPeer {
     pub spec: WgPeerSpec,
     pub subscription: Option<String>,
+    pub over_limit: bool,
     pub created: Option<Timestamp>,
     pub generation: Option<i64>,
     pub status: Option<WgPeerStatus>,
@@ -110,6 +112,7 @@ impl IndexedPeer {
     fn from_object(peer: WgPeer) -> Self {
         Self {
             subscription: Index::subscription_of(&peer),
+            over_limit: is_over_limit(&peer),
             created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
             generation: peer.metadata.generation,
             spec: peer.spec,
@@ -157,6 +160,7 @@ impl Index {
         let inputs_changed = self.peers.get(&name).is_none_or(|old| {
             old.spec != peer.spec
                 || old.subscription != peer.subscription
+                || old.over_limit != peer.over_limit
                 || old.created != peer.created
         });
         if inputs_changed {
@@ -303,6 +307,7 @@ impl Index {
             address6: peer.spec.address6.clone(),
             liveness: PeerLiveness {
                 enabled: peer.spec.enabled,
+                over_limit: peer.over_limit,
                 subscription_suspended: suspended,
                 expires_at: peer.spec.expires_at,
             },
@@ -646,6 +651,19 @@ mod tests {
         disabled.spec.enabled = false;
         index.apply_peer(disabled);
         assert_eq!(index.take_dirty().peers, ["a".to_owned()].into());
+
+        // The operator's device-limit label is an input of the peer's liveness.
+        let mut over_limit = peer("b", Some("tg-2"), None);
+        over_limit.labels_mut().insert(
+            wgsub_crds::resources::LABEL_OVER_LIMIT.into(),
+            "true".into(),
+        );
+        index.apply_peer(over_limit);
+        assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());
+        assert!(index.peer_input("main", "b").unwrap().liveness.over_limit);
+        index.apply_peer(peer("b", Some("tg-2"), None));
+        assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());
+        assert!(!index.peer_input("main", "b").unwrap().liveness.over_limit);
 
         index.apply_subscription(&subscription("tg-2", true));
         assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());

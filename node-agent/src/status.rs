@@ -19,6 +19,7 @@ pub mod reason {
     pub const ACTIVE: &str = "Active";
     pub const PENDING: &str = "Pending";
     pub const DISABLED: &str = "Disabled";
+    pub const OVER_LIMIT: &str = "OverLimit";
     pub const SUSPENDED: &str = "Suspended";
     pub const EXPIRED: &str = "Expired";
     pub const CONFLICT: &str = "Conflict";
@@ -54,6 +55,11 @@ pub fn peer_ready(
         PeerState::NotLive(NotLive::Disabled) => {
             (false, reason::DISABLED, "the peer is disabled".to_owned())
         }
+        PeerState::NotLive(NotLive::OverLimit) => (
+            false,
+            reason::OVER_LIMIT,
+            "the subscription's maxDevices has no room for this device; it keeps its key and address until the limit rises or another device is switched off".to_owned(),
+        ),
         PeerState::NotLive(NotLive::Suspended) => (
             false,
             reason::SUSPENDED,
@@ -246,6 +252,12 @@ mod tests {
                 false,
                 false,
                 reason::DISABLED,
+            ),
+            (
+                PeerState::NotLive(NotLive::OverLimit),
+                false,
+                false,
+                reason::OVER_LIMIT,
             ),
             (
                 PeerState::NotLive(NotLive::Suspended),

@@ -9,6 +9,11 @@
 //! holding a key not yet published (published by the next reconcile). `KeyRegenerated` is
 //! reported only when a key that was published lost its private half.
 //!
+//! Devices beyond `maxDevices` (after a downgrade or a refund) are kept off the interface by the
+//! operator's own `wgsub.io/over-limit` label — never by the user's `enabled` switch — keeping
+//! their keys and addresses, so they come back unchanged when the limit rises. Which devices
+//! keep their places is [`devices_over_limit`].
+//!
 //! Pure: no I/O, no clock, no randomness of its own (fresh keys come from the `new_key` closure
 //! the caller passes). Addresses are claimed from the server's [`UsedAddresses`], which the
 //! caller holds under the server's lock, so two decisions never hand out the same address.
@@ -24,8 +29,8 @@ use wgsub_crds::keys::{PrivateKey, PublicKey};
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::pool;
 use wgsub_crds::resources::{
-    CONDITION_READY, LABEL_SERVER, LABEL_SUBSCRIPTION, condition, new_condition, peer_name,
-    set_condition,
+    CONDITION_DEVICES_OVER_LIMIT, CONDITION_READY, LABEL_SERVER, LABEL_SUBSCRIPTION, condition,
+    is_over_limit, new_condition, peer_name, set_condition,
 };
 use wgsub_crds::{
     SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,
@@ -65,6 +70,11 @@ pub mod reasons {
     pub const RENEWED: &str = "Renewed";
     /// Event: the retention period ended and the peers were deleted.
     pub const PEERS_DELETED: &str = "PeersDeleted";
+    /// Condition `DevicesOverLimit` (and Event): some devices exceed `maxDevices` and are off.
+    pub const MAX_DEVICES_EXCEEDED: &str = "MaxDevicesExceeded";
+    /// Condition `DevicesOverLimit` false (and Event): every device is within `maxDevices`
+    /// again.
+    pub const WITHIN_LIMIT: &str = "WithinLimit";
 }
 
 /// Normal or Warning, as Kubernetes Events have it.
@@ -92,6 +102,8 @@ pub struct DesiredPeer {
     pub address: Option<String>,
     pub address6: Option<String>,
     pub expires_at: Option<Timestamp>,
+    /// Kept off the interface: the subscription's `maxDevices` has no room for it.
+    pub over_limit: bool,
 }
 
 impl DesiredPeer {
@@ -104,6 +116,7 @@ impl DesiredPeer {
             address: peer.spec.address.clone(),
             address6: peer.spec.address6.clone(),
             expires_at: peer.spec.expires_at,
+            over_limit: is_over_limit(peer),
         }
     }
 
@@ -116,6 +129,7 @@ impl DesiredPeer {
             address: None,
             address6: None,
             expires_at: None,
+            over_limit: false,
         }
     }
 }
@@ -307,9 +321,7 @@ pub fn server_name<'a>(spec: &'a VpnSubscriptionSpec, default_server: &'a str) -
 /// names extra devices the same way) and every peer the status lists.
 pub fn candidate_peer_names(subscription: &VpnSubscription) -> Vec<String> {
     let name = subscription.name_any();
-    let max = u32::try_from(subscription.spec.max_devices)
-        .unwrap_or(1)
-        .clamp(1, MAX_DEVICES);
+    let max = device_limit(&subscription.spec) as u32;
     let mut names: BTreeSet<String> = (1..=max).map(|i| peer_name(&name, i)).collect();
     let prefix = format!("{name}-");
     if let Some(status) = &subscription.status {
@@ -324,6 +336,75 @@ pub fn candidate_peer_names(subscription: &VpnSubscription) -> Vec<String> {
     let mut names: Vec<String> = names.into_iter().collect();
     names.sort_by_key(|n| device_index(&prefix, n));
     names
+}
+
+/// The number of devices a subscription may have live: `maxDevices`, within the schema's bounds.
+pub fn device_limit(spec: &VpnSubscriptionSpec) -> usize {
+    let max = u32::try_from(spec.max_devices)
+        .unwrap_or(1)
+        .clamp(1, MAX_DEVICES);
+    max as usize
+}
+
+/// One device as the device limit sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitedDevice<'a> {
+    pub name: &'a str,
+    pub created: Option<Timestamp>,
+    /// The user's switch.
+    pub enabled: bool,
+    /// Kept off by the limit now (before this decision).
+    pub over_limit: bool,
+}
+
+impl<'a> LimitedDevice<'a> {
+    /// The device limit's view of a peer.
+    pub fn of(peer: &'a WgPeer) -> Self {
+        Self {
+            name: peer.metadata.name.as_deref().unwrap_or_default(),
+            created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            enabled: peer.spec.enabled,
+            over_limit: is_over_limit(peer),
+        }
+    }
+}
+
+/// The devices of subscription `subscription` that exceed `limit` places.
+///
+/// The places go, in this order of preference:
+/// 1. to devices the user has switched on: a device switched off does not hold a place that a
+///    device in use needs (so a user can choose which devices stay, by switching others off);
+/// 2. to devices that hold a place now: switching on a device that is over the limit does not
+///    push out one in use — the user frees a place by switching another device off first;
+/// 3. to the older device (creation time; a device without one counts as newest), then the
+///    lower device number, then the name.
+///
+/// Devices switched off are marked too when they have no place, so that switching one on never
+/// puts it on the interface before the operator has looked. Every device keeps its key and
+/// address either way. The result is a fixed point: deciding again on its own output gives the
+/// same set, so the limit never flips devices back and forth.
+pub fn devices_over_limit(
+    subscription: &str,
+    devices: &[LimitedDevice<'_>],
+    limit: usize,
+) -> BTreeSet<String> {
+    let prefix = format!("{subscription}-");
+    let mut ranked: Vec<&LimitedDevice<'_>> = devices.iter().collect();
+    ranked.sort_by_key(|d| {
+        (
+            !d.enabled,
+            d.over_limit,
+            d.created.is_none(),
+            d.created,
+            device_index(&prefix, d.name).unwrap_or(u32::MAX),
+            d.name,
+        )
+    });
+    ranked
+        .into_iter()
+        .skip(limit)
+        .map(|d| d.name.to_owned())
+        .collect()
 }
 
 /// The name of the Secret holding a peer's private key.
@@ -484,6 +565,7 @@ fn ensure_device(
     server: &str,
     pools: (Ipv4Net, Option<Ipv6Net>),
     paid_until: Timestamp,
+    over_limit: bool,
     subscription: &VpnSubscription,
     secrets: &[Secret],
     used: &mut UsedAddresses,
@@ -584,6 +666,7 @@ fn ensure_device(
         desired.private_key_secret_ref = None;
     }
     desired.expires_at = Some(paid_until);
+    desired.over_limit = over_limit;
 
     let current = existing.is_some_and(|peer| peer_is_current(peer, &desired, subscription));
     if current && key.is_none() {
@@ -597,15 +680,17 @@ fn ensure_device(
     }))
 }
 
-/// The write that keeps a peer's `expiresAt` equal to the subscription's `paidUntil`, touching
-/// nothing else.
+/// The write that keeps a peer's `expiresAt` equal to the subscription's `paidUntil` and its
+/// place within the device limit, touching nothing else.
 fn mirror_expiry(
     peer: &WgPeer,
     expires_at: Timestamp,
+    over: &BTreeSet<String>,
     subscription: &VpnSubscription,
 ) -> Option<PeerWrite> {
     let mut desired = DesiredPeer::from_existing(peer);
     desired.expires_at = Some(expires_at);
+    desired.over_limit = over.contains(&desired.name);
     (!peer_is_current(peer, &desired, subscription)).then_some(PeerWrite {
         peer: desired,
         key: None,
@@ -645,6 +730,8 @@ pub fn decide(
     let mut problem = None;
     let mut requeue_at = None;
     let mut remaining: BTreeSet<String> = peers.iter().map(|p| p.name_any()).collect();
+    let limited: Vec<LimitedDevice<'_>> = peers.iter().map(|p| LimitedDevice::of(p)).collect();
+    let over = devices_over_limit(&name, &limited, device_limit(spec));
 
     let ready: (bool, &'static str, String) = match (phase, spec.paid_until) {
         (SubscriptionPhase::Active, Some(paid_until)) => {
@@ -654,7 +741,7 @@ pub fn decide(
                     writes.extend(
                         peers
                             .iter()
-                            .filter_map(|p| mirror_expiry(p, paid_until, subscription)),
+                            .filter_map(|p| mirror_expiry(p, paid_until, &over, subscription)),
                     );
                     let ready = (false, found.reason(), found.message());
                     problem = Some(found);
@@ -674,6 +761,7 @@ pub fn decide(
                             server,
                             pools,
                             paid_until,
+                            over.contains(&device),
                             subscription,
                             observed.secrets,
                             used,
@@ -717,7 +805,7 @@ pub fn decide(
                 writes.extend(
                     peers
                         .iter()
-                        .filter_map(|p| mirror_expiry(p, paid_until, subscription)),
+                        .filter_map(|p| mirror_expiry(p, paid_until, &over, subscription)),
                 );
                 if !peers.is_empty() {
                     requeue_at = delete_at;
@@ -739,6 +827,10 @@ pub fn decide(
         }
         _ => (false, reasons::NOT_PAID, "never paid".to_owned()),
     };
+
+    // Devices leaving the interface are written before those joining it, so that the limit
+    // holds at every instant in between.
+    writes.sort_by_key(|write| !write.peer.over_limit);
 
     let old = subscription.status.clone().unwrap_or_default();
     let generation = subscription.metadata.generation;
@@ -762,6 +854,45 @@ pub fn decide(
             now,
         ),
     );
+    let limit = device_limit(spec);
+    status.devices_over_limit = remaining
+        .iter()
+        .filter(|peer| over.contains(*peer))
+        .cloned()
+        .collect();
+    status
+        .devices_over_limit
+        .sort_by_key(|p| (device_index(&prefix, p).unwrap_or(u32::MAX), p.clone()));
+    let over_limit_note = format!(
+        "{} device(s) exceed maxDevices {limit} and are kept off, keeping their keys and addresses until the limit rises: {}",
+        status.devices_over_limit.len(),
+        status.devices_over_limit.join(", ")
+    );
+    if !status.devices_over_limit.is_empty() {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                CONDITION_DEVICES_OVER_LIMIT,
+                true,
+                reasons::MAX_DEVICES_EXCEEDED,
+                over_limit_note.clone(),
+                generation,
+                now,
+            ),
+        );
+    } else if condition(&status.conditions, CONDITION_DEVICES_OVER_LIMIT).is_some() {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                CONDITION_DEVICES_OVER_LIMIT,
+                false,
+                reasons::WITHIN_LIMIT,
+                format!("every device is within maxDevices {limit}"),
+                generation,
+                now,
+            ),
+        );
+    }
     if !regenerated.is_empty() {
         set_condition(
             &mut status.conditions,
@@ -797,6 +928,30 @@ pub fn decide(
             "the key Secret of {peer} lost its published key, so it got a new key; its config must be downloaded again"
         ),
     }));
+    let back: Vec<&str> = old
+        .devices_over_limit
+        .iter()
+        .filter(|peer| remaining.contains(*peer) && !over.contains(*peer))
+        .map(String::as_str)
+        .collect();
+    if status.devices_over_limit != old.devices_over_limit {
+        if !status.devices_over_limit.is_empty() {
+            events.push(PlannedEvent {
+                kind: EventKind::Warning,
+                reason: reasons::MAX_DEVICES_EXCEEDED,
+                note: over_limit_note,
+            });
+        } else if !back.is_empty() {
+            events.push(PlannedEvent {
+                kind: EventKind::Normal,
+                reason: reasons::WITHIN_LIMIT,
+                note: format!(
+                    "every device is within maxDevices {limit}; {} may connect again",
+                    back.join(", ")
+                ),
+            });
+        }
+    }
     if !deletes.is_empty() {
         let names: Vec<&str> = deletes.iter().map(|d| d.peer.as_str()).collect();
         events.push(PlannedEvent {

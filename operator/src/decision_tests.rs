@@ -145,6 +145,7 @@ impl World {
             peer.spec.device_name = existing.spec.device_name.clone();
             peer.spec.preshared_key_secret_ref = existing.spec.preshared_key_secret_ref.clone();
             peer.metadata.uid = existing.metadata.uid.clone();
+            peer.metadata.creation_timestamp = existing.metadata.creation_timestamp.clone();
         } else {
             peer.metadata.uid = Some(format!("uid-{}", desired.name));
         }
@@ -335,6 +336,7 @@ fn expired_peer_stays_until_retention_and_requeues_then() {
     let peer = world.peer("tg-1-1");
     let liveness = wgsub_crds::liveness::PeerLiveness {
         enabled: peer.spec.enabled,
+        over_limit: false,
         subscription_suspended: false,
         expires_at: peer.spec.expires_at,
     };
@@ -1111,4 +1113,391 @@ fn key_secrets_are_read_for_references_and_for_peers_awaiting_their_key() {
         names.into_iter().collect::<Vec<_>>(),
         vec!["custom".to_owned(), "tg-1-1-key".to_owned()]
     );
+}
+
+// The device limit.
+
+/// A device the API added, switched on, created at `created`.
+fn device_created(sub: &str, index: u32, created: Timestamp) -> WgPeer {
+    let mut peer = api_device(sub, index, "wg");
+    peer.spec.enabled = true;
+    peer.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        created,
+    ));
+    peer
+}
+
+/// A paid subscription allowed `devices` devices, all of them made (device 1 by the operator,
+/// the others by the API, each a minute after the one before) and given keys and addresses.
+fn subscription_with_devices(world: &mut World, devices: u32) -> VpnSubscription {
+    let mut sub = subscription(1, Some(now() + DAY * 30));
+    sub.spec.max_devices = i32::try_from(devices).unwrap();
+    let first = now() - DAY;
+    world
+        .peers
+        .insert("tg-1-1".into(), device_created("tg-1", 1, first));
+    for index in 2..=devices {
+        let created = first + SignedDuration::from_mins(i64::from(index));
+        world.peers.insert(
+            peer_name("tg-1", index),
+            device_created("tg-1", index, created),
+        );
+    }
+    world.run(&mut sub, now());
+    assert!(sub.status.as_ref().unwrap().devices_over_limit.is_empty());
+    sub
+}
+
+/// Each device's key and addresses, to compare before and after.
+fn configs(world: &World) -> BTreeMap<String, (Option<String>, Option<String>, PrivateKey)> {
+    world
+        .peers
+        .keys()
+        .map(|name| {
+            let peer = world.peer(name);
+            (
+                name.clone(),
+                (
+                    peer.spec.public_key.clone(),
+                    peer.spec.address.clone(),
+                    world.private_key_of(name),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The devices that would go on an interface at `at`, by the shared liveness rule.
+fn live_devices(world: &World, suspended: bool, at: Timestamp) -> Vec<String> {
+    world
+        .peers
+        .values()
+        .filter(|peer| {
+            wgsub_crds::liveness::PeerLiveness {
+                enabled: peer.spec.enabled,
+                over_limit: wgsub_crds::resources::is_over_limit(peer),
+                subscription_suspended: suspended,
+                expires_at: peer.spec.expires_at,
+            }
+            .is_live(at)
+        })
+        .map(|peer| peer.name_any())
+        .collect()
+}
+
+fn over_limit_condition(sub: &VpnSubscription) -> Option<(String, String, String)> {
+    condition(
+        &sub.status.as_ref().unwrap().conditions,
+        wgsub_crds::resources::CONDITION_DEVICES_OVER_LIMIT,
+    )
+    .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn a_downgrade_from_five_devices_to_one_stops_the_four_newest_and_says_which() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 5);
+    assert_eq!(live_devices(&world, false, now()).len(), 5);
+    let before = configs(&world);
+
+    sub.spec.max_devices = 1;
+    let plan = world.run(&mut sub, now());
+
+    let stopped = names(&["tg-1-2", "tg-1-3", "tg-1-4", "tg-1-5"]);
+    let written: Vec<&str> = plan.writes.iter().map(|w| w.peer.name.as_str()).collect();
+    assert_eq!(written, ["tg-1-2", "tg-1-3", "tg-1-4", "tg-1-5"]);
+    assert!(plan.writes.iter().all(|w| w.key.is_none() && !w.allocated));
+    assert_eq!(live_devices(&world, false, now()), names(&["tg-1-1"]));
+    for name in &stopped {
+        assert!(
+            world.peer(name).spec.enabled,
+            "the user's switch of {name} is untouched"
+        );
+    }
+    assert_eq!(configs(&world), before, "keys and addresses are kept");
+    let status = sub.status.clone().unwrap();
+    assert_eq!(status.devices_over_limit, stopped);
+    assert_eq!(
+        status.peers.len(),
+        5,
+        "the stopped devices are still listed"
+    );
+    let (state, reason, message) = over_limit_condition(&sub).unwrap();
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("True", reasons::MAX_DEVICES_EXCEEDED)
+    );
+    assert!(message.contains("maxDevices 1"), "{message}");
+    assert!(
+        message.contains("tg-1-2, tg-1-3, tg-1-4, tg-1-5"),
+        "{message}"
+    );
+    assert_eq!(ready(&sub), ("True".into(), reasons::READY.into()));
+    assert_eq!(reasons_of(&plan), vec![reasons::MAX_DEVICES_EXCEEDED]);
+    assert_eq!(plan.events[0].kind, EventKind::Warning);
+    assert_eq!(plan.problem, None);
+
+    let again = world.decide(&sub, now() + SignedDuration::from_secs(5));
+    assert!(again.writes.is_empty() && again.status.is_none() && again.events.is_empty());
+}
+
+#[test]
+fn raising_the_limit_again_brings_back_the_same_devices_with_the_same_keys_and_addresses() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 5);
+    let before = configs(&world);
+    sub.spec.max_devices = 1;
+    world.run(&mut sub, now());
+
+    sub.spec.max_devices = 5;
+    let plan = world.run(&mut sub, now());
+
+    assert_eq!(plan.writes.len(), 4);
+    assert!(plan.writes.iter().all(|w| w.key.is_none() && !w.allocated));
+    assert_eq!(live_devices(&world, false, now()).len(), 5);
+    assert_eq!(configs(&world), before);
+    assert!(world.peers.values().all(|p| {
+        !p.labels()
+            .contains_key(wgsub_crds::resources::LABEL_OVER_LIMIT)
+    }));
+    assert!(sub.status.as_ref().unwrap().devices_over_limit.is_empty());
+    let (state, reason, _) = over_limit_condition(&sub).unwrap();
+    assert_eq!(
+        (state.as_str(), reason.as_str()),
+        ("False", reasons::WITHIN_LIMIT)
+    );
+    assert_eq!(reasons_of(&plan), vec![reasons::WITHIN_LIMIT]);
+    assert!(
+        plan.events[0]
+            .note
+            .contains("tg-1-2, tg-1-3, tg-1-4, tg-1-5")
+    );
+}
+
+#[test]
+fn a_downgrade_from_three_devices_to_two_stops_the_newest_and_a_rise_to_three_restores_it() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 3);
+    sub.spec.max_devices = 2;
+    world.run(&mut sub, now());
+    assert_eq!(
+        live_devices(&world, false, now()),
+        names(&["tg-1-1", "tg-1-2"])
+    );
+    assert_eq!(
+        sub.status.as_ref().unwrap().devices_over_limit,
+        names(&["tg-1-3"])
+    );
+
+    sub.spec.max_devices = 3;
+    world.run(&mut sub, now());
+    assert_eq!(live_devices(&world, false, now()).len(), 3);
+}
+
+#[test]
+fn a_subscription_that_never_exceeded_its_limit_carries_no_over_limit_condition() {
+    let mut world = world();
+    let sub = subscription_with_devices(&mut world, 3);
+    assert_eq!(over_limit_condition(&sub), None);
+}
+
+#[test]
+fn devices_the_user_switched_off_give_way_to_devices_in_use() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 3);
+    world.peers.get_mut("tg-1-1").unwrap().spec.enabled = false;
+    sub.spec.max_devices = 2;
+    world.run(&mut sub, now());
+    assert_eq!(
+        live_devices(&world, false, now()),
+        names(&["tg-1-2", "tg-1-3"])
+    );
+    assert_eq!(
+        sub.status.as_ref().unwrap().devices_over_limit,
+        names(&["tg-1-1"]),
+        "the switched-off device is marked, so switching it on cannot exceed the limit"
+    );
+
+    // Switching it on again does not push out a device in use.
+    world.peers.get_mut("tg-1-1").unwrap().spec.enabled = true;
+    assert_eq!(live_devices(&world, false, now()).len(), 2);
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.is_empty());
+    assert_eq!(
+        live_devices(&world, false, now()),
+        names(&["tg-1-2", "tg-1-3"])
+    );
+
+    // Switching another one off frees its place; the place is taken in one plan that stops
+    // before it starts.
+    world.peers.get_mut("tg-1-3").unwrap().spec.enabled = false;
+    let plan = world.run(&mut sub, now());
+    let written: Vec<(&str, bool)> = plan
+        .writes
+        .iter()
+        .map(|w| (w.peer.name.as_str(), w.peer.over_limit))
+        .collect();
+    assert_eq!(written, [("tg-1-3", true), ("tg-1-1", false)]);
+    assert_eq!(
+        live_devices(&world, false, now()),
+        names(&["tg-1-1", "tg-1-2"])
+    );
+    assert_eq!(
+        sub.status.as_ref().unwrap().devices_over_limit,
+        names(&["tg-1-3"])
+    );
+}
+
+#[test]
+fn a_renewal_with_a_smaller_plan_after_expiry_never_brings_back_the_extra_devices() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 3);
+    let expired = now() + DAY * 31;
+    world.run(&mut sub, expired);
+    assert!(live_devices(&world, false, expired).is_empty());
+
+    sub.spec.paid_until = Some(expired + DAY * 30);
+    sub.spec.max_devices = 1;
+    let plan = world.run(&mut sub, expired);
+    for write in &plan.writes {
+        assert_eq!(write.peer.expires_at, sub.spec.paid_until);
+    }
+    assert_eq!(live_devices(&world, false, expired), names(&["tg-1-1"]));
+}
+
+#[test]
+fn a_limit_lowered_while_expired_marks_the_devices_before_any_renewal() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 2);
+    let expired = now() + DAY * 31;
+    world.run(&mut sub, expired);
+    sub.spec.max_devices = 1;
+    let plan = world.run(&mut sub, expired);
+    assert_eq!(plan.writes.len(), 1);
+    assert!(wgsub_crds::resources::is_over_limit(world.peer("tg-1-2")));
+    assert_eq!(
+        sub.status.as_ref().unwrap().devices_over_limit,
+        names(&["tg-1-2"])
+    );
+}
+
+#[test]
+fn devices_deleted_after_retention_are_not_announced_as_coming_back() {
+    let mut world = world();
+    let mut sub = subscription_with_devices(&mut world, 2);
+    sub.spec.max_devices = 1;
+    world.run(&mut sub, now());
+    let gone = now() + DAY * 61;
+    let plan = world.run(&mut sub, gone);
+    assert_eq!(plan.deletes.len(), 2);
+    assert!(!reasons_of(&plan).contains(&reasons::WITHIN_LIMIT));
+    assert!(sub.status.as_ref().unwrap().devices_over_limit.is_empty());
+}
+
+fn limited(name: &str, created: Option<i64>, enabled: bool, over_limit: bool) -> LimitedDevice<'_> {
+    LimitedDevice {
+        name,
+        created: created.map(|s| Timestamp::from_second(s).unwrap()),
+        enabled,
+        over_limit,
+    }
+}
+
+#[test]
+fn the_oldest_devices_keep_their_places_ties_broken_by_device_number() {
+    let devices = [
+        limited("tg-1-10", Some(100), true, false),
+        limited("tg-1-2", Some(100), true, false),
+        limited("tg-1-3", Some(50), true, false),
+        limited("tg-1-1", None, true, false),
+    ];
+    let over = |limit| devices_over_limit("tg-1", &devices, limit);
+    assert_eq!(
+        over(1),
+        ["tg-1-1", "tg-1-10", "tg-1-2"].map(String::from).into()
+    );
+    assert_eq!(over(2), ["tg-1-1", "tg-1-10"].map(String::from).into());
+    assert_eq!(over(3), ["tg-1-1"].map(String::from).into());
+    assert!(over(4).is_empty());
+    assert!(over(10).is_empty());
+}
+
+/// Every set of up to four devices (each enabled or not, over the limit or not, created at one
+/// of two instants or unknown) under every limit from 1 to 5, in every input order.
+#[test]
+fn the_device_limit_rule_holds_for_every_small_case() {
+    const NAMES: [&str; 4] = ["tg-1-1", "tg-1-2", "tg-1-3", "tg-1-4"];
+    let choices: Vec<(Option<i64>, bool, bool)> = [None, Some(1), Some(2)]
+        .into_iter()
+        .flat_map(|c| [false, true].into_iter().map(move |e| (c, e)))
+        .flat_map(|(c, e)| [false, true].into_iter().map(move |o| (c, e, o)))
+        .collect();
+    let mut cases = 0;
+    for n in 0..=NAMES.len() {
+        let mut pick = vec![0usize; n];
+        loop {
+            let devices: Vec<LimitedDevice<'_>> = pick
+                .iter()
+                .zip(NAMES)
+                .map(|(&i, name)| {
+                    let (created, enabled, over) = choices[i];
+                    limited(name, created, enabled, over)
+                })
+                .collect();
+            for limit in 1..=5 {
+                cases += 1;
+                let over = devices_over_limit("tg-1", &devices, limit);
+                // Exactly the devices beyond the limit are marked.
+                assert_eq!(over.len(), n.saturating_sub(limit), "{devices:?} {limit}");
+                let within = |d: &LimitedDevice<'_>| !over.contains(d.name);
+                for a in &devices {
+                    for b in &devices {
+                        if within(a) || !within(b) {
+                            continue;
+                        }
+                        // `a` is over the limit while `b` keeps a place: `b` must rank first.
+                        let rank = |d: &LimitedDevice<'_>| {
+                            (!d.enabled, d.over_limit, d.created.is_none(), d.created)
+                        };
+                        assert!(
+                            rank(b) <= rank(a),
+                            "{b:?} kept a place over {a:?} (limit {limit})"
+                        );
+                        assert!(
+                            b.enabled || !a.enabled,
+                            "a switched-off device displaced one in use"
+                        );
+                    }
+                }
+                // A fixed point: deciding on its own output changes nothing.
+                let after: Vec<LimitedDevice<'_>> = devices
+                    .iter()
+                    .map(|d| LimitedDevice {
+                        over_limit: over.contains(d.name),
+                        ..*d
+                    })
+                    .collect();
+                assert_eq!(devices_over_limit("tg-1", &after, limit), over);
+                // The input order does not matter.
+                let mut reversed = devices.clone();
+                reversed.reverse();
+                assert_eq!(devices_over_limit("tg-1", &reversed, limit), over);
+            }
+            // The next combination.
+            let mut i = 0;
+            while i < n && pick[i] + 1 == choices.len() {
+                pick[i] = 0;
+                i += 1;
+            }
+            if i == n {
+                break;
+            }
+            pick[i] += 1;
+        }
+    }
+    assert_eq!(cases, 5 * (1 + 12 + 144 + 1728 + 20736));
 }

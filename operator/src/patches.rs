@@ -1,6 +1,8 @@
 //! The server-side apply bodies the operator sends: a `WgPeer`'s operator-owned fields, a key
 //! `Secret`, a `VpnSubscription` status. Pure builders, so what the operator claims ownership of
 //! is visible (and tested) in one place: never `enabled` or `deviceName`, which belong to the API.
+//! A device over its subscription's limit carries the operator's own `wgsub.io/over-limit`
+//! label; the label is left out otherwise, so server-side apply removes it.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use wgsub_crds::resources::{LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
+use wgsub_crds::resources::{LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer};
 
 use crate::decision::{DesiredPeer, NewKey};
@@ -63,15 +65,19 @@ pub fn peer_apply(
     if let Some(at) = desired.expires_at {
         spec.insert("expiresAt".into(), json!(at));
     }
+    let mut labels = json!({
+        LABEL_SUBSCRIPTION: subscription.name_any(),
+        LABEL_SERVER: desired.server,
+    });
+    if desired.over_limit {
+        labels[LABEL_OVER_LIMIT] = json!("true");
+    }
     Ok(json!({
         "apiVersion": "wgsub.io/v1alpha1",
         "kind": "WgPeer",
         "metadata": {
             "name": desired.name,
-            "labels": {
-                LABEL_SUBSCRIPTION: subscription.name_any(),
-                LABEL_SERVER: desired.server,
-            },
+            "labels": labels,
             "ownerReferences": [owner],
         },
         "spec": spec,
@@ -101,8 +107,8 @@ pub fn key_secret(peer: &WgPeer, subscription: &str, key: &NewKey) -> Result<Sec
     })
 }
 
-/// The apply body of a subscription's status. `peers` is always sent, also when empty, so the
-/// list empties after the peers are deleted whatever merge the server applies.
+/// The apply body of a subscription's status. `peers` and `devicesOverLimit` are always sent,
+/// also when empty, so the lists empty whatever merge the server applies.
 pub fn status_apply(status: &VpnSubscriptionStatus) -> Value {
     let mut body = json!({
         "apiVersion": "wgsub.io/v1alpha1",
@@ -110,6 +116,7 @@ pub fn status_apply(status: &VpnSubscriptionStatus) -> Value {
         "status": status,
     });
     body["status"]["peers"] = json!(status.peers);
+    body["status"]["devicesOverLimit"] = json!(status.devices_over_limit);
     body
 }
 
@@ -134,13 +141,15 @@ mod tests {
             address: Some("10.8.0.2/32".into()),
             address6: Some("fd00::2/128".into()),
             expires_at: Some("2030-01-01T00:00:00Z".parse().unwrap()),
+            over_limit: false,
         }
     }
 
     #[test]
-    fn status_apply_always_carries_the_peer_list() {
+    fn status_apply_always_carries_the_peer_lists() {
         let body = status_apply(&VpnSubscriptionStatus::default());
         assert_eq!(body["status"]["peers"], json!([]));
+        assert_eq!(body["status"]["devicesOverLimit"], json!([]));
         assert_eq!(body["kind"], "VpnSubscription");
     }
 
@@ -170,6 +179,21 @@ mod tests {
             back.spec.enabled,
             "enabled defaults to true when the API never set it"
         );
+    }
+
+    #[test]
+    fn the_over_limit_label_is_sent_only_for_a_device_over_the_limit() {
+        let within = peer_apply(&subscription(), &desired()).unwrap();
+        assert!(within["metadata"]["labels"].get(LABEL_OVER_LIMIT).is_none());
+        let over = DesiredPeer {
+            over_limit: true,
+            ..desired()
+        };
+        let body = peer_apply(&subscription(), &over).unwrap();
+        assert_eq!(body["metadata"]["labels"][LABEL_OVER_LIMIT], "true");
+        assert!(!body["spec"].as_object().unwrap().contains_key("enabled"));
+        let back: WgPeer = serde_json::from_value(body).unwrap();
+        assert!(wgsub_crds::resources::is_over_limit(&back));
     }
 
     #[test]

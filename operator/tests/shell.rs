@@ -382,6 +382,7 @@ async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
     let peer = cluster.peer("tg-1-1").await;
     let live = PeerLiveness {
         enabled: peer.spec.enabled,
+        over_limit: wgsub_crds::resources::is_over_limit(&peer),
         subscription_suspended: sub.spec.suspended,
         expires_at: peer.spec.expires_at,
     }

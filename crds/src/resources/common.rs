@@ -12,9 +12,16 @@ pub const LABEL_SUBSCRIPTION: &str = "wgsub.io/subscription";
 pub const LABEL_SERVER: &str = "wgsub.io/server";
 /// Label on a key `Secret` naming the `WgPeer` whose key it holds.
 pub const LABEL_PEER: &str = "wgsub.io/peer";
+/// Label the operator puts (value `"true"`) on a `WgPeer` its subscription's `maxDevices` has
+/// no room for: the peer stays off the interface, keeping its key and address, until the limit
+/// rises. The operator's own switch beside the user's `spec.enabled`, which it never touches.
+pub const LABEL_OVER_LIMIT: &str = "wgsub.io/over-limit";
 
 /// The condition type every wgsub status carries.
 pub const CONDITION_READY: &str = "Ready";
+/// The condition type on a `VpnSubscription` telling whether some of its devices are kept off
+/// because they exceed `maxDevices` (their names are in `status.devicesOverLimit`).
+pub const CONDITION_DEVICES_OVER_LIMIT: &str = "DevicesOverLimit";
 
 /// Regex of a Kubernetes object name (DNS-1123 subdomain, at most 253 characters).
 pub(crate) const OBJECT_NAME_PATTERN: &str =

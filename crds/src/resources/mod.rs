@@ -10,10 +10,10 @@ mod server;
 mod subscription;
 
 pub use common::{
-    CONDITION_READY, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION, SecretKeyRef, condition,
-    is_dns_label, new_condition, set_condition,
+    CONDITION_DEVICES_OVER_LIMIT, CONDITION_READY, LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER,
+    LABEL_SUBSCRIPTION, SecretKeyRef, condition, is_dns_label, new_condition, set_condition,
 };
-pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, peer_name};
+pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, is_over_limit, peer_name};
 pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
 pub use subscription::{
     SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,

@@ -5,11 +5,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{OBJECT_NAME_PATTERN, SecretKeyRef, conditions_schema};
+use super::common::{LABEL_OVER_LIMIT, OBJECT_NAME_PATTERN, SecretKeyRef, conditions_schema};
 
 /// The name of a subscription's `index`-th device (1-based): `<subscription>-<index>`.
 pub fn peer_name(subscription: &str, index: u32) -> String {
     format!("{subscription}-{index}")
+}
+
+/// Whether the operator keeps the peer off the interface because its subscription's
+/// `maxDevices` has no room for it (the [`LABEL_OVER_LIMIT`] label is `"true"`).
+pub fn is_over_limit(peer: &WgPeer) -> bool {
+    peer.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(LABEL_OVER_LIMIT))
+        .is_some_and(|value| value == "true")
 }
 
 /// Desired state of one device.
@@ -113,4 +123,34 @@ pub struct WgPeerStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::ResourceExt;
+
+    use super::*;
+
+    fn peer(label: Option<&str>) -> WgPeer {
+        let mut peer: WgPeer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "wgsub.io/v1alpha1",
+            "kind": "WgPeer",
+            "metadata": {"name": "tg-1-1", "labels": {"wgsub.io/subscription": "tg-1"}},
+            "spec": {"server": "wg"},
+        }))
+        .unwrap();
+        if let Some(value) = label {
+            peer.labels_mut()
+                .insert(LABEL_OVER_LIMIT.to_owned(), value.to_owned());
+        }
+        peer
+    }
+
+    #[test]
+    fn only_the_over_limit_label_set_to_true_keeps_a_peer_off() {
+        assert!(is_over_limit(&peer(Some("true"))));
+        for other in [None, Some("false"), Some(""), Some("True")] {
+            assert!(!is_over_limit(&peer(other)), "{other:?}");
+        }
+    }
 }

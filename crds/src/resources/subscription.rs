@@ -205,8 +205,15 @@ pub struct VpnSubscriptionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(length(max = 253)))]
     pub peers: Vec<String>,
+    /// Names of the peers kept off the interface because they exceed `spec.maxDevices` (they
+    /// carry the `wgsub.io/over-limit` label; see the `DevicesOverLimit` condition). They keep
+    /// their keys and addresses and come back when the limit rises or another device is
+    /// switched off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(max = 253)))]
+    pub devices_over_limit: Vec<String>,
     /// Standard conditions: `Ready` with reasons such as `ServerNotFound`, `PoolExhausted`,
-    /// `InvalidServer`, and `KeyRegenerated`.
+    /// `InvalidServer`; `KeyRegenerated`; `DevicesOverLimit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
