@@ -251,6 +251,11 @@ pub struct Config {
     #[arg(long, env = "WGSUB_BOT_OUTBOX_INTERVAL", default_value = "5", value_parser = parse_seconds)]
     pub outbox_interval: u64,
 
+    /// Seconds the bot may take to stop after SIGTERM (the Bot API may not answer the final
+    /// `getUpdates`); keep it well inside the pod's termination grace period.
+    #[arg(long, env = "WGSUB_BOT_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_timeout: u64,
+
     /// Broadcast messages per second (at most Telegram's 30).
     #[arg(long, env = "WGSUB_BOT_BROADCAST_RATE", default_value = "25", value_parser = parse_rate)]
     pub broadcast_rate: u32,

@@ -1,6 +1,7 @@
 //! wgsub-bot: reads its settings, connects to PostgreSQL, Kubernetes, YooKassa and Telegram,
 //! and runs the handler tree (long polling or webhook), the reminder and outbox loops and the
-//! health/metrics server until SIGTERM.
+//! health/metrics server until SIGTERM — and stops within `--shutdown-timeout` of it even when
+//! the Bot API does not answer (teloxide's last `getUpdates` would otherwise wait on it).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -187,6 +188,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout);
+    let work = async {
+        receive_updates(&config, &bot, &mut dispatcher, &mut tasks, &shutdown).await?;
+        shutdown.cancel();
+        while tasks.join_next().await.is_some() {}
+        anyhow::Ok(())
+    };
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(shutdown_timeout).await;
+    };
+    tokio::select! {
+        result = work => result,
+        () = deadline => {
+            tracing::warn!(
+                timeout_seconds = config.shutdown_timeout,
+                "stopping at the shutdown timeout: the Bot API or a job did not finish in time"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Receives updates (long polling or webhook) until the dispatcher is shut down.
+async fn receive_updates(
+    config: &Config,
+    bot: &Bot,
+    dispatcher: &mut Dispatcher<Bot, handlers::HandlerError, teloxide::dispatching::DefaultKey>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     match config.mode {
         Mode::Polling => {
             tracing::info!("receiving updates by long polling");
@@ -225,8 +257,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .await;
         }
     }
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 

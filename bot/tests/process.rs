@@ -6,7 +6,8 @@
 //! with the flag named; running, a user's `/start` gets an answer and their `VpnSubscription`
 //! (a schema-valid server-side apply), `/healthz`, `/readyz` and `/metrics` answer, logs are
 //! JSON and hold no secret, SIGTERM ends it with exit 0; the API server refused none of its
-//! calls (a call the chart does not grant is the server's own 403).
+//! calls (a call the chart does not grant is the server's own 403). When the Bot API stops
+//! answering, SIGTERM still ends it within its shutdown timeout.
 //!
 //! Needs PostgreSQL (`WGSUB_TEST_DATABASE_URL`) and the control plane's binaries
 //! (`KUBEBUILDER_ASSETS`, `WGSUB_HELM`), as scripts/test provides.
@@ -33,14 +34,20 @@ const WITHIN: Duration = Duration::from_secs(15);
 const PLANS: &str = "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n";
 
 /// The Bot API as the bot sees it: one `/start` from a user on the first poll, then nothing
-/// (each empty poll held a little, as a long poll is); every message sent is kept.
+/// (each empty poll held a little, as a long poll is); every message sent is kept. Once
+/// `unreachable` is set it answers nothing (every request hangs), as a Bot API behind a broken
+/// network does.
 struct TelegramApi {
     delivered: AtomicBool,
     sent: Arc<Mutex<Vec<Value>>>,
+    unreachable: Arc<AtomicBool>,
 }
 
 impl Respond for TelegramApi {
     fn respond(&self, request: &Request) -> ResponseTemplate {
+        if self.unreachable.load(Ordering::SeqCst) {
+            return ResponseTemplate::new(200).set_delay(Duration::from_secs(600));
+        }
         // Bot API method names are case-insensitive (teloxide sends `GetMe`).
         let method = request
             .url
@@ -114,6 +121,7 @@ async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_si
         .respond_with(TelegramApi {
             delivered: AtomicBool::new(false),
             sent: sent.clone(),
+            unreachable: Arc::default(),
         })
         .mount(&telegram)
         .await;
@@ -203,4 +211,82 @@ async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_si
         "the bot never applied the subscription: {requests:?}"
     );
     assert_nothing_forbidden(plane, &ns, "bot");
+}
+
+/// Teloxide sends a last `getUpdates` on shutdown (and retries failed polls with a backoff of
+/// up to a minute); with the Bot API not answering, only the bot's own shutdown timeout ends it
+/// before the pod's grace period does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_the_bot_within_its_shutdown_timeout_while_the_bot_api_does_not_answer() {
+    let plane = ControlPlane::with_crds();
+    let ns = plane.namespace("bot-shutdown").await;
+    apply_chart_rbac(plane, &ns, &[]).await;
+    let (_, database_url) = fresh_database("bot_shutdown").await;
+    let telegram = MockServer::start().await;
+    let unreachable = Arc::new(AtomicBool::new(false));
+    Mock::given(wiremock::matchers::any())
+        .respond_with(TelegramApi {
+            delivered: AtomicBool::new(true),
+            sent: Arc::default(),
+            unreachable: unreachable.clone(),
+        })
+        .mount(&telegram)
+        .await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, component_kubeconfig(plane, &ns, "bot").await)
+        .expect("a kubeconfig");
+    let plans = dir.path().join("plans.yaml");
+    std::fs::write(&plans, PLANS).expect("a plans file");
+    let token = format!(
+        "{}:{}",
+        7_300_000_000_u64 + u64::from(std::process::id()),
+        uuid::Uuid::new_v4().simple()
+    );
+    let secret_key = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let (kubeconfig, plans) = (
+        kubeconfig.display().to_string(),
+        plans.display().to_string(),
+    );
+    let telegram_url = telegram.uri();
+    let mut bot = Process::start(
+        BINARY,
+        "bot",
+        dir.path(),
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("WGSUB_BOT_TOKEN", token.as_str()),
+            ("WGSUB_TELEGRAM_API_URL", telegram_url.as_str()),
+            ("WGSUB_DATABASE_URL", database_url.as_str()),
+            ("WGSUB_NAMESPACE", ns.as_str()),
+            ("WGSUB_PLANS_FILE", plans.as_str()),
+            ("WGSUB_MINIAPP_URL", "https://vpn.example.com/miniapp/"),
+            ("WGSUB_YOOKASSA_SHOP_ID", "100500"),
+            ("WGSUB_YOOKASSA_SECRET_KEY", secret_key.as_str()),
+            ("WGSUB_YOOKASSA_RETURN_URL", "https://t.me/wgsub_test_bot"),
+            ("WGSUB_BOT_SHUTDOWN_TIMEOUT", "2"),
+            ("WGSUB_LOG_FORMAT", "json"),
+        ],
+        &[],
+    );
+    bot.wait_ready(WITHIN).await;
+    // Polling has begun: the bot asked for updates at least once.
+    eventually("the bot polls for updates", WITHIN, async || {
+        let requests = telegram.received_requests().await.unwrap_or_default();
+        requests
+            .iter()
+            .any(|r| r.url.path().to_ascii_lowercase().ends_with("/getupdates"))
+            .then_some(())
+    })
+    .await;
+    unreachable.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let exit = bot.terminate(Duration::from_secs(8));
+    assert!(exit.success(), "the bot exits 0 on SIGTERM: {exit:?}");
+    let logs = bot.log();
+    assert!(
+        logs.contains("shutdown timeout"),
+        "the forced stop is logged: {logs}"
+    );
 }
