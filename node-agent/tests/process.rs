@@ -5,7 +5,8 @@
 //! its `--help`, a bad setting refused at start with the flag named; running, it reads its Node,
 //! serves `/healthz`, `/readyz` and `/metrics`, logs JSON, creates the server's key Secret,
 //! publishes the public key, puts a live `WgPeer` from its watch on the interface and reports it
-//! active (both through the status subresource); on SIGTERM it exits 0. The server refused none
+//! active (both through the status subresource), takes it off while the operator marks it over
+//! its subscription's device limit (reason `OverLimit`) and back after; on SIGTERM it exits 0. The server refused none
 //! of its calls.
 //!
 //! Needs root, wireguard-go, wireguard-tools and iproute2: fails with a message otherwise.
@@ -15,10 +16,10 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::resources::LABEL_SUBSCRIPTION;
+use wgsub_crds::resources::{CONDITION_READY, LABEL_OVER_LIMIT, LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer};
 use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, service_account,
@@ -237,6 +238,50 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
             .then_some(())
     })
     .await;
+    // Over its subscription's device limit (the operator's label), the peer leaves the
+    // interface with the reason in its status, and comes back when the label goes.
+    let label = |value: Option<&str>| serde_json::json!({"metadata": {"labels": {LABEL_OVER_LIMIT: value}}});
+    peers
+        .patch(
+            "tg-1-1",
+            &PatchParams::default(),
+            &Patch::Merge(label(Some("true"))),
+        )
+        .await
+        .expect("the over-limit label");
+    eventually(
+        "the peer over the limit off the interface",
+        WITHIN,
+        async || netns.peers().is_empty().then_some(()),
+    )
+    .await;
+    eventually(
+        "the peer's status says it is over the limit",
+        WITHIN,
+        async || {
+            let status = peers
+                .get_opt("tg-1-1")
+                .await
+                .expect("an admin read")?
+                .status?;
+            let ready = condition(&status.conditions, CONDITION_READY)?;
+            (!status.active && ready.status == "False" && ready.reason == "OverLimit").then_some(())
+        },
+    )
+    .await;
+    peers
+        .patch(
+            "tg-1-1",
+            &PatchParams::default(),
+            &Patch::Merge(label(None)),
+        )
+        .await
+        .expect("the over-limit label removed");
+    eventually("the peer back on the interface", WITHIN, async || {
+        (netns.peers() == vec![client_key.clone()]).then_some(())
+    })
+    .await;
+
     // Statuses are the agent's through the status subresource, nothing of the main resource.
     for fields in [
         peers
