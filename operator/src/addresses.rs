@@ -234,6 +234,124 @@ impl UsedAddresses {
     }
 }
 
+/// One server's address bookkeeping across loads from the API: the addresses the last load
+/// showed, plus the claims of peer writes in flight.
+///
+/// An allocation is decided in memory and written without holding anything: the decision claims
+/// the address in [`Self::used`], the caller [`reserves`](Self::reserve) it for the peer before
+/// the write and [`settles`](Self::settle) the reservation with the write's outcome. A load
+/// replaces `used` with what a list of the peers showed, and re-claims every reservation the
+/// list may not have seen — one still in flight, or settled after the list was asked for — so a
+/// load never frees an address a write is giving (or has just given) a peer. A reservation whose
+/// write the server refused frees its addresses at once; one whose outcome is unknown (the
+/// connection broke, the reconcile was dropped) keeps them until a later load shows whether the
+/// peer carries them.
+///
+/// A list is consistent (served from etcd by quorum read): a write answered before the list was
+/// sent is in it. That is what lets a load forget a reservation settled before its
+/// [`ListTicket`].
+#[derive(Debug, Default, Clone)]
+pub struct AddressBook {
+    pub used: UsedAddresses,
+    reservations: HashMap<String, Reservation>,
+    /// Orders settlements and list requests.
+    sequence: u64,
+}
+
+/// The addresses a write in flight gives a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reservation {
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+    /// When the write's outcome came back (`None` while in flight).
+    settled: Option<u64>,
+}
+
+/// Taken just before a list of the peers is requested; handed back with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListTicket(u64);
+
+/// How a reserved write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The server answered with the written peer.
+    Written,
+    /// The server answered with a refusal (4xx): nothing was written.
+    Refused,
+    /// No answer (the connection broke, the reconcile was dropped, a 5xx): the peer may or may
+    /// not carry the addresses.
+    Unknown,
+}
+
+impl AddressBook {
+    /// The addresses claimed for `peer` (already claimed in [`Self::used`] by the decision)
+    /// are about to be written.
+    pub fn reserve(&mut self, peer: &str, v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) {
+        self.reservations.insert(
+            peer.to_owned(),
+            Reservation {
+                v4,
+                v6,
+                settled: None,
+            },
+        );
+    }
+
+    /// The write of `peer`'s reservation ended with `outcome`.
+    pub fn settle(&mut self, peer: &str, outcome: WriteOutcome) {
+        match outcome {
+            WriteOutcome::Refused => {
+                if let Some(reservation) = self.reservations.remove(peer) {
+                    if let Some(v4) = reservation.v4 {
+                        self.used.release_v4(v4, peer);
+                    }
+                    if let Some(v6) = reservation.v6 {
+                        self.used.release_v6(v6, peer);
+                    }
+                }
+            }
+            WriteOutcome::Written | WriteOutcome::Unknown => {
+                self.sequence += 1;
+                if let Some(reservation) = self.reservations.get_mut(peer) {
+                    reservation.settled = Some(self.sequence);
+                }
+            }
+        }
+    }
+
+    /// A list of the peers is about to be requested.
+    pub fn begin_list(&mut self) -> ListTicket {
+        self.sequence += 1;
+        ListTicket(self.sequence)
+    }
+
+    /// Replaces the bookkeeping with the addresses a list (asked for at `ticket`) showed, and
+    /// re-claims the reservations it may not have seen. An address the list shows another peer
+    /// holding (only a peer made by hand can do that) stays that peer's: the reserving peer's
+    /// next decision finds it taken and gives it a fresh one.
+    pub fn install(&mut self, ticket: ListTicket, listed: UsedAddresses) {
+        self.used = listed;
+        self.reservations
+            .retain(|_, reservation| reservation.settled.is_none_or(|at| at > ticket.0));
+        let mut names: Vec<&String> = self.reservations.keys().collect();
+        names.sort();
+        for name in names {
+            let reservation = &self.reservations[name];
+            if let Some(v4) = reservation.v4 {
+                self.used.claim_v4(v4, name);
+            }
+            if let Some(v6) = reservation.v6 {
+                self.used.claim_v6(v6, name);
+            }
+        }
+    }
+
+    /// How many reservations a later load still has to account for.
+    pub fn reservations(&self) -> usize {
+        self.reservations.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +540,217 @@ mod tests {
         assert_eq!(used.owner_v6(v6), Some("p1"));
         assert_ne!(used.allocate_v6(pool6, "p2").unwrap(), v6);
         assert_eq!(used.len_v6(), 2);
+    }
+
+    /// The address book against a model of the API server, through any interleaving of
+    /// decisions (allocate and reserve), writes landing on the server, their answers (written,
+    /// refused, unknown), lists begun, served and installed, peers deleted by the garbage
+    /// collector, and restarts of the operator (in-flight writes land or not, the book is lost
+    /// and rebuilt from a list).
+    mod book_model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Allocate,
+            Land(usize),
+            Answer(usize, WriteOutcome, bool),
+            BeginList,
+            ServeList(usize),
+            InstallList(usize),
+            Delete(usize),
+            Restart(Vec<bool>),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            let outcome = prop_oneof![
+                Just(WriteOutcome::Written),
+                Just(WriteOutcome::Refused),
+                Just(WriteOutcome::Unknown),
+            ];
+            prop_oneof![
+                4 => Just(Step::Allocate),
+                3 => any::<usize>().prop_map(Step::Land),
+                3 => (any::<usize>(), outcome, any::<bool>()).prop_map(|(i, o, l)| Step::Answer(i, o, l)),
+                1 => Just(Step::BeginList),
+                1 => any::<usize>().prop_map(Step::ServeList),
+                1 => any::<usize>().prop_map(Step::InstallList),
+                1 => any::<usize>().prop_map(Step::Delete),
+                1 => proptest::collection::vec(any::<bool>(), 8).prop_map(Step::Restart),
+            ]
+        }
+
+        struct InFlight {
+            peer: String,
+            address: Ipv4Addr,
+            landed: bool,
+        }
+
+        #[derive(Default)]
+        struct Model {
+            book: AddressBook,
+            /// The peers on the server and their addresses.
+            server: BTreeMap<String, Ipv4Addr>,
+            in_flight: Vec<InFlight>,
+            /// Lists begun: their ticket and, once served, what they showed.
+            lists: Vec<(ListTicket, Option<Vec<PeerAddresses>>)>,
+            next_peer: usize,
+        }
+
+        impl Model {
+            fn listed(&self) -> Vec<PeerAddresses> {
+                self.server
+                    .iter()
+                    .map(|(name, address)| PeerAddresses {
+                        name: name.clone(),
+                        created: None,
+                        server: "wg".into(),
+                        address: Some(pool::host_cidr_v4(*address)),
+                        address6: None,
+                    })
+                    .collect()
+            }
+
+            fn run(&mut self, step: Step) {
+                let pool: Ipv4Net = "10.8.0.0/27".parse().unwrap();
+                match step {
+                    Step::Allocate => {
+                        let peer = format!("p{}", self.next_peer);
+                        self.next_peer += 1;
+                        if let Ok(address) = self.book.used.allocate_v4(pool, &peer) {
+                            self.book.reserve(&peer, Some(address), None);
+                            self.in_flight.push(InFlight {
+                                peer,
+                                address,
+                                landed: false,
+                            });
+                        }
+                    }
+                    Step::Land(i) if !self.in_flight.is_empty() => {
+                        let at = i % self.in_flight.len();
+                        let write = &mut self.in_flight[at];
+                        write.landed = true;
+                        self.server.insert(write.peer.clone(), write.address);
+                    }
+                    Step::Answer(i, outcome, lands) if !self.in_flight.is_empty() => {
+                        let write = self.in_flight.remove(i % self.in_flight.len());
+                        let landed = match outcome {
+                            WriteOutcome::Written => true,
+                            WriteOutcome::Refused => write.landed,
+                            WriteOutcome::Unknown => write.landed || lands,
+                        };
+                        if outcome == WriteOutcome::Refused && write.landed {
+                            // A refusal means nothing was written: put it back in flight.
+                            self.in_flight.push(write);
+                            return;
+                        }
+                        if landed {
+                            self.server.insert(write.peer.clone(), write.address);
+                        }
+                        self.book.settle(&write.peer, outcome);
+                    }
+                    Step::BeginList => {
+                        let ticket = self.book.begin_list();
+                        self.lists.push((ticket, None));
+                    }
+                    Step::ServeList(i) if !self.lists.is_empty() => {
+                        let listed = self.listed();
+                        let at = i % self.lists.len();
+                        self.lists[at].1.get_or_insert(listed);
+                    }
+                    Step::InstallList(i) if !self.lists.is_empty() => {
+                        let at = i % self.lists.len();
+                        if let (ticket, Some(listed)) = &self.lists[at] {
+                            let used = UsedAddresses::from_addresses("wg", listed.clone());
+                            self.book.install(*ticket, used);
+                            self.lists.remove(at);
+                        }
+                    }
+                    Step::Delete(i) => {
+                        let idle: Vec<String> = self
+                            .server
+                            .keys()
+                            .filter(|p| !self.in_flight.iter().any(|w| &w.peer == *p))
+                            .cloned()
+                            .collect();
+                        if !idle.is_empty() {
+                            self.server.remove(&idle[i % idle.len()]);
+                        }
+                    }
+                    Step::Restart(lands) => {
+                        for (n, write) in self.in_flight.drain(..).enumerate() {
+                            if write.landed || lands[n % lands.len()] {
+                                self.server.insert(write.peer, write.address);
+                            }
+                        }
+                        self.lists.clear();
+                        self.book = AddressBook::default();
+                        let ticket = self.book.begin_list();
+                        let used = UsedAddresses::from_addresses("wg", self.listed());
+                        self.book.install(ticket, used);
+                    }
+                    _ => {}
+                }
+            }
+
+            /// Every address on the server or being written is held, in the book, by the
+            /// peer that has it: so no allocation can hand it out again.
+            fn check(&self) -> Result<(), TestCaseError> {
+                for (peer, address) in &self.server {
+                    prop_assert_eq!(self.book.used.owner_v4(*address), Some(peer.as_str()));
+                }
+                for write in &self.in_flight {
+                    prop_assert_eq!(
+                        self.book.used.owner_v4(write.address),
+                        Some(write.peer.as_str())
+                    );
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+            #[test]
+            fn no_address_on_the_server_or_in_flight_is_ever_free_in_the_book(
+                steps in proptest::collection::vec(step(), 1..120)
+            ) {
+                let mut model = Model::default();
+                for step in steps {
+                    model.run(step);
+                    model.check()?;
+                }
+                // Every peer the server ended with has its own address.
+                let addresses: BTreeSet<Ipv4Addr> = model.server.values().copied().collect();
+                prop_assert_eq!(addresses.len(), model.server.len());
+            }
+        }
+
+        #[test]
+        fn a_refused_write_frees_its_address_and_a_settled_reservation_goes_with_a_later_list() {
+            let pool: Ipv4Net = "10.8.0.0/24".parse().unwrap();
+            let mut book = AddressBook::default();
+            let a = book.used.allocate_v4(pool, "a").unwrap();
+            book.reserve("a", Some(a), None);
+            let b = book.used.allocate_v4(pool, "b").unwrap();
+            book.reserve("b", Some(b), None);
+            book.settle("b", WriteOutcome::Refused);
+            assert_eq!(book.used.owner_v4(b), None);
+            assert_eq!(book.reservations(), 1);
+            let early = book.begin_list();
+            book.settle("a", WriteOutcome::Written);
+            // A list asked for before a's answer may not show it: a stays reserved.
+            book.install(early, UsedAddresses::default());
+            assert_eq!(book.used.owner_v4(a), Some("a"));
+            assert_eq!(book.reservations(), 1);
+            // A list asked for after it shows it, and the reservation goes.
+            let late = book.begin_list();
+            let mut listed = UsedAddresses::default();
+            listed.claim_v4(a, "a");
+            book.install(late, listed);
+            assert_eq!(book.used.owner_v4(a), Some("a"));
+            assert_eq!(book.reservations(), 0);
+        }
     }
 }

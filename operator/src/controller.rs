@@ -1,5 +1,6 @@
-//! The Kubernetes shell of the operator: reads what one subscription's reconcile needs (fresh from
-//! the API), calls [`decision::decide`], and writes the result — `WgPeer`s and key `Secret`s by
+//! The Kubernetes shell of the operator: reads what one subscription's reconcile needs (its peers
+//! and their Secrets fresh from the API, its server from the watched servers), calls
+//! [`decision::decide`] on the server's address book (see `pools`), and writes the result — `WgPeer`s and key `Secret`s by
 //! server-side apply with field manager `wgsub-operator`, deletions after retention, the
 //! `VpnSubscription` status through the status subresource, Events — then requeues at the next
 //! liveness change. Also the kube-rs `Controller` wiring and the error policy.
@@ -14,10 +15,11 @@
 //! `status`. Never `WgPeer.spec.enabled` or `deviceName` (the API's).
 
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -34,11 +36,12 @@ use wgsub_crds::pool;
 use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, WgPeer, WgServer};
 
+use crate::addresses::WriteOutcome;
 use crate::addresses::{PeerAddresses, UsedAddresses};
 use crate::decision::{self, EventKind, Observed, Plan, Problem};
 use crate::metrics::Metrics;
 use crate::patches::{self, FIELD_MANAGER, PatchError};
-use crate::pools::{ServerPool, ServerPools};
+use crate::pools::{Reserved, ServerPools};
 
 /// The longest a subscription waits between two reconciles when nothing happens to it.
 pub const MAX_REQUEUE: Duration = Duration::from_secs(24 * 3600);
@@ -68,6 +71,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     failures: Mutex<HashMap<ObjectRef<VpnSubscription>, u32>>,
+    own_writes: OwnWrites,
+    /// The `WgServer`s, from the watch [`run`] keeps (absent when reconciles are called
+    /// without it: then each reads its server from the API).
+    servers: std::sync::OnceLock<Store<WgServer>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -96,11 +103,95 @@ impl Context {
             metrics,
             clock,
             failures: Mutex::default(),
+            own_writes: OwnWrites::default(),
+            servers: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The server `name`: from the watched servers once they are listed, else from the API.
+    async fn server(&self, namespace: &str, name: &str) -> Result<Option<WgServer>, kube::Error> {
+        match self.servers.get() {
+            Some(store) => {
+                // Listed once at start (a handful of objects), then kept by the watch.
+                let _ = store.wait_until_ready().await;
+                let reference = ObjectRef::new(name).within(namespace);
+                Ok(store.get(&reference).map(|server| server.as_ref().clone()))
+            }
+            None => {
+                Api::<WgServer>::namespaced(self.client.clone(), namespace)
+                    .get_opt(name)
+                    .await
+            }
         }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<VpnSubscription>, u32>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The versions of objects this operator wrote itself and whose watch events have not come back
+/// yet: such an event shows the reconcile that wrote it nothing new (it already knew that state
+/// and chose its requeue), so it triggers no reconcile. On a cold start this spares each
+/// subscription the three or four reconciles its own peer, Secret and status writes would
+/// otherwise cause. A change by anyone else has a version of its own and still triggers one.
+///
+/// Kept per object (kind, namespace, name): the last [`OWN_WRITES_KEPT`] versions written
+/// (the events of a peer's two applies may both be pending); an entry goes when its event is
+/// seen, so the map holds about one entry per object written since its last event.
+#[derive(Debug, Default)]
+pub struct OwnWrites {
+    versions: Mutex<HashMap<ObjectKey, Vec<String>>>,
+}
+
+/// Kind, namespace and name.
+type ObjectKey = (&'static str, String, String);
+
+/// How many versions of one object [`OwnWrites`] remembers.
+pub const OWN_WRITES_KEPT: usize = 4;
+
+impl OwnWrites {
+    /// Records that this operator wrote `object` (the API's answer, carrying its new version).
+    pub fn wrote<K: Resource>(&self, kind: &'static str, object: &K) {
+        let meta = object.meta();
+        let (Some(namespace), Some(name), Some(version)) = (
+            meta.namespace.clone(),
+            meta.name.clone(),
+            meta.resource_version.clone(),
+        ) else {
+            return;
+        };
+        let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = versions.entry((kind, namespace, name)).or_default();
+        if kept.len() >= OWN_WRITES_KEPT {
+            kept.remove(0);
+        }
+        kept.push(version);
+    }
+
+    /// Whether a watch event of `object` shows a version this operator wrote (forgetting it).
+    pub fn is_own<K: Resource>(&self, kind: &'static str, object: &K) -> bool {
+        let meta = object.meta();
+        let (Some(namespace), Some(name), Some(version)) = (
+            meta.namespace.as_ref(),
+            meta.name.as_ref(),
+            meta.resource_version.as_ref(),
+        ) else {
+            return false;
+        };
+        let mut versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (kind, namespace.clone(), name.clone());
+        let Some(kept) = versions.get_mut(&key) else {
+            return false;
+        };
+        let Some(at) = kept.iter().position(|v| v == version) else {
+            return false;
+        };
+        kept.remove(at);
+        if kept.is_empty() {
+            versions.remove(&key);
+        }
+        true
     }
 }
 
@@ -254,12 +345,25 @@ async fn load_addresses(
     ))
 }
 
-fn report_pool(ctx: &Context, namespace: &str, server: &WgServer, pool: &ServerPool) {
+/// The addresses a plan's writes give their peers: those of every write carrying a fresh claim.
+fn reservations(
+    plan: &Plan,
+) -> impl Iterator<Item = (String, Option<Ipv4Addr>, Option<Ipv6Addr>)> + '_ {
+    plan.writes.iter().filter(|w| w.allocated).map(|w| {
+        (
+            w.peer.name.clone(),
+            w.peer.address.as_deref().and_then(pool::parse_host_v4),
+            w.peer.address6.as_deref().and_then(pool::parse_host_v6),
+        )
+    })
+}
+
+fn report_pool(ctx: &Context, namespace: &str, server: &WgServer, used: &UsedAddresses) {
     if let Ok(v4) = pool::parse_pool_v4(&server.spec.address_pool) {
         ctx.metrics.set_pool_usage(
             namespace,
             &server.name_any(),
-            pool.used.used_in_v4(v4) as u64,
+            used.used_in_v4(v4) as u64,
             pool::client_capacity_v4(v4),
         );
     }
@@ -274,7 +378,6 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     let client = ctx.client.clone();
     let peers_api: Api<WgPeer> = Api::namespaced(client.clone(), &namespace);
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let servers_api: Api<WgServer> = Api::namespaced(client.clone(), &namespace);
     let subs_api: Api<VpnSubscription> = Api::namespaced(client, &namespace);
 
     // Read fresh from the API: a cache that has not seen the peer written by the previous
@@ -290,7 +393,7 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     let server_name = decision::server_name(&sub.spec, &ctx.settings.default_server).to_owned();
     let active = subscription_phase(&sub.spec, now) == SubscriptionPhase::Active;
     let server = if active {
-        servers_api.get_opt(&server_name).await?
+        ctx.server(&namespace, &server_name).await?
     } else {
         None
     };
@@ -306,23 +409,40 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     };
     let mut new_key = PrivateKey::generate;
 
-    // Decide under the server's lock, and keep holding it until every peer carrying a new
-    // address is written, so a concurrent reconcile on the same server sees the claim.
-    let (plan, allocation_lock) = match &server {
+    // Decide under the server's book lock (microseconds), reserve the addresses of the peers
+    // to write, and write them without holding anything: concurrent reconciles on the same
+    // server decide and write at the same time, each seeing the others' claims.
+    let (plan, reserved) = match &server {
         Some(server) => {
-            let mut pool = ctx.pools.lock(&namespace, &server_name).await;
-            if pool.needs_load() {
-                pool.load(load_addresses(&ctx.client, &namespace, &server_name).await?);
+            let pool = ctx.pools.pool(&namespace, &server_name);
+            pool.load(false, || {
+                load_addresses(&ctx.client, &namespace, &server_name)
+            })
+            .await?;
+            let decide_and_reserve = |new_key: &mut dyn FnMut() -> PrivateKey| {
+                // One lock for the decision's claims and their reservations, so no load comes
+                // between them.
+                let mut state = pool.state();
+                let plan = decision::decide(&observed, &mut state.book.used, new_key);
+                report_pool(ctx, &namespace, server, &state.book.used);
+                let reserved = Reserved::new(pool.clone(), &mut state, reservations(&plan));
+                (plan, reserved)
+            };
+            let (mut plan, mut reserved) = decide_and_reserve(&mut new_key);
+            if matches!(plan.problem, Some(Problem::PoolExhausted { .. })) {
+                // Free this decision's claims before a reload, then decide again on it.
+                drop(reserved);
+                let reloaded = pool
+                    .load(true, || {
+                        load_addresses(&ctx.client, &namespace, &server_name)
+                    })
+                    .await?;
+                if reloaded {
+                    debug!(server = %server_name, "pool looked full; read its peers again");
+                }
+                (plan, reserved) = decide_and_reserve(&mut new_key);
             }
-            let mut plan = decision::decide(&observed, &mut pool.used, &mut new_key);
-            if matches!(plan.problem, Some(Problem::PoolExhausted { .. })) && pool.may_reload() {
-                debug!(server = %server_name, "pool looks full; reading its peers again");
-                pool.load(load_addresses(&ctx.client, &namespace, &server_name).await?);
-                plan = decision::decide(&observed, &mut pool.used, &mut new_key);
-            }
-            report_pool(ctx, &namespace, server, &pool);
-            let lock = plan.allocates().then_some(pool);
-            (plan, lock)
+            (plan, Some(reserved))
         }
         None => (
             decision::decide(&observed, &mut UsedAddresses::default(), &mut new_key),
@@ -335,7 +455,7 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
         &namespace,
         ctx,
         &plan,
-        allocation_lock,
+        reserved,
         &peers_api,
         &secrets_api,
         &subs_api,
@@ -348,13 +468,23 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     }
 }
 
+/// What a write's result says about the peer on the server: a refusal (4xx) wrote nothing; a
+/// 5xx or a broken connection may have written it.
+fn write_outcome<T>(result: &Result<T, kube::Error>) -> WriteOutcome {
+    match result {
+        Ok(_) => WriteOutcome::Written,
+        Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => WriteOutcome::Refused,
+        Err(_) => WriteOutcome::Unknown,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn execute(
     sub: &VpnSubscription,
     namespace: &str,
     ctx: &Context,
     plan: &Plan,
-    allocation_lock: Option<tokio::sync::OwnedMutexGuard<ServerPool>>,
+    mut reserved: Option<Reserved>,
     peers_api: &Api<WgPeer>,
     secrets_api: &Api<Secret>,
     subs_api: &Api<VpnSubscription>,
@@ -363,37 +493,48 @@ async fn execute(
     let apply = PatchParams::apply(FIELD_MANAGER).force();
 
     // First every peer as it may be applied before its new key is stored (new devices without
-    // a key), under the allocation lock so a concurrent reconcile sees the claimed addresses.
+    // a key); each reserved address is settled with its write's outcome.
     let mut keys = Vec::new();
     let mut moved = Vec::new();
     for write in &plan.writes {
         let body = patches::peer_apply(sub, &write.first_apply())?;
-        let applied = peers_api
+        if let Some(reserved) = reserved.as_mut() {
+            reserved.sending(&write.peer.name);
+        }
+        let result = peers_api
             .patch(&write.peer.name, &apply, &Patch::Apply(&body))
-            .await?;
+            .await;
+        if let Some(reserved) = reserved.as_mut() {
+            reserved.outcome(&write.peer.name, write_outcome(&result));
+        }
+        let applied = result?;
+        ctx.own_writes.wrote(PEER, &applied);
         debug!(subscription = %name, peer = %write.peer.name, "applied peer");
         if let Some(key) = write.key_to_store() {
             keys.push((applied, write, key));
         }
         moved.extend(write.moved_from.clone());
     }
-    drop(allocation_lock);
+    drop(reserved);
 
     // Then each new key: the Secret (owned by the peer just applied), and only once it is
     // stored, the public key in the peer's spec.
     for (peer, write, key) in keys {
         let secret = patches::key_secret(&peer, &name, key)?;
-        secrets_api
+        let stored = secrets_api
             .patch(&key.reference.name, &apply, &Patch::Apply(&secret))
             .await?;
+        ctx.own_writes.wrote(SECRET, &stored);
         let body = patches::peer_apply(sub, &write.published())?;
-        peers_api
+        let published = peers_api
             .patch(&write.peer.name, &apply, &Patch::Apply(&body))
             .await?;
+        ctx.own_writes.wrote(PEER, &published);
         debug!(subscription = %name, peer = %write.peer.name, "stored and published a new key");
     }
     for holding in moved {
-        holding.release_from(&mut ctx.pools.lock(namespace, &holding.server).await.used);
+        let pool = ctx.pools.pool(namespace, &holding.server);
+        holding.release_from(&mut pool.state().book.used);
     }
 
     for holding in &plan.deletes {
@@ -405,14 +546,16 @@ async fn execute(
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),
         }
-        holding.release_from(&mut ctx.pools.lock(namespace, &holding.server).await.used);
+        let pool = ctx.pools.pool(namespace, &holding.server);
+        holding.release_from(&mut pool.state().book.used);
         info!(subscription = %name, peer = %holding.peer, "deleted peer after retention");
     }
 
     if let Some(status) = &plan.status {
-        subs_api
+        let written = subs_api
             .patch_status(&name, &apply, &Patch::Apply(patches::status_apply(status)))
             .await?;
+        ctx.own_writes.wrote(SUBSCRIPTION, &written);
     }
 
     let reference = sub.object_ref(&());
@@ -504,16 +647,22 @@ pub fn trim_for_cache<K: Resource>(object: &mut K) {
     }
 }
 
+/// The kinds [`OwnWrites`] tells apart.
+const PEER: &str = "WgPeer";
+const SECRET: &str = "Secret";
+const SUBSCRIPTION: &str = "VpnSubscription";
+
 /// The annotation `kubectl apply` (client-side) leaves on objects.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Runs the Controller until `shutdown` completes (then lets running reconciles finish).
 ///
-/// Watches `VpnSubscription`s (primary, the one cache: trimmed by [`trim_for_cache`]),
-/// `WgPeer`s and key `Secret`s (metadata only — only their labels and owners are read, to map
-/// them to their subscription; a Secret's data never reaches a watch), and `WgServer`s (mapped
-/// to the subscriptions on them). Nothing but the subscriptions is cached: a reconcile reads the
-/// peers, Secrets and server it needs fresh from the API. The initial lists of the three large
+/// Watches `VpnSubscription`s (primary, cached trimmed by [`trim_for_cache`]), `WgPeer`s and
+/// key `Secret`s (metadata only — only their labels and owners are read, to map them to their
+/// subscription; a Secret's data never reaches a watch), and `WgServer`s (cached, and mapped to
+/// the subscriptions on them). A reconcile reads its server from that cache and the peers and
+/// Secrets it needs fresh from the API. Watch events of the operator's own writes trigger no
+/// reconcile ([`OwnWrites`]). The initial lists of the three large
 /// kinds are paged (the default consistent list semantic; `resourceVersion=0` would make the
 /// API server answer in one piece, ignoring the page size); the few servers are listed from
 /// the API server's watch cache.
@@ -529,33 +678,52 @@ pub async fn run(
     let subscriptions = watcher(scoped(client.clone(), ns), watcher::Config::default())
         .modify(trim_for_cache)
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        .try_filter({
+            let ctx = ctx.clone();
+            move |sub| std::future::ready(!ctx.own_writes.is_own(SUBSCRIPTION, sub))
+        });
     let server_store = store.clone();
     let default_server = ctx.settings.default_server.clone();
     let peers = watcher(
         scoped::<PartialObjectMeta<WgPeer>>(client.clone(), ns),
         watcher::Config::default(),
     )
-    .touched_objects();
+    .touched_objects()
+    .try_filter({
+        let ctx = ctx.clone();
+        move |peer| std::future::ready(!ctx.own_writes.is_own(PEER, peer))
+    });
     let secrets = watcher(
         scoped::<PartialObjectMeta<Secret>>(client.clone(), ns),
         watcher::Config::default().labels(LABEL_PEER),
     )
+    .touched_objects()
+    .try_filter({
+        let ctx = ctx.clone();
+        move |secret| std::future::ready(!ctx.own_writes.is_own(SECRET, secret))
+    });
+
+    // Few servers: listed whole from the API server's watch cache (a page size would make kube
+    // drop `resourceVersion=0` and read etcd instead), and kept for the reconciles to read.
+    let (server_cache, server_writer) = reflector::store::<WgServer>();
+    let _ = ctx.servers.set(server_cache);
+    let servers = watcher(
+        scoped::<WgServer>(client, ns),
+        watcher::Config {
+            page_size: None,
+            ..watcher::Config::default().any_semantic()
+        },
+    )
+    .reflect(server_writer)
     .touched_objects();
 
     let controller = Controller::for_stream(subscriptions, store.clone())
         .watches_stream(peers, |peer| owning_subscription(&peer))
         .watches_stream(secrets, |secret| owning_subscription(&secret))
-        .watches(
-            scoped::<WgServer>(client, ns),
-            // Few servers: listed whole from the API server's watch cache (a page size would
-            // make kube drop `resourceVersion=0` and read etcd instead).
-            watcher::Config {
-                page_size: None,
-                ..watcher::Config::default().any_semantic()
-            },
-            move |server| subscriptions_on_server(&server_store, &server, &default_server),
-        )
+        .watches_stream(servers, move |server| {
+            subscriptions_on_server(&server_store, &server, &default_server)
+        })
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -642,6 +810,55 @@ mod tests {
             parsed,
             vec![PeerAddresses::of(&peer), PeerAddresses::of(&bare)]
         );
+    }
+
+    fn versioned(name: &str, version: &str) -> WgPeer {
+        let mut peer = WgPeer::new(
+            name,
+            wgsub_crds::WgPeerSpec {
+                server: "wg".into(),
+                public_key: None,
+                private_key_secret_ref: None,
+                preshared_key_secret_ref: None,
+                address: None,
+                address6: None,
+                expires_at: None,
+                enabled: true,
+                device_name: None,
+            },
+        );
+        peer.metadata.namespace = Some("vpn".into());
+        peer.metadata.resource_version = Some(version.into());
+        peer
+    }
+
+    #[test]
+    fn own_writes_are_recognised_once_each_and_other_versions_are_not() {
+        let own = OwnWrites::default();
+        own.wrote(PEER, &versioned("tg-1-1", "10"));
+        own.wrote(PEER, &versioned("tg-1-1", "12"));
+        // Another's change, another kind, another object: not ours.
+        assert!(!own.is_own(PEER, &versioned("tg-1-1", "11")));
+        assert!(!own.is_own(SECRET, &versioned("tg-1-1", "10")));
+        assert!(!own.is_own(PEER, &versioned("tg-2-1", "10")));
+        // Both our writes' events, in either order, each once.
+        assert!(own.is_own(PEER, &versioned("tg-1-1", "12")));
+        assert!(own.is_own(PEER, &versioned("tg-1-1", "10")));
+        assert!(!own.is_own(PEER, &versioned("tg-1-1", "10")));
+        assert!(own.versions.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn own_writes_keep_a_bounded_number_of_versions_per_object() {
+        let own = OwnWrites::default();
+        for version in 0..10 {
+            own.wrote(PEER, &versioned("tg-1-1", &version.to_string()));
+        }
+        let kept: Vec<bool> = (0..10)
+            .map(|v| own.is_own(PEER, &versioned("tg-1-1", &v.to_string())))
+            .collect();
+        let expected: Vec<bool> = (0..10).map(|v| v >= 10 - OWN_WRITES_KEPT).collect();
+        assert_eq!(kept, expected);
     }
 
     #[test]
