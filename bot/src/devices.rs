@@ -1,8 +1,10 @@
-//! A user's devices as the cluster has them: their `WgPeer`s (found by the subscription label),
+//! A user's devices as the cluster has them: their `WgPeer`s (found by the subscription label,
+//! kept only when the shared ownership rule — name and label — says they are the user's),
 //! and a device's client config and QR code as the shared [`wgsub_devices`] renders them.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
+use wgsub_crds::devices::{display_device_name, is_users_peer};
 use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
 use wgsub_crds::{WgPeer, WgServer};
 use wgsub_devices::qr::QrError;
@@ -29,6 +31,7 @@ pub async fn user_peers(
         .list(&ListParams::default().labels(&selector))
         .await?
         .items;
+    peers.retain(|peer| is_users_peer(user_id, peer));
     peers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     Ok(peers)
 }
@@ -41,21 +44,20 @@ pub async fn user_peer(
     name: &str,
 ) -> Result<Option<WgPeer>, DeviceError> {
     let api: Api<WgPeer> = Api::namespaced(client.clone(), namespace);
-    let owner = subscription_name(user_id);
-    Ok(api.get_opt(name).await?.filter(|peer| {
-        peer.metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(LABEL_SUBSCRIPTION))
-            == Some(&owner)
-    }))
+    Ok(api
+        .get_opt(name)
+        .await?
+        .filter(|peer| is_users_peer(user_id, peer)))
 }
 
-/// What users call a device: its name, or the peer's name when it has none.
+/// What users call a device: its name as shown ([`display_device_name`]: no hidden
+/// formatting), or the peer's name when it has none.
 pub fn device_label(peer: &WgPeer) -> String {
     peer.spec
         .device_name
-        .clone()
+        .as_deref()
+        .map(display_device_name)
+        .filter(|name| !name.is_empty())
         .or_else(|| peer.metadata.name.clone())
         .unwrap_or_default()
 }

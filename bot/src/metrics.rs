@@ -1,5 +1,6 @@
-//! The bot's Prometheus metrics: updates handled by kind, handler errors, notifications sent
-//! and failed (by kind), served at `/metrics`.
+//! The bot's Prometheus metrics: updates handled by kind, handler errors, answers to users who
+//! cannot be reached (blocked the bot: not an error of the bot, counted apart), notifications
+//! sent and failed (by kind), served at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +31,7 @@ pub struct Metrics {
     registry: Registry,
     updates: Family<KindLabels, Counter>,
     handler_errors: Family<HandlerLabels, Counter>,
+    unreachable_users: Family<HandlerLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
 }
 
@@ -54,6 +56,12 @@ impl Metrics {
             "Handlers that failed, by handler",
             handler_errors.clone(),
         );
+        let unreachable_users = Family::<HandlerLabels, Counter>::default();
+        registry.register(
+            "unreachable_users",
+            "Answers Telegram would not deliver because the user blocked the bot or is gone, by handler",
+            unreachable_users.clone(),
+        );
         let notifications = Family::<NotificationLabels, Counter>::default();
         registry.register(
             "notifications",
@@ -64,6 +72,7 @@ impl Metrics {
             registry,
             updates,
             handler_errors,
+            unreachable_users,
             notifications,
         }
     }
@@ -76,6 +85,14 @@ impl Metrics {
 
     pub fn handler_error(&self, handler: &str) {
         self.handler_errors
+            .get_or_create(&HandlerLabels {
+                handler: handler.into(),
+            })
+            .inc();
+    }
+
+    pub fn unreachable_user(&self, handler: &str) {
+        self.unreachable_users
             .get_or_create(&HandlerLabels {
                 handler: handler.into(),
             })
@@ -114,6 +131,7 @@ mod tests {
         metrics.update("start");
         metrics.update("start");
         metrics.handler_error("buy");
+        metrics.unreachable_user("status");
         metrics.notification("payment_succeeded", true);
         metrics.notification("broadcast", false);
         let text = metrics.encode();
@@ -122,6 +140,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"wgsub_bot_handler_errors_total{handler="buy"} 1"#));
+        assert!(text.contains(r#"wgsub_bot_unreachable_users_total{handler="status"} 1"#));
         assert!(text.contains(
             r#"wgsub_bot_notifications_total{kind="payment_succeeded",result="sent"} 1"#
         ));

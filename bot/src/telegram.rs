@@ -14,19 +14,28 @@ pub fn delivery<T>(result: &Result<T, RequestError>) -> Delivery {
     match result {
         Ok(_) => Delivery::Delivered,
         Err(RequestError::RetryAfter(seconds)) => Delivery::RetryAfter(seconds.duration()),
-        Err(RequestError::Api(
-            ApiError::BotBlocked
-            | ApiError::UserDeactivated
-            | ApiError::ChatNotFound
-            | ApiError::UserNotFound
-            | ApiError::BotKicked
-            | ApiError::BotKickedFromSupergroup
-            | ApiError::BotKickedFromChannel
-            | ApiError::CantInitiateConversation
-            | ApiError::CantTalkWithBots,
-        )) => Delivery::Unreachable,
+        Err(error) if is_unreachable(error) => Delivery::Unreachable,
         Err(_) => Delivery::Failed,
     }
+}
+
+/// Whether the error says Telegram will never deliver to that chat: the user blocked the bot
+/// or is gone, or the chat is.
+pub fn is_unreachable(error: &RequestError) -> bool {
+    matches!(
+        error,
+        RequestError::Api(
+            ApiError::BotBlocked
+                | ApiError::UserDeactivated
+                | ApiError::ChatNotFound
+                | ApiError::UserNotFound
+                | ApiError::BotKicked
+                | ApiError::BotKickedFromSupergroup
+                | ApiError::BotKickedFromChannel
+                | ApiError::CantInitiateConversation
+                | ApiError::CantTalkWithBots,
+        )
+    )
 }
 
 /// Sends a plain text and says how it went.

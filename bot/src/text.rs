@@ -143,6 +143,35 @@ pub fn internal_error(lang: Lang) -> &'static str {
     )
 }
 
+/// The answer to `/config` or `/admin` outside a private chat: nothing secret, only where to ask.
+pub fn private_chat_only(lang: Lang) -> &'static str {
+    lang.pick(
+        "Эта команда работает только в личном чате с ботом — напишите мне в личные сообщения.",
+        "This command works only in a private chat with the bot — message me directly.",
+    )
+}
+
+/// The answer to a sender whose Telegram id the bot cannot store.
+pub fn unsupported_account(lang: Lang) -> &'static str {
+    lang.pick(
+        "К сожалению, бот пока не может обслуживать эту учётную запись Telegram.",
+        "Sorry, the bot cannot serve this Telegram account yet.",
+    )
+}
+
+/// The answer when the user has started too many payments lately.
+pub fn too_many_payments(lang: Lang, retry_after: std::time::Duration) -> String {
+    let minutes = retry_after.as_secs().div_ceil(60).max(1);
+    match lang {
+        Lang::Ru => format!(
+            "Слишком много начатых платежей. Оплатите уже созданный или попробуйте снова через {minutes} мин."
+        ),
+        Lang::En => format!(
+            "Too many payments started. Pay one you already have or try again in {minutes} min."
+        ),
+    }
+}
+
 pub fn phase(lang: Lang, phase: SubscriptionPhase) -> &'static str {
     match phase {
         SubscriptionPhase::Pending => lang.pick("не оплачена", "not paid"),
