@@ -1,0 +1,305 @@
+//! Benchmark: the operator's cold start over N paid subscriptions (default 10,000) on the REAL
+//! API server (`wgsub_testkit::envtest`: kube-apiserver + etcd), the operator binary running as a
+//! process under the chart's RBAC, as it runs in a cluster.
+//!
+//! ```text
+//! source /tmp/wgsub-env.sh   # KUBEBUILDER_ASSETS, WGSUB_HELM, CARGO_TARGET_DIR
+//! cargo build --release -p wgsub-operator --bin wgsub-operator --example cold_start_real
+//! $CARGO_TARGET_DIR/release/examples/cold_start_real [subscriptions] [concurrency]
+//! ```
+//!
+//! (defaults 10000 and the binary's default `WGSUB_CONCURRENCY`; the binary is found beside the
+//! example's folder, or at `WGSUB_OPERATOR_BIN`.)
+//!
+//! What it does: starts the control plane, makes a namespace with the chart's RBAC, one
+//! `WgServer` with a /16 pool, and N paid `VpnSubscription`s (created 64 at a time, before the
+//! operator runs); then starts the operator binary with a kubeconfig carrying the
+//! `wgsub-operator` ServiceAccount's token and watches the `WgPeer`s (as admin, one watch) until
+//! every subscription has a peer with an address and a published key.
+//!
+//! Printed: the time from the operator's start to the last keyed peer (and to 50 % / 90 %), the
+//! operator's peak RSS (`VmHWM` of `/proc/<pid>/status`), whether every address is distinct, and
+//! the operator's requests by verb and resource (from the API server's audit log).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use wgsub_crds::{
+    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
+};
+use wgsub_testkit::chart::{apply_chart_rbac, component_kubeconfig, service_account};
+use wgsub_testkit::envtest::ControlPlane;
+
+/// The longest the benchmark waits for the last keyed peer.
+const GIVE_UP: Duration = Duration::from_secs(900);
+
+fn server() -> WgServer {
+    WgServer::new(
+        "wg",
+        WgServerSpec {
+            endpoint: "vpn.example.com:51820".into(),
+            listen_port: 51820,
+            interface_name: "wg0".into(),
+            address_pool: "10.8.0.0/16".into(),
+            address_pool6: None,
+            dns: vec![],
+            mtu: None,
+            persistent_keepalive: None,
+            client_allowed_ips: vec![],
+            node_name: None,
+            node_selector: None,
+            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
+            nat: None,
+        },
+    )
+}
+
+fn subscription(user: usize, paid_until: Timestamp) -> VpnSubscription {
+    let mut spec = VpnSubscriptionSpec::for_user(1_000_000 + user as i64);
+    spec.paid_until = Some(paid_until);
+    VpnSubscription::new(&format!("tg-{}", 1_000_000 + user), spec)
+}
+
+/// The operator binary: `WGSUB_OPERATOR_BIN`, or beside the folder of this example.
+fn operator_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("WGSUB_OPERATOR_BIN") {
+        return path.into();
+    }
+    let example = std::env::current_exe().expect("the example's path");
+    let binary = example
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|profile| profile.join("wgsub-operator"))
+        .expect("the profile folder");
+    assert!(
+        binary.exists(),
+        "{} is missing: cargo build --release -p wgsub-operator --bin wgsub-operator",
+        binary.display()
+    );
+    binary
+}
+
+/// A field of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default()
+}
+
+/// Creates the subscriptions, `parallel` requests at a time.
+async fn create_subscriptions(client: &Client, namespace: &str, count: usize, parallel: usize) {
+    let api: Api<VpnSubscription> = Api::namespaced(client.clone(), namespace);
+    let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
+    futures::stream::iter(0..count)
+        .map(|user| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &subscription(user, paid_until))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("creating the subscriptions");
+}
+
+/// The operator as a process, its stdout in `log`.
+fn start_operator(
+    namespace: &str,
+    kubeconfig: &PathBuf,
+    log: &PathBuf,
+    concurrency: Option<&str>,
+) -> Child {
+    let mut command = Command::new(operator_binary());
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", kubeconfig)
+        .env("WGSUB_NAMESPACE", namespace)
+        .env("WGSUB_DEFAULT_SERVER", "wg")
+        .env("WGSUB_IDENTITY", "bench")
+        .env("WGSUB_HTTP_ADDR", "127.0.0.1:0")
+        .env("WGSUB_LOG", "warn")
+        .stdout(std::fs::File::create(log).expect("a log file"))
+        .stderr(Stdio::inherit());
+    if let Some(concurrency) = concurrency {
+        command.env("WGSUB_CONCURRENCY", concurrency);
+    }
+    command.spawn().expect("the operator starts")
+}
+
+fn keyed(peer: &WgPeer) -> Option<String> {
+    peer.spec.public_key.as_ref()?;
+    peer.spec.private_key_secret_ref.as_ref()?;
+    peer.spec.address.clone()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let count: usize = args.first().map_or(10_000, |a| a.parse().expect("a count"));
+    let concurrency = args.get(1).cloned();
+    println!("load average at start: {}", load_average().trim());
+
+    let plane = ControlPlane::with_crds();
+    let namespace = plane.namespace("cold").await;
+    apply_chart_rbac(plane, &namespace, &[]).await;
+    let admin = plane.admin_client();
+    Api::<WgServer>::namespaced(admin.clone(), &namespace)
+        .create(&PostParams::default(), &server())
+        .await
+        .expect("creating the WgServer");
+    let started = Instant::now();
+    create_subscriptions(&admin, &namespace, count, 64).await;
+    println!(
+        "created {count} subscriptions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let dir = tempfile::tempdir().expect("a scratch folder");
+    let kubeconfig = dir.path().join("operator.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        component_kubeconfig(plane, &namespace, "operator").await,
+    )
+    .expect("writing the kubeconfig");
+    let log = dir.path().join("operator.log");
+
+    // One admin watch of the peers, so the measurement costs the API server one stream.
+    let peers: Api<WgPeer> = Api::namespaced(admin.clone(), &namespace);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let watching = tokio::spawn(async move {
+        let mut addresses: HashMap<String, String> = HashMap::new();
+        let mut stream = std::pin::pin!(watcher(peers, watcher::Config::default()));
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue };
+            let objects: Vec<WgPeer> = match event {
+                watcher::Event::Apply(peer) | watcher::Event::InitApply(peer) => vec![peer],
+                _ => vec![],
+            };
+            for peer in objects {
+                if let Some(address) = keyed(&peer)
+                    && addresses.insert(peer.name_any(), address).is_none()
+                {
+                    let _ = done_tx.send((addresses.len(), Instant::now()));
+                }
+            }
+            if addresses.len() >= count {
+                return addresses;
+            }
+        }
+        addresses
+    });
+
+    let mut operator = start_operator(&namespace, &kubeconfig, &log, concurrency.as_deref());
+    let pid = operator.id();
+    let launched = Instant::now();
+    let mut marks = BTreeMap::new();
+    let mut max_load = 0.0f64;
+    let mut last_print = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), done_rx.recv()).await {
+            Ok(Some((keyed, at))) => {
+                for percent in [1usize, 50, 90, 100] {
+                    if keyed * 100 >= count * percent && !marks.contains_key(&percent) {
+                        marks.insert(percent, at.duration_since(launched));
+                    }
+                }
+                if keyed >= count {
+                    break;
+                }
+            }
+            Ok(None) => panic!("the peer watch ended early"),
+            Err(_) => {}
+        }
+        if let Some(load) = load_average()
+            .split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+        {
+            max_load = max_load.max(load);
+        }
+        if last_print.elapsed() >= Duration::from_secs(10) {
+            last_print = Instant::now();
+            println!(
+                "  {:>5.0} s: RSS {:.1} MiB, load {}",
+                launched.elapsed().as_secs_f64(),
+                status_mib(pid, "VmRSS:"),
+                load_average().trim()
+            );
+        }
+        if launched.elapsed() > GIVE_UP {
+            let _ = operator.kill();
+            panic!("not every subscription had a keyed peer within {GIVE_UP:?}");
+        }
+    }
+    let total = launched.elapsed();
+    // Let the reconciles the last writes triggered run out before reading the peak.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peak = status_mib(pid, "VmHWM:");
+    let rss = status_mib(pid, "VmRSS:");
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = operator.wait();
+    let addresses = watching.await.expect("the watch task");
+    let distinct: HashSet<&String> = addresses.values().collect();
+
+    let mut calls: BTreeMap<String, usize> = BTreeMap::new();
+    let requests = plane.requests_of(&namespace, &service_account("operator"));
+    for request in &requests {
+        let code = request.code.map_or("-".to_owned(), |c| c.to_string());
+        let resource = request.resource.as_deref().unwrap_or("-");
+        *calls
+            .entry(format!("{} {resource} -> {code}", request.verb))
+            .or_default() += 1;
+    }
+
+    println!("operator cold start over {count} subscriptions on the real API server:");
+    for (percent, at) in &marks {
+        println!("  {percent:>3} % keyed after {:.1} s", at.as_secs_f64());
+    }
+    println!("  all keyed after {:.1} s", total.as_secs_f64());
+    println!("  operator peak RSS (VmHWM) {peak:.1} MiB, RSS at the end {rss:.1} MiB");
+    println!(
+        "  {} peers with an address and a key, {} distinct addresses",
+        addresses.len(),
+        distinct.len()
+    );
+    println!(
+        "  {} operator requests ({:.1} per subscription):",
+        requests.len(),
+        requests.len() as f64 / count as f64
+    );
+    for (call, n) in calls {
+        println!("    {n:>7}  {call}");
+    }
+    println!("  highest 1-minute load average seen: {max_load:.2} (2 cores)");
+    assert_eq!(
+        distinct.len(),
+        addresses.len(),
+        "two peers share an address"
+    );
+}
