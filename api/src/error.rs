@@ -85,6 +85,17 @@ impl ApiError {
         }
     }
 
+    /// The caches reads are answered from cannot answer now (not synced yet, or their watch
+    /// has failed for too long): 503 `cache_not_ready`, never an answer from what is missing.
+    pub fn from_cache(error: wgsub_devices::CacheError) -> Self {
+        tracing::warn!(%error, "read refused: cache not ready");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cache_not_ready",
+            "the service is starting or resyncing, try again shortly",
+        )
+    }
+
     pub fn from_kube(error: kube::Error) -> Self {
         match &error {
             kube::Error::Api(status) if status.code == 404 => Self::new(

@@ -4,9 +4,10 @@
 //! What it writes in Kubernetes: `WgPeer.spec.enabled / deviceName` (server-side apply, field
 //! manager `wgsub-api`) and extra device `WgPeer`s up to `maxDevices` (created with field
 //! manager `wgsub-api`); through the shared ledger crate, `VpnSubscription.spec.paidUntil /
-//! plan / maxDevices / suspended` (field manager `wgsub-ledger`). It reads the peers' key
-//! `Secret`s and `WgServer`s to render configs. The money lives in PostgreSQL
-//! ([`wgsub_ledger`]).
+//! plan / maxDevices / suspended` (field manager `wgsub-ledger`). Every read (the
+//! subscription, the user's peers, the peers' key `Secret`s and `WgServer`s to render configs)
+//! answers from watch-backed caches ([`wgsub_devices::Caches`]), never from the API server.
+//! The money lives in PostgreSQL ([`wgsub_ledger`]).
 //!
 //! The binary (`main.rs`) only wires: settings → state → [`app`] → serve.
 

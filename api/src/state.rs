@@ -1,14 +1,15 @@
 //! What every handler shares: the ledger, the YooKassa client, the Kubernetes APIs of the
-//! namespace, the plan catalogue, settings and metrics.
+//! namespace (writes) and its watch-backed caches (reads), the plan catalogue, settings and
+//! metrics.
 
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use jiff::SignedDuration;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use wgsub_crds::WgPeer;
 use wgsub_crds::plans::PlanCatalogue;
-use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
+use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa};
 use zeroize::Zeroizing;
 
@@ -45,13 +46,12 @@ impl std::fmt::Debug for Settings {
     }
 }
 
-/// The Kubernetes APIs the API uses, all in one namespace.
+/// The Kubernetes APIs the API writes through, all in one namespace (reads go to the
+/// [`Caches`]).
 #[derive(Clone)]
 pub struct KubeApis {
-    pub subscriptions: Api<VpnSubscription>,
     pub peers: Api<WgPeer>,
-    pub servers: Api<WgServer>,
-    pub secrets: Api<Secret>,
+    /// The ledger's writes of `VpnSubscription`s.
     pub sync: SubscriptionSync,
 }
 
@@ -64,10 +64,7 @@ impl std::fmt::Debug for KubeApis {
 impl KubeApis {
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
-            subscriptions: Api::namespaced(client.clone(), namespace),
             peers: Api::namespaced(client.clone(), namespace),
-            servers: Api::namespaced(client.clone(), namespace),
-            secrets: Api::namespaced(client.clone(), namespace),
             sync: SubscriptionSync::new(client, namespace),
         }
     }
@@ -79,6 +76,9 @@ pub struct AppState {
     pub ledger: Ledger,
     pub yookassa: YooKassa,
     pub kube: KubeApis,
+    /// The namespace's subscriptions, peers, servers and peer key Secrets, kept by watches:
+    /// every read path answers from here.
+    pub caches: Caches,
     pub plans: PlanCatalogue,
     pub settings: Settings,
     pub metrics: Metrics,
@@ -89,7 +89,8 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 /// The state `wgsub-api serve` runs with, wired from its settings: the ledger on a migrated
-/// database, the YooKassa client and the Kubernetes APIs of `client`. The binary and the
+/// database, the YooKassa client, the Kubernetes APIs of `client` and the caches (their watches
+/// started; reads answer 503 until they have synced). The binary and the
 /// end-to-end test both build their state here, so the test runs what production runs.
 pub async fn state_from_args(
     args: &crate::config::ServeArgs,
@@ -113,6 +114,7 @@ pub async fn state_from_args(
     Ok(Arc::new(AppState {
         ledger: Ledger::new(pool, args.database.database_pgbouncer),
         yookassa,
+        caches: api_caches(client.clone(), &args.namespace),
         kube: KubeApis::new(client, &args.namespace),
         plans: args.plans_file.0.clone(),
         settings: Settings {
@@ -130,4 +132,17 @@ pub async fn state_from_args(
         metrics: Metrics::new(),
         qr_cache: QrCache::new(QrCache::DEFAULT_CAPACITY),
     }))
+}
+
+/// The caches the api reads from: peers, servers, peer key Secrets and subscriptions of
+/// `namespace`, their watches started on the current runtime.
+pub fn api_caches(client: kube::Client, namespace: &str) -> Caches {
+    Caches::spawn(
+        client,
+        namespace,
+        CacheOptions {
+            subscriptions: true,
+            ..CacheOptions::default()
+        },
+    )
 }

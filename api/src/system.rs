@@ -1,6 +1,7 @@
-//! Operational endpoints: `/healthz` (the process serves), `/readyz` (database and Kubernetes
-//! reachable), `/metrics`, `/openapi.json`, the request metrics middleware and the drift loop
-//! that repairs every difference between the ledger and the `VpnSubscription`s.
+//! Operational endpoints: `/healthz` (the process serves), `/readyz` (the database reachable
+//! and the caches synced and fresh — see [`wgsub_devices::cache`] for how stale they may be),
+//! `/metrics`, `/openapi.json`, the request metrics middleware and the drift loop that repairs
+//! every difference between the ledger and the `VpnSubscription`s.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,6 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kube::api::ListParams;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -21,32 +21,31 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the database answers and the caches have synced and are not stale (no call to
+/// the API server: the caches' watches are what proves it reachable).
 pub async fn readyz(State(state): State<SharedState>) -> Response {
     let database = state.ledger.ping().await;
-    let kubernetes = state
-        .kube
-        .peers
-        .list_metadata(&ListParams::default().limit(1))
-        .await;
-    match (database, kubernetes) {
-        (Ok(()), Ok(_)) => (StatusCode::OK, "ready").into_response(),
-        (database, kubernetes) => {
+    let caches = state.caches.check();
+    match (database, caches) {
+        (Ok(()), Ok(())) => (StatusCode::OK, "ready").into_response(),
+        (database, caches) => {
+            let mut failing = Vec::new();
             if let Err(error) = &database {
                 tracing::warn!(%error, "not ready: database");
+                failing.push("database unreachable".to_owned());
             }
-            if let Err(error) = &kubernetes {
-                tracing::warn!(%error, "not ready: Kubernetes");
+            if let Err(error) = &caches {
+                tracing::warn!(%error, "not ready: caches");
+                failing.push(error.to_string());
             }
-            let failing: Vec<&str> = [
-                database.is_err().then_some("database"),
-                kubernetes.is_err().then_some("kubernetes"),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
+            let code = if caches.is_err() {
+                "cache_not_ready"
+            } else {
+                "not_ready"
+            };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"code": "not_ready", "message": format!("unreachable: {}", failing.join(", "))})),
+                Json(json!({"code": code, "message": failing.join("; ")})),
             )
                 .into_response()
         }
@@ -96,18 +95,27 @@ pub async fn track(State(state): State<SharedState>, request: Request, next: Nex
     response
 }
 
-/// Keeps every `VpnSubscription` equal to the ledger until `stop`: a reflector caches the
-/// namespace's subscriptions, and once it has listed them a pass compares every user with
-/// their resource and writes only what differs (edited, deleted or never written; see
-/// [`wgsub_ledger::drift`]) — at start, then every `interval`. A pass with nothing to repair
-/// makes no Kubernetes call.
+/// Keeps every `VpnSubscription` equal to the ledger until `stop`: over the subscriptions the
+/// readers' cache holds (one watch for both), once it has listed them, a pass compares every
+/// user with their resource and writes only what differs (edited, deleted or never written;
+/// see [`wgsub_ledger::drift`]) — at start, then every `interval`. A pass with nothing to
+/// repair makes no Kubernetes call. A pass is skipped while the cache is stale.
 pub async fn drift_loop(state: SharedState, interval: Duration, stop: CancellationToken) {
-    let (drift, reflector) = state.kube.sync.drift_repair();
+    let Some(store) = state.caches.subscription_store() else {
+        tracing::error!("the caches hold no VpnSubscriptions: the drift loop cannot run");
+        return;
+    };
+    let drift = state.kube.sync.drift_repair_on(store);
     let passes = async {
         if !drift.ready().await {
             return;
         }
         loop {
+            if let Err(error) = state.caches.check() {
+                tracing::warn!(%error, "drift pass skipped");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
             match drift.pass(&state.ledger).await {
                 Ok(report) => {
                     for _ in 0..report.created + report.updated {
@@ -140,7 +148,6 @@ pub async fn drift_loop(state: SharedState, interval: Duration, stop: Cancellati
     };
     tokio::select! {
         () = stop.cancelled() => {}
-        () = reflector => {}
         () = passes => {}
     }
 }

@@ -2,6 +2,14 @@
 //! `Authorization: tma <initData>` and acts only on the initData user: no user id appears in
 //! any path, and a device that is not the caller's answers 404 exactly like one that does not
 //! exist.
+//!
+//! Reads answer from the watch-backed [`wgsub_devices::Caches`] and never call the API server
+//! (503 `cache_not_ready` until the caches have synced, or when their watch has failed for
+//! longer than they serve stale answers); writes go to the API server, and a handler that
+//! wrote waits (at most [`WRITE_VISIBLE_WITHIN`]) until the caches hold its write, so the
+//! user's next read sees it.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -10,11 +18,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wgsub_crds::liveness::subscription_phase;
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
+use wgsub_crds::resources::subscription_name;
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
 use wgsub_ledger::{PaymentError, PaymentOrder};
 use zeroize::Zeroizing;
@@ -28,6 +36,9 @@ use crate::initdata::{self, InitData};
 use crate::qr::QrImage;
 use crate::state::{FIELD_MANAGER, SharedState};
 use wgsub_devices::{DeviceConfigError, render_device_config};
+
+/// How long a write waits for the caches to hold it before answering anyway.
+pub const WRITE_VISIBLE_WITHIN: std::time::Duration = wgsub_devices::cache::DEFAULT_WRITE_WAIT;
 
 /// The authenticated Mini App user.
 #[derive(Debug)]
@@ -162,54 +173,62 @@ fn peer_not_ready(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "peer_not_ready", message)
 }
 
-async fn subscription_of(
-    state: &SharedState,
-    user_id: i64,
-) -> Result<Option<VpnSubscription>, ApiError> {
-    state
-        .kube
-        .subscriptions
-        .get_opt(&subscription_name(user_id))
-        .await
-        .map_err(ApiError::from_kube)
+/// Fails with 503 `cache_not_ready` when the caches cannot answer now.
+fn caches_ready(state: &SharedState) -> Result<(), ApiError> {
+    state.caches.check().map_err(ApiError::from_cache)
 }
 
-async fn active_subscription(
+/// The user's subscription as the cache has it.
+fn subscription_of(
+    state: &SharedState,
+    user_id: i64,
+) -> Result<Option<Arc<VpnSubscription>>, ApiError> {
+    caches_ready(state)?;
+    Ok(state.caches.subscription(&subscription_name(user_id)))
+}
+
+fn active_subscription(
     state: &SharedState,
     user_id: i64,
     now: Timestamp,
-) -> Result<VpnSubscription, ApiError> {
-    match subscription_of(state, user_id).await? {
+) -> Result<Arc<VpnSubscription>, ApiError> {
+    match subscription_of(state, user_id)? {
         Some(sub) if subscription_phase(&sub.spec, now) == SubscriptionPhase::Active => Ok(sub),
         _ => Err(ApiError::subscription_inactive()),
     }
 }
 
-async fn users_peers(state: &SharedState, user_id: i64) -> Result<Vec<WgPeer>, ApiError> {
-    let selector = format!("{LABEL_SUBSCRIPTION}={}", subscription_name(user_id));
-    let list = state
-        .kube
-        .peers
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(ApiError::from_kube)?;
-    Ok(list.items)
+/// The peers labelled with the user's subscription, as the cache has them.
+fn users_peers(state: &SharedState, user_id: i64) -> Result<Vec<WgPeer>, ApiError> {
+    caches_ready(state)?;
+    Ok(state
+        .caches
+        .peers_of(&subscription_name(user_id))
+        .iter()
+        .map(|peer| WgPeer::clone(peer))
+        .collect())
 }
 
 /// The caller's peer `name`, or 404 whether it is missing or someone else's.
-async fn owned_peer(state: &SharedState, user_id: i64, name: &str) -> Result<WgPeer, ApiError> {
+fn owned_peer(state: &SharedState, user_id: i64, name: &str) -> Result<Arc<WgPeer>, ApiError> {
     if device_index(&subscription_name(user_id), name).is_none() {
         return Err(ApiError::peer_not_found());
     }
-    match state
-        .kube
-        .peers
-        .get_opt(name)
-        .await
-        .map_err(ApiError::from_kube)?
-    {
+    caches_ready(state)?;
+    match state.caches.peer(name) {
         Some(peer) if is_users_peer(user_id, &peer) => Ok(peer),
         _ => Err(ApiError::peer_not_found()),
+    }
+}
+
+/// Waits until the caches hold `written` (bounded), so the user's next read sees it.
+async fn until_visible(state: &SharedState, written: &WgPeer) {
+    if !state.caches.wait_for(written, WRITE_VISIBLE_WITHIN).await {
+        tracing::warn!(
+            peer = %written.name_any(),
+            "the cache did not show the write within {}s",
+            WRITE_VISIBLE_WITHIN.as_secs()
+        );
     }
 }
 
@@ -226,9 +245,9 @@ pub async fn me(
         .upsert_user(&init.user, now)
         .await
         .map_err(ApiError::from_ledger)?;
-    let subscription = subscription_of(&state, user.telegram_id).await?;
+    let subscription = subscription_of(&state, user.telegram_id)?;
     let spec = subscription
-        .map(|s| s.spec)
+        .map(|s| s.spec.clone())
         .unwrap_or_else(|| VpnSubscriptionSpec {
             paid_until: user.entitlement.paid_until,
             plan: user.entitlement.plan.clone(),
@@ -236,7 +255,7 @@ pub async fn me(
             suspended: user.suspended,
             ..VpnSubscriptionSpec::for_user(user.telegram_id)
         });
-    let peers = users_peers(&state, user.telegram_id).await?;
+    let peers = users_peers(&state, user.telegram_id)?;
     Ok(Json(MeResponse {
         user: UserView {
             id: user.telegram_id,
@@ -366,7 +385,7 @@ pub async fn list_peers(
     State(state): State<SharedState>,
     AuthUser(init): AuthUser,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
-    let peers = users_peers(&state, init.user.id).await?;
+    let peers = users_peers(&state, init.user.id)?;
     Ok(Json(device_views(init.user.id, &peers)))
 }
 
@@ -384,8 +403,8 @@ pub async fn add_peer(
     let user_id = init.user.id;
     let device_name = clean_device_name(request.device_name.as_deref())
         .map_err(|message| ApiError::bad_request("invalid_device_name", message))?;
-    let subscription = active_subscription(&state, user_id, Timestamp::now()).await?;
-    let peers = users_peers(&state, user_id).await?;
+    let subscription = active_subscription(&state, user_id, Timestamp::now())?;
+    let peers = users_peers(&state, user_id)?;
     let mine: Vec<&WgPeer> = peers.iter().filter(|p| is_users_peer(user_id, p)).collect();
     if mine.len() >= usize::try_from(subscription.spec.max_devices).unwrap_or(0) {
         return Err(ApiError::new(
@@ -421,6 +440,7 @@ pub async fn add_peer(
         }
         Err(error) => return Err(ApiError::from_kube(error)),
     };
+    until_visible(&state, &created).await;
     Ok((StatusCode::CREATED, Json(DeviceView::of(&created))))
 }
 
@@ -436,7 +456,7 @@ pub async fn update_peer(
     Path(name): Path<String>,
     ApiJson(request): ApiJson<UpdateDeviceRequest>,
 ) -> Result<Json<DeviceView>, ApiError> {
-    let peer = owned_peer(&state, init.user.id, &name).await?;
+    let peer = owned_peer(&state, init.user.id, &name)?;
     let enabled = request.enabled.unwrap_or(peer.spec.enabled);
     let device_name = match &request.device_name {
         Some(text) => clean_device_name(Some(text))
@@ -454,23 +474,24 @@ pub async fn update_peer(
         )
         .await
         .map_err(ApiError::from_kube)?;
+    until_visible(&state, &patched).await;
     Ok(Json(DeviceView::of(&patched)))
 }
 
-/// The device's `.conf` and its download file name.
-async fn client_config(
+/// The device's `.conf` and its download file name, from the caches alone.
+fn client_config(
     state: &SharedState,
     user_id: i64,
     name: &str,
 ) -> Result<(Zeroizing<String>, String), ApiError> {
-    let peer = owned_peer(state, user_id, name).await?;
-    active_subscription(state, user_id, Timestamp::now()).await?;
+    let peer = owned_peer(state, user_id, name)?;
+    active_subscription(state, user_id, Timestamp::now())?;
     let fallback = device_index(&subscription_name(user_id), name)
         .unwrap_or(1)
         .to_string();
-    match render_device_config(&state.kube.servers, &state.kube.secrets, &peer, &fallback).await {
+    match render_device_config(&state.caches, &peer, &fallback) {
         Ok(rendered) => Ok((rendered.text, rendered.file_name)),
-        Err(DeviceConfigError::Kube(error)) => Err(ApiError::from_kube(error)),
+        Err(DeviceConfigError::Cache(error)) => Err(ApiError::from_cache(error)),
         Err(DeviceConfigError::NotReady(message)) => Err(peer_not_ready(message)),
     }
 }
@@ -494,7 +515,7 @@ pub async fn peer_config(
     AuthUser(init): AuthUser,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (text, file) = client_config(&state, init.user.id, &name).await?;
+    let (text, file) = client_config(&state, init.user.id, &name)?;
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file}\""))
         .map_err(|e| ApiError::internal(&e))?;
     Ok(no_store(
@@ -524,7 +545,7 @@ pub async fn peer_qr(
     Path(name): Path<String>,
     Query(query): Query<QrQuery>,
 ) -> Result<Response, ApiError> {
-    let (text, _) = client_config(&state, init.user.id, &name).await?;
+    let (text, _) = client_config(&state, init.user.id, &name)?;
     let format = match query.format {
         QrFormat::Png => QrImage::Png,
         QrFormat::Svg => QrImage::Svg,

@@ -28,11 +28,11 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use wgsub_api::metrics::Metrics;
 use wgsub_api::qr::QrCache;
-use wgsub_api::state::FIELD_MANAGER;
+use wgsub_api::state::{FIELD_MANAGER, api_caches};
 use wgsub_api::{AppState, KubeApis, Settings, app, clientip, initdata};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
-use wgsub_crds::resources::LABEL_SUBSCRIPTION;
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{
     SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer,
 };
@@ -79,6 +79,10 @@ async fn harness(label: &str) -> Harness {
     let client = component_client(plane, &namespace, "api").await;
     let mut h = harness_with(label, client, admin, &namespace).await;
     h.plane = Some(plane);
+    assert!(
+        h.state.caches.synced(Duration::from_secs(10)).await,
+        "the caches sync"
+    );
     h
 }
 
@@ -139,6 +143,7 @@ async fn harness_with(
             retry_backoff: Duration::from_millis(5),
         })
         .unwrap(),
+        caches: api_caches(client.clone(), namespace),
         kube: KubeApis::new(client, namespace),
         plans: plans(),
         settings: Settings {
@@ -199,6 +204,17 @@ async fn create_server(admin: &kube::Client, namespace: &str) {
 }
 
 impl Harness {
+    /// Waits until the api's caches hold `written` (an object the test wrote as the admin).
+    async fn visible<K: wgsub_devices::cache::Cached>(&self, written: &K) {
+        assert!(
+            self.state
+                .caches
+                .wait_for(written, Duration::from_secs(5))
+                .await,
+            "the api's caches show the test's write"
+        );
+    }
+
     /// Fails with the server's own 403s when the API made a call the chart does not grant.
     fn assert_nothing_forbidden(&self) {
         let plane = self.plane.expect("a test on the real API server");
@@ -348,12 +364,17 @@ impl Harness {
         let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
         sub.metadata.namespace = Some(self.namespace.clone());
         let sub = subs.create(&Default::default(), &sub).await.unwrap();
+        self.visible(&sub).await;
         let key = PrivateKey::generate();
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.namespace);
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(format!("tg-{user}-1-key")),
                 namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([(
+                    LABEL_PEER.to_owned(),
+                    format!("tg-{user}-1"),
+                )])),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(
@@ -362,7 +383,8 @@ impl Harness {
             )])),
             ..Default::default()
         };
-        secrets.create(&Default::default(), &secret).await.unwrap();
+        let secret = secrets.create(&Default::default(), &secret).await.unwrap();
+        self.visible(&secret).await;
         let mut peer = WgPeer::new(
             &format!("tg-{user}-1"),
             WgPeerSpec {
@@ -385,10 +407,11 @@ impl Harness {
             LABEL_SUBSCRIPTION.to_owned(),
             format!("tg-{user}"),
         )]));
-        Api::<WgPeer>::namespaced(self.admin.clone(), &self.namespace)
+        let peer = Api::<WgPeer>::namespaced(self.admin.clone(), &self.namespace)
             .create(&Default::default(), &peer)
             .await
             .unwrap();
+        self.visible(&peer).await;
     }
 }
 
@@ -861,9 +884,11 @@ async fn an_inactive_subscription_gets_a_clear_error_code() {
     let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
     let mut sub = subs.get("tg-401").await.unwrap();
     sub.spec.paid_until = Some(Timestamp::now() - SignedDuration::from_hours(1));
-    subs.replace("tg-401", &Default::default(), &sub)
+    let sub = subs
+        .replace("tg-401", &Default::default(), &sub)
         .await
         .unwrap();
+    h.visible(&sub).await;
     for (method_, uri) in [
         ("GET", "/api/v1/me/peers/tg-401-1/config"),
         ("POST", "/api/v1/me/peers"),
@@ -1062,49 +1087,137 @@ async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
     h.assert_nothing_forbidden();
 }
 
-/// One account looping `POST /api/v1/payments` is stopped by the ledger's limits (three open
-/// payments by default): 429 with `Retry-After` and the JSON error body, and no further
-/// YooKassa call.
+/// The requests the api's ServiceAccount made that were not watches (`(verb, resource, uri)`).
+fn non_watch_requests(plane: &ControlPlane, namespace: &str) -> Vec<String> {
+    plane
+        .requests_of(namespace, "wgsub-api")
+        .into_iter()
+        .filter(|request| request.verb != "watch")
+        .map(|request| request.to_string())
+        .collect()
+}
+
 #[tokio::test]
-async fn payments_started_in_a_loop_get_429_with_retry_after_and_no_yookassa_call() {
-    let h = harness("pay_limit").await;
-    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa1f", "pending")
-        .await;
-    for _ in 0..3 {
-        let (status, body) = h
+async fn mini_app_reads_make_no_api_server_request() {
+    let h = harness("no_calls").await;
+    h.active_user(601).await;
+    let plane = h.plane.unwrap();
+    let before = non_watch_requests(plane, &h.namespace);
+    for _ in 0..20 {
+        for uri in [
+            "/api/v1/me",
+            "/api/v1/me/peers",
+            "/api/v1/me/peers/tg-601-1/config",
+            "/api/v1/me/peers/tg-601-1/qr",
+            "/api/v1/me/peers/tg-601-1/qr?format=svg",
+            "/readyz",
+        ] {
+            let request = Request::get(uri)
+                .header(header::AUTHORIZATION, format!("tma {}", h.init_data(601)))
+                .body(Body::empty())
+                .unwrap();
+            let (status, _, _) = h.call(request, "127.0.0.1:1").await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+    }
+    let after = non_watch_requests(plane, &h.namespace);
+    assert!(
+        !before.is_empty(),
+        "the audit log shows the caches' lists: {before:?}"
+    );
+    assert_eq!(
+        after[before.len()..],
+        [] as [String; 0],
+        "120 reads and 20 readiness probes asked the API server nothing"
+    );
+    h.assert_nothing_forbidden();
+}
+
+#[tokio::test]
+async fn a_read_right_after_the_users_own_write_sees_it() {
+    let h = harness("read_own_write").await;
+    h.active_user(701).await;
+    for round in 0..5 {
+        let enabled = round % 2 == 1;
+        let (status, _) = h
             .user_call(
-                1601,
-                "POST",
-                "/api/v1/payments",
-                Some(json!({"plan": "month"})),
+                701,
+                "PATCH",
+                "/api/v1/me/peers/tg-701-1",
+                Some(json!({"enabled": enabled})),
             )
             .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(status, StatusCode::OK);
+        let (_, me) = h.user_call(701, "GET", "/api/v1/me", None).await;
+        assert_eq!(me["devices"][0]["enabled"], json!(enabled), "round {round}");
     }
-    let request = Request::post("/api/v1/payments")
-        .header(header::AUTHORIZATION, format!("tma {}", h.init_data(1601)))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(json!({"plan": "month"}).to_string()))
-        .unwrap();
-    let (status, bytes, headers) = h.call(request, "127.0.0.1:5000").await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-    let error: Value = serde_json::from_slice(&bytes).expect("a JSON error body");
-    assert_eq!(error["code"], json!("too_many_payments"), "{error}");
-    assert!(error["message"].is_string());
-    // The oldest open payment lapses in an hour.
-    let retry_after: u64 = headers[header::RETRY_AFTER]
-        .to_str()
+    let (status, _) = h
+        .user_call(701, "POST", "/api/v1/me/peers", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, peers) = h.user_call(701, "GET", "/api/v1/me/peers", None).await;
+    let names: Vec<&str> = peers
+        .as_array()
         .unwrap()
-        .parse()
-        .unwrap();
-    assert!((3500..=3600).contains(&retry_after), "{retry_after}");
-    let created = h
-        .yookassa
-        .received_requests()
-        .await
-        .unwrap_or_default()
         .iter()
-        .filter(|r| r.method.as_str() == "POST")
-        .count();
-    assert_eq!(created, 3);
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tg-701-1", "tg-701-2"]);
+    h.assert_nothing_forbidden();
+}
+
+/// The api's ServiceAccount before the chart's RBAC exists cannot list anything: its caches
+/// cannot sync, so every read answers 503 `cache_not_ready` (never "no subscription" or "no
+/// such device") and `/readyz` is not ready; once RBAC is applied the failing watches re-list
+/// and the same reads answer.
+#[tokio::test]
+async fn before_the_caches_sync_reads_answer_503_and_readiness_waits() {
+    let plane = ControlPlane::with_crds();
+    let namespace = plane.namespace("api-unsynced").await;
+    let admin = plane.admin_client();
+    create_server(&admin, &namespace).await;
+    let client = component_client(plane, &namespace, "api").await;
+    let mut h = harness_with("unsynced", client, admin, &namespace).await;
+    h.plane = Some(plane);
+    for uri in [
+        "/api/v1/me",
+        "/api/v1/me/peers",
+        "/api/v1/me/peers/tg-801-1/config",
+        "/api/v1/me/peers/tg-801-1/qr",
+    ] {
+        let (status, error) = h.user_call(801, "GET", uri, None).await;
+        assert_eq!(
+            (status, error["code"].clone()),
+            (StatusCode::SERVICE_UNAVAILABLE, json!("cache_not_ready")),
+            "{uri}: {error}"
+        );
+        assert!(error["message"].is_string());
+    }
+    let (status, body, _) = h
+        .call(
+            Request::get("/readyz").body(Body::empty()).unwrap(),
+            "127.0.0.1:1",
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], json!("cache_not_ready"), "{body}");
+
+    apply_chart_rbac(plane, &namespace, &[]).await;
+    assert!(
+        h.state.caches.synced(Duration::from_secs(30)).await,
+        "the caches re-list once they may"
+    );
+    h.active_user(801).await;
+    for uri in ["/api/v1/me", "/api/v1/me/peers/tg-801-1/config"] {
+        let (status, _) = h.user_call(801, "GET", uri, None).await;
+        assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+    }
+    let (status, _, _) = h
+        .call(
+            Request::get("/readyz").body(Body::empty()).unwrap(),
+            "127.0.0.1:1",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -177,7 +177,7 @@ async fn migrate_then_serve_under_the_charts_rbac_and_stop_cleanly_on_sigterm() 
         requests
             .iter()
             .any(|r| r.verb == "list" && r.resource.as_deref() == Some("wgpeers")),
-        "the API never listed peers (its readiness does): {requests:?}"
+        "the API never listed peers (its peer cache does): {requests:?}"
     );
     assert_nothing_forbidden(plane, &ns, "api");
 }

@@ -1,9 +1,11 @@
 //! What every handler and background job is given (injected with `dptree::deps!`): the
-//! ledger, the Kubernetes client, the YooKassa client, the plans, the settings and the metrics.
+//! ledger, the Kubernetes client (writes) and the watch-backed caches (reads), the YooKassa
+//! client, the plans, the settings and the metrics.
 
 use std::sync::Arc;
 
 use wgsub_crds::plans::PlanCatalogue;
+use wgsub_devices::Caches;
 use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa};
 
 use crate::broadcast::Pacing;
@@ -32,6 +34,9 @@ pub struct App {
     pub sync: SubscriptionSync,
     pub kube: kube::Client,
     pub namespace: String,
+    /// The namespace's peers, servers and peer key Secrets, kept by watches: `/status`,
+    /// `/config` and `/readyz` read from here, never from the API server.
+    pub caches: Caches,
     pub yookassa: YooKassa,
     pub plans: PlanCatalogue,
     pub settings: Settings,

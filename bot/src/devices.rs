@@ -1,53 +1,42 @@
 //! A user's devices as the cluster has them: their `WgPeer`s (found by the subscription label,
 //! kept only when the shared ownership rule — name and label — says they are the user's),
-//! and a device's client config and QR code as the shared [`wgsub_devices`] renders them.
+//! and a device's client config and QR code as the shared [`wgsub_devices`] renders them. All
+//! read from the watch-backed [`Caches`], never from the API server: before they have synced
+//! (or while their watch has failed for too long) every read is a [`DeviceError::Cache`].
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use wgsub_crds::WgPeer;
 use wgsub_crds::devices::{display_device_name, is_users_peer};
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{WgPeer, WgServer};
+use wgsub_crds::resources::subscription_name;
 use wgsub_devices::qr::QrError;
-use wgsub_devices::{DeviceConfigError, RenderedConfig, render_device_config};
+use wgsub_devices::{CacheError, Caches, DeviceConfigError, RenderedConfig, render_device_config};
 
-/// A Kubernetes read or the QR code failed.
+/// The caches cannot answer now, or the QR code failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("reading from Kubernetes failed: {0}")]
-    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error(transparent)]
     Qr(#[from] QrError),
 }
 
 /// The user's peers, by name.
-pub async fn user_peers(
-    client: &kube::Client,
-    namespace: &str,
-    user_id: i64,
-) -> Result<Vec<WgPeer>, DeviceError> {
-    let api: Api<WgPeer> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("{LABEL_SUBSCRIPTION}={}", subscription_name(user_id));
-    let mut peers = api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
-    peers.retain(|peer| is_users_peer(user_id, peer));
-    peers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok(peers)
+pub fn user_peers(caches: &Caches, user_id: i64) -> Result<Vec<WgPeer>, DeviceError> {
+    caches.check()?;
+    Ok(caches
+        .peers_of(&subscription_name(user_id))
+        .iter()
+        .filter(|peer| is_users_peer(user_id, peer))
+        .map(|peer| WgPeer::clone(peer))
+        .collect())
 }
 
 /// The peer `name` if it is one of the user's.
-pub async fn user_peer(
-    client: &kube::Client,
-    namespace: &str,
-    user_id: i64,
-    name: &str,
-) -> Result<Option<WgPeer>, DeviceError> {
-    let api: Api<WgPeer> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .get_opt(name)
-        .await?
-        .filter(|peer| is_users_peer(user_id, peer)))
+pub fn user_peer(caches: &Caches, user_id: i64, name: &str) -> Result<Option<WgPeer>, DeviceError> {
+    caches.check()?;
+    Ok(caches
+        .peer(name)
+        .filter(|peer| is_users_peer(user_id, peer))
+        .map(|peer| WgPeer::clone(&peer)))
 }
 
 /// What users call a device: its name as shown ([`display_device_name`]: no hidden
@@ -71,20 +60,14 @@ pub enum DeviceConfig {
     NotReady,
 }
 
-/// Reads the peer's server and key Secrets and renders its client config (the shared path of
-/// [`wgsub_devices::render_device_config`]; the file name falls back to the peer's name).
-pub async fn device_config(
-    client: &kube::Client,
-    namespace: &str,
-    peer: &WgPeer,
-) -> Result<DeviceConfig, DeviceError> {
-    let servers: Api<WgServer> = Api::namespaced(client.clone(), namespace);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+/// Renders the peer's client config from the cached server and key Secrets (the shared path
+/// of [`wgsub_devices::render_device_config`]; the file name falls back to the peer's name).
+pub fn device_config(caches: &Caches, peer: &WgPeer) -> Result<DeviceConfig, DeviceError> {
     let peer_name = peer.metadata.name.clone().unwrap_or_default();
-    match render_device_config(&servers, &secrets, peer, &peer_name).await {
+    match render_device_config(caches, peer, &peer_name) {
         Ok(rendered) => Ok(DeviceConfig::Ready(rendered)),
         Err(DeviceConfigError::NotReady(_)) => Ok(DeviceConfig::NotReady),
-        Err(DeviceConfigError::Kube(error)) => Err(DeviceError::Kube(error)),
+        Err(DeviceConfigError::Cache(error)) => Err(DeviceError::Cache(error)),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The bot's HTTP: `/healthz`, `/readyz` (database and Kubernetes reachable) and `/metrics` on
+//! The bot's HTTP: `/healthz`, `/readyz` (database reachable, caches synced and fresh) and
+//! `/metrics` on
 //! one port, and in webhook mode the update endpoint, which accepts an update only when it
 //! carries the configured secret token (compared in constant time).
 
@@ -12,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
-use kube::api::{Api, ListParams};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use teloxide::stop::{StopToken, mk_stop_token};
@@ -20,7 +20,6 @@ use teloxide::types::Update;
 use teloxide::update_listeners::{StatefulListener, UpdateListener};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use wgsub_crds::VpnSubscription;
 
 use crate::app::App;
 use crate::config::Secret;
@@ -54,13 +53,12 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             "the database cannot be reached",
         );
     }
-    let subscriptions: Api<VpnSubscription> = Api::namespaced(app.kube.clone(), &app.namespace);
-    if let Err(e) = subscriptions.list(&ListParams::default().limit(1)).await {
-        tracing::warn!(error = %e, "not ready: Kubernetes");
+    if let Err(e) = app.caches.check() {
+        tracing::warn!(error = %e, "not ready: caches");
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "kubernetes_unavailable",
-            "the Kubernetes API cannot be reached",
+            "cache_not_ready",
+            &e.to_string(),
         );
     }
     (StatusCode::OK, "ready").into_response()

@@ -18,6 +18,7 @@ use wgsub_bot::config::{Config, LogFormat, Mode};
 use wgsub_bot::metrics::Metrics;
 use wgsub_bot::{handlers, http, jobs, telegram};
 use wgsub_crds::plans::PlanCatalogue;
+use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{
     DbConfig, Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig, db,
 };
@@ -91,6 +92,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let app = Arc::new(App {
         sync: SubscriptionSync::new(kube.clone(), &config.namespace),
+        caches: Caches::spawn(kube.clone(), &config.namespace, CacheOptions::default()),
         ledger,
         kube,
         namespace: config.namespace.clone(),

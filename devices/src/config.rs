@@ -1,14 +1,13 @@
-//! Reading what a device's client config needs from the cluster — the peer's `WgServer` and its
-//! private (and preshared) key `Secret`s — and rendering it with the pure
-//! [`wgsub_crds::config::ClientConfig`]. It knows nothing of users, HTTP or Telegram: callers
-//! (the api's config and QR endpoints, the bot's `/config`) check that the peer is the caller's
-//! and the subscription active first.
+//! Reading what a device's client config needs from the [`Caches`] — the peer's `WgServer` and
+//! its private (and preshared) key `Secret`s, no API-server call — and rendering it with the
+//! pure [`wgsub_crds::config::ClientConfig`]. It knows nothing of users, HTTP or Telegram:
+//! callers (the api's config and QR endpoints, the bot's `/config`) check that the peer is the
+//! caller's and the subscription active first.
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use crate::cache::{CacheError, Caches};
 use wgsub_crds::config::{ClientConfig, config_file_name};
 use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
-use wgsub_crds::{SecretKeyRef, WgPeer, WgServer};
+use wgsub_crds::{SecretKeyRef, WgPeer};
 use zeroize::Zeroizing;
 
 /// A device's rendered config.
@@ -31,9 +30,9 @@ impl std::fmt::Debug for RenderedConfig {
 /// Why there is no config.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceConfigError {
-    /// A Kubernetes read failed.
-    #[error("reading from Kubernetes failed: {0}")]
-    Kube(#[from] kube::Error),
+    /// The caches cannot answer now (not synced yet, or stale).
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     /// The peer is not ready yet (no key held by wgsub, no server or server key, no address,
     /// a key Secret missing or malformed); says which.
     #[error("{0}")]
@@ -44,52 +43,44 @@ fn not_ready(message: impl Into<String>) -> DeviceConfigError {
     DeviceConfigError::NotReady(message.into())
 }
 
-/// The value at `key_ref` in its Secret, trimmed; `None` when the Secret or key is missing or
-/// not UTF-8.
-async fn secret_value(
-    secrets: &Api<Secret>,
-    key_ref: &SecretKeyRef,
-) -> Result<Option<Zeroizing<String>>, kube::Error> {
-    let secret = secrets.get_opt(&key_ref.name).await?;
-    Ok(secret.as_ref().and_then(|secret| {
-        let bytes = secret.data.as_ref()?.get(&key_ref.key)?;
-        std::str::from_utf8(&bytes.0)
-            .ok()
-            .map(|text| Zeroizing::new(text.trim().to_owned()))
-    }))
+/// The value at `key_ref` in its cached Secret, trimmed; `None` when the Secret (or a
+/// `wgsub.io/peer` label on it) or the key is missing or not UTF-8.
+fn secret_value(caches: &Caches, key_ref: &SecretKeyRef) -> Option<Zeroizing<String>> {
+    let secret = caches.secret(&key_ref.name)?;
+    let bytes = secret.data.as_ref()?.get(&key_ref.key)?;
+    std::str::from_utf8(&bytes.0)
+        .ok()
+        .map(|text| Zeroizing::new(text.trim().to_owned()))
 }
 
-/// Reads the peer's server and key Secrets (from `servers` and `secrets`, the peer's
-/// namespace) and renders its config; the file name is made from the device name, or from
-/// `fallback_name` when the device has none.
-pub async fn render_device_config(
-    servers: &Api<WgServer>,
-    secrets: &Api<Secret>,
+/// Reads the peer's server and key Secrets from `caches` (the peer's namespace) and renders
+/// its config; the file name is made from the device name, or from `fallback_name` when the
+/// device has none.
+pub fn render_device_config(
+    caches: &Caches,
     peer: &WgPeer,
     fallback_name: &str,
 ) -> Result<RenderedConfig, DeviceConfigError> {
+    caches.check()?;
     let key_ref = peer
         .spec
         .private_key_secret_ref
         .as_ref()
         .ok_or_else(|| not_ready("this device has no key held by wgsub"))?;
-    let server = servers
-        .get_opt(&peer.spec.server)
-        .await?
+    let server = caches
+        .server(&peer.spec.server)
         .ok_or_else(|| not_ready("the device's server does not exist yet"))?;
     let server_key = server
         .status
         .as_ref()
         .and_then(|status| status.public_key.as_deref())
         .and_then(|key| PublicKey::from_base64(key).ok());
-    let private_key = secret_value(secrets, key_ref)
-        .await?
+    let private_key = secret_value(caches, key_ref)
         .and_then(|text| PrivateKey::from_base64(&text).ok())
         .ok_or_else(|| not_ready("the device's key is not ready yet"))?;
     let preshared_key = match &peer.spec.preshared_key_secret_ref {
         Some(psk_ref) => Some(
-            secret_value(secrets, psk_ref)
-                .await?
+            secret_value(caches, psk_ref)
                 .and_then(|text| PresharedKey::from_base64(&text).ok())
                 .ok_or_else(|| not_ready("the device's preshared key is not ready yet"))?,
         ),

@@ -1,10 +1,14 @@
-//! A user's device as the api and the bot hand it out: its client config, read from the
-//! cluster (the peer's `WgServer` and key `Secret`s) and rendered by the pure
+//! A user's device as the api and the bot hand it out: the watch-backed [`cache`] of the
+//! namespace they read from (peers by subscription, subscriptions, servers, peer key Secrets —
+//! no API-server call on a read path), its client config, read from the caches (the peer's
+//! `WgServer` and key `Secret`s) and rendered by the pure
 //! [`wgsub_crds::config::ClientConfig`] ([`config`]), and the QR code of that config that the
 //! WireGuard apps scan ([`qr`]). Callers check that the peer is the caller's and the
 //! subscription active before asking.
 
+pub mod cache;
 pub mod config;
 pub mod qr;
 
+pub use cache::{CacheError, CacheOptions, Caches};
 pub use config::{DeviceConfigError, RenderedConfig, render_device_config};

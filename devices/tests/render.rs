@@ -1,8 +1,9 @@
-//! A device's config rendered from what the real Kubernetes API server of the test process
-//! holds (`wgsub_testkit::envtest`, a namespace per test): the peer's `WgServer` (its public key
-//! published through the status subresource) and its private key `Secret`, read by the api's
-//! and by the bot's ServiceAccount under the chart's RBAC — the two callers of this crate — with
-//! no call refused; and each missing piece named as not ready.
+//! A device's config rendered from the caches of what the real Kubernetes API server of the
+//! test process holds (`wgsub_testkit::envtest`, a namespace per test): the peer's `WgServer`
+//! (its public key published through the status subresource) and its private key `Secret`,
+//! watched by the api's and by the bot's ServiceAccount under the chart's RBAC — the two
+//! callers of this crate — with no call refused; each missing piece named as not ready; and a
+//! Secret without the `wgsub.io/peer` label never cached.
 
 use std::collections::BTreeMap;
 
@@ -11,9 +12,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use serde_json::json;
+use std::time::Duration;
 use wgsub_crds::keys::PrivateKey;
+
+use wgsub_crds::resources::LABEL_PEER;
 use wgsub_crds::{SecretKeyRef, WgPeer, WgPeerSpec, WgServer};
-use wgsub_devices::{DeviceConfigError, RenderedConfig, render_device_config};
+use wgsub_devices::{
+    CacheOptions, Caches, DeviceConfigError, RenderedConfig, render_device_config,
+};
 use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
 use wgsub_testkit::envtest::ControlPlane;
 
@@ -21,8 +27,13 @@ use wgsub_testkit::envtest::ControlPlane;
 const READERS: [&str; 2] = ["api", "bot"];
 
 /// A namespace with the chart's RBAC and, as asked, the server `main` (with or without its
-/// published key) and the key Secret `tg-1-1-key` holding `key`.
+/// published key) and the key Secret `tg-1-1-key` holding `key`, labelled as the operator
+/// labels it.
 async fn cluster(server: Option<bool>, key: Option<&PrivateKey>) -> String {
+    cluster_with(server, key, true).await
+}
+
+async fn cluster_with(server: Option<bool>, key: Option<&PrivateKey>, labelled: bool) -> String {
     let plane = ControlPlane::with_crds();
     let ns = plane.namespace("devices").await;
     apply_chart_rbac(plane, &ns, &[]).await;
@@ -61,6 +72,8 @@ async fn cluster(server: Option<bool>, key: Option<&PrivateKey>) -> String {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some("tg-1-1-key".into()),
+                labels: labelled
+                    .then(|| BTreeMap::from([(LABEL_PEER.to_owned(), "tg-1-1".to_owned())])),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([(
@@ -94,8 +107,8 @@ fn peer(key_secret: Option<&str>) -> WgPeer {
     )
 }
 
-/// Renders `peer` as `component` (its ServiceAccount under the chart's RBAC) and checks that
-/// the server refused none of its reads.
+/// Renders `peer` from caches watched as `component` (its ServiceAccount under the chart's
+/// RBAC) once they have synced, and checks that the server refused none of its calls.
 async fn render_as(
     component: &str,
     ns: &str,
@@ -103,13 +116,12 @@ async fn render_as(
 ) -> Result<RenderedConfig, DeviceConfigError> {
     let plane = ControlPlane::with_crds();
     let client = component_client(plane, ns, component).await;
-    let rendered = render_device_config(
-        &Api::namespaced(client.clone(), ns),
-        &Api::namespaced(client, ns),
-        peer,
-        "1",
-    )
-    .await;
+    let caches = Caches::spawn(client, ns, CacheOptions::default());
+    assert!(
+        caches.synced(Duration::from_secs(10)).await,
+        "{component}: synced"
+    );
+    let rendered = render_device_config(&caches, peer, "1");
     assert_nothing_forbidden(plane, ns, component);
     rendered
 }
@@ -158,4 +170,34 @@ async fn each_missing_piece_is_named_as_not_ready() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_secret_without_the_peer_label_is_never_cached_so_never_served() {
+    let key = PrivateKey::generate();
+    let ns = cluster_with(Some(true), Some(&key), false).await;
+    for component in READERS {
+        match render_as(component, &ns, &peer(Some("tg-1-1-key"))).await {
+            Err(DeviceConfigError::NotReady(message)) => {
+                assert!(message.contains("key is not ready"), "{message}");
+            }
+            other => panic!("{component}: expected NotReady, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn before_the_caches_sync_rendering_is_refused_not_answered_not_ready() {
+    let plane = ControlPlane::with_crds();
+    let ns = plane.namespace("devices-unsynced").await;
+    // No RBAC: the ServiceAccount cannot list, so the caches never sync.
+    let client = plane.service_account_client(&ns, "wgsub-api").await;
+    let caches = Caches::spawn(client, &ns, CacheOptions::default());
+    assert!(!caches.synced(Duration::from_secs(2)).await);
+    assert!(matches!(
+        render_device_config(&caches, &peer(Some("tg-1-1-key")), "1"),
+        Err(DeviceConfigError::Cache(
+            wgsub_devices::CacheError::NotSynced(_)
+        ))
+    ));
 }

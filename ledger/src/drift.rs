@@ -251,11 +251,16 @@ impl SubscriptionSync {
                     tracing::warn!(%error, "VpnSubscription watch failed; retrying");
                 }
             });
-        let repair = DriftRepair {
+        (self.drift_repair_on(store), reflector)
+    }
+
+    /// The drift repair of this sync's namespace over a cache of its `VpnSubscription`s that
+    /// someone else keeps (the api shares the store its readers use: one watch, not two).
+    pub fn drift_repair_on(&self, store: Store<VpnSubscription>) -> DriftRepair {
+        DriftRepair {
             sync: self.clone(),
             store,
-        };
-        (repair, reflector)
+        }
     }
 }
 

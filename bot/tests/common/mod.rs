@@ -24,8 +24,9 @@ use wgsub_bot::config::AdminIds;
 use wgsub_bot::metrics::Metrics;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION, subscription_name};
 use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgServer};
+use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig};
 use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
 use wgsub_testkit::envtest::ControlPlane;
@@ -108,6 +109,7 @@ pub async fn harness(label: &str, options: Options) -> Harness {
     let app = Arc::new(App {
         ledger: ledger.clone(),
         sync: SubscriptionSync::new(kube.clone(), &namespace),
+        caches: Caches::spawn(kube.clone(), &namespace, CacheOptions::default()),
         kube,
         namespace: namespace.clone(),
         yookassa: client,
@@ -123,6 +125,10 @@ pub async fn harness(label: &str, options: Options) -> Harness {
         },
         metrics: Arc::new(Metrics::new()),
     });
+    assert!(
+        app.caches.synced(Duration::from_secs(10)).await,
+        "the bot's caches sync"
+    );
     Harness {
         app,
         ledger,
@@ -210,7 +216,7 @@ impl Harness {
                 "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
                 "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
             });
-            servers
+            let server = servers
                 .patch_status(
                     "main",
                     &PatchParams::apply("wgsub-test-agent"),
@@ -218,18 +224,20 @@ impl Harness {
                 )
                 .await
                 .unwrap();
+            self.visible(&server).await;
         }
         let subscription = subscription_name(user);
         let name = format!("{subscription}-{index}");
         let key = PrivateKey::generate();
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.namespace);
-        secrets
+        let secret = secrets
             .create(
                 &PostParams::default(),
                 &Secret {
                     metadata: ObjectMeta {
                         name: Some(format!("{name}-key")),
                         namespace: Some(self.namespace.clone()),
+                        labels: Some([(LABEL_PEER.to_owned(), name.clone())].into()),
                         ..ObjectMeta::default()
                     },
                     data: Some(
@@ -244,6 +252,7 @@ impl Harness {
             )
             .await
             .unwrap();
+        self.visible(&secret).await;
         let peers: Api<WgPeer> = Api::namespaced(self.admin.clone(), &self.namespace);
         let mut peer = WgPeer::new(
             &name,
@@ -264,7 +273,19 @@ impl Harness {
         );
         peer.metadata.namespace = Some(self.namespace.clone());
         peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), subscription)].into());
-        peers.create(&PostParams::default(), &peer).await.unwrap();
+        let peer = peers.create(&PostParams::default(), &peer).await.unwrap();
+        self.visible(&peer).await;
+    }
+
+    /// Waits until the bot's caches hold `written` (an object the test wrote as the admin).
+    pub async fn visible<K: wgsub_devices::cache::Cached>(&self, written: &K) {
+        assert!(
+            self.app
+                .caches
+                .wait_for(written, Duration::from_secs(5))
+                .await,
+            "the bot's caches show the test's write"
+        );
     }
 
     pub async fn subscription(&self, user: i64) -> Option<VpnSubscription> {
