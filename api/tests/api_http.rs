@@ -1221,3 +1221,50 @@ async fn before_the_caches_sync_reads_answer_503_and_readiness_waits() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// One account looping `POST /api/v1/payments` is stopped by the ledger's limits (three open
+/// payments by default): 429 with `Retry-After` and the JSON error body, and no further
+/// YooKassa call.
+#[tokio::test]
+async fn payments_started_in_a_loop_get_429_with_retry_after_and_no_yookassa_call() {
+    let h = harness("pay_limit").await;
+    h.fake_yookassa("2f000000-000f-5000-8000-00000000aa1f", "pending")
+        .await;
+    for _ in 0..3 {
+        let (status, body) = h
+            .user_call(
+                1601,
+                "POST",
+                "/api/v1/payments",
+                Some(json!({"plan": "month"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let request = Request::post("/api/v1/payments")
+        .header(header::AUTHORIZATION, format!("tma {}", h.init_data(1601)))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"plan": "month"}).to_string()))
+        .unwrap();
+    let (status, bytes, headers) = h.call(request, "127.0.0.1:5000").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let error: Value = serde_json::from_slice(&bytes).expect("a JSON error body");
+    assert_eq!(error["code"], json!("too_many_payments"), "{error}");
+    assert!(error["message"].is_string());
+    // The oldest open payment lapses in an hour.
+    let retry_after: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3500..=3600).contains(&retry_after), "{retry_after}");
+    let created = h
+        .yookassa
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .count();
+    assert_eq!(created, 3);
+}

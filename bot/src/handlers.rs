@@ -10,7 +10,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use teloxide::dispatching::UpdateHandler;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, InlineKeyboardButton, InputFile, MessageId, User};
+use teloxide::types::{ChatId, InlineKeyboardButton, InputFile, MessageId, UpdateKind, User};
 use teloxide::utils::command::BotCommands;
 use wgsub_crds::VpnSubscriptionSpec;
 use wgsub_crds::liveness::subscription_phase;
@@ -64,11 +64,61 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(commands)
         .endpoint(other_message);
     let callbacks = Update::filter_callback_query().endpoint(callback);
-    dptree::entry().branch(messages).branch(callbacks)
+    dptree::entry()
+        .branch(dptree::filter(sender_out_of_range).endpoint(refuse_sender))
+        .branch(messages)
+        .branch(callbacks)
+}
+
+/// The largest Telegram user id the bot stores: a subscription is named `tg-<id>` with at most
+/// 18 digits (the CRD's name rule), and the ledger keeps ids as `BIGINT`.
+pub const MAX_USER_ID: u64 = 999_999_999_999_999_999;
+
+/// The sender's id as the bot stores it, `None` when it is out of that range.
+pub fn stored_user_id(user: &User) -> Option<i64> {
+    (1..=MAX_USER_ID)
+        .contains(&user.id.0)
+        .then(|| i64::try_from(user.id.0).ok())
+        .flatten()
 }
 
 fn user_id(user: &User) -> Result<i64, HandlerError> {
-    i64::try_from(user.id.0).map_err(|_| "Telegram user id out of range".into())
+    stored_user_id(user).ok_or_else(|| "Telegram user id out of range".into())
+}
+
+fn sender_out_of_range(update: Update) -> bool {
+    update
+        .from()
+        .is_some_and(|user| stored_user_id(user).is_none())
+}
+
+/// A sender the bot cannot store gets a polite answer, and nothing is recorded.
+async fn refuse_sender(bot: Bot, update: Update, app: Arc<App>) -> HandlerResult {
+    app.metrics.update("unsupported_sender");
+    let Some(user) = update.from() else {
+        return Ok(());
+    };
+    let lang = lang_of(Some(user));
+    tracing::info!(
+        user = user.id.0,
+        "a sender id beyond the stored range was refused"
+    );
+    let sent = match &update.kind {
+        UpdateKind::CallbackQuery(query) => bot
+            .answer_callback_query(query.id.clone())
+            .text(text::unsupported_account(lang))
+            .await
+            .map(|_| ()),
+        UpdateKind::Message(message) => bot
+            .send_message(message.chat.id, text::unsupported_account(lang))
+            .await
+            .map(|_| ()),
+        _ => Ok(()),
+    };
+    if let Err(error) = sent {
+        tracing::debug!(%error, "the refusal was not delivered");
+    }
+    Ok(())
 }
 
 fn lang_of(user: Option<&User>) -> Lang {
@@ -102,12 +152,28 @@ async fn finish(
     handler: &str,
     result: HandlerResult,
 ) -> HandlerResult {
-    if let Err(error) = result {
-        app.metrics.handler_error(handler);
-        tracing::error!(handler, %error, "handler failed");
-        bot.send_message(chat, text::internal_error(lang)).await?;
+    let Err(error) = result else {
+        return Ok(());
+    };
+    if is_unreachable(&error) {
+        app.metrics.unreachable_user(handler);
+        tracing::info!(handler, chat = chat.0, %error, "the user cannot be reached (blocked the bot or gone)");
+        return Ok(());
+    }
+    app.metrics.handler_error(handler);
+    tracing::error!(handler, %error, "handler failed");
+    if let Err(error) = bot.send_message(chat, text::internal_error(lang)).await {
+        tracing::debug!(handler, %error, "the \"try again\" answer was not delivered");
     }
     Ok(())
+}
+
+/// Whether a handler failed only because Telegram will not deliver to the user (they blocked
+/// the bot, or the chat is gone): not a fault of the bot.
+fn is_unreachable(error: &HandlerError) -> bool {
+    error
+        .downcast_ref::<teloxide::RequestError>()
+        .is_some_and(telegram::is_unreachable)
 }
 
 /// Writes the user's `VpnSubscription` from the ledger; a failure is logged, not shown (the
@@ -138,12 +204,14 @@ async fn start(bot: Bot, message: Message, app: Arc<App>, payload: String) -> Ha
     let result = async {
         let user = telegram_user(from)?;
         let now = Timestamp::now();
+        let first_start = app.ledger.user(user.id).await?.is_none();
         app.ledger.upsert_user(&user, now).await?;
         let trial = app
             .ledger
             .grant_trial(user.id, app.settings.trial_days, now)
             .await?;
-        if let Some(referrer) = referrer_of(&payload, user.id) {
+        // A referral counts only when it brought the user: at their first /start.
+        if let Some(referrer) = referrer_of(&payload, user.id).filter(|_| first_start) {
             store::record_referral(&app.ledger, user.id, payload.trim(), Some(referrer), now)
                 .await?;
         }
@@ -168,17 +236,36 @@ async fn start(bot: Bot, message: Message, app: Arc<App>, payload: String) -> Ha
 async fn app_command(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
     app.metrics.update("app");
     let lang = lang_of(message.from.as_ref());
-    bot.send_message(message.chat.id, text::app(lang))
+    let result = bot
+        .send_message(message.chat.id, text::app(lang))
         .reply_markup(telegram::app_keyboard(lang, &app.settings.miniapp_url))
-        .await?;
-    Ok(())
+        .await
+        .map(|_| ())
+        .map_err(Into::into);
+    finish(&bot, &app, message.chat.id, lang, "app", result).await
 }
 
 async fn help(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
     app.metrics.update("help");
     let lang = lang_of(message.from.as_ref());
-    bot.send_message(message.chat.id, text::help(lang)).await?;
-    Ok(())
+    let result = bot
+        .send_message(message.chat.id, text::help(lang))
+        .await
+        .map(|_| ())
+        .map_err(Into::into);
+    finish(&bot, &app, message.chat.id, lang, "help", result).await
+}
+
+/// True in a private chat; elsewhere (a group, a channel) tells the sender to ask in private
+/// and returns false: what `/config` and `/admin` answer is for the sender's eyes only.
+async fn in_private_chat(bot: &Bot, message: &Message, lang: Lang) -> Result<bool, HandlerError> {
+    if message.chat.is_private() {
+        return Ok(true);
+    }
+    bot.send_message(message.chat.id, text::private_chat_only(lang))
+        .reply_parameters(teloxide::types::ReplyParameters::new(message.id))
+        .await?;
+    Ok(false)
 }
 
 /// Anything that is not a known command: the receipt e-mail when one is awaited, otherwise a
@@ -326,6 +413,12 @@ async fn buy_plan(
                 .await?;
             Ok(())
         }
+        Err(PaymentError::Limited(limited)) => {
+            app.metrics.update("payment_limited");
+            bot.send_message(chat, text::too_many_payments(lang, limited.retry_after))
+                .await?;
+            Ok(())
+        }
         Err(PaymentError::YooKassa(error)) => {
             app.metrics.handler_error("buy_plan");
             tracing::warn!(%error, "YooKassa refused or failed to create a payment");
@@ -357,6 +450,9 @@ async fn config(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
     app.metrics.update("config");
     let lang = lang_of(message.from.as_ref());
     let result = async {
+        if !in_private_chat(&bot, &message, lang).await? {
+            return Ok(());
+        }
         let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
             return Ok(());
         };
@@ -459,6 +555,10 @@ async fn config_device(
     peer_name: &str,
 ) -> HandlerResult {
     let id = user_id(from)?;
+    if !wgsub_crds::devices::is_users_peer_name(id, peer_name) {
+        bot.send_message(chat, text::unknown_device(lang)).await?;
+        return Ok(());
+    }
     let user = app.ledger.user(id).await?;
     let active =
         user.is_some_and(|user| ledger_phase(&user, Timestamp::now()) == SubscriptionPhase::Active);
@@ -514,6 +614,9 @@ async fn admin(bot: Bot, message: Message, app: Arc<App>, arguments: String) -> 
         let Some(from) = message.from.as_ref() else {
             return Ok(());
         };
+        if !in_private_chat(&bot, &message, lang).await? {
+            return Ok(());
+        }
         let admin_id = user_id(from)?;
         let chat = message.chat.id;
         let command = match admin::parse(&arguments) {
