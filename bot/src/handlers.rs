@@ -579,7 +579,11 @@ async fn config_device(
 async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResult {
     let lang = lang_of(Some(&query.from));
     let chat = ChatId::from(query.from.id);
-    bot.answer_callback_query(query.id.clone()).await?;
+    // Only stops the button's spinner: a query too old to answer (after a restart, say) must
+    // not stop the button from working.
+    if let Err(error) = bot.answer_callback_query(query.id.clone()).await {
+        tracing::debug!(%error, "the callback query was not answered");
+    }
     let data = query.data.as_deref().unwrap_or_default();
     let result = if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
         app.metrics.update("buy_plan");

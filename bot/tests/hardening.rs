@@ -1,10 +1,11 @@
 //! What a stranger, a group chat or a misbehaving client can make the bot do (issue 16): keys
 //! and admin answers only in private chats, a device button that names no device of the user,
 //! device names with hidden formatting, a referral attached after the first `/start`, a sender
-//! id the bot cannot store, payments started in a loop, and a user who blocked the bot — each
-//! through `handler_tree()` against a real PostgreSQL ledger and the real Kubernetes API server
-//! (the bot's client under the chart's RBAC). The blocked user's answers go to a stand-in Bot
-//! API (wiremock) that refuses them as Telegram does.
+//! id the bot cannot store, payments started in a loop, a user who blocked the bot, and a
+//! button too old for Telegram to answer — each through `handler_tree()` against a real
+//! PostgreSQL ledger and the real Kubernetes API server (the bot's client under the chart's
+//! RBAC). The last two talk to a stand-in Bot API
+//! (wiremock) that refuses as Telegram does.
 
 mod common;
 
@@ -270,6 +271,61 @@ async fn payments_started_in_a_loop_are_refused_in_the_users_language() {
     h.assert_nothing_forbidden();
 }
 
+/// The bot as `getMe` describes it (what `filter_command` needs).
+fn me() -> Me {
+    serde_json::from_value(json!({
+        "id": 1, "is_bot": true, "first_name": "wgsub", "username": "test_bot",
+        "can_join_groups": false, "can_read_all_group_messages": false,
+        "supports_inline_queries": false, "has_main_web_app": false
+    }))
+    .unwrap()
+}
+
+/// A button pressed long ago (say, before a restart): Telegram refuses to answer the query,
+/// and the button still does what it says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_button_too_old_to_answer_still_gets_its_reply() {
+    let h = harness("bot_stale_button", Options::default()).await;
+    let telegram = common::fake_telegram(&[]).await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path_regex("(?i)/answercallbackquery$"))
+        .respond_with(wiremock::ResponseTemplate::new(400).set_body_json(json!({
+            "ok": false, "error_code": 400,
+            "description": "Bad Request: query is too old and response timeout expired or query ID is invalid"
+        })))
+        .with_priority(1)
+        .mount(&telegram)
+        .await;
+    let update: Update = serde_json::from_str(
+        &json!({
+            "update_id": 2,
+            "callback_query": {
+                "id": "4382bfdwdsb323b2d9", "chat_instance": "-1",
+                "from": {"id": 2008, "is_bot": false, "first_name": "Anna", "language_code": "en"},
+                "data": "cfg:"
+            }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let outcome = handler_tree()
+        .dispatch(dptree::deps![
+            common::bot_for(&telegram),
+            h.app.clone(),
+            update,
+            me()
+        ])
+        .await;
+    assert!(
+        matches!(outcome, ControlFlow::Break(Ok(()))),
+        "the update is handled, not failed: {outcome:?}"
+    );
+    assert_eq!(
+        common::sent_texts(&telegram).await,
+        [(2008, text::unknown_device(Lang::En).to_owned())]
+    );
+}
+
 /// A `MakeWriter` that keeps what was logged.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -292,12 +348,7 @@ async fn a_user_who_blocked_the_bot_is_counted_apart_and_logged_once_not_as_an_e
     let h = harness("bot_blocked", Options::default()).await;
     let blocked = 2007_i64;
     let telegram = common::fake_telegram(&[blocked]).await;
-    let me: Me = serde_json::from_value(json!({
-        "id": 1, "is_bot": true, "first_name": "wgsub", "username": "test_bot",
-        "can_join_groups": false, "can_read_all_group_messages": false,
-        "supports_inline_queries": false, "has_main_web_app": false
-    }))
-    .unwrap();
+    let me = me();
     // Parsed from text, as teloxide reads updates (its `Update` does not read a `Value`).
     let update: Update = serde_json::from_str(
         &json!({
