@@ -4,8 +4,7 @@
 //! id the bot cannot store, payments started in a loop, a user who blocked the bot, and a
 //! button too old for Telegram to answer — each through `handler_tree()` against a real
 //! PostgreSQL ledger and the real Kubernetes API server (the bot's client under the chart's
-//! RBAC). The last two talk to a stand-in Bot API
-//! (wiremock) that refuses as Telegram does.
+//! RBAC). The last two talk to a stand-in Bot API (wiremock) that refuses as Telegram does.
 
 mod common;
 
