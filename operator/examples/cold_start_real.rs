@@ -19,7 +19,8 @@
 //!
 //! Printed: the time from the operator's start to the last keyed peer (and to 50 % / 90 %), the
 //! operator's peak RSS (`VmHWM` of `/proc/<pid>/status`), whether every address is distinct, and
-//! the operator's requests by verb and resource (from the API server's audit log).
+//! the operator's requests by verb and resource (from the API server's audit log), and the API
+//! server's own time by verb and resource (its `apiserver_request_duration_seconds`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -148,6 +149,54 @@ fn start_operator(
         command.env("WGSUB_CONCURRENCY", concurrency);
     }
     command.spawn().expect("the operator starts")
+}
+
+/// The API server's own time spent per verb and resource (`apiserver_request_duration_seconds`
+/// sums and counts from its `/metrics`), largest first: where the server's time went.
+async fn server_time(admin: &Client) -> Vec<(String, f64, f64)> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a request");
+    let text = admin.request_text(request).await.unwrap_or_default();
+    let label = |line: &str, name: &str| {
+        let start = line
+            .find(&format!("{name}=\""))
+            .map(|i| i + name.len() + 2)?;
+        let end = line[start..].find('"')? + start;
+        Some(line[start..end].to_owned())
+    };
+    let mut sums: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let (metric, value) = match line.rsplit_once(' ') {
+            Some((metric, value)) => (metric, value.parse::<f64>().unwrap_or(0.0)),
+            None => continue,
+        };
+        let count = metric.starts_with("apiserver_request_duration_seconds_count{");
+        if !count && !metric.starts_with("apiserver_request_duration_seconds_sum{") {
+            continue;
+        }
+        let (Some(verb), Some(resource)) = (label(metric, "verb"), label(metric, "resource"))
+        else {
+            continue;
+        };
+        if verb == "WATCH" {
+            continue;
+        }
+        let subresource = label(metric, "subresource").unwrap_or_default();
+        let entry = sums
+            .entry(format!("{verb} {resource} {subresource}"))
+            .or_default();
+        match count {
+            true => entry.1 += value,
+            false => entry.0 += value,
+        }
+    }
+    let mut sorted: Vec<(String, f64, f64)> = sums
+        .into_iter()
+        .map(|(key, (seconds, count))| (key, seconds, count))
+        .collect();
+    sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
+    sorted
 }
 
 fn keyed(peer: &WgPeer) -> Option<String> {
@@ -295,6 +344,13 @@ async fn main() {
     );
     for (call, n) in calls {
         println!("    {n:>7}  {call}");
+    }
+    println!("  the API server's time by request (all clients; sum of latencies, count, mean):");
+    for (request, seconds, count) in server_time(&admin).await.into_iter().take(12) {
+        println!(
+            "    {seconds:>8.1} s {count:>7.0}  {:>6.1} ms  {request}",
+            1000.0 * seconds / count.max(1.0)
+        );
     }
     println!("  highest 1-minute load average seen: {max_load:.2} (2 cores)");
     assert_eq!(

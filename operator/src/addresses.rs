@@ -256,6 +256,8 @@ pub struct AddressBook {
     reservations: HashMap<String, Reservation>,
     /// Orders settlements and list requests.
     sequence: u64,
+    /// The ticket of the newest list asked for.
+    newest_list: u64,
 }
 
 /// The addresses a write in flight gives a peer.
@@ -322,6 +324,7 @@ impl AddressBook {
     /// A list of the peers is about to be requested.
     pub fn begin_list(&mut self) -> ListTicket {
         self.sequence += 1;
+        self.newest_list = self.sequence;
         ListTicket(self.sequence)
     }
 
@@ -329,7 +332,14 @@ impl AddressBook {
     /// re-claims the reservations it may not have seen. An address the list shows another peer
     /// holding (only a peer made by hand can do that) stays that peer's: the reserving peer's
     /// next decision finds it taken and gives it a fresh one.
+    ///
+    /// Only the newest list asked for is installed; an older one changes nothing (lists that
+    /// overlap may be served in either order, and an older one may miss peers whose
+    /// reservations a newer one lets go). The shell lists one at a time.
     pub fn install(&mut self, ticket: ListTicket, listed: UsedAddresses) {
+        if ticket.0 != self.newest_list {
+            return;
+        }
         self.used = listed;
         self.reservations
             .retain(|_, reservation| reservation.settled.is_none_or(|at| at > ticket.0));
