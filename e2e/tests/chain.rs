@@ -438,19 +438,24 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
         "the tunnel came up only after paidUntil: PAID_FOR ({PAID_FOR:?}) is too short here"
     );
 
-    // The bot's /config reads the same device and renders the same file, with its own rights.
-    let bot = chain.cluster.client_for("bot").await;
-    let namespace = chain.cluster.namespace.clone();
-    let devices = wgsub_bot::devices::user_peers(&bot, &namespace, USER_ID)
-        .await
-        .expect("the bot lists the user's peers");
+    // The bot's /config reads the same device from its caches and renders the same file, with
+    // its own rights.
+    let bot = wgsub_devices::Caches::spawn(
+        chain.cluster.client_for("bot").await,
+        &chain.cluster.namespace,
+        wgsub_devices::CacheOptions::default(),
+    );
+    assert!(
+        bot.synced(Duration::from_secs(10)).await,
+        "the bot's caches sync"
+    );
+    let devices =
+        wgsub_bot::devices::user_peers(&bot, USER_ID).expect("the bot lists the user's peers");
     assert_eq!(devices.len(), 1);
-    let device = wgsub_bot::devices::user_peer(&bot, &namespace, USER_ID, &peer_name)
-        .await
+    let device = wgsub_bot::devices::user_peer(&bot, USER_ID, &peer_name)
         .expect("the bot reads the chosen device")
         .expect("the device is the user's");
-    match wgsub_bot::devices::device_config(&bot, &namespace, &device)
-        .await
+    match wgsub_bot::devices::device_config(&bot, &device)
         .expect("the bot reads the device's server and key")
     {
         wgsub_bot::devices::DeviceConfig::Ready(rendered) => {
