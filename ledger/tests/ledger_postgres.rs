@@ -746,7 +746,11 @@ async fn through_pgbouncer_sqlxs_own_migrator_fails_when_run_concurrently() {
     assert!(
         failures
             .iter()
-            .all(|e| e.contains("prepared statement") || e.contains("timed out")),
+            .all(|e| e.contains("prepared statement")
+                || e.contains("timed out")
+                // Two migrators that got past the lock on different server connections run
+                // the same DDL at once.
+                || e.contains("duplicate key value")),
         "{failures:?}"
     );
 }
