@@ -744,9 +744,7 @@ async fn through_pgbouncer_sqlxs_own_migrator_fails_when_run_concurrently() {
         "every plain migrator succeeded through PgBouncer"
     );
     assert!(
-        failures
-            .iter()
-            .all(|e| e.contains("prepared statement")
+        failures.iter().all(|e| e.contains("prepared statement")
                 || e.contains("timed out")
                 // Two migrators that got past the lock on different server connections run
                 // the same DDL at once.
