@@ -15,6 +15,7 @@ use teloxide::utils::command::BotCommands;
 use wgsub_crds::VpnSubscriptionSpec;
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::plans::Plan;
+use wgsub_crds::resources::MAX_TELEGRAM_USER_ID;
 use wgsub_crds::{SubscriptionPhase, WgPeer};
 use wgsub_ledger::{
     AdminGrant, PaymentError, PaymentOrder, ReceiptCustomer, SyncError, TelegramUser,
@@ -70,16 +71,13 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(callbacks)
 }
 
-/// The largest Telegram user id the bot stores: a subscription is named `tg-<id>` with at most
-/// 18 digits (the CRD's name rule), and the ledger keeps ids as `BIGINT`.
-pub const MAX_USER_ID: u64 = 999_999_999_999_999_999;
-
-/// The sender's id as the bot stores it, `None` when it is out of that range.
+/// The sender's id as the bot stores it, `None` when it is out of range: a subscription is
+/// named `tg-<id>` with at most 18 digits (the CRD's name rule), and the ledger keeps ids as
+/// `BIGINT`.
 pub fn stored_user_id(user: &User) -> Option<i64> {
-    (1..=MAX_USER_ID)
-        .contains(&user.id.0)
-        .then(|| i64::try_from(user.id.0).ok())
-        .flatten()
+    i64::try_from(user.id.0)
+        .ok()
+        .filter(|id| (1..=MAX_TELEGRAM_USER_ID).contains(id))
 }
 
 fn user_id(user: &User) -> Result<i64, HandlerError> {

@@ -16,8 +16,8 @@ pub use common::{
 pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, is_over_limit, peer_name};
 pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
 pub use subscription::{
-    SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,
-    subscription_name, telegram_user_id_from_name,
+    MAX_TELEGRAM_USER_ID, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec,
+    VpnSubscriptionStatus, subscription_name, telegram_user_id_from_name,
 };
 
 /// The API group of every wgsub resource.

@@ -20,6 +20,9 @@ const NAME_PATTERN: &str = "^tg-[1-9][0-9]{0,17}$";
 /// The longest subscription name: the prefix and 18 digits.
 const NAME_MAX_LENGTH: i64 = 21;
 
+/// The largest Telegram user id a subscription name can hold: 18 digits ([`NAME_PATTERN`]).
+pub const MAX_TELEGRAM_USER_ID: i64 = 999_999_999_999_999_999;
+
 /// The name of the subscription of a Telegram user.
 pub fn subscription_name(telegram_user_id: i64) -> String {
     format!("{NAME_PREFIX}{telegram_user_id}")
@@ -31,7 +34,10 @@ pub fn telegram_user_id_from_name(name: &str) -> Option<i64> {
     if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok().filter(|id| *id > 0)
+    digits
+        .parse()
+        .ok()
+        .filter(|id| (1..=MAX_TELEGRAM_USER_ID).contains(id))
 }
 
 /// The VpnSubscription CRD: the derived one, and a schema for `metadata.name` (`tg-` and the
