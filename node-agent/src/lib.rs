@@ -11,6 +11,7 @@
 //! the server key Secret when it is missing.
 
 pub mod agent;
+pub mod amneziawg;
 pub mod config;
 pub mod desired;
 pub mod diff;
