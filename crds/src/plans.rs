@@ -39,6 +39,9 @@ pub struct Plan {
     pub currency: String,
     /// How many devices the plan allows.
     pub devices: u8,
+    /// Price in Telegram Stars (`XTR`, whole stars); absent when the plan is not sold for Stars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_stars: Option<u32>,
 }
 
 impl Plan {
@@ -68,6 +71,9 @@ pub enum PlanError {
 pub struct PlanCatalogue {
     plans: Vec<Plan>,
 }
+
+/// The most Telegram accepts for one payment in Stars.
+pub const MAX_PRICE_STARS: u32 = 10_000;
 
 const ID_PATTERN_HELP: &str =
     "1–32 characters of a-z, 0-9 and '-', starting with a letter or digit";
@@ -140,6 +146,15 @@ impl PlanCatalogue {
                     index,
                     "devices",
                     format!("must be 1–10, got {}", plan.devices),
+                ));
+            }
+            if let Some(stars) = plan.price_stars
+                && !(1..=MAX_PRICE_STARS).contains(&stars)
+            {
+                return Err(invalid(
+                    index,
+                    "priceStars",
+                    format!("must be 1–{MAX_PRICE_STARS} stars, got {stars}"),
                 ));
             }
         }
@@ -227,6 +242,27 @@ mod tests {
             "plans[1].title.en"
         );
         assert_eq!(field_of(PlanCatalogue::new(vec![])), "plans");
+        assert_eq!(
+            field_of(with(|p| p.price_stars = Some(0))),
+            "plans[1].priceStars"
+        );
+        assert_eq!(
+            field_of(with(|p| p.price_stars = Some(MAX_PRICE_STARS + 1))),
+            "plans[1].priceStars"
+        );
+    }
+
+    #[test]
+    fn a_stars_price_is_optional_and_read_from_price_stars() {
+        let catalogue = PlanCatalogue::from_yaml_str(EXAMPLE).unwrap();
+        assert!(catalogue.plans().iter().any(|p| p.price_stars.is_some()));
+        assert!(catalogue.plans().iter().any(|p| p.price_stars.is_none()));
+        let yaml = "plans: [{id: m, title: {ru: М, en: M}, days: 30, priceMinor: 100, \
+                    currency: RUB, devices: 1, priceStars: 150}]";
+        let plans = PlanCatalogue::from_yaml_str(yaml).unwrap();
+        assert_eq!(plans.plans()[0].price_stars, Some(150));
+        assert!(with(|p| p.price_stars = Some(MAX_PRICE_STARS)).is_ok());
+        assert!(with(|p| p.price_stars = None).is_ok());
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn plans() -> PlanCatalogue {
         price_minor: 9_900,
         currency: "RUB".to_owned(),
         devices: 1,
+        price_stars: None,
     }])
     .expect("a valid plan catalogue")
 }

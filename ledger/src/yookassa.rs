@@ -490,6 +490,7 @@ mod tests {
             price_minor: 19_900,
             currency: "RUB".into(),
             devices: 1,
+            price_stars: None,
         }
     }
 

@@ -50,6 +50,7 @@ fn plan() -> Plan {
         price_minor: 54_900,
         currency: "RUB".into(),
         devices: 3,
+        price_stars: None,
     }
 }
 
