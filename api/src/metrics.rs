@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -88,6 +89,15 @@ impl Metrics {
             "Ledger to VpnSubscription writes by result",
             subscription_syncs.clone(),
         );
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
+            .set(1);
+        registry.register(
+            "build_info",
+            "What this binary was built from (version, git commit, rustc); always 1",
+            build_info,
+        );
         Self {
             registry,
             requests,
@@ -128,5 +138,20 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_names_version_commit_and_compiler() {
+        use wgsub_crds::build_info::{GIT_COMMIT, RUSTC, VERSION};
+        let text = Metrics::new().encode();
+        let expected = format!(
+            "wgsub_api_build_info{{version=\"{VERSION}\",git_commit=\"{GIT_COMMIT}\",rustc=\"{RUSTC}\"}} 1"
+        );
+        assert!(text.contains(&expected), "{expected} missing from\n{text}");
     }
 }

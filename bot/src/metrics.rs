@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +68,15 @@ impl Metrics {
             "notifications",
             "Notifications the bot tried to send, by kind and result (sent, failed)",
             notifications.clone(),
+        );
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
+            .set(1);
+        registry.register(
+            "build_info",
+            "What this binary was built from (version, git commit, rustc); always 1",
+            build_info,
         );
         Self {
             registry,
@@ -147,5 +157,15 @@ mod tests {
         assert!(
             text.contains(r#"wgsub_bot_notifications_total{kind="broadcast",result="failed"} 1"#)
         );
+    }
+
+    #[test]
+    fn build_info_names_version_commit_and_compiler() {
+        use wgsub_crds::build_info::{GIT_COMMIT, RUSTC, VERSION};
+        let text = Metrics::new().encode();
+        let expected = format!(
+            "wgsub_bot_build_info{{version=\"{VERSION}\",git_commit=\"{GIT_COMMIT}\",rustc=\"{RUSTC}\"}} 1"
+        );
+        assert!(text.contains(&expected), "{expected} missing from\n{text}");
     }
 }

@@ -91,6 +91,15 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
+            .set(1);
+        registry.register(
+            "build_info",
+            "What this binary was built from (version, git commit, rustc); always 1",
+            build_info,
+        );
         Self {
             registry,
             reconciles,
@@ -180,5 +189,15 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn build_info_names_version_commit_and_compiler() {
+        use wgsub_crds::build_info::{GIT_COMMIT, RUSTC, VERSION};
+        let text = Metrics::new().encode();
+        let expected = format!(
+            "wgsub_operator_build_info{{version=\"{VERSION}\",git_commit=\"{GIT_COMMIT}\",rustc=\"{RUSTC}\"}} 1"
+        );
+        assert!(text.contains(&expected), "{expected} missing from\n{text}");
     }
 }
