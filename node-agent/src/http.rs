@@ -92,6 +92,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.ready.set(i64::from(state.health.is_ready()));
     (
         [(
             header::CONTENT_TYPE,
@@ -151,6 +152,17 @@ mod tests {
         let (status, body) = call(app, "/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(body.contains("\"code\":\"not_found\""));
+    }
+
+    #[tokio::test]
+    async fn the_ready_gauge_follows_readiness_at_each_scrape() {
+        let health = Arc::new(Health::new(Duration::from_secs(60)));
+        let app = app(health.clone(), Arc::new(Metrics::default()));
+        let (_, body) = call(app.clone(), "/metrics").await;
+        assert!(body.contains("wgsub_node_agent_ready 0\n"), "{body}");
+        health.set_ready();
+        let (_, body) = call(app, "/metrics").await;
+        assert!(body.contains("wgsub_node_agent_ready 1\n"), "{body}");
     }
 
     #[test]

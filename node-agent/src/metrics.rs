@@ -1,5 +1,5 @@
 //! The agent's Prometheus metrics: peers on each interface, applies (by kind), apply errors,
-//! apply duration, drift corrections, handshake ages and status writes.
+//! apply duration, drift corrections, handshake ages, status writes, readiness and build info.
 
 use std::sync::atomic::AtomicU64;
 
@@ -48,6 +48,8 @@ pub struct Metrics {
     pub max_handshake_age: Family<InterfaceLabels, Gauge<f64, AtomicU64>>,
     pub recent_handshakes: Family<InterfaceLabels, Gauge>,
     pub status_writes: Family<WriteLabels, Counter>,
+    /// 1 once `/readyz` answers 200 (set when `/metrics` is scraped).
+    pub ready: Gauge,
 }
 
 fn duration_histogram() -> Histogram {
@@ -103,6 +105,12 @@ impl Default for Metrics {
             "Status patches sent to the Kubernetes API",
             status_writes.clone(),
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the agent is ready (watches listed, first interface sync done), else 0",
+            ready.clone(),
+        );
         let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build_info
             .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
@@ -122,6 +130,7 @@ impl Default for Metrics {
             max_handshake_age,
             recent_handshakes,
             status_writes,
+            ready,
         }
     }
 }
