@@ -63,6 +63,12 @@
 //!   await [`DriftRepair::ready`], then call [`DriftRepair::pass`]`(&Ledger) -> DriftReport`
 //!   every interval; [`DriftRepair::cached`]`(id)` is the resource as the pass sees it.
 //!
+//! **Telegram Stars** — [`stars`]: [`stars::InvoiceKey::from_bot_token`],
+//! [`stars::InvoicePayload`]`::encode / decode` (signed invoice payload), [`stars::invoice_for`],
+//! [`stars::check_checkout`] (pre-checkout) and [`stars::check_payment`] (successful payment),
+//! [`Ledger::apply_star_payment`]`(&StarPurchase, now)` (once per charge id),
+//! [`Ledger::star_payment`]`(charge id)`, [`Ledger::record_star_refund`] (once per payment).
+//!
 //! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and
 //! [`Ledger::mark_notification_sent`]`(id, now)`; [`NotificationEvent`] says what happened.
 //!
@@ -86,6 +92,7 @@ pub mod grants;
 pub mod outbox;
 pub mod payments;
 pub mod session;
+pub mod stars;
 pub mod stats;
 pub mod sync;
 mod txn;
@@ -104,6 +111,7 @@ pub use payments::{
     ApplyError, ApplyOutcome, CreatedPayment, PaymentError, PaymentLimited, PaymentLimits,
     PaymentOrder, PaymentRecord, PaymentStatus, RecentPayment, RefundOutcome, payment_allowance,
 };
+pub use stars::{StarApplyOutcome, StarPaymentRecord, StarPurchase, StarRefundOutcome};
 pub use stats::{Revenue, Stats};
 pub use sync::{FIELD_MANAGER, SubscriptionSync, SyncError, SyncReport};
 pub use users::{TelegramUser, User};

@@ -61,6 +61,7 @@ pub(crate) async fn refold(
             refunded_minor: row.try_get("refunded")?,
         });
     }
+    payments.extend(crate::stars::payment_facts(conn, user_id, persistent).await?);
     let grant_rows =
         sqlx::query("SELECT id, kind, granted_at, days FROM grants WHERE user_id = $1")
             .persistent(persistent)
