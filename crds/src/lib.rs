@@ -5,6 +5,7 @@
 //! peer liveness, the plan catalogue, device ownership and names) live in their own modules.
 //! Nothing here performs I/O or reads a clock: time is always a parameter.
 
+pub mod amnezia;
 pub mod build_info;
 pub mod config;
 pub mod devices;

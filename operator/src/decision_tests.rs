@@ -44,6 +44,8 @@ fn server(name: &str, pool: &str, pool6: Option<&str>) -> WgServer {
             node_selector: None,
             private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
             nat: None,
+            protocol: Default::default(),
+            amneziawg: None,
         },
     );
     server.metadata.namespace = Some("vpn".into());

@@ -50,6 +50,8 @@ fn server() -> WgServer {
             node_selector: None,
             private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
             nat: None,
+            protocol: Default::default(),
+            amneziawg: None,
         },
     )
 }

@@ -64,6 +64,8 @@ fn server(name: &str, pool: &str) -> WgServer {
             node_selector: None,
             private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
             nat: None,
+            protocol: Default::default(),
+            amneziawg: None,
         },
     )
 }

@@ -4,11 +4,13 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+pub(crate) mod amneziawg;
 mod common;
 mod peer;
 mod server;
 mod subscription;
 
+pub use amneziawg::{AmneziaVersion, AmneziaWgSpec, Protocol};
 pub use common::{
     CONDITION_DEVICES_OVER_LIMIT, CONDITION_READY, LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER,
     LABEL_SUBSCRIPTION, SecretKeyRef, condition, is_dns_label, new_condition, set_condition,

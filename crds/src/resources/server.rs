@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::amneziawg::{AmneziaWgSpec, Protocol, block_only_with_amneziawg, s4_within_mtu};
 use super::common::{SecretKeyRef, conditions_schema};
 
 /// Regex of `host:port`: a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
@@ -42,6 +43,7 @@ const INTERFACE_NAME_PATTERN: &str = r"^[A-Za-z0-9_=+.-]{1,15}$";
         .reason(kube::core::Reason::FieldValueForbidden),
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = block_only_with_amneziawg(), validation = s4_within_mtu())]
 pub struct WgServerSpec {
     /// `host:port` that clients dial, e.g. `vpn.example.com:51820` or `[2001:db8::1]:51820`.
     #[schemars(length(min = 3, max = 261), regex(pattern = ENDPOINT_PATTERN))]
@@ -110,6 +112,17 @@ pub struct WgServerSpec {
     /// what clients may reach through the node (only the internet, by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatSpec>,
+
+    /// The protocol: `wireguard` (the default) or `amneziawg` (WireGuard with the obfuscation
+    /// of the AmneziaVPN and AmneziaWG apps, for networks that block plain WireGuard).
+    #[serde(default, skip_serializing_if = "Protocol::is_wireguard")]
+    pub protocol: Protocol,
+
+    /// AmneziaWG parameters (only with `protocol: amneziawg`). Absent ones are chosen at random
+    /// by the operator, once, and written here; every client config carries them, so changing
+    /// one means every client must import its config again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amneziawg: Option<AmneziaWgSpec>,
 }
 
 /// NAT options of a server.

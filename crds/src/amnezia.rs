@@ -1,0 +1,535 @@
+//! AmneziaWG parameters: the rules a parameter set must keep (the Rust mirror of the CEL rules
+//! in [`crate::resources::AmneziaWgSpec`], one error per rule, naming the same field), the
+//! complete set an interface and a client config use ([`AmneziaParams`]), and the generator
+//! that fills the fields a server left out with strong random values.
+//!
+//! Why the bounds are what they are (amneziawg-go 0.2.16 tells message kinds apart by their
+//! exact length — initiation 148 + S1, response 92 + S2, cookie reply 64 + S3, data at least
+//! 32 + S4 — and then by the header at that offset):
+//! - two kinds of the same padded length could be taken for each other, so any two equal are
+//!   refused (with S3 = S4 = 0, AWG 1.0's only case is `S2 = S1 + 56`);
+//! - every packet on the wire stays within [`MAX_PACKET`] bytes of UDP payload, the bound the
+//!   issue sets for junk (`Jmax ≤ 1280`): S1 ≤ 1132, S2 ≤ 1188, S3 ≤ 1216, S4 ≤ 1248;
+//! - S4 lengthens *every* data packet, so the tunnel MTU plus S4 must stay within
+//!   [`MAX_LINK_MTU`] (WireGuard's default MTU, which leaves room for its 80 bytes of
+//!   IPv6 + UDP + WireGuard overhead on a 1500-byte link): `mtu + S4 ≤ 1420`, i.e. S4 > 0 needs
+//!   an `mtu` lowered by at least S4;
+//! - headers replace WireGuard's message types 1–4: each must be distinct from the others
+//!   (ranges must not overlap, or a packet's kind is ambiguous) and must not contain 1–4 (or
+//!   plain WireGuard packets would pass as AmneziaWG).
+
+use std::fmt;
+
+use rand_core::RngCore;
+
+use crate::resources::{AmneziaVersion, AmneziaWgSpec, Protocol, WgServerSpec};
+
+/// Handshake initiation length, bytes.
+pub const INITIATION_SIZE: i32 = 148;
+/// Handshake response length.
+pub const RESPONSE_SIZE: i32 = 92;
+/// Cookie reply length.
+pub const COOKIE_REPLY_SIZE: i32 = 64;
+/// Smallest data (transport) message: header and tag of an empty packet.
+pub const TRANSPORT_SIZE: i32 = 32;
+/// Largest UDP payload of any one AmneziaWG packet (junk or padded handshake).
+pub const MAX_PACKET: i32 = 1280;
+/// Largest junk packet.
+pub const MAX_JUNK: i32 = 1280;
+/// Most junk packets before a handshake.
+pub const MAX_JC: i32 = 128;
+/// Largest header value (uint32).
+pub const MAX_HEADER: u64 = u32::MAX as u64;
+/// WireGuard's own message types, which no header may include.
+pub const WIREGUARD_TYPES: (u64, u64) = (1, 4);
+/// The interface MTU when a server names none (wireguard-go's and amneziawg-go's default).
+pub const DEFAULT_MTU: i32 = 1420;
+/// The most `mtu + S4` may be.
+pub const MAX_LINK_MTU: i32 = 1420;
+
+/// A message-type header: one value or an inclusive range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HeaderRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl HeaderRange {
+    /// Parses `a` or `a-b` as the schema allows it (digits only); `None` for anything else,
+    /// including values beyond uint32 and `a > b`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (start, end) = match text.split_once('-') {
+            Some((start, end)) => (start, end),
+            None => (text, text),
+        };
+        let number = |s: &str| -> Option<u32> {
+            if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        let (start, end) = (number(start)?, number(end)?);
+        (start <= end).then_some(Self { start, end })
+    }
+
+    pub fn single(value: u32) -> Self {
+        Self {
+            start: value,
+            end: value,
+        }
+    }
+
+    pub fn overlaps(&self, other: &Self) -> bool {
+        !(self.end < other.start || other.end < self.start)
+    }
+
+    fn is_range(&self) -> bool {
+        self.start != self.end
+    }
+}
+
+impl fmt::Display for HeaderRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_range() {
+            write!(f, "{}-{}", self.start, self.end)
+        } else {
+            write!(f, "{}", self.start)
+        }
+    }
+}
+
+/// One broken rule: the field as the API server names it (`spec.amneziawg.s2`) and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ParamError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn error(field: &str, reason: impl Into<String>) -> ParamError {
+    ParamError {
+        field: format!("spec.{field}"),
+        reason: reason.into(),
+    }
+}
+
+/// Checks a server's protocol settings by the rules the API server applies (see the module
+/// comment): every broken rule, in field order; empty when the spec is admissible. Absent
+/// fields break nothing (the operator chooses them).
+pub fn validate(spec: &WgServerSpec) -> Vec<ParamError> {
+    match &spec.amneziawg {
+        Some(block) => validate_block(spec.protocol, spec.mtu, block),
+        None => Vec::new(),
+    }
+}
+
+/// [`validate`] of an `amneziawg` block on a server of `protocol` and `mtu`.
+pub fn validate_block(
+    protocol: Protocol,
+    mtu: Option<i32>,
+    block: &AmneziaWgSpec,
+) -> Vec<ParamError> {
+    let mut errors = Vec::new();
+    if protocol != Protocol::Amneziawg {
+        errors.push(error(
+            "amneziawg",
+            "amneziawg parameters need protocol: amneziawg",
+        ));
+    }
+    let v15 = block.version == Some(AmneziaVersion::V1_5);
+    let f = |name: &str| format!("amneziawg.{name}");
+    let range = |errors: &mut Vec<ParamError>, name: &str, value: Option<i32>, max: i32| match value
+    {
+        Some(value) if value < 0 => {
+            errors.push(error(&f(name), format!("{value} is below 0")));
+        }
+        Some(value) if value > max => {
+            errors.push(error(&f(name), format!("{value} is above {max}")));
+        }
+        _ => {}
+    };
+    range(&mut errors, "jc", block.jc, MAX_JC);
+    range(&mut errors, "jmin", block.jmin, MAX_JUNK);
+    range(&mut errors, "jmax", block.jmax, MAX_JUNK);
+    if let (Some(jmin), Some(jmax)) = (block.jmin, block.jmax)
+        && jmin > jmax
+    {
+        errors.push(error(&f("jmax"), "jmax must be at least jmin"));
+    }
+    let paddings = [
+        ("s1", block.s1, INITIATION_SIZE),
+        ("s2", block.s2, RESPONSE_SIZE),
+        ("s3", block.s3, COOKIE_REPLY_SIZE),
+        ("s4", block.s4, TRANSPORT_SIZE),
+    ];
+    for (b, (name_b, value_b, base_b)) in paddings.iter().enumerate() {
+        let Some(value_b) = *value_b else { continue };
+        range(&mut errors, name_b, Some(value_b), MAX_PACKET - base_b);
+        for (name_a, value_a, base_a) in &paddings[..b] {
+            if let Some(value_a) = *value_a
+                && i64::from(*base_a) + i64::from(value_a)
+                    == i64::from(*base_b) + i64::from(value_b)
+            {
+                errors.push(error(
+                    &f(name_b),
+                    format!("{name_b} makes two message kinds the same length ({base_b} + {name_b} = {base_a} + {name_a})"),
+                ));
+            }
+        }
+        if !v15 && (*name_b == "s3" || *name_b == "s4") && value_b != 0 {
+            errors.push(error(
+                &f(name_b),
+                format!("{name_b} may be set only with version 1.5"),
+            ));
+        }
+    }
+    if let Some(s4) = block.s4 {
+        let mtu = mtu.unwrap_or(DEFAULT_MTU);
+        if i64::from(mtu) + i64::from(s4) > i64::from(MAX_LINK_MTU) {
+            errors.push(error(
+                &f("s4"),
+                format!("mtu ({mtu}) + s4 ({s4}) is above {MAX_LINK_MTU}"),
+            ));
+        }
+    }
+    let headers = block.headers();
+    let mut parsed: [Option<HeaderRange>; 4] = [None; 4];
+    for (n, text) in headers.iter().enumerate() {
+        let Some(text) = text else { continue };
+        let name = format!("h{}", n + 1);
+        let Some(header) = HeaderRange::parse(text) else {
+            errors.push(error(
+                &f(&name),
+                format!("{text:?} is not a uint32 or a range a-b of them with a ≤ b"),
+            ));
+            continue;
+        };
+        let (first, last) = WIREGUARD_TYPES;
+        if u64::from(header.start) <= last && u64::from(header.end) >= first {
+            errors.push(error(
+                &f(&name),
+                "a header may not be one of WireGuard's own message types 1–4",
+            ));
+        }
+        if !v15 && header.is_range() {
+            errors.push(error(
+                &f(&name),
+                format!("{name} may be a range only with version 1.5"),
+            ));
+        }
+        for (m, earlier) in parsed[..n].iter().enumerate() {
+            if earlier.is_some_and(|earlier| earlier.overlaps(&header)) {
+                errors.push(error(&f(&name), format!("{name} overlaps h{}", m + 1)));
+            }
+        }
+        parsed[n] = Some(header);
+    }
+    for (n, signature) in block.signatures().iter().enumerate() {
+        let Some(signature) = signature else { continue };
+        let name = format!("i{}", n + 1);
+        if !is_signature(signature) {
+            errors.push(error(
+                &f(&name),
+                "not a sequence of <b 0x..>, <r n>, <rd n>, <rc n>, <t> tags",
+            ));
+        }
+        if !v15 {
+            errors.push(error(
+                &f(&name),
+                format!("{name} may be set only with version 1.5"),
+            ));
+        }
+    }
+    errors
+}
+
+/// Whether `text` matches [`crate::resources::amneziawg::SIGNATURE_PATTERN`] and its length
+/// bounds.
+fn is_signature(text: &str) -> bool {
+    use crate::resources::amneziawg::SIGNATURE_MAX_LENGTH;
+    if text.len() < 3 || text.len() > SIGNATURE_MAX_LENGTH {
+        return false;
+    }
+    let digits = |s: &str| (1..=4).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let Some(tag) = rest.strip_prefix('<').and_then(|r| r.split_once('>')) else {
+            return false;
+        };
+        let (body, after) = tag;
+        let ok = match body.split_once(' ') {
+            None => body == "t",
+            Some(("b", hex)) => hex.strip_prefix("0x").is_some_and(|hex| {
+                !hex.is_empty() && hex.len() % 2 == 0 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            }),
+            Some(("r" | "rd" | "rc", n)) => digits(n),
+            Some(_) => false,
+        };
+        if !ok {
+            return false;
+        }
+        rest = after;
+    }
+    true
+}
+
+/// A complete AmneziaWG parameter set: what an interface is configured with and what every
+/// client config carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AmneziaParams {
+    pub version: AmneziaVersion,
+    pub jc: u32,
+    pub jmin: u32,
+    pub jmax: u32,
+    pub s1: u32,
+    pub s2: u32,
+    /// 0 unless version 1.5.
+    pub s3: u32,
+    /// 0 unless version 1.5.
+    pub s4: u32,
+    pub h1: HeaderRange,
+    pub h2: HeaderRange,
+    pub h3: HeaderRange,
+    pub h4: HeaderRange,
+    /// Signature packets `I1`–`I5` (version 1.5 only), absent ones skipped.
+    pub signatures: [Option<String>; 5],
+}
+
+impl AmneziaParams {
+    /// The `(key, value)` pairs in `.conf` order and spelling (`Jc`, `Jmin`, `Jmax`, `S1`, `S2`,
+    /// then `S3`, `S4` for version 1.5, `H1`–`H4`, then the signature packets that are set).
+    /// The UAPI takes the same keys in lower case (where it refuses 0 for `jc`, `jmin` and
+    /// `jmax`: leave a zero out, absent is 0).
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
+            ("Jc", self.jc.to_string()),
+            ("Jmin", self.jmin.to_string()),
+            ("Jmax", self.jmax.to_string()),
+            ("S1", self.s1.to_string()),
+            ("S2", self.s2.to_string()),
+        ];
+        if self.version == AmneziaVersion::V1_5 {
+            pairs.push(("S3", self.s3.to_string()));
+            pairs.push(("S4", self.s4.to_string()));
+        }
+        pairs.extend([
+            ("H1", self.h1.to_string()),
+            ("H2", self.h2.to_string()),
+            ("H3", self.h3.to_string()),
+            ("H4", self.h4.to_string()),
+        ]);
+        const SIGNATURE_KEYS: [&str; 5] = ["I1", "I2", "I3", "I4", "I5"];
+        for (key, signature) in SIGNATURE_KEYS.iter().zip(&self.signatures) {
+            if let Some(signature) = signature {
+                pairs.push((key, signature.clone()));
+            }
+        }
+        pairs
+    }
+}
+
+fn unsigned(value: Option<i32>) -> Option<u32> {
+    value.and_then(|v| u32::try_from(v).ok())
+}
+
+impl AmneziaWgSpec {
+    fn headers(&self) -> [&Option<String>; 4] {
+        [&self.h1, &self.h2, &self.h3, &self.h4]
+    }
+
+    fn signatures(&self) -> [&Option<String>; 5] {
+        [&self.i1, &self.i2, &self.i3, &self.i4, &self.i5]
+    }
+
+    /// The complete set, or `None` while some field is still to be chosen (`jc`, `jmin`,
+    /// `jmax`, `s1`, `s2`, `h1`–`h4`; with version 1.5 also `s3` and `s4`). Does not check the
+    /// rules: see [`WgServerSpec::amneziawg_params`].
+    pub fn effective(&self) -> Option<AmneziaParams> {
+        let version = self.version.unwrap_or_default();
+        let v15 = version == AmneziaVersion::V1_5;
+        let header = |h: &Option<String>| h.as_deref().and_then(HeaderRange::parse);
+        Some(AmneziaParams {
+            version,
+            jc: unsigned(self.jc)?,
+            jmin: unsigned(self.jmin)?,
+            jmax: unsigned(self.jmax)?,
+            s1: unsigned(self.s1)?,
+            s2: unsigned(self.s2)?,
+            s3: if v15 { unsigned(self.s3)? } else { 0 },
+            s4: if v15 { unsigned(self.s4)? } else { 0 },
+            h1: header(&self.h1)?,
+            h2: header(&self.h2)?,
+            h3: header(&self.h3)?,
+            h4: header(&self.h4)?,
+            signatures: if v15 {
+                self.signatures().map(Clone::clone)
+            } else {
+                Default::default()
+            },
+        })
+    }
+}
+
+impl WgServerSpec {
+    /// Whether the server speaks AmneziaWG.
+    pub fn is_amneziawg(&self) -> bool {
+        self.protocol == Protocol::Amneziawg
+    }
+
+    /// The AmneziaWG parameters to bring the interface up with and to put into client configs:
+    /// `None` for a WireGuard server, and for an AmneziaWG server whose parameters are not all
+    /// chosen yet or break a rule — such a server must not be brought up.
+    pub fn amneziawg_params(&self) -> Option<AmneziaParams> {
+        if !self.is_amneziawg() || !validate(self).is_empty() {
+            return None;
+        }
+        self.amneziawg.as_ref()?.effective()
+    }
+}
+
+/// Why the missing parameters cannot be chosen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    /// The given headers leave no single value free for another (they cover nearly all of
+    /// uint32).
+    #[error("spec.amneziawg.{0}: the other headers leave no value free for it")]
+    NoRoomForHeader(&'static str),
+    /// The given parameters break a rule, so no completion of them is valid.
+    #[error("{0}")]
+    Invalid(ParamError),
+}
+
+/// Ranges the generator draws from (inclusive). Junk: a few packets of tens to hundreds of
+/// bytes; paddings as AmneziaVPN's own generator draws them; headers anywhere above WireGuard's
+/// types within int32 (some clients read them signed).
+const GEN_JC: (i32, i32) = (3, 10);
+const GEN_JMIN: (i32, i32) = (16, 64);
+const GEN_JMAX_SPREAD: (i32, i32) = (32, 256);
+const GEN_S12: (i32, i32) = (15, 150);
+const GEN_S3: (i32, i32) = (1, 64);
+const GEN_HEADER: (i32, i32) = (5, i32::MAX);
+
+/// A uniform draw from `lo..=hi` (`lo ≤ hi`, no modulo bias).
+fn draw(rng: &mut impl RngCore, (lo, hi): (i32, i32)) -> i32 {
+    let span = (i64::from(hi) - i64::from(lo) + 1) as u64;
+    let zone = u64::MAX - (u64::MAX % span);
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return (i64::from(lo) + (x % span) as i64) as i32;
+        }
+    }
+}
+
+/// `block` with every absent parameter chosen at random (values already there are kept), so
+/// that the whole set keeps every rule of [`validate`] given the server's `mtu`. Version 1.0
+/// (absent) gets the 1.0 set; 1.5 also gets `s3` (random) and `s4` = 0 — amneziawg-go 0.2.16
+/// sends keepalives unpadded but reads them as padded, so a non-zero `s4` is left to an
+/// operator who chooses it. Signature packets are never chosen: they are client-side mimicry
+/// an operator writes for the network at hand. Header ranges are never chosen either: a wide
+/// range lets a data packet of the right length pass for a handshake.
+pub fn complete(
+    block: &AmneziaWgSpec,
+    mtu: Option<i32>,
+    rng: &mut impl RngCore,
+) -> Result<AmneziaWgSpec, GenerateError> {
+    let check = |candidate: &AmneziaWgSpec| -> Result<(), GenerateError> {
+        match validate_block(Protocol::Amneziawg, mtu, candidate)
+            .into_iter()
+            .next()
+        {
+            Some(error) => Err(GenerateError::Invalid(error)),
+            None => Ok(()),
+        }
+    };
+    check(block)?;
+    let mut out = block.clone();
+    let v15 = block.version == Some(AmneziaVersion::V1_5);
+    out.jc = out.jc.or_else(|| Some(draw(rng, GEN_JC)));
+    out.jmin = match (out.jmin, out.jmax) {
+        (Some(jmin), _) => Some(jmin),
+        (None, Some(jmax)) => {
+            let hi = GEN_JMIN.1.min(jmax);
+            Some(draw(rng, (GEN_JMIN.0.min(hi), hi)))
+        }
+        (None, None) => Some(draw(rng, GEN_JMIN)),
+    };
+    if out.jmax.is_none() {
+        let jmin = out.jmin.unwrap_or_default();
+        let lo = (jmin + GEN_JMAX_SPREAD.0).min(MAX_JUNK);
+        let hi = (jmin + GEN_JMAX_SPREAD.1).min(MAX_JUNK);
+        out.jmax = Some(draw(rng, (lo, hi)));
+    }
+    // Paddings: draw, and step past the (at most three) values that would make two lengths
+    // equal.
+    fill_padding(&mut out, Padding::S1, GEN_S12, mtu, rng);
+    fill_padding(&mut out, Padding::S2, GEN_S12, mtu, rng);
+    if v15 {
+        fill_padding(&mut out, Padding::S3, GEN_S3, mtu, rng);
+        out.s4 = out.s4.or(Some(0));
+    }
+    let mut taken: Vec<HeaderRange> = out
+        .headers()
+        .iter()
+        .filter_map(|h| h.as_deref().and_then(HeaderRange::parse))
+        .collect();
+    for (n, name) in ["h1", "h2", "h3", "h4"].into_iter().enumerate() {
+        let slot = match n {
+            0 => &mut out.h1,
+            1 => &mut out.h2,
+            2 => &mut out.h3,
+            _ => &mut out.h4,
+        };
+        if slot.is_some() {
+            continue;
+        }
+        let value = (0..1024)
+            .map(|_| draw(rng, GEN_HEADER))
+            .map(|v| v as u32)
+            .find(|v| !taken.iter().any(|t| t.overlaps(&HeaderRange::single(*v))))
+            .ok_or(GenerateError::NoRoomForHeader(name))?;
+        taken.push(HeaderRange::single(value));
+        *slot = Some(value.to_string());
+    }
+    check(&out)?;
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum Padding {
+    S1,
+    S2,
+    S3,
+}
+
+fn padding_mut(block: &mut AmneziaWgSpec, which: Padding) -> &mut Option<i32> {
+    match which {
+        Padding::S1 => &mut block.s1,
+        Padding::S2 => &mut block.s2,
+        Padding::S3 => &mut block.s3,
+    }
+}
+
+/// Chooses padding `which` if absent: a draw from `range`, stepped up (wrapping) past values
+/// that would break a rule.
+fn fill_padding(
+    out: &mut AmneziaWgSpec,
+    which: Padding,
+    range: (i32, i32),
+    mtu: Option<i32>,
+    rng: &mut impl RngCore,
+) {
+    if padding_mut(out, which).is_some() {
+        return;
+    }
+    let mut value = draw(rng, range);
+    for _ in 0..=(range.1 - range.0) {
+        let mut candidate = out.clone();
+        *padding_mut(&mut candidate, which) = Some(value);
+        if validate_block(Protocol::Amneziawg, mtu, &candidate).is_empty() {
+            *out = candidate;
+            return;
+        }
+        value = if value == range.1 { range.0 } else { value + 1 };
+    }
+}

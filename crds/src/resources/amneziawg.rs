@@ -1,0 +1,319 @@
+//! The `amneziawg` block of a `WgServer` (its AmneziaWG obfuscation parameters), the protocol
+//! switch beside it, and the CEL rules with which the API server refuses parameter sets that
+//! break the protocol. Every rule here is mirrored, field for field, by
+//! [`crate::amnezia::validate`]; the bounds come from [`crate::amnezia`].
+//!
+//! Every field is optional: the operator chooses the missing ones once (random, strong) and
+//! writes them here with server-side apply, so the values live in the spec (surviving backups,
+//! restores and GitOps re-applies) and never change by themselves.
+
+use kube::KubeSchema;
+use kube::core::{Message, Reason, Rule};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::amnezia::{
+    COOKIE_REPLY_SIZE, INITIATION_SIZE, MAX_HEADER, MAX_JC, MAX_JUNK, MAX_PACKET, RESPONSE_SIZE,
+    TRANSPORT_SIZE, WIREGUARD_TYPES,
+};
+
+/// Regex of a message-type header: a number, or a range `a-b` (each at most 10 digits; the CEL
+/// rules keep them within uint32 and `a ≤ b`).
+pub(crate) const HEADER_PATTERN: &str = r"^[0-9]{1,10}(-[0-9]{1,10})?$";
+/// Longest header text: two 10-digit numbers and a dash.
+const HEADER_MAX_LENGTH: u32 = 21;
+/// Regex of a signature packet (`I1`–`I5`): a sequence of the tags amneziawg-go 0.2.16 builds —
+/// `<b 0x…>` static bytes (whole bytes of hex), `<r n>` random bytes, `<rd n>` random digits,
+/// `<rc n>` random letters, `<t>` a timestamp. (`<c>`, documented upstream, is refused by its
+/// parser, so it is refused here too.)
+pub(crate) const SIGNATURE_PATTERN: &str =
+    r"^(<(b 0x([0-9a-fA-F]{2})+|r [0-9]{1,4}|rd [0-9]{1,4}|rc [0-9]{1,4}|t)>)+$";
+/// Longest signature packet text: enough for 1280 static bytes.
+pub(crate) const SIGNATURE_MAX_LENGTH: usize = 2600;
+
+/// Which protocol a server speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain WireGuard.
+    #[default]
+    Wireguard,
+    /// AmneziaWG: WireGuard with junk packets, padded handshakes and replaced message types,
+    /// as the AmneziaVPN and AmneziaWG apps speak it.
+    Amneziawg,
+}
+
+impl Protocol {
+    pub fn is_wireguard(&self) -> bool {
+        *self == Protocol::Wireguard
+    }
+}
+
+/// Which AmneziaWG parameter set a server uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum AmneziaVersion {
+    /// AWG 1.0: junk packets, `S1`/`S2` padding and single-number headers — what every
+    /// AmneziaWG client supports.
+    #[default]
+    #[serde(rename = "1.0")]
+    V1_0,
+    /// AWG 1.5: adds `S3`/`S4` padding, signature packets `I1`–`I5` and header ranges; needs
+    /// recent clients.
+    #[serde(rename = "1.5")]
+    V1_5,
+}
+
+/// `has(self.version) && self.version == '1.5'`.
+const IS_1_5: &str = "(has(self.version) && self.version == '1.5')";
+
+/// The low end of header `h` (a CEL expression of a header string).
+fn low(h: &str) -> String {
+    format!("int({h}.split('-')[0])")
+}
+
+/// The high end of header `h`.
+fn high(h: &str) -> String {
+    format!("int({h}.split('-')[{h}.contains('-') ? 1 : 0])")
+}
+
+fn header_in_order() -> Rule {
+    Rule::new(format!("{} <= {}", low("self"), high("self")))
+        .message("a header range a-b needs a ≤ b")
+}
+
+fn header_in_uint32() -> Rule {
+    Rule::new(format!("{} <= {MAX_HEADER}", high("self"))).message(Message::Message(format!(
+        "a header is a uint32: at most {MAX_HEADER}"
+    )))
+}
+
+fn header_not_wireguard() -> Rule {
+    let (first, last) = WIREGUARD_TYPES;
+    Rule::new(format!(
+        "{} < {first} || {} > {last}",
+        high("self"),
+        low("self")
+    ))
+    .message(Message::Message(format!(
+        "a header may not be one of WireGuard's own message types {first}–{last}"
+    )))
+}
+
+/// Header `j` does not overlap header `i` (both `1..=4`), named at `.h<j>`.
+fn headers_apart(i: u8, j: u8) -> Rule {
+    let (a, b) = (format!("self.h{i}"), format!("self.h{j}"));
+    Rule::new(format!(
+        "!has({a}) || !has({b}) || {} < {} || {} < {}",
+        high(&a),
+        low(&b),
+        high(&b),
+        low(&a)
+    ))
+    .message(Message::Message(format!(
+        "h{j} overlaps h{i}: every header must be distinct"
+    )))
+    .field_path(format!(".h{j}"))
+    .reason(Reason::FieldValueInvalid)
+}
+
+/// Header `n` is a single number unless the server uses AWG 1.5.
+fn header_single_before_1_5(n: u8) -> Rule {
+    Rule::new(format!(
+        "{IS_1_5} || !has(self.h{n}) || !self.h{n}.contains('-')"
+    ))
+    .message(Message::Message(format!(
+        "h{n} may be a range only with version 1.5 (AWG 1.0 clients read one number)"
+    )))
+    .field_path(format!(".h{n}"))
+    .reason(Reason::FieldValueForbidden)
+}
+
+/// A padding `s<n>` other than 0 only with version 1.5.
+fn padding_only_1_5(n: u8) -> Rule {
+    Rule::new(format!("{IS_1_5} || !has(self.s{n}) || self.s{n} == 0"))
+        .message(Message::Message(format!(
+            "s{n} may be set only with version 1.5"
+        )))
+        .field_path(format!(".s{n}"))
+        .reason(Reason::FieldValueForbidden)
+}
+
+/// A signature packet `i<n>` only with version 1.5.
+fn signature_only_1_5(n: u8) -> Rule {
+    Rule::new(format!("{IS_1_5} || !has(self.i{n})"))
+        .message(Message::Message(format!(
+            "i{n} may be set only with version 1.5"
+        )))
+        .field_path(format!(".i{n}"))
+        .reason(Reason::FieldValueForbidden)
+}
+
+/// The padded lengths of two message kinds differ: `base_a + s<a> != base_b + s<b>`, named at
+/// `.s<b>`.
+fn lengths_differ(a: u8, base_a: i32, b: u8, base_b: i32) -> Rule {
+    Rule::new(format!(
+        "!has(self.s{a}) || !has(self.s{b}) || {base_a} + self.s{a} != {base_b} + self.s{b}"
+    ))
+    .message(Message::Message(format!(
+        "s{b} makes two message kinds the same length ({base_b} + s{b} = {base_a} + s{a}), so they cannot be told apart"
+    )))
+    .field_path(format!(".s{b}"))
+    .reason(Reason::FieldValueInvalid)
+}
+
+fn jmin_not_above_jmax() -> Rule {
+    Rule::new("!has(self.jmin) || !has(self.jmax) || self.jmin <= self.jmax")
+        .message("jmax must be at least jmin")
+        .field_path(".jmax")
+        .reason(Reason::FieldValueInvalid)
+}
+
+/// AmneziaWG parameters of a server. Absent fields are chosen by the operator once, at random,
+/// and written here; a changed value is a deliberate act after which every client needs its
+/// config again. Server and clients must agree on every value but the junk ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = jmin_not_above_jmax(),
+    validation = lengths_differ(1, INITIATION_SIZE, 2, RESPONSE_SIZE),
+    validation = lengths_differ(1, INITIATION_SIZE, 3, COOKIE_REPLY_SIZE),
+    validation = lengths_differ(2, RESPONSE_SIZE, 3, COOKIE_REPLY_SIZE),
+    validation = lengths_differ(1, INITIATION_SIZE, 4, TRANSPORT_SIZE),
+    validation = lengths_differ(2, RESPONSE_SIZE, 4, TRANSPORT_SIZE),
+    validation = lengths_differ(3, COOKIE_REPLY_SIZE, 4, TRANSPORT_SIZE),
+    validation = padding_only_1_5(3),
+    validation = padding_only_1_5(4),
+    validation = signature_only_1_5(1),
+    validation = signature_only_1_5(2),
+    validation = signature_only_1_5(3),
+    validation = signature_only_1_5(4),
+    validation = signature_only_1_5(5),
+    validation = header_single_before_1_5(1),
+    validation = header_single_before_1_5(2),
+    validation = header_single_before_1_5(3),
+    validation = header_single_before_1_5(4),
+    validation = headers_apart(1, 2),
+    validation = headers_apart(1, 3),
+    validation = headers_apart(2, 3),
+    validation = headers_apart(1, 4),
+    validation = headers_apart(2, 4),
+    validation = headers_apart(3, 4),
+)]
+pub struct AmneziaWgSpec {
+    /// `1.0` (absent: the default; every AmneziaWG client) or `1.5` (adds `s3`, `s4`,
+    /// `i1`–`i5` and header ranges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<AmneziaVersion>,
+
+    /// Junk packets sent before every handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_JC))]
+    pub jc: Option<i32>,
+    /// Smallest junk packet, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_JUNK))]
+    pub jmin: Option<i32>,
+    /// Largest junk packet, bytes (at least `jmin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_JUNK))]
+    pub jmax: Option<i32>,
+
+    /// Random bytes before a handshake initiation (148 bytes): at most 1280 − 148.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_PACKET - INITIATION_SIZE))]
+    pub s1: Option<i32>,
+    /// Random bytes before a handshake response (92 bytes): at most 1280 − 92; `92 + s2` may
+    /// not equal `148 + s1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_PACKET - RESPONSE_SIZE))]
+    pub s2: Option<i32>,
+    /// Version 1.5: random bytes before a cookie reply (64 bytes): at most 1280 − 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_PACKET - COOKIE_REPLY_SIZE))]
+    pub s3: Option<i32>,
+    /// Version 1.5: random bytes before every data packet; the server's `mtu` (1420 when
+    /// absent) plus `s4` may not exceed 1420.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_PACKET - TRANSPORT_SIZE))]
+    pub s4: Option<i32>,
+
+    /// Message type of handshake initiations: a number, or (version 1.5) a range `a-b`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
+    #[x_kube(
+        validation = header_in_order(),
+        validation = header_in_uint32(),
+        validation = header_not_wireguard()
+    )]
+    pub h1: Option<String>,
+    /// Message type of handshake responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
+    #[x_kube(
+        validation = header_in_order(),
+        validation = header_in_uint32(),
+        validation = header_not_wireguard()
+    )]
+    pub h2: Option<String>,
+    /// Message type of cookie replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
+    #[x_kube(
+        validation = header_in_order(),
+        validation = header_in_uint32(),
+        validation = header_not_wireguard()
+    )]
+    pub h3: Option<String>,
+    /// Message type of data packets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
+    #[x_kube(
+        validation = header_in_order(),
+        validation = header_in_uint32(),
+        validation = header_not_wireguard()
+    )]
+    pub h4: Option<String>,
+
+    /// Version 1.5: signature packet sent before every handshake, e.g. `<b 0xc70000>` `<r 32>`;
+    /// only clients need it (it goes into their configs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
+    pub i1: Option<String>,
+    /// Version 1.5: second signature packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
+    pub i2: Option<String>,
+    /// Version 1.5: third signature packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
+    pub i3: Option<String>,
+    /// Version 1.5: fourth signature packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
+    pub i4: Option<String>,
+    /// Version 1.5: fifth signature packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
+    pub i5: Option<String>,
+}
+
+/// The spec-level rules on the protocol: the `amneziawg` block only on an AmneziaWG server, and
+/// `mtu + s4` within WireGuard's default MTU (1420, sized for a 1500-byte link under IPv6).
+pub(crate) fn block_only_with_amneziawg() -> Rule {
+    Rule::new("!has(self.amneziawg) || (has(self.protocol) && self.protocol == 'amneziawg')")
+        .message("amneziawg parameters need protocol: amneziawg")
+        .field_path(".amneziawg")
+        .reason(Reason::FieldValueForbidden)
+}
+
+pub(crate) fn s4_within_mtu() -> Rule {
+    use crate::amnezia::{DEFAULT_MTU, MAX_LINK_MTU};
+    Rule::new(format!(
+        "!has(self.amneziawg) || !has(self.amneziawg.s4) || (has(self.mtu) ? self.mtu : {DEFAULT_MTU}) + self.amneziawg.s4 <= {MAX_LINK_MTU}"
+    ))
+    .message(Message::Message(format!(
+        "mtu (absent: {DEFAULT_MTU}) + s4 may not exceed {MAX_LINK_MTU}, or every full data packet is fragmented; lower mtu or s4"
+    )))
+    .field_path(".amneziawg.s4")
+    .reason(Reason::FieldValueInvalid)
+}
