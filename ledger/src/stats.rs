@@ -1,5 +1,6 @@
 //! Numbers for the administrators' `/admin`: users by subscription state and revenue (net of
-//! refunds) today (UTC) and in the last 30 days.
+//! refunds) today (UTC) and in the last 30 days; and the business activity of a window (new
+//! users, first payments, renewals, revenue, the latest payment) for the api's gauges.
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
@@ -28,6 +29,22 @@ pub struct Stats {
     /// Since 00:00 UTC today.
     pub revenue_today: Vec<Revenue>,
     pub revenue_30_days: Vec<Revenue>,
+}
+
+/// What happened in the ledger since a moment (YooKassa payments; applied payments count once,
+/// at their `succeeded_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activity {
+    /// Users created since then.
+    pub new_users: i64,
+    /// Applied payments of users who had no earlier applied payment.
+    pub first_payments: i64,
+    /// Applied payments of users who had paid before.
+    pub renewals: i64,
+    /// Net of refunds, per currency.
+    pub revenue: Vec<Revenue>,
+    /// The latest applied payment ever (not only in the window); `None` before the first.
+    pub last_payment_at: Option<Timestamp>,
 }
 
 /// The start of `now`'s day in UTC.
@@ -61,6 +78,34 @@ impl Ledger {
             revenue_30_days: self
                 .revenue_since(now - SignedDuration::from_hours(24 * 30))
                 .await?,
+        })
+    }
+
+    /// New users, first payments, renewals and revenue since `since`, and the latest payment.
+    pub async fn activity_since(&self, since: Timestamp) -> Result<Activity, LedgerError> {
+        let row = sqlx::query(
+            "SELECT \
+                (SELECT COUNT(*) FROM users WHERE created_at >= $1) AS new_users, \
+                COUNT(*) FILTER (WHERE p.succeeded_at >= $1 AND NOT earlier) AS first_payments, \
+                COUNT(*) FILTER (WHERE p.succeeded_at >= $1 AND earlier) AS renewals, \
+                MAX(p.succeeded_at) AS last_payment_at \
+             FROM payments p \
+             JOIN payment_applications a ON a.payment_id = p.id \
+             CROSS JOIN LATERAL (SELECT EXISTS ( \
+                SELECT 1 FROM payments q JOIN payment_applications b ON b.payment_id = q.id \
+                WHERE q.user_id = p.user_id \
+                  AND (q.succeeded_at, q.id) < (p.succeeded_at, p.id)) AS earlier) e",
+        )
+        .bind(since.to_sqlx())
+        .fetch_one_on(self)
+        .await?;
+        let last_payment_at: Option<jiff_sqlx::Timestamp> = row.try_get("last_payment_at")?;
+        Ok(Activity {
+            new_users: row.try_get("new_users")?,
+            first_payments: row.try_get("first_payments")?,
+            renewals: row.try_get("renewals")?,
+            revenue: self.revenue_since(since).await?,
+            last_payment_at: last_payment_at.map(jiff_sqlx::Timestamp::to_jiff),
         })
     }
 
