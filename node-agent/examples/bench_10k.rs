@@ -238,6 +238,7 @@ impl Bench {
             Settings {
                 node_name: "bench".into(),
                 backend: Backend::Userspace,
+                amneziawg: None,
                 resync_interval: Duration::from_secs(30),
                 status_interval: Duration::from_secs(10),
                 counters_interval: Duration::from_secs(60),

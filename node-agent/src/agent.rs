@@ -17,14 +17,14 @@ use tokio_util::sync::CancellationToken;
 use wgsub_crds::keys::{PrivateKey, PublicKey};
 use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
 use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
-use wireguard_control::{DeviceUpdate, Key};
 
+use crate::amneziawg::{Userspace, driver_for};
 use crate::desired::{DesiredState, PeerInput, PeerState, Pools, live_candidate};
 use crate::diff::{EarlyAdditions, PeerDiff, count_differences, diff_keys, diff_peers};
 use crate::expiry::sleep_until;
 use crate::http::Health;
 use crate::index::{Dirty, ServerKey, SharedIndex};
-use crate::interface::{Backend, LinkSpec, WgInterface, Worker};
+use crate::interface::{Backend, Driver, LinkSpec, WgInterface, Worker};
 use crate::kube_shell::{KubeApi, StatusQueue, StatusWrite, Target};
 use crate::metrics::{ApplyKind, ApplyLabels, Metrics};
 use crate::nat::{self, Firewall, NatPlan};
@@ -41,6 +41,8 @@ use crate::status::{
 pub struct Settings {
     pub node_name: String,
     pub backend: Backend,
+    /// amneziawg-go, for AmneziaWG servers; `None`: this node has no AmneziaWG implementation.
+    pub amneziawg: Option<Userspace>,
     pub resync_interval: Duration,
     pub status_interval: Duration,
     pub counters_interval: Duration,
@@ -56,8 +58,9 @@ struct Converged {
     drift: usize,
 }
 
-/// Makes the interface hold `key`, `port`, exactly `desired` and the link as `link`. Runs on
-/// the worker thread. `believed` is what the agent last applied (for counting drift).
+/// Makes the interface hold `key`, `port` (and its AmneziaWG parameters), exactly `desired`
+/// and the link as `link`. Runs on the worker thread. `believed` is what the agent last applied
+/// (for counting drift).
 fn converge(
     interface: &WgInterface,
     key: &PrivateKey,
@@ -66,15 +69,10 @@ fn converge(
     believed: Option<&BTreeMap<PublicKey, PeerConfig>>,
     link: &LinkSpec,
 ) -> io::Result<Converged> {
-    let base = |update: DeviceUpdate| {
-        update
-            .set_private_key(Key(*key.as_bytes()))
-            .set_listen_port(port)
-    };
-    match interface.observe()? {
+    match observe_or_recreate(interface)? {
         None => {
             let diff = diff_peers(desired, &BTreeMap::new());
-            interface.create(diff.add_to(base(DeviceUpdate::new())))?;
+            interface.create(key, port, &diff)?;
             interface.ensure_link(link, None)?;
             Ok(Converged {
                 created: true,
@@ -82,19 +80,17 @@ fn converge(
             })
         }
         Some((snapshot, link_state)) => {
-            let public_key = snapshot.public_key;
-            let listen_port = snapshot.listen_port;
-            let observed = snapshot.into_peer_configs();
             let mut corrections = 0;
-            let mut update = DeviceUpdate::new();
-            if public_key != Some(key.public_key()) || listen_port != Some(port) {
-                update = base(update);
+            let settings = if interface.settings_match(&snapshot, key, port) {
+                None
+            } else {
                 corrections += 1;
-            }
+                Some((key, port))
+            };
+            let observed = snapshot.into_peer_configs();
             let diff = diff_peers(desired, &observed);
-            let update = diff.add_to(update);
-            if !diff.is_empty() || corrections > 0 {
-                interface.apply(update)?;
+            if !diff.is_empty() || settings.is_some() {
+                interface.apply(settings, &diff)?;
             }
             drop(diff);
             corrections += interface.ensure_link(link, Some(link_state))?.len();
@@ -107,28 +103,44 @@ fn converge(
     }
 }
 
+/// Reads the interface; one whose AmneziaWG parameters cannot be brought to the wanted ones by
+/// an update is deleted and reads as absent (so it is made again).
+fn observe_or_recreate(
+    interface: &WgInterface,
+) -> io::Result<Option<(InterfaceSnapshot, crate::interface::LinkState)>> {
+    match interface.observe()? {
+        Some((snapshot, _)) if interface.needs_recreate(&snapshot) => {
+            tracing::info!(
+                interface = interface.name(),
+                "AmneziaWG parameters changed beyond an update; making the interface again"
+            );
+            interface.delete()?;
+            Ok(None)
+        }
+        observed => Ok(observed),
+    }
+}
+
 /// Readies the interface while the `WgPeer` list is still arriving: reads it once, creates it
-/// if missing, restores key and port and sets the link. Adds and removes no peer (the start
-/// passes queue the additions that are safe behind it). Returns the peers the interface holds
-/// and whether it was created. Runs on the worker.
+/// if missing, restores key, port and parameters and sets the link. Adds and removes no peer
+/// (the start passes queue the additions that are safe behind it). Returns the peers the
+/// interface holds and whether it was created. Runs on the worker.
 fn prepare(
     interface: &WgInterface,
     key: &PrivateKey,
     port: u16,
     link: &LinkSpec,
 ) -> io::Result<(PeerConfigs, bool)> {
-    let base = DeviceUpdate::new()
-        .set_private_key(Key(*key.as_bytes()))
-        .set_listen_port(port);
-    match interface.observe()? {
+    let nothing = PeerDiff::default();
+    match observe_or_recreate(interface)? {
         None => {
-            interface.create(base)?;
+            interface.create(key, port, &nothing)?;
             interface.ensure_link(link, None)?;
             Ok((PeerConfigs::new(), true))
         }
         Some((snapshot, link_state)) => {
-            if snapshot.public_key != Some(key.public_key()) || snapshot.listen_port != Some(port) {
-                interface.apply(base)?;
+            if !interface.settings_match(&snapshot, key, port) {
+                interface.apply(Some((key, port)), &nothing)?;
             }
             interface.ensure_link(link, Some(link_state))?;
             Ok((snapshot.into_peer_configs(), false))
@@ -499,15 +511,38 @@ impl Agent {
         let full = pass == Pass::Full;
         let name = server.name_any();
         let spec = &server.spec;
-        let replace = self
-            .servers
-            .get(&name)
-            .is_some_and(|runtime| runtime.interface.name() != spec.interface_name);
+        let (driver, driver_problem) = match driver_for(
+            spec,
+            self.settings.backend,
+            self.settings.amneziawg.as_ref(),
+        ) {
+            Ok(driver) => (driver, None),
+            Err(problem) => (Driver::AmneziaWgUnavailable, Some(problem)),
+        };
+        // Another name or another protocol is another interface.
+        let replace = self.servers.get(&name).is_some_and(|runtime| {
+            runtime.interface.name() != spec.interface_name
+                || !runtime.interface.driver().same_protocol(&driver)
+        });
         if replace && let Some(old) = self.servers.remove(&name) {
             self.teardown(old).await;
         }
+        if let Some(runtime) = self.servers.get_mut(&name)
+            && driver_problem.is_none()
+            && *runtime.interface.driver() != driver
+        {
+            // New AmneziaWG parameters (or the first ones): the next pass reads the interface
+            // and sends them with the key and port; peers handshake again.
+            tracing::info!(
+                interface = runtime.interface.name(),
+                "AmneziaWG parameters changed"
+            );
+            runtime.interface.set_driver(driver.clone());
+            runtime.applied = None;
+            runtime.warm = false;
+        }
         if !self.servers.contains_key(&name) {
-            match WgInterface::new(&spec.interface_name, self.settings.backend) {
+            match WgInterface::with_driver(&spec.interface_name, driver) {
                 Ok(interface) => {
                     self.servers
                         .insert(name.clone(), ServerRuntime::new(interface));
@@ -545,14 +580,16 @@ impl Agent {
             return;
         };
         runtime.generation = server.metadata.generation;
-        let checked = match (key, pools, port) {
-            (Err(problem), _, _) => Err(problem),
-            (_, Err(error), _) => Err((reason::INVALID_POOL, error.to_string())),
-            (_, _, None) => Err((
+        let checked = match (driver_problem, key, pools, port) {
+            // Nothing is brought up for an AmneziaWG server this node cannot serve yet.
+            (Some(problem), ..) => Err(problem),
+            (None, Err(problem), _, _) => Err(problem),
+            (None, _, Err(error), _) => Err((reason::INVALID_POOL, error.to_string())),
+            (None, _, _, None) => Err((
                 reason::INVALID_POOL,
                 format!("listenPort {} is not a port", spec.listen_port),
             )),
-            (Ok(key), Ok(pools), Some(port)) => Ok((key, pools, port)),
+            (None, Ok(key), Ok(pools), Some(port)) => Ok((key, pools, port)),
         };
         let (key, pools, port) = match checked {
             Ok(checked) => checked,
@@ -653,7 +690,7 @@ impl Agent {
         let compare_applied = full && was_warm && !prepare_needed && !dirty.all;
         let full = full || prepare_needed;
         let started = Instant::now();
-        let mut incremental: Option<PeerDiff> = None;
+        let mut incremental: Option<Arc<PeerDiff>> = None;
         let mut configs = None;
         let outcome: Result<Option<usize>, String> = if full && !compare_applied {
             let configs = configs.insert(Arc::new(decision.desired.configs()));
@@ -692,7 +729,6 @@ impl Agent {
                 Ok(None)
             } else {
                 let interface = runtime.interface.clone();
-                let update = diff.add_to(DeviceUpdate::new());
                 tracing::debug!(
                     interface = interface.name(),
                     add = diff.add.len(),
@@ -700,8 +736,14 @@ impl Agent {
                     remove = diff.remove.len(),
                     "applying peer changes"
                 );
+                let diff = Arc::new(diff);
+                let update = Arc::clone(&diff);
                 incremental = Some(diff);
-                match self.worker.run(move || interface.apply(update)).await {
+                match self
+                    .worker
+                    .run(move || interface.apply(None, &update))
+                    .await
+                {
                     Ok(Ok(())) => Ok(Some(0)),
                     Ok(Err(error)) => Err(error.to_string()),
                     Err(gone) => Err(gone.to_string()),
@@ -841,15 +883,16 @@ impl Agent {
         let diff = early.next(listed, applied);
         if !diff.is_empty() {
             let interface = runtime.interface.clone();
-            let update = diff.add_to(DeviceUpdate::new());
             tracing::debug!(
                 interface = interface.name(),
                 add = diff.add.len(),
                 "adding peers while the list arrives"
             );
+            let diff = Arc::new(diff);
+            let update = Arc::clone(&diff);
             let queued = self.worker.submit(move || {
                 let started = Instant::now();
-                (interface.apply(update), started.elapsed())
+                (interface.apply(None, &update), started.elapsed())
             });
             match queued {
                 Ok(reply) => runtime.queued.push(reply),

@@ -18,10 +18,14 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use jiff::Timestamp;
+use wgsub_crds::WgServerSpec;
+use wgsub_crds::amnezia::{AmneziaParams, HeaderRange};
 use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
 
 use crate::diff::PeerDiff;
+use crate::interface::{Backend, Driver};
 use crate::snapshot::{InterfaceSnapshot, ObservedPeer, PeerConfig, PeerStats};
+use crate::status::reason;
 
 /// Where amneziawg-go puts its UAPI sockets.
 pub const SOCKET_DIR: &str = "/var/run/amneziawg";
@@ -168,6 +172,64 @@ impl AwgParams {
         }
         Ok(true)
     }
+}
+
+impl From<HeaderRange> for Header {
+    fn from(range: HeaderRange) -> Self {
+        Header {
+            start: range.start,
+            end: range.end,
+        }
+    }
+}
+
+impl From<&AmneziaParams> for AwgParams {
+    fn from(params: &AmneziaParams) -> Self {
+        AwgParams {
+            jc: params.jc,
+            jmin: params.jmin,
+            jmax: params.jmax,
+            s: [params.s1, params.s2, params.s3, params.s4],
+            h: [params.h1, params.h2, params.h3, params.h4].map(|h| Some(h.into())),
+            i: params.signatures.clone(),
+        }
+    }
+}
+
+/// How this node drives a server: WireGuard through `backend`; AmneziaWG through amneziawg-go
+/// with the server's parameters. An AmneziaWG server is not brought up — the error is the
+/// reason and message of its `Ready` condition — when this node has no AmneziaWG
+/// implementation, or while its parameters are not all chosen (the operator fills them in) or
+/// break a rule.
+pub fn driver_for(
+    spec: &WgServerSpec,
+    backend: Backend,
+    amneziawg: Option<&Userspace>,
+) -> Result<Driver, (&'static str, String)> {
+    if !spec.is_amneziawg() {
+        return Ok(Driver::WireGuard(backend));
+    }
+    let Some(userspace) = amneziawg else {
+        return Err((
+            reason::AMNEZIAWG_UNAVAILABLE,
+            "this node has no AmneziaWG implementation (amneziawg-go was not found); \
+             WireGuard servers are not affected"
+                .into(),
+        ));
+    };
+    if let Some(broken) = wgsub_crds::amnezia::validate(spec).first() {
+        return Err((reason::INVALID_PARAMETERS, broken.to_string()));
+    }
+    let Some(params) = spec.amneziawg_params() else {
+        return Err((
+            reason::PARAMETERS_PENDING,
+            "the AmneziaWG parameters are not all chosen yet (the operator chooses them)".into(),
+        ));
+    };
+    Ok(Driver::AmneziaWg {
+        userspace: userspace.clone(),
+        params: Box::new(AwgParams::from(&params)),
+    })
 }
 
 /// What goes with the peers of one update when the interface's own settings are (re)set.
@@ -726,6 +788,78 @@ mod tests {
             PresharedKey::from_base64(&base64_of(psk.as_bytes())).unwrap(),
             psk
         );
+    }
+
+    fn server(protocol: &str, amneziawg: Option<serde_json::Value>) -> WgServerSpec {
+        let mut spec = serde_json::json!({
+            "endpoint": "vpn.example.com:51820",
+            "addressPool": "10.8.0.0/24",
+            "privateKeySecretRef": {"name": "k", "key": "privateKey"},
+            "protocol": protocol,
+        });
+        if let Some(block) = amneziawg {
+            spec["amneziawg"] = block;
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    fn full_block() -> serde_json::Value {
+        serde_json::json!({
+            "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61,
+            "h1": "1234567", "h2": "2345678", "h3": "3456789", "h4": "4567890",
+        })
+    }
+
+    #[test]
+    fn a_wireguard_server_is_driven_by_the_wireguard_backend_even_without_amneziawg() {
+        let spec = server("wireguard", None);
+        assert_eq!(
+            driver_for(&spec, Backend::Userspace, None),
+            Ok(Driver::WireGuard(Backend::Userspace))
+        );
+        assert_eq!(
+            driver_for(&spec, Backend::Kernel, None),
+            Ok(Driver::WireGuard(Backend::Kernel))
+        );
+    }
+
+    #[test]
+    fn an_amneziawg_server_gets_amneziawg_go_with_its_parameters() {
+        let userspace = Userspace {
+            binary: PathBuf::from("/usr/bin/amneziawg-go"),
+        };
+        let spec = server("amneziawg", Some(full_block()));
+        assert_eq!(
+            driver_for(&spec, Backend::Kernel, Some(&userspace)),
+            Ok(Driver::AmneziaWg {
+                userspace: userspace.clone(),
+                params: Box::new(params_1_0()),
+            })
+        );
+    }
+
+    #[test]
+    fn an_amneziawg_server_stays_down_without_implementation_or_parameters() {
+        let userspace = Userspace {
+            binary: PathBuf::from("/usr/bin/amneziawg-go"),
+        };
+        let complete = server("amneziawg", Some(full_block()));
+        let (why, message) = driver_for(&complete, Backend::Userspace, None).unwrap_err();
+        assert_eq!(why, reason::AMNEZIAWG_UNAVAILABLE);
+        assert!(message.contains("amneziawg-go"), "{message}");
+        for pending in [
+            server("amneziawg", None),
+            server("amneziawg", Some(serde_json::json!({"jc": 4}))),
+        ] {
+            let (why, _) = driver_for(&pending, Backend::Userspace, Some(&userspace)).unwrap_err();
+            assert_eq!(why, reason::PARAMETERS_PENDING);
+        }
+        let mut overlapping = full_block();
+        overlapping["h2"] = "1234567".into();
+        let broken = server("amneziawg", Some(overlapping));
+        let (why, message) = driver_for(&broken, Backend::Userspace, Some(&userspace)).unwrap_err();
+        assert_eq!(why, reason::INVALID_PARAMETERS);
+        assert!(message.contains("spec.amneziawg.h"), "{message}");
     }
 
     #[test]

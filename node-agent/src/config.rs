@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::agent::Settings;
+use crate::amneziawg::Userspace;
 use crate::interface::{Backend, BackendChoice};
 use crate::nat::Firewall;
 
@@ -67,6 +68,11 @@ pub struct Config {
     /// WireGuard or can load it).
     #[arg(long, env = "WGSUB_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendChoice,
+
+    /// amneziawg-go for AmneziaWG servers: a path, or a name looked up on PATH. Without it an
+    /// AmneziaWG server reports that the node has no AmneziaWG implementation.
+    #[arg(long, env = "WGSUB_AMNEZIAWG_GO", default_value = "amneziawg-go")]
+    pub amneziawg_go: PathBuf,
 
     /// Seconds between full comparisons of the interface with the live peers.
     #[arg(long, env = "WGSUB_RESYNC_INTERVAL", value_parser = parse_seconds, default_value = "30")]
@@ -153,6 +159,7 @@ impl Config {
         Settings {
             node_name: self.node_name.clone(),
             backend: Backend::resolve(self.backend),
+            amneziawg: Userspace::find(&self.amneziawg_go),
             resync_interval: self.resync_interval,
             status_interval: self.status_interval,
             counters_interval: self.counters_interval,
@@ -219,6 +226,14 @@ mod tests {
         assert_eq!(settings.counters_interval, Duration::from_secs(90));
         assert_eq!(settings.firewall, Some(Firewall::Iptables));
         assert_eq!(config.health_deadline(), Duration::from_secs(80));
+        let missing = parse(&["--amneziawg-go", "/nonexistent/amneziawg-go"]).unwrap();
+        assert_eq!(
+            missing.agent_settings().amneziawg,
+            None,
+            "no AmneziaWG here"
+        );
+        let found = parse(&["--amneziawg-go", "sh"]).unwrap().agent_settings();
+        assert!(found.amneziawg.is_some_and(|u| u.binary.is_absolute()));
         let defaults = parse(&["--backend", "userspace"]).unwrap().agent_settings();
         assert_eq!(defaults.firewall, None, "auto: detected on first use");
     }

@@ -1,8 +1,11 @@
-//! The WireGuard interface shell: reading the interface into a snapshot, creating it, applying
-//! one `DeviceUpdate`, and keeping its link (addresses, MTU, up) as wanted. WireGuard itself goes
-//! through wireguard-control with a [`Backend`] value — the kernel module, or wireguard-go over
-//! its UAPI socket in `/var/run/wireguard` — so tests run the same code on userspace WireGuard.
-//! Links and addresses go through iproute2 (`ip -j` to read, `ip` to change).
+//! The interface shell: reading the interface into a snapshot, creating it, applying one update
+//! (the device settings and a [`PeerDiff`]), and keeping its link (addresses, MTU, up) as wanted.
+//! The [`Driver`] says what speaks on it. WireGuard goes through wireguard-control with a
+//! [`Backend`] value — the kernel module, or wireguard-go over its UAPI socket in
+//! `/var/run/wireguard` — so tests run the same code on userspace WireGuard. AmneziaWG goes to
+//! amneziawg-go over its socket in `/var/run/amneziawg` ([`crate::amneziawg`]), with the
+//! obfuscation parameters sent beside the key and port. Links and addresses go through iproute2
+//! (`ip -j` to read, `ip` to change).
 //!
 //! All of it runs on one dedicated OS thread, the [`Worker`]: the calls block, the agent's async
 //! tasks must not, and the thread can enter a network namespace first (`--netns`), so everything
@@ -15,8 +18,11 @@ use std::process::Command;
 use std::sync::mpsc;
 
 use ipnet::IpNet;
-use wireguard_control::{Device, DeviceUpdate, InterfaceName};
+use wgsub_crds::keys::PrivateKey;
+use wireguard_control::{Device, DeviceUpdate, InterfaceName, Key};
 
+use crate::amneziawg::{AwgParams, DeviceSettings, Userspace, encode_set};
+use crate::diff::PeerDiff;
 use crate::snapshot::InterfaceSnapshot;
 
 /// Which WireGuard implementation the agent asks for.
@@ -62,6 +68,48 @@ impl Backend {
         match self {
             Backend::Kernel => "kernel",
             Backend::Userspace => "userspace",
+        }
+    }
+}
+
+/// What speaks on an interface, and through which implementation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driver {
+    WireGuard(Backend),
+    /// amneziawg-go with these obfuscation parameters.
+    AmneziaWg {
+        userspace: Userspace,
+        params: Box<AwgParams>,
+    },
+    /// An AmneziaWG server this node cannot bring up yet (no implementation here, or its
+    /// parameters not chosen): nothing is created and the interface reads as absent.
+    AmneziaWgUnavailable,
+}
+
+impl Driver {
+    /// Whether two drivers speak the same protocol (so one interface can go from one to the
+    /// other by an update instead of being made again).
+    pub fn same_protocol(&self, other: &Driver) -> bool {
+        self.is_amneziawg() == other.is_amneziawg()
+    }
+
+    pub fn is_amneziawg(&self) -> bool {
+        !matches!(self, Driver::WireGuard(_))
+    }
+
+    /// The obfuscation parameters the interface should hold (`None` for WireGuard).
+    pub fn params(&self) -> Option<&AwgParams> {
+        match self {
+            Driver::AmneziaWg { params, .. } => Some(params),
+            Driver::WireGuard(_) | Driver::AmneziaWgUnavailable => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Driver::WireGuard(backend) => backend.as_str(),
+            Driver::AmneziaWg { .. } => "amneziawg-go",
+            Driver::AmneziaWgUnavailable => "amneziawg-unavailable",
         }
     }
 }
@@ -186,21 +234,33 @@ pub fn kernel_has_wireguard() -> bool {
 #[error("{0:?} is not a valid interface name")]
 pub struct InvalidName(pub String);
 
-/// One WireGuard interface on this node.
+/// One WireGuard or AmneziaWG interface on this node.
 #[derive(Debug, Clone)]
 pub struct WgInterface {
     name: InterfaceName,
     text: String,
-    backend: Backend,
+    driver: Driver,
+}
+
+fn unavailable() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no AmneziaWG implementation for this interface",
+    )
 }
 
 impl WgInterface {
+    /// A WireGuard interface.
     pub fn new(name: &str, backend: Backend) -> Result<Self, InvalidName> {
+        Self::with_driver(name, Driver::WireGuard(backend))
+    }
+
+    pub fn with_driver(name: &str, driver: Driver) -> Result<Self, InvalidName> {
         let parsed = name.parse().map_err(|_| InvalidName(name.into()))?;
         Ok(Self {
             name: parsed,
             text: name.to_owned(),
-            backend,
+            driver,
         })
     }
 
@@ -208,8 +268,14 @@ impl WgInterface {
         &self.text
     }
 
-    pub fn backend(&self) -> Backend {
-        self.backend
+    pub fn driver(&self) -> &Driver {
+        &self.driver
+    }
+
+    /// Changes what the next updates send (new AmneziaWG parameters go out with the next
+    /// device settings).
+    pub fn set_driver(&mut self, driver: Driver) {
+        self.driver = driver;
     }
 
     /// The link's state, `None` when there is no such link.
@@ -221,28 +287,91 @@ impl WgInterface {
         }
     }
 
-    /// Reads the interface and its link; `None` when it does not exist.
+    /// Reads the interface and its link; `None` when it does not exist. An AmneziaWG
+    /// interface's snapshot carries the parameters it holds.
     pub fn observe(&self) -> io::Result<Option<(InterfaceSnapshot, LinkState)>> {
+        if self.driver == Driver::AmneziaWgUnavailable {
+            return Ok(None);
+        }
         let Some(link) = self.link_state()? else {
             return Ok(None);
         };
-        let device = Device::get(&self.name, self.backend.control())?;
-        Ok(Some((InterfaceSnapshot::from(&device), link)))
+        let snapshot = match &self.driver {
+            Driver::WireGuard(backend) => {
+                InterfaceSnapshot::from(&Device::get(&self.name, backend.control())?)
+            }
+            Driver::AmneziaWg { .. } => {
+                let device = Userspace::get(&self.text)?;
+                InterfaceSnapshot {
+                    params: Some(device.params),
+                    ..device.snapshot
+                }
+            }
+            Driver::AmneziaWgUnavailable => return Ok(None),
+        };
+        Ok(Some((snapshot, link)))
     }
 
-    /// Creates the interface with its first configuration (key, port and every peer in
-    /// `update`). The kernel backend needs the link first; wireguard-control starts wireguard-go
-    /// itself when the userspace socket is missing.
-    pub fn create(&self, update: DeviceUpdate) -> io::Result<()> {
-        if self.backend == Backend::Kernel {
-            ip(&["link", "add", "dev", &self.text, "type", "wireguard"])?;
+    /// Whether the interface as read holds the wanted key, port and (AmneziaWG) parameters.
+    pub fn settings_match(
+        &self,
+        snapshot: &InterfaceSnapshot,
+        key: &PrivateKey,
+        port: u16,
+    ) -> bool {
+        snapshot.public_key == Some(key.public_key())
+            && snapshot.listen_port == Some(port)
+            && snapshot.params.as_ref() == self.driver.params()
+    }
+
+    /// Whether the parameters on the interface cannot become the wanted ones by an update
+    /// (one that is set would have to become unset): the interface must be made again.
+    pub fn needs_recreate(&self, snapshot: &InterfaceSnapshot) -> bool {
+        match (&snapshot.params, self.driver.params()) {
+            (Some(have), Some(want)) => !have.settable_to(want),
+            _ => false,
         }
-        self.apply(update)
     }
 
-    /// Applies one update.
-    pub fn apply(&self, update: DeviceUpdate) -> io::Result<()> {
-        update.apply(&self.name, self.backend.control())
+    /// Creates the interface with its first configuration (key, port, the AmneziaWG parameters
+    /// and every peer in `peers`). The kernel backend needs the link first; wireguard-control
+    /// starts wireguard-go itself when the userspace socket is missing; amneziawg-go is started
+    /// here.
+    pub fn create(&self, key: &PrivateKey, port: u16, peers: &PeerDiff) -> io::Result<()> {
+        match &self.driver {
+            Driver::WireGuard(Backend::Kernel) => {
+                ip(&["link", "add", "dev", &self.text, "type", "wireguard"])?;
+            }
+            Driver::WireGuard(Backend::Userspace) => {}
+            Driver::AmneziaWg { userspace, .. } => userspace.start(&self.text)?,
+            Driver::AmneziaWgUnavailable => return Err(unavailable()),
+        }
+        self.apply(Some((key, port)), peers)
+    }
+
+    /// Applies one update: the device settings when given (key and port, and for AmneziaWG
+    /// its parameters), and the peer changes.
+    pub fn apply(&self, device: Option<(&PrivateKey, u16)>, peers: &PeerDiff) -> io::Result<()> {
+        match &self.driver {
+            Driver::WireGuard(backend) => {
+                let mut update = DeviceUpdate::new();
+                if let Some((key, port)) = device {
+                    update = update
+                        .set_private_key(Key(*key.as_bytes()))
+                        .set_listen_port(port);
+                }
+                peers.add_to(update).apply(&self.name, backend.control())
+            }
+            Driver::AmneziaWg { params, .. } => {
+                let settings = device.map(|(private_key, listen_port)| DeviceSettings {
+                    private_key,
+                    listen_port,
+                    params,
+                });
+                Userspace::set(&self.text, &encode_set(settings.as_ref(), peers))
+            }
+            Driver::AmneziaWgUnavailable => Err(unavailable()),
+        }
     }
 
     /// Brings the link to `spec` from `state` (the link as just read; `None`: read it now);
@@ -276,7 +405,7 @@ impl WgInterface {
         Ok(actions)
     }
 
-    /// Deletes the link (wireguard-go exits when its tun device goes).
+    /// Deletes the link (wireguard-go and amneziawg-go exit when their tun device goes).
     pub fn delete(&self) -> io::Result<()> {
         match ip(&["link", "del", "dev", &self.text]) {
             Err(e) if e.to_string().contains("Cannot find device") => Ok(()),

@@ -9,6 +9,8 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 use wgsub_crds::keys::{PresharedKey, PublicKey};
 
+use crate::amneziawg::AwgParams;
+
 /// What a peer on the interface is configured with. The allowed IPs are kept sorted and
 /// without duplicates (build it with [`PeerConfig::new`]), so equal sets compare equal; a sorted
 /// boxed slice costs one small allocation where a tree set costs a whole node per peer.
@@ -55,6 +57,8 @@ pub struct InterfaceSnapshot {
     pub public_key: Option<PublicKey>,
     pub listen_port: Option<u16>,
     pub peers: BTreeMap<PublicKey, ObservedPeer>,
+    /// The AmneziaWG obfuscation parameters; `None` on a WireGuard interface.
+    pub params: Option<AwgParams>,
 }
 
 impl InterfaceSnapshot {
@@ -121,6 +125,7 @@ impl From<&wireguard_control::Device> for InterfaceSnapshot {
             public_key,
             listen_port: device.listen_port.filter(|port| *port != 0),
             peers,
+            params: None,
         }
     }
 }

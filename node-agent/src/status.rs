@@ -31,6 +31,12 @@ pub mod reason {
     pub const SYNCED: &str = "Synced";
     pub const INVALID_POOL: &str = "InvalidPool";
     pub const INTERFACE_ERROR: &str = "InterfaceError";
+    /// An AmneziaWG server on a node without amneziawg-go.
+    pub const AMNEZIAWG_UNAVAILABLE: &str = "AmneziaWGUnavailable";
+    /// An AmneziaWG server whose parameters the operator has not chosen yet.
+    pub const PARAMETERS_PENDING: &str = "ParametersPending";
+    /// An AmneziaWG server whose parameters break the protocol's rules.
+    pub const INVALID_PARAMETERS: &str = "InvalidParameters";
 }
 
 /// The `Ready` condition of a peer: true exactly when it is on the interface.

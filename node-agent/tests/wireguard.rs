@@ -341,6 +341,7 @@ impl Scenario {
             Settings {
                 node_name: NODE.into(),
                 backend: Backend::Userspace,
+                amneziawg: None,
                 resync_interval: resync,
                 status_interval: Duration::from_millis(300),
                 counters_interval: Duration::from_secs(60),
