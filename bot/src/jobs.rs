@@ -113,6 +113,12 @@ pub fn notification_text(lang: Lang, event: &NotificationEvent) -> String {
         NotificationEvent::RefundRecorded { paid_until, .. } => {
             text::refund_recorded(lang, *paid_until)
         }
+        NotificationEvent::ReferralRewarded { days, paid_until } => {
+            text::referral_rewarded(lang, *days, *paid_until)
+        }
+        NotificationEvent::ReferralRevoked { days, paid_until } => {
+            text::referral_revoked(lang, *days, *paid_until)
+        }
     }
 }
 

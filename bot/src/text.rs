@@ -673,6 +673,40 @@ pub fn broadcast_no_recipients(lang: Lang) -> &'static str {
     )
 }
 
+// ---- promo codes and referrals ----
+
+/// The referrer's message when a user they brought paid for the first time.
+pub fn referral_rewarded(lang: Lang, days: i32, paid_until: Option<Timestamp>) -> String {
+    let until = match (lang, paid_until) {
+        (Lang::Ru, Some(until)) => format!(" Подписка теперь до {}.", date(until)),
+        (Lang::En, Some(until)) => format!(" Your subscription now runs until {}.", date(until)),
+        (_, None) => String::new(),
+    };
+    match lang {
+        Lang::Ru => format!(
+            "Приглашённый вами пользователь оплатил подписку — вам начислено {days} дн.{until}"
+        ),
+        Lang::En => format!("Someone you invited has paid — you earned {days} days.{until}"),
+    }
+}
+
+/// The referrer's message when that first payment was refunded and the reward taken back.
+pub fn referral_revoked(lang: Lang, days: i32, paid_until: Option<Timestamp>) -> String {
+    let until = match (lang, paid_until) {
+        (Lang::Ru, Some(until)) => format!(" Подписка теперь до {}.", date(until)),
+        (Lang::En, Some(until)) => format!(" Your subscription now ends {}.", date(until)),
+        (_, None) => String::new(),
+    };
+    match lang {
+        Lang::Ru => format!(
+            "Оплата приглашённого вами пользователя возвращена, поэтому {days} дн. бонуса списаны.{until}"
+        ),
+        Lang::En => format!(
+            "The payment of someone you invited was refunded, so the {days} bonus days were taken back.{until}"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! The payment ledger fold: how trials, payments, admin grants and refunds become `paidUntil`.
+//! The payment ledger fold: how trials, payments, admin grants, promo-code days, referral
+//! rewards and refunds become `paidUntil`.
 //!
 //! Events are folded in time order with `until = max(until, at) + duration`. An event id counts
 //! once however often it is delivered; a refund takes its payment out of the fold entirely, so
@@ -18,7 +19,12 @@ pub enum LedgerEventKind {
     Payment,
     /// Time an administrator granted.
     Grant,
-    /// A refund of the event with this id; the refunded event no longer counts.
+    /// Free days from a redeemed promo code.
+    Promo,
+    /// Days earned because a referred user's first payment succeeded.
+    Referral,
+    /// A refund of the event with this id; the refunded event no longer counts. A revoked
+    /// referral reward (its payment was refunded) is taken out the same way.
     Refund { refunded_event_id: String },
 }
 
@@ -235,12 +241,96 @@ mod tests {
         assert_eq!(fold_paid_until(&events), Some(t("2026-01-02T00:00:00Z")));
     }
 
+    fn event(id: &str, at: &str, days: i32, kind: LedgerEventKind) -> LedgerEvent {
+        LedgerEvent::new(id, t(at), DAY * days, kind)
+    }
+
+    #[test]
+    fn promo_and_referral_days_fold_like_any_other_time() {
+        let events = [
+            pay("p1", "2026-01-01T00:00:00Z", 30),
+            event("promo", "2026-01-10T00:00:00Z", 7, LedgerEventKind::Promo),
+            event(
+                "referral",
+                "2026-03-01T00:00:00Z",
+                5,
+                LedgerEventKind::Referral,
+            ),
+        ];
+        // p1 to Jan 31, the promo's week on top (Feb 7), then a gap: the referral runs from
+        // its own time.
+        assert_eq!(fold_paid_until(&events), Some(t("2026-03-06T00:00:00Z")));
+        assert_eq!(
+            fold_paid_until(&events[..2]),
+            Some(t("2026-02-07T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn every_time_giving_kind_counts_the_same_and_each_once() {
+        for kind in [
+            LedgerEventKind::Trial,
+            LedgerEventKind::Payment,
+            LedgerEventKind::Grant,
+            LedgerEventKind::Promo,
+            LedgerEventKind::Referral,
+        ] {
+            let once = event("e", "2026-01-01T00:00:00Z", 3, kind.clone());
+            assert_eq!(
+                fold_paid_until(&[once.clone(), once]),
+                Some(t("2026-01-04T00:00:00Z")),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_revoked_referral_reward_gives_back_its_days_and_shifts_later_time() {
+        let reward = event(
+            "referral:1",
+            "2026-01-01T00:00:00Z",
+            10,
+            LedgerEventKind::Referral,
+        );
+        let revoke = LedgerEvent::new(
+            "revoke:referral:1",
+            t("2026-01-03T00:00:00Z"),
+            SignedDuration::ZERO,
+            LedgerEventKind::Refund {
+                refunded_event_id: "referral:1".into(),
+            },
+        );
+        let later = pay("p1", "2026-01-05T00:00:00Z", 30);
+        assert_eq!(
+            fold_paid_until(&[reward.clone(), later.clone()]),
+            Some(t("2026-02-10T00:00:00Z"))
+        );
+        assert_eq!(
+            fold_paid_until(&[reward.clone(), revoke.clone(), later]),
+            Some(t("2026-02-04T00:00:00Z"))
+        );
+        assert_eq!(fold_paid_until(&[reward, revoke]), None);
+    }
+
+    #[test]
+    fn a_promo_code_cannot_revoke_anything() {
+        // Only a refund event takes an event out; a promo with the id of a payment is simply
+        // a duplicate id, and the earliest copy counts once.
+        let events = [
+            pay("p1", "2026-01-01T00:00:00Z", 30),
+            event("p2", "2026-01-02T00:00:00Z", 1, LedgerEventKind::Promo),
+        ];
+        assert_eq!(fold_paid_until(&events), Some(t("2026-02-01T00:00:00Z")));
+    }
+
     fn arb_event() -> impl Strategy<Value = LedgerEvent> {
-        (0u8..12, 0i64..200, 0i32..40, 0u8..4).prop_map(|(id, day, days, kind)| {
+        (0u8..12, 0i64..200, 0i32..40, 0u8..6).prop_map(|(id, day, days, kind)| {
             let kind = match kind {
                 0 => LedgerEventKind::Payment,
                 1 => LedgerEventKind::Grant,
                 2 => LedgerEventKind::Trial,
+                3 => LedgerEventKind::Promo,
+                4 => LedgerEventKind::Referral,
                 _ => LedgerEventKind::Refund {
                     refunded_event_id: format!("e{}", (id + 1) % 12),
                 },

@@ -60,6 +60,10 @@ pub enum GrantKind {
     Trial,
     /// Time an administrator gave.
     Admin,
+    /// Free days from a redeemed promo code.
+    Promo,
+    /// Days a referrer earned by a referred user's first payment.
+    Referral,
 }
 
 impl GrantKind {
@@ -68,6 +72,8 @@ impl GrantKind {
         match self {
             GrantKind::Trial => "trial",
             GrantKind::Admin => "admin",
+            GrantKind::Promo => "promo",
+            GrantKind::Referral => "referral",
         }
     }
 
@@ -76,6 +82,8 @@ impl GrantKind {
         match text {
             "trial" => Some(GrantKind::Trial),
             "admin" => Some(GrantKind::Admin),
+            "promo" => Some(GrantKind::Promo),
+            "referral" => Some(GrantKind::Referral),
             _ => None,
         }
     }
@@ -88,6 +96,8 @@ pub struct GrantFact {
     pub kind: GrantKind,
     pub at: Timestamp,
     pub days: i32,
+    /// Taken back (a referral reward whose payment was refunded): no longer counts.
+    pub revoked: bool,
 }
 
 fn days(days: i32) -> SignedDuration {
@@ -95,7 +105,7 @@ fn days(days: i32) -> SignedDuration {
 }
 
 /// The ledger events of a user's payments and grants, in the fold's vocabulary. A payment
-/// refunded in full is followed by a refund event that takes it out.
+/// refunded in full, and a revoked grant, are followed by a refund event that takes them out.
 pub fn ledger_events(payments: &[PaymentFact], grants: &[GrantFact]) -> Vec<LedgerEvent> {
     let mut events = Vec::with_capacity(payments.len() + grants.len());
     for payment in payments {
@@ -121,13 +131,21 @@ pub fn ledger_events(payments: &[PaymentFact], grants: &[GrantFact]) -> Vec<Ledg
         let kind = match grant.kind {
             GrantKind::Trial => LedgerEventKind::Trial,
             GrantKind::Admin => LedgerEventKind::Grant,
+            GrantKind::Promo => LedgerEventKind::Promo,
+            GrantKind::Referral => LedgerEventKind::Referral,
         };
-        events.push(LedgerEvent::new(
-            format!("grant:{}", grant.id),
-            grant.at,
-            days(grant.days),
-            kind,
-        ));
+        let id = format!("grant:{}", grant.id);
+        if grant.revoked {
+            events.push(LedgerEvent::new(
+                format!("revoke:{}", grant.id),
+                grant.at,
+                SignedDuration::ZERO,
+                LedgerEventKind::Refund {
+                    refunded_event_id: id.clone(),
+                },
+            ));
+        }
+        events.push(LedgerEvent::new(id, grant.at, days(grant.days), kind));
     }
     events
 }
@@ -193,12 +211,14 @@ mod tests {
                 kind: GrantKind::Trial,
                 at: t("2026-01-01T00:00:00Z"),
                 days: 3,
+                revoked: false,
             },
             GrantFact {
                 id: 2,
                 kind: GrantKind::Admin,
                 at: t("2026-01-02T00:00:00Z"),
                 days: 7,
+                revoked: false,
             },
         ];
         let got = entitlement(&[], &grants);
@@ -226,9 +246,78 @@ mod tests {
         assert_eq!(got.paid_until, Some(t("2026-01-31T00:00:00Z")));
     }
 
+    fn grant(id: i64, kind: GrantKind, at: &str, days: i32, revoked: bool) -> GrantFact {
+        GrantFact {
+            id,
+            kind,
+            at: t(at),
+            days,
+            revoked,
+        }
+    }
+
+    #[test]
+    fn promo_and_referral_grants_add_time_but_no_plan_or_devices() {
+        let payments = [payment(1, "2026-01-01T00:00:00Z", 30, "month", 2)];
+        let grants = [
+            grant(1, GrantKind::Promo, "2026-01-05T00:00:00Z", 7, false),
+            grant(2, GrantKind::Referral, "2026-01-06T00:00:00Z", 3, false),
+        ];
+        let got = entitlement(&payments, &grants);
+        assert_eq!(got.paid_until, Some(t("2026-02-10T00:00:00Z")));
+        assert_eq!(got.plan.as_deref(), Some("month"));
+        assert_eq!(got.max_devices, 2);
+        let only_days = entitlement(&[], &grants[..1]);
+        assert_eq!(only_days.paid_until, Some(t("2026-01-12T00:00:00Z")));
+        assert_eq!(only_days.plan, None);
+    }
+
+    #[test]
+    fn a_revoked_grant_no_longer_counts_whatever_its_kind() {
+        for kind in [
+            GrantKind::Trial,
+            GrantKind::Admin,
+            GrantKind::Promo,
+            GrantKind::Referral,
+        ] {
+            let grants = [
+                grant(1, kind, "2026-01-01T00:00:00Z", 10, true),
+                grant(2, GrantKind::Admin, "2026-01-02T00:00:00Z", 1, false),
+            ];
+            assert_eq!(
+                entitlement(&[], &grants).paid_until,
+                Some(t("2026-01-03T00:00:00Z")),
+                "{kind:?}"
+            );
+            assert_eq!(entitlement(&[], &grants[..1]).paid_until, None, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_revocation_does_not_touch_a_payment_with_the_same_number() {
+        // Grant and payment ids live in different namespaces of the fold.
+        let payments = [payment(7, "2026-01-01T00:00:00Z", 30, "month", 1)];
+        let grants = [grant(
+            7,
+            GrantKind::Referral,
+            "2026-01-01T00:00:00Z",
+            5,
+            true,
+        )];
+        assert_eq!(
+            entitlement(&payments, &grants).paid_until,
+            Some(t("2026-01-31T00:00:00Z"))
+        );
+    }
+
     #[test]
     fn grant_kinds_round_trip_their_stored_names() {
-        for kind in [GrantKind::Trial, GrantKind::Admin] {
+        for kind in [
+            GrantKind::Trial,
+            GrantKind::Admin,
+            GrantKind::Promo,
+            GrantKind::Referral,
+        ] {
             assert_eq!(GrantKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(GrantKind::parse("gift"), None);

@@ -69,6 +69,17 @@
 //! [`Ledger::apply_star_payment`]`(&StarPurchase, now)` (once per charge id),
 //! [`Ledger::star_payment`]`(charge id)`, [`Ledger::record_star_refund`] (once per payment).
 //!
+//! **Promo codes** — [`promo`]: [`Ledger::create_promo_code`]`(&NewPromoCode, now)`,
+//! [`Ledger::promo_codes`]`(limit)`, [`Ledger::promo_code`], [`Ledger::disable_promo_code`],
+//! [`Ledger::redeem_promo_code`]`(user, typed, now) -> Redeemed` (free days: a `promo` grant;
+//! a percentage: waits, [`Ledger::waiting_discount`]), applied by [`Ledger::create_payment`]
+//! and consumed once by [`Ledger::apply_payment`].
+//!
+//! **Referrals** — [`referral`]: [`Ledger::with_referral_days`]`(days)` turns rewards on;
+//! [`Ledger::apply_payment`] rewards the referrer of a user's first payment and
+//! [`Ledger::record_refund`] revokes it; [`Ledger::referral_summary`]`(user)`,
+//! [`referral::referral_link`].
+//!
 //! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and
 //! [`Ledger::mark_notification_sent`]`(id, now)`; [`NotificationEvent`] says what happened.
 //!
@@ -91,6 +102,8 @@ pub mod entitlement;
 pub mod grants;
 pub mod outbox;
 pub mod payments;
+pub mod promo;
+pub mod referral;
 pub mod session;
 pub mod stars;
 pub mod stats;
@@ -112,6 +125,11 @@ pub use payments::{
     PaymentOrder, PaymentRecord, PaymentStatus, RecentPayment, RefundOutcome, payment_allowance,
 };
 pub use stars::{StarApplyOutcome, StarPaymentRecord, StarPurchase, StarRefundOutcome};
+pub use promo::{
+    CodeSyntaxError, CreateCodeError, NewPromoCode, PromoBenefit, PromoCode, RedeemError,
+    RedeemRefusal, Redeemed, WaitingDiscount,
+};
+pub use referral::ReferralSummary;
 pub use stats::{Revenue, Stats};
 pub use sync::{FIELD_MANAGER, SubscriptionSync, SyncError, SyncReport};
 pub use users::{TelegramUser, User};
@@ -153,6 +171,7 @@ pub struct Ledger {
     pool: PgPool,
     persistent: bool,
     payment_limits: PaymentLimits,
+    referral_days: u32,
 }
 
 impl Ledger {
@@ -162,7 +181,22 @@ impl Ledger {
             pool,
             persistent: !pgbouncer,
             payment_limits: PaymentLimits::default(),
+            referral_days: 0,
         }
+    }
+
+    /// The same ledger rewarding a referrer with `days` days when a user they brought pays for
+    /// the first time (0, the default, rewards nobody).
+    pub fn with_referral_days(self, referral_days: u32) -> Self {
+        Self {
+            referral_days,
+            ..self
+        }
+    }
+
+    /// Days a referral reward gives (0: off).
+    pub fn referral_days(&self) -> u32 {
+        self.referral_days
     }
 
     /// The same ledger with other limits on starting payments (the default is

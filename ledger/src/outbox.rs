@@ -30,6 +30,16 @@ pub enum NotificationEvent {
         currency: String,
         paid_until: Option<Timestamp>,
     },
+    /// A referred user's first payment earned the referrer `days` days.
+    ReferralRewarded {
+        days: i32,
+        paid_until: Option<Timestamp>,
+    },
+    /// That payment was refunded: the reward's `days` were taken back.
+    ReferralRevoked {
+        days: i32,
+        paid_until: Option<Timestamp>,
+    },
 }
 
 impl NotificationEvent {
@@ -38,6 +48,8 @@ impl NotificationEvent {
         match self {
             NotificationEvent::PaymentSucceeded { .. } => "payment_succeeded",
             NotificationEvent::RefundRecorded { .. } => "refund_recorded",
+            NotificationEvent::ReferralRewarded { .. } => "referral_rewarded",
+            NotificationEvent::ReferralRevoked { .. } => "referral_revoked",
         }
     }
 }

@@ -4,6 +4,13 @@
 //! succeeded one exactly once (a primary key on `payment_applications`, not check-then-insert),
 //! canceling, and recording refunds. Each ledger change re-folds the user's entitlement and
 //! writes the notification outbox row in the same transaction.
+//!
+//! A discount the user redeemed (see [`crate::promo`]) prices every payment created while it
+//! waits; applying such a payment re-checks that its amount is the discounted list price and
+//! consumes the discount in the same transaction, once: a second payment priced with an
+//! already consumed discount is refused as an amount mismatch (nothing credited). Applying a
+//! user's first payment rewards their referrer, and refunding it in full revokes that reward
+//! (see [`crate::referral`]).
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
@@ -14,6 +21,8 @@ use wgsub_crds::plans::Plan;
 
 use crate::entitlement::Entitlement;
 use crate::outbox::{NotificationEvent, enqueue};
+use crate::promo::{discounted_price, waiting_from_row};
+use crate::referral::{revoke_reward, reward_referrer};
 use crate::session::RunOn;
 use crate::txn::{lock_user, refold};
 use crate::yookassa::{
@@ -214,6 +223,10 @@ pub struct CreatedPayment {
     pub yookassa_id: String,
     /// Where the user pays.
     pub confirmation_url: String,
+    /// What the user is charged (minor units): the plan's price, less the discount if any.
+    pub amount_minor: i64,
+    /// The waiting discount this payment was priced with.
+    pub percent_off: Option<u8>,
 }
 
 /// Why a payment could not be created.
@@ -319,20 +332,38 @@ impl Ledger {
         })
         .collect::<Result<Vec<_>, LedgerError>>()?;
         payment_allowance(&limits, &recent, now)?;
+        let discount = sqlx::query(
+            "SELECT id, code, percent_off FROM promo_redemptions \
+             WHERE user_id = $1 AND percent_off IS NOT NULL AND consumed_by IS NULL",
+        )
+        .persistent(self.persistent)
+        .bind(user.telegram_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(LedgerError::from)?
+        .as_ref()
+        .map(waiting_from_row)
+        .transpose()?;
+        let amount_minor = discount.as_ref().map_or(plan.price_minor, |discount| {
+            discounted_price(plan.price_minor, discount.percent_off)
+        });
         sqlx::query(
             "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
-                                   status, idempotence_key, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9)",
+                                   status, idempotence_key, created_at, updated_at, \
+                                   list_amount_minor, discount_redemption_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
         )
         .bind(id)
         .bind(user.telegram_id)
         .bind(&plan.id)
         .bind(i32::try_from(plan.days).unwrap_or(i32::MAX))
         .bind(i32::from(plan.devices))
-        .bind(plan.price_minor)
+        .bind(amount_minor)
         .bind(&plan.currency)
         .bind(idempotence_key)
         .bind(now.to_sqlx())
+        .bind(discount.as_ref().map(|_| plan.price_minor))
+        .bind(discount.as_ref().map(|discount| discount.redemption_id))
         .persistent(self.persistent)
         .execute(&mut *tx)
         .await
@@ -342,10 +373,15 @@ impl Ledger {
             "VPN: {}",
             plan.title.for_language(user.language_code.as_deref())
         );
+        // YooKassa is asked for what the user is charged (the receipt's item too).
+        let priced = Plan {
+            price_minor: amount_minor,
+            ..plan.clone()
+        };
         let body = create_payment_body(
             id,
             user.telegram_id,
-            plan,
+            &priced,
             &description,
             order.return_url,
             receipt
@@ -389,6 +425,8 @@ impl Ledger {
             id,
             yookassa_id: created.id,
             confirmation_url,
+            amount_minor,
+            percent_off: discount.map(|discount| discount.percent_off),
         })
     }
 
@@ -485,6 +523,10 @@ impl Ledger {
                 user_id: record.user_id,
             });
         }
+        if let Err(mismatch) = consume_discount(&mut tx, self.persistent, &record, now).await? {
+            tx.rollback().await.map_err(LedgerError::from)?;
+            return Err(mismatch.into());
+        }
         sqlx::query(
             "UPDATE payments SET status = 'succeeded', succeeded_at = $2, updated_at = $3, \
                 yookassa_id = COALESCE(yookassa_id, $4) WHERE id = $1",
@@ -506,6 +548,15 @@ impl Ledger {
             paid_until: entitlement.paid_until,
         };
         enqueue(&mut tx, self.persistent, record.user_id, &event, now).await?;
+        reward_referrer(
+            &mut tx,
+            self.persistent,
+            record.user_id,
+            record.id,
+            self.referral_days,
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(LedgerError::from)?;
         Ok(ApplyOutcome::Applied {
             user_id: record.user_id,
@@ -583,11 +634,80 @@ impl Ledger {
             paid_until: entitlement.paid_until,
         };
         enqueue(&mut tx, self.persistent, payment.user_id, &event, now).await?;
+        let refunded: i64 = sqlx::query(
+            "SELECT COALESCE(SUM(amount_minor), 0)::BIGINT AS refunded FROM refunds \
+             WHERE payment_id = $1",
+        )
+        .persistent(self.persistent)
+        .bind(payment.id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("refunded")?;
+        if refunded >= payment.amount_minor {
+            revoke_reward(&mut tx, self.persistent, payment.id, now).await?;
+        }
         tx.commit().await?;
         Ok(RefundOutcome::Recorded {
             user_id: payment.user_id,
             entitlement,
         })
+    }
+}
+
+/// In the transaction applying `record` (the user's row locked, the application inserted):
+/// when the payment was priced with a discount, checks its amount is that discount off the
+/// list price and consumes the discount — unless another payment consumed it first, which
+/// makes this payment's amount wrong (the full price was owed).
+async fn consume_discount(
+    conn: &mut sqlx::PgConnection,
+    persistent: bool,
+    record: &PaymentRecord,
+    now: Timestamp,
+) -> Result<Result<(), PaymentMismatch>, LedgerError> {
+    let row = sqlx::query(
+        "SELECT p.list_amount_minor, p.discount_redemption_id, r.percent_off \
+         FROM payments p LEFT JOIN promo_redemptions r ON r.id = p.discount_redemption_id \
+         WHERE p.id = $1",
+    )
+    .persistent(persistent)
+    .bind(record.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let Some(redemption) = row.try_get::<Option<i64>, _>("discount_redemption_id")? else {
+        return Ok(Ok(()));
+    };
+    let list: i64 = row
+        .try_get::<Option<i64>, _>("list_amount_minor")?
+        .ok_or_else(|| LedgerError::Corrupt(format!("payment {} has no list price", record.id)))?;
+    let percent = row
+        .try_get::<Option<i32>, _>("percent_off")?
+        .and_then(|percent| u8::try_from(percent).ok())
+        .ok_or_else(|| LedgerError::Corrupt(format!("redemption {redemption} has no discount")))?;
+    let owed = discounted_price(list, percent);
+    if record.amount_minor != owed {
+        return Ok(Err(PaymentMismatch::Amount {
+            expected: owed,
+            got: record.amount_minor.to_string(),
+        }));
+    }
+    let consumed = sqlx::query(
+        "UPDATE promo_redemptions SET consumed_by = $2, consumed_at = $3 \
+         WHERE id = $1 AND consumed_by IS NULL",
+    )
+    .persistent(persistent)
+    .bind(redemption)
+    .bind(record.id)
+    .bind(now.to_sqlx())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if consumed == 1 {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(PaymentMismatch::Amount {
+            expected: list,
+            got: record.amount_minor.to_string(),
+        }))
     }
 }
 

@@ -63,7 +63,7 @@ pub(crate) async fn refold(
     }
     payments.extend(crate::stars::payment_facts(conn, user_id, persistent).await?);
     let grant_rows =
-        sqlx::query("SELECT id, kind, granted_at, days FROM grants WHERE user_id = $1")
+        sqlx::query("SELECT id, kind, granted_at, days, revoked_at IS NOT NULL AS revoked FROM grants WHERE user_id = $1")
             .persistent(persistent)
             .bind(user_id)
             .fetch_all(&mut *conn)
@@ -79,6 +79,7 @@ pub(crate) async fn refold(
                 .try_get::<jiff_sqlx::Timestamp, _>("granted_at")?
                 .to_jiff(),
             days: row.try_get("days")?,
+            revoked: row.try_get("revoked")?,
         });
     }
     let folded = entitlement(&payments, &grants);
