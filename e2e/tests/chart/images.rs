@@ -156,6 +156,41 @@ fn the_service_image_is_distroless_and_non_root_and_the_agent_image_has_the_wire
 }
 
 #[test]
+fn the_agent_image_carries_amneziawg_go_built_from_its_pinned_upstream_tag() {
+    let stages = stages();
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    let tag = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("ARG AMNEZIAWG_GO_VERSION="))
+        .expect("the Dockerfile pins AMNEZIAWG_GO_VERSION");
+    assert!(
+        tag.starts_with('v') && tag[1..].split('.').all(|n| n.parse::<u32>().is_ok()),
+        "AMNEZIAWG_GO_VERSION is a release tag, not a branch: {tag}"
+    );
+    let builder = &stages["amneziawg-go"];
+    let build = builder
+        .iter()
+        .find(|l| l.starts_with("RUN git clone"))
+        .expect("the amneziawg-go stage clones the upstream source");
+    for part in [
+        "--branch \"${AMNEZIAWG_GO_VERSION}\"",
+        "https://github.com/amnezia-vpn/amneziawg-go.git",
+        "go mod verify",
+        "go build",
+        "-o /out/amneziawg-go",
+    ] {
+        assert!(build.contains(part), "{part} missing: {build}");
+    }
+    let agent = &stages["node-agent"];
+    assert!(
+        agent
+            .iter()
+            .any(|l| l == "COPY --from=amneziawg-go /out/amneziawg-go /usr/local/bin/"),
+        "the node-agent image does not carry amneziawg-go on its PATH"
+    );
+}
+
+#[test]
 fn the_build_image_uses_the_pinned_toolchain() {
     let toolchain = std::fs::read_to_string(repo_root().join("rust-toolchain.toml")).unwrap();
     let channel = toolchain
