@@ -49,6 +49,8 @@
 //! - [`Ledger::payment`]`(id)`, [`Ledger::payment_by_yookassa_id`],
 //!   [`Ledger::apply_payment`]`(our id, &fetched yookassa::Payment, now) -> ApplyOutcome`
 //!   (checks amount/currency/metadata, applies once), [`Ledger::cancel_payment`],
+//!   [`Ledger::transition_payment`]`(id, expected, to, now) -> Transition` (a status change
+//!   only from an expected status; a lost race is reported, never overwritten),
 //!   [`Ledger::record_refund`]`(&yookassa::Refund, now) -> RefundOutcome`.
 //!
 //! **Sync to Kubernetes** — [`sync`]
@@ -122,7 +124,8 @@ pub use grants::AdminGrant;
 pub use outbox::{Notification, NotificationEvent};
 pub use payments::{
     ApplyError, ApplyOutcome, CreatedPayment, PaymentError, PaymentLimited, PaymentLimits,
-    PaymentOrder, PaymentRecord, PaymentStatus, RecentPayment, RefundOutcome, payment_allowance,
+    PaymentOrder, PaymentRecord, PaymentStatus, RecentPayment, RefundOutcome, Transition,
+    payment_allowance,
 };
 pub use stars::{StarApplyOutcome, StarPaymentRecord, StarPurchase, StarRefundOutcome};
 pub use promo::{

@@ -5,6 +5,12 @@
 //! canceling, and recording refunds. Each ledger change re-folds the user's entitlement and
 //! writes the notification outbox row in the same transaction.
 //!
+//! A payment's status changes only from the status the writer expects
+//! ([`Ledger::transition_payment`]: `UPDATE … WHERE status = ANY(expected)`), because two
+//! writers can race — a webhook applying the payment while the call that created it at
+//! YooKassa is still answering, say. The loser is told what it found and changes nothing: a
+//! succeeded payment is never set back to pending or failed.
+//!
 //! A discount the user redeemed (see [`crate::promo`]) prices every payment created while it
 //! waits; applying such a payment re-checks that its amount is the discounted list price and
 //! consumes the discount in the same transaction, once: a second payment priced with an
@@ -244,6 +250,16 @@ pub enum PaymentError {
     Limited(#[from] PaymentLimited),
 }
 
+/// What a conditional status change ([`Ledger::transition_payment`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The payment was in an expected status and now has the new one.
+    Done,
+    /// It was not — another writer changed it first, or there is no such payment (`None`) —
+    /// and it was left as it was.
+    Lost { found: Option<PaymentStatus> },
+}
+
 /// What applying a succeeded payment did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -394,8 +410,13 @@ impl Ledger {
         {
             Ok(created) => created,
             Err(error) => {
-                self.set_payment_status(id, PaymentStatus::Failed, now)
+                // Failed only if still pending: a webhook may have proven it succeeded meanwhile.
+                let marked = self
+                    .transition_payment(id, &[PaymentStatus::Pending], PaymentStatus::Failed, now)
                     .await?;
+                if let Transition::Lost { found } = marked {
+                    tracing::warn!(payment = %id, ?found, "creating the payment failed after it had changed; left as it was");
+                }
                 return Err(error.into());
             }
         };
@@ -403,23 +424,27 @@ impl Ledger {
             .confirmation
             .as_ref()
             .and_then(|c| c.confirmation_url.clone());
-        let status = if created.status == "canceled" {
-            PaymentStatus::Canceled
-        } else {
-            PaymentStatus::Pending
-        };
+        // The id and the URL are facts whatever the status is now; the status is not written
+        // (a webhook may have applied the payment meanwhile) unless YooKassa already canceled it.
         sqlx::query(
-            "UPDATE payments SET yookassa_id = $2, confirmation_url = $3, status = $4, updated_at = $5 \
-             WHERE id = $1",
+            "UPDATE payments SET yookassa_id = COALESCE(yookassa_id, $2), confirmation_url = $3, \
+                updated_at = $4 WHERE id = $1",
         )
         .bind(id)
         .bind(&created.id)
         .bind(url.as_deref())
-        .bind(status.as_str())
         .bind(now.to_sqlx())
         .execute_on(self)
         .await
         .map_err(LedgerError::from)?;
+        if created.status == "canceled" {
+            let canceled = self
+                .transition_payment(id, &[PaymentStatus::Pending], PaymentStatus::Canceled, now)
+                .await?;
+            if let Transition::Lost { found } = canceled {
+                tracing::warn!(payment = %id, ?found, "YooKassa created the payment canceled after it had changed; left as it was");
+            }
+        }
         let confirmation_url = url.ok_or(PaymentError::NoConfirmationUrl)?;
         Ok(CreatedPayment {
             id,
@@ -430,19 +455,31 @@ impl Ledger {
         })
     }
 
-    async fn set_payment_status(
+    /// Sets payment `id` to `to` only if its status is one of `expected`, in one statement
+    /// (`UPDATE … WHERE status = ANY(expected)`: a concurrent writer that changed it first makes
+    /// this one [`Transition::Lost`], never overwritten).
+    pub async fn transition_payment(
         &self,
         id: Uuid,
-        status: PaymentStatus,
+        expected: &[PaymentStatus],
+        to: PaymentStatus,
         now: Timestamp,
-    ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE payments SET status = $2, updated_at = $3 WHERE id = $1")
-            .bind(id)
-            .bind(status.as_str())
-            .bind(now.to_sqlx())
-            .execute_on(self)
-            .await?;
-        Ok(())
+    ) -> Result<Transition, LedgerError> {
+        let expected: Vec<&str> = expected.iter().map(|status| status.as_str()).collect();
+        let done = sqlx::query(
+            "UPDATE payments SET status = $3, updated_at = $4 WHERE id = $1 AND status = ANY($2)",
+        )
+        .bind(id)
+        .bind(&expected)
+        .bind(to.as_str())
+        .bind(now.to_sqlx())
+        .execute_on(self)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Transition::Done);
+        }
+        let found = self.payment(id).await?.map(|payment| payment.status);
+        Ok(Transition::Lost { found })
     }
 
     /// Our payment with this id.
@@ -570,15 +607,15 @@ impl Ledger {
         payment_id: Uuid,
         now: Timestamp,
     ) -> Result<bool, LedgerError> {
-        let done = sqlx::query(
-            "UPDATE payments SET status = 'canceled', updated_at = $2 \
-             WHERE id = $1 AND status IN ('pending', 'failed')",
-        )
-        .bind(payment_id)
-        .bind(now.to_sqlx())
-        .execute_on(self)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let canceled = self
+            .transition_payment(
+                payment_id,
+                &[PaymentStatus::Pending, PaymentStatus::Failed],
+                PaymentStatus::Canceled,
+                now,
+            )
+            .await?;
+        Ok(canceled == Transition::Done)
     }
 
     /// Records a refund YooKassa reports (fetched from YooKassa, not taken from a webhook body),
