@@ -8,6 +8,7 @@ mod dashboard;
 mod images;
 mod install;
 mod rbac;
+mod release;
 mod render;
 mod rules;
 mod schema;
