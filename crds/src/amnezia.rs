@@ -12,8 +12,8 @@
 //!   issue sets for junk (`Jmax ≤ 1280`): S1 ≤ 1132, S2 ≤ 1188, S3 ≤ 1216, S4 ≤ 1248;
 //! - S4 lengthens *every* data packet, so the tunnel MTU plus S4 must stay within
 //!   [`MAX_LINK_MTU`] (WireGuard's default MTU, which leaves room for its 80 bytes of
-//!   IPv6 + UDP + WireGuard overhead on a 1500-byte link): `mtu + S4 ≤ 1420`, i.e. S4 > 0 needs
-//!   an `mtu` lowered by at least S4;
+//!   IPv6 + UDP + WireGuard overhead on a 1500-byte link): `mtu + S4 ≤ 1420` when S4 > 0, i.e.
+//!   S4 > 0 needs an `mtu` lowered by at least S4 (and is refused on jumbo-frame MTUs);
 //! - headers replace WireGuard's message types 1–4: each must be distinct from the others
 //!   (ranges must not overlap, or a packet's kind is ambiguous) and must not contain 1–4 (or
 //!   plain WireGuard packets would pass as AmneziaWG).
@@ -183,7 +183,7 @@ pub fn validate_block(
             ));
         }
     }
-    if let Some(s4) = block.s4 {
+    if let Some(s4) = block.s4.filter(|s4| *s4 != 0) {
         let mtu = mtu.unwrap_or(DEFAULT_MTU);
         if i64::from(mtu) + i64::from(s4) > i64::from(MAX_LINK_MTU) {
             errors.push(error(
@@ -531,5 +531,415 @@ fn fill_padding(
             return;
         }
         value = if value == range.1 { range.0 } else { value + 1 };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_core::RngCore;
+
+    /// A deterministic generator for the tests (SplitMix64).
+    struct SplitMix(u64);
+
+    impl RngCore for SplitMix {
+        fn next_u32(&mut self) -> u32 {
+            (self.next_u64() >> 32) as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            rand_core::impls::fill_bytes_via_next(self, dest)
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+            self.fill_bytes(dest);
+            Ok(())
+        }
+    }
+
+    fn spec(amneziawg: serde_json::Value) -> WgServerSpec {
+        serde_json::from_value(serde_json::json!({
+            "endpoint": "vpn.example.com:51820",
+            "addressPool": "10.8.0.0/24",
+            "privateKeySecretRef": {"name": "wg0-key"},
+            "protocol": "amneziawg",
+            "amneziawg": amneziawg,
+        }))
+        .unwrap()
+    }
+
+    fn good_1_0() -> serde_json::Value {
+        serde_json::json!({
+            "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61,
+            "h1": "1234567", "h2": "2345678", "h3": "3456789", "h4": "4567890",
+        })
+    }
+
+    fn good_1_5() -> serde_json::Value {
+        serde_json::json!({
+            "version": "1.5", "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61, "s3": 17,
+            "s4": 0, "h1": "100-200", "h2": "300", "h3": "400-500", "h4": "600-4294967295",
+            "i1": "<b 0xc70000000108><r 16><t>", "i3": "<rc 8><rd 4>",
+        })
+    }
+
+    /// `base` with `key` set (or removed, for null).
+    fn with(base: serde_json::Value, changes: &[(&str, serde_json::Value)]) -> serde_json::Value {
+        let mut object = base;
+        for (key, value) in changes {
+            if value.is_null() {
+                object.as_object_mut().unwrap().remove(*key);
+            } else {
+                object[*key] = value.clone();
+            }
+        }
+        object
+    }
+
+    fn fields(spec: &WgServerSpec) -> Vec<String> {
+        validate(spec).into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn good_sets_of_both_versions_and_an_empty_block_keep_every_rule() {
+        for block in [good_1_0(), good_1_5(), serde_json::json!({})] {
+            assert_eq!(validate(&spec(block.clone())), vec![], "{block}");
+        }
+        let mut wireguard = spec(good_1_0());
+        wireguard.protocol = Protocol::Wireguard;
+        wireguard.amneziawg = None;
+        assert_eq!(validate(&wireguard), vec![]);
+    }
+
+    /// Each case breaks exactly one rule, and the error names the field the CEL rule names.
+    fn bad_cases() -> Vec<(serde_json::Value, Option<i32>, &'static str)> {
+        use serde_json::json;
+        let g = good_1_0;
+        let v = good_1_5;
+        vec![
+            (with(g(), &[("jc", json!(129))]), None, "jc"),
+            (with(g(), &[("jc", json!(-1))]), None, "jc"),
+            (with(g(), &[("jmin", json!(-1))]), None, "jmin"),
+            (with(g(), &[("jmax", json!(1281))]), None, "jmax"),
+            (with(g(), &[("jmin", json!(71))]), None, "jmax"),
+            (
+                with(g(), &[("s1", json!(1133)), ("s2", json!(10))]),
+                None,
+                "s1",
+            ),
+            (with(g(), &[("s2", json!(1189))]), None, "s2"),
+            (with(g(), &[("s2", json!(81))]), None, "s2"),
+            (with(g(), &[("s3", json!(5))]), None, "s3"),
+            (with(g(), &[("s4", json!(5))]), Some(1400), "s4"),
+            (with(g(), &[("i1", json!("<r 8>"))]), None, "i1"),
+            (with(g(), &[("i5", json!("<t>"))]), None, "i5"),
+            (with(g(), &[("h3", json!("10-20"))]), None, "h3"),
+            (with(g(), &[("h1", json!("1"))]), None, "h1"),
+            (with(g(), &[("h2", json!("4"))]), None, "h2"),
+            (with(g(), &[("h4", json!("4294967296"))]), None, "h4"),
+            (with(g(), &[("h2", json!("1234567"))]), None, "h2"),
+            (with(g(), &[("h4", json!("3456789"))]), None, "h4"),
+            (with(v(), &[("h1", json!("0-5"))]), None, "h1"),
+            (with(v(), &[("h1", json!("200-100"))]), None, "h1"),
+            (with(v(), &[("h2", json!("150"))]), None, "h2"),
+            (with(v(), &[("h4", json!("450-550"))]), None, "h4"),
+            (with(v(), &[("h3", json!("250-350"))]), None, "h3"),
+            (with(v(), &[("s3", json!(1217))]), None, "s3"),
+            (with(v(), &[("s3", json!(109))]), None, "s3"),
+            (with(v(), &[("s3", json!(89))]), None, "s3"),
+            (
+                with(v(), &[("s1", json!(20)), ("s4", json!(136))]),
+                Some(1280),
+                "s4",
+            ),
+            (with(v(), &[("s4", json!(121))]), Some(1280), "s4"),
+            (with(v(), &[("s4", json!(49))]), Some(1280), "s4"),
+            (with(v(), &[("s4", json!(10))]), None, "s4"),
+            (with(v(), &[("s4", json!(10))]), Some(1411), "s4"),
+            (with(v(), &[("i2", json!("<c>"))]), None, "i2"),
+            (with(v(), &[("i2", json!("<b 0xabc>"))]), None, "i2"),
+            (with(v(), &[("i2", json!("<r 12345>"))]), None, "i2"),
+            (with(v(), &[("i2", json!("<r 8> <t>"))]), None, "i2"),
+        ]
+    }
+
+    #[test]
+    fn each_broken_rule_is_named_by_its_field() {
+        for (block, mtu, field) in bad_cases() {
+            let mut server = spec(block.clone());
+            server.mtu = mtu;
+            assert_eq!(
+                fields(&server),
+                vec![format!("spec.amneziawg.{field}")],
+                "{block} with mtu {mtu:?}"
+            );
+            assert_eq!(server.amneziawg_params(), None, "{block}");
+        }
+    }
+
+    #[test]
+    fn bounds_themselves_are_admitted() {
+        use serde_json::json;
+        let cases = [
+            with(
+                good_1_0(),
+                &[("jc", json!(0)), ("jmin", json!(0)), ("jmax", json!(0))],
+            ),
+            with(
+                good_1_0(),
+                &[
+                    ("jc", json!(128)),
+                    ("jmin", json!(1280)),
+                    ("jmax", json!(1280)),
+                ],
+            ),
+            with(good_1_0(), &[("s1", json!(1132)), ("s2", json!(1187))]),
+            with(
+                good_1_0(),
+                &[("s1", json!(0)), ("s2", json!(0)), ("s3", json!(0))],
+            ),
+            with(
+                good_1_0(),
+                &[
+                    ("h1", json!("0")),
+                    ("h2", json!("5")),
+                    ("h4", json!("4294967295")),
+                ],
+            ),
+            with(
+                good_1_5(),
+                &[
+                    ("s3", json!(1216)),
+                    ("i1", json!(null)),
+                    ("i3", json!(null)),
+                ],
+            ),
+            with(
+                good_1_5(),
+                &[
+                    ("h1", json!("0-0")),
+                    ("h4", json!("5-99")),
+                    ("h2", json!("4294967295")),
+                ],
+            ),
+            // 148 + s1 = 92 + s2 is refused, but a step either side is fine.
+            with(good_1_0(), &[("s1", json!(25)), ("s2", json!(80))]),
+            with(good_1_0(), &[("s1", json!(25)), ("s2", json!(82))]),
+        ];
+        for block in cases {
+            assert_eq!(validate(&spec(block.clone())), vec![], "{block}");
+        }
+        let mut low_mtu = spec(with(good_1_5(), &[("s4", json!(140))]));
+        low_mtu.mtu = Some(1280);
+        assert_eq!(validate(&low_mtu), vec![]);
+    }
+
+    #[test]
+    fn a_block_on_a_wireguard_server_is_refused() {
+        let mut server = spec(good_1_0());
+        server.protocol = Protocol::Wireguard;
+        assert_eq!(fields(&server), vec!["spec.amneziawg"]);
+        assert_eq!(server.amneziawg_params(), None);
+    }
+
+    #[test]
+    fn several_broken_rules_are_all_reported() {
+        let block =
+            serde_json::json!({"jmin": 90, "jmax": 10, "s1": 0, "s2": 56, "h1": "7", "h2": "7"});
+        assert_eq!(
+            fields(&spec(block)),
+            vec![
+                "spec.amneziawg.jmax",
+                "spec.amneziawg.s2",
+                "spec.amneziawg.h2"
+            ]
+        );
+    }
+
+    #[test]
+    fn headers_parse_as_numbers_or_ordered_ranges_within_uint32() {
+        assert_eq!(HeaderRange::parse("7"), Some(HeaderRange::single(7)));
+        assert_eq!(
+            HeaderRange::parse("5-4294967295"),
+            Some(HeaderRange {
+                start: 5,
+                end: u32::MAX
+            })
+        );
+        for bad in [
+            "",
+            "-",
+            "5-",
+            "-5",
+            "9-8",
+            "4294967296",
+            "1-2-3",
+            "+5",
+            " 5",
+            "0x10",
+            "١",
+        ] {
+            assert_eq!(HeaderRange::parse(bad), None, "{bad:?}");
+        }
+        for text in ["7", "5-9", "0", "4294967295"] {
+            assert_eq!(HeaderRange::parse(text).unwrap().to_string(), text);
+        }
+        assert_eq!(HeaderRange::parse("8-8").unwrap().to_string(), "8");
+        let a = HeaderRange { start: 10, end: 20 };
+        assert!(a.overlaps(&HeaderRange::single(20)));
+        assert!(a.overlaps(&HeaderRange { start: 0, end: 10 }));
+        assert!(!a.overlaps(&HeaderRange::single(21)));
+        assert!(!a.overlaps(&HeaderRange::single(9)));
+    }
+
+    #[test]
+    fn effective_sets_need_every_field_and_give_conf_pairs_in_order() {
+        let params = spec(good_1_0()).amneziawg_params().unwrap();
+        let pairs: Vec<String> = params
+            .pairs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                "Jc=4",
+                "Jmin=40",
+                "Jmax=70",
+                "S1=25",
+                "S2=61",
+                "H1=1234567",
+                "H2=2345678",
+                "H3=3456789",
+                "H4=4567890"
+            ]
+        );
+        let params = spec(good_1_5()).amneziawg_params().unwrap();
+        let pairs: Vec<String> = params
+            .pairs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                "Jc=4",
+                "Jmin=40",
+                "Jmax=70",
+                "S1=25",
+                "S2=61",
+                "S3=17",
+                "S4=0",
+                "H1=100-200",
+                "H2=300",
+                "H3=400-500",
+                "H4=600-4294967295",
+                "I1=<b 0xc70000000108><r 16><t>",
+                "I3=<rc 8><rd 4>",
+            ]
+        );
+        for missing in ["jc", "jmin", "jmax", "s1", "s2", "h1", "h2", "h3", "h4"] {
+            let server = spec(with(good_1_0(), &[(missing, serde_json::Value::Null)]));
+            assert_eq!(server.amneziawg_params(), None, "without {missing}");
+            assert!(
+                validate(&server).is_empty(),
+                "absent {missing} breaks no rule"
+            );
+        }
+        for missing in ["s3", "s4"] {
+            let server = spec(with(good_1_5(), &[(missing, serde_json::Value::Null)]));
+            assert_eq!(server.amneziawg_params(), None, "1.5 without {missing}");
+        }
+        let mut wireguard = spec(good_1_0());
+        wireguard.protocol = Protocol::Wireguard;
+        wireguard.amneziawg = None;
+        assert_eq!(wireguard.amneziawg_params(), None);
+        let mut no_block = spec(good_1_0());
+        no_block.amneziawg = None;
+        assert_eq!(no_block.amneziawg_params(), None);
+    }
+
+    fn block(value: serde_json::Value) -> AmneziaWgSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn completing_refuses_a_broken_set_and_a_set_without_room_for_a_header() {
+        let broken = block(with(good_1_0(), &[("jmin", serde_json::json!(90))]));
+        assert!(matches!(
+            complete(&broken, None, &mut SplitMix(1)),
+            Err(GenerateError::Invalid(e)) if e.field == "spec.amneziawg.jmax"
+        ));
+        let crowded = block(serde_json::json!({"version": "1.5", "h1": "5-4294967295"}));
+        assert_eq!(
+            complete(&crowded, None, &mut SplitMix(1)),
+            Err(GenerateError::NoRoomForHeader("h2"))
+        );
+    }
+
+    #[test]
+    fn a_complete_set_is_left_as_it_is() {
+        for value in [good_1_0(), good_1_5()] {
+            let full = block(value);
+            assert_eq!(complete(&full, None, &mut SplitMix(9)).unwrap(), full);
+        }
+    }
+
+    /// The fields of a block, by name, to drop some in the property tests.
+    const FIELDS: [&str; 11] = [
+        "jc", "jmin", "jmax", "s1", "s2", "s3", "s4", "h1", "h2", "h3", "h4",
+    ];
+
+    proptest! {
+        #[test]
+        fn generated_sets_always_keep_every_rule(seed in any::<u64>(), v15 in any::<bool>(), mtu in proptest::option::of(1280..=9000i32)) {
+            let empty = AmneziaWgSpec {
+                version: v15.then_some(AmneziaVersion::V1_5),
+                ..Default::default()
+            };
+            let full = complete(&empty, mtu, &mut SplitMix(seed)).unwrap();
+            let mut server = spec(serde_json::to_value(&full).unwrap());
+            server.mtu = mtu;
+            prop_assert_eq!(validate(&server), vec![]);
+            let params = server.amneziawg_params().expect("complete");
+            prop_assert!((GEN_JC.0 as u32..=GEN_JC.1 as u32).contains(&params.jc));
+            prop_assert!(params.jmin <= params.jmax);
+            prop_assert!(params.s1 >= 15 && params.s2 >= 15);
+            prop_assert_eq!(params.s4, 0);
+            prop_assert_eq!(params.s3 > 0, v15);
+            prop_assert_eq!(full.s3.is_some() || full.s4.is_some(), v15);
+            prop_assert_eq!(&params.signatures, &<[Option<String>; 5]>::default());
+            for h in [params.h1, params.h2, params.h3, params.h4] {
+                prop_assert!(h.start == h.end && h.start >= 5 && h.start <= i32::MAX as u32);
+            }
+        }
+
+        #[test]
+        fn completing_keeps_given_values_and_fills_the_rest(seed in any::<u64>(), other in any::<u64>(), dropped in 0u16..(1 << 11), v15 in any::<bool>()) {
+            let empty = AmneziaWgSpec {
+                version: v15.then_some(AmneziaVersion::V1_5),
+                ..Default::default()
+            };
+            let full = serde_json::to_value(complete(&empty, None, &mut SplitMix(seed)).unwrap()).unwrap();
+            let mut partial = full.clone();
+            for (n, field) in FIELDS.iter().enumerate() {
+                if dropped & (1 << n) != 0 {
+                    partial.as_object_mut().unwrap().remove(*field);
+                }
+            }
+            let filled = complete(&block(partial.clone()), None, &mut SplitMix(other)).unwrap();
+            prop_assert_eq!(validate(&spec(serde_json::to_value(&filled).unwrap())), vec![]);
+            prop_assert!(filled.effective().is_some());
+            let filled = serde_json::to_value(&filled).unwrap();
+            for (key, value) in partial.as_object().unwrap() {
+                prop_assert_eq!(&filled[key], value, "{} was given", key);
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams}
 use kube::core::Status;
 use serde_json::{Value, json};
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer, WgServerSpec};
 use wgsub_testkit::envtest::{ControlPlane, apply_crd, wgsub_crd_files};
 
 fn crate_dir() -> PathBuf {
@@ -194,7 +194,11 @@ async fn every_example_is_admitted_and_reads_back_into_its_type() {
         kinds.push(kind);
     }
     kinds.sort();
-    assert_eq!(kinds, ["VpnSubscription", "WgPeer", "WgServer"]);
+    assert_eq!(
+        kinds,
+        ["VpnSubscription", "WgPeer", "WgServer", "WgServer"],
+        "one of each kind, and the AmneziaWG server"
+    );
     assert_eq!(catalogues, 1, "plans.yaml");
 }
 
@@ -313,6 +317,186 @@ async fn bad_servers_are_refused_naming_the_field() {
     create(&servers, &by_selector)
         .await
         .expect("a node selector");
+}
+
+/// An AmneziaWG server with a complete, valid AWG 1.0 parameter set.
+fn amneziawg_server() -> Value {
+    with(
+        &example("wgserver-amneziawg.yaml"),
+        "/spec/amneziawg",
+        json!({
+            "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61,
+            "h1": "1234567", "h2": "2345678", "h3": "3456789", "h4": "4567890",
+        }),
+    )
+}
+
+/// `base` with `spec.amneziawg.version` 1.5 and its extra fields.
+fn version_1_5(base: &Value) -> Value {
+    let mut object = base.clone();
+    let block = object["spec"]["amneziawg"].as_object_mut().unwrap();
+    for (key, value) in [
+        ("version", json!("1.5")),
+        ("s3", json!(17)),
+        ("s4", json!(0)),
+        ("h1", json!("100-200")),
+        ("h2", json!("300")),
+        ("h3", json!("400-500")),
+        ("h4", json!("600-4294967295")),
+        ("i1", json!("<b 0xc70000000108><r 16><t>")),
+    ] {
+        block.insert(key.into(), value);
+    }
+    object
+}
+
+/// Every AmneziaWG rule is the API server's: each bad parameter set is refused at admission
+/// naming the field, and the Rust mirror (`amnezia::validate`) names the same field for each;
+/// good sets — both versions, the bounds themselves, an empty block the operator will fill, a
+/// block-less AmneziaWG server — are admitted.
+#[tokio::test]
+async fn bad_amneziawg_parameters_are_refused_naming_the_field() {
+    let plane = ControlPlane::with_crds();
+    let ns = plane.namespace("crds-bad-amneziawg").await;
+    let servers = api(plane.admin_client(), &ns, "WgServer");
+    let v10 = amneziawg_server();
+    let v15 = version_1_5(&v10);
+    let low_mtu = |base: &Value| with(base, "/spec/mtu", json!(1280));
+    let a = "/spec/amneziawg";
+    // (base, pointer, value, field) — field relative to spec.amneziawg unless it starts with
+    // "spec.".
+    let cases: Vec<(Value, String, Value, &str)> = vec![
+        (v10.clone(), format!("{a}/jc"), json!(129), "jc"),
+        (v10.clone(), format!("{a}/jc"), json!(-1), "jc"),
+        (v10.clone(), format!("{a}/jc"), json!("4"), "jc"),
+        (v10.clone(), format!("{a}/jmin"), json!(-1), "jmin"),
+        (v10.clone(), format!("{a}/jmax"), json!(1281), "jmax"),
+        (v10.clone(), format!("{a}/jmin"), json!(71), "jmax"),
+        (v10.clone(), format!("{a}/s1"), json!(1133), "s1"),
+        (v10.clone(), format!("{a}/s2"), json!(1189), "s2"),
+        (v10.clone(), format!("{a}/s2"), json!(81), "s2"),
+        (v10.clone(), format!("{a}/s3"), json!(5), "s3"),
+        (low_mtu(&v10), format!("{a}/s4"), json!(5), "s4"),
+        (v10.clone(), format!("{a}/i1"), json!("<r 8>"), "i1"),
+        (v10.clone(), format!("{a}/h3"), json!("10-20"), "h3"),
+        (v10.clone(), format!("{a}/h1"), json!("1"), "h1"),
+        (v10.clone(), format!("{a}/h2"), json!("4"), "h2"),
+        (v10.clone(), format!("{a}/h4"), json!("4294967296"), "h4"),
+        (v10.clone(), format!("{a}/h4"), json!("abc"), "h4"),
+        (v10.clone(), format!("{a}/h4"), json!(4567890), "h4"),
+        (v10.clone(), format!("{a}/h2"), json!("1234567"), "h2"),
+        (v10.clone(), format!("{a}/h4"), json!("3456789"), "h4"),
+        (v10.clone(), format!("{a}/version"), json!("2.0"), "version"),
+        (v15.clone(), format!("{a}/h1"), json!("0-5"), "h1"),
+        (v15.clone(), format!("{a}/h1"), json!("200-100"), "h1"),
+        (v15.clone(), format!("{a}/h2"), json!("150"), "h2"),
+        (v15.clone(), format!("{a}/h4"), json!("450-550"), "h4"),
+        (v15.clone(), format!("{a}/h3"), json!("250-350"), "h3"),
+        (v15.clone(), format!("{a}/s3"), json!(1217), "s3"),
+        (v15.clone(), format!("{a}/s3"), json!(109), "s3"),
+        (v15.clone(), format!("{a}/s3"), json!(89), "s3"),
+        (
+            with(&low_mtu(&v15), &format!("{a}/s1"), json!(20)),
+            format!("{a}/s4"),
+            json!(136),
+            "s4",
+        ),
+        (low_mtu(&v15), format!("{a}/s4"), json!(121), "s4"),
+        (low_mtu(&v15), format!("{a}/s4"), json!(49), "s4"),
+        (v15.clone(), format!("{a}/s4"), json!(10), "s4"),
+        (low_mtu(&v15), format!("{a}/s4"), json!(142), "s4"),
+        (v15.clone(), format!("{a}/i2"), json!("<c>"), "i2"),
+        (v15.clone(), format!("{a}/i2"), json!("<b 0xabc>"), "i2"),
+        (v15.clone(), format!("{a}/i2"), json!("<r 12345>"), "i2"),
+        (v15.clone(), format!("{a}/i2"), json!("<r 8> <t>"), "i2"),
+        (
+            v10.clone(),
+            "/spec/protocol".into(),
+            json!("wireguard"),
+            "spec.amneziawg",
+        ),
+        (
+            v10.clone(),
+            "/spec/protocol".into(),
+            Value::Null,
+            "spec.amneziawg",
+        ),
+        (
+            v10.clone(),
+            "/spec/protocol".into(),
+            json!("openvpn"),
+            "spec.protocol",
+        ),
+    ];
+    let mut mirrored = 0;
+    for (base, pointer, value, field) in &cases {
+        let field = match field.strip_prefix("spec.") {
+            Some(_) => (*field).to_owned(),
+            None => format!("spec.amneziawg.{field}"),
+        };
+        let bad = with(base, pointer, value.clone());
+        assert_refused_naming(
+            create(&servers, &bad).await,
+            &format!("{pointer} = {value}"),
+            &field,
+        );
+        // Where the typed spec can hold the value, the Rust mirror refuses it naming the same
+        // field (a string where a number belongs never gets that far).
+        if let Ok(spec) = serde_json::from_value::<WgServerSpec>(bad["spec"].clone()) {
+            let named: Vec<String> = wgsub_crds::amnezia::validate(&spec)
+                .into_iter()
+                .map(|e| e.field)
+                .collect();
+            assert_eq!(
+                named,
+                vec![field.clone()],
+                "the mirror on {pointer} = {value}"
+            );
+            mirrored += 1;
+        }
+    }
+    assert!(mirrored >= cases.len() - 5, "{mirrored} of {}", cases.len());
+
+    let good = [
+        ("v10", v10.clone()),
+        ("v15", v15.clone()),
+        ("empty-block", with(&v10, a, json!({}))),
+        ("no-block", with(&v10, a, Value::Null)),
+        ("v15-empty", with(&v10, a, json!({"version": "1.5"}))),
+        (
+            "bounds-low",
+            with(
+                &v10,
+                a,
+                json!({"jc": 0, "jmin": 0, "jmax": 0, "s1": 0, "s2": 0, "h1": "0", "h2": "5"}),
+            ),
+        ),
+        (
+            "bounds-high",
+            with(
+                &v10,
+                a,
+                json!({"jc": 128, "jmin": 1280, "jmax": 1280, "s1": 1132, "s2": 1187, "h4": "4294967295"}),
+            ),
+        ),
+        (
+            "v15-s4-in-mtu",
+            with(&low_mtu(&v15), &format!("{a}/s4"), json!(140)),
+        ),
+        ("v15-s3-max", with(&v15, &format!("{a}/s3"), json!(1216))),
+    ];
+    for (name, object) in good {
+        let object = with(&object, "/metadata/name", json!(name));
+        let spec: WgServerSpec = serde_json::from_value(object["spec"].clone()).unwrap();
+        assert_eq!(
+            wgsub_crds::amnezia::validate(&spec),
+            vec![],
+            "{name}: the mirror"
+        );
+        create(&servers, &object)
+            .await
+            .unwrap_or_else(|e| panic!("{name} refused: {}", e.message));
+    }
 }
 
 #[tokio::test]

@@ -298,7 +298,7 @@ pub struct AmneziaWgSpec {
 }
 
 /// The spec-level rules on the protocol: the `amneziawg` block only on an AmneziaWG server, and
-/// `mtu + s4` within WireGuard's default MTU (1420, sized for a 1500-byte link under IPv6).
+/// `mtu + s4` (when s4 > 0) within WireGuard's default MTU (1420, sized for a 1500-byte link under IPv6).
 pub(crate) fn block_only_with_amneziawg() -> Rule {
     Rule::new("!has(self.amneziawg) || (has(self.protocol) && self.protocol == 'amneziawg')")
         .message("amneziawg parameters need protocol: amneziawg")
@@ -309,7 +309,7 @@ pub(crate) fn block_only_with_amneziawg() -> Rule {
 pub(crate) fn s4_within_mtu() -> Rule {
     use crate::amnezia::{DEFAULT_MTU, MAX_LINK_MTU};
     Rule::new(format!(
-        "!has(self.amneziawg) || !has(self.amneziawg.s4) || (has(self.mtu) ? self.mtu : {DEFAULT_MTU}) + self.amneziawg.s4 <= {MAX_LINK_MTU}"
+        "!has(self.amneziawg) || !has(self.amneziawg.s4) || self.amneziawg.s4 == 0 || (has(self.mtu) ? self.mtu : {DEFAULT_MTU}) + self.amneziawg.s4 <= {MAX_LINK_MTU}"
     ))
     .message(Message::Message(format!(
         "mtu (absent: {DEFAULT_MTU}) + s4 may not exceed {MAX_LINK_MTU}, or every full data packet is fragmented; lower mtu or s4"
