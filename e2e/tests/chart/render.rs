@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::support::{
     NAMESPACE, chart_dir, component, find, kind_of, name_of, of_kind, render,
-    render_every_option_on, run_helm, typed,
+    render_every_option_on, run_helm, try_render, typed,
 };
 
 #[test]
@@ -671,5 +671,71 @@ fn the_default_server_keeps_clients_apart_and_blocks_nothing_extra_unless_asked(
     assert_eq!(
         nat["blockedDestinations"],
         serde_json::json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
+}
+
+#[test]
+fn the_default_server_can_speak_amneziawg_with_chosen_or_given_parameters() {
+    let server_on = [
+        "defaultServer.create=true",
+        "defaultServer.endpoint=vpn.example.test:51820",
+    ];
+    let spec = |sets: &[&str]| {
+        find(
+            &render(&[&server_on[..], sets].concat()),
+            "WgServer",
+            "main",
+        )["spec"]
+            .clone()
+    };
+    let plain = spec(&[]);
+    assert_eq!(plain["protocol"], "wireguard");
+    assert!(plain.get("amneziawg").is_none(), "{plain}");
+
+    // No parameters: the operator chooses them.
+    let chosen = spec(&["defaultServer.protocol=amneziawg"]);
+    assert_eq!(chosen["protocol"], "amneziawg");
+    assert!(chosen.get("amneziawg").is_none(), "{chosen}");
+
+    // Given ones go into the resource as its schema types them: numbers, and headers as strings
+    // whether written as a number or a range.
+    let given = spec(&[
+        "defaultServer.protocol=amneziawg",
+        "defaultServer.amneziawg.jc=4",
+        "defaultServer.amneziawg.jmax=70",
+        "defaultServer.amneziawg.h1=1234567",
+        "defaultServer.amneziawg.h2=100-200",
+        "defaultServer.amneziawg.version=1.5",
+    ]);
+    assert_eq!(
+        given["amneziawg"],
+        serde_json::json!({"version": "1.5", "jc": 4, "jmax": 70, "h1": "1234567", "h2": "100-200"})
+    );
+
+    let typed: wgsub_crds::WgServerSpec =
+        serde_json::from_value(given.clone()).expect("the rendered spec is a WgServerSpec");
+    assert_eq!(wgsub_crds::amnezia::validate(&typed), Vec::new());
+
+    let refused = try_render(&[&server_on[..], &["defaultServer.amneziawg.jc=4"]].concat())
+        .expect_err("parameters on a WireGuard server");
+    assert!(
+        refused.contains("defaultServer.protocol=amneziawg"),
+        "{refused}"
+    );
+    let refused = try_render(&[&server_on[..], &["defaultServer.protocol=openvpn"]].concat())
+        .expect_err("an unknown protocol");
+    assert!(refused.contains("protocol"), "{refused}");
+
+    // amneziawg-go's UAPI socket directory is writable under the read-only root filesystem.
+    let docs = render(&[]);
+    let agent = find(&docs, "DaemonSet", &component("node-agent"));
+    let mounts = &agent["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+    assert!(
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/var/run/amneziawg"),
+        "{mounts}"
     );
 }
