@@ -1,6 +1,9 @@
 //! Parsing of `/admin` arguments into an [`AdminCommand`], with errors that name what was wrong
 //! so the reply can be a usage line pointing at the problem.
 
+use jiff::Timestamp;
+use wgsub_ledger::promo::{CodeSyntaxError, PromoBenefit, normalize_code};
+
 /// Longest text Telegram accepts in one message.
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 /// Most days one grant may add (ten years, as the plan catalogue allows).
@@ -51,16 +54,18 @@ pub enum Subcommand {
     Unsuspend,
     Find,
     Broadcast,
+    Promo,
 }
 
 impl Subcommand {
-    pub const ALL: [Subcommand; 6] = [
+    pub const ALL: [Subcommand; 7] = [
         Subcommand::Stats,
         Subcommand::Grant,
         Subcommand::Suspend,
         Subcommand::Unsuspend,
         Subcommand::Find,
         Subcommand::Broadcast,
+        Subcommand::Promo,
     ];
 
     /// The usage line of the subcommand (not translated: it is syntax).
@@ -72,6 +77,9 @@ impl Subcommand {
             Subcommand::Unsuspend => "/admin unsuspend <user id | @username> [reason]",
             Subcommand::Find => "/admin find <user id | @username>",
             Subcommand::Broadcast => "/admin broadcast <all | active> <text>",
+            Subcommand::Promo => {
+                "/admin promo create <code> <days>d|<percent>% <YYYY-MM-DD> <max uses> | list | disable <code>"
+            }
         }
     }
 
@@ -84,6 +92,7 @@ impl Subcommand {
             Subcommand::Unsuspend => "unsuspend",
             Subcommand::Find => "find",
             Subcommand::Broadcast => "broadcast",
+            Subcommand::Promo => "promo",
         }
     }
 }
@@ -114,6 +123,7 @@ pub enum AdminCommand {
         audience: Audience,
         text: String,
     },
+    Promo(PromoCommand),
 }
 
 /// What was wrong with the arguments; the reply names it beside the subcommand's usage line.
@@ -129,6 +139,7 @@ pub enum AdminParseError {
     EmptyBroadcast,
     BroadcastTooLong(usize),
     UnexpectedArguments(Subcommand, String),
+    Promo(PromoArgError),
 }
 
 impl AdminParseError {
@@ -144,6 +155,7 @@ impl AdminParseError {
             | AdminParseError::BadAudience(_)
             | AdminParseError::EmptyBroadcast
             | AdminParseError::BroadcastTooLong(_) => Some(Subcommand::Broadcast),
+            AdminParseError::Promo(_) => Some(Subcommand::Promo),
         }
     }
 }
@@ -197,6 +209,7 @@ pub fn parse(args: &str) -> Result<AdminCommand, AdminParseError> {
         "unsuspend" => Subcommand::Unsuspend,
         "find" => Subcommand::Find,
         "broadcast" => Subcommand::Broadcast,
+        "promo" => Subcommand::Promo,
         _ => return Err(AdminParseError::UnknownSubcommand(word.to_owned())),
     };
     match sub {
@@ -240,6 +253,9 @@ pub fn parse(args: &str) -> Result<AdminCommand, AdminParseError> {
                 Some(extra) => Err(AdminParseError::UnexpectedArguments(sub, extra)),
             }
         }
+        Subcommand::Promo => parse_promo(rest)
+            .map(AdminCommand::Promo)
+            .map_err(AdminParseError::Promo),
         Subcommand::Broadcast => {
             let (audience, text) = next_word(rest);
             let audience = match audience.to_ascii_lowercase().as_str() {
@@ -261,6 +277,230 @@ pub fn parse(args: &str) -> Result<AdminCommand, AdminParseError> {
                 text: text.to_owned(),
             })
         }
+    }
+}
+
+/// `/admin promo …`: create, list or disable promo codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromoCommand {
+    /// `create <code> <N>d|<N>% <YYYY-MM-DD | RFC 3339 instant> <max uses>`; a bare date
+    /// means the code works through the end of that day (UTC).
+    Create {
+        code: String,
+        benefit: PromoBenefit,
+        expires_at: Timestamp,
+        max_uses: u32,
+    },
+    List,
+    Disable {
+        code: String,
+    },
+}
+
+/// What was wrong with `/admin promo` arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromoArgError {
+    MissingAction,
+    BadAction(String),
+    MissingCode,
+    BadCode(String, CodeSyntaxError),
+    MissingBenefit,
+    BadBenefit(String),
+    MissingExpiry,
+    BadExpiry(String),
+    MissingUses,
+    BadUses(String),
+    Unexpected(String),
+}
+
+/// Most uses one code may have.
+pub const MAX_PROMO_USES: u32 = 1_000_000;
+
+/// `7d` → 7 free days (1–3660), `20%` → 20 % off (1–99).
+pub fn parse_benefit(word: &str) -> Option<PromoBenefit> {
+    let number = |digits: &str| {
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse::<u32>().ok())
+            .flatten()
+    };
+    if let Some(days) = word.strip_suffix(['d', 'D']) {
+        return number(days)
+            .filter(|days| (1..=MAX_GRANT_DAYS).contains(days))
+            .map(PromoBenefit::Days);
+    }
+    let percent = number(word.strip_suffix('%')?)?;
+    u8::try_from(percent)
+        .ok()
+        .filter(|percent| (1..=99).contains(percent))
+        .map(PromoBenefit::PercentOff)
+}
+
+/// `2026-12-31` → the end of that day in UTC; an RFC 3339 instant as it is.
+pub fn parse_expiry(word: &str) -> Option<Timestamp> {
+    if let Ok(at) = word.parse::<Timestamp>() {
+        return Some(at);
+    }
+    let date = word.parse::<jiff::civil::Date>().ok()?;
+    date.tomorrow()
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|zoned| zoned.timestamp())
+}
+
+fn parse_promo(args: &str) -> Result<PromoCommand, PromoArgError> {
+    let (action, rest) = next_word(args);
+    let code_arg = |word: &str| -> Result<String, PromoArgError> {
+        if word.is_empty() {
+            return Err(PromoArgError::MissingCode);
+        }
+        normalize_code(word).map_err(|error| PromoArgError::BadCode(word.to_owned(), error))
+    };
+    let nothing_more = |rest: &str| match optional(rest) {
+        None => Ok(()),
+        Some(extra) => Err(PromoArgError::Unexpected(extra)),
+    };
+    match action.to_ascii_lowercase().as_str() {
+        "" => Err(PromoArgError::MissingAction),
+        "list" => nothing_more(rest).map(|()| PromoCommand::List),
+        "disable" => {
+            let (code, rest) = next_word(rest);
+            let code = code_arg(code)?;
+            nothing_more(rest)?;
+            Ok(PromoCommand::Disable { code })
+        }
+        "create" => {
+            let (code, rest) = next_word(rest);
+            let code = code_arg(code)?;
+            let (benefit, rest) = next_word(rest);
+            if benefit.is_empty() {
+                return Err(PromoArgError::MissingBenefit);
+            }
+            let benefit =
+                parse_benefit(benefit).ok_or_else(|| PromoArgError::BadBenefit(benefit.into()))?;
+            let (expiry, rest) = next_word(rest);
+            if expiry.is_empty() {
+                return Err(PromoArgError::MissingExpiry);
+            }
+            let expires_at =
+                parse_expiry(expiry).ok_or_else(|| PromoArgError::BadExpiry(expiry.into()))?;
+            let (uses, rest) = next_word(rest);
+            if uses.is_empty() {
+                return Err(PromoArgError::MissingUses);
+            }
+            let max_uses = uses
+                .parse::<u32>()
+                .ok()
+                .filter(|uses| (1..=MAX_PROMO_USES).contains(uses))
+                .ok_or_else(|| PromoArgError::BadUses(uses.into()))?;
+            nothing_more(rest)?;
+            Ok(PromoCommand::Create {
+                code,
+                benefit,
+                expires_at,
+                max_uses,
+            })
+        }
+        _ => Err(PromoArgError::BadAction(action.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod promo_tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn promo_create_takes_code_benefit_expiry_and_uses() {
+        assert_eq!(
+            parse("promo create spring 7d 2026-12-31 100"),
+            Ok(AdminCommand::Promo(PromoCommand::Create {
+                code: "SPRING".into(),
+                benefit: PromoBenefit::Days(7),
+                expires_at: t("2027-01-01T00:00:00Z"),
+                max_uses: 100
+            }))
+        );
+        assert_eq!(
+            parse("PROMO CREATE sale-20 20% 2026-12-10T12:00:00Z 1"),
+            Ok(AdminCommand::Promo(PromoCommand::Create {
+                code: "SALE-20".into(),
+                benefit: PromoBenefit::PercentOff(20),
+                expires_at: t("2026-12-10T12:00:00Z"),
+                max_uses: 1
+            }))
+        );
+        assert_eq!(
+            parse("promo list"),
+            Ok(AdminCommand::Promo(PromoCommand::List))
+        );
+        assert_eq!(
+            parse("promo disable spring"),
+            Ok(AdminCommand::Promo(PromoCommand::Disable {
+                code: "SPRING".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn promo_errors_name_the_bad_argument() {
+        let err = |args: &str| match parse(args) {
+            Err(AdminParseError::Promo(problem)) => problem,
+            other => panic!("{args}: {other:?}"),
+        };
+        assert_eq!(err("promo"), PromoArgError::MissingAction);
+        assert_eq!(
+            err("promo delete X"),
+            PromoArgError::BadAction("delete".into())
+        );
+        assert_eq!(err("promo create"), PromoArgError::MissingCode);
+        assert_eq!(
+            err("promo create a!b 7d 2026-12-31 1"),
+            PromoArgError::BadCode("a!b".into(), CodeSyntaxError::Characters)
+        );
+        assert_eq!(err("promo create ABC"), PromoArgError::MissingBenefit);
+        for bad in [
+            "0d", "3661d", "100%", "0%", "7", "d", "%", "-5d", "7days", "1.5%",
+        ] {
+            assert_eq!(
+                err(&format!("promo create ABC {bad} 2026-12-31 1")),
+                PromoArgError::BadBenefit(bad.into()),
+                "{bad}"
+            );
+        }
+        assert_eq!(err("promo create ABC 7d"), PromoArgError::MissingExpiry);
+        for bad in ["2026-13-01", "tomorrow", "31.12.2026"] {
+            assert_eq!(
+                err(&format!("promo create ABC 7d {bad} 1")),
+                PromoArgError::BadExpiry(bad.into())
+            );
+        }
+        assert_eq!(
+            err("promo create ABC 7d 2026-12-31"),
+            PromoArgError::MissingUses
+        );
+        for bad in ["0", "-1", "x", "1000001"] {
+            assert_eq!(
+                err(&format!("promo create ABC 7d 2026-12-31 {bad}")),
+                PromoArgError::BadUses(bad.into())
+            );
+        }
+        assert_eq!(
+            err("promo create ABC 7d 2026-12-31 5 extra"),
+            PromoArgError::Unexpected("extra".into())
+        );
+        assert_eq!(
+            err("promo list all"),
+            PromoArgError::Unexpected("all".into())
+        );
+        assert_eq!(err("promo disable"), PromoArgError::MissingCode);
+        assert_eq!(
+            AdminParseError::Promo(PromoArgError::MissingAction).subcommand(),
+            Some(Subcommand::Promo)
+        );
     }
 }
 

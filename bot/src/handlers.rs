@@ -26,6 +26,7 @@ use crate::admin::{self, AdminCommand, UserRef};
 use crate::app::App;
 use crate::broadcast;
 use crate::devices::{self, DeviceConfig};
+use crate::growth;
 use crate::store::{self, AdminLogEntry};
 use crate::telegram::{self, BUY_PREFIX, CONFIG_PREFIX};
 use crate::text::{self, Lang};
@@ -44,6 +45,10 @@ pub enum Command {
     Buy,
     Config,
     Help,
+    /// `/promo <code>` — redeem a promo code.
+    Promo(String),
+    /// `/invite` — the personal referral link.
+    Invite,
     Admin(String),
 }
 
@@ -56,6 +61,8 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(dptree::case![Command::Buy].endpoint(buy))
         .branch(dptree::case![Command::Config].endpoint(config))
         .branch(dptree::case![Command::Help].endpoint(help))
+        .branch(dptree::case![Command::Promo(code)].endpoint(growth::promo))
+        .branch(dptree::case![Command::Invite].endpoint(growth::invite))
         .branch(
             dptree::case![Command::Admin(arguments)]
                 .filter(sent_by_admin)
@@ -119,7 +126,7 @@ async fn refuse_sender(bot: Bot, update: Update, app: Arc<App>) -> HandlerResult
     Ok(())
 }
 
-fn lang_of(user: Option<&User>) -> Lang {
+pub(crate) fn lang_of(user: Option<&User>) -> Lang {
     Lang::from_code(user.and_then(|u| u.language_code.as_deref()))
 }
 
@@ -142,7 +149,7 @@ fn sent_by_admin(message: Message, app: Arc<App>) -> bool {
 }
 
 /// Turns a failed handler into a "try again" answer and a counted, logged error.
-async fn finish(
+pub(crate) async fn finish(
     bot: &Bot,
     app: &App,
     chat: ChatId,
@@ -176,7 +183,7 @@ fn is_unreachable(error: &HandlerError) -> bool {
 
 /// Writes the user's `VpnSubscription` from the ledger; a failure is logged, not shown (the
 /// ledger has it, and the API's drift loop writes it again).
-async fn sync_quietly(app: &App, user_id: i64) {
+pub(crate) async fn sync_quietly(app: &App, user_id: i64) {
     if let Err(error) = app.sync.sync_user(&app.ledger, user_id).await {
         tracing::warn!(user = user_id, %error, "VpnSubscription write failed; the drift loop retries");
     }
@@ -404,7 +411,12 @@ async fn buy_plan(
         Ok(created) => {
             let url = url::Url::parse(&created.confirmation_url)
                 .map_err(|e| format!("YooKassa confirmation URL: {e}"))?;
-            send_payment_link(bot, chat, lang, plan, url).await
+            // The price shown is what YooKassa was asked for (less a waiting discount).
+            let charged = Plan {
+                price_minor: created.amount_minor,
+                ..plan.clone()
+            };
+            send_payment_link(bot, chat, lang, &charged, url).await
         }
         Err(PaymentError::ContactRequired) => {
             bot.send_message(chat, text::ask_receipt_contact(lang))
@@ -517,7 +529,7 @@ async fn send_device(
 
 /// The sender's ledger record; `None` (after telling a sender who never used /start so) when
 /// there is none or the message has no sender.
-async fn registered_user(
+pub(crate) async fn registered_user(
     bot: &Bot,
     app: &App,
     message: &Message,
@@ -712,6 +724,9 @@ async fn run_admin(
                 "grant",
                 format!("granted {days} days to {}", target.telegram_id),
             ))
+        }
+        AdminCommand::Promo(command) => {
+            growth::run_admin_promo(bot, app, admin_id, chat, lang, command, now).await
         }
         AdminCommand::Suspend { user, reason } => {
             set_suspended(bot, app, admin_id, chat, lang, &user, reason, true, now).await

@@ -9,6 +9,7 @@ pub mod app;
 pub mod broadcast;
 pub mod config;
 pub mod devices;
+pub mod growth;
 pub mod handlers;
 pub mod http;
 pub mod jobs;

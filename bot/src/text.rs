@@ -5,7 +5,9 @@ use jiff::Timestamp;
 use wgsub_crds::SubscriptionPhase;
 use wgsub_crds::plans::Plan;
 
-use crate::admin::{AdminParseError, Audience, Subcommand, UserRef};
+use wgsub_ledger::{PromoBenefit, PromoCode, RedeemRefusal, ReferralSummary};
+
+use crate::admin::{AdminParseError, Audience, PromoArgError, Subcommand, UserRef};
 use crate::broadcast::Tally;
 use crate::reminders::ReminderKind;
 
@@ -67,6 +69,8 @@ pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 "Get the config and QR code",
             ),
         ),
+        ("promo", lang.pick("Ввести промокод", "Enter a promo code")),
+        ("invite", lang.pick("Пригласить друзей", "Invite friends")),
         ("help", lang.pick("Помощь", "Help")),
     ]
 }
@@ -486,6 +490,7 @@ pub fn admin_usage_error(lang: Lang, error: &AdminParseError) -> String {
         (Lang::En, AdminParseError::UnexpectedArguments(_, extra)) => {
             format!("unexpected arguments “{extra}”")
         }
+        (lang, AdminParseError::Promo(problem)) => promo_arg_problem(lang, problem),
     };
     let usage = match error.subcommand() {
         Some(sub) => sub.usage().to_owned(),
@@ -704,6 +709,284 @@ pub fn referral_revoked(lang: Lang, days: i32, paid_until: Option<Timestamp>) ->
         Lang::En => format!(
             "The payment of someone you invited was refunded, so the {days} bonus days were taken back.{until}"
         ),
+    }
+}
+
+/// `/promo` without a code.
+pub fn promo_usage(lang: Lang) -> &'static str {
+    lang.pick(
+        "Отправьте промокод так: /promo КОД",
+        "Send a promo code like this: /promo CODE",
+    )
+}
+
+/// A typed code that is not a code at all.
+pub fn promo_malformed(lang: Lang) -> &'static str {
+    lang.pick(
+        "Это не похоже на промокод: в нём 3–32 латинские буквы, цифры, «-» или «_». Проверьте и отправьте снова: /promo КОД",
+        "That does not look like a promo code: it has 3–32 Latin letters, digits, '-' or '_'. Check it and send it again: /promo CODE",
+    )
+}
+
+/// Why a code was not accepted.
+pub fn promo_refused(lang: Lang, refusal: RedeemRefusal) -> &'static str {
+    match refusal {
+        RedeemRefusal::Unknown => lang.pick(
+            "Такого промокода нет. Проверьте написание.",
+            "There is no such promo code. Check the spelling.",
+        ),
+        RedeemRefusal::Disabled => lang.pick(
+            "Этот промокод больше не действует.",
+            "This promo code is no longer valid.",
+        ),
+        RedeemRefusal::Expired => lang.pick(
+            "Срок действия этого промокода истёк.",
+            "This promo code has expired.",
+        ),
+        RedeemRefusal::UsedUp => lang.pick(
+            "Этот промокод уже использован максимальное число раз.",
+            "This promo code has been used up.",
+        ),
+        RedeemRefusal::AlreadyRedeemed => lang.pick(
+            "Вы уже использовали этот промокод.",
+            "You have already used this promo code.",
+        ),
+        RedeemRefusal::DiscountWaiting => lang.pick(
+            "У вас уже есть скидка на следующую оплату — сначала воспользуйтесь ею: /buy",
+            "You already have a discount waiting for your next payment — use it first: /buy",
+        ),
+    }
+}
+
+/// Free days from a code were added.
+pub fn promo_days(lang: Lang, days: u32, paid_until: Option<Timestamp>) -> String {
+    let until = match (lang, paid_until) {
+        (Lang::Ru, Some(until)) => format!(" Подписка активна до {}.", date(until)),
+        (Lang::En, Some(until)) => format!(" Your subscription is active until {}.", date(until)),
+        (_, None) => String::new(),
+    };
+    match lang {
+        Lang::Ru => format!("Промокод принят: +{days} дн.{until}"),
+        Lang::En => format!("Promo code accepted: +{days} days.{until}"),
+    }
+}
+
+/// A discount now waits for the next payment.
+pub fn promo_discount(lang: Lang, percent_off: u8) -> String {
+    match lang {
+        Lang::Ru => {
+            format!("Промокод принят: скидка {percent_off}% на следующую оплату. Оплатить: /buy")
+        }
+        Lang::En => format!("Promo code accepted: {percent_off}% off your next payment. Pay: /buy"),
+    }
+}
+
+/// `/invite`: the user's personal link and what it brought.
+pub fn invite(lang: Lang, link: &str, summary: ReferralSummary) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Ваша личная ссылка для друзей:\n{link}\n\nКогда приглашённый впервые оплатит подписку, вам начислятся бонусные дни.\n\nПо ссылке пришли: {}. Оплатили: {}. Бонусных дней: {}.",
+            summary.joined, summary.rewarded, summary.days_earned
+        ),
+        Lang::En => format!(
+            "Your personal link for friends:\n{link}\n\nWhen someone you invite pays for the first time, you get bonus days.\n\nJoined through your link: {}. Paid: {}. Bonus days earned: {}.",
+            summary.joined, summary.rewarded, summary.days_earned
+        ),
+    }
+}
+
+/// What was wrong with `/admin promo` arguments.
+pub fn promo_arg_problem(lang: Lang, problem: &PromoArgError) -> String {
+    match (lang, problem) {
+        (Lang::Ru, PromoArgError::MissingAction) => {
+            "не указано действие: create, list или disable".into()
+        }
+        (Lang::En, PromoArgError::MissingAction) => {
+            "the action is missing: create, list or disable".into()
+        }
+        (Lang::Ru, PromoArgError::BadAction(word)) => format!("неизвестное действие «{word}»"),
+        (Lang::En, PromoArgError::BadAction(word)) => format!("unknown action “{word}”"),
+        (Lang::Ru, PromoArgError::MissingCode) => "не указан код".into(),
+        (Lang::En, PromoArgError::MissingCode) => "the code is missing".into(),
+        (Lang::Ru, PromoArgError::BadCode(word, _)) => {
+            format!("код «{word}»: 3–32 символа из A–Z, 0–9, «-», «_», в начале буква или цифра")
+        }
+        (Lang::En, PromoArgError::BadCode(word, _)) => {
+            format!("code “{word}”: 3–32 of A–Z, 0–9, '-', '_', starting with a letter or digit")
+        }
+        (Lang::Ru, PromoArgError::MissingBenefit) => "не указано, что даёт код: 7d или 20%".into(),
+        (Lang::En, PromoArgError::MissingBenefit) => {
+            "what the code gives is missing: 7d or 20%".into()
+        }
+        (Lang::Ru, PromoArgError::BadBenefit(word)) => format!(
+            "«{word}» — нужно число дней (1–{}) с d или процент скидки (1–99) с %",
+            crate::admin::MAX_GRANT_DAYS
+        ),
+        (Lang::En, PromoArgError::BadBenefit(word)) => format!(
+            "“{word}” must be days (1–{}) with d or a percentage off (1–99) with %",
+            crate::admin::MAX_GRANT_DAYS
+        ),
+        (Lang::Ru, PromoArgError::MissingExpiry) => "не указан срок действия (ГГГГ-ММ-ДД)".into(),
+        (Lang::En, PromoArgError::MissingExpiry) => "the expiry is missing (YYYY-MM-DD)".into(),
+        (Lang::Ru, PromoArgError::BadExpiry(word)) => format!("срок «{word}» — не дата ГГГГ-ММ-ДД"),
+        (Lang::En, PromoArgError::BadExpiry(word)) => {
+            format!("expiry “{word}” is not a YYYY-MM-DD date")
+        }
+        (Lang::Ru, PromoArgError::MissingUses) => {
+            "не указано максимальное число использований".into()
+        }
+        (Lang::En, PromoArgError::MissingUses) => "the maximum number of uses is missing".into(),
+        (Lang::Ru, PromoArgError::BadUses(word)) => format!(
+            "«{word}» — не целое число от 1 до {}",
+            crate::admin::MAX_PROMO_USES
+        ),
+        (Lang::En, PromoArgError::BadUses(word)) => format!(
+            "“{word}” is not a whole number from 1 to {}",
+            crate::admin::MAX_PROMO_USES
+        ),
+        (Lang::Ru, PromoArgError::Unexpected(extra)) => format!("лишние аргументы «{extra}»"),
+        (Lang::En, PromoArgError::Unexpected(extra)) => format!("unexpected arguments “{extra}”"),
+    }
+}
+
+fn benefit(lang: Lang, benefit: PromoBenefit) -> String {
+    match (lang, benefit) {
+        (Lang::Ru, PromoBenefit::Days(days)) => format!("+{days} дн."),
+        (Lang::En, PromoBenefit::Days(days)) => format!("+{days} days"),
+        (Lang::Ru, PromoBenefit::PercentOff(percent)) => format!("скидка {percent}%"),
+        (Lang::En, PromoBenefit::PercentOff(percent)) => format!("{percent}% off"),
+    }
+}
+
+pub fn admin_promo_created(lang: Lang, code: &PromoCode) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Промокод {} создан: {}, до {}, использований не больше {}.",
+            code.code,
+            benefit(lang, code.benefit),
+            date(code.expires_at),
+            code.max_uses
+        ),
+        Lang::En => format!(
+            "Promo code {} created: {}, until {}, at most {} uses.",
+            code.code,
+            benefit(lang, code.benefit),
+            date(code.expires_at),
+            code.max_uses
+        ),
+    }
+}
+
+pub fn admin_promo_exists(lang: Lang, code: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Промокод {code} уже существует."),
+        Lang::En => format!("Promo code {code} already exists."),
+    }
+}
+
+pub fn admin_promo_invalid(lang: Lang, problem: &str) -> String {
+    format!(
+        "{}: {problem}",
+        lang.pick("Промокод не создан", "Promo code not created")
+    )
+}
+
+pub fn admin_promo_list(lang: Lang, codes: &[PromoCode], now: Timestamp) -> String {
+    if codes.is_empty() {
+        return lang
+            .pick("Промокодов нет.", "There are no promo codes.")
+            .into();
+    }
+    let lines: Vec<String> = codes
+        .iter()
+        .map(|code| {
+            let state = if code.disabled_at.is_some() {
+                lang.pick("отключён", "disabled")
+            } else if code.expires_at <= now {
+                lang.pick("истёк", "expired")
+            } else if code.uses >= code.max_uses {
+                lang.pick("исчерпан", "used up")
+            } else {
+                lang.pick("действует", "active")
+            };
+            format!(
+                "{} — {}, {}/{}, {} {}, {state}",
+                code.code,
+                benefit(lang, code.benefit),
+                code.uses,
+                code.max_uses,
+                lang.pick("до", "until"),
+                date(code.expires_at)
+            )
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        lang.pick("Промокоды:", "Promo codes:"),
+        lines.join("\n")
+    )
+}
+
+pub fn admin_promo_disabled(lang: Lang, code: &str, changed: bool) -> String {
+    match (lang, changed) {
+        (Lang::Ru, true) => format!("Промокод {code} отключён."),
+        (Lang::En, true) => format!("Promo code {code} disabled."),
+        (Lang::Ru, false) => format!("Промокода {code} нет или он уже отключён."),
+        (Lang::En, false) => format!("Promo code {code} does not exist or is already disabled."),
+    }
+}
+
+#[cfg(test)]
+mod growth_tests {
+    use super::*;
+
+    #[test]
+    fn every_promo_refusal_has_its_own_message_in_both_languages() {
+        let all = [
+            RedeemRefusal::Unknown,
+            RedeemRefusal::Disabled,
+            RedeemRefusal::Expired,
+            RedeemRefusal::UsedUp,
+            RedeemRefusal::AlreadyRedeemed,
+            RedeemRefusal::DiscountWaiting,
+        ];
+        for lang in [Lang::Ru, Lang::En] {
+            let texts: std::collections::BTreeSet<_> =
+                all.iter().map(|r| promo_refused(lang, *r)).collect();
+            assert_eq!(texts.len(), all.len());
+        }
+        assert_ne!(
+            promo_refused(Lang::Ru, RedeemRefusal::Expired),
+            promo_refused(Lang::En, RedeemRefusal::Expired)
+        );
+    }
+
+    #[test]
+    fn invite_shows_the_link_and_the_numbers() {
+        let summary = ReferralSummary {
+            joined: 3,
+            rewarded: 1,
+            days_earned: 7,
+        };
+        let en = invite(Lang::En, "https://t.me/b?start=ref_1", summary);
+        assert!(en.contains("https://t.me/b?start=ref_1"), "{en}");
+        assert!(
+            en.contains("Joined through your link: 3. Paid: 1. Bonus days earned: 7."),
+            "{en}"
+        );
+        let ru = invite(Lang::Ru, "https://t.me/b?start=ref_1", summary);
+        assert!(
+            ru.contains("По ссылке пришли: 3. Оплатили: 1. Бонусных дней: 7."),
+            "{ru}"
+        );
+    }
+
+    #[test]
+    fn the_promo_usage_error_names_the_argument_and_the_usage_line() {
+        let error = AdminParseError::Promo(PromoArgError::BadBenefit("7x".into()));
+        let text = admin_usage_error(Lang::En, &error);
+        assert!(text.contains("“7x” must be days"), "{text}");
+        assert!(text.contains("/admin promo create"), "{text}");
     }
 }
 
