@@ -1,7 +1,8 @@
 //! Operational endpoints: `/healthz` (the process serves), `/readyz` (the database reachable
 //! and the caches synced and fresh — see [`wgsub_devices::cache`] for how stale they may be),
 //! `/metrics`, `/openapi.json`, the request metrics middleware and the drift loop that repairs
-//! every difference between the ledger and the `VpnSubscription`s.
+//! every difference between the ledger and the `VpnSubscription`s (and refreshes the ledger's
+//! business gauges).
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +96,20 @@ pub async fn track(State(state): State<SharedState>, request: Request, next: Nex
     response
 }
 
+/// Sets the business gauges from the ledger: users by state now, and the last 24 hours' new
+/// users, payments and revenue.
+async fn refresh_ledger_gauges(state: &SharedState) {
+    let now = jiff::Timestamp::now();
+    let day_ago = now - jiff::SignedDuration::from_hours(24);
+    match tokio::try_join!(
+        state.ledger.stats(now),
+        state.ledger.activity_since(day_ago)
+    ) {
+        Ok((stats, activity)) => state.metrics.set_ledger(&stats, &activity),
+        Err(error) => tracing::warn!(%error, "reading the ledger's numbers failed"),
+    }
+}
+
 /// Keeps every `VpnSubscription` equal to the ledger until `stop`: over the subscriptions the
 /// readers' cache holds (one watch for both), once it has listed them, a pass compares every
 /// user with their resource and writes only what differs (edited, deleted or never written;
@@ -111,6 +126,7 @@ pub async fn drift_loop(state: SharedState, interval: Duration, stop: Cancellati
             return;
         }
         loop {
+            refresh_ledger_gauges(&state).await;
             if let Err(error) = state.caches.check() {
                 tracing::warn!(%error, "drift pass skipped");
                 tokio::time::sleep(interval).await;

@@ -154,6 +154,19 @@ async fn the_drift_loop_repairs_a_missing_an_edited_and_a_deleted_subscription_w
     }
     let (count, repairs) = count_repairs();
     assert!(count >= 3.0, "{repairs}");
+    // Each turn also refreshes the ledger's business gauges: 5 active, 6 never paid.
+    let metrics = state.metrics.encode();
+    for expected in [
+        "wgsub_api_ledger_users{state=\"active\"} 1",
+        "wgsub_api_ledger_users{state=\"never_paid\"} 1",
+        "wgsub_api_ledger_new_users_24h 2",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from\n{metrics}"
+        );
+    }
+
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), drift)
