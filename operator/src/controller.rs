@@ -1,9 +1,11 @@
-//! The Kubernetes shell of the operator: reads what one subscription's reconcile needs (its peers
-//! and their Secrets fresh from the API, its server from the watched servers), calls
+//! The Kubernetes shell of the operator: reads what one subscription's reconcile needs (its
+//! existing peers — known from the peer watch and its own writes, see `peer_view` — and their
+//! Secrets fresh from the API, its server from the watched servers), calls
 //! [`decision::decide`] on the server's address book (see `pools`), and writes the result — `WgPeer`s and key `Secret`s by
 //! server-side apply with field manager `wgsub-operator`, deletions after retention, the
-//! `VpnSubscription` status through the status subresource, Events — then requeues at the next
-//! liveness change. Also the kube-rs `Controller` wiring and the error policy.
+//! `VpnSubscription` status through the status subresource, Events (queued to one publisher, so
+//! a burst of reconciles does not wait for them) — then requeues at the next liveness change.
+//! Also the kube-rs `Controller` wiring and the error policy.
 //!
 //! A new key is written in three steps: the peer is applied without it, the key Secret is
 //! applied owned by that peer, and only then the peer is applied again with `publicKey` and
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
@@ -41,6 +43,7 @@ use crate::addresses::{PeerAddresses, UsedAddresses};
 use crate::decision::{self, EventKind, Observed, Plan, Problem};
 use crate::metrics::Metrics;
 use crate::patches::{self, FIELD_MANAGER, PatchError};
+use crate::peer_view::{Known, PeerView};
 use crate::pools::{Reserved, ServerPools};
 
 /// The longest a subscription waits between two reconciles when nothing happens to it.
@@ -49,6 +52,12 @@ pub const MAX_REQUEUE: Duration = Duration::from_secs(24 * 3600);
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// The longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How many Events may wait for the publisher of [`run`]; more are dropped and counted
+/// (`wgsub_operator_events_dropped_total`), so a burst of reconciles (a cold start over
+/// thousands of new subscriptions) neither waits for its Events nor queues them without bound.
+pub const EVENT_QUEUE: usize = 256;
+/// How long [`run`] keeps publishing the queued Events after the controller stopped.
+pub const EVENT_DRAIN: Duration = Duration::from_secs(5);
 
 /// What the reconcile needs besides the API.
 #[derive(Debug, Clone)]
@@ -85,6 +94,14 @@ impl std::fmt::Debug for Context {
             .finish_non_exhaustive()
     }
 }
+    /// The `WgPeer`s' metadata, from the watch [`run`] keeps (absent when reconciles are
+    /// called without it: then each reads every candidate peer from the API), seen through
+    /// [`PeerView`].
+    peers: std::sync::OnceLock<Store<PartialObjectMeta<WgPeer>>>,
+    peer_view: PeerView,
+    /// The queue of the Event publisher [`run`] keeps (absent when reconciles are called
+    /// without it: then each publishes its Events itself).
+    events: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Event, ObjectReference)>>,
 
 impl Context {
     /// A context for one leadership term: empty address bookkeeping, to be loaded from the API.
@@ -115,9 +132,70 @@ impl Context {
                 // Listed once at start (a handful of objects), then kept by the watch.
                 let _ = store.wait_until_ready().await;
                 let reference = ObjectRef::new(name).within(namespace);
+            peers: std::sync::OnceLock::new(),
+            peer_view: PeerView::default(),
+            events: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Hands `event` to the publisher, or drops it (counted) when [`EVENT_QUEUE`] are waiting;
+    /// publishes it in place when there is no publisher.
+    async fn publish(&self, event: Event, reference: ObjectReference, subscription: &str) {
+        use tokio::sync::mpsc::error::TrySendError;
+        let Some(queue) = self.events.get() else {
+            publish_event(&self.recorder, &event, &reference).await;
+            return;
+        };
+        match queue.try_send((event, reference)) {
+            Ok(()) => {}
+            Err(TrySendError::Full((event, _)) | TrySendError::Closed((event, _))) => {
+                self.metrics.event_dropped();
+                debug!(subscription, reason = %event.reason, "Event queue full; Event dropped");
+            }
                 Ok(store.get(&reference).map(|server| server.as_ref().clone()))
             }
             None => {
+    /// The peers `names` of a subscription that exist. With the watched peers: a name neither
+    /// they nor this operator's own writes hold does not exist (no read); a peer whose newest
+    /// version this operator wrote itself is that write (no read); the others are read fresh
+    /// from the API ([`PeerView`]). Without the watch, every name is read.
+    async fn peers(
+        &self,
+        api: &Api<WgPeer>,
+        namespace: &str,
+        names: Vec<String>,
+    ) -> Result<Vec<WgPeer>, kube::Error> {
+        let mut peers = Vec::new();
+        let store = self.peers.get();
+        if let Some(store) = store {
+            let _ = store.wait_until_ready().await;
+        }
+        for name in names {
+            let known = match store {
+                Some(store) => {
+                    let reference = ObjectRef::new(&name).within(namespace);
+                    self.peer_view.known(namespace, &name, || {
+                        store.get(&reference).map(|meta| meta.resource_version())
+                    })
+                }
+                None => Known::Read,
+            };
+            match known {
+                Known::Absent => {}
+                Known::Written(peer) => peers.push(peer.as_ref().clone()),
+                Known::Read => peers.extend(api.get_opt(&name).await?),
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Whether the watched peers hold `namespace/name` now.
+    fn peer_cached(&self, namespace: &str, name: &str) -> bool {
+        self.peers
+            .get()
+            .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_some())
+    }
+
                 Api::<WgServer>::namespaced(self.client.clone(), namespace)
                     .get_opt(name)
                     .await
@@ -380,12 +458,11 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let subs_api: Api<VpnSubscription> = Api::namespaced(client, &namespace);
 
-    // Read fresh from the API: a cache that has not seen the peer written by the previous
-    // reconcile would make this one generate a second key.
-    let mut own_peers = Vec::new();
-    for candidate in decision::candidate_peer_names(sub) {
-        own_peers.extend(peers_api.get_opt(&candidate).await?);
-    }
+    // From the watched peers with this operator's own writes on top: a cache that has not
+    // seen the peer written by the previous reconcile would make this one generate a second key.
+    let own_peers = ctx
+        .peers(&peers_api, &namespace, decision::candidate_peer_names(sub))
+        .await?;
     let mut secrets = Vec::new();
     for secret in decision::key_secret_names(&own_peers) {
         secrets.extend(secrets_api.get_opt(&secret).await?);
@@ -520,6 +597,7 @@ async fn execute(
     // Then each new key: the Secret (owned by the peer just applied), and only once it is
     // stored, the public key in the peer's spec.
     for (peer, write, key) in keys {
+        ctx.peer_view.applied(&applied);
         let secret = patches::key_secret(&peer, &name, key)?;
         let stored = secrets_api
             .patch(&key.reference.name, &apply, &Patch::Apply(&secret))
@@ -542,8 +620,14 @@ async fn execute(
             .delete(&holding.peer, &DeleteParams::background())
             .await
         {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
+        ctx.peer_view.applied(&published);
+            Ok(_) => ctx.peer_view.deleted(namespace, &holding.peer),
+            // Gone already; hidden too if the watch has not shown that yet.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                if ctx.peer_cached(namespace, &holding.peer) {
+                    ctx.peer_view.deleted(namespace, &holding.peer);
+                }
+            }
             Err(error) => return Err(error.into()),
         }
         let pool = ctx.pools.pool(namespace, &holding.server);
@@ -558,7 +642,6 @@ async fn execute(
         ctx.own_writes.wrote(SUBSCRIPTION, &written);
     }
 
-    let reference = sub.object_ref(&());
     for planned in &plan.events {
         let event = Event {
             type_: match planned.kind {
@@ -570,9 +653,7 @@ async fn execute(
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            warn!(subscription = %name, reason = planned.reason, "could not publish Event: {error}");
-        }
+        ctx.publish(event, sub.object_ref(&()), &name).await;
     }
     Ok(())
 }
@@ -589,6 +670,13 @@ pub fn subscriptions_on_server(
     subscriptions
         .state()
         .iter()
+async fn publish_event(recorder: &Recorder, event: &Event, reference: &ObjectReference) {
+    if let Err(error) = recorder.publish(event, reference).await {
+        let subscription = reference.name.as_deref().unwrap_or_default();
+        warn!(subscription, reason = %event.reason, "could not publish Event: {error}");
+    }
+}
+
         .filter(|s| s.namespace() == namespace)
         .filter(|s| decision::server_name(&s.spec, default_server) == name)
         .map(|s| ObjectRef::from_obj(s.as_ref()))
@@ -659,11 +747,12 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 ///
 /// Watches `VpnSubscription`s (primary, cached trimmed by [`trim_for_cache`]), `WgPeer`s and
 /// key `Secret`s (metadata only — only their labels and owners are read, to map them to their
-/// subscription; a Secret's data never reaches a watch), and `WgServer`s (cached, and mapped to
-/// the subscriptions on them). A reconcile reads its server from that cache and the peers and
-/// Secrets it needs fresh from the API. Watch events of the operator's own writes trigger no
-/// reconcile ([`OwnWrites`]). The initial lists of the three large
-/// kinds are paged (the default consistent list semantic; `resourceVersion=0` would make the
+/// subscription; a Secret's data never reaches a watch; the peers' metadata is kept, to know
+/// which peers exist), and `WgServer`s (cached, and mapped to the subscriptions on them). A
+/// reconcile reads its server from that cache, and fresh from the API only the Secrets and the
+/// existing peers it did not write last itself ([`PeerView`]). Watch events of the operator's
+/// own writes trigger no reconcile ([`OwnWrites`]). The initial lists of the three large kinds
+/// are paged (the default consistent list semantic; `resourceVersion=0` would make the
 /// API server answer in one piece, ignoring the page size); the few servers are listed from
 /// the API server's watch cache.
 pub async fn run(
@@ -686,6 +775,8 @@ pub async fn run(
     let server_store = store.clone();
     let default_server = ctx.settings.default_server.clone();
     let peers = watcher(
+    let (queue, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let _ = ctx.events.set(queue);
         scoped::<PartialObjectMeta<WgPeer>>(client.clone(), ns),
         watcher::Config::default(),
     )
@@ -697,10 +788,21 @@ pub async fn run(
     let secrets = watcher(
         scoped::<PartialObjectMeta<Secret>>(client.clone(), ns),
         watcher::Config::default().labels(LABEL_PEER),
+    let (peer_cache, peer_writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
+    let _ = ctx.peers.set(peer_cache);
     )
     .touched_objects()
     .try_filter({
         let ctx = ctx.clone();
+    .modify(trim_for_cache)
+    .reflect(peer_writer)
+    .map_ok({
+        let ctx = ctx.clone();
+        move |event| {
+            ctx.peer_view.seen(&event);
+            event
+        }
+    })
         move |secret| std::future::ready(!ctx.own_writes.is_own(SECRET, secret))
     });
 
@@ -760,16 +862,31 @@ mod tests {
             manager: Some("wgsub-api".into()),
             ..ManagedFieldsEntry::default()
         }]);
+    let counted = ctx.clone();
         sub.metadata.annotations = Some(
             [
                 (LAST_APPLIED.to_owned(), "{}".to_owned()),
+            metrics.set_peer_writes_unseen(counted.peer_view.pending());
                 ("note".to_owned(), "kept".to_owned()),
             ]
             .into(),
+    // Events are published one at a time beside the reconciles, which only queue them.
+    let publishing = async {
+        while let Some((event, reference)) = events.recv().await {
+            publish_event(&ctx.recorder, &event, &reference).await;
+        }
+    };
         );
         let mut expected = sub.clone();
         expected.metadata.managed_fields = None;
+        () = publishing => {}
         expected.metadata.annotations = Some([("note".to_owned(), "kept".to_owned())].into());
+    let draining = async {
+        while let Ok((event, reference)) = events.try_recv() {
+            publish_event(&ctx.recorder, &event, &reference).await;
+        }
+    };
+    let _ = tokio::time::timeout(EVENT_DRAIN, draining).await;
         trim_for_cache(&mut sub);
         assert_eq!(sub, expected);
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod patches;
 pub mod pools;
 
+pub mod peer_view;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,5 +1,6 @@
 //! The operator's Prometheus metrics: reconciles, errors by reason, reconcile duration,
-//! subscriptions by phase, address pool usage per server and whether this replica leads.
+//! subscriptions by phase, address pool usage per server, Events dropped and whether this
+//! replica leads.
 
 use std::time::Duration;
 
@@ -40,6 +41,8 @@ pub struct Metrics {
     subscriptions: Family<PhaseLabels, Gauge>,
     pool_used: Family<PoolLabels, Gauge>,
     pool_capacity: Family<PoolLabels, Gauge>,
+    events_dropped: Counter,
+    peer_writes_unseen: Gauge,
     leader: Gauge,
 }
 
@@ -85,6 +88,18 @@ impl Metrics {
             "IPv4 client addresses a server's pool holds",
             pool_capacity.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not published because too many were waiting",
+            events_dropped.clone(),
+        );
+        let peer_writes_unseen = Gauge::default();
+        registry.register(
+            "peer_writes_unseen",
+            "WgPeer writes of this operator its peer watch has not shown yet (the watch's lag)",
+            peer_writes_unseen.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -108,6 +123,8 @@ impl Metrics {
             subscriptions,
             pool_used,
             pool_capacity,
+            events_dropped,
+            peer_writes_unseen,
             leader,
         }
     }
@@ -150,6 +167,17 @@ impl Metrics {
             .set(i64::try_from(capacity).unwrap_or(i64::MAX));
     }
 
+    /// Counts an Event dropped because the publisher's queue was full.
+    pub fn event_dropped(&self) {
+        self.events_dropped.inc();
+    }
+
+    /// Sets how many peer writes the watch has not shown yet.
+    pub fn set_peer_writes_unseen(&self, count: usize) {
+        self.peer_writes_unseen
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
     /// Marks whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
@@ -176,6 +204,8 @@ mod tests {
         metrics.set_phase_counts(|phase| i64::from(phase == SubscriptionPhase::Active) * 7);
         metrics.set_pool_usage("vpn", "wg", 5, 253);
         metrics.set_leader(true);
+        metrics.event_dropped();
+        metrics.set_peer_writes_unseen(4);
         let text = metrics.encode();
         for expected in [
             "wgsub_operator_reconciles_total 2",
@@ -186,6 +216,8 @@ mod tests {
             "wgsub_operator_pool_addresses_used{namespace=\"vpn\",server=\"wg\"} 5",
             "wgsub_operator_pool_addresses_capacity{namespace=\"vpn\",server=\"wg\"} 253",
             "wgsub_operator_leader 1",
+            "wgsub_operator_events_dropped_total 1",
+            "wgsub_operator_peer_writes_unseen 4",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }
