@@ -48,8 +48,8 @@ pub struct Config {
     #[arg(long, env = "WGSUB_RETENTION", default_value = "30d", value_parser = parse_retention)]
     pub retention: SignedDuration,
 
-    /// Subscriptions reconciled at the same time.
-    #[arg(long, env = "WGSUB_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Subscriptions reconciled at the same time (each mostly waits for the API server).
+    #[arg(long, env = "WGSUB_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// Address of the /healthz, /readyz and /metrics server.
@@ -176,6 +176,7 @@ mod tests {
         let config = parse(&[
             "--namespace",
             "vpn",
+        assert_eq!(config.concurrency, 32);
             "--retention",
             "720h",
             "--lease-duration",
