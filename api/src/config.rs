@@ -124,6 +124,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WGSUB_YOOKASSA_API_URL", default_value = wgsub_ledger::yookassa::DEFAULT_API_BASE, value_parser = parse_url)]
     pub yookassa_api_url: String,
 
+    /// Telegram Bot API base URL (the Mini App's Stars invoices are made there).
+    #[arg(long, env = "WGSUB_TELEGRAM_API_URL", default_value = "https://api.telegram.org", value_parser = parse_url)]
+    pub telegram_api_url: String,
+
     /// Where YooKassa sends users after paying; default <public-url>/miniapp/.
     #[arg(long, env = "WGSUB_YOOKASSA_RETURN_URL", value_parser = parse_url)]
     pub yookassa_return_url: Option<String>,

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod miniapp;
 pub mod openapi;
 pub mod qr;
+pub mod stars;
 pub mod state;
 pub mod system;
 pub mod user;
@@ -39,6 +40,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/me", get(user::me))
         .route("/api/v1/plans", get(user::plans))
         .route("/api/v1/payments", post(user::create_payment))
+        .route("/api/v1/stars/invoice", post(stars::create_stars_invoice))
         .route(
             "/api/v1/me/peers",
             get(user::list_peers).post(user::add_peer),

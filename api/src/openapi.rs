@@ -5,6 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
 use crate::devices::DeviceView;
 use crate::error::ErrorBody;
+use crate::stars::{StarsInvoiceRequest, StarsInvoiceResponse};
 use crate::user::{
     AddDeviceRequest, CreatePaymentRequest, MeResponse, PaymentResponse, PlanView, QrFormat,
     SubscriptionView, UpdateDeviceRequest, UserView,
@@ -33,6 +34,7 @@ impl Modify for TmaAuth {
         crate::user::me,
         crate::user::plans,
         crate::user::create_payment,
+        crate::stars::create_stars_invoice,
         crate::user::list_peers,
         crate::user::add_peer,
         crate::user::update_peer,
@@ -43,6 +45,7 @@ impl Modify for TmaAuth {
     components(schemas(
         ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, PlanView,
         CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
+        StarsInvoiceRequest, StarsInvoiceResponse,
     )),
     modifiers(&TmaAuth),
 )]

@@ -30,6 +30,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     pub default_server: String,
     pub max_body_bytes: usize,
+    /// The Telegram Bot API base (`https://api.telegram.org`), for `createInvoiceLink`.
+    pub telegram_api_url: String,
 }
 
 impl std::fmt::Debug for Settings {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for Settings {
             .field("yookassa_allowed", &self.yookassa_allowed)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("default_server", &self.default_server)
+            .field("telegram_api_url", &self.telegram_api_url)
             .finish()
     }
 }
@@ -128,6 +131,7 @@ pub async fn state_from_args(
             trusted_proxies: args.trusted_proxies.clone(),
             default_server: args.default_server.clone(),
             max_body_bytes: args.max_body_bytes as usize,
+            telegram_api_url: args.telegram_api_url.clone(),
         },
         metrics: Metrics::new(),
         qr_cache: QrCache::new(QrCache::DEFAULT_CAPACITY),

@@ -115,6 +115,9 @@ pub struct PlanView {
     pub price: String,
     pub currency: String,
     pub devices: u8,
+    /// Price in Telegram Stars; absent when the plan is not sold for Stars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_stars: Option<u32>,
 }
 
 /// `POST /api/v1/payments` body.
@@ -291,6 +294,7 @@ pub async fn plans(State(state): State<SharedState>) -> Json<Vec<PlanView>> {
                 price: plan.price_decimal(),
                 currency: plan.currency.clone(),
                 devices: plan.devices,
+                price_stars: plan.price_stars,
             })
             .collect(),
     )

@@ -155,6 +155,7 @@ async fn harness_with(
             trusted_proxies: vec![clientip::parse_net("10.0.0.0/8").unwrap()],
             default_server: "main".into(),
             max_body_bytes: 4096,
+            telegram_api_url: "https://api.telegram.org".into(),
         },
         metrics: Metrics::new(),
         qr_cache: QrCache::new(QrCache::DEFAULT_CAPACITY),

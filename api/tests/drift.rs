@@ -55,6 +55,7 @@ fn state(ledger: Ledger, client: kube::Client, namespace: &str) -> Arc<AppState>
             trusted_proxies: vec![],
             default_server: "main".into(),
             max_body_bytes: 4096,
+            telegram_api_url: "https://api.telegram.org".into(),
         },
         metrics: Metrics::new(),
         qr_cache: QrCache::new(QrCache::DEFAULT_CAPACITY),
