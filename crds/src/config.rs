@@ -1,12 +1,15 @@
-//! Client configuration: the wg-quick `.conf` a device imports, and a download file name that
-//! is safe for any device name.
+//! Client configuration: the wg-quick `.conf` a device imports (for an AmneziaWG server with the
+//! `[Interface]` lines AmneziaVPN and AmneziaWG read: `Jc`, `Jmin`, `Jmax`, `S1`, `S2`, `H1`–`H4`,
+//! and for AWG 1.5 `S3`, `S4`, `I1`–`I5`), and a download file name that is safe for any device
+//! name and says which app it is for.
 
 use std::fmt::Write as _;
 
 use zeroize::Zeroizing;
 
+use crate::amnezia::AmneziaParams;
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
-use crate::resources::{WgPeerSpec, WgServerSpec};
+use crate::resources::{Protocol, WgPeerSpec, WgServerSpec};
 
 /// Routes sent through the tunnel when the server names none: everything.
 pub const DEFAULT_ALLOWED_IPS: [&str; 2] = ["0.0.0.0/0", "::/0"];
@@ -26,6 +29,8 @@ pub struct ClientConfig {
     pub allowed_ips: Vec<String>,
     /// Seconds; `None` or 0 leaves it out.
     pub persistent_keepalive: Option<u16>,
+    /// The server's AmneziaWG parameters; `None` for a WireGuard server.
+    pub amneziawg: Option<AmneziaParams>,
 }
 
 /// Why a config cannot be made yet; names the missing piece.
@@ -35,6 +40,8 @@ pub enum ConfigError {
     NoAddress,
     #[error("the server has not published its public key yet")]
     NoServerKey,
+    #[error("the server's AmneziaWG parameters are not chosen yet")]
+    NoAmneziaParams,
 }
 
 /// The routes of a server's client configs: its `clientAllowedIPs` or everything.
@@ -60,6 +67,14 @@ impl ClientConfig {
         preshared_key: Option<PresharedKey>,
     ) -> Result<Self, ConfigError> {
         let server_public_key = server_public_key.ok_or(ConfigError::NoServerKey)?;
+        let amneziawg = match server.protocol {
+            Protocol::Wireguard => None,
+            Protocol::Amneziawg => Some(
+                server
+                    .amneziawg_params()
+                    .ok_or(ConfigError::NoAmneziaParams)?,
+            ),
+        };
         let address = peer.address.clone().ok_or(ConfigError::NoAddress)?;
         let mut addresses = vec![address];
         addresses.extend(peer.address6.clone());
@@ -76,6 +91,7 @@ impl ClientConfig {
                 .persistent_keepalive
                 .and_then(|k| u16::try_from(k).ok())
                 .filter(|k| *k > 0),
+            amneziawg,
         })
     }
 
@@ -97,6 +113,9 @@ impl ClientConfig {
         if let Some(mtu) = self.mtu {
             let _ = writeln!(text, "MTU = {mtu}");
         }
+        for (key, value) in self.amneziawg.iter().flat_map(AmneziaParams::pairs) {
+            let _ = writeln!(text, "{key} = {value}");
+        }
         let _ = writeln!(text);
         let _ = writeln!(text, "[Peer]");
         let _ = writeln!(text, "PublicKey = {}", self.server_public_key);
@@ -112,15 +131,24 @@ impl ClientConfig {
     }
 }
 
-/// The longest interface name Linux allows; wg-quick names the interface after the file.
+/// The longest interface name Linux allows; wg-quick (and awg-quick) name the interface after
+/// the file.
 const MAX_INTERFACE_NAME: usize = 15;
+/// File name prefix of a WireGuard config.
 const PREFIX: &str = "wgsub-";
+/// File name prefix of an AmneziaWG config: the name says which app imports it.
+const AMNEZIA_PREFIX: &str = "amnezia-";
 
-/// A download file name `wgsub-<device>.conf` that wg-quick accepts as an interface name (at most
-/// 15 characters of `[A-Za-z0-9_=+.-]`) whatever the device name holds; `fallback` (e.g. the
-/// device number) is used when nothing of the name survives.
-pub fn config_file_name(device_name: Option<&str>, fallback: &str) -> String {
-    let room = MAX_INTERFACE_NAME - PREFIX.len();
+/// A download file name `wgsub-<device>.conf` (for an AmneziaWG server `amnezia-<device>.conf`)
+/// that wg-quick accepts as an interface name (at most 15 characters of `[A-Za-z0-9_=+.-]`)
+/// whatever the device name holds; `fallback` (e.g. the device number) is used when nothing of
+/// the name survives.
+pub fn config_file_name(protocol: Protocol, device_name: Option<&str>, fallback: &str) -> String {
+    let prefix = match protocol {
+        Protocol::Wireguard => PREFIX,
+        Protocol::Amneziawg => AMNEZIA_PREFIX,
+    };
+    let room = MAX_INTERFACE_NAME - prefix.len();
     let clean = |text: &str| -> String {
         let mut out = String::new();
         for c in text.chars() {
@@ -149,7 +177,7 @@ pub fn config_file_name(device_name: Option<&str>, fallback: &str) -> String {
     } else {
         stem
     };
-    format!("{PREFIX}{stem}.conf")
+    format!("{prefix}{stem}.conf")
 }
 
 #[cfg(test)]
@@ -263,35 +291,183 @@ mod tests {
 
     #[test]
     fn file_names_are_safe_for_any_device_name() {
-        assert_eq!(config_file_name(Some("iPhone"), "1"), "wgsub-iPhone.conf");
         assert_eq!(
-            config_file_name(Some("My Laptop"), "1"),
+            config_file_name(Protocol::Wireguard, Some("iPhone"), "1"),
+            "wgsub-iPhone.conf"
+        );
+        assert_eq!(
+            config_file_name(Protocol::Wireguard, Some("My Laptop"), "1"),
             "wgsub-My-Laptop.conf"
         );
-        assert_eq!(config_file_name(Some("Телефон"), "2"), "wgsub-2.conf");
-        assert_eq!(config_file_name(None, "tg-42-3"), "wgsub-tg-42-3.conf");
         assert_eq!(
-            config_file_name(Some("../../etc/passwd"), "1"),
+            config_file_name(Protocol::Wireguard, Some("Телефон"), "2"),
+            "wgsub-2.conf"
+        );
+        assert_eq!(
+            config_file_name(Protocol::Wireguard, None, "tg-42-3"),
+            "wgsub-tg-42-3.conf"
+        );
+        assert_eq!(
+            config_file_name(Protocol::Wireguard, Some("../../etc/passwd"), "1"),
             "wgsub-etc-passw.conf"
         );
         assert_eq!(
-            config_file_name(Some("a\"b;c\r\nd"), "1"),
+            config_file_name(Protocol::Wireguard, Some("a\"b;c\r\nd"), "1"),
             "wgsub-abcd.conf"
         );
         assert_eq!(
-            config_file_name(Some("a very long device name"), "1"),
+            config_file_name(Protocol::Wireguard, Some("a very long device name"), "1"),
             "wgsub-a-very-lo.conf"
         );
-        assert_eq!(config_file_name(Some("---"), ""), "wgsub-vpn.conf");
+        assert_eq!(
+            config_file_name(Protocol::Wireguard, Some("---"), ""),
+            "wgsub-vpn.conf"
+        );
+    }
+
+    fn amnezia_server(block: serde_json::Value) -> WgServerSpec {
+        let mut value = serde_json::to_value(server()).unwrap();
+        value["protocol"] = serde_json::json!("amneziawg");
+        value["amneziawg"] = block;
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn render_for(server: &WgServerSpec) -> Result<String, ConfigError> {
+        let config = ClientConfig::for_peer(
+            server,
+            Some(PrivateKey::generate().public_key()),
+            &peer(),
+            PrivateKey::generate(),
+            None,
+        )?;
+        Ok(config.render().as_str().to_owned())
+    }
+
+    /// The `[Interface]` section of a rendered config, without the private key line.
+    fn interface_section(text: &str) -> Vec<&str> {
+        text.split("\n\n")
+            .next()
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with("PrivateKey"))
+            .collect()
+    }
+
+    #[test]
+    fn an_amneziawg_config_carries_the_awg_1_0_lines_in_its_interface_section() {
+        let server = amnezia_server(serde_json::json!({
+            "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61,
+            "h1": "1234567", "h2": "2345678", "h3": "3456789", "h4": "4567890",
+        }));
+        let text = render_for(&server).unwrap();
+        assert_eq!(
+            interface_section(&text),
+            [
+                "[Interface]",
+                "Address = 10.8.0.2/32, fd00:8::2/128",
+                "DNS = 1.1.1.1, 2606:4700:4700::1111",
+                "MTU = 1420",
+                "Jc = 4",
+                "Jmin = 40",
+                "Jmax = 70",
+                "S1 = 25",
+                "S2 = 61",
+                "H1 = 1234567",
+                "H2 = 2345678",
+                "H3 = 3456789",
+                "H4 = 4567890",
+            ]
+        );
+        let peer_section = text.split("\n\n").nth(1).unwrap();
+        assert!(peer_section.starts_with("[Peer]\nPublicKey = "));
+        for key in ["Jc", "S1", "H1", "S3", "I1"] {
+            assert!(!peer_section.contains(key), "{key} in [Peer]");
+        }
+    }
+
+    #[test]
+    fn an_awg_1_5_config_adds_s3_s4_and_only_the_signature_packets_set() {
+        let server = amnezia_server(serde_json::json!({
+            "version": "1.5", "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61, "s3": 17,
+            "s4": 0, "h1": "100-200", "h2": "300", "h3": "400-500", "h4": "600-4294967295",
+            "i1": "<b 0xc700><r 16>", "i4": "<t>",
+        }));
+        let text = render_for(&server).unwrap();
+        let lines = interface_section(&text);
+        assert_eq!(
+            lines[4..],
+            [
+                "Jc = 4",
+                "Jmin = 40",
+                "Jmax = 70",
+                "S1 = 25",
+                "S2 = 61",
+                "S3 = 17",
+                "S4 = 0",
+                "H1 = 100-200",
+                "H2 = 300",
+                "H3 = 400-500",
+                "H4 = 600-4294967295",
+                "I1 = <b 0xc700><r 16>",
+                "I4 = <t>",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wireguard_config_has_no_amneziawg_line() {
+        let text = render_for(&server()).unwrap();
+        for key in [
+            "Jc", "Jmin", "Jmax", "S1", "S2", "S3", "S4", "H1", "H4", "I1",
+        ] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(&format!("{key} ="))),
+                "{key} in a WireGuard config"
+            );
+        }
+    }
+
+    #[test]
+    fn no_amneziawg_config_before_every_parameter_is_chosen_and_valid() {
+        let partial = amnezia_server(serde_json::json!({"jc": 4}));
+        assert_eq!(render_for(&partial), Err(ConfigError::NoAmneziaParams));
+        let none = amnezia_server(serde_json::Value::Null);
+        assert_eq!(render_for(&none), Err(ConfigError::NoAmneziaParams));
+        let broken = amnezia_server(serde_json::json!({
+            "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 81,
+            "h1": "1234567", "h2": "2345678", "h3": "3456789", "h4": "4567890",
+        }));
+        assert_eq!(render_for(&broken), Err(ConfigError::NoAmneziaParams));
+    }
+
+    #[test]
+    fn amneziawg_file_names_say_amnezia_and_stay_interface_names() {
+        assert_eq!(
+            config_file_name(Protocol::Amneziawg, Some("iPhone"), "1"),
+            "amnezia-iPhone.conf"
+        );
+        assert_eq!(
+            config_file_name(Protocol::Amneziawg, Some("a very long device name"), "1"),
+            "amnezia-a-very.conf"
+        );
+        assert_eq!(
+            config_file_name(Protocol::Amneziawg, None, "tg-42-3"),
+            "amnezia-tg-42-3.conf"
+        );
     }
 
     proptest! {
         #[test]
-        fn every_file_name_is_a_valid_wg_quick_interface_name(name in any::<String>(), fallback in "[a-z0-9-]{0,20}") {
-            let file = config_file_name(Some(&name), &fallback);
+        fn every_file_name_is_a_valid_wg_quick_interface_name(name in any::<String>(), fallback in "[a-z0-9-]{0,20}", amnezia in any::<bool>()) {
+            let (protocol, prefix) = if amnezia {
+                (Protocol::Amneziawg, "amnezia-")
+            } else {
+                (Protocol::Wireguard, "wgsub-")
+            };
+            let file = config_file_name(protocol, Some(&name), &fallback);
             let stem = file.strip_suffix(".conf").unwrap();
             prop_assert!(stem.len() <= 15, "{}", stem);
-            prop_assert!(stem.starts_with("wgsub-") && stem.len() > 6);
+            prop_assert!(stem.starts_with(prefix) && stem.len() > prefix.len());
             prop_assert!(stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b)), "{}", stem);
         }
     }

@@ -114,9 +114,11 @@ fn wg_quick_strip_and_wg_setconf_accept_the_rendered_config() {
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let file = dir
-        .path()
-        .join(config_file_name(peer.device_name.as_deref(), "1"));
+    let file = dir.path().join(config_file_name(
+        server.protocol,
+        peer.device_name.as_deref(),
+        "1",
+    ));
     std::fs::write(&file, config.render().as_bytes()).unwrap();
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 

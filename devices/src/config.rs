@@ -7,6 +7,7 @@
 use crate::cache::{CacheError, Caches};
 use wgsub_crds::config::{ClientConfig, config_file_name};
 use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
+use wgsub_crds::resources::Protocol;
 use wgsub_crds::{SecretKeyRef, WgPeer};
 use zeroize::Zeroizing;
 
@@ -14,8 +15,12 @@ use zeroize::Zeroizing;
 pub struct RenderedConfig {
     /// The `.conf` text (holds the private key: send it, never log it).
     pub text: Zeroizing<String>,
-    /// The download file name (`wgsub-<device>.conf`).
+    /// The download file name (`wgsub-<device>.conf`, or `amnezia-<device>.conf` for an
+    /// AmneziaWG server).
     pub file_name: String,
+    /// The server's protocol, which says the app the config is for (WireGuard, or AmneziaVPN /
+    /// AmneziaWG).
+    pub protocol: Protocol,
 }
 
 impl std::fmt::Debug for RenderedConfig {
@@ -23,6 +28,7 @@ impl std::fmt::Debug for RenderedConfig {
         f.debug_struct("RenderedConfig")
             .field("text", &"<redacted>")
             .field("file_name", &self.file_name)
+            .field("protocol", &self.protocol)
             .finish()
     }
 }
@@ -96,6 +102,11 @@ pub fn render_device_config(
     .map_err(|e| not_ready(e.to_string()))?;
     Ok(RenderedConfig {
         text: config.render(),
-        file_name: config_file_name(peer.spec.device_name.as_deref(), fallback_name),
+        file_name: config_file_name(
+            server.spec.protocol,
+            peer.spec.device_name.as_deref(),
+            fallback_name,
+        ),
+        protocol: server.spec.protocol,
     })
 }
