@@ -1,7 +1,7 @@
 //! The Grafana dashboard asks only for metrics the binaries register: every `wgsub_*` series in
 //! its queries is `<prefix>_<name>` of a `Registry::with_prefix(prefix)` / `register(name, …)` in
 //! a binary's source (with the `_total`, `_bucket`, `_count` or `_sum` a Prometheus exposition
-//! adds).
+//! adds), every query parses as PromQL (promtool), and the business panels are there.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -33,7 +33,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 /// Every metric family the binaries register, with its prefix.
-fn registered_metrics() -> BTreeSet<String> {
+pub fn registered_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for crate_dir in ["operator", "node-agent", "api", "bot"] {
         let mut files = Vec::new();
@@ -52,7 +52,7 @@ fn registered_metrics() -> BTreeSet<String> {
 }
 
 /// The `wgsub_*` series names in a PromQL expression.
-fn series_in(expr: &str) -> Vec<String> {
+pub fn series_in(expr: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (at, _) in expr.match_indices("wgsub_") {
         if at > 0 && expr.as_bytes()[at - 1].is_ascii_alphanumeric() {
@@ -65,6 +65,18 @@ fn series_in(expr: &str) -> Vec<String> {
         out.push(name);
     }
     out
+}
+
+/// The registered family `series` belongs to: the series itself, or the series less the
+/// `_total`, `_bucket`, `_count` or `_sum` the exposition adds; `None` when no binary has it.
+pub fn family_of<'a>(series: &'a str, registered: &BTreeSet<String>) -> Option<&'a str> {
+    std::iter::once(series)
+        .chain(
+            ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .filter_map(|suffix| series.strip_suffix(suffix)),
+        )
+        .find(|family| registered.contains(*family))
 }
 
 fn dashboard() -> Value {
@@ -86,16 +98,8 @@ fn the_dashboard_queries_only_metrics_the_binaries_register() {
             let expr = target["expr"].as_str().expect("a PromQL expression");
             for series in series_in(expr) {
                 queried += 1;
-                let family = ["_total", "_bucket", "_count", "_sum"]
-                    .iter()
-                    .find_map(|suffix| {
-                        series
-                            .strip_suffix(suffix)
-                            .filter(|f| registered.contains(*f))
-                    })
-                    .unwrap_or(&series);
                 assert!(
-                    registered.contains(family),
+                    family_of(&series, &registered).is_some(),
                     "panel {:?} queries {series}, which no binary registers",
                     panel["title"]
                 );
@@ -135,4 +139,60 @@ fn the_series_scan_finds_names_and_skips_lookalikes() {
         series_in("sum(rate(wgsub_a_total{x=\"y\"}[5m])) / max(xwgsub_b) + wgsub_c"),
         ["wgsub_a_total", "wgsub_c"]
     );
+}
+
+/// Every panel query of the dashboard, `$namespace` filled in.
+fn queries() -> Vec<(String, String)> {
+    let dashboard = dashboard();
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            out.push((
+                panel["title"].as_str().unwrap().to_owned(),
+                target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$namespace", "wgsub"),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_dashboard_query_parses_as_promql() {
+    let rules: Vec<Value> = queries()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, expr))| serde_json::json!({"record": format!("wgsub:panel_query_{i}"), "expr": expr}))
+        .collect();
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("queries.yaml"),
+        serde_yaml::to_string(&file).unwrap(),
+    )
+    .unwrap();
+    let checked = crate::alerts::run_promtool(&["check", "rules", "queries.yaml"], dir.path());
+    assert!(checked.contains("SUCCESS"), "{checked}");
+}
+
+#[test]
+fn the_business_panels_read_the_ledger_and_the_operator() {
+    let queries = queries();
+    for (topic, series) in [
+        ("Active subscriptions", "wgsub_api_ledger_users"),
+        ("New users", "wgsub_api_ledger_new_users_24h"),
+        ("Revenue per day", "wgsub_api_ledger_revenue_24h_minor"),
+        ("renewals", "wgsub_api_ledger_payments_24h"),
+        ("Peers per server", "wgsub_operator_pool_addresses_used"),
+        ("Build", "wgsub_api_build_info"),
+    ] {
+        assert!(
+            queries
+                .iter()
+                .any(|(title, expr)| title.contains(topic) && expr.contains(series)),
+            "no panel {topic:?} reading {series}"
+        );
+    }
 }
