@@ -8,6 +8,7 @@ mod alerts;
 mod crds;
 mod dashboard;
 mod images;
+mod install_vps;
 mod install;
 mod rbac;
 mod release;
