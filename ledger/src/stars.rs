@@ -179,6 +179,32 @@ pub fn invoice_for(user_id: i64, plan: &Plan) -> Option<InvoicePayload> {
     })
 }
 
+/// The invoice's title in the user's language (Telegram takes 1–32 characters); the bot and
+/// the Mini App's invoice link show the same one.
+pub fn invoice_title(language_code: Option<&str>, plan: &Plan) -> String {
+    let title = format!("VPN: {}", plan.title.for_language(language_code));
+    title.chars().take(32).collect()
+}
+
+/// The invoice's description in the user's language (Telegram takes 1–255 characters).
+pub fn invoice_description(language_code: Option<&str>, plan: &Plan) -> String {
+    let english = language_code.is_some_and(|code| code.to_ascii_lowercase().starts_with("en"));
+    let text = if english {
+        format!(
+            "VPN subscription: {} days, {} device{}. It starts the moment you pay.",
+            plan.days,
+            plan.devices,
+            if plan.devices == 1 { "" } else { "s" }
+        )
+    } else {
+        format!(
+            "Подписка на VPN: {} дн., устройств: {}. Включится сразу после оплаты.",
+            plan.days, plan.devices
+        )
+    };
+    text.chars().take(255).collect()
+}
+
 /// What Telegram says is being paid (a pre-checkout query or a successful payment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PaymentFacts<'a> {
@@ -675,6 +701,26 @@ mod tests {
             })
         );
         assert_eq!(invoice_for(7, plans.get("quarter").unwrap()), None);
+    }
+
+    #[test]
+    fn invoice_texts_follow_the_language_and_fit_telegrams_limits() {
+        let long = PlanCatalogue::from_yaml_str(&format!(
+            "plans: [{{id: m, title: {{ru: {0}, en: {0}}}, days: 30, priceMinor: 1, currency: RUB, devices: 2, priceStars: 1}}]",
+            "Я".repeat(60)
+        ))
+        .unwrap();
+        let plan = &long.plans()[0];
+        for code in [Some("en-US"), Some("ru"), None] {
+            assert_eq!(invoice_title(code, plan).chars().count(), 32);
+            assert!(invoice_description(code, plan).chars().count() <= 255);
+        }
+        let plans = catalogue();
+        let month = plans.get("month").unwrap();
+        assert_eq!(invoice_title(Some("en"), month), "VPN: Month");
+        assert_eq!(invoice_title(Some("ru"), month), "VPN: Месяц");
+        assert!(invoice_description(Some("en"), month).contains("30 days, 1 device."));
+        assert!(invoice_description(None, month).contains("30 дн."));
     }
 
     #[test]
