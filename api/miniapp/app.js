@@ -1,4 +1,5 @@
-// The wgsub Mini App: status, plans (pay through YooKassa), and the user's devices (QR code,
+// The wgsub Mini App: status, plans (pay through YooKassa or in Telegram Stars with
+// `Telegram.WebApp.openInvoice`), and the user's devices (QR code,
 // .conf download, copy, connect switch, add device). Talks to the API with
 // `Authorization: tma <initData>`; renders even when Telegram's WebApp API is absent.
 "use strict";
@@ -9,6 +10,8 @@ const TEXT = {
     plan: "Plan", devices: "Devices", refresh: "Refresh", addDevice: "Add device",
     download: "Download .conf", copy: "Copy config", copied: "Copied", connected: "Connected",
     pay: "Pay", days: "days", deviceCount: "devices", noDevices: "No devices yet.",
+    payStars: "Pay {s} ⭐", starsPaid: "Paid in Stars: your subscription is being extended.",
+    starsFailed: "The payment in Stars did not go through.",
     notReady: "Your key is being prepared…", openInTelegram: "Open this page from the wgsub bot in Telegram.",
     error: "Something went wrong", Pending: "Not paid", Active: "Active", Expired: "Expired",
     Suspended: "Suspended", device: "Device",
@@ -18,6 +21,8 @@ const TEXT = {
     plan: "Тариф", devices: "Устройства", refresh: "Обновить", addDevice: "Добавить устройство",
     download: "Скачать .conf", copy: "Скопировать конфиг", copied: "Скопировано", connected: "Подключено",
     pay: "Оплатить", days: "дн.", deviceCount: "устр.", noDevices: "Устройств пока нет.",
+    payStars: "Оплатить {s} ⭐", starsPaid: "Оплачено звёздами: подписка продлевается.",
+    starsFailed: "Оплата звёздами не прошла.",
     notReady: "Ключ готовится…", openInTelegram: "Откройте эту страницу из бота wgsub в Telegram.",
     error: "Что-то пошло не так", Pending: "Не оплачено", Active: "Активна", Expired: "Истекла",
     Suspended: "Приостановлена", device: "Устройство",
@@ -141,7 +146,18 @@ async function loadPlans() {
     button.dataset.plan = plan.id;
     button.textContent = t("pay") + " " + plan.price + " " + (plan.currency === "RUB" ? "₽" : plan.currency);
     button.addEventListener("click", () => pay(plan.id, button));
-    card.append(info, button);
+    const actions = document.createElement("div");
+    actions.className = "pay-actions";
+    actions.append(button);
+    if (plan.priceStars) {
+      const stars = document.createElement("button");
+      stars.type = "button";
+      stars.dataset.stars = plan.id;
+      stars.textContent = t("payStars").replace("{s}", plan.priceStars);
+      stars.addEventListener("click", () => payStars(plan.id, stars));
+      actions.append(stars);
+    }
+    card.append(info, actions);
     list.append(card);
   }
 }
@@ -156,6 +172,29 @@ async function pay(planId, button) {
     // openLink opens the browser on every platform (iOS included) without leaving Telegram.
     if (webApp && typeof webApp.openLink === "function") webApp.openLink(payment.confirmationUrl);
     else window.open(payment.confirmationUrl, "_blank", "noopener");
+  } catch (error) {
+    notice(error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function payStars(planId, button) {
+  if (!initData) { notice(t("openInTelegram")); return; }
+  button.disabled = true;
+  try {
+    const invoice = await (await api("/api/v1/stars/invoice", {
+      method: "POST", body: JSON.stringify({ plan: planId }),
+    })).json();
+    // The payment itself goes to the bot, which credits it; refresh the status after it.
+    if (webApp && typeof webApp.openInvoice === "function") {
+      webApp.openInvoice(invoice.invoiceLink, (status) => {
+        if (status === "paid") { notice(t("starsPaid")); setTimeout(loadMe, 2000); }
+        else if (status === "failed") notice(t("starsFailed"));
+      });
+    } else {
+      window.open(invoice.invoiceLink, "_blank", "noopener");
+    }
   } catch (error) {
     notice(error.message);
   } finally {
