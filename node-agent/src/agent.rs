@@ -33,7 +33,8 @@ use crate::snapshot::{InterfaceSnapshot, PeerConfig};
 /// Peer configurations by public key.
 type PeerConfigs = BTreeMap<PublicKey, PeerConfig>;
 use crate::status::{
-    peer_ready, peer_status, peer_write_due, reason, server_ready, server_status, server_write_due,
+    Due, RoutineBudget, peer_ready, peer_status, peer_write_due, reason, routine_interval,
+    server_ready, server_status, server_write_due,
 };
 
 /// The loop's settings.
@@ -296,6 +297,8 @@ pub struct Agent {
     node_labels: BTreeMap<String, String>,
     servers: BTreeMap<String, ServerRuntime>,
     written: Written,
+    /// Routine status writes (counters, renewed handshakes) still allowed.
+    routine_budget: RoutineBudget,
     firewall: Option<Firewall>,
 }
 
@@ -310,6 +313,7 @@ impl Agent {
         status: Arc<StatusQueue>,
     ) -> Self {
         let firewall = settings.firewall;
+        let routine_budget = RoutineBudget::new(settings.status_interval);
         let firewall_worker = worker.sibling("wg-firewall").unwrap_or_else(|error| {
             tracing::warn!(%error, "no separate firewall thread; firewall rules share the interface thread");
             worker.clone()
@@ -326,6 +330,7 @@ impl Agent {
             node_labels: BTreeMap::new(),
             servers: BTreeMap::new(),
             written: Written::default(),
+            routine_budget,
             firewall,
         }
     }
@@ -913,6 +918,9 @@ impl Agent {
     pub async fn queue_status(&mut self) {
         let now = Timestamp::now();
         let interval = self.settings.counters_interval;
+        let peers = self.servers.values().filter_map(|r| r.decision.as_ref());
+        let routine = routine_interval(interval, peers.map(|d| d.desired.states.len()).sum());
+        self.routine_budget.refill(now);
         for (server_name, runtime) in &self.servers {
             let interface = runtime.interface.clone();
             let snapshot: InterfaceSnapshot = match self
@@ -956,9 +964,16 @@ impl Agent {
                     Some((written, at)) => (Some(written), *at),
                     None => (current.as_ref(), None),
                 };
-                if peer_write_due(&new, last, counters_at, now, interval) {
+                let write = match peer_write_due(&new, last, counters_at, now, routine) {
+                    Some(Due::Now) => true,
+                    Some(Due::Routine) => self.routine_budget.take(),
+                    None => false,
+                };
+                if write {
                     let counters_changed = last.is_none_or(|last| {
-                        last.rx_bytes != new.rx_bytes || last.tx_bytes != new.tx_bytes
+                        last.rx_bytes != new.rx_bytes
+                            || last.tx_bytes != new.tx_bytes
+                            || last.last_handshake != new.last_handshake
                     });
                     let at = if counters_changed {
                         Some(now)

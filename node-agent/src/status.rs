@@ -1,8 +1,13 @@
 //! Status, decided purely: each `WgPeer`'s `active`, `lastHandshake`, byte counters and `Ready`
 //! condition, each `WgServer`'s public key, active peer count, last sync and `Ready` condition —
-//! and whether a write is due. A change of `active`, the handshake, a condition or the observed
-//! generation is written at the next batch; counters alone at most once per counter interval;
-//! a server's `lastSync` alone likewise.
+//! and whether a write is due. A change of `active`, a first handshake, a condition or the
+//! observed generation is written at the next batch ([`Due::Now`]); routine changes — byte
+//! counters and the renewal of a handshake (every two minutes on a busy session) — at most once
+//! per [`routine_interval`] ([`Due::Routine`]), and only as far as the [`RoutineBudget`]
+//! allows: together they keep routine writes within
+//! [`ROUTINE_WRITES_PER_MINUTE`] however many peers the node holds, spread evenly over time, so
+//! the writes that matter never queue behind thousands of counter updates. A server's
+//! `lastSync` alone is written at most once per counter interval.
 
 use std::time::Duration;
 
@@ -128,6 +133,76 @@ pub fn peer_status(
     status
 }
 
+/// The most routine peer status writes (counters, renewed handshakes) a node-agent sends per
+/// minute, whatever its number of peers: a third of what the default writer rate
+/// (`--status-writes-per-second` 20, 1,200 a minute) sends, so that the writes that matter —
+/// a peer going on or off the interface, a condition — never wait behind them for long.
+pub const ROUTINE_WRITES_PER_MINUTE: u64 = 400;
+
+/// How long a peer's routine changes wait between two writes when the node holds `peers`:
+/// `counters_interval`, or longer when `peers` routine writes per `counters_interval` would
+/// exceed [`ROUTINE_WRITES_PER_MINUTE`] (10,000 peers: 25 minutes).
+pub fn routine_interval(counters_interval: Duration, peers: usize) -> Duration {
+    let spread = Duration::from_secs(60).saturating_mul(u32::try_from(peers).unwrap_or(u32::MAX))
+        / u32::try_from(ROUTINE_WRITES_PER_MINUTE).unwrap_or(u32::MAX);
+    counters_interval.max(spread)
+}
+
+/// The routine writes a node-agent may still queue: refilled at [`ROUTINE_WRITES_PER_MINUTE`]
+/// with the time between status batches, holding at most one status interval's worth (so a
+/// quiet spell does not save up a burst).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutineBudget {
+    tokens: f64,
+    most: f64,
+    refilled_at: Option<Timestamp>,
+}
+
+impl RoutineBudget {
+    /// An empty budget for batches about every `status_interval`.
+    pub fn new(status_interval: Duration) -> Self {
+        let most = ROUTINE_WRITES_PER_MINUTE as f64 * status_interval.as_secs_f64() / 60.0;
+        Self {
+            tokens: 0.0,
+            most: most.max(1.0),
+            refilled_at: None,
+        }
+    }
+
+    /// Adds what the time since the last refill earned (the first refill fills it).
+    pub fn refill(&mut self, now: Timestamp) {
+        let earned = match self.refilled_at {
+            None => self.most,
+            Some(at) => {
+                let seconds = now.duration_since(at).as_secs_f64().max(0.0);
+                seconds * ROUTINE_WRITES_PER_MINUTE as f64 / 60.0
+            }
+        };
+        self.tokens = (self.tokens + earned).min(self.most);
+        self.refilled_at = Some(now);
+    }
+
+    /// Takes one routine write, if the budget has one.
+    pub fn take(&mut self) -> bool {
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a peer's status is to be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Something that matters changed: write at this batch.
+    Now,
+    /// Only counters or a renewed handshake changed, and the routine interval has passed: write
+    /// when the batch's routine budget allows.
+    Routine,
+}
+
 fn interval_passed(last: Option<Timestamp>, now: Timestamp, interval: Duration) -> bool {
     match last {
         None => true,
@@ -139,24 +214,34 @@ fn interval_passed(last: Option<Timestamp>, now: Timestamp, interval: Duration) 
     }
 }
 
-/// Whether a peer's status must be written: at once when anything but the counters changed,
-/// counters alone once `interval` has passed since the last counter write.
+/// Whether a peer's status must be written: [`Due::Now`] when it was never written, or
+/// `active`, a condition or the observed generation changed or the first handshake came;
+/// [`Due::Routine`] when only routine fields (counters, a renewed handshake) changed and
+/// `interval` (see [`routine_interval`]) has passed since the last routine write.
 pub fn peer_write_due(
     new: &WgPeerStatus,
     last: Option<&WgPeerStatus>,
     last_counters_write: Option<Timestamp>,
     now: Timestamp,
     interval: Duration,
-) -> bool {
+) -> Option<Due> {
     let Some(last) = last else {
-        return true;
+        return Some(Due::Now);
     };
     let important = new.active != last.active
-        || new.last_handshake != last.last_handshake
+        || (last.last_handshake.is_none() && new.last_handshake.is_some())
         || new.conditions != last.conditions
         || new.observed_generation != last.observed_generation;
-    let counters = new.rx_bytes != last.rx_bytes || new.tx_bytes != last.tx_bytes;
-    important || (counters && interval_passed(last_counters_write, now, interval))
+    let routine = new.rx_bytes != last.rx_bytes
+        || new.tx_bytes != last.tx_bytes
+        || new.last_handshake != last.last_handshake;
+    if important {
+        Some(Due::Now)
+    } else if routine && interval_passed(last_counters_write, now, interval) {
+        Some(Due::Routine)
+    } else {
+        None
+    }
 }
 
 /// The `Ready` condition of a server: synced, or why the interface could not be made.
@@ -376,63 +461,146 @@ mod tests {
     }
 
     #[test]
-    fn active_handshake_and_condition_changes_are_written_at_once() {
+    fn active_first_handshake_and_condition_changes_are_written_now() {
         let ready = peer_ready(&live(), true, "wg0", None, t(NOW));
         let base = peer_status(None, ready, Some(&stats(1, None)), None);
         let just_now = Some(t(NOW));
-        assert!(peer_write_due(&base, None, just_now, t(NOW), MINUTE));
-        assert!(!peer_write_due(
-            &base,
-            Some(&base),
-            just_now,
-            t(NOW),
-            MINUTE
-        ));
+        let due = |new: &WgPeerStatus, last: Option<&WgPeerStatus>| {
+            peer_write_due(new, last, just_now, t(NOW), MINUTE)
+        };
+        assert_eq!(due(&base, None), Some(Due::Now), "never written");
+        assert_eq!(due(&base, Some(&base)), None);
         let mut handshake = base.clone();
         handshake.last_handshake = Some(t(NOW));
-        assert!(peer_write_due(
-            &handshake,
-            Some(&base),
-            just_now,
-            t(NOW),
-            MINUTE
-        ));
+        assert_eq!(
+            due(&handshake, Some(&base)),
+            Some(Due::Now),
+            "first handshake"
+        );
         let mut inactive = base.clone();
         inactive.active = false;
-        assert!(peer_write_due(
-            &inactive,
-            Some(&base),
-            just_now,
-            t(NOW),
-            MINUTE
-        ));
+        assert_eq!(due(&inactive, Some(&base)), Some(Due::Now));
         let mut refused = base.clone();
         refused.conditions[0].reason = reason::CONFLICT.into();
-        assert!(peer_write_due(
-            &refused,
-            Some(&base),
-            just_now,
-            t(NOW),
-            MINUTE
-        ));
+        assert_eq!(due(&refused, Some(&base)), Some(Due::Now));
+        let mut regenerated = base.clone();
+        regenerated.observed_generation = Some(2);
+        assert_eq!(due(&regenerated, Some(&base)), Some(Due::Now));
     }
 
     #[test]
-    fn counters_alone_are_written_at_most_once_a_minute() {
+    fn a_renewed_handshake_is_routine_and_waits_for_the_interval() {
+        let ready = peer_ready(&live(), true, "wg0", None, t(NOW));
+        let base = peer_status(
+            None,
+            ready,
+            Some(&stats(1, Some("2026-06-01T11:58:00Z"))),
+            None,
+        );
+        let mut renewed = base.clone();
+        renewed.last_handshake = Some(t(NOW));
+        let last = Some(t("2026-06-01T11:59:30Z"));
+        assert_eq!(
+            peer_write_due(&renewed, Some(&base), last, t(NOW), MINUTE),
+            None
+        );
+        assert_eq!(
+            peer_write_due(
+                &renewed,
+                Some(&base),
+                last,
+                t("2026-06-01T12:00:30Z"),
+                MINUTE
+            ),
+            Some(Due::Routine)
+        );
+    }
+
+    #[test]
+    fn counters_alone_are_routine_at_most_once_per_interval() {
         let ready = peer_ready(&live(), true, "wg0", None, t(NOW));
         let base = peer_status(None, ready, Some(&stats(1, None)), None);
         let mut more = base.clone();
         more.rx_bytes = 5000;
         let last = Some(t("2026-06-01T11:59:30Z"));
-        assert!(!peer_write_due(&more, Some(&base), last, t(NOW), MINUTE));
-        assert!(peer_write_due(
-            &more,
-            Some(&base),
-            last,
-            t("2026-06-01T12:00:30Z"),
-            MINUTE
-        ));
-        assert!(peer_write_due(&more, Some(&base), None, t(NOW), MINUTE));
+        assert_eq!(
+            peer_write_due(&more, Some(&base), last, t(NOW), MINUTE),
+            None
+        );
+        let later = t("2026-06-01T12:00:30Z");
+        assert_eq!(
+            peer_write_due(&more, Some(&base), last, later, MINUTE),
+            Some(Due::Routine)
+        );
+        assert_eq!(
+            peer_write_due(&more, Some(&base), None, t(NOW), MINUTE),
+            Some(Due::Routine)
+        );
+        // A longer routine interval (many peers) holds them back longer.
+        let long = routine_interval(MINUTE, 10_000);
+        assert_eq!(peer_write_due(&more, Some(&base), last, later, long), None);
+    }
+
+    #[test]
+    fn the_routine_interval_keeps_routine_writes_within_the_budget() {
+        assert_eq!(routine_interval(MINUTE, 0), MINUTE);
+        assert_eq!(routine_interval(MINUTE, 400), MINUTE);
+        assert_eq!(routine_interval(MINUTE, 401), Duration::from_millis(60_150));
+        assert_eq!(
+            routine_interval(MINUTE, 10_000),
+            Duration::from_secs(25 * 60)
+        );
+        assert_eq!(
+            routine_interval(Duration::from_secs(3600), 10_000),
+            Duration::from_secs(3600)
+        );
+        for peers in [1usize, 400, 1_000, 10_000, 100_000] {
+            let interval = routine_interval(MINUTE, peers);
+            let per_minute = peers as f64 * 60.0 / interval.as_secs_f64();
+            assert!(
+                per_minute <= ROUTINE_WRITES_PER_MINUTE as f64 + 1e-9,
+                "{peers} peers: {per_minute} routine writes a minute"
+            );
+        }
+        assert!(routine_interval(MINUTE, usize::MAX) >= Duration::from_secs(60 * 60 * 24));
+    }
+
+    #[test]
+    fn the_routine_budget_refills_with_time_up_to_one_interval() {
+        let mut budget = RoutineBudget::new(Duration::from_secs(10));
+        let taken = |budget: &mut RoutineBudget| (0..1000).take_while(|_| budget.take()).count();
+        assert_eq!(taken(&mut budget), 0, "empty before the first refill");
+        budget.refill(t(NOW));
+        assert_eq!(
+            taken(&mut budget),
+            66,
+            "one interval's worth: 400 a minute / 6"
+        );
+        budget.refill(t("2026-06-01T12:00:03Z"));
+        assert_eq!(taken(&mut budget), 20);
+        // An hour of quiet saves up no more than one interval's worth.
+        budget.refill(t("2026-06-01T13:00:03Z"));
+        assert_eq!(taken(&mut budget), 66);
+        // A clock that went back earns nothing.
+        budget.refill(t(NOW));
+        assert_eq!(taken(&mut budget), 0);
+        // Over any stretch of batches, at most the rate plus one interval's worth.
+        let mut budget = RoutineBudget::new(Duration::from_secs(10));
+        let mut total = 0;
+        for second in (0..600).step_by(7) {
+            budget.refill(t(NOW) + jiff::SignedDuration::from_secs(second));
+            total += taken(&mut budget);
+        }
+        assert!(
+            total <= 400 * 10 + 67,
+            "{total} routine writes in 10 minutes"
+        );
+        assert!(
+            total >= 400 * 10 - 10,
+            "{total} routine writes in 10 minutes"
+        );
+        let tiny = RoutineBudget::new(Duration::from_millis(1));
+        assert_eq!(tiny.most, 1.0);
     }
 
     #[test]
