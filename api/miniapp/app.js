@@ -15,6 +15,15 @@ const TEXT = {
     notReady: "Your key is being prepared…", openInTelegram: "Open this page from the wgsub bot in Telegram.",
     error: "Something went wrong", Pending: "Not paid", Active: "Active", Expired: "Expired",
     Suspended: "Suspended", device: "Device",
+    promoLabel: "Promo code", promoApply: "Apply", promoDays: "Code accepted: +{d} days.",
+    promoWaiting: "{p}% off your next payment.", inviteTitle: "Invite friends",
+    inviteCopy: "Copy link",
+    inviteStats: "Joined: {j} · paid: {r} · bonus days: {d}. You get bonus days when a friend pays for the first time.",
+    promo_malformed: "That is not a promo code: 3–32 Latin letters, digits, '-' or '_'.",
+    promo_unknown: "There is no such promo code.", promo_disabled: "This promo code is no longer valid.",
+    promo_expired: "This promo code has expired.", promo_used_up: "This promo code has been used up.",
+    promo_already_redeemed: "You have already used this promo code.",
+    promo_discount_waiting: "You already have a discount waiting for your next payment.",
   },
   ru: {
     status: "Статус", plans: "Тарифы", keys: "Ключи", phase: "Статус", paidUntil: "Оплачено до",
@@ -26,6 +35,15 @@ const TEXT = {
     notReady: "Ключ готовится…", openInTelegram: "Откройте эту страницу из бота wgsub в Telegram.",
     error: "Что-то пошло не так", Pending: "Не оплачено", Active: "Активна", Expired: "Истекла",
     Suspended: "Приостановлена", device: "Устройство",
+    promoLabel: "Промокод", promoApply: "Применить", promoDays: "Промокод принят: +{d} дн.",
+    promoWaiting: "Скидка {p}% на следующую оплату.", inviteTitle: "Пригласите друзей",
+    inviteCopy: "Скопировать ссылку",
+    inviteStats: "Пришли: {j} · оплатили: {r} · бонусных дней: {d}. Бонусные дни начисляются, когда друг впервые оплатит подписку.",
+    promo_malformed: "Это не промокод: 3–32 латинские буквы, цифры, «-» или «_».",
+    promo_unknown: "Такого промокода нет.", promo_disabled: "Этот промокод больше не действует.",
+    promo_expired: "Срок действия промокода истёк.", promo_used_up: "Промокод исчерпан.",
+    promo_already_redeemed: "Вы уже использовали этот промокод.",
+    promo_discount_waiting: "У вас уже есть скидка на следующую оплату.",
   },
 };
 
@@ -327,6 +345,68 @@ async function addDevice() {
   }
 }
 
+// Promo codes and referrals: a code redeemed here gives free days now or a discount the next
+// payment is priced with; the invite card shows the personal ref_ link and what it brought.
+let inviteLink = null;
+
+function promoMessage(error) {
+  return TEXT[lang][error.code] || error.message;
+}
+
+async function loadDiscount() {
+  if (!initData) return;
+  try {
+    const discount = await (await api("/api/v1/me/promo")).json();
+    $("promo-result").textContent = discount ? t("promoWaiting").replace("{p}", discount.percentOff) : "";
+  } catch (error) {
+    if (error.code !== "init_data_expired") notice(error.message);
+  }
+}
+
+async function redeemPromo() {
+  if (!initData) { notice(t("openInTelegram")); return; }
+  const input = $("promo-code");
+  const code = input.value.trim();
+  if (!code) return;
+  const button = $("promo-apply");
+  button.disabled = true;
+  try {
+    const result = await (await api("/api/v1/me/promo", {
+      method: "POST", body: JSON.stringify({ code }),
+    })).json();
+    input.value = "";
+    $("promo-result").textContent = result.kind === "days"
+      ? t("promoDays").replace("{d}", result.days)
+      : t("promoWaiting").replace("{p}", result.percentOff);
+    if (result.kind === "days") await loadMe();
+  } catch (error) {
+    if (error.code !== "init_data_expired") $("promo-result").textContent = promoMessage(error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadReferrals() {
+  if (!initData) return;
+  try {
+    const view = await (await api("/api/v1/me/referrals")).json();
+    inviteLink = view.link;
+    $("invite-link").textContent = view.link || "";
+    $("invite-copy").hidden = !view.link;
+    $("invite-stats").textContent = t("inviteStats")
+      .replace("{j}", view.joined).replace("{r}", view.rewarded).replace("{d}", view.daysEarned);
+  } catch (error) {
+    if (error.code !== "init_data_expired") notice(error.message);
+  }
+}
+
+async function copyInvite() {
+  if (!inviteLink) return;
+  await copyText(inviteLink);
+  $("invite-copy").textContent = t("copied");
+  setTimeout(() => { $("invite-copy").textContent = t("inviteCopy"); }, 1500);
+}
+
 function start() {
   if (webApp) {
     if (typeof webApp.ready === "function") webApp.ready();
@@ -339,11 +419,15 @@ function start() {
   }
   $("refresh").addEventListener("click", loadMe);
   $("add-device").addEventListener("click", addDevice);
+  $("promo-apply").addEventListener("click", redeemPromo);
+  $("invite-copy").addEventListener("click", copyInvite);
   if (unsafeUser) {
     $("user-name").textContent = [unsafeUser.first_name, unsafeUser.last_name].filter(Boolean).join(" ");
     $("user-id").textContent = "ID " + unsafeUser.id;
   }
   loadPlans();
+  loadDiscount();
+  loadReferrals();
   loadMe().then(() => { document.body.dataset.loaded = "true"; });
 }
 

@@ -15,6 +15,7 @@ pub mod clientip;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod growth;
 pub mod initdata;
 pub mod metrics;
 pub mod miniapp;
@@ -40,6 +41,11 @@ pub fn app(state: SharedState) -> Router {
         .route("/api/v1/me", get(user::me))
         .route("/api/v1/plans", get(user::plans))
         .route("/api/v1/payments", post(user::create_payment))
+        .route(
+            "/api/v1/me/promo",
+            get(growth::waiting_discount).post(growth::redeem_promo),
+        )
+        .route("/api/v1/me/referrals", get(growth::referrals))
         .route("/api/v1/stars/invoice", post(stars::create_stars_invoice))
         .route(
             "/api/v1/me/peers",

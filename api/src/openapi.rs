@@ -5,6 +5,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
 use crate::devices::DeviceView;
 use crate::error::ErrorBody;
+use crate::growth::{DiscountView, PromoRequest, PromoResponse, ReferralsView};
 use crate::stars::{StarsInvoiceRequest, StarsInvoiceResponse};
 use crate::user::{
     AddDeviceRequest, CreatePaymentRequest, MeResponse, PaymentResponse, PlanView, QrFormat,
@@ -34,6 +35,9 @@ impl Modify for TmaAuth {
         crate::user::me,
         crate::user::plans,
         crate::user::create_payment,
+        crate::growth::redeem_promo,
+        crate::growth::waiting_discount,
+        crate::growth::referrals,
         crate::stars::create_stars_invoice,
         crate::user::list_peers,
         crate::user::add_peer,
@@ -43,6 +47,7 @@ impl Modify for TmaAuth {
         crate::webhook::yookassa,
     ),
     components(schemas(
+        PromoRequest, PromoResponse, DiscountView, ReferralsView,
         ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, PlanView,
         CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
         StarsInvoiceRequest, StarsInvoiceResponse,
