@@ -88,9 +88,14 @@ pub struct ServeArgs {
     #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// Namespace of the VpnSubscriptions, WgPeers, WgServers and key Secrets.
+    /// Namespace of the VpnSubscriptions, WgPeers and WgServers.
     #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
     pub namespace: String,
+
+    /// Namespace of the devices' key Secrets (the operator's --keys-namespace); absent:
+    /// --namespace. The chart keeps them apart, so the api reads no other Secret.
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    pub keys_namespace: Option<String>,
 
     /// The WgServer of subscriptions that name none (as the operator's --default-server).
     #[arg(long, env = "WGSUB_DEFAULT_SERVER", default_value = "default", value_parser = parse_name)]
@@ -156,15 +161,6 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "WGSUB_MAX_BODY_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=10_485_760))]
     pub max_body_bytes: u32,
-
-    /// Days a referrer gets when a user they brought pays for the first time (0: no rewards).
-    #[arg(long, env = "WGSUB_REFERRAL_REWARD_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
-    pub referral_reward_days: u32,
-
-    /// The bot's username (without @), for users' `t.me/<bot>?start=ref_<id>` links in the
-    /// Mini App; without it the Mini App shows no link.
-    #[arg(long, env = "WGSUB_BOT_USERNAME", value_parser = parse_bot_username)]
-    pub bot_username: Option<String>,
 }
 
 impl ServeArgs {
@@ -272,20 +268,6 @@ fn parse_nonempty(text: &str) -> Result<String, String> {
         Err("must not be empty".into())
     } else {
         Ok(text.trim().to_owned())
-    }
-}
-
-/// A Telegram bot username: 5–32 of `[A-Za-z0-9_]`, starting with a letter, ending in `bot`.
-fn parse_bot_username(text: &str) -> Result<String, String> {
-    let name = text.trim().trim_start_matches('@');
-    let ok = (5..=32).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphabetic()
-        && name.to_ascii_lowercase().ends_with("bot");
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(format!("{text:?} is not a Telegram bot username"))
     }
 }
 

@@ -115,11 +115,13 @@ pub async fn state_from_args(
         retry_backoff: std::time::Duration::from_millis(500),
     })?;
     Ok(Arc::new(AppState {
-        ledger: Ledger::new(pool, args.database.database_pgbouncer)
-            .with_referral_days(args.referral_reward_days)
-            .with_referral_bot(args.bot_username.clone()),
+        ledger: Ledger::new(pool, args.database.database_pgbouncer),
         yookassa,
-        caches: api_caches(client.clone(), &args.namespace),
+        caches: api_caches(
+            client.clone(),
+            &args.namespace,
+            args.keys_namespace.as_deref().unwrap_or(&args.namespace),
+        ),
         kube: KubeApis::new(client, &args.namespace),
         plans: args.plans_file.0.clone(),
         settings: Settings {
@@ -140,14 +142,15 @@ pub async fn state_from_args(
     }))
 }
 
-/// The caches the api reads from: peers, servers, peer key Secrets and subscriptions of
-/// `namespace`, their watches started on the current runtime.
-pub fn api_caches(client: kube::Client, namespace: &str) -> Caches {
+/// The caches the api reads from: peers, servers and subscriptions of `namespace` and the peer
+/// key Secrets of `keys_namespace`, their watches started on the current runtime.
+pub fn api_caches(client: kube::Client, namespace: &str, keys_namespace: &str) -> Caches {
     Caches::spawn(
         client,
         namespace,
         CacheOptions {
             subscriptions: true,
+            keys_namespace: Some(keys_namespace.to_owned()),
             ..CacheOptions::default()
         },
     )

@@ -40,7 +40,11 @@ fn state(ledger: Ledger, client: kube::Client, namespace: &str) -> Arc<AppState>
             retry_backoff: Duration::from_millis(5),
         })
         .unwrap(),
-        caches: wgsub_api::state::api_caches(client.clone(), namespace),
+        caches: wgsub_api::state::api_caches(
+            client.clone(),
+            namespace,
+            &wgsub_testkit::chart::peer_keys_namespace(namespace),
+        ),
         kube: KubeApis::new(client, namespace),
         plans: PlanCatalogue::from_yaml_str(
             "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n",

@@ -21,7 +21,8 @@ use wgsub_crds::VpnSubscription;
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::{AdminGrant, Ledger, TelegramUser};
 use wgsub_testkit::chart::{
-    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, service_account,
+    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, peer_keys_namespace,
+    service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
@@ -110,6 +111,7 @@ async fn migrate_then_serve_under_the_charts_rbac_and_stop_cleanly_on_sigterm() 
 
     let kubeconfig = kubeconfig.display().to_string();
     let plans = plans.display().to_string();
+    let keys = peer_keys_namespace(&ns);
     let mut api = Process::start(
         BINARY,
         "api",
@@ -118,6 +120,7 @@ async fn migrate_then_serve_under_the_charts_rbac_and_stop_cleanly_on_sigterm() 
             ("KUBECONFIG", kubeconfig.as_str()),
             ("WGSUB_DATABASE_URL", database_url.as_str()),
             ("WGSUB_NAMESPACE", ns.as_str()),
+            ("WGSUB_KEYS_NAMESPACE", keys.as_str()),
             ("WGSUB_DEFAULT_SERVER", "main"),
             ("WGSUB_PLANS_FILE", plans.as_str()),
             ("WGSUB_BOT_TOKEN", bot_token.as_str()),

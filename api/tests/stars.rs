@@ -24,7 +24,7 @@ use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::stars::{InvoiceKey, InvoicePayload};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::{Ledger, YooKassa, YooKassaConfig};
-use wgsub_testkit::chart::{apply_chart_rbac, component_client};
+use wgsub_testkit::chart::{apply_chart_rbac, component_client, peer_keys_namespace};
 use wgsub_testkit::envtest::ControlPlane;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -68,6 +68,7 @@ async fn harness(label: &str) -> Harness {
             &namespace,
             CacheOptions {
                 subscriptions: true,
+                keys_namespace: Some(peer_keys_namespace(&namespace)),
                 ..CacheOptions::default()
             },
         ),

@@ -183,6 +183,11 @@ pub struct Config {
     #[arg(long, env = "WGSUB_NAMESPACE")]
     pub namespace: String,
 
+    /// Namespace of the devices' key Secrets (the operator's --keys-namespace); absent:
+    /// --namespace. The chart keeps them apart, so the bot reads no other Secret.
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE")]
+    pub keys_namespace: Option<String>,
+
     /// The plan catalogue (YAML, `plans:`), the same file the API reads.
     #[arg(long, env = "WGSUB_PLANS_FILE")]
     pub plans_file: PathBuf,
@@ -283,6 +288,16 @@ impl Config {
         if self.namespace.trim().is_empty() {
             return Err(ConfigError {
                 field: "--namespace",
+                problem: "must not be empty".into(),
+            });
+        }
+        if self
+            .keys_namespace
+            .as_ref()
+            .is_some_and(|ns| ns.trim().is_empty())
+        {
+            return Err(ConfigError {
+                field: "--keys-namespace",
                 problem: "must not be empty".into(),
             });
         }

@@ -92,7 +92,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let app = Arc::new(App {
         sync: SubscriptionSync::new(kube.clone(), &config.namespace),
-        caches: Caches::spawn(kube.clone(), &config.namespace, CacheOptions::default()),
+        caches: Caches::spawn(
+            kube.clone(),
+            &config.namespace,
+            CacheOptions {
+                keys_namespace: config.keys_namespace.clone(),
+                ..CacheOptions::default()
+            },
+        ),
         ledger,
         kube,
         namespace: config.namespace.clone(),

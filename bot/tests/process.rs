@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use wgsub_crds::VpnSubscription;
 use wgsub_ledger::testing::fresh_database;
 use wgsub_testkit::chart::{
-    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, service_account,
+    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, peer_keys_namespace,
+    service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
@@ -140,6 +141,7 @@ async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_si
     let kubeconfig = kubeconfig.display().to_string();
     let plans = plans.display().to_string();
     let telegram_url = telegram.uri();
+    let keys = peer_keys_namespace(&ns);
     let mut bot = Process::start(
         BINARY,
         "bot",
@@ -150,6 +152,7 @@ async fn the_bot_process_answers_start_from_long_polling_and_stops_cleanly_on_si
             ("WGSUB_TELEGRAM_API_URL", telegram_url.as_str()),
             ("WGSUB_DATABASE_URL", database_url.as_str()),
             ("WGSUB_NAMESPACE", ns.as_str()),
+            ("WGSUB_KEYS_NAMESPACE", keys.as_str()),
             ("WGSUB_PLANS_FILE", plans.as_str()),
             ("WGSUB_MINIAPP_URL", "https://vpn.example.com/miniapp/"),
             ("WGSUB_YOOKASSA_SHOP_ID", "100500"),
@@ -249,6 +252,7 @@ async fn sigterm_ends_the_bot_within_its_shutdown_timeout_while_the_bot_api_does
         plans.display().to_string(),
     );
     let telegram_url = telegram.uri();
+    let keys = peer_keys_namespace(&ns);
     let mut bot = Process::start(
         BINARY,
         "bot",
@@ -259,6 +263,7 @@ async fn sigterm_ends_the_bot_within_its_shutdown_timeout_while_the_bot_api_does
             ("WGSUB_TELEGRAM_API_URL", telegram_url.as_str()),
             ("WGSUB_DATABASE_URL", database_url.as_str()),
             ("WGSUB_NAMESPACE", ns.as_str()),
+            ("WGSUB_KEYS_NAMESPACE", keys.as_str()),
             ("WGSUB_PLANS_FILE", plans.as_str()),
             ("WGSUB_MINIAPP_URL", "https://vpn.example.com/miniapp/"),
             ("WGSUB_YOOKASSA_SHOP_ID", "100500"),

@@ -1,9 +1,10 @@
 //! The watch-backed caches the api and the bot read from, so that no read path calls the API
 //! server: kube-runtime reflector [`Store`]s of one namespace's `WgPeer`s (with an index by the
-//! `wgsub.io/subscription` label), `WgServer`s, peer key `Secret`s (label selector
-//! `wgsub.io/peer`: only the Secrets the operator made for peers are listed and cached, never
-//! the release's credentials; a preshared-key Secret must carry that label too to be served)
-//! and, for the api, `VpnSubscription`s (by name).
+//! `wgsub.io/subscription` label), `WgServer`s, peer key `Secret`s and, for the api,
+//! `VpnSubscription`s (by name). The key Secrets are listed in the peer keys namespace
+//! ([`CacheOptions::keys_namespace`]; the chart gives the api and the bot no Secret access
+//! anywhere else) with the label selector `wgsub.io/peer`: only the Secrets the operator made for
+//! peers are cached; a preshared-key Secret must be there and carry that label too to be served.
 //!
 //! Each kind is fed by its own task: a `watcher` (list, then watch; the server closes every
 //! watch after [`WATCH_TIMEOUT_SECS`] and it is re-opened from the last resource version, and a
@@ -205,6 +206,11 @@ pub fn holds_version(cached: &str, written: &str) -> bool {
 pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
     /// The caches' store of this kind, if they hold it.
     fn store(caches: &Caches) -> Option<&Store<Self>>;
+
+    /// The namespace the caches hold this kind of.
+    fn namespace(caches: &Caches) -> &str {
+        &caches.inner.namespace
+    }
 }
 
 impl Cached for WgPeer {
@@ -220,6 +226,9 @@ impl Cached for WgServer {
 impl Cached for Secret {
     fn store(caches: &Caches) -> Option<&Store<Self>> {
         Some(&caches.inner.secrets)
+    }
+    fn namespace(caches: &Caches) -> &str {
+        &caches.inner.keys_namespace
     }
 }
 impl Cached for VpnSubscription {
@@ -237,6 +246,7 @@ pub struct Caches {
 
 struct Inner {
     namespace: String,
+    keys_namespace: String,
     subscriptions: Option<Store<VpnSubscription>>,
     peers: Store<WgPeer>,
     servers: Store<WgServer>,
@@ -260,6 +270,7 @@ impl fmt::Debug for Caches {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Caches")
             .field("namespace", &self.inner.namespace)
+            .field("keys_namespace", &self.inner.keys_namespace)
             .field("peers", &self.inner.peers.len())
             .field("servers", &self.inner.servers.len())
             .field("secrets", &self.inner.secrets.len())
@@ -277,6 +288,9 @@ pub struct CacheOptions {
     /// Also cache `VpnSubscription`s (the api reads them; the bot reads the ledger instead).
     pub subscriptions: bool,
     pub stale_after: Duration,
+    /// The namespace of the peers' key Secrets (`--keys-namespace`); absent: the cached
+    /// namespace itself.
+    pub keys_namespace: Option<String>,
 }
 
 impl Default for CacheOptions {
@@ -284,6 +298,7 @@ impl Default for CacheOptions {
         Self {
             subscriptions: false,
             stale_after: DEFAULT_STALE_AFTER,
+            keys_namespace: None,
         }
     }
 }
@@ -298,7 +313,8 @@ fn strip<K: Resource>(object: &mut K) {
 }
 
 impl Caches {
-    /// Starts the watches of `namespace` (on the current tokio runtime) and returns the caches
+    /// Starts the watches of `namespace` (and of the key Secrets in
+    /// [`CacheOptions::keys_namespace`]) on the current tokio runtime and returns the caches
     /// at once; they answer [`CacheError::NotSynced`] until each kind is listed
     /// ([`Caches::synced`] waits for that).
     pub fn spawn(client: kube::Client, namespace: &str, options: CacheOptions) -> Self {
@@ -345,10 +361,14 @@ impl Caches {
             writer,
             |_| {},
         ));
+        let keys_namespace = options
+            .keys_namespace
+            .clone()
+            .unwrap_or_else(|| namespace.to_owned());
         let (secrets, writer) = kube::runtime::reflector::store();
         tasks.push(feed.spawn(
             Kind::Secrets,
-            Api::namespaced(client, namespace),
+            Api::namespaced(client, &keys_namespace),
             watch_config().labels(LABEL_PEER),
             writer,
             |_| {},
@@ -356,6 +376,7 @@ impl Caches {
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_owned(),
+                keys_namespace,
                 subscriptions,
                 peers,
                 servers,
@@ -457,9 +478,17 @@ impl Caches {
         self.inner.servers.get(&self.key(name))
     }
 
-    /// The peer key `Secret` `name` (only Secrets labelled `wgsub.io/peer` are cached).
+    /// The namespace of the cached key Secrets.
+    pub fn keys_namespace(&self) -> &str {
+        &self.inner.keys_namespace
+    }
+
+    /// The peer key `Secret` `name` of the keys namespace (only Secrets labelled
+    /// `wgsub.io/peer` are cached).
     pub fn secret(&self, name: &str) -> Option<Arc<Secret>> {
-        self.inner.secrets.get(&self.key(name))
+        self.inner
+            .secrets
+            .get(&ObjectRef::new(name).within(&self.inner.keys_namespace))
     }
 
     /// Waits until the cache holds `written` (the object a write returned) at its resource
@@ -475,7 +504,7 @@ impl Caches {
         ) else {
             return true;
         };
-        let key = self.key::<K>(&name);
+        let key = ObjectRef::<K>::new(&name).within(K::namespace(self));
         let holds = || {
             store.get(&key).is_some_and(|cached| {
                 cached

@@ -1,6 +1,7 @@
 //! A device's config rendered from the caches of what the real Kubernetes API server of the
 //! test process holds (`wgsub_testkit::envtest`, a namespace per test): the peer's `WgServer`
-//! (its public key published through the status subresource) and its private key `Secret`,
+//! (its public key published through the status subresource) and its private key `Secret` (in
+//! the peer keys namespace, the only place the chart lets them read Secrets),
 //! watched by the api's and by the bot's ServiceAccount under the chart's RBAC — the two
 //! callers of this crate — with no call refused; each missing piece named as not ready; and a
 //! Secret without the `wgsub.io/peer` label never cached.
@@ -20,7 +21,9 @@ use wgsub_crds::{SecretKeyRef, WgPeer, WgPeerSpec, WgServer};
 use wgsub_devices::{
     CacheOptions, Caches, DeviceConfigError, RenderedConfig, render_device_config,
 };
-use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+};
 use wgsub_testkit::envtest::ControlPlane;
 
 /// The components that render configs.
@@ -82,7 +85,7 @@ async fn cluster_with(server: Option<bool>, key: Option<&PrivateKey>, labelled: 
             )])),
             ..Secret::default()
         };
-        Api::<Secret>::namespaced(admin, &ns)
+        Api::<Secret>::namespaced(admin, &peer_keys_namespace(&ns))
             .create(&PostParams::default(), &secret)
             .await
             .unwrap();
@@ -116,7 +119,14 @@ async fn render_as(
 ) -> Result<RenderedConfig, DeviceConfigError> {
     let plane = ControlPlane::with_crds();
     let client = component_client(plane, ns, component).await;
-    let caches = Caches::spawn(client, ns, CacheOptions::default());
+    let caches = Caches::spawn(
+        client,
+        ns,
+        CacheOptions {
+            keys_namespace: Some(peer_keys_namespace(ns)),
+            ..CacheOptions::default()
+        },
+    );
     assert!(
         caches.synced(Duration::from_secs(10)).await,
         "{component}: synced"

@@ -199,6 +199,8 @@ impl Chain {
             &database_url,
             "--namespace",
             &cluster.namespace,
+            "--keys-namespace",
+            &wgsub_testkit::chart::peer_keys_namespace(&cluster.namespace),
             "--default-server",
             SERVER,
             "--bot-token",
@@ -343,7 +345,7 @@ impl Chain {
             .expect("a key Secret reference");
         let secret = self
             .cluster
-            .api::<Secret>()
+            .key_secrets()
             .get(&key_ref.name)
             .await
             .expect("the operator wrote the key Secret");
@@ -444,7 +446,12 @@ async fn a_paid_webhook_brings_the_tunnel_up_and_paid_until_takes_it_down() {
     let bot = wgsub_devices::Caches::spawn(
         chain.cluster.client_for("bot").await,
         &chain.cluster.namespace,
-        wgsub_devices::CacheOptions::default(),
+        wgsub_devices::CacheOptions {
+            keys_namespace: Some(wgsub_testkit::chart::peer_keys_namespace(
+                &chain.cluster.namespace,
+            )),
+            ..wgsub_devices::CacheOptions::default()
+        },
     );
     assert!(
         bot.synced(Duration::from_secs(10)).await,
@@ -539,7 +546,7 @@ async fn deleting_the_subscription_collects_its_peer_and_key_secret_and_takes_th
         .await
         .expect("the subscription is deleted");
     let peers = chain.cluster.api::<WgPeer>();
-    let secrets = chain.cluster.api::<Secret>();
+    let secrets = chain.cluster.key_secrets();
     let (mut peer_gone, mut secret_gone, mut off_interface) = (None, None, None);
     while peer_gone.is_none() || secret_gone.is_none() || off_interface.is_none() {
         assert!(

@@ -60,9 +60,15 @@ pub struct Config {
     #[arg(long, env = "WGSUB_NODE_NAME")]
     pub node_name: String,
 
-    /// The namespace whose WgServers, WgPeers, VpnSubscriptions and Secrets are watched.
+    /// The namespace whose WgServers, WgPeers and VpnSubscriptions are watched.
     #[arg(long, env = "WGSUB_NAMESPACE")]
     pub namespace: String,
+
+    /// The namespace of the server key Secrets (a WgServer's privateKeySecretRef, created here
+    /// when missing) and of the preshared-key Secrets peers name; absent: --namespace. The
+    /// chart keeps them apart, so the agent reads no other Secret.
+    #[arg(long, env = "WGSUB_SERVER_KEYS_NAMESPACE")]
+    pub server_keys_namespace: Option<String>,
 
     /// WireGuard implementation: kernel module, wireguard-go, or auto (the kernel when it has
     /// WireGuard or can load it).
@@ -122,6 +128,13 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// The namespace of the server key Secrets.
+    pub fn server_keys_namespace(&self) -> &str {
+        self.server_keys_namespace
+            .as_deref()
+            .unwrap_or(&self.namespace)
+    }
+
     /// Checks what clap cannot: names that must be non-empty, a netns that must exist.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_name.trim().is_empty() {
@@ -133,6 +146,16 @@ impl Config {
         if self.namespace.trim().is_empty() {
             return Err(ConfigError {
                 field: "namespace",
+                message: "must not be empty".into(),
+            });
+        }
+        if self
+            .server_keys_namespace
+            .as_ref()
+            .is_some_and(|ns| ns.trim().is_empty())
+        {
+            return Err(ConfigError {
+                field: "server-keys-namespace",
                 message: "must not be empty".into(),
             });
         }

@@ -1,5 +1,6 @@
 //! The Kubernetes shell: watches that feed the [`SharedIndex`] (WgServers, WgPeers,
-//! VpnSubscriptions for `suspended`, Secrets of the namespace for the server and preshared keys),
+//! VpnSubscriptions for `suspended`, and the Secrets of the server keys namespace for the server
+//! and preshared keys — the agent is granted no Secret of its own namespace),
 //! the node's labels, creating a missing server key Secret, and status writes — batched through a
 //! latest-wins queue and rate-limited, sent with server-side apply on the status subresource
 //! under the field manager `wgsub-node-agent`. Every call made here is listed in
@@ -221,17 +222,19 @@ async fn watch_kind<K: Indexed>(
     }
 }
 
-/// The Secrets the agent watches: every Secret of the namespace but the peers' own private
-/// keys (labelled `wgsub.io/peer` by the operator). A server never needs its clients' private
-/// keys, and at 10k peers they would be most of what the agent lists and keeps.
+/// The Secrets the agent watches: every Secret of the server keys namespace but any labelled
+/// `wgsub.io/peer` (a device's private key, which a server never needs; the operator writes
+/// those to the peer keys namespace, out of the agent's reach).
 fn secret_selector() -> String {
     format!("!{LABEL_PEER}")
 }
 
-/// Runs the four watches until `shutdown`.
+/// Runs the four watches until `shutdown`: the custom resources of `namespace` and the Secrets
+/// of `server_keys_namespace`.
 pub async fn run_watches(
     client: Client,
     namespace: &str,
+    server_keys_namespace: &str,
     shared: Arc<SharedIndex>,
     shutdown: CancellationToken,
 ) {
@@ -255,7 +258,7 @@ pub async fn run_watches(
             shutdown.clone()
         ),
         watch_kind(
-            Api::<Secret>::namespaced(client, namespace),
+            Api::<Secret>::namespaced(client, server_keys_namespace),
             watcher::Config::default().labels(&secret_selector()),
             shared,
             shutdown
@@ -268,22 +271,34 @@ pub async fn run_watches(
 pub struct KubeApi {
     client: Client,
     namespace: String,
+    server_keys_namespace: String,
 }
 
 impl std::fmt::Debug for KubeApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeApi")
             .field("namespace", &self.namespace)
+            .field("server_keys_namespace", &self.server_keys_namespace)
             .finish()
     }
 }
 
 impl KubeApi {
+    /// The calls on `namespace`, with the server keys in the same namespace until
+    /// [`Self::with_server_keys_namespace`] says otherwise.
     pub fn new(client: Client, namespace: impl Into<String>) -> Self {
+        let namespace = namespace.into();
         Self {
             client,
-            namespace: namespace.into(),
+            server_keys_namespace: namespace.clone(),
+            namespace,
         }
+    }
+
+    /// Server key Secrets are created (and read back) in `namespace`.
+    pub fn with_server_keys_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.server_keys_namespace = namespace.into();
+        self
     }
 
     /// The labels of this node (for `nodeSelector`).
@@ -292,18 +307,18 @@ impl KubeApi {
         Ok(node.metadata.labels.unwrap_or_default())
     }
 
-    /// Creates the Secret holding a new server key. An existing Secret is never overwritten:
-    /// when one appeared meanwhile, that one is returned.
+    /// Creates the Secret holding a new server key, in the server keys namespace. An existing
+    /// Secret is never overwritten: when one appeared meanwhile, that one is returned.
     pub async fn create_server_secret(
         &self,
         server: &str,
         reference: &SecretKeyRef,
         key: &PrivateKey,
     ) -> Result<Secret, kube::Error> {
-        let api = Api::<Secret>::namespaced(self.client.clone(), &self.namespace);
+        let api = Api::<Secret>::namespaced(self.client.clone(), &self.server_keys_namespace);
         let mut secret = Secret::default();
         secret.metadata.name = Some(reference.name.clone());
-        secret.metadata.namespace = Some(self.namespace.clone());
+        secret.metadata.namespace = Some(self.server_keys_namespace.clone());
         secret.metadata.labels = Some([(LABEL_SERVER.to_owned(), server.to_owned())].into());
         secret.type_ = Some("Opaque".into());
         secret.data = Some(

@@ -65,7 +65,8 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(config.health_deadline()));
     let status = Arc::new(StatusQueue::default());
-    let api = KubeApi::new(client.clone(), config.namespace.clone());
+    let api = KubeApi::new(client.clone(), config.namespace.clone())
+        .with_server_keys_namespace(config.server_keys_namespace());
     let worker = Worker::start(config.netns.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
@@ -83,7 +84,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let (served, (), (), ()) = tokio::join!(
         server,
-        run_watches(client, &config.namespace, index, shutdown.clone()),
+        run_watches(
+            client,
+            &config.namespace,
+            config.server_keys_namespace(),
+            index,
+            shutdown.clone()
+        ),
         status.run_writer(
             api,
             config.status_writes_per_second,

@@ -22,7 +22,8 @@ use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, LABEL_OVER_LIMIT, LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer};
 use wgsub_testkit::chart::{
-    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, service_account,
+    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, server_keys_namespace,
+    service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
@@ -96,6 +97,7 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
             "--backend",
             "--resync-interval",
             "--firewall",
+            "--server-keys-namespace",
             "WGSUB_NETNS",
         ],
     );
@@ -148,7 +150,8 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     .expect("a WgServer");
     let servers: Api<WgServer> = Api::namespaced(admin.clone(), &ns);
     let peers: Api<WgPeer> = Api::namespaced(admin.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let server_keys = server_keys_namespace(&ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &server_keys);
     create(&servers, &server).await;
     create(
         &Api::namespaced(admin.clone(), &ns),
@@ -173,6 +176,7 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
             ("KUBECONFIG", kubeconfig.as_str()),
             ("WGSUB_NODE_NAME", node_name.as_str()),
             ("WGSUB_NAMESPACE", ns.as_str()),
+            ("WGSUB_SERVER_KEYS_NAMESPACE", server_keys.as_str()),
             // As the chart's default: the kernel's WireGuard when it has it (this kernel may
             // not: then wireguard-go).
             ("WGSUB_BACKEND", "auto"),
@@ -201,7 +205,7 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     let secret = secrets
         .get("main-key")
         .await
-        .expect("the agent made the key Secret");
+        .expect("the agent made the key Secret, in the server keys namespace");
     let stored = &secret.data.as_ref().expect("data")["privateKey"].0;
     let key = PrivateKey::from_base64(std::str::from_utf8(stored).expect("text")).expect("a key");
     assert_eq!(key.public_key().to_base64(), public);

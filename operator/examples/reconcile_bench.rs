@@ -220,6 +220,7 @@ async fn reconcile_many(count: i64, concurrency: usize) {
         Settings {
             default_server: "wg".into(),
             retention: SignedDuration::from_hours(24 * 30),
+            keys_namespace: None,
         },
         Arc::new(Metrics::new()),
         Arc::new(Timestamp::now),

@@ -22,6 +22,11 @@ pub struct Config {
     #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
     pub namespace: Option<String>,
 
+    /// Namespace of the peers' key Secrets, apart from the credentials of --namespace (the
+    /// chart grants Secrets nowhere else); absent: each peer's own namespace. Needs --namespace.
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    pub keys_namespace: Option<String>,
+
     /// Namespace of the leader-election Lease; defaults to --namespace (required when watching
     /// all namespaces).
     #[arg(long, env = "WGSUB_LEASE_NAMESPACE", value_parser = parse_name)]
@@ -74,6 +79,14 @@ impl Config {
     {
         let config = Self::try_parse_from(args)?;
         config.lease_namespace()?;
+        if config.keys_namespace.is_some() && config.namespace.is_none() {
+            use clap::CommandFactory;
+            return Err(Self::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--keys-namespace (WGSUB_KEYS_NAMESPACE) needs --namespace: one keys namespace \
+                 serves one watched namespace",
+            ));
+        }
         Ok(config)
     }
 
@@ -169,6 +182,9 @@ mod tests {
         assert_eq!(config.default_server, "default");
         assert_eq!(config.http_addr.port(), 8080);
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.keys_namespace, None, "keys beside their peers");
+        let apart = parse(&["--namespace", "vpn", "--keys-namespace", "vpn-keys"]).unwrap();
+        assert_eq!(apart.keys_namespace.as_deref(), Some("vpn-keys"));
     }
 
     #[test]
@@ -220,6 +236,14 @@ mod tests {
                 "--default-server",
             ),
             (vec![], "--lease-namespace"),
+            (
+                vec!["--namespace", "vpn", "--keys-namespace", "Keys"],
+                "--keys-namespace",
+            ),
+            (
+                vec!["--lease-namespace", "vpn", "--keys-namespace", "vpn-keys"],
+                "--keys-namespace",
+            ),
         ] {
             let error = parse(&args).unwrap_err().to_string();
             assert!(error.contains(flag), "{args:?}: {error}");

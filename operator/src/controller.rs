@@ -66,6 +66,16 @@ pub struct Settings {
     pub default_server: String,
     /// How long peers outlive the paid period.
     pub retention: SignedDuration,
+    /// Where key Secrets are read and written (`--keys-namespace`); absent: each peer's own
+    /// namespace.
+    pub keys_namespace: Option<String>,
+}
+
+impl Settings {
+    /// The namespace of the key Secrets of peers in `namespace`.
+    pub fn keys_namespace_for<'a>(&'a self, namespace: &'a str) -> &'a str {
+        self.keys_namespace.as_deref().unwrap_or(namespace)
+    }
 }
 
 /// The source of the current time (a parameter so tests can move it).
@@ -84,6 +94,14 @@ pub struct Context {
     /// The `WgServer`s, from the watch [`run`] keeps (absent when reconciles are called
     /// without it: then each reads its server from the API).
     servers: std::sync::OnceLock<Store<WgServer>>,
+    /// The `WgPeer`s' metadata, from the watch [`run`] keeps (absent when reconciles are
+    /// called without it: then each reads every candidate peer from the API), seen through
+    /// [`PeerView`].
+    peers: std::sync::OnceLock<Store<PartialObjectMeta<WgPeer>>>,
+    peer_view: PeerView,
+    /// The queue of the Event publisher [`run`] keeps (absent when reconciles are called
+    /// without it: then each publishes its Events itself).
+    events: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Event, ObjectReference)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -94,14 +112,6 @@ impl std::fmt::Debug for Context {
             .finish_non_exhaustive()
     }
 }
-    /// The `WgPeer`s' metadata, from the watch [`run`] keeps (absent when reconciles are
-    /// called without it: then each reads every candidate peer from the API), seen through
-    /// [`PeerView`].
-    peers: std::sync::OnceLock<Store<PartialObjectMeta<WgPeer>>>,
-    peer_view: PeerView,
-    /// The queue of the Event publisher [`run`] keeps (absent when reconciles are called
-    /// without it: then each publishes its Events itself).
-    events: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Event, ObjectReference)>>,
 
 impl Context {
     /// A context for one leadership term: empty address bookkeeping, to be loaded from the API.
@@ -122,16 +132,6 @@ impl Context {
             failures: Mutex::default(),
             own_writes: OwnWrites::default(),
             servers: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// The server `name`: from the watched servers once they are listed, else from the API.
-    async fn server(&self, namespace: &str, name: &str) -> Result<Option<WgServer>, kube::Error> {
-        match self.servers.get() {
-            Some(store) => {
-                // Listed once at start (a handful of objects), then kept by the watch.
-                let _ = store.wait_until_ready().await;
-                let reference = ObjectRef::new(name).within(namespace);
             peers: std::sync::OnceLock::new(),
             peer_view: PeerView::default(),
             events: std::sync::OnceLock::new(),
@@ -152,9 +152,9 @@ impl Context {
                 self.metrics.event_dropped();
                 debug!(subscription, reason = %event.reason, "Event queue full; Event dropped");
             }
-                Ok(store.get(&reference).map(|server| server.as_ref().clone()))
-            }
-            None => {
+        }
+    }
+
     /// The peers `names` of a subscription that exist. With the watched peers: a name neither
     /// they nor this operator's own writes hold does not exist (no read); a peer whose newest
     /// version this operator wrote itself is that write (no read); the others are read fresh
@@ -196,6 +196,16 @@ impl Context {
             .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_some())
     }
 
+    /// The server `name`: from the watched servers once they are listed, else from the API.
+    async fn server(&self, namespace: &str, name: &str) -> Result<Option<WgServer>, kube::Error> {
+        match self.servers.get() {
+            Some(store) => {
+                // Listed once at start (a handful of objects), then kept by the watch.
+                let _ = store.wait_until_ready().await;
+                let reference = ObjectRef::new(name).within(namespace);
+                Ok(store.get(&reference).map(|server| server.as_ref().clone()))
+            }
+            None => {
                 Api::<WgServer>::namespaced(self.client.clone(), namespace)
                     .get_opt(name)
                     .await
@@ -455,7 +465,8 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
     let now = (ctx.clock)();
     let client = ctx.client.clone();
     let peers_api: Api<WgPeer> = Api::namespaced(client.clone(), &namespace);
-    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secrets_api: Api<Secret> =
+        Api::namespaced(client.clone(), ctx.settings.keys_namespace_for(&namespace));
     let subs_api: Api<VpnSubscription> = Api::namespaced(client, &namespace);
 
     // From the watched peers with this operator's own writes on top: a cache that has not
@@ -586,6 +597,7 @@ async fn execute(
         }
         let applied = result?;
         ctx.own_writes.wrote(PEER, &applied);
+        ctx.peer_view.applied(&applied);
         debug!(subscription = %name, peer = %write.peer.name, "applied peer");
         if let Some(key) = write.key_to_store() {
             keys.push((applied, write, key));
@@ -597,8 +609,8 @@ async fn execute(
     // Then each new key: the Secret (owned by the peer just applied), and only once it is
     // stored, the public key in the peer's spec.
     for (peer, write, key) in keys {
-        ctx.peer_view.applied(&applied);
-        let secret = patches::key_secret(&peer, &name, key)?;
+        let keys_namespace = ctx.settings.keys_namespace_for(namespace);
+        let secret = patches::key_secret(&peer, &name, key, keys_namespace)?;
         let stored = secrets_api
             .patch(&key.reference.name, &apply, &Patch::Apply(&secret))
             .await?;
@@ -608,6 +620,7 @@ async fn execute(
             .patch(&write.peer.name, &apply, &Patch::Apply(&body))
             .await?;
         ctx.own_writes.wrote(PEER, &published);
+        ctx.peer_view.applied(&published);
         debug!(subscription = %name, peer = %write.peer.name, "stored and published a new key");
     }
     for holding in moved {
@@ -620,7 +633,6 @@ async fn execute(
             .delete(&holding.peer, &DeleteParams::background())
             .await
         {
-        ctx.peer_view.applied(&published);
             Ok(_) => ctx.peer_view.deleted(namespace, &holding.peer),
             // Gone already; hidden too if the watch has not shown that yet.
             Err(kube::Error::Api(status)) if status.code == 404 => {
@@ -658,6 +670,13 @@ async fn execute(
     Ok(())
 }
 
+async fn publish_event(recorder: &Recorder, event: &Event, reference: &ObjectReference) {
+    if let Err(error) = recorder.publish(event, reference).await {
+        let subscription = reference.name.as_deref().unwrap_or_default();
+        warn!(subscription, reason = %event.reason, "could not publish Event: {error}");
+    }
+}
+
 /// The subscriptions a change of `server` concerns: those naming it, or naming none when it is
 /// the default server.
 pub fn subscriptions_on_server(
@@ -670,13 +689,6 @@ pub fn subscriptions_on_server(
     subscriptions
         .state()
         .iter()
-async fn publish_event(recorder: &Recorder, event: &Event, reference: &ObjectReference) {
-    if let Err(error) = recorder.publish(event, reference).await {
-        let subscription = reference.name.as_deref().unwrap_or_default();
-        warn!(subscription, reason = %event.reason, "could not publish Event: {error}");
-    }
-}
-
         .filter(|s| s.namespace() == namespace)
         .filter(|s| decision::server_name(&s.spec, default_server) == name)
         .map(|s| ObjectRef::from_obj(s.as_ref()))
@@ -763,6 +775,8 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
+    let (queue, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    let _ = ctx.events.set(queue);
     let (store, writer) = reflector::store::<VpnSubscription>();
     let subscriptions = watcher(scoped(client.clone(), ns), watcher::Config::default())
         .modify(trim_for_cache)
@@ -774,26 +788,12 @@ pub async fn run(
         });
     let server_store = store.clone();
     let default_server = ctx.settings.default_server.clone();
+    let (peer_cache, peer_writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
+    let _ = ctx.peers.set(peer_cache);
     let peers = watcher(
-    let (queue, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
-    let _ = ctx.events.set(queue);
         scoped::<PartialObjectMeta<WgPeer>>(client.clone(), ns),
         watcher::Config::default(),
     )
-    .touched_objects()
-    .try_filter({
-        let ctx = ctx.clone();
-        move |peer| std::future::ready(!ctx.own_writes.is_own(PEER, peer))
-    });
-    let secrets = watcher(
-        scoped::<PartialObjectMeta<Secret>>(client.clone(), ns),
-        watcher::Config::default().labels(LABEL_PEER),
-    let (peer_cache, peer_writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
-    let _ = ctx.peers.set(peer_cache);
-    )
-    .touched_objects()
-    .try_filter({
-        let ctx = ctx.clone();
     .modify(trim_for_cache)
     .reflect(peer_writer)
     .map_ok({
@@ -803,6 +803,24 @@ pub async fn run(
             event
         }
     })
+    .touched_objects()
+    .try_filter({
+        let ctx = ctx.clone();
+        move |peer| std::future::ready(!ctx.own_writes.is_own(PEER, peer))
+    });
+    // Key Secrets in the keys namespace belong to subscriptions of the watched one.
+    let keys_namespace = ctx.settings.keys_namespace.clone();
+    let home = namespace.clone();
+    let secrets = watcher(
+        match &keys_namespace {
+            Some(keys) => Api::namespaced(client.clone(), keys),
+            None => scoped::<PartialObjectMeta<Secret>>(client.clone(), ns),
+        },
+        watcher::Config::default().labels(LABEL_PEER),
+    )
+    .touched_objects()
+    .try_filter({
+        let ctx = ctx.clone();
         move |secret| std::future::ready(!ctx.own_writes.is_own(SECRET, secret))
     });
 
@@ -822,7 +840,13 @@ pub async fn run(
 
     let controller = Controller::for_stream(subscriptions, store.clone())
         .watches_stream(peers, |peer| owning_subscription(&peer))
-        .watches_stream(secrets, |secret| owning_subscription(&secret))
+        .watches_stream(secrets, move |secret| {
+            let owner = owning_subscription(&secret)?;
+            match (&keys_namespace, &home) {
+                (Some(_), Some(home)) => Some(ObjectRef::new(&owner.name).within(home)),
+                _ => Some(owner),
+            }
+        })
         .watches_stream(servers, move |server| {
             subscriptions_on_server(&server_store, &server, &default_server)
         })
@@ -838,16 +862,31 @@ pub async fn run(
 
     let metrics = ctx.metrics.clone();
     let clock = ctx.clock.clone();
+    let counted = ctx.clone();
     let counting = async move {
         loop {
             count_phases(&metrics, &store, clock());
+            metrics.set_peer_writes_unseen(counted.peer_view.pending());
             tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    };
+    // Events are published one at a time beside the reconciles, which only queue them.
+    let publishing = async {
+        while let Some((event, reference)) = events.recv().await {
+            publish_event(&ctx.recorder, &event, &reference).await;
         }
     };
     tokio::select! {
         () = controller => {}
         () = counting => {}
+        () = publishing => {}
     }
+    let draining = async {
+        while let Ok((event, reference)) = events.try_recv() {
+            publish_event(&ctx.recorder, &event, &reference).await;
+        }
+    };
+    let _ = tokio::time::timeout(EVENT_DRAIN, draining).await;
 }
 
 #[cfg(test)]
@@ -862,31 +901,16 @@ mod tests {
             manager: Some("wgsub-api".into()),
             ..ManagedFieldsEntry::default()
         }]);
-    let counted = ctx.clone();
         sub.metadata.annotations = Some(
             [
                 (LAST_APPLIED.to_owned(), "{}".to_owned()),
-            metrics.set_peer_writes_unseen(counted.peer_view.pending());
                 ("note".to_owned(), "kept".to_owned()),
             ]
             .into(),
-    // Events are published one at a time beside the reconciles, which only queue them.
-    let publishing = async {
-        while let Some((event, reference)) = events.recv().await {
-            publish_event(&ctx.recorder, &event, &reference).await;
-        }
-    };
         );
         let mut expected = sub.clone();
         expected.metadata.managed_fields = None;
-        () = publishing => {}
         expected.metadata.annotations = Some([("note".to_owned(), "kept".to_owned())].into());
-    let draining = async {
-        while let Ok((event, reference)) = events.try_recv() {
-            publish_event(&ctx.recorder, &event, &reference).await;
-        }
-    };
-    let _ = tokio::time::timeout(EVENT_DRAIN, draining).await;
         trim_for_cache(&mut sub);
         assert_eq!(sub, expected);
 

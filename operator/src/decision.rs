@@ -41,6 +41,11 @@ use crate::addresses::{UsedAddresses, is_client_v4, is_client_v6};
 
 /// The data key of the private key in a key Secret the operator writes.
 pub const PRIVATE_KEY_FIELD: &str = "privateKey";
+/// The label naming the uid of the peer a key Secret belongs to. Key Secrets live in the peer
+/// keys namespace, where no owner reference to the peer can point (owners must share the
+/// dependent's namespace), so this label is what ties a key to one peer — not to an older peer
+/// of the same name — and what the collection of orphaned keys goes by.
+pub const LABEL_PEER_UID: &str = "wgsub.io/peer-uid";
 /// The condition type telling that a device got a new key (its config must be downloaded again).
 pub const CONDITION_KEY_REGENERATED: &str = "KeyRegenerated";
 /// The most devices a subscription may have (the schema's bound on `maxDevices`).
@@ -472,8 +477,9 @@ enum KeyNeed {
     },
 }
 
-/// The private key stored in the referenced Secret, and whether that Secret is owned by the
-/// peer with uid `owner`.
+/// The private key stored in the referenced Secret, and whether that Secret belongs to the
+/// peer with uid `owner` (by its [`LABEL_PEER_UID`] label, or an owner reference when the keys
+/// share the peer's namespace).
 fn stored_key(
     secrets: &[Secret],
     reference: &SecretKeyRef,
@@ -485,7 +491,10 @@ fn stored_key(
     else {
         return (None, false);
     };
-    let owned = owner.is_some_and(|uid| secret.owner_references().iter().any(|o| o.uid == uid));
+    let owned = owner.is_some_and(|uid| {
+        secret.labels().get(LABEL_PEER_UID).map(String::as_str) == Some(uid)
+            || secret.owner_references().iter().any(|o| o.uid == uid)
+    });
     let key = secret
         .data
         .as_ref()

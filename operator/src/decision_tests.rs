@@ -18,6 +18,8 @@ use crate::addresses::UsedAddresses;
 use crate::patches;
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
+/// Where the world's key Secrets are written (apart from the peers' namespace `vpn`).
+const KEYS_NAMESPACE: &str = "vpn-keys";
 
 fn t(text: &str) -> Timestamp {
     text.parse().unwrap()
@@ -174,7 +176,7 @@ impl World {
             if stop == Stop::SecretWrite {
                 return false;
             }
-            let secret = patches::key_secret(&peer, &sub.name_any(), key).unwrap();
+            let secret = patches::key_secret(&peer, &sub.name_any(), key, KEYS_NAMESPACE).unwrap();
             self.secrets.insert(key.reference.name.clone(), secret);
             if stop == Stop::Publication {
                 return false;
@@ -184,7 +186,7 @@ impl World {
         for holding in &plan.deletes {
             let peer = self.peers.remove(&holding.peer).unwrap();
             self.secrets
-                .retain(|_, s| s.owner_references()[0].uid != peer.metadata.uid.clone().unwrap());
+                .retain(|_, s| s.labels().get(LABEL_PEER_UID) != peer.metadata.uid.as_ref());
             holding.release_from(&mut self.used);
         }
         if let Some(status) = &plan.status {
@@ -1003,7 +1005,10 @@ enum Stored {
 /// Who owns that Secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SecretOwner {
+    /// Labelled with the peer's uid (the key Secret of the peer keys namespace).
     ThePeer,
+    /// Owned by the peer through an owner reference (a key kept in the peer's namespace).
+    ThePeerByOwnerReference,
     AnOlderPeer,
     Nobody,
 }
@@ -1020,6 +1025,7 @@ fn every_key_situation_publishes_only_stored_keys_and_reports_only_lost_publishe
             ] {
                 for owner in [
                     SecretOwner::ThePeer,
+                    SecretOwner::ThePeerByOwnerReference,
                     SecretOwner::AnOlderPeer,
                     SecretOwner::Nobody,
                 ] {
@@ -1048,16 +1054,23 @@ fn every_key_situation_publishes_only_stored_keys_and_reports_only_lost_publishe
                     if let Some(bytes) = bytes {
                         let mut secret = Secret::default();
                         secret.metadata.name = Some(key_secret_name("tg-1-1"));
-                        secret.metadata.owner_references = match owner {
-                            SecretOwner::Nobody => None,
-                            SecretOwner::ThePeer | SecretOwner::AnOlderPeer => {
-                                let mut owned = peer.clone();
-                                if owner == SecretOwner::AnOlderPeer {
-                                    owned.metadata.uid = Some("uid-of-an-older-tg-1-1".into());
-                                }
-                                Some(vec![owned.controller_owner_ref(&()).unwrap()])
+                        match owner {
+                            SecretOwner::Nobody => {}
+                            SecretOwner::ThePeer => {
+                                secret
+                                    .labels_mut()
+                                    .insert(LABEL_PEER_UID.into(), peer.uid().unwrap());
                             }
-                        };
+                            SecretOwner::ThePeerByOwnerReference => {
+                                secret.metadata.owner_references =
+                                    Some(vec![peer.controller_owner_ref(&()).unwrap()]);
+                            }
+                            SecretOwner::AnOlderPeer => {
+                                secret
+                                    .labels_mut()
+                                    .insert(LABEL_PEER_UID.into(), "uid-of-an-older-tg-1-1".into());
+                            }
+                        }
                         secret.data = Some(BTreeMap::from([(
                             PRIVATE_KEY_FIELD.to_owned(),
                             ByteString(bytes),
@@ -1069,10 +1082,12 @@ fn every_key_situation_publishes_only_stored_keys_and_reports_only_lost_publishe
                     let user_owned = published == Some("valid") && !referenced;
                     let valid = published == Some("valid") && stored == Stored::ThePublishedKey;
                     let was_published = published == Some("valid") && referenced;
-                    let reusable = stored == Stored::AnotherKey && owner == SecretOwner::ThePeer
-                        || stored == Stored::ThePublishedKey
-                            && owner == SecretOwner::ThePeer
-                            && !was_published;
+                    let owned = matches!(
+                        owner,
+                        SecretOwner::ThePeer | SecretOwner::ThePeerByOwnerReference
+                    );
+                    let reusable = stored == Stored::AnotherKey && owned
+                        || stored == Stored::ThePublishedKey && owned && !was_published;
 
                     let plan = world.decide(&sub, now());
                     let step = plan.writes.first().and_then(|w| w.key.as_ref());

@@ -5,7 +5,8 @@
 //!
 //! Functional core: [`addresses`], [`decision`], [`patches`] and the lease rule in [`lease`] are
 //! pure and tested on hand-built objects. Imperative shell: [`controller`] (Kubernetes reads and
-//! writes, the kube-rs Controller), [`pools`] (per-server locks), [`lease`] (leader election),
+//! writes, the kube-rs Controller), [`key_cleanup`] (deleting the keys of deleted peers when
+//! keys live in their own namespace), [`pools`] (per-server locks), [`lease`] (leader election),
 //! [`http`] and [`metrics`]; [`run`] wires them for `main`.
 
 pub mod addresses;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod controller;
 pub mod decision;
 pub mod http;
+pub mod key_cleanup;
 pub mod lease;
 pub mod metrics;
 pub mod patches;
@@ -31,6 +33,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, LogFormat};
 use crate::controller::{Clock, Context, Settings};
+use crate::key_cleanup::KeyCleanup;
 use crate::lease::{ElectionTiming, LeaseLock};
 use crate::metrics::Metrics;
 
@@ -69,6 +72,34 @@ pub async fn termination_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// What the leader runs until `term` is cancelled: the Controller over `namespace` (all when
+/// absent) and, when key Secrets live in a namespace of their own (`Settings::keys_namespace`),
+/// the collection of the keys of deleted peers ([`KeyCleanup`]).
+pub async fn lead(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    term: CancellationToken,
+) {
+    let cleanup = namespace
+        .as_deref()
+        .zip(ctx.settings.keys_namespace.as_deref())
+        .map(|(namespace, keys)| KeyCleanup::new(ctx.client.clone(), namespace, keys));
+    let cleanup_term = term.clone();
+    let controller = controller::run(ctx, namespace, concurrency, async move {
+        term.cancelled().await
+    });
+    match cleanup {
+        Some(cleanup) => {
+            tokio::join!(
+                controller,
+                cleanup.run(async move { cleanup_term.cancelled().await })
+            );
+        }
+        None => controller.await,
     }
 }
 
@@ -124,10 +155,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = Settings {
         default_server: config.default_server.clone(),
         retention: config.retention,
+        keys_namespace: config.keys_namespace.clone(),
     };
     info!(
         identity = %identity,
         namespace = config.namespace.as_deref().unwrap_or("<all>"),
+        keys_namespace = config.keys_namespace.as_deref().unwrap_or("<each peer's own>"),
         default_server = %settings.default_server,
         retention = %settings.retention,
         "waiting for the leader lease {lease_namespace}/{}", config.lease_name
@@ -149,12 +182,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 metrics.clone(),
                 clock.clone(),
             ));
-            controller::run(
-                ctx,
-                config.namespace.clone(),
-                config.concurrency,
-                async move { term.cancelled().await },
-            )
+            lead(ctx, config.namespace.clone(), config.concurrency, term)
         },
     )
     .await;

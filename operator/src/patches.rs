@@ -1,5 +1,5 @@
 //! The server-side apply bodies the operator sends: a `WgPeer`'s operator-owned fields, a key
-//! `Secret`, a `VpnSubscription` status. Pure builders, so what the operator claims ownership of
+//! `Secret` (in the peer keys namespace), a `VpnSubscription` status. Pure builders, so what the operator claims ownership of
 //! is visible (and tested) in one place: never `enabled` or `deviceName`, which belong to the API.
 //! A device over its subscription's limit carries the operator's own `wgsub.io/over-limit`
 //! label; the label is left out otherwise, so server-side apply removes it.
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use wgsub_crds::resources::{LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer};
 
-use crate::decision::{DesiredPeer, NewKey};
+use crate::decision::{DesiredPeer, LABEL_PEER_UID, NewKey};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "wgsub-operator";
@@ -84,18 +84,29 @@ pub fn peer_apply(
     }))
 }
 
-/// The key Secret of a peer, owned by the peer (so deleting the peer deletes the key).
-pub fn key_secret(peer: &WgPeer, subscription: &str, key: &NewKey) -> Result<Secret, PatchError> {
+/// The key Secret of a peer, for the namespace `keys_namespace`: labelled with the peer's name,
+/// uid ([`LABEL_PEER_UID`]) and subscription. In the peer's own namespace it is also owned by
+/// the peer, so the garbage collector deletes it with the peer; elsewhere no owner reference
+/// can reach the peer and the operator deletes it itself (see `key_cleanup`).
+pub fn key_secret(
+    peer: &WgPeer,
+    subscription: &str,
+    key: &NewKey,
+    keys_namespace: &str,
+) -> Result<Secret, PatchError> {
     let owner = controller_ref(peer, "WgPeer")?;
+    let same_namespace = peer.namespace().as_deref() == Some(keys_namespace);
     let text = key.private_key.to_base64();
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(key.reference.name.clone()),
+            namespace: Some(keys_namespace.to_owned()),
             labels: Some(BTreeMap::from([
                 (LABEL_PEER.to_owned(), peer.name_any()),
+                (LABEL_PEER_UID.to_owned(), owner.uid.clone()),
                 (LABEL_SUBSCRIPTION.to_owned(), subscription.to_owned()),
             ])),
-            owner_references: Some(vec![owner]),
+            owner_references: same_namespace.then(|| vec![owner]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
@@ -218,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn key_secret_is_owned_by_the_peer_labelled_and_holds_the_key() {
+    fn key_secret_is_tied_to_the_peer_by_label_and_owned_only_in_its_namespace() {
         let mut peer = WgPeer::new(
             "tg-7-1",
             WgPeerSpec {
@@ -234,15 +245,24 @@ mod tests {
             },
         );
         peer.metadata.uid = Some("peer-uid".into());
+        peer.metadata.namespace = Some("vpn".into());
         let key = NewKey {
             reference: SecretKeyRef::new("tg-7-1-key", "privateKey"),
             private_key: PrivateKey::generate(),
         };
-        let secret = key_secret(&peer, "tg-7", &key).unwrap();
+        let secret = key_secret(&peer, "tg-7", &key, "vpn-keys").unwrap();
+        assert_eq!(secret.namespace().as_deref(), Some("vpn-keys"));
         assert_eq!(secret.labels()[LABEL_PEER], "tg-7-1");
+        assert_eq!(secret.labels()[LABEL_PEER_UID], "peer-uid");
         assert_eq!(secret.labels()[LABEL_SUBSCRIPTION], "tg-7");
-        assert_eq!(secret.owner_references()[0].uid, "peer-uid");
-        assert_eq!(secret.owner_references()[0].kind, "WgPeer");
+        assert!(
+            secret.metadata.owner_references.is_none(),
+            "an owner reference across namespaces would make the collector delete the key"
+        );
+        let beside = key_secret(&peer, "tg-7", &key, "vpn").unwrap();
+        assert_eq!(beside.owner_references()[0].uid, "peer-uid");
+        assert_eq!(beside.owner_references()[0].kind, "WgPeer");
+        assert_eq!(beside.labels()[LABEL_PEER_UID], "peer-uid");
         let stored = &secret.data.as_ref().unwrap()["privateKey"].0;
         assert_eq!(
             PrivateKey::from_base64(std::str::from_utf8(stored).unwrap()).unwrap(),

@@ -23,7 +23,9 @@ use wgsub_operator::addresses::is_client_v4;
 use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::metrics::Metrics;
 use wgsub_operator::patches::FIELD_MANAGER;
-use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+};
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::eventually;
 
@@ -81,6 +83,7 @@ async fn start_operator(plane: &ControlPlane, namespace: &str) -> JoinHandle<()>
         Settings {
             default_server: "wg".into(),
             retention: SignedDuration::from_hours(24 * 30),
+            keys_namespace: Some(peer_keys_namespace(namespace)),
         },
         Arc::new(Metrics::new()),
         Arc::new(Timestamp::now),

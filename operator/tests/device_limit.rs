@@ -33,7 +33,9 @@ use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::decision::reasons;
 use wgsub_operator::metrics::Metrics;
 use wgsub_operator::patches::FIELD_MANAGER;
-use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+};
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::eventually;
 
@@ -157,7 +159,7 @@ async fn devices_over_a_lowered_limit_stop_keeping_their_configs_and_come_back_w
     let servers: Api<WgServer> = Api::namespaced(admin.clone(), &ns);
     let subscriptions: Api<VpnSubscription> = Api::namespaced(admin.clone(), &ns);
     let peers: Api<WgPeer> = Api::namespaced(admin.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &peer_keys_namespace(&ns));
     servers
         .create(&PostParams::default(), &server())
         .await
@@ -172,6 +174,7 @@ async fn devices_over_a_lowered_limit_stop_keeping_their_configs_and_come_back_w
         Settings {
             default_server: "wg".into(),
             retention: SignedDuration::from_hours(24 * 30),
+            keys_namespace: Some(peer_keys_namespace(&ns)),
         },
         Arc::new(Metrics::new()),
         Arc::new(Timestamp::now),

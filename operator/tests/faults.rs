@@ -88,6 +88,7 @@ impl Cluster {
             Settings {
                 default_server: "wg".into(),
                 retention: DAY * 30,
+                keys_namespace: None,
             },
             Arc::new(Metrics::new()),
             Arc::new(move || *clock.lock().unwrap()),

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use wgsub_crds::{
     SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
 };
 use wgsub_testkit::chart::{
-    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, service_account,
+    apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, peer_keys_namespace,
+    service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
@@ -67,6 +69,7 @@ fn replica(namespace: &str, kubeconfig: &str, dir: &Path, name: &str) -> Process
     std::fs::write(&path, kubeconfig).expect("writing a kubeconfig");
     let lease = format!("{}s", LEASE.as_secs());
     let path = path.display().to_string();
+    let keys = peer_keys_namespace(namespace);
     Process::start(
         BINARY,
         name,
@@ -74,6 +77,7 @@ fn replica(namespace: &str, kubeconfig: &str, dir: &Path, name: &str) -> Process
         &[
             ("KUBECONFIG", path.as_str()),
             ("WGSUB_NAMESPACE", namespace),
+            ("WGSUB_KEYS_NAMESPACE", keys.as_str()),
             ("WGSUB_DEFAULT_SERVER", "wg"),
             ("WGSUB_IDENTITY", name),
             ("WGSUB_LOG_FORMAT", "json"),
@@ -108,6 +112,7 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
         &[],
         &[
             "--namespace",
+            "--keys-namespace",
             "--lease-duration",
             "--default-server",
             "--http-addr",
@@ -160,6 +165,20 @@ async fn two_replicas_elect_one_leader_that_hands_the_lease_over_on_sigterm() {
     })
     .await;
     assert_eq!(holder(&leases).await.as_deref(), Some("replica-a"));
+    let in_namespace = |namespace: &str| Api::<Secret>::namespaced(plane.admin_client(), namespace);
+    assert!(
+        in_namespace(&peer_keys_namespace(&ns))
+            .get_opt("tg-1-1-key")
+            .await
+            .expect("an admin read")
+            .is_some()
+            && in_namespace(&ns)
+                .get_opt("tg-1-1-key")
+                .await
+                .expect("an admin read")
+                .is_none(),
+        "the key Secret is written to the keys namespace (WGSUB_KEYS_NAMESPACE) only"
+    );
     let (status, metrics) = first.get("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     assert!(

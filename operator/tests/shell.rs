@@ -27,16 +27,19 @@ use wgsub_crds::{
     WgPeer, WgServer, WgServerSpec,
 };
 use wgsub_operator::controller::{self, Context, Error, Settings};
-use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, reasons};
+use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, LABEL_PEER_UID, reasons};
+use wgsub_operator::key_cleanup::KeyCleanup;
 use wgsub_operator::metrics::Metrics;
-use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+};
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::eventually;
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
-/// The garbage collector notices a newly established CRD only at its next discovery (up to
-/// ~40 s after the CRDs were installed), then collects.
-const COLLECTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(90);
+/// A deleted peer's key Secret is gone within this (the operator's key collection sees the
+/// deletion on its watch; no garbage collector discovery to wait for).
+const KEY_GONE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn start() -> Timestamp {
     "2026-06-01T12:00:00Z".parse().unwrap()
@@ -85,6 +88,11 @@ impl Cluster {
         let namespace = plane.namespace("operator-shell").await;
         apply_chart_rbac(plane, &namespace, &[]).await;
         let client = component_client(plane, &namespace, "operator").await;
+        // The operator collects the keys of deleted peers while it leads; here, all along.
+        let keys = peer_keys_namespace(&namespace);
+        tokio::spawn(
+            KeyCleanup::new(client.clone(), &namespace, &keys).run(std::future::pending()),
+        );
         let admin = plane.admin_client();
         for server in servers {
             Api::<WgServer>::namespaced(admin.clone(), &namespace)
@@ -94,7 +102,7 @@ impl Cluster {
         }
         let clock = Arc::new(Mutex::new(start()));
         let metrics = Arc::new(Metrics::new());
-        let ctx = Self::context(&client, &clock, &metrics);
+        let ctx = Self::context(&client, &namespace, &clock, &metrics);
         Self {
             plane,
             namespace,
@@ -120,6 +128,7 @@ impl Cluster {
 
     fn context(
         client: &Client,
+        namespace: &str,
         clock: &Arc<Mutex<Timestamp>>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Context> {
@@ -133,6 +142,7 @@ impl Cluster {
             Settings {
                 default_server: "wg".into(),
                 retention: DAY * 30,
+                keys_namespace: Some(peer_keys_namespace(namespace)),
             },
             metrics.clone(),
             Arc::new(move || *clock.lock().unwrap()),
@@ -141,7 +151,7 @@ impl Cluster {
 
     /// A new operator process: fresh context, nothing remembered.
     fn restart(&mut self) {
-        self.ctx = Self::context(&self.client, &self.clock, &self.metrics);
+        self.ctx = Self::context(&self.client, &self.namespace, &self.clock, &self.metrics);
     }
 
     fn now(&self) -> Timestamp {
@@ -159,8 +169,9 @@ impl Cluster {
     fn peers(&self) -> Api<WgPeer> {
         self.api()
     }
+    /// The key Secrets (in the peer keys namespace).
     fn secrets(&self) -> Api<Secret> {
-        self.api()
+        Api::namespaced(self.admin.clone(), &peer_keys_namespace(&self.namespace))
     }
 
     async fn subscribe(&self, user: i64, paid_until: Option<Timestamp>) -> String {
@@ -288,8 +299,13 @@ async fn a_paid_subscription_becomes_a_peer_with_key_secret_address_and_active_s
     let secret = cluster.secrets().get("tg-1-1-key").await.unwrap();
     assert_eq!(secret.labels()[LABEL_PEER], "tg-1-1");
     assert_eq!(
-        Some(&secret.owner_references()[0].uid),
-        peer.metadata.uid.as_ref()
+        secret.labels().get(LABEL_PEER_UID),
+        peer.metadata.uid.as_ref(),
+        "the key is tied to this very peer"
+    );
+    assert!(
+        secret.metadata.owner_references.is_none(),
+        "no owner reference across namespaces (the collector would delete the key)"
     );
     assert_eq!(
         cluster
@@ -394,20 +410,17 @@ async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
     cluster.advance(DAY * 30);
     cluster.reconcile(&name).await.unwrap();
     assert!(cluster.peers().get_opt("tg-1-1").await.unwrap().is_none());
-    // The key Secret is the peer's dependent: the garbage collector deletes it.
-    eventually(
-        "the key Secret is collected",
-        COLLECTED_WITHIN,
-        async || {
-            cluster
-                .secrets()
-                .get_opt("tg-1-1-key")
-                .await
-                .unwrap()
-                .is_none()
-                .then_some(())
-        },
-    )
+    // The key Secret (in the keys namespace, which no owner reference reaches) goes with its
+    // peer: the operator's key collection deletes it.
+    eventually("the key Secret is collected", KEY_GONE_WITHIN, async || {
+        cluster
+            .secrets()
+            .get_opt("tg-1-1-key")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
     .await;
     assert!(cluster.sub(&name).await.status.unwrap().peers.is_empty());
     assert_eq!(

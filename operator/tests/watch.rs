@@ -1,11 +1,12 @@
-//! The operator's real `controller::run` (its watches, mappers and reconciles) against the real
+//! The operator's real leader work (`wgsub_operator::lead`: `controller::run` — its watches,
+//! mappers and reconciles — and the key collection) against the real
 //! API server (`wgsub_testkit::envtest`), a namespace per test, its client authenticated as the
 //! chart's `wgsub-operator` ServiceAccount under the Roles the chart renders: subscriptions
 //! arrive through the watch, a deleted peer and a changed server trigger reconciles, the initial
 //! peer list is paged, the controller stops on shutdown; the API's `enabled` switch survives the
 //! operator's applies (server-side apply ownership), a field edited by hand is taken back, the
 //! status goes only through the status subresource; the garbage collector deletes a deleted
-//! subscription's peers and key Secrets. Each test ends with none of the operator's calls
+//! subscription's peers and the operator their key Secrets (in the peer keys namespace). Each test ends with none of the operator's calls
 //! refused by the server's RBAC. The calls themselves are read from the server's audit log.
 
 use std::collections::HashMap;
@@ -20,20 +21,21 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, LABEL_PEER, LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{
     SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec,
     WgServer, WgServerSpec,
 };
-use wgsub_operator::controller::{self, Context, Settings};
-use wgsub_operator::decision::reasons;
+use wgsub_operator::controller::{Context, Settings};
+use wgsub_operator::decision::{LABEL_PEER_UID, reasons};
 use wgsub_operator::metrics::Metrics;
 use wgsub_operator::patches::FIELD_MANAGER;
 use wgsub_testkit::chart::{
-    apply_chart_rbac, assert_nothing_forbidden, component_client, service_account,
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+    service_account,
 };
 use wgsub_testkit::envtest::{AuditedRequest, ControlPlane};
 use wgsub_testkit::process::eventually;
@@ -174,10 +176,18 @@ impl Namespace {
         peer.spec.public_key.as_ref()?;
         peer.spec.address.as_ref()?;
         let reference = peer.spec.private_key_secret_ref.clone()?;
-        let secret = self.get::<Secret>(&reference.name).await?;
+        let secret = self.key(&reference.name).await?;
         // The Secret belongs to this very peer (not to an earlier one of the same name).
-        let owner = secret.owner_references().first()?.uid.clone();
+        let owner = secret.labels().get(LABEL_PEER_UID)?.clone();
         (Some(owner) == peer.metadata.uid).then_some((peer, secret))
+    }
+
+    /// The key Secret `name`, from the peer keys namespace.
+    async fn key(&self, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.admin.clone(), &peer_keys_namespace(&self.name))
+            .get_opt(name)
+            .await
+            .expect("an admin read")
     }
 
     fn assert_nothing_forbidden(&self) {
@@ -187,7 +197,7 @@ impl Namespace {
 
 /// The operator's controller running in a namespace as the chart's ServiceAccount.
 struct Operator {
-    stop: oneshot::Sender<()>,
+    stop: CancellationToken,
     running: JoinHandle<()>,
 }
 
@@ -203,20 +213,24 @@ impl Operator {
             Settings {
                 default_server: "wg".into(),
                 retention: SignedDuration::from_hours(24 * 30),
+                keys_namespace: Some(peer_keys_namespace(&ns.name)),
             },
             Arc::new(Metrics::new()),
             Arc::new(Timestamp::now),
         ));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let running = tokio::spawn(controller::run(ctx, Some(ns.name.clone()), 2, async move {
-            let _ = stopped.await;
-        }));
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(wgsub_operator::lead(
+            ctx,
+            Some(ns.name.clone()),
+            2,
+            stop.clone(),
+        ));
         Operator { stop, running }
     }
 
     /// Asks the controller to stop; fails unless it returns within the deadline.
     async fn shutdown(self) {
-        self.stop.send(()).expect("the controller is running");
+        self.stop.cancel();
         tokio::time::timeout(WITHIN, self.running)
             .await
             .expect("the controller stops within the deadline")
@@ -396,14 +410,16 @@ async fn the_running_controller_follows_watches_under_the_charts_rbac_and_stops_
             .map(|r| parts(r).1)
             .collect()
     };
-    // Key Secrets are listed and watched by label only.
+    // Key Secrets are listed and watched by label only (wgsub.io/peer by the controller,
+    // wgsub.io/peer-uid by the key collection).
     for verb in ["list", "watch"] {
         let calls = of("secrets", verb);
         assert!(!calls.is_empty(), "secrets are {verb}ed");
         for query in calls {
-            assert_eq!(
-                query.get("labelSelector").map(String::as_str),
-                Some(LABEL_PEER),
+            assert!(
+                query
+                    .get("labelSelector")
+                    .is_some_and(|selector| selector.starts_with(LABEL_PEER)),
                 "key Secrets are {verb}ed by label: {query:?}"
             );
         }
@@ -623,13 +639,15 @@ async fn deleting_a_subscription_collects_its_peers_and_their_key_secrets() {
         .await
         .expect("deleted");
     eventually(
-        "the garbage collector deletes the peer and its key Secret",
+        "the garbage collector deletes the peer",
         COLLECTED_WITHIN,
-        async || {
-            (ns.get::<WgPeer>("tg-3-1").await.is_none()
-                && ns.get::<Secret>(&secret_name).await.is_none())
-            .then_some(())
-        },
+        async || ns.get::<WgPeer>("tg-3-1").await.is_none().then_some(()),
+    )
+    .await;
+    eventually(
+        "the operator deletes its key Secret at once",
+        Duration::from_secs(5),
+        async || ns.key(&secret_name).await.is_none().then_some(()),
     )
     .await;
     // Nothing brings them back: the operator does not reconcile a deleted subscription.

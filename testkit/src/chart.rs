@@ -1,5 +1,6 @@
 //! The chart's RBAC on the real control plane: the Roles, ClusterRoles and bindings
-//! `charts/wgsub` renders (with the real `helm`, release `wgsub`) applied to a test's namespace,
+//! `charts/wgsub` renders (with the real `helm`, release `wgsub`) applied to a test's namespace
+//! and its two key namespaces ([`peer_keys_namespace`], [`server_keys_namespace`], created here),
 //! and a component's ServiceAccount credentials — how a process or chain test runs a binary with
 //! exactly the rights the chart gives it, so a call the chart does not grant is the server's 403.
 
@@ -42,8 +43,21 @@ pub fn service_account(component: &str) -> String {
     format!("{RELEASE}-{component}")
 }
 
-/// Renders the chart's RBAC for `namespace` with `--set` values `sets` and applies it (Roles,
-/// RoleBindings, ClusterRoles, ClusterRoleBindings) with the admin client.
+/// The namespace of the devices' key Secrets the chart gives a release in `namespace` (its
+/// default `keyNamespaces.peers`): the operator's, api's and bot's `--keys-namespace`.
+pub fn peer_keys_namespace(namespace: &str) -> String {
+    format!("{namespace}-keys")
+}
+
+/// The namespace of the server key Secrets the chart gives a release in `namespace` (its default
+/// `keyNamespaces.servers`): the node-agent's `--server-keys-namespace`.
+pub fn server_keys_namespace(namespace: &str) -> String {
+    format!("{namespace}-server-keys")
+}
+
+/// Renders the chart's RBAC and key namespaces for `namespace` with `--set` values `sets` and
+/// applies them (the key Namespaces first, then Roles, RoleBindings, ClusterRoles,
+/// ClusterRoleBindings) with the admin client.
 pub async fn apply_chart_rbac(plane: &ControlPlane, namespace: &str, sets: &[&str]) {
     let mut args = vec![
         "template".to_owned(),
@@ -51,6 +65,8 @@ pub async fn apply_chart_rbac(plane: &ControlPlane, namespace: &str, sets: &[&st
         chart_dir().display().to_string(),
         "--namespace".to_owned(),
         namespace.to_owned(),
+        "--show-only".to_owned(),
+        "templates/keynamespaces.yaml".to_owned(),
         "--show-only".to_owned(),
         "templates/rbac.yaml".to_owned(),
     ];
@@ -73,11 +89,15 @@ pub async fn apply_chart_rbac(plane: &ControlPlane, namespace: &str, sets: &[&st
     );
     let text = String::from_utf8(output.stdout).expect("helm prints UTF-8");
     let client = plane.admin_client();
+    let mut objects = Vec::new();
     for document in serde_yaml::Deserializer::from_str(&text) {
-        let Some(object) = Option::<DynamicObject>::deserialize(document).expect("valid YAML")
-        else {
-            continue;
-        };
+        if let Some(object) = Option::<DynamicObject>::deserialize(document).expect("valid YAML") {
+            objects.push(object);
+        }
+    }
+    // Namespaces before what lives in them.
+    objects.sort_by_key(|o| o.types.as_ref().is_none_or(|t| t.kind != "Namespace"));
+    for object in objects {
         let types = object.types.clone().expect("apiVersion and kind");
         let gvk = GroupVersionKind::try_from(&types).expect("a group/version/kind");
         let resource = ApiResource::from_gvk(&gvk);

@@ -28,7 +28,9 @@ use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION, subscription_name};
 use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgServer};
 use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig};
-use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+};
 use wgsub_testkit::envtest::ControlPlane;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -109,7 +111,14 @@ pub async fn harness(label: &str, options: Options) -> Harness {
     let app = Arc::new(App {
         ledger: ledger.clone(),
         sync: SubscriptionSync::new(kube.clone(), &namespace),
-        caches: Caches::spawn(kube.clone(), &namespace, CacheOptions::default()),
+        caches: Caches::spawn(
+            kube.clone(),
+            &namespace,
+            CacheOptions {
+                keys_namespace: Some(peer_keys_namespace(&namespace)),
+                ..CacheOptions::default()
+            },
+        ),
         kube,
         namespace: namespace.clone(),
         yookassa: client,
@@ -229,14 +238,16 @@ impl Harness {
         let subscription = subscription_name(user);
         let name = format!("{subscription}-{index}");
         let key = PrivateKey::generate();
-        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.namespace);
+        // The key Secret in the peer keys namespace, as the operator writes it.
+        let keys_namespace = peer_keys_namespace(&self.namespace);
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &keys_namespace);
         let secret = secrets
             .create(
                 &PostParams::default(),
                 &Secret {
                     metadata: ObjectMeta {
                         name: Some(format!("{name}-key")),
-                        namespace: Some(self.namespace.clone()),
+                        namespace: Some(keys_namespace.clone()),
                         labels: Some([(LABEL_PEER.to_owned(), name.clone())].into()),
                         ..ObjectMeta::default()
                     },

@@ -25,7 +25,8 @@ use wgsub_node_agent::interface::Worker;
 use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_operator::controller::{Context, Settings as OperatorSettings};
 use wgsub_testkit::chart::{
-    apply_chart_rbac, assert_nothing_forbidden, component_client, service_account,
+    apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
+    server_keys_namespace, service_account,
 };
 use wgsub_testkit::envtest::{AuditedRequest, ControlPlane};
 
@@ -37,10 +38,13 @@ fn start_operator(
     default_server: &str,
     shutdown: &CancellationToken,
 ) -> JoinHandle<()> {
-    let config = wgsub_operator::config::Config::try_parse_from([
+    let keys = peer_keys_namespace(namespace);
+    let config = wgsub_operator::config::Config::try_parse_checked([
         "wgsub-operator",
         "--namespace",
         namespace,
+        "--keys-namespace",
+        &keys,
         "--default-server",
         default_server,
     ])
@@ -54,15 +58,16 @@ fn start_operator(
         OperatorSettings {
             default_server: config.default_server.clone(),
             retention: config.retention,
+            keys_namespace: config.keys_namespace.clone(),
         },
         Arc::new(wgsub_operator::metrics::Metrics::new()),
         Arc::new(jiff::Timestamp::now),
     ));
-    tokio::spawn(wgsub_operator::controller::run(
+    tokio::spawn(wgsub_operator::lead(
         ctx,
         Some(namespace.to_owned()),
         config.concurrency,
-        shutdown.clone().cancelled_owned(),
+        shutdown.clone(),
     ))
 }
 
@@ -75,12 +80,15 @@ fn start_node_agent(
     netns: &std::path::Path,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
+    let server_keys = server_keys_namespace(namespace);
     let config = wgsub_node_agent::config::Config::try_parse_from([
         "wgsub-node-agent",
         "--node-name",
         node,
         "--namespace",
         namespace,
+        "--server-keys-namespace",
+        &server_keys,
         "--backend",
         "userspace",
         "--netns",
@@ -92,7 +100,8 @@ fn start_node_agent(
         .expect("the node-agent's settings are valid");
     let index = Arc::new(SharedIndex::default());
     let metrics = Arc::new(wgsub_node_agent::metrics::Metrics::default());
-    let api = KubeApi::new(client.clone(), config.namespace.clone());
+    let api = KubeApi::new(client.clone(), config.namespace.clone())
+        .with_server_keys_namespace(config.server_keys_namespace());
     let status = Arc::new(StatusQueue::default());
     let agent = Agent::new(
         config.agent_settings(),
@@ -104,10 +113,11 @@ fn start_node_agent(
         status.clone(),
     );
     let namespace = config.namespace.clone();
+    let server_keys = config.server_keys_namespace().to_owned();
     let watches_shutdown = shutdown.clone();
     vec![
         tokio::spawn(async move {
-            run_watches(client, &namespace, index, watches_shutdown).await;
+            run_watches(client, &namespace, &server_keys, index, watches_shutdown).await;
         }),
         tokio::spawn(status.run_writer(
             api,
@@ -210,6 +220,11 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// The devices' key Secrets (the peer keys namespace the chart gives the release).
+    pub fn key_secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &peer_keys_namespace(&self.namespace))
+    }
+
     /// Every call `component` made so far, from the server's audit log.
     pub fn requests_of(&self, component: &str) -> Vec<AuditedRequest> {
         self.plane
@@ -259,13 +274,17 @@ impl Cluster {
                 yaml(serde_json::json!(server.status))
             );
         }
-        let secrets: Vec<String> = self
-            .list::<Secret>()
-            .await
-            .iter()
-            .map(|s| s.name_any())
-            .collect();
-        out += &format!("Secrets: {secrets:?}\n");
+        for namespace in [
+            peer_keys_namespace(&self.namespace),
+            server_keys_namespace(&self.namespace),
+        ] {
+            let secrets: Vec<String> = Api::<Secret>::namespaced(self.client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .map(|list| list.items.iter().map(|s| s.name_any()).collect())
+                .unwrap_or_default();
+            out += &format!("Secrets of {namespace}: {secrets:?}\n");
+        }
         out
     }
 

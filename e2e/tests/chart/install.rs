@@ -254,7 +254,8 @@ fn manifest(dir: &Path, name: &str, docs: &[Value]) -> PathBuf {
 }
 
 /// Every object the chart renders with `sets` (CRDs included, hooks left out) is on the server,
-/// in `namespace` when namespaced: `kubectl get -f` of the rendered manifest finds each one.
+/// in `namespace` when namespaced (the Roles and bindings of the key Secrets in the key
+/// namespaces the chart creates): `kubectl get -f` of the rendered manifest finds each one.
 fn assert_rendered_objects_exist(cluster: &Cluster, namespace: &str, sets: &[&str]) {
     let expected = rendered(namespace, sets, false);
     let dir = tempfile::tempdir().expect("a temporary folder");
@@ -265,9 +266,17 @@ fn assert_rendered_objects_exist(cluster: &Cluster, namespace: &str, sets: &[&st
         None => vec![found],
     };
     assert_eq!(identities(&found), identities(&expected));
+    let key_namespaces = [format!("{namespace}-keys"), format!("{namespace}-server-keys")];
     for object in &found {
         if let Some(ns) = object["metadata"]["namespace"].as_str() {
-            assert_eq!(ns, namespace, "{}/{}", kind_of(object), name_of(object));
+            let keys_rbac = matches!(kind_of(object), "Role" | "RoleBinding")
+                && key_namespaces.iter().any(|k| k == ns);
+            assert!(
+                ns == namespace || keys_rbac,
+                "{}/{} in {ns}",
+                kind_of(object),
+                name_of(object)
+            );
         }
     }
 }

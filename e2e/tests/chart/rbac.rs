@@ -1,6 +1,7 @@
 //! The rendered RBAC grants each component's ServiceAccount exactly the Kubernetes API calls its
-//! binary lists in `<crate>/api-calls.yaml` — no more, no less — and nothing else in the chart
-//! grants anything.
+//! binary lists in `<crate>/api-calls.yaml` — no more, no less, and in the namespace it lists
+//! (its own, the peer keys' or the server keys', as the chart tells the binaries) — and nothing
+//! else in the chart grants anything.
 
 use std::collections::BTreeSet;
 
@@ -22,8 +23,11 @@ struct ApiCall {
     scope: String,
 }
 
-/// One permission: (scope, API group, resource, verb).
+/// One permission: (scope, API group, resource, verb). Scope is `namespace` (the release's),
+/// `peer-keys`, `server-keys` or `cluster`.
 type Grant = (String, String, String, String);
+
+const SCOPES: [&str; 4] = ["namespace", "peer-keys", "server-keys", "cluster"];
 
 const VERBS: [&str; 8] = [
     "get",
@@ -51,8 +55,8 @@ fn listed_calls(crate_dir: &str) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
     for call in calls {
         assert!(
-            call.scope == "namespace" || call.scope == "cluster",
-            "{crate_dir}/api-calls.yaml: scope {:?} of {} is neither namespace nor cluster",
+            SCOPES.contains(&call.scope.as_str()),
+            "{crate_dir}/api-calls.yaml: scope {:?} of {} is none of {SCOPES:?}",
             call.scope,
             call.resource
         );
@@ -86,6 +90,44 @@ fn strings(value: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The value of the environment variable `variable` of the container of `kind` `name`.
+fn env_value<'a>(docs: &'a [Value], kind: &str, name: &str, variable: &str) -> &'a str {
+    find(docs, kind, name)["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == variable)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("{kind} {name} sets no {variable}"))
+}
+
+/// The scope a namespaced binding grants in: the release's namespace, or the key namespace the
+/// chart tells the binaries (the operator's `WGSUB_KEYS_NAMESPACE`, the node-agent's
+/// `WGSUB_SERVER_KEYS_NAMESPACE`).
+fn scope_of_namespace(docs: &[Value], namespace: &str) -> &'static str {
+    let peer_keys = env_value(
+        docs,
+        "Deployment",
+        &component("operator"),
+        "WGSUB_KEYS_NAMESPACE",
+    );
+    let server_keys = env_value(
+        docs,
+        "DaemonSet",
+        &component("node-agent"),
+        "WGSUB_SERVER_KEYS_NAMESPACE",
+    );
+    if namespace == NAMESPACE {
+        "namespace"
+    } else if namespace == peer_keys {
+        "peer-keys"
+    } else if namespace == server_keys {
+        "server-keys"
+    } else {
+        panic!("a binding in namespace {namespace}, which no binary is told about")
+    }
+}
+
 /// What the rendered bindings grant the ServiceAccount `account` of the release's namespace.
 fn rendered_grants(docs: &[Value], account: &str) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
@@ -104,13 +146,18 @@ fn rendered_grants(docs: &[Value], account: &str) -> BTreeSet<Grant> {
             continue;
         }
         let scope = if kind_of(binding) == "RoleBinding" {
-            "namespace"
+            scope_of_namespace(docs, binding["metadata"]["namespace"].as_str().unwrap())
         } else {
             "cluster"
         };
         let role_kind = binding["roleRef"]["kind"].as_str().unwrap();
         let role_name = binding["roleRef"]["name"].as_str().unwrap();
-        let role = find(docs, role_kind, role_name);
+        let role = find_in(
+            docs,
+            role_kind,
+            role_name,
+            &binding["metadata"]["namespace"],
+        );
         for rule in role["rules"].as_array().into_iter().flatten() {
             assert!(
                 rule.get("nonResourceURLs").is_none(),
@@ -132,9 +179,25 @@ fn rendered_grants(docs: &[Value], account: &str) -> BTreeSet<Grant> {
     grants
 }
 
+/// The one document of `kind` named `name` in `namespace` (null for cluster-scoped ones).
+fn find_in<'a>(docs: &'a [Value], kind: &str, name: &str, namespace: &Value) -> &'a Value {
+    let found: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            kind_of(d) == kind && name_of(d) == name && &d["metadata"]["namespace"] == namespace
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "expected one {kind} {name} in {namespace}");
+    found[0]
+}
+
 fn assert_rbac_matches(crate_dir: &str, component_name: &str) {
     let listed = listed_calls(crate_dir);
-    for docs in [render(&[]), render_every_option_on()] {
+    let elsewhere = render(&[
+        "keyNamespaces.peers=device-keys",
+        "keyNamespaces.servers=vpn-node-keys",
+    ]);
+    for docs in [render(&[]), render_every_option_on(), elsewhere] {
         let granted = rendered_grants(&docs, &component(component_name));
         let missing: Vec<&Grant> = listed.difference(&granted).collect();
         let extra: Vec<&Grant> = granted.difference(&listed).collect();
@@ -216,7 +279,11 @@ fn the_comparison_sees_a_missing_or_extra_verb() {
     let mut edited = docs.clone();
     let role = edited
         .iter_mut()
-        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == account.as_str())
+        .find(|d| {
+            d["kind"] == "Role"
+                && d["metadata"]["name"] == account.as_str()
+                && d["metadata"]["namespace"] == NAMESPACE
+        })
         .unwrap();
     role["rules"][0]["verbs"]
         .as_array_mut()

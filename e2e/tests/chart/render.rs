@@ -75,17 +75,56 @@ fn default_values_render_the_four_components_and_nothing_optional() {
             "{optional} rendered with default values"
         );
     }
+    let key_namespaces = [format!("{NAMESPACE}-keys"), format!("{NAMESPACE}-server-keys")];
     for doc in &docs {
-        let namespaced = !kind_of(doc).starts_with("Cluster");
-        if namespaced {
-            assert_eq!(
-                doc["metadata"]["namespace"],
-                NAMESPACE,
-                "{} {}",
-                kind_of(doc),
-                name_of(doc)
-            );
+        let namespaced = !kind_of(doc).starts_with("Cluster") && kind_of(doc) != "Namespace";
+        if !namespaced {
+            continue;
         }
+        let namespace = doc["metadata"]["namespace"].as_str().unwrap_or_default();
+        let keys_rbac = matches!(kind_of(doc), "Role" | "RoleBinding")
+            && key_namespaces.iter().any(|k| k == namespace);
+        assert!(
+            namespace == NAMESPACE || keys_rbac,
+            "{} {} in {namespace}",
+            kind_of(doc),
+            name_of(doc)
+        );
+    }
+    // The key namespaces are made with the release and kept when it goes (with the keys).
+    let made: Vec<&str> = of_kind(&docs, "Namespace").into_iter().map(name_of).collect();
+    assert_eq!(made, key_namespaces.iter().map(String::as_str).collect::<Vec<_>>());
+    for namespace in of_kind(&docs, "Namespace") {
+        assert_eq!(
+            namespace["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+}
+
+#[test]
+fn key_namespaces_can_be_named_made_beforehand_and_never_be_the_releases() {
+    let docs = render(&[
+        "keyNamespaces.peers=device-keys",
+        "keyNamespaces.servers=vpn-node-keys",
+        "keyNamespaces.create=false",
+    ]);
+    assert!(of_kind(&docs, "Namespace").is_empty());
+    let namespaces: std::collections::BTreeSet<&str> = of_kind(&docs, "RoleBinding")
+        .into_iter()
+        .filter_map(|b| b["metadata"]["namespace"].as_str())
+        .collect();
+    assert_eq!(
+        namespaces,
+        [NAMESPACE, "device-keys", "vpn-node-keys"].into()
+    );
+    for same in [
+        format!("keyNamespaces.peers={NAMESPACE}"),
+        format!("keyNamespaces.servers={NAMESPACE}"),
+        "keyNamespaces.servers=wgsub-keys".to_owned(),
+    ] {
+        let error = try_render(&[same.as_str()]).expect_err("refused");
+        assert!(error.contains("keyNamespaces"), "{same}: {error}");
     }
 }
 
