@@ -55,10 +55,11 @@ pub enum Subcommand {
     Find,
     Broadcast,
     Promo,
+    Refund,
 }
 
 impl Subcommand {
-    pub const ALL: [Subcommand; 7] = [
+    pub const ALL: [Subcommand; 8] = [
         Subcommand::Stats,
         Subcommand::Grant,
         Subcommand::Suspend,
@@ -66,6 +67,7 @@ impl Subcommand {
         Subcommand::Find,
         Subcommand::Broadcast,
         Subcommand::Promo,
+        Subcommand::Refund,
     ];
 
     /// The usage line of the subcommand (not translated: it is syntax).
@@ -80,6 +82,7 @@ impl Subcommand {
             Subcommand::Promo => {
                 "/admin promo create <code> <days>d|<percent>% <YYYY-MM-DD> <max uses> | list | disable <code>"
             }
+            Subcommand::Refund => "/admin refund <telegram payment charge id> [reason]",
         }
     }
 
@@ -93,6 +96,7 @@ impl Subcommand {
             Subcommand::Find => "find",
             Subcommand::Broadcast => "broadcast",
             Subcommand::Promo => "promo",
+            Subcommand::Refund => "refund",
         }
     }
 }
@@ -124,6 +128,11 @@ pub enum AdminCommand {
         text: String,
     },
     Promo(PromoCommand),
+    /// Refund a Telegram Stars payment by its `telegram_payment_charge_id`.
+    Refund {
+        charge_id: String,
+        reason: Option<String>,
+    },
 }
 
 /// What was wrong with the arguments; the reply names it beside the subcommand's usage line.
@@ -140,6 +149,8 @@ pub enum AdminParseError {
     BroadcastTooLong(usize),
     UnexpectedArguments(Subcommand, String),
     Promo(PromoArgError),
+    MissingChargeId,
+    BadChargeId(String),
 }
 
 impl AdminParseError {
@@ -156,6 +167,9 @@ impl AdminParseError {
             | AdminParseError::EmptyBroadcast
             | AdminParseError::BroadcastTooLong(_) => Some(Subcommand::Broadcast),
             AdminParseError::Promo(_) => Some(Subcommand::Promo),
+            AdminParseError::MissingChargeId | AdminParseError::BadChargeId(_) => {
+                Some(Subcommand::Refund)
+            }
         }
     }
 }
@@ -186,6 +200,14 @@ pub fn parse_user_ref(word: &str) -> Option<UserRef> {
         .map(UserRef::Id)
 }
 
+/// Whether `word` can be a Telegram payment charge id: 1–128 of `[A-Za-z0-9_.:-]`.
+pub fn is_charge_id(word: &str) -> bool {
+    (1..=128).contains(&word.len())
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
 fn user_arg(sub: Subcommand, word: &str) -> Result<UserRef, AdminParseError> {
     if word.is_empty() {
         return Err(AdminParseError::MissingUser(sub));
@@ -210,6 +232,7 @@ pub fn parse(args: &str) -> Result<AdminCommand, AdminParseError> {
         "find" => Subcommand::Find,
         "broadcast" => Subcommand::Broadcast,
         "promo" => Subcommand::Promo,
+        "refund" => Subcommand::Refund,
         _ => return Err(AdminParseError::UnknownSubcommand(word.to_owned())),
     };
     match sub {
@@ -275,6 +298,19 @@ pub fn parse(args: &str) -> Result<AdminCommand, AdminParseError> {
             Ok(AdminCommand::Broadcast {
                 audience,
                 text: text.to_owned(),
+            })
+        }
+        Subcommand::Refund => {
+            let (charge_id, rest) = next_word(rest);
+            if charge_id.is_empty() {
+                return Err(AdminParseError::MissingChargeId);
+            }
+            if !is_charge_id(charge_id) {
+                return Err(AdminParseError::BadChargeId(charge_id.to_owned()));
+            }
+            Ok(AdminCommand::Refund {
+                charge_id: charge_id.to_owned(),
+                reason: optional(rest),
             })
         }
     }
@@ -665,6 +701,38 @@ mod tests {
         assert_eq!(
             parse(&format!("broadcast all {long}")),
             Err(AdminParseError::BroadcastTooLong(MAX_MESSAGE_CHARS + 1))
+        );
+    }
+
+    #[test]
+    fn refund_takes_a_charge_id_and_an_optional_reason() {
+        assert_eq!(
+            parse("refund stxAbC-1_2 asked by e-mail"),
+            Ok(AdminCommand::Refund {
+                charge_id: "stxAbC-1_2".into(),
+                reason: Some("asked by e-mail".into())
+            })
+        );
+        assert_eq!(
+            parse("REFUND stx9"),
+            Ok(AdminCommand::Refund {
+                charge_id: "stx9".into(),
+                reason: None
+            })
+        );
+        assert_eq!(parse("refund"), Err(AdminParseError::MissingChargeId));
+        assert_eq!(
+            parse("refund stx<1>"),
+            Err(AdminParseError::BadChargeId("stx<1>".into()))
+        );
+        let long = "x".repeat(129);
+        assert_eq!(
+            parse(&format!("refund {long}")),
+            Err(AdminParseError::BadChargeId(long))
+        );
+        assert_eq!(
+            AdminParseError::MissingChargeId.subcommand(),
+            Some(Subcommand::Refund)
         );
     }
 

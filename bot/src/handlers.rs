@@ -27,6 +27,7 @@ use crate::app::App;
 use crate::broadcast;
 use crate::devices::{self, DeviceConfig};
 use crate::growth;
+use crate::stars::{self, STARS_PREFIX};
 use crate::store::{self, AdminLogEntry};
 use crate::telegram::{self, BUY_PREFIX, CONFIG_PREFIX};
 use crate::text::{self, Lang};
@@ -69,11 +70,13 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
                 .endpoint(admin),
         );
     let messages = Update::filter_message()
+        .branch(Message::filter_successful_payment().endpoint(stars::successful_payment))
         .branch(commands)
         .endpoint(other_message);
     let callbacks = Update::filter_callback_query().endpoint(callback);
     dptree::entry()
         .branch(dptree::filter(sender_out_of_range).endpoint(refuse_sender))
+        .branch(Update::filter_pre_checkout_query().endpoint(stars::pre_checkout))
         .branch(messages)
         .branch(callbacks)
 }
@@ -130,7 +133,7 @@ pub(crate) fn lang_of(user: Option<&User>) -> Lang {
     Lang::from_code(user.and_then(|u| u.language_code.as_deref()))
 }
 
-fn telegram_user(user: &User) -> Result<TelegramUser, HandlerError> {
+pub(crate) fn telegram_user(user: &User) -> Result<TelegramUser, HandlerError> {
     Ok(TelegramUser {
         id: user_id(user)?,
         username: user.username.clone(),
@@ -353,11 +356,14 @@ async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
 }
 
 async fn send_plans(bot: &Bot, app: &App, chat: ChatId, lang: Lang) -> HandlerResult {
-    let buttons = app.plans.plans().iter().map(|plan| {
-        InlineKeyboardButton::callback(
+    let buttons = app.plans.plans().iter().flat_map(|plan| {
+        let card = InlineKeyboardButton::callback(
             text::plan_button(lang, plan),
             format!("{BUY_PREFIX}{}", plan.id),
-        )
+        );
+        let stars = stars::plan_button(lang, plan)
+            .map(|(label, data)| InlineKeyboardButton::callback(label, data));
+        std::iter::once(card).chain(stars)
     });
     bot.send_message(chat, text::choose_plan(lang))
         .reply_markup(telegram::column(buttons))
@@ -598,6 +604,9 @@ async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResul
     let result = if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
         app.metrics.update("buy_plan");
         buy_plan(&bot, &app, &query.from, chat, lang, plan).await
+    } else if let Some(plan) = data.strip_prefix(STARS_PREFIX) {
+        app.metrics.update("stars_invoice");
+        stars::send_invoice(&bot, &app, &query.from, chat, lang, plan).await
     } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
         app.metrics.update("config_device");
         config_device(&bot, &app, &query.from, chat, lang, peer).await
@@ -759,6 +768,11 @@ async fn run_admin(
             bot.send_message(chat, text::admin_found(lang, &view))
                 .await?;
             Ok(("find", format!("found {}", target.telegram_id)))
+        }
+        AdminCommand::Refund { charge_id, reason } => {
+            let outcome =
+                stars::admin_refund(bot, app, admin_id, chat, lang, &charge_id, reason).await?;
+            Ok(("refund", outcome))
         }
         AdminCommand::Broadcast {
             audience,

@@ -491,6 +491,14 @@ pub fn admin_usage_error(lang: Lang, error: &AdminParseError) -> String {
             format!("unexpected arguments “{extra}”")
         }
         (lang, AdminParseError::Promo(problem)) => promo_arg_problem(lang, problem),
+        (Lang::Ru, AdminParseError::MissingChargeId) => "не указан id платежа".into(),
+        (Lang::En, AdminParseError::MissingChargeId) => "the payment charge id is missing".into(),
+        (Lang::Ru, AdminParseError::BadChargeId(word)) => {
+            format!("«{word}» — не id платежа Telegram")
+        }
+        (Lang::En, AdminParseError::BadChargeId(word)) => {
+            format!("“{word}” is not a Telegram payment charge id")
+        }
     };
     let usage = match error.subcommand() {
         Some(sub) => sub.usage().to_owned(),
@@ -676,6 +684,120 @@ pub fn broadcast_no_recipients(lang: Lang) -> &'static str {
         "Некому отправлять: получателей нет.",
         "Nobody to send to: no recipients.",
     )
+}
+
+// ---- Telegram Stars ----
+
+/// The "pay in Stars" button of a plan sold for Stars.
+pub fn stars_plan_button(lang: Lang, plan: &Plan) -> String {
+    let title = plan.title.for_language(Some(lang.code()));
+    let stars = plan.price_stars.unwrap_or_default();
+    match lang {
+        Lang::Ru => format!("{title} — {stars} ⭐ (Telegram Stars)"),
+        Lang::En => format!("{title} — {stars} ⭐ (Telegram Stars)"),
+    }
+}
+
+pub fn stars_not_offered(lang: Lang) -> &'static str {
+    lang.pick(
+        "Этот тариф нельзя оплатить звёздами. Выберите заново: /buy",
+        "This plan cannot be paid in Stars. Choose again: /buy",
+    )
+}
+
+/// Why a Stars payment is refused before it is made (the pre-checkout answer Telegram shows).
+pub fn stars_refused(lang: Lang, refusal: &wgsub_ledger::stars::StarsRefusal) -> String {
+    use wgsub_ledger::stars::StarsRefusal as R;
+    match refusal {
+        R::PriceChanged { now, .. } => match lang {
+            Lang::Ru => {
+                format!("Цена тарифа изменилась, теперь {now} ⭐. Запросите новый счёт: /buy")
+            }
+            Lang::En => {
+                format!("The plan's price has changed to {now} ⭐. Get a new invoice: /buy")
+            }
+        },
+        R::UnknownPlan(_) | R::NotForStars(_) => lang
+            .pick(
+                "Этот тариф больше не продаётся за звёзды. Выберите заново: /buy",
+                "This plan is no longer sold for Stars. Choose again: /buy",
+            )
+            .to_owned(),
+        R::UnknownBuyer => lang
+            .pick(
+                "Сначала нажмите /start, затем оплатите снова.",
+                "Press /start first, then pay again.",
+            )
+            .to_owned(),
+        R::Suspended => lang
+            .pick(
+                "Ваша подписка приостановлена, оплата недоступна. Напишите в поддержку.",
+                "Your subscription is suspended, so you cannot pay now. Please contact support.",
+            )
+            .to_owned(),
+        R::Payload(_) | R::OtherUser { .. } | R::Currency(_) | R::AmountMismatch { .. } => lang
+            .pick(
+                "Этот счёт недействителен. Запросите новый: /buy",
+                "This invoice is not valid. Get a new one: /buy",
+            )
+            .to_owned(),
+    }
+}
+
+/// A paid invoice that could not be credited (and was refunded, unless that failed too).
+pub fn stars_payment_not_credited(lang: Lang, refunded: bool) -> &'static str {
+    match refunded {
+        true => lang.pick(
+            "Этот счёт недействителен, оплата не зачтена — звёзды возвращены. Запросите новый счёт: /buy",
+            "This invoice is not valid, so the payment was not credited and your Stars were returned. Get a new invoice: /buy",
+        ),
+        false => lang.pick(
+            "Этот счёт недействителен, оплата не зачтена. Мы вернём звёзды — напишите в поддержку, если они не придут.",
+            "This invoice is not valid, so the payment was not credited. We will return your Stars — contact support if they do not arrive.",
+        ),
+    }
+}
+
+pub fn admin_refunded(
+    lang: Lang,
+    user_id: i64,
+    stars: i64,
+    paid_until: Option<Timestamp>,
+) -> String {
+    let until = paid_until.map(date).unwrap_or_else(|| "—".into());
+    match lang {
+        Lang::Ru => format!(
+            "Пользователю {user_id} возвращено {stars} ⭐, время платежа снято. Оплачено до {until}."
+        ),
+        Lang::En => format!(
+            "Refunded {stars} ⭐ to user {user_id} and took the payment's time back. Paid until {until}."
+        ),
+    }
+}
+
+pub fn admin_refund_unknown(lang: Lang, charge_id: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Платежа звёздами {charge_id} нет в учёте."),
+        Lang::En => format!("No Stars payment {charge_id} in the ledger."),
+    }
+}
+
+pub fn admin_refund_already(lang: Lang, charge_id: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Платёж {charge_id} уже возвращён."),
+        Lang::En => format!("Payment {charge_id} was refunded already."),
+    }
+}
+
+pub fn admin_refund_failed(lang: Lang, charge_id: &str) -> String {
+    match lang {
+        Lang::Ru => {
+            format!("Telegram не вернул платёж {charge_id}; время не снято. Повторите позже.")
+        }
+        Lang::En => {
+            format!("Telegram did not refund {charge_id}; no time was taken back. Try again later.")
+        }
+    }
 }
 
 // ---- promo codes and referrals ----
@@ -1121,5 +1243,43 @@ mod tests {
         let plan = &catalogue.plans()[0];
         assert_eq!(plan_button(Lang::En, plan), "Month — 199.00 RUB (1 device)");
         assert_eq!(plan_button(Lang::Ru, plan), "Месяц — 199.00 RUB (1 устр.)");
+    }
+
+    #[test]
+    fn stars_buttons_show_the_price_and_refusals_say_what_to_do() {
+        use wgsub_ledger::stars::StarsRefusal;
+        let catalogue = wgsub_crds::plans::PlanCatalogue::from_yaml_str(&format!(
+            "plans: [{{id: month, title: {{ru: {0}, en: {0}}}, days: 30, priceMinor: 19900, currency: RUB, devices: 2, priceStars: 150}}]",
+            "Y".repeat(60)
+        ))
+        .unwrap();
+        let plan = &catalogue.plans()[0];
+        for lang in [Lang::Ru, Lang::En] {
+            assert!(stars_plan_button(lang, plan).contains("150 ⭐"));
+        }
+        let changed = StarsRefusal::PriceChanged {
+            plan: "month".into(),
+            invoiced: 100,
+            now: 150,
+        };
+        assert!(stars_refused(Lang::En, &changed).contains("changed to 150"));
+        assert!(stars_refused(Lang::Ru, &changed).contains("изменилась"));
+        assert_eq!(
+            stars_refused(
+                Lang::En,
+                &StarsRefusal::AmountMismatch {
+                    invoiced: 1,
+                    paid: 2
+                }
+            ),
+            stars_refused(
+                Lang::En,
+                &StarsRefusal::Payload(wgsub_ledger::stars::PayloadError::Malformed)
+            )
+        );
+        assert_ne!(
+            stars_refused(Lang::Ru, &StarsRefusal::Suspended),
+            stars_refused(Lang::En, &StarsRefusal::Suspended)
+        );
     }
 }

@@ -45,6 +45,8 @@ pub const PLANS: &str = "plans:
 #[path = "../../../ledger/tests/support/pgbouncer.rs"]
 mod pgbouncer;
 
+pub mod payments;
+
 pub struct Harness {
     pub app: Arc<App>,
     pub ledger: Ledger,
@@ -64,6 +66,8 @@ pub struct Options {
     pub trial_days: u32,
     /// Reach PostgreSQL through PgBouncer in transaction pooling (two server connections).
     pub pgbouncer: bool,
+    /// Another plan catalogue (YAML) than [`PLANS`].
+    pub plans: Option<&'static str>,
 }
 
 pub async fn harness(label: &str, options: Options) -> Harness {
@@ -122,7 +126,7 @@ pub async fn harness(label: &str, options: Options) -> Harness {
         kube,
         namespace: namespace.clone(),
         yookassa: client,
-        plans: PlanCatalogue::from_yaml_str(PLANS).unwrap(),
+        plans: PlanCatalogue::from_yaml_str(options.plans.unwrap_or(PLANS)).unwrap(),
         settings: Settings {
             admin_ids: AdminIds(vec![ADMIN as i64]),
             trial_days: options.trial_days,
