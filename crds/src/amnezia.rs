@@ -495,6 +495,14 @@ pub fn complete(
     Ok(out)
 }
 
+/// [`complete`] with strong random values from the operating system.
+pub fn complete_at_random(
+    block: &AmneziaWgSpec,
+    mtu: Option<i32>,
+) -> Result<AmneziaWgSpec, GenerateError> {
+    complete(block, mtu, &mut rand_core::OsRng)
+}
+
 #[derive(Clone, Copy)]
 enum Padding {
     S1,

@@ -5,11 +5,13 @@
 //!
 //! Functional core: [`addresses`], [`decision`], [`patches`] and the lease rule in [`lease`] are
 //! pure and tested on hand-built objects. Imperative shell: [`controller`] (Kubernetes reads and
-//! writes, the kube-rs Controller), [`key_cleanup`] (deleting the keys of deleted peers when
+//! writes, the kube-rs Controller), [`amnezia`] (the leader's choice of missing AmneziaWG
+//! parameters), [`key_cleanup`] (deleting the keys of deleted peers when
 //! keys live in their own namespace), [`pools`] (per-server locks), [`lease`] (leader election),
 //! [`http`] and [`metrics`]; [`run`] wires them for `main`.
 
 pub mod addresses;
+pub mod amnezia;
 pub mod config;
 pub mod controller;
 pub mod decision;
@@ -18,9 +20,9 @@ pub mod key_cleanup;
 pub mod lease;
 pub mod metrics;
 pub mod patches;
+pub mod peer_view;
 pub mod pools;
 
-pub mod peer_view;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,8 +78,9 @@ pub async fn termination_signal() {
 }
 
 /// What the leader runs until `term` is cancelled: the Controller over `namespace` (all when
-/// absent) and, when key Secrets live in a namespace of their own (`Settings::keys_namespace`),
-/// the collection of the keys of deleted peers ([`KeyCleanup`]).
+/// absent), the choice of missing AmneziaWG parameters ([`amnezia::run`]) and, when key Secrets
+/// live in a namespace of their own (`Settings::keys_namespace`), the collection of the keys of
+/// deleted peers ([`KeyCleanup`]).
 pub async fn lead(
     ctx: Arc<Context>,
     namespace: Option<String>,
@@ -89,18 +92,25 @@ pub async fn lead(
         .zip(ctx.settings.keys_namespace.as_deref())
         .map(|(namespace, keys)| KeyCleanup::new(ctx.client.clone(), namespace, keys));
     let cleanup_term = term.clone();
+    let amnezia_term = term.clone();
+    let amnezia = amnezia::run(ctx.client.clone(), namespace.clone(), async move {
+        amnezia_term.cancelled().await
+    });
     let controller = controller::run(ctx, namespace, concurrency, async move {
         term.cancelled().await
     });
-    match cleanup {
-        Some(cleanup) => {
-            tokio::join!(
-                controller,
-                cleanup.run(async move { cleanup_term.cancelled().await })
-            );
+    let controller = async move {
+        match cleanup {
+            Some(cleanup) => {
+                tokio::join!(
+                    controller,
+                    cleanup.run(async move { cleanup_term.cancelled().await })
+                );
+            }
+            None => controller.await,
         }
-        None => controller.await,
-    }
+    };
+    tokio::join!(controller, amnezia);
 }
 
 /// Runs the operator until SIGTERM: the HTTP server, and the Controller while this replica holds
