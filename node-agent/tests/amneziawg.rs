@@ -661,8 +661,6 @@ impl Scenario {
     }
 
     /// The peer's client `.conf`, rendered by the product from the resources as they are now.
-    /// The renderer does not write the AmneziaWG lines yet, so they are added from the
-    /// server's parameter set (`AmneziaParams::pairs`, the `.conf` spelling) when missing.
     async fn client_conf(&self, server: &str, peer: &str, key: &PrivateKey) -> String {
         let mut public = None;
         wait_for(
@@ -689,18 +687,7 @@ impl Scenario {
             None,
         )
         .unwrap();
-        let mut conf = config.render().to_string();
-        if let Some(params) = server_object.spec.amneziawg_params()
-            && !conf.contains("\nJc = ")
-        {
-            let lines: String = params
-                .pairs()
-                .into_iter()
-                .map(|(key, value)| format!("{key} = {value}\n"))
-                .collect();
-            conf = conf.replacen("\n\n[Peer]", &format!("\n{lines}\n[Peer]"), 1);
-        }
-        conf
+        config.render().to_string()
     }
 
     async fn wait_amneziawg_peer(&self, key: &PrivateKey, present: bool) {
