@@ -89,6 +89,8 @@
 //! paid / suspended, revenue today (UTC) and in the last 30 days, per currency).
 //!
 //! **Audit** — [`audit`]: [`Ledger::record_webhook_delivery`]`(&WebhookDelivery, now)`,
+//! [`Ledger::sample_rejected_webhook`]`(&WebhookDelivery, now) -> Sampled` (refusals before a
+//! decision: at most [`RejectionSampling`] rows, one writer waiting briefly for a connection),
 //! [`Ledger::webhook_deliveries`]`(limit)`, [`Ledger::admin_actions`]`(user)`.
 //!
 //! **Pure core** — [`entitlement::entitlement`] (rows → paidUntil, plan, devices),
@@ -116,7 +118,9 @@ pub mod yookassa;
 
 use sqlx::PgPool;
 
-pub use audit::{AdminAction, DeliveryOutcome, WebhookDelivery};
+pub use audit::{
+    AdminAction, DeliveryOutcome, RejectionSampler, RejectionSampling, Sampled, WebhookDelivery,
+};
 pub use db::DbConfig;
 pub use drift::{DriftRepair, DriftReport};
 pub use entitlement::{Entitlement, GrantKind};
@@ -127,12 +131,12 @@ pub use payments::{
     PaymentOrder, PaymentRecord, PaymentStatus, RecentPayment, RefundOutcome, Transition,
     payment_allowance,
 };
-pub use stars::{StarApplyOutcome, StarPaymentRecord, StarPurchase, StarRefundOutcome};
 pub use promo::{
     CodeSyntaxError, CreateCodeError, NewPromoCode, PromoBenefit, PromoCode, RedeemError,
     RedeemRefusal, Redeemed, WaitingDiscount,
 };
 pub use referral::ReferralSummary;
+pub use stars::{StarApplyOutcome, StarPaymentRecord, StarPurchase, StarRefundOutcome};
 pub use stats::{Revenue, Stats};
 pub use sync::{FIELD_MANAGER, SubscriptionSync, SyncError, SyncReport};
 pub use users::{TelegramUser, User};
@@ -174,6 +178,8 @@ pub struct Ledger {
     pool: PgPool,
     persistent: bool,
     payment_limits: PaymentLimits,
+    /// Which refused webhook deliveries are kept (shared by the clones).
+    rejections: std::sync::Arc<audit::RejectionAudit>,
     referral_days: u32,
     referral_bot: Option<String>,
 }
@@ -185,6 +191,7 @@ impl Ledger {
             pool,
             persistent: !pgbouncer,
             payment_limits: PaymentLimits::default(),
+            rejections: Default::default(),
             referral_days: 0,
             referral_bot: None,
         }
@@ -225,6 +232,15 @@ impl Ledger {
     pub fn with_payment_limits(self, payment_limits: PaymentLimits) -> Self {
         Self {
             payment_limits,
+            ..self
+        }
+    }
+
+    /// The same ledger sampling refused webhook deliveries with `sampling` (the default is
+    /// [`RejectionSampling::default`]).
+    pub fn with_rejection_sampling(self, sampling: RejectionSampling) -> Self {
+        Self {
+            rejections: std::sync::Arc::new(audit::RejectionAudit::new(sampling)),
             ..self
         }
     }

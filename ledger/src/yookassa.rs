@@ -458,14 +458,19 @@ fn transport_message(error: &reqwest::Error) -> String {
     }
 }
 
-/// YooKassa ids are UUID-like; refuse anything that could change the path.
-fn path_segment(id: &str) -> Result<&str, YooKassaError> {
-    if !id.is_empty()
+/// Whether `id` can be a YooKassa object id (they are UUID-like): 1–64 ASCII letters, digits,
+/// `-` and `_`, so nothing that could change a request path.
+pub fn is_object_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= 64
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+}
+
+/// Refuses anything that is not an object id ([`is_object_id`]) as a path segment.
+fn path_segment(id: &str) -> Result<&str, YooKassaError> {
+    if is_object_id(id) {
         Ok(id)
     } else {
         Err(YooKassaError::BadResponse(format!(
