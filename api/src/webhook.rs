@@ -1,22 +1,31 @@
 //! `POST /api/v1/webhooks/yookassa`: YooKassa's notifications. They are unsigned, so: accept
 //! only from YooKassa's addresses (the client address seen through trusted proxies), take
 //! nothing from the body but the event and the object id, re-fetch the object from YooKassa,
-//! and act only when YooKassa itself says so and it matches our pending record. Every delivery
-//! is audited. The answer is 200 once the outcome is recorded (YooKassa stops retrying) and
-//! non-200 when it could not be (YooKassa retries).
+//! and act only when YooKassa itself says so and it matches our pending record. The answer is
+//! 200 once the outcome is recorded (YooKassa stops retrying) and non-200 when it could not be
+//! (YooKassa retries); a request that can never succeed (wrong address, not a notification, an
+//! object id that is not one) is a 4xx, which YooKassa does not retry.
+//!
+//! Every delivery that reaches a decision is audited, one row each. Refusals before that —
+//! which anyone on the internet can send as fast as they like — are refused before the body is
+//! read or the database touched: each is counted in `wgsub_api_webhook_rejections_total{reason}`
+//! and only sampled into the audit (a few rows per reason per window, written only on an idle
+//! connection, see [`wgsub_ledger::audit`]), with a log line per sample saying how many were
+//! left out since the last.
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
+use wgsub_ledger::yookassa::is_object_id;
 use wgsub_ledger::{
-    ApplyError, ApplyOutcome, DeliveryOutcome, LedgerError, RefundOutcome, WebhookDelivery,
-    YooKassaError,
+    ApplyError, ApplyOutcome, DeliveryOutcome, LedgerError, RefundOutcome, Sampled,
+    WebhookDelivery, YooKassaError,
 };
 
 use crate::clientip::{allowed, client_addr};
@@ -180,6 +189,27 @@ fn count(state: &SharedState, outcome: DeliveryOutcome, reason: &str) {
     }
 }
 
+/// A delivery refused before any decision: counted, sampled into the audit (never waiting for
+/// a database connection), and answered with `error` whatever became of the sample.
+async fn refuse(state: &SharedState, delivery: WebhookDelivery, error: ApiError) -> ApiError {
+    count(state, delivery.outcome, &delivery.reason);
+    match state
+        .ledger
+        .sample_rejected_webhook(&delivery, Timestamp::now())
+        .await
+    {
+        Ok(Sampled::Recorded { suppressed, .. }) => tracing::warn!(
+            client = %delivery.remote_addr,
+            reason = %delivery.reason,
+            suppressed,
+            "webhook refused (sampled; `suppressed` more of this reason were refused since the last sample)"
+        ),
+        Ok(Sampled::Suppressed | Sampled::PoolBusy) => {}
+        Err(error) => tracing::debug!(%error, "sampling a refused webhook failed"),
+    }
+    error
+}
+
 async fn audit(state: &SharedState, delivery: WebhookDelivery) -> Result<(), ApiError> {
     count(state, delivery.outcome, &delivery.reason);
     state
@@ -197,16 +227,16 @@ async fn audit(state: &SharedState, delivery: WebhookDelivery) -> Result<(), Api
 #[utoipa::path(post, path = "/api/v1/webhooks/yookassa", tag = "webhooks",
     request_body(content = serde_json::Value, description = "YooKassa notification"),
     responses((status = 200, description = "recorded"),
-        (status = 400, body = crate::error::ErrorBody),
+        (status = 400, description = "not a notification, or its object id is not a YooKassa id", body = crate::error::ErrorBody),
         (status = 403, description = "not from YooKassa's addresses", body = crate::error::ErrorBody),
         (status = 503, description = "not recorded; YooKassa retries", body = crate::error::ErrorBody)))]
 pub async fn yookassa(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: Request,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let forwarded: Vec<&str> = headers
+    let forwarded: Vec<&str> = request
+        .headers()
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -221,45 +251,45 @@ pub async fn yookassa(
             reason: reason.to_owned(),
         };
     if !allowed(client, &state.settings.yookassa_allowed) {
-        tracing::warn!(%client, "webhook from an address outside YooKassa's ranges");
-        let _ = audit(
-            &state,
-            delivery(None, None, DeliveryOutcome::Rejected, "forbidden_address"),
-        )
-        .await;
-        return Err(ApiError::new(
+        let error = ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "notifications are accepted from YooKassa only",
-        ));
+        );
+        let refused = delivery(None, None, DeliveryOutcome::Rejected, "forbidden_address");
+        return Err(refuse(&state, refused, error).await);
     }
-    let body = match body {
+    let body = match Bytes::from_request(request, &state).await {
         Ok(body) => body,
         Err(rejection) => {
-            audit(
-                &state,
-                delivery(None, None, DeliveryOutcome::Rejected, "bad_body"),
-            )
-            .await?;
-            return Err(rejection.into());
+            let refused = delivery(None, None, DeliveryOutcome::Rejected, "bad_body");
+            return Err(refuse(&state, refused, rejection.into()).await);
         }
     };
     let notification: Notification = match serde_json::from_slice(&body) {
         Ok(notification) => notification,
         Err(_) => {
-            audit(
-                &state,
-                delivery(None, None, DeliveryOutcome::Rejected, "malformed_body"),
-            )
-            .await?;
-            return Err(ApiError::bad_request(
-                "malformed_body",
-                "not a YooKassa notification",
-            ));
+            let error = ApiError::bad_request("malformed_body", "not a YooKassa notification");
+            let refused = delivery(None, None, DeliveryOutcome::Rejected, "malformed_body");
+            return Err(refuse(&state, refused, error).await);
         }
     };
     let event = notification.event.as_str();
     let object_id = notification.object.id.as_str();
+    if !is_object_id(object_id) {
+        // YooKassa could not be asked about it, and asking again will not help: 400, not 5xx.
+        let error = ApiError::bad_request(
+            "malformed_object_id",
+            "the notification's object id is not a YooKassa id",
+        );
+        let refused = delivery(
+            Some(event),
+            None,
+            DeliveryOutcome::Rejected,
+            "malformed_object_id",
+        );
+        return Err(refuse(&state, refused, error).await);
+    }
     match decide(&state, event, object_id).await {
         Ok(decision) => {
             audit(
