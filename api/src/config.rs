@@ -109,8 +109,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WGSUB_BOT_TOKEN", hide_env_values = true, value_parser = SecretParser(parse_bot_token))]
     pub bot_token: SecretString,
 
-    /// Maximum age of Mini App initData (e.g. 24h, 30m).
-    #[arg(long, env = "WGSUB_INIT_DATA_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    /// Maximum age of Mini App initData (e.g. 1h, 30m): older initData is refused with
+    /// `init_data_expired` and the Mini App asks the user to reopen it for fresh initData.
+    #[arg(long, env = "WGSUB_INIT_DATA_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
     pub init_data_max_age: Duration,
 
     /// Public https URL of the API; the Mini App is at <url>/miniapp/.
@@ -372,7 +373,7 @@ mod tests {
         let file = plans_file();
         let cli = Cli::try_parse_from(args(&[], file.path().to_str().unwrap())).unwrap();
         let serve = serve(cli);
-        assert_eq!(serve.init_data_max_age, Duration::from_secs(86_400));
+        assert_eq!(serve.init_data_max_age, Duration::from_secs(3600));
         assert_eq!(
             serve.yookassa_allowed_ips.len(),
             YOOKASSA_SOURCE_RANGES.len()

@@ -1,15 +1,21 @@
 //! HTTP errors: every failure is JSON `{code, message}` with a stable `code`; internal detail
-//! is logged, never sent. Also the JSON body extractor whose rejections (malformed JSON, wrong
-//! content type, oversized body) become such errors.
+//! is logged, never sent. Also the extractors whose rejections become such errors — the JSON
+//! body ([`ApiJson`]: malformed JSON, wrong content type, oversized body), path parameters
+//! ([`ApiPath`]: a segment that does not decode) and the query string ([`ApiQuery`]: e.g.
+//! `?format=gif`) — and the fallbacks for unknown paths and wrong methods. axum's own
+//! extractors answer `text/plain`; handlers use these instead.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
+
+use crate::initdata::InitDataError;
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -39,6 +45,20 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// Refused initData: 401 `init_data_expired` when it was valid but is older than the
+    /// maximum age (the Mini App then asks Telegram for fresh initData), 401 `unauthorized`
+    /// otherwise.
+    pub fn from_init_data(error: InitDataError) -> Self {
+        match error {
+            InitDataError::Expired => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "init_data_expired",
+                "the Telegram session has expired: reopen the app",
+            ),
+            other => Self::unauthorized(other.to_string()),
+        }
     }
 
     pub fn peer_not_found() -> Self {
@@ -137,6 +157,28 @@ impl From<BytesRejection> for ApiError {
     }
 }
 
+/// A request-line problem (path or query) of `status` from axum: 4xx as `code`, anything else
+/// (a route declared wrongly) internal.
+fn from_request_line(status: StatusCode, code: &'static str, detail: String) -> ApiError {
+    if status.is_client_error() {
+        ApiError::new(status, code, detail)
+    } else {
+        ApiError::internal(&detail)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        from_request_line(rejection.status(), "invalid_path", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        from_request_line(rejection.status(), "invalid_query", rejection.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -160,6 +202,40 @@ where
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `Path<T>` whose rejections are [`ApiError`]s (400 `invalid_path`).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `Query<T>` whose rejections are [`ApiError`]s (400 `invalid_query`).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
 }

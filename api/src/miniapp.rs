@@ -1,11 +1,10 @@
 //! The Mini App's static files, embedded in the binary and served under `/miniapp/` with a
 //! Content-Security-Policy that allows only our own scripts and Telegram's WebApp script.
 
-use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiPath};
 
 const INDEX: &str = include_str!("../miniapp/index.html");
 const APP_JS: &str = include_str!("../miniapp/app.js");
@@ -39,7 +38,7 @@ pub async fn redirect() -> Redirect {
     Redirect::permanent("/miniapp/")
 }
 
-pub async fn asset(Path(name): Path<String>) -> Result<Response, ApiError> {
+pub async fn asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
     match name.as_str() {
         "index.html" => Ok(file("text/html; charset=utf-8", INDEX)),
         "app.js" => Ok(file("text/javascript; charset=utf-8", APP_JS)),

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,7 @@ use crate::devices::{
     DeviceView, clean_device_name, device_index, device_views, is_users_peer, new_device_peer,
     next_device_index, switch_patch,
 };
-use crate::error::{ApiError, ApiJson, ErrorBody};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::initdata::{self, InitData};
 use crate::qr::QrImage;
 use crate::state::{FIELD_MANAGER, SharedState};
@@ -66,7 +66,7 @@ impl FromRequestParts<SharedState> for AuthUser {
             Timestamp::now(),
         )
         .map(AuthUser)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))
+        .map_err(ApiError::from_init_data)
     }
 }
 
@@ -457,7 +457,7 @@ pub async fn add_peer(
 pub async fn update_peer(
     State(state): State<SharedState>,
     AuthUser(init): AuthUser,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<UpdateDeviceRequest>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let peer = owned_peer(&state, init.user.id, &name)?;
@@ -517,7 +517,7 @@ fn no_store(mut response: Response) -> Response {
 pub async fn peer_config(
     State(state): State<SharedState>,
     AuthUser(init): AuthUser,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let (text, file) = client_config(&state, init.user.id, &name)?;
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{file}\""))
@@ -546,8 +546,8 @@ pub async fn peer_config(
 pub async fn peer_qr(
     State(state): State<SharedState>,
     AuthUser(init): AuthUser,
-    Path(name): Path<String>,
-    Query(query): Query<QrQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<QrQuery>,
 ) -> Result<Response, ApiError> {
     let (text, _) = client_config(&state, init.user.id, &name)?;
     let format = match query.format {
