@@ -1,7 +1,12 @@
 // The wgsub Mini App: status, plans (pay through YooKassa or in Telegram Stars with
 // `Telegram.WebApp.openInvoice`), and the user's devices (QR code,
-// .conf download, copy, connect switch, add device). Talks to the API with
-// `Authorization: tma <initData>`; renders even when Telegram's WebApp API is absent.
+// .conf download, copy, connect switch, add device); a promo code field and the personal
+// referral link. Talks to the API with
+// `Authorization: tma <initData>`; renders even when Telegram's WebApp API is absent. When the
+// API says the initData expired (`init_data_expired`), it asks the user to reopen the app:
+// Telegram signs fresh initData only when a Mini App is opened, so the button closes it
+// (`Telegram.WebApp.close`) for the user to open it again from the bot (outside Telegram it
+// reloads the page).
 "use strict";
 
 const TEXT = {
@@ -15,6 +20,8 @@ const TEXT = {
     notReady: "Your key is being prepared…", openInTelegram: "Open this page from the wgsub bot in Telegram.",
     error: "Something went wrong", Pending: "Not paid", Active: "Active", Expired: "Expired",
     Suspended: "Suspended", device: "Device",
+    sessionExpired: "Your session has expired. Close the app and open it again from the bot.",
+    reopen: "Close and reopen",
     promoLabel: "Promo code", promoApply: "Apply", promoDays: "Code accepted: +{d} days.",
     promoWaiting: "{p}% off your next payment.", inviteTitle: "Invite friends",
     inviteCopy: "Copy link",
@@ -35,6 +42,8 @@ const TEXT = {
     notReady: "Ключ готовится…", openInTelegram: "Откройте эту страницу из бота wgsub в Telegram.",
     error: "Что-то пошло не так", Pending: "Не оплачено", Active: "Активна", Expired: "Истекла",
     Suspended: "Приостановлена", device: "Устройство",
+    sessionExpired: "Сессия истекла. Закройте приложение и откройте его снова из бота.",
+    reopen: "Закрыть и открыть снова",
     promoLabel: "Промокод", promoApply: "Применить", promoDays: "Промокод принят: +{d} дн.",
     promoWaiting: "Скидка {p}% на следующую оплату.", inviteTitle: "Пригласите друзей",
     inviteCopy: "Скопировать ссылку",
@@ -82,15 +91,33 @@ function notice(message) {
   el.hidden = !message;
 }
 
+// Shows that the initData expired, with the button that gets fresh initData from Telegram.
+function sessionExpired() {
+  notice("");
+  $("expired").hidden = false;
+}
+
+function reopen() {
+  if (webApp && typeof webApp.close === "function") webApp.close();
+  else window.location.reload();
+}
+
+// Shows a failed call's message (an expired session has its own notice).
+function fail(error) {
+  if (error.code !== "init_data_expired") notice(error.message);
+}
+
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {}, { Authorization: "tma " + initData });
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, Object.assign({}, options, { headers }));
   if (!response.ok) {
-    let message = t("error");
-    try { message = (await response.json()).message || message; } catch (_) { /* not JSON */ }
-    const error = new Error(message);
+    let body = {};
+    try { body = (await response.json()) || {}; } catch (_) { /* not JSON */ }
+    const error = new Error(body.message || t("error"));
     error.status = response.status;
+    error.code = body.code;
+    if (error.code === "init_data_expired") sessionExpired();
     throw error;
   }
   return response;
@@ -122,7 +149,7 @@ async function loadMe() {
   try {
     me = await (await api("/api/v1/me")).json();
   } catch (error) {
-    notice(error.message);
+    fail(error);
     return;
   }
   notice("");
@@ -191,7 +218,7 @@ async function pay(planId, button) {
     if (webApp && typeof webApp.openLink === "function") webApp.openLink(payment.confirmationUrl);
     else window.open(payment.confirmationUrl, "_blank", "noopener");
   } catch (error) {
-    notice(error.message);
+    fail(error);
   } finally {
     button.disabled = false;
   }
@@ -214,7 +241,7 @@ async function payStars(planId, button) {
       window.open(invoice.invoiceLink, "_blank", "noopener");
     }
   } catch (error) {
-    notice(error.message);
+    fail(error);
   } finally {
     button.disabled = false;
   }
@@ -255,7 +282,7 @@ async function renderDevice(device) {
       });
     } catch (error) {
       toggle.checked = !toggle.checked;
-      notice(error.message);
+      fail(error);
     } finally {
       toggle.disabled = false;
     }
@@ -298,7 +325,7 @@ async function renderDevice(device) {
     });
     actions.append(link, copy);
   } catch (error) {
-    notice(error.message);
+    fail(error);
   }
   card.append(actions);
   return card;
@@ -339,7 +366,7 @@ async function addDevice() {
     await api("/api/v1/me/peers", { method: "POST", body: JSON.stringify({}) });
     await loadMe();
   } catch (error) {
-    notice(error.message);
+    fail(error);
   } finally {
     button.disabled = false;
   }
@@ -419,6 +446,7 @@ function start() {
   }
   $("refresh").addEventListener("click", loadMe);
   $("add-device").addEventListener("click", addDevice);
+  $("reopen").addEventListener("click", reopen);
   $("promo-apply").addEventListener("click", redeemPromo);
   $("invite-copy").addEventListener("click", copyInvite);
   if (unsafeUser) {

@@ -619,7 +619,7 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
+async fn the_mini_app_works_in_headless_chromium_and_asks_to_reopen_when_expired() {
     let node_modules = std::env::var("WGSUB_NODE_MODULES").expect(
         "WGSUB_NODE_MODULES is not set: this test needs playwright-core (run scripts/test)",
     );
@@ -662,6 +662,10 @@ async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
         ))
         .env("WGSUB_MINIAPP_BASE", format!("http://{addr}"))
         .env("WGSUB_INIT_DATA", h.init_data(601))
+        .env(
+            "WGSUB_STALE_INIT_DATA",
+            h.init_data_at(601, Timestamp::now() - SignedDuration::from_hours(2)),
+        )
         .env("WGSUB_USER_JSON", user.to_string())
         .env("WGSUB_TEST_ARTIFACTS", &artifacts)
         .env("WGSUB_NODE_MODULES", &node_modules)
@@ -678,6 +682,7 @@ async fn the_mini_app_works_in_headless_chromium_in_light_and_dark_theme() {
     for theme in ["light", "dark"] {
         assert!(artifacts.join(format!("miniapp-{theme}-keys.png")).exists());
     }
+    assert!(artifacts.join("miniapp-expired.png").exists());
     h.assert_nothing_forbidden();
 }
 

@@ -1,8 +1,10 @@
 // Drives the Mini App in headless Chromium (playwright-core) against a running wgsub-api:
 // status → plans (pay opens the confirmation URL through Telegram.WebApp.openLink) → keys
 // (QR visible, .conf download link, copy), in the light and the dark theme, with a stubbed
-// window.Telegram.WebApp carrying validly signed initData. Screenshots go to the artifacts
-// directory. Run by api/tests/api_http.rs; exits non-zero on any failure.
+// window.Telegram.WebApp carrying validly signed initData; then with initData signed longer ago
+// than the API accepts: the app says the session expired and its button asks Telegram to close
+// the app (Telegram signs fresh initData when it is opened again). Screenshots go to the
+// artifacts directory. Run by api/tests/api_http.rs; exits non-zero on any failure.
 "use strict";
 const fs = require("fs");
 const os = require("os");
@@ -20,6 +22,7 @@ function need(name) {
 const { chromium } = require(path.join(need("WGSUB_NODE_MODULES"), "playwright-core"));
 const base = need("WGSUB_MINIAPP_BASE");
 const initData = need("WGSUB_INIT_DATA");
+const staleInitData = need("WGSUB_STALE_INIT_DATA");
 const user = JSON.parse(need("WGSUB_USER_JSON"));
 const artifacts = need("WGSUB_TEST_ARTIFACTS");
 
@@ -34,7 +37,9 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
-async function run(theme) {
+// Opens the Mini App in a fresh browser with Telegram.WebApp stubbed (`initData`, `theme`) and
+// runs `steps(page)`; fails on any page error.
+async function withMiniApp(theme, data, steps) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "wgsub-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: need("WGSUB_CHROMIUM"),
@@ -48,15 +53,27 @@ async function run(theme) {
     await context.route("https://telegram.org/**", (route) => route.abort());
     await context.addInitScript(({ initData, user, params, scheme }) => {
       window.__opened = [];
+      window.__closed = 0;
       window.Telegram = { WebApp: {
         initData, initDataUnsafe: { user }, themeParams: params, colorScheme: scheme,
         ready() {}, expand() {}, openLink(url) { window.__opened.push(url); },
+        close() { window.__closed += 1; },
       } };
-    }, { initData, user, params: THEMES[theme], scheme: theme });
+    }, { initData: data, user, params: THEMES[theme], scheme: theme });
     const page = context.pages()[0] || (await context.newPage());
     const errors = [];
     page.on("pageerror", (error) => errors.push(String(error)));
     await page.goto(base + "/miniapp/");
+    await steps(page);
+    check(errors.length === 0, `no page errors: ${errors.join("; ")}`);
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+async function run(theme) {
+  await withMiniApp(theme, initData, async (page) => {
     await page.waitForSelector('body[data-loaded="true"]', { timeout: 15000 });
     check((await page.textContent("#phase")) === "Active", "status shows Active");
     check((await page.textContent("#user-id")).includes(String(user.id)), "header shows the user id");
@@ -87,16 +104,28 @@ async function run(theme) {
     await page.waitForFunction(() => document.querySelector("button.copy").textContent === "Copied");
     check((await page.$("input.connect")) !== null, "connect switch is shown");
     await page.screenshot({ path: path.join(artifacts, `miniapp-${theme}-keys.png`), fullPage: true });
-    check(errors.length === 0, `no page errors: ${errors.join("; ")}`);
     console.log(`miniapp ${theme}: ok`);
-  } finally {
-    await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
-  }
+  });
+}
+
+async function expired() {
+  await withMiniApp("light", staleInitData, async (page) => {
+    await page.waitForSelector('body[data-loaded="true"]', { timeout: 15000 });
+    await page.waitForSelector("#expired", { state: "visible", timeout: 5000 });
+    const message = await page.textContent("#expired p");
+    check(message.includes("session has expired"), `the expired notice is shown: ${message}`);
+    check(await page.isHidden("#notice"), "no other error notice");
+    check((await page.textContent("#phase")) === "—", "nothing is shown as the user's status");
+    await page.screenshot({ path: path.join(artifacts, "miniapp-expired.png") });
+    await page.click("#reopen");
+    await page.waitForFunction(() => window.__closed === 1, null, { timeout: 5000 });
+    console.log("miniapp expired initData: ok");
+  });
 }
 
 (async () => {
   for (const theme of ["light", "dark"]) await run(theme);
+  await expired();
 })().catch((error) => {
   console.error(error);
   process.exit(1);
