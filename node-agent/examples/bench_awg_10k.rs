@@ -122,13 +122,17 @@ async fn child(protocol: &str, count: usize) {
     let interface = format!("{}{}", if amneziawg { "awb" } else { "wgb" }, id % 100_000);
     let status = Command::new("ip").args(["netns", "add", &ns]).status();
     assert!(status.is_ok_and(|s| s.success()), "ip netns add {ns}");
-    struct Cleanup(String);
+    /// Deleting the namespace ends amneziawg-go or wireguard-go; their socket files stay.
+    struct Cleanup(String, String);
     impl Drop for Cleanup {
         fn drop(&mut self) {
             let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+            for dir in ["/var/run/amneziawg", "/var/run/wireguard"] {
+                let _ = std::fs::remove_file(format!("{dir}/{}.sock", self.1));
+            }
         }
     }
-    let _cleanup = Cleanup(ns.clone());
+    let _cleanup = Cleanup(ns.clone(), interface.clone());
 
     let mut spec = json!({
         "endpoint": "vpn.example.com:51900",
