@@ -50,6 +50,10 @@ fn bad_values_are_refused_with_the_field_named() {
         "/operator/expiredPeerRetention",
     );
     refused(&["api.driftInterval=soon"], "/api/driftInterval");
+    // The api parses one number and one unit, more than zero: the chart refuses what it would.
+    refused(&["api.driftInterval=1m30s"], "/api/driftInterval");
+    refused(&["api.initDataMaxAge=1h30m"], "/api/initDataMaxAge");
+    refused(&["api.initDataMaxAge=0h"], "/api/initDataMaxAge");
     refused(
         &["yookassa.receipts.vatCode=13"],
         "/yookassa/receipts/vatCode",
@@ -139,6 +143,7 @@ fn good_values_of_the_same_fields_are_accepted() {
             "yookassa.receipts.vatCode=12",
             "database.pgbouncer=true",
             "api.driftInterval=90s",
+            "api.initDataMaxAge=30m",
         ],
         &[
             "bot.mode=webhook",
