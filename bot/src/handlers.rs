@@ -522,11 +522,12 @@ async fn send_device(
             let label = devices::device_label(peer);
             // teloxide takes the bytes by value: this copy is dropped when the upload is done.
             let conf = rendered.text.as_bytes().to_vec();
+            let protocol = rendered.protocol;
             bot.send_document(chat, InputFile::memory(conf).file_name(rendered.file_name))
-                .caption(text::config_caption(lang, &label))
+                .caption(text::config_caption(lang, &label, protocol))
                 .await?;
             bot.send_photo(chat, InputFile::memory(qr).file_name("wgsub-qr.png"))
-                .caption(text::qr_caption(lang))
+                .caption(text::qr_caption(lang, protocol))
                 .await?;
         }
     }

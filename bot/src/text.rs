@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 use wgsub_crds::SubscriptionPhase;
 use wgsub_crds::plans::Plan;
+use wgsub_crds::resources::Protocol;
 
 use wgsub_ledger::{PromoBenefit, PromoCode, RedeemRefusal, ReferralSummary};
 
@@ -360,18 +361,57 @@ pub fn unknown_device(lang: Lang) -> &'static str {
     )
 }
 
-pub fn config_caption(lang: Lang, device: &str) -> String {
-    match lang {
-        Lang::Ru => format!("Конфигурация «{device}»: импортируйте файл в WireGuard."),
-        Lang::En => format!("Config “{device}”: import the file into WireGuard."),
+pub fn config_caption(lang: Lang, device: &str, protocol: Protocol) -> String {
+    match (protocol, lang) {
+        (Protocol::Wireguard, Lang::Ru) => {
+            format!("Конфигурация «{device}»: импортируйте файл в WireGuard.")
+        }
+        (Protocol::Wireguard, Lang::En) => {
+            format!("Config “{device}”: import the file into WireGuard.")
+        }
+        (Protocol::Amneziawg, Lang::Ru) => format!(
+            "Конфигурация «{device}» для AmneziaWG: импортируйте файл в приложение AmneziaVPN \
+             или AmneziaWG (приложение WireGuard с ней не подключится).\n\n{}",
+            amneziawg_apps(lang)
+        ),
+        (Protocol::Amneziawg, Lang::En) => format!(
+            "Config “{device}” for AmneziaWG: import the file into the AmneziaVPN or AmneziaWG \
+             app (the WireGuard app cannot connect with it).\n\n{}",
+            amneziawg_apps(lang)
+        ),
     }
 }
 
-pub fn qr_caption(lang: Lang) -> &'static str {
+/// Where to get the apps that import an AmneziaWG config: the official store pages and
+/// AmneziaVPN's GitHub releases for computers.
+pub fn amneziawg_apps(lang: Lang) -> &'static str {
     lang.pick(
-        "Или отсканируйте QR-код в приложении WireGuard.",
-        "Or scan the QR code in the WireGuard app.",
+        "Приложения:\n\
+         iPhone, iPad, Mac — App Store: AmneziaVPN https://apps.apple.com/app/amneziavpn/id1600529900 \
+         или AmneziaWG https://apps.apple.com/app/amneziawg/id6478942365\n\
+         Android — Google Play: AmneziaVPN https://play.google.com/store/apps/details?id=org.amnezia.vpn \
+         или AmneziaWG https://play.google.com/store/apps/details?id=org.amnezia.awg\n\
+         Windows, macOS, Linux — AmneziaVPN: https://github.com/amnezia-vpn/amnezia-client/releases",
+        "Apps:\n\
+         iPhone, iPad, Mac — App Store: AmneziaVPN https://apps.apple.com/app/amneziavpn/id1600529900 \
+         or AmneziaWG https://apps.apple.com/app/amneziawg/id6478942365\n\
+         Android — Google Play: AmneziaVPN https://play.google.com/store/apps/details?id=org.amnezia.vpn \
+         or AmneziaWG https://play.google.com/store/apps/details?id=org.amnezia.awg\n\
+         Windows, macOS, Linux — AmneziaVPN: https://github.com/amnezia-vpn/amnezia-client/releases",
     )
+}
+
+pub fn qr_caption(lang: Lang, protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Wireguard => lang.pick(
+            "Или отсканируйте QR-код в приложении WireGuard.",
+            "Or scan the QR code in the WireGuard app.",
+        ),
+        Protocol::Amneziawg => lang.pick(
+            "Или отсканируйте QR-код в приложении AmneziaVPN или AmneziaWG.",
+            "Or scan the QR code in the AmneziaVPN or AmneziaWG app.",
+        ),
+    }
 }
 
 pub fn payment_succeeded(lang: Lang, paid_until: Option<Timestamp>) -> String {
@@ -1280,6 +1320,44 @@ mod tests {
         assert_ne!(
             stars_refused(Lang::Ru, &StarsRefusal::Suspended),
             stars_refused(Lang::En, &StarsRefusal::Suspended)
+        );
+    }
+}
+
+#[cfg(test)]
+mod amneziawg_tests {
+    use super::*;
+
+    #[test]
+    fn an_amneziawg_config_names_its_apps_with_their_official_links_in_both_languages() {
+        for lang in [Lang::Ru, Lang::En] {
+            let caption = config_caption(lang, "iPhone", Protocol::Amneziawg);
+            for needle in [
+                "AmneziaVPN",
+                "AmneziaWG",
+                "iPhone",
+                "https://apps.apple.com/app/amneziavpn/id1600529900",
+                "https://apps.apple.com/app/amneziawg/id6478942365",
+                "https://play.google.com/store/apps/details?id=org.amnezia.vpn",
+                "https://play.google.com/store/apps/details?id=org.amnezia.awg",
+                "https://github.com/amnezia-vpn/amnezia-client/releases",
+            ] {
+                assert!(caption.contains(needle), "{lang:?} caption lacks {needle}");
+            }
+            // Telegram refuses a caption over 1024 characters.
+            assert!(
+                caption.chars().count() <= 1024,
+                "{lang:?}: {}",
+                caption.len()
+            );
+            assert!(qr_caption(lang, Protocol::Amneziawg).contains("AmneziaWG"));
+            let plain = config_caption(lang, "iPhone", Protocol::Wireguard);
+            assert!(plain.contains("WireGuard") && !plain.contains("Amnezia"));
+            assert!(!qr_caption(lang, Protocol::Wireguard).contains("Amnezia"));
+        }
+        assert_ne!(
+            config_caption(Lang::Ru, "a", Protocol::Amneziawg),
+            config_caption(Lang::En, "a", Protocol::Amneziawg)
         );
     }
 }
