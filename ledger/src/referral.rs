@@ -5,6 +5,10 @@
 //! the referee, so once per referee whatever races) and a notification — all in the payment's
 //! transaction. Never for oneself, never for a referrer who is not a user.
 //!
+//! Only a YooKassa payment earns the reward, and only when it is the referee's first payment
+//! of any kind: a referee whose first payment was in Telegram Stars earns their referrer
+//! nothing (a Stars payment is not rewarded; a later YooKassa one is not a first payment).
+//!
 //! Refunds: only the referee's *first* applied payment can earn the reward. If that payment is
 //! later refunded in full, the reward is revoked in the refund's transaction (the grant is kept
 //! for the audit trail and taken out of the fold; the referrer is told). A later payment of the
@@ -81,7 +85,8 @@ pub(crate) async fn reward_referrer(
            EXISTS (SELECT 1 FROM users u JOIN bot_referrals b ON u.telegram_id = b.referrer_id \
                    WHERE b.user_id = $1) AS referrer_is_user, \
            (SELECT count(*) FROM payment_applications a JOIN payments p ON p.id = a.payment_id \
-             WHERE p.user_id = $1) AS applied, \
+             WHERE p.user_id = $1) \
+           + (SELECT count(*) FROM star_payments s WHERE s.user_id = $1) AS applied, \
            EXISTS (SELECT 1 FROM referral_rewards r WHERE r.referee_id = $1) AS rewarded",
     )
     .persistent(persistent)

@@ -598,3 +598,29 @@ async fn a_refunded_first_payment_takes_the_reward_back_and_no_later_payment_ear
     .unwrap();
     assert_eq!((kind.as_str(), revoked), ("referral", true));
 }
+
+#[tokio::test]
+async fn a_yookassa_payment_after_a_first_payment_in_stars_is_not_a_first_payment() {
+    let ledger = ledger("referral_after_stars", &[10, 20]).await;
+    let yk = FakeYooKassa::start().await;
+    refer(&ledger, 20, 10).await;
+    ledger
+        .apply_star_payment(
+            &wgsub_ledger::StarPurchase {
+                telegram_payment_charge_id: "charge-1".into(),
+                user_id: 20,
+                plan: "month".into(),
+                days: 30,
+                devices: 1,
+                stars: 100,
+                invoice_payload: "test".into(),
+                paid_at: now(),
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    pay(&ledger, &yk, 20).await;
+    assert_eq!(paid_until(&ledger, 10).await, None);
+    assert_eq!(ledger.referral_summary(10).await.unwrap().rewarded, 0);
+}
