@@ -162,6 +162,15 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "WGSUB_MAX_BODY_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1024..=10_485_760))]
     pub max_body_bytes: u32,
+
+    /// Days a referrer gets when a user they brought pays for the first time (0: no rewards).
+    #[arg(long, env = "WGSUB_REFERRAL_REWARD_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
+    pub referral_reward_days: u32,
+
+    /// The bot's username (without @), for users' `t.me/<bot>?start=ref_<id>` links in the
+    /// Mini App; without it the Mini App shows no link.
+    #[arg(long, env = "WGSUB_BOT_USERNAME", value_parser = parse_bot_username)]
+    pub bot_username: Option<String>,
 }
 
 impl ServeArgs {
@@ -269,6 +278,20 @@ fn parse_nonempty(text: &str) -> Result<String, String> {
         Err("must not be empty".into())
     } else {
         Ok(text.trim().to_owned())
+    }
+}
+
+/// A Telegram bot username: 5–32 of `[A-Za-z0-9_]`, starting with a letter, ending in `bot`.
+fn parse_bot_username(text: &str) -> Result<String, String> {
+    let name = text.trim().trim_start_matches('@');
+    let ok = (5..=32).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphabetic()
+        && name.to_ascii_lowercase().ends_with("bot");
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("{text:?} is not a Telegram bot username"))
     }
 }
 

@@ -115,7 +115,9 @@ pub async fn state_from_args(
         retry_backoff: std::time::Duration::from_millis(500),
     })?;
     Ok(Arc::new(AppState {
-        ledger: Ledger::new(pool, args.database.database_pgbouncer),
+        ledger: Ledger::new(pool, args.database.database_pgbouncer)
+            .with_referral_days(args.referral_reward_days)
+            .with_referral_bot(args.bot_username.clone()),
         yookassa,
         caches: api_caches(
             client.clone(),
