@@ -7,11 +7,11 @@
 //! object id that is not one) is a 4xx, which YooKassa does not retry.
 //!
 //! Every delivery that reaches a decision is audited, one row each. Refusals before that —
-//! which anyone on the internet can send as fast as they like — are refused before the body is
-//! read or the database touched: each is counted in `wgsub_api_webhook_rejections_total{reason}`
-//! and only sampled into the audit (a few rows per reason per window, written only on an idle
-//! connection, see [`wgsub_ledger::audit`]), with a log line per sample saying how many were
-//! left out since the last.
+//! which anyone on the internet can send as fast as they like — touch neither YooKassa nor the
+//! database (a wrong address is refused before the body is even read): each is counted in
+//! `wgsub_api_webhook_rejections_total{reason}` and only sampled into the audit (a few rows per
+//! reason per window, one writer at a time, see [`wgsub_ledger::audit`]), with a log line per
+//! sample saying how many were left out since the last.
 
 use std::net::SocketAddr;
 
