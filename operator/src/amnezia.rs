@@ -112,7 +112,12 @@ pub async fn run(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let servers = watcher(api, watcher::Config::default())
+    // Few servers: listed whole from the API server's watch cache, as the controller lists them.
+    let whole = watcher::Config {
+        page_size: None,
+        ..watcher::Config::default().any_semantic()
+    };
+    let servers = watcher(api, whole)
         .default_backoff()
         .applied_objects()
         .filter_map(|server| async move {
