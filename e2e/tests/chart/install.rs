@@ -266,7 +266,10 @@ fn assert_rendered_objects_exist(cluster: &Cluster, namespace: &str, sets: &[&st
         None => vec![found],
     };
     assert_eq!(identities(&found), identities(&expected));
-    let key_namespaces = [format!("{namespace}-keys"), format!("{namespace}-server-keys")];
+    let key_namespaces = [
+        format!("{namespace}-keys"),
+        format!("{namespace}-server-keys"),
+    ];
     for object in &found {
         if let Some(ns) = object["metadata"]["namespace"].as_str() {
             let keys_rbac = matches!(kind_of(object), "Role" | "RoleBinding")

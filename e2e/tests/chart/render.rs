@@ -75,7 +75,10 @@ fn default_values_render_the_four_components_and_nothing_optional() {
             "{optional} rendered with default values"
         );
     }
-    let key_namespaces = [format!("{NAMESPACE}-keys"), format!("{NAMESPACE}-server-keys")];
+    let key_namespaces = [
+        format!("{NAMESPACE}-keys"),
+        format!("{NAMESPACE}-server-keys"),
+    ];
     for doc in &docs {
         let namespaced = !kind_of(doc).starts_with("Cluster") && kind_of(doc) != "Namespace";
         if !namespaced {
@@ -92,8 +95,17 @@ fn default_values_render_the_four_components_and_nothing_optional() {
         );
     }
     // The key namespaces are made with the release and kept when it goes (with the keys).
-    let made: Vec<&str> = of_kind(&docs, "Namespace").into_iter().map(name_of).collect();
-    assert_eq!(made, key_namespaces.iter().map(String::as_str).collect::<Vec<_>>());
+    let made: Vec<&str> = of_kind(&docs, "Namespace")
+        .into_iter()
+        .map(name_of)
+        .collect();
+    assert_eq!(
+        made,
+        key_namespaces
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
     for namespace in of_kind(&docs, "Namespace") {
         assert_eq!(
             namespace["metadata"]["annotations"]["helm.sh/resource-policy"],
