@@ -19,12 +19,13 @@
 //!
 //! Printed: the time from the operator's start to the last keyed peer (and to 50 % / 90 %), the
 //! operator's peak RSS (`VmHWM` of `/proc/<pid>/status`), whether every address is distinct, and
-//! the operator's requests by verb and resource (from the API server's audit log), and the API
-//! server's own time by verb and resource (its `apiserver_request_duration_seconds`).
+//! the operator's requests by verb and resource (from the API server's audit log), the API
+//! server's own time by verb and resource (its `apiserver_request_duration_seconds`), and the
+//! operator's own counters from its `/metrics` (reconciles, Events dropped, peer writes its
+//! watch had not shown yet — also printed every 10 s beside the RSS).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -32,59 +33,21 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer};
 use wgsub_testkit::chart::{apply_chart_rbac, component_kubeconfig, service_account};
 use wgsub_testkit::envtest::ControlPlane;
 
+#[path = "support/real.rs"]
+mod real;
+use real::{free_port, keyed, operator_metrics, server, start_operator};
+
 /// The longest the benchmark waits for the last keyed peer.
 const GIVE_UP: Duration = Duration::from_secs(900);
-
-fn server() -> WgServer {
-    WgServer::new(
-        "wg",
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: "10.8.0.0/16".into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-        },
-    )
-}
 
 fn subscription(user: usize, paid_until: Timestamp) -> VpnSubscription {
     let mut spec = VpnSubscriptionSpec::for_user(1_000_000 + user as i64);
     spec.paid_until = Some(paid_until);
     VpnSubscription::new(&format!("tg-{}", 1_000_000 + user), spec)
-}
-
-/// The operator binary: `WGSUB_OPERATOR_BIN`, or beside the folder of this example.
-fn operator_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("WGSUB_OPERATOR_BIN") {
-        return path.into();
-    }
-    let example = std::env::current_exe().expect("the example's path");
-    let binary = example
-        .parent()
-        .and_then(|examples| examples.parent())
-        .map(|profile| profile.join("wgsub-operator"))
-        .expect("the profile folder");
-    assert!(
-        binary.exists(),
-        "{} is missing: cargo build --release -p wgsub-operator --bin wgsub-operator",
-        binary.display()
-    );
-    binary
 }
 
 /// A field of `/proc/<pid>/status`, in MiB.
@@ -124,31 +87,6 @@ async fn create_subscriptions(client: &Client, namespace: &str, count: usize, pa
         .try_collect::<Vec<()>>()
         .await
         .expect("creating the subscriptions");
-}
-
-/// The operator as a process, its stdout in `log`.
-fn start_operator(
-    namespace: &str,
-    kubeconfig: &PathBuf,
-    log: &PathBuf,
-    concurrency: Option<&str>,
-) -> Child {
-    let mut command = Command::new(operator_binary());
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", kubeconfig)
-        .env("WGSUB_NAMESPACE", namespace)
-        .env("WGSUB_DEFAULT_SERVER", "wg")
-        .env("WGSUB_IDENTITY", "bench")
-        .env("WGSUB_HTTP_ADDR", "127.0.0.1:0")
-        .env("WGSUB_LOG", "warn")
-        .stdout(std::fs::File::create(log).expect("a log file"))
-        .stderr(Stdio::inherit());
-    if let Some(concurrency) = concurrency {
-        command.env("WGSUB_CONCURRENCY", concurrency);
-    }
-    command.spawn().expect("the operator starts")
 }
 
 /// The API server's own time spent per verb and resource (`apiserver_request_duration_seconds`
@@ -197,12 +135,6 @@ async fn server_time(admin: &Client) -> Vec<(String, f64, f64)> {
         .collect();
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
     sorted
-}
-
-fn keyed(peer: &WgPeer) -> Option<String> {
-    peer.spec.public_key.as_ref()?;
-    peer.spec.private_key_secret_ref.as_ref()?;
-    peer.spec.address.clone()
 }
 
 #[tokio::main]
@@ -262,7 +194,8 @@ async fn main() {
         addresses
     });
 
-    let mut operator = start_operator(&namespace, &kubeconfig, &log, concurrency.as_deref());
+    let port = free_port();
+    let mut operator = start_operator(&namespace, &kubeconfig, &log, concurrency.as_deref(), port);
     let pid = operator.id();
     let launched = Instant::now();
     let mut marks = BTreeMap::new();
@@ -293,10 +226,11 @@ async fn main() {
         if last_print.elapsed() >= Duration::from_secs(10) {
             last_print = Instant::now();
             println!(
-                "  {:>5.0} s: RSS {:.1} MiB, load {}",
+                "  {:>5.0} s: RSS {:.1} MiB, load {}; {}",
                 launched.elapsed().as_secs_f64(),
                 status_mib(pid, "VmRSS:"),
-                load_average().trim()
+                load_average().trim(),
+                operator_metrics(port).await
             );
         }
         if launched.elapsed() > GIVE_UP {
@@ -309,6 +243,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let peak = status_mib(pid, "VmHWM:");
     let rss = status_mib(pid, "VmRSS:");
+    let counters = operator_metrics(port).await;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -332,6 +267,7 @@ async fn main() {
     }
     println!("  all keyed after {:.1} s", total.as_secs_f64());
     println!("  operator peak RSS (VmHWM) {peak:.1} MiB, RSS at the end {rss:.1} MiB");
+    println!("  operator metrics at the end: {counters}");
     println!(
         "  {} peers with an address and a key, {} distinct addresses",
         addresses.len(),
