@@ -1,6 +1,6 @@
 //! The pure rules about a user's devices (`WgPeer`s): which peers are the caller's, the next
 //! device number, the new peer the API creates for an extra device, device names, and the view
-//! a user sees.
+//! a user sees (with the protocol of the device's server, which decides the app to install).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
+use wgsub_crds::resources::Protocol;
 use wgsub_crds::resources::{
     GROUP, LABEL_SERVER, LABEL_SUBSCRIPTION, VERSION, peer_name, subscription_name,
 };
@@ -90,6 +91,26 @@ pub fn switch_patch(name: &str, enabled: bool, device_name: Option<&str>) -> ser
     })
 }
 
+/// The protocol a device's server speaks, as the API shows it: the Mini App tells the user which
+/// app imports the config (the WireGuard app, or AmneziaVPN / AmneziaWG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceProtocol {
+    /// Plain WireGuard: the official WireGuard apps.
+    Wireguard,
+    /// AmneziaWG: the AmneziaVPN or AmneziaWG apps (the WireGuard app cannot connect).
+    Amneziawg,
+}
+
+impl From<Protocol> for DeviceProtocol {
+    fn from(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Wireguard => DeviceProtocol::Wireguard,
+            Protocol::Amneziawg => DeviceProtocol::Amneziawg,
+        }
+    }
+}
+
 /// One device as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -108,10 +129,13 @@ pub struct DeviceView {
     pub last_handshake: Option<Timestamp>,
     pub rx_bytes: i64,
     pub tx_bytes: i64,
+    /// The protocol of the device's server (`wireguard` while the server is not known).
+    pub protocol: DeviceProtocol,
 }
 
 impl DeviceView {
-    pub fn of(peer: &WgPeer) -> Self {
+    /// The view of `peer`, whose server speaks `protocol` (`None`: the server is not known).
+    pub fn of(peer: &WgPeer, protocol: Option<Protocol>) -> Self {
         let status = peer.status.clone().unwrap_or_default();
         Self {
             name: peer.name_any(),
@@ -123,16 +147,24 @@ impl DeviceView {
             last_handshake: status.last_handshake,
             rx_bytes: status.rx_bytes,
             tx_bytes: status.tx_bytes,
+            protocol: protocol.unwrap_or_default().into(),
         }
     }
 }
 
-/// The user's devices in device-number order.
-pub fn device_views(user_id: i64, peers: &[WgPeer]) -> Vec<DeviceView> {
+/// The user's devices in device-number order; `protocol_of` gives the protocol of a server by
+/// name (`None` when it is not known).
+pub fn device_views(
+    user_id: i64,
+    peers: &[WgPeer],
+    protocol_of: impl Fn(&str) -> Option<Protocol>,
+) -> Vec<DeviceView> {
     let subscription = subscription_name(user_id);
     let mut mine: Vec<&WgPeer> = peers.iter().filter(|p| is_users_peer(user_id, p)).collect();
     mine.sort_by_key(|p| device_index(&subscription, &p.name_any()).unwrap_or(u32::MAX));
-    mine.into_iter().map(DeviceView::of).collect()
+    mine.into_iter()
+        .map(|peer| DeviceView::of(peer, protocol_of(&peer.spec.server)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -237,10 +269,34 @@ mod tests {
             peer("tg-8-1", Some("tg-8")),
             peer("tg-7-1", Some("tg-7")),
         ];
-        let names: Vec<_> = device_views(7, &peers)
+        let names: Vec<_> = device_views(7, &peers, |_| None)
             .into_iter()
             .map(|v| v.name)
             .collect();
         assert_eq!(names, ["tg-7-1", "tg-7-2"]);
+    }
+
+    #[test]
+    fn a_device_shows_its_servers_protocol_and_wireguard_when_the_server_is_unknown() {
+        let mut on_amnezia = peer("tg-7-2", Some("tg-7"));
+        on_amnezia.spec.server = "awg".into();
+        let peers = [peer("tg-7-1", Some("tg-7")), on_amnezia];
+        let protocols: Vec<_> = device_views(7, &peers, |server| match server {
+            "awg" => Some(Protocol::Amneziawg),
+            _ => None,
+        })
+        .into_iter()
+        .map(|v| v.protocol)
+        .collect();
+        assert_eq!(
+            protocols,
+            [DeviceProtocol::Wireguard, DeviceProtocol::Amneziawg]
+        );
+        let main = DeviceView::of(&peers[0], Some(Protocol::Wireguard));
+        assert_eq!(main.protocol, DeviceProtocol::Wireguard);
+        assert_eq!(
+            serde_json::to_value(DeviceView::of(&peers[1], Some(Protocol::Amneziawg))).unwrap()["protocol"],
+            "amneziawg"
+        );
     }
 }

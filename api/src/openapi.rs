@@ -3,7 +3,7 @@
 use utoipa::Modify;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
-use crate::devices::DeviceView;
+use crate::devices::{DeviceProtocol, DeviceView};
 use crate::error::ErrorBody;
 use crate::growth::{DiscountView, PromoRequest, PromoResponse, ReferralsView};
 use crate::stars::{StarsInvoiceRequest, StarsInvoiceResponse};
@@ -48,7 +48,7 @@ impl Modify for TmaAuth {
     ),
     components(schemas(
         PromoRequest, PromoResponse, DiscountView, ReferralsView,
-        ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, PlanView,
+        ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, DeviceProtocol, PlanView,
         CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
         StarsInvoiceRequest, StarsInvoiceResponse,
     )),

@@ -22,6 +22,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wgsub_crds::liveness::subscription_phase;
+use wgsub_crds::resources::Protocol;
 use wgsub_crds::resources::subscription_name;
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
 use wgsub_ledger::{PaymentError, PaymentOrder};
@@ -224,6 +225,21 @@ fn owned_peer(state: &SharedState, user_id: i64, name: &str) -> Result<Arc<WgPee
     }
 }
 
+/// The protocol of the server named `server`, as the cache has it (`None`: not known).
+fn server_protocol(state: &SharedState, server: &str) -> Option<Protocol> {
+    state.caches.server(server).map(|s| s.spec.protocol)
+}
+
+/// The view of a peer the user's call wrote, with its server's protocol.
+fn device_view(state: &SharedState, peer: &WgPeer) -> DeviceView {
+    DeviceView::of(peer, server_protocol(state, &peer.spec.server))
+}
+
+/// The user's devices as [`device_views`] lists them, with their servers' protocols.
+fn devices_of(state: &SharedState, user_id: i64, peers: &[WgPeer]) -> Vec<DeviceView> {
+    device_views(user_id, peers, |server| server_protocol(state, server))
+}
+
 /// Waits until the caches hold `written` (bounded), so the user's next read sees it.
 async fn until_visible(state: &SharedState, written: &WgPeer) {
     if !state.caches.wait_for(written, WRITE_VISIBLE_WITHIN).await {
@@ -273,7 +289,7 @@ pub async fn me(
             plan: spec.plan,
             max_devices: spec.max_devices,
         },
-        devices: device_views(user.telegram_id, &peers),
+        devices: devices_of(&state, user.telegram_id, &peers),
     }))
 }
 
@@ -390,7 +406,7 @@ pub async fn list_peers(
     AuthUser(init): AuthUser,
 ) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let peers = users_peers(&state, init.user.id)?;
-    Ok(Json(device_views(init.user.id, &peers)))
+    Ok(Json(devices_of(&state, init.user.id, &peers)))
 }
 
 #[utoipa::path(post, path = "/api/v1/me/peers", tag = "miniapp",
@@ -445,7 +461,7 @@ pub async fn add_peer(
         Err(error) => return Err(ApiError::from_kube(error)),
     };
     until_visible(&state, &created).await;
-    Ok((StatusCode::CREATED, Json(DeviceView::of(&created))))
+    Ok((StatusCode::CREATED, Json(device_view(&state, &created))))
 }
 
 #[utoipa::path(patch, path = "/api/v1/me/peers/{name}", tag = "miniapp",
@@ -479,7 +495,7 @@ pub async fn update_peer(
         .await
         .map_err(ApiError::from_kube)?;
     until_visible(&state, &patched).await;
-    Ok(Json(DeviceView::of(&patched)))
+    Ok(Json(device_view(&state, &patched)))
 }
 
 /// The device's `.conf` and its download file name, from the caches alone.

@@ -234,6 +234,47 @@ pub async fn create_server(admin: &kube::Client, namespace: &str) {
         .unwrap();
 }
 
+/// The AmneziaWG WgServer `name` (pool `10.9.0.0/24`) with a complete AWG 1.0 parameter set
+/// and its public key published, as the operator and the node-agent leave it; the api's
+/// caches hold it when this returns.
+pub async fn create_amneziawg_server(h: &Harness, name: &str) {
+    let servers: Api<WgServer> = Api::namespaced(h.admin.clone(), &h.namespace);
+    let server = WgServer::new(
+        name,
+        serde_json::from_value(json!({
+            "protocol": "amneziawg",
+            "amneziawg": {
+                "jc": 4, "jmin": 40, "jmax": 70, "s1": 25, "s2": 61,
+                "h1": "1234567", "h2": "2345678", "h3": "3456789", "h4": "4567890",
+            },
+            "endpoint": "vpn.example.com:51821",
+            "listenPort": 51821,
+            "interfaceName": "awg0",
+            "addressPool": "10.9.0.0/24",
+            "dns": ["1.1.1.1"],
+            "privateKeySecretRef": {"name": format!("{name}-key")}
+        }))
+        .unwrap(),
+    );
+    servers
+        .create(&PostParams::default(), &server)
+        .await
+        .unwrap();
+    let status = json!({
+        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
+        "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
+    });
+    let server = servers
+        .patch_status(
+            name,
+            &PatchParams::apply("wgsub-test-agent"),
+            &Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    h.visible(&server).await;
+}
+
 impl Harness {
     /// Waits until the api's caches hold `written` (an object the test wrote as the admin).
     pub async fn visible<K: wgsub_devices::cache::Cached>(&self, written: &K) {
@@ -402,16 +443,39 @@ impl Harness {
         sub.metadata.namespace = Some(self.namespace.clone());
         let sub = subs.create(&Default::default(), &sub).await.unwrap();
         self.visible(&sub).await;
+        self.ready_device(
+            user,
+            1,
+            "main",
+            &format!("10.8.0.{}/32", user % 200 + 2),
+            "Phone",
+        )
+        .await;
+    }
+
+    /// A ready device `tg-<user>-<index>` named `device_name` on `server` (key Secret, public
+    /// key and `address` assigned, as the operator would make it), expiring with the user's
+    /// subscription.
+    pub async fn ready_device(
+        &self,
+        user: i64,
+        index: u32,
+        server: &str,
+        address: &str,
+        device_name: &str,
+    ) {
+        let sub = self
+            .subscription(user)
+            .await
+            .expect("the user's subscription exists");
+        let name = format!("tg-{user}-{index}");
         let key = PrivateKey::generate();
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.keys_namespace);
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
-                name: Some(format!("tg-{user}-1-key")),
+                name: Some(format!("{name}-key")),
                 namespace: Some(self.keys_namespace.clone()),
-                labels: Some(BTreeMap::from([(
-                    LABEL_PEER.to_owned(),
-                    format!("tg-{user}-1"),
-                )])),
+                labels: Some(BTreeMap::from([(LABEL_PEER.to_owned(), name.clone())])),
                 ..Default::default()
             },
             data: Some(BTreeMap::from([(
@@ -423,20 +487,20 @@ impl Harness {
         let secret = secrets.create(&Default::default(), &secret).await.unwrap();
         self.visible(&secret).await;
         let mut peer = WgPeer::new(
-            &format!("tg-{user}-1"),
+            &name,
             WgPeerSpec {
-                server: "main".into(),
+                server: server.into(),
                 public_key: Some(key.public_key().to_base64()),
                 private_key_secret_ref: Some(SecretKeyRef::new(
-                    format!("tg-{user}-1-key"),
+                    format!("{name}-key"),
                     "privateKey",
                 )),
                 preshared_key_secret_ref: None,
-                address: Some(format!("10.8.0.{}/32", user % 200 + 2)),
+                address: Some(address.into()),
                 address6: None,
                 expires_at: sub.spec.paid_until,
                 enabled: true,
-                device_name: Some("Phone".into()),
+                device_name: Some(device_name.into()),
             },
         );
         peer.metadata.namespace = Some(self.namespace.clone());
