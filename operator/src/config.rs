@@ -176,6 +176,7 @@ mod tests {
     #[test]
     fn defaults_are_documented_values() {
         let config = parse(&["--namespace", "vpn"]).unwrap();
+        assert_eq!(config.concurrency, 32);
         assert_eq!(config.retention, SignedDuration::from_hours(30 * 24));
         assert_eq!(config.lease_duration, Duration::from_secs(15));
         assert_eq!(config.lease_namespace().unwrap(), "vpn");
@@ -192,7 +193,6 @@ mod tests {
         let config = parse(&[
             "--namespace",
             "vpn",
-        assert_eq!(config.concurrency, 32);
             "--retention",
             "720h",
             "--lease-duration",
