@@ -172,7 +172,6 @@ async fn the_drift_loop_repairs_a_missing_an_edited_and_a_deleted_subscription_w
         );
     }
 
-
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), drift)
         .await
