@@ -28,7 +28,7 @@ use wgsub_crds::plans::Plan;
 use crate::entitlement::Entitlement;
 use crate::outbox::{NotificationEvent, enqueue};
 use crate::promo::{discounted_price, waiting_from_row};
-use crate::referral::{revoke_reward, reward_referrer};
+use crate::referral::{EarnedBy, revoke_reward, reward_referrer};
 use crate::session::RunOn;
 use crate::txn::{lock_user, refold};
 use crate::yookassa::{
@@ -589,7 +589,7 @@ impl Ledger {
             &mut tx,
             self.persistent,
             record.user_id,
-            record.id,
+            EarnedBy::YooKassa(record.id),
             self.referral_days,
             now,
         )
@@ -681,7 +681,13 @@ impl Ledger {
         .await?
         .try_get("refunded")?;
         if refunded >= payment.amount_minor {
-            revoke_reward(&mut tx, self.persistent, payment.id, now).await?;
+            revoke_reward(
+                &mut tx,
+                self.persistent,
+                EarnedBy::YooKassa(payment.id),
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(RefundOutcome::Recorded {

@@ -5,14 +5,16 @@
 //! the referee, so once per referee whatever races) and a notification — all in the payment's
 //! transaction. Never for oneself, never for a referrer who is not a user.
 //!
-//! Only a YooKassa payment earns the reward, and only when it is the referee's first payment
-//! of any kind: a referee whose first payment was in Telegram Stars earns their referrer
-//! nothing (a Stars payment is not rewarded; a later YooKassa one is not a first payment).
+//! A payment in YooKassa or in Telegram Stars earns it alike ([`EarnedBy`]): the referee's
+//! first payment of either kind is their first payment, and a later one of the other kind is
+//! not. The reward row points at the payment that earned it (`payment_id` or
+//! `star_payment_id`).
 //!
 //! Refunds: only the referee's *first* applied payment can earn the reward. If that payment is
-//! later refunded in full, the reward is revoked in the refund's transaction (the grant is kept
-//! for the audit trail and taken out of the fold; the referrer is told). A later payment of the
-//! same referee does not earn it again.
+//! later refunded in full (a YooKassa refund summing to its amount, or a Stars refund, which is
+//! always full), the reward is revoked in the refund's transaction (the grant is kept for the
+//! audit trail and taken out of the fold; the referrer is told). A later payment of the same
+//! referee does not earn it again.
 
 use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
@@ -55,6 +57,25 @@ pub struct RewardFacts {
     pub days: u32,
 }
 
+/// The payment that earned (or may earn) a reward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EarnedBy {
+    /// A YooKassa payment (`payments.id`).
+    YooKassa(Uuid),
+    /// A Telegram Stars payment (`star_payments.id`).
+    Stars(Uuid),
+}
+
+impl EarnedBy {
+    /// The reward row's columns `(payment_id, star_payment_id)`.
+    fn columns(self) -> (Option<Uuid>, Option<Uuid>) {
+        match self {
+            Self::YooKassa(id) => (Some(id), None),
+            Self::Stars(id) => (None, Some(id)),
+        }
+    }
+}
+
 /// The referrer to reward and the days, or `None`.
 pub fn reward_due(facts: &RewardFacts) -> Option<(i64, u32)> {
     let referrer = facts.referrer_id?;
@@ -66,13 +87,14 @@ pub fn reward_due(facts: &RewardFacts) -> Option<(i64, u32)> {
     due.then_some((referrer, facts.days))
 }
 
-/// In the transaction of applying `payment_id` of `referee_id` (whose row is locked): rewards
-/// the referrer when [`reward_due`] says so. Returns the rewarded referrer.
+/// In the transaction of applying the payment `earned_by` of `referee_id` (whose row is locked,
+/// the payment already counted as applied): rewards the referrer when [`reward_due`] says so.
+/// Returns the rewarded referrer.
 pub(crate) async fn reward_referrer(
     conn: &mut PgConnection,
     persistent: bool,
     referee_id: i64,
-    payment_id: Uuid,
+    earned_by: EarnedBy,
     days: u32,
     now: Timestamp,
 ) -> Result<Option<i64>, LedgerError> {
@@ -105,6 +127,7 @@ pub(crate) async fn reward_referrer(
         return Ok(None);
     };
     let days = i32::try_from(days).unwrap_or(i32::MAX);
+    let (payment_id, star_payment_id) = earned_by.columns();
     lock_user(conn, referrer_id, persistent).await?;
     let grant_id: i64 = sqlx::query(
         "INSERT INTO grants (user_id, kind, days, granted_at, reason) \
@@ -119,13 +142,15 @@ pub(crate) async fn reward_referrer(
     .await?
     .try_get("id")?;
     sqlx::query(
-        "INSERT INTO referral_rewards (referee_id, referrer_id, payment_id, grant_id, days, \
-                                       rewarded_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO referral_rewards (referee_id, referrer_id, payment_id, star_payment_id, \
+                                       grant_id, days, rewarded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .persistent(persistent)
     .bind(referee_id)
     .bind(referrer_id)
     .bind(payment_id)
+    .bind(star_payment_id)
     .bind(grant_id)
     .bind(days)
     .bind(now.to_sqlx())
@@ -140,32 +165,35 @@ pub(crate) async fn reward_referrer(
     Ok(Some(referrer_id))
 }
 
-/// In the transaction of a refund that took `payment_id` out in full: revokes the reward that
-/// payment earned, if any. Returns the referrer whose time shrank.
+/// In the transaction of a refund that took the payment `earned_by` out in full: revokes the
+/// reward that payment earned, if any. Returns the referrer whose time shrank.
 pub(crate) async fn revoke_reward(
     conn: &mut PgConnection,
     persistent: bool,
-    payment_id: Uuid,
+    earned_by: EarnedBy,
     now: Timestamp,
 ) -> Result<Option<i64>, LedgerError> {
+    let (payment_id, star_payment_id) = earned_by.columns();
     let Some(row) = sqlx::query(
-        "SELECT referrer_id, grant_id, days FROM referral_rewards \
-         WHERE payment_id = $1 AND revoked_at IS NULL",
+        "SELECT referee_id, referrer_id, grant_id, days FROM referral_rewards \
+         WHERE (payment_id = $1 OR star_payment_id = $2) AND revoked_at IS NULL",
     )
     .persistent(persistent)
     .bind(payment_id)
+    .bind(star_payment_id)
     .fetch_optional(&mut *conn)
     .await?
     else {
         return Ok(None);
     };
+    let referee_id: i64 = row.try_get("referee_id")?;
     let referrer_id: i64 = row.try_get("referrer_id")?;
     let grant_id: i64 = row.try_get("grant_id")?;
     let days: i32 = row.try_get("days")?;
     lock_user(conn, referrer_id, persistent).await?;
-    sqlx::query("UPDATE referral_rewards SET revoked_at = $2 WHERE payment_id = $1")
+    sqlx::query("UPDATE referral_rewards SET revoked_at = $2 WHERE referee_id = $1")
         .persistent(persistent)
-        .bind(payment_id)
+        .bind(referee_id)
         .bind(now.to_sqlx())
         .execute(&mut *conn)
         .await?;

@@ -3,7 +3,9 @@
 //! the plan catalogue (pure), and the ledger side: a Stars payment applied once per
 //! `telegram_payment_charge_id` (a unique constraint, not check-then-insert), a refund recorded
 //! once (a primary key), both re-folding `paidUntil` like YooKassa payments and writing the
-//! notification outbox row in the same transaction.
+//! notification outbox row in the same transaction. A referee's first payment in Stars rewards
+//! their referrer and its refund revokes the reward, in the same transaction, by the rules of
+//! [`crate::referral`].
 //!
 //! The payload is `st1.<user id>.<plan id>.<stars>.<signature>`, the signature the first 16
 //! bytes (hex) of HMAC-SHA256 over the rest, keyed with a key derived from the bot token: only
@@ -25,6 +27,7 @@ use crate::audit::AdminAction;
 use crate::entitlement::{Entitlement, PaymentFact};
 use crate::grants::record_admin_action;
 use crate::outbox::{NotificationEvent, enqueue};
+use crate::referral::{EarnedBy, revoke_reward, reward_referrer};
 use crate::session::RunOn;
 use crate::txn::{lock_user, refold};
 use crate::{Ledger, LedgerError};
@@ -445,7 +448,8 @@ pub(crate) async fn payment_facts(
 impl Ledger {
     /// Applies a verified Stars payment once per `telegram_payment_charge_id`: in one
     /// transaction (the user's row locked) inserts it (the unique constraint decides a race),
-    /// re-folds the entitlement and writes the outbox row.
+    /// re-folds the entitlement, writes the outbox row and, when it is a referee's first
+    /// payment, rewards the referrer.
     pub async fn apply_star_payment(
         &self,
         purchase: &StarPurchase,
@@ -487,6 +491,15 @@ impl Ledger {
             paid_until: entitlement.paid_until,
         };
         enqueue(&mut tx, self.persistent, purchase.user_id, &event, now).await?;
+        reward_referrer(
+            &mut tx,
+            self.persistent,
+            purchase.user_id,
+            EarnedBy::Stars(id),
+            self.referral_days,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(StarApplyOutcome::Applied {
             user_id: purchase.user_id,
@@ -513,7 +526,8 @@ impl Ledger {
 
     /// Records that Telegram refunded the Stars payment (`refundStarPayment` succeeded), once:
     /// the refund's primary key decides a race; the payment's time leaves the fold, the
-    /// administrator's action is audited and the user is told through the outbox.
+    /// administrator's action is audited, the user is told through the outbox, and a referral
+    /// reward the payment earned is revoked (a Stars refund is always of the whole payment).
     pub async fn record_star_refund(
         &self,
         charge_id: &str,
@@ -566,6 +580,7 @@ impl Ledger {
             paid_until: entitlement.paid_until,
         };
         enqueue(&mut tx, self.persistent, payment.user_id, &event, now).await?;
+        revoke_reward(&mut tx, self.persistent, EarnedBy::Stars(payment.id), now).await?;
         tx.commit().await?;
         Ok(StarRefundOutcome::Recorded {
             user_id: payment.user_id,

@@ -2,7 +2,8 @@
 //! per test from `WGSUB_TEST_DATABASE_URL`), YooKassa faked with wiremock: redemption once per
 //! user and at most `max_uses` times under concurrency, refusals that credit nothing, a
 //! discount sent to YooKassa and re-checked when the payment is applied, and referral rewards
-//! once per referee, never for oneself and taken back with a refunded first payment.
+//! once per referee, never for oneself and taken back with a refunded first payment — whether
+//! that payment was made through YooKassa or in Telegram Stars.
 
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use wgsub_ledger::yookassa::{self, Amount, METADATA_PAYMENT_ID, METADATA_USER_ID
 use wgsub_ledger::{
     ApplyError, ApplyOutcome, CodeSyntaxError, Ledger, NewPromoCode, NotificationEvent,
     PaymentOrder, PaymentRecord, PromoBenefit, RedeemError, RedeemRefusal, Redeemed,
-    ReferralSummary, RefundOutcome, TelegramUser, YooKassa, YooKassaConfig,
+    ReferralSummary, RefundOutcome, StarApplyOutcome, StarPurchase, StarRefundOutcome,
+    TelegramUser, YooKassa, YooKassaConfig,
 };
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -599,28 +601,189 @@ async fn a_refunded_first_payment_takes_the_reward_back_and_no_later_payment_ear
     assert_eq!((kind.as_str(), revoked), ("referral", true));
 }
 
+fn stars(user_id: i64, charge_id: &str) -> StarPurchase {
+    StarPurchase {
+        telegram_payment_charge_id: charge_id.into(),
+        user_id,
+        plan: "month".into(),
+        days: 30,
+        devices: 1,
+        stars: 150,
+        invoice_payload: format!("payload of {charge_id}"),
+        paid_at: now(),
+    }
+}
+
+async fn pay_stars(ledger: &Ledger, user_id: i64, charge_id: &str) {
+    let outcome = ledger
+        .apply_star_payment(&stars(user_id, charge_id), now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, StarApplyOutcome::Applied { .. }),
+        "{outcome:?}"
+    );
+}
+
+async fn told(ledger: &Ledger, user_id: i64) -> Vec<NotificationEvent> {
+    ledger
+        .unsent_notifications(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.user_id == user_id)
+        .map(|n| n.event)
+        .collect()
+}
+
 #[tokio::test]
-async fn a_yookassa_payment_after_a_first_payment_in_stars_is_not_a_first_payment() {
-    let ledger = ledger("referral_after_stars", &[10, 20]).await;
+async fn a_first_payment_in_stars_rewards_the_referrer_once_even_delivered_concurrently() {
+    let ledger = ledger("referral_stars_once", &[10, 20]).await;
+    let yk = FakeYooKassa::start().await;
+    refer(&ledger, 20, 10).await;
+    // The referee's first payment in Stars, its successful_payment delivered ten times at once.
+    let purchase = stars(20, "charge-1");
+    let outcomes =
+        futures::future::join_all((0..10).map(|_| ledger.apply_star_payment(&purchase, now())))
+            .await;
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(StarApplyOutcome::Applied { .. })))
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 5));
+    // Later payments, in Stars or through YooKassa, are not first payments.
+    pay_stars(&ledger, 20, "charge-2").await;
+    pay(&ledger, &yk, 20).await;
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 5));
+    assert_eq!(
+        ledger.referral_summary(10).await.unwrap(),
+        ReferralSummary {
+            joined: 1,
+            rewarded: 1,
+            days_earned: 5
+        }
+    );
+    assert_eq!(
+        told(&ledger, 10).await,
+        [NotificationEvent::ReferralRewarded {
+            days: 5,
+            paid_until: Some(now() + DAY * 5)
+        }]
+    );
+    // The reward points at the Stars payment that earned it.
+    let (yookassa, charge): (Option<Uuid>, Option<String>) = sqlx::query_as(
+        "SELECT r.payment_id, s.telegram_payment_charge_id FROM referral_rewards r \
+         LEFT JOIN star_payments s ON s.id = r.star_payment_id WHERE r.referee_id = 20",
+    )
+    .fetch_one(ledger.pool())
+    .await
+    .unwrap();
+    assert_eq!((yookassa, charge.as_deref()), (None, Some("charge-1")));
+}
+
+#[tokio::test]
+async fn no_stars_reward_for_self_referral_an_unknown_referrer_or_when_rewards_are_off() {
+    let ledger = ledger("referral_stars_none", &[30, 31, 32]).await;
+    refer(&ledger, 30, 30).await;
+    refer(&ledger, 31, 999).await;
+    pay_stars(&ledger, 30, "charge-30").await;
+    pay_stars(&ledger, 31, "charge-31").await;
+    assert_eq!(paid_until(&ledger, 30).await, Some(now() + DAY * 30));
+    let off = Ledger::new(ledger.pool().clone(), false);
+    refer(&off, 32, 30).await;
+    let outcome = off
+        .apply_star_payment(&stars(32, "charge-32"), now())
+        .await
+        .unwrap();
+    assert!(matches!(outcome, StarApplyOutcome::Applied { .. }));
+    assert_eq!(paid_until(&ledger, 30).await, Some(now() + DAY * 30));
+    let rewards: i64 = sqlx::query_scalar("SELECT count(*) FROM referral_rewards")
+        .fetch_one(ledger.pool())
+        .await
+        .unwrap();
+    assert_eq!(rewards, 0);
+}
+
+#[tokio::test]
+async fn a_refunded_first_stars_payment_takes_the_reward_back_once_and_nothing_earns_it_again() {
+    let ledger = ledger("referral_stars_refund", &[10, 20]).await;
     let yk = FakeYooKassa::start().await;
     refer(&ledger, 20, 10).await;
     ledger
-        .apply_star_payment(
-            &wgsub_ledger::StarPurchase {
-                telegram_payment_charge_id: "charge-1".into(),
-                user_id: 20,
-                plan: "month".into(),
-                days: 30,
-                devices: 1,
-                stars: 100,
-                invoice_payload: "test".into(),
-                paid_at: now(),
+        .grant_trial(10, 3, now() - DAY)
+        .await
+        .unwrap()
+        .unwrap();
+    pay_stars(&ledger, 20, "charge-1").await;
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 7));
+    // Refunded twice at once (two admins, or a retried command): revoked once.
+    let refund = || ledger.record_star_refund("charge-1", 1, "asked for it", now());
+    let (a, b) = futures::future::join(refund(), refund()).await;
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|o| matches!(o, StarRefundOutcome::AlreadyRefunded));
+    assert!(
+        matches!(
+            outcomes,
+            [
+                StarRefundOutcome::Recorded { .. },
+                StarRefundOutcome::AlreadyRefunded
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 2));
+    assert_eq!(paid_until(&ledger, 20).await, None);
+    assert_eq!(
+        ledger.referral_summary(10).await.unwrap(),
+        ReferralSummary {
+            joined: 1,
+            rewarded: 0,
+            days_earned: 0
+        }
+    );
+    assert_eq!(
+        told(&ledger, 10).await,
+        [
+            NotificationEvent::ReferralRewarded {
+                days: 5,
+                paid_until: Some(now() + DAY * 7)
             },
-            now(),
-        )
+            NotificationEvent::ReferralRevoked {
+                days: 5,
+                paid_until: Some(now() + DAY * 2)
+            }
+        ]
+    );
+    // The referee pays again, in Stars and by card: neither is their first payment.
+    pay_stars(&ledger, 20, "charge-2").await;
+    pay(&ledger, &yk, 20).await;
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 2));
+    let revoked: bool = sqlx::query_scalar(
+        "SELECT revoked_at IS NOT NULL FROM grants WHERE user_id = 10 AND kind = 'referral'",
+    )
+    .fetch_one(ledger.pool())
+    .await
+    .unwrap();
+    assert!(revoked);
+}
+
+#[tokio::test]
+async fn refunding_a_later_stars_payment_keeps_the_reward_of_a_first_card_payment() {
+    let ledger = ledger("referral_stars_later_refund", &[10, 20]).await;
+    let yk = FakeYooKassa::start().await;
+    refer(&ledger, 20, 10).await;
+    pay(&ledger, &yk, 20).await;
+    pay_stars(&ledger, 20, "charge-1").await;
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 5));
+    let outcome = ledger
+        .record_star_refund("charge-1", 1, "asked for it", now())
         .await
         .unwrap();
-    pay(&ledger, &yk, 20).await;
-    assert_eq!(paid_until(&ledger, 10).await, None);
-    assert_eq!(ledger.referral_summary(10).await.unwrap().rewarded, 0);
+    assert!(matches!(outcome, StarRefundOutcome::Recorded { .. }));
+    assert_eq!(paid_until(&ledger, 10).await, Some(now() + DAY * 5));
+    assert_eq!(ledger.referral_summary(10).await.unwrap().rewarded, 1);
 }
