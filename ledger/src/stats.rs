@@ -1,18 +1,24 @@
 //! Numbers for the administrators' `/admin`: users by subscription state and revenue (net of
 //! refunds) today (UTC) and in the last 30 days; and the business activity of a window (new
 //! users, first payments, renewals, revenue, the latest payment) for the api's gauges.
+//!
+//! Payments in YooKassa and in Telegram Stars count alike as payments (a first payment is the
+//! first of either kind); their money is summed per currency, Stars as `XTR` on their own,
+//! never added into roubles.
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use sqlx::Row;
 
 use crate::session::RunOn;
+use crate::stars::STARS_CURRENCY;
 use crate::{Ledger, LedgerError};
 
 /// Money in one currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revenue {
     pub currency: String,
+    /// In the currency's minor unit; for `XTR` (Telegram Stars, which have none) in Stars.
     pub amount_minor: i64,
 }
 
@@ -31,8 +37,8 @@ pub struct Stats {
     pub revenue_30_days: Vec<Revenue>,
 }
 
-/// What happened in the ledger since a moment (YooKassa payments; applied payments count once,
-/// at their `succeeded_at`).
+/// What happened in the ledger since a moment (applied YooKassa payments count once, at their
+/// `succeeded_at`; Stars payments at their `paid_at`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Activity {
     /// Users created since then.
@@ -84,17 +90,21 @@ impl Ledger {
     /// New users, first payments, renewals and revenue since `since`, and the latest payment.
     pub async fn activity_since(&self, since: Timestamp) -> Result<Activity, LedgerError> {
         let row = sqlx::query(
-            "SELECT \
+            "WITH paid AS ( \
+                SELECT p.user_id, p.id, p.succeeded_at AS at FROM payments p \
+                  JOIN payment_applications a ON a.payment_id = p.id \
+                UNION ALL \
+                SELECT s.user_id, s.id, s.paid_at FROM star_payments s \
+             ), numbered AS ( \
+                SELECT at, row_number() OVER (PARTITION BY user_id ORDER BY at, id) AS nth \
+                FROM paid \
+             ) \
+             SELECT \
                 (SELECT COUNT(*) FROM users WHERE created_at >= $1) AS new_users, \
-                COUNT(*) FILTER (WHERE p.succeeded_at >= $1 AND NOT earlier) AS first_payments, \
-                COUNT(*) FILTER (WHERE p.succeeded_at >= $1 AND earlier) AS renewals, \
-                MAX(p.succeeded_at) AS last_payment_at \
-             FROM payments p \
-             JOIN payment_applications a ON a.payment_id = p.id \
-             CROSS JOIN LATERAL (SELECT EXISTS ( \
-                SELECT 1 FROM payments q JOIN payment_applications b ON b.payment_id = q.id \
-                WHERE q.user_id = p.user_id \
-                  AND (q.succeeded_at, q.id) < (p.succeeded_at, p.id)) AS earlier) e",
+                COUNT(*) FILTER (WHERE at >= $1 AND nth = 1) AS first_payments, \
+                COUNT(*) FILTER (WHERE at >= $1 AND nth > 1) AS renewals, \
+                MAX(at) AS last_payment_at \
+             FROM numbered",
         )
         .bind(since.to_sqlx())
         .fetch_one_on(self)
@@ -109,7 +119,8 @@ impl Ledger {
         })
     }
 
-    /// Applied payments since `since` minus refunds since `since`, per currency.
+    /// Applied payments since `since` minus refunds since `since`, per currency; Stars
+    /// payments and their refunds as [`STARS_CURRENCY`].
     pub async fn revenue_since(&self, since: Timestamp) -> Result<Vec<Revenue>, LedgerError> {
         let rows = sqlx::query(
             "SELECT currency, SUM(amount)::BIGINT AS amount FROM ( \
@@ -117,9 +128,15 @@ impl Ledger {
                   JOIN payment_applications a ON a.payment_id = p.id WHERE p.succeeded_at >= $1 \
                 UNION ALL \
                 SELECT r.currency, -r.amount_minor FROM refunds r WHERE r.refunded_at >= $1 \
+                UNION ALL \
+                SELECT $2::TEXT, s.stars FROM star_payments s WHERE s.paid_at >= $1 \
+                UNION ALL \
+                SELECT $2::TEXT, -s.stars FROM star_refunds r \
+                  JOIN star_payments s ON s.id = r.payment_id WHERE r.refunded_at >= $1 \
              ) money GROUP BY currency ORDER BY currency",
         )
         .bind(since.to_sqlx())
+        .bind(STARS_CURRENCY)
         .fetch_all_on(self)
         .await?;
         rows.iter()

@@ -1,7 +1,8 @@
 //! The ledger's business activity (`Ledger::activity_since`, behind the api's business gauges)
 //! against a real PostgreSQL (a fresh database per test from `WGSUB_TEST_DATABASE_URL`): new
 //! users, first payments and renewals in a window, revenue net of refunds, and the latest
-//! payment — counted from the ledger's own rows, so pending and canceled payments stay out.
+//! payment — counted from the ledger's own rows, so pending and canceled payments stay out;
+//! payments in Telegram Stars count as payments and their money as `XTR`, apart from roubles.
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
@@ -58,6 +59,41 @@ async fn payment(pool: &sqlx::PgPool, user: i64, amount: i64, status: &str, at: 
             .unwrap();
     }
     id
+}
+
+/// A Telegram Stars payment of `stars` at `at`, refunded at `refunded_at` if given.
+async fn star_payment(
+    pool: &sqlx::PgPool,
+    user: i64,
+    stars: i64,
+    at: Timestamp,
+    refunded_at: Option<Timestamp>,
+) {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO star_payments (id, telegram_payment_charge_id, user_id, plan, days, \
+            devices, stars, invoice_payload, paid_at) \
+         VALUES ($1, $2, $3, 'month', 30, 1, $4, 'payload', $5)",
+    )
+    .bind(id)
+    .bind(format!("charge-{id}"))
+    .bind(user)
+    .bind(stars)
+    .bind(at.to_sqlx())
+    .execute(pool)
+    .await
+    .unwrap();
+    if let Some(refunded_at) = refunded_at {
+        sqlx::query(
+            "INSERT INTO star_refunds (payment_id, refunded_at, refunded_by, reason) \
+             VALUES ($1, $2, 1, 'test')",
+        )
+        .bind(id)
+        .bind(refunded_at.to_sqlx())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 }
 
 #[tokio::test]
@@ -131,4 +167,65 @@ async fn an_empty_ledger_has_no_activity_and_no_last_payment() {
             last_payment_at: None,
         }
     );
+}
+
+#[tokio::test]
+async fn stars_payments_count_as_payments_and_their_revenue_is_xtr_apart_from_roubles() {
+    let (pool, _) = fresh_database("activity_stars").await;
+    let ledger = Ledger::new(pool.clone(), false);
+    let now = t("2026-12-07T12:00:00Z");
+    let since = now - HOUR * 24;
+
+    // A card customer from before the window who renews in Stars inside it; a new user whose
+    // first payment is in Stars (refunded) and who then pays by card; a Stars payment before
+    // the window that must not count.
+    user(&pool, 1, since - HOUR * 24 * 60).await;
+    payment(&pool, 1, 19_900, "succeeded", since - HOUR * 24 * 30).await;
+    star_payment(&pool, 1, 150, now - HOUR * 3, None).await;
+    user(&pool, 2, now - HOUR * 5).await;
+    star_payment(&pool, 2, 400, now - HOUR * 4, Some(now - HOUR * 2)).await;
+    payment(&pool, 2, 19_900, "succeeded", now - HOUR * 3).await;
+    user(&pool, 3, since - HOUR * 24 * 90).await;
+    star_payment(&pool, 3, 150, since - HOUR, None).await;
+    star_payment(&pool, 3, 150, now - HOUR, None).await;
+
+    let activity = ledger.activity_since(since).await.unwrap();
+    assert_eq!(
+        activity,
+        Activity {
+            new_users: 1,
+            first_payments: 1,
+            renewals: 3,
+            revenue: vec![
+                Revenue {
+                    currency: "RUB".into(),
+                    amount_minor: 19_900,
+                },
+                Revenue {
+                    currency: "XTR".into(),
+                    amount_minor: 150 + 400 - 400 + 150,
+                },
+            ],
+            last_payment_at: Some(now - HOUR),
+        }
+    );
+
+    // `/admin stats` shows the same: Stars on their own line item, today and in 30 days.
+    let stats = ledger.stats(now).await.unwrap();
+    let xtr = |revenue: &[Revenue]| {
+        revenue
+            .iter()
+            .find(|r| r.currency == "XTR")
+            .map(|r| r.amount_minor)
+    };
+    let rub = |revenue: &[Revenue]| {
+        revenue
+            .iter()
+            .find(|r| r.currency == "RUB")
+            .map(|r| r.amount_minor)
+    };
+    assert_eq!(xtr(&stats.revenue_today), Some(150 + 150));
+    assert_eq!(rub(&stats.revenue_today), Some(19_900));
+    assert_eq!(xtr(&stats.revenue_30_days), Some(150 + 150 + 150));
+    assert_eq!(rub(&stats.revenue_30_days), Some(19_900));
 }
