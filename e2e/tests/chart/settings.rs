@@ -44,6 +44,10 @@ fn arguments(docs: &[Value], kind: &str, workload: &str, command: &Command) -> V
     args.extend(leading.iter().cloned());
     for var in container["env"].as_array().expect("the container has env") {
         let name = var["name"].as_str().unwrap();
+        if !name.starts_with("WGSUB_") {
+            // The C library's own settings (MALLOC_ARENA_MAX) are not the binary's.
+            continue;
+        }
         let value = if let Some(value) = var["value"].as_str() {
             mounted_file(docs, doc, container, value).unwrap_or_else(|| value.to_owned())
         } else if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
@@ -175,6 +179,7 @@ fn variables_given(docs: &[Value], kind: &str, workload: &str) -> BTreeSet<Strin
         .expect("the container has env")
         .iter()
         .map(|var| var["name"].as_str().unwrap().to_owned())
+        .filter(|name| name.starts_with("WGSUB_"))
         .collect()
 }
 
