@@ -1,7 +1,8 @@
 // The wgsub Mini App: status, plans (pay through YooKassa or in Telegram Stars with
 // `Telegram.WebApp.openInvoice`), and the user's devices (QR code,
-// .conf download, copy, connect switch, add device); a promo code field and the personal
-// referral link. Talks to the API with
+// .conf download, copy, connect switch, add device, and which app imports the config: the
+// WireGuard app, or AmneziaVPN / AmneziaWG for a device on an AmneziaWG server, with the official
+// store links); a promo code field and the personal referral link. Talks to the API with
 // `Authorization: tma <initData>`; renders even when Telegram's WebApp API is absent. When the
 // API says the initData expired (`init_data_expired`), it asks the user to reopen the app:
 // Telegram signs fresh initData only when a Mini App is opened, so the button closes it
@@ -31,6 +32,10 @@ const TEXT = {
     promo_expired: "This promo code has expired.", promo_used_up: "This promo code has been used up.",
     promo_already_redeemed: "You have already used this promo code.",
     promo_discount_waiting: "You already have a discount waiting for your next payment.",
+    appsWireguard: "Import the config into the WireGuard app:",
+    appsAmneziawg: "This is an AmneziaWG config: import it into the AmneziaVPN or AmneziaWG app (the WireGuard app cannot connect with it).",
+    platformApple: "iPhone, iPad, Mac", platformAndroid: "Android",
+    platformDesktop: "Windows, macOS, Linux", or: "or",
   },
   ru: {
     status: "Статус", plans: "Тарифы", keys: "Ключи", phase: "Статус", paidUntil: "Оплачено до",
@@ -53,7 +58,32 @@ const TEXT = {
     promo_expired: "Срок действия промокода истёк.", promo_used_up: "Промокод исчерпан.",
     promo_already_redeemed: "Вы уже использовали этот промокод.",
     promo_discount_waiting: "У вас уже есть скидка на следующую оплату.",
+    appsWireguard: "Импортируйте конфиг в приложение WireGuard:",
+    appsAmneziawg: "Это конфиг AmneziaWG: импортируйте его в приложение AmneziaVPN или AmneziaWG (приложение WireGuard с ним не подключится).",
+    platformApple: "iPhone, iPad, Mac", platformAndroid: "Android",
+    platformDesktop: "Windows, macOS, Linux", or: "или",
   },
+};
+
+// The apps that import a device's config, by the protocol of its server: per platform, the
+// official store pages (the same links the bot sends).
+const APPS = {
+  wireguard: [
+    ["platformApple", [["App Store", "https://apps.apple.com/app/wireguard/id1441195209"]]],
+    ["platformAndroid", [["Google Play", "https://play.google.com/store/apps/details?id=com.wireguard.android"]]],
+    ["platformDesktop", [["wireguard.com", "https://www.wireguard.com/install/"]]],
+  ],
+  amneziawg: [
+    ["platformApple", [
+      ["AmneziaVPN", "https://apps.apple.com/app/amneziavpn/id1600529900"],
+      ["AmneziaWG", "https://apps.apple.com/app/amneziawg/id6478942365"],
+    ]],
+    ["platformAndroid", [
+      ["AmneziaVPN", "https://play.google.com/store/apps/details?id=org.amnezia.vpn"],
+      ["AmneziaWG", "https://play.google.com/store/apps/details?id=org.amnezia.awg"],
+    ]],
+    ["platformDesktop", [["AmneziaVPN", "https://github.com/amnezia-vpn/amnezia-client/releases"]]],
+  ],
 };
 
 const webApp = (window.Telegram && window.Telegram.WebApp) || null;
@@ -215,8 +245,7 @@ async function pay(planId, button) {
       method: "POST", body: JSON.stringify({ plan: planId }),
     })).json();
     // openLink opens the browser on every platform (iOS included) without leaving Telegram.
-    if (webApp && typeof webApp.openLink === "function") webApp.openLink(payment.confirmationUrl);
-    else window.open(payment.confirmationUrl, "_blank", "noopener");
+    openExternal(payment.confirmationUrl);
   } catch (error) {
     fail(error);
   } finally {
@@ -245,6 +274,40 @@ async function payStars(planId, button) {
   } finally {
     button.disabled = false;
   }
+}
+
+// Opens `url` outside the Mini App (Telegram's openLink, or a new tab).
+function openExternal(url) {
+  if (webApp && typeof webApp.openLink === "function") webApp.openLink(url);
+  else window.open(url, "_blank", "noopener");
+}
+
+// Which app imports the config of a device on a `protocol` server, with the store links.
+function renderAppHint(protocol) {
+  const known = APPS[protocol] ? protocol : "wireguard";
+  const hint = document.createElement("div");
+  hint.className = "apps hint";
+  hint.dataset.protocol = known;
+  const intro = document.createElement("div");
+  intro.className = "apps-intro";
+  intro.textContent = t(known === "amneziawg" ? "appsAmneziawg" : "appsWireguard");
+  hint.append(intro);
+  for (const [platform, links] of APPS[known]) {
+    const row = document.createElement("div");
+    row.append(document.createTextNode(t(platform) + " — "));
+    links.forEach(([label, url], i) => {
+      if (i > 0) row.append(document.createTextNode(" " + t("or") + " "));
+      const link = document.createElement("a");
+      link.href = url;
+      link.textContent = label;
+      link.rel = "noopener";
+      link.target = "_blank";
+      link.addEventListener("click", (event) => { event.preventDefault(); openExternal(url); });
+      row.append(link);
+    });
+    hint.append(row);
+  }
+  return hint;
 }
 
 function fileNameOf(response, fallback) {
@@ -327,7 +390,7 @@ async function renderDevice(device) {
   } catch (error) {
     fail(error);
   }
-  card.append(actions);
+  card.append(actions, renderAppHint(device.protocol));
   return card;
 }
 

@@ -619,7 +619,8 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mini_app_works_in_headless_chromium_and_asks_to_reopen_when_expired() {
+async fn the_mini_app_works_in_headless_chromium_names_the_app_per_protocol_and_asks_to_reopen_when_expired()
+ {
     let node_modules = std::env::var("WGSUB_NODE_MODULES").expect(
         "WGSUB_NODE_MODULES is not set: this test needs playwright-core (run scripts/test)",
     );
@@ -643,6 +644,9 @@ async fn the_mini_app_works_in_headless_chromium_and_asks_to_reopen_when_expired
     h.fake_yookassa("2f000000-000f-5000-8000-00000000bb01", "pending")
         .await;
     h.active_user(601).await;
+    // A second device on an AmneziaWG server: its card says which app imports the config.
+    create_amneziawg_server(&h, "awg").await;
+    h.ready_device(601, 2, "awg", "10.9.0.2/32", "Laptop").await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = h.router.clone();
@@ -655,6 +659,14 @@ async fn the_mini_app_works_in_headless_chromium_and_asks_to_reopen_when_expired
         .unwrap();
     });
     let user = json!({"id": 601, "first_name": "User601", "language_code": "en"});
+    let user_ru = json!({"id": 601, "first_name": "User601", "language_code": "ru"});
+    let init_data_ru = wgsub_api::initdata::sign(
+        &[
+            ("auth_date", &Timestamp::now().as_second().to_string()),
+            ("user", &user_ru.to_string()),
+        ],
+        &h.token,
+    );
     let output = tokio::process::Command::new("node")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -667,6 +679,8 @@ async fn the_mini_app_works_in_headless_chromium_and_asks_to_reopen_when_expired
             h.init_data_at(601, Timestamp::now() - SignedDuration::from_hours(2)),
         )
         .env("WGSUB_USER_JSON", user.to_string())
+        .env("WGSUB_INIT_DATA_RU", init_data_ru)
+        .env("WGSUB_USER_RU_JSON", user_ru.to_string())
         .env("WGSUB_TEST_ARTIFACTS", &artifacts)
         .env("WGSUB_NODE_MODULES", &node_modules)
         .env("WGSUB_CHROMIUM", &chromium)
@@ -683,6 +697,9 @@ async fn the_mini_app_works_in_headless_chromium_and_asks_to_reopen_when_expired
         assert!(artifacts.join(format!("miniapp-{theme}-keys.png")).exists());
     }
     assert!(artifacts.join("miniapp-expired.png").exists());
+    for lang in ["en", "ru"] {
+        assert!(artifacts.join(format!("miniapp-apps-{lang}.png")).exists());
+    }
     h.assert_nothing_forbidden();
 }
 

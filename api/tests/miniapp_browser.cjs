@@ -1,7 +1,9 @@
 // Drives the Mini App in headless Chromium (playwright-core) against a running wgsub-api:
 // status → plans (pay opens the confirmation URL through Telegram.WebApp.openLink) → keys
 // (QR visible, .conf download link, copy), in the light and the dark theme, with a stubbed
-// window.Telegram.WebApp carrying validly signed initData; then with initData signed longer ago
+// window.Telegram.WebApp carrying validly signed initData; the app each device's config needs,
+// in English and Russian (the WireGuard app for the device on the WireGuard server, AmneziaVPN
+// or AmneziaWG with their store links for the one on the AmneziaWG server); then with initData signed longer ago
 // than the API accepts: the app says the session expired and its button asks Telegram to close
 // the app (Telegram signs fresh initData when it is opened again). Screenshots go to the
 // artifacts directory. Run by api/tests/api_http.rs; exits non-zero on any failure.
@@ -24,6 +26,8 @@ const base = need("WGSUB_MINIAPP_BASE");
 const initData = need("WGSUB_INIT_DATA");
 const staleInitData = need("WGSUB_STALE_INIT_DATA");
 const user = JSON.parse(need("WGSUB_USER_JSON"));
+const initDataRu = need("WGSUB_INIT_DATA_RU");
+const userRu = JSON.parse(need("WGSUB_USER_RU_JSON"));
 const artifacts = need("WGSUB_TEST_ARTIFACTS");
 
 const THEMES = {
@@ -39,7 +43,7 @@ function check(condition, message) {
 
 // Opens the Mini App in a fresh browser with Telegram.WebApp stubbed (`initData`, `theme`) and
 // runs `steps(page)`; fails on any page error.
-async function withMiniApp(theme, data, steps) {
+async function withMiniApp(theme, data, steps, who = user) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "wgsub-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: need("WGSUB_CHROMIUM"),
@@ -59,7 +63,7 @@ async function withMiniApp(theme, data, steps) {
         ready() {}, expand() {}, openLink(url) { window.__opened.push(url); },
         close() { window.__closed += 1; },
       } };
-    }, { initData: data, user, params: THEMES[theme], scheme: theme });
+    }, { initData: data, user: who, params: THEMES[theme], scheme: theme });
     const page = context.pages()[0] || (await context.newPage());
     const errors = [];
     page.on("pageerror", (error) => errors.push(String(error)));
@@ -108,6 +112,54 @@ async function run(theme) {
   });
 }
 
+const APP_LINKS = {
+  wireguard: [
+    "https://apps.apple.com/app/wireguard/id1441195209",
+    "https://play.google.com/store/apps/details?id=com.wireguard.android",
+    "https://www.wireguard.com/install/",
+  ],
+  amneziawg: [
+    "https://apps.apple.com/app/amneziavpn/id1600529900",
+    "https://apps.apple.com/app/amneziawg/id6478942365",
+    "https://play.google.com/store/apps/details?id=org.amnezia.vpn",
+    "https://play.google.com/store/apps/details?id=org.amnezia.awg",
+    "https://github.com/amnezia-vpn/amnezia-client/releases",
+  ],
+};
+const APP_INTROS = {
+  en: { wireguard: "Import the config into the WireGuard app", amneziawg: "This is an AmneziaWG config: import it into the AmneziaVPN or AmneziaWG app" },
+  ru: { wireguard: "Импортируйте конфиг в приложение WireGuard", amneziawg: "Это конфиг AmneziaWG: импортируйте его в приложение AmneziaVPN или AmneziaWG" },
+};
+
+// Each device's card names the app its config needs, in `lang`, with the store links; a link
+// opens through Telegram.WebApp.openLink.
+async function appHints(lang, data, who) {
+  await withMiniApp("light", data, async (page) => {
+    await page.waitForSelector('body[data-loaded="true"]', { timeout: 15000 });
+    check((await page.getAttribute("html", "lang")) === lang, `the app speaks ${lang}`);
+    await page.click("#tab-keys");
+    for (const [device, protocol] of [["tg-601-1", "wireguard"], ["tg-601-2", "amneziawg"]]) {
+      const hint = `[data-device="${device}"] .apps[data-protocol="${protocol}"]`;
+      await page.waitForSelector(hint, { timeout: 10000 });
+      const intro = await page.textContent(hint + " .apps-intro");
+      check(intro.startsWith(APP_INTROS[lang][protocol]), `${device} (${lang}) names the ${protocol} app: ${intro}`);
+      const links = await page.$$eval(hint + " a", (as) => as.map((a) => a.href));
+      check(JSON.stringify(links) === JSON.stringify(APP_LINKS[protocol]),
+        `${device} (${lang}) links the ${protocol} apps: ${links.join(" ")}`);
+      check((await page.$$(`[data-device="${device}"] .apps`)).length === 1, `${device} has one app hint`);
+    }
+    await page.waitForSelector('[data-device="tg-601-2"] a.download');
+    const name = await page.getAttribute('[data-device="tg-601-2"] a.download', "download");
+    check(name === "amnezia-Laptop.conf", `the AmneziaWG device downloads amnezia-Laptop.conf: ${name}`);
+    await page.click('[data-device="tg-601-2"] .apps a');
+    await page.waitForFunction(() => window.__opened.length === 1, null, { timeout: 5000 });
+    const opened = await page.evaluate(() => window.__opened[0]);
+    check(opened === APP_LINKS.amneziawg[0], `a store link opens through openLink: ${opened}`);
+    await page.screenshot({ path: path.join(artifacts, `miniapp-apps-${lang}.png`), fullPage: true });
+    console.log(`miniapp app hints ${lang}: ok`);
+  }, who);
+}
+
 async function expired() {
   await withMiniApp("light", staleInitData, async (page) => {
     await page.waitForSelector('body[data-loaded="true"]', { timeout: 15000 });
@@ -125,6 +177,8 @@ async function expired() {
 
 (async () => {
   for (const theme of ["light", "dark"]) await run(theme);
+  await appHints("en", initData, user);
+  await appHints("ru", initDataRu, userRu);
   await expired();
 })().catch((error) => {
   console.error(error);
