@@ -26,7 +26,8 @@ pub struct ReminderCandidate {
 }
 
 /// Users whose `paidUntil` lies in `(from, to]`, with when their period began: the latest
-/// ledger change that can move `paidUntil` (a grant, an applied payment, a refund).
+/// ledger change that can move `paidUntil` (a grant or its revocation, an applied YooKassa or
+/// Stars payment, a refund of either).
 pub async fn reminder_candidates(
     ledger: &Ledger,
     from: Timestamp,
@@ -34,11 +35,15 @@ pub async fn reminder_candidates(
 ) -> Result<Vec<ReminderCandidate>, LedgerError> {
     let rows = sqlx::query(
         "SELECT u.telegram_id, u.paid_until, u.suspended, u.language_code, GREATEST( \
-           (SELECT max(g.granted_at) FROM grants g WHERE g.user_id = u.telegram_id), \
+           (SELECT max(GREATEST(g.granted_at, g.revoked_at)) FROM grants g \
+              WHERE g.user_id = u.telegram_id), \
            (SELECT max(a.applied_at) FROM payment_applications a \
               JOIN payments p ON p.id = a.payment_id WHERE p.user_id = u.telegram_id), \
            (SELECT max(r.refunded_at) FROM refunds r \
-              JOIN payments p ON p.id = r.payment_id WHERE p.user_id = u.telegram_id) \
+              JOIN payments p ON p.id = r.payment_id WHERE p.user_id = u.telegram_id), \
+           (SELECT max(s.paid_at) FROM star_payments s WHERE s.user_id = u.telegram_id), \
+           (SELECT max(r.refunded_at) FROM star_refunds r \
+              JOIN star_payments s ON s.id = r.payment_id WHERE s.user_id = u.telegram_id) \
          ) AS period_began_at \
          FROM users u WHERE u.paid_until > $1 AND u.paid_until <= $2 ORDER BY u.telegram_id",
     )

@@ -1,8 +1,8 @@
 //! The background jobs and the HTTP side against real PostgreSQL, the real Kubernetes API server
 //! (as the bot's ServiceAccount under the chart's RBAC) and a fake Telegram Bot API (wiremock):
-//! reminders sent once per period and kept across restarts, the payment outbox drained, a
-//! blocked user counted as failed without retries, the command list registered in both
-//! languages, the webhook's secret token, and the health/metrics endpoints.
+//! reminders sent once per period (one paid in Stars too) and kept across restarts, the payment
+//! outbox drained, a blocked user counted as failed without retries, the command list
+//! registered in both languages, the webhook's secret token, and the health/metrics endpoints.
 
 mod common;
 
@@ -21,7 +21,7 @@ use wgsub_bot::reminders::ReminderKind;
 use wgsub_bot::text::{self, Lang};
 use wgsub_bot::{http, jobs, telegram};
 use wgsub_ledger::yookassa::{self, Amount, METADATA_PAYMENT_ID, METADATA_USER_ID};
-use wgsub_ledger::{AdminGrant, PaymentOrder, TelegramUser};
+use wgsub_ledger::{AdminGrant, PaymentOrder, StarPurchase, TelegramUser};
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
 
@@ -159,6 +159,47 @@ async fn a_three_day_trial_is_not_told_three_days_left_at_sign_up_but_gets_the_l
         [
             (3101, text::reminder(Lang::En, ReminderKind::OneDay, end)),
             (3101, text::reminder(Lang::En, ReminderKind::Expired, end)),
+        ]
+    );
+    h.assert_nothing_forbidden();
+}
+
+#[tokio::test]
+async fn a_short_plan_paid_in_stars_is_not_told_three_days_left_at_payment_but_gets_the_rest() {
+    let h = harness("bot_stars_reminders", Options::default()).await;
+    let telegram = fake_telegram(&[]).await;
+    let bot = bot_for(&telegram);
+    let start: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+    h.ledger.upsert_user(&tg(3102, "en"), start).await.unwrap();
+    let purchase = StarPurchase {
+        telegram_payment_charge_id: "charge-3102".into(),
+        user_id: 3102,
+        plan: "three-days".into(),
+        days: 3,
+        devices: 1,
+        stars: 50,
+        invoice_payload: "payload".into(),
+        paid_at: start,
+    };
+    h.ledger.apply_star_payment(&purchase, start).await.unwrap();
+    let end = start + DAY * 3;
+
+    // The Stars payment began the period: nothing is due at it or soon after.
+    for now in [start, start + DAY / 24, start + DAY + DAY / 2] {
+        let report = jobs::send_due_reminders(&h.app, &bot, now).await.unwrap();
+        assert_eq!((report.sent, report.failed), (0, 0), "at {now}");
+    }
+    jobs::send_due_reminders(&h.app, &bot, end - DAY / 2)
+        .await
+        .unwrap();
+    jobs::send_due_reminders(&h.app, &bot, end + DAY / 24)
+        .await
+        .unwrap();
+    assert_eq!(
+        sent_texts(&telegram).await,
+        [
+            (3102, text::reminder(Lang::En, ReminderKind::OneDay, end)),
+            (3102, text::reminder(Lang::En, ReminderKind::Expired, end)),
         ]
     );
     h.assert_nothing_forbidden();
