@@ -551,14 +551,21 @@ pub fn admin_usage_error(lang: Lang, error: &AdminParseError) -> String {
     )
 }
 
-/// Money amounts per currency, e.g. `1990.00 RUB`; `0` when there are none.
+/// Money amounts per currency, e.g. `1990.00 RUB`, Telegram Stars whole (`450 XTR`: they
+/// have no minor unit); `0` when there are none.
 pub fn amounts(amounts: &[(String, i64)]) -> String {
     if amounts.is_empty() {
         return "0".into();
     }
     amounts
         .iter()
-        .map(|(currency, minor)| format!("{}.{:02} {currency}", minor / 100, (minor % 100).abs()))
+        .map(|(currency, minor)| {
+            if currency == wgsub_ledger::stars::STARS_CURRENCY {
+                format!("{minor} {currency}")
+            } else {
+                format!("{}.{:02} {currency}", minor / 100, (minor % 100).abs())
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -1235,11 +1242,15 @@ mod tests {
     }
 
     #[test]
-    fn amounts_are_shown_with_two_decimals() {
+    fn amounts_are_shown_with_two_decimals_and_stars_whole() {
         assert_eq!(amounts(&[]), "0");
         assert_eq!(
             amounts(&[("RUB".into(), 19_905), ("USD".into(), 7)]),
             "199.05 RUB, 0.07 USD"
+        );
+        assert_eq!(
+            amounts(&[("RUB".into(), 19_900), ("XTR".into(), 450)]),
+            "199.00 RUB, 450 XTR"
         );
     }
 
