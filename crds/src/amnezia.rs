@@ -326,6 +326,36 @@ impl AmneziaParams {
         }
         pairs
     }
+
+    /// A stable fingerprint of the set (16 hex digits): equal exactly when [`Self::pairs`]
+    /// holds the same keys and values, whatever their order — what tells that a server's
+    /// clients need new configs. See [`fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.pairs())
+    }
+}
+
+/// The fingerprint of `(key, value)` pairs, independent of their order: FNV-1a (64 bit) over
+/// the pairs sorted, each part length-prefixed so no two different sets encode alike. Fixed by
+/// its definition (no randomly seeded hasher), so it may be stored and compared across
+/// processes and releases.
+pub fn fingerprint(pairs: &[(&str, String)]) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut sorted: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    sorted.sort_unstable();
+    let mut hash = OFFSET;
+    let mut feed = |bytes: &[u8]| {
+        for byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    for (key, value) in sorted {
+        feed(key.as_bytes());
+        feed(value.as_bytes());
+    }
+    format!("{hash:016x}")
 }
 
 fn unsigned(value: Option<i32>) -> Option<u32> {
@@ -804,6 +834,64 @@ mod tests {
         assert!(a.overlaps(&HeaderRange { start: 0, end: 10 }));
         assert!(!a.overlaps(&HeaderRange::single(21)));
         assert!(!a.overlaps(&HeaderRange::single(9)));
+    }
+
+    #[test]
+    fn fingerprints_are_fixed_and_ignore_pair_order() {
+        let pairs = |list: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+            list.iter().map(|(k, v)| (*k, v.to_string())).collect()
+        };
+        let forward = pairs(&[("Jc", "4"), ("Jmin", "40"), ("H1", "5-9")]);
+        let backward = pairs(&[("H1", "5-9"), ("Jmin", "40"), ("Jc", "4")]);
+        assert_eq!(fingerprint(&forward), fingerprint(&backward));
+        // FNV-1a of nothing: the value is part of the stored contract, not an accident.
+        assert_eq!(fingerprint(&[]), "cbf29ce484222325");
+        let params = spec(good_1_0()).amneziawg_params().unwrap();
+        assert_eq!(params.fingerprint(), params.clone().fingerprint());
+        assert_eq!(params.fingerprint().len(), 16);
+        assert!(params.fingerprint().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn fingerprints_change_with_any_parameter() {
+        let base = spec(good_1_0()).amneziawg_params().unwrap().fingerprint();
+        for (key, value) in [
+            ("jc", serde_json::json!(5)),
+            ("jmin", serde_json::json!(41)),
+            ("jmax", serde_json::json!(71)),
+            ("s1", serde_json::json!(26)),
+            ("s2", serde_json::json!(62)),
+            ("h1", serde_json::json!("1234568")),
+            ("h4", serde_json::json!("4567891")),
+        ] {
+            let changed = spec(with(good_1_0(), &[(key, value)]))
+                .amneziawg_params()
+                .unwrap();
+            assert_ne!(changed.fingerprint(), base, "{key} changed");
+        }
+        // Opting into 1.5 changes the set clients need even with S3 = S4 = 0.
+        let v15 = spec(with(
+            good_1_0(),
+            &[
+                ("version", serde_json::json!("1.5")),
+                ("s3", serde_json::json!(0)),
+                ("s4", serde_json::json!(0)),
+            ],
+        ))
+        .amneziawg_params()
+        .unwrap();
+        assert_ne!(v15.fingerprint(), base);
+        // Parts are length-prefixed: moving characters between key and value, or between
+        // neighbouring values, is a different set.
+        let split = |a: &'static str, b: &str| vec![(a, b.to_string())];
+        assert_ne!(
+            fingerprint(&split("S1", "25")),
+            fingerprint(&split("S12", "5"))
+        );
+        assert_ne!(
+            fingerprint(&[("H1", "1".into()), ("H2", "23".into())]),
+            fingerprint(&[("H1", "12".into()), ("H2", "3".into())])
+        );
     }
 
     #[test]
