@@ -19,6 +19,7 @@ pub mod http;
 pub mod key_cleanup;
 pub mod lease;
 pub mod metrics;
+pub mod migrate_keys;
 pub mod patches;
 pub mod peer_view;
 pub mod pools;

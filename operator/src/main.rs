@@ -1,9 +1,20 @@
-//! `wgsub-operator` binary: parse the settings, start logging, run the operator.
+//! `wgsub-operator` binary: parse the settings, start logging, run the operator — or, as
+//! `wgsub-operator migrate-keys`, move the key Secrets into their namespaces (`migrate_keys`).
 
 use wgsub_operator::config::Config;
+use wgsub_operator::migrate_keys::MigrateConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "migrate-keys")
+    {
+        let config = MigrateConfig::try_parse_checked(std::env::args_os().skip(1))
+            .unwrap_or_else(|e| e.exit());
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        return wgsub_operator::migrate_keys::run(config).await;
+    }
     let config = Config::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     // One TLS crypto provider, named here: with two compiled in (as a build with test
     // dependencies has), rustls would refuse to pick one at the first connection.
