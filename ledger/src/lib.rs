@@ -78,8 +78,9 @@
 //! and consumed once by [`Ledger::apply_payment`].
 //!
 //! **Referrals** — [`referral`]: [`Ledger::with_referral_days`]`(days)` turns rewards on;
-//! [`Ledger::apply_payment`] rewards the referrer of a user's first payment and
-//! [`Ledger::record_refund`] revokes it; [`Ledger::referral_summary`]`(user)`,
+//! [`Ledger::apply_payment`] and [`Ledger::apply_star_payment`] reward the referrer of a
+//! user's first payment (of either kind), [`Ledger::record_refund`] (in full) and
+//! [`Ledger::record_star_refund`] revoke it; [`Ledger::referral_summary`]`(user)`,
 //! [`referral::referral_link`].
 //!
 //! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and

@@ -5,7 +5,7 @@
 //! the referee, so once per referee whatever races) and a notification — all in the payment's
 //! transaction. Never for oneself, never for a referrer who is not a user.
 //!
-//! A payment in YooKassa or in Telegram Stars earns it alike ([`EarnedBy`]): the referee's
+//! A payment in YooKassa or in Telegram Stars earns it alike (`EarnedBy`): the referee's
 //! first payment of either kind is their first payment, and a later one of the other kind is
 //! not. The reward row points at the payment that earned it (`payment_id` or
 //! `star_payment_id`).
