@@ -15,6 +15,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod reminders;
+pub mod server_changes;
 pub mod stars;
 pub mod store;
 pub mod telegram;

@@ -16,7 +16,7 @@ use wgsub_bot::app::{App, Settings};
 use wgsub_bot::broadcast::Pacing;
 use wgsub_bot::config::{Config, LogFormat, Mode};
 use wgsub_bot::metrics::Metrics;
-use wgsub_bot::{handlers, http, jobs, telegram};
+use wgsub_bot::{handlers, http, jobs, server_changes, telegram};
 use wgsub_crds::plans::PlanCatalogue;
 use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{
@@ -173,6 +173,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
                         jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
                     {
                         tracing::warn!(%error, "outbox run failed");
+                    }
+                }
+            }
+        },
+    );
+
+    spawn_loop(
+        &mut tasks,
+        shutdown.clone(),
+        every(config.outbox_interval),
+        {
+            let (app, bot) = (app.clone(), bot.clone());
+            move || {
+                let (app, bot) = (app.clone(), bot.clone());
+                async move {
+                    let now = Timestamp::now();
+                    if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
+                        tracing::warn!(%error, "server change run failed");
                     }
                 }
             }

@@ -466,6 +466,24 @@ pub fn reminder(lang: Lang, kind: ReminderKind, paid_until: Timestamp) -> String
     }
 }
 
+/// Told once to every user with a device on a server whose AmneziaWG parameters changed:
+/// the configs they imported stop working.
+pub fn server_params_changed(lang: Lang) -> &'static str {
+    lang.pick(
+        "Настройки подключения сервера изменились — прежний конфиг больше не работает. \
+         Получите новый: /config (или кнопкой ниже) и заново импортируйте его в AmneziaVPN \
+         или AmneziaWG, удалив старый туннель.",
+        "The server's connection settings changed — your old config no longer works. \
+         Get the new one with /config (or the button below) and import it again into \
+         AmneziaVPN or AmneziaWG, removing the old tunnel.",
+    )
+}
+
+/// The button under [`server_params_changed`] that sends one device's new config.
+pub fn new_config_button(lang: Lang, device: &str) -> String {
+    format!("{} {device}", lang.pick("Новый конфиг:", "New config:"))
+}
+
 // ---- administrators ----
 
 pub fn admin_help(lang: Lang) -> String {

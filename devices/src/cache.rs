@@ -478,6 +478,16 @@ impl Caches {
         self.inner.servers.get(&self.key(name))
     }
 
+    /// Every cached `WgServer`, in no particular order.
+    pub fn servers(&self) -> Vec<Arc<WgServer>> {
+        self.inner.servers.state()
+    }
+
+    /// Every cached `WgPeer`, in no particular order.
+    pub fn peers(&self) -> Vec<Arc<WgPeer>> {
+        self.inner.peers.state()
+    }
+
     /// The namespace of the cached key Secrets.
     pub fn keys_namespace(&self) -> &str {
         &self.inner.keys_namespace
