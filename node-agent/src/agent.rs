@@ -1,12 +1,13 @@
 //! The agent loop: reads the index, calls the pure decisions, applies the result to the
-//! interfaces through the worker, and queues status. While the first `WgPeer` list arrives it
+//! interfaces through the worker, and queues status: a peer's `Ready` as soon as the pass that
+//! put it on (or took it off) the interface is done, the rest every status interval. While the first `WgPeer` list arrives it
 //! already adds the peers that are safe to add on a partial view (start passes). It wakes on an
 //! index change (incremental: the diff against what it last applied), at the next `expiresAt`
 //! (its own timer), and every resync interval plus once at start (full: the diff against the
 //! interface as read, which removes hand-added peers, restores a changed key or port and
 //! recreates a deleted interface).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +34,9 @@ use crate::snapshot::{InterfaceSnapshot, PeerConfig};
 /// Peer configurations by public key.
 type PeerConfigs = BTreeMap<PublicKey, PeerConfig>;
 use crate::status::{
-    Due, RoutineBudget, peer_ready, peer_status, peer_write_due, reason, routine_interval,
-    server_ready, server_status, server_write_due,
+    Due, RoutineBudget, applied_peer_status, applied_write_due, peer_ready, peer_status,
+    peer_write_due, peers_to_judge, reason, routine_interval, server_ready, server_status,
+    server_write_due,
 };
 
 /// The loop's settings.
@@ -688,6 +690,7 @@ impl Agent {
             return;
         };
         let desired_count = decision.desired.peers.len();
+        let judge = peers_to_judge(&dirty.peers, touched.as_ref(), &decision.desired);
         let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
         let prepare_needed = runtime.applied.is_none() || key_changed;
         // The first full pass after a start pass compares with what it applied (read when the
@@ -813,6 +816,60 @@ impl Agent {
                     runtime.problem = Some((reason::INTERFACE_ERROR, format!("NAT: {error}")));
                 }
                 Err(gone) => runtime.problem = Some((reason::INTERFACE_ERROR, gone.to_string())),
+            }
+        }
+        self.queue_applied_status(&name, judge.as_ref());
+    }
+
+    /// Queues, right after a sync pass applied them, the status writes that matter of the
+    /// peers it judged (`None`: every peer of the server) — a first `Ready`, a cut at expiry or
+    /// a disable — instead of leaving them to the next status batch. Whether a peer is on the
+    /// interface is what the pass applied; counters wait for the batch.
+    fn queue_applied_status(&mut self, server_name: &str, judge: Option<&BTreeSet<String>>) {
+        let Some(runtime) = self.servers.get(server_name) else {
+            return;
+        };
+        let (Some(decision), Some(applied)) = (&runtime.decision, &runtime.applied) else {
+            return;
+        };
+        let states = &decision.desired.states;
+        let judged: Vec<(&String, &PeerState)> = match judge {
+            Some(names) => names
+                .iter()
+                .filter_map(|name| states.get_key_value(name))
+                .collect(),
+            None => states.iter().collect(),
+        };
+        let now = Timestamp::now();
+        for (peer_name, state) in judged {
+            let on_interface = matches!(state, PeerState::Live(key) if applied.contains_key(key));
+            let Some((current, generation)) = self.index.read(|index| {
+                index
+                    .peer(peer_name)
+                    .map(|peer| (peer.status.clone(), peer.generation))
+            }) else {
+                continue;
+            };
+            let (last, counters_at) = match self.written.peers.get(peer_name) {
+                Some((written, at)) => (Some(written), *at),
+                None => (current.as_ref(), None),
+            };
+            let ready = peer_ready(
+                state,
+                on_interface,
+                runtime.interface.name(),
+                generation,
+                now,
+            );
+            let new = applied_peer_status(last, ready, on_interface, generation);
+            if applied_write_due(&new, last) {
+                self.status.push(
+                    Target::Peer(peer_name.clone()),
+                    StatusWrite::Peer(new.clone()),
+                );
+                self.written
+                    .peers
+                    .insert(peer_name.clone(), (new, counters_at));
             }
         }
     }

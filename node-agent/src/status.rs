@@ -7,16 +7,21 @@
 //! allows: together they keep routine writes within
 //! [`ROUTINE_WRITES_PER_MINUTE`] however many peers the node holds, spread evenly over time, so
 //! the writes that matter never queue behind thousands of counter updates. A server's
-//! `lastSync` alone is written at most once per counter interval.
+//! `lastSync` alone is written at most once per counter interval. A peer a sync pass put on or
+//! took off the interface is judged right after that pass ([`peers_to_judge`],
+//! [`applied_peer_status`], [`applied_write_due`]), so a paid peer reads `Ready` within the
+//! pass, not at the next batch; those writes are never routine and take no budget.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use wgsub_crds::keys::PublicKey;
 use wgsub_crds::resources::{CONDITION_READY, new_condition, set_condition};
 use wgsub_crds::{WgPeerStatus, WgServerStatus};
 
-use crate::desired::{NotLive, PeerState, Refusal};
+use crate::desired::{DesiredPeers, NotLive, PeerState, Refusal};
 use crate::snapshot::PeerStats;
 
 /// Condition reasons the agent writes.
@@ -228,10 +233,7 @@ pub fn peer_write_due(
     let Some(last) = last else {
         return Some(Due::Now);
     };
-    let important = new.active != last.active
-        || (last.last_handshake.is_none() && new.last_handshake.is_some())
-        || new.conditions != last.conditions
-        || new.observed_generation != last.observed_generation;
+    let important = important_change(new, last);
     let routine = new.rx_bytes != last.rx_bytes
         || new.tx_bytes != last.tx_bytes
         || new.last_handshake != last.last_handshake;
@@ -242,6 +244,60 @@ pub fn peer_write_due(
     } else {
         None
     }
+}
+
+/// `active`, a condition or the observed generation changed, or the first handshake came.
+fn important_change(new: &WgPeerStatus, last: &WgPeerStatus) -> bool {
+    new.active != last.active
+        || (last.last_handshake.is_none() && new.last_handshake.is_some())
+        || new.conditions != last.conditions
+        || new.observed_generation != last.observed_generation
+}
+
+/// The peers a sync pass may have put on or taken off the interface, so their `Ready` is
+/// judged right after it instead of at the next status batch: the peers whose input changed
+/// (`dirty`) that this interface decides, and the owners of the desired entries the pass
+/// re-decided (`touched`, `None` after a decision from scratch). `None`: judge every peer —
+/// after a decision from scratch, or when a re-decided entry left the desired peers (an
+/// expiry, or a conflict that moved) and its peer's name is no longer at hand.
+pub fn peers_to_judge(
+    dirty: &BTreeSet<String>,
+    touched: Option<&BTreeSet<PublicKey>>,
+    desired: &DesiredPeers,
+) -> Option<BTreeSet<String>> {
+    let touched = touched?;
+    let mut names: BTreeSet<String> = dirty
+        .iter()
+        .filter(|name| desired.states.contains_key(*name))
+        .cloned()
+        .collect();
+    for key in touched {
+        names.insert(desired.peers.get(key)?.name.clone());
+    }
+    Some(names)
+}
+
+/// The status a peer should have right after a sync pass, before the next batch reads the
+/// interface's statistics: `active` is whether the pass left it on the interface, counters and
+/// the handshake stay as `last` has them (so the batch's routine writes keep their pace).
+pub fn applied_peer_status(
+    last: Option<&WgPeerStatus>,
+    ready: Condition,
+    on_interface: bool,
+    generation: Option<i64>,
+) -> WgPeerStatus {
+    let mut status = last.cloned().unwrap_or_default();
+    status.active = on_interface;
+    set_condition(&mut status.conditions, ready);
+    status.observed_generation = generation;
+    status
+}
+
+/// Whether the status of a peer a sync pass judged is written at once: it was never written,
+/// or something that matters changed (a first `Ready`, a cut, a new reason); never for
+/// counters, which wait for the batch.
+pub fn applied_write_due(new: &WgPeerStatus, last: Option<&WgPeerStatus>) -> bool {
+    last.is_none_or(|last| important_change(new, last))
 }
 
 /// The `Ready` condition of a server: synced, or why the interface could not be made.
@@ -601,6 +657,99 @@ mod tests {
         );
         let tiny = RoutineBudget::new(Duration::from_millis(1));
         assert_eq!(tiny.most, 1.0);
+    }
+
+    /// `a` live on `key_a`, `b` disabled, `c` live on `key_c`.
+    fn decided(key_a: PublicKey, key_c: PublicKey) -> DesiredPeers {
+        let desired = |name: &str| crate::desired::DesiredPeer {
+            name: name.into(),
+            config: crate::snapshot::PeerConfig::default(),
+        };
+        DesiredPeers {
+            peers: [(key_a, desired("a")), (key_c, desired("c"))].into(),
+            states: [
+                ("a".to_owned(), PeerState::Live(key_a)),
+                ("b".to_owned(), PeerState::NotLive(NotLive::Disabled)),
+                ("c".to_owned(), PeerState::Live(key_c)),
+            ]
+            .into(),
+        }
+    }
+
+    fn names(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_pass_judges_its_changed_peers_and_the_owners_of_what_it_redecided() {
+        let key_a = PrivateKey::generate().public_key();
+        let key_c = PrivateKey::generate().public_key();
+        let desired = decided(key_a, key_c);
+        // Peers of other servers (not in the decision) are not this interface's to judge.
+        let dirty = names(&["b", "elsewhere"]);
+        assert_eq!(
+            peers_to_judge(&dirty, Some(&[key_c].into()), &desired),
+            Some(names(&["b", "c"]))
+        );
+        assert_eq!(
+            peers_to_judge(&names(&[]), Some(&BTreeSet::new()), &desired),
+            Some(BTreeSet::new())
+        );
+        // From scratch, or an entry that left (an expiry): every peer.
+        assert_eq!(peers_to_judge(&dirty, None, &desired), None);
+        let gone = PrivateKey::generate().public_key();
+        assert_eq!(
+            peers_to_judge(&dirty, Some(&[key_a, gone].into()), &desired),
+            None
+        );
+    }
+
+    #[test]
+    fn a_peer_put_on_the_interface_is_ready_at_once_with_its_counters_kept() {
+        let state = live();
+        let pending = peer_ready(&state, false, "wg0", Some(1), t(NOW));
+        // Created by the operator: no status at all yet.
+        let ready = peer_ready(&state, true, "wg0", Some(1), t(NOW));
+        let first = applied_peer_status(None, ready.clone(), true, Some(1));
+        assert!(first.active);
+        assert_eq!(first.conditions[0].status, "True");
+        assert!(applied_write_due(&first, None));
+        // Reported pending before (a batch ran before the pass): the cut to Ready is written.
+        let before = peer_status(None, pending, None, Some(1));
+        let on = applied_peer_status(Some(&before), ready.clone(), true, Some(1));
+        assert!(applied_write_due(&on, Some(&before)));
+        // Already written as it is: nothing again.
+        assert!(!applied_write_due(&on, Some(&on)));
+        // Counters and handshake stay as last written, whatever the interface holds now.
+        let busy = peer_status(None, ready.clone(), Some(&stats(500, Some(NOW))), Some(1));
+        let again = applied_peer_status(Some(&busy), ready, true, Some(1));
+        assert_eq!(again, busy);
+        assert!(!applied_write_due(&again, Some(&busy)));
+    }
+
+    #[test]
+    fn a_peer_taken_off_at_expiry_or_disable_is_cut_at_once() {
+        let state = live();
+        let ready = peer_ready(&state, true, "wg0", Some(1), t(NOW));
+        let on = peer_status(None, ready, Some(&stats(500, Some(NOW))), Some(1));
+        for (gone, why) in [
+            (NotLive::Expired, reason::EXPIRED),
+            (NotLive::Disabled, reason::DISABLED),
+        ] {
+            let cut = peer_ready(&PeerState::NotLive(gone), false, "wg0", Some(2), t(NOW));
+            let off = applied_peer_status(Some(&on), cut, false, Some(2));
+            assert!(!off.active);
+            assert_eq!(off.conditions[0].status, "False");
+            assert_eq!(off.conditions[0].reason, why);
+            assert_eq!(off.rx_bytes, 500, "counters kept");
+            assert_eq!(off.last_handshake, Some(t(NOW)));
+            assert!(applied_write_due(&off, Some(&on)));
+        }
+        // Live but the pass did not put it on (yet): pending, not ready, and written.
+        let pending = peer_ready(&state, false, "wg0", Some(1), t(NOW));
+        let waiting = applied_peer_status(Some(&on), pending, false, Some(1));
+        assert_eq!(waiting.conditions[0].reason, reason::PENDING);
+        assert!(applied_write_due(&waiting, Some(&on)));
     }
 
     #[test]
