@@ -1,11 +1,11 @@
 //! The agent loop: reads the index, calls the pure decisions, applies the result to the
 //! interfaces through the worker, and queues status: a peer's `Ready` as soon as the pass that
-//! put it on (or took it off) the interface is done, the rest every status interval. While the first `WgPeer` list arrives it
-//! already adds the peers that are safe to add on a partial view (start passes). It wakes on an
-//! index change (incremental: the diff against what it last applied), at the next `expiresAt`
-//! (its own timer), and every resync interval plus once at start (full: the diff against the
-//! interface as read, which removes hand-added peers, restores a changed key or port and
-//! recreates a deleted interface).
+//! put it on (or took it off) the interface is done, the rest every status interval. While the
+//! first `WgPeer` list arrives it already adds the peers that are safe to add on a partial view
+//! (start passes). It wakes on an index change (incremental: the diff against what it last
+//! applied), at the next `expiresAt` (its own timer), and every resync interval plus once at
+//! start (full: the diff against the interface as read, which removes hand-added peers,
+//! restores a changed key or port and recreates a deleted interface).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
