@@ -2,8 +2,8 @@
 //! real Kubernetes API server (the bot's caches as its ServiceAccount under the chart's RBAC)
 //! and a fake Telegram Bot API: the first sight of a server tells nobody, a change tells each
 //! user with a peer on it exactly once (in their language, with a button per device) even with
-//! two runs at once and a run stopped half-way, a change back is a change again, and a
-//! WireGuard server never counts.
+//! two runs at once and a run stopped half-way, a chat that blocked the bot is tried once and
+//! never again, a change back is a change again, and a WireGuard server never counts.
 
 mod common;
 
@@ -73,10 +73,10 @@ fn per_chat(messages: &[(i64, String, Vec<String>)]) -> BTreeMap<i64, usize> {
 #[tokio::test]
 async fn a_parameter_change_tells_each_user_on_the_server_once_and_wireguard_never() {
     let h = harness("bot_server_params", Options::default()).await;
-    let telegram = fake_telegram(&[]).await;
+    let telegram = fake_telegram(&[4004]).await;
     let bot = bot_for(&telegram);
     let start: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
-    for (id, language) in [(4001, "en"), (4002, "ru"), (4003, "en")] {
+    for (id, language) in [(4001, "en"), (4002, "ru"), (4003, "en"), (4004, "en")] {
         h.ledger
             .upsert_user(&tg(id, language), start)
             .await
@@ -106,13 +106,15 @@ async fn a_parameter_change_tells_each_user_on_the_server_once_and_wireguard_nev
             .unwrap();
         h.visible(&server).await;
     }
-    // 4001 has two devices on the AmneziaWG server, 4002 one, 4003 only a WireGuard one.
+    // 4001 has two devices on the AmneziaWG server, 4002 and 4004 (who blocked the bot) one,
+    // 4003 only a WireGuard one.
     let peers: Api<WgPeer> = Api::namespaced(h.admin.clone(), &h.namespace);
     for (user, index, server) in [
         (4001, 1, "awg"),
         (4001, 2, "awg"),
         (4002, 1, "awg"),
         (4003, 1, "plain"),
+        (4004, 1, "awg"),
     ] {
         let subscription = subscription_name(user);
         let mut peer = WgPeer::new(
@@ -168,7 +170,8 @@ async fn a_parameter_change_tells_each_user_on_the_server_once_and_wireguard_nev
     assert_eq!(report.notices.sent, 1);
     assert_eq!(sent(&telegram).await.len(), 1);
 
-    // Two replicas at once: the rest goes out once, and nothing again afterwards.
+    // Two replicas at once: the rest goes out once — the blocked chat tried once, never
+    // retried — and nothing again afterwards.
     let (one, two) = tokio::join!(
         server_changes::run(&h.app, &bot, later, 100),
         server_changes::run(&h.app, &bot, later, 100),
@@ -176,23 +179,29 @@ async fn a_parameter_change_tells_each_user_on_the_server_once_and_wireguard_nev
     let (one, two) = (one.unwrap(), two.unwrap());
     assert_eq!(one.changed + two.changed, 0, "the change was recorded once");
     assert_eq!(one.notices.sent + two.notices.sent, 1);
+    assert_eq!(one.notices.failed + two.notices.failed, 1);
     let report = server_changes::run(&h.app, &bot, later + SignedDuration::from_hours(2), 100)
         .await
         .unwrap();
-    assert_eq!((report.changed, report.notices.sent), (0, 0));
+    assert_eq!(report.changed, 0);
+    assert_eq!((report.notices.sent, report.notices.failed), (0, 0));
 
     let messages = sent(&telegram).await;
-    assert_eq!(per_chat(&messages), BTreeMap::from([(4001, 1), (4002, 1)]));
+    assert_eq!(
+        per_chat(&messages),
+        BTreeMap::from([(4001, 1), (4002, 1), (4004, 1)])
+    );
     for (chat, message, buttons) in &messages {
         match chat {
             4001 => {
                 assert_eq!(message, text::server_params_changed(Lang::En));
                 assert_eq!(buttons, &["cfg:tg-4001-1", "cfg:tg-4001-2"]);
             }
-            _ => {
+            4002 => {
                 assert_eq!(message, text::server_params_changed(Lang::Ru));
                 assert_eq!(buttons, &["cfg:tg-4002-1"]);
             }
+            _ => assert_eq!(buttons, &["cfg:tg-4004-1"]),
         }
     }
 
@@ -209,8 +218,12 @@ async fn a_parameter_change_tells_each_user_on_the_server_once_and_wireguard_nev
     let report = server_changes::run(&h.app, &bot, later + SignedDuration::from_hours(3), 100)
         .await
         .unwrap();
-    assert_eq!((report.changed, report.notices.sent), (1, 2));
+    assert_eq!(report.changed, 1);
+    assert_eq!((report.notices.sent, report.notices.failed), (2, 1));
     let messages = sent(&telegram).await;
-    assert_eq!(per_chat(&messages), BTreeMap::from([(4001, 2), (4002, 2)]));
+    assert_eq!(
+        per_chat(&messages),
+        BTreeMap::from([(4001, 2), (4002, 2), (4004, 2)])
+    );
     h.assert_nothing_forbidden();
 }
