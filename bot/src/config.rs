@@ -200,6 +200,12 @@ pub struct Config {
     #[arg(long, env = "WGSUB_TRIAL_DAYS", default_value = "3", value_parser = parse_trial_days)]
     pub trial_days: u32,
 
+    /// Days a referrer gets when a user they brought pays for the first time (0: no rewards);
+    /// the same value as the api's, since either may apply that first payment (Stars in the
+    /// bot, YooKassa in the api).
+    #[arg(long, env = "WGSUB_REFERRAL_REWARD_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
+    pub referral_reward_days: u32,
+
     /// URL of the Mini App (the API's /miniapp/), opened by the WebApp buttons.
     #[arg(long, env = "WGSUB_MINIAPP_URL", value_parser = parse_https_url)]
     pub miniapp_url: url::Url,
@@ -374,6 +380,7 @@ mod tests {
         assert_eq!(config.mode, Mode::Polling);
         assert_eq!(config.trial_days, 3);
         assert_eq!(config.broadcast_rate, 25);
+        assert_eq!(config.referral_reward_days, 7);
         assert!(config.admin_ids.0.is_empty());
         config.validate().unwrap();
     }
@@ -389,6 +396,7 @@ mod tests {
             (&["--trial-days", "400"], "--trial-days"),
             (&["--admin-ids", "12,abc"], "--admin-ids"),
             (&["--broadcast-rate", "31"], "--broadcast-rate"),
+            (&["--referral-reward-days", "366"], "--referral-reward-days"),
             (&["--webhook-secret", "has space"], "--webhook-secret"),
             (&["--reminder-interval", "0"], "--reminder-interval"),
             (&["--mode", "carrier-pigeon"], "--mode"),

@@ -72,7 +72,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if config.migrate {
         db::migrate_with(&pool, config.database_pgbouncer).await?;
     }
-    let ledger = Ledger::new(pool, config.database_pgbouncer);
+    let ledger = Ledger::new(pool, config.database_pgbouncer)
+        .with_referral_days(config.referral_reward_days);
 
     let kube = kube::Client::try_default().await?;
     let yookassa = YooKassa::new(YooKassaConfig {
