@@ -55,9 +55,19 @@ pub fn server_keys_namespace(namespace: &str) -> String {
     format!("{namespace}-server-keys")
 }
 
-/// Renders the chart's RBAC and key namespaces for `namespace` with `--set` values `sets` and
-/// applies them (the key Namespaces first, then Roles, RoleBindings, ClusterRoles,
-/// ClusterRoleBindings) with the admin client.
+/// The kinds [`apply_chart_rbac`] applies of the rendered chart.
+const RBAC_KINDS: [&str; 5] = [
+    "Namespace",
+    "Role",
+    "RoleBinding",
+    "ClusterRole",
+    "ClusterRoleBinding",
+];
+
+/// Renders the chart for `namespace` with `--set` values `sets` and applies its RBAC and key
+/// namespaces — hooks included, e.g. the `migrate-keys` upgrade hook's Roles — (the key
+/// Namespaces first, then Roles, RoleBindings, ClusterRoles, ClusterRoleBindings) with the admin
+/// client. ServiceAccounts are made by the control plane when a test asks for their client.
 pub async fn apply_chart_rbac(plane: &ControlPlane, namespace: &str, sets: &[&str]) {
     let mut args = vec![
         "template".to_owned(),
@@ -65,10 +75,6 @@ pub async fn apply_chart_rbac(plane: &ControlPlane, namespace: &str, sets: &[&st
         chart_dir().display().to_string(),
         "--namespace".to_owned(),
         namespace.to_owned(),
-        "--show-only".to_owned(),
-        "templates/keynamespaces.yaml".to_owned(),
-        "--show-only".to_owned(),
-        "templates/rbac.yaml".to_owned(),
     ];
     for set in sets {
         args.push("--set".to_owned());
@@ -91,7 +97,12 @@ pub async fn apply_chart_rbac(plane: &ControlPlane, namespace: &str, sets: &[&st
     let client = plane.admin_client();
     let mut objects = Vec::new();
     for document in serde_yaml::Deserializer::from_str(&text) {
-        if let Some(object) = Option::<DynamicObject>::deserialize(document).expect("valid YAML") {
+        if let Some(object) = Option::<DynamicObject>::deserialize(document).expect("valid YAML")
+            && object
+                .types
+                .as_ref()
+                .is_some_and(|t| RBAC_KINDS.contains(&t.kind.as_str()))
+        {
             objects.push(object);
         }
     }
