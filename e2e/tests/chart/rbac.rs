@@ -232,7 +232,8 @@ fn node_agent_rbac_grants_exactly_its_api_calls() {
 #[test]
 fn every_binding_binds_one_component_account_and_the_migrations_job_gets_none() {
     let docs = render_every_option_on();
-    let accounts: BTreeSet<String> = ["operator", "api", "bot", "node-agent"]
+    // The four components, and the key migration hook (charts/wgsub/templates/migrate-keys.yaml).
+    let accounts: BTreeSet<String> = ["operator", "api", "bot", "node-agent", "migrate-keys"]
         .map(component)
         .into();
     for binding in docs

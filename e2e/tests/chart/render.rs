@@ -289,7 +289,54 @@ fn the_migrations_job_is_a_pre_install_and_pre_upgrade_hook_running_migrate() {
         container["command"],
         serde_json::json!(["/usr/local/bin/wgsub-api", "migrate"])
     );
-    assert!(of_kind(&render(&["api.migrations.enabled=false"]), "Job").is_empty());
+    let off = render(&["api.migrations.enabled=false"]);
+    assert!(
+        of_kind(&off, "Job")
+            .iter()
+            .all(|j| name_of(j) != component("migrate"))
+    );
+}
+
+#[test]
+fn the_key_migration_is_a_pre_upgrade_hook_with_its_own_narrow_roles() {
+    let docs = render(&[]);
+    let name = component("migrate-keys");
+    let job = find(&docs, "Job", &name);
+    assert_eq!(
+        job["metadata"]["annotations"]["helm.sh/hook"],
+        "pre-upgrade"
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], name.as_str());
+    assert_eq!(
+        pod["containers"][0]["command"],
+        serde_json::json!(["/usr/local/bin/wgsub-operator", "migrate-keys"])
+    );
+    let rules: BTreeSet<(String, String)> = of_kind(&docs, "Role")
+        .into_iter()
+        .filter(|r| name_of(r) == name)
+        .map(|r| {
+            let namespace = r["metadata"]["namespace"].as_str().unwrap().to_owned();
+            (namespace, r["rules"].to_string())
+        })
+        .collect();
+    let secrets =
+        |verbs: &str| format!(r#"[{{"apiGroups":[""],"resources":["secrets"],"verbs":{verbs}}}]"#);
+    assert_eq!(
+        rules,
+        [
+            (
+                NAMESPACE.to_owned(),
+                r#"[{"apiGroups":[""],"resources":["secrets"],"verbs":["get","list"]},{"apiGroups":["wgsub.io"],"resources":["wgpeers","wgservers"],"verbs":["list"]}]"#
+                    .to_owned()
+            ),
+            (format!("{NAMESPACE}-keys"), secrets(r#"["create","get"]"#)),
+            (format!("{NAMESPACE}-server-keys"), secrets(r#"["create","get"]"#)),
+        ]
+        .into()
+    );
+    let off = render(&["keyNamespaces.migrateOnUpgrade=false"]);
+    assert!(off.iter().all(|d| name_of(d) != name));
 }
 
 #[test]
@@ -299,7 +346,7 @@ fn every_service_account_a_pod_uses_is_rendered_and_one_per_component() {
         .into_iter()
         .map(name_of)
         .collect();
-    let expected: BTreeSet<String> = ["operator", "api", "bot", "node-agent"]
+    let expected: BTreeSet<String> = ["operator", "api", "bot", "node-agent", "migrate-keys"]
         .map(component)
         .into();
     assert_eq!(accounts, expected.iter().map(String::as_str).collect());
