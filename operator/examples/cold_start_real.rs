@@ -14,8 +14,9 @@
 //! What it does: starts the control plane, makes a namespace with the chart's RBAC, one
 //! `WgServer` with a /16 pool, and N paid `VpnSubscription`s (created 64 at a time, before the
 //! operator runs); then starts the operator binary with a kubeconfig carrying the
-//! `wgsub-operator` ServiceAccount's token and watches the `WgPeer`s (as admin, one watch) until
-//! every subscription has a peer with an address and a published key.
+//! `wgsub-operator` ServiceAccount's token and its key Secrets in `<namespace>-keys` (as the
+//! chart runs it), and watches the `WgPeer`s (as admin, one watch) until every subscription has
+//! a peer with an address and a published key.
 //!
 //! Printed: the time from the operator's start to the last keyed peer (and to 50 % / 90 %), the
 //! operator's peak RSS (`VmHWM` of `/proc/<pid>/status`), whether every address is distinct, and

@@ -67,7 +67,8 @@ pub async fn operator_metrics(port: u16) -> String {
         .join(", ")
 }
 
-/// The operator as a process on `namespace` with default server `wg`, its stdout in `log`.
+/// The operator as a process on `namespace` with default server `wg` and its key Secrets in the
+/// chart's peer keys namespace (`<namespace>-keys`, as the chart runs it), its stdout in `log`.
 pub fn start_operator(
     namespace: &str,
     kubeconfig: &PathBuf,
@@ -81,6 +82,10 @@ pub fn start_operator(
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("KUBECONFIG", kubeconfig)
         .env("WGSUB_NAMESPACE", namespace)
+        .env(
+            "WGSUB_KEYS_NAMESPACE",
+            wgsub_testkit::chart::peer_keys_namespace(namespace),
+        )
         .env("WGSUB_DEFAULT_SERVER", "wg")
         .env("WGSUB_IDENTITY", "bench")
         .env("WGSUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
