@@ -26,7 +26,7 @@ use crate::expiry::sleep_until;
 use crate::http::Health;
 use crate::index::{Dirty, ServerKey, SharedIndex};
 use crate::interface::{Backend, Driver, LinkSpec, WgInterface, Worker};
-use crate::kube_shell::{KubeApi, StatusQueue, StatusWrite, Target};
+use crate::kube_shell::{KubeApi, Priority, StatusQueue, StatusWrite, Target};
 use crate::metrics::{ApplyKind, ApplyLabels, Metrics};
 use crate::nat::{self, Firewall, NatPlan};
 use crate::snapshot::{InterfaceSnapshot, PeerConfig};
@@ -866,6 +866,7 @@ impl Agent {
                 self.status.push(
                     Target::Peer(peer_name.clone()),
                     StatusWrite::Peer(new.clone()),
+                    Priority::Urgent,
                 );
                 self.written
                     .peers
@@ -1022,11 +1023,11 @@ impl Agent {
                     None => (current.as_ref(), None),
                 };
                 let write = match peer_write_due(&new, last, counters_at, now, routine) {
-                    Some(Due::Now) => true,
-                    Some(Due::Routine) => self.routine_budget.take(),
-                    None => false,
+                    Some(Due::Now) => Some(Priority::Urgent),
+                    Some(Due::Routine) => self.routine_budget.take().then_some(Priority::Routine),
+                    None => None,
                 };
-                if write {
+                if let Some(priority) = write {
                     let counters_changed = last.is_none_or(|last| {
                         last.rx_bytes != new.rx_bytes
                             || last.tx_bytes != new.tx_bytes
@@ -1040,6 +1041,7 @@ impl Agent {
                     self.status.push(
                         Target::Peer(peer_name.clone()),
                         StatusWrite::Peer(new.clone()),
+                        priority,
                     );
                     self.written.peers.insert(peer_name.clone(), (new, at));
                 }
@@ -1074,6 +1076,7 @@ impl Agent {
                 self.status.push(
                     Target::Server(server_name.clone()),
                     StatusWrite::Server(new.clone()),
+                    Priority::Urgent,
                 );
                 self.written.servers.insert(server_name.clone(), (new, now));
             }

@@ -392,39 +392,83 @@ pub enum Target {
     Server(String),
 }
 
-/// The latest-wins queue of status writes between the agent loop and the writer task.
+/// How soon a queued status write should go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A change users wait on (first `Ready`, a cut, a new reason or generation): sent before
+    /// every routine write.
+    Urgent,
+    /// Counters and handshakes: sent when no urgent write waits.
+    Routine,
+}
+
+/// Status writes that may be in flight at once.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// The latest-wins queue of status writes between the agent loop and the writer task, in two
+/// lanes: urgent writes go out before routine ones.
 #[derive(Debug, Default)]
 pub struct StatusQueue {
-    pending: Mutex<BTreeMap<Target, StatusWrite>>,
+    pending: Mutex<Lanes>,
     wake: tokio::sync::Notify,
 }
 
+#[derive(Debug, Default)]
+struct Lanes {
+    urgent: BTreeMap<Target, StatusWrite>,
+    routine: BTreeMap<Target, StatusWrite>,
+}
+
 impl StatusQueue {
-    /// Queues a write, replacing an older unsent write for the same object.
-    pub fn push(&self, target: Target, write: StatusWrite) {
-        self.lock().insert(target, write);
+    /// Queues a write, replacing an older unsent write for the same object. A routine write
+    /// that replaces an unsent urgent one stays urgent: it carries the urgent change too.
+    pub fn push(&self, target: Target, write: StatusWrite, priority: Priority) {
+        {
+            let mut lanes = self.lock();
+            if priority == Priority::Urgent || lanes.urgent.contains_key(&target) {
+                lanes.routine.remove(&target);
+                lanes.urgent.insert(target, write);
+            } else {
+                lanes.routine.insert(target, write);
+            }
+        }
         self.wake.notify_one();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Target, StatusWrite>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn pop(&self) -> Option<(Target, StatusWrite)> {
-        self.lock().pop_first()
+        let mut lanes = self.lock();
+        lanes
+            .urgent
+            .pop_first()
+            .or_else(|| lanes.routine.pop_first())
+    }
+
+    /// Puts back a write that failed, unless a newer one for the object is queued.
+    fn retry(&self, target: Target, write: StatusWrite) {
+        let mut lanes = self.lock();
+        if !lanes.routine.contains_key(&target) {
+            lanes.urgent.entry(target).or_insert(write);
+        }
     }
 
     /// Writes still waiting.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let lanes = self.lock();
+        lanes.urgent.len() + lanes.routine.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Sends queued writes at most `per_second` a second until `shutdown`; failed writes are
-    /// queued again unless the object is gone (404) or a newer write replaced them.
+    /// Sends queued writes until `shutdown`: at most `per_second` a second on average, with
+    /// bursts of up to a second's worth (so a batch of new peers reads `Ready` at once) and up
+    /// to [`WRITES_IN_FLIGHT`] at a time. Failed writes are queued again unless the object is
+    /// gone (404) or a newer write replaced them.
     pub async fn run_writer(
         self: Arc<Self>,
         api: KubeApi,
@@ -432,43 +476,96 @@ impl StatusQueue {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) {
-        let pause = Duration::from_secs(1) / per_second.max(1);
+        let per_second = per_second.max(1);
+        let mut bucket = TokenBucket::new(per_second, tokio::time::Instant::now());
+        let mut in_flight = tokio::task::JoinSet::new();
         loop {
+            while in_flight.len() >= WRITES_IN_FLIGHT {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = in_flight.join_next() => {}
+                }
+            }
             let Some((target, write)) = self.pop() else {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = self.wake.notified() => continue,
+                    Some(_) = in_flight.join_next() => continue,
                 }
             };
-            let (result, resource) = match (&target, &write) {
-                (Target::Peer(name), StatusWrite::Peer(status)) => {
-                    (api.patch_peer_status(name, status).await, "wgpeers")
+            if let Err(wait) = bucket.take(tokio::time::Instant::now()) {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
                 }
-                (Target::Server(name), StatusWrite::Server(status)) => {
-                    (api.patch_server_status(name, status).await, "wgservers")
-                }
-                _ => continue,
-            };
-            let outcome = match result {
-                Ok(()) => "ok",
-                Err(kube::Error::Api(status)) if status.code == 404 => "gone",
-                Err(error) => {
-                    tracing::warn!(?target, %error, "status write failed; will retry");
-                    self.lock().entry(target).or_insert(write);
-                    "error"
-                }
-            };
-            metrics
-                .status_writes
-                .get_or_create(&WriteLabels {
-                    resource,
-                    result: outcome,
-                })
-                .inc();
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
+                bucket
+                    .take(tokio::time::Instant::now())
+                    .expect("a token is due after the wait");
             }
+            let queue = Arc::clone(&self);
+            let api = api.clone();
+            let metrics = Arc::clone(&metrics);
+            in_flight.spawn(async move { queue.write(&api, target, write, &metrics).await });
+        }
+    }
+
+    async fn write(&self, api: &KubeApi, target: Target, write: StatusWrite, metrics: &Metrics) {
+        let (result, resource) = match (&target, &write) {
+            (Target::Peer(name), StatusWrite::Peer(status)) => {
+                (api.patch_peer_status(name, status).await, "wgpeers")
+            }
+            (Target::Server(name), StatusWrite::Server(status)) => {
+                (api.patch_server_status(name, status).await, "wgservers")
+            }
+            _ => return,
+        };
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(kube::Error::Api(status)) if status.code == 404 => "gone",
+            Err(error) => {
+                tracing::warn!(?target, %error, "status write failed; will retry");
+                self.retry(target, write);
+                "error"
+            }
+        };
+        metrics
+            .status_writes
+            .get_or_create(&WriteLabels {
+                resource,
+                result: outcome,
+            })
+            .inc();
+    }
+}
+
+/// A token bucket holding at most `per_second` tokens, refilled at `per_second` a second.
+#[derive(Debug)]
+struct TokenBucket {
+    per_second: u32,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(per_second: u32, now: tokio::time::Instant) -> Self {
+        Self {
+            per_second,
+            tokens: f64::from(per_second),
+            at: now,
+        }
+    }
+
+    /// Takes a token, or says how long until one is due.
+    fn take(&mut self, now: tokio::time::Instant) -> Result<(), Duration> {
+        let rate = f64::from(self.per_second);
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
         }
     }
 }
@@ -520,11 +617,20 @@ mod tests {
             rx_bytes: 2,
             ..Default::default()
         };
-        queue.push(Target::Peer("a".into()), StatusWrite::Peer(first));
-        queue.push(Target::Peer("a".into()), StatusWrite::Peer(second.clone()));
+        queue.push(
+            Target::Peer("a".into()),
+            StatusWrite::Peer(first),
+            Priority::Routine,
+        );
+        queue.push(
+            Target::Peer("a".into()),
+            StatusWrite::Peer(second.clone()),
+            Priority::Routine,
+        );
         queue.push(
             Target::Server("s".into()),
             StatusWrite::Server(WgServerStatus::default()),
+            Priority::Routine,
         );
         assert_eq!(queue.len(), 2);
         assert_eq!(
@@ -533,6 +639,60 @@ mod tests {
         );
         assert!(matches!(queue.pop(), Some((Target::Server(_), _))));
         assert!(queue.is_empty());
+    }
+
+    fn peer_write(rx_bytes: i64) -> StatusWrite {
+        StatusWrite::Peer(WgPeerStatus {
+            rx_bytes,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn urgent_writes_go_before_routine_ones_and_a_later_routine_write_keeps_them_urgent() {
+        let queue = StatusQueue::default();
+        let peer = |name: &str| Target::Peer(name.into());
+        queue.push(peer("a"), peer_write(1), Priority::Routine);
+        queue.push(peer("b"), peer_write(1), Priority::Routine);
+        queue.push(peer("z"), peer_write(1), Priority::Urgent);
+        queue.push(peer("z"), peer_write(2), Priority::Routine);
+        queue.push(peer("b"), peer_write(2), Priority::Urgent);
+        assert_eq!(queue.len(), 3);
+        assert_eq!(queue.pop(), Some((peer("b"), peer_write(2))));
+        assert_eq!(queue.pop(), Some((peer("z"), peer_write(2))));
+        assert_eq!(queue.pop(), Some((peer("a"), peer_write(1))));
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_urgently_unless_a_newer_write_is_queued() {
+        let queue = StatusQueue::default();
+        let peer = |name: &str| Target::Peer(name.into());
+        queue.retry(peer("a"), peer_write(1));
+        queue.push(peer("b"), peer_write(2), Priority::Routine);
+        queue.retry(peer("b"), peer_write(1));
+        assert_eq!(queue.pop(), Some((peer("a"), peer_write(1))));
+        assert_eq!(queue.pop(), Some((peer("b"), peer_write(2))));
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn the_bucket_allows_a_second_of_writes_at_once_then_the_rate() {
+        let start = tokio::time::Instant::now();
+        let mut bucket = TokenBucket::new(20, start);
+        for _ in 0..20 {
+            assert_eq!(bucket.take(start), Ok(()));
+        }
+        let wait = bucket.take(start).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(50));
+        assert_eq!(bucket.take(start + Duration::from_millis(50)), Ok(()));
+        assert!(bucket.take(start + Duration::from_millis(60)).is_err());
+        // Idle time refills at most one second's worth.
+        let later = start + Duration::from_secs(60);
+        for _ in 0..20 {
+            assert_eq!(bucket.take(later), Ok(()));
+        }
+        assert!(bucket.take(later).is_err());
     }
 
     #[test]
