@@ -208,6 +208,7 @@ fn with_every_option_on_the_api_and_the_bot_get_every_setting_they_read_but_the_
     let kept_by_the_api = names(&[
         "WGSUB_DATABASE_MAX_CONNECTIONS",
         "WGSUB_YOOKASSA_API_URL",
+        "WGSUB_TELEGRAM_API_URL",
         "WGSUB_YOOKASSA_ALLOWED_IPS",
         "WGSUB_MAX_BODY_BYTES",
     ]);

@@ -141,6 +141,7 @@ pub fn every_option_on() -> Vec<String> {
         "yookassa.receipts.vatCode=6".into(),
         "database.pgbouncer=true".into(),
         "bot.adminIds={1001,1002}".into(),
+        "bot.username=wgsub_test_bot".into(),
         "bot.mode=webhook".into(),
         "bot.webhook.url=https://vpn.example.test/telegram/updates".into(),
         "bot.webhook.port=8444".into(),
