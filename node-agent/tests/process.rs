@@ -11,13 +11,12 @@
 //!
 //! Needs root, wireguard-go, wireguard-tools and iproute2: fails with a message otherwise.
 
-use std::process::Command;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, LABEL_OVER_LIMIT, LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer};
@@ -28,64 +27,13 @@ use wgsub_testkit::chart::{
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
 
+mod support;
+use support::{Netns, create};
+
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-node-agent");
 /// The namespace of the refused-setting check (no server involved).
 const NS: &str = "wgsub";
 const WITHIN: Duration = Duration::from_secs(10);
-
-/// A network namespace of its own; removed on drop, with the wireguard-go socket.
-struct Netns {
-    name: String,
-    interface: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let id = std::process::id() % 100_000;
-        let netns = Netns {
-            name: format!("wgsub-proc-{id}"),
-            interface: format!("wgp{id}"),
-        };
-        let added = Command::new("ip")
-            .args(["netns", "add", &netns.name])
-            .output()
-            .expect("ip runs");
-        assert!(added.status.success(), "ip netns add: {added:?}");
-        netns
-    }
-
-    fn peers(&self) -> Vec<String> {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "wg",
-                "show",
-                &self.interface,
-                "peers",
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.interface));
-    }
-}
 
 #[test]
 fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_named() {
@@ -122,7 +70,7 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
         "a network namespace, wireguard-go",
         &["wireguard-go", "wg", "ip"],
     );
-    let netns = Netns::new();
+    let netns = Netns::new("proc", "wgp");
     let plane = ControlPlane::with_crds();
     let ns = plane.namespace("node-agent-process").await;
     apply_chart_rbac(plane, &ns, &[]).await;
@@ -344,13 +292,4 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
         "the agent read its Node: {made:?}"
     );
     assert_nothing_forbidden(plane, &ns, "node-agent");
-}
-
-async fn create<K>(api: &Api<K>, object: &K)
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.create(&PostParams::default(), object)
-        .await
-        .unwrap_or_else(|e| panic!("creating {}: {e}", object.name_any()));
 }

@@ -7,13 +7,11 @@
 //!
 //! Needs root, wireguard-go, wireguard-tools and iproute2: fails with a message otherwise.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
+use kube::api::{Api, Patch, PatchParams};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer};
@@ -23,59 +21,15 @@ use wgsub_testkit::chart::{
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::process::{Process, eventually};
 
+mod support;
+use support::{Netns, create};
+
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-node-agent");
 const WITHIN: Duration = Duration::from_secs(10);
 /// The status batch interval the agent runs with: far longer than any wait below.
 const STATUS_INTERVAL_SECONDS: &str = "60";
 /// How long after the change the peer's `Ready` may follow.
 const PROMPTLY: Duration = Duration::from_secs(1);
-
-/// A network namespace of its own; removed on drop, with the wireguard-go socket.
-struct Netns {
-    name: String,
-    interface: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let id = std::process::id() % 100_000;
-        let netns = Netns {
-            name: format!("wgsub-ready-{id}"),
-            interface: format!("wgr{id}"),
-        };
-        let added = Command::new("ip")
-            .args(["netns", "add", &netns.name])
-            .output()
-            .expect("ip runs");
-        assert!(added.status.success(), "ip netns add: {added:?}");
-        netns
-    }
-
-    fn peers(&self) -> Vec<String> {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "wg", "show", &self.interface])
-            .arg("peers")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.interface));
-    }
-}
 
 /// Polls the peer's `Ready` until it has `status` and `reason`; returns when that was seen,
 /// failing after [`WITHIN`].
@@ -123,7 +77,7 @@ async fn a_peer_reads_ready_within_a_second_of_its_change_not_at_the_next_status
         "a network namespace, wireguard-go",
         &["wireguard-go", "wg", "ip"],
     );
-    let netns = Netns::new();
+    let netns = Netns::new("ready", "wgr");
     let plane = ControlPlane::with_crds();
     let ns = plane.namespace("node-agent-ready").await;
     apply_chart_rbac(plane, &ns, &[]).await;
@@ -253,13 +207,4 @@ async fn a_peer_reads_ready_within_a_second_of_its_change_not_at_the_next_status
     let exit = agent.terminate(WITHIN);
     assert!(exit.success(), "the agent exits 0 on SIGTERM: {exit:?}");
     assert_nothing_forbidden(plane, &ns, "node-agent");
-}
-
-async fn create<K>(api: &Api<K>, object: &K)
-where
-    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    api.create(&PostParams::default(), object)
-        .await
-        .unwrap_or_else(|e| panic!("creating {}: {e}", object.name_any()));
 }
