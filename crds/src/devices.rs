@@ -5,10 +5,41 @@
 //! characters, and without the invisible characters that make a name read differently from what
 //! it is (bidirectional controls such as U+202E RIGHT-TO-LEFT OVERRIDE, and zero-width
 //! characters).
+//!
+//! Also: when a device counts as connected ([`is_connected`]), and the mark a subscription
+//! carries once its user removed every device ([`ANNOTATION_DEVICES_REMOVED`]), so that the
+//! operator does not give back the first device the user deleted.
 
-use crate::WgPeer;
 use crate::resources::{LABEL_SUBSCRIPTION, subscription_name};
+use crate::{VpnSubscription, WgPeer};
+use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
+
+/// The annotation on a `VpnSubscription` whose user deleted their last device (value `"true"`):
+/// the operator then creates no first device for it. The api and the bot set it before deleting
+/// a user's last device and remove it when the user adds a device.
+pub const ANNOTATION_DEVICES_REMOVED: &str = "wgsub.io/devices-removed-by-user";
+
+/// Whether the operator gives the subscription its first device when it has none: yes, unless
+/// its user deleted their last device themselves ([`ANNOTATION_DEVICES_REMOVED`]).
+pub fn wants_first_device(subscription: &VpnSubscription) -> bool {
+    subscription
+        .annotations()
+        .get(ANNOTATION_DEVICES_REMOVED)
+        .is_none_or(|value| value != "true")
+}
+
+/// How recent a handshake must be for a device to count as connected now. WireGuard renews a
+/// session's handshake every two minutes while traffic flows (REKEY_AFTER_TIME), so a device in
+/// use always has one younger than this.
+pub const CONNECTED_WITHIN: SignedDuration = SignedDuration::from_secs(180);
+
+/// Whether a device with this last handshake is connected at `now`: a handshake at most
+/// [`CONNECTED_WITHIN`] old. A handshake stamped after `now` (the node's clock ahead of ours)
+/// counts as connected.
+pub fn is_connected(last_handshake: Option<Timestamp>, now: Timestamp) -> bool {
+    last_handshake.is_some_and(|at| now.duration_since(at) <= CONNECTED_WITHIN)
+}
 
 /// Whether the peer is one of the user's devices (name and label).
 pub fn is_users_peer(user_id: i64, peer: &WgPeer) -> bool {
@@ -77,6 +108,12 @@ pub fn clean_device_name(text: Option<&str>) -> Result<Option<String>, String> {
         return Err("a device name cannot hold control characters".into());
     }
     Ok(Some(text))
+}
+
+/// A device's new name as the user typed it when renaming: cleaned as [`clean_device_name`]
+/// does, and required — a name that is empty once cleaned is refused.
+pub fn required_device_name(text: &str) -> Result<String, String> {
+    clean_device_name(Some(text))?.ok_or_else(|| "a device name cannot be empty".to_owned())
 }
 
 #[cfg(test)]
@@ -152,5 +189,47 @@ mod tests {
         assert_eq!(display_device_name("lap\u{202E}top"), "laptop");
         assert_eq!(display_device_name(" \u{2067}tablet "), "tablet");
         assert_eq!(display_device_name("Телефон 📱"), "Телефон 📱");
+    }
+
+    #[test]
+    fn a_new_name_is_required_and_as_clean_as_any_other() {
+        assert_eq!(required_device_name(" Laptop "), Ok("Laptop".into()));
+        for bad in ["", "   ", "\u{200B}\u{202E}", "a\nb"] {
+            assert!(required_device_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(required_device_name(&"x".repeat(200)).is_err());
+        assert!(required_device_name(&"x".repeat(65)).is_err());
+        assert_eq!(required_device_name(&"x".repeat(64)), Ok("x".repeat(64)));
+    }
+
+    #[test]
+    fn connected_means_a_handshake_within_three_minutes_of_now() {
+        let now: Timestamp = "2026-12-07T12:00:00Z".parse().unwrap();
+        let ago = |secs: i64| Some(now - SignedDuration::from_secs(secs));
+        assert!(!is_connected(None, now));
+        assert!(is_connected(ago(0), now));
+        assert!(is_connected(ago(179), now));
+        assert!(is_connected(ago(180), now));
+        assert!(!is_connected(ago(181), now));
+        assert!(!is_connected(ago(86_400), now));
+        // A node clock a little ahead of ours.
+        assert!(is_connected(ago(-5), now));
+    }
+
+    fn subscription(annotation: Option<&str>) -> VpnSubscription {
+        let mut sub = VpnSubscription::new("tg-42", crate::VpnSubscriptionSpec::for_user(42));
+        if let Some(value) = annotation {
+            sub.annotations_mut()
+                .insert(ANNOTATION_DEVICES_REMOVED.into(), value.into());
+        }
+        sub
+    }
+
+    #[test]
+    fn a_first_device_is_wanted_unless_the_user_removed_every_device() {
+        assert!(wants_first_device(&subscription(None)));
+        assert!(!wants_first_device(&subscription(Some("true"))));
+        assert!(wants_first_device(&subscription(Some("false"))));
+        assert!(wants_first_device(&subscription(Some(""))));
     }
 }
