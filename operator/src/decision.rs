@@ -14,6 +14,9 @@
 //! their keys and addresses, so they come back unchanged when the limit rises. Which devices
 //! keep their places is [`devices_over_limit`].
 //!
+//! An active subscription without devices gets its first one, unless its user deleted their
+//! last device themselves ([`wants_first_device`]): a device the user deleted is not given back.
+//!
 //! Pure: no I/O, no clock, no randomness of its own (fresh keys come from the `new_key` closure
 //! the caller passes). Addresses are claimed from the server's [`UsedAddresses`], which the
 //! caller holds under the server's lock, so two decisions never hand out the same address.
@@ -25,6 +28,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
+use wgsub_crds::devices::wants_first_device;
 use wgsub_crds::keys::{PrivateKey, PublicKey};
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::pool;
@@ -759,7 +763,7 @@ pub fn decide(
                 Ok(pools) => {
                     let mut devices: Vec<(Option<&WgPeer>, String)> =
                         peers.iter().map(|p| (Some(*p), p.name_any())).collect();
-                    if devices.is_empty() {
+                    if devices.is_empty() && wants_first_device(subscription) {
                         devices.push((None, peer_name(&name, 1)));
                     }
                     let mut exhausted = Vec::new();

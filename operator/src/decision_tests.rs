@@ -408,6 +408,45 @@ fn after_retention_the_peers_are_deleted_and_their_addresses_freed() {
 }
 
 #[test]
+fn a_last_device_the_user_deleted_is_not_given_back_until_they_add_one() {
+    let mut world = world();
+    let paid_until = now() + DAY * 30;
+    let mut sub = subscription(1, Some(paid_until));
+    world.run(&mut sub, now());
+    // The api marks the subscription, then deletes the user's last device.
+    sub.annotations_mut().insert(
+        wgsub_crds::devices::ANNOTATION_DEVICES_REMOVED.into(),
+        "true".into(),
+    );
+    world.peers.remove("tg-1-1");
+    let plan = world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert!(plan.writes.is_empty() && plan.deletes.is_empty());
+    assert!(world.peers.is_empty());
+    assert!(sub.status.as_ref().unwrap().peers.is_empty());
+    assert_eq!(ready(&sub), ("True".into(), reasons::READY.into()));
+    // The user adds a device (the api creates tg-1-2 and removes the mark): it gets its key
+    // and address, and no first device appears beside it.
+    sub.annotations_mut()
+        .remove(wgsub_crds::devices::ANNOTATION_DEVICES_REMOVED);
+    let mut added = api_device("tg-1", 2, "wg");
+    added.spec.enabled = true;
+    world.peers.insert("tg-1-2".into(), added);
+    world.run(&mut sub, now() + SignedDuration::from_secs(2));
+    assert_eq!(world.peers.keys().collect::<Vec<_>>(), ["tg-1-2"]);
+    assert!(world.peer("tg-1-2").spec.public_key.is_some());
+}
+
+#[test]
+fn without_the_mark_a_subscription_without_devices_gets_its_first_back() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY * 30));
+    world.run(&mut sub, now());
+    world.peers.remove("tg-1-1");
+    world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert_eq!(world.peers.keys().collect::<Vec<_>>(), ["tg-1-1"]);
+}
+
+#[test]
 fn one_day_before_the_end_of_retention_nothing_is_deleted() {
     let mut world = world();
     let paid_until = now() + DAY;
