@@ -501,6 +501,36 @@ impl Caches {
             .get(&ObjectRef::new(name).within(&self.inner.keys_namespace))
     }
 
+    /// Waits until the cache no longer holds `deleted` (the same name and uid), for at most
+    /// `limit`; true when it does not. A deleting writer calls it so that the user's next read
+    /// no longer lists what they deleted.
+    pub async fn wait_gone<K: Cached>(&self, deleted: &K, limit: Duration) -> bool {
+        let Some(store) = K::store(self) else {
+            return true;
+        };
+        let Some(name) = deleted.meta().name.clone() else {
+            return true;
+        };
+        let uid = deleted.meta().uid.clone();
+        let key = ObjectRef::<K>::new(&name).within(K::namespace(self));
+        let gone = || {
+            store
+                .get(&key)
+                .is_none_or(|cached| uid.is_some() && cached.meta().uid != uid)
+        };
+        let mut changed = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if gone() {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return gone(),
+            }
+        }
+    }
+
     /// Waits until the cache holds `written` (the object a write returned) at its resource
     /// version or a newer one, for at most `limit`; true when it does. An object without a
     /// resource version, or of a kind not cached, is not waited for.

@@ -3,11 +3,13 @@
 //! no API-server call on a read path), its client config, read from the caches (the peer's
 //! `WgServer` and key `Secret`s) and rendered by the pure
 //! [`wgsub_crds::config::ClientConfig`] ([`config`]), and the QR code of that config that the
-//! WireGuard apps scan ([`qr`]). Callers check that the peer is the caller's and the
+//! WireGuard apps scan ([`qr`]); and the writes a user makes on their devices — add, rename,
+//! delete, rotate ([`manage`]). Callers check that the peer is the caller's and the
 //! subscription active before asking.
 
 pub mod cache;
 pub mod config;
+pub mod manage;
 pub mod qr;
 
 pub use cache::{CacheError, CacheOptions, Caches};
