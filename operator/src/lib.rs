@@ -15,6 +15,7 @@ pub mod amnezia;
 pub mod config;
 pub mod controller;
 pub mod decision;
+pub mod export_keys;
 pub mod http;
 pub mod key_cleanup;
 pub mod lease;
