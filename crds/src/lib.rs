@@ -12,6 +12,7 @@ pub mod devices;
 pub mod keys;
 pub mod ledger;
 pub mod liveness;
+pub mod locations;
 pub mod plans;
 pub mod pool;
 pub mod resources;

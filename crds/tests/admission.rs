@@ -319,6 +319,84 @@ async fn bad_servers_are_refused_naming_the_field() {
         .expect("a node selector");
 }
 
+#[tokio::test]
+async fn locations_with_a_bad_country_capacity_or_name_are_refused() {
+    let plane = ControlPlane::with_crds();
+    let ns = plane.namespace("crds-bad-locations").await;
+    let servers = api(plane.admin_client(), &ns, "WgServer");
+    let server = example("wgserver.yaml");
+    assert_eq!(server["spec"]["location"]["country"], json!("DE"));
+    let long = "x".repeat(65);
+    let cases = [
+        (
+            "/spec/location/country",
+            json!("de"),
+            "spec.location.country",
+        ),
+        (
+            "/spec/location/country",
+            json!("DEU"),
+            "spec.location.country",
+        ),
+        (
+            "/spec/location/country",
+            json!("D1"),
+            "spec.location.country",
+        ),
+        (
+            "/spec/location/country",
+            Value::Null,
+            "spec.location.country",
+        ),
+        (
+            "/spec/location/capacity",
+            json!(0),
+            "spec.location.capacity",
+        ),
+        (
+            "/spec/location/capacity",
+            json!(-3),
+            "spec.location.capacity",
+        ),
+        (
+            "/spec/location/displayName/en",
+            json!(""),
+            "spec.location.displayName.en",
+        ),
+        (
+            "/spec/location/displayName/ru",
+            json!("   "),
+            "spec.location.displayName.ru",
+        ),
+        (
+            "/spec/location/displayName/en",
+            json!(long),
+            "spec.location.displayName.en",
+        ),
+        (
+            "/spec/location/displayName/ru",
+            Value::Null,
+            "spec.location.displayName.ru",
+        ),
+    ];
+    assert_each_refused(&servers, &server, &cases).await;
+
+    // The example is admitted; so is a hidden location without a capacity.
+    let stored = create(&servers, &server).await.expect("the example");
+    let spec: WgServerSpec = serde_json::from_value(stored.data["spec"].clone()).unwrap();
+    assert_eq!(spec.location.unwrap().capacity, Some(500));
+    let hidden = with(
+        &with(
+            &with(&server, "/metadata/name", json!("hidden")),
+            "/spec/location/capacity",
+            Value::Null,
+        ),
+        "/spec/location/hidden",
+        json!(true),
+    );
+    create(&servers, &hidden).await.expect("a hidden location");
+}
+
 /// An AmneziaWG server with a complete, valid AWG 1.0 parameter set.
 fn amneziawg_server() -> Value {
     with(

@@ -90,6 +90,7 @@ fn server() -> WgServer {
             nat: None,
             protocol: Default::default(),
             amneziawg: None,
+            location: None,
         },
     );
     server.metadata.namespace = Some(NS.into());

@@ -48,6 +48,7 @@ fn server(name: &str, pool: &str, pool6: Option<&str>) -> WgServer {
             nat: None,
             protocol: Default::default(),
             amneziawg: None,
+            location: None,
         },
     );
     server.metadata.namespace = Some("vpn".into());

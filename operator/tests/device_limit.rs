@@ -63,6 +63,7 @@ fn server() -> WgServer {
             nat: None,
             protocol: Default::default(),
             amneziawg: None,
+            location: None,
         },
     )
 }

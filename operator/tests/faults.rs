@@ -55,6 +55,7 @@ fn server(name: &str, pool: &str) -> WgServer {
             nat: None,
             protocol: Default::default(),
             amneziawg: None,
+            location: None,
         },
     );
     server.metadata.namespace = Some(NS.into());

@@ -53,6 +53,7 @@ fn server(name: &str, key_secret: &str) -> WgServer {
             nat: None,
             protocol: Default::default(),
             amneziawg: None,
+            location: None,
         },
     )
 }

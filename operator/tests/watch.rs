@@ -68,6 +68,7 @@ fn server(name: &str, pool: &str) -> WgServer {
             nat: None,
             protocol: Default::default(),
             amneziawg: None,
+            location: None,
         },
     )
 }

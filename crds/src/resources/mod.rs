@@ -6,6 +6,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 pub(crate) mod amneziawg;
 mod common;
+mod location;
 mod peer;
 mod server;
 mod subscription;
@@ -15,6 +16,7 @@ pub use common::{
     CONDITION_DEVICES_OVER_LIMIT, CONDITION_READY, LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER,
     LABEL_SUBSCRIPTION, SecretKeyRef, condition, is_dns_label, new_condition, set_condition,
 };
+pub use location::{DisplayName, LocationSpec};
 pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, is_over_limit, peer_name};
 pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
 pub use subscription::{

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::amneziawg::{AmneziaWgSpec, Protocol, block_only_with_amneziawg, s4_within_mtu};
 use super::common::{SecretKeyRef, conditions_schema};
+use super::location::LocationSpec;
 
 /// Regex of `host:port`: a DNS name, an IPv4 address or a bracketed IPv6 address, and a port
 /// 1–65535.
@@ -123,6 +124,10 @@ pub struct WgServerSpec {
     /// one means every client must import its config again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amneziawg: Option<AmneziaWgSpec>,
+
+    /// How the server is offered to users (name, country, capacity); absent: not offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<LocationSpec>,
 }
 
 /// NAT options of a server.
