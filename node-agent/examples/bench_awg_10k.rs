@@ -31,6 +31,7 @@ use wgsub_crds::resources::{LABEL_SERVER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_node_agent::agent::{Agent, Settings};
 use wgsub_node_agent::amneziawg::{Userspace, driver_for};
+use wgsub_node_agent::awg_kernel::AwgImplementation;
 use wgsub_node_agent::http::Health;
 use wgsub_node_agent::index::SharedIndex;
 use wgsub_node_agent::interface::{Backend, WgInterface, Worker};
@@ -204,7 +205,7 @@ async fn child(protocol: &str, count: usize) {
     let settings = Settings {
         node_name: "bench".into(),
         backend: Backend::Userspace,
-        amneziawg: Userspace::find(std::path::Path::new(&binary)),
+        amneziawg: Userspace::find(std::path::Path::new(&binary)).map(AwgImplementation::Userspace),
         resync_interval: Duration::from_secs(30),
         status_interval: Duration::from_secs(10),
         counters_interval: Duration::from_secs(60),

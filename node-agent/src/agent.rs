@@ -19,7 +19,8 @@ use wgsub_crds::keys::{PrivateKey, PublicKey};
 use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
 use wgsub_crds::{WgPeerStatus, WgServer, WgServerStatus};
 
-use crate::amneziawg::{Userspace, driver_for};
+use crate::amneziawg::driver_for;
+use crate::awg_kernel::AwgImplementation;
 use crate::desired::{DesiredState, PeerInput, PeerState, Pools, live_candidate};
 use crate::diff::{EarlyAdditions, PeerDiff, count_differences, diff_keys, diff_peers};
 use crate::expiry::sleep_until;
@@ -44,8 +45,9 @@ use crate::status::{
 pub struct Settings {
     pub node_name: String,
     pub backend: Backend,
-    /// amneziawg-go, for AmneziaWG servers; `None`: this node has no AmneziaWG implementation.
-    pub amneziawg: Option<Userspace>,
+    /// The AmneziaWG kernel module and/or amneziawg-go, for AmneziaWG servers; `None`: this
+    /// node has no AmneziaWG implementation.
+    pub amneziawg: Option<AwgImplementation>,
     pub resync_interval: Duration,
     pub status_interval: Duration,
     pub counters_interval: Duration,

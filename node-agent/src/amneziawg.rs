@@ -22,6 +22,7 @@ use wgsub_crds::WgServerSpec;
 use wgsub_crds::amnezia::{AmneziaParams, HeaderRange};
 use wgsub_crds::keys::{PresharedKey, PrivateKey, PublicKey};
 
+use crate::awg_kernel::AwgImplementation;
 use crate::diff::PeerDiff;
 use crate::interface::{Backend, Driver};
 use crate::snapshot::{InterfaceSnapshot, ObservedPeer, PeerConfig, PeerStats};
@@ -196,24 +197,25 @@ impl From<&AmneziaParams> for AwgParams {
     }
 }
 
-/// How this node drives a server: WireGuard through `backend`; AmneziaWG through amneziawg-go
-/// with the server's parameters. An AmneziaWG server is not brought up — the error is the
-/// reason and message of its `Ready` condition — when this node has no AmneziaWG
-/// implementation, or while its parameters are not all chosen (the operator fills them in) or
-/// break a rule.
+/// How this node drives a server: WireGuard through `backend`; AmneziaWG with the server's
+/// parameters through the kernel module or amneziawg-go — with both (`auto`), the module unless
+/// it cannot carry the parameters (AmneziaWG 1.5 ones on a 1.0 module). An AmneziaWG server is
+/// not brought up — the error is the reason and message of its `Ready` condition — when this
+/// node has no AmneziaWG implementation that can carry it, or while its parameters are not all
+/// chosen (the operator fills them in) or break a rule.
 pub fn driver_for(
     spec: &WgServerSpec,
     backend: Backend,
-    amneziawg: Option<&Userspace>,
+    amneziawg: Option<&AwgImplementation>,
 ) -> Result<Driver, (&'static str, String)> {
     if !spec.is_amneziawg() {
         return Ok(Driver::WireGuard(backend));
     }
-    let Some(userspace) = amneziawg else {
+    let Some(implementation) = amneziawg else {
         return Err((
             reason::AMNEZIAWG_UNAVAILABLE,
-            "this node has no AmneziaWG implementation (amneziawg-go was not found); \
-             WireGuard servers are not affected"
+            "this node has no AmneziaWG implementation (neither the amneziawg kernel module nor \
+             amneziawg-go was found); WireGuard servers are not affected"
                 .into(),
         ));
     };
@@ -226,10 +228,38 @@ pub fn driver_for(
             "the AmneziaWG parameters are not all chosen yet (the operator chooses them)".into(),
         ));
     };
-    Ok(Driver::AmneziaWg {
-        userspace: userspace.clone(),
-        params: Box::new(AwgParams::from(&params)),
-    })
+    let params = Box::new(AwgParams::from(&params));
+    let (kernel, userspace) = match implementation {
+        AwgImplementation::Userspace(found) => (None, Some(found)),
+        AwgImplementation::Kernel(kernel) => (Some(kernel), None),
+        AwgImplementation::KernelOrUserspace(kernel, found) => (Some(kernel), Some(found)),
+    };
+    let problem = match kernel {
+        Some(kernel) => match kernel.dialect.cannot_carry(&params) {
+            None => {
+                return Ok(Driver::AmneziaWgKernel {
+                    kernel: *kernel,
+                    params,
+                });
+            }
+            Some(problem) => Some(problem),
+        },
+        None => None,
+    };
+    match (userspace, problem) {
+        (Some(userspace), _) => Ok(Driver::AmneziaWg {
+            userspace: userspace.clone(),
+            params,
+        }),
+        (None, problem) => Err((
+            reason::AMNEZIAWG_UNAVAILABLE,
+            format!(
+                "{}; with amneziawg-go on the node (--amneziawg-backend auto or userspace) it \
+                 would serve this server",
+                problem.unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 /// What goes with the peers of one update when the interface's own settings are (re)set.
@@ -830,7 +860,11 @@ mod tests {
         };
         let spec = server("amneziawg", Some(full_block()));
         assert_eq!(
-            driver_for(&spec, Backend::Kernel, Some(&userspace)),
+            driver_for(
+                &spec,
+                Backend::Kernel,
+                Some(&AwgImplementation::Userspace(userspace.clone()))
+            ),
             Ok(Driver::AmneziaWg {
                 userspace: userspace.clone(),
                 params: Box::new(params_1_0()),
@@ -838,11 +872,78 @@ mod tests {
         );
     }
 
+    fn block_1_5() -> serde_json::Value {
+        let mut block = full_block();
+        block["version"] = "1.5".into();
+        block["s3"] = 18.into();
+        block["i1"] = "<r 16>".into();
+        block
+    }
+
     #[test]
-    fn an_amneziawg_server_stays_down_without_implementation_or_parameters() {
+    fn the_kernel_module_serves_what_its_family_version_can_carry() {
+        use crate::awg_kernel::KernelAwg;
+        use crate::awg_netlink::Dialect;
         let userspace = Userspace {
             binary: PathBuf::from("/usr/bin/amneziawg-go"),
         };
+        let module_1_0 = KernelAwg {
+            dialect: Dialect::Awg10,
+        };
+        let module_1_5 = KernelAwg {
+            dialect: Dialect::Awg15,
+        };
+        let plain = server("amneziawg", Some(full_block()));
+        let newer = server("amneziawg", Some(block_1_5()));
+        let mut params_1_5 = params_1_0();
+        params_1_5.s[2] = 18;
+        params_1_5.i[0] = Some("<r 16>".into());
+        let kernel = |kernel: KernelAwg, params: AwgParams| Driver::AmneziaWgKernel {
+            kernel,
+            params: Box::new(params),
+        };
+        let on = |implementation: AwgImplementation, spec: &WgServerSpec| {
+            driver_for(spec, Backend::Userspace, Some(&implementation))
+        };
+        // AmneziaWG 1.0 on either module; 1.5 on a 1.5 module.
+        assert_eq!(
+            on(AwgImplementation::Kernel(module_1_0), &plain),
+            Ok(kernel(module_1_0, params_1_0()))
+        );
+        assert_eq!(
+            on(AwgImplementation::Kernel(module_1_5), &newer),
+            Ok(kernel(module_1_5, params_1_5.clone()))
+        );
+        assert_eq!(
+            on(
+                AwgImplementation::KernelOrUserspace(module_1_5, userspace.clone()),
+                &newer
+            ),
+            Ok(kernel(module_1_5, params_1_5.clone()))
+        );
+        // 1.5 on a 1.0 module: amneziawg-go when there is one, a clear refusal otherwise.
+        assert_eq!(
+            on(
+                AwgImplementation::KernelOrUserspace(module_1_0, userspace.clone()),
+                &newer
+            ),
+            Ok(Driver::AmneziaWg {
+                userspace: userspace.clone(),
+                params: Box::new(params_1_5),
+            })
+        );
+        let (why, message) = on(AwgImplementation::Kernel(module_1_0), &newer).unwrap_err();
+        assert_eq!(why, reason::AMNEZIAWG_UNAVAILABLE);
+        assert!(message.contains("AmneziaWG 1.0"), "{message}");
+        assert!(message.contains("S3/S4, I1–I5"), "{message}");
+        assert!(message.contains("amneziawg-go"), "{message}");
+    }
+
+    #[test]
+    fn an_amneziawg_server_stays_down_without_implementation_or_parameters() {
+        let userspace = AwgImplementation::Userspace(Userspace {
+            binary: PathBuf::from("/usr/bin/amneziawg-go"),
+        });
         let complete = server("amneziawg", Some(full_block()));
         let (why, message) = driver_for(&complete, Backend::Userspace, None).unwrap_err();
         assert_eq!(why, reason::AMNEZIAWG_UNAVAILABLE);

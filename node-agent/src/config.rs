@@ -10,6 +10,7 @@ use clap::Parser;
 
 use crate::agent::Settings;
 use crate::amneziawg::Userspace;
+use crate::awg_kernel::{AwgBackendChoice, AwgImplementation, KernelAwg, resolve};
 use crate::interface::{Backend, BackendChoice};
 use crate::nat::Firewall;
 
@@ -75,8 +76,21 @@ pub struct Config {
     #[arg(long, env = "WGSUB_BACKEND", value_enum, default_value = "auto")]
     pub backend: BackendChoice,
 
-    /// amneziawg-go for AmneziaWG servers: a path, or a name looked up on PATH. Without it an
-    /// AmneziaWG server reports that the node has no AmneziaWG implementation.
+    /// AmneziaWG implementation: kernel (the amneziawg kernel module; the agent stops at start
+    /// without it), userspace (amneziawg-go), or auto (the module when its generic netlink
+    /// family `amneziawg` resolves, amneziawg-go otherwise and for servers the module cannot
+    /// carry, such as AmneziaWG 1.5 ones on a 1.0 module).
+    #[arg(
+        long,
+        env = "WGSUB_AMNEZIAWG_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub amneziawg_backend: AwgBackendChoice,
+
+    /// amneziawg-go for AmneziaWG servers: a path, or a name looked up on PATH. Without it and
+    /// without the kernel module an AmneziaWG server reports that the node has no AmneziaWG
+    /// implementation.
     #[arg(long, env = "WGSUB_AMNEZIAWG_GO", default_value = "amneziawg-go")]
     pub amneziawg_go: PathBuf,
 
@@ -135,7 +149,8 @@ impl Config {
             .unwrap_or(&self.namespace)
     }
 
-    /// Checks what clap cannot: names that must be non-empty, a netns that must exist.
+    /// Checks what clap cannot: names that must be non-empty, a netns that must exist, the
+    /// AmneziaWG kernel module when it is asked for by name.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_name.trim().is_empty() {
             return Err(ConfigError {
@@ -173,16 +188,39 @@ impl Config {
                 message: format!("{:?} is not a log filter", self.log),
             });
         }
+        if self.amneziawg_backend == AwgBackendChoice::Kernel {
+            self.amneziawg()?;
+        }
         Ok(())
     }
 
-    /// The agent loop's settings (the backend resolved against this machine: `auto` is the
-    /// kernel's when it has WireGuard).
+    /// The AmneziaWG implementation this node has, by `--amneziawg-backend` (the kernel asked
+    /// for `auto` and `kernel`); an error only for `kernel` without a usable module.
+    pub fn amneziawg(&self) -> Result<Option<AwgImplementation>, ConfigError> {
+        resolve(
+            self.amneziawg_backend,
+            KernelAwg::probe,
+            Userspace::find(&self.amneziawg_go),
+        )
+        .map_err(|message| ConfigError {
+            field: "amneziawg-backend",
+            message,
+        })
+    }
+
+    /// The agent loop's settings (the backends resolved against this machine: `auto` is the
+    /// kernel's when it has WireGuard, or the AmneziaWG module). An explicit AmneziaWG `kernel`
+    /// that [`Config::validate`] accepted but that is gone by now leaves AmneziaWG servers
+    /// reporting that the node has no implementation.
     pub fn agent_settings(&self) -> Settings {
+        let amneziawg = self.amneziawg().unwrap_or_else(|error| {
+            tracing::error!(%error, "no AmneziaWG implementation");
+            None
+        });
         Settings {
             node_name: self.node_name.clone(),
             backend: Backend::resolve(self.backend),
-            amneziawg: Userspace::find(&self.amneziawg_go),
+            amneziawg,
             resync_interval: self.resync_interval,
             status_interval: self.status_interval,
             counters_interval: self.counters_interval,
@@ -221,6 +259,7 @@ mod tests {
         assert_eq!(config.status_interval, Duration::from_secs(10));
         assert_eq!(config.counters_interval, Duration::from_secs(60));
         assert_eq!(config.backend, BackendChoice::Auto);
+        assert_eq!(config.amneziawg_backend, AwgBackendChoice::Auto);
         assert_eq!(config.firewall, FirewallChoice::Auto);
         assert_eq!(config.http_addr.port(), 9102);
         assert!(config.validate().is_ok());
@@ -249,14 +288,25 @@ mod tests {
         assert_eq!(settings.counters_interval, Duration::from_secs(90));
         assert_eq!(settings.firewall, Some(Firewall::Iptables));
         assert_eq!(config.health_deadline(), Duration::from_secs(80));
-        let missing = parse(&["--amneziawg-go", "/nonexistent/amneziawg-go"]).unwrap();
+        let missing = parse(&[
+            "--amneziawg-backend",
+            "userspace",
+            "--amneziawg-go",
+            "/nonexistent/amneziawg-go",
+        ])
+        .unwrap();
         assert_eq!(
             missing.agent_settings().amneziawg,
             None,
             "no AmneziaWG here"
         );
-        let found = parse(&["--amneziawg-go", "sh"]).unwrap().agent_settings();
-        assert!(found.amneziawg.is_some_and(|u| u.binary.is_absolute()));
+        let found = parse(&["--amneziawg-backend", "userspace", "--amneziawg-go", "sh"])
+            .unwrap()
+            .agent_settings();
+        assert!(matches!(
+            found.amneziawg,
+            Some(AwgImplementation::Userspace(u)) if u.binary.is_absolute()
+        ));
         let defaults = parse(&["--backend", "userspace"]).unwrap().agent_settings();
         assert_eq!(defaults.firewall, None, "auto: detected on first use");
     }
@@ -279,6 +329,10 @@ mod tests {
         assert!(err.contains("--resync-interval"), "{err}");
         let err = parse(&["--backend", "magic"]).unwrap_err().to_string();
         assert!(err.contains("--backend"), "{err}");
+        let err = parse(&["--amneziawg-backend", "magic"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--amneziawg-backend"), "{err}");
         let err = parse(&["--status-writes-per-second", "0"])
             .unwrap_err()
             .to_string();

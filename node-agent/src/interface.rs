@@ -3,9 +3,10 @@
 //! The [`Driver`] says what speaks on it. WireGuard goes through wireguard-control with a
 //! [`Backend`] value — the kernel module, or wireguard-go over its UAPI socket in
 //! `/var/run/wireguard` — so tests run the same code on userspace WireGuard. AmneziaWG goes to
-//! amneziawg-go over its socket in `/var/run/amneziawg` ([`crate::amneziawg`]), with the
-//! obfuscation parameters sent beside the key and port. Links and addresses go through iproute2
-//! (`ip -j` to read, `ip` to change).
+//! amneziawg-go over its socket in `/var/run/amneziawg` ([`crate::amneziawg`]) or to the
+//! AmneziaWG kernel module over generic netlink ([`crate::awg_kernel`]), with the obfuscation
+//! parameters sent beside the key and port. Links and addresses go through iproute2 (`ip -j` to
+//! read, `ip` to change).
 //!
 //! All of it runs on one dedicated OS thread, the [`Worker`]: the calls block, the agent's async
 //! tasks must not, and the thread can enter a network namespace first (`--netns`), so everything
@@ -22,6 +23,7 @@ use wgsub_crds::keys::PrivateKey;
 use wireguard_control::{Device, DeviceUpdate, InterfaceName, Key};
 
 use crate::amneziawg::{AwgParams, DeviceSettings, Userspace, encode_set};
+use crate::awg_kernel::KernelAwg;
 use crate::diff::PeerDiff;
 use crate::snapshot::InterfaceSnapshot;
 
@@ -81,16 +83,27 @@ pub enum Driver {
         userspace: Userspace,
         params: Box<AwgParams>,
     },
+    /// The AmneziaWG kernel module with these obfuscation parameters.
+    AmneziaWgKernel {
+        kernel: KernelAwg,
+        params: Box<AwgParams>,
+    },
     /// An AmneziaWG server this node cannot bring up yet (no implementation here, or its
     /// parameters not chosen): nothing is created and the interface reads as absent.
     AmneziaWgUnavailable,
 }
 
 impl Driver {
-    /// Whether two drivers speak the same protocol (so one interface can go from one to the
-    /// other by an update instead of being made again).
+    /// Whether two drivers speak the same protocol through the same kind of link (so one
+    /// interface can go from one to the other by an update instead of being made again): an
+    /// amneziawg-go tun device and a kernel link are not one interface.
     pub fn same_protocol(&self, other: &Driver) -> bool {
+        let kernel_awg = |d: &Driver| matches!(d, Driver::AmneziaWgKernel { .. });
         self.is_amneziawg() == other.is_amneziawg()
+            && (!self.is_amneziawg()
+                || kernel_awg(self) == kernel_awg(other)
+                || *self == Driver::AmneziaWgUnavailable
+                || *other == Driver::AmneziaWgUnavailable)
     }
 
     pub fn is_amneziawg(&self) -> bool {
@@ -100,7 +113,9 @@ impl Driver {
     /// The obfuscation parameters the interface should hold (`None` for WireGuard).
     pub fn params(&self) -> Option<&AwgParams> {
         match self {
-            Driver::AmneziaWg { params, .. } => Some(params),
+            Driver::AmneziaWg { params, .. } | Driver::AmneziaWgKernel { params, .. } => {
+                Some(params)
+            }
             Driver::WireGuard(_) | Driver::AmneziaWgUnavailable => None,
         }
     }
@@ -109,6 +124,7 @@ impl Driver {
         match self {
             Driver::WireGuard(backend) => backend.as_str(),
             Driver::AmneziaWg { .. } => "amneziawg-go",
+            Driver::AmneziaWgKernel { .. } => "amneziawg-kernel",
             Driver::AmneziaWgUnavailable => "amneziawg-unavailable",
         }
     }
@@ -242,6 +258,9 @@ pub struct WgInterface {
     driver: Driver,
 }
 
+/// The kernel's answer to a netlink request about a link of another kind.
+const EOPNOTSUPP: i32 = 95;
+
 fn unavailable() -> io::Error {
     io::Error::new(
         io::ErrorKind::Unsupported,
@@ -307,6 +326,23 @@ impl WgInterface {
                     ..device.snapshot
                 }
             }
+            Driver::AmneziaWgKernel { kernel, .. } => match kernel.get(&self.text) {
+                Ok(device) => InterfaceSnapshot {
+                    params: Some(device.params),
+                    ..device.snapshot
+                },
+                // A link of another kind under this name (amneziawg-go's, from before the
+                // implementation changed): it goes, and the interface is made again.
+                Err(error) if error.raw_os_error() == Some(EOPNOTSUPP) => {
+                    tracing::info!(
+                        interface = self.text,
+                        "the link is not an AmneziaWG kernel link; making it again"
+                    );
+                    self.delete()?;
+                    return Ok(None);
+                }
+                Err(error) => return Err(error),
+            },
             Driver::AmneziaWgUnavailable => return Ok(None),
         };
         Ok(Some((snapshot, link)))
@@ -334,7 +370,7 @@ impl WgInterface {
     }
 
     /// Creates the interface with its first configuration (key, port, the AmneziaWG parameters
-    /// and every peer in `peers`). The kernel backend needs the link first; wireguard-control
+    /// and every peer in `peers`). The kernel backends need the link first; wireguard-control
     /// starts wireguard-go itself when the userspace socket is missing; amneziawg-go is started
     /// here.
     pub fn create(&self, key: &PrivateKey, port: u16, peers: &PeerDiff) -> io::Result<()> {
@@ -344,6 +380,7 @@ impl WgInterface {
             }
             Driver::WireGuard(Backend::Userspace) => {}
             Driver::AmneziaWg { userspace, .. } => userspace.start(&self.text)?,
+            Driver::AmneziaWgKernel { .. } => KernelAwg::create_link(&self.text)?,
             Driver::AmneziaWgUnavailable => return Err(unavailable()),
         }
         self.apply(Some((key, port)), peers)
@@ -369,6 +406,14 @@ impl WgInterface {
                     params,
                 });
                 Userspace::set(&self.text, &encode_set(settings.as_ref(), peers))
+            }
+            Driver::AmneziaWgKernel { kernel, params } => {
+                let settings = device.map(|(private_key, listen_port)| DeviceSettings {
+                    private_key,
+                    listen_port,
+                    params,
+                });
+                kernel.set(&self.text, settings.as_ref(), peers)
             }
             Driver::AmneziaWgUnavailable => Err(unavailable()),
         }

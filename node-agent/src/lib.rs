@@ -3,15 +3,19 @@
 //!
 //! Functional core: [`desired`] (which peers belong on the interface), [`diff`] (the changes),
 //! [`expiry`] (when the next peer leaves), [`status`] (what to write and when), the rendering half
-//! of [`nat`] and the link decisions of [`interface`]. Imperative shell: [`interface`] (WireGuard
-//! through wireguard-control, links through iproute2, on one worker thread), [`kube_shell`]
-//! (watches, Secret creation, status writes), [`agent`] (the loop), [`http`] and [`metrics`].
+//! of [`nat`], the link decisions of [`interface`] and the AmneziaWG encodings ([`amneziawg`]'s
+//! UAPI text, [`awg_netlink`]'s kernel messages). Imperative shell: [`interface`] (WireGuard
+//! through wireguard-control, AmneziaWG through amneziawg-go or the kernel module
+//! ([`awg_kernel`]), links through iproute2, on one worker thread), [`kube_shell`] (watches,
+//! Secret creation, status writes), [`agent`] (the loop), [`http`] and [`metrics`].
 //!
 //! Writes, with the field manager `wgsub-node-agent`: `WgPeer.status`, `WgServer.status`, and
 //! the server key Secret when it is missing.
 
 pub mod agent;
 pub mod amneziawg;
+pub mod awg_kernel;
+pub mod awg_netlink;
 pub mod config;
 pub mod desired;
 pub mod diff;
