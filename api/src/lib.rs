@@ -4,7 +4,8 @@
 //! What it writes in Kubernetes: `WgPeer.spec.enabled / deviceName` (server-side apply, field
 //! manager `wgsub-api`) and extra device `WgPeer`s up to `maxDevices` (created with field
 //! manager `wgsub-api`); through the shared ledger crate, `VpnSubscription.spec.paidUntil /
-//! plan / maxDevices / suspended` (field manager `wgsub-ledger`). Every read (the
+//! plan / maxDevices / suspended` (field manager `wgsub-ledger`); `VpnSubscription.spec.server`,
+//! the user's location (field manager `wgsub-location`, [`locations`]). Every read (the
 //! subscription, the user's peers, the peers' key `Secret`s and `WgServer`s to render configs)
 //! answers from watch-backed caches ([`wgsub_devices::Caches`]), never from the API server.
 //! The money lives in PostgreSQL ([`wgsub_ledger`]).
@@ -17,6 +18,7 @@ pub mod devices;
 pub mod error;
 pub mod growth;
 pub mod initdata;
+pub mod locations;
 pub mod metrics;
 pub mod miniapp;
 pub mod openapi;
@@ -30,7 +32,7 @@ pub mod webhook;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 
 pub use state::{AppState, KubeApis, Settings, SharedState};
 
@@ -40,6 +42,8 @@ pub fn app(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/me", get(user::me))
         .route("/api/v1/plans", get(user::plans))
+        .route("/api/v1/locations", get(locations::locations))
+        .route("/api/v1/me/location", put(locations::put_location))
         .route("/api/v1/payments", post(user::create_payment))
         .route(
             "/api/v1/me/promo",

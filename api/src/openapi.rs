@@ -6,6 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use crate::devices::{DeviceProtocol, DeviceView};
 use crate::error::ErrorBody;
 use crate::growth::{DiscountView, PromoRequest, PromoResponse, ReferralsView};
+use crate::locations::{LocationRequest, LocationView};
 use crate::stars::{StarsInvoiceRequest, StarsInvoiceResponse};
 use crate::user::{
     AddDeviceRequest, CreatePaymentRequest, MeResponse, PaymentResponse, PlanView, QrFormat,
@@ -34,6 +35,8 @@ impl Modify for TmaAuth {
     paths(
         crate::user::me,
         crate::user::plans,
+        crate::locations::locations,
+        crate::locations::put_location,
         crate::user::create_payment,
         crate::growth::redeem_promo,
         crate::growth::waiting_discount,
@@ -51,6 +54,7 @@ impl Modify for TmaAuth {
         ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, DeviceProtocol, PlanView,
         CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
         StarsInvoiceRequest, StarsInvoiceResponse,
+        LocationView, LocationRequest,
     )),
     modifiers(&TmaAuth),
 )]

@@ -92,6 +92,8 @@ pub struct SubscriptionView {
     pub paid_until: Option<Timestamp>,
     pub plan: Option<String>,
     pub max_devices: i32,
+    /// The `WgServer` the devices use: the user's location, or the default server.
+    pub server: String,
 }
 
 /// `GET /api/v1/me`.
@@ -126,6 +128,11 @@ pub struct PlanView {
 #[serde(deny_unknown_fields)]
 pub struct CreatePaymentRequest {
     pub plan: String,
+    /// A location to move to, checked as `PUT /api/v1/me/location` checks it (404
+    /// `location_not_found`, 409 `server_full`, and then no payment is created) and applied
+    /// when the payment is created.
+    #[serde(default)]
+    pub server: Option<String>,
 }
 
 /// A created payment.
@@ -258,13 +265,18 @@ pub async fn me(
     State(state): State<SharedState>,
     AuthUser(init): AuthUser,
 ) -> Result<Json<MeResponse>, ApiError> {
+    me_view(&state, &init).await.map(Json)
+}
+
+/// The `/api/v1/me` view of the initData user.
+pub(crate) async fn me_view(state: &SharedState, init: &InitData) -> Result<MeResponse, ApiError> {
     let now = Timestamp::now();
     let user = state
         .ledger
         .upsert_user(&init.user, now)
         .await
         .map_err(ApiError::from_ledger)?;
-    let subscription = subscription_of(&state, user.telegram_id)?;
+    let subscription = subscription_of(state, user.telegram_id)?;
     let spec = subscription
         .map(|s| s.spec.clone())
         .unwrap_or_else(|| VpnSubscriptionSpec {
@@ -274,8 +286,12 @@ pub async fn me(
             suspended: user.suspended,
             ..VpnSubscriptionSpec::for_user(user.telegram_id)
         });
-    let peers = users_peers(&state, user.telegram_id)?;
-    Ok(Json(MeResponse {
+    let peers = users_peers(state, user.telegram_id)?;
+    let server = spec
+        .server
+        .clone()
+        .unwrap_or_else(|| state.settings.default_server.clone());
+    Ok(MeResponse {
         user: UserView {
             id: user.telegram_id,
             first_name: user.first_name,
@@ -288,9 +304,10 @@ pub async fn me(
             paid_until: spec.paid_until,
             plan: spec.plan,
             max_devices: spec.max_devices,
+            server,
         },
-        devices: devices_of(&state, user.telegram_id, &peers),
-    }))
+        devices: devices_of(state, user.telegram_id, &peers),
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/plans", tag = "miniapp",
@@ -320,7 +337,8 @@ pub async fn plans(State(state): State<SharedState>) -> Json<Vec<PlanView>> {
     security(("tma" = [])),
     request_body = CreatePaymentRequest,
     responses((status = 201, body = PaymentResponse), (status = 401, body = ErrorBody),
-        (status = 409, description = "receipts need an e-mail or phone", body = ErrorBody),
+        (status = 404, description = "location_not_found: `server` is not offered", body = ErrorBody),
+        (status = 409, description = "receipts need an e-mail or phone (contact_required), or `server` is full (server_full)", body = ErrorBody),
         (status = 422, description = "unknown plan", body = ErrorBody),
         (status = 429, description = "too many payments started; `Retry-After` says when to try again", body = ErrorBody),
         (status = 502, description = "YooKassa failed", body = ErrorBody)))]
@@ -336,12 +354,18 @@ pub async fn create_payment(
             format!("there is no plan {:?}", request.plan),
         )
     })?;
+    if let Some(server) = &request.server {
+        crate::locations::check_location(&state, init.user.id, server)?;
+    }
     let now = Timestamp::now();
     let user = state
         .ledger
         .upsert_user(&init.user, now)
         .await
         .map_err(ApiError::from_ledger)?;
+    if let Some(server) = &request.server {
+        crate::locations::apply_location(&state, user.telegram_id, server).await?;
+    }
     let order = PaymentOrder {
         user_id: user.telegram_id,
         plan,

@@ -3,6 +3,10 @@
 //! server-side apply with field manager [`FIELD_MANAGER`], forced (the ledger is the truth and
 //! the derivation is idempotent, so writing it again is always safe). The apply creates the
 //! subscription when it is absent.
+//!
+//! The user's location, `spec.server`, is not the ledger's: it is the user's pick, written by
+//! [`SubscriptionSync::set_server`] with its own field manager [`LOCATION_FIELD_MANAGER`], so
+//! the ledger's applies (which leave `server` out) and the drift loop never touch it.
 
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,6 +19,20 @@ use crate::{AdminGrant, Entitlement, Ledger, LedgerError};
 
 /// The field manager of every ledger-derived field.
 pub const FIELD_MANAGER: &str = "wgsub-ledger";
+
+/// The field manager of `VpnSubscription.spec.server`, the user's location (the api's
+/// `PUT /api/v1/me/location` and payments, the bot's `/location`).
+pub const LOCATION_FIELD_MANAGER: &str = "wgsub-location";
+
+/// The server-side-apply patch that puts a user on `server`.
+pub fn server_patch(telegram_user_id: i64, server: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": "VpnSubscription",
+        "metadata": {"name": subscription_name(telegram_user_id)},
+        "spec": {"telegramUserId": telegram_user_id, "server": server},
+    })
+}
 
 /// The server-side-apply patch that makes a user's `VpnSubscription` say what the ledger says.
 /// `paidUntil` and `plan` are left out when the ledger has none, which (under server-side
@@ -102,6 +120,25 @@ impl SubscriptionSync {
             .mark_synced(user.telegram_id, user.ledger_version)
             .await?;
         Ok(applied)
+    }
+
+    /// Puts the user on `server` (their location): a forced apply of `spec.server` alone with
+    /// [`LOCATION_FIELD_MANAGER`], creating the subscription when it is absent. The caller has
+    /// checked that the server is offered and not full ([`wgsub_crds::locations`]); the
+    /// operator moves the user's devices there.
+    pub async fn set_server(
+        &self,
+        telegram_user_id: i64,
+        server: &str,
+    ) -> Result<VpnSubscription, kube::Error> {
+        let params = PatchParams::apply(LOCATION_FIELD_MANAGER).force();
+        self.api
+            .patch(
+                &subscription_name(telegram_user_id),
+                &params,
+                &Patch::Apply(server_patch(telegram_user_id, server)),
+            )
+            .await
     }
 
     /// Reads the user from the ledger and applies them.
