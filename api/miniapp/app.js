@@ -1,28 +1,70 @@
-// The wgsub Mini App: status, plans (pay through YooKassa or in Telegram Stars with
-// `Telegram.WebApp.openInvoice`), and the user's devices (QR code,
-// .conf download, copy, connect switch, add device, and which app imports the config: the
-// WireGuard app, or AmneziaVPN / AmneziaWG for a device on an AmneziaWG server, with the official
-// store links); a promo code field and the personal referral link. Talks to the API with
-// `Authorization: tma <initData>`; renders even when Telegram's WebApp API is absent. When the
+// The wgsub Mini App. Screens: status (days left; an expired or unpaid subscription leads
+// straight to the plans), plans (pick one, pay through YooKassa or in Telegram Stars with
+// `Telegram.WebApp.openInvoice`; a promo code field), keys (the user's devices: connected now,
+// last handshake, traffic, QR code, .conf download, copy, the on/off switch, rename) and, per
+// device, the connection guide: for the user's platform (`Telegram.WebApp.platform`) the app
+// that imports the config of the device's server protocol (WireGuard, or AmneziaVPN /
+// AmneziaWG) with its official store links and the quickest way to import it there.
+//
+// It behaves like Telegram's own screens: it follows `themeChanged` while open, the
+// `BackButton` leaves a sub-screen, the `MainButton` carries each screen's main action (buy,
+// pay, add a device; a page button stands in for it outside Telegram), and success and
+// failure are felt (`HapticFeedback`). After a payment it polls `/api/v1/me` until the new
+// paid-until date is there (for a bounded time, then says the payment has not arrived yet).
+//
+// Talks to the API with `Authorization: tma <initData>`; renders even when Telegram's WebApp
+// API is absent. Errors are the API's JSON `{code, message}`: the message is shown. When the
 // API says the initData expired (`init_data_expired`), it asks the user to reopen the app:
 // Telegram signs fresh initData only when a Mini App is opened, so the button closes it
 // (`Telegram.WebApp.close`) for the user to open it again from the bot (outside Telegram it
-// reloads the page).
+// reloads the page). Untrusted data only ever goes into `textContent`.
 "use strict";
 
 const TEXT = {
   en: {
     status: "Status", plans: "Plans", keys: "Keys", phase: "Status", paidUntil: "Paid until",
     plan: "Plan", devices: "Devices", refresh: "Refresh", addDevice: "Add device",
-    download: "Download .conf", copy: "Copy config", copied: "Copied", connected: "Connected",
-    pay: "Pay", days: "days", deviceCount: "devices", noDevices: "No devices yet.",
-    payStars: "Pay {s} ⭐", starsPaid: "Paid in Stars: your subscription is being extended.",
+    download: "Download .conf", copy: "Copy config", copied: "Copied", enabled: "On",
+    days: "days", deviceCount: "devices", noDevices: "No devices yet.",
+    payFor: "Pay {p} · {t}", payStars: "Pay {s} ⭐",
+    starsPaid: "Paid in Stars: waiting for your subscription to be extended…",
     starsFailed: "The payment in Stars did not go through.",
     notReady: "Your key is being prepared…", openInTelegram: "Open this page from the wgsub bot in Telegram.",
     error: "Something went wrong", Pending: "Not paid", Active: "Active", Expired: "Expired",
     Suspended: "Suspended", device: "Device",
     sessionExpired: "Your session has expired. Close the app and open it again from the bot.",
     reopen: "Close and reopen",
+    daysLeft: ["{n} day left", "{n} days left"], lessThanDay: "Less than a day left",
+    expiredTitle: "Your subscription has expired",
+    expiredText: "It ended on {d}. Renew it to connect again: your devices keep their configs.",
+    pendingTitle: "No subscription yet", pendingText: "Choose a plan to get your VPN key.",
+    suspendedTitle: "Your subscription is suspended",
+    suspendedText: "Write to the bot's support to find out why.",
+    renew: "Renew", choosePlan: "Choose a plan",
+    paymentWaiting: "Waiting for your payment… This page updates by itself once it arrives.",
+    paymentReceived: "Payment received: paid until {d}.",
+    paymentLate: "The payment has not arrived yet. If you paid, it shows up within a few minutes: tap Refresh.",
+    connectedNow: "Connected", notConnected: "Not connected", lastSeen: "Last handshake {r}",
+    neverSeen: "No handshake yet", traffic: "↓ {down} · ↑ {up}",
+    rename: "Rename", save: "Save", cancel: "Cancel", renamed: "Renamed",
+    howToConnect: "How to connect", guideTitle: "Connect “{d}”",
+    stepInstall: "1. Install the app", stepImport: "2. Import the config", stepOn: "3. Turn it on",
+    stepOnText: "Switch the tunnel on in the app. This page shows “Connected” after the first handshake.",
+    showQr: "Show QR code",
+    guideNotReady: "The config is not ready yet: come back in a moment.",
+    guideInactive: "The config works again once the subscription is renewed.",
+    ios: "iPhone, iPad", android: "Android", windows: "Windows", macos: "macOS", linux: "Linux",
+    import_wireguard_ios: "Quickest: tap “Download .conf” and open the file with WireGuard (Share → WireGuard). Or open this page on a computer and scan its QR code in WireGuard: + → Create from QR code.",
+    import_wireguard_android: "Quickest: tap “Download .conf”, then in WireGuard tap + → Import from file or archive and pick it. Or open this page on another screen and scan the QR code: + → Scan from QR code.",
+    import_wireguard_windows: "Tap “Download .conf”, then in WireGuard click “Import tunnel(s) from file” and pick it. To connect a phone, scan the QR code below with its WireGuard app.",
+    import_wireguard_macos: "Tap “Download .conf”, then in WireGuard choose “Import tunnel(s) from file” and pick it. To connect a phone, scan the QR code below with its WireGuard app.",
+    import_wireguard_linux: "Download the .conf and run: sudo wg-quick up ./{f} (or import it into NetworkManager: nmcli connection import type wireguard file {f}). To connect a phone, scan the QR code below with its WireGuard app.",
+    import_amneziawg_ios: "Quickest: tap “Copy config”, open AmneziaVPN, tap + and paste it. Or tap “Download .conf” and open the file with AmneziaWG.",
+    import_amneziawg_android: "Quickest: tap “Copy config”, open AmneziaVPN, tap + and paste it. Or tap “Download .conf”, then in AmneziaWG tap + → Import from file or archive.",
+    import_amneziawg_windows: "Tap “Download .conf”, then in AmneziaVPN add a connection from the file (or paste the copied config). To connect a phone, scan the QR code below with AmneziaWG.",
+    import_amneziawg_macos: "Tap “Download .conf”, then in AmneziaVPN add a connection from the file (or paste the copied config). To connect a phone, scan the QR code below with AmneziaWG.",
+    import_amneziawg_linux: "Tap “Download .conf”, then in AmneziaVPN add a connection from the file (or paste the copied config). To connect a phone, scan the QR code below with AmneziaWG.",
+    appsAmneziawg: "This is an AmneziaWG config: the WireGuard app cannot connect with it.",
     promoLabel: "Promo code", promoApply: "Apply", promoDays: "Code accepted: +{d} days.",
     promoWaiting: "{p}% off your next payment.", inviteTitle: "Invite friends",
     inviteCopy: "Copy link",
@@ -32,23 +74,53 @@ const TEXT = {
     promo_expired: "This promo code has expired.", promo_used_up: "This promo code has been used up.",
     promo_already_redeemed: "You have already used this promo code.",
     promo_discount_waiting: "You already have a discount waiting for your next payment.",
-    appsWireguard: "Import the config into the WireGuard app:",
-    appsAmneziawg: "This is an AmneziaWG config: import it into the AmneziaVPN or AmneziaWG app (the WireGuard app cannot connect with it).",
-    platformApple: "iPhone, iPad, Mac", platformAndroid: "Android",
-    platformDesktop: "Windows, macOS, Linux", or: "or",
+    units: ["B", "KB", "MB", "GB", "TB"],
   },
   ru: {
     status: "Статус", plans: "Тарифы", keys: "Ключи", phase: "Статус", paidUntil: "Оплачено до",
     plan: "Тариф", devices: "Устройства", refresh: "Обновить", addDevice: "Добавить устройство",
-    download: "Скачать .conf", copy: "Скопировать конфиг", copied: "Скопировано", connected: "Подключено",
-    pay: "Оплатить", days: "дн.", deviceCount: "устр.", noDevices: "Устройств пока нет.",
-    payStars: "Оплатить {s} ⭐", starsPaid: "Оплачено звёздами: подписка продлевается.",
+    download: "Скачать .conf", copy: "Скопировать конфиг", copied: "Скопировано", enabled: "Включено",
+    days: "дн.", deviceCount: "устр.", noDevices: "Устройств пока нет.",
+    payFor: "Оплатить {p} · {t}", payStars: "Оплатить {s} ⭐",
+    starsPaid: "Оплачено звёздами: ждём продления подписки…",
     starsFailed: "Оплата звёздами не прошла.",
     notReady: "Ключ готовится…", openInTelegram: "Откройте эту страницу из бота wgsub в Telegram.",
     error: "Что-то пошло не так", Pending: "Не оплачено", Active: "Активна", Expired: "Истекла",
     Suspended: "Приостановлена", device: "Устройство",
     sessionExpired: "Сессия истекла. Закройте приложение и откройте его снова из бота.",
     reopen: "Закрыть и открыть снова",
+    daysLeft: ["Остался {n} день", "Осталось {n} дня", "Осталось {n} дней"],
+    lessThanDay: "Осталось меньше дня",
+    expiredTitle: "Подписка закончилась",
+    expiredText: "Она закончилась {d}. Продлите её, чтобы снова подключиться: конфиги устройств останутся прежними.",
+    pendingTitle: "Подписки пока нет", pendingText: "Выберите тариф, чтобы получить ключ VPN.",
+    suspendedTitle: "Подписка приостановлена",
+    suspendedText: "Напишите в поддержку бота, чтобы узнать причину.",
+    renew: "Продлить", choosePlan: "Выбрать тариф",
+    paymentWaiting: "Ждём оплату… Страница обновится сама, как только она придёт.",
+    paymentReceived: "Оплата получена: оплачено до {d}.",
+    paymentLate: "Оплата пока не пришла. Если вы оплатили, она появится в течение нескольких минут: нажмите «Обновить».",
+    connectedNow: "Подключено", notConnected: "Не подключено", lastSeen: "Последнее рукопожатие {r}",
+    neverSeen: "Рукопожатий ещё не было", traffic: "↓ {down} · ↑ {up}",
+    rename: "Переименовать", save: "Сохранить", cancel: "Отмена", renamed: "Переименовано",
+    howToConnect: "Как подключить", guideTitle: "Подключить «{d}»",
+    stepInstall: "1. Установите приложение", stepImport: "2. Импортируйте конфиг", stepOn: "3. Включите",
+    stepOnText: "Включите туннель в приложении. Здесь появится «Подключено» после первого рукопожатия.",
+    showQr: "Показать QR-код",
+    guideNotReady: "Конфиг ещё не готов: загляните через минуту.",
+    guideInactive: "Конфиг снова заработает, когда подписка будет продлена.",
+    ios: "iPhone, iPad", android: "Android", windows: "Windows", macos: "macOS", linux: "Linux",
+    import_wireguard_ios: "Быстрее всего: нажмите «Скачать .conf» и откройте файл в WireGuard (Поделиться → WireGuard). Или откройте эту страницу на компьютере и отсканируйте QR-код в WireGuard: + → Создать из QR-кода.",
+    import_wireguard_android: "Быстрее всего: нажмите «Скачать .conf», затем в WireGuard нажмите + → Импорт из файла или архива и выберите его. Или откройте эту страницу на другом экране и отсканируйте QR-код: + → Сканировать QR-код.",
+    import_wireguard_windows: "Нажмите «Скачать .conf», затем в WireGuard нажмите «Импорт туннелей из файла» и выберите его. Чтобы подключить телефон, отсканируйте QR-код ниже его приложением WireGuard.",
+    import_wireguard_macos: "Нажмите «Скачать .conf», затем в WireGuard выберите «Импорт туннелей из файла» и выберите его. Чтобы подключить телефон, отсканируйте QR-код ниже его приложением WireGuard.",
+    import_wireguard_linux: "Скачайте .conf и выполните: sudo wg-quick up ./{f} (или импортируйте в NetworkManager: nmcli connection import type wireguard file {f}). Чтобы подключить телефон, отсканируйте QR-код ниже его приложением WireGuard.",
+    import_amneziawg_ios: "Быстрее всего: нажмите «Скопировать конфиг», откройте AmneziaVPN, нажмите + и вставьте его. Или нажмите «Скачать .conf» и откройте файл в AmneziaWG.",
+    import_amneziawg_android: "Быстрее всего: нажмите «Скопировать конфиг», откройте AmneziaVPN, нажмите + и вставьте его. Или нажмите «Скачать .conf», затем в AmneziaWG нажмите + → Импорт из файла или архива.",
+    import_amneziawg_windows: "Нажмите «Скачать .conf», затем в AmneziaVPN добавьте подключение из файла (или вставьте скопированный конфиг). Чтобы подключить телефон, отсканируйте QR-код ниже приложением AmneziaWG.",
+    import_amneziawg_macos: "Нажмите «Скачать .conf», затем в AmneziaVPN добавьте подключение из файла (или вставьте скопированный конфиг). Чтобы подключить телефон, отсканируйте QR-код ниже приложением AmneziaWG.",
+    import_amneziawg_linux: "Нажмите «Скачать .conf», затем в AmneziaVPN добавьте подключение из файла (или вставьте скопированный конфиг). Чтобы подключить телефон, отсканируйте QR-код ниже приложением AmneziaWG.",
+    appsAmneziawg: "Это конфиг AmneziaWG: приложение WireGuard с ним не подключится.",
     promoLabel: "Промокод", promoApply: "Применить", promoDays: "Промокод принят: +{d} дн.",
     promoWaiting: "Скидка {p}% на следующую оплату.", inviteTitle: "Пригласите друзей",
     inviteCopy: "Скопировать ссылку",
@@ -58,33 +130,51 @@ const TEXT = {
     promo_expired: "Срок действия промокода истёк.", promo_used_up: "Промокод исчерпан.",
     promo_already_redeemed: "Вы уже использовали этот промокод.",
     promo_discount_waiting: "У вас уже есть скидка на следующую оплату.",
-    appsWireguard: "Импортируйте конфиг в приложение WireGuard:",
-    appsAmneziawg: "Это конфиг AmneziaWG: импортируйте его в приложение AmneziaVPN или AmneziaWG (приложение WireGuard с ним не подключится).",
-    platformApple: "iPhone, iPad, Mac", platformAndroid: "Android",
-    platformDesktop: "Windows, macOS, Linux", or: "или",
+    units: ["Б", "КБ", "МБ", "ГБ", "ТБ"],
   },
 };
 
-// The apps that import a device's config, by the protocol of its server: per platform, the
-// official store pages (the same links the bot sends).
+const PLATFORMS = ["ios", "android", "windows", "macos", "linux"];
+
+// The official store pages of the apps that import a config, by the protocol of the device's
+// server and the platform (the bot sends the same links).
 const APPS = {
-  wireguard: [
-    ["platformApple", [["App Store", "https://apps.apple.com/app/wireguard/id1441195209"]]],
-    ["platformAndroid", [["Google Play", "https://play.google.com/store/apps/details?id=com.wireguard.android"]]],
-    ["platformDesktop", [["wireguard.com", "https://www.wireguard.com/install/"]]],
-  ],
-  amneziawg: [
-    ["platformApple", [
-      ["AmneziaVPN", "https://apps.apple.com/app/amneziavpn/id1600529900"],
-      ["AmneziaWG", "https://apps.apple.com/app/amneziawg/id6478942365"],
-    ]],
-    ["platformAndroid", [
-      ["AmneziaVPN", "https://play.google.com/store/apps/details?id=org.amnezia.vpn"],
-      ["AmneziaWG", "https://play.google.com/store/apps/details?id=org.amnezia.awg"],
-    ]],
-    ["platformDesktop", [["AmneziaVPN", "https://github.com/amnezia-vpn/amnezia-client/releases"]]],
-  ],
+  wireguard: {
+    ios: [["WireGuard · App Store", "https://apps.apple.com/app/wireguard/id1441195209"]],
+    android: [["WireGuard · Google Play", "https://play.google.com/store/apps/details?id=com.wireguard.android"]],
+    windows: [["WireGuard for Windows", "https://www.wireguard.com/install/"]],
+    macos: [["WireGuard · Mac App Store", "https://apps.apple.com/app/wireguard/id1451685025"]],
+    linux: [["wireguard-tools", "https://www.wireguard.com/install/"]],
+  },
+  amneziawg: {
+    ios: [
+      ["AmneziaVPN · App Store", "https://apps.apple.com/app/amneziavpn/id1600529900"],
+      ["AmneziaWG · App Store", "https://apps.apple.com/app/amneziawg/id6478942365"],
+    ],
+    android: [
+      ["AmneziaVPN · Google Play", "https://play.google.com/store/apps/details?id=org.amnezia.vpn"],
+      ["AmneziaWG · Google Play", "https://play.google.com/store/apps/details?id=org.amnezia.awg"],
+    ],
+    windows: [["AmneziaVPN", "https://github.com/amnezia-vpn/amnezia-client/releases"]],
+    macos: [["AmneziaVPN", "https://github.com/amnezia-vpn/amnezia-client/releases"]],
+    linux: [["AmneziaVPN", "https://github.com/amnezia-vpn/amnezia-client/releases"]],
+  },
 };
+
+// The quickest import first: phones open the file (WireGuard) or paste the config
+// (AmneziaVPN); computers open the file and show the QR code for a phone.
+const IMPORT_ACTIONS = {
+  wireguard: { ios: ["download", "copy"], android: ["download", "copy"] },
+  amneziawg: { ios: ["copy", "download"], android: ["copy", "download"] },
+};
+const DESKTOP_ACTIONS = ["download", "copy", "qr"];
+
+// A payment is looked for every few seconds for five minutes after the user is sent to pay.
+const PAYMENT_POLL_MS = 3000;
+const PAYMENT_WAIT_MS = 5 * 60 * 1000;
+// A handshake this recent means the device is connected (WireGuard re-keys every 2 minutes).
+const CONNECTED_WITHIN_MS = 3 * 60 * 1000;
+const MAX_DEVICE_NAME = 64;
 
 const webApp = (window.Telegram && window.Telegram.WebApp) || null;
 const initData = (webApp && webApp.initData) || "";
@@ -96,7 +186,63 @@ function pickLanguage(code) {
   return code && code.toLowerCase().startsWith("en") ? "en" : "ru";
 }
 function t(key) { return TEXT[lang][key] || key; }
+function fill(key, values) {
+  let text = t(key);
+  for (const [name, value] of Object.entries(values)) text = text.split("{" + name + "}").join(String(value));
+  return text;
+}
 function $(id) { return document.getElementById(id); }
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+function button(text, className, onClick) {
+  const el = element("button", className, text);
+  el.type = "button";
+  el.addEventListener("click", onClick);
+  return el;
+}
+
+// `n` with the plural form of `key` ([one, other] in English, [one, few, many] in Russian).
+function plural(key, n) {
+  const forms = t(key);
+  let form;
+  if (lang === "en") form = n === 1 ? 0 : 1;
+  else if (n % 10 === 1 && n % 100 !== 11) form = 0;
+  else if (n % 10 >= 2 && n % 10 <= 4 && (n % 100 < 12 || n % 100 > 14)) form = 1;
+  else form = 2;
+  return forms[form].replace("{n}", n);
+}
+
+function formatDate(iso) {
+  if (!iso) return "—";
+  return new Date(iso).toLocaleString(lang === "en" ? "en-GB" : "ru-RU", {
+    year: "numeric", month: "long", day: "numeric", hour: "2-digit", minute: "2-digit",
+  });
+}
+
+function formatAgo(iso) {
+  const seconds = Math.round((new Date(iso).getTime() - Date.now()) / 1000);
+  const format = new Intl.RelativeTimeFormat(lang, { numeric: "auto" });
+  const abs = Math.abs(seconds);
+  if (abs < 60) return format.format(seconds, "second");
+  if (abs < 3600) return format.format(Math.round(seconds / 60), "minute");
+  if (abs < 86400) return format.format(Math.round(seconds / 3600), "hour");
+  return format.format(Math.round(seconds / 86400), "day");
+}
+
+function formatBytes(bytes) {
+  const units = t("units");
+  let value = Math.max(0, Number(bytes) || 0);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  const digits = unit === 0 || value >= 10 ? 0 : 1;
+  return value.toLocaleString(lang === "en" ? "en-GB" : "ru-RU", { maximumFractionDigits: digits }) + " " + units[unit];
+}
+
+// --- Telegram's chrome: theme, haptics, BackButton, MainButton, confirmations. ---
 
 function applyTheme() {
   const root = document.documentElement;
@@ -107,6 +253,119 @@ function applyTheme() {
   root.classList.toggle("dark", Boolean(webApp && webApp.colorScheme === "dark"));
 }
 
+// `kind`: "success", "error" or "warning".
+function haptic(kind) {
+  if (webApp && webApp.HapticFeedback) webApp.HapticFeedback.notificationOccurred(kind);
+}
+
+function hapticSelection() {
+  if (webApp && webApp.HapticFeedback) webApp.HapticFeedback.selectionChanged();
+}
+
+// Asks `message` with Telegram's own dialog (the browser's outside Telegram).
+function confirmAction(message) {
+  return new Promise((resolve) => {
+    if (webApp && typeof webApp.showConfirm === "function") webApp.showConfirm(message, (ok) => resolve(Boolean(ok)));
+    else resolve(window.confirm(message));
+  });
+}
+
+const mainButton = (webApp && webApp.MainButton) || null;
+let mainAction = null;
+
+// Puts the screen's main action on Telegram's MainButton (the page's own button outside
+// Telegram); `null` hides it.
+function setMainAction(text, action) {
+  mainAction = text ? action : null;
+  const fallback = $("main-action");
+  if (mainButton) {
+    fallback.hidden = true;
+    if (text) {
+      mainButton.setText(text);
+      mainButton.enable();
+      mainButton.show();
+    } else {
+      mainButton.hide();
+    }
+  } else {
+    fallback.textContent = text || "";
+    fallback.hidden = !text;
+  }
+}
+
+async function runMainAction() {
+  if (!mainAction) return;
+  const action = mainAction;
+  const fallback = $("main-action");
+  fallback.disabled = true;
+  if (mainButton) mainButton.showProgress(false);
+  try {
+    await action();
+  } finally {
+    fallback.disabled = false;
+    if (mainButton) mainButton.hideProgress();
+  }
+}
+
+// --- Screens: three tabs, and sub-screens the BackButton leaves. ---
+
+const TABS = ["status", "plans", "keys"];
+let screens = ["status"];
+
+function current() { return screens[screens.length - 1]; }
+
+function showScreen() {
+  const screen = current();
+  for (const tab of document.querySelectorAll("[data-tab]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.tab === screen));
+  }
+  for (const panel of document.querySelectorAll("[data-panel]")) {
+    panel.hidden = panel.dataset.panel !== screen;
+  }
+  $("tabs").hidden = !TABS.includes(screen);
+  document.body.dataset.screen = screen;
+  if (webApp && webApp.BackButton) {
+    if (screens.length > 1) webApp.BackButton.show();
+    else webApp.BackButton.hide();
+  }
+  updateMainAction();
+}
+
+function selectTab(name) {
+  screens = [name];
+  showScreen();
+}
+
+function pushScreen(name) {
+  screens.push(name);
+  showScreen();
+  window.scrollTo(0, 0);
+}
+
+function back() {
+  if (screens.length > 1) screens.pop();
+  showScreen();
+}
+
+// The main action of the screen on show.
+function updateMainAction() {
+  const screen = current();
+  const phase = me ? me.subscription.phase : null;
+  if (screen === "plans") {
+    const plan = plans.find((p) => p.id === selectedPlan);
+    if (plan) setMainAction(fill("payFor", { p: priceText(plan), t: planTitle(plan) }), () => pay(plan.id));
+    else setMainAction(null);
+  } else if (screen === "status" && (phase === "Expired" || phase === "Pending")) {
+    setMainAction(t(phase === "Expired" ? "renew" : "choosePlan"), () => selectTab("plans"));
+  } else if (screen === "keys" && me && phase === "Active" && me.devices.length < me.subscription.maxDevices) {
+    setMainAction(t("addDevice"), addDevice);
+  } else if (screen === "keys" && (phase === "Expired" || phase === "Pending")) {
+    setMainAction(t("renew"), () => selectTab("plans"));
+  } else {
+    setMainAction(null);
+  }
+}
+
 function translate() {
   document.documentElement.lang = lang;
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
@@ -115,9 +374,11 @@ function translate() {
   $("tab-keys").textContent = t("keys");
 }
 
-function notice(message) {
+// `kind`: "info" (default), "success", "warning" or "error".
+function notice(message, kind) {
   const el = $("notice");
   el.textContent = message || "";
+  el.dataset.kind = kind || "info";
   el.hidden = !message;
 }
 
@@ -132,15 +393,22 @@ function reopen() {
   else window.location.reload();
 }
 
-// Shows a failed call's message (an expired session has its own notice).
+// Shows a failed call's message and lets the user feel it (an expired session has its own
+// notice).
 function fail(error) {
-  if (error.code !== "init_data_expired") notice(error.message);
+  haptic("error");
+  if (error.code !== "init_data_expired") notice(error.message, "error");
 }
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {}, { Authorization: "tma " + initData });
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, Object.assign({}, options, { headers }));
+  let response;
+  try {
+    response = await fetch(path, Object.assign({}, options, { headers }));
+  } catch (_) {
+    throw new Error(t("error"));
+  }
   if (!response.ok) {
     let body = {};
     try { body = (await response.json()) || {}; } catch (_) { /* not JSON */ }
@@ -153,21 +421,7 @@ async function api(path, options = {}) {
   return response;
 }
 
-function formatDate(iso) {
-  if (!iso) return "—";
-  return new Date(iso).toLocaleString(lang === "en" ? "en-GB" : "ru-RU", {
-    year: "numeric", month: "long", day: "numeric", hour: "2-digit", minute: "2-digit",
-  });
-}
-
-function selectTab(name) {
-  for (const tab of document.querySelectorAll("[data-tab]")) {
-    tab.setAttribute("aria-selected", String(tab.dataset.tab === name));
-  }
-  for (const panel of document.querySelectorAll("[data-panel]")) {
-    panel.hidden = panel.dataset.panel !== name;
-  }
-}
+// --- Status. ---
 
 let me = null;
 
@@ -182,89 +436,152 @@ async function loadMe() {
     fail(error);
     return;
   }
-  notice("");
-  if (me.user.languageCode) { lang = pickLanguage(me.user.languageCode); translate(); }
+  await showMe();
+}
+
+async function showMe() {
+  if (me.user.languageCode && pickLanguage(me.user.languageCode) !== lang) {
+    lang = pickLanguage(me.user.languageCode);
+    translate();
+    renderPlans();
+  }
   const name = [me.user.firstName, me.user.lastName].filter(Boolean).join(" ");
   $("user-name").textContent = name || "wgsub VPN";
   $("user-id").textContent = "ID " + me.user.id + (me.user.username ? " · @" + me.user.username : "");
+  const sub = me.subscription;
   const phase = $("phase");
-  phase.textContent = t(me.subscription.phase);
-  phase.className = "phase-" + me.subscription.phase;
-  $("paid-until").textContent = formatDate(me.subscription.paidUntil);
-  $("plan").textContent = me.subscription.plan || "—";
-  $("device-count").textContent = me.devices.length + " / " + me.subscription.maxDevices;
-  renderDevices();
+  phase.textContent = t(sub.phase);
+  phase.className = "phase-" + sub.phase;
+  $("paid-until").textContent = formatDate(sub.paidUntil);
+  const plan = plans.find((p) => p.id === sub.plan);
+  $("plan").textContent = plan ? planTitle(plan) : sub.plan || "—";
+  $("device-count").textContent = me.devices.length + " / " + sub.maxDevices;
+  if (!planChosen && plans.some((p) => p.id === sub.plan)) selectPlan(sub.plan, false);
+  showDaysLeft(sub);
+  showRenewal(sub);
+  await renderDevices();
+  updateMainAction();
 }
 
+// The days-left bar: full at the length of the user's plan (30 days when it is not known).
+function showDaysLeft(sub) {
+  const box = $("days-left");
+  box.hidden = sub.phase !== "Active" || !sub.paidUntil;
+  if (box.hidden) return;
+  const left = new Date(sub.paidUntil).getTime() - Date.now();
+  const days = Math.floor(left / 86400000);
+  const plan = plans.find((p) => p.id === sub.plan);
+  const scale = plan ? plan.days : 30;
+  $("days-left-text").textContent = days < 1 ? t("lessThanDay") : plural("daysLeft", days);
+  $("days-bar").style.width = Math.max(2, Math.min(100, (100 * left) / (scale * 86400000))) + "%";
+  box.dataset.level = days < 3 ? "low" : days < 7 ? "soon" : "ok";
+}
+
+// An expired, never paid or suspended subscription gets a card that leads to the plans.
+function showRenewal(sub) {
+  const card = $("renew-card");
+  const titles = { Expired: "expiredTitle", Pending: "pendingTitle", Suspended: "suspendedTitle" };
+  card.hidden = !titles[sub.phase];
+  card.dataset.phase = sub.phase;
+  if (card.hidden) return;
+  $("renew-title").textContent = t(titles[sub.phase]);
+  const texts = { Expired: "expiredText", Pending: "pendingText", Suspended: "suspendedText" };
+  $("renew-text").textContent = fill(texts[sub.phase], { d: formatDate(sub.paidUntil) });
+  $("renew").hidden = sub.phase === "Suspended";
+  $("renew").textContent = t(sub.phase === "Expired" ? "renew" : "choosePlan");
+}
+
+// --- Plans and payments. ---
+
+let plans = [];
+let selectedPlan = null;
+// The user picked a plan themselves (until then the current plan, or the first, is picked).
+let planChosen = false;
+
+function planTitle(plan) { return lang === "en" ? plan.titleEn : plan.titleRu; }
+function priceText(plan) { return plan.price + " " + (plan.currency === "RUB" ? "₽" : plan.currency); }
+
 async function loadPlans() {
-  const list = $("plan-list");
-  let plans;
   try {
     plans = await (await fetch("/api/v1/plans")).json();
   } catch (_) {
     return;
   }
+  if (!selectedPlan && plans.length) selectedPlan = plans[0].id;
+  renderPlans();
+  updateMainAction();
+}
+
+function selectPlan(id, felt) {
+  if (felt) {
+    planChosen = true;
+    if (id !== selectedPlan) hapticSelection();
+  }
+  selectedPlan = id;
+  for (const card of document.querySelectorAll("#plan-list [data-plan]")) {
+    card.setAttribute("aria-checked", String(card.dataset.plan === id));
+  }
+  updateMainAction();
+}
+
+function renderPlans() {
+  const list = $("plan-list");
   list.replaceChildren();
   for (const plan of plans) {
-    const card = document.createElement("div");
-    card.className = "card plan";
-    const info = document.createElement("div");
-    const title = document.createElement("div");
-    title.className = "name";
-    title.textContent = lang === "en" ? plan.titleEn : plan.titleRu;
-    const detail = document.createElement("div");
-    detail.className = "hint";
-    detail.textContent = plan.days + " " + t("days") + " · " + plan.devices + " " + t("deviceCount");
-    info.append(title, detail);
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.plan = plan.id;
-    button.textContent = t("pay") + " " + plan.price + " " + (plan.currency === "RUB" ? "₽" : plan.currency);
-    button.addEventListener("click", () => pay(plan.id, button));
-    const actions = document.createElement("div");
-    actions.className = "pay-actions";
-    actions.append(button);
+    const card = element("div", "card plan");
+    card.dataset.plan = plan.id;
+    card.setAttribute("role", "radio");
+    card.setAttribute("aria-checked", String(plan.id === selectedPlan));
+    card.tabIndex = 0;
+    card.addEventListener("click", () => selectPlan(plan.id, true));
+    const info = element("div");
+    info.append(
+      element("div", "name", planTitle(plan)),
+      element("div", "hint", plan.days + " " + t("days") + " · " + plan.devices + " " + t("deviceCount")),
+    );
+    const side = element("div", "pay-actions");
+    side.append(element("strong", "price", priceText(plan)));
     if (plan.priceStars) {
-      const stars = document.createElement("button");
-      stars.type = "button";
+      const stars = button(fill("payStars", { s: plan.priceStars }), "stars", (event) => {
+        event.stopPropagation();
+        payStars(plan.id, stars);
+      });
       stars.dataset.stars = plan.id;
-      stars.textContent = t("payStars").replace("{s}", plan.priceStars);
-      stars.addEventListener("click", () => payStars(plan.id, stars));
-      actions.append(stars);
+      side.append(stars);
     }
-    card.append(info, actions);
+    card.append(info, side);
     list.append(card);
   }
 }
 
-async function pay(planId, button) {
+async function pay(planId) {
   if (!initData) { notice(t("openInTelegram")); return; }
-  button.disabled = true;
+  const before = me ? me.subscription.paidUntil : null;
   try {
     const payment = await (await api("/api/v1/payments", {
       method: "POST", body: JSON.stringify({ plan: planId }),
     })).json();
     // openLink opens the browser on every platform (iOS included) without leaving Telegram.
     openExternal(payment.confirmationUrl);
+    watchPayment(before);
   } catch (error) {
     fail(error);
-  } finally {
-    button.disabled = false;
   }
 }
 
-async function payStars(planId, button) {
+async function payStars(planId, starsButton) {
   if (!initData) { notice(t("openInTelegram")); return; }
-  button.disabled = true;
+  starsButton.disabled = true;
+  const before = me ? me.subscription.paidUntil : null;
   try {
     const invoice = await (await api("/api/v1/stars/invoice", {
       method: "POST", body: JSON.stringify({ plan: planId }),
     })).json();
-    // The payment itself goes to the bot, which credits it; refresh the status after it.
+    // The payment itself goes to the bot, which credits it; the page then waits for the date.
     if (webApp && typeof webApp.openInvoice === "function") {
       webApp.openInvoice(invoice.invoiceLink, (status) => {
-        if (status === "paid") { notice(t("starsPaid")); setTimeout(loadMe, 2000); }
-        else if (status === "failed") notice(t("starsFailed"));
+        if (status === "paid") watchPayment(before, "starsPaid");
+        else if (status === "failed") { notice(t("starsFailed"), "error"); haptic("error"); }
       });
     } else {
       window.open(invoice.invoiceLink, "_blank", "noopener");
@@ -272,8 +589,43 @@ async function payStars(planId, button) {
   } catch (error) {
     fail(error);
   } finally {
-    button.disabled = false;
+    starsButton.disabled = false;
   }
+}
+
+function paidLater(until, before) {
+  return Boolean(until) && (!before || new Date(until).getTime() > new Date(before).getTime());
+}
+
+let paymentWatch = 0;
+
+// Polls `/api/v1/me` until the paid-until date moves past `before`, at most PAYMENT_WAIT_MS.
+function watchPayment(before, waitingKey = "paymentWaiting") {
+  const watch = ++paymentWatch;
+  const deadline = Date.now() + PAYMENT_WAIT_MS;
+  notice(t(waitingKey), "info");
+  const tick = async () => {
+    if (watch !== paymentWatch) return;
+    let fresh = null;
+    try {
+      fresh = await (await api("/api/v1/me")).json();
+    } catch (error) {
+      if (error.code === "init_data_expired") return;
+    }
+    if (watch !== paymentWatch) return;
+    if (fresh && paidLater(fresh.subscription.paidUntil, before)) {
+      me = fresh;
+      await showMe();
+      notice(fill("paymentReceived", { d: formatDate(fresh.subscription.paidUntil) }), "success");
+      haptic("success");
+    } else if (Date.now() >= deadline) {
+      notice(t("paymentLate"), "warning");
+      haptic("warning");
+    } else {
+      setTimeout(tick, PAYMENT_POLL_MS);
+    }
+  };
+  setTimeout(tick, PAYMENT_POLL_MS);
 }
 
 // Opens `url` outside the Mini App (Telegram's openLink, or a new tab).
@@ -282,33 +634,19 @@ function openExternal(url) {
   else window.open(url, "_blank", "noopener");
 }
 
-// Which app imports the config of a device on a `protocol` server, with the store links.
-function renderAppHint(protocol) {
-  const known = APPS[protocol] ? protocol : "wireguard";
-  const hint = document.createElement("div");
-  hint.className = "apps hint";
-  hint.dataset.protocol = known;
-  const intro = document.createElement("div");
-  intro.className = "apps-intro";
-  intro.textContent = t(known === "amneziawg" ? "appsAmneziawg" : "appsWireguard");
-  hint.append(intro);
-  for (const [platform, links] of APPS[known]) {
-    const row = document.createElement("div");
-    row.append(document.createTextNode(t(platform) + " — "));
-    links.forEach(([label, url], i) => {
-      if (i > 0) row.append(document.createTextNode(" " + t("or") + " "));
-      const link = document.createElement("a");
-      link.href = url;
-      link.textContent = label;
-      link.rel = "noopener";
-      link.target = "_blank";
-      link.addEventListener("click", (event) => { event.preventDefault(); openExternal(url); });
-      row.append(link);
-    });
-    hint.append(row);
-  }
-  return hint;
+function externalLink(label, url) {
+  const link = element("a", "", label);
+  link.href = url;
+  link.rel = "noopener";
+  link.target = "_blank";
+  link.addEventListener("click", (event) => { event.preventDefault(); openExternal(url); });
+  return link;
 }
+
+// --- Devices. ---
+
+// What each ready device's card fetched: the config text, its file name and blob URLs.
+const files = new Map();
 
 function fileNameOf(response, fallback) {
   const header = response.headers.get("Content-Disposition") || "";
@@ -316,33 +654,77 @@ function fileNameOf(response, fallback) {
   return match ? match[1] : fallback;
 }
 
+function deviceTitle(device) {
+  return device.deviceName || t("device") + " " + device.name.split("-").pop();
+}
+
+function isConnected(device) {
+  if (typeof device.connected === "boolean") return device.connected;
+  return Boolean(device.lastHandshake) && Date.now() - new Date(device.lastHandshake).getTime() < CONNECTED_WITHIN_MS;
+}
+
+function devicePath(device) { return "/api/v1/me/peers/" + encodeURIComponent(device.name); }
+
+async function fetchFiles(device) {
+  const qr = await (await api(devicePath(device) + "/qr")).blob();
+  const qrUrl = URL.createObjectURL(qr);
+  objectUrls.push(qrUrl);
+  const config = await api(devicePath(device) + "/config");
+  const text = await config.text();
+  const fileUrl = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+  objectUrls.push(fileUrl);
+  const entry = { text, fileName: fileNameOf(config, "wgsub.conf"), fileUrl, qrUrl };
+  files.set(device.name, entry);
+  return entry;
+}
+
+function downloadLink(entry) {
+  const link = element("a", "download", t("download"));
+  link.download = entry.fileName;
+  link.href = entry.fileUrl;
+  return link;
+}
+
+function copyButton(entry) {
+  const copy = button(t("copy"), "copy", async () => {
+    await copyText(entry.text);
+    copy.textContent = t("copied");
+    haptic("success");
+  });
+  return copy;
+}
+
+function qrImage(entry) {
+  const img = element("img", "qr");
+  img.alt = "QR";
+  img.src = entry.qrUrl;
+  return img;
+}
+
 async function renderDevice(device) {
-  const card = document.createElement("div");
-  card.className = "card device";
+  const card = element("div", "card device");
   card.dataset.device = device.name;
-  const title = document.createElement("div");
-  title.className = "row";
-  const name = document.createElement("strong");
-  name.textContent = device.deviceName || t("device") + " " + device.name.split("-").pop();
-  const seen = document.createElement("span");
-  seen.className = "hint";
-  seen.textContent = device.lastHandshake ? formatDate(device.lastHandshake) : "";
-  title.append(name, seen);
-  card.append(title);
-  const actions = document.createElement("div");
-  actions.className = "actions";
-  const label = document.createElement("label");
-  label.className = "switch";
-  const toggle = document.createElement("input");
+  const connected = isConnected(device);
+  card.dataset.connected = String(connected);
+  const title = element("div", "row");
+  const name = element("strong", "device-name", deviceTitle(device));
+  const state = element("span", "state " + (connected ? "on" : "off"), t(connected ? "connectedNow" : "notConnected"));
+  title.append(name, state);
+  const stats = element("div", "hint stats");
+  stats.textContent = (device.lastHandshake ? fill("lastSeen", { r: formatAgo(device.lastHandshake) }) : t("neverSeen"))
+    + " · " + fill("traffic", { down: formatBytes(device.txBytes), up: formatBytes(device.rxBytes) });
+  card.append(title, stats);
+
+  const controls = element("div", "actions");
+  const label = element("label", "switch");
+  const toggle = element("input", "connect");
   toggle.type = "checkbox";
   toggle.checked = device.enabled;
-  toggle.className = "connect";
   toggle.addEventListener("change", async () => {
     toggle.disabled = true;
     try {
-      await api("/api/v1/me/peers/" + encodeURIComponent(device.name), {
-        method: "PATCH", body: JSON.stringify({ enabled: toggle.checked }),
-      });
+      await api(devicePath(device), { method: "PATCH", body: JSON.stringify({ enabled: toggle.checked }) });
+      hapticSelection();
     } catch (error) {
       toggle.checked = !toggle.checked;
       fail(error);
@@ -350,48 +732,57 @@ async function renderDevice(device) {
       toggle.disabled = false;
     }
   });
-  label.append(toggle, document.createTextNode(t("connected")));
-  actions.append(label);
+  label.append(toggle, document.createTextNode(t("enabled")));
+  controls.append(label, button(t("rename"), "rename secondary", () => startRename(card, device)));
+  card.append(controls);
+
   if (!device.ready || me.subscription.phase !== "Active") {
-    const wait = document.createElement("div");
-    wait.className = "hint";
-    wait.textContent = device.ready ? t(me.subscription.phase) : t("notReady");
-    card.append(wait, actions);
+    card.append(element("div", "hint wait", device.ready ? t(me.subscription.phase) : t("notReady")));
     return card;
   }
-  const base = "/api/v1/me/peers/" + encodeURIComponent(device.name);
-  const img = document.createElement("img");
-  img.className = "qr";
-  img.alt = "QR";
-  card.append(img);
+  let entry;
   try {
-    const qr = await (await api(base + "/qr")).blob();
-    const url = URL.createObjectURL(qr);
-    objectUrls.push(url);
-    img.src = url;
-    const config = await api(base + "/config");
-    const text = await config.text();
-    const link = document.createElement("a");
-    link.className = "download";
-    link.textContent = t("download");
-    link.download = fileNameOf(config, "wgsub.conf");
-    const fileUrl = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
-    objectUrls.push(fileUrl);
-    link.href = fileUrl;
-    const copy = document.createElement("button");
-    copy.type = "button";
-    copy.className = "copy";
-    copy.textContent = t("copy");
-    copy.addEventListener("click", async () => {
-      await copyText(text);
-      copy.textContent = t("copied");
-    });
-    actions.append(link, copy);
+    entry = await fetchFiles(device);
   } catch (error) {
     fail(error);
+    return card;
   }
-  card.append(actions, renderAppHint(device.protocol));
+  const actions = element("div", "actions");
+  actions.append(downloadLink(entry), copyButton(entry),
+    button(t("howToConnect"), "guide-open secondary", () => openGuide(device)));
+  card.append(qrImage(entry), actions);
+  if (device.protocol === "amneziawg") card.append(element("div", "hint apps-note", t("appsAmneziawg")));
   return card;
+}
+
+// Turns the device's name into a field with Save and Cancel.
+function startRename(card, device) {
+  const title = card.querySelector(".row");
+  const form = element("form", "rename-form row");
+  const input = element("input", "rename-input");
+  input.type = "text";
+  input.maxLength = MAX_DEVICE_NAME;
+  input.value = device.deviceName || "";
+  input.placeholder = deviceTitle(device);
+  const save = element("button", "save", t("save"));
+  save.type = "submit";
+  const cancel = button(t("cancel"), "cancel secondary", () => form.replaceWith(title));
+  form.append(input, save, cancel);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    save.disabled = true;
+    try {
+      await api(devicePath(device), { method: "PATCH", body: JSON.stringify({ deviceName: input.value }) });
+      haptic("success");
+      notice(t("renamed"), "success");
+      await loadMe();
+    } catch (error) {
+      fail(error);
+      save.disabled = false;
+    }
+  });
+  title.replaceWith(form);
+  input.focus();
 }
 
 async function copyText(text) {
@@ -409,34 +800,113 @@ async function copyText(text) {
 
 async function renderDevices() {
   while (objectUrls.length) URL.revokeObjectURL(objectUrls.pop());
+  files.clear();
   const list = $("device-list");
-  list.replaceChildren();
   if (!me) return;
-  if (me.devices.length === 0) {
-    const empty = document.createElement("div");
-    empty.className = "hint";
-    empty.textContent = t("noDevices");
-    list.append(empty);
+  const cards = [];
+  if (me.devices.length === 0) cards.push(element("div", "hint", t("noDevices")));
+  for (const device of me.devices) cards.push(await renderDevice(device));
+  list.replaceChildren(...cards);
+  if (current() === "guide" && guideDevice) {
+    const device = me.devices.find((d) => d.name === guideDevice);
+    if (device) renderGuide(device);
+    else back();
   }
-  for (const device of me.devices) list.append(await renderDevice(device));
-  $("add-device").hidden = me.subscription.phase !== "Active" || me.devices.length >= me.subscription.maxDevices;
 }
 
 async function addDevice() {
-  const button = $("add-device");
-  button.disabled = true;
   try {
     await api("/api/v1/me/peers", { method: "POST", body: JSON.stringify({}) });
+    haptic("success");
     await loadMe();
   } catch (error) {
     fail(error);
-  } finally {
-    button.disabled = false;
   }
 }
 
-// Promo codes and referrals: a code redeemed here gives free days now or a discount the next
-// payment is priced with; the invite card shows the personal ref_ link and what it brought.
+// --- The connection guide. ---
+
+let guideDevice = null;
+let guidePlatform = detectPlatform();
+
+// The user's platform as Telegram reports it; Telegram Desktop and the web versions are told
+// apart by the browser's user agent.
+function detectPlatform() {
+  const platform = (webApp && webApp.platform) || "unknown";
+  if (platform === "ios") return "ios";
+  if (platform.startsWith("android")) return "android";
+  if (platform === "macos") return "macos";
+  if (platform === "unigram") return "windows";
+  const agent = navigator.userAgent;
+  if (/iPhone|iPad|iPod/.test(agent)) return "ios";
+  if (/Android/.test(agent)) return "android";
+  if (/Windows/.test(agent)) return "windows";
+  if (/Macintosh|Mac OS X/.test(agent)) return "macos";
+  return "linux";
+}
+
+function openGuide(device) {
+  guideDevice = device.name;
+  renderGuide(device);
+  pushScreen("guide");
+}
+
+function renderGuide(device) {
+  const protocol = APPS[device.protocol] ? device.protocol : "wireguard";
+  $("guide-title").textContent = fill("guideTitle", { d: deviceTitle(device) });
+  const chips = $("guide-platforms");
+  chips.replaceChildren(...PLATFORMS.map((platform) => {
+    const chip = button(t(platform), "chip", () => {
+      if (platform !== guidePlatform) hapticSelection();
+      guidePlatform = platform;
+      renderGuide(device);
+    });
+    chip.dataset.platform = platform;
+    chip.setAttribute("role", "radio");
+    chip.setAttribute("aria-checked", String(platform === guidePlatform));
+    return chip;
+  }));
+  const guide = $("guide");
+  guide.dataset.platform = guidePlatform;
+  guide.dataset.protocol = protocol;
+  const install = element("div", "card step install");
+  install.append(element("div", "name", t("stepInstall")));
+  const links = element("div", "store-links");
+  for (const [label, url] of APPS[protocol][guidePlatform]) links.append(externalLink(label, url));
+  install.append(links);
+  if (protocol === "amneziawg") install.append(element("div", "hint", t("appsAmneziawg")));
+
+  const step = element("div", "card step import");
+  step.append(element("div", "name", t("stepImport")));
+  const entry = files.get(device.name);
+  if (!entry) {
+    step.append(element("div", "hint", t(device.ready ? "guideInactive" : "guideNotReady")));
+  } else {
+    step.append(element("p", "how", fill("import_" + protocol + "_" + guidePlatform, { f: entry.fileName })));
+    const actions = element("div", "actions");
+    const order = (IMPORT_ACTIONS[protocol] || {})[guidePlatform] || DESKTOP_ACTIONS;
+    const qrShown = order === DESKTOP_ACTIONS;
+    for (const action of order) {
+      if (action === "download") actions.append(downloadLink(entry));
+      else if (action === "copy") actions.append(copyButton(entry));
+    }
+    if (!qrShown) {
+      actions.append(button(t("showQr"), "show-qr secondary", (event) => {
+        event.target.remove();
+        step.append(qrImage(entry));
+      }));
+    }
+    step.append(actions);
+    if (qrShown) step.append(qrImage(entry));
+  }
+  const on = element("div", "card step on");
+  on.append(element("div", "name", t("stepOn")), element("div", "hint", t("stepOnText")));
+  guide.replaceChildren(install, step, on);
+}
+
+// --- Promo codes and referrals: a code redeemed here gives free days now or a discount the
+// next payment is priced with; the invite card shows the personal ref_ link and what it brought.
+
 let inviteLink = null;
 
 function promoMessage(error) {
@@ -447,9 +917,9 @@ async function loadDiscount() {
   if (!initData) return;
   try {
     const discount = await (await api("/api/v1/me/promo")).json();
-    $("promo-result").textContent = discount ? t("promoWaiting").replace("{p}", discount.percentOff) : "";
+    $("promo-result").textContent = discount ? fill("promoWaiting", { p: discount.percentOff }) : "";
   } catch (error) {
-    if (error.code !== "init_data_expired") notice(error.message);
+    if (error.code !== "init_data_expired") notice(error.message, "error");
   }
 }
 
@@ -458,21 +928,23 @@ async function redeemPromo() {
   const input = $("promo-code");
   const code = input.value.trim();
   if (!code) return;
-  const button = $("promo-apply");
-  button.disabled = true;
+  const apply = $("promo-apply");
+  apply.disabled = true;
   try {
     const result = await (await api("/api/v1/me/promo", {
       method: "POST", body: JSON.stringify({ code }),
     })).json();
     input.value = "";
     $("promo-result").textContent = result.kind === "days"
-      ? t("promoDays").replace("{d}", result.days)
-      : t("promoWaiting").replace("{p}", result.percentOff);
+      ? fill("promoDays", { d: result.days })
+      : fill("promoWaiting", { p: result.percentOff });
+    haptic("success");
     if (result.kind === "days") await loadMe();
   } catch (error) {
+    haptic("error");
     if (error.code !== "init_data_expired") $("promo-result").textContent = promoMessage(error);
   } finally {
-    button.disabled = false;
+    apply.disabled = false;
   }
 }
 
@@ -483,32 +955,36 @@ async function loadReferrals() {
     inviteLink = view.link;
     $("invite-link").textContent = view.link || "";
     $("invite-copy").hidden = !view.link;
-    $("invite-stats").textContent = t("inviteStats")
-      .replace("{j}", view.joined).replace("{r}", view.rewarded).replace("{d}", view.daysEarned);
+    $("invite-stats").textContent = fill("inviteStats", { j: view.joined, r: view.rewarded, d: view.daysEarned });
   } catch (error) {
-    if (error.code !== "init_data_expired") notice(error.message);
+    if (error.code !== "init_data_expired") notice(error.message, "error");
   }
 }
 
 async function copyInvite() {
   if (!inviteLink) return;
   await copyText(inviteLink);
+  haptic("success");
   $("invite-copy").textContent = t("copied");
   setTimeout(() => { $("invite-copy").textContent = t("inviteCopy"); }, 1500);
 }
 
-function start() {
+async function start() {
   if (webApp) {
     if (typeof webApp.ready === "function") webApp.ready();
     if (typeof webApp.expand === "function") webApp.expand();
+    if (typeof webApp.onEvent === "function") webApp.onEvent("themeChanged", applyTheme);
+    if (webApp.BackButton) webApp.BackButton.onClick(back);
   }
+  if (mainButton) mainButton.onClick(runMainAction);
   applyTheme();
   translate();
   for (const tab of document.querySelectorAll("[data-tab]")) {
     tab.addEventListener("click", () => selectTab(tab.dataset.tab));
   }
+  $("main-action").addEventListener("click", runMainAction);
   $("refresh").addEventListener("click", loadMe);
-  $("add-device").addEventListener("click", addDevice);
+  $("renew").addEventListener("click", () => selectTab("plans"));
   $("reopen").addEventListener("click", reopen);
   $("promo-apply").addEventListener("click", redeemPromo);
   $("invite-copy").addEventListener("click", copyInvite);
@@ -516,10 +992,12 @@ function start() {
     $("user-name").textContent = [unsafeUser.first_name, unsafeUser.last_name].filter(Boolean).join(" ");
     $("user-id").textContent = "ID " + unsafeUser.id;
   }
-  loadPlans();
+  showScreen();
   loadDiscount();
   loadReferrals();
-  loadMe().then(() => { document.body.dataset.loaded = "true"; });
+  await loadPlans();
+  await loadMe();
+  document.body.dataset.loaded = "true";
 }
 
 start();

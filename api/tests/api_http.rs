@@ -430,12 +430,11 @@ async fn the_owner_downloads_config_and_qr_switches_and_adds_devices() {
         "created by the API's field manager: {:?}",
         created.metadata.managed_fields
     );
-    // Clearing the name of the device the API created (its create wrote the name), naming it
-    // again and clearing that: each as asked, on the resource too.
+    // Renaming the device the API created (its create wrote the name), twice: each as asked,
+    // on the resource too (an empty name is refused: tests/device_actions.rs).
     for (name, want) in [
-        ("  ", Value::Null),
         ("Old laptop", json!("Old laptop")),
-        ("", Value::Null),
+        ("  New laptop ", json!("New laptop")),
     ] {
         let (status, device) = h
             .user_call(
@@ -618,9 +617,68 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
     h.assert_nothing_forbidden();
 }
 
+/// The plans of the browser test: the harness's month, also sold for Stars.
+const BROWSER_PLANS: &str = "plans:
+  - {id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 2, priceStars: 150}
+";
+
+/// initData of `user_id` speaking `language`, as Telegram signs it now, with the user object
+/// the page's stub shows as `initDataUnsafe.user`.
+fn signed_user(h: &Harness, user_id: i64, language: &str) -> Value {
+    let user =
+        json!({"id": user_id, "first_name": format!("User{user_id}"), "language_code": language});
+    let init_data = wgsub_api::initdata::sign(
+        &[
+            ("auth_date", &Timestamp::now().as_second().to_string()),
+            ("user", &user.to_string()),
+        ],
+        &h.token,
+    );
+    json!({"initData": init_data, "user": user})
+}
+
+/// The node-agent's report on a device: connected 30 s ago, 342 KiB up and 1.5 MiB down.
+async fn device_seen(h: &Harness, name: &str) {
+    let status = json!({
+        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgPeer",
+        "status": {
+            "active": true,
+            "lastHandshake": (Timestamp::now() - SignedDuration::from_secs(30)).to_string(),
+            "rxBytes": 342 * 1024, "txBytes": 3 * 512 * 1024,
+        }
+    });
+    let peer = Api::<WgPeer>::namespaced(h.admin.clone(), &h.namespace)
+        .patch_status(
+            name,
+            &kube::api::PatchParams::apply("wgsub-test-agent"),
+            &kube::api::Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    h.visible(&peer).await;
+}
+
+/// A subscription of `user` that ran out two days ago, with its device `tg-<user>-1` kept.
+async fn expired_user(h: &Harness, user: i64) {
+    let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
+    let mut spec = wgsub_crds::VpnSubscriptionSpec::for_user(user);
+    spec.paid_until = Some(Timestamp::now() - SignedDuration::from_hours(48));
+    spec.plan = Some("month".into());
+    let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+    sub.metadata.namespace = Some(h.namespace.clone());
+    let sub = subs.create(&Default::default(), &sub).await.unwrap();
+    h.visible(&sub).await;
+    h.ready_device(user, 1, "main", "10.8.0.60/32", "Phone")
+        .await;
+}
+
+/// The Mini App in headless Chromium against this API (api/tests/miniapp_browser.cjs says what
+/// it covers): users active (a connected WireGuard device and an AmneziaWG one), expired, never
+/// paid and with a free device slot; Telegram's Bot API faked for the Stars invoice. The script
+/// asks for the YooKassa webhook of its first payment on stdout (`@@webhook`) and gets the
+/// webhook's status on stdin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mini_app_works_in_headless_chromium_names_the_app_per_protocol_and_asks_to_reopen_when_expired()
- {
+async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native() {
     let node_modules = std::env::var("WGSUB_NODE_MODULES").expect(
         "WGSUB_NODE_MODULES is not set: this test needs playwright-core (run scripts/test)",
     );
@@ -640,13 +698,35 @@ async fn the_mini_app_works_in_headless_chromium_names_the_app_per_protocol_and_
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::env::temp_dir().join("wgsub-test-artifacts"));
     std::fs::create_dir_all(&artifacts).unwrap();
-    let h = harness("browser").await;
-    h.fake_yookassa("2f000000-000f-5000-8000-00000000bb01", "pending")
+    let mut h = harness("browser").await;
+    // Stars need a plan sold for them and Telegram's createInvoiceLink.
+    let telegram = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(format!(
+            "/bot{}/createInvoiceLink",
+            h.token
+        )))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true, "result": "https://t.me/$StarsInvoice"})),
+        )
+        .mount(&telegram)
         .await;
+    h.router = axum::Router::new();
+    let state = std::sync::Arc::get_mut(&mut h.state).expect("only the harness holds the state");
+    state.plans = wgsub_crds::plans::PlanCatalogue::from_yaml_str(BROWSER_PLANS).unwrap();
+    state.settings.telegram_api_url = telegram.uri();
+    h.router = wgsub_api::app(h.state.clone());
+
+    const PAYMENT: &str = "2f000000-000f-5000-8000-00000000bb01";
+    h.fake_yookassa(PAYMENT, "succeeded").await;
     h.active_user(601).await;
-    // A second device on an AmneziaWG server: its card says which app imports the config.
+    device_seen(&h, "tg-601-1").await;
+    // A second device on an AmneziaWG server: its guide names the AmneziaWG apps.
     create_amneziawg_server(&h, "awg").await;
     h.ready_device(601, 2, "awg", "10.9.0.2/32", "Laptop").await;
+    expired_user(&h, 603).await;
+    h.active_user(604).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = h.router.clone();
@@ -658,47 +738,103 @@ async fn the_mini_app_works_in_headless_chromium_names_the_app_per_protocol_and_
         .await
         .unwrap();
     });
-    let user = json!({"id": 601, "first_name": "User601", "language_code": "en"});
-    let user_ru = json!({"id": 601, "first_name": "User601", "language_code": "ru"});
-    let init_data_ru = wgsub_api::initdata::sign(
-        &[
-            ("auth_date", &Timestamp::now().as_second().to_string()),
-            ("user", &user_ru.to_string()),
-        ],
-        &h.token,
-    );
-    let output = tokio::process::Command::new("node")
+    let mut users = serde_json::Map::new();
+    for (role, id) in [
+        ("active", 601),
+        ("expired", 603),
+        ("adder", 604),
+        ("pending", 605),
+    ] {
+        users.insert(
+            role.into(),
+            json!({"en": signed_user(&h, id, "en"), "ru": signed_user(&h, id, "ru")}),
+        );
+    }
+    let mut child = tokio::process::Command::new("node")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/miniapp_browser.cjs"
         ))
         .env("WGSUB_MINIAPP_BASE", format!("http://{addr}"))
-        .env("WGSUB_INIT_DATA", h.init_data(601))
+        .env("WGSUB_USERS_JSON", Value::Object(users).to_string())
         .env(
             "WGSUB_STALE_INIT_DATA",
             h.init_data_at(601, Timestamp::now() - SignedDuration::from_hours(2)),
         )
-        .env("WGSUB_USER_JSON", user.to_string())
-        .env("WGSUB_INIT_DATA_RU", init_data_ru)
-        .env("WGSUB_USER_RU_JSON", user_ru.to_string())
         .env("WGSUB_TEST_ARTIFACTS", &artifacts)
         .env("WGSUB_NODE_MODULES", &node_modules)
         .env("WGSUB_CHROMIUM", &chromium)
-        .output()
-        .await
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
         .expect("node runs (this test needs Node.js)");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text)
+            .await
+            .unwrap();
+        text
+    });
+    let mut log = String::new();
+    let mut webhooks = 0;
+    let talk = async {
+        let mut line = String::new();
+        while tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+            .await
+            .unwrap()
+            > 0
+        {
+            if line.trim_end() == "@@webhook" {
+                let status = h
+                    .webhook(
+                        notification("payment.succeeded", PAYMENT),
+                        YOOKASSA_ADDR,
+                        None,
+                    )
+                    .await;
+                webhooks += 1;
+                tokio::io::AsyncWriteExt::write_all(
+                    &mut stdin,
+                    format!("{}\n", status.as_u16()).as_bytes(),
+                )
+                .await
+                .unwrap();
+            } else {
+                log.push_str(&line);
+            }
+            line.clear();
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(Duration::from_secs(300), talk)
+        .await
+        .expect("the browser test finishes within five minutes");
+    let stderr = stderr.await.unwrap();
     assert!(
-        output.status.success(),
-        "the browser test failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        status.success(),
+        "the browser test failed:\n{log}\n{stderr}"
     );
-    for theme in ["light", "dark"] {
-        assert!(artifacts.join(format!("miniapp-{theme}-keys.png")).exists());
+    assert_eq!(webhooks, 1, "{log}");
+    for screen in ["status", "plans", "keys", "guide", "expired", "pending"] {
+        for theme in ["light", "dark"] {
+            for lang in ["en", "ru"] {
+                let shot = artifacts.join(format!("miniapp-{theme}-{lang}-{screen}.png"));
+                assert!(shot.exists(), "{} was kept", shot.display());
+            }
+        }
     }
-    assert!(artifacts.join("miniapp-expired.png").exists());
-    for lang in ["en", "ru"] {
-        assert!(artifacts.join(format!("miniapp-apps-{lang}.png")).exists());
+    for shot in [
+        "payment-received",
+        "payment-late",
+        "guide-amneziawg-ios",
+        "expired",
+    ] {
+        assert!(artifacts.join(format!("miniapp-{shot}.png")).exists());
     }
     h.assert_nothing_forbidden();
 }
