@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod miniapp;
 pub mod openapi;
 pub mod qr;
+pub mod renewal;
 pub mod stars;
 pub mod state;
 pub mod system;
@@ -50,6 +51,10 @@ pub fn app(state: SharedState) -> Router {
             get(growth::waiting_discount).post(growth::redeem_promo),
         )
         .route("/api/v1/me/referrals", get(growth::referrals))
+        .route(
+            "/api/v1/me/renewal",
+            get(renewal::renewal).delete(renewal::disable_renewal),
+        )
         .route("/api/v1/stars/invoice", post(stars::create_stars_invoice))
         .route(
             "/api/v1/me/peers",

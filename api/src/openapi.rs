@@ -7,6 +7,7 @@ use crate::devices::{DeviceProtocol, DeviceView};
 use crate::error::ErrorBody;
 use crate::growth::{DiscountView, PromoRequest, PromoResponse, ReferralsView};
 use crate::locations::{LocationRequest, LocationView};
+use crate::renewal::{CardView, RenewalView};
 use crate::stars::{StarsInvoiceRequest, StarsInvoiceResponse};
 use crate::user::{
     AddDeviceRequest, CreatePaymentRequest, MeResponse, PaymentResponse, PlanView, QrFormat,
@@ -41,6 +42,8 @@ impl Modify for TmaAuth {
         crate::growth::redeem_promo,
         crate::growth::waiting_discount,
         crate::growth::referrals,
+        crate::renewal::renewal,
+        crate::renewal::disable_renewal,
         crate::stars::create_stars_invoice,
         crate::user::list_peers,
         crate::user::add_peer,
@@ -53,7 +56,7 @@ impl Modify for TmaAuth {
         PromoRequest, PromoResponse, DiscountView, ReferralsView,
         ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, DeviceProtocol, PlanView,
         CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
-        StarsInvoiceRequest, StarsInvoiceResponse,
+        StarsInvoiceRequest, StarsInvoiceResponse, RenewalView, CardView,
         LocationView, LocationRequest,
     )),
     modifiers(&TmaAuth),

@@ -125,7 +125,7 @@ pub struct PlanView {
 
 /// `POST /api/v1/payments` body.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreatePaymentRequest {
     pub plan: String,
     /// A location to move to, checked as `PUT /api/v1/me/location` checks it (404
@@ -133,6 +133,9 @@ pub struct CreatePaymentRequest {
     /// when the payment is created.
     #[serde(default)]
     pub server: Option<String>,
+    /// Save the card for automatic renewal (see `/api/v1/me/renewal`).
+    #[serde(default)]
+    pub save_card: bool,
 }
 
 /// A created payment.
@@ -374,7 +377,7 @@ pub async fn create_payment(
     };
     match state
         .ledger
-        .create_payment(&state.yookassa, order, now)
+        .create_payment_saving_card(&state.yookassa, order, request.save_card, now)
         .await
     {
         Ok(created) => {

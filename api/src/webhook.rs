@@ -6,6 +6,10 @@
 //! (YooKassa retries); a request that can never succeed (wrong address, not a notification, an
 //! object id that is not one) is a 4xx, which YooKassa does not retry.
 //!
+//! A payment applied or canceled is then handed to [`wgsub_ledger::Ledger::settle_renewal`]
+//! with YooKassa's copy: the card it saved is stored (when the buyer agreed), a renewal charge
+//! is marked succeeded or failed.
+//!
 //! Every delivery that reaches a decision is audited, one row each. Refusals before that —
 //! which anyone on the internet can send as fast as they like — touch neither YooKassa nor the
 //! database (a wrong address is refused before the body is even read): each is counted in
@@ -77,23 +81,24 @@ async fn decide(state: &SharedState, event: &str, object_id: &str) -> Result<Dec
     let now = Timestamp::now();
     match event {
         "payment.succeeded" | "payment.canceled" => {
-            let fetched = match state.yookassa.get_payment(object_id).await {
-                Ok(fetched) => fetched,
+            let details = match state.yookassa.get_payment_details(object_id).await {
+                Ok(details) => details,
                 Err(error) if yookassa_not_found(&error) => {
                     return Ok(Decision::new(DeliveryOutcome::Rejected, "unknown_payment"));
                 }
                 Err(error) => return Err(Retry::Provider(error)),
             };
+            let fetched = &details.payment;
             let Some(record) = state
                 .ledger
-                .payment_for(&fetched)
+                .payment_for(fetched)
                 .await
                 .map_err(Retry::Ledger)?
             else {
                 return Ok(Decision::new(DeliveryOutcome::Rejected, "unknown_payment"));
             };
-            match fetched.status.as_str() {
-                "succeeded" => match state.ledger.apply_payment(record.id, &fetched, now).await {
+            let decision = match fetched.status.as_str() {
+                "succeeded" => match state.ledger.apply_payment(record.id, fetched, now).await {
                     Ok(ApplyOutcome::Applied { user_id, .. }) => {
                         state.metrics.payment("succeeded");
                         Ok(Decision {
@@ -130,7 +135,20 @@ async fn decide(state: &SharedState, event: &str, object_id: &str) -> Result<Dec
                     DeliveryOutcome::Recorded,
                     format!("payment_{other}"),
                 )),
+            }?;
+            if matches!(
+                decision.outcome,
+                DeliveryOutcome::Applied | DeliveryOutcome::Duplicate
+            ) {
+                // A saved card is stored, a renewal charge settled: once, however often
+                // YooKassa repeats the notification.
+                state
+                    .ledger
+                    .settle_renewal(&record, &details, now)
+                    .await
+                    .map_err(Retry::Ledger)?;
             }
+            Ok(decision)
         }
         "refund.succeeded" => {
             let refund = match state.yookassa.get_refund(object_id).await {

@@ -1,10 +1,11 @@
 //! The background work: expiry reminders (the pure schedule in [`crate::reminders`], what was
-//! sent kept in the database) and the ledger's notification outbox (payment succeeded, refund).
+//! sent kept in the database), the ledger's notification outbox (payment succeeded, refund,
+//! a failed automatic renewal) and the automatic renewals themselves ([`run_renewals`]).
 //! Each run is one function of `now` so tests drive it directly.
 
 use jiff::{SignedDuration, Timestamp};
 use teloxide::Bot;
-use wgsub_ledger::{LedgerError, NotificationEvent};
+use wgsub_ledger::{LedgerError, NotificationEvent, RenewalContext, RenewalReport};
 
 use crate::app::App;
 use crate::broadcast::Delivery;
@@ -80,6 +81,21 @@ pub async fn send_due_reminders(
     Ok(report)
 }
 
+/// Renewal periods charged per run.
+pub const RENEWAL_BATCH: i64 = 50;
+
+/// Charges the automatic renewals due at `now` with the saved cards and settles those still
+/// open (see [`wgsub_ledger::renewal`]): safe on every replica at once, each period is claimed
+/// in the database before YooKassa is asked. The user hears of a failure through the outbox.
+pub async fn run_renewals(app: &App, now: Timestamp) -> Result<RenewalReport, LedgerError> {
+    let ctx = RenewalContext {
+        yookassa: &app.yookassa,
+        plans: &app.plans,
+        receipt: app.settings.receipts,
+    };
+    app.ledger.run_renewals(ctx, now, RENEWAL_BATCH).await
+}
+
 /// How long a notification that keeps failing (not a blocked chat) is retried.
 pub const OUTBOX_GIVE_UP_AFTER: SignedDuration = SignedDuration::from_hours(1);
 
@@ -119,6 +135,9 @@ pub fn notification_text(lang: Lang, event: &NotificationEvent) -> String {
         NotificationEvent::ReferralRevoked { days, paid_until } => {
             text::referral_revoked(lang, *days, *paid_until)
         }
+        NotificationEvent::RenewalFailed {
+            reason, paid_until, ..
+        } => text::renewal_failed(lang, reason, *paid_until),
     }
 }
 

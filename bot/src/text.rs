@@ -1177,6 +1177,114 @@ mod growth_tests {
     }
 }
 
+// --- automatic renewal ---
+
+/// Why an automatic renewal was not charged, in words.
+fn renewal_failure_reason(lang: Lang, reason: &str) -> &'static str {
+    match reason {
+        "insufficient_funds" => lang.pick(
+            "на карте не хватило денег",
+            "the card had insufficient funds",
+        ),
+        "card_expired" => lang.pick("срок действия карты истёк", "the card has expired"),
+        "permission_revoked" => lang.pick(
+            "разрешение на списания с карты отозвано",
+            "permission to charge the card was revoked",
+        ),
+        "plan_unavailable" => lang.pick(
+            "этот тариф больше не продаётся",
+            "this plan is no longer sold",
+        ),
+        "contact_required" => lang.pick(
+            "для чека нужен ваш e-mail или телефон",
+            "the receipt needs your e-mail or phone",
+        ),
+        "provider_unavailable" => lang.pick(
+            "платёжная система не ответила",
+            "the payment provider did not answer",
+        ),
+        _ => lang.pick("банк отклонил платёж", "the bank declined the payment"),
+    }
+}
+
+/// The automatic renewal was not charged: no time added; how to pay by hand.
+pub fn renewal_failed(lang: Lang, reason: &str, paid_until: Option<Timestamp>) -> String {
+    let why = renewal_failure_reason(lang, reason);
+    let until = match (lang, paid_until) {
+        (Lang::Ru, Some(until)) => format!(" Подписка действует до {}.", date(until)),
+        (Lang::En, Some(until)) => format!(" Your subscription runs until {}.", date(until)),
+        (_, None) => String::new(),
+    };
+    match lang {
+        Lang::Ru => format!(
+            "Не удалось автоматически продлить подписку: {why}. Деньги не списаны, время не добавлено.{until} Оплатить вручную: /buy"
+        ),
+        Lang::En => format!(
+            "The automatic renewal could not be charged: {why}. Nothing was charged and no time was added.{until} Pay by hand: /buy"
+        ),
+    }
+}
+
+/// `/renewal`: the saved card (masked) and when it is charged, or that renewal is off.
+pub fn renewal_status(
+    lang: Lang,
+    card: Option<(&str, Option<&str>)>,
+    next_charge_at: Option<Timestamp>,
+    plan: Option<&str>,
+) -> String {
+    let Some((title, expires)) = card else {
+        return lang
+            .pick(
+                "Автопродление выключено. Чтобы включить его, при оплате выберите «с автопродлением»: /buy",
+                "Automatic renewal is off. To switch it on, choose \"with automatic renewal\" when you pay: /buy",
+            )
+            .to_owned();
+    };
+    let expires = expires
+        .map(|e| match lang {
+            Lang::Ru => format!(" (до {e})"),
+            Lang::En => format!(" (expires {e})"),
+        })
+        .unwrap_or_default();
+    let plan = plan.unwrap_or("-");
+    let next = match (lang, next_charge_at) {
+        (Lang::Ru, Some(at)) => format!(" Следующее списание: {}.", date(at)),
+        (Lang::En, Some(at)) => format!(" Next charge: {}.", date(at)),
+        (_, None) => String::new(),
+    };
+    match lang {
+        Lang::Ru => format!(
+            "Автопродление включено: тариф {plan}, карта {title}{expires}.{next} Выключить можно в любой момент — карта будет удалена."
+        ),
+        Lang::En => format!(
+            "Automatic renewal is on: plan {plan}, card {title}{expires}.{next} You can switch it off at any time; the card is then deleted."
+        ),
+    }
+}
+
+/// The button that switches renewal off.
+pub fn renewal_off_button(lang: Lang) -> &'static str {
+    lang.pick("Выключить автопродление", "Switch off automatic renewal")
+}
+
+/// Renewal was switched off (or already was).
+pub fn renewal_switched_off(lang: Lang) -> &'static str {
+    lang.pick(
+        "Автопродление выключено, сохранённая карта удалена. Продлить вручную: /buy",
+        "Automatic renewal is off and the saved card is deleted. Renew by hand: /buy",
+    )
+}
+
+/// The plan button that also saves the card for automatic renewal.
+pub fn with_renewal_button(lang: Lang, plan_title: &str) -> String {
+    match lang {
+        Lang::Ru => format!("{plan_title} с автопродлением"),
+        Lang::En => format!("{plan_title} with automatic renewal"),
+    }
+}
+
+// --- end of automatic renewal ---
+
 #[cfg(test)]
 mod tests {
     use super::*;

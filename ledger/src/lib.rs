@@ -83,6 +83,13 @@
 //! [`Ledger::record_star_refund`] revoke it; [`Ledger::referral_summary`]`(user)`,
 //! [`referral::referral_link`].
 //!
+//! **Automatic renewal** — [`renewal`]: [`Ledger::create_payment_saving_card`] (the user agreed
+//! to save the card), [`Ledger::settle_renewal`]`(&record, &PaymentDetails, now)` after every
+//! re-fetched payment (stores a saved card once, settles a renewal charge),
+//! [`Ledger::renewal_status`]`(user)`, [`Ledger::disable_renewal`]`(user, now)` (deletes the
+//! saved method), [`Ledger::run_renewals`]`(RenewalContext, now, limit)` (claims each period
+//! once, charges with the saved method, polls open charges), [`Ledger::with_renewal_lead`].
+//!
 //! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and
 //! [`Ledger::mark_notification_sent`]`(id, now)`; [`NotificationEvent`] says what happened.
 //!
@@ -109,6 +116,7 @@ pub mod outbox;
 pub mod payments;
 pub mod promo;
 pub mod referral;
+pub mod renewal;
 pub mod session;
 pub mod stars;
 pub mod stats;
@@ -137,6 +145,7 @@ pub use promo::{
     RedeemRefusal, Redeemed, WaitingDiscount,
 };
 pub use referral::ReferralSummary;
+pub use renewal::{ChargeOutcome, RenewalContext, RenewalReport, RenewalStatus, SavedCard};
 pub use stars::{StarApplyOutcome, StarPaymentRecord, StarPurchase, StarRefundOutcome};
 pub use stats::{Revenue, Stats};
 pub use sync::{FIELD_MANAGER, SubscriptionSync, SyncError, SyncReport};
@@ -183,6 +192,7 @@ pub struct Ledger {
     rejections: std::sync::Arc<audit::RejectionAudit>,
     referral_days: u32,
     referral_bot: Option<String>,
+    renewal_lead: jiff::SignedDuration,
 }
 
 impl Ledger {
@@ -195,6 +205,7 @@ impl Ledger {
             rejections: Default::default(),
             referral_days: 0,
             referral_bot: None,
+            renewal_lead: renewal::DEFAULT_RENEWAL_LEAD,
         }
     }
 

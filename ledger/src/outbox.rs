@@ -40,6 +40,13 @@ pub enum NotificationEvent {
         days: i32,
         paid_until: Option<Timestamp>,
     },
+    /// The automatic renewal of `plan` was not charged (`reason`: YooKassa's cancellation
+    /// reason, or `plan_unavailable`, `contact_required`, …): no time added.
+    RenewalFailed {
+        plan: String,
+        reason: String,
+        paid_until: Option<Timestamp>,
+    },
 }
 
 impl NotificationEvent {
@@ -50,6 +57,7 @@ impl NotificationEvent {
             NotificationEvent::RefundRecorded { .. } => "refund_recorded",
             NotificationEvent::ReferralRewarded { .. } => "referral_rewarded",
             NotificationEvent::ReferralRevoked { .. } => "referral_revoked",
+            NotificationEvent::RenewalFailed { .. } => "renewal_failed",
         }
     }
 }

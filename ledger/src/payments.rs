@@ -307,6 +307,20 @@ impl Ledger {
         order: PaymentOrder<'_>,
         now: Timestamp,
     ) -> Result<CreatedPayment, PaymentError> {
+        self.create_payment_saving_card(yookassa, order, false, now)
+            .await
+    }
+
+    /// [`Ledger::create_payment`], asking YooKassa to save the card when `save_card` (the user
+    /// agreed to automatic renewal, see [`crate::renewal`]): the payment remembers the consent
+    /// and the card is stored when the applied payment shows it saved.
+    pub async fn create_payment_saving_card(
+        &self,
+        yookassa: &YooKassa,
+        order: PaymentOrder<'_>,
+        save_card: bool,
+        now: Timestamp,
+    ) -> Result<CreatedPayment, PaymentError> {
         let user = self
             .user(order.user_id)
             .await?
@@ -366,8 +380,8 @@ impl Ledger {
         sqlx::query(
             "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
                                    status, idempotence_key, created_at, updated_at, \
-                                   list_amount_minor, discount_redemption_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11)",
+                                   list_amount_minor, discount_redemption_id, save_card) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11, $12)",
         )
         .bind(id)
         .bind(user.telegram_id)
@@ -380,6 +394,7 @@ impl Ledger {
         .bind(now.to_sqlx())
         .bind(discount.as_ref().map(|_| plan.price_minor))
         .bind(discount.as_ref().map(|discount| discount.redemption_id))
+        .bind(save_card)
         .persistent(self.persistent)
         .execute(&mut *tx)
         .await
@@ -394,7 +409,7 @@ impl Ledger {
             price_minor: amount_minor,
             ..plan.clone()
         };
-        let body = create_payment_body(
+        let mut body = create_payment_body(
             id,
             user.telegram_id,
             &priced,
@@ -404,6 +419,9 @@ impl Ledger {
                 .as_ref()
                 .map(|(customer, settings)| (customer, *settings)),
         );
+        if save_card {
+            body["save_payment_method"] = serde_json::Value::Bool(true);
+        }
         let created = match yookassa
             .create_payment(&body, &idempotence_key.to_string())
             .await

@@ -81,6 +81,55 @@ pub struct Payment {
     pub created_at: Option<Timestamp>,
 }
 
+/// A payment method as YooKassa reports it inside a payment (`payment_method`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMethod {
+    /// `bank_card`, `yoo_money`, `sbp`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    /// True when YooKassa saved it for charges without the user (`save_payment_method`).
+    #[serde(default)]
+    pub saved: bool,
+    #[serde(default)]
+    pub card: Option<Card>,
+}
+
+/// The card of a `bank_card` payment method (YooKassa never sends the full number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    #[serde(default)]
+    pub last4: Option<String>,
+    #[serde(default)]
+    pub expiry_month: Option<String>,
+    #[serde(default)]
+    pub expiry_year: Option<String>,
+    /// `Visa`, `MasterCard`, `Mir`, …
+    #[serde(default)]
+    pub card_type: Option<String>,
+}
+
+/// Why YooKassa canceled a payment (`cancellation_details`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancellationDetails {
+    #[serde(default)]
+    pub party: Option<String>,
+    /// `insufficient_funds`, `card_expired`, `permission_revoked`, …
+    pub reason: String,
+}
+
+/// A payment with what renewals read besides [`Payment`]: the payment method (saved or not)
+/// and why it was canceled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentDetails {
+    #[serde(flatten)]
+    pub payment: Payment,
+    #[serde(default)]
+    pub payment_method: Option<PaymentMethod>,
+    #[serde(default)]
+    pub cancellation_details: Option<CancellationDetails>,
+}
+
 /// A refund as YooKassa reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refund {
@@ -373,6 +422,28 @@ impl YooKassa {
 
     /// `GET /payments/{id}`.
     pub async fn get_payment(&self, id: &str) -> Result<Payment, YooKassaError> {
+        let path = format!("/payments/{}", path_segment(id)?);
+        self.call(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// `POST /payments` as [`YooKassa::create_payment`], read with the payment method and the
+    /// cancellation details (a charge with a saved method is decided in this answer).
+    pub async fn create_payment_details(
+        &self,
+        body: &serde_json::Value,
+        idempotence_key: &str,
+    ) -> Result<PaymentDetails, YooKassaError> {
+        self.call(
+            reqwest::Method::POST,
+            "/payments",
+            Some(body),
+            Some(idempotence_key),
+        )
+        .await
+    }
+
+    /// `GET /payments/{id}` with the payment method and the cancellation details.
+    pub async fn get_payment_details(&self, id: &str) -> Result<PaymentDetails, YooKassaError> {
         let path = format!("/payments/{}", path_segment(id)?);
         self.call(reqwest::Method::GET, &path, None, None).await
     }
