@@ -2,10 +2,11 @@
 //! YooKassa webhook, and the drift loop that keeps `VpnSubscription`s equal to the ledger.
 //!
 //! What it writes in Kubernetes: `WgPeer.spec.enabled / deviceName` (server-side apply, field
-//! manager `wgsub-api`) and extra device `WgPeer`s up to `maxDevices` (created with field
-//! manager `wgsub-api`); through the shared ledger crate, `VpnSubscription.spec.paidUntil /
-//! plan / maxDevices / suspended` (field manager `wgsub-ledger`); `VpnSubscription.spec.server`,
-//! the user's location (field manager `wgsub-location`, [`locations`]). Every read (the
+//! manager `wgsub-api`), extra device `WgPeer`s up to `maxDevices` (created with field
+//! manager `wgsub-api`), deleted and rotated devices ([`device_actions`]) and the
+//! `wgsub.io/devices-removed-by-user` annotation of a `VpnSubscription` (merge patch); through
+//! the shared ledger crate, `VpnSubscription.spec.paidUntil / plan / maxDevices / suspended`
+//! (field manager `wgsub-ledger`); `VpnSubscription.spec.server`, the user's location (field manager `wgsub-location`, [`locations`]). Every read (the
 //! subscription, the user's peers, the peers' key `Secret`s and `WgServer`s to render configs)
 //! answers from watch-backed caches ([`wgsub_devices::Caches`]), never from the API server.
 //! The money lives in PostgreSQL ([`wgsub_ledger`]).
@@ -14,6 +15,7 @@
 
 pub mod clientip;
 pub mod config;
+pub mod device_actions;
 pub mod devices;
 pub mod error;
 pub mod growth;
@@ -60,7 +62,14 @@ pub fn app(state: SharedState) -> Router {
             "/api/v1/me/peers",
             get(user::list_peers).post(user::add_peer),
         )
-        .route("/api/v1/me/peers/{name}", patch(user::update_peer))
+        .route(
+            "/api/v1/me/peers/{name}",
+            patch(user::update_peer).delete(device_actions::delete_peer),
+        )
+        .route(
+            "/api/v1/me/peers/{name}/rotate",
+            post(device_actions::rotate_peer),
+        )
         .route("/api/v1/me/peers/{name}/config", get(user::peer_config))
         .route("/api/v1/me/peers/{name}/qr", get(user::peer_qr))
         .route("/api/v1/webhooks/yookassa", post(webhook::yookassa))

@@ -48,6 +48,8 @@ impl Modify for TmaAuth {
         crate::user::list_peers,
         crate::user::add_peer,
         crate::user::update_peer,
+        crate::device_actions::delete_peer,
+        crate::device_actions::rotate_peer,
         crate::user::peer_config,
         crate::user::peer_qr,
         crate::webhook::yookassa,

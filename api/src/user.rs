@@ -30,7 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::devices::{
     DeviceView, clean_device_name, device_index, device_views, is_users_peer, new_device_peer,
-    next_device_index, switch_patch,
+    next_device_index, required_device_name, switch_patch,
 };
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::initdata::{self, InitData};
@@ -161,7 +161,8 @@ pub struct AddDeviceRequest {
 pub struct UpdateDeviceRequest {
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// A new name; empty removes it.
+    /// A new name (1 to 64 characters once trimmed; empty is refused with 400
+    /// `invalid_device_name`); absent keeps the name.
     #[serde(default)]
     pub device_name: Option<String>,
 }
@@ -201,7 +202,7 @@ fn subscription_of(
     Ok(state.caches.subscription(&subscription_name(user_id)))
 }
 
-fn active_subscription(
+pub(crate) fn active_subscription(
     state: &SharedState,
     user_id: i64,
     now: Timestamp,
@@ -213,7 +214,7 @@ fn active_subscription(
 }
 
 /// The peers labelled with the user's subscription, as the cache has them.
-fn users_peers(state: &SharedState, user_id: i64) -> Result<Vec<WgPeer>, ApiError> {
+pub(crate) fn users_peers(state: &SharedState, user_id: i64) -> Result<Vec<WgPeer>, ApiError> {
     caches_ready(state)?;
     Ok(state
         .caches
@@ -224,7 +225,11 @@ fn users_peers(state: &SharedState, user_id: i64) -> Result<Vec<WgPeer>, ApiErro
 }
 
 /// The caller's peer `name`, or 404 whether it is missing or someone else's.
-fn owned_peer(state: &SharedState, user_id: i64, name: &str) -> Result<Arc<WgPeer>, ApiError> {
+pub(crate) fn owned_peer(
+    state: &SharedState,
+    user_id: i64,
+    name: &str,
+) -> Result<Arc<WgPeer>, ApiError> {
     if device_index(&subscription_name(user_id), name).is_none() {
         return Err(ApiError::peer_not_found());
     }
@@ -241,17 +246,23 @@ fn server_protocol(state: &SharedState, server: &str) -> Option<Protocol> {
 }
 
 /// The view of a peer the user's call wrote, with its server's protocol.
-fn device_view(state: &SharedState, peer: &WgPeer) -> DeviceView {
-    DeviceView::of(peer, server_protocol(state, &peer.spec.server))
+pub(crate) fn device_view(state: &SharedState, peer: &WgPeer) -> DeviceView {
+    DeviceView::of(
+        peer,
+        server_protocol(state, &peer.spec.server),
+        Timestamp::now(),
+    )
 }
 
 /// The user's devices as [`device_views`] lists them, with their servers' protocols.
 fn devices_of(state: &SharedState, user_id: i64, peers: &[WgPeer]) -> Vec<DeviceView> {
-    device_views(user_id, peers, |server| server_protocol(state, server))
+    device_views(user_id, peers, Timestamp::now(), |server| {
+        server_protocol(state, server)
+    })
 }
 
 /// Waits until the caches hold `written` (bounded), so the user's next read sees it.
-async fn until_visible(state: &SharedState, written: &WgPeer) {
+pub(crate) async fn until_visible(state: &SharedState, written: &WgPeer) {
     if !state.caches.wait_for(written, WRITE_VISIBLE_WITHIN).await {
         tracing::warn!(
             peer = %written.name_any(),
@@ -488,6 +499,7 @@ pub async fn add_peer(
         Err(error) => return Err(ApiError::from_kube(error)),
     };
     until_visible(&state, &created).await;
+    crate::device_actions::clear_removed_mark(&state, &subscription).await;
     Ok((StatusCode::CREATED, Json(device_view(&state, &created))))
 }
 
@@ -506,8 +518,10 @@ pub async fn update_peer(
     let peer = owned_peer(&state, init.user.id, &name)?;
     let enabled = request.enabled.unwrap_or(peer.spec.enabled);
     let device_name = match &request.device_name {
-        Some(text) => clean_device_name(Some(text))
-            .map_err(|message| ApiError::bad_request("invalid_device_name", message))?,
+        Some(text) => Some(
+            required_device_name(text)
+                .map_err(|message| ApiError::bad_request("invalid_device_name", message))?,
+        ),
         None => peer.spec.device_name.clone(),
     };
     let params = PatchParams::apply(FIELD_MANAGER).force();
