@@ -876,6 +876,7 @@ mod tests {
         let mut block = full_block();
         block["version"] = "1.5".into();
         block["s3"] = 18.into();
+        block["s4"] = 0.into();
         block["i1"] = "<r 16>".into();
         block
     }

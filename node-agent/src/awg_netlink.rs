@@ -23,8 +23,8 @@ use jiff::Timestamp;
 use netlink_packet_amneziawg::WireguardCmd;
 use netlink_packet_amneziawg::constants::{
     AF_INET, AF_INET6, WGDEVICE_A_H1, WGDEVICE_A_H4, WGDEVICE_A_PEERS, WGPEER_A_ALLOWEDIPS,
-    WGPEER_A_LAST_HANDSHAKE_TIME, WGPEER_A_PRESHARED_KEY, WGPEER_A_PUBLIC_KEY, WGPEER_A_RX_BYTES,
-    WGPEER_A_TX_BYTES, WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS,
+    WGPEER_A_FLAGS, WGPEER_A_LAST_HANDSHAKE_TIME, WGPEER_A_PRESHARED_KEY, WGPEER_A_PUBLIC_KEY,
+    WGPEER_A_RX_BYTES, WGPEER_A_TX_BYTES, WGPEER_F_REMOVE_ME, WGPEER_F_REPLACE_ALLOWEDIPS,
 };
 use netlink_packet_amneziawg::nlas::{
     WgAllowedIp, WgAllowedIpAttrs, WgDeviceAttrs, WgPeer, WgPeerAttrs,
@@ -32,6 +32,7 @@ use netlink_packet_amneziawg::nlas::{
 use netlink_packet_generic::{GenlFamily, GenlHeader};
 use netlink_packet_utils::nla::{Nla, NlaBuffer, NlasIterator};
 use netlink_packet_utils::{DecodeError, Emitable, Parseable, ParseableParametrized};
+
 use wgsub_crds::keys::{PresharedKey, PublicKey};
 
 use crate::amneziawg::{AwgDevice, AwgParams, DeviceSettings, Header};
@@ -192,8 +193,8 @@ fn u16_of(payload: &[u8]) -> Result<u16, DecodeError> {
     Ok(u16::from_ne_bytes(bytes))
 }
 
-/// The peer attributes this agent reads; the rest (endpoint, keepalive — whose width changed
-/// between module versions —, protocol version, flags) are skipped.
+/// The peer attributes this agent reads or sends; the rest (endpoint, keepalive — whose width
+/// changed between module versions —, protocol version) are skipped.
 fn parse_peer(payload: &[u8]) -> Result<WgPeer, DecodeError> {
     let mut attrs = Vec::new();
     for nla in NlasIterator::new(payload) {
@@ -202,6 +203,7 @@ fn parse_peer(payload: &[u8]) -> Result<WgPeer, DecodeError> {
             nla.kind(),
             WGPEER_A_PUBLIC_KEY
                 | WGPEER_A_PRESHARED_KEY
+                | WGPEER_A_FLAGS
                 | WGPEER_A_LAST_HANDSHAKE_TIME
                 | WGPEER_A_RX_BYTES
                 | WGPEER_A_TX_BYTES
@@ -213,8 +215,10 @@ fn parse_peer(payload: &[u8]) -> Result<WgPeer, DecodeError> {
     Ok(WgPeer(attrs))
 }
 
-impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for DeviceAttr {
-    fn parse(buf: &NlaBuffer<&'a T>) -> Result<Self, DecodeError> {
+impl DeviceAttr {
+    /// Reads one attribute of a message of family version `version` (which says how the
+    /// headers travel).
+    fn parse(buf: &NlaBuffer<&[u8]>, version: u8) -> Result<Self, DecodeError> {
         let payload = buf.value();
         let kind = buf.kind();
         Ok(match kind {
@@ -227,13 +231,22 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Parseable<NlaBuffer<&'a T>> for DeviceAttr {
             }
             WGDEVICE_A_H1..=WGDEVICE_A_H4 => {
                 let n = u8::try_from(kind - WGDEVICE_A_H1).unwrap_or_default();
-                match payload.len() {
-                    4 => DeviceAttr::Base(WgDeviceAttrs::parse(buf)?),
-                    8 => {
-                        let bytes: [u8; 8] = payload.try_into().unwrap_or_default();
+                match (Dialect::from_version(u32::from(version)), payload.len()) {
+                    (Some(Dialect::Awg15), _) => DeviceAttr::HeaderText(n, text_of(payload)?),
+                    // The module writes a range that fits 32 bits (only zero) as a u32.
+                    (Some(Dialect::PackedRanges), 4) => {
+                        let bytes: [u8; 4] = payload.try_into().unwrap_or_default();
+                        DeviceAttr::HeaderRange(n, u64::from(u32::from_ne_bytes(bytes)))
+                    }
+                    (Some(Dialect::PackedRanges), _) => {
+                        let bytes: [u8; 8] = payload
+                            .try_into()
+                            .map_err(|_| DecodeError::from("a header range of the wrong length"))?;
                         DeviceAttr::HeaderRange(n, u64::from_ne_bytes(bytes))
                     }
-                    _ => DeviceAttr::HeaderText(n, text_of(payload)?),
+                    (Some(Dialect::Awg10) | None, _) => {
+                        DeviceAttr::Base(WgDeviceAttrs::parse(buf)?)
+                    }
                 }
             }
             WGDEVICE_A_S3 => DeviceAttr::S3(u16_of(payload)?),
@@ -286,7 +299,7 @@ impl ParseableParametrized<[u8], GenlHeader> for AmneziaWg {
         let cmd = WireguardCmd::try_from(header.cmd)?;
         let mut attrs = Vec::new();
         for nla in NlasIterator::new(buf) {
-            attrs.push(DeviceAttr::parse(&nla?)?);
+            attrs.push(DeviceAttr::parse(&nla?, header.version)?);
         }
         Ok(AmneziaWg {
             cmd,
@@ -696,4 +709,650 @@ pub fn decode_dump(messages: &[AmneziaWg]) -> Result<AwgDevice, String> {
         })
         .collect();
     Ok(device)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, SystemTime};
+
+    use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_generic::GenlMessage;
+    use wgsub_crds::keys::PrivateKey;
+
+    use super::*;
+
+    /// Sends `message` through the wire format and back.
+    fn wire(message: AmneziaWg) -> AmneziaWg {
+        let mut packet = NetlinkMessage::from(GenlMessage::from_payload(message));
+        packet.header.flags = NLM_F_REQUEST;
+        packet.finalize();
+        let mut buffer = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buffer);
+        match NetlinkMessage::<GenlMessage<AmneziaWg>>::deserialize(&buffer)
+            .unwrap()
+            .payload
+        {
+            NetlinkPayload::InnerMessage(genl) => genl.payload,
+            other => panic!("not a generic netlink message: {other:?}"),
+        }
+    }
+
+    /// The bytes of one attribute: kind and value.
+    fn raw(attr: &DeviceAttr) -> (u16, Vec<u8>) {
+        let mut buffer = vec![0; attr.value_len()];
+        attr.emit_value(&mut buffer);
+        (attr.kind(), buffer)
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn params_1_0() -> AwgParams {
+        AwgParams {
+            jc: 4,
+            jmin: 40,
+            jmax: 70,
+            s: [25, 61, 0, 0],
+            h: [1_234_567, 2_345_678, 3_456_789, 4_567_890].map(|v| Some(Header::single(v))),
+            i: Default::default(),
+        }
+    }
+
+    fn params_1_5() -> AwgParams {
+        AwgParams {
+            s: [25, 61, 18, 7],
+            h: [
+                Some(Header {
+                    start: 100,
+                    end: 200,
+                }),
+                Some(Header::single(2_345_678)),
+                Some(Header::single(3_456_789)),
+                Some(Header {
+                    start: 4_000_000,
+                    end: 4_100_000,
+                }),
+            ],
+            i: [
+                Some("<b 0xf6ab3267fa><r 10>".into()),
+                None,
+                Some("<r 16>".into()),
+                None,
+                Some("<t>".into()),
+            ],
+            ..params_1_0()
+        }
+    }
+
+    fn device_part(message: &AmneziaWg) -> Vec<DeviceAttr> {
+        message
+            .attrs
+            .iter()
+            .filter(|a| !matches!(a, DeviceAttr::Base(WgDeviceAttrs::Peers(_))))
+            .cloned()
+            .collect()
+    }
+
+    fn peers_of(message: &AmneziaWg) -> Vec<WgPeer> {
+        message
+            .attrs
+            .iter()
+            .filter_map(|a| match a {
+                DeviceAttr::Base(WgDeviceAttrs::Peers(peers)) => Some(peers.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    const BIG: usize = 8192;
+
+    #[test]
+    fn the_family_versions_name_their_dialects() {
+        for dialect in [Dialect::Awg10, Dialect::Awg15, Dialect::PackedRanges] {
+            assert_eq!(
+                Dialect::from_version(u32::from(dialect.version())),
+                Some(dialect)
+            );
+        }
+        assert_eq!(Dialect::from_version(0), None);
+        assert_eq!(Dialect::from_version(4), None);
+        assert_eq!(AmneziaWg::family_name(), "amneziawg");
+    }
+
+    #[test]
+    fn every_attribute_has_the_module_s_number_and_wire_format() {
+        let key = PrivateKey::generate();
+        let device = DeviceSettings {
+            private_key: &key,
+            listen_port: 51820,
+            params: &params_1_5(),
+        };
+        let messages = set_messages(
+            "awg0",
+            Dialect::Awg15,
+            Some(&device),
+            &PeerDiff::default(),
+            BIG,
+        )
+        .unwrap();
+        assert_eq!(messages.len(), 1);
+        let attrs: Vec<(u16, Vec<u8>)> = messages[0].attrs.iter().map(raw).collect();
+        let u16_of = |v: u16| v.to_ne_bytes().to_vec();
+        let text = |t: &str| [t.as_bytes(), &[0]].concat();
+        assert_eq!(
+            attrs,
+            vec![
+                (2, text("awg0")),
+                (3, key.as_bytes().to_vec()),
+                (6, u16_of(51820)),
+                (9, u16_of(4)),
+                (10, u16_of(40)),
+                (11, u16_of(70)),
+                (12, u16_of(25)),
+                (13, u16_of(61)),
+                (19, u16_of(18)),
+                (20, u16_of(7)),
+                (14, text("100-200")),
+                (15, text("2345678")),
+                (16, text("3456789")),
+                (17, text("4000000-4100000")),
+                (21, text("<b 0xf6ab3267fa><r 10>")),
+                (23, text("<r 16>")),
+                (25, text("<t>")),
+            ]
+        );
+        // Version 1 modules take headers as u32; version 3 ones as end << 32 | start.
+        let old = DeviceSettings {
+            params: &params_1_0(),
+            ..device.clone()
+        };
+        let v1 = set_messages(
+            "awg0",
+            Dialect::Awg10,
+            Some(&old),
+            &PeerDiff::default(),
+            BIG,
+        )
+        .unwrap();
+        let headers: Vec<_> = v1[0]
+            .attrs
+            .iter()
+            .map(raw)
+            .filter(|(k, _)| (14..=17).contains(k))
+            .collect();
+        assert_eq!(headers[0], (14, 1_234_567u32.to_ne_bytes().to_vec()));
+        assert_eq!(headers.len(), 4);
+        assert!(
+            v1[0].attrs.iter().all(|a| !(19..=25).contains(&a.kind())),
+            "no AmneziaWG 1.5 attribute goes to a 1.0 module"
+        );
+        let v3 = set_messages(
+            "awg0",
+            Dialect::PackedRanges,
+            Some(&device),
+            &PeerDiff::default(),
+            BIG,
+        )
+        .unwrap();
+        let first = v3[0].attrs.iter().map(raw).find(|(k, _)| *k == 14).unwrap();
+        assert_eq!(first.1, (200u64 << 32 | 100).to_ne_bytes().to_vec());
+        assert_eq!(v3[0].dialect_version, 3);
+    }
+
+    #[test]
+    fn device_settings_of_every_dialect_read_back_the_same() {
+        let key = PrivateKey::generate();
+        for (dialect, params) in [
+            (Dialect::Awg10, params_1_0()),
+            (Dialect::Awg15, params_1_0()),
+            (Dialect::Awg15, params_1_5()),
+            (Dialect::PackedRanges, params_1_0()),
+            (Dialect::PackedRanges, params_1_5()),
+        ] {
+            let device = DeviceSettings {
+                private_key: &key,
+                listen_port: 443,
+                params: &params,
+            };
+            let sent =
+                set_messages("awg1", dialect, Some(&device), &PeerDiff::default(), BIG).unwrap();
+            let received: Vec<AmneziaWg> = sent.iter().cloned().map(wire).collect();
+            assert_eq!(received, sent, "{dialect:?}");
+            // What the module would report: the same attributes, and its public key.
+            let mut reported = received;
+            reported[0]
+                .attrs
+                .push(DeviceAttr::Base(WgDeviceAttrs::PublicKey(
+                    *key.public_key().as_bytes(),
+                )));
+            let read = decode_dump(&reported).unwrap();
+            assert_eq!(read.params, params, "{dialect:?}");
+            assert_eq!(read.snapshot.public_key, Some(key.public_key()));
+            assert_eq!(read.snapshot.listen_port, Some(443));
+        }
+    }
+
+    #[test]
+    fn a_1_0_module_refuses_1_5_parameters_and_every_module_oversized_ones() {
+        let key = PrivateKey::generate();
+        let newer = params_1_5();
+        let device = DeviceSettings {
+            private_key: &key,
+            listen_port: 443,
+            params: &newer,
+        };
+        let refused = set_messages(
+            "awg0",
+            Dialect::Awg10,
+            Some(&device),
+            &PeerDiff::default(),
+            BIG,
+        )
+        .unwrap_err();
+        assert!(refused.contains("AmneziaWG 1.0"), "{refused}");
+        assert!(refused.contains("S3/S4, I1–I5, header ranges"), "{refused}");
+        let only_ranges = AwgParams {
+            h: [Some(Header { start: 5, end: 9 }), None, None, None],
+            ..params_1_0()
+        };
+        assert!(
+            Dialect::Awg10
+                .cannot_carry(&only_ranges)
+                .is_some_and(|why| why.contains("(header ranges)"))
+        );
+        assert_eq!(Dialect::Awg10.cannot_carry(&params_1_0()), None);
+        assert_eq!(Dialect::Awg15.cannot_carry(&newer), None);
+        let huge = AwgParams {
+            jmax: 70_000,
+            ..params_1_0()
+        };
+        for dialect in [Dialect::Awg10, Dialect::Awg15, Dialect::PackedRanges] {
+            assert!(
+                dialect
+                    .cannot_carry(&huge)
+                    .is_some_and(|why| why.contains("Jmax = 70000"))
+            );
+        }
+    }
+
+    fn diff() -> (PeerDiff, PresharedKey) {
+        let psk = PresharedKey::generate();
+        let diff = PeerDiff {
+            add: [
+                (
+                    PrivateKey::generate().public_key(),
+                    PeerConfig::new([net("10.8.0.2/32"), net("fd00::2/128")], Some(psk.clone())),
+                ),
+                (
+                    PrivateKey::generate().public_key(),
+                    PeerConfig::new([net("10.8.0.4/32")], None),
+                ),
+            ]
+            .into(),
+            update: [(
+                PrivateKey::generate().public_key(),
+                PeerConfig::new([net("10.8.0.3/32")], None),
+            )]
+            .into(),
+            remove: vec![PrivateKey::generate().public_key()],
+        };
+        (diff, psk)
+    }
+
+    fn flags(peer: &WgPeer) -> Option<u32> {
+        peer.0.iter().find_map(|a| match a {
+            WgPeerAttrs::Flags(f) => Some(*f),
+            _ => None,
+        })
+    }
+
+    fn psk_of(peer: &WgPeer) -> Option<[u8; 32]> {
+        peer.0.iter().find_map(|a| match a {
+            WgPeerAttrs::PresharedKey(k) => Some(*k),
+            _ => None,
+        })
+    }
+
+    fn key_of(peer: &WgPeer) -> [u8; 32] {
+        peer.0
+            .iter()
+            .find_map(|a| match a {
+                WgPeerAttrs::PublicKey(k) => Some(*k),
+                _ => None,
+            })
+            .expect("every peer names its key")
+    }
+
+    fn ips_of(peer: &WgPeer) -> Vec<IpNet> {
+        peer.0
+            .iter()
+            .filter_map(|a| match a {
+                WgPeerAttrs::AllowedIps(ips) => Some(ips.iter().map(|ip| net_of(ip).unwrap())),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn peers_are_added_updated_and_removed_as_the_diff_says() {
+        let (diff, psk) = diff();
+        let messages = set_messages("awg0", Dialect::Awg15, None, &diff, BIG).unwrap();
+        assert_eq!(messages.len(), 1);
+        let message = wire(messages[0].clone());
+        assert_eq!(message, messages[0]);
+        assert_eq!(
+            device_part(&message),
+            vec![DeviceAttr::Base(WgDeviceAttrs::IfName("awg0".into()))],
+            "peers only: no device setting"
+        );
+        let peers = peers_of(&message);
+        assert_eq!(peers.len(), 4);
+        let by_key: BTreeMap<PublicKey, &WgPeer> = peers
+            .iter()
+            .map(|p| (PublicKey::from_bytes(key_of(p)), p))
+            .collect();
+        for (key, config) in &diff.add {
+            let peer = by_key[key];
+            assert_eq!(flags(peer), None, "a new peer has nothing to replace");
+            assert_eq!(
+                psk_of(peer),
+                config.preshared_key.as_ref().map(|k| *k.as_bytes())
+            );
+            assert_eq!(ips_of(peer), config.allowed_ips.to_vec());
+        }
+        assert!(
+            diff.add
+                .values()
+                .any(|c| c.preshared_key == Some(psk.clone()))
+        );
+        let (updated, config) = diff.update.iter().next().unwrap();
+        let peer = by_key[updated];
+        assert_eq!(flags(peer), Some(WGPEER_F_REPLACE_ALLOWEDIPS));
+        assert_eq!(
+            psk_of(peer),
+            Some([0; 32]),
+            "an update clears a dropped preshared key"
+        );
+        assert_eq!(ips_of(peer), config.allowed_ips.to_vec());
+        let removed = by_key[&diff.remove[0]];
+        assert_eq!(flags(removed), Some(WGPEER_F_REMOVE_ME));
+        assert_eq!(
+            removed.0.len(),
+            2,
+            "a removal names the key and the flag only"
+        );
+        assert!(
+            set_messages("awg0", Dialect::Awg15, None, &PeerDiff::default(), BIG)
+                .unwrap()
+                .is_empty(),
+            "an empty update sends nothing"
+        );
+    }
+
+    #[test]
+    fn a_large_update_is_split_into_messages_that_fit() {
+        let key = PrivateKey::generate();
+        let params = params_1_5();
+        let device = DeviceSettings {
+            private_key: &key,
+            listen_port: 51820,
+            params: &params,
+        };
+        let many: PeerDiff = PeerDiff {
+            add: (0..300u32)
+                .map(|n| {
+                    let ip = format!("10.8.{}.{}/32", n / 200, n % 200 + 2);
+                    (
+                        PrivateKey::generate().public_key(),
+                        PeerConfig::new([net(&ip)], Some(PresharedKey::generate())),
+                    )
+                })
+                .collect(),
+            // One peer with more allowed IPs than a message holds.
+            update: [(
+                PrivateKey::generate().public_key(),
+                PeerConfig::new((0..120u8).map(|n| net(&format!("10.9.{n}.0/24"))), None),
+            )]
+            .into(),
+            remove: (0..50)
+                .map(|_| PrivateKey::generate().public_key())
+                .collect(),
+        };
+        let budget = 1024;
+        let messages = set_messages("awg0", Dialect::Awg15, Some(&device), &many, budget).unwrap();
+        assert!(messages.len() > 10, "{}", messages.len());
+        for (n, message) in messages.iter().enumerate() {
+            assert!(
+                message.buffer_len() <= budget,
+                "message {n}: {}",
+                message.buffer_len()
+            );
+            assert_eq!(wire(message.clone()), *message);
+            let device_attrs = device_part(message);
+            assert_eq!(
+                device_attrs[0],
+                DeviceAttr::Base(WgDeviceAttrs::IfName("awg0".into()))
+            );
+            assert_eq!(
+                device_attrs.len() > 1,
+                n == 0,
+                "device settings go first, once"
+            );
+        }
+        // Every peer arrives, the split one whole: its first part replaces, the rest add.
+        let parts: Vec<WgPeer> = messages.iter().flat_map(peers_of).collect();
+        let (big, big_config) = many.update.iter().next().unwrap();
+        let big_parts: Vec<&WgPeer> = parts
+            .iter()
+            .filter(|p| key_of(p) == *big.as_bytes())
+            .collect();
+        assert!(big_parts.len() > 1);
+        assert_eq!(flags(big_parts[0]), Some(WGPEER_F_REPLACE_ALLOWEDIPS));
+        assert_eq!(psk_of(big_parts[0]), Some([0; 32]));
+        for later in &big_parts[1..] {
+            assert_eq!(flags(later), None);
+            assert_eq!(psk_of(later), None);
+        }
+        let big_ips: Vec<IpNet> = big_parts.iter().flat_map(|p| ips_of(p)).collect();
+        assert_eq!(big_ips, big_config.allowed_ips.to_vec());
+        for (key, config) in &many.add {
+            let found: Vec<_> = parts
+                .iter()
+                .filter(|p| key_of(p) == *key.as_bytes())
+                .collect();
+            assert_eq!(found.len(), 1);
+            assert_eq!(ips_of(found[0]), config.allowed_ips.to_vec());
+        }
+        let removals = parts
+            .iter()
+            .filter(|p| flags(p) == Some(WGPEER_F_REMOVE_ME))
+            .count();
+        assert_eq!(removals, many.remove.len());
+        assert!(
+            set_messages("awg0", Dialect::Awg15, Some(&device), &many, 64)
+                .is_err_and(|e| e.contains("64 bytes")),
+            "a budget that holds nothing is an error, not a silent drop"
+        );
+    }
+
+    fn reported_peer(
+        key: &PublicKey,
+        psk: Option<&PresharedKey>,
+        ips: &[&str],
+        extra: Vec<WgPeerAttrs>,
+    ) -> WgPeer {
+        let mut attrs = vec![WgPeerAttrs::PublicKey(*key.as_bytes())];
+        attrs.push(WgPeerAttrs::PresharedKey(
+            psk.map_or([0; 32], |k| *k.as_bytes()),
+        ));
+        attrs.extend(extra);
+        attrs.push(WgPeerAttrs::AllowedIps(
+            ips.iter().map(|s| allowed_ip(&net(s))).collect(),
+        ));
+        WgPeer(attrs)
+    }
+
+    /// A dump as a module sends it: device attributes first, then the peers over two messages,
+    /// the second peer's allowed IPs continuing in the second one; with the attributes this
+    /// agent does not read (endpoint, a u32 keepalive, protocol version, flags, newer device
+    /// attributes).
+    #[test]
+    fn a_dump_over_several_messages_becomes_one_snapshot() {
+        let key = PrivateKey::generate();
+        let first = PrivateKey::generate().public_key();
+        let second = PrivateKey::generate().public_key();
+        let psk = PresharedKey::generate();
+        let handshake = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let head = vec![
+            DeviceAttr::Base(WgDeviceAttrs::ListenPort(51820)),
+            DeviceAttr::Base(WgDeviceAttrs::Fwmark(0)),
+            DeviceAttr::Base(WgDeviceAttrs::IfIndex(7)),
+            DeviceAttr::Base(WgDeviceAttrs::IfName("awg0".into())),
+            DeviceAttr::Base(WgDeviceAttrs::Jc(4)),
+            DeviceAttr::Base(WgDeviceAttrs::Jmin(40)),
+            DeviceAttr::Base(WgDeviceAttrs::Jmax(70)),
+            DeviceAttr::Base(WgDeviceAttrs::S1(25)),
+            DeviceAttr::Base(WgDeviceAttrs::S2(61)),
+            DeviceAttr::S3(18),
+            DeviceAttr::S4(7),
+            DeviceAttr::HeaderRange(0, 200 << 32 | 100),
+            DeviceAttr::HeaderRange(1, u64::from(2_345_678u32) << 32 | 2_345_678),
+            DeviceAttr::HeaderRange(2, u64::from(3_456_789u32) << 32 | 3_456_789),
+            DeviceAttr::HeaderRange(3, 4_100_000 << 32 | 4_000_000),
+            DeviceAttr::Other(27, 0u32.to_ne_bytes().to_vec()),
+            DeviceAttr::Signature(0, "<b 0xf6ab3267fa><r 10>".into()),
+            DeviceAttr::Signature(2, "<r 16>".into()),
+            DeviceAttr::Signature(4, "<t>".into()),
+            DeviceAttr::Base(WgDeviceAttrs::PrivateKey(*key.as_bytes())),
+            DeviceAttr::Base(WgDeviceAttrs::PublicKey(*key.public_key().as_bytes())),
+        ];
+        let endpoint: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+        let mut one = head;
+        one.push(DeviceAttr::Base(WgDeviceAttrs::Peers(vec![
+            reported_peer(
+                &first,
+                Some(&psk),
+                &["10.8.0.2/32", "fd00::2/128"],
+                vec![
+                    WgPeerAttrs::Flags(8),
+                    WgPeerAttrs::Endpoint(endpoint),
+                    WgPeerAttrs::LastHandshake(handshake),
+                    WgPeerAttrs::Unspec(Vec::new()),
+                    WgPeerAttrs::RxBytes(200),
+                    WgPeerAttrs::TxBytes(100),
+                    WgPeerAttrs::ProtocolVersion(1),
+                ],
+            ),
+            reported_peer(&second, None, &["10.8.1.0/24"], vec![]),
+        ])));
+        let two = vec![
+            DeviceAttr::Base(WgDeviceAttrs::IfName("awg0".into())),
+            DeviceAttr::Base(WgDeviceAttrs::Peers(vec![WgPeer(vec![
+                WgPeerAttrs::PublicKey(*second.as_bytes()),
+                WgPeerAttrs::AllowedIps(vec![allowed_ip(&net("10.8.2.0/24"))]),
+            ])])),
+        ];
+        let messages: Vec<AmneziaWg> = [one, two]
+            .into_iter()
+            .map(|attrs| AmneziaWg {
+                cmd: WireguardCmd::GetDevice,
+                dialect_version: 3,
+                attrs,
+            })
+            .map(wire)
+            .collect();
+        let read = decode_dump(&messages).unwrap();
+        assert_eq!(read.params, params_1_5());
+        assert_eq!(read.snapshot.public_key, Some(key.public_key()));
+        assert_eq!(read.snapshot.listen_port, Some(51820));
+        assert_eq!(read.snapshot.peers.len(), 2);
+        let a = &read.snapshot.peers[&first];
+        assert_eq!(
+            a.config,
+            PeerConfig::new([net("10.8.0.2/32"), net("fd00::2/128")], Some(psk))
+        );
+        assert_eq!(
+            a.stats,
+            PeerStats {
+                last_handshake: Some(Timestamp::from_second(1_700_000_000).unwrap()),
+                rx_bytes: 200,
+                tx_bytes: 100,
+            }
+        );
+        let b = &read.snapshot.peers[&second];
+        assert_eq!(
+            b.config,
+            PeerConfig::new([net("10.8.1.0/24"), net("10.8.2.0/24")], None)
+        );
+        assert_eq!(b.stats, PeerStats::default());
+    }
+
+    #[test]
+    fn a_keepalive_of_the_newer_width_is_skipped_not_an_error() {
+        // Family version 3 reports the keepalive as a u32, the crate reads a u16.
+        let mut peer = Vec::new();
+        let key = PrivateKey::generate().public_key();
+        for (kind, value) in [
+            (1u16, key.as_bytes().to_vec()),
+            (5, 25u32.to_ne_bytes().to_vec()),
+        ] {
+            let attr = DeviceAttr::Other(kind, value);
+            let mut bytes = vec![0; attr.buffer_len()];
+            attr.emit(&mut bytes);
+            peer.extend(bytes);
+        }
+        let parsed = parse_peer(&peer).unwrap();
+        assert_eq!(
+            parsed,
+            WgPeer(vec![WgPeerAttrs::PublicKey(*key.as_bytes())])
+        );
+    }
+
+    #[test]
+    fn an_unset_interface_reads_as_unset() {
+        // Modules report every number, zero when unset: a 1.0 module its u32 headers, a
+        // version 3 module a zero range as a u32; a 1.5 module leaves unset headers out.
+        let zero = 0u32.to_ne_bytes().to_vec();
+        for (version, headers) in [
+            (1, vec![DeviceAttr::Base(WgDeviceAttrs::H1(0))]),
+            (2, vec![]),
+            (
+                3,
+                vec![
+                    DeviceAttr::Other(WGDEVICE_A_H1, zero.clone()),
+                    DeviceAttr::HeaderRange(1, 0),
+                ],
+            ),
+        ] {
+            let mut attrs = vec![
+                DeviceAttr::Base(WgDeviceAttrs::ListenPort(0)),
+                DeviceAttr::Base(WgDeviceAttrs::Jc(0)),
+            ];
+            attrs.extend(headers);
+            let message = wire(AmneziaWg {
+                cmd: WireguardCmd::GetDevice,
+                dialect_version: version,
+                attrs,
+            });
+            assert_eq!(
+                decode_dump(&[message]).unwrap(),
+                AwgDevice::default(),
+                "version {version}"
+            );
+        }
+        let headless = AmneziaWg {
+            cmd: WireguardCmd::GetDevice,
+            dialect_version: 1,
+            attrs: vec![DeviceAttr::Base(WgDeviceAttrs::Peers(vec![WgPeer(vec![])]))],
+        };
+        assert!(decode_dump(&[headless]).is_err_and(|e| e.contains("public key")));
+        assert_eq!(
+            get_message("awg0", Dialect::Awg15).attrs,
+            vec![DeviceAttr::Base(WgDeviceAttrs::IfName("awg0".into()))]
+        );
+    }
 }
