@@ -79,6 +79,8 @@ pub mod reasons {
     pub const RENEWED: &str = "Renewed";
     /// Event: the retention period ended and the peers were deleted.
     pub const PEERS_DELETED: &str = "PeersDeleted";
+    /// Event: devices moved to the subscription's new server (the user's location).
+    pub const MOVED: &str = "Moved";
     /// Condition `DevicesOverLimit` (and Event): some devices exceed `maxDevices` and are off.
     pub const MAX_DEVICES_EXCEEDED: &str = "MaxDevicesExceeded";
     /// Condition `DevicesOverLimit` false (and Event): every device is within `maxDevices`
@@ -964,6 +966,21 @@ pub fn decide(
                 ),
             });
         }
+    }
+    let moved: Vec<&str> = writes
+        .iter()
+        .filter(|write| write.moved_from.is_some())
+        .map(|write| write.peer.name.as_str())
+        .collect();
+    if !moved.is_empty() {
+        events.push(PlannedEvent {
+            kind: EventKind::Normal,
+            reason: reasons::MOVED,
+            note: format!(
+                "moved {} to WgServer {server}: new addresses from its pool, the same keys; their configs must be downloaded again",
+                moved.join(", ")
+            ),
+        });
     }
     if !deletes.is_empty() {
         let names: Vec<&str> = deletes.iter().map(|d| d.peer.as_str()).collect();

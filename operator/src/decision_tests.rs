@@ -842,6 +842,127 @@ fn moving_to_another_server_gives_an_address_there_and_frees_the_old_one() {
     assert_eq!(peer.labels()[wgsub_crds::resources::LABEL_SERVER], "other");
 }
 
+/// A subscription with `devices` ready devices on `wg` (10.8.0.0/24), the addresses of `wg`
+/// taken out of the world as the old server's bookkeeping, and the world's server now `to`.
+fn moving_world(devices: i32, to: Option<WgServer>) -> (World, VpnSubscription, UsedAddresses) {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    sub.spec.max_devices = devices;
+    world.run(&mut sub, now());
+    for index in 2..=devices as u32 {
+        world
+            .peers
+            .insert(peer_name("tg-1", index), api_device("tg-1", index, "wg"));
+    }
+    world.run(&mut sub, now());
+    let old_used = std::mem::take(&mut world.used);
+    world.server = to;
+    (world, sub, old_used)
+}
+
+fn keys_and_servers(world: &World) -> Vec<(String, Option<String>, String)> {
+    world
+        .peers
+        .values()
+        .map(|p| {
+            (
+                p.name_any(),
+                p.spec.public_key.clone(),
+                p.spec.server.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_move_takes_every_device_to_the_new_pool_with_its_key_and_frees_the_old_addresses() {
+    let (mut world, mut sub, mut old_used) =
+        moving_world(3, Some(server("de-1", "10.30.0.0/24", None)));
+    assert_eq!(old_used.len_v4(), 3);
+    let before = keys_and_servers(&world);
+    sub.spec.server = Some("de-1".into());
+
+    let plan = world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert_eq!(plan.writes.len(), 3);
+    assert!(
+        plan.deletes.is_empty(),
+        "a move re-addresses the peers in place"
+    );
+    for write in &plan.writes {
+        let from = write.moved_from.clone().expect("every device moved");
+        assert_eq!(from.server, "wg");
+        from.release_from(&mut old_used);
+        assert!(write.key.is_none(), "the key stays");
+    }
+    assert_eq!(old_used.len_v4(), 0, "every old address is free");
+    let after = keys_and_servers(&world);
+    for ((name, key, _), (moved, kept, server)) in before.iter().zip(&after) {
+        assert_eq!((name, key), (moved, kept));
+        assert_eq!(server, "de-1");
+    }
+    let addresses: Vec<&str> = world
+        .peers
+        .values()
+        .map(|p| p.spec.address.as_deref().unwrap())
+        .collect();
+    assert_eq!(addresses, ["10.30.0.2/32", "10.30.0.3/32", "10.30.0.4/32"]);
+    assert_eq!(reasons_of(&plan), [reasons::MOVED]);
+    assert!(plan.events[0].note.contains("tg-1-1, tg-1-2, tg-1-3"));
+    assert_eq!(ready(&sub), ("True".into(), reasons::READY.into()));
+    world.assert_published_keys_are_stored();
+
+    let again = world.decide(&sub, now() + SignedDuration::from_secs(2));
+    assert!(
+        again.writes.is_empty() && again.events.is_empty(),
+        "moved once"
+    );
+}
+
+#[test]
+fn a_move_to_a_pool_without_room_leaves_the_devices_it_cannot_place_where_they_work() {
+    // 10.30.0.0/30 holds one client.
+    let (mut world, mut sub, _) = moving_world(2, Some(server("de-1", "10.30.0.0/30", None)));
+    sub.spec.server = Some("de-1".into());
+    let plan = world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert_eq!(plan.writes.len(), 1);
+    assert_eq!(world.peer("tg-1-1").spec.server, "de-1");
+    let stays = world.peer("tg-1-2");
+    assert_eq!(stays.spec.server, "wg");
+    assert_eq!(stays.spec.address.as_deref(), Some("10.8.0.3/32"));
+    assert!(matches!(
+        plan.problem,
+        Some(Problem::PoolExhausted { ref peers, .. }) if peers == &["tg-1-2".to_owned()]
+    ));
+    assert_eq!(ready(&sub).1, reasons::POOL_EXHAUSTED);
+}
+
+#[test]
+fn a_move_to_a_server_that_does_not_exist_moves_nothing() {
+    let (mut world, mut sub, _) = moving_world(2, None);
+    let before = world.peers.clone();
+    sub.spec.server = Some("gone".into());
+    let plan = world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert!(plan.writes.iter().all(|w| w.moved_from.is_none()));
+    assert_eq!(world.peers, before);
+    assert_eq!(ready(&sub).1, reasons::SERVER_NOT_FOUND);
+}
+
+#[test]
+fn an_expired_subscription_keeps_its_devices_in_place_and_moves_them_on_renewal() {
+    let (mut world, mut sub, _) = moving_world(1, Some(server("de-1", "10.30.0.0/24", None)));
+    sub.spec.server = Some("de-1".into());
+    let expired = now() + DAY * 2;
+    let plan = world.run(&mut sub, expired);
+    assert!(plan.writes.iter().all(|w| w.moved_from.is_none()));
+    assert_eq!(world.peer("tg-1-1").spec.server, "wg");
+
+    sub.spec.paid_until = Some(expired + DAY * 30);
+    let plan = world.run(&mut sub, expired + SignedDuration::from_secs(1));
+    assert!(plan.writes[0].moved_from.is_some());
+    assert_eq!(world.peer("tg-1-1").spec.server, "de-1");
+    assert!(reasons_of(&plan).contains(&reasons::MOVED));
+}
+
 #[test]
 fn an_ipv6_pool_gives_every_device_a_slash_128_too() {
     let mut world = World::new(Some(server("wg", "10.8.0.0/24", Some("fd00:8::/64"))));
