@@ -1,6 +1,8 @@
-// The wgsub Mini App. Screens: status (days left; an expired or unpaid subscription leads
-// straight to the plans), plans (pick one, pay through YooKassa or in Telegram Stars with
-// `Telegram.WebApp.openInvoice`; a promo code field), keys (the user's devices: connected now,
+// The wgsub Mini App. Screens: status (days left and the location; an expired or unpaid
+// subscription leads straight to the plans), locations (move the devices elsewhere, after a
+// confirmation that their configs change; a full location cannot be picked), plans (pick one
+// and a location, pay through YooKassa or in Telegram Stars with `Telegram.WebApp.openInvoice`;
+// a promo code field), keys (the user's devices: connected now,
 // last handshake, traffic, QR code, .conf download, copy, the on/off switch, rename) and, per
 // device, the connection guide: for the user's platform (`Telegram.WebApp.platform`) the app
 // that imports the config of the device's server protocol (WireGuard, or AmneziaVPN /
@@ -74,6 +76,12 @@ const TEXT = {
     promo_expired: "This promo code has expired.", promo_used_up: "This promo code has been used up.",
     promo_already_redeemed: "You have already used this promo code.",
     promo_discount_waiting: "You already have a discount waiting for your next payment.",
+    location: "Location", locationDefault: "Default", change: "Change",
+    locationsTitle: "Choose a location", locationFull: "Full", locationCurrent: "Current",
+    locationsHint: "Moving changes your devices' configs: import them into the app again afterwards.",
+    moveTo: "Move to {l}",
+    moveConfirm: "Move your devices to {l}? Their configs change: you will need to import them into the app again.",
+    moved: "Moved to {l}. Your configs changed: import them again (Keys → How to connect).",
     units: ["B", "KB", "MB", "GB", "TB"],
   },
   ru: {
@@ -130,6 +138,12 @@ const TEXT = {
     promo_expired: "Срок действия промокода истёк.", promo_used_up: "Промокод исчерпан.",
     promo_already_redeemed: "Вы уже использовали этот промокод.",
     promo_discount_waiting: "У вас уже есть скидка на следующую оплату.",
+    location: "Локация", locationDefault: "По умолчанию", change: "Сменить",
+    locationsTitle: "Выберите локацию", locationFull: "Мест нет", locationCurrent: "Текущая",
+    locationsHint: "При переезде конфиги устройств меняются: после него импортируйте их в приложение заново.",
+    moveTo: "Переехать: {l}",
+    moveConfirm: "Перенести ваши устройства в локацию {l}? Их конфиги изменятся: их нужно будет заново импортировать в приложение.",
+    moved: "Готово: {l}. Конфиги изменились — импортируйте их заново (Ключи → Как подключить).",
     units: ["Б", "КБ", "МБ", "ГБ", "ТБ"],
   },
 };
@@ -355,6 +369,10 @@ function updateMainAction() {
     const plan = plans.find((p) => p.id === selectedPlan);
     if (plan) setMainAction(fill("payFor", { p: priceText(plan), t: planTitle(plan) }), () => pay(plan.id));
     else setMainAction(null);
+  } else if (screen === "locations") {
+    const pick = locations.find((l) => l.server === movePick);
+    if (pick && !pick.current) setMainAction(fill("moveTo", { l: locationLabel(pick) }), () => move(pick));
+    else setMainAction(null);
   } else if (screen === "status" && (phase === "Expired" || phase === "Pending")) {
     setMainAction(t(phase === "Expired" ? "renew" : "choosePlan"), () => selectTab("plans"));
   } else if (screen === "keys" && me && phase === "Active" && me.devices.length < me.subscription.maxDevices) {
@@ -459,6 +477,7 @@ async function showMe() {
   if (!planChosen && plans.some((p) => p.id === sub.plan)) selectPlan(sub.plan, false);
   showDaysLeft(sub);
   showRenewal(sub);
+  showLocation();
   await renderDevices();
   updateMainAction();
 }
@@ -558,8 +577,10 @@ async function pay(planId) {
   if (!initData) { notice(t("openInTelegram")); return; }
   const before = me ? me.subscription.paidUntil : null;
   try {
+    const body = { plan: planId };
+    if (buyLocation && me && buyLocation !== me.subscription.server) body.server = buyLocation;
     const payment = await (await api("/api/v1/payments", {
-      method: "POST", body: JSON.stringify({ plan: planId }),
+      method: "POST", body: JSON.stringify(body),
     })).json();
     // openLink opens the browser on every platform (iOS included) without leaving Telegram.
     openExternal(payment.confirmationUrl);
@@ -626,6 +647,98 @@ function watchPayment(before, waitingKey = "paymentWaiting") {
     }
   };
   setTimeout(tick, PAYMENT_POLL_MS);
+}
+
+// --- Locations: where the devices are, picked when buying and changed later (a move). ---
+
+let locations = [];
+// The location picked on the plans screen (the payment moves there), and on the move screen.
+let buyLocation = null;
+let movePick = null;
+
+function locationLabel(location) { return location.flag + " " + location.displayName; }
+
+async function loadLocations() {
+  if (!initData) return;
+  try {
+    locations = await (await api("/api/v1/locations")).json();
+  } catch (error) {
+    if (error.code !== "init_data_expired") notice(error.message, "error");
+    return;
+  }
+  showLocation();
+}
+
+// The status row, the plans' picker and the move screen.
+function showLocation() {
+  const current = locations.find((l) => l.current);
+  $("location-row").hidden = locations.length === 0;
+  $("location").textContent = current ? locationLabel(current) : t("locationDefault");
+  if (!buyLocation || !locations.some((l) => l.server === buyLocation && (!l.full || l.current))) {
+    buyLocation = current ? current.server : null;
+  }
+  $("buy-location").hidden = locations.length === 0;
+  $("buy-location-list").replaceChildren(...locations.map((location) => {
+    const chip = locationChoice(location, "chip", location.server === buyLocation, () => {
+      if (buyLocation !== location.server) hapticSelection();
+      buyLocation = location.server;
+      showLocation();
+    });
+    return chip;
+  }));
+  $("location-list").replaceChildren(...locations.map((location) =>
+    locationChoice(location, "card location", location.server === movePick, () => {
+      if (movePick !== location.server) hapticSelection();
+      movePick = location.server;
+      showLocation();
+      updateMainAction();
+    })));
+}
+
+// One location to pick: a full one (not the user's own) cannot be picked.
+function locationChoice(location, className, checked, onPick) {
+  const choice = element("button", className);
+  choice.type = "button";
+  choice.dataset.server = location.server;
+  choice.setAttribute("role", "radio");
+  choice.setAttribute("aria-checked", String(checked));
+  const blocked = location.full && !location.current;
+  choice.disabled = blocked;
+  choice.append(element("span", "label", locationLabel(location)));
+  const notes = [];
+  if (location.protocol === "amneziawg") notes.push("AmneziaWG");
+  if (location.current) notes.push(t("locationCurrent"));
+  if (blocked) notes.push(t("locationFull"));
+  if (notes.length) choice.append(element("span", "hint note", notes.join(" · ")));
+  choice.addEventListener("click", () => { if (!blocked) onPick(); });
+  return choice;
+}
+
+function openLocations() {
+  const current = locations.find((l) => l.current);
+  movePick = current ? current.server : null;
+  showLocation();
+  pushScreen("locations");
+}
+
+// Moves the user's devices to `location` once they confirm that their configs change.
+async function move(location) {
+  const label = locationLabel(location);
+  if (!(await confirmAction(fill("moveConfirm", { l: label })))) return;
+  try {
+    me = await (await api("/api/v1/me/location", {
+      method: "PUT", body: JSON.stringify({ server: location.server }),
+    })).json();
+  } catch (error) {
+    fail(error);
+    await loadLocations();
+    return;
+  }
+  haptic("success");
+  await loadLocations();
+  selectTab("status");
+  await showMe();
+  notice(fill("moved", { l: label }), "success");
 }
 
 // Opens `url` outside the Mini App (Telegram's openLink, or a new tab).
@@ -985,6 +1098,7 @@ async function start() {
   $("main-action").addEventListener("click", runMainAction);
   $("refresh").addEventListener("click", loadMe);
   $("renew").addEventListener("click", () => selectTab("plans"));
+  $("location-change").addEventListener("click", openLocations);
   $("reopen").addEventListener("click", reopen);
   $("promo-apply").addEventListener("click", redeemPromo);
   $("invite-copy").addEventListener("click", copyInvite);
@@ -996,6 +1110,7 @@ async function start() {
   loadDiscount();
   loadReferrals();
   await loadPlans();
+  await loadLocations();
   await loadMe();
   document.body.dataset.loaded = "true";
 }

@@ -658,6 +658,35 @@ async fn device_seen(h: &Harness, name: &str) {
     h.visible(&peer).await;
 }
 
+/// The WgServer `name` (pool `pool`) offered to users as `location`, its public key published.
+async fn offered_server(h: &Harness, name: &str, pool: &str, location: Value) {
+    let servers: Api<wgsub_crds::WgServer> = Api::namespaced(h.admin.clone(), &h.namespace);
+    let server = wgsub_crds::WgServer::new(
+        name,
+        serde_json::from_value(json!({
+            "endpoint": format!("{name}.example.com:51820"),
+            "addressPool": pool,
+            "privateKeySecretRef": {"name": format!("{name}-key")},
+            "location": location,
+        }))
+        .unwrap(),
+    );
+    servers.create(&Default::default(), &server).await.unwrap();
+    let status = json!({
+        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
+        "status": {"publicKey": wgsub_crds::keys::PrivateKey::generate().public_key().to_base64()}
+    });
+    let server = servers
+        .patch_status(
+            name,
+            &kube::api::PatchParams::apply("wgsub-test-agent"),
+            &kube::api::Patch::Apply(&status),
+        )
+        .await
+        .unwrap();
+    h.visible(&server).await;
+}
+
 /// A subscription of `user` that ran out two days ago, with its device `tg-<user>-1` kept.
 async fn expired_user(h: &Harness, user: i64) {
     let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
@@ -674,7 +703,8 @@ async fn expired_user(h: &Harness, user: i64) {
 
 /// The Mini App in headless Chromium against this API (api/tests/miniapp_browser.cjs says what
 /// it covers): users active (a connected WireGuard device and an AmneziaWG one), expired, never
-/// paid and with a free device slot; Telegram's Bot API faked for the Stars invoice. The script
+/// paid, with a free device slot and one to move; three offered locations, one full;
+/// Telegram's Bot API faked for the Stars invoice. The script
 /// asks for the YooKassa webhook of its first payment on stdout (`@@webhook`) and gets the
 /// webhook's status on stdin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -727,6 +757,37 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
     h.ready_device(601, 2, "awg", "10.9.0.2/32", "Laptop").await;
     expired_user(&h, 603).await;
     h.active_user(604).await;
+    // Locations: Germany, the Netherlands (full: user 606 has a device there) and the
+    // AmneziaWG server as Finland.
+    offered_server(
+        &h,
+        "de-1",
+        "10.20.0.0/24",
+        json!({"displayName": {"ru": "Германия", "en": "Germany"}, "country": "DE"}),
+    )
+    .await;
+    offered_server(
+        &h,
+        "nl-1",
+        "10.21.0.0/24",
+        json!({"displayName": {"ru": "Нидерланды", "en": "Netherlands"}, "country": "NL",
+               "capacity": 1}),
+    )
+    .await;
+    h.active_user(606).await;
+    h.ready_device(606, 2, "nl-1", "10.21.0.2/32", "Tablet")
+        .await;
+    let awg = Api::<wgsub_crds::WgServer>::namespaced(h.admin.clone(), &h.namespace)
+        .patch(
+            "awg",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"location": {
+                "displayName": {"ru": "Финляндия", "en": "Finland"}, "country": "FI"}}})),
+        )
+        .await
+        .unwrap();
+    h.visible(&awg).await;
+    h.active_user(607).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = h.router.clone();
@@ -744,6 +805,7 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
         ("expired", 603),
         ("adder", 604),
         ("pending", 605),
+        ("mover", 607),
     ] {
         users.insert(
             role.into(),
@@ -820,7 +882,15 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
         "the browser test failed:\n{log}\n{stderr}"
     );
     assert_eq!(webhooks, 1, "{log}");
-    for screen in ["status", "plans", "keys", "guide", "expired", "pending"] {
+    for screen in [
+        "status",
+        "plans",
+        "keys",
+        "guide",
+        "locations",
+        "expired",
+        "pending",
+    ] {
         for theme in ["light", "dark"] {
             for lang in ["en", "ru"] {
                 let shot = artifacts.join(format!("miniapp-{theme}-{lang}-{screen}.png"));

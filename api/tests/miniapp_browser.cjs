@@ -5,14 +5,17 @@
 //
 // Users (set up by api/tests/api_http.rs): `active` (two devices: a connected WireGuard phone
 // with traffic, an AmneziaWG laptop never seen), `expired` (a device, paid time over), `pending`
-// (never paid), `adder` (one device of two). Scenarios:
-// - payment: the MainButton pays for the picked plan, the page polls until the webhook (sent by
-//   the Rust side on request) moves the paid-until date and says so; a second payment that
-//   never arrives ends, after the bounded wait (the page's clock fast-forwarded), in a message
-//   that says so;
-// - every screen (status with days left, plans, keys, the connection guide, the expired and the
-//   never-paid status) in the light and the dark theme and in English and Russian, with
-//   screenshots; `themeChanged` while open; BackButton in and out of the guide;
+// (never paid), `adder` (one device of two), `mover` (on the default server). Locations offered:
+// `de-1` (Germany), `nl-1` (full), `awg` (Finland, AmneziaWG). Scenarios:
+// - payment: the MainButton pays for the picked plan in the picked location (the request
+//   carries it), the page polls until the webhook (sent by the Rust side on request) moves the
+//   paid-until date and says so; a second payment that never arrives ends, after the bounded
+//   wait (the page's clock fast-forwarded), in a message that says so;
+// - every screen (status with days left, plans, keys, the connection guide, locations, the
+//   expired and the never-paid status) in the light and the dark theme and in English and
+//   Russian, with screenshots; `themeChanged` while open; BackButton in and out of sub-screens;
+// - a move: a full location cannot be picked, a declined confirmation changes nothing, a
+//   confirmed one moves and says that the configs changed;
 // - the guide on every platform for both protocols (store links, the quickest import first);
 // - add a device with the MainButton; rename (a 200-character name refused with the API's
 //   message and an error haptic, then a good one); Stars (an invoice that fails, one that is
@@ -76,6 +79,8 @@ const SAY = {
     late: "The payment has not arrived yet", starsFailed: "The payment in Stars did not go through.",
     starsPaid: "Paid in Stars: waiting", promoUnknown: "There is no such promo code.",
     guideTitle: "Connect “Phone”", notReady: "Your key is being prepared…", traffic: "↓ 1.5 MB · ↑ 342 KB",
+    full: "Full", current: "Current", locationDefault: "Default", moveTo: "Move to ",
+    moveConfirm: "Their configs change", moved: "Your configs changed",
   },
   ru: {
     Active: "Активна", Expired: "Истекла", Pending: "Не оплачено", pay: "Оплатить 199.00 ₽ · Месяц",
@@ -87,7 +92,7 @@ const SAY = {
     expiredTitle: "Подписка закончилась", pendingTitle: "Подписки пока нет", connected: "Подключено",
     notConnected: "Не подключено", never: "Рукопожатий ещё не было", install: "1. Установите приложение",
     copied: "Скопировано", guideTitle: "Подключить «Phone»", notReady: "Ключ готовится…",
-    traffic: "↓ 1,5 МБ · ↑ 342 КБ",
+    traffic: "↓ 1,5 МБ · ↑ 342 КБ", full: "Мест нет", current: "Текущая",
   },
 };
 
@@ -267,6 +272,13 @@ async function paidUntil(page) {
   });
 }
 
+// The user's /api/v1/me and /api/v1/locations as the API answers them.
+async function fromApi(page, path) {
+  return page.evaluate(async (path) => (await fetch(path, {
+    headers: { Authorization: "tma " + window.Telegram.WebApp.initData },
+  })).json(), path);
+}
+
 // The user's days left as the API reports them (what the indicator must show).
 async function daysLeft(page) {
   return Math.floor(((await paidUntil(page)) - (await page.evaluate(() => Date.now()))) / 86400000);
@@ -281,10 +293,21 @@ async function payment() {
     await page.click("#tab-plans");
     check(await page.getAttribute('[data-plan="month"]', "aria-checked") === "true", "the user's plan is picked");
     await expectMain(page, SAY.en.pay, "plans");
+    check(await page.isVisible("#buy-location"), "a location can be picked when buying");
+    check(await page.isDisabled('#buy-location-list [data-server="nl-1"]'), "a full location cannot be picked");
+    check((await page.getAttribute('#buy-location-list [data-server="de-1"]', "aria-checked")) === "false", "nothing is picked on the default server");
+    await page.click('#buy-location-list [data-server="de-1"]');
+    check((await page.getAttribute('#buy-location-list [data-server="de-1"]', "aria-checked")) === "true", "Germany is picked");
+    const sent = [];
+    page.on("request", (request) => {
+      if (request.url().endsWith("/api/v1/payments")) sent.push(JSON.parse(request.postData()));
+    });
     await tapMain(page);
     await page.waitForFunction(() => window.__opened.length === 1, null, { timeout: 10000 });
     const opened = await page.evaluate(() => window.__opened[0]);
     check(opened.startsWith("https://yoomoney.example/"), `openLink got the confirmation URL: ${opened}`);
+    check(JSON.stringify(sent) === JSON.stringify([{ plan: "month", server: "de-1" }]), `the payment carries the location: ${JSON.stringify(sent)}`);
+    check((await fromApi(page, "/api/v1/me")).subscription.server === "de-1", "the payment moved the user to Germany");
     await expectNotice(page, SAY.en.waiting, "info");
     await shot(page, "payment-waiting");
     check((await ask("webhook")) === "200", "the webhook was applied");
@@ -323,7 +346,22 @@ async function screens(theme, lang, platform, expectPlatform, userAgent) {
     check(await page.isHidden("#renew-card"), "no renewal card while active");
     check(!(await backVisible(page)), "no BackButton on a tab");
     await expectMain(page, null, `${tag} status`);
+    const places = await fromApi(page, "/api/v1/locations");
+    const germany = places.find((l) => l.server === "de-1");
+    check((await page.textContent("#location")) === `${germany.flag} ${germany.displayName}`, "the status names the location");
     await shot(page, `${tag}-status`);
+
+    await page.click("#location-change");
+    await page.waitForSelector('body[data-screen="locations"]');
+    check(await backVisible(page), "the BackButton shows on the locations");
+    check(await page.isDisabled('#location-list [data-server="nl-1"]'), "the full location cannot be picked");
+    check((await page.textContent('#location-list [data-server="nl-1"] .note')) === say.full, "the full location says so");
+    check((await page.textContent('#location-list [data-server="de-1"] .note')) === say.current, "the current location says so");
+    check((await page.textContent('#location-list [data-server="awg"] .note')) === "AmneziaWG", "an AmneziaWG location says so");
+    await expectMain(page, null, `${tag} locations with the current one picked`);
+    await shot(page, `${tag}-locations`);
+    await tapBack(page);
+    await page.waitForSelector('body[data-screen="status"]');
 
     await page.click("#tab-plans");
     await expectMain(page, say.pay, `${tag} plans`);
@@ -467,6 +505,41 @@ async function addDevice() {
   });
 }
 
+// A move: a full location cannot be picked; a declined confirmation changes nothing; a
+// confirmed one moves the devices and says their configs changed.
+async function move() {
+  await withMiniApp({ who: USERS.mover.en }, async (page) => {
+    check((await page.textContent("#location")) === SAY.en.locationDefault, "the default server has no location name");
+    await page.click("#location-change");
+    await page.waitForSelector('body[data-screen="locations"]');
+    await expectMain(page, null, "locations with nothing picked");
+    await page.click('#location-list [data-server="nl-1"]', { force: true });
+    await expectMain(page, null, "a full location is not picked");
+    await page.click('#location-list [data-server="de-1"]');
+    const places = await fromApi(page, "/api/v1/locations");
+    const germany = places.find((l) => l.server === "de-1");
+    const label = `${germany.flag} ${germany.displayName}`;
+    await expectMain(page, `${SAY.en.moveTo}${label}`, "locations with Germany picked");
+    await page.evaluate(() => { window.__confirmAnswer = false; });
+    await tapMain(page);
+    await page.waitForFunction(() => window.__calls.some((c) => c.startsWith("confirm:")));
+    const asked = (await calls(page)).find((c) => c.startsWith("confirm:"));
+    check(asked.includes(label) && asked.includes(SAY.en.moveConfirm), `the confirmation says the configs change: ${asked}`);
+    await page.waitForTimeout(500);
+    check((await fromApi(page, "/api/v1/me")).subscription.server === "main", "a declined move changes nothing");
+    check((await page.getAttribute("body", "data-screen")) === "locations", "a declined move stays on the locations");
+    await page.evaluate(() => { window.__confirmAnswer = true; });
+    await tapMain(page);
+    await page.waitForSelector('body[data-screen="status"]', { timeout: 10000 });
+    await expectNotice(page, SAY.en.moved, "success");
+    await expectHaptic(page, "success");
+    check((await page.textContent("#location")) === label, "the status shows the new location");
+    check((await fromApi(page, "/api/v1/me")).subscription.server === "de-1", "the move was written");
+    await shot(page, "light-en-moved");
+    console.log("miniapp move: ok");
+  });
+}
+
 // Stars: a failed invoice says so with an error haptic; a paid one waits for the new date.
 // A promo code that does not exist gets the API's refusal and an error haptic.
 async function starsAndPromo() {
@@ -540,6 +613,7 @@ async function expired() {
   for (const theme of ["light", "dark"]) for (const lang of ["en", "ru"]) await renewal(theme, lang);
   await guideMatrix();
   await addDevice();
+  await move();
   await starsAndPromo();
   await rename();
   await expired();
