@@ -135,6 +135,31 @@ fn parse_seconds(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a number of seconds 1–86400"))
 }
 
+fn parse_lease_name(text: &str) -> Result<String, String> {
+    if wgsub_crds::resources::is_dns_label(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
+        ))
+    }
+}
+
+fn parse_lease_seconds(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (3..=300).contains(s))
+        .ok_or_else(|| format!("{text:?} is not a number of seconds 3–300"))
+}
+
+fn parse_identity(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() || text.len() > 128 {
+        return Err("the identity must be 1 to 128 characters".to_owned());
+    }
+    Ok(text.to_owned())
+}
+
 fn parse_rate(text: &str) -> Result<u32, String> {
     let rate: u32 = text
         .trim()
@@ -213,6 +238,20 @@ pub struct Config {
     /// Long polling (default) or webhook.
     #[arg(long, env = "WGSUB_BOT_MODE", value_enum, default_value = "polling")]
     pub mode: Mode,
+
+    /// Name of the coordination.k8s.io Lease (in --namespace) that elects the one replica that
+    /// polls (polling mode); webhook mode takes none.
+    #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-bot", value_parser = parse_lease_name)]
+    pub lease_name: String,
+
+    /// Seconds the lease stays held without renewal (3–300); a replica that loses it stops
+    /// polling within two thirds of it.
+    #[arg(long, env = "WGSUB_LEASE_DURATION", default_value = "15", value_parser = parse_lease_seconds)]
+    pub lease_duration: u64,
+
+    /// This replica's name in the lease (the pod name); defaults to the host name.
+    #[arg(long, env = "WGSUB_IDENTITY", value_parser = parse_identity)]
+    pub identity: Option<String>,
 
     /// Public https URL Telegram posts updates to (webhook mode).
     #[arg(long, env = "WGSUB_BOT_WEBHOOK_URL", value_parser = parse_https_url)]
@@ -338,6 +377,17 @@ impl Config {
             .filter(|path| !path.is_empty())
             .unwrap_or_else(|| "/".into())
     }
+
+    /// This replica's identity in the lease: `--identity`, else the host name (the pod name).
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("wgsub-bot-{}", std::process::id()))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -381,6 +431,10 @@ mod tests {
         assert_eq!(config.trial_days, 3);
         assert_eq!(config.broadcast_rate, 25);
         assert_eq!(config.referral_reward_days, 7);
+        assert_eq!(
+            (config.lease_name.as_str(), config.lease_duration),
+            ("wgsub-bot", 15)
+        );
         assert!(config.admin_ids.0.is_empty());
         config.validate().unwrap();
     }
@@ -397,6 +451,9 @@ mod tests {
             (&["--admin-ids", "12,abc"], "--admin-ids"),
             (&["--broadcast-rate", "31"], "--broadcast-rate"),
             (&["--referral-reward-days", "366"], "--referral-reward-days"),
+            (&["--lease-duration", "2"], "--lease-duration"),
+            (&["--lease-name", "Not_A_Name"], "--lease-name"),
+            (&["--identity", ""], "--identity"),
             (&["--webhook-secret", "has space"], "--webhook-secret"),
             (&["--reminder-interval", "0"], "--reminder-interval"),
             (&["--mode", "carrier-pigeon"], "--mode"),

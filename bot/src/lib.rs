@@ -13,6 +13,7 @@ pub mod growth;
 pub mod handlers;
 pub mod http;
 pub mod jobs;
+pub mod leader;
 pub mod metrics;
 pub mod reminders;
 pub mod server_changes;

@@ -1,7 +1,8 @@
 //! wgsub-bot: reads its settings, connects to PostgreSQL, Kubernetes, YooKassa and Telegram,
-//! and runs the handler tree (long polling or webhook), the reminder and outbox loops and the
-//! health/metrics server until SIGTERM — and stops within `--shutdown-timeout` of it even when
-//! the Bot API does not answer (teloxide's last `getUpdates` would otherwise wait on it).
+//! and runs the handler tree (long polling while this replica holds the bot's Lease, or webhook
+//! on every replica), the reminder and outbox loops and the health/metrics server until SIGTERM —
+//! and stops within `--shutdown-timeout` of it even when the Bot API does not answer (teloxide's
+//! last `getUpdates` would otherwise wait on it).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tracing_subscriber::EnvFilter;
 use wgsub_bot::app::{App, Settings};
 use wgsub_bot::broadcast::Pacing;
 use wgsub_bot::config::{Config, LogFormat, Mode};
+use wgsub_bot::leader::{self, ElectionTiming, LeaseLock};
 use wgsub_bot::metrics::Metrics;
 use wgsub_bot::{handlers, http, jobs, server_changes, telegram};
 use wgsub_crds::plans::PlanCatalogue;
@@ -198,27 +200,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     );
 
-    let mut dispatcher = Dispatcher::builder(bot.clone(), handlers::handler_tree())
-        .dependencies(dptree::deps![app.clone()])
-        .error_handler(LoggingErrorHandler::with_custom_text(
-            "update handling failed",
-        ))
-        .build();
-    let dispatcher_token = dispatcher.shutdown_token();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         signal_shutdown.cancel();
-        // The dispatcher may not be running yet (or already stopped): both are fine.
-        while dispatcher_token.shutdown().is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     });
 
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout);
     let work = async {
-        receive_updates(&config, &bot, &mut dispatcher, &mut tasks, &shutdown).await?;
+        receive_updates(&config, &bot, &app, &mut tasks, &shutdown).await?;
         shutdown.cancel();
         while tasks.join_next().await.is_some() {}
         anyhow::Ok(())
@@ -239,18 +230,73 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Receives updates (long polling or webhook) until the dispatcher is shut down.
+type BotDispatcher = Dispatcher<Bot, handlers::HandlerError, teloxide::dispatching::DefaultKey>;
+
+fn dispatcher(bot: &Bot, app: &Arc<App>) -> BotDispatcher {
+    Dispatcher::builder(bot.clone(), handlers::handler_tree())
+        .dependencies(dptree::deps![app.clone()])
+        .error_handler(LoggingErrorHandler::with_custom_text(
+            "update handling failed",
+        ))
+        .build()
+}
+
+/// Runs `dispatch` (a future borrowing `token`'s dispatcher) until it ends, shutting the
+/// dispatcher down once `stop` is cancelled (it may not be running yet: retried until it is).
+async fn dispatch_until(
+    dispatch: impl std::future::Future<Output = ()>,
+    token: teloxide::dispatching::ShutdownToken,
+    stop: CancellationToken,
+) {
+    tokio::pin!(dispatch);
+    tokio::select! {
+        () = &mut dispatch => return,
+        () = stop.cancelled() => {}
+    }
+    while token.shutdown().is_err() {
+        tokio::select! {
+            () = &mut dispatch => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    dispatch.await;
+}
+
+/// Receives updates until shutdown: in polling mode only while this replica holds the bot's
+/// Lease (one `getUpdates` caller per bot), in webhook mode on every replica.
 async fn receive_updates(
     config: &Config,
     bot: &Bot,
-    dispatcher: &mut Dispatcher<Bot, handlers::HandlerError, teloxide::dispatching::DefaultKey>,
+    app: &Arc<App>,
     tasks: &mut tokio::task::JoinSet<()>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     match config.mode {
         Mode::Polling => {
-            tracing::info!("receiving updates by long polling");
-            dispatcher.dispatch().await;
+            let lock = LeaseLock::new(
+                kube::Api::namespaced(app.kube.clone(), &config.namespace),
+                &config.lease_name,
+                &config.identity(),
+                Duration::from_secs(config.lease_duration),
+            );
+            tracing::info!(
+                identity = lock.identity(),
+                "waiting for the lease {}/{} to poll for updates",
+                config.namespace,
+                config.lease_name
+            );
+            let timing =
+                ElectionTiming::from_lease_duration(Duration::from_secs(config.lease_duration));
+            leader::run_elected(lock, timing, shutdown.clone(), |term| {
+                let (bot, app) = (bot.clone(), app.clone());
+                async move {
+                    let mut dispatcher = dispatcher(&bot, &app);
+                    let token = dispatcher.shutdown_token();
+                    tracing::info!("receiving updates by long polling");
+                    dispatch_until(dispatcher.dispatch(), token, term).await;
+                }
+            })
+            .await;
         }
         Mode::Webhook => {
             let url = config
@@ -277,12 +323,13 @@ async fn receive_updates(
                 .secret_token(secret.expose().to_owned())
                 .await?;
             tracing::info!(listen = %config.webhook_listen, "receiving updates by webhook");
-            dispatcher
-                .dispatch_with_listener(
-                    http::webhook_listener(receiver),
-                    LoggingErrorHandler::with_custom_text("webhook listener failed"),
-                )
-                .await;
+            let mut dispatcher = dispatcher(bot, app);
+            let token = dispatcher.shutdown_token();
+            let dispatch = dispatcher.dispatch_with_listener(
+                http::webhook_listener(receiver),
+                LoggingErrorHandler::with_custom_text("webhook listener failed"),
+            );
+            dispatch_until(dispatch, token, shutdown.clone()).await;
         }
     }
     Ok(())

@@ -173,6 +173,15 @@ capabilities:
 
 {{/* Probes on the component's HTTP port: /healthz (alive) and /readyz (ready). */}}
 {{- define "wgsub.probes" -}}
+# Up to a minute to start (connecting to the database and the API server), then the liveness
+# probe's tighter limits.
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  periodSeconds: 2
+  timeoutSeconds: 2
+  failureThreshold: 30
 livenessProbe:
   httpGet:
     path: /healthz
@@ -187,4 +196,30 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 2
   failureThreshold: 2
+{{- end -}}
+
+{{- /*
+A pod's affinity: the component's own (list $ "<component>" <affinity value>) when set,
+otherwise a preferred anti-affinity that spreads its replicas over nodes by hostname.
+*/ -}}
+{{- define "wgsub.affinity" -}}
+{{- $root := index . 0 -}}
+{{- $component := index . 1 -}}
+{{- $affinity := index . 2 -}}
+{{- if $affinity -}}
+{{- toYaml $affinity -}}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "wgsub.selectorLabels" (list $root $component) | nindent 12 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "wgsub.botLeaseName" -}}
+{{- include "wgsub.componentName" (list . "bot") -}}
 {{- end -}}
