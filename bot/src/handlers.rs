@@ -25,6 +25,7 @@ use wgsub_ledger::{
 use crate::admin::{self, AdminCommand, UserRef};
 use crate::app::App;
 use crate::broadcast;
+use crate::device_menu;
 use crate::devices::{self, DeviceConfig};
 use crate::growth;
 use crate::stars::{self, STARS_PREFIX};
@@ -50,6 +51,8 @@ pub enum Command {
     Promo(String),
     /// `/invite` — the personal referral link.
     Invite,
+    /// `/devices` — the user's devices: rename, new key, delete, add.
+    Devices,
     Admin(String),
 }
 
@@ -64,6 +67,7 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(dptree::case![Command::Help].endpoint(help))
         .branch(dptree::case![Command::Promo(code)].endpoint(growth::promo))
         .branch(dptree::case![Command::Invite].endpoint(growth::invite))
+        .branch(dptree::case![Command::Devices].endpoint(device_menu::devices_command))
         .branch(
             dptree::case![Command::Admin(arguments)]
                 .filter(sent_by_admin)
@@ -72,6 +76,7 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
     let messages = Update::filter_message()
         .branch(Message::filter_successful_payment().endpoint(stars::successful_payment))
         .branch(commands)
+        .branch(dptree::filter(device_menu::is_rename_reply).endpoint(device_menu::rename_reply))
         .endpoint(other_message);
     let callbacks = Update::filter_callback_query().endpoint(callback);
     dptree::entry()
@@ -608,6 +613,9 @@ async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResul
     } else if let Some(plan) = data.strip_prefix(STARS_PREFIX) {
         app.metrics.update("stars_invoice");
         stars::send_invoice(&bot, &app, &query.from, chat, lang, plan).await
+    } else if let Some(action) = data.strip_prefix(device_menu::DEVICE_PREFIX) {
+        app.metrics.update("device_button");
+        device_menu::on_button(&bot, &app, &query.from, chat, lang, action).await
     } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
         app.metrics.update("config_device");
         config_device(&bot, &app, &query.from, chat, lang, peer).await

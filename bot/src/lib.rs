@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod broadcast;
 pub mod config;
+pub mod device_menu;
 pub mod devices;
 pub mod growth;
 pub mod handlers;

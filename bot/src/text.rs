@@ -70,6 +70,17 @@ pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
                 "Get the config and QR code",
             ),
         ),
+        (
+            "devices",
+            lang.pick(
+                "Устройства: переименовать, новый ключ, удалить, добавить",
+                "Devices: rename, new key, delete, add",
+            ),
+        ),
+        (
+            "location",
+            lang.pick("Выбрать страну сервера", "Choose the server's country"),
+        ),
         ("promo", lang.pick("Ввести промокод", "Enter a promo code")),
         ("invite", lang.pick("Пригласить друзей", "Invite friends")),
         ("help", lang.pick("Помощь", "Help")),
@@ -482,6 +493,231 @@ pub fn server_params_changed(lang: Lang) -> &'static str {
 /// The button under [`server_params_changed`] that sends one device's new config.
 pub fn new_config_button(lang: Lang, device: &str) -> String {
     format!("{} {device}", lang.pick("Новый конфиг:", "New config:"))
+}
+
+// ---- /devices: the user's own devices ----
+
+/// One device in the `/devices` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    pub name: String,
+    pub enabled: bool,
+    /// Key and address assigned: the config can be downloaded.
+    pub ready: bool,
+    /// A handshake within the last 3 minutes.
+    pub connected: bool,
+    pub last_handshake: Option<Timestamp>,
+    /// Bytes received from the device (its upload) and sent to it (its download).
+    pub rx_bytes: i64,
+    pub tx_bytes: i64,
+}
+
+/// A byte count as users read it: `0 B`, `1.5 KB`, `12.3 MB`, `2.0 GB` (powers of 1024).
+pub fn bytes(lang: Lang, count: i64) -> String {
+    let units = match lang {
+        Lang::Ru => ["Б", "КБ", "МБ", "ГБ", "ТБ"],
+        Lang::En => ["B", "KB", "MB", "GB", "TB"],
+    };
+    let count = count.max(0);
+    if count < 1024 {
+        return format!("{count} {}", units[0]);
+    }
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", units[unit])
+}
+
+/// The `/devices` answer: each device with whether it is connected, its last handshake and its
+/// traffic, then what the buttons do.
+pub fn devices_list(lang: Lang, devices: &[DeviceEntry], max_devices: i32) -> String {
+    let mut out = format!(
+        "{}: {} / {max_devices}\n",
+        lang.pick("Ваши устройства", "Your devices"),
+        devices.len()
+    );
+    if devices.is_empty() {
+        out.push_str(lang.pick(
+            "\nУстройств нет. Добавьте устройство кнопкой ниже.",
+            "\nNo devices. Add one with the button below.",
+        ));
+        return out;
+    }
+    for device in devices {
+        let state = match (device.ready, device.connected, device.enabled) {
+            (false, _, _) => lang.pick("⏳ готовится", "⏳ being set up"),
+            (true, _, false) => lang.pick("⏸ выключено", "⏸ off"),
+            (true, true, true) => lang.pick("🟢 подключено", "🟢 connected"),
+            (true, false, true) => lang.pick("⚪ не подключено", "⚪ not connected"),
+        };
+        let handshake = match device.last_handshake {
+            Some(at) => format!(
+                "{} {}",
+                lang.pick("последнее соединение", "last handshake"),
+                date(at)
+            ),
+            None => lang
+                .pick("ещё не подключалось", "never connected")
+                .to_owned(),
+        };
+        out.push_str(&format!(
+            "\n• {} — {state}\n  {handshake}; ↑ {} ↓ {}\n",
+            device.name,
+            bytes(lang, device.rx_bytes),
+            bytes(lang, device.tx_bytes),
+        ));
+    }
+    out.push_str(lang.pick(
+        "\nКнопки: 📄 конфиг, ✏️ переименовать, 🔄 новый ключ (старый конфиг перестанет работать), 🗑 удалить.",
+        "\nButtons: 📄 config, ✏️ rename, 🔄 new key (the old config stops working), 🗑 delete.",
+    ));
+    out
+}
+
+/// The buttons of one device in the `/devices` list.
+pub fn device_buttons(lang: Lang) -> [&'static str; 3] {
+    match lang {
+        Lang::Ru => ["✏️ Имя", "🔄 Ключ", "🗑 Удалить"],
+        Lang::En => ["✏️ Rename", "🔄 New key", "🗑 Delete"],
+    }
+}
+
+/// The button that adds a device, with how many there are of how many allowed.
+pub fn add_device_button(lang: Lang, count: usize, max_devices: i32) -> String {
+    format!(
+        "➕ {} ({count}/{max_devices})",
+        lang.pick("Добавить устройство", "Add a device")
+    )
+}
+
+/// The prompt for a device's new name. Its last line names the device (`[tg-<id>-<n>]`): the
+/// user's reply to this message is matched to the device by it.
+pub fn rename_prompt(lang: Lang, device: &str, peer: &str) -> String {
+    format!(
+        "{} «{device}» ({}).\n[{peer}]",
+        lang.pick(
+            "Ответьте на это сообщение новым именем для",
+            "Reply to this message with the new name for"
+        ),
+        lang.pick("1–64 символа", "1–64 characters"),
+    )
+}
+
+pub fn renamed(lang: Lang, device: &str) -> String {
+    format!(
+        "{} «{device}».",
+        lang.pick(
+            "Готово, устройство теперь называется",
+            "Done, the device is now called"
+        )
+    )
+}
+
+/// The answer to a new name that is empty, too long or holds control characters.
+pub fn invalid_device_name(lang: Lang) -> &'static str {
+    lang.pick(
+        "Такое имя не подходит: нужно от 1 до 64 символов, без переносов строк. Имя не изменено — нажмите ✏️ в /devices ещё раз.",
+        "That name does not fit: it needs 1 to 64 characters and no line breaks. The name is unchanged — press ✏️ in /devices again.",
+    )
+}
+
+/// The confirmation asked before deleting a device.
+pub fn confirm_delete(lang: Lang, device: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Удалить «{device}»? Его конфиг сразу перестанет работать, а ключ будет удалён."
+        ),
+        Lang::En => {
+            format!("Delete «{device}»? Its config stops working at once and its key is deleted.")
+        }
+    }
+}
+
+/// The buttons of [`confirm_delete`]: delete, cancel.
+pub fn confirm_delete_buttons(lang: Lang) -> [&'static str; 2] {
+    match lang {
+        Lang::Ru => ["🗑 Да, удалить", "Отмена"],
+        Lang::En => ["🗑 Yes, delete", "Cancel"],
+    }
+}
+
+pub fn deleted(lang: Lang, device: &str) -> String {
+    match lang {
+        Lang::Ru => format!("«{device}» удалено, его конфиг больше не работает."),
+        Lang::En => format!("«{device}» is deleted; its config no longer works."),
+    }
+}
+
+pub fn delete_cancelled(lang: Lang) -> &'static str {
+    lang.pick("Ничего не удалено.", "Nothing was deleted.")
+}
+
+/// After a key rotation: the old config no longer works, the new one is a button away.
+pub fn rotated(lang: Lang, device: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Для «{device}» создан новый ключ: старый конфиг больше не работает. Новый конфиг будет готов через несколько секунд — нажмите кнопку ниже и импортируйте его заново, удалив старый туннель."
+        ),
+        Lang::En => format!(
+            "«{device}» has a new key: the old config no longer works. The new config is ready in a few seconds — press the button below and import it again, removing the old tunnel."
+        ),
+    }
+}
+
+/// After adding a device.
+pub fn device_added(lang: Lang, device: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Устройство «{device}» добавлено. Конфиг будет готов через несколько секунд — нажмите кнопку ниже."
+        ),
+        Lang::En => format!(
+            "Device «{device}» is added. Its config is ready in a few seconds — press the button below."
+        ),
+    }
+}
+
+/// After adding a device when the user had none: the operator makes it, /config sends it.
+pub fn first_device_coming(lang: Lang) -> &'static str {
+    lang.pick(
+        "Устройство готовится — через несколько секунд получите конфиг: /config",
+        "Your device is being set up — get its config in a few seconds: /config",
+    )
+}
+
+/// The button under [`rotated`] and [`device_added`] that sends the device's config.
+pub fn get_config_button(lang: Lang) -> &'static str {
+    lang.pick("📄 Получить конфиг", "📄 Get the config")
+}
+
+/// The answer to adding a device beyond the plan's limit.
+pub fn device_limit(lang: Lang, max_devices: i32) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Ваш тариф позволяет устройств: {max_devices}. Удалите одно в /devices или выберите тариф больше: /buy"
+        ),
+        Lang::En => format!(
+            "Your plan allows {max_devices} device(s). Delete one in /devices or pick a bigger plan: /buy"
+        ),
+    }
+}
+
+/// A device button for a device that is not (or no longer) the user's.
+pub fn device_gone(lang: Lang) -> &'static str {
+    lang.pick(
+        "Такого устройства больше нет. Список устройств: /devices",
+        "That device is gone. Your devices: /devices",
+    )
+}
+
+/// A device change that collided with another at the same moment.
+pub fn device_busy(lang: Lang) -> &'static str {
+    lang.pick(
+        "Устройства только что изменились. Откройте /devices и попробуйте ещё раз.",
+        "Your devices just changed. Open /devices and try again.",
+    )
 }
 
 // ---- administrators ----
