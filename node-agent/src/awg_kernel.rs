@@ -30,7 +30,9 @@ pub enum AwgBackendChoice {
     /// The kernel module when its generic netlink family resolves, amneziawg-go otherwise
     /// (and amneziawg-go for a server the module cannot carry).
     Auto,
+    /// The kernel module only; the agent does not start without it.
     Kernel,
+    /// amneziawg-go only.
     Userspace,
 }
 
@@ -142,23 +144,31 @@ fn payloads(
         .collect()
 }
 
+/// Asks the kernel's generic netlink controller for the family `name`: its version, `None`
+/// when the kernel has no such family (`ENOENT`).
+pub fn family_version_of(name: &str) -> io::Result<Option<u32>> {
+    let request = GenlMessage::from_payload(GenlCtrl {
+        cmd: GenlCtrlCmd::GetFamily,
+        nlas: vec![GenlCtrlAttrs::FamilyName(name.into())],
+    });
+    let replies = match netlink_request_genl(request, Some(NLM_F_REQUEST | NLM_F_ACK)) {
+        Ok(replies) => replies,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let version = replies.iter().find_map(|reply| match &reply.payload {
+        NetlinkPayload::InnerMessage(message) => family_version(&message.payload.nlas),
+        _ => None,
+    });
+    version
+        .map(Some)
+        .ok_or_else(|| io::Error::other(format!("the family {name:?} came without a version")))
+}
+
 impl KernelAwg {
     /// Asks the generic netlink controller for the `amneziawg` family.
     pub fn probe() -> io::Result<Probe> {
-        let request = GenlMessage::from_payload(GenlCtrl {
-            cmd: GenlCtrlCmd::GetFamily,
-            nlas: vec![GenlCtrlAttrs::FamilyName(FAMILY_NAME.into())],
-        });
-        let replies = match netlink_request_genl(request, Some(NLM_F_REQUEST | NLM_F_ACK)) {
-            Ok(replies) => replies,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Probe::Absent),
-            Err(error) => return Err(error),
-        };
-        let version = replies.iter().find_map(|reply| match &reply.payload {
-            NetlinkPayload::InnerMessage(message) => family_version(&message.payload.nlas),
-            _ => None,
-        });
-        Ok(match version {
+        Ok(match family_version_of(FAMILY_NAME)? {
             None => Probe::Absent,
             Some(version) => match Dialect::from_version(version) {
                 Some(dialect) => Probe::Found(KernelAwg { dialect }),
