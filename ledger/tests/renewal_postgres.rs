@@ -1,0 +1,488 @@
+//! Automatic renewal in the ledger against a real PostgreSQL (a fresh database per test from
+//! `WGSUB_TEST_DATABASE_URL`) and a stateful YooKassa fake with saved payment methods and
+//! charges without confirmation: the card saved only with consent and shown masked, a period
+//! charged once when two replicas race and after a restart mid-call, nothing charged after
+//! renewal was switched off or for a plan no longer on sale, a declined charge adding no time
+//! and telling the user once, a revoked card deleted.
+
+#[path = "support/fake_yookassa.rs"]
+mod fake_yookassa;
+
+use std::time::Duration;
+
+use fake_yookassa::{FakeYooKassa, MethodState};
+use jiff::{SignedDuration, Timestamp};
+use uuid::Uuid;
+use wgsub_crds::plans::{LocalizedText, Plan, PlanCatalogue};
+use wgsub_ledger::renewal::STALE_CLAIM;
+use wgsub_ledger::testing::fresh_database;
+use wgsub_ledger::yookassa::PaymentDetails;
+use wgsub_ledger::{
+    ApplyOutcome, Ledger, NotificationEvent, PaymentOrder, RenewalContext, RenewalReport,
+    TelegramUser, YooKassa, YooKassaConfig,
+};
+use wiremock::MockServer;
+use zeroize::Zeroizing;
+
+const DAY: SignedDuration = SignedDuration::from_hours(24);
+
+fn plan() -> Plan {
+    Plan {
+        id: "month".into(),
+        title: LocalizedText {
+            ru: "Месяц".into(),
+            en: "Month".into(),
+        },
+        days: 30,
+        price_minor: 19_900,
+        currency: "RUB".into(),
+        devices: 1,
+        price_stars: None,
+    }
+}
+
+fn catalogue() -> PlanCatalogue {
+    PlanCatalogue::new(vec![plan()]).unwrap()
+}
+
+struct World {
+    ledger: Ledger,
+    url: String,
+    fake: FakeYooKassa,
+    yookassa: YooKassa,
+    _server: MockServer,
+}
+
+async fn world(label: &str) -> World {
+    let (pool, url) = fresh_database(label).await;
+    let server = MockServer::start().await;
+    let fake = FakeYooKassa::mount(&server).await;
+    let yookassa = YooKassa::new(YooKassaConfig {
+        api_base: format!("{}/v3", server.uri()),
+        shop_id: "123456".into(),
+        secret_key: Zeroizing::new(format!("test_{}", Uuid::new_v4().simple())),
+        timeout: Duration::from_secs(2),
+        max_attempts: 1,
+        retry_backoff: Duration::from_millis(5),
+    })
+    .unwrap();
+    World {
+        ledger: Ledger::new(pool, false),
+        url,
+        fake,
+        yookassa,
+        _server: server,
+    }
+}
+
+impl World {
+    /// Another replica: its own pool on the same database.
+    fn replica(&self) -> Ledger {
+        let pool =
+            wgsub_ledger::db::connect_lazy(&wgsub_ledger::DbConfig::new(self.url.clone())).unwrap();
+        Ledger::new(pool, false)
+    }
+
+    fn ctx<'a>(&'a self, plans: &'a PlanCatalogue) -> RenewalContext<'a> {
+        RenewalContext {
+            yookassa: &self.yookassa,
+            plans,
+            receipt: None,
+        }
+    }
+
+    /// What the webhook does for a payment: re-fetch, apply once, settle renewal.
+    async fn webhook(&self, yookassa_id: &str) -> Option<ApplyOutcome> {
+        let details: PaymentDetails = self
+            .yookassa
+            .get_payment_details(yookassa_id)
+            .await
+            .unwrap();
+        let record = self
+            .ledger
+            .payment_for(&details.payment)
+            .await
+            .unwrap()
+            .unwrap();
+        let now = Timestamp::now();
+        let outcome = match details.payment.status.as_str() {
+            "succeeded" => Some(
+                self.ledger
+                    .apply_payment(record.id, &details.payment, now)
+                    .await
+                    .unwrap(),
+            ),
+            "canceled" => {
+                self.ledger.cancel_payment(record.id, now).await.unwrap();
+                None
+            }
+            _ => None,
+        };
+        self.ledger
+            .settle_renewal(&record, &details, now)
+            .await
+            .unwrap();
+        outcome
+    }
+
+    /// User `id` buys the month, agreeing to save the card or not, and pays; the webhook
+    /// arrives. Returns the saved method's id at the fake.
+    async fn buy(&self, id: i64, save_card: bool) -> Option<String> {
+        let now = Timestamp::now();
+        self.ledger
+            .upsert_user(
+                &TelegramUser {
+                    id,
+                    username: None,
+                    first_name: format!("user{id}"),
+                    last_name: None,
+                    language_code: Some("en".into()),
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let plan = plan();
+        let created = self
+            .ledger
+            .create_payment_saving_card(
+                &self.yookassa,
+                PaymentOrder {
+                    user_id: id,
+                    plan: &plan,
+                    return_url: "https://t.me/wgsub_bot",
+                    receipt: None,
+                },
+                save_card,
+                now,
+            )
+            .await
+            .unwrap();
+        let method = self.fake.pay(&created.yookassa_id);
+        let applied = self.webhook(&created.yookassa_id).await;
+        assert!(matches!(applied, Some(ApplyOutcome::Applied { .. })));
+        method
+    }
+
+    async fn paid_until(&self, id: i64) -> Timestamp {
+        self.ledger
+            .user(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .paid_until
+            .unwrap()
+    }
+
+    async fn renewal_failures(&self, id: i64) -> Vec<String> {
+        self.ledger
+            .unsent_notifications(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.user_id == id)
+            .filter_map(|n| match n.event {
+                NotificationEvent::RenewalFailed { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_card_is_saved_only_with_consent_and_shown_masked() {
+    let w = world("renewal_card").await;
+    assert!(w.buy(1, false).await.is_none());
+    let status = w.ledger.renewal_status(1).await.unwrap();
+    assert!(!status.enabled);
+    assert_eq!(status.card, None);
+    assert_eq!(status.next_charge_at, None);
+
+    w.buy(2, true).await.expect("the fake saved the card");
+    // The request asked YooKassa to save the method; the first did not.
+    let purchases = w.fake.purchases();
+    assert_eq!(purchases[0].get("save_payment_method"), None);
+    assert_eq!(purchases[1]["save_payment_method"], serde_json::json!(true));
+    let status = w.ledger.renewal_status(2).await.unwrap();
+    let paid_until = w.paid_until(2).await;
+    assert!(status.enabled);
+    let card = status.card.unwrap();
+    assert_eq!(card.title, "Visa •••• 4242");
+    assert_eq!(card.expires().as_deref(), Some("12/27"));
+    assert_eq!(status.plan.as_deref(), Some("month"));
+    assert_eq!(status.next_charge_at, Some(paid_until - DAY));
+    assert_eq!(status.last_failure, None);
+}
+
+#[tokio::test]
+async fn a_period_is_charged_once_when_two_replicas_race() {
+    let w = world("renewal_race").await;
+    w.buy(7, true).await.unwrap();
+    let before = w.paid_until(7).await;
+    let at = before - SignedDuration::from_hours(12);
+    let plans = catalogue();
+    let (one, two) = (w.replica(), w.replica());
+    let (a, b, c) = tokio::join!(
+        one.run_renewals(w.ctx(&plans), at, 50),
+        two.run_renewals(w.ctx(&plans), at, 50),
+        w.ledger.run_renewals(w.ctx(&plans), at, 50),
+    );
+    let total =
+        [a.unwrap(), b.unwrap(), c.unwrap()]
+            .iter()
+            .fold(RenewalReport::default(), |sum, r| RenewalReport {
+                succeeded: sum.succeeded + r.succeeded,
+                failed: sum.failed + r.failed,
+                refused: sum.refused + r.refused,
+                pending: sum.pending + r.pending,
+            });
+    assert_eq!(total.succeeded, 1, "{total:?}");
+    assert_eq!(
+        w.fake.charges().len(),
+        1,
+        "one charge request reached YooKassa"
+    );
+    assert_eq!(w.fake.charged_payments().len(), 1);
+    assert_eq!(w.paid_until(7).await, before + DAY * 30);
+    // The webhook of the charge arrives (twice): nothing more is applied.
+    let id = w.fake.charged_payments()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        assert!(matches!(
+            w.webhook(&id).await,
+            Some(ApplyOutcome::AlreadyApplied { .. })
+        ));
+    }
+    assert_eq!(w.paid_until(7).await, before + DAY * 30);
+    // A later run at the same instant finds the new period not yet due.
+    let again = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(again, RenewalReport::default());
+    assert_eq!(w.fake.charges().len(), 1);
+    // The charge sent the saved method, no confirmation, our payment's deterministic key.
+    let (key, body) = &w.fake.charges()[0];
+    assert_eq!(
+        key,
+        &wgsub_ledger::renewal::idempotence_key(7, before).to_string()
+    );
+    assert!(body.get("confirmation").is_none());
+    assert!(
+        body["payment_method_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("pm-")
+    );
+}
+
+#[tokio::test]
+async fn a_charge_whose_answer_was_lost_is_asked_again_with_the_same_key_and_applied_once() {
+    let w = world("renewal_restart").await;
+    w.buy(8, true).await.unwrap();
+    let before = w.paid_until(8).await;
+    let at = before - SignedDuration::from_hours(20);
+    let plans = catalogue();
+    w.fake.fail_next_posts(1);
+    let first = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(first.pending, 1);
+    assert_eq!(w.paid_until(8).await, before);
+    // A restarted replica soon after does not race the call that may still be running...
+    let soon = w
+        .replica()
+        .run_renewals(w.ctx(&plans), at + SignedDuration::from_mins(1), 50)
+        .await
+        .unwrap();
+    assert_eq!(soon, RenewalReport::default());
+    // ...and once the claim is stale asks again with the same key.
+    let later = w
+        .replica()
+        .run_renewals(
+            w.ctx(&plans),
+            at + STALE_CLAIM + SignedDuration::from_secs(1),
+            50,
+        )
+        .await
+        .unwrap();
+    assert_eq!(later.succeeded, 1, "{later:?}");
+    let keys: Vec<String> = w.fake.charges().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1]);
+    assert_eq!(w.fake.charged_payments().len(), 1);
+    assert_eq!(w.paid_until(8).await, before + DAY * 30);
+}
+
+#[tokio::test]
+async fn nothing_is_charged_after_renewal_was_switched_off() {
+    let w = world("renewal_off").await;
+    w.buy(9, true).await.unwrap();
+    let before = w.paid_until(9).await;
+    assert!(w.ledger.disable_renewal(9, Timestamp::now()).await.unwrap());
+    assert!(!w.ledger.disable_renewal(9, Timestamp::now()).await.unwrap());
+    let status = w.ledger.renewal_status(9).await.unwrap();
+    assert!(!status.enabled);
+    assert_eq!(status.card, None);
+    let plans = catalogue();
+    for hours in [20, 1] {
+        let at = before - SignedDuration::from_hours(hours);
+        let report = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+        assert_eq!(report, RenewalReport::default());
+    }
+    assert!(w.fake.charges().is_empty());
+    assert_eq!(w.paid_until(9).await, before);
+}
+
+#[tokio::test]
+async fn a_late_repeat_of_the_saving_webhook_does_not_bring_the_card_back() {
+    let w = world("renewal_replay").await;
+    let now = Timestamp::now();
+    w.ledger
+        .upsert_user(
+            &TelegramUser {
+                id: 10,
+                username: None,
+                first_name: "u".into(),
+                last_name: None,
+                language_code: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let plan = plan();
+    let created = w
+        .ledger
+        .create_payment_saving_card(
+            &w.yookassa,
+            PaymentOrder {
+                user_id: 10,
+                plan: &plan,
+                return_url: "https://t.me/wgsub_bot",
+                receipt: None,
+            },
+            true,
+            now,
+        )
+        .await
+        .unwrap();
+    w.fake.pay(&created.yookassa_id).unwrap();
+    w.webhook(&created.yookassa_id).await;
+    assert!(w.ledger.renewal_status(10).await.unwrap().enabled);
+    w.ledger.disable_renewal(10, now).await.unwrap();
+    assert!(matches!(
+        w.webhook(&created.yookassa_id).await,
+        Some(ApplyOutcome::AlreadyApplied { .. })
+    ));
+    assert!(!w.ledger.renewal_status(10).await.unwrap().enabled);
+}
+
+#[tokio::test]
+async fn a_declined_renewal_adds_no_time_tells_the_user_once_and_is_not_retried() {
+    let w = world("renewal_declined").await;
+    let method = w.buy(11, true).await.unwrap();
+    w.fake
+        .set_method(&method, MethodState::Declined("insufficient_funds".into()));
+    let before = w.paid_until(11).await;
+    let plans = catalogue();
+    let at = before - SignedDuration::from_hours(10);
+    let report = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(w.paid_until(11).await, before);
+    assert_eq!(w.renewal_failures(11).await, ["insufficient_funds"]);
+    // The charge's webhook (canceled) repeats nothing.
+    let id = w.fake.charged_payments()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.webhook(&id).await;
+    assert_eq!(w.renewal_failures(11).await, ["insufficient_funds"]);
+    // Once per period: later runs do not charge again; the card stays (not revoked).
+    for hours in [5, 1] {
+        let at = before - SignedDuration::from_hours(hours);
+        w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    }
+    assert_eq!(w.fake.charges().len(), 1);
+    let status = w.ledger.renewal_status(11).await.unwrap();
+    assert!(status.enabled);
+    assert_eq!(status.last_failure.as_deref(), Some("insufficient_funds"));
+    assert_eq!(w.paid_until(11).await, before);
+}
+
+#[tokio::test]
+async fn a_revoked_card_is_deleted_when_its_renewal_fails() {
+    let w = world("renewal_revoked").await;
+    let method = w.buy(12, true).await.unwrap();
+    w.fake
+        .set_method(&method, MethodState::Declined("permission_revoked".into()));
+    let before = w.paid_until(12).await;
+    let plans = catalogue();
+    let report = w
+        .ledger
+        .run_renewals(w.ctx(&plans), before - SignedDuration::from_hours(3), 50)
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 1);
+    assert_eq!(w.renewal_failures(12).await, ["permission_revoked"]);
+    let status = w.ledger.renewal_status(12).await.unwrap();
+    assert!(!status.enabled);
+    assert_eq!(status.last_failure.as_deref(), Some("permission_revoked"));
+    assert_eq!(w.paid_until(12).await, before);
+}
+
+#[tokio::test]
+async fn a_renewal_of_a_plan_no_longer_on_sale_is_refused_and_nothing_charged() {
+    let w = world("renewal_plan_gone").await;
+    w.buy(13, true).await.unwrap();
+    let before = w.paid_until(13).await;
+    let other = PlanCatalogue::new(vec![Plan {
+        id: "year".into(),
+        days: 365,
+        ..plan()
+    }])
+    .unwrap();
+    let at = before - SignedDuration::from_hours(6);
+    let report = w.ledger.run_renewals(w.ctx(&other), at, 50).await.unwrap();
+    assert_eq!(report.refused, 1, "{report:?}");
+    assert!(w.fake.charges().is_empty());
+    assert_eq!(w.paid_until(13).await, before);
+    assert_eq!(w.renewal_failures(13).await, ["plan_unavailable"]);
+    // Refused once: the user is not told again, and nothing is charged later either.
+    w.ledger
+        .run_renewals(w.ctx(&other), at + SignedDuration::from_hours(1), 50)
+        .await
+        .unwrap();
+    assert_eq!(w.renewal_failures(13).await, ["plan_unavailable"]);
+    assert!(w.fake.charges().is_empty());
+}
+
+#[tokio::test]
+async fn a_pending_charge_is_applied_once_by_the_poll_or_the_webhook() {
+    let w = world("renewal_late").await;
+    let method = w.buy(14, true).await.unwrap();
+    w.fake.set_method(&method, MethodState::Late);
+    let before = w.paid_until(14).await;
+    let plans = catalogue();
+    let at = before - SignedDuration::from_hours(12);
+    let report = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(report.pending, 1);
+    assert_eq!(w.paid_until(14).await, before);
+    let id = w.fake.charged_payments()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    w.fake.decide(&id, None);
+    // The webhook and the next run's poll both see it succeeded; it is applied once.
+    let replica = w.replica();
+    let (hook, poll) = tokio::join!(
+        w.webhook(&id),
+        replica.run_renewals(w.ctx(&plans), at + SignedDuration::from_mins(1), 50)
+    );
+    assert!(hook.is_some());
+    poll.unwrap();
+    assert_eq!(w.paid_until(14).await, before + DAY * 30);
+    assert_eq!(w.fake.charges().len(), 1);
+    assert_eq!(
+        w.ledger.renewal_status(14).await.unwrap().last_failure,
+        None
+    );
+}
