@@ -2,9 +2,10 @@
 // subscription leads straight to the plans), locations (move the devices elsewhere, after a
 // confirmation that their configs change; a full location cannot be picked), plans (pick one
 // and a location, pay through YooKassa or in Telegram Stars with `Telegram.WebApp.openInvoice`;
-// a promo code field), keys (the user's devices: connected now,
-// last handshake, traffic, QR code, .conf download, copy, the on/off switch, rename) and, per
-// device, the connection guide: for the user's platform (`Telegram.WebApp.platform`) the app
+// a promo code field; agree to automatic renewal with the card, shown and switched off on the
+// status screen), keys (the user's devices: connected now,
+// last handshake, traffic, QR code, .conf download, copy, the on/off switch, rename, a new key
+// and delete, both after a confirmation) and, per device, the connection guide: for the user's platform (`Telegram.WebApp.platform`) the app
 // that imports the config of the device's server protocol (WireGuard, or AmneziaVPN /
 // AmneziaWG) with its official store links and the quickest way to import it there.
 //
@@ -82,6 +83,18 @@ const TEXT = {
     moveTo: "Move to {l}",
     moveConfirm: "Move your devices to {l}? Their configs change: you will need to import them into the app again.",
     moved: "Moved to {l}. Your configs changed: import them again (Keys → How to connect).",
+    delete: "Delete", rotate: "New key",
+    deleteConfirm: "Delete “{d}”? Its config stops working at once.", deleted: "“{d}” is deleted.",
+    rotateConfirm: "Make a new key for “{d}”? The current config stops working: you will import the new one.",
+    rotated: "New key made: import the new config of “{d}” once it is ready.",
+    saveCard: "Renew automatically with this card",
+    saveCardHint: "Before the paid time ends, the plan is charged to this card again. You can switch it off at any time.",
+    renewalTitle: "Automatic renewal", renewalOn: "On: {c}", renewalUntil: "{c}, valid until {e}",
+    renewalNext: "Next charge: {d} · {p}", renewalOff: "Turn off",
+    renewalOffConfirm: "Switch off automatic renewal? The saved card is deleted.",
+    renewalIsOff: "Automatic renewal is off.", renewalFailed: "The last renewal failed: {r}.",
+    fail_insufficient_funds: "not enough money on the card", fail_card_expired: "the card has expired",
+    fail_plan_unavailable: "the plan is no longer sold", fail_permission_revoked: "the permission was revoked",
     units: ["B", "KB", "MB", "GB", "TB"],
   },
   ru: {
@@ -144,6 +157,18 @@ const TEXT = {
     moveTo: "Переехать: {l}",
     moveConfirm: "Перенести ваши устройства в локацию {l}? Их конфиги изменятся: их нужно будет заново импортировать в приложение.",
     moved: "Готово: {l}. Конфиги изменились — импортируйте их заново (Ключи → Как подключить).",
+    delete: "Удалить", rotate: "Новый ключ",
+    deleteConfirm: "Удалить «{d}»? Его конфиг сразу перестанет работать.", deleted: "«{d}» удалено.",
+    rotateConfirm: "Сделать новый ключ для «{d}»? Текущий конфиг перестанет работать: нужно будет импортировать новый.",
+    rotated: "Новый ключ создан: импортируйте новый конфиг «{d}», когда он будет готов.",
+    saveCard: "Продлевать автоматически с этой карты",
+    saveCardHint: "Перед окончанием оплаченного срока тариф снова спишется с этой карты. Отключить можно в любой момент.",
+    renewalTitle: "Автопродление", renewalOn: "Включено: {c}", renewalUntil: "{c}, действует до {e}",
+    renewalNext: "Следующее списание: {d} · {p}", renewalOff: "Отключить",
+    renewalOffConfirm: "Отключить автопродление? Сохранённая карта будет удалена.",
+    renewalIsOff: "Автопродление отключено.", renewalFailed: "Последнее автопродление не прошло: {r}.",
+    fail_insufficient_funds: "на карте недостаточно средств", fail_card_expired: "срок действия карты истёк",
+    fail_plan_unavailable: "тариф больше не продаётся", fail_permission_revoked: "разрешение на списание отозвано",
     units: ["Б", "КБ", "МБ", "ГБ", "ТБ"],
   },
 };
@@ -186,8 +211,6 @@ const DESKTOP_ACTIONS = ["download", "copy", "qr"];
 // A payment is looked for every few seconds for five minutes after the user is sent to pay.
 const PAYMENT_POLL_MS = 3000;
 const PAYMENT_WAIT_MS = 5 * 60 * 1000;
-// A handshake this recent means the device is connected (WireGuard re-keys every 2 minutes).
-const CONNECTED_WITHIN_MS = 3 * 60 * 1000;
 const MAX_DEVICE_NAME = 64;
 
 const webApp = (window.Telegram && window.Telegram.WebApp) || null;
@@ -579,6 +602,7 @@ async function pay(planId) {
   try {
     const body = { plan: planId };
     if (buyLocation && me && buyLocation !== me.subscription.server) body.server = buyLocation;
+    if ($("save-card").checked) body.saveCard = true;
     const payment = await (await api("/api/v1/payments", {
       method: "POST", body: JSON.stringify(body),
     })).json();
@@ -637,6 +661,7 @@ function watchPayment(before, waitingKey = "paymentWaiting") {
     if (fresh && paidLater(fresh.subscription.paidUntil, before)) {
       me = fresh;
       await showMe();
+      await loadRenewal();
       notice(fill("paymentReceived", { d: formatDate(fresh.subscription.paidUntil) }), "success");
       haptic("success");
     } else if (Date.now() >= deadline) {
@@ -647,6 +672,61 @@ function watchPayment(before, waitingKey = "paymentWaiting") {
     }
   };
   setTimeout(tick, PAYMENT_POLL_MS);
+}
+
+// --- Automatic renewal: agreed to with the payment (`saveCard`), shown and switched off on
+// the status screen. ---
+
+let renewal = null;
+
+async function loadRenewal() {
+  if (!initData) return;
+  try {
+    renewal = await (await api("/api/v1/me/renewal")).json();
+  } catch (error) {
+    if (error.code !== "init_data_expired") notice(error.message, "error");
+    return;
+  }
+  showRenewalCard();
+}
+
+function showRenewalCard() {
+  const card = $("renewal-card");
+  card.hidden = !renewal || (!renewal.enabled && !renewal.lastFailure);
+  if (card.hidden) return;
+  card.dataset.enabled = String(renewal.enabled);
+  const state = $("renewal-state");
+  if (renewal.enabled) {
+    const cardTitle = renewal.card ? renewal.card.title : "";
+    const shown = renewal.card && renewal.card.expires ? fill("renewalUntil", { c: cardTitle, e: renewal.card.expires }) : cardTitle;
+    state.textContent = fill("renewalOn", { c: shown });
+    const plan = plans.find((p) => p.id === renewal.plan);
+    $("renewal-next").textContent = renewal.nextChargeAt
+      ? fill("renewalNext", { d: formatDate(renewal.nextChargeAt), p: plan ? planTitle(plan) + " · " + priceText(plan) : renewal.plan || "" })
+      : "";
+  } else {
+    state.textContent = t("renewalIsOff");
+    $("renewal-next").textContent = "";
+  }
+  if (renewal.lastFailure) {
+    const reason = TEXT[lang]["fail_" + renewal.lastFailure] || renewal.lastFailure;
+    $("renewal-next").textContent = fill("renewalFailed", { r: reason });
+  }
+  $("renewal-off").hidden = !renewal.enabled;
+}
+
+// Switches automatic renewal off once the user confirms.
+async function renewalOff() {
+  if (!(await confirmAction(t("renewalOffConfirm")))) return;
+  try {
+    await api("/api/v1/me/renewal", { method: "DELETE" });
+  } catch (error) {
+    fail(error);
+    return;
+  }
+  haptic("success");
+  notice(t("renewalIsOff"), "success");
+  await loadRenewal();
 }
 
 // --- Locations: where the devices are, picked when buying and changed later (a move). ---
@@ -771,11 +851,6 @@ function deviceTitle(device) {
   return device.deviceName || t("device") + " " + device.name.split("-").pop();
 }
 
-function isConnected(device) {
-  if (typeof device.connected === "boolean") return device.connected;
-  return Boolean(device.lastHandshake) && Date.now() - new Date(device.lastHandshake).getTime() < CONNECTED_WITHIN_MS;
-}
-
 function devicePath(device) { return "/api/v1/me/peers/" + encodeURIComponent(device.name); }
 
 async function fetchFiles(device) {
@@ -817,7 +892,7 @@ function qrImage(entry) {
 async function renderDevice(device) {
   const card = element("div", "card device");
   card.dataset.device = device.name;
-  const connected = isConnected(device);
+  const connected = Boolean(device.connected);
   card.dataset.connected = String(connected);
   const title = element("div", "row");
   const name = element("strong", "device-name", deviceTitle(device));
@@ -846,7 +921,9 @@ async function renderDevice(device) {
     }
   });
   label.append(toggle, document.createTextNode(t("enabled")));
-  controls.append(label, button(t("rename"), "rename secondary", () => startRename(card, device)));
+  controls.append(label, button(t("rename"), "rename secondary", () => startRename(card, device)),
+    button(t("rotate"), "rotate secondary", () => rotateDevice(device)),
+    button(t("delete"), "delete secondary danger", () => deleteDevice(device)));
   card.append(controls);
 
   if (!device.ready || me.subscription.phase !== "Active") {
@@ -896,6 +973,38 @@ function startRename(card, device) {
   });
   title.replaceWith(form);
   input.focus();
+}
+
+// Deletes the device once the user confirms: its key goes and its config stops working.
+async function deleteDevice(device) {
+  const title = deviceTitle(device);
+  if (!(await confirmAction(fill("deleteConfirm", { d: title })))) return;
+  try {
+    await api(devicePath(device), { method: "DELETE" });
+  } catch (error) {
+    fail(error);
+    return;
+  }
+  haptic("success");
+  await loadMe();
+  notice(fill("deleted", { d: title }), "success");
+}
+
+// Replaces the device's key once the user confirms: the old config stops working, the new
+// device (its name may differ) is ready once the operator has keyed it.
+async function rotateDevice(device) {
+  const title = deviceTitle(device);
+  if (!(await confirmAction(fill("rotateConfirm", { d: title })))) return;
+  let replacement;
+  try {
+    replacement = await (await api(devicePath(device) + "/rotate", { method: "POST" })).json();
+  } catch (error) {
+    fail(error);
+    return;
+  }
+  haptic("success");
+  await loadMe();
+  notice(fill("rotated", { d: deviceTitle(replacement) }), "success");
 }
 
 async function copyText(text) {
@@ -1099,6 +1208,7 @@ async function start() {
   $("refresh").addEventListener("click", loadMe);
   $("renew").addEventListener("click", () => selectTab("plans"));
   $("location-change").addEventListener("click", openLocations);
+  $("renewal-off").addEventListener("click", renewalOff);
   $("reopen").addEventListener("click", reopen);
   $("promo-apply").addEventListener("click", redeemPromo);
   $("invite-copy").addEventListener("click", copyInvite);
@@ -1111,6 +1221,7 @@ async function start() {
   loadReferrals();
   await loadPlans();
   await loadLocations();
+  await loadRenewal();
   await loadMe();
   document.body.dataset.loaded = "true";
 }

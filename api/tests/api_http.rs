@@ -704,7 +704,8 @@ async fn expired_user(h: &Harness, user: i64) {
 /// The Mini App in headless Chromium against this API (api/tests/miniapp_browser.cjs says what
 /// it covers): users active (a connected WireGuard device and an AmneziaWG one), expired, never
 /// paid, with a free device slot and one to move; three offered locations, one full;
-/// Telegram's Bot API faked for the Stars invoice. The script
+/// Telegram's Bot API faked for the Stars invoice; YooKassa reporting the card saved when the
+/// user agreed to automatic renewal. The script
 /// asks for the YooKassa webhook of its first payment on stdout (`@@webhook`) and gets the
 /// webhook's status on stdin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -852,6 +853,30 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
             > 0
         {
             if line.trim_end() == "@@webhook" {
+                // The user agreed to save the card: YooKassa was asked to, and its copy of the
+                // payment says it did.
+                let requests = h.yookassa.received_requests().await.unwrap_or_default();
+                let created = requests
+                    .iter()
+                    .find(|r| r.method.as_str() == "POST")
+                    .expect("the payment was created");
+                let body: Value = serde_json::from_slice(&created.body).unwrap();
+                assert_eq!(body["save_payment_method"], json!(true), "{body}");
+                wiremock::Mock::given(wiremock::matchers::method("GET"))
+                    .and(wiremock::matchers::path(format!("/v3/payments/{PAYMENT}")))
+                    .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({
+                        "id": PAYMENT, "status": "succeeded", "paid": true,
+                        "amount": body["amount"], "metadata": body["metadata"],
+                        "payment_method": {
+                            "type": "bank_card", "id": "2f000000-000f-5000-8000-00000000cc01",
+                            "saved": true,
+                            "card": {"last4": "4242", "expiry_month": "12",
+                                     "expiry_year": "2027", "card_type": "Visa"},
+                        },
+                    })))
+                    .with_priority(1)
+                    .mount(&h.yookassa)
+                    .await;
                 let status = h
                     .webhook(
                         notification("payment.succeeded", PAYMENT),

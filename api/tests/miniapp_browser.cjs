@@ -16,6 +16,10 @@
 //   Russian, with screenshots; `themeChanged` while open; BackButton in and out of sub-screens;
 // - a move: a full location cannot be picked, a declined confirmation changes nothing, a
 //   confirmed one moves and says that the configs changed;
+// - automatic renewal: agreed to with the first payment (the request carries saveCard; the
+//   Rust side's YooKassa then reports the card saved), shown on the status screen, switched off
+//   after a confirmation (a declined one keeps it);
+// - a new key and delete, each after a confirmation (a declined delete keeps the device);
 // - the guide on every platform for both protocols (store links, the quickest import first);
 // - add a device with the MainButton; rename (a 200-character name refused with the API's
 //   message and an error haptic, then a good one); Stars (an invoice that fails, one that is
@@ -81,6 +85,9 @@ const SAY = {
     guideTitle: "Connect “Phone”", notReady: "Your key is being prepared…", traffic: "↓ 1.5 MB · ↑ 342 KB",
     full: "Full", current: "Current", locationDefault: "Default", moveTo: "Move to ",
     moveConfirm: "Their configs change", moved: "Your configs changed",
+    renewalOn: "On: Visa •••• 4242, valid until 12/27", renewalOff: "Automatic renewal is off.",
+    deleteConfirm: "Its config stops working at once", rotateConfirm: "The current config stops working",
+    deleted: "“Device 2” is deleted.", rotated: "New key made",
   },
   ru: {
     Active: "Активна", Expired: "Истекла", Pending: "Не оплачено", pay: "Оплатить 199.00 ₽ · Месяц",
@@ -93,6 +100,7 @@ const SAY = {
     notConnected: "Не подключено", never: "Рукопожатий ещё не было", install: "1. Установите приложение",
     copied: "Скопировано", guideTitle: "Подключить «Phone»", notReady: "Ключ готовится…",
     traffic: "↓ 1,5 МБ · ↑ 342 КБ", full: "Мест нет", current: "Текущая",
+    renewalOn: "Включено: Visa •••• 4242, действует до 12/27",
   },
 };
 
@@ -298,6 +306,8 @@ async function payment() {
     check((await page.getAttribute('#buy-location-list [data-server="de-1"]', "aria-checked")) === "false", "nothing is picked on the default server");
     await page.click('#buy-location-list [data-server="de-1"]');
     check((await page.getAttribute('#buy-location-list [data-server="de-1"]', "aria-checked")) === "true", "Germany is picked");
+    check(await page.isHidden("#renewal-card"), "no renewal before a card is saved");
+    await page.check("#save-card");
     const sent = [];
     page.on("request", (request) => {
       if (request.url().endsWith("/api/v1/payments")) sent.push(JSON.parse(request.postData()));
@@ -306,7 +316,8 @@ async function payment() {
     await page.waitForFunction(() => window.__opened.length === 1, null, { timeout: 10000 });
     const opened = await page.evaluate(() => window.__opened[0]);
     check(opened.startsWith("https://yoomoney.example/"), `openLink got the confirmation URL: ${opened}`);
-    check(JSON.stringify(sent) === JSON.stringify([{ plan: "month", server: "de-1" }]), `the payment carries the location: ${JSON.stringify(sent)}`);
+    check(JSON.stringify(sent) === JSON.stringify([{ plan: "month", server: "de-1", saveCard: true }]),
+      `the payment carries the location and the consent to save the card: ${JSON.stringify(sent)}`);
     check((await fromApi(page, "/api/v1/me")).subscription.server === "de-1", "the payment moved the user to Germany");
     await expectNotice(page, SAY.en.waiting, "info");
     await shot(page, "payment-waiting");
@@ -317,6 +328,7 @@ async function payment() {
     check(after > before, `paid-until moved: ${before} → ${after}`);
     const shown = await page.textContent("#paid-until");
     check((await page.textContent("#notice")).includes(shown), "the message names the new date");
+    check((await page.textContent("#renewal-state")) === SAY.en.renewalOn, `automatic renewal shows the saved card: ${await page.textContent("#renewal-state")}`);
     await shot(page, "payment-received");
 
     await clearCalls(page);
@@ -349,6 +361,8 @@ async function screens(theme, lang, platform, expectPlatform, userAgent) {
     const places = await fromApi(page, "/api/v1/locations");
     const germany = places.find((l) => l.server === "de-1");
     check((await page.textContent("#location")) === `${germany.flag} ${germany.displayName}`, "the status names the location");
+    check((await page.textContent("#renewal-state")) === say.renewalOn, "automatic renewal is on with the saved card");
+    check((await page.textContent("#renewal-next")).length > 0, "the next charge is named");
     await shot(page, `${tag}-status`);
 
     await page.click("#location-change");
@@ -540,6 +554,64 @@ async function move() {
   });
 }
 
+// Automatic renewal is switched off after a confirmation; a declined one keeps it.
+async function renewalOff() {
+  await withMiniApp({ who: USERS.active.en }, async (page) => {
+    check((await fromApi(page, "/api/v1/me/renewal")).enabled, "renewal is on");
+    await page.evaluate(() => { window.__confirmAnswer = false; });
+    await page.click("#renewal-off");
+    await page.waitForFunction(() => window.__calls.some((c) => c.startsWith("confirm:")));
+    await page.waitForTimeout(500);
+    check((await fromApi(page, "/api/v1/me/renewal")).enabled, "a declined confirmation keeps it on");
+    await page.evaluate(() => { window.__confirmAnswer = true; });
+    await page.click("#renewal-off");
+    await expectNotice(page, SAY.en.renewalOff, "success");
+    await expectHaptic(page, "success");
+    const after = await fromApi(page, "/api/v1/me/renewal");
+    check(!after.enabled && after.card === null, `renewal is off and the card is gone: ${JSON.stringify(after)}`);
+    check(await page.isHidden("#renewal-card"), "the renewal card is gone");
+    await shot(page, "light-en-renewal-off");
+    console.log("miniapp renewal off: ok");
+  });
+}
+
+// A new key replaces the device (the old card goes, the new one waits for its key); delete
+// asks first, and a declined confirmation keeps the device.
+async function deviceActions() {
+  await withMiniApp({ who: USERS.adder.en }, async (page) => {
+    await page.click("#tab-keys");
+    await page.waitForSelector('[data-device="tg-604-1"] button.rotate');
+    await page.click('[data-device="tg-604-1"] button.rotate');
+    await page.waitForSelector('[data-device="tg-604-1"]', { state: "detached", timeout: 10000 });
+    const asked = (await calls(page)).filter((c) => c.startsWith("confirm:"));
+    check(asked.length === 1 && asked[0].includes("Phone") && asked[0].includes(SAY.en.rotateConfirm), `rotate asks first: ${asked}`);
+    await expectNotice(page, SAY.en.rotated, "success");
+    await expectHaptic(page, "success");
+    const devices = (await fromApi(page, "/api/v1/me")).devices.map((d) => d.name);
+    check(!devices.includes("tg-604-1") && devices.length === 2, `the old device is replaced: ${devices}`);
+    const replacement = devices.find((d) => d !== "tg-604-2");
+    check((await page.textContent(`[data-device="${replacement}"] .wait`)) === SAY.en.notReady, "the replacement waits for its key");
+    await shot(page, "light-en-device-rotated");
+
+    await clearCalls(page);
+    await page.evaluate(() => { window.__confirmAnswer = false; });
+    await page.click('[data-device="tg-604-2"] button.delete');
+    await page.waitForFunction(() => window.__calls.some((c) => c.startsWith("confirm:")));
+    await page.waitForTimeout(500);
+    check((await fromApi(page, "/api/v1/me")).devices.some((d) => d.name === "tg-604-2"), "a declined delete keeps the device");
+    const question = (await calls(page)).find((c) => c.startsWith("confirm:"));
+    check(question.includes(SAY.en.deleteConfirm), `delete asks first: ${question}`);
+    await page.evaluate(() => { window.__confirmAnswer = true; });
+    await page.click('[data-device="tg-604-2"] button.delete');
+    await page.waitForSelector('[data-device="tg-604-2"]', { state: "detached", timeout: 10000 });
+    await expectNotice(page, SAY.en.deleted, "success");
+    check(!(await fromApi(page, "/api/v1/me")).devices.some((d) => d.name === "tg-604-2"), "the device is deleted");
+    await expectMain(page, SAY.en.addDevice, "keys with a slot freed");
+    await shot(page, "light-en-device-deleted");
+    console.log("miniapp rotate and delete: ok");
+  });
+}
+
 // Stars: a failed invoice says so with an error haptic; a paid one waits for the new date.
 // A promo code that does not exist gets the API's refusal and an error haptic.
 async function starsAndPromo() {
@@ -613,6 +685,8 @@ async function expired() {
   for (const theme of ["light", "dark"]) for (const lang of ["en", "ru"]) await renewal(theme, lang);
   await guideMatrix();
   await addDevice();
+  await deviceActions();
+  await renewalOff();
   await move();
   await starsAndPromo();
   await rename();
