@@ -1,6 +1,6 @@
 //! `values.schema.json` refuses bad values: `helm template` fails and names the field.
 
-use crate::support::try_render;
+use crate::support::{render, try_render};
 
 fn refused(sets: &[&str], field: &str) {
     match try_render(sets) {
@@ -15,6 +15,10 @@ fn refused(sets: &[&str], field: &str) {
 #[test]
 fn bad_values_are_refused_with_the_field_named() {
     refused(&["nodeAgent.backend=bpf"], "/nodeAgent/backend");
+    refused(
+        &["nodeAgent.amneziawgBackend=bpf"],
+        "/nodeAgent/amneziawgBackend",
+    );
     refused(&["nodeAgent.firewall=pf"], "/nodeAgent/firewall");
     refused(&["bot.trialDays=400"], "/bot/trialDays");
     refused(&["yookassa.returnUrl=ftp://x"], "/yookassa/returnUrl");
@@ -157,5 +161,24 @@ fn good_values_of_the_same_fields_are_accepted() {
         if let Err(stderr) = try_render(sets) {
             panic!("{sets:?} refused:\n{stderr}");
         }
+    }
+}
+
+#[test]
+fn the_amneziawg_backend_choice_reaches_the_agent() {
+    for choice in ["auto", "kernel", "userspace"] {
+        let docs = render(&[&format!("nodeAgent.amneziawgBackend={choice}")]);
+        let agent = docs
+            .iter()
+            .find(|d| d["kind"] == "DaemonSet")
+            .expect("the node-agent DaemonSet");
+        let env = agent["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("the agent's environment");
+        assert!(
+            env.iter()
+                .any(|e| e["name"] == "WGSUB_AMNEZIAWG_BACKEND" && e["value"] == choice),
+            "{choice}: {env:?}"
+        );
     }
 }
