@@ -23,7 +23,7 @@ use crate::amneziawg::driver_for;
 use crate::awg_kernel::AwgImplementation;
 use crate::desired::{DesiredState, PeerInput, PeerState, Pools, live_candidate};
 use crate::diff::{EarlyAdditions, PeerDiff, count_differences, diff_keys, diff_peers};
-use crate::expiry::sleep_until;
+use crate::expiry::{next_wake, sleep_until};
 use crate::http::Health;
 use crate::index::{Dirty, ServerKey, SharedIndex};
 use crate::interface::{Backend, Driver, LinkSpec, WgInterface, Worker};
@@ -248,8 +248,10 @@ struct ServerRuntime {
     /// the first full pass after the list compares with `applied` instead of reading the
     /// interface again (a hand change in those seconds waits for the next periodic pass).
     warm: bool,
-    /// A pass stopped before updating the decision (a server problem): rebuild it next time.
-    decision_stale: bool,
+    /// The `now` the decision was last brought up to date at (its expiries up to then are
+    /// applied); `None` while there is none or a pass stopped before updating it (a server
+    /// problem), so the next pass decides again.
+    decided_at: Option<Timestamp>,
     /// Applies of start passes queued on the worker and not awaited, so wireguard-go always
     /// has the next page's peers waiting while the agent decodes and decides the one after.
     /// Any other pass waits for them first.
@@ -272,7 +274,7 @@ impl ServerRuntime {
             nat: None,
             generation: None,
             warm: false,
-            decision_stale: false,
+            decided_at: None,
             queued: Vec::new(),
             early: None,
         }
@@ -352,11 +354,11 @@ impl Agent {
         loop {
             self.health.beat();
             let now = Timestamp::now();
-            let wake = self
+            let decisions = self
                 .servers
                 .values()
-                .filter_map(|server| server.decision.as_ref()?.next_expiry(now))
-                .min();
+                .filter_map(|server| Some((server.decision.as_ref()?, server.decided_at)));
+            let wake = next_wake(decisions, now);
             let sleep = sleep_until(wake, now, self.settings.resync_interval);
             tokio::select! {
                 biased;
@@ -605,7 +607,7 @@ impl Agent {
             Err(problem) => {
                 // The dirty peers of this pass did not reach the decision.
                 runtime.problem = Some(problem);
-                runtime.decision_stale = true;
+                runtime.decided_at = None;
                 return;
             }
         };
@@ -659,7 +661,7 @@ impl Agent {
         let interface_labels = Metrics::interface(runtime.interface.name());
         runtime.early = None;
         // A full pass decides in bulk (after start passes there is no decision to update).
-        let stale = std::mem::take(&mut runtime.decision_stale);
+        let stale = runtime.decided_at.is_none();
         let rebuild = full
             || stale
             || dirty.all
@@ -686,6 +688,7 @@ impl Agent {
                 .as_mut()
                 .map(|decision| decision.update(changes, now))
         };
+        runtime.decided_at = Some(now);
         // Decided while wireguard-go still works on the start passes' additions.
         collect_queued(&self.metrics, runtime, true).await;
         let Some(decision) = runtime.decision.as_ref() else {
@@ -888,6 +891,7 @@ impl Agent {
         // A failed one leaves nothing applied: this pass reads the interface again.
         collect_queued(&self.metrics, runtime, false).await;
         runtime.decision = None;
+        runtime.decided_at = None;
         let prepare_needed = runtime.applied.is_none()
             || runtime.public_key != Some(checked.public)
             || runtime.listen_port != checked.port;

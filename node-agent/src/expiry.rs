@@ -1,11 +1,33 @@
-//! Expiry timers, computed purely: how long to sleep until the next instant at which a live peer
-//! stops being live by the clock alone (that instant comes from
-//! [`crate::desired::DesiredState::next_expiry`]). The agent wakes then and removes the peer
-//! without waiting for any event (the operator may be down).
+//! Expiry timers, computed purely: when the loop wakes for the next instant at which a live peer
+//! stops being live by the clock alone (those instants come from
+//! [`crate::desired::DesiredState::next_expiry`]) and how long to sleep until then. The agent
+//! wakes then and removes the peer without waiting for any event (the operator may be down).
+//!
+//! An expiry is due from the instant its decision was made, not from the instant the loop looks:
+//! the loop may be busy (reading statistics, or in a pass that took the time just before the
+//! expiry) while it passes, and the decision still holds it until a pass applies it.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
+
+use crate::desired::DesiredState;
+
+/// The next instant the loop must wake for, over each server's peer decision and the instant it
+/// was made (`None`: the last pass could not bring it up to date, the server has a problem).
+/// An expiry the decision still holds is due even when it already passed, so the loop wakes
+/// at once and the pass removes the peer. A decision that could not be brought up to date
+/// counts from `now` instead: its passes stop before applying anything, so a passed expiry
+/// there would wake the loop again and again; the pass that clears the problem decides again.
+pub fn next_wake<'a>(
+    decisions: impl IntoIterator<Item = (&'a DesiredState, Option<Timestamp>)>,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    decisions
+        .into_iter()
+        .filter_map(|(decision, decided_at)| decision.next_expiry(decided_at.unwrap_or(now)))
+        .min()
+}
 
 /// How long to sleep from `now` until `deadline` (zero when it has passed), never longer than
 /// `max` so a far-away expiry does not outlive a clock jump.
@@ -23,11 +45,77 @@ pub fn sleep_until(deadline: Option<Timestamp>, now: Timestamp, max: Duration) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::{PeerInput, Pools, PresharedKeyInput};
+    use wgsub_crds::keys::PrivateKey;
+    use wgsub_crds::liveness::PeerLiveness;
+    use wgsub_crds::pool::parse_pool_v4;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
     const NOW: &str = "2026-06-01T12:00:00Z";
+
+    /// The decision made at `at` for one live peer per expiry.
+    fn decided(at: &str, expiries: &[&str]) -> DesiredState {
+        let pools = Pools {
+            v4: parse_pool_v4("10.8.0.0/24").unwrap(),
+            v6: None,
+        };
+        let peers = expiries.iter().enumerate().map(|(n, expires)| PeerInput {
+            name: format!("p{n}"),
+            created: Some(t("2026-01-01T00:00:00Z")),
+            public_key: Some(PrivateKey::generate().public_key().to_base64()),
+            address: Some(format!("10.8.0.{}/32", n + 2)),
+            address6: None,
+            liveness: PeerLiveness {
+                enabled: true,
+                over_limit: false,
+                subscription_suspended: false,
+                expires_at: Some(t(expires)),
+            },
+            preshared_key: PresharedKeyInput::NotUsed,
+        });
+        DesiredState::new(pools, peers, t(at))
+    }
+
+    #[test]
+    fn an_expiry_that_passed_while_the_loop_was_busy_wakes_it_at_once() {
+        // Decided a moment before the expiry; the loop looks again just after it (a status
+        // round or a pass was running while it passed).
+        let decision = decided("2026-06-01T11:59:59.9Z", &["2026-06-01T12:00:00Z"]);
+        let later = t("2026-06-01T12:00:00.2Z");
+        let wake = next_wake([(&decision, Some(t("2026-06-01T11:59:59.9Z")))], later);
+        assert_eq!(wake, Some(t(NOW)));
+        assert_eq!(
+            sleep_until(wake, later, Duration::from_secs(30)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn the_loop_wakes_for_the_earliest_expiry_of_every_server() {
+        let one = decided(NOW, &["2026-06-01T12:05:00Z", "2026-06-01T12:01:00Z"]);
+        let two = decided(NOW, &["2026-06-01T12:02:00Z"]);
+        let wake = next_wake([(&one, Some(t(NOW))), (&two, Some(t(NOW)))], t(NOW));
+        assert_eq!(wake, Some(t("2026-06-01T12:01:00Z")));
+        assert_eq!(next_wake([], t(NOW)), None);
+    }
+
+    #[test]
+    fn a_decision_that_could_not_be_updated_wakes_only_for_expiries_still_ahead() {
+        let decision = decided(
+            "2026-06-01T11:00:00Z",
+            &["2026-06-01T11:30:00Z", "2026-06-01T12:30:00Z"],
+        );
+        assert_eq!(
+            next_wake([(&decision, None)], t(NOW)),
+            Some(t("2026-06-01T12:30:00Z"))
+        );
+        assert_eq!(
+            next_wake([(&decision, Some(t("2026-06-01T11:00:00Z")))], t(NOW)),
+            Some(t("2026-06-01T11:30:00Z"))
+        );
+    }
 
     #[test]
     fn sleep_is_exact_capped_and_never_negative() {
