@@ -257,15 +257,27 @@ fn secrets_are_read_by_reference_from_the_configured_names() {
 }
 
 #[test]
-fn the_bot_runs_exactly_once_and_the_operator_twice_with_leader_election() {
-    let docs = render(&["operator.replicas=3"]);
+fn the_bot_and_the_operator_run_their_replicas_with_leader_election() {
+    let docs = render(&["operator.replicas=3", "bot.replicas=2"]);
     let bot = typed::<Deployment>(find(&docs, "Deployment", &component("bot")));
     let spec = bot.spec.unwrap();
-    assert_eq!(spec.replicas, Some(1));
-    assert_eq!(
-        spec.strategy.and_then(|s| s.type_).as_deref(),
-        Some("Recreate")
+    assert_eq!(spec.replicas, Some(2));
+    // A rolling update: the new pod polls once the old one gave the Lease up on SIGTERM.
+    assert_eq!(spec.strategy.and_then(|s| s.type_), None);
+    let bot_env = env(&spec.template.spec.unwrap());
+    assert!(
+        bot_env.iter().any(|e| e.name == "WGSUB_LEASE_NAME"
+            && e.value.as_deref() == Some(component("bot").as_str()))
     );
+    let identity = bot_env
+        .iter()
+        .find(|e| e.name == "WGSUB_IDENTITY")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("the bot's identity is its pod name");
+    assert_eq!(identity.field_path, "metadata.name");
+    let default_bot = typed::<Deployment>(find(&render(&[]), "Deployment", &component("bot")));
+    assert_eq!(default_bot.spec.unwrap().replicas, Some(1));
     let operator = typed::<Deployment>(find(&docs, "Deployment", &component("operator")));
     assert_eq!(operator.spec.as_ref().unwrap().replicas, Some(3));
     let default_operator =
