@@ -49,7 +49,7 @@ const TEXT = {
     paymentLate: "The payment has not arrived yet. If you paid, it shows up within a few minutes: tap Refresh.",
     connectedNow: "Connected", notConnected: "Not connected", lastSeen: "Last handshake {r}",
     neverSeen: "No handshake yet", traffic: "↓ {down} · ↑ {up}",
-    rename: "Rename", save: "Save", cancel: "Cancel", renamed: "Renamed",
+    back: "‹ Back", rename: "Rename", save: "Save", cancel: "Cancel", renamed: "Renamed",
     howToConnect: "How to connect", guideTitle: "Connect “{d}”",
     stepInstall: "1. Install the app", stepImport: "2. Import the config", stepOn: "3. Turn it on",
     stepOnText: "Switch the tunnel on in the app. This page shows “Connected” after the first handshake.",
@@ -123,7 +123,7 @@ const TEXT = {
     paymentLate: "Оплата пока не пришла. Если вы оплатили, она появится в течение нескольких минут: нажмите «Обновить».",
     connectedNow: "Подключено", notConnected: "Не подключено", lastSeen: "Последнее рукопожатие {r}",
     neverSeen: "Рукопожатий ещё не было", traffic: "↓ {down} · ↑ {up}",
-    rename: "Переименовать", save: "Сохранить", cancel: "Отмена", renamed: "Переименовано",
+    back: "‹ Назад", rename: "Переименовать", save: "Сохранить", cancel: "Отмена", renamed: "Переименовано",
     howToConnect: "Как подключить", guideTitle: "Подключить «{d}»",
     stepInstall: "1. Установите приложение", stepImport: "2. Импортируйте конфиг", stepOn: "3. Включите",
     stepOnText: "Включите туннель в приложении. Здесь появится «Подключено» после первого рукопожатия.",
@@ -290,19 +290,26 @@ function applyTheme() {
   root.classList.toggle("dark", Boolean(webApp && webApp.colorScheme === "dark"));
 }
 
+// Whether the Telegram client has the Bot API `version` of the WebApp (older clients lack
+// BackButton and haptics before 6.1 and showConfirm before 6.2).
+function supports(version) {
+  return Boolean(webApp) && (typeof webApp.isVersionAtLeast !== "function" || webApp.isVersionAtLeast(version));
+}
+
 // `kind`: "success", "error" or "warning".
 function haptic(kind) {
-  if (webApp && webApp.HapticFeedback) webApp.HapticFeedback.notificationOccurred(kind);
+  if (supports("6.1") && webApp.HapticFeedback) webApp.HapticFeedback.notificationOccurred(kind);
 }
 
 function hapticSelection() {
-  if (webApp && webApp.HapticFeedback) webApp.HapticFeedback.selectionChanged();
+  if (supports("6.1") && webApp.HapticFeedback) webApp.HapticFeedback.selectionChanged();
 }
 
-// Asks `message` with Telegram's own dialog (the browser's outside Telegram).
+// Asks `message` with Telegram's own dialog (the browser's outside Telegram or on a client
+// without it).
 function confirmAction(message) {
   return new Promise((resolve) => {
-    if (webApp && typeof webApp.showConfirm === "function") webApp.showConfirm(message, (ok) => resolve(Boolean(ok)));
+    if (supports("6.2") && typeof webApp.showConfirm === "function") webApp.showConfirm(message, (ok) => resolve(Boolean(ok)));
     else resolve(window.confirm(message));
   });
 }
@@ -361,10 +368,12 @@ function showScreen() {
   }
   $("tabs").hidden = !TABS.includes(screen);
   document.body.dataset.screen = screen;
-  if (webApp && webApp.BackButton) {
+  const telegramBack = supports("6.1") && Boolean(webApp.BackButton);
+  if (telegramBack) {
     if (screens.length > 1) webApp.BackButton.show();
     else webApp.BackButton.hide();
   }
+  $("page-back").hidden = telegramBack || screens.length <= 1;
   updateMainAction();
 }
 
@@ -1196,7 +1205,7 @@ async function start() {
     if (typeof webApp.ready === "function") webApp.ready();
     if (typeof webApp.expand === "function") webApp.expand();
     if (typeof webApp.onEvent === "function") webApp.onEvent("themeChanged", applyTheme);
-    if (webApp.BackButton) webApp.BackButton.onClick(back);
+    if (supports("6.1") && webApp.BackButton) webApp.BackButton.onClick(back);
   }
   if (mainButton) mainButton.onClick(runMainAction);
   applyTheme();
@@ -1205,6 +1214,7 @@ async function start() {
     tab.addEventListener("click", () => selectTab(tab.dataset.tab));
   }
   $("main-action").addEventListener("click", runMainAction);
+  $("page-back").addEventListener("click", back);
   $("refresh").addEventListener("click", loadMe);
   $("renew").addEventListener("click", () => selectTab("plans"));
   $("location-change").addEventListener("click", openLocations);

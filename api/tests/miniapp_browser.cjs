@@ -146,7 +146,7 @@ async function shot(page, name) {
 // Opens the Mini App in a fresh browser with Telegram.WebApp stubbed and runs `steps(page)`;
 // fails on any page error.
 async function withMiniApp(options, steps) {
-  const { theme = "light", who, initData = who.initData, platform = "ios", userAgent, clock = false } = options;
+  const { theme = "light", who, initData = who.initData, platform = "ios", userAgent, clock = false, version = "8.0" } = options;
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "wgsub-chromium-"));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: need("WGSUB_CHROMIUM"),
@@ -159,7 +159,7 @@ async function withMiniApp(options, steps) {
   try {
     // No network: Telegram's script is unavailable, the stub below stands in for it.
     await context.route("https://telegram.org/**", (route) => route.abort());
-    await context.addInitScript(({ initData, user, params, scheme, platform }) => {
+    await context.addInitScript(({ initData, user, params, scheme, platform, version }) => {
       const calls = [];
       const handlers = {};
       window.__calls = calls;
@@ -190,7 +190,12 @@ async function withMiniApp(options, steps) {
       };
       window.Telegram = { WebApp: {
         initData, initDataUnsafe: { user }, themeParams: params, colorScheme: scheme, platform,
-        version: "8.0",
+        version,
+        isVersionAtLeast(wanted) {
+          const [major, minor = 0] = String(wanted).split(".").map(Number);
+          const [haveMajor, haveMinor = 0] = version.split(".").map(Number);
+          return major < haveMajor || (major === haveMajor && minor <= haveMinor);
+        },
         ready() {}, expand() {},
         openLink(url) { window.__opened.push(url); },
         close() { window.__closed += 1; },
@@ -219,7 +224,7 @@ async function withMiniApp(options, steps) {
         if (newScheme) app.colorScheme = newScheme;
         for (const handler of handlers[name] || []) handler();
       };
-    }, { initData, user: who.user, params: THEMES[theme], scheme: theme, platform });
+    }, { initData, user: who.user, params: THEMES[theme], scheme: theme, platform, version });
     const page = context.pages()[0] || (await context.newPage());
     if (clock) await page.clock.install();
     const errors = [];
@@ -612,6 +617,32 @@ async function deviceActions() {
   });
 }
 
+// A Telegram client older than BackButton (6.1) and showConfirm (6.2): the page shows its own
+// back button and asks with the browser's dialog.
+async function oldClient() {
+  await withMiniApp({ who: USERS.mover.en, version: "6.0" }, async (page) => {
+    check(await page.isHidden("#page-back"), "no page back button on a tab");
+    await page.click("#location-change");
+    await page.waitForSelector('body[data-screen="locations"]');
+    check(await page.isVisible("#page-back"), "the page's own back button stands in for the BackButton");
+    await page.click('#location-list [data-server="awg"]');
+    const dialogs = [];
+    page.once("dialog", (dialog) => { dialogs.push(dialog.message()); dialog.dismiss(); });
+    await tapMain(page);
+    await page.waitForTimeout(500);
+    check(dialogs.length === 1 && dialogs[0].includes(SAY.en.moveConfirm), `the browser's dialog asked: ${dialogs}`);
+    check((await fromApi(page, "/api/v1/me")).subscription.server === "de-1", "a dismissed move changes nothing");
+    const seen = await calls(page);
+    check(!seen.some((c) => c.startsWith("BackButton.") || c.startsWith("confirm:") || c.startsWith("haptic:")),
+      `nothing the client lacks was called: ${seen}`);
+    await page.click("#page-back");
+    await page.waitForSelector('body[data-screen="status"]');
+    check(await page.isHidden("#page-back"), "the page back button hides on the status tab");
+    await shot(page, "light-en-old-client");
+    console.log("miniapp old Telegram client: ok");
+  });
+}
+
 // Stars: a failed invoice says so with an error haptic; a paid one waits for the new date.
 // A promo code that does not exist gets the API's refusal and an error haptic.
 async function starsAndPromo() {
@@ -688,6 +719,7 @@ async function expired() {
   await deviceActions();
   await renewalOff();
   await move();
+  await oldClient();
   await starsAndPromo();
   await rename();
   await expired();
