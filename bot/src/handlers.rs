@@ -28,6 +28,7 @@ use crate::broadcast;
 use crate::device_menu;
 use crate::devices::{self, DeviceConfig};
 use crate::growth;
+use crate::locations;
 use crate::stars::{self, STARS_PREFIX};
 use crate::store::{self, AdminLogEntry};
 use crate::telegram::{self, BUY_PREFIX, CONFIG_PREFIX};
@@ -53,6 +54,8 @@ pub enum Command {
     Invite,
     /// `/devices` — the user's devices: rename, new key, delete, add.
     Devices,
+    /// `/location` — pick the server's country.
+    Location,
     Admin(String),
 }
 
@@ -68,6 +71,7 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(dptree::case![Command::Promo(code)].endpoint(growth::promo))
         .branch(dptree::case![Command::Invite].endpoint(growth::invite))
         .branch(dptree::case![Command::Devices].endpoint(device_menu::devices_command))
+        .branch(dptree::case![Command::Location].endpoint(locations::location_command))
         .branch(
             dptree::case![Command::Admin(arguments)]
                 .filter(sent_by_admin)
@@ -392,7 +396,8 @@ async fn buy(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
                 .await?;
             return Ok(());
         }
-        send_plans(&bot, &app, message.chat.id, lang).await
+        send_plans(&bot, &app, message.chat.id, lang).await?;
+        locations::offer_with_buy(&bot, &app, message.chat.id, lang, user.telegram_id).await
     }
     .await;
     finish(&bot, &app, message.chat.id, lang, "buy", result).await
@@ -616,6 +621,9 @@ async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResul
     } else if let Some(action) = data.strip_prefix(device_menu::DEVICE_PREFIX) {
         app.metrics.update("device_button");
         device_menu::on_button(&bot, &app, &query.from, chat, lang, action).await
+    } else if let Some(server) = data.strip_prefix(locations::LOCATION_PREFIX) {
+        app.metrics.update("location_pick");
+        locations::on_pick(&bot, &app, &query.from, chat, lang, server).await
     } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
         app.metrics.update("config_device");
         config_device(&bot, &app, &query.from, chat, lang, peer).await

@@ -15,6 +15,8 @@ pub mod handlers;
 pub mod http;
 pub mod jobs;
 pub mod leader;
+pub mod location_moves;
+pub mod locations;
 pub mod metrics;
 pub mod reminders;
 pub mod server_changes;

@@ -18,7 +18,7 @@ use wgsub_bot::broadcast::Pacing;
 use wgsub_bot::config::{Config, LogFormat, Mode};
 use wgsub_bot::leader::{self, ElectionTiming, LeaseLock};
 use wgsub_bot::metrics::Metrics;
-use wgsub_bot::{handlers, http, jobs, server_changes, telegram};
+use wgsub_bot::{handlers, http, jobs, location_moves, server_changes, telegram};
 use wgsub_crds::plans::PlanCatalogue;
 use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{
@@ -194,6 +194,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     let now = Timestamp::now();
                     if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
                         tracing::warn!(%error, "server change run failed");
+                    }
+                    if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
+                        tracing::warn!(%error, "location move run failed");
                     }
                 }
             }

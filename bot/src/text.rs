@@ -81,6 +81,10 @@ pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
             "location",
             lang.pick("Выбрать страну сервера", "Choose the server's country"),
         ),
+        (
+            "location",
+            lang.pick("Выбрать страну сервера", "Choose the server's country"),
+        ),
         ("promo", lang.pick("Ввести промокод", "Enter a promo code")),
         ("invite", lang.pick("Пригласить друзей", "Invite friends")),
         ("help", lang.pick("Помощь", "Help")),
@@ -1520,6 +1524,94 @@ pub fn with_renewal_button(lang: Lang, plan_title: &str) -> String {
 }
 
 // --- end of automatic renewal ---
+
+// ---- locations ----
+
+/// The `/location` list's lead; `current` is the name of the user's location, when known.
+pub fn choose_location(lang: Lang, current: Option<&str>) -> String {
+    let lead = lang.pick(
+        "Выберите, через какую страну подключаться:",
+        "Choose the country to connect through:",
+    );
+    match current {
+        Some(name) => format!("{lead}\n{} {name}", lang.pick("Сейчас:", "Now:")),
+        None => lead.to_owned(),
+    }
+}
+
+/// The lead of the location choice shown with `/buy`.
+pub fn buy_location(lang: Lang) -> &'static str {
+    lang.pick(
+        "Сервер можно выбрать до оплаты (и сменить позже: /location):",
+        "You can pick the server before paying (and change it later: /location):",
+    )
+}
+
+/// A location's button: flag and name, a mark for the user's own and for a full one.
+pub fn location_button(lang: Lang, flag: &str, name: &str, full: bool, current: bool) -> String {
+    let mut label = format!("{flag} {name}");
+    if current {
+        label.push_str(" ✓");
+    }
+    if full {
+        label.push_str(lang.pick(" — нет мест", " — full"));
+    }
+    label
+}
+
+/// No location is offered.
+pub fn no_locations(lang: Lang) -> &'static str {
+    lang.pick(
+        "Выбор сервера пока недоступен.",
+        "There is no choice of server yet.",
+    )
+}
+
+/// The picked location is full.
+pub fn location_full(lang: Lang) -> &'static str {
+    lang.pick(
+        "На этом сервере нет свободных мест. Выберите другой: /location",
+        "This server is full. Pick another one: /location",
+    )
+}
+
+/// The picked location is not offered (any more).
+pub fn location_not_found(lang: Lang) -> &'static str {
+    lang.pick(
+        "Этот сервер больше не предлагается. Выберите другой: /location",
+        "This server is no longer offered. Pick another one: /location",
+    )
+}
+
+/// The location was set: the devices (if any) follow, and a message tells when.
+pub fn location_set(lang: Lang, name: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Сервер: {name}. Если у вас есть устройства, они переедут туда в течение минуты — \
+             пришлю новые конфиги."
+        ),
+        Lang::En => format!(
+            "Server: {name}. If you have devices, they move there within a minute — I will \
+             send the new configs."
+        ),
+    }
+}
+
+/// The user's devices moved to `name`: every config changed.
+pub fn location_moved(lang: Lang, name: &str) -> String {
+    match lang {
+        Lang::Ru => format!(
+            "Ваши устройства переехали на сервер {name}. Конфиги изменились (новый адрес \
+             сервера и IP) — прежние больше не работают. Получите новые: /config (или кнопками \
+             ниже) и заново импортируйте их, удалив старые туннели."
+        ),
+        Lang::En => format!(
+            "Your devices moved to the server {name}. Their configs changed (a new server \
+             address and IP) — the old ones no longer work. Get the new ones with /config (or \
+             the buttons below) and import them again, removing the old tunnels."
+        ),
+    }
+}
 
 #[cfg(test)]
 mod tests {
