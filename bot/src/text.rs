@@ -81,10 +81,6 @@ pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
             "location",
             lang.pick("Выбрать страну сервера", "Choose the server's country"),
         ),
-        (
-            "location",
-            lang.pick("Выбрать страну сервера", "Choose the server's country"),
-        ),
         ("promo", lang.pick("Ввести промокод", "Enter a promo code")),
         ("invite", lang.pick("Пригласить друзей", "Invite friends")),
         ("help", lang.pick("Помощь", "Help")),
