@@ -5,6 +5,7 @@
 //! real API server.
 
 mod alerts;
+mod backup;
 mod crds;
 mod dashboard;
 mod images;

@@ -2,15 +2,17 @@
 //! tests that the chart follows them with default values and with every option on.
 //!
 //! Every container: not privileged, no privilege escalation, read-only root filesystem, all
-//! capabilities dropped, CPU and memory requests and a memory limit, non-root, and (except the
-//! migrations Job, which runs to completion) liveness and readiness probes on a declared port.
+//! capabilities dropped, CPU and memory requests and a memory limit, non-root, and (except Jobs and
+//! CronJobs, which run to completion) liveness, readiness and startup probes on a declared port.
+//! The operator's, the api's and the bot's replicas prefer different nodes unless given their own
+//! affinity.
 //! The one stated exception is the node-agent: it owns the host's WireGuard interface, so it runs
 //! in the host network namespace as uid 0 with exactly one added capability, NET_ADMIN (a
 //! non-root process does not get added capabilities in its effective set), and mounts exactly
 //! two host paths: the TUN device and the host's iptables lock.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use serde_json::{Value, json};
 
@@ -30,7 +32,11 @@ fn workloads(docs: &[Value]) -> Vec<Workload> {
             "Deployment" => typed::<Deployment>(doc).spec.and_then(|s| s.template.spec),
             "DaemonSet" => typed::<DaemonSet>(doc).spec.and_then(|s| s.template.spec),
             "Job" => typed::<Job>(doc).spec.and_then(|s| s.template.spec),
-            "StatefulSet" | "ReplicaSet" | "CronJob" | "Pod" => {
+            "CronJob" => typed::<CronJob>(doc)
+                .spec
+                .and_then(|s| s.job_template.spec)
+                .and_then(|s| s.template.spec),
+            "StatefulSet" | "ReplicaSet" | "Pod" => {
                 panic!("the rules do not know {} yet", kind_of(doc))
             }
             _ => continue,
@@ -50,7 +56,7 @@ pub fn violations(docs: &[Value]) -> Vec<String> {
     let node_agent = component("node-agent");
     for workload in workloads(docs) {
         let is_node_agent = workload.kind == "DaemonSet" && workload.name == node_agent;
-        let runs_to_completion = workload.kind == "Job";
+        let runs_to_completion = matches!(workload.kind.as_str(), "Job" | "CronJob");
         check_pod(&workload, is_node_agent, &mut out);
         let containers = workload
             .spec
@@ -110,12 +116,13 @@ fn check_pod(workload: &Workload, is_node_agent: bool, out: &mut Vec<String>) {
             "{at}: pod seccompProfile is {seccomp:?}, want RuntimeDefault"
         ));
     }
-    if workload.kind != "Job" && spec.service_account_name.is_none() {
+    let runs_to_completion = matches!(workload.kind.as_str(), "Job" | "CronJob");
+    if !runs_to_completion && spec.service_account_name.is_none() {
         out.push(format!(
             "{at}: runs as the namespace's default ServiceAccount"
         ));
     }
-    if workload.kind == "Job"
+    if runs_to_completion
         && spec.service_account_name.is_none()
         && spec.automount_service_account_token != Some(false)
     {
@@ -205,6 +212,7 @@ fn check_container(
     for (what, probe) in [
         ("liveness", container.liveness_probe.as_ref()),
         ("readiness", container.readiness_probe.as_ref()),
+        ("startup", container.startup_probe.as_ref()),
     ] {
         match (probe, runs_to_completion) {
             (None, false) => out.push(format!("{at}: no {what} probe")),
@@ -324,6 +332,16 @@ fn the_rules_catch_missing_probes_and_resources() {
     );
     assert_caught(
         &with_container_edit(&operator, |c| {
+            c.as_object_mut()
+                .unwrap()
+                .remove("startupProbe")
+                .map(drop)
+                .unwrap()
+        }),
+        "no startup probe",
+    );
+    assert_caught(
+        &with_container_edit(&operator, |c| {
             c["readinessProbe"]["httpGet"]["port"] = json!("nope")
         }),
         "named container port",
@@ -437,4 +455,48 @@ fn the_node_agent_runs_on_the_host_network_with_net_admin_and_the_tun_device() {
         Some("enabled"),
         "nodeSelector comes from values"
     );
+}
+
+#[test]
+fn the_replicas_of_operator_api_and_bot_prefer_different_nodes_unless_given_an_affinity() {
+    let docs = render(&["bot.replicas=2"]);
+    for name in ["operator", "api", "bot"] {
+        let deployment: Deployment = typed(
+            docs.iter()
+                .find(|d| kind_of(d) == "Deployment" && name_of(d) == component(name))
+                .unwrap_or_else(|| panic!("no Deployment {name}")),
+        );
+        let spec = deployment.spec.unwrap();
+        let labels = spec.selector.match_labels.clone().unwrap();
+        let preferred = spec
+            .template
+            .spec
+            .unwrap()
+            .affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+            .unwrap_or_else(|| panic!("{name}: no preferred pod anti-affinity"));
+        assert_eq!(preferred.len(), 1, "{name}");
+        let term = &preferred[0].pod_affinity_term;
+        assert_eq!(term.topology_key, "kubernetes.io/hostname", "{name}");
+        assert_eq!(
+            term.label_selector.as_ref().unwrap().match_labels.as_ref(),
+            Some(&labels),
+            "{name}: the anti-affinity selects the component's own pods"
+        );
+        if name == "bot" {
+            assert_eq!(spec.replicas, Some(2));
+        }
+    }
+    let given = render(&[
+        "api.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=wgsub.io/api",
+        "api.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+    ]);
+    let api = given
+        .iter()
+        .find(|d| kind_of(d) == "Deployment" && name_of(d) == component("api"))
+        .unwrap();
+    let affinity = &api["spec"]["template"]["spec"]["affinity"];
+    assert!(affinity["podAntiAffinity"].is_null(), "{affinity}");
+    assert!(affinity["nodeAffinity"].is_object(), "{affinity}");
 }
