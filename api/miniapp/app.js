@@ -734,8 +734,8 @@ async function renewalOff() {
     return;
   }
   haptic("success");
-  notice(t("renewalIsOff"), "success");
   await loadRenewal();
+  notice(t("renewalIsOff"), "success");
 }
 
 // --- Locations: where the devices are, picked when buying and changed later (a move). ---
