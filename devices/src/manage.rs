@@ -269,13 +269,19 @@ impl DeviceWriter {
         peer: &WgPeer,
     ) -> Result<WgPeer, WriteError> {
         let created = self.create(peer).await?;
+        self.clear_removed_mark(subscription).await;
+        Ok(created)
+    }
+
+    /// Removes the subscription's mark of removed devices when it carries one (after the user
+    /// added a device); a failure is logged: the mark only matters once the user has no device.
+    pub async fn clear_removed_mark(&self, subscription: &VpnSubscription) {
         if !wants_first_device(subscription)
             && let Err(error) = self.mark(&subscription.name_any(), false).await
         {
             tracing::warn!(%error, subscription = %subscription.name_any(),
                 "removing the mark of removed devices failed");
         }
-        Ok(created)
     }
 
     /// Renames `peer` to `device_name` (server-side apply), keeping the user's switch.
@@ -291,7 +297,7 @@ impl DeviceWriter {
     }
 
     /// Deletes the user's device `peer`; `last` says it is the user's only device, so the
-    /// subscription `subscription` is marked first.
+    /// subscription `subscription` is marked first (and unmarked again when the delete fails).
     pub async fn delete(
         &self,
         subscription: &str,
@@ -301,7 +307,14 @@ impl DeviceWriter {
         if last {
             self.mark(subscription, true).await?;
         }
-        self.delete_peer(peer).await
+        let deleted = self.delete_peer(peer).await;
+        if last
+            && deleted.is_err()
+            && let Err(error) = self.mark(subscription, false).await
+        {
+            tracing::warn!(%error, subscription, "unmarking after a failed delete failed");
+        }
+        deleted
     }
 
     /// Rotates `old`'s key: creates `replacement` ([`replacement_peer`]), then deletes `old`;
