@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wgsub_node_agent::agent::Agent;
+use wgsub_node_agent::awg_kernel::AwgImplementation;
 use wgsub_node_agent::config::{Config, LogFormat};
 use wgsub_node_agent::http::{Health, app};
 use wgsub_node_agent::index::SharedIndex;
@@ -54,6 +55,10 @@ async fn main() -> anyhow::Result<()> {
         node = config.node_name,
         namespace = config.namespace,
         backend = settings.backend.as_str(),
+        amneziawg = settings
+            .amneziawg
+            .as_ref()
+            .map_or("none", AwgImplementation::as_str),
         "starting"
     );
 
