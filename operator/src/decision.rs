@@ -328,12 +328,15 @@ pub fn server_name<'a>(spec: &'a VpnSubscriptionSpec, default_server: &'a str) -
     spec.server.as_deref().unwrap_or(default_server)
 }
 
-/// The names under which a subscription's peers may exist: devices 1..=maxDevices (the API
-/// names extra devices the same way) and every peer the status lists.
+/// The names under which a subscription's peers may exist: devices 1..=[`MAX_DEVICES`] + 1,
+/// whatever `maxDevices` is now, and every peer the status lists. The api and the bot name a
+/// device by the smallest free number, and a user never has more than [`MAX_DEVICES`] devices
+/// — plus, for a moment, the replacement of a device whose key is rotated, created before the
+/// old peer is deleted — so every device they make has one of these names, even beyond a
+/// lowered `maxDevices` (the device limit then keeps it off).
 pub fn candidate_peer_names(subscription: &VpnSubscription) -> Vec<String> {
     let name = subscription.name_any();
-    let max = device_limit(&subscription.spec) as u32;
-    let mut names: BTreeSet<String> = (1..=max).map(|i| peer_name(&name, i)).collect();
+    let mut names: BTreeSet<String> = (1..=MAX_DEVICES + 1).map(|i| peer_name(&name, i)).collect();
     let prefix = format!("{name}-");
     if let Some(status) = &subscription.status {
         names.extend(

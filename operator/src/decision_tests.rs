@@ -1025,25 +1025,50 @@ fn odd_resource_content_never_panics() {
 }
 
 #[test]
-fn candidate_names_cover_every_device_slot_and_listed_peers_only() {
+fn candidate_names_cover_every_device_slot_a_rotation_and_listed_peers_only() {
     let mut sub = subscription(1, Some(now()));
-    sub.spec.max_devices = 2;
+    sub.spec.max_devices = 1;
     sub.status = Some(VpnSubscriptionStatus {
         peers: vec![
             "tg-1-5".into(),
+            "tg-1-40".into(),
             "tg-10-1".into(),
             "elsewhere".into(),
             "tg-1-01".into(),
         ],
         ..VpnSubscriptionStatus::default()
     });
-    assert_eq!(
-        candidate_peer_names(&sub),
-        vec!["tg-1-1", "tg-1-2", "tg-1-5"]
-    );
+    let every_slot: Vec<String> = (1..=MAX_DEVICES + 1).map(|i| format!("tg-1-{i}")).collect();
+    let mut expected = every_slot.clone();
+    expected.push("tg-1-40".into());
+    assert_eq!(candidate_peer_names(&sub), expected);
+    // A one-device user's rotated device (tg-1-2, made before tg-1-1 goes) is seen.
+    assert!(candidate_peer_names(&sub).contains(&"tg-1-2".to_owned()));
     sub.spec.max_devices = 1000;
     sub.status = None;
-    assert_eq!(candidate_peer_names(&sub).len(), MAX_DEVICES as usize);
+    assert_eq!(candidate_peer_names(&sub), every_slot);
+}
+
+#[test]
+fn a_rotated_devices_replacement_gets_a_key_and_takes_the_only_place_once_the_old_one_goes() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY * 30));
+    world.run(&mut sub, now());
+    // The api creates the replacement tg-1-2, then deletes tg-1-1.
+    let mut replacement = api_device("tg-1", 2, "wg");
+    replacement.spec.enabled = true;
+    world.peers.insert("tg-1-2".into(), replacement);
+    world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert!(world.peer("tg-1-2").spec.public_key.is_some());
+    let old = world.peers.remove("tg-1-1").unwrap();
+    Holding::of(&old).release_from(&mut world.used);
+    world.run(&mut sub, now() + SignedDuration::from_secs(2));
+    assert_eq!(world.peers.keys().collect::<Vec<_>>(), ["tg-1-2"]);
+    let peer = world.peer("tg-1-2");
+    assert!(!is_over_limit(peer), "the replacement holds the only place");
+    assert!(peer.spec.address.is_some());
+    assert_eq!(sub.status.as_ref().unwrap().peers, ["tg-1-2"]);
+    assert!(sub.status.as_ref().unwrap().devices_over_limit.is_empty());
 }
 
 /// A key generator that must not be called.
