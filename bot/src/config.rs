@@ -297,6 +297,16 @@ pub struct Config {
     #[arg(long, env = "WGSUB_BOT_REMINDER_INTERVAL", default_value = "300", value_parser = parse_seconds)]
     pub reminder_interval: u64,
 
+    /// Hours before a paid period ends its automatic renewal is charged (give the api the
+    /// same value: it shows users when the next charge is).
+    #[arg(long, env = "WGSUB_RENEWAL_LEAD_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub renewal_lead_hours: u32,
+
+    /// Seconds between automatic renewal runs (safe on every replica: each period is claimed
+    /// in the database).
+    #[arg(long, env = "WGSUB_BOT_RENEWAL_INTERVAL", default_value = "300", value_parser = parse_seconds)]
+    pub renewal_interval: u64,
+
     /// Seconds between drains of the notification outbox.
     #[arg(long, env = "WGSUB_BOT_OUTBOX_INTERVAL", default_value = "5", value_parser = parse_seconds)]
     pub outbox_interval: u64,

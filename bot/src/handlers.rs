@@ -29,6 +29,7 @@ use crate::device_menu;
 use crate::devices::{self, DeviceConfig};
 use crate::growth;
 use crate::locations;
+use crate::renewal;
 use crate::stars::{self, STARS_PREFIX};
 use crate::store::{self, AdminLogEntry};
 use crate::telegram::{self, BUY_PREFIX, CONFIG_PREFIX};
@@ -54,6 +55,8 @@ pub enum Command {
     Invite,
     /// `/devices` — the user's devices: rename, new key, delete, add.
     Devices,
+    /// `/renewal` — automatic renewal: the saved card, switching it off.
+    Renewal,
     /// `/location` — pick the server's country.
     Location,
     Admin(String),
@@ -71,6 +74,7 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(dptree::case![Command::Promo(code)].endpoint(growth::promo))
         .branch(dptree::case![Command::Invite].endpoint(growth::invite))
         .branch(dptree::case![Command::Devices].endpoint(device_menu::devices_command))
+        .branch(dptree::case![Command::Renewal].endpoint(renewal::renewal_command))
         .branch(dptree::case![Command::Location].endpoint(locations::location_command))
         .branch(
             dptree::case![Command::Admin(arguments)]
@@ -371,11 +375,11 @@ async fn send_plans(bot: &Bot, app: &App, chat: ChatId, lang: Lang) -> HandlerRe
             format!("{BUY_PREFIX}{}", plan.id),
         );
         let stars = stars::plan_button(lang, plan)
-            .map(|(label, data)| InlineKeyboardButton::callback(label, data));
-        std::iter::once(card).chain(stars)
+            .map(|(label, data)| vec![InlineKeyboardButton::callback(label, data)]);
+        std::iter::once(renewal::beside_renewing(card, lang, &plan.id)).chain(stars)
     });
     bot.send_message(chat, text::choose_plan(lang))
-        .reply_markup(telegram::column(buttons))
+        .reply_markup(teloxide::types::InlineKeyboardMarkup::new(buttons))
         .await?;
     Ok(())
 }
@@ -410,6 +414,7 @@ async fn buy_plan(
     chat: ChatId,
     lang: Lang,
     plan_id: &str,
+    save_card: bool,
 ) -> HandlerResult {
     let Some(plan) = app.plans.get(plan_id) else {
         bot.send_message(chat, text::unknown_plan(lang)).await?;
@@ -423,7 +428,11 @@ async fn buy_plan(
         return_url: &app.settings.return_url,
         receipt: app.settings.receipts,
     };
-    match app.ledger.create_payment(&app.yookassa, order, now).await {
+    match app
+        .ledger
+        .create_payment_saving_card(&app.yookassa, order, save_card, now)
+        .await
+    {
         Ok(created) => {
             let url = url::Url::parse(&created.confirmation_url)
                 .map_err(|e| format!("YooKassa confirmation URL: {e}"))?;
@@ -612,9 +621,15 @@ async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResul
         tracing::debug!(%error, "the callback query was not answered");
     }
     let data = query.data.as_deref().unwrap_or_default();
-    let result = if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
+    let result = if let Some(plan) = data.strip_prefix(renewal::BUY_RENEWING_PREFIX) {
+        app.metrics.update("buy_plan_renewing");
+        buy_plan(&bot, &app, &query.from, chat, lang, plan, true).await
+    } else if data == renewal::RENEWAL_OFF {
+        app.metrics.update("renewal_off_button");
+        renewal::switch_off(&bot, &app, &query.from, chat, lang).await
+    } else if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
         app.metrics.update("buy_plan");
-        buy_plan(&bot, &app, &query.from, chat, lang, plan).await
+        buy_plan(&bot, &app, &query.from, chat, lang, plan, false).await
     } else if let Some(plan) = data.strip_prefix(STARS_PREFIX) {
         app.metrics.update("stars_invoice");
         stars::send_invoice(&bot, &app, &query.from, chat, lang, plan).await

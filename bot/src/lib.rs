@@ -19,6 +19,7 @@ pub mod location_moves;
 pub mod locations;
 pub mod metrics;
 pub mod reminders;
+pub mod renewal;
 pub mod server_changes;
 pub mod stars;
 pub mod store;

@@ -75,7 +75,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         db::migrate_with(&pool, config.database_pgbouncer).await?;
     }
     let ledger = Ledger::new(pool, config.database_pgbouncer)
-        .with_referral_days(config.referral_reward_days);
+        .with_referral_days(config.referral_reward_days)
+        .with_renewal_lead(jiff::SignedDuration::from_hours(i64::from(
+            config.renewal_lead_hours,
+        )));
 
     let kube = kube::Client::try_default().await?;
     let yookassa = YooKassa::new(YooKassaConfig {
@@ -143,6 +146,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let every = |seconds: u64| Duration::from_secs(seconds);
+    spawn_loop(
+        &mut tasks,
+        shutdown.clone(),
+        every(config.renewal_interval),
+        {
+            let app = app.clone();
+            move || {
+                let app = app.clone();
+                async move {
+                    match jobs::run_renewals(&app, Timestamp::now()).await {
+                        Ok(report) if report != Default::default() => tracing::info!(
+                            succeeded = report.succeeded,
+                            failed = report.failed,
+                            refused = report.refused,
+                            pending = report.pending,
+                            "automatic renewals"
+                        ),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "renewal run failed"),
+                    }
+                }
+            }
+        },
+    );
     spawn_loop(
         &mut tasks,
         shutdown.clone(),

@@ -64,6 +64,13 @@ pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
         ),
         ("buy", lang.pick("Купить или продлить", "Buy or renew")),
         (
+            "renewal",
+            lang.pick(
+                "Автопродление: карта, выключить",
+                "Automatic renewal: card, switch off",
+            ),
+        ),
+        (
             "config",
             lang.pick(
                 "Получить конфигурацию и QR-код",
@@ -1511,12 +1518,9 @@ pub fn renewal_switched_off(lang: Lang) -> &'static str {
     )
 }
 
-/// The plan button that also saves the card for automatic renewal.
-pub fn with_renewal_button(lang: Lang, plan_title: &str) -> String {
-    match lang {
-        Lang::Ru => format!("{plan_title} с автопродлением"),
-        Lang::En => format!("{plan_title} with automatic renewal"),
-    }
+/// The button beside a plan's that buys it saving the card for automatic renewal.
+pub fn with_renewal_button(lang: Lang) -> &'static str {
+    lang.pick("🔁 С автопродлением", "🔁 With auto-renewal")
 }
 
 // --- end of automatic renewal ---
