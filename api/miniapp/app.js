@@ -405,8 +405,8 @@ function updateMainAction() {
     const pick = locations.find((l) => l.server === movePick);
     if (pick && !pick.current) setMainAction(fill("moveTo", { l: locationLabel(pick) }), () => move(pick));
     else setMainAction(null);
-  } else if (screen === "status" && (phase === "Expired" || phase === "Pending")) {
-    setMainAction(t(phase === "Expired" ? "renew" : "choosePlan"), () => selectTab("plans"));
+  } else if (screen === "status" && (phase === "Expired" || phase === "Pending" || endingSoon())) {
+    setMainAction(t(phase === "Pending" ? "choosePlan" : "renew"), () => selectTab("plans"));
   } else if (screen === "keys" && me && phase === "Active" && me.devices.length < me.subscription.maxDevices) {
     setMainAction(t("addDevice"), addDevice);
   } else if (screen === "keys" && (phase === "Expired" || phase === "Pending")) {
@@ -512,6 +512,13 @@ async function showMe() {
   showLocation();
   await renderDevices();
   updateMainAction();
+}
+
+// An active subscription with less than a week left: the status screen's main action renews.
+function endingSoon() {
+  const sub = me && me.subscription;
+  return Boolean(sub && sub.phase === "Active" && sub.paidUntil
+    && new Date(sub.paidUntil).getTime() - Date.now() < 7 * 86400000);
 }
 
 // The days-left bar: full at the length of the user's plan (30 days when it is not known).

@@ -687,23 +687,24 @@ async fn offered_server(h: &Harness, name: &str, pool: &str, location: Value) {
     h.visible(&server).await;
 }
 
-/// A subscription of `user` that ran out two days ago, with its device `tg-<user>-1` kept.
-async fn expired_user(h: &Harness, user: i64) {
+/// A subscription of `user` paid until `from_now` (negative: it ran out), with its device
+/// `tg-<user>-1` (kept while expired).
+async fn user_paid_until(h: &Harness, user: i64, from_now: SignedDuration) {
     let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
     let mut spec = wgsub_crds::VpnSubscriptionSpec::for_user(user);
-    spec.paid_until = Some(Timestamp::now() - SignedDuration::from_hours(48));
+    spec.paid_until = Some(Timestamp::now() + from_now);
     spec.plan = Some("month".into());
     let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
     sub.metadata.namespace = Some(h.namespace.clone());
     let sub = subs.create(&Default::default(), &sub).await.unwrap();
     h.visible(&sub).await;
-    h.ready_device(user, 1, "main", "10.8.0.60/32", "Phone")
-        .await;
+    let address = format!("10.8.0.{}/32", user % 200 + 2);
+    h.ready_device(user, 1, "main", &address, "Phone").await;
 }
 
 /// The Mini App in headless Chromium against this API (api/tests/miniapp_browser.cjs says what
-/// it covers): users active (a connected WireGuard device and an AmneziaWG one), expired, never
-/// paid, with a free device slot and one to move; three offered locations, one full;
+/// it covers): users active (a connected WireGuard device and an AmneziaWG one), expired, a day
+/// from the end, never paid, with a free device slot and one to move; three offered locations, one full;
 /// Telegram's Bot API faked for the Stars invoice; YooKassa reporting the card saved when the
 /// user agreed to automatic renewal. The script
 /// asks for the YooKassa webhook of its first payment on stdout (`@@webhook`) and gets the
@@ -756,7 +757,8 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
     // A second device on an AmneziaWG server: its guide names the AmneziaWG apps.
     create_amneziawg_server(&h, "awg").await;
     h.ready_device(601, 2, "awg", "10.9.0.2/32", "Laptop").await;
-    expired_user(&h, 603).await;
+    user_paid_until(&h, 603, SignedDuration::from_hours(-48)).await;
+    user_paid_until(&h, 608, SignedDuration::from_hours(47)).await;
     h.active_user(604).await;
     // Locations: Germany, the Netherlands (full: user 606 has a device there) and the
     // AmneziaWG server as Finland.
@@ -807,6 +809,7 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
         ("adder", 604),
         ("pending", 605),
         ("mover", 607),
+        ("ending", 608),
     ] {
         users.insert(
             role.into(),
@@ -914,6 +917,7 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
         "guide",
         "locations",
         "expired",
+        "ending",
         "pending",
     ] {
         for theme in ["light", "dark"] {

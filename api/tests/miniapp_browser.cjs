@@ -5,7 +5,8 @@
 //
 // Users (set up by api/tests/api_http.rs): `active` (two devices: a connected WireGuard phone
 // with traffic, an AmneziaWG laptop never seen), `expired` (a device, paid time over), `pending`
-// (never paid), `adder` (one device of two), `mover` (on the default server). Locations offered:
+// (never paid), `ending` (one day left), `adder` (one device of two), `mover` (on the default
+// server). Locations offered:
 // `de-1` (Germany), `nl-1` (full), `awg` (Finland, AmneziaWG). Scenarios:
 // - payment: the MainButton pays for the picked plan in the picked location (the request
 //   carries it), the page polls until the webhook (sent by the Rust side on request) moves the
@@ -433,7 +434,7 @@ async function screens(theme, lang, platform, expectPlatform, userAgent) {
   });
 }
 
-// The expired and the never-paid status lead straight to the plans.
+// The expired, the ending and the never-paid status lead straight to the plans.
 async function renewal(theme, lang) {
   const say = SAY[lang];
   const tag = `${theme}-${lang}`;
@@ -455,6 +456,16 @@ async function renewal(theme, lang) {
     await expectMain(page, say.pay, `${tag} plans after renew`);
     await page.click("#tab-status");
     await page.click("#renew");
+    await page.waitForSelector('body[data-screen="plans"]');
+  });
+  await withMiniApp({ theme, who: USERS.ending[lang] }, async (page) => {
+    check((await page.textContent("#phase")) === say.Active, "status shows Active");
+    check((await page.textContent("#days-left-text")) === say.daysLeft(1), "one day left");
+    check((await page.getAttribute("#days-left", "data-level")) === "low", "the bar says it is low");
+    check(await page.isHidden("#renew-card"), "no expired card yet");
+    await expectMain(page, say.renew, `${tag} status with a day left`);
+    await shot(page, `${tag}-ending`);
+    await tapMain(page);
     await page.waitForSelector('body[data-screen="plans"]');
   });
   await withMiniApp({ theme, who: USERS.pending[lang] }, async (page) => {
