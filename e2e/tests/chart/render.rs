@@ -849,3 +849,58 @@ fn the_default_server_can_speak_amneziawg_with_chosen_or_given_parameters() {
         "{mounts}"
     );
 }
+
+#[test]
+fn the_default_server_can_be_offered_as_a_location_with_a_country_names_and_capacity() {
+    let server_on = [
+        "defaultServer.create=true",
+        "defaultServer.endpoint=vpn.example.test:51820",
+    ];
+    let spec = |sets: &[&str]| {
+        find(
+            &render(&[&server_on[..], sets].concat()),
+            "WgServer",
+            "main",
+        )["spec"]
+            .clone()
+    };
+    assert!(
+        spec(&[]).get("location").is_none(),
+        "not offered by default"
+    );
+    // Values of a release made before the option (helm upgrade --reuse-values) lack it.
+    assert!(
+        spec(&["defaultServer.location=null"])
+            .get("location")
+            .is_none()
+    );
+
+    let offered = spec(&[
+        "defaultServer.location.country=DE",
+        "defaultServer.location.displayName.ru=Германия",
+        "defaultServer.location.displayName.en=Germany",
+        "defaultServer.location.capacity=300",
+    ]);
+    assert_eq!(
+        offered["location"],
+        serde_json::json!({
+            "displayName": {"ru": "Германия", "en": "Germany"},
+            "country": "DE",
+            "capacity": 300,
+            "hidden": false,
+        })
+    );
+    let typed: wgsub_crds::WgServerSpec =
+        serde_json::from_value(offered).expect("the rendered spec is a WgServerSpec");
+    assert_eq!(typed.location.unwrap().capacity, Some(300));
+
+    let refused = try_render(&[&server_on[..], &["defaultServer.location.country=DE"]].concat())
+        .expect_err("a country without names");
+    assert!(refused.contains("displayName.ru"), "{refused}");
+    for bad in [
+        "defaultServer.location.country=de",
+        "defaultServer.location.capacity=0",
+    ] {
+        try_render(&[&server_on[..], &[bad]].concat()).expect_err(bad);
+    }
+}
