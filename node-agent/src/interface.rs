@@ -576,6 +576,37 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_link_and_an_amneziawg_go_device_are_not_one_interface() {
+        let params = Box::new(AwgParams::default());
+        let userspace = Driver::AmneziaWg {
+            userspace: Userspace {
+                binary: PathBuf::from("/usr/bin/amneziawg-go"),
+            },
+            params: params.clone(),
+        };
+        let kernel = Driver::AmneziaWgKernel {
+            kernel: KernelAwg {
+                dialect: crate::awg_netlink::Dialect::Awg15,
+            },
+            params,
+        };
+        let wireguard = Driver::WireGuard(Backend::Kernel);
+        assert!(!userspace.same_protocol(&kernel));
+        assert!(!kernel.same_protocol(&userspace));
+        assert!(!kernel.same_protocol(&wireguard));
+        assert!(kernel.same_protocol(&kernel));
+        assert!(wireguard.same_protocol(&Driver::WireGuard(Backend::Userspace)));
+        // Nothing exists for a server that could not be served: it becomes either by an update.
+        for driver in [&kernel, &userspace] {
+            assert!(Driver::AmneziaWgUnavailable.same_protocol(driver));
+            assert!(driver.same_protocol(&Driver::AmneziaWgUnavailable));
+        }
+        assert!(!wireguard.same_protocol(&Driver::AmneziaWgUnavailable));
+        assert_eq!(kernel.as_str(), "amneziawg-kernel");
+        assert_eq!(kernel.params(), Some(&AwgParams::default()));
+    }
+
+    #[test]
     fn ip_json_is_parsed_into_link_state() {
         let json = r#"[{"ifindex":5,"ifname":"wg0","flags":["POINTOPOINT","NOARP","UP","LOWER_UP"],"mtu":1420,
             "addr_info":[{"family":"inet","local":"10.8.0.1","prefixlen":24},
