@@ -4,7 +4,8 @@
 //! pods talk to PostgreSQL and the bucket only); the CloudNativePG ScheduledBackup; values the
 //! chart refuses with the field named; and the dump script the CronJob runs, run here for real
 //! against PostgreSQL: a restorable custom-format dump per run, the newest `KEEP` kept, and a
-//! failed run that leaves no file behind and deletes nothing.
+//! failed run that leaves no file behind and deletes nothing; and the S3 upload script, run
+//! against a stand-in aws CLI, keeping the newest `KEEP` dumps under the prefix.
 
 use std::path::Path;
 use std::process::Command;
@@ -303,4 +304,111 @@ async fn the_dump_script_writes_restorable_dumps_keeps_the_newest_and_fails_with
         made[1..],
         "a failed run leaves no partial file and deletes no dump"
     );
+}
+
+/// A stand-in for the aws CLI, with a folder as the bucket: exactly the three calls the upload
+/// script makes (`s3 cp`, `s3api list-objects-v2 … --query 'Contents[].Key' --output text`,
+/// `s3 rm`), each checked against the endpoint the script was given.
+const FAKE_AWS: &str = r#"#!/bin/sh
+set -eu
+[ "$1" = --endpoint-url ] && [ "$2" = "$EXPECTED_ENDPOINT" ] || { echo "endpoint $2" >&2; exit 2; }
+shift 2
+case "$1 $2" in
+  "s3 cp")
+    key="${5#s3://}"
+    mkdir -p "$FAKE_S3/$(dirname "$key")"
+    cp "$4" "$FAKE_S3/$key" ;;
+  "s3api list-objects-v2")
+    bucket="$4"; prefix="$6"
+    keys=""
+    for object in "$FAKE_S3/$bucket/$prefix"*; do
+      [ -e "$object" ] && keys="$keys${keys:+	}${object#"$FAKE_S3/$bucket/"}"
+    done
+    echo "${keys:-None}" ;;
+  "s3 rm")
+    rm "$FAKE_S3/${4#s3://}" ;;
+  *) echo "unexpected aws $*" >&2; exit 2 ;;
+esac
+"#;
+
+#[test]
+fn the_s3_upload_keeps_the_newest_dumps_under_the_prefix_and_nothing_else_is_touched() {
+    let root = tempfile::tempdir().unwrap();
+    let bin = root.path().join("bin");
+    let bucket = root.path().join("s3");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(bucket.join("ledger/wgsub/ledger")).unwrap();
+    let aws = bin.join("aws");
+    std::fs::write(&aws, FAKE_AWS).unwrap();
+    let mut mode = std::fs::metadata(&aws).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&aws, mode).unwrap();
+    // Older dumps already in the bucket, and an object that is not a dump.
+    for old in [
+        "wgsub-ledger-20261201T031700Z.dump",
+        "wgsub-ledger-20261202T031700Z.dump",
+        "wgsub-ledger-20261203T031700Z.dump",
+        "notes.txt",
+    ] {
+        std::fs::write(bucket.join("ledger/wgsub/ledger").join(old), old).unwrap();
+    }
+    let upload = |dump: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(dump), dump).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Command::new("sh")
+            .arg(repo_root().join("charts/wgsub/files/backup/upload-s3.sh"))
+            .env_clear()
+            .env("PATH", path)
+            .env("FAKE_S3", &bucket)
+            .env("EXPECTED_ENDPOINT", "https://storage.example.test")
+            .env("S3_ENDPOINT", "https://storage.example.test")
+            .env("S3_BUCKET", "ledger")
+            .env("S3_PREFIX", "wgsub/ledger/")
+            .env("BACKUP_DIR", dir.path())
+            .env("KEEP", "2")
+            .output()
+            .expect("sh runs the upload script")
+    };
+    let output = upload("wgsub-ledger-20261204T031700Z.dump");
+    assert!(
+        output.status.success(),
+        "upload-s3.sh: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        dumps(&bucket.join("ledger/wgsub/ledger")),
+        [
+            "notes.txt",
+            "wgsub-ledger-20261203T031700Z.dump",
+            "wgsub-ledger-20261204T031700Z.dump"
+        ],
+        "the newest two dumps are kept, the uploaded one among them"
+    );
+    let uploaded = std::fs::read_to_string(
+        bucket.join("ledger/wgsub/ledger/wgsub-ledger-20261204T031700Z.dump"),
+    )
+    .unwrap();
+    assert_eq!(uploaded, "wgsub-ledger-20261204T031700Z.dump");
+
+    // No dump to upload (pg_dump wrote none): a failure, and nothing deleted.
+    let empty = tempfile::tempdir().unwrap();
+    let failed = Command::new("sh")
+        .arg(repo_root().join("charts/wgsub/files/backup/upload-s3.sh"))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("FAKE_S3", &bucket)
+        .env("EXPECTED_ENDPOINT", "https://storage.example.test")
+        .env("S3_ENDPOINT", "https://storage.example.test")
+        .env("S3_BUCKET", "ledger")
+        .env("S3_PREFIX", "wgsub/ledger/")
+        .env("BACKUP_DIR", empty.path())
+        .env("KEEP", "1")
+        .output()
+        .unwrap();
+    assert!(!failed.status.success());
+    assert_eq!(dumps(&bucket.join("ledger/wgsub/ledger")).len(), 3);
 }
