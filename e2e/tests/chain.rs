@@ -7,7 +7,9 @@
 //! network namespace; a `client` namespace configured from the API's `/config` download pings the
 //! server through the tunnel. Then either the clock passes `paidUntil` (the peer leaves the
 //! interface and the ping fails) or an administrator deletes the `VpnSubscription` (the garbage
-//! collector removes its `WgPeer` and key `Secret`, and the peer leaves the interface).
+//! collector removes its `WgPeer` and key `Secret`, and the peer leaves the interface). A
+//! third test rotates the device's key and then deletes the device through the Mini App API:
+//! each time the config the client holds stops handshaking at once, and the rotated one works.
 //!
 //! Each test has its own namespace with the chart's RBAC, and every component (operator,
 //! node-agent, api, bot) talks to the server as the ServiceAccount the chart runs it under: a
@@ -610,6 +612,166 @@ async fn deleting_the_subscription_collects_its_peer_and_key_secret_and_takes_th
         activation.latency < ACTIVATION_BOUND,
         "activation took {:?}",
         activation.latency
+    );
+    chain.cluster.assert_nothing_forbidden();
+}
+
+/// The user's devices as the Mini App lists them: `(name, ready)`.
+async fn listed_devices(app: &MiniApp) -> Vec<(String, bool)> {
+    let listed = app.get("/api/v1/me/peers").await;
+    assert_eq!(listed.status(), 200);
+    json_of(listed)
+        .await
+        .as_array()
+        .expect("a device list")
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap_or_default().to_owned(),
+                d["ready"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the peer `name`'s key is on the server's interface; returns that key.
+async fn keyed_on_interface(chain: &Chain, name: &str) -> String {
+    let peers = chain.cluster.api::<WgPeer>();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(key) = peers.get(name).await.ok().and_then(|p| p.spec.public_key)
+                && chain.lab.server_peers().await.contains(&key)
+            {
+                return key;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    match found {
+        Ok(key) => key,
+        Err(_) => panic!(
+            "{name}'s key did not reach the interface within 10 s; the cluster holds:\n{}",
+            chain.cluster.describe().await
+        ),
+    }
+}
+
+/// Whether the client, still configured with the old config, gets neither an answer nor a new
+/// handshake within `within`.
+async fn old_config_is_dead(chain: &Chain, within: Duration) -> bool {
+    let before = chain.lab.client_handshake().await;
+    let answered = chain.lab.ping_answers(SERVER_TUNNEL_ADDRESS, within).await;
+    !answered && chain.lab.client_handshake().await == before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_and_then_a_deleted_device_stop_the_old_config_on_a_real_tunnel() {
+    let chain = Chain::start('r', &[]).await;
+    let captured_at = Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .expect("a representable instant");
+    let (app, payment) = chain.buy(captured_at).await;
+    let activation = chain.notify(&payment).await;
+    let paid_until = captured_at + plans().get(PLAN).expect("the plan").duration();
+    let (first, first_secret) = chain.device_peer(&activation.keys, paid_until).await;
+    let first_name = first.metadata.name.clone().expect("a name");
+    let first_key = first.spec.public_key.clone().expect("a public key");
+    let first_secret_name = first_secret.metadata.name.clone().expect("a name");
+    let first_secret_uid = first_secret.metadata.uid.clone().expect("a uid");
+    chain.wait_for_phase(SubscriptionPhase::Active).await;
+    chain.connect(&app, &first_name).await;
+    assert!(
+        chain.lab.client_handshake().await > 0,
+        "the first config handshakes"
+    );
+
+    // Rotate: a replacement device, and the old key leaves the interface at once.
+    let rotated_at = Instant::now();
+    let rotated = app
+        .post(&format!("/api/v1/me/peers/{first_name}/rotate"), &json!({}))
+        .await;
+    assert_eq!(rotated.status(), 200);
+    let rotated = json_of(rotated).await;
+    let second_name = rotated["name"].as_str().expect("a name").to_owned();
+    assert_ne!(second_name, first_name);
+    wait_for(
+        "the old key off the interface",
+        Duration::from_secs(5),
+        async || (!chain.lab.server_peers().await.contains(&first_key)).then_some(()),
+    )
+    .await;
+    let old_off_in = rotated_at.elapsed();
+    let second_key = keyed_on_interface(&chain, &second_name).await;
+    let new_on_in = rotated_at.elapsed();
+    assert_ne!(second_key, first_key, "the replacement has a new key");
+    assert!(
+        old_config_is_dead(&chain, Duration::from_secs(3)).await,
+        "the config from before the rotation still gets through"
+    );
+    // The operator collects the old key's Secret.
+    let secrets = chain.cluster.key_secrets();
+    wait_for(
+        "the old key Secret collected",
+        Duration::from_secs(10),
+        async || {
+            (!exists_with_uid(&secrets, &first_secret_name, &first_secret_uid).await).then_some(())
+        },
+    )
+    .await;
+    // The rotated config works.
+    wait_for(
+        "the replacement ready in the device list",
+        Duration::from_secs(5),
+        async || (listed_devices(&app).await == [(second_name.clone(), true)]).then_some(()),
+    )
+    .await;
+    chain.lab.disconnect_client();
+    let second_conf = chain.connect(&app, &second_name).await;
+    assert!(!second_conf.contains(&first_key));
+    println!(
+        "rotation: old key off the interface in {} ms, new key on it in {} ms",
+        old_off_in.as_millis(),
+        new_on_in.as_millis()
+    );
+
+    // Delete the (last) device: it leaves the interface, its config stops, and the operator
+    // does not give the user a device back.
+    let deleted_at = Instant::now();
+    let deleted = app.delete(&format!("/api/v1/me/peers/{second_name}")).await;
+    assert_eq!(deleted.status(), 204);
+    wait_for(
+        "the deleted device off the interface",
+        Duration::from_secs(5),
+        async || (!chain.lab.server_peers().await.contains(&second_key)).then_some(()),
+    )
+    .await;
+    let deleted_off_in = deleted_at.elapsed();
+    assert!(
+        old_config_is_dead(&chain, Duration::from_secs(3)).await,
+        "the deleted device's config still gets through"
+    );
+    println!(
+        "delete: the device off the interface in {} ms",
+        deleted_off_in.as_millis()
+    );
+    // Time for the operator to reconcile the subscription without devices.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(listed_devices(&app).await, []);
+    assert!(chain.lab.server_peers().await.is_empty());
+    let peers = chain.cluster.api::<WgPeer>();
+    assert!(
+        peers
+            .list(&Default::default())
+            .await
+            .expect("a list")
+            .items
+            .is_empty(),
+        "no device came back:\n{}",
+        chain.cluster.describe().await
+    );
+    assert!(
+        old_off_in < CUT_OFF_BOUND.unsigned_abs() && deleted_off_in < CUT_OFF_BOUND.unsigned_abs()
     );
     chain.cluster.assert_nothing_forbidden();
 }

@@ -192,6 +192,15 @@ impl MiniApp {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .header("authorization", &self.authorization)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
         self.send_json(reqwest::Method::POST, path, body).await
     }

@@ -196,6 +196,30 @@ impl Lab {
         }
     }
 
+    /// Takes the client's WireGuard interface down (to bring it up again from another config).
+    pub fn disconnect_client(&self) {
+        run(
+            "ip",
+            &["-n", &self.client_ns, "link", "del", &self.client_if],
+        );
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.client_if));
+    }
+
+    /// The client's latest handshake with the server (`wg show <if> latest-handshakes`, Unix
+    /// seconds; 0 when there has been none).
+    pub async fn client_handshake(&self) -> u64 {
+        let output = tokio::process::Command::new("wg")
+            .args(["show", &self.client_if, "latest-handshakes"])
+            .output()
+            .await
+            .expect("wg runs");
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|seconds| seconds.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// One ping from the client to `target` with a one-second deadline.
     async fn ping_once(&self, target: &str) -> bool {
         tokio::process::Command::new("ip")
