@@ -1,13 +1,15 @@
-//! The agent loop: reads the index, calls the pure decisions, applies the result to the
-//! interfaces through the worker, and queues status: a peer's `Ready` as soon as the pass that
-//! put it on (or took it off) the interface is done, the rest every status interval. While the
-//! first `WgPeer` list arrives it already adds the peers that are safe to add on a partial view
-//! (start passes). It wakes on an index change (incremental: the diff against what it last
-//! applied), at the next `expiresAt` (its own timer), and every resync interval plus once at
-//! start (full: the diff against the interface as read, which removes hand-added peers,
-//! restores a changed key or port and recreates a deleted interface).
+//! The agent loop: reads the index, asks the pure decisions what a pass does (the steps of
+//! [`crate::pass`]), runs those steps on the interfaces through the worker and feeds the results
+//! back, and queues status: a peer's `Ready` as soon as the pass that put it on (or took it off)
+//! the interface is done, the rest every status interval. While the first `WgPeer` list arrives
+//! it already adds the peers that are safe to add on a partial view (start passes). It wakes on
+//! an index change (incremental: the diff against what it last applied), at the next
+//! `expiresAt` (its own timer), and every resync interval plus once at start (full: the diff
+//! against the interface as read, which removes hand-added peers, restores a changed key or port
+//! and recreates a deleted interface). Every `now` comes from its [`Clock`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +32,11 @@ use crate::interface::{Backend, Driver, LinkSpec, WgInterface, Worker};
 use crate::kube_shell::{KubeApi, Priority, StatusQueue, StatusWrite, Target};
 use crate::metrics::{ApplyKind, ApplyLabels, Metrics};
 use crate::nat::{self, Firewall, NatPlan};
-use crate::snapshot::{InterfaceSnapshot, PeerConfig};
-
-/// Peer configurations by public key.
-type PeerConfigs = BTreeMap<PublicKey, PeerConfig>;
+use crate::pass::{
+    Checked, Held, InterfaceStep, NatWrite, Pass, PeerConfigs, SyncMode, Synced, check_settings,
+    firewall_needed, interface_step, nat_due, rebuild_decision, start_plan, sync_plan,
+};
+use crate::snapshot::InterfaceSnapshot;
 use crate::status::{
     Due, RoutineBudget, applied_peer_status, applied_write_due, peer_ready, peer_status,
     peer_write_due, peers_to_judge, reason, routine_interval, server_ready, server_status,
@@ -70,8 +73,8 @@ fn converge(
     interface: &WgInterface,
     key: &PrivateKey,
     port: u16,
-    desired: &BTreeMap<PublicKey, PeerConfig>,
-    believed: Option<&BTreeMap<PublicKey, PeerConfig>>,
+    desired: &PeerConfigs,
+    believed: Option<&PeerConfigs>,
     link: &LinkSpec,
 ) -> io::Result<Converged> {
     match observe_or_recreate(interface)? {
@@ -200,58 +203,21 @@ fn apply_failed(metrics: &Metrics, runtime: &mut ServerRuntime, message: String)
         .apply_errors
         .get_or_create(&Metrics::interface(runtime.interface.name()))
         .inc();
-    runtime.applied = None;
-    runtime.warm = false;
-    runtime.problem = Some((reason::INTERFACE_ERROR, message));
-}
-
-/// A server's settings as a pass checked them.
-struct Checked {
-    key: PrivateKey,
-    public: PublicKey,
-    port: u16,
-    pools: Pools,
-    link: LinkSpec,
-}
-
-/// Which kind of pass over a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    /// During the initial `WgPeer` list: only additions that are safe on a partial view.
-    Start,
-    /// After an event or timer: the diff against what the agent last applied.
-    Incremental,
-    /// Healing: the diff against the interface as read.
-    Full,
+    runtime.held.apply_failed(message);
 }
 
 /// What the agent keeps per served server.
 #[derive(Debug)]
 struct ServerRuntime {
     interface: WgInterface,
-    /// What the agent last applied; `None` when unknown (start, after an error). Shared with
-    /// the worker during a full comparison instead of copied.
-    applied: Option<Arc<PeerConfigs>>,
-    public_key: Option<PublicKey>,
+    /// What the agent holds of the interface between passes: what the pass decisions read and
+    /// the results of the passes update.
+    held: Held,
     /// The private key last seen and its public half: deriving it is a scalar multiplication,
     /// not worth repeating on every event.
     key_pair: Option<(PrivateKey, PublicKey)>,
-    listen_port: u16,
     /// The peer decision, kept up to date peer by peer.
     decision: Option<DesiredState>,
-    problem: Option<(&'static str, String)>,
-    last_sync: Option<Timestamp>,
-    nat: Option<Option<NatPlan>>,
-    generation: Option<i64>,
-    /// Set by a [`Pass::Start`]: `applied` is the interface as read when the list began plus
-    /// everything applied since, and the decision is up to date but for the dirty peers, so
-    /// the first full pass after the list compares with `applied` instead of reading the
-    /// interface again (a hand change in those seconds waits for the next periodic pass).
-    warm: bool,
-    /// The `now` the decision was last brought up to date at (its expiries up to then are
-    /// applied); `None` while there is none or a pass stopped before updating it (a server
-    /// problem), so the next pass decides again.
-    decided_at: Option<Timestamp>,
     /// Applies of start passes queued on the worker and not awaited, so wireguard-go always
     /// has the next page's peers waiting while the agent decodes and decides the one after.
     /// Any other pass waits for them first.
@@ -264,20 +230,38 @@ impl ServerRuntime {
     fn new(interface: WgInterface) -> Self {
         Self {
             interface,
-            applied: None,
-            public_key: None,
+            held: Held::default(),
             key_pair: None,
-            listen_port: 0,
             decision: None,
-            problem: None,
-            last_sync: None,
-            nat: None,
-            generation: None,
-            warm: false,
-            decided_at: None,
             queued: Vec::new(),
             early: None,
         }
+    }
+}
+
+/// The agent's clock: the system's, unless another is given ([`Agent::with_clock`]).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Timestamp + Send + Sync>);
+
+impl Clock {
+    pub fn new(now: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(now))
+    }
+
+    fn now(&self) -> Timestamp {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new(Timestamp::now)
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
     }
 }
 
@@ -306,6 +290,8 @@ pub struct Agent {
     /// Routine status writes (counters, renewed handshakes) still allowed.
     routine_budget: RoutineBudget,
     firewall: Option<Firewall>,
+    /// Every `now` the agent decides with.
+    clock: Clock,
 }
 
 impl Agent {
@@ -338,7 +324,15 @@ impl Agent {
             written: Written::default(),
             routine_budget,
             firewall,
+            clock: Clock::default(),
         }
+    }
+
+    /// The agent with another clock than the system's: expiries, `lastSync` and status
+    /// timestamps follow it.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Runs until `shutdown`: waits for the watches, then syncs on changes, expiry timers and the
@@ -353,11 +347,11 @@ impl Agent {
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.health.beat();
-            let now = Timestamp::now();
+            let now = self.clock.now();
             let decisions = self
                 .servers
                 .values()
-                .filter_map(|server| Some((server.decision.as_ref()?, server.decided_at)));
+                .filter_map(|server| Some((server.decision.as_ref()?, server.held.decided_at)));
             let wake = next_wake(decisions, now);
             let sleep = sleep_until(wake, now, self.settings.resync_interval);
             tokio::select! {
@@ -519,7 +513,6 @@ impl Agent {
     }
 
     async fn sync_server(&mut self, server: &WgServer, pass: Pass, dirty: &Dirty) {
-        let full = pass == Pass::Full;
         let name = server.name_any();
         let spec = &server.spec;
         let (driver, driver_problem) = match driver_for(
@@ -530,96 +523,89 @@ impl Agent {
             Ok(driver) => (driver, None),
             Err(problem) => (Driver::AmneziaWgUnavailable, Some(problem)),
         };
-        // Another name or another protocol is another interface.
-        let replace = self.servers.get(&name).is_some_and(|runtime| {
-            runtime.interface.name() != spec.interface_name
-                || !runtime.interface.driver().same_protocol(&driver)
-        });
-        if replace && let Some(old) = self.servers.remove(&name) {
-            self.teardown(old).await;
-        }
-        if let Some(runtime) = self.servers.get_mut(&name)
-            && driver_problem.is_none()
-            && *runtime.interface.driver() != driver
-        {
-            // New AmneziaWG parameters (or the first ones): the next pass reads the interface
-            // and sends them with the key and port; peers handshake again.
-            tracing::info!(
-                interface = runtime.interface.name(),
-                "AmneziaWG parameters changed"
-            );
-            runtime.interface.set_driver(driver.clone());
-            runtime.applied = None;
-            runtime.warm = false;
-        }
-        if !self.servers.contains_key(&name) {
-            match WgInterface::with_driver(&spec.interface_name, driver) {
-                Ok(interface) => {
-                    self.servers
-                        .insert(name.clone(), ServerRuntime::new(interface));
+        let current = self
+            .servers
+            .get(&name)
+            .map(|runtime| (runtime.interface.name(), runtime.interface.driver()));
+        let step = interface_step(
+            current,
+            &spec.interface_name,
+            &driver,
+            driver_problem.is_none(),
+        );
+        match step {
+            InterfaceStep::Keep => {}
+            InterfaceStep::NewParameters => {
+                if let Some(runtime) = self.servers.get_mut(&name) {
+                    // The next pass reads the interface and sends them with the key and port;
+                    // peers handshake again.
+                    tracing::info!(
+                        interface = runtime.interface.name(),
+                        "AmneziaWG parameters changed"
+                    );
+                    runtime.interface.set_driver(driver);
+                    runtime.held.new_parameters();
                 }
-                Err(error) => {
-                    tracing::warn!(server = name, %error, "cannot serve");
-                    return;
+            }
+            InterfaceStep::Create | InterfaceStep::Replace => {
+                if step == InterfaceStep::Replace
+                    && let Some(old) = self.servers.remove(&name)
+                {
+                    self.teardown(old).await;
+                }
+                match WgInterface::with_driver(&spec.interface_name, driver) {
+                    Ok(interface) => {
+                        self.servers
+                            .insert(name.clone(), ServerRuntime::new(interface));
+                    }
+                    Err(error) => {
+                        tracing::warn!(server = name, %error, "cannot serve");
+                        return;
+                    }
                 }
             }
         }
         let key = self.server_key(server).await;
-        let now = Timestamp::now();
-        let pools = parse_pool_v4(&spec.address_pool).and_then(|v4| {
-            let v6 = spec
-                .address_pool6
-                .as_deref()
-                .map(parse_pool_v6)
-                .transpose()?;
-            Ok(Pools { v4, v6 })
-        });
-        let port = u16::try_from(spec.listen_port).ok().filter(|p| *p > 0);
+        let now = self.clock.now();
+        let pools = parse_pool_v4(&spec.address_pool)
+            .and_then(|v4| {
+                let v6 = spec
+                    .address_pool6
+                    .as_deref()
+                    .map(parse_pool_v6)
+                    .transpose()?;
+                Ok(Pools { v4, v6 })
+            })
+            .map_err(|error| error.to_string());
         let nat_wanted = spec.nat.as_ref().is_some_and(|nat| nat.enabled);
-        let nat_held = self
+        let look_at_firewall = self
             .servers
             .get(&name)
-            .is_some_and(|runtime| matches!(runtime.nat, Some(Some(_))));
-        // NAT waits for the end of the list (start passes only add peers); an incremental pass
-        // looks at it when it is wanted or has to go.
-        let firewall = match pass {
-            Pass::Start => None,
-            Pass::Incremental if !nat_wanted && !nat_held => None,
-            Pass::Incremental | Pass::Full => Some(self.resolve_firewall().await),
+            .is_some_and(|runtime| firewall_needed(pass, nat_wanted, &runtime.held.nat));
+        let firewall = if look_at_firewall {
+            Some(self.resolve_firewall().await)
+        } else {
+            None
         };
         let Some(runtime) = self.servers.get_mut(&name) else {
             return;
         };
-        runtime.generation = server.metadata.generation;
-        let checked = match (driver_problem, key, pools, port) {
-            // Nothing is brought up for an AmneziaWG server this node cannot serve yet.
-            (Some(problem), ..) => Err(problem),
-            (None, Err(problem), _, _) => Err(problem),
-            (None, _, Err(error), _) => Err((reason::INVALID_POOL, error.to_string())),
-            (None, _, _, None) => Err((
-                reason::INVALID_POOL,
-                format!("listenPort {} is not a port", spec.listen_port),
-            )),
-            (None, Ok(key), Ok(pools), Some(port)) => Ok((key, pools, port)),
-        };
-        let (key, pools, port) = match checked {
+        runtime.held.generation = server.metadata.generation;
+        // Nothing is brought up for an AmneziaWG server this node cannot serve yet.
+        let driver = driver_problem.map_or(Ok(()), Err);
+        let checked = match check_settings(driver, key, pools, spec.listen_port) {
             Ok(checked) => checked,
             Err(problem) => {
                 // The dirty peers of this pass did not reach the decision.
-                runtime.problem = Some(problem);
-                runtime.decided_at = None;
+                runtime.held.server_problem(problem);
                 return;
             }
         };
         // NAT runs on its own thread, beside the queued applies and this pass's update.
         // A plan that cannot be made leaves the rules in place and reports why, every pass.
         let nat_job = firewall.and_then(|firewall| {
-            let planned = NatPlan::for_server(runtime.interface.name(), pools, spec);
-            let due = match &planned {
-                Ok(wanted) => runtime.nat.as_ref() != Some(wanted) || (full && wanted.is_some()),
-                Err(_) => true,
-            };
-            due.then(|| {
+            let planned = NatPlan::for_server(runtime.interface.name(), checked.pools, spec);
+            nat_due(&planned, &runtime.held.nat, pass).then(|| {
                 let interface = runtime.interface.name().to_owned();
                 let plan = planned.clone();
                 let job = self.firewall_worker.submit(move || match plan {
@@ -632,48 +618,40 @@ impl Agent {
                     Ok(None) => nat::remove(firewall, &interface),
                     Err(problem) => Err(std::io::Error::other(problem)),
                 });
-                (planned.ok(), job)
+                (planned, job)
             })
         });
-        let was_warm = std::mem::take(&mut runtime.warm);
+        let was_warm = std::mem::take(&mut runtime.held.warm);
         let link = LinkSpec {
-            addresses: pools.interface_addresses(),
+            addresses: checked.pools.interface_addresses(),
             mtu: spec.mtu.and_then(|mtu| u32::try_from(mtu).ok()),
         };
         let public = match &runtime.key_pair {
-            Some((private, public)) if *private == key => *public,
+            Some((private, public)) if *private == checked.key => *public,
             _ => {
-                let public = key.public_key();
-                runtime.key_pair = Some((key.clone(), public));
+                let public = checked.key.public_key();
+                runtime.key_pair = Some((checked.key.clone(), public));
                 public
             }
         };
         if pass == Pass::Start {
-            let checked = Checked {
-                key,
-                public,
-                port,
-                pools,
-                link,
-            };
-            return self.start_pass(&name, &checked, now, dirty).await;
+            return self
+                .start_pass(&name, &checked, public, link, now, dirty)
+                .await;
         }
         let interface_labels = Metrics::interface(runtime.interface.name());
         runtime.early = None;
         // A full pass decides in bulk (after start passes there is no decision to update).
-        let stale = runtime.decided_at.is_none();
-        let rebuild = full
-            || stale
-            || dirty.all
-            || runtime
-                .decision
-                .as_ref()
-                .is_none_or(|decision| decision.pools() != &pools);
+        let pools_unchanged = runtime
+            .decision
+            .as_ref()
+            .is_some_and(|decision| decision.pools() == &checked.pools);
+        let rebuild = rebuild_decision(pass, &runtime.held, dirty.all, pools_unchanged);
         let touched = if rebuild {
             // Drop the old decision first: at 10k peers two at once double the memory.
             runtime.decision = None;
             let inputs = self.index.read(|index| index.peer_inputs(&name));
-            runtime.decision = Some(DesiredState::new(pools, inputs, now));
+            runtime.decision = Some(DesiredState::new(checked.pools, inputs, now));
             None
         } else {
             let changes: Vec<(String, Option<PeerInput>)> = self.index.read(|index| {
@@ -688,7 +666,7 @@ impl Agent {
                 .as_mut()
                 .map(|decision| decision.update(changes, now))
         };
-        runtime.decided_at = Some(now);
+        runtime.held.decided_at = Some(now);
         // Decided while wireguard-go still works on the start passes' additions.
         collect_queued(&self.metrics, runtime, true).await;
         let Some(decision) = runtime.decision.as_ref() else {
@@ -696,74 +674,80 @@ impl Agent {
         };
         let desired_count = decision.desired.peers.len();
         let judge = peers_to_judge(&dirty.peers, touched.as_ref(), &decision.desired);
-        let key_changed = runtime.public_key != Some(public) || runtime.listen_port != port;
-        let prepare_needed = runtime.applied.is_none() || key_changed;
-        // The first full pass after a start pass compares with what it applied (read when the
-        // list began), not with a new read of the interface.
-        let compare_applied = full && was_warm && !prepare_needed && !dirty.all;
-        let full = full || prepare_needed;
+        let port = checked.port;
+        let plan = sync_plan(
+            pass,
+            &runtime.held,
+            was_warm,
+            dirty.all,
+            rebuild,
+            public,
+            port,
+        );
         let started = Instant::now();
-        let mut incremental: Option<Arc<PeerDiff>> = None;
-        let mut configs = None;
-        let outcome: Result<Option<usize>, String> = if full && !compare_applied {
-            let configs = configs.insert(Arc::new(decision.desired.configs()));
-            let interface = runtime.interface.clone();
-            let believed = runtime.applied.clone();
-            let desired = Arc::clone(configs);
-            let key = key.clone();
-            match self
-                .worker
-                .run(move || converge(&interface, &key, port, &desired, believed.as_deref(), &link))
-                .await
-            {
-                Ok(Ok(converged)) => {
-                    if converged.created {
-                        tracing::info!(
-                            interface = runtime.interface.name(),
-                            peers = desired_count,
-                            "created the interface"
-                        );
-                    }
-                    Ok(Some(converged.drift))
-                }
-                Ok(Err(error)) => Err(error.to_string()),
-                Err(gone) => Err(gone.to_string()),
-            }
-        } else {
-            let empty = PeerConfigs::new();
-            let applied = runtime.applied.as_deref().unwrap_or(&empty);
-            let desired =
-                |key: &PublicKey| decision.desired.peers.get(key).map(|peer| &peer.config);
-            let diff = match touched {
-                Some(keys) if !compare_applied => diff_keys(desired, applied, keys),
-                _ => diff_peers(decision.desired.configs_iter(), applied),
-            };
-            if diff.is_empty() {
-                Ok(None)
-            } else {
+        let outcome: Result<(Synced, Option<usize>), String> = match plan.sync {
+            SyncMode::Converge => {
+                let configs = Arc::new(decision.desired.configs());
                 let interface = runtime.interface.clone();
-                tracing::debug!(
-                    interface = interface.name(),
-                    add = diff.add.len(),
-                    update = diff.update.len(),
-                    remove = diff.remove.len(),
-                    "applying peer changes"
-                );
-                let diff = Arc::new(diff);
-                let update = Arc::clone(&diff);
-                incremental = Some(diff);
+                let believed = runtime.held.applied.clone();
+                let desired = Arc::clone(&configs);
+                let key = checked.key.clone();
                 match self
                     .worker
-                    .run(move || interface.apply(None, &update))
+                    .run(move || {
+                        converge(&interface, &key, port, &desired, believed.as_deref(), &link)
+                    })
                     .await
                 {
-                    Ok(Ok(())) => Ok(Some(0)),
+                    Ok(Ok(converged)) => {
+                        if converged.created {
+                            tracing::info!(
+                                interface = runtime.interface.name(),
+                                peers = desired_count,
+                                "created the interface"
+                            );
+                        }
+                        Ok((Synced::Converged(configs), Some(converged.drift)))
+                    }
                     Ok(Err(error)) => Err(error.to_string()),
                     Err(gone) => Err(gone.to_string()),
                 }
             }
+            SyncMode::DiffAll | SyncMode::DiffTouched => {
+                let empty = PeerConfigs::new();
+                let applied = runtime.held.applied.as_deref().unwrap_or(&empty);
+                let desired =
+                    |key: &PublicKey| decision.desired.peers.get(key).map(|peer| &peer.config);
+                let diff = match (plan.sync, touched) {
+                    (SyncMode::DiffTouched, Some(keys)) => diff_keys(desired, applied, keys),
+                    _ => diff_peers(decision.desired.configs_iter(), applied),
+                };
+                if diff.is_empty() {
+                    Ok((Synced::Unchanged, None))
+                } else {
+                    let interface = runtime.interface.clone();
+                    tracing::debug!(
+                        interface = interface.name(),
+                        add = diff.add.len(),
+                        update = diff.update.len(),
+                        remove = diff.remove.len(),
+                        "applying peer changes"
+                    );
+                    let diff = Arc::new(diff);
+                    let update = Arc::clone(&diff);
+                    match self
+                        .worker
+                        .run(move || interface.apply(None, &update))
+                        .await
+                    {
+                        Ok(Ok(())) => Ok((Synced::Sent(diff), Some(0))),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(gone) => Err(gone.to_string()),
+                    }
+                }
+            }
         };
-        let kind = if full {
+        let kind = if plan.resync {
             ApplyKind::Resync
         } else {
             ApplyKind::Incremental
@@ -773,7 +757,7 @@ impl Agent {
             kind,
         };
         match outcome {
-            Ok(applied) => {
+            Ok((synced, applied)) => {
                 if let Some(drift) = applied {
                     self.metrics.applies.get_or_create(&labels).inc();
                     self.metrics
@@ -796,32 +780,24 @@ impl Agent {
                     .peers
                     .get_or_create(&interface_labels)
                     .set(desired_count as i64);
-                match (configs, incremental, runtime.applied.as_mut()) {
-                    (Some(configs), _, _) => runtime.applied = Some(configs),
-                    (None, Some(diff), Some(applied)) => diff.apply_to(Arc::make_mut(applied)),
-                    _ => {}
-                }
-                runtime.public_key = Some(public);
-                runtime.listen_port = port;
-                runtime.problem = None;
-                runtime.last_sync = Some(Timestamp::now());
+                runtime.held.synced(synced, public, port, self.clock.now());
             }
             Err(message) => return apply_failed(&self.metrics, runtime, message),
         }
-        if let Some((wanted, job)) = nat_job {
+        if let Some((planned, job)) = nat_job {
             let result = match job {
                 Ok(reply) => reply.await.map_err(|_| crate::interface::WorkerGone),
                 Err(gone) => Err(gone),
             };
-            match result {
-                Ok(Ok(())) => runtime.nat = wanted,
+            let written = match result {
+                Ok(Ok(())) => NatWrite::Done,
                 Ok(Err(error)) => {
-                    runtime.nat = None;
                     tracing::warn!(interface = runtime.interface.name(), %error, "NAT rules failed");
-                    runtime.problem = Some((reason::INTERFACE_ERROR, format!("NAT: {error}")));
+                    NatWrite::Failed(error.to_string())
                 }
-                Err(gone) => runtime.problem = Some((reason::INTERFACE_ERROR, gone.to_string())),
-            }
+                Err(gone) => NatWrite::WorkerGone(gone.to_string()),
+            };
+            runtime.held.nat_written(planned, written);
         }
         self.queue_applied_status(&name, judge.as_ref());
     }
@@ -834,7 +810,7 @@ impl Agent {
         let Some(runtime) = self.servers.get(server_name) else {
             return;
         };
-        let (Some(decision), Some(applied)) = (&runtime.decision, &runtime.applied) else {
+        let (Some(decision), Some(applied)) = (&runtime.decision, &runtime.held.applied) else {
             return;
         };
         let states = &decision.desired.states;
@@ -845,7 +821,7 @@ impl Agent {
                 .collect(),
             None => states.iter().collect(),
         };
-        let now = Timestamp::now();
+        let now = self.clock.now();
         for (peer_name, state) in judged {
             let on_interface = matches!(state, PeerState::Live(key) if applied.contains_key(key));
             let Some((current, generation)) = self.index.read(|index| {
@@ -884,21 +860,27 @@ impl Agent {
     /// already done, readies the interface when what is on it is unknown (or the key or port
     /// changed), then queues the additions [`EarlyAdditions`] allows among the peers listed
     /// since the last pass. Keeps no decision: the first full pass decides in bulk.
-    async fn start_pass(&mut self, name: &str, checked: &Checked, now: Timestamp, dirty: &Dirty) {
+    async fn start_pass(
+        &mut self,
+        name: &str,
+        checked: &Checked,
+        public: PublicKey,
+        link: LinkSpec,
+        now: Timestamp,
+        dirty: &Dirty,
+    ) {
         let Some(runtime) = self.servers.get_mut(name) else {
             return;
         };
         // A failed one leaves nothing applied: this pass reads the interface again.
         collect_queued(&self.metrics, runtime, false).await;
         runtime.decision = None;
-        runtime.decided_at = None;
-        let prepare_needed = runtime.applied.is_none()
-            || runtime.public_key != Some(checked.public)
-            || runtime.listen_port != checked.port;
-        if prepare_needed {
+        runtime.held.decided_at = None;
+        let plan = start_plan(&runtime.held, public, checked.port, dirty.all);
+        if plan.prepare {
             let interface = runtime.interface.clone();
             let key = checked.key.clone();
-            let (port, link) = (checked.port, checked.link.clone());
+            let port = checked.port;
             let prepared = match self
                 .worker
                 .run(move || prepare(&interface, &key, port, &link))
@@ -915,16 +897,14 @@ impl Agent {
                             "created the interface"
                         );
                     }
-                    runtime.applied = Some(Arc::new(on_interface));
-                    runtime.public_key = Some(checked.public);
-                    runtime.listen_port = checked.port;
+                    runtime.held.prepared(on_interface, public, checked.port);
                 }
                 Err(message) => return apply_failed(&self.metrics, runtime, message),
             }
         }
         // A fresh read of the interface (or a changed server) starts the view over, from every
         // peer listed so far.
-        let from_scratch = prepare_needed || dirty.all;
+        let from_scratch = plan.from_scratch;
         if from_scratch {
             runtime.early = None;
         }
@@ -939,7 +919,7 @@ impl Agent {
                     .collect()
             }
         });
-        let Some(applied) = runtime.applied.as_mut().map(Arc::make_mut) else {
+        let Some(applied) = runtime.held.applied.as_mut().map(Arc::make_mut) else {
             return;
         };
         let early = runtime
@@ -973,14 +953,12 @@ impl Agent {
             .peers
             .get_or_create(&Metrics::interface(runtime.interface.name()))
             .set(applied.len() as i64);
-        runtime.problem = None;
-        runtime.last_sync = Some(Timestamp::now());
-        runtime.warm = true;
+        runtime.held.started(self.clock.now());
     }
 
     /// Reads each interface's statistics and queues the status writes that are due.
     pub async fn queue_status(&mut self) {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let interval = self.settings.counters_interval;
         let peers = self.servers.values().filter_map(|r| r.decision.as_ref());
         let routine = routine_interval(interval, peers.map(|d| d.desired.states.len()).sum());
@@ -1056,6 +1034,7 @@ impl Agent {
                 .index
                 .read(|index| index.server(server_name).and_then(|s| s.status.clone()));
             let problem = runtime
+                .held
                 .problem
                 .as_ref()
                 .map(|(why, message)| (*why, message.clone()));
@@ -1063,16 +1042,16 @@ impl Agent {
                 problem,
                 active,
                 runtime.interface.name(),
-                runtime.generation,
+                runtime.held.generation,
                 now,
             );
             let new = server_status(
                 current.as_ref(),
-                runtime.public_key.map(|k| k.to_base64()),
-                runtime.problem.is_none().then_some(active),
-                runtime.last_sync,
+                runtime.held.public_key.map(|k| k.to_base64()),
+                runtime.held.problem.is_none().then_some(active),
+                runtime.held.last_sync,
                 ready,
-                runtime.generation,
+                runtime.held.generation,
             );
             let (last, at) = match self.written.servers.get(server_name) {
                 Some((written, at)) => (Some(written), Some(*at)),

@@ -2,8 +2,9 @@
 //! `WgServer`s the node serves.
 //!
 //! Functional core: [`desired`] (which peers belong on the interface), [`diff`] (the changes),
-//! [`expiry`] (when the next peer leaves), [`status`] (what to write and when), the rendering half
-//! of [`nat`], the link decisions of [`interface`] and the AmneziaWG encodings ([`amneziawg`]'s
+//! [`expiry`] (when the next peer leaves), [`pass`] (what one pass over a server does: rebuild or
+//! update the decision, converge or diff, NAT), [`status`] (what to write and when), the rendering
+//! half of [`nat`], the link decisions of [`interface`] and the AmneziaWG encodings ([`amneziawg`]'s
 //! UAPI text, [`awg_netlink`]'s kernel messages). Imperative shell: [`interface`] (WireGuard
 //! through wireguard-control, AmneziaWG through amneziawg-go or the kernel module
 //! ([`awg_kernel`]), links through iproute2, on one worker thread), [`kube_shell`] (watches,
@@ -26,5 +27,6 @@ pub mod interface;
 pub mod kube_shell;
 pub mod metrics;
 pub mod nat;
+pub mod pass;
 pub mod snapshot;
 pub mod status;
