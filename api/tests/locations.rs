@@ -313,3 +313,38 @@ async fn a_payment_with_a_location_moves_the_user_when_it_is_created_and_a_bad_o
     assert_eq!(picked_server(&h, 901).await, None);
     h.assert_nothing_forbidden();
 }
+
+#[tokio::test]
+async fn the_openapi_document_has_the_location_contract() {
+    let h = harness("locations-openapi").await;
+    let (status, body, _) = h
+        .call(
+            Request::get("/openapi.json").body(Body::empty()).unwrap(),
+            "127.0.0.1:5000",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert!(doc["paths"]["/api/v1/locations"]["get"].is_object());
+    let put = &doc["paths"]["/api/v1/me/location"]["put"];
+    for code in ["200", "404", "409"] {
+        assert!(put["responses"][code].is_object(), "{code}: {put}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    for field in [
+        "server",
+        "displayName",
+        "country",
+        "flag",
+        "full",
+        "current",
+        "protocol",
+    ] {
+        assert!(
+            schemas["LocationView"]["properties"][field].is_object(),
+            "LocationView.{field}"
+        );
+    }
+    assert!(schemas["CreatePaymentRequest"]["properties"]["server"].is_object());
+    assert!(schemas["SubscriptionView"]["properties"]["server"].is_object());
+}
