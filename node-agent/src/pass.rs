@@ -188,8 +188,8 @@ pub enum InterfaceStep {
     /// Another name or another protocol is another interface: the old one is removed and the
     /// new one made.
     Replace,
-    /// New AmneziaWG parameters (or the first ones): the interface takes them ([`Held::new_parameters`]);
-    /// peers handshake again.
+    /// New AmneziaWG parameters (or the first ones): the interface takes them
+    /// ([`Held::new_parameters`]); peers handshake again.
     NewParameters,
     Keep,
 }
