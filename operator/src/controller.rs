@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -33,6 +33,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::liveness::subscription_phase;
@@ -58,8 +59,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// (`wgsub_operator_events_dropped_total`), so a burst of reconciles (a cold start over
 /// thousands of new subscriptions) neither waits for its Events nor queues them without bound.
 pub const EVENT_QUEUE: usize = 256;
-/// How long [`run`] keeps publishing the queued Events after the controller stopped.
-pub const EVENT_DRAIN: Duration = Duration::from_secs(5);
+/// How long [`run`] takes at most to stop once its shutdown signal came: running reconciles
+/// may finish within it (one still running then is dropped: every reconcile's writes are safe to
+/// stop between any two of them, and the next leader starts over), and the queued Events are
+/// published in what is left of it (the rest are dropped).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the reconcile needs besides the API.
 #[derive(Debug, Clone)]
@@ -95,11 +99,11 @@ pub struct Context {
     own_writes: OwnWrites,
     /// The `WgServer`s, from the watch [`run`] keeps (absent when reconciles are called
     /// without it: then each reads its server from the API).
-    servers: std::sync::OnceLock<Store<WgServer>>,
+    servers: std::sync::OnceLock<(Store<WgServer>, Listed)>,
     /// The `WgPeer`s' metadata, from the watch [`run`] keeps (absent when reconciles are
     /// called without it: then each reads every candidate peer from the API), seen through
     /// [`PeerView`].
-    peers: std::sync::OnceLock<Store<PartialObjectMeta<WgPeer>>>,
+    peers: std::sync::OnceLock<(Store<PartialObjectMeta<WgPeer>>, Listed)>,
     peer_view: PeerView,
     /// The queue of the Event publisher [`run`] keeps (absent when reconciles are called
     /// without it: then each publishes its Events itself).
@@ -166,12 +170,15 @@ impl Context {
         api: &Api<WgPeer>,
         namespace: &str,
         names: Vec<String>,
-    ) -> Result<Vec<WgPeer>, kube::Error> {
+    ) -> Result<Vec<WgPeer>, Error> {
         let mut peers = Vec::new();
-        let store = self.peers.get();
-        if let Some(store) = store {
-            let _ = store.wait_until_ready().await;
-        }
+        let store = match self.peers.get() {
+            Some((store, listed)) => {
+                listed.wait().await?;
+                Some(store)
+            }
+            None => None,
+        };
         for name in names {
             let known = match store {
                 Some(store) => {
@@ -195,28 +202,74 @@ impl Context {
     fn peer_cached(&self, namespace: &str, name: &str) -> bool {
         self.peers
             .get()
-            .is_some_and(|store| store.get(&ObjectRef::new(name).within(namespace)).is_some())
+            .is_some_and(|(store, _)| store.get(&ObjectRef::new(name).within(namespace)).is_some())
     }
 
     /// The server `name`: from the watched servers once they are listed, else from the API.
-    async fn server(&self, namespace: &str, name: &str) -> Result<Option<WgServer>, kube::Error> {
+    async fn server(&self, namespace: &str, name: &str) -> Result<Option<WgServer>, Error> {
         match self.servers.get() {
-            Some(store) => {
+            Some((store, listed)) => {
                 // Listed once at start (a handful of objects), then kept by the watch.
-                let _ = store.wait_until_ready().await;
+                listed.wait().await?;
                 let reference = ObjectRef::new(name).within(namespace);
                 Ok(store.get(&reference).map(|server| server.as_ref().clone()))
             }
-            None => {
-                Api::<WgServer>::namespaced(self.client.clone(), namespace)
-                    .get_opt(name)
-                    .await
-            }
+            None => Ok(Api::<WgServer>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await?),
         }
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<VpnSubscription>, u32>> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The end of a watched cache's first list, for any number of reconciles to wait for at once —
+/// or to give up on when the controller stops (the watch that would list it is no longer
+/// polled then, so the cache may never be listed).
+///
+/// A reflector `Store`'s own `wait_until_ready` cannot be awaited by two tasks at a time: it
+/// polls a one-shot channel that keeps the waker of the last task that polled it only, so the
+/// other waiters are never woken (kube-runtime 4.2). Two reconciles that started before the
+/// peers were listed (a new leader with two subscriptions) would wait forever, and so would a
+/// graceful shutdown waiting for them. Here one shared future polls it and wakes every waiter.
+#[derive(Clone)]
+pub struct Listed {
+    listed: futures::future::Shared<futures::future::BoxFuture<'static, bool>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listed")
+            .field("stopped", &self.stop.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listed {
+    /// The first list of `store`, given up on once `stop` is cancelled.
+    pub fn new<K>(store: &Store<K>, stop: CancellationToken) -> Self
+    where
+        K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let store = store.clone();
+        let listed = async move { store.wait_until_ready().await.is_ok() }
+            .boxed()
+            .shared();
+        Self { listed, stop }
+    }
+
+    /// Waits until the cache holds its first list; [`Error::Stopping`] when the controller
+    /// stops first (or the cache's writer is gone).
+    pub async fn wait(&self) -> Result<(), Error> {
+        tokio::select! {
+            biased;
+            listed = self.listed.clone() => listed.then_some(()).ok_or(Error::Stopping),
+            () = self.stop.cancelled() => Err(Error::Stopping),
+        }
     }
 }
 
@@ -296,6 +349,8 @@ pub enum Error {
     NoNamespace(String),
     #[error("{}", .0.message())]
     Problem(Problem),
+    #[error("the controller stops before the watched objects were listed")]
+    Stopping,
 }
 
 impl Error {
@@ -306,6 +361,7 @@ impl Error {
             Error::Owner(_) => "NoUid",
             Error::NoNamespace(_) => "NoNamespace",
             Error::Problem(problem) => problem.reason(),
+            Error::Stopping => "Stopping",
         }
     }
 }
@@ -768,7 +824,8 @@ const SUBSCRIPTION: &str = "VpnSubscription";
 /// The annotation `kubectl apply` (client-side) leaves on objects.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Runs the Controller until `shutdown` completes (then lets running reconciles finish).
+/// Runs the Controller until `shutdown` completes, then stops within [`SHUTDOWN_GRACE`]:
+/// running reconciles may finish in it, queued Events are published in what is left of it.
 ///
 /// Watches `VpnSubscription`s (primary, cached trimmed by [`trim_for_cache`]), `WgPeer`s and
 /// key `Secret`s (metadata only — only their labels and owners are read, to map them to their
@@ -784,9 +841,10 @@ pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()>,
 ) {
     let client = ctx.client.clone();
+    let stop = CancellationToken::new();
     let ns = namespace.as_deref();
     let (queue, mut events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
     let _ = ctx.events.set(queue);
@@ -802,7 +860,8 @@ pub async fn run(
     let server_store = store.clone();
     let default_server = ctx.settings.default_server.clone();
     let (peer_cache, peer_writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
-    let _ = ctx.peers.set(peer_cache);
+    let peers_listed = Listed::new(&peer_cache, stop.clone());
+    let _ = ctx.peers.set((peer_cache, peers_listed));
     let peers = watcher(
         scoped::<PartialObjectMeta<WgPeer>>(client.clone(), ns),
         watcher::Config::default(),
@@ -840,7 +899,8 @@ pub async fn run(
     // Few servers: listed whole from the API server's watch cache (a page size would make kube
     // drop `resourceVersion=0` and read etcd instead), and kept for the reconciles to read.
     let (server_cache, server_writer) = reflector::store::<WgServer>();
-    let _ = ctx.servers.set(server_cache);
+    let servers_listed = Listed::new(&server_cache, stop.clone());
+    let _ = ctx.servers.set((server_cache, servers_listed));
     let servers = watcher(
         scoped::<WgServer>(client, ns),
         watcher::Config {
@@ -864,7 +924,7 @@ pub async fn run(
             subscriptions_on_server(&server_store, &server, &default_server)
         })
         .with_config(controller::Config::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(stop.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
@@ -889,17 +949,49 @@ pub async fn run(
             publish_event(&ctx.recorder, &event, &reference).await;
         }
     };
-    tokio::select! {
-        () = controller => {}
-        () = counting => {}
-        () = publishing => {}
-    }
+    let stopped = {
+        let running = async {
+            tokio::select! {
+                () = controller => {}
+                () = counting => {}
+                () = publishing => {}
+            }
+        };
+        let mut running = std::pin::pin!(running);
+        tokio::select! {
+            () = &mut running => None,
+            () = shutdown => {
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                stop.cancel();
+                let finished = tokio::time::timeout_at(deadline, running).await.is_ok();
+                if !finished {
+                    warn!(
+                        grace_ms = SHUTDOWN_GRACE.as_millis() as u64,
+                        "reconciles still running at the end of the shutdown grace were stopped"
+                    );
+                }
+                Some(deadline)
+            }
+        }
+    };
+    stop.cancel();
+    let deadline = stopped.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_GRACE);
+    let mut published = 0usize;
     let draining = async {
         while let Ok((event, reference)) = events.try_recv() {
             publish_event(&ctx.recorder, &event, &reference).await;
+            published += 1;
         }
     };
-    let _ = tokio::time::timeout(EVENT_DRAIN, draining).await;
+    let drained = tokio::time::timeout_at(deadline, draining).await.is_ok();
+    let dropped = events.len();
+    for _ in 0..dropped {
+        ctx.metrics.event_dropped();
+    }
+    info!(
+        published,
+        dropped, drained, "controller stopped; queued Events published"
+    );
 }
 
 #[cfg(test)]
@@ -1013,6 +1105,62 @@ mod tests {
             .collect();
         let expected: Vec<bool> = (0..10).map(|v| v >= 10 - OWN_WRITES_KEPT).collect();
         assert_eq!(kept, expected);
+    }
+
+    /// A store whose first list has not ended, and the writer that ends it.
+    fn unlisted() -> (Store<WgServer>, reflector::store::Writer<WgServer>) {
+        reflector::store::<WgServer>()
+    }
+
+    fn end_first_list(writer: &mut reflector::store::Writer<WgServer>) {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    #[tokio::test]
+    async fn every_reconcile_waiting_for_a_cache_goes_on_once_it_is_listed() {
+        let (store, mut writer) = unlisted();
+        let listed = Listed::new(&store, CancellationToken::new());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let listed = listed.clone();
+                tokio::spawn(async move { listed.wait().await })
+            })
+            .collect();
+        // Every waiter polls before the list ends (the case a lone one-shot waker loses).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        end_first_list(&mut writer);
+        for waiter in waiters {
+            let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("a waiter was never woken")
+                .unwrap();
+            assert!(waited.is_ok());
+        }
+        assert!(listed.wait().await.is_ok(), "and a later one does not wait");
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_waiting_for_a_cache_never_listed_gives_up_when_the_controller_stops() {
+        let (store, _writer) = unlisted();
+        let stop = CancellationToken::new();
+        let listed = Listed::new(&store, stop.clone());
+        let waiter = tokio::spawn(async move { listed.wait().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        let waited = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter outlived the stop")
+            .unwrap();
+        assert!(matches!(waited, Err(Error::Stopping)));
+    }
+
+    #[tokio::test]
+    async fn a_cache_whose_writer_is_gone_is_never_waited_for() {
+        let (store, writer) = unlisted();
+        let listed = Listed::new(&store, CancellationToken::new());
+        drop(writer);
+        assert!(matches!(listed.wait().await, Err(Error::Stopping)));
     }
 
     #[test]

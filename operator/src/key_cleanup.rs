@@ -133,8 +133,8 @@ impl KeyCleanup {
         Ok(deleted)
     }
 
-    /// Collects keys until `shutdown`: at each peer deletion, after each (re-)list of the peers
-    /// and every [`SWEEP_INTERVAL`].
+    /// Collects keys until `shutdown` (which stops it at once, also in the middle of a sweep):
+    /// at each peer deletion, after each (re-)list of the peers and every [`SWEEP_INTERVAL`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let events =
             watcher::watcher(self.peers.clone(), watcher::Config::default()).default_backoff();
@@ -145,25 +145,36 @@ impl KeyCleanup {
             tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
         sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The step (a sweep may list and delete thousands) is dropped at shutdown: every
+            // delete is conditional and the next sweep finds whatever was left.
+            let step = async {
+                tokio::select! {
+                    _ = sweeps.tick() => Some(self.sweep().await),
+                    event = events.next() => match event {
+                        Some(Ok(Event::Delete(peer))) => Some(match peer.uid() {
+                            Some(uid) => self.delete_keys_of(&uid).await,
+                            None => Ok(0),
+                        }),
+                        Some(Ok(Event::InitDone)) => Some(self.sweep().await),
+                        Some(Ok(_)) => Some(Ok(0)),
+                        Some(Err(error)) => {
+                            warn!(%error, "the peer watch of the key collection failed; retrying");
+                            Some(Ok(0))
+                        }
+                        None => None,
+                    },
+                }
+            };
             let outcome = tokio::select! {
                 () = &mut shutdown => return,
-                _ = sweeps.tick() => self.sweep().await,
-                event = events.next() => match event {
-                    Some(Ok(Event::Delete(peer))) => match peer.uid() {
-                        Some(uid) => self.delete_keys_of(&uid).await,
-                        None => Ok(0),
-                    },
-                    Some(Ok(Event::InitDone)) => self.sweep().await,
-                    Some(Ok(_)) => Ok(0),
-                    Some(Err(error)) => {
-                        warn!(%error, "the peer watch of the key collection failed; retrying");
-                        Ok(0)
-                    }
-                    None => return,
-                },
+                outcome = step => outcome,
             };
-            if let Err(error) = outcome {
-                warn!(%error, "could not collect the key Secrets of deleted peers; will retry");
+            match outcome {
+                None => return,
+                Some(Err(error)) => {
+                    warn!(%error, "could not collect the key Secrets of deleted peers; will retry");
+                }
+                Some(Ok(_)) => {}
             }
         }
     }

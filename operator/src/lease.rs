@@ -167,6 +167,10 @@ impl LeaseLock {
     }
 }
 
+/// How long a stopping leader tries to give the lease up; a lease it could not give up in time
+/// expires by itself, so shutdown does not wait on an API server that does not answer.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often and how patiently the lease is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ElectionTiming {
@@ -248,8 +252,10 @@ pub async fn run_elected<F, Fut>(
             warn!("lost the leader lease; stopped reconciling");
             continue;
         }
-        if let Err(error) = lock.release().await {
-            warn!("could not give the leader lease up: {error}");
+        match tokio::time::timeout(RELEASE_TIMEOUT, lock.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!("could not give the leader lease up: {error}"),
+            Err(_) => warn!("could not give the leader lease up in time; it will expire"),
         }
         return;
     }

@@ -82,7 +82,9 @@ pub async fn termination_signal() {
 /// What the leader runs until `term` is cancelled: the Controller over `namespace` (all when
 /// absent), the choice of missing AmneziaWG parameters ([`amnezia::run`]) and, when key Secrets
 /// live in a namespace of their own (`Settings::keys_namespace`), the collection of the keys of
-/// deleted peers ([`KeyCleanup`]).
+/// deleted peers ([`KeyCleanup`]). Each observes `term`: the parameter watch and the key
+/// collection stop at once (also in the middle of a write or a sweep), the Controller within
+/// [`controller::SHUTDOWN_GRACE`].
 pub async fn lead(
     ctx: Arc<Context>,
     namespace: Option<String>,
