@@ -167,6 +167,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WGSUB_REFERRAL_REWARD_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u32).range(0..=365))]
     pub referral_reward_days: u32,
 
+    /// Hours before a paid period ends its automatic renewal is charged (the bot's value):
+    /// `GET /api/v1/me/renewal` shows that moment as the next charge.
+    #[arg(long, env = "WGSUB_RENEWAL_LEAD_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub renewal_lead_hours: u32,
+
     /// The bot's username (without @), for users' `t.me/<bot>?start=ref_<id>` links in the
     /// Mini App; without it the Mini App shows no link.
     #[arg(long, env = "WGSUB_BOT_USERNAME", value_parser = parse_bot_username)]

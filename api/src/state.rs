@@ -117,6 +117,9 @@ pub async fn state_from_args(
     Ok(Arc::new(AppState {
         ledger: Ledger::new(pool, args.database.database_pgbouncer)
             .with_referral_days(args.referral_reward_days)
+            .with_renewal_lead(SignedDuration::from_hours(i64::from(
+                args.renewal_lead_hours,
+            )))
             .with_referral_bot(args.bot_username.clone()),
         yookassa,
         caches: api_caches(
