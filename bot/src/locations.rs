@@ -95,7 +95,9 @@ pub async fn location_command(bot: Bot, message: Message, app: Arc<App>) -> Hand
     finish(&bot, &app, message.chat.id, lang, "location", result).await
 }
 
-/// The location choice shown with `/buy`, when there is a choice (two or more offered).
+/// The location choice shown with `/buy`, when there is a choice (two or more offered). The
+/// plans are sent already: caches that cannot answer now leave the choice out (`/location`
+/// offers it later) rather than fail the purchase.
 pub async fn offer_with_buy(
     bot: &Bot,
     app: &App,
@@ -103,7 +105,9 @@ pub async fn offer_with_buy(
     lang: Lang,
     user_id: i64,
 ) -> HandlerResult {
-    let locations = offered(app, user_id, lang)?;
+    let Ok(locations) = offered(app, user_id, lang) else {
+        return Ok(());
+    };
     if locations.len() >= 2 {
         bot.send_message(chat, text::buy_location(lang))
             .reply_markup(keyboard(lang, &locations))
