@@ -1,4 +1,5 @@
-//! A user's device as the api and the bot hand it out: the watch-backed [`cache`] of the
+//! A user's device as the api and the bot hand it out (and the [`apps`] that import its
+//! config, per platform): the watch-backed [`cache`] of the
 //! namespace they read from (peers by subscription, subscriptions, servers, peer key Secrets —
 //! no API-server call on a read path), its client config, read from the caches (the peer's
 //! `WgServer` and key `Secret`s) and rendered by the pure
@@ -7,6 +8,7 @@
 //! delete, rotate ([`manage`]). Callers check that the peer is the caller's and the
 //! subscription active before asking.
 
+pub mod apps;
 pub mod cache;
 pub mod config;
 pub mod manage;
