@@ -64,6 +64,8 @@ pub enum GrantKind {
     Promo,
     /// Days a referrer earned by a referred user's first payment.
     Referral,
+    /// The paid time a customer had on the WireGuard server they were imported from.
+    Import,
 }
 
 impl GrantKind {
@@ -73,6 +75,7 @@ impl GrantKind {
             GrantKind::Trial => "trial",
             GrantKind::Admin => "admin",
             GrantKind::Promo => "promo",
+            GrantKind::Import => "import",
             GrantKind::Referral => "referral",
         }
     }
@@ -84,6 +87,7 @@ impl GrantKind {
             "admin" => Some(GrantKind::Admin),
             "promo" => Some(GrantKind::Promo),
             "referral" => Some(GrantKind::Referral),
+            "import" => Some(GrantKind::Import),
             _ => None,
         }
     }
@@ -130,7 +134,7 @@ pub fn ledger_events(payments: &[PaymentFact], grants: &[GrantFact]) -> Vec<Ledg
     for grant in grants {
         let kind = match grant.kind {
             GrantKind::Trial => LedgerEventKind::Trial,
-            GrantKind::Admin => LedgerEventKind::Grant,
+            GrantKind::Admin | GrantKind::Import => LedgerEventKind::Grant,
             GrantKind::Promo => LedgerEventKind::Promo,
             GrantKind::Referral => LedgerEventKind::Referral,
         };
@@ -317,6 +321,7 @@ mod tests {
             GrantKind::Admin,
             GrantKind::Promo,
             GrantKind::Referral,
+            GrantKind::Import,
         ] {
             assert_eq!(GrantKind::parse(kind.as_str()), Some(kind));
         }

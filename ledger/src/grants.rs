@@ -56,7 +56,8 @@ pub(crate) async fn record_admin_action(
 
 impl Ledger {
     /// Grants the trial of `days` days starting `now`, once per user ever (a unique index, so
-    /// concurrent calls grant it once). `None` when `days` is 0 or the trial was granted before.
+    /// concurrent calls grant it once). `None` when `days` is 0, the trial was granted before or
+    /// the user was imported (a customer of the old server is not new).
     pub async fn grant_trial(
         &self,
         user_id: i64,
@@ -70,7 +71,8 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
         lock_user(&mut tx, user_id, self.persistent).await?;
         let inserted = sqlx::query(
-            "INSERT INTO grants (user_id, kind, days, granted_at) VALUES ($1, 'trial', $2, $3) \
+            "INSERT INTO grants (user_id, kind, days, granted_at) SELECT $1, 'trial', $2, $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM grants WHERE user_id = $1 AND kind = 'import') \
              ON CONFLICT (user_id) WHERE kind = 'trial' DO NOTHING RETURNING id",
         )
         .persistent(self.persistent)

@@ -42,6 +42,10 @@
 //! - [`Ledger::admin_grant`]`(&AdminGrant, now) -> Entitlement`, [`Ledger::set_suspended`]`(user,
 //!   suspended, admin_id, reason, now) -> changed`; both write `admin_actions`.
 //!
+//! **Import** — [`import`]: [`Ledger::import_states`]`(ids)` (who the ledger holds, and the
+//! `paidUntil` of their import entry), [`Ledger::import_users`]`(&[ImportedUser], now)` (the
+//! users and their `import` entries in one transaction, refused whole if one exists).
+//!
 //! **Payments** — [`payments`], [`yookassa`]
 //! - [`YooKassa::new`]`(YooKassaConfig)`: Basic auth, `Idempotence-Key`, retries with the same key.
 //! - [`Ledger::create_payment`]`(&YooKassa, PaymentOrder, now) -> CreatedPayment
@@ -112,6 +116,7 @@ pub mod db;
 pub mod drift;
 pub mod entitlement;
 pub mod grants;
+pub mod import;
 pub mod outbox;
 pub mod payments;
 pub mod promo;
