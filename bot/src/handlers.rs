@@ -547,6 +547,7 @@ async fn send_device(
                 .await?;
             bot.send_photo(chat, InputFile::memory(qr).file_name("wgsub-qr.png"))
                 .caption(text::qr_caption(lang, protocol))
+                .reply_markup(crate::guide::open_keyboard(lang))
                 .await?;
         }
     }
@@ -639,6 +640,9 @@ async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResul
     } else if let Some(server) = data.strip_prefix(locations::LOCATION_PREFIX) {
         app.metrics.update("location_pick");
         locations::on_pick(&bot, &app, &query.from, chat, lang, server).await
+    } else if let Some(platform) = data.strip_prefix(crate::guide::GUIDE_PREFIX) {
+        app.metrics.update("guide");
+        crate::guide::on_button(&bot, &app, &query.from, chat, lang, platform).await
     } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
         app.metrics.update("config_device");
         config_device(&bot, &app, &query.from, chat, lang, peer).await

@@ -166,12 +166,8 @@ pub async fn drain_outbox(
                 .and_then(|user| user.language_code)
                 .as_deref(),
         );
-        let delivery = send_text(
-            bot,
-            notification.user_id,
-            notification_text(lang, &notification.event),
-        )
-        .await;
+        let delivery =
+            crate::guide::send_notice(bot, notification.user_id, lang, &notification.event).await;
         let delivered = delivery == Delivery::Delivered;
         app.metrics
             .notification(notification.event.kind(), delivered);

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device_menu;
 pub mod devices;
 pub mod growth;
+pub mod guide;
 pub mod handlers;
 pub mod http;
 pub mod jobs;

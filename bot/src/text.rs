@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use wgsub_crds::SubscriptionPhase;
 use wgsub_crds::plans::Plan;
 use wgsub_crds::resources::Protocol;
+use wgsub_devices::apps::{Platform, StoreLink};
 
 use wgsub_ledger::{PromoBenefit, PromoCode, RedeemRefusal, ReferralSummary};
 
@@ -1787,6 +1788,78 @@ mod tests {
             stars_refused(Lang::En, &StarsRefusal::Suspended)
         );
     }
+}
+
+// ---- the connection guide ----
+
+/// The button that opens the connection guide.
+pub fn guide_button(lang: Lang) -> &'static str {
+    lang.pick("Как подключиться", "How to connect")
+}
+
+pub fn guide_choose_platform(lang: Lang) -> &'static str {
+    lang.pick(
+        "Как подключиться: выберите ваше устройство.",
+        "How to connect: choose your device.",
+    )
+}
+
+/// The guide for one platform: the app to install for the server's protocol (its official
+/// pages, `links`) and the quickest way to import the config there.
+pub fn guide(lang: Lang, protocol: Protocol, platform: Platform, links: &[StoreLink]) -> String {
+    let apps: String = links
+        .iter()
+        .map(|link| format!("\n• {} — {}", link.label, link.url))
+        .collect();
+    let install = match (protocol, lang) {
+        (Protocol::Wireguard, Lang::Ru) => "1. Установите приложение WireGuard:",
+        (Protocol::Wireguard, Lang::En) => "1. Install the WireGuard app:",
+        (Protocol::Amneziawg, Lang::Ru) => {
+            "1. Ваш сервер работает на AmneziaWG: установите AmneziaVPN (или AmneziaWG). \
+             Приложение WireGuard с этой конфигурацией не подключится."
+        }
+        (Protocol::Amneziawg, Lang::En) => {
+            "1. Your server speaks AmneziaWG: install AmneziaVPN (or AmneziaWG). \
+             The WireGuard app cannot connect with this config."
+        }
+    };
+    let import = match (protocol, platform.is_phone(), lang) {
+        (Protocol::Wireguard, true, Lang::Ru) => {
+            "2. Быстрее всего: откройте /config на другом экране (компьютер, планшет) и в WireGuard \
+             нажмите + → «Сканировать QR-код». Или на телефоне откройте файл .conf из /config \
+             и поделитесь им в WireGuard."
+        }
+        (Protocol::Wireguard, true, Lang::En) => {
+            "2. Quickest: open /config on another screen (a computer, a tablet) and in WireGuard \
+             tap + → “Scan from QR code”. Or on the phone open the .conf file from /config and \
+             share it to WireGuard."
+        }
+        (Protocol::Wireguard, false, Lang::Ru) => {
+            "2. Сохраните файл .conf из /config и в WireGuard выберите «Импорт туннеля из файла» \
+             (Linux: sudo wg-quick up ./файл.conf)."
+        }
+        (Protocol::Wireguard, false, Lang::En) => {
+            "2. Save the .conf file from /config and in WireGuard choose “Import tunnel(s) from \
+             file” (Linux: sudo wg-quick up ./file.conf)."
+        }
+        (Protocol::Amneziawg, true, Lang::Ru) => {
+            "2. Быстрее всего: откройте /config на другом экране и в AmneziaVPN нажмите + и \
+             отсканируйте QR-код. Или на телефоне откройте файл .conf из /config и поделитесь им \
+             в AmneziaVPN или AmneziaWG."
+        }
+        (Protocol::Amneziawg, true, Lang::En) => {
+            "2. Quickest: open /config on another screen and in AmneziaVPN tap + and scan the QR \
+             code. Or on the phone open the .conf file from /config and share it to AmneziaVPN \
+             or AmneziaWG."
+        }
+        (Protocol::Amneziawg, false, Lang::Ru) => {
+            "2. Сохраните файл .conf из /config и в AmneziaVPN добавьте подключение из файла."
+        }
+        (Protocol::Amneziawg, false, Lang::En) => {
+            "2. Save the .conf file from /config and in AmneziaVPN add a connection from the file."
+        }
+    };
+    format!("{}\n\n{install}{apps}\n\n{import}", platform.name())
 }
 
 #[cfg(test)]
