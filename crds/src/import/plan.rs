@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::mapping::{MappingRow, PeerRef};
 use super::source::SourcePeer;
-use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::keys::{PrivateKey, PublicKey};
 use crate::pool;
 use crate::resources::{peer_name, subscription_name};
 
@@ -89,7 +89,6 @@ pub struct ImportDevice {
     pub device_name: String,
     pub public_key: PublicKey,
     pub private_key: Option<PrivateKey>,
-    pub preshared_key: Option<PresharedKey>,
     pub address: Ipv4Addr,
     /// Carried only when the server has an IPv6 pool.
     pub address6: Option<Ipv6Addr>,
@@ -244,6 +243,12 @@ pub fn plan(
                 peer.public_key
             ));
         }
+        if peer.preshared_key.is_some() {
+            row_errors.push(format!(
+                "the peer of server line {} uses a PresharedKey, which the import does not carry yet",
+                peer.line
+            ));
+        }
         if !is_client_v4(server.pool, peer.address) {
             row_errors.push(format!(
                 "address {} is outside the client addresses of pool {} of WgServer {}",
@@ -300,7 +305,6 @@ pub fn plan(
             device_name: row.device_name.clone(),
             public_key: peer.public_key,
             private_key: row.private_key.clone(),
-            preshared_key: peer.preshared_key.clone(),
             address: peer.address,
             address6,
             paid_until: row.paid_until,
