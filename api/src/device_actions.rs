@@ -21,7 +21,7 @@ use wgsub_crds::VpnSubscription;
 use wgsub_crds::resources::subscription_name;
 use wgsub_devices::manage::{DeviceWriter, WriteError, replacement_peer};
 
-use crate::devices::DeviceView;
+use crate::devices::{DeviceView, is_users_peer};
 use crate::error::{ApiError, ApiPath, ErrorBody};
 use crate::state::{FIELD_MANAGER, SharedState};
 use crate::user::{
@@ -69,7 +69,10 @@ pub async fn delete_peer(
     let user_id = init.user.id;
     let peer = owned_peer(&state, user_id, &name)?;
     let peers = users_peers(&state, user_id)?;
-    let last = peers.iter().all(|other| other.name_any() == name);
+    let last = peers
+        .iter()
+        .filter(|other| is_users_peer(user_id, other))
+        .all(|other| other.name_any() == name);
     writer(&state)
         .delete(&subscription_name(user_id), &peer, last)
         .await
@@ -98,6 +101,7 @@ pub async fn rotate_peer(
     let subscription = active_subscription(&state, user_id, Timestamp::now())?;
     let names: Vec<String> = users_peers(&state, user_id)?
         .iter()
+        .filter(|peer| is_users_peer(user_id, peer))
         .map(|peer| peer.name_any())
         .collect();
     let replacement = replacement_peer(&subscription, &old, &names, &state.settings.default_server);
