@@ -94,8 +94,10 @@
 //! saved method), [`Ledger::run_renewals`]`(RenewalContext, now, limit)` (claims each period
 //! once, charges with the saved method, polls open charges), [`Ledger::with_renewal_lead`].
 //!
-//! **Outbox** — [`outbox`]: [`Ledger::unsent_notifications`]`(limit) -> Vec<Notification>` and
-//! [`Ledger::mark_notification_sent`]`(id, now)`; [`NotificationEvent`] says what happened.
+//! **Outbox** — [`outbox`]: [`Ledger::claim_notifications`]`(now, limit) -> Vec<Notification>`
+//! (each row to one drain at a time; stale claims taken over), then
+//! [`Ledger::mark_notification_sent`]`(id, now)` or [`Ledger::release_notification`]`(id, now)`;
+//! [`Ledger::unsent_notifications`]`(limit)` to look; [`NotificationEvent`] says what happened.
 //!
 //! **Stats** — [`stats`]: [`Ledger::stats`]`(now) -> Stats` (users, active / expired / never
 //! paid / suspended, revenue today (UTC) and in the last 30 days, per currency).

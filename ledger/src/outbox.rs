@@ -1,7 +1,10 @@
 //! The notification outbox: rows written in the same transaction as the ledger event they
-//! report, which the bot sends and marks sent.
+//! report, which the bot sends and marks sent. Every bot replica drains it, so a row is claimed
+//! before it is sent ([`Ledger::claim_notifications`]): only the claimer sends it, a claim left
+//! by a replica that stopped mid-send is taken over once [`OUTBOX_STALE_CLAIM`] old, and a
+//! passing failure gives the claim back ([`Ledger::release_notification`]).
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -10,6 +13,10 @@ use uuid::Uuid;
 
 use crate::session::RunOn;
 use crate::{Ledger, LedgerError};
+
+/// A claim older than this was left by a replica that stopped mid-send; the row is claimable
+/// again. Longer than a drain of a full batch takes, paced.
+pub const OUTBOX_STALE_CLAIM: SignedDuration = SignedDuration::from_mins(15);
 
 /// What happened, as the user should be told.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,8 +100,21 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
+fn notification_of(row: &sqlx::postgres::PgRow) -> Result<Notification, LedgerError> {
+    let payload: serde_json::Value = row.try_get("payload")?;
+    Ok(Notification {
+        id: row.try_get("id")?,
+        user_id: row.try_get("user_id")?,
+        created_at: row
+            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
+            .to_jiff(),
+        event: serde_json::from_value(payload)
+            .map_err(|e| LedgerError::Corrupt(format!("notification payload: {e}")))?,
+    })
+}
+
 impl Ledger {
-    /// Notifications not yet marked sent, oldest first.
+    /// Notifications not yet marked sent (claimed or not), oldest first.
     pub async fn unsent_notifications(&self, limit: i64) -> Result<Vec<Notification>, LedgerError> {
         let rows = sqlx::query(
             "SELECT id, user_id, created_at, payload FROM notifications \
@@ -103,20 +123,57 @@ impl Ledger {
         .bind(limit)
         .fetch_all_on(self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let payload: serde_json::Value = row.try_get("payload")?;
-                Ok(Notification {
-                    id: row.try_get("id")?,
-                    user_id: row.try_get("user_id")?,
-                    created_at: row
-                        .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-                        .to_jiff(),
-                    event: serde_json::from_value(payload)
-                        .map_err(|e| LedgerError::Corrupt(format!("notification payload: {e}")))?,
-                })
-            })
-            .collect()
+        rows.iter().map(notification_of).collect()
+    }
+
+    /// Claims up to `limit` unsent notifications for sending at `now`, oldest first: those
+    /// nobody holds and those whose claim is [`OUTBOX_STALE_CLAIM`] old. Rows another drain is
+    /// claiming at the same moment are skipped, so concurrent drains get disjoint rows. Each
+    /// claimed row is then either marked sent ([`Ledger::mark_notification_sent`]) or given back
+    /// ([`Ledger::release_notification`] with the same `now`).
+    pub async fn claim_notifications(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<Notification>, LedgerError> {
+        let rows = sqlx::query(
+            "UPDATE notifications SET claimed_at = $1 \
+             WHERE id IN ( \
+                 SELECT id FROM notifications \
+                 WHERE sent_at IS NULL AND (claimed_at IS NULL OR claimed_at < $2) \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED \
+             ) \
+             RETURNING id, user_id, created_at, payload",
+        )
+        .bind(now.to_sqlx())
+        .bind((now - OUTBOX_STALE_CLAIM).to_sqlx())
+        .bind(limit)
+        .fetch_all_on(self)
+        .await?;
+        let mut claimed = rows
+            .iter()
+            .map(notification_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|notification| notification.id);
+        Ok(claimed)
+    }
+
+    /// Gives back the claim made at `claimed_at` on an unsent notification so the next drain
+    /// sends it; false when it is sent or no longer held by that claim (taken over as stale).
+    pub async fn release_notification(
+        &self,
+        id: i64,
+        claimed_at: Timestamp,
+    ) -> Result<bool, LedgerError> {
+        let done = sqlx::query(
+            "UPDATE notifications SET claimed_at = NULL \
+             WHERE id = $1 AND sent_at IS NULL AND claimed_at = $2",
+        )
+        .bind(id)
+        .bind(claimed_at.to_sqlx())
+        .execute_on(self)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Marks a notification sent; false when it already was (or does not exist).
