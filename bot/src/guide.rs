@@ -224,6 +224,18 @@ mod tests {
     }
 
     #[test]
+    fn the_amneziawg_caption_of_a_config_lists_the_same_store_links() {
+        for lang in [Lang::Ru, Lang::En] {
+            let caption = text::amneziawg_apps(lang);
+            for platform in Platform::ALL {
+                for link in store_links(Protocol::Amneziawg, platform) {
+                    assert!(caption.contains(link.url), "{lang:?} lacks {}", link.url);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn each_guide_names_the_app_of_the_protocol_with_its_links_in_both_languages() {
         for lang in [Lang::Ru, Lang::En] {
             for platform in Platform::ALL {
