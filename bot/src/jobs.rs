@@ -141,7 +141,9 @@ pub fn notification_text(lang: Lang, event: &NotificationEvent) -> String {
     }
 }
 
-/// Sends up to `limit` unsent notifications of the ledger's outbox and marks them sent.
+/// Sends up to `limit` notifications of the ledger's outbox, each claimed first so it goes out
+/// once even with several replicas draining; marks them sent, or gives the claim back for the
+/// next run on a passing failure (and for the rest of the batch when Telegram asks to wait).
 pub async fn drain_outbox(
     app: &App,
     bot: &Bot,
@@ -149,13 +151,8 @@ pub async fn drain_outbox(
     limit: i64,
 ) -> Result<RunReport, LedgerError> {
     let mut report = RunReport::default();
-    for (index, notification) in app
-        .ledger
-        .unsent_notifications(limit)
-        .await?
-        .into_iter()
-        .enumerate()
-    {
+    let claimed = app.ledger.claim_notifications(now, limit).await?;
+    for (index, notification) in claimed.iter().enumerate() {
         if index > 0 {
             tokio::time::sleep(app.settings.pacing.interval()).await;
         }
@@ -182,8 +179,17 @@ pub async fn drain_outbox(
                     .mark_notification_sent(notification.id, now)
                     .await?;
             }
-            OutboxStep::Keep => {}
-            OutboxStep::Stop => break,
+            OutboxStep::Keep => {
+                app.ledger
+                    .release_notification(notification.id, now)
+                    .await?;
+            }
+            OutboxStep::Stop => {
+                for unsent in &claimed[index..] {
+                    app.ledger.release_notification(unsent.id, now).await?;
+                }
+                break;
+            }
         }
     }
     Ok(report)
