@@ -49,6 +49,34 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run the database migrations and exit (for a Helm hook Job).
     Migrate(DatabaseArgs),
+    /// Import the customers of an existing WireGuard server (dry run unless --apply).
+    Import(Box<ImportArgs>),
+}
+
+/// Settings of `import` (see [`crate::import`]).
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Namespace of the VpnSubscriptions, WgPeers and WgServers.
+    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
+    pub namespace: String,
+    /// Namespace of the devices' key Secrets (the operator's --keys-namespace); absent:
+    /// --namespace.
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    pub keys_namespace: Option<String>,
+    /// The WgServer the imported peers move to.
+    #[arg(long, value_parser = parse_name)]
+    pub server: String,
+    /// The old server's wg0.conf, or the output of `wg show <interface> dump`.
+    #[arg(long)]
+    pub wg_config: PathBuf,
+    /// The CSV: peer,telegram_id,paid_until,device_name[,private_key].
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// Write the plan (without it, only print what would be written).
+    #[arg(long)]
+    pub apply: bool,
 }
 
 /// PostgreSQL settings.
@@ -392,7 +420,7 @@ mod tests {
     fn serve(cli: Cli) -> ServeArgs {
         match cli.command {
             Command::Serve(args) => *args,
-            Command::Migrate(_) => panic!("not serve"),
+            Command::Migrate(_) | Command::Import(_) => panic!("not serve"),
         }
     }
 

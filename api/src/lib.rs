@@ -19,6 +19,7 @@ pub mod device_actions;
 pub mod devices;
 pub mod error;
 pub mod growth;
+pub mod import;
 pub mod initdata;
 pub mod locations;
 pub mod metrics;

@@ -1,15 +1,15 @@
 //! `wgsub-api` binary: parses settings, sets up logging, then either runs the migrations
-//! (`migrate`, for the Helm hook Job) or serves (`serve`: migrations, drift loop, HTTP with
-//! graceful shutdown on SIGTERM/SIGINT).
+//! (`migrate`, for the Helm hook Job), imports an old server's customers (`import`) or serves
+//! (`serve`: migrations, drift loop, HTTP with graceful shutdown on SIGTERM/SIGINT).
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use wgsub_api::config::{Cli, Command, LogFormat, ServeArgs};
+use wgsub_api::config::{Cli, Command, ImportArgs, LogFormat, ServeArgs};
 use wgsub_api::state::state_from_args;
-use wgsub_api::{app, system};
+use wgsub_api::{app, import, system};
 use wgsub_ledger::db;
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -68,6 +68,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let wg_text = std::fs::read_to_string(&args.wg_config)
+        .with_context(|| format!("--wg-config {}", args.wg_config.display()))?;
+    let csv_text = std::fs::read_to_string(&args.csv)
+        .with_context(|| format!("--csv {}", args.csv.display()))?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let pool = db::connect_lazy(&args.database.db_config()).context("--database-url")?;
+    let ledger = wgsub_ledger::Ledger::new(pool, args.database.database_pgbouncer);
+    let target = import::Target {
+        client,
+        keys_namespace: args
+            .keys_namespace
+            .unwrap_or_else(|| args.namespace.clone()),
+        namespace: args.namespace,
+        server: args.server,
+    };
+    let mut out = Vec::new();
+    let result = import::run(
+        &target,
+        &ledger,
+        &wg_text,
+        &csv_text,
+        args.apply,
+        jiff::Timestamp::now(),
+        &mut out,
+    )
+    .await;
+    for line in out {
+        println!("{line}");
+    }
+    result.map(|_| ())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -85,5 +120,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(*args).await,
+        Command::Import(args) => import(*args).await,
     }
 }
