@@ -1704,3 +1704,68 @@ fn the_device_limit_rule_holds_for_every_small_case() {
     }
     assert_eq!(cases, 5 * (1 + 12 + 144 + 1728 + 20736));
 }
+
+/// A peer as `wgsub-api import` writes it: the key and address it had on the old server, and
+/// (when the CSV gave the private key) a key Secret labelled with the peer's uid.
+fn imported_device(private: &PrivateKey, address: &str) -> (WgPeer, Secret) {
+    let mut peer = api_device("tg-1", 1, "wg");
+    peer.spec.enabled = true;
+    peer.spec.public_key = Some(private.public_key().to_base64());
+    peer.spec.address = Some(address.into());
+    peer.spec.private_key_secret_ref = Some(SecretKeyRef::new("tg-1-1-key", PRIVATE_KEY_FIELD));
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("tg-1-1-key".into());
+    secret.metadata.namespace = Some(KEYS_NAMESPACE.into());
+    secret.metadata.labels = Some(BTreeMap::from([(
+        LABEL_PEER_UID.to_owned(),
+        "uid-tg-1-1".to_owned(),
+    )]));
+    secret.data = Some(BTreeMap::from([(
+        PRIVATE_KEY_FIELD.to_owned(),
+        ByteString(private.to_base64().as_bytes().to_vec()),
+    )]));
+    (peer, secret)
+}
+
+#[test]
+fn an_imported_peer_keeps_its_key_and_address_once_paid() {
+    let mut world = world();
+    let private = PrivateKey::generate();
+    let (peer, secret) = imported_device(&private, "10.8.0.77/32");
+    world.peers.insert("tg-1-1".into(), peer);
+    world.secrets.insert("tg-1-1-key".into(), secret);
+    // Never paid while the import writes: the operator leaves the peer alone.
+    let mut sub = subscription(1, None);
+    assert!(world.run(&mut sub, now()).writes.is_empty());
+    // The import's ledger sync writes paidUntil: the peer gets its expiry, nothing else moves.
+    let mut sub = subscription(1, Some(now() + DAY * 40));
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.iter().all(|w| w.key.is_none() && !w.allocated));
+    assert!(
+        reasons_of(&plan)
+            .iter()
+            .all(|r| *r != reasons::KEY_REGENERATED)
+    );
+    let peer = world.peer("tg-1-1");
+    assert_eq!(peer.spec.public_key, Some(private.public_key().to_base64()));
+    assert_eq!(peer.spec.address.as_deref(), Some("10.8.0.77/32"));
+    assert_eq!(peer.spec.expires_at, Some(now() + DAY * 40));
+    assert_eq!(world.private_key_of("tg-1-1"), private);
+    assert!(world.run(&mut sub, now()).writes.is_empty());
+}
+
+#[test]
+fn an_imported_peer_without_its_private_key_keeps_the_key_the_user_holds() {
+    let mut world = world();
+    let private = PrivateKey::generate();
+    let (mut peer, _) = imported_device(&private, "10.8.0.78/32");
+    peer.spec.private_key_secret_ref = None;
+    world.peers.insert("tg-1-1".into(), peer);
+    let mut sub = subscription(1, Some(now() + DAY));
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.iter().all(|w| w.key.is_none() && !w.allocated));
+    let peer = world.peer("tg-1-1");
+    assert_eq!(peer.spec.public_key, Some(private.public_key().to_base64()));
+    assert_eq!(peer.spec.address.as_deref(), Some("10.8.0.78/32"));
+    assert!(world.secrets.is_empty());
+}
