@@ -505,4 +505,33 @@ mod tests {
                 .unwrap();
         assert!(matches!(cli.command, Command::Migrate(_)));
     }
+
+    #[test]
+    fn import_is_a_dry_run_unless_told_to_apply_and_names_a_bad_field() {
+        let base = [
+            "wgsub-api",
+            "import",
+            "--database-url",
+            "postgres://u@h/d",
+            "--namespace",
+            "wgsub",
+            "--server",
+            "main",
+            "--wg-config",
+            "wg0.conf",
+            "--csv",
+            "customers.csv",
+        ];
+        let Command::Import(args) = Cli::try_parse_from(base).unwrap().command else {
+            panic!("not import");
+        };
+        assert!(!args.apply);
+        assert_eq!(args.keys_namespace, None);
+        let applied = Cli::try_parse_from(base.iter().chain(&["--apply"])).unwrap();
+        assert!(matches!(applied.command, Command::Import(args) if args.apply));
+        let mut bad = base;
+        bad[7] = "Main_Server";
+        let error = Cli::try_parse_from(bad).unwrap_err().to_string();
+        assert!(error.contains("--server"), "{error}");
+    }
 }
