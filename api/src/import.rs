@@ -4,7 +4,8 @@
 //! plan. With `apply` it writes, in an order that keeps the operator off the imported peers
 //! until they are complete: each `VpnSubscription` without `paidUntil` (never paid, so the
 //! operator leaves its peers alone), each `WgPeer` with the key and address it had, its key
-//! Secret when the private key is known, then every user and `import` ledger entry in one
+//! Secret when the private key is known (labelled with the peer's uid like the operator's own,
+//! and referenced from the peer only once it exists), then every user and `import` ledger entry in one
 //! transaction, and last the sync that writes `paidUntil`. A conflict refuses the whole import
 //! before anything is written; a second run finds everything done and writes nothing.
 
@@ -321,10 +322,9 @@ async fn create_peer(
     peer.spec.public_key = Some(device.public_key.to_base64());
     peer.spec.address = Some(pool::host_cidr_v4(device.address));
     peer.spec.address6 = device.address6.map(pool::host_cidr_v6);
+    // The reference to the key Secret is added only once the Secret exists: until then the
+    // peer is one whose user holds the key, which the operator keeps as it is.
     let secret_name = format!("{}-key", device.peer);
-    if device.private_key.is_some() {
-        peer.spec.private_key_secret_ref = Some(SecretKeyRef::new(&secret_name, PRIVATE_KEY_FIELD));
-    }
     let params = PostParams {
         field_manager: Some(IMPORT_FIELD_MANAGER.to_owned()),
         ..PostParams::default()
@@ -370,5 +370,21 @@ async fn create_peer(
         .create(&params, &secret)
         .await
         .with_context(|| format!("creating key Secret {secret_name}"))?;
+    let reference = json!({
+        "spec": {"privateKeySecretRef": SecretKeyRef::new(&secret_name, PRIVATE_KEY_FIELD)}
+    });
+    let patch = PatchParams {
+        field_manager: Some(IMPORT_FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    peers
+        .patch(&device.peer, &patch, &Patch::Merge(&reference))
+        .await
+        .with_context(|| {
+            format!(
+                "referencing key Secret {secret_name} from WgPeer {}",
+                device.peer
+            )
+        })?;
     Ok(())
 }
