@@ -3,12 +3,13 @@
 //!
 //! What it writes in Kubernetes: `WgPeer.spec.enabled / deviceName` (server-side apply, field
 //! manager `wgsub-api`), extra device `WgPeer`s up to `maxDevices` (created with field
-//! manager `wgsub-api`), deleted and rotated devices ([`device_actions`]) and the
+//! manager `wgsub-api`), deleted and rotated devices ([`device_actions`]), the
 //! `wgsub.io/devices-removed-by-user` annotation of a `VpnSubscription` (merge patch); through
 //! the shared ledger crate, `VpnSubscription.spec.paidUntil / plan / maxDevices / suspended`
-//! (field manager `wgsub-ledger`); `VpnSubscription.spec.server`, the user's location (field manager `wgsub-location`, [`locations`]). Every read (the
-//! subscription, the user's peers, the peers' key `Secret`s and `WgServer`s to render configs)
-//! answers from watch-backed caches ([`wgsub_devices::Caches`]), never from the API server.
+//! (field manager `wgsub-ledger`); `VpnSubscription.spec.server`, the user's location (field
+//! manager `wgsub-location`, [`locations`]). Every read (the subscription, the user's peers,
+//! the peers' key `Secret`s and `WgServer`s to render configs) answers from watch-backed caches
+//! ([`wgsub_devices::Caches`]), never from the API server.
 //! The money lives in PostgreSQL ([`wgsub_ledger`]).
 //!
 //! The binary (`main.rs`) only wires: settings → state → [`app`] → serve.
