@@ -55,7 +55,7 @@ fn serve_args(flags: &[String]) -> ServeArgs {
     .unwrap_or_else(|e| panic!("wgsub-api does not accept the test's flags: {e}"));
     match cli.command {
         Command::Serve(args) => *args,
-        Command::Migrate(_) => unreachable!("parsed as serve"),
+        Command::Migrate(_) | Command::Import(_) => unreachable!("parsed as serve"),
     }
 }
 
