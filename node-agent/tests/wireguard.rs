@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -27,7 +27,7 @@ use wgsub_crds::resources::{LABEL_SUBSCRIPTION, condition};
 use wgsub_crds::{
     VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer, WgServerSpec,
 };
-use wgsub_node_agent::agent::{Agent, Settings};
+use wgsub_node_agent::agent::{Agent, Clock, Settings};
 use wgsub_node_agent::http::Health;
 use wgsub_node_agent::index::{Kind, SharedIndex};
 use wgsub_node_agent::interface::{Backend, Worker};
@@ -294,12 +294,13 @@ fn server_spec(lab: &Lab) -> WgServerSpec {
 
 impl Scenario {
     async fn start(resync: Duration) -> Scenario {
-        Self::start_with(resync, true).await
+        Self::start_with(resync, true, Clock::default()).await
     }
 
     /// The agent started with every watch listed, or (`peers_listed` false) with the `WgPeer`
-    /// list still arriving: the test feeds it and ends it with [`Scenario::end_peer_list`].
-    async fn start_with(resync: Duration, peers_listed: bool) -> Scenario {
+    /// list still arriving: the test feeds it and ends it with [`Scenario::end_peer_list`]. The
+    /// agent decides with `clock`.
+    async fn start_with(resync: Duration, peers_listed: bool, clock: Clock) -> Scenario {
         let lab = Lab::new();
         let mut server = WgServer::new(SERVER, server_spec(&lab));
         server.metadata.namespace = Some(NAMESPACE.into());
@@ -353,7 +354,8 @@ impl Scenario {
             metrics.clone(),
             Arc::new(Health::new(Duration::from_secs(60))),
             status,
-        );
+        )
+        .with_clock(clock);
         tokio::spawn(agent.run(shutdown.clone()));
         Scenario {
             lab,
@@ -528,6 +530,46 @@ async fn tunnel_pings_and_the_expiry_timer_alone_removes_the_peer() {
     assert!(
         !s.lab.ping_works(Duration::from_secs(3)),
         "ping still works after expiry"
+    );
+    wait_for("status Expired", Duration::from_secs(10), async || {
+        s.ready_reason("tg-1-1").await.as_deref() == Some("Expired")
+    })
+    .await;
+}
+
+/// The agent judges expiry by its own clock, not the system's: with a clock two hours behind it
+/// serves a peer whose `expiresAt` passed an hour ago (through every resync), and once that clock
+/// is moved to the present the next pass removes the peer and reports it Expired — no real time
+/// is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_clock_alone_decides_when_a_peer_has_expired() {
+    let offset = Arc::new(AtomicI64::new(-7200));
+    let clock = Clock::new({
+        let offset = offset.clone();
+        move || Timestamp::now() + jiff::SignedDuration::from_secs(offset.load(Ordering::SeqCst))
+    });
+    let mut s = Scenario::start_with(Duration::from_secs(1), true, clock).await;
+    let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(-3600)).await;
+    s.wait_on_interface(&key, true).await;
+    s.lab.connect_client(&s.client_config(&peer, &key).await);
+    assert!(
+        s.lab.ping_works(Duration::from_secs(5)),
+        "ping through the tunnel of a peer live by the agent's clock failed"
+    );
+    // Full resyncs (one a second) decide with the same clock: the peer stays.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        s.lab.server_peers().contains(&key.public_key().to_base64()),
+        "a resync removed a peer the agent's clock says is live"
+    );
+    assert_ne!(s.ready_reason("tg-1-1").await.as_deref(), Some("Expired"));
+
+    // The agent's clock reaches the present: expiresAt is an hour behind it.
+    offset.store(0, Ordering::SeqCst);
+    s.wait_on_interface(&key, false).await;
+    assert!(
+        !s.lab.ping_works(Duration::from_secs(3)),
+        "ping still works after the agent's clock passed expiresAt"
     );
     wait_for("status Expired", Duration::from_secs(10), async || {
         s.ready_reason("tg-1-1").await.as_deref() == Some("Expired")
@@ -916,7 +958,7 @@ async fn the_agent_turns_nat_on_and_off_with_the_server_without_waiting_for_a_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_the_list_end_settles_conflicts()
  {
-    let mut s = Scenario::start_with(Duration::from_secs(60), false).await;
+    let mut s = Scenario::start_with(Duration::from_secs(60), false, Clock::default()).await;
     // Listed first, but created after the peer listed next: the loser of their conflict.
     s.created = 10;
     let (_, newer_key) = s.add_peer("tg-1-b", "10.8.0.2/32", in_secs(3600)).await;
