@@ -26,6 +26,21 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// Every `code` a 401 carries, with when: the OpenAPI document lists them on every 401.
+pub const UNAUTHORIZED_CODES: [(&str, &str); 2] = [
+    (
+        UNAUTHORIZED,
+        "no `Authorization: tma <initData>`, or initData that is malformed or not signed with the \
+         bot token",
+    ),
+    (
+        INIT_DATA_EXPIRED,
+        "valid initData older than the maximum age: ask Telegram for fresh initData",
+    ),
+];
+const UNAUTHORIZED: &str = "unauthorized";
+const INIT_DATA_EXPIRED: &str = "init_data_expired";
+
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -44,7 +59,7 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED, message)
     }
 
     /// Refused initData: 401 `init_data_expired` when it was valid but is older than the
@@ -54,7 +69,7 @@ impl ApiError {
         match error {
             InitDataError::Expired => Self::new(
                 StatusCode::UNAUTHORIZED,
-                "init_data_expired",
+                INIT_DATA_EXPIRED,
                 "the Telegram session has expired: reopen the app",
             ),
             other => Self::unauthorized(other.to_string()),

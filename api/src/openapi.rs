@@ -1,10 +1,11 @@
 //! The OpenAPI document served at `/openapi.json`, generated from the handlers' annotations.
 
 use utoipa::Modify;
+use utoipa::openapi::RefOr;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 
 use crate::devices::{DeviceProtocol, DeviceView};
-use crate::error::ErrorBody;
+use crate::error::{ErrorBody, UNAUTHORIZED_CODES};
 use crate::growth::{DiscountView, PromoRequest, PromoResponse, ReferralsView};
 use crate::locations::{LocationRequest, LocationView};
 use crate::renewal::{CardView, RenewalView};
@@ -27,6 +28,36 @@ impl Modify for TmaAuth {
                 "`tma <initData>`: Telegram Mini App initData, validated with the bot token",
             ))),
         );
+    }
+}
+
+/// Every 401 response described with the codes it may carry ([`UNAUTHORIZED_CODES`]).
+struct UnauthorizedCodes;
+
+impl Modify for UnauthorizedCodes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let codes: Vec<String> = UNAUTHORIZED_CODES
+            .iter()
+            .map(|(code, when)| format!("`{code}`: {when}"))
+            .collect();
+        let description = format!("Telegram initData refused. {}.", codes.join("; "));
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if let Some(RefOr::T(response)) = operation.responses.responses.get_mut("401") {
+                    response.description.clone_from(&description);
+                }
+            }
+        }
     }
 }
 
@@ -61,6 +92,6 @@ impl Modify for TmaAuth {
         StarsInvoiceRequest, StarsInvoiceResponse, RenewalView, CardView,
         LocationView, LocationRequest,
     )),
-    modifiers(&TmaAuth),
+    modifiers(&TmaAuth, &UnauthorizedCodes),
 )]
 pub struct ApiDoc;

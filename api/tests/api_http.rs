@@ -588,6 +588,43 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
     ] {
         assert!(doc["paths"].get(route).is_some(), "{route}");
     }
+    // Every code the api answers a 401 with (no initData; initData older than the maximum age)
+    // is listed on every 401 of the document.
+    let me = |auth: Option<String>| {
+        let request = Request::get("/api/v1/me");
+        match auth {
+            Some(auth) => request.header(header::AUTHORIZATION, format!("tma {auth}")),
+            None => request,
+        }
+        .body(Body::empty())
+        .unwrap()
+    };
+    let stale = h.init_data_at(1, Timestamp::now() - SignedDuration::from_hours(2));
+    let mut codes = std::collections::BTreeSet::new();
+    for auth in [None, Some(stale)] {
+        let (status, bytes, _) = h.call(me(auth), "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let error: Value = serde_json::from_slice(&bytes).unwrap();
+        codes.insert(error["code"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(codes.len(), 2, "two distinct 401 codes: {codes:?}");
+    let mut described = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(unauthorized) = operation["responses"].get("401") else {
+                continue;
+            };
+            let description = unauthorized["description"].as_str().unwrap_or_default();
+            for code in &codes {
+                assert!(
+                    description.contains(&format!("`{code}`")),
+                    "{method} {path}: the 401 does not list `{code}`: {description:?}"
+                );
+            }
+            described += 1;
+        }
+    }
+    assert!(described >= 10, "only {described} operations answer 401");
     assert_eq!(
         h.call(get("/healthz"), "127.0.0.1:1").await.0,
         StatusCode::OK
