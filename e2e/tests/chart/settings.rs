@@ -231,6 +231,7 @@ fn with_every_option_on_the_api_and_the_bot_get_every_setting_they_read_but_the_
         "WGSUB_YOOKASSA_API_URL",
         "WGSUB_BOT_REMINDER_INTERVAL",
         "WGSUB_BOT_OUTBOX_INTERVAL",
+        "WGSUB_BOT_RENEWAL_INTERVAL",
         "WGSUB_BOT_BROADCAST_RATE",
         "WGSUB_LEASE_DURATION",
     ]);
