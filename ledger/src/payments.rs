@@ -20,7 +20,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 use wgsub_crds::plans::Plan;
@@ -102,28 +102,51 @@ impl PaymentRecord {
 const PAYMENT_COLUMNS: &str = "id, yookassa_id, user_id, plan, days, devices, amount_minor, \
     currency, status, idempotence_key, confirmation_url, created_at, succeeded_at";
 
+/// A `payments` row as stored; [`PaymentRow::into_record`] checks its status.
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    id: Uuid,
+    yookassa_id: Option<String>,
+    user_id: i64,
+    plan: String,
+    days: i32,
+    devices: i32,
+    amount_minor: i64,
+    currency: String,
+    status: String,
+    idempotence_key: Uuid,
+    confirmation_url: Option<String>,
+    created_at: jiff_sqlx::Timestamp,
+    succeeded_at: Option<jiff_sqlx::Timestamp>,
+}
+
+impl PaymentRow {
+    fn into_record(self) -> Result<PaymentRecord, LedgerError> {
+        Ok(PaymentRecord {
+            id: self.id,
+            yookassa_id: self.yookassa_id,
+            user_id: self.user_id,
+            plan: self.plan,
+            days: self.days,
+            devices: self.devices,
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            status: parse_status(&self.status)?,
+            idempotence_key: self.idempotence_key,
+            confirmation_url: self.confirmation_url,
+            created_at: self.created_at.to_jiff(),
+            succeeded_at: self.succeeded_at.map(jiff_sqlx::Timestamp::to_jiff),
+        })
+    }
+}
+
 fn payment_from_row(row: &PgRow) -> Result<PaymentRecord, LedgerError> {
-    let status: String = row.try_get("status")?;
-    Ok(PaymentRecord {
-        id: row.try_get("id")?,
-        yookassa_id: row.try_get("yookassa_id")?,
-        user_id: row.try_get("user_id")?,
-        plan: row.try_get("plan")?,
-        days: row.try_get("days")?,
-        devices: row.try_get("devices")?,
-        amount_minor: row.try_get("amount_minor")?,
-        currency: row.try_get("currency")?,
-        status: PaymentStatus::parse(&status)
-            .ok_or_else(|| LedgerError::Corrupt(format!("payment status {status:?}")))?,
-        idempotence_key: row.try_get("idempotence_key")?,
-        confirmation_url: row.try_get("confirmation_url")?,
-        created_at: row
-            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-            .to_jiff(),
-        succeeded_at: row
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("succeeded_at")?
-            .map(jiff_sqlx::Timestamp::to_jiff),
-    })
+    PaymentRow::from_row(row)?.into_record()
+}
+
+fn parse_status(status: &str) -> Result<PaymentStatus, LedgerError> {
+    PaymentStatus::parse(status)
+        .ok_or_else(|| LedgerError::Corrupt(format!("payment status {status:?}")))
 }
 
 /// How many payments one user may start: at most `max_open` open at once (pending, and
@@ -340,7 +363,7 @@ impl Ledger {
         let mut tx = self.pool.begin().await.map_err(LedgerError::from)?;
         lock_user(&mut tx, user.telegram_id, self.persistent).await?;
         let since = now - limits.open_for.max(limits.window);
-        let recent = sqlx::query(
+        let recent = sqlx::query_as::<_, (jiff_sqlx::Timestamp, String)>(
             "SELECT created_at, status FROM payments WHERE user_id = $1 AND created_at > $2",
         )
         .persistent(self.persistent)
@@ -349,15 +372,11 @@ impl Ledger {
         .fetch_all(&mut *tx)
         .await
         .map_err(LedgerError::from)?
-        .iter()
-        .map(|row| {
-            let status: String = row.try_get("status")?;
+        .into_iter()
+        .map(|(created_at, status)| {
             Ok(RecentPayment {
-                created_at: row
-                    .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-                    .to_jiff(),
-                status: PaymentStatus::parse(&status)
-                    .ok_or_else(|| LedgerError::Corrupt(format!("payment status {status:?}")))?,
+                created_at: created_at.to_jiff(),
+                status: parse_status(&status)?,
             })
         })
         .collect::<Result<Vec<_>, LedgerError>>()?;
@@ -689,15 +708,14 @@ impl Ledger {
             paid_until: entitlement.paid_until,
         };
         enqueue(&mut tx, self.persistent, payment.user_id, &event, now).await?;
-        let refunded: i64 = sqlx::query(
+        let refunded: i64 = sqlx::query_scalar(
             "SELECT COALESCE(SUM(amount_minor), 0)::BIGINT AS refunded FROM refunds \
              WHERE payment_id = $1",
         )
         .persistent(self.persistent)
         .bind(payment.id)
         .fetch_one(&mut *tx)
-        .await?
-        .try_get("refunded")?;
+        .await?;
         if refunded >= payment.amount_minor {
             revoke_reward(
                 &mut tx,
@@ -715,6 +733,14 @@ impl Ledger {
     }
 }
 
+/// The discount a payment was priced with, if any.
+#[derive(sqlx::FromRow)]
+struct PricedWith {
+    list_amount_minor: Option<i64>,
+    discount_redemption_id: Option<i64>,
+    percent_off: Option<i32>,
+}
+
 /// In the transaction applying `record` (the user's row locked, the application inserted):
 /// when the payment was priced with a discount, checks its amount is that discount off the
 /// list price and consumes the discount — unless another payment consumed it first, which
@@ -725,7 +751,7 @@ async fn consume_discount(
     record: &PaymentRecord,
     now: Timestamp,
 ) -> Result<Result<(), PaymentMismatch>, LedgerError> {
-    let row = sqlx::query(
+    let discount = sqlx::query_as::<_, PricedWith>(
         "SELECT p.list_amount_minor, p.discount_redemption_id, r.percent_off \
          FROM payments p LEFT JOIN promo_redemptions r ON r.id = p.discount_redemption_id \
          WHERE p.id = $1",
@@ -734,14 +760,14 @@ async fn consume_discount(
     .bind(record.id)
     .fetch_one(&mut *conn)
     .await?;
-    let Some(redemption) = row.try_get::<Option<i64>, _>("discount_redemption_id")? else {
+    let Some(redemption) = discount.discount_redemption_id else {
         return Ok(Ok(()));
     };
-    let list: i64 = row
-        .try_get::<Option<i64>, _>("list_amount_minor")?
+    let list: i64 = discount
+        .list_amount_minor
         .ok_or_else(|| LedgerError::Corrupt(format!("payment {} has no list price", record.id)))?;
-    let percent = row
-        .try_get::<Option<i32>, _>("percent_off")?
+    let percent = discount
+        .percent_off
         .and_then(|percent| u8::try_from(percent).ok())
         .ok_or_else(|| LedgerError::Corrupt(format!("redemption {redemption} has no discount")))?;
     let owed = discounted_price(list, percent);
