@@ -10,7 +10,7 @@
 
 use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
 use crate::entitlement::Entitlement;
@@ -204,36 +204,48 @@ pub fn redeemable(
 const CODE_COLUMNS: &str =
     "code, days, percent_off, expires_at, max_uses, uses, created_by, created_at, disabled_at";
 
-fn code_from_row(row: &PgRow) -> Result<PromoCode, LedgerError> {
-    let code: String = row.try_get("code")?;
-    let days: Option<i32> = row.try_get("days")?;
-    let percent: Option<i32> = row.try_get("percent_off")?;
-    let benefit = match (days, percent) {
-        (Some(days), None) => u32::try_from(days).ok().map(PromoBenefit::Days),
-        (None, Some(percent)) => u8::try_from(percent).ok().map(PromoBenefit::PercentOff),
-        _ => None,
+/// A `promo_codes` row as stored; [`CodeRow::into_code`] checks its benefit and counts.
+#[derive(sqlx::FromRow)]
+struct CodeRow {
+    code: String,
+    days: Option<i32>,
+    percent_off: Option<i32>,
+    expires_at: jiff_sqlx::Timestamp,
+    max_uses: i32,
+    uses: i32,
+    created_by: i64,
+    created_at: jiff_sqlx::Timestamp,
+    disabled_at: Option<jiff_sqlx::Timestamp>,
+}
+
+impl CodeRow {
+    fn into_code(self) -> Result<PromoCode, LedgerError> {
+        let code = self.code;
+        let benefit = match (self.days, self.percent_off) {
+            (Some(days), None) => u32::try_from(days).ok().map(PromoBenefit::Days),
+            (None, Some(percent)) => u8::try_from(percent).ok().map(PromoBenefit::PercentOff),
+            _ => None,
+        }
+        .ok_or_else(|| LedgerError::Corrupt(format!("promo code {code} has no single benefit")))?;
+        let count = |column: &str, value: i32| -> Result<u32, LedgerError> {
+            u32::try_from(value)
+                .map_err(|_| LedgerError::Corrupt(format!("promo {column} {value}")))
+        };
+        Ok(PromoCode {
+            benefit,
+            expires_at: self.expires_at.to_jiff(),
+            max_uses: count("max_uses", self.max_uses)?,
+            uses: count("uses", self.uses)?,
+            created_by: self.created_by,
+            created_at: self.created_at.to_jiff(),
+            disabled_at: self.disabled_at.map(jiff_sqlx::Timestamp::to_jiff),
+            code,
+        })
     }
-    .ok_or_else(|| LedgerError::Corrupt(format!("promo code {code} has no single benefit")))?;
-    let count = |column: &str| -> Result<u32, LedgerError> {
-        let value: i32 = row.try_get(column)?;
-        u32::try_from(value).map_err(|_| LedgerError::Corrupt(format!("promo {column} {value}")))
-    };
-    Ok(PromoCode {
-        benefit,
-        expires_at: row
-            .try_get::<jiff_sqlx::Timestamp, _>("expires_at")?
-            .to_jiff(),
-        max_uses: count("max_uses")?,
-        uses: count("uses")?,
-        created_by: row.try_get("created_by")?,
-        created_at: row
-            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-            .to_jiff(),
-        disabled_at: row
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("disabled_at")?
-            .map(jiff_sqlx::Timestamp::to_jiff),
-        code,
-    })
+}
+
+fn code_from_row(row: &PgRow) -> Result<PromoCode, LedgerError> {
+    CodeRow::from_row(row)?.into_code()
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
@@ -401,7 +413,7 @@ impl Ledger {
         redeemable(&promo, already, waiting, now)?;
         let redeemed = match promo.benefit {
             PromoBenefit::Days(days) => {
-                let grant: i64 = sqlx::query(
+                let grant: i64 = sqlx::query_scalar(
                     "INSERT INTO grants (user_id, kind, days, granted_at, reason) \
                      VALUES ($1, 'promo', $2, $3, $4) RETURNING id",
                 )
@@ -412,8 +424,6 @@ impl Ledger {
                 .bind(format!("promo code {code}"))
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(LedgerError::from)?
-                .try_get("id")
                 .map_err(LedgerError::from)?;
                 self.insert_redemption(&mut tx, &code, user_id, Some(grant), None, now)
                     .await?;
@@ -480,13 +490,25 @@ impl Ledger {
     }
 }
 
+/// A waiting discount's `promo_redemptions` row as stored.
+#[derive(sqlx::FromRow)]
+struct WaitingRow {
+    id: i64,
+    code: String,
+    percent_off: i32,
+}
+
 pub(crate) fn waiting_from_row(row: &PgRow) -> Result<WaitingDiscount, LedgerError> {
-    let percent: i32 = row.try_get("percent_off")?;
+    let WaitingRow {
+        id,
+        code,
+        percent_off,
+    } = WaitingRow::from_row(row)?;
     Ok(WaitingDiscount {
-        redemption_id: row.try_get("id")?,
-        code: row.try_get("code")?,
-        percent_off: u8::try_from(percent)
-            .map_err(|_| LedgerError::Corrupt(format!("discount of {percent} %")))?,
+        redemption_id: id,
+        code,
+        percent_off: u8::try_from(percent_off)
+            .map_err(|_| LedgerError::Corrupt(format!("discount of {percent_off} %")))?,
     })
 }
 
