@@ -19,7 +19,7 @@
 use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -87,6 +87,15 @@ pub fn reward_due(facts: &RewardFacts) -> Option<(i64, u32)> {
     due.then_some((referrer, facts.days))
 }
 
+/// What the reward decision reads of the referee, as one row.
+#[derive(FromRow)]
+struct RewardRow {
+    referrer_id: Option<i64>,
+    referrer_is_user: bool,
+    applied: i64,
+    rewarded: bool,
+}
+
 /// In the transaction of applying the payment `earned_by` of `referee_id` (whose row is locked,
 /// the payment already counted as applied): rewards the referrer when [`reward_due`] says so.
 /// Returns the rewarded referrer.
@@ -101,7 +110,7 @@ pub(crate) async fn reward_referrer(
     if days == 0 {
         return Ok(None);
     }
-    let row = sqlx::query(
+    let row = sqlx::query_as::<_, RewardRow>(
         "SELECT \
            (SELECT b.referrer_id FROM bot_referrals b WHERE b.user_id = $1) AS referrer_id, \
            EXISTS (SELECT 1 FROM users u JOIN bot_referrals b ON u.telegram_id = b.referrer_id \
@@ -117,10 +126,10 @@ pub(crate) async fn reward_referrer(
     .await?;
     let facts = RewardFacts {
         referee_id,
-        referrer_id: row.try_get("referrer_id")?,
-        referrer_is_user: row.try_get("referrer_is_user")?,
-        applied_payments: row.try_get("applied")?,
-        already_rewarded: row.try_get("rewarded")?,
+        referrer_id: row.referrer_id,
+        referrer_is_user: row.referrer_is_user,
+        applied_payments: row.applied,
+        already_rewarded: row.rewarded,
         days,
     };
     let Some((referrer_id, days)) = reward_due(&facts) else {
@@ -129,7 +138,7 @@ pub(crate) async fn reward_referrer(
     let days = i32::try_from(days).unwrap_or(i32::MAX);
     let (payment_id, star_payment_id) = earned_by.columns();
     lock_user(conn, referrer_id, persistent).await?;
-    let grant_id: i64 = sqlx::query(
+    let grant_id: i64 = sqlx::query_scalar(
         "INSERT INTO grants (user_id, kind, days, granted_at, reason) \
          VALUES ($1, 'referral', $2, $3, $4) RETURNING id",
     )
@@ -139,8 +148,7 @@ pub(crate) async fn reward_referrer(
     .bind(now.to_sqlx())
     .bind(format!("referred user {referee_id} paid"))
     .fetch_one(&mut *conn)
-    .await?
-    .try_get("id")?;
+    .await?;
     sqlx::query(
         "INSERT INTO referral_rewards (referee_id, referrer_id, payment_id, star_payment_id, \
                                        grant_id, days, rewarded_at) \
@@ -174,22 +182,19 @@ pub(crate) async fn revoke_reward(
     now: Timestamp,
 ) -> Result<Option<i64>, LedgerError> {
     let (payment_id, star_payment_id) = earned_by.columns();
-    let Some(row) = sqlx::query(
-        "SELECT referee_id, referrer_id, grant_id, days FROM referral_rewards \
+    let Some((referee_id, referrer_id, grant_id, days)) =
+        sqlx::query_as::<_, (i64, i64, i64, i32)>(
+            "SELECT referee_id, referrer_id, grant_id, days FROM referral_rewards \
          WHERE (payment_id = $1 OR star_payment_id = $2) AND revoked_at IS NULL",
-    )
-    .persistent(persistent)
-    .bind(payment_id)
-    .bind(star_payment_id)
-    .fetch_optional(&mut *conn)
-    .await?
+        )
+        .persistent(persistent)
+        .bind(payment_id)
+        .bind(star_payment_id)
+        .fetch_optional(&mut *conn)
+        .await?
     else {
         return Ok(None);
     };
-    let referee_id: i64 = row.try_get("referee_id")?;
-    let referrer_id: i64 = row.try_get("referrer_id")?;
-    let grant_id: i64 = row.try_get("grant_id")?;
-    let days: i32 = row.try_get("days")?;
     lock_user(conn, referrer_id, persistent).await?;
     sqlx::query("UPDATE referral_rewards SET revoked_at = $2 WHERE referee_id = $1")
         .persistent(persistent)
@@ -213,7 +218,7 @@ pub(crate) async fn revoke_reward(
 }
 
 /// What a user's link brought.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferralSummary {
     /// Users who started the bot through the link.
@@ -221,6 +226,7 @@ pub struct ReferralSummary {
     /// Of them, those whose first payment earned a reward that still stands.
     pub rewarded: i64,
     /// Days those rewards gave.
+    #[sqlx(rename = "days")]
     pub days_earned: i64,
 }
 
@@ -239,11 +245,7 @@ impl Ledger {
         .bind(user_id)
         .fetch_one_on(self)
         .await?;
-        Ok(ReferralSummary {
-            joined: row.try_get("joined")?,
-            rewarded: row.try_get("rewarded")?,
-            days_earned: row.try_get("days")?,
-        })
+        Ok(ReferralSummary::from_row(&row)?)
     }
 }
 
