@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
 use serde_json::json;
 use sha2::Sha256;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 use wgsub_crds::plans::{Plan, PlanCatalogue};
@@ -409,19 +409,32 @@ pub enum StarRefundOutcome {
 const STAR_COLUMNS: &str = "p.id, p.telegram_payment_charge_id, p.user_id, p.plan, p.days, \
     p.devices, p.stars, p.paid_at, r.refunded_at";
 
+/// A star payment row (with its refund) as stored.
+#[derive(FromRow)]
+struct StarPaymentRow {
+    id: Uuid,
+    telegram_payment_charge_id: String,
+    user_id: i64,
+    plan: String,
+    days: i32,
+    devices: i32,
+    stars: i64,
+    paid_at: jiff_sqlx::Timestamp,
+    refunded_at: Option<jiff_sqlx::Timestamp>,
+}
+
 fn record_from_row(row: &PgRow) -> Result<StarPaymentRecord, LedgerError> {
+    let row = StarPaymentRow::from_row(row)?;
     Ok(StarPaymentRecord {
-        id: row.try_get("id")?,
-        telegram_payment_charge_id: row.try_get("telegram_payment_charge_id")?,
-        user_id: row.try_get("user_id")?,
-        plan: row.try_get("plan")?,
-        days: row.try_get("days")?,
-        devices: row.try_get("devices")?,
-        stars: row.try_get("stars")?,
-        paid_at: row.try_get::<jiff_sqlx::Timestamp, _>("paid_at")?.to_jiff(),
-        refunded_at: row
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("refunded_at")?
-            .map(jiff_sqlx::Timestamp::to_jiff),
+        id: row.id,
+        telegram_payment_charge_id: row.telegram_payment_charge_id,
+        user_id: row.user_id,
+        plan: row.plan,
+        days: row.days,
+        devices: row.devices,
+        stars: row.stars,
+        paid_at: row.paid_at.to_jiff(),
+        refunded_at: row.refunded_at.map(jiff_sqlx::Timestamp::to_jiff),
     })
 }
 
