@@ -7,7 +7,7 @@
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -100,14 +100,26 @@ pub(crate) async fn enqueue(
     Ok(())
 }
 
+/// A notification row as stored; its payload is the event.
+#[derive(FromRow)]
+struct NotificationRow {
+    id: i64,
+    user_id: i64,
+    created_at: jiff_sqlx::Timestamp,
+    payload: serde_json::Value,
+}
+
 fn notification_of(row: &sqlx::postgres::PgRow) -> Result<Notification, LedgerError> {
-    let payload: serde_json::Value = row.try_get("payload")?;
+    let NotificationRow {
+        id,
+        user_id,
+        created_at,
+        payload,
+    } = NotificationRow::from_row(row)?;
     Ok(Notification {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        created_at: row
-            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-            .to_jiff(),
+        id,
+        user_id,
+        created_at: created_at.to_jiff(),
         event: serde_json::from_value(payload)
             .map_err(|e| LedgerError::Corrupt(format!("notification payload: {e}")))?,
     })
