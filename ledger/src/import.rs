@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
-use sqlx::Row;
 use wgsub_crds::import::plan::{ImportEntry, LedgerUser};
 
 use crate::entitlement::Entitlement;
@@ -27,7 +26,7 @@ impl Ledger {
         &self,
         ids: &[i64],
     ) -> Result<BTreeMap<i64, LedgerUser>, LedgerError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, (i64, Option<jiff_sqlx::Timestamp>, Option<i32>)>(
             "SELECT u.telegram_id, g.granted_at, g.days FROM users u \
              LEFT JOIN grants g ON g.user_id = u.telegram_id AND g.kind = 'import' \
              WHERE u.telegram_id = ANY($1)",
@@ -37,18 +36,15 @@ impl Ledger {
         .fetch_all(&self.pool)
         .await?;
         let mut users = BTreeMap::new();
-        for row in &rows {
-            let at = row
-                .try_get::<Option<jiff_sqlx::Timestamp>, _>("granted_at")?
-                .map(jiff_sqlx::Timestamp::to_jiff);
-            let days: Option<i32> = row.try_get("days")?;
+        for (telegram_id, granted_at, days) in rows {
+            let at = granted_at.map(jiff_sqlx::Timestamp::to_jiff);
             let imported_until = match (at, days) {
                 (Some(at), Some(days)) => {
                     Some(at + SignedDuration::from_hours(24 * i64::from(days)))
                 }
                 _ => None,
             };
-            users.insert(row.try_get("telegram_id")?, LedgerUser { imported_until });
+            users.insert(telegram_id, LedgerUser { imported_until });
         }
         Ok(users)
     }
