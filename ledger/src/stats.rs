@@ -8,17 +8,18 @@
 
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
-use sqlx::Row;
+use sqlx::FromRow;
 
 use crate::session::RunOn;
 use crate::stars::STARS_CURRENCY;
 use crate::{Ledger, LedgerError};
 
 /// Money in one currency.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Revenue {
     pub currency: String,
     /// In the currency's minor unit; for `XTR` (Telegram Stars, which have none) in Stars.
+    #[sqlx(rename = "amount")]
     pub amount_minor: i64,
 }
 
@@ -53,6 +54,25 @@ pub struct Activity {
     pub last_payment_at: Option<Timestamp>,
 }
 
+/// The users by state, as one row.
+#[derive(FromRow)]
+struct UserCounts {
+    users: i64,
+    active: i64,
+    expired: i64,
+    never_paid: i64,
+    suspended: i64,
+}
+
+/// The counts of [`Activity`], as one row.
+#[derive(FromRow)]
+struct ActivityCounts {
+    new_users: i64,
+    first_payments: i64,
+    renewals: i64,
+    last_payment_at: Option<jiff_sqlx::Timestamp>,
+}
+
 /// The start of `now`'s day in UTC.
 pub fn start_of_day_utc(now: Timestamp) -> Timestamp {
     let seconds = now.as_second();
@@ -74,12 +94,13 @@ impl Ledger {
         .bind(now.to_sqlx())
         .fetch_one_on(self)
         .await?;
+        let counts = UserCounts::from_row(&row)?;
         Ok(Stats {
-            users: row.try_get("users")?,
-            active: row.try_get("active")?,
-            expired: row.try_get("expired")?,
-            never_paid: row.try_get("never_paid")?,
-            suspended: row.try_get("suspended")?,
+            users: counts.users,
+            active: counts.active,
+            expired: counts.expired,
+            never_paid: counts.never_paid,
+            suspended: counts.suspended,
             revenue_today: self.revenue_since(start_of_day_utc(now)).await?,
             revenue_30_days: self
                 .revenue_since(now - SignedDuration::from_hours(24 * 30))
@@ -109,13 +130,13 @@ impl Ledger {
         .bind(since.to_sqlx())
         .fetch_one_on(self)
         .await?;
-        let last_payment_at: Option<jiff_sqlx::Timestamp> = row.try_get("last_payment_at")?;
+        let counts = ActivityCounts::from_row(&row)?;
         Ok(Activity {
-            new_users: row.try_get("new_users")?,
-            first_payments: row.try_get("first_payments")?,
-            renewals: row.try_get("renewals")?,
+            new_users: counts.new_users,
+            first_payments: counts.first_payments,
+            renewals: counts.renewals,
             revenue: self.revenue_since(since).await?,
-            last_payment_at: last_payment_at.map(jiff_sqlx::Timestamp::to_jiff),
+            last_payment_at: counts.last_payment_at.map(jiff_sqlx::Timestamp::to_jiff),
         })
     }
 
@@ -139,14 +160,7 @@ impl Ledger {
         .bind(STARS_CURRENCY)
         .fetch_all_on(self)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Revenue {
-                    currency: row.try_get("currency")?,
-                    amount_minor: row.try_get("amount")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| Ok(Revenue::from_row(row)?)).collect()
     }
 }
 
