@@ -3,7 +3,7 @@
 //! entitlement into the `users` row with a new `ledger_version`.
 
 use jiff_sqlx::ToSqlx;
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -25,6 +25,28 @@ pub(crate) async fn lock_user(
         .ok_or(LedgerError::UnknownUser(user_id))
 }
 
+/// An applied payment as the fold reads it.
+#[derive(FromRow)]
+struct AppliedPaymentRow {
+    id: Uuid,
+    succeeded_at: Option<jiff_sqlx::Timestamp>,
+    days: i32,
+    plan: String,
+    devices: i32,
+    amount_minor: i64,
+    refunded: i64,
+}
+
+/// A grant as the fold reads it.
+#[derive(FromRow)]
+struct GrantRow {
+    id: i64,
+    kind: String,
+    granted_at: jiff_sqlx::Timestamp,
+    days: i32,
+    revoked: bool,
+}
+
 /// Re-folds the user's applied payments and grants, stores the result and bumps
 /// `ledger_version`. Returns the entitlement and the new version.
 pub(crate) async fn refold(
@@ -32,7 +54,7 @@ pub(crate) async fn refold(
     user_id: i64,
     persistent: bool,
 ) -> Result<(Entitlement, i64), LedgerError> {
-    let payment_rows = sqlx::query(
+    let payment_rows = sqlx::query_as::<_, AppliedPaymentRow>(
         "SELECT p.id, p.succeeded_at, p.days, p.plan, p.devices, p.amount_minor, \
                 COALESCE((SELECT SUM(r.amount_minor) FROM refunds r WHERE r.payment_id = p.id), 0)::BIGINT AS refunded \
          FROM payments p JOIN payment_applications a ON a.payment_id = p.id \
@@ -43,10 +65,10 @@ pub(crate) async fn refold(
     .fetch_all(&mut *conn)
     .await?;
     let mut payments = Vec::with_capacity(payment_rows.len());
-    for row in &payment_rows {
-        let id: Uuid = row.try_get("id")?;
+    for row in payment_rows {
+        let id = row.id;
         let at = row
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("succeeded_at")?
+            .succeeded_at
             .ok_or_else(|| {
                 LedgerError::Corrupt(format!("applied payment {id} has no succeeded_at"))
             })?
@@ -54,32 +76,30 @@ pub(crate) async fn refold(
         payments.push(PaymentFact {
             id,
             at,
-            days: row.try_get("days")?,
-            plan: row.try_get("plan")?,
-            devices: row.try_get("devices")?,
-            amount_minor: row.try_get("amount_minor")?,
-            refunded_minor: row.try_get("refunded")?,
+            days: row.days,
+            plan: row.plan,
+            devices: row.devices,
+            amount_minor: row.amount_minor,
+            refunded_minor: row.refunded,
         });
     }
     payments.extend(crate::stars::payment_facts(conn, user_id, persistent).await?);
     let grant_rows =
-        sqlx::query("SELECT id, kind, granted_at, days, revoked_at IS NOT NULL AS revoked FROM grants WHERE user_id = $1")
+        sqlx::query_as::<_, GrantRow>("SELECT id, kind, granted_at, days, revoked_at IS NOT NULL AS revoked FROM grants WHERE user_id = $1")
             .persistent(persistent)
             .bind(user_id)
             .fetch_all(&mut *conn)
             .await?;
     let mut grants = Vec::with_capacity(grant_rows.len());
-    for row in &grant_rows {
-        let kind: String = row.try_get("kind")?;
+    for row in grant_rows {
+        let kind = row.kind;
         grants.push(GrantFact {
-            id: row.try_get("id")?,
+            id: row.id,
             kind: GrantKind::parse(&kind)
                 .ok_or_else(|| LedgerError::Corrupt(format!("grant kind {kind:?}")))?,
-            at: row
-                .try_get::<jiff_sqlx::Timestamp, _>("granted_at")?
-                .to_jiff(),
-            days: row.try_get("days")?,
-            revoked: row.try_get("revoked")?,
+            at: row.granted_at.to_jiff(),
+            days: row.days,
+            revoked: row.revoked,
         });
     }
     let folded = entitlement(&payments, &grants);
@@ -94,9 +114,9 @@ pub(crate) async fn bump(
     folded: Option<&Entitlement>,
     persistent: bool,
 ) -> Result<i64, LedgerError> {
-    let row = match folded {
+    let version = match folded {
         Some(folded) => {
-            sqlx::query(
+            sqlx::query_scalar(
                 "UPDATE users SET paid_until = $2, plan = $3, max_devices = $4, \
                     ledger_version = ledger_version + 1 \
                  WHERE telegram_id = $1 RETURNING ledger_version",
@@ -110,7 +130,7 @@ pub(crate) async fn bump(
             .await?
         }
         None => {
-            sqlx::query(
+            sqlx::query_scalar(
                 "UPDATE users SET ledger_version = ledger_version + 1 \
                  WHERE telegram_id = $1 RETURNING ledger_version",
             )
@@ -120,6 +140,5 @@ pub(crate) async fn bump(
             .await?
         }
     };
-    let row = row.ok_or(LedgerError::UnknownUser(user_id))?;
-    Ok(row.try_get("ledger_version")?)
+    version.ok_or(LedgerError::UnknownUser(user_id))
 }
