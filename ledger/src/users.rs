@@ -4,7 +4,7 @@
 use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
 use crate::entitlement::Entitlement;
@@ -61,31 +61,46 @@ pub(crate) const USER_COLUMNS: &str = "telegram_id, username, first_name, last_n
     language_code, email, phone, suspended, created_at, last_seen_at, paid_until, plan, \
     max_devices, ledger_version, synced_version";
 
+/// A `users` row as stored.
+#[derive(FromRow)]
+struct UserRow {
+    telegram_id: i64,
+    username: Option<String>,
+    first_name: String,
+    last_name: Option<String>,
+    language_code: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    suspended: bool,
+    created_at: jiff_sqlx::Timestamp,
+    last_seen_at: jiff_sqlx::Timestamp,
+    paid_until: Option<jiff_sqlx::Timestamp>,
+    plan: Option<String>,
+    max_devices: i32,
+    ledger_version: i64,
+    synced_version: i64,
+}
+
 pub(crate) fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
+    let row = UserRow::from_row(row)?;
     Ok(User {
-        telegram_id: row.try_get("telegram_id")?,
-        username: row.try_get("username")?,
-        first_name: row.try_get("first_name")?,
-        last_name: row.try_get("last_name")?,
-        language_code: row.try_get("language_code")?,
-        email: row.try_get("email")?,
-        phone: row.try_get("phone")?,
-        suspended: row.try_get("suspended")?,
-        created_at: row
-            .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-            .to_jiff(),
-        last_seen_at: row
-            .try_get::<jiff_sqlx::Timestamp, _>("last_seen_at")?
-            .to_jiff(),
+        telegram_id: row.telegram_id,
+        username: row.username,
+        first_name: row.first_name,
+        last_name: row.last_name,
+        language_code: row.language_code,
+        email: row.email,
+        phone: row.phone,
+        suspended: row.suspended,
+        created_at: row.created_at.to_jiff(),
+        last_seen_at: row.last_seen_at.to_jiff(),
         entitlement: Entitlement {
-            paid_until: row
-                .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
-                .map(jiff_sqlx::Timestamp::to_jiff),
-            plan: row.try_get("plan")?,
-            max_devices: row.try_get("max_devices")?,
+            paid_until: row.paid_until.map(jiff_sqlx::Timestamp::to_jiff),
+            plan: row.plan,
+            max_devices: row.max_devices,
         },
-        ledger_version: row.try_get("ledger_version")?,
-        synced_version: row.try_get("synced_version")?,
+        ledger_version: row.ledger_version,
+        synced_version: row.synced_version,
     })
 }
 
