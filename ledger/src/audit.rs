@@ -20,7 +20,7 @@ use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnection;
-use sqlx::{Connection, Row};
+use sqlx::{Connection, FromRow};
 
 use crate::session::RunOn;
 use crate::{Ledger, LedgerError};
@@ -80,8 +80,9 @@ pub struct WebhookDelivery {
 }
 
 /// One administrator action.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct AdminAction {
+    #[sqlx(try_from = "jiff_sqlx::Timestamp")]
     pub at: Timestamp,
     pub admin_id: i64,
     pub user_id: i64,
@@ -225,13 +226,24 @@ pub enum Sampled {
     PoolBusy,
 }
 
+/// A `webhook_deliveries` row as stored.
+#[derive(FromRow)]
+struct DeliveryRow {
+    received_at: jiff_sqlx::Timestamp,
+    remote_addr: String,
+    event: Option<String>,
+    object_id: Option<String>,
+    outcome: String,
+    reason: String,
+}
+
 async fn insert_delivery(
     conn: &mut PgConnection,
     persistent: bool,
     delivery: &WebhookDelivery,
     now: Timestamp,
 ) -> Result<i64, LedgerError> {
-    let row = sqlx::query(
+    let id = sqlx::query_scalar(
         "INSERT INTO webhook_deliveries (received_at, remote_addr, event, object_id, outcome, reason) \
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
     )
@@ -244,7 +256,7 @@ async fn insert_delivery(
     .bind(&delivery.reason)
     .fetch_one(conn)
     .await?;
-    Ok(row.try_get("id")?)
+    Ok(id)
 }
 
 impl Ledger {
@@ -314,18 +326,18 @@ impl Ledger {
         .await?;
         rows.iter()
             .map(|row| {
-                let outcome: String = row.try_get("outcome")?;
+                let row = DeliveryRow::from_row(row)?;
+                let outcome = row.outcome;
                 Ok((
-                    row.try_get::<jiff_sqlx::Timestamp, _>("received_at")?
-                        .to_jiff(),
+                    row.received_at.to_jiff(),
                     WebhookDelivery {
-                        remote_addr: row.try_get("remote_addr")?,
-                        event: row.try_get("event")?,
-                        object_id: row.try_get("object_id")?,
+                        remote_addr: row.remote_addr,
+                        event: row.event,
+                        object_id: row.object_id,
                         outcome: DeliveryOutcome::parse(&outcome).ok_or_else(|| {
                             LedgerError::Corrupt(format!("delivery outcome {outcome:?}"))
                         })?,
-                        reason: row.try_get("reason")?,
+                        reason: row.reason,
                     },
                 ))
             })
@@ -342,16 +354,7 @@ impl Ledger {
         .fetch_all_on(self)
         .await?;
         rows.iter()
-            .map(|row| {
-                Ok(AdminAction {
-                    at: row.try_get::<jiff_sqlx::Timestamp, _>("at")?.to_jiff(),
-                    admin_id: row.try_get("admin_id")?,
-                    user_id: row.try_get("user_id")?,
-                    action: row.try_get("action")?,
-                    reason: row.try_get("reason")?,
-                    details: row.try_get("details")?,
-                })
-            })
+            .map(|row| Ok(AdminAction::from_row(row)?))
             .collect()
     }
 }
