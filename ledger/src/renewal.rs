@@ -14,7 +14,12 @@
 //!   before YooKassa is asked, so two replicas or a restart cannot charge a period twice. The
 //!   charge is a `payments` row whose Idempotence-Key is derived from the same pair
 //!   ([`idempotence_key`]): a claim whose call never got an answer is asked again with that
-//!   key, and YooKassa answers with the one payment. It is applied like any payment — checked
+//!   key and the very bytes of the first ask (stored with the claim, `request_body`: a body
+//!   rebuilt later could differ, and YooKassa may refuse a key reused with another body), and
+//!   YooKassa answers with the one payment. YooKassa keeps a key only 24 hours: once a claim is
+//!   [`REASK_WINDOW`] old it is never sent again but marked `unknown` (logged and counted, for
+//!   review; the user is not charged again), and a later webhook for the original payment —
+//!   found by its metadata — still applies it once. It is applied like any payment — checked
 //!   against our record and applied once, by the webhook or by this job's poll — and carries
 //!   the 54-FZ receipt when receipts are on.
 //! - **Failing.** A declined charge (or one YooKassa refused) adds no time; the user is told
@@ -57,11 +62,23 @@ pub const RENEWAL_GRACE: SignedDuration = SignedDuration::from_hours(24);
 /// this old, so a replica still waiting for its answer is not raced.
 pub const STALE_CLAIM: SignedDuration = SignedDuration::from_mins(5);
 
+/// A claim is asked again only while it is younger than this: YooKassa keeps an
+/// Idempotence-Key for 24 hours, and a later ask with the same key could charge a second time.
+/// Measured from the claim, which is made before the first ask, so never later than it.
+pub const REASK_WINDOW: SignedDuration = SignedDuration::from_hours(23);
+
 /// Why a renewal was refused before YooKassa was asked, or failed there.
 pub const REASON_PLAN_UNAVAILABLE: &str = "plan_unavailable";
 pub const REASON_CONTACT_REQUIRED: &str = "contact_required";
 pub const REASON_PROVIDER_UNAVAILABLE: &str = "provider_unavailable";
 pub const REASON_RENEWAL_OFF: &str = "renewal_off";
+/// Asked, never answered, and past [`REASK_WINDOW`]: `unknown`, for review.
+pub const REASON_NO_ANSWER: &str = "no_answer";
+
+/// Whether an unanswered claim made at `claimed_at` may still be asked again at `now`.
+pub fn may_reask(claimed_at: Timestamp, now: Timestamp) -> bool {
+    now.duration_since(claimed_at) < REASK_WINDOW
+}
 
 /// A saved card as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +230,9 @@ pub enum ChargeOutcome {
     Failed { reason: String },
     /// Asked; YooKassa has not decided, or did not answer: the webhook or a later poll settles it.
     Pending,
+    /// Asked, never answered, and too old to ask again: never sent again, left for review; a
+    /// webhook for the original payment still applies it.
+    Unknown,
 }
 
 /// What a renewal run did.
@@ -222,6 +242,7 @@ pub struct RenewalReport {
     pub failed: u32,
     pub refused: u32,
     pub pending: u32,
+    pub unknown: u32,
 }
 
 impl RenewalReport {
@@ -231,6 +252,7 @@ impl RenewalReport {
             ChargeOutcome::Failed { .. } => self.failed += 1,
             ChargeOutcome::Refused { .. } => self.refused += 1,
             ChargeOutcome::Pending => self.pending += 1,
+            ChargeOutcome::Unknown => self.unknown += 1,
             ChargeOutcome::AlreadyClaimed | ChargeOutcome::NoLongerDue => {}
         }
     }
@@ -309,7 +331,12 @@ impl Ledger {
         .fetch_optional_on(self)
         .await?;
         let last_failure = match failure {
-            Some(row) if row.try_get::<String, _>("status")? != "succeeded" => {
+            Some(row)
+                if !matches!(
+                    row.try_get::<String, _>("status")?.as_str(),
+                    "succeeded" | "unknown"
+                ) =>
+            {
                 row.try_get::<Option<String>, _>("reason")?
             }
             _ => None,
@@ -534,16 +561,6 @@ impl Ledger {
             return Ok(ChargeOutcome::AlreadyClaimed);
         };
         let payment_id: Uuid = row.try_get("payment_id")?;
-        audit(
-            &mut tx,
-            self.persistent,
-            due.user_id,
-            "renewal_claimed",
-            json!({"plan": plan.id, "period_end": due.period_end.to_string(), "payment_id": payment_id}),
-            now,
-        )
-        .await?;
-        tx.commit().await?;
         let description = format!(
             "VPN: {}",
             plan.title.for_language(user.language_code.as_deref())
@@ -558,21 +575,48 @@ impl Ledger {
                 .zip(customer.as_ref())
                 .map(|(settings, customer)| (customer, settings)),
         );
-        self.ask_yookassa(ctx, payment_id, key, &body, now).await
+        // Every ask of this charge sends exactly these bytes.
+        let body_text = body.to_string();
+        sqlx::query(
+            "UPDATE renewal_charges SET request_body = $3 WHERE user_id = $1 AND period_end = $2",
+        )
+        .persistent(self.persistent)
+        .bind(due.user_id)
+        .bind(due.period_end.to_sqlx())
+        .bind(&body_text)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            self.persistent,
+            due.user_id,
+            "renewal_claimed",
+            json!({"plan": plan.id, "period_end": due.period_end.to_string(), "payment_id": payment_id}),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        self.ask_yookassa(ctx, payment_id, key, &body_text, now)
+            .await
     }
 
-    /// Sends the charge of our payment `payment_id` (idempotence `key`) and acts on the answer.
+    /// Sends the charge of our payment `payment_id` (idempotence `key`, the stored request
+    /// `body_text`) and acts on the answer.
     async fn ask_yookassa(
         &self,
         ctx: RenewalContext<'_>,
         payment_id: Uuid,
         key: Uuid,
-        body: &serde_json::Value,
+        body_text: &str,
         now: Timestamp,
     ) -> Result<ChargeOutcome, LedgerError> {
+        // Parsed from the stored text, the body serializes back to the same bytes.
+        let body: serde_json::Value = serde_json::from_str(body_text).map_err(|error| {
+            LedgerError::Corrupt(format!("renewal charge {payment_id}: stored body: {error}"))
+        })?;
         match ctx
             .yookassa
-            .create_payment_details(body, &key.to_string())
+            .create_payment_details(&body, &key.to_string())
             .await
         {
             Ok(created) => {
@@ -680,8 +724,9 @@ impl Ledger {
                     return Ok(());
                 }
                 let done = sqlx::query(
-                    "UPDATE renewal_charges SET status = 'succeeded', updated_at = $2 \
-                     WHERE payment_id = $1 AND status = 'charging' RETURNING user_id",
+                    "UPDATE renewal_charges SET status = 'succeeded', reason = NULL, \
+                        updated_at = $2 \
+                     WHERE payment_id = $1 AND status <> 'succeeded' RETURNING user_id",
                 )
                 .bind(record.id)
                 .bind(now.to_sqlx())
@@ -781,7 +826,8 @@ impl Ledger {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE renewal_charges SET status = 'failed', reason = $2, updated_at = $3 \
-             WHERE payment_id = $1 AND status = 'charging' RETURNING user_id, plan, period_end",
+             WHERE payment_id = $1 AND status IN ('charging', 'unknown') \
+             RETURNING user_id, plan, period_end",
         )
         .persistent(self.persistent)
         .bind(payment_id)
@@ -840,9 +886,54 @@ impl Ledger {
         Ok(())
     }
 
+    /// Marks the unanswered renewal charge of our payment `payment_id` (claimed at
+    /// `claimed_at`) `unknown`: it is never sent again (YooKassa may no longer know its
+    /// Idempotence-Key), its payment stays pending for the webhook, and it is logged for review.
+    /// The user is not told: they may well have been charged.
+    async fn mark_unknown(
+        &self,
+        payment_id: Uuid,
+        claimed_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<ChargeOutcome, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE renewal_charges SET status = 'unknown', reason = $2, updated_at = $3 \
+             WHERE payment_id = $1 AND status = 'charging' RETURNING user_id, plan, period_end",
+        )
+        .persistent(self.persistent)
+        .bind(payment_id)
+        .bind(REASON_NO_ANSWER)
+        .bind(now.to_sqlx())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(ChargeOutcome::AlreadyClaimed);
+        };
+        let user_id: i64 = row.try_get("user_id")?;
+        let plan: String = row.try_get("plan")?;
+        let period_end = row
+            .try_get::<jiff_sqlx::Timestamp, _>("period_end")?
+            .to_jiff();
+        audit(
+            &mut tx,
+            self.persistent,
+            user_id,
+            "renewal_unknown",
+            json!({"plan": plan, "period_end": period_end.to_string(), "payment_id": payment_id,
+                   "claimed_at": claimed_at.to_string(), "reason": REASON_NO_ANSWER}),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::error!(user = user_id, payment = %payment_id, %claimed_at, "renewal charge never answered and too old to ask again; needs review, not sent again");
+        Ok(ChargeOutcome::Unknown)
+    }
+
     /// Renewal charges still `charging`: those never answered (asked again with the same key
-    /// once [`STALE_CLAIM`] old, or failed once their period's grace is over) and those
-    /// YooKassa has not decided (polled).
+    /// and body once [`STALE_CLAIM`] old; failed once their period's grace is over; `unknown`
+    /// once [`REASK_WINDOW`] old) and those YooKassa has not decided (polled).
     async fn recover_open_charges(
         &self,
         ctx: RenewalContext<'_>,
@@ -850,7 +941,7 @@ impl Ledger {
         report: &mut RenewalReport,
     ) -> Result<(), LedgerError> {
         let rows = sqlx::query(
-            "SELECT c.user_id, c.period_end, c.created_at, p.id, p.yookassa_id, p.amount_minor, \
+            "SELECT c.user_id, c.period_end, c.created_at, c.request_body, p.id, p.yookassa_id, \
                     p.idempotence_key, m.yookassa_method_id \
              FROM renewal_charges c JOIN payments p ON p.id = c.payment_id \
              LEFT JOIN payment_methods m ON m.user_id = c.user_id \
@@ -878,64 +969,52 @@ impl Ledger {
                 None if now.duration_since(created_at) < STALE_CLAIM => continue,
                 None => {
                     let method: Option<String> = row.try_get("yookassa_method_id")?;
+                    let request_body: Option<String> = row.try_get("request_body")?;
                     let past_grace = now
                         >= period_end
                             .saturating_add(RENEWAL_GRACE)
                             .unwrap_or(period_end);
-                    let user_id: i64 = row.try_get("user_id")?;
                     let record = self.payment(payment_id).await?.ok_or_else(|| {
                         LedgerError::Corrupt(format!("renewal payment {payment_id} vanished"))
                     })?;
-                    let plan = ctx.plans.get(&record.plan);
-                    let give_up = match (&method, plan, past_grace) {
+                    let give_up = match (&method, ctx.plans.get(&record.plan), past_grace) {
                         (None, _, _) => Some(REASON_RENEWAL_OFF),
                         (_, None, _) => Some(REASON_PLAN_UNAVAILABLE),
                         (_, _, true) => Some(REASON_PROVIDER_UNAVAILABLE),
                         _ => None,
                     };
-                    if let Some(reason) = give_up {
-                        // Never sent (or never answered within the grace): with the method
-                        // gone or the plan off sale it is not sent again.
-                        self.transition_payment(
-                            payment_id,
-                            &[PaymentStatus::Pending],
-                            PaymentStatus::Failed,
-                            now,
-                        )
-                        .await?;
-                        self.fail_charge(payment_id, reason, None, now).await?;
-                        ChargeOutcome::Failed {
-                            reason: reason.to_owned(),
+                    match (request_body, may_reask(created_at, now), give_up) {
+                        // YooKassa may have forgotten the key (or the exact first body is not
+                        // known): asking again could charge twice.
+                        (None, _, _) | (_, false, _) => {
+                            self.mark_unknown(payment_id, created_at, now).await?
                         }
-                    } else {
-                        let (Some(method), Some(plan)) = (method, plan) else {
-                            continue;
-                        };
-                        let user = self
-                            .user(user_id)
+                        (Some(_), true, Some(reason)) => {
+                            // With the method gone, the plan off sale or the grace over it is
+                            // not sent again; should the first ask have charged after all, its
+                            // webhook still applies it once.
+                            self.transition_payment(
+                                payment_id,
+                                &[PaymentStatus::Pending],
+                                PaymentStatus::Failed,
+                                now,
+                            )
+                            .await?;
+                            self.fail_charge(payment_id, reason, None, now).await?;
+                            ChargeOutcome::Failed {
+                                reason: reason.to_owned(),
+                            }
+                        }
+                        (Some(body_text), true, None) => {
+                            self.ask_yookassa(
+                                ctx,
+                                payment_id,
+                                record.idempotence_key,
+                                &body_text,
+                                now,
+                            )
                             .await?
-                            .ok_or(LedgerError::UnknownUser(user_id))?;
-                        let customer = user.receipt_customer();
-                        let priced = Plan {
-                            price_minor: record.amount_minor,
-                            ..plan.clone()
-                        };
-                        let description = format!(
-                            "VPN: {}",
-                            plan.title.for_language(user.language_code.as_deref())
-                        );
-                        let body = renewal_charge_body(
-                            payment_id,
-                            user_id,
-                            &priced,
-                            &method,
-                            &description,
-                            ctx.receipt
-                                .zip(customer.as_ref())
-                                .map(|(settings, customer)| (customer, settings)),
-                        );
-                        self.ask_yookassa(ctx, payment_id, record.idempotence_key, &body, now)
-                            .await?
+                        }
                     }
                 }
             };
@@ -1029,6 +1108,17 @@ mod tests {
         assert!(is_due(end, lead, at(23)));
         assert!(!is_due(end, lead, at(24)));
         assert_eq!(next_charge_at(end, lead), at(-24));
+    }
+
+    #[test]
+    fn an_unanswered_claim_is_asked_again_only_within_the_window() {
+        let claimed: Timestamp = "2026-12-31T00:00:00Z".parse().unwrap();
+        let at = |mins: i64| claimed + SignedDuration::from_mins(mins);
+        assert!(may_reask(claimed, at(0)));
+        assert!(may_reask(claimed, at(23 * 60 - 1)));
+        assert!(!may_reask(claimed, at(23 * 60)));
+        assert!(!may_reask(claimed, at(48 * 60)));
+        assert!(REASK_WINDOW < SignedDuration::from_hours(24));
     }
 
     #[test]

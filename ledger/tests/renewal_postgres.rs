@@ -3,7 +3,9 @@
 //! charges without confirmation: the card saved only with consent and shown masked, a period
 //! charged once when two replicas race and after a restart mid-call, nothing charged after
 //! renewal was switched off or for a plan no longer on sale, a declined charge adding no time
-//! and telling the user once, a revoked card deleted.
+//! and telling the user once, a revoked card deleted; a charge whose answer was lost asked again
+//! with the same key and the first body byte for byte, never once YooKassa may have forgotten
+//! the key, and applied once by a late webhook even after it was given up.
 
 #[path = "support/fake_yookassa.rs"]
 mod fake_yookassa;
@@ -14,7 +16,7 @@ use fake_yookassa::{FakeYooKassa, MethodState};
 use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 use wgsub_crds::plans::{LocalizedText, Plan, PlanCatalogue};
-use wgsub_ledger::renewal::STALE_CLAIM;
+use wgsub_ledger::renewal::{REASK_WINDOW, STALE_CLAIM};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::yookassa::PaymentDetails;
 use wgsub_ledger::{
@@ -175,6 +177,24 @@ impl World {
             .unwrap()
     }
 
+    /// The status and reason of user `id`'s renewal charge, read from the table.
+    async fn charge_state(&self, id: i64) -> (String, Option<String>) {
+        let pool =
+            wgsub_ledger::db::connect_lazy(&wgsub_ledger::DbConfig::new(self.url.clone())).unwrap();
+        sqlx::query_as("SELECT status, reason FROM renewal_charges WHERE user_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+
+    /// The one payment charged at the fake: its YooKassa id.
+    fn charged_id(&self) -> String {
+        let charged = self.fake.charged_payments();
+        assert_eq!(charged.len(), 1, "one payment charged at YooKassa");
+        charged[0]["id"].as_str().unwrap().to_owned()
+    }
+
     async fn renewal_failures(&self, id: i64) -> Vec<String> {
         self.ledger
             .unsent_notifications(100)
@@ -236,6 +256,7 @@ async fn a_period_is_charged_once_when_two_replicas_race() {
                 failed: sum.failed + r.failed,
                 refused: sum.refused + r.refused,
                 pending: sum.pending + r.pending,
+                unknown: sum.unknown + r.unknown,
             });
     assert_eq!(total.succeeded, 1, "{total:?}");
     assert_eq!(
@@ -485,4 +506,178 @@ async fn a_pending_charge_is_applied_once_by_the_poll_or_the_webhook() {
         w.ledger.renewal_status(14).await.unwrap().last_failure,
         None
     );
+}
+
+#[tokio::test]
+async fn a_charge_asked_again_sends_the_first_body_byte_for_byte_after_the_user_changed_language() {
+    let w = world("renewal_same_body").await;
+    w.buy(11, true).await.unwrap();
+    let before = w.paid_until(11).await;
+    let at = before - SignedDuration::from_hours(20);
+    let plans = catalogue();
+    w.fake.lose_next_charge_answers(1);
+    let first = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(first.pending, 1, "{first:?}");
+    // The user switches the bot to Russian before the charge is asked again.
+    w.ledger
+        .upsert_user(
+            &TelegramUser {
+                id: 11,
+                username: None,
+                first_name: "user11".into(),
+                last_name: None,
+                language_code: Some("ru".into()),
+            },
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let later = w
+        .ledger
+        .run_renewals(
+            w.ctx(&plans),
+            at + STALE_CLAIM + SignedDuration::from_secs(1),
+            50,
+        )
+        .await
+        .unwrap();
+    assert_eq!(later.succeeded, 1, "{later:?}");
+    let charges = w.fake.charges();
+    assert_eq!(charges.len(), 2);
+    assert_eq!(charges[0], charges[1], "same key, same body");
+    assert_eq!(charges[1].1["description"], serde_json::json!("VPN: Month"));
+    w.charged_id();
+    assert_eq!(w.paid_until(11).await, before + DAY * 30);
+    assert_eq!(w.charge_state(11).await, ("succeeded".to_owned(), None));
+}
+
+#[tokio::test]
+async fn a_lost_charge_is_never_asked_again_once_yookassa_may_forget_its_key_and_its_webhook_applies_it_once()
+ {
+    let w = world("renewal_reask_window").await;
+    w.buy(10, true).await.unwrap();
+    let before = w.paid_until(10).await;
+    let at = before - SignedDuration::from_hours(20);
+    let plans = catalogue();
+    // YooKassa charges the card; its answer is lost, and so is every answer within the window.
+    w.fake.lose_next_charge_answers(1_000);
+    let first = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(first.pending, 1, "{first:?}");
+    let inside = at + REASK_WINDOW - SignedDuration::from_mins(1);
+    let asked = w
+        .ledger
+        .run_renewals(w.ctx(&plans), inside, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        asked.pending, 1,
+        "still asked again inside the window: {asked:?}"
+    );
+    assert_eq!(w.fake.charges().len(), 2);
+    w.fake.lose_next_charge_answers(0);
+    // Past the window nothing is sent any more: the charge is left for review, unknown.
+    let past = at + REASK_WINDOW + SignedDuration::from_secs(1);
+    let report = w
+        .ledger
+        .run_renewals(w.ctx(&plans), past, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        RenewalReport {
+            unknown: 1,
+            ..RenewalReport::default()
+        }
+    );
+    for hours in [1, 10] {
+        let later = past + SignedDuration::from_hours(hours);
+        let report = w
+            .ledger
+            .run_renewals(w.ctx(&plans), later, 50)
+            .await
+            .unwrap();
+        assert_eq!(report, RenewalReport::default());
+    }
+    assert_eq!(w.fake.charges().len(), 2, "never sent again");
+    assert_eq!(
+        w.charge_state(10).await,
+        ("unknown".to_owned(), Some("no_answer".to_owned()))
+    );
+    assert_eq!(w.paid_until(10).await, before);
+    assert!(
+        w.renewal_failures(10).await.is_empty(),
+        "the user is not told it failed"
+    );
+    assert_eq!(
+        w.ledger.renewal_status(10).await.unwrap().last_failure,
+        None
+    );
+    // The webhook of the original payment, found by its metadata, applies it once.
+    let id = w.charged_id();
+    assert!(matches!(
+        w.webhook(&id).await,
+        Some(ApplyOutcome::Applied { .. })
+    ));
+    assert!(matches!(
+        w.webhook(&id).await,
+        Some(ApplyOutcome::AlreadyApplied { .. })
+    ));
+    assert_eq!(w.paid_until(10).await, before + DAY * 30);
+    assert_eq!(w.charge_state(10).await, ("succeeded".to_owned(), None));
+    assert_eq!(w.fake.charges().len(), 2);
+}
+
+#[tokio::test]
+async fn a_charge_given_up_as_failed_is_applied_once_when_its_succeeded_webhook_arrives_later() {
+    let w = world("renewal_late_success").await;
+    w.buy(12, true).await.unwrap();
+    let before = w.paid_until(12).await;
+    let at = before - SignedDuration::from_hours(20);
+    let plans = catalogue();
+    w.fake.lose_next_charge_answers(1);
+    let first = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(first.pending, 1, "{first:?}");
+    // The user switches renewal off before the unanswered charge is asked again: given up.
+    assert!(
+        w.ledger
+            .disable_renewal(12, Timestamp::now())
+            .await
+            .unwrap()
+    );
+    let gave_up = w
+        .ledger
+        .run_renewals(
+            w.ctx(&plans),
+            at + STALE_CLAIM + SignedDuration::from_secs(1),
+            50,
+        )
+        .await
+        .unwrap();
+    assert_eq!(gave_up.failed, 1, "{gave_up:?}");
+    assert_eq!(w.fake.charges().len(), 1, "not sent again");
+    assert_eq!(w.renewal_failures(12).await, ["renewal_off"]);
+    assert_eq!(w.paid_until(12).await, before);
+    // YooKassa had charged it after all: its webhook applies it, once.
+    let id = w.charged_id();
+    assert!(matches!(
+        w.webhook(&id).await,
+        Some(ApplyOutcome::Applied { .. })
+    ));
+    assert!(matches!(
+        w.webhook(&id).await,
+        Some(ApplyOutcome::AlreadyApplied { .. })
+    ));
+    assert_eq!(w.paid_until(12).await, before + DAY * 30);
+    assert_eq!(w.charge_state(12).await, ("succeeded".to_owned(), None));
+    assert_eq!(
+        w.ledger.renewal_status(12).await.unwrap().last_failure,
+        None
+    );
+    let again = w
+        .ledger
+        .run_renewals(w.ctx(&plans), at + SignedDuration::from_hours(2), 50)
+        .await
+        .unwrap();
+    assert_eq!(again, RenewalReport::default());
+    assert_eq!(w.fake.charges().len(), 1);
 }

@@ -6,11 +6,14 @@
 //!   (remembering `save_payment_method`); a charge with `payment_method_id` is decided at once
 //!   by the method's state — `succeeded`, or `canceled` with `cancellation_details` — or, for
 //!   a method set to answer late, left `pending` until [`FakeYooKassa::decide`]; an unknown
-//!   method is refused with HTTP 400.
+//!   method is refused with HTTP 400, and so is a charge whose key was used before with a
+//!   body not byte-identical to the first (YooKassa may refuse a key reused with other data).
 //! - `GET /v3/payments/{id}` answers the stored payment (404 for others).
 //! - [`FakeYooKassa::pay`] is the user paying a redirect payment: it succeeds and, when the
 //!   payment asked for it, its card is saved (a new method, `Visa` ending `4242`, 12/2027).
-//! - [`FakeYooKassa::fail_next_posts`] makes the next POSTs answer 500 (YooKassa unreachable).
+//! - [`FakeYooKassa::fail_next_posts`] makes the next POSTs answer 500 (YooKassa unreachable);
+//!   [`FakeYooKassa::lose_next_charge_answers`] makes the next charges go through but answer
+//!   500 (the answer lost on the way back).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -41,6 +44,9 @@ struct State {
     /// Every POST without one.
     purchases: Vec<Value>,
     fail_posts: usize,
+    lose_charge_answers: usize,
+    /// The raw body of the first charge processed under each Idempotence-Key.
+    charge_bodies: HashMap<String, Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -79,8 +85,24 @@ impl FakeYooKassa {
                         .set_body_json(json!({"type": "error", "code": "internal_server_error"}));
                 }
                 if let Some(method_id) = body["payment_method_id"].as_str() {
-                    if let Some(id) = state.by_key.get(&key) {
-                        return ResponseTemplate::new(200).set_body_json(&state.payments[id]);
+                    let lost = |state: &mut State| {
+                        let lost = state.lose_charge_answers > 0;
+                        state.lose_charge_answers = state.lose_charge_answers.saturating_sub(1);
+                        lost
+                    };
+                    if let Some(id) = state.by_key.get(&key).cloned() {
+                        if state.charge_bodies.get(&key) != Some(&request.body) {
+                            return ResponseTemplate::new(400).set_body_json(json!({
+                                "type": "error", "code": "invalid_request",
+                                "description": "Idempotence-Key reused with a different body"
+                            }));
+                        }
+                        if lost(&mut state) {
+                            return ResponseTemplate::new(500).set_body_json(
+                                json!({"type": "error", "code": "internal_server_error"}),
+                            );
+                        }
+                        return ResponseTemplate::new(200).set_body_json(&state.payments[&id]);
                     }
                     let Some(method_state) = state.methods.get(method_id).cloned() else {
                         return ResponseTemplate::new(400).set_body_json(json!({
@@ -100,8 +122,14 @@ impl FakeYooKassa {
                         MethodState::Declined(reason) => cancel(&mut payment, &reason),
                         MethodState::Late => {}
                     }
+                    state.charge_bodies.insert(key.clone(), request.body.clone());
                     state.by_key.insert(key, id.clone());
                     state.payments.insert(id, payment.clone());
+                    if lost(&mut state) {
+                        return ResponseTemplate::new(500).set_body_json(
+                            json!({"type": "error", "code": "internal_server_error"}),
+                        );
+                    }
                     return ResponseTemplate::new(200).set_body_json(payment);
                 }
                 state.purchases.push(body.clone());
@@ -190,6 +218,11 @@ impl FakeYooKassa {
     /// The next `count` POSTs answer HTTP 500.
     pub fn fail_next_posts(&self, count: usize) {
         self.state.lock().unwrap().fail_posts = count;
+    }
+
+    /// The next `count` charges with a saved method are made, but answer HTTP 500.
+    pub fn lose_next_charge_answers(&self, count: usize) {
+        self.state.lock().unwrap().lose_charge_answers = count;
     }
 
     /// Every charge request with a saved method, answered or not: (Idempotence-Key, body).
