@@ -183,15 +183,26 @@ impl Cluster {
     /// Creates `server` (as the chart does) and starts the operator and the node-agent (whose
     /// interfaces live in `netns`), each with its ServiceAccount's client.
     pub async fn start(&mut self, server: &WgServer, netns: &std::path::Path) {
+        self.create_server(server).await;
+        self.start_components(&server.name_any(), netns).await;
+    }
+
+    /// Creates `server` as the chart does, without starting anything.
+    pub async fn create_server(&self, server: &WgServer) {
         self.api::<WgServer>()
             .create(&PostParams::default(), server)
             .await
             .expect("the API server admits the WgServer");
+    }
+
+    /// Starts the operator (with `default_server`) and the node-agent (whose interfaces live
+    /// in `netns`), each with its ServiceAccount's client.
+    pub async fn start_components(&mut self, default_server: &str, netns: &std::path::Path) {
         let operator = self.client_for("operator").await;
         self.tasks.push(start_operator(
             operator,
             &self.namespace,
-            &server.name_any(),
+            default_server,
             &self.shutdown,
         ));
         let agent = self.client_for("node-agent").await;
