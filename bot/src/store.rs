@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
-use sqlx::Row;
+use sqlx::FromRow;
 use wgsub_ledger::session::RunOn;
 use wgsub_ledger::{Ledger, LedgerError};
 
@@ -14,8 +14,22 @@ use crate::admin::Audience;
 use crate::broadcast::Tally;
 use crate::reminders::{PaidPeriod, ReminderKey, ReminderKind};
 
-fn ts(row: &sqlx::postgres::PgRow, column: &str) -> Result<Timestamp, sqlx::Error> {
-    Ok(row.try_get::<jiff_sqlx::Timestamp, _>(column)?.to_jiff())
+/// A reminder candidate's row as stored.
+#[derive(FromRow)]
+struct CandidateRow {
+    telegram_id: i64,
+    paid_until: jiff_sqlx::Timestamp,
+    period_began_at: Option<jiff_sqlx::Timestamp>,
+    suspended: bool,
+    language_code: Option<String>,
+}
+
+/// A recorded reminder's row as stored.
+#[derive(FromRow)]
+struct SentRow {
+    user_id: i64,
+    paid_until: jiff_sqlx::Timestamp,
+    kind: String,
 }
 
 /// A paid period that may have a reminder due, with the user's language.
@@ -53,16 +67,15 @@ pub async fn reminder_candidates(
     .await?;
     rows.iter()
         .map(|row| {
+            let row = CandidateRow::from_row(row)?;
             Ok(ReminderCandidate {
                 period: PaidPeriod {
-                    user_id: row.try_get("telegram_id")?,
-                    paid_until: ts(row, "paid_until")?,
-                    began_at: row
-                        .try_get::<Option<jiff_sqlx::Timestamp>, _>("period_began_at")?
-                        .map(|at| at.to_jiff()),
-                    suspended: row.try_get("suspended")?,
+                    user_id: row.telegram_id,
+                    paid_until: row.paid_until.to_jiff(),
+                    began_at: row.period_began_at.map(|at| at.to_jiff()),
+                    suspended: row.suspended,
                 },
-                language_code: row.try_get("language_code")?,
+                language_code: row.language_code,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -82,12 +95,12 @@ pub async fn sent_reminders(
     .await?;
     let mut sent = BTreeSet::new();
     for row in &rows {
-        let kind: String = row.try_get("kind")?;
-        let kind = ReminderKind::parse(&kind)
-            .ok_or_else(|| LedgerError::Corrupt(format!("reminder kind {kind:?}")))?;
+        let row = SentRow::from_row(row)?;
+        let kind = ReminderKind::parse(&row.kind)
+            .ok_or_else(|| LedgerError::Corrupt(format!("reminder kind {:?}", row.kind)))?;
         sent.insert(ReminderKey {
-            user_id: row.try_get("user_id")?,
-            paid_until: ts(row, "paid_until")?,
+            user_id: row.user_id,
+            paid_until: row.paid_until.to_jiff(),
             kind,
         });
     }
@@ -176,13 +189,13 @@ pub async fn referral_of(ledger: &Ledger, user_id: i64) -> Result<Option<i64>, L
         .fetch_optional_on(ledger)
         .await?;
     Ok(match row {
-        Some(row) => row.try_get("referrer_id")?,
+        Some(row) => <(Option<i64>,)>::from_row(&row)?.0,
         None => None,
     })
 }
 
 /// One line of the admin command log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct AdminLogEntry {
     pub admin_id: i64,
     pub command: String,
@@ -217,14 +230,7 @@ pub async fn admin_log(ledger: &Ledger) -> Result<Vec<AdminLogEntry>, LedgerErro
             .fetch_all_on(ledger)
             .await?;
     rows.iter()
-        .map(|row| {
-            Ok(AdminLogEntry {
-                admin_id: row.try_get("admin_id")?,
-                command: row.try_get("command")?,
-                arguments: row.try_get("arguments")?,
-                outcome: row.try_get("outcome")?,
-            })
-        })
+        .map(AdminLogEntry::from_row)
         .collect::<Result<_, sqlx::Error>>()
         .map_err(LedgerError::from)
 }
@@ -245,7 +251,7 @@ pub async fn recipients(
     };
     let rows = query.fetch_all_on(ledger).await?;
     rows.iter()
-        .map(|row| row.try_get("telegram_id"))
+        .map(|row| <(i64,)>::from_row(row).map(|(id,)| id))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(LedgerError::from)
 }
@@ -270,7 +276,7 @@ pub async fn start_broadcast(
     .bind(i32::try_from(recipients).unwrap_or(i32::MAX))
     .fetch_one_on(ledger)
     .await?;
-    Ok(row.try_get("id")?)
+    Ok(<(i64,)>::from_row(&row)?.0)
 }
 
 /// Records how a broadcast ended.
@@ -293,7 +299,7 @@ pub async fn finish_broadcast(
 }
 
 /// A finished or running broadcast as recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct BroadcastRecord {
     pub admin_id: i64,
     pub audience: String,
@@ -313,17 +319,7 @@ pub async fn broadcasts(ledger: &Ledger) -> Result<Vec<BroadcastRecord>, LedgerE
     .fetch_all_on(ledger)
     .await?;
     rows.iter()
-        .map(|row| {
-            Ok(BroadcastRecord {
-                admin_id: row.try_get("admin_id")?,
-                audience: row.try_get("audience")?,
-                text: row.try_get("text")?,
-                recipients: row.try_get("recipients")?,
-                delivered: row.try_get("delivered")?,
-                failed: row.try_get("failed")?,
-                finished: row.try_get("finished")?,
-            })
-        })
+        .map(BroadcastRecord::from_row)
         .collect::<Result<_, sqlx::Error>>()
         .map_err(LedgerError::from)
 }
