@@ -251,10 +251,13 @@ async fn claim(ledger: &Ledger, notice: &Notice, now: Timestamp) -> Result<bool,
     Ok(claimed == 1)
 }
 
-/// Ends a claim: `Some(delivered)` for done, `None` to give it back for the next run.
+/// Ends the claim made at `claimed_at` (the `now` given to [`claim`]): `Some(delivered)` for
+/// done, `None` to give it back for the next run. A claim taken over as stale since is left to
+/// its new holder: giving it back would let a third run send the notice again.
 async fn finish(
     ledger: &Ledger,
     notice: &Notice,
+    claimed_at: Timestamp,
     outcome: Option<bool>,
 ) -> Result<(), LedgerError> {
     let outcome = match outcome {
@@ -265,11 +268,13 @@ async fn finish(
     sqlx::query(
         "UPDATE bot_move_notices \
          SET outcome = $3, claimed_at = CASE WHEN $3 = 'pending' THEN NULL ELSE claimed_at END \
-         WHERE user_id = $1 AND server = $2 AND outcome = 'claimed'",
+         WHERE user_id = $1 AND server = $2 AND outcome = 'claimed' \
+           AND claimed_at = $4",
     )
     .bind(notice.user_id)
     .bind(&notice.server)
     .bind(outcome)
+    .bind(claimed_at.to_sqlx())
     .execute_on(ledger)
     .await?;
     Ok(())
@@ -312,10 +317,10 @@ pub async fn send_notices(
             report.failed += 1;
         }
         match outbox_step(delivery, now.duration_since(notice.queued_at)) {
-            OutboxStep::MarkSent => finish(&app.ledger, &notice, Some(delivered)).await?,
-            OutboxStep::Keep => finish(&app.ledger, &notice, None).await?,
+            OutboxStep::MarkSent => finish(&app.ledger, &notice, now, Some(delivered)).await?,
+            OutboxStep::Keep => finish(&app.ledger, &notice, now, None).await?,
             OutboxStep::Stop => {
-                finish(&app.ledger, &notice, None).await?;
+                finish(&app.ledger, &notice, now, None).await?;
                 break;
             }
         }
@@ -376,6 +381,51 @@ async fn send_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run stalled past [`STALE_CLAIM`] whose send then fails for a passing reason gives
+    /// back only its own claim, never the one another run took over since: a third run would
+    /// send the notice again.
+    #[tokio::test]
+    async fn a_stalled_run_cannot_give_back_the_claim_another_run_took_over() {
+        let (pool, _) = wgsub_ledger::testing::fresh_database("bot_move_claims").await;
+        let ledger = Ledger::new(pool, false);
+        let start: Timestamp = "2026-03-01T00:00:00.123456Z".parse().unwrap();
+        sqlx::query("INSERT INTO bot_move_notices (user_id, server, queued_at, outcome) VALUES (7, 'de-1', $1, 'pending')")
+            .bind(start.to_sqlx())
+            .execute_on(&ledger)
+            .await
+            .unwrap();
+        let notice = Notice {
+            user_id: 7,
+            server: "de-1".into(),
+            queued_at: start,
+        };
+        let stalled = start;
+        assert!(claim(&ledger, &notice, stalled).await.unwrap());
+        let takeover = stalled + STALE_CLAIM + SignedDuration::from_secs(1);
+        assert_eq!(
+            open_notices(&ledger, takeover, 10).await.unwrap(),
+            std::slice::from_ref(&notice)
+        );
+        assert!(claim(&ledger, &notice, takeover).await.unwrap());
+        finish(&ledger, &notice, stalled, None).await.unwrap();
+        let third = takeover + SignedDuration::from_secs(1);
+        assert!(open_notices(&ledger, third, 10).await.unwrap().is_empty());
+        assert!(!claim(&ledger, &notice, third).await.unwrap());
+        // The stalled run delivering late does not end the holder's claim either; the holder
+        // ends it.
+        finish(&ledger, &notice, stalled, Some(true)).await.unwrap();
+        finish(&ledger, &notice, takeover, Some(false))
+            .await
+            .unwrap();
+        let outcome: String = sqlx::query("SELECT outcome FROM bot_move_notices WHERE user_id = 7")
+            .fetch_one_on(&ledger)
+            .await
+            .unwrap()
+            .try_get("outcome")
+            .unwrap();
+        assert_eq!(outcome, "failed");
+    }
 
     fn device(peer: &str, user_id: i64, server: &str) -> SeenDevice {
         SeenDevice {

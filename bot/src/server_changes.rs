@@ -260,10 +260,13 @@ async fn claim(ledger: &Ledger, notice: &Notice, now: Timestamp) -> Result<bool,
     Ok(claimed == 1)
 }
 
-/// Ends a claim: `Some(delivered)` for done, `None` to give it back for the next run.
+/// Ends the claim made at `claimed_at` (the `now` given to [`claim`]): `Some(delivered)` for
+/// done, `None` to give it back for the next run. A claim taken over as stale since is left to
+/// its new holder: giving it back would let a third run send the notice again.
 async fn finish(
     ledger: &Ledger,
     notice: &Notice,
+    claimed_at: Timestamp,
     outcome: Option<bool>,
 ) -> Result<(), LedgerError> {
     let outcome = match outcome {
@@ -274,12 +277,14 @@ async fn finish(
     sqlx::query(
         "UPDATE bot_server_param_notices \
          SET outcome = $4, claimed_at = CASE WHEN $4 = 'pending' THEN NULL ELSE claimed_at END \
-         WHERE server = $1 AND generation = $2 AND user_id = $3 AND outcome = 'claimed'",
+         WHERE server = $1 AND generation = $2 AND user_id = $3 AND outcome = 'claimed' \
+           AND claimed_at = $5",
     )
     .bind(&notice.server)
     .bind(notice.generation)
     .bind(notice.user_id)
     .bind(outcome)
+    .bind(claimed_at.to_sqlx())
     .execute_on(ledger)
     .await?;
     Ok(())
@@ -322,10 +327,10 @@ pub async fn send_notices(
             report.failed += 1;
         }
         match outbox_step(delivery, now.duration_since(notice.queued_at)) {
-            OutboxStep::MarkSent => finish(&app.ledger, &notice, Some(delivered)).await?,
-            OutboxStep::Keep => finish(&app.ledger, &notice, None).await?,
+            OutboxStep::MarkSent => finish(&app.ledger, &notice, now, Some(delivered)).await?,
+            OutboxStep::Keep => finish(&app.ledger, &notice, now, None).await?,
             OutboxStep::Stop => {
-                finish(&app.ledger, &notice, None).await?;
+                finish(&app.ledger, &notice, now, None).await?;
                 break;
             }
         }
@@ -361,6 +366,53 @@ async fn send_notice(bot: &Bot, lang: Lang, notice: &Notice, peers: &[Arc<WgPeer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run stalled past [`STALE_CLAIM`] whose send then fails for a passing reason gives
+    /// back only its own claim, never the one another run took over since: a third run would
+    /// send the notice again.
+    #[tokio::test]
+    async fn a_stalled_run_cannot_give_back_the_claim_another_run_took_over() {
+        let (pool, _) = wgsub_ledger::testing::fresh_database("bot_param_claims").await;
+        let ledger = Ledger::new(pool, false);
+        let start: Timestamp = "2026-03-01T00:00:00.123456Z".parse().unwrap();
+        sqlx::query("INSERT INTO bot_server_param_notices (server, generation, user_id, queued_at, outcome) VALUES ('awg-1', 2, 7, $1, 'pending')")
+            .bind(start.to_sqlx())
+            .execute_on(&ledger)
+            .await
+            .unwrap();
+        let notice = Notice {
+            server: "awg-1".into(),
+            generation: 2,
+            user_id: 7,
+            queued_at: start,
+        };
+        let stalled = start;
+        assert!(claim(&ledger, &notice, stalled).await.unwrap());
+        let takeover = stalled + STALE_CLAIM + SignedDuration::from_secs(1);
+        assert_eq!(
+            open_notices(&ledger, takeover, 10).await.unwrap(),
+            std::slice::from_ref(&notice)
+        );
+        assert!(claim(&ledger, &notice, takeover).await.unwrap());
+        finish(&ledger, &notice, stalled, None).await.unwrap();
+        let third = takeover + SignedDuration::from_secs(1);
+        assert!(open_notices(&ledger, third, 10).await.unwrap().is_empty());
+        assert!(!claim(&ledger, &notice, third).await.unwrap());
+        // The stalled run delivering late does not end the holder's claim either; the holder
+        // ends it.
+        finish(&ledger, &notice, stalled, Some(true)).await.unwrap();
+        finish(&ledger, &notice, takeover, Some(false))
+            .await
+            .unwrap();
+        let outcome: String =
+            sqlx::query("SELECT outcome FROM bot_server_param_notices WHERE user_id = 7")
+                .fetch_one_on(&ledger)
+                .await
+                .unwrap()
+                .try_get("outcome")
+                .unwrap();
+        assert_eq!(outcome, "failed");
+    }
     use serde_json::json;
     use wgsub_crds::WgPeerSpec;
 
