@@ -104,7 +104,18 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wgsub-api: {}", wgsub_crds::error_line::error_line(&*error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The binary; its error is printed as one line naming its cause.
+async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One TLS crypto provider, named here: with two compiled in (as a build with test
     // dependencies has), rustls would refuse to pick one at the first connection.

@@ -25,7 +25,10 @@ use wgsub_testkit::chart::{
     service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
-use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
+use wgsub_testkit::process::{
+    Process, assert_help_mentions, assert_refused_at_start, assert_stops_without_kubeconfig,
+    eventually,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-api");
 const WITHIN: Duration = Duration::from_secs(15);
@@ -54,6 +57,30 @@ fn help_lists_both_commands_and_a_bad_setting_stops_the_start_with_the_flag_name
         BINARY,
         &["serve", "--http-addr", "not-an-address"],
         "--http-addr",
+    );
+}
+
+#[test]
+fn without_a_kubernetes_configuration_serve_stops_with_one_line_naming_the_cause() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let plans = dir.path().join("plans.yaml");
+    std::fs::write(&plans, PLANS).expect("a plans file");
+    let plans = plans.display().to_string();
+    let bot_token = format!("7100000000:{}", made_up_secret("t"));
+    let secret_key = made_up_secret("test_");
+    assert_stops_without_kubeconfig(
+        BINARY,
+        &[
+            // Never connected to: the pool is lazy and Kubernetes comes first.
+            ("WGSUB_DATABASE_URL", "postgres://wgsub@127.0.0.1:1/wgsub"),
+            ("WGSUB_NAMESPACE", "wgsub"),
+            ("WGSUB_PLANS_FILE", plans.as_str()),
+            ("WGSUB_BOT_TOKEN", bot_token.as_str()),
+            ("WGSUB_PUBLIC_URL", "https://vpn.example.com"),
+            ("WGSUB_YOOKASSA_SHOP_ID", "100500"),
+            ("WGSUB_YOOKASSA_SECRET_KEY", secret_key.as_str()),
+        ],
+        &["serve"],
     );
 }
 

@@ -44,7 +44,10 @@ async fn main() -> ExitCode {
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "wgsub-bot stopped");
+            tracing::error!(
+                error = wgsub_crds::error_line::error_line(&*error),
+                "wgsub-bot stopped"
+            );
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,7 @@ pub mod amnezia;
 pub mod build_info;
 pub mod config;
 pub mod devices;
+pub mod error_line;
 pub mod import;
 pub mod keys;
 pub mod ledger;

@@ -40,7 +40,21 @@ async fn shutdown_signal(token: CancellationToken) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "wgsub-node-agent: {}",
+                wgsub_crds::error_line::error_line(&*error)
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The binary; its error is printed as one line naming its cause.
+async fn start() -> anyhow::Result<()> {
     let config = Config::parse();
     // One TLS crypto provider, named here: with two compiled in (as a build with test
     // dependencies has), rustls would refuse to pick one at the first connection.

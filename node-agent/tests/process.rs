@@ -2,7 +2,8 @@
 //! environment), against the real API server (`wgsub_testkit::envtest`) through a `KUBECONFIG`
 //! with the token of the chart's `wgsub-node-agent` ServiceAccount, under the Role and
 //! ClusterRole the chart renders, and a wireguard-go interface in a throwaway network namespace:
-//! its `--help`, a bad setting refused at start with the flag named; running, it reads its Node,
+//! its `--help`, a bad setting refused at start with the flag named, no Kubernetes configuration
+//! stopping the start with one line naming the cause; running, it reads its Node,
 //! serves `/healthz`, `/readyz` and `/metrics`, logs JSON, creates the server's key Secret,
 //! publishes the public key, puts a live `WgPeer` from its watch on the interface and reports it
 //! active (both through the status subresource), takes it off while the operator marks it over
@@ -25,7 +26,10 @@ use wgsub_testkit::chart::{
     service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
-use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
+use wgsub_testkit::process::{
+    Process, assert_help_mentions, assert_refused_at_start, assert_stops_without_kubeconfig,
+    eventually,
+};
 
 mod support;
 use support::{Netns, create};
@@ -60,6 +64,15 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
             "/nonexistent/netns",
         ],
         "--netns",
+    );
+}
+
+#[test]
+fn without_a_kubernetes_configuration_the_start_stops_with_one_line_naming_the_cause() {
+    assert_stops_without_kubeconfig(
+        BINARY,
+        &[],
+        &["--node-name", "vpn-node-1", "--namespace", NS],
     );
 }
 

@@ -8,7 +8,21 @@ use wgsub_operator::export_keys::ExportConfig;
 use wgsub_operator::migrate_keys::MigrateConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "wgsub-operator: {}",
+                wgsub_crds::error_line::error_line(&*error)
+            );
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The binary; its error is printed as one line naming its cause.
+async fn start() -> anyhow::Result<()> {
     if std::env::args_os()
         .nth(1)
         .is_some_and(|a| a == "migrate-keys")

@@ -68,6 +68,33 @@ pub fn assert_refused_at_start(binary: &str, args: &[&str], flag: &str) -> Strin
     message
 }
 
+/// Runs `binary` with `args` and exactly the environment `env` (plus `KUBECONFIG` naming no
+/// file, and no in-cluster environment) and asserts it stops at start with exit code 1 and one
+/// line on stderr, `<binary name>: …`, that names the missing kubeconfig's path. Returns it.
+pub fn assert_stops_without_kubeconfig(
+    binary: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> String {
+    let missing = "/nonexistent/kubeconfig";
+    let stopped = Command::new(binary)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("KUBECONFIG", missing)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{binary} does not run: {e}"));
+    let message = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert_eq!(stopped.status.code(), Some(1), "exits 1: {stopped:?}");
+    let name = Path::new(binary).file_name().unwrap().to_string_lossy();
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(
+        message.starts_with(&format!("{name}: ")) && message.contains(missing),
+        "names the binary and the missing kubeconfig: {message}"
+    );
+    message
+}
+
 /// One running binary.
 #[derive(Debug)]
 pub struct Process {
