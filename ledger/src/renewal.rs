@@ -678,9 +678,14 @@ impl Ledger {
         })?;
         match fetched.payment.status.as_str() {
             "succeeded" => match self.apply_payment(payment_id, &fetched.payment, now).await {
-                Ok(ApplyOutcome::Applied { .. } | ApplyOutcome::AlreadyApplied { .. }) => {
+                Ok(ApplyOutcome::Applied { .. }) => {
                     self.settle_renewal(&record, fetched, now).await?;
                     Ok(ChargeOutcome::Succeeded)
+                }
+                // Another replica's poll or the webhook applied it first: counted there.
+                Ok(ApplyOutcome::AlreadyApplied { .. }) => {
+                    self.settle_renewal(&record, fetched, now).await?;
+                    Ok(ChargeOutcome::AlreadyClaimed)
                 }
                 Err(ApplyError::Ledger(error)) => Err(error),
                 Err(error) => {
@@ -689,8 +694,12 @@ impl Ledger {
                 }
             },
             "canceled" => {
-                self.cancel_payment(payment_id, now).await?;
+                let canceled_here = self.cancel_payment(payment_id, now).await?;
                 self.settle_renewal(&record, fetched, now).await?;
+                if !canceled_here {
+                    // Canceled by another replica's poll or the webhook: counted there.
+                    return Ok(ChargeOutcome::AlreadyClaimed);
+                }
                 let reason = fetched
                     .cancellation_details
                     .as_ref()
