@@ -570,7 +570,23 @@ fn tail(path: &Path) -> String {
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n\
 rules:\n- level: Metadata\n  userGroups: [\"system:serviceaccounts\"]\n- level: None\n";
 
+/// How many times the control plane is started afresh when a port picked free was taken by
+/// another process before the server bound it.
+const PORT_ATTEMPTS: u32 = 3;
+
 fn start() -> Result<(ControlPlane, Children), String> {
+    let mut attempt = 1;
+    loop {
+        match start_once() {
+            Err(e) if attempt < PORT_ATTEMPTS && e.contains("address already in use") => {
+                attempt += 1;
+            }
+            started => return started,
+        }
+    }
+}
+
+fn start_once() -> Result<(ControlPlane, Children), String> {
     let bins = binaries()?;
     // Memory-backed when possible: etcd's fsyncs are most of a write's cost.
     let parent = ["/dev/shm", "/tmp"]
