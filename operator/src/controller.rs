@@ -638,54 +638,50 @@ async fn execute(
     let name = sub.name_any();
     let apply = PatchParams::apply(FIELD_MANAGER).force();
 
-    // First every peer as it may be applied before its new key is stored (new devices without
-    // a key); each reserved address is settled with its write's outcome.
-    let mut keys = Vec::new();
-    let mut moved = Vec::new();
-    for write in &plan.writes {
-        let body = patches::peer_apply(sub, &write.first_apply())?;
-        if let Some(reserved) = reserved.as_mut() {
-            reserved.sending(&write.peer.name);
-        }
-        let result = peers_api
-            .patch(&write.peer.name, &apply, &Patch::Apply(&body))
-            .await;
-        if let Some(reserved) = reserved.as_mut() {
-            reserved.outcome(&write.peer.name, write_outcome(&result));
-        }
-        let applied = result?;
-        ctx.own_writes.wrote(PEER, &applied);
-        ctx.peer_view.applied(&applied);
-        debug!(subscription = %name, peer = %write.peer.name, "applied peer");
-        if let Some(key) = write.key_to_store() {
-            keys.push((applied, write, key));
-        }
-        moved.extend(write.moved_from.clone());
-    }
-    drop(reserved);
-
-    // Then each new key: the Secret (carrying the uid of the peer just applied), and only once
-    // it is stored, the public key in the peer's spec. The status goes at the same time (after
-    // the retention deletes), one round trip fewer per new device: it depends on no answer of
-    // these writes, and a failed key write fails the reconcile, whose retry completes the key
-    // under the same status.
+    // Each peer is written once, as it ends: a new key is stored in its Secret first (labelled
+    // with the key id the peer then carries), so no key is published without its Secret. Each
+    // reserved address is settled with its peer write's outcome. The status goes at the same
+    // time (after the retention deletes), as it depends on no answer of these writes; a failed
+    // write fails the reconcile, whose retry completes the peer under the same status.
+    let keys_namespace = ctx.settings.keys_namespace_for(namespace);
     let publishing = async {
-        for (peer, write, key) in keys {
-            let keys_namespace = ctx.settings.keys_namespace_for(namespace);
-            let secret = patches::key_secret(&peer, &name, key, keys_namespace)?;
-            let stored = secrets_api
-                .patch(&key.reference.name, &apply, &Patch::Apply(&secret))
-                .await?;
-            ctx.own_writes.wrote(SECRET, &stored);
-            let body = patches::peer_apply(sub, &write.published())?;
-            let published = peers_api
-                .patch(&write.peer.name, &apply, &Patch::Apply(&body))
-                .await?;
-            ctx.own_writes.wrote(PEER, &published);
-            ctx.peer_view.applied(&published);
-            debug!(subscription = %name, peer = %write.peer.name, "stored and published a new key");
+        let mut moved = Vec::new();
+        let result = async {
+            for write in &plan.writes {
+                if let Some(key) = write.key_to_store() {
+                    let secret = patches::key_secret(
+                        sub,
+                        &write.peer.name,
+                        key,
+                        keys_namespace,
+                        (ctx.clock)(),
+                    )?;
+                    let stored = secrets_api
+                        .patch(&key.reference.name, &apply, &Patch::Apply(&secret))
+                        .await?;
+                    ctx.own_writes.wrote(SECRET, &stored);
+                }
+                let body = patches::peer_apply(sub, &write.published())?;
+                if let Some(reserved) = reserved.as_mut() {
+                    reserved.sending(&write.peer.name);
+                }
+                let result = peers_api
+                    .patch(&write.peer.name, &apply, &Patch::Apply(&body))
+                    .await;
+                if let Some(reserved) = reserved.as_mut() {
+                    reserved.outcome(&write.peer.name, write_outcome(&result));
+                }
+                let applied = result?;
+                ctx.own_writes.wrote(PEER, &applied);
+                ctx.peer_view.applied(&applied);
+                debug!(subscription = %name, peer = %write.peer.name, "applied peer");
+                moved.extend(write.moved_from.clone());
+            }
+            Ok::<(), Error>(())
         }
-        Ok::<(), Error>(())
+        .await;
+        drop(reserved);
+        (result, moved)
     };
     let deleting_and_status = async {
         for holding in &plan.deletes {
@@ -714,7 +710,7 @@ async fn execute(
         }
         Ok::<(), Error>(())
     };
-    let (published, deleted) = futures::join!(publishing, deleting_and_status);
+    let ((published, moved), deleted) = futures::join!(publishing, deleting_and_status);
     // A peer moved to another server was applied there; its old addresses are free.
     for holding in moved {
         let pool = ctx.pools.pool(namespace, &holding.server);

@@ -50,6 +50,13 @@ pub const PRIVATE_KEY_FIELD: &str = "privateKey";
 /// dependent's namespace), so this label is what ties a key to one peer — not to an older peer
 /// of the same name — and what the collection of orphaned keys goes by.
 pub const LABEL_PEER_UID: &str = "wgsub.io/peer-uid";
+/// The id of a key: a label on its Secret and an annotation on the peer that published it. A
+/// Secret is written before a new peer exists (so the peer is written once, with its key), which
+/// leaves no uid to tie them; the key id does, for the collection of orphaned keys.
+pub const KEY_ID: &str = "wgsub.io/key-id";
+/// The annotation on a key Secret telling when the operator last wrote it (RFC 3339): a key
+/// whose peer is not written yet is kept for a grace period from then.
+pub const ANNOTATION_WRITTEN_AT: &str = "wgsub.io/written-at";
 /// The condition type telling that a device got a new key (its config must be downloaded again).
 pub const CONDITION_KEY_REGENERATED: &str = "KeyRegenerated";
 /// The most devices a subscription may have (the schema's bound on `maxDevices`).
@@ -115,6 +122,16 @@ pub struct DesiredPeer {
     pub expires_at: Option<Timestamp>,
     /// Kept off the interface: the subscription's `maxDevices` has no room for it.
     pub over_limit: bool,
+    /// The [`KEY_ID`] of the published key (none on peers keyed before key ids existed).
+    pub key_id: Option<String>,
+}
+
+/// The id of a key (a label value): the hex of the first 16 bytes of its public half.
+pub fn key_id(public: &PublicKey) -> String {
+    public.as_bytes()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 impl DesiredPeer {
@@ -128,6 +145,7 @@ impl DesiredPeer {
             address6: peer.spec.address6.clone(),
             expires_at: peer.spec.expires_at,
             over_limit: is_over_limit(peer),
+            key_id: peer.annotations().get(KEY_ID).cloned(),
         }
     }
 
@@ -141,17 +159,27 @@ impl DesiredPeer {
             address6: None,
             expires_at: None,
             over_limit: false,
+            key_id: None,
         }
     }
 }
 
-/// A freshly generated key, to be stored in its Secret (owned by the peer) before its public
-/// half is published in the peer's spec.
+/// A freshly generated key, to be stored in its Secret (labelled with its [`KEY_ID`]) before the
+/// peer is written once, with the public half, the Secret reference and the key id.
 #[derive(Debug)]
 pub struct NewKey {
     /// Where the private half goes: the Secret's name and data key.
     pub reference: SecretKeyRef,
     pub private_key: PrivateKey,
+    /// The uid of the peer, when it exists already (a key replaced or first given to it).
+    pub peer_uid: Option<String>,
+}
+
+impl NewKey {
+    /// The [`KEY_ID`] of this key.
+    pub fn id(&self) -> String {
+        key_id(&self.private_key.public_key())
+    }
 }
 
 /// What a write does about a device's key. A public key is only ever published once its private
@@ -159,14 +187,17 @@ pub struct NewKey {
 /// (which the next reconcile simply completes), never a published key without its Secret.
 #[derive(Debug)]
 pub enum KeyStep {
-    /// Apply the peer (without the new key), write the Secret owned by the applied peer, then
-    /// publish the key's public half with the Secret reference.
+    /// Write the Secret, then apply the peer once with the key's public half, the Secret
+    /// reference and the key id. If the peer write fails, the next pass finds a Secret that no
+    /// existing peer owns and stores a new key under the same name.
     Store(NewKey),
     /// The Secret, owned by the peer, already holds a private key that is not published (a
     /// previous reconcile stopped between the Secret and the publication): publish it.
     Publish {
         public_key: String,
         reference: SecretKeyRef,
+        /// The key id the Secret carries (or, for a Secret from before key ids, the key's own).
+        key_id: String,
     },
 }
 
@@ -215,15 +246,7 @@ pub struct PeerWrite {
 }
 
 impl PeerWrite {
-    /// The peer as applied first: before a fresh key is in its Secret, without that key.
-    pub fn first_apply(&self) -> DesiredPeer {
-        match &self.key {
-            Some(KeyStep::Store(_)) | None => self.peer.clone(),
-            Some(KeyStep::Publish { .. }) => self.published(),
-        }
-    }
-
-    /// The fresh key to store in its Secret, owned by the peer [`Self::first_apply`] wrote.
+    /// The fresh key to store in its Secret before the peer is written with it.
     pub fn key_to_store(&self) -> Option<&NewKey> {
         match &self.key {
             Some(KeyStep::Store(key)) => Some(key),
@@ -238,13 +261,16 @@ impl PeerWrite {
             Some(KeyStep::Store(key)) => {
                 peer.public_key = Some(key.private_key.public_key().to_base64());
                 peer.private_key_secret_ref = Some(key.reference.clone());
+                peer.key_id = Some(key.id());
             }
             Some(KeyStep::Publish {
                 public_key,
                 reference,
+                key_id,
             }) => {
                 peer.public_key = Some(public_key.clone());
                 peer.private_key_secret_ref = Some(reference.clone());
+                peer.key_id = Some(key_id.clone());
             }
             None => {}
         }
@@ -482,35 +508,38 @@ enum KeyNeed {
     Publish {
         public_key: PublicKey,
         reference: SecretKeyRef,
+        key_id: String,
         replaces_published: bool,
     },
 }
 
 /// The private key stored in the referenced Secret, and whether that Secret belongs to the
-/// peer with uid `owner` (by its [`LABEL_PEER_UID`] label, or an owner reference when the keys
-/// share the peer's namespace).
+/// peer with uid `owner` (by its [`LABEL_PEER_UID`] label, an owner reference when the keys
+/// share the peer's namespace, or the [`KEY_ID`] the peer carries, `owner_key_id`).
 fn stored_key(
     secrets: &[Secret],
     reference: &SecretKeyRef,
     owner: Option<&str>,
-) -> (Option<PrivateKey>, bool) {
+    owner_key_id: Option<&str>,
+) -> (Option<PrivateKey>, bool, Option<String>) {
     let Some(secret) = secrets
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some(reference.name.as_str()))
     else {
-        return (None, false);
+        return (None, false, None);
     };
     let owned = owner.is_some_and(|uid| {
         secret.labels().get(LABEL_PEER_UID).map(String::as_str) == Some(uid)
             || secret.owner_references().iter().any(|o| o.uid == uid)
-    });
+    }) || owner_key_id
+        .is_some_and(|id| secret.labels().get(KEY_ID).map(String::as_str) == Some(id));
     let key = secret
         .data
         .as_ref()
         .and_then(|data| data.get(&reference.key))
         .and_then(|bytes| std::str::from_utf8(&bytes.0).ok())
         .and_then(|text| PrivateKey::from_base64(text).ok());
-    (key, owned)
+    (key, owned, secret.labels().get(KEY_ID).cloned())
 }
 
 /// Where `desired`'s key stands, given the Secrets read. A key stored in a Secret that the peer
@@ -527,11 +556,13 @@ fn key_need(desired: &DesiredPeer, owner: Option<&str>, secrets: &[Secret]) -> K
         .private_key_secret_ref
         .clone()
         .unwrap_or_else(|| SecretKeyRef::new(key_secret_name(&desired.name), PRIVATE_KEY_FIELD));
-    let (stored, owned) = stored_key(secrets, &reference, owner);
+    let (stored, owned, stored_id) =
+        stored_key(secrets, &reference, owner, desired.key_id.as_deref());
     let replaces_published = published.is_some();
     match (published, stored) {
         (Some(public), Some(private)) if private.public_key() == public => KeyNeed::Keep,
         (_, Some(private)) if owned => KeyNeed::Publish {
+            key_id: stored_id.unwrap_or_else(|| key_id(&private.public_key())),
             public_key: private.public_key(),
             reference,
             replaces_published,
@@ -657,11 +688,13 @@ fn ensure_device(
             Some(KeyStep::Store(NewKey {
                 reference,
                 private_key: new_key(),
+                peer_uid: owner.map(str::to_owned),
             }))
         }
         KeyNeed::Publish {
             public_key,
             reference,
+            key_id,
             replaces_published,
         } => {
             if replaces_published {
@@ -670,6 +703,7 @@ fn ensure_device(
             Some(KeyStep::Publish {
                 public_key: public_key.to_base64(),
                 reference,
+                key_id,
             })
         }
     };
@@ -682,6 +716,7 @@ fn ensure_device(
         // Secret reference without a public key).
         desired.public_key = None;
         desired.private_key_secret_ref = None;
+        desired.key_id = None;
     }
     desired.expires_at = Some(paid_until);
     desired.over_limit = over_limit;

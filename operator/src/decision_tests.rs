@@ -91,8 +91,8 @@ enum Stop {
     Nowhere,
     /// The write of a new key's Secret fails.
     SecretWrite,
-    /// The Secret is written; the apply publishing its public key fails.
-    Publication,
+    /// The Secret is written; the apply of its peer (with the key) fails.
+    PeerWrite,
 }
 
 /// An in-memory stand-in for the API: peers and Secrets of every subscription and the address
@@ -162,32 +162,31 @@ impl World {
         peer
     }
 
-    /// Carries the plan out the way the shell does (every peer's first apply, then per new key
-    /// the Secret and the publication, the deletes, the status), failing at `stop`: nothing
-    /// after the failing call is written, the status included. Returns whether it completed.
+    /// Carries the plan out the way the shell does (per peer: a new key's Secret, then the peer
+    /// once, with its key; the deletes, the status), failing at `stop`: nothing after the
+    /// failing call is written, the status included. Returns whether it completed.
     fn apply_until(&mut self, sub: &mut VpnSubscription, plan: &Plan, stop: Stop) -> bool {
-        let mut stored = Vec::new();
         for write in &plan.writes {
-            let peer = self.apply_peer(sub, &write.first_apply());
             if let Some(key) = write.key_to_store() {
-                stored.push((peer, write, key));
-            }
-        }
-        for (peer, write, key) in stored {
-            if stop == Stop::SecretWrite {
-                return false;
-            }
-            let secret = patches::key_secret(&peer, &sub.name_any(), key, KEYS_NAMESPACE).unwrap();
-            self.secrets.insert(key.reference.name.clone(), secret);
-            if stop == Stop::Publication {
-                return false;
+                if stop == Stop::SecretWrite {
+                    return false;
+                }
+                let secret =
+                    patches::key_secret(sub, &write.peer.name, key, KEYS_NAMESPACE, now()).unwrap();
+                self.secrets.insert(key.reference.name.clone(), secret);
+                if stop == Stop::PeerWrite {
+                    return false;
+                }
             }
             self.apply_peer(sub, &write.published());
         }
         for holding in &plan.deletes {
             let peer = self.peers.remove(&holding.peer).unwrap();
-            self.secrets
-                .retain(|_, s| s.labels().get(LABEL_PEER_UID) != peer.metadata.uid.as_ref());
+            let key_id = peer.annotations().get(KEY_ID);
+            self.secrets.retain(|_, s| {
+                s.labels().get(LABEL_PEER_UID) != peer.metadata.uid.as_ref()
+                    && (key_id.is_none() || s.labels().get(KEY_ID) != key_id)
+            });
             holding.release_from(&mut self.used);
         }
         if let Some(status) = &plan.status {
@@ -232,6 +231,11 @@ impl World {
     fn private_key_of(&self, peer: &str) -> PrivateKey {
         let reference = self.peer(peer).spec.private_key_secret_ref.clone().unwrap();
         let bytes = &self.secrets[&reference.name].data.as_ref().unwrap()[&reference.key].0;
+        PrivateKey::from_base64(std::str::from_utf8(bytes).unwrap()).unwrap()
+    }
+
+    fn private_key_of_secret(&self, name: &str) -> PrivateKey {
+        let bytes = &self.secrets[name].data.as_ref().unwrap()[PRIVATE_KEY_FIELD].0;
         PrivateKey::from_base64(std::str::from_utf8(bytes).unwrap()).unwrap()
     }
 }
@@ -703,12 +707,19 @@ fn a_peer_secret_holding_another_key_gets_that_key_published_and_says_so() {
         PRIVATE_KEY_FIELD.to_owned(),
         ByteString(replacement.to_base64().as_bytes().to_vec()),
     )]));
+    let id = world.secrets["tg-1-1-key"].labels()[KEY_ID].clone();
     let plan = world.run(&mut sub, now());
     assert!(matches!(plan.writes[0].key, Some(KeyStep::Publish { .. })));
     assert_eq!(reasons_of(&plan), vec![reasons::KEY_REGENERATED]);
+    let peer = world.peer("tg-1-1");
     assert_eq!(
-        world.peer("tg-1-1").spec.public_key,
+        peer.spec.public_key,
         Some(replacement.public_key().to_base64())
+    );
+    assert_eq!(
+        peer.annotations()[KEY_ID],
+        id,
+        "the peer keeps the key id its Secret is collected by"
     );
     world.assert_published_keys_are_stored();
 }
@@ -1077,20 +1088,19 @@ fn no_new_key() -> PrivateKey {
 }
 
 #[test]
-fn a_failed_secret_write_publishes_nothing_and_the_retry_says_nothing_about_keys() {
+fn a_failed_secret_write_writes_no_peer_and_the_retry_says_nothing_about_keys() {
     let mut world = world();
     let mut sub = subscription(1, Some(now() + DAY));
     let plan = world.decide(&sub, now());
     assert!(!world.apply_until(&mut sub, &plan, Stop::SecretWrite));
-    let half = world.peer("tg-1-1");
-    assert_eq!(half.spec.public_key, None);
-    assert_eq!(half.spec.private_key_secret_ref, None);
-    assert_eq!(half.spec.address.as_deref(), Some("10.8.0.2/32"));
+    assert!(
+        world.peers.is_empty(),
+        "a new peer is written only with its key"
+    );
     assert!(world.secrets.is_empty());
 
     let plan = world.run(&mut sub, now());
     assert!(plan.writes[0].key_to_store().is_some());
-    assert!(!plan.allocates(), "the address given before is kept");
     assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
     let status = sub.status.as_ref().unwrap();
     assert!(condition(&status.conditions, CONDITION_KEY_REGENERATED).is_none());
@@ -1100,17 +1110,75 @@ fn a_failed_secret_write_publishes_nothing_and_the_retry_says_nothing_about_keys
 }
 
 #[test]
-fn a_failed_publication_is_completed_with_the_key_already_stored() {
+fn a_new_peer_is_written_once_with_its_key_its_address_and_the_key_id_of_its_secret() {
     let mut world = world();
     let mut sub = subscription(1, Some(now() + DAY));
     let plan = world.decide(&sub, now());
-    assert!(!world.apply_until(&mut sub, &plan, Stop::Publication));
-    assert_eq!(world.peer("tg-1-1").spec.public_key, None);
-    let stored = {
-        let data = world.secrets["tg-1-1-key"].data.as_ref().unwrap();
-        let text = std::str::from_utf8(&data[PRIVATE_KEY_FIELD].0).unwrap();
-        PrivateKey::from_base64(text).unwrap()
-    };
+    assert_eq!(plan.writes.len(), 1);
+    let key = plan.writes[0].key_to_store().expect("a new key");
+    assert_eq!(key.peer_uid, None, "the peer does not exist yet");
+    let published = plan.writes[0].published();
+    assert_eq!(published.key_id, Some(key.id()));
+    assert!(published.address.is_some());
+    world.apply(&mut sub, &plan);
+    let peer = world.peer("tg-1-1");
+    assert_eq!(peer.annotations()[KEY_ID], key.id());
+    assert_eq!(world.secrets["tg-1-1-key"].labels()[KEY_ID], key.id());
+    world.assert_published_keys_are_stored();
+}
+
+#[test]
+fn an_expiry_only_write_keeps_the_key_id() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let id = world.peer("tg-1-1").annotations()[KEY_ID].clone();
+    let mut sub = subscription(1, Some(now() + DAY * 30));
+    let plan = world.run(&mut sub, now());
+    assert!(plan.writes.iter().all(|w| w.key.is_none()));
+    assert_eq!(plan.writes[0].published().key_id, Some(id.clone()));
+    assert_eq!(world.peer("tg-1-1").annotations()[KEY_ID], id);
+    assert!(world.run(&mut sub, now()).writes.is_empty());
+}
+
+#[test]
+fn a_failed_peer_write_after_its_secret_makes_a_new_key_under_the_same_name() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    let plan = world.decide(&sub, now());
+    assert!(!world.apply_until(&mut sub, &plan, Stop::PeerWrite));
+    assert!(world.peers.is_empty());
+    let first = world.secrets["tg-1-1-key"].labels()[KEY_ID].clone();
+
+    let plan = world.run(&mut sub, now());
+    let key = plan.writes[0]
+        .key_to_store()
+        .expect("a Secret no peer owns is never published");
+    assert_ne!(key.id(), first);
+    assert_eq!(key.reference.name, "tg-1-1-key");
+    assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
+    assert_eq!(world.secrets.len(), 1);
+    assert_eq!(world.secrets["tg-1-1-key"].labels()[KEY_ID], key.id());
+    world.assert_published_keys_are_stored();
+}
+
+#[test]
+fn a_key_stored_for_an_existing_peer_whose_write_failed_is_published_without_a_new_one() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    world.secrets.clear();
+    let plan = world.decide(&sub, now());
+    let key = plan.writes[0]
+        .key_to_store()
+        .expect("the lost key is replaced");
+    assert_eq!(key.peer_uid.as_deref(), Some("uid-tg-1-1"));
+    assert!(!world.apply_until(&mut sub, &plan, Stop::PeerWrite));
+    assert_eq!(
+        world.secrets["tg-1-1-key"].labels()[LABEL_PEER_UID],
+        "uid-tg-1-1"
+    );
+    let stored = world.private_key_of_secret("tg-1-1-key");
 
     let own = world.own_peers(&sub);
     let secrets: Vec<Secret> = world.secrets.values().cloned().collect();
@@ -1125,20 +1193,21 @@ fn a_failed_publication_is_completed_with_the_key_already_stored() {
     };
     let plan = decide(&observed, &mut world.used, &mut no_new_key);
     assert!(matches!(plan.writes[0].key, Some(KeyStep::Publish { .. })));
+    assert_eq!(
+        plan.writes[0].published().key_id,
+        Some(key_id(&stored.public_key()))
+    );
     world.apply(&mut sub, &plan);
     assert_eq!(
         world.peer("tg-1-1").spec.public_key,
         Some(stored.public_key().to_base64())
     );
-    assert_eq!(reasons_of(&plan), vec![reasons::ACTIVATED]);
-    let status = sub.status.as_ref().unwrap();
-    assert!(condition(&status.conditions, CONDITION_KEY_REGENERATED).is_none());
     world.assert_published_keys_are_stored();
 }
 
 #[test]
 fn a_lost_key_is_reported_once_by_the_reconcile_that_publishes_its_replacement() {
-    for stop in [Stop::SecretWrite, Stop::Publication] {
+    for stop in [Stop::SecretWrite, Stop::PeerWrite] {
         let mut world = world();
         let mut sub = subscription(1, Some(now() + DAY));
         world.run(&mut sub, now());

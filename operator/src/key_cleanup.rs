@@ -1,21 +1,23 @@
-//! Deleting the key Secrets of peers that are gone, when the keys live in a namespace of their
-//! own (`--keys-namespace`). An owner reference cannot point from there to the peer (owners must
-//! share their dependent's namespace; the garbage collector would treat such an owner as absent
-//! and delete the key at once), so the operator collects the keys itself:
+//! Deleting the key Secrets of peers that are gone. In a namespace of their own
+//! (`--keys-namespace`) no owner reference can point from a key to its peer (owners must share
+//! their dependent's namespace), and in the peer's own namespace a key written before its new peer
+//! is owned by the subscription, so the operator collects the keys itself:
 //!
 //! - **at once**: a watch of the peers (metadata only) sees each deletion — by the operator after
 //!   retention, by the garbage collector after the subscription, by hand — and deletes the key
-//!   Secrets labelled with the deleted peer's uid ([`LABEL_PEER_UID`]);
+//!   Secrets labelled with the deleted peer's uid ([`LABEL_PEER_UID`]) or with the key id it
+//!   carried ([`KEY_ID`]);
 //! - **by sweep**: after every (re-)list of that watch (a deletion while the watch was down is
 //!   not reported) and every [`SWEEP_INTERVAL`], the key Secrets are listed, then the peers, and
-//!   [`orphans`] — Secrets whose labelled peer uid is in neither — are deleted. A key Secret is
-//!   written only once its peer exists (the peer is applied first, and the Secret carries the uid
-//!   that apply returned), so a Secret listed before the peers whose uid is not among them
-//!   belongs to a peer deleted meanwhile.
+//!   [`orphans`] are deleted: Secrets whose labelled peer uid is not live and whose key id is on
+//!   no live peer. A key Secret is written just before its peer (which then carries the key id),
+//!   so a Secret with a key id is also kept for [`KEY_GRACE`] after its last write
+//!   ([`ANNOTATION_WRITTEN_AT`]); Secrets with only the uid label (written before key ids) keep
+//!   the rule that a uid not among the peers listed after them is a deleted peer's.
 //!
 //! Every delete carries the uid and resource version the Secret was seen with, so a Secret
-//! rewritten in between (a new peer of the same name got its key) is kept. Secrets without the
-//! uid label (not the operator's, e.g. a preshared key put there by hand) are never touched.
+//! rewritten in between (a new peer of the same name got its key) is kept. Secrets with neither
+//! label (not the operator's, e.g. a preshared key put there by hand) are never touched.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -23,18 +25,26 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 use wgsub_crds::WgPeer;
 
-use crate::decision::LABEL_PEER_UID;
+use jiff::{SignedDuration, Timestamp};
+use wgsub_crds::resources::LABEL_PEER;
+
+use crate::decision::{ANNOTATION_WRITTEN_AT, KEY_ID, LABEL_PEER_UID};
 
 /// How often every key Secret is checked against the peers, besides after each re-list.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How long a key Secret is kept after its last write ([`ANNOTATION_WRITTEN_AT`]) although no
+/// live peer carries its key id: the peer is written just after its key, and may not be listed
+/// yet.
+pub const KEY_GRACE: SignedDuration = SignedDuration::from_secs(600);
 
 /// A key Secret to delete, with the uid and resource version it was seen with (the
 /// preconditions of its delete).
@@ -45,20 +55,68 @@ pub struct Orphan {
     pub resource_version: String,
 }
 
-/// The key Secrets (their metadata, listed before the peers) whose peer uid is not among the
-/// uids of the peers listed after them: their peers are gone. Secrets without the uid label,
-/// or without a uid or resource version to make the delete conditional on, are kept.
+/// What the listed peers hold on to: their uids and the key ids they carry ([`KEY_ID`]).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub peer_uids: HashSet<String>,
+    pub key_ids: HashSet<String>,
+}
+
+impl Live {
+    /// The uids and key ids of `peers`.
+    pub fn of<'a>(peers: impl IntoIterator<Item = &'a ObjectMeta>) -> Self {
+        let mut live = Self::default();
+        for peer in peers {
+            live.peer_uids.extend(peer.uid.clone());
+            if let Some(id) = peer.annotations.as_ref().and_then(|a| a.get(KEY_ID)) {
+                live.key_ids.insert(id.clone());
+            }
+        }
+        live
+    }
+}
+
+/// Whether the key Secret `meta` is one of the operator's that no live peer holds on to: its
+/// labelled peer uid is not live, its labelled key id is on no live peer, and (for a Secret with
+/// a key id) its last write is at least `grace` before `now` (an unreadable write time keeps it).
+/// Secrets with neither label are not the operator's keys.
+fn is_orphan(meta: &ObjectMeta, live: &Live, now: Timestamp, grace: SignedDuration) -> bool {
+    let Some(labels) = meta.labels.as_ref() else {
+        return false;
+    };
+    let peer_uid = labels.get(LABEL_PEER_UID);
+    let id = labels.get(KEY_ID);
+    if peer_uid.is_none() && id.is_none() {
+        return false;
+    }
+    if peer_uid.is_some_and(|uid| live.peer_uids.contains(uid))
+        || id.is_some_and(|id| live.key_ids.contains(id))
+    {
+        return false;
+    }
+    if id.is_none() {
+        return true;
+    }
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_WRITTEN_AT))
+        .and_then(|text| text.parse::<Timestamp>().ok())
+        .is_some_and(|written| now.duration_since(written) >= grace)
+}
+
+/// The key Secrets (their metadata, listed before the peers) that no peer listed after them
+/// holds on to (see [`is_orphan`]): their peers are gone, or were never written. Secrets without
+/// a uid or resource version to make the delete conditional on are kept.
 pub fn orphans<'a>(
     secrets: impl IntoIterator<Item = &'a ObjectMeta>,
-    live_peer_uids: &HashSet<String>,
+    live: &Live,
+    now: Timestamp,
+    grace: SignedDuration,
 ) -> Vec<Orphan> {
     secrets
         .into_iter()
+        .filter(|meta| is_orphan(meta, live, now, grace))
         .filter_map(|meta| {
-            let peer_uid = meta.labels.as_ref()?.get(LABEL_PEER_UID)?;
-            if live_peer_uids.contains(peer_uid) {
-                return None;
-            }
             Some(Orphan {
                 name: meta.name.clone()?,
                 uid: meta.uid.clone()?,
@@ -71,6 +129,11 @@ pub fn orphans<'a>(
 /// The label selector of the key Secrets of the peer with uid `peer_uid`.
 pub fn keys_of_peer(peer_uid: &str) -> String {
     format!("{LABEL_PEER_UID}={peer_uid}")
+}
+
+/// The label selector of the key Secret of the key with id `id`.
+pub fn key_with_id(id: &str) -> String {
+    format!("{KEY_ID}={id}")
 }
 
 /// The collection of one watched namespace's keys in `keys_namespace`.
@@ -90,23 +153,42 @@ impl KeyCleanup {
         }
     }
 
-    /// Deletes the key Secrets of the (deleted) peer with uid `peer_uid`; returns how many.
-    pub async fn delete_keys_of(&self, peer_uid: &str) -> Result<usize, kube::Error> {
-        let listed = self
-            .secrets
-            .list_metadata(&ListParams::default().labels(&keys_of_peer(peer_uid)))
-            .await?;
-        let found = orphans(listed.items.iter().map(|s| &s.metadata), &HashSet::new());
-        self.delete_all(found).await
+    /// Deletes the key Secrets of the (deleted) peer `peer`: those labelled with its uid or
+    /// with the key id it carried; returns how many.
+    pub async fn delete_keys_of(&self, peer: &ObjectMeta) -> Result<usize, kube::Error> {
+        let mut selectors: Vec<String> = peer.uid.iter().map(|uid| keys_of_peer(uid)).collect();
+        if let Some(id) = peer.annotations.as_ref().and_then(|a| a.get(KEY_ID)) {
+            selectors.push(key_with_id(id));
+        }
+        let mut deleted = 0;
+        for selector in selectors {
+            let listed = self
+                .secrets
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await?;
+            let found = orphans(
+                listed.items.iter().map(|s| &s.metadata),
+                &Live::default(),
+                Timestamp::now(),
+                SignedDuration::ZERO,
+            );
+            deleted += self.delete_all(found).await?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes every key Secret whose peer is gone; returns how many.
     pub async fn sweep(&self) -> Result<usize, kube::Error> {
-        let keys = ListParams::default().labels(LABEL_PEER_UID);
+        let keys = ListParams::default().labels(LABEL_PEER);
         let secrets = self.secrets.list_metadata(&keys).await?;
         let peers = self.peers.list_metadata(&ListParams::default()).await?;
-        let live: HashSet<String> = peers.items.iter().filter_map(|p| p.uid()).collect();
-        let found = orphans(secrets.items.iter().map(|s| &s.metadata), &live);
+        let live = Live::of(peers.items.iter().map(|p| &p.metadata));
+        let found = orphans(
+            secrets.items.iter().map(|s| &s.metadata),
+            &live,
+            Timestamp::now(),
+            KEY_GRACE,
+        );
         self.delete_all(found).await
     }
 
@@ -151,10 +233,9 @@ impl KeyCleanup {
                 tokio::select! {
                     _ = sweeps.tick() => Some(self.sweep().await),
                     event = events.next() => match event {
-                        Some(Ok(Event::Delete(peer))) => Some(match peer.uid() {
-                            Some(uid) => self.delete_keys_of(&uid).await,
-                            None => Ok(0),
-                        }),
+                        Some(Ok(Event::Delete(peer))) => {
+                            Some(self.delete_keys_of(&peer.metadata).await)
+                        }
                         Some(Ok(Event::InitDone)) => Some(self.sweep().await),
                         Some(Ok(_)) => Some(Ok(0)),
                         Some(Err(error)) => {
@@ -186,6 +267,10 @@ mod tests {
 
     use super::*;
 
+    fn now() -> Timestamp {
+        "2030-01-01T12:00:00Z".parse().unwrap()
+    }
+
     fn key(name: &str, peer_uid: Option<&str>) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.into()),
@@ -196,15 +281,37 @@ mod tests {
         }
     }
 
+    /// A key Secret with key id `id`, last written `ago` before [`now`].
+    fn keyed(name: &str, id: &str, ago: SignedDuration) -> ObjectMeta {
+        let mut meta = key(name, None);
+        meta.labels = Some(BTreeMap::from([(KEY_ID.to_owned(), id.into())]));
+        meta.annotations = Some(BTreeMap::from([(
+            ANNOTATION_WRITTEN_AT.to_owned(),
+            (now() - ago).to_string(),
+        )]));
+        meta
+    }
+
+    fn live_uids(uids: &[&str]) -> Live {
+        Live {
+            peer_uids: uids.iter().map(|u| (*u).to_owned()).collect(),
+            key_ids: HashSet::new(),
+        }
+    }
+
+    fn names(found: &[Orphan]) -> Vec<&str> {
+        found.iter().map(|o| o.name.as_str()).collect()
+    }
+
     #[test]
     fn a_key_whose_peer_uid_is_not_live_is_an_orphan_with_its_preconditions() {
-        let live = HashSet::from(["peer-a".to_owned()]);
+        let live = live_uids(&["peer-a"]);
         let secrets = [
             key("tg-1-1-key", Some("peer-a")),
             key("tg-1-2-key", Some("peer-gone")),
         ];
         assert_eq!(
-            orphans(&secrets, &live),
+            orphans(&secrets, &live, now(), KEY_GRACE),
             [Orphan {
                 name: "tg-1-2-key".into(),
                 uid: "secret-uid-tg-1-2-key".into(),
@@ -215,24 +322,71 @@ mod tests {
 
     #[test]
     fn a_key_of_an_older_peer_of_the_same_name_is_an_orphan() {
-        let live = HashSet::from(["uid-of-the-new-tg-1-1".to_owned()]);
+        let live = live_uids(&["uid-of-the-new-tg-1-1"]);
         let secrets = [key("tg-1-1-key", Some("uid-of-the-old-tg-1-1"))];
-        assert_eq!(orphans(&secrets, &live).len(), 1);
+        assert_eq!(orphans(&secrets, &live, now(), KEY_GRACE).len(), 1);
     }
 
     #[test]
-    fn secrets_without_the_uid_label_or_preconditions_are_never_collected() {
-        let none = HashSet::new();
+    fn secrets_without_a_key_label_or_preconditions_are_never_collected() {
+        let none = Live::default();
         let mut unversioned = key("b", Some("peer-gone"));
         unversioned.resource_version = None;
         let mut unnamed = key("c", Some("peer-gone"));
         unnamed.name = None;
         let secrets = [key("psk-by-hand", None), unversioned, unnamed];
-        assert!(orphans(&secrets, &none).is_empty());
+        assert!(orphans(&secrets, &none, now(), KEY_GRACE).is_empty());
     }
 
     #[test]
-    fn the_selector_names_the_peer_uid() {
+    fn a_key_whose_id_is_on_a_live_peer_is_kept_however_old() {
+        let live = Live::of(&[ObjectMeta {
+            uid: Some("peer-a".into()),
+            annotations: Some(BTreeMap::from([(KEY_ID.to_owned(), "id-a".into())])),
+            ..ObjectMeta::default()
+        }]);
+        let secrets = [
+            keyed("tg-1-1-key", "id-a", SignedDuration::from_hours(24 * 365)),
+            keyed("tg-1-2-key", "id-gone", SignedDuration::from_hours(1)),
+        ];
+        assert_eq!(
+            names(&orphans(&secrets, &live, now(), KEY_GRACE)),
+            ["tg-1-2-key"]
+        );
+    }
+
+    #[test]
+    fn a_key_written_within_the_grace_period_is_kept_until_its_peer_is_listed() {
+        let none = Live::default();
+        let just = keyed("fresh", "id-1", KEY_GRACE - SignedDuration::from_secs(1));
+        let due = keyed("due", "id-2", KEY_GRACE);
+        let mut unreadable = keyed("unreadable", "id-3", KEY_GRACE * 2);
+        unreadable.annotations = Some(BTreeMap::from([(
+            ANNOTATION_WRITTEN_AT.to_owned(),
+            "yesterday".into(),
+        )]));
+        let secrets = [just, due, unreadable];
+        assert_eq!(names(&orphans(&secrets, &none, now(), KEY_GRACE)), ["due"]);
+    }
+
+    #[test]
+    fn a_key_with_a_live_peer_uid_is_kept_whatever_its_key_id() {
+        let mut both = keyed("tg-1-1-key", "id-unpublished", KEY_GRACE * 2);
+        both.labels
+            .as_mut()
+            .unwrap()
+            .insert(LABEL_PEER_UID.to_owned(), "peer-a".into());
+        let secrets = [both];
+        assert!(orphans(&secrets, &live_uids(&["peer-a"]), now(), KEY_GRACE).is_empty());
+        assert_eq!(
+            orphans(&secrets, &Live::default(), now(), KEY_GRACE).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_selectors_name_the_peer_uid_and_the_key_id() {
         assert_eq!(keys_of_peer("u-1"), "wgsub.io/peer-uid=u-1");
+        assert_eq!(key_with_id("00ff"), "wgsub.io/key-id=00ff");
     }
 }

@@ -80,9 +80,9 @@ pub async fn termination_signal() {
 }
 
 /// What the leader runs until `term` is cancelled: the Controller over `namespace` (all when
-/// absent), the choice of missing AmneziaWG parameters ([`amnezia::run`]) and, when key Secrets
-/// live in a namespace of their own (`Settings::keys_namespace`), the collection of the keys of
-/// deleted peers ([`KeyCleanup`]). Each observes `term`: the parameter watch and the key
+/// absent), the choice of missing AmneziaWG parameters ([`amnezia::run`]) and, over one
+/// namespace, the collection of the keys of deleted peers ([`KeyCleanup`]) wherever the keys
+/// live (`Settings::keys_namespace_for`). Each observes `term`: the parameter watch and the key
 /// collection stop at once (also in the middle of a write or a sweep), the Controller within
 /// [`controller::SHUTDOWN_GRACE`].
 pub async fn lead(
@@ -91,10 +91,13 @@ pub async fn lead(
     concurrency: u16,
     term: CancellationToken,
 ) {
-    let cleanup = namespace
-        .as_deref()
-        .zip(ctx.settings.keys_namespace.as_deref())
-        .map(|(namespace, keys)| KeyCleanup::new(ctx.client.clone(), namespace, keys));
+    let cleanup = namespace.as_deref().map(|namespace| {
+        KeyCleanup::new(
+            ctx.client.clone(),
+            namespace,
+            ctx.settings.keys_namespace_for(namespace),
+        )
+    });
     let cleanup_term = term.clone();
     let amnezia_term = term.clone();
     let amnezia = amnezia::run(ctx.client.clone(), namespace.clone(), async move {

@@ -6,15 +6,16 @@
 
 use std::collections::BTreeMap;
 
+use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use wgsub_crds::resources::{LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
-use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer};
+use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus};
 
-use crate::decision::{DesiredPeer, LABEL_PEER_UID, NewKey};
+use crate::decision::{ANNOTATION_WRITTEN_AT, DesiredPeer, KEY_ID, LABEL_PEER_UID, NewKey};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "wgsub-operator";
@@ -72,41 +73,71 @@ pub fn peer_apply(
     if desired.over_limit {
         labels[LABEL_OVER_LIMIT] = json!("true");
     }
+    let mut metadata = json!({
+        "name": desired.name,
+        "labels": labels,
+        "ownerReferences": [owner],
+    });
+    if let Some(id) = &desired.key_id {
+        metadata["annotations"] = json!({ KEY_ID: id });
+    }
     Ok(json!({
         "apiVersion": "wgsub.io/v1alpha1",
         "kind": "WgPeer",
-        "metadata": {
-            "name": desired.name,
-            "labels": labels,
-            "ownerReferences": [owner],
-        },
+        "metadata": metadata,
         "spec": spec,
     }))
 }
 
-/// The key Secret of a peer, for the namespace `keys_namespace`: labelled with the peer's name,
-/// uid ([`LABEL_PEER_UID`]) and subscription. In the peer's own namespace it is also owned by
-/// the peer, so the garbage collector deletes it with the peer; elsewhere no owner reference
-/// can reach the peer and the operator deletes it itself (see `key_cleanup`).
+/// The key Secret of the peer `peer` of `subscription`, for the namespace `keys_namespace`,
+/// written at `written_at` ([`ANNOTATION_WRITTEN_AT`]) before the peer is written with the key:
+/// labelled with the peer's name, the subscription and the key's [`KEY_ID`], and with the peer's
+/// uid ([`LABEL_PEER_UID`]) when the peer exists already. In the peer's own namespace it is owned
+/// by the peer when that exists, else by the subscription (so the garbage collector deletes it
+/// with either); elsewhere no owner reference can reach them and the operator deletes it itself
+/// (see `key_cleanup`, which also collects the keys of deleted peers in the peer's namespace).
 pub fn key_secret(
-    peer: &WgPeer,
-    subscription: &str,
+    subscription: &VpnSubscription,
+    peer: &str,
     key: &NewKey,
     keys_namespace: &str,
+    written_at: Timestamp,
 ) -> Result<Secret, PatchError> {
-    let owner = controller_ref(peer, "WgPeer")?;
-    let same_namespace = peer.namespace().as_deref() == Some(keys_namespace);
+    let same_namespace = subscription.namespace().as_deref() == Some(keys_namespace);
+    let owner = if same_namespace {
+        Some(match &key.peer_uid {
+            Some(uid) => OwnerReference {
+                api_version: "wgsub.io/v1alpha1".to_owned(),
+                kind: "WgPeer".to_owned(),
+                name: peer.to_owned(),
+                uid: uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+            None => controller_ref(subscription, "VpnSubscription")?,
+        })
+    } else {
+        None
+    };
+    let mut labels = BTreeMap::from([
+        (LABEL_PEER.to_owned(), peer.to_owned()),
+        (LABEL_SUBSCRIPTION.to_owned(), subscription.name_any()),
+        (KEY_ID.to_owned(), key.id()),
+    ]);
+    if let Some(uid) = &key.peer_uid {
+        labels.insert(LABEL_PEER_UID.to_owned(), uid.clone());
+    }
     let text = key.private_key.to_base64();
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(key.reference.name.clone()),
             namespace: Some(keys_namespace.to_owned()),
-            labels: Some(BTreeMap::from([
-                (LABEL_PEER.to_owned(), peer.name_any()),
-                (LABEL_PEER_UID.to_owned(), owner.uid.clone()),
-                (LABEL_SUBSCRIPTION.to_owned(), subscription.to_owned()),
-            ])),
-            owner_references: same_namespace.then(|| vec![owner]),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                ANNOTATION_WRITTEN_AT.to_owned(),
+                written_at.to_string(),
+            )])),
+            owner_references: owner.map(|owner| vec![owner]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
@@ -135,7 +166,7 @@ pub fn status_apply(status: &VpnSubscriptionStatus) -> Value {
 mod tests {
     use super::*;
     use wgsub_crds::keys::PrivateKey;
-    use wgsub_crds::{SecretKeyRef, VpnSubscriptionSpec, WgPeerSpec};
+    use wgsub_crds::{SecretKeyRef, VpnSubscriptionSpec, WgPeer};
 
     fn subscription() -> VpnSubscription {
         let mut sub = VpnSubscription::new("tg-7", VpnSubscriptionSpec::for_user(7));
@@ -153,6 +184,7 @@ mod tests {
             address6: Some("fd00::2/128".into()),
             expires_at: Some("2030-01-01T00:00:00Z".parse().unwrap()),
             over_limit: false,
+            key_id: None,
         }
     }
 
@@ -229,44 +261,91 @@ mod tests {
     }
 
     #[test]
-    fn key_secret_is_tied_to_the_peer_by_label_and_owned_only_in_its_namespace() {
-        let mut peer = WgPeer::new(
-            "tg-7-1",
-            WgPeerSpec {
-                server: "wg".into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
-                address: None,
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
-            },
-        );
-        peer.metadata.uid = Some("peer-uid".into());
-        peer.metadata.namespace = Some("vpn".into());
-        let key = NewKey {
+    fn the_key_id_goes_on_the_peer_as_an_annotation_only_when_known() {
+        let without = peer_apply(&subscription(), &desired()).unwrap();
+        assert!(without["metadata"].get("annotations").is_none());
+        let keyed = DesiredPeer {
+            key_id: Some("00ff".into()),
+            ..desired()
+        };
+        let body = peer_apply(&subscription(), &keyed).unwrap();
+        assert_eq!(body["metadata"]["annotations"][KEY_ID], "00ff");
+    }
+
+    fn new_key(peer_uid: Option<&str>) -> NewKey {
+        NewKey {
             reference: SecretKeyRef::new("tg-7-1-key", "privateKey"),
             private_key: PrivateKey::generate(),
-        };
-        let secret = key_secret(&peer, "tg-7", &key, "vpn-keys").unwrap();
+            peer_uid: peer_uid.map(str::to_owned),
+        }
+    }
+
+    fn in_namespace(namespace: &str) -> VpnSubscription {
+        let mut sub = subscription();
+        sub.metadata.namespace = Some(namespace.into());
+        sub
+    }
+
+    #[test]
+    fn a_key_secret_carries_the_peer_subscription_key_id_and_write_time() {
+        let key = new_key(None);
+        let at: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let secret = key_secret(&in_namespace("vpn"), "tg-7-1", &key, "vpn-keys", at).unwrap();
         assert_eq!(secret.namespace().as_deref(), Some("vpn-keys"));
         assert_eq!(secret.labels()[LABEL_PEER], "tg-7-1");
-        assert_eq!(secret.labels()[LABEL_PEER_UID], "peer-uid");
         assert_eq!(secret.labels()[LABEL_SUBSCRIPTION], "tg-7");
+        assert_eq!(secret.labels()[KEY_ID], key.id());
+        assert_eq!(
+            key.id(),
+            crate::decision::key_id(&key.private_key.public_key())
+        );
+        assert!(!secret.labels().contains_key(LABEL_PEER_UID));
+        assert_eq!(
+            secret.annotations()[ANNOTATION_WRITTEN_AT],
+            "2030-01-01T00:00:00Z"
+        );
         assert!(
             secret.metadata.owner_references.is_none(),
             "an owner reference across namespaces would make the collector delete the key"
         );
-        let beside = key_secret(&peer, "tg-7", &key, "vpn").unwrap();
-        assert_eq!(beside.owner_references()[0].uid, "peer-uid");
-        assert_eq!(beside.owner_references()[0].kind, "WgPeer");
-        assert_eq!(beside.labels()[LABEL_PEER_UID], "peer-uid");
         let stored = &secret.data.as_ref().unwrap()["privateKey"].0;
         assert_eq!(
             PrivateKey::from_base64(std::str::from_utf8(stored).unwrap()).unwrap(),
             key.private_key
+        );
+    }
+
+    #[test]
+    fn a_key_of_an_existing_peer_also_carries_its_uid() {
+        let at = Timestamp::UNIX_EPOCH;
+        let secret = key_secret(
+            &in_namespace("vpn"),
+            "tg-7-1",
+            &new_key(Some("peer-uid")),
+            "vpn-keys",
+            at,
+        )
+        .unwrap();
+        assert_eq!(secret.labels()[LABEL_PEER_UID], "peer-uid");
+        assert!(secret.metadata.owner_references.is_none());
+    }
+
+    #[test]
+    fn beside_its_peer_a_key_is_owned_by_the_peer_or_before_it_exists_by_the_subscription() {
+        let at = Timestamp::UNIX_EPOCH;
+        let sub = in_namespace("vpn");
+        let existing = key_secret(&sub, "tg-7-1", &new_key(Some("peer-uid")), "vpn", at).unwrap();
+        let owner = &existing.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("WgPeer", "tg-7-1", "peer-uid")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let fresh = key_secret(&sub, "tg-7-1", &new_key(None), "vpn", at).unwrap();
+        let owner = &fresh.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("VpnSubscription", "sub-uid")
         );
     }
 }
