@@ -27,7 +27,7 @@ use wgsub_crds::{
     WgPeer, WgServer, WgServerSpec,
 };
 use wgsub_operator::controller::{self, Context, Error, Settings};
-use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, LABEL_PEER_UID, reasons};
+use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, KEY_ID, LABEL_PEER_UID, reasons};
 use wgsub_operator::key_cleanup::KeyCleanup;
 use wgsub_operator::metrics::Metrics;
 use wgsub_testkit::chart::{
@@ -300,9 +300,13 @@ async fn a_paid_subscription_becomes_a_peer_with_key_secret_address_and_active_s
     let secret = cluster.secrets().get("tg-1-1-key").await.unwrap();
     assert_eq!(secret.labels()[LABEL_PEER], "tg-1-1");
     assert_eq!(
-        secret.labels().get(LABEL_PEER_UID),
-        peer.metadata.uid.as_ref(),
-        "the key is tied to this very peer"
+        secret.labels().get(KEY_ID),
+        peer.annotations().get(KEY_ID),
+        "the key is tied to this very peer by its key id"
+    );
+    assert!(
+        !secret.labels().contains_key(LABEL_PEER_UID),
+        "written before its peer existed"
     );
     assert!(
         secret.metadata.owner_references.is_none(),

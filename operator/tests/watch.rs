@@ -30,7 +30,7 @@ use wgsub_crds::{
     WgServer, WgServerSpec,
 };
 use wgsub_operator::controller::{Context, Settings};
-use wgsub_operator::decision::{LABEL_PEER_UID, reasons};
+use wgsub_operator::decision::{KEY_ID, LABEL_PEER_UID, reasons};
 use wgsub_operator::metrics::Metrics;
 use wgsub_operator::patches::FIELD_MANAGER;
 use wgsub_testkit::chart::{
@@ -178,9 +178,14 @@ impl Namespace {
         peer.spec.address.as_ref()?;
         let reference = peer.spec.private_key_secret_ref.clone()?;
         let secret = self.key(&reference.name).await?;
-        // The Secret belongs to this very peer (not to an earlier one of the same name).
-        let owner = secret.labels().get(LABEL_PEER_UID)?.clone();
-        (Some(owner) == peer.metadata.uid).then_some((peer, secret))
+        // The Secret belongs to this very peer (not to an earlier one of the same name): by
+        // the uid of the peer it was written for, or the key id the peer carries.
+        let by_uid = secret.labels().get(LABEL_PEER_UID) == peer.metadata.uid.as_ref();
+        let by_id = secret
+            .labels()
+            .get(KEY_ID)
+            .is_some_and(|id| peer.annotations().get(KEY_ID) == Some(id));
+        (by_uid || by_id).then_some((peer, secret))
     }
 
     /// The key Secret `name`, from the peer keys namespace.
@@ -411,16 +416,16 @@ async fn the_running_controller_follows_watches_under_the_charts_rbac_and_stops_
             .map(|r| parts(r).1)
             .collect()
     };
-    // Key Secrets are listed and watched by label only (wgsub.io/peer by the controller,
-    // wgsub.io/peer-uid by the key collection).
+    // Key Secrets are listed and watched by label only (wgsub.io/peer by the controller and the
+    // key collection's sweep, wgsub.io/peer-uid or wgsub.io/key-id at a peer's deletion).
     for verb in ["list", "watch"] {
         let calls = of("secrets", verb);
         assert!(!calls.is_empty(), "secrets are {verb}ed");
         for query in calls {
             assert!(
-                query
-                    .get("labelSelector")
-                    .is_some_and(|selector| selector.starts_with(LABEL_PEER)),
+                query.get("labelSelector").is_some_and(
+                    |selector| selector.starts_with(LABEL_PEER) || selector.starts_with(KEY_ID)
+                ),
                 "key Secrets are {verb}ed by label: {query:?}"
             );
         }
