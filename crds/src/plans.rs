@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
+use crate::resources::TrafficQuota;
+
 /// A text in the two languages the product speaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,12 +44,25 @@ pub struct Plan {
     /// Price in Telegram Stars (`XTR`, whole stars); absent when the plan is not sold for Stars.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_stars: Option<u32>,
+    /// Traffic (received plus sent, in GiB) one purchase allows per period of `days`; absent
+    /// when the plan has no data quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_gib: Option<u32>,
 }
 
 impl Plan {
     /// The time one purchase adds.
     pub fn duration(&self) -> SignedDuration {
         SignedDuration::from_hours(24 * i64::from(self.days))
+    }
+
+    /// The data quota the plan gives a subscription: `trafficGib` GiB per period of `days`;
+    /// `None` when the plan has no quota.
+    pub fn traffic_quota(&self) -> Option<TrafficQuota> {
+        self.traffic_gib.map(|gib| TrafficQuota {
+            bytes: i64::from(gib) << 30,
+            period_days: i32::try_from(self.days).unwrap_or(i32::MAX),
+        })
     }
 
     /// The price as YooKassa wants it: a decimal string with two fraction digits.
@@ -74,6 +89,9 @@ pub struct PlanCatalogue {
 
 /// The most Telegram accepts for one payment in Stars.
 pub const MAX_PRICE_STARS: u32 = 10_000;
+
+/// The largest data quota a plan may give, in GiB per period (about a pebibyte).
+pub const MAX_TRAFFIC_GIB: u32 = 1_000_000;
 
 const ID_PATTERN_HELP: &str =
     "1–32 characters of a-z, 0-9 and '-', starting with a letter or digit";
@@ -155,6 +173,15 @@ impl PlanCatalogue {
                     index,
                     "priceStars",
                     format!("must be 1–{MAX_PRICE_STARS} stars, got {stars}"),
+                ));
+            }
+            if let Some(gib) = plan.traffic_gib
+                && !(1..=MAX_TRAFFIC_GIB).contains(&gib)
+            {
+                return Err(invalid(
+                    index,
+                    "trafficGib",
+                    format!("must be 1–{MAX_TRAFFIC_GIB} GiB, got {gib}"),
                 ));
             }
         }
@@ -263,6 +290,45 @@ mod tests {
         assert_eq!(plans.plans()[0].price_stars, Some(150));
         assert!(with(|p| p.price_stars = Some(MAX_PRICE_STARS)).is_ok());
         assert!(with(|p| p.price_stars = None).is_ok());
+    }
+
+    #[test]
+    fn a_traffic_quota_is_optional_and_bounded() {
+        assert_eq!(
+            field_of(with(|p| p.traffic_gib = Some(0))),
+            "plans[1].trafficGib"
+        );
+        assert_eq!(
+            field_of(with(|p| p.traffic_gib = Some(MAX_TRAFFIC_GIB + 1))),
+            "plans[1].trafficGib"
+        );
+        assert!(with(|p| p.traffic_gib = Some(MAX_TRAFFIC_GIB)).is_ok());
+        assert!(with(|p| p.traffic_gib = None).is_ok());
+        let yaml = "plans: [{id: m, title: {ru: М, en: M}, days: 30, priceMinor: 100, \
+                    currency: RUB, devices: 1, trafficGib: 50}]";
+        let plans = PlanCatalogue::from_yaml_str(yaml).unwrap();
+        assert_eq!(plans.plans()[0].traffic_gib, Some(50));
+    }
+
+    #[test]
+    fn the_traffic_quota_is_gib_in_bytes_per_period_of_the_plan_days() {
+        let mut plan = with(|_| {}).unwrap().plans()[1].clone();
+        plan.days = 30;
+        plan.traffic_gib = None;
+        assert_eq!(plan.traffic_quota(), None);
+        plan.traffic_gib = Some(50);
+        assert_eq!(
+            plan.traffic_quota(),
+            Some(TrafficQuota {
+                bytes: 50 * 1024 * 1024 * 1024,
+                period_days: 30
+            })
+        );
+        plan.traffic_gib = Some(MAX_TRAFFIC_GIB);
+        assert_eq!(
+            plan.traffic_quota().map(|q| q.bytes),
+            Some(1_000_000 * (1_i64 << 30))
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn plans() -> PlanCatalogue {
         currency: "RUB".to_owned(),
         devices: 1,
         price_stars: None,
+        traffic_gib: None,
     }])
     .expect("a valid plan catalogue")
 }

@@ -526,8 +526,9 @@ impl Ledger {
         let plan = plan.ok_or_else(|| LedgerError::Corrupt("checked above".into()))?;
         sqlx::query(
             "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
-                                   status, idempotence_key, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9) \
+                                   status, idempotence_key, created_at, updated_at, \
+                                   traffic_bytes, traffic_period_days) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11) \
              ON CONFLICT (idempotence_key) DO NOTHING",
         )
         .persistent(self.persistent)
@@ -540,6 +541,8 @@ impl Ledger {
         .bind(&plan.currency)
         .bind(key)
         .bind(now.to_sqlx())
+        .bind(plan.traffic_quota().map(|quota| quota.bytes))
+        .bind(plan.traffic_quota().map(|quota| quota.period_days))
         .execute(&mut *tx)
         .await?;
         let claimed = sqlx::query(
@@ -1162,6 +1165,7 @@ mod tests {
             currency: "RUB".into(),
             devices: 1,
             price_stars: None,
+            traffic_gib: None,
         };
         let customer = ReceiptCustomer::Email("user@example.com".into());
         let body = renewal_charge_body(

@@ -567,6 +567,7 @@ mod tests {
             currency: "RUB".into(),
             devices: 1,
             price_stars: None,
+            traffic_gib: None,
         }
     }
 

@@ -51,6 +51,7 @@ fn plan() -> Plan {
         currency: "RUB".into(),
         devices: 3,
         price_stars: None,
+        traffic_gib: None,
     }
 }
 

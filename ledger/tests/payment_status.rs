@@ -35,6 +35,7 @@ fn plan() -> Plan {
         currency: "RUB".into(),
         devices: 1,
         price_stars: None,
+        traffic_gib: None,
     }
 }
 

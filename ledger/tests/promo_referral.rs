@@ -56,6 +56,7 @@ fn plan() -> Plan {
         currency: "RUB".into(),
         devices: 1,
         price_stars: None,
+        traffic_gib: None,
     }
 }
 
@@ -608,6 +609,7 @@ fn stars(user_id: i64, charge_id: &str) -> StarPurchase {
         plan: "month".into(),
         days: 30,
         devices: 1,
+        traffic_quota: None,
         stars: 150,
         invoice_payload: format!("payload of {charge_id}"),
         paid_at: now(),

@@ -40,6 +40,7 @@ fn plan() -> Plan {
         currency: "RUB".into(),
         devices: 1,
         price_stars: None,
+        traffic_gib: None,
     }
 }
 

@@ -16,12 +16,21 @@ pub const LABEL_PEER: &str = "wgsub.io/peer";
 /// no room for: the peer stays off the interface, keeping its key and address, until the limit
 /// rises. The operator's own switch beside the user's `spec.enabled`, which it never touches.
 pub const LABEL_OVER_LIMIT: &str = "wgsub.io/over-limit";
+/// Label the operator puts (value `"true"`) on every `WgPeer` of a subscription that used up
+/// its data quota for the period: the peers stay off the interface until the next period or a
+/// purchase. Like [`LABEL_OVER_LIMIT`], it leaves the user's `spec.enabled` alone.
+pub const LABEL_OVER_QUOTA: &str = "wgsub.io/over-quota";
 
 /// The condition type every wgsub status carries.
 pub const CONDITION_READY: &str = "Ready";
 /// The condition type on a `VpnSubscription` telling whether some of its devices are kept off
 /// because they exceed `maxDevices` (their names are in `status.devicesOverLimit`).
 pub const CONDITION_DEVICES_OVER_LIMIT: &str = "DevicesOverLimit";
+/// The condition type on a `VpnSubscription` that is `"True"` (reason [`REASON_QUOTA_EXHAUSTED`])
+/// while the period's received plus sent bytes reach `spec.trafficQuota.bytes`.
+pub const CONDITION_QUOTA_EXHAUSTED: &str = "QuotaExhausted";
+/// The reason of a true `QuotaExhausted` condition.
+pub const REASON_QUOTA_EXHAUSTED: &str = "QuotaExhausted";
 
 /// Regex of a Kubernetes object name (DNS-1123 subdomain, at most 253 characters).
 pub(crate) const OBJECT_NAME_PATTERN: &str =

@@ -13,15 +13,17 @@ mod subscription;
 
 pub use amneziawg::{AmneziaVersion, AmneziaWgSpec, Protocol};
 pub use common::{
-    CONDITION_DEVICES_OVER_LIMIT, CONDITION_READY, LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER,
-    LABEL_SUBSCRIPTION, SecretKeyRef, condition, is_dns_label, new_condition, set_condition,
+    CONDITION_DEVICES_OVER_LIMIT, CONDITION_QUOTA_EXHAUSTED, CONDITION_READY, LABEL_OVER_LIMIT,
+    LABEL_OVER_QUOTA, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION, REASON_QUOTA_EXHAUSTED,
+    SecretKeyRef, condition, is_dns_label, new_condition, set_condition,
 };
 pub use location::{DisplayName, LocationSpec};
-pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, is_over_limit, peer_name};
+pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, is_over_limit, is_over_quota, peer_name};
 pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
 pub use subscription::{
-    MAX_TELEGRAM_USER_ID, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec,
-    VpnSubscriptionStatus, subscription_name, telegram_user_id_from_name,
+    DeviceUsage, MAX_TELEGRAM_USER_ID, SubscriptionPhase, TrafficQuota, TrafficUsage,
+    VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus, subscription_name,
+    telegram_user_id_from_name,
 };
 
 /// The API group of every wgsub resource.

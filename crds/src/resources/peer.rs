@@ -5,7 +5,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::common::{LABEL_OVER_LIMIT, OBJECT_NAME_PATTERN, SecretKeyRef, conditions_schema};
+use super::common::{
+    LABEL_OVER_LIMIT, LABEL_OVER_QUOTA, OBJECT_NAME_PATTERN, SecretKeyRef, conditions_schema,
+};
 
 /// The name of a subscription's `index`-th device (1-based): `<subscription>-<index>`.
 pub fn peer_name(subscription: &str, index: u32) -> String {
@@ -15,10 +17,20 @@ pub fn peer_name(subscription: &str, index: u32) -> String {
 /// Whether the operator keeps the peer off the interface because its subscription's
 /// `maxDevices` has no room for it (the [`LABEL_OVER_LIMIT`] label is `"true"`).
 pub fn is_over_limit(peer: &WgPeer) -> bool {
+    label_is_true(peer, LABEL_OVER_LIMIT)
+}
+
+/// Whether the operator keeps the peer off the interface because its subscription used up its
+/// data quota for the period (the [`LABEL_OVER_QUOTA`] label is `"true"`).
+pub fn is_over_quota(peer: &WgPeer) -> bool {
+    label_is_true(peer, LABEL_OVER_QUOTA)
+}
+
+fn label_is_true(peer: &WgPeer, label: &str) -> bool {
     peer.metadata
         .labels
         .as_ref()
-        .and_then(|labels| labels.get(LABEL_OVER_LIMIT))
+        .and_then(|labels| labels.get(label))
         .is_some_and(|value| value == "true")
 }
 
@@ -132,6 +144,10 @@ mod tests {
     use super::*;
 
     fn peer(label: Option<&str>) -> WgPeer {
+        labelled(LABEL_OVER_LIMIT, label)
+    }
+
+    fn labelled(name: &str, label: Option<&str>) -> WgPeer {
         let mut peer: WgPeer = serde_json::from_value(serde_json::json!({
             "apiVersion": "wgsub.io/v1alpha1",
             "kind": "WgPeer",
@@ -140,8 +156,7 @@ mod tests {
         }))
         .unwrap();
         if let Some(value) = label {
-            peer.labels_mut()
-                .insert(LABEL_OVER_LIMIT.to_owned(), value.to_owned());
+            peer.labels_mut().insert(name.to_owned(), value.to_owned());
         }
         peer
     }
@@ -151,6 +166,19 @@ mod tests {
         assert!(is_over_limit(&peer(Some("true"))));
         for other in [None, Some("false"), Some(""), Some("True")] {
             assert!(!is_over_limit(&peer(other)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_over_quota_label_set_to_true_keeps_a_peer_off_for_the_quota() {
+        assert!(is_over_quota(&labelled(LABEL_OVER_QUOTA, Some("true"))));
+        assert!(!is_over_quota(&labelled(LABEL_OVER_LIMIT, Some("true"))));
+        assert!(!is_over_limit(&labelled(LABEL_OVER_QUOTA, Some("true"))));
+        for other in [None, Some("false"), Some(""), Some("True")] {
+            assert!(
+                !is_over_quota(&labelled(LABEL_OVER_QUOTA, other)),
+                "{other:?}"
+            );
         }
     }
 }

@@ -143,6 +143,31 @@ pub struct VpnSubscriptionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
     pub server: Option<String>,
+
+    /// The data quota of the plan (traffic per period); absent means unlimited. Written from
+    /// the ledger beside `maxDevices`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_quota: Option<TrafficQuota>,
+}
+
+/// How much traffic a subscription may use per period: received plus sent bytes of all its
+/// devices together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficQuota {
+    /// Bytes (received plus sent) allowed per period.
+    #[schemars(range(min = 1))]
+    pub bytes: i64,
+    /// Length of one period in days; a new period starts when one ends and on each purchase.
+    #[schemars(range(min = 1, max = 3660))]
+    pub period_days: i32,
+}
+
+impl TrafficQuota {
+    /// The length of one period.
+    pub fn period(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_hours(24 * i64::from(self.period_days))
+    }
 }
 
 impl VpnSubscriptionSpec {
@@ -155,6 +180,7 @@ impl VpnSubscriptionSpec {
             max_devices: default_max_devices(),
             suspended: false,
             server: None,
+            traffic_quota: None,
         }
     }
 }
@@ -218,14 +244,108 @@ pub struct VpnSubscriptionStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(length(max = 253)))]
     pub devices_over_limit: Vec<String>,
+    /// Traffic the subscription's devices used, this period and in total; written by the
+    /// operator from the peers' counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TrafficUsage>,
     /// Standard conditions: `Ready` with reasons such as `ServerNotFound`, `PoolExhausted`,
-    /// `InvalidServer`; `KeyRegenerated`; `DevicesOverLimit`.
+    /// `InvalidServer`; `KeyRegenerated`; `DevicesOverLimit`; `QuotaExhausted`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Traffic of a subscription's devices, folded by the operator from the node-agent's per-peer
+/// counters (`WgPeer.status.rxBytes/txBytes`, which restart at zero when a peer is re-added).
+/// `rx` is what the server received from the devices (the user's upload), `tx` what it sent them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficUsage {
+    /// When the current period started.
+    pub period_start: jiff::Timestamp,
+    /// When the current period ends and counting restarts; absent without a quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<jiff::Timestamp>,
+    /// `spec.paidUntil` when the period started: a later `paidUntil` is a purchase, which
+    /// starts a new period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid_until_at_start: Option<jiff::Timestamp>,
+    /// When the operator last wrote this usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<jiff::Timestamp>,
+    /// Bytes received from all devices in this period.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub period_rx_bytes: i64,
+    /// Bytes sent to all devices in this period.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub period_tx_bytes: i64,
+    /// Bytes received from all devices ever, including removed ones.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub total_rx_bytes: i64,
+    /// Bytes sent to all devices ever, including removed ones.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub total_tx_bytes: i64,
+    /// One entry per current device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub devices: Vec<DeviceUsage>,
+}
+
+impl TrafficUsage {
+    /// Bytes received plus sent in this period: what the quota is measured against.
+    pub fn period_bytes(&self) -> i64 {
+        self.period_rx_bytes.saturating_add(self.period_tx_bytes)
+    }
+
+    /// Bytes received plus sent ever.
+    pub fn total_bytes(&self) -> i64 {
+        self.total_rx_bytes.saturating_add(self.total_tx_bytes)
+    }
+
+    /// The usage of one device (by `WgPeer` name).
+    pub fn device(&self, peer: &str) -> Option<&DeviceUsage> {
+        self.devices.iter().find(|device| device.peer == peer)
+    }
+}
+
+/// Traffic of one device (`WgPeer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceUsage {
+    /// The `WgPeer`'s name.
+    #[schemars(length(min = 1, max = 253))]
+    pub peer: String,
+    /// The peer's `status.rxBytes` at the last fold (to tell the next delta, or a restart).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub last_rx_bytes: i64,
+    /// The peer's `status.txBytes` at the last fold.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub last_tx_bytes: i64,
+    /// Bytes received from the device in this period.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub period_rx_bytes: i64,
+    /// Bytes sent to the device in this period.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub period_tx_bytes: i64,
+    /// Bytes received from the device ever.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub total_rx_bytes: i64,
+    /// Bytes sent to the device ever.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub total_tx_bytes: i64,
 }
 
 #[cfg(test)]
