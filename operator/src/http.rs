@@ -102,7 +102,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_and_unknown_paths_are_json_404() {
         let state = state();
-        state.metrics.set_leader(true);
+        state.metrics.leader().set_leader(true);
         let (status, body) = get(&state, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("wgsub_operator_leader 1"), "{body}");

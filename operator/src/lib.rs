@@ -3,12 +3,12 @@
 //! `paidUntil`, keeps them through renewals, deletes them after the retention period, and writes
 //! the subscription's status. Writes use server-side apply with field manager `wgsub-operator`.
 //!
-//! Functional core: [`addresses`], [`decision`], [`patches`] and the lease rule in [`lease`] are
-//! pure and tested on hand-built objects. Imperative shell: [`controller`] (Kubernetes reads and
-//! writes, the kube-rs Controller), [`amnezia`] (the leader's choice of missing AmneziaWG
-//! parameters), [`key_cleanup`] (deleting the keys of deleted peers when
-//! keys live in their own namespace), [`pools`] (per-server locks), [`lease`] (leader election),
-//! [`http`] and [`metrics`]; [`run`] wires them for `main`.
+//! Functional core: [`addresses`], [`decision`] and [`patches`] are pure and tested on
+//! hand-built objects. Imperative shell: [`controller`] (Kubernetes reads and writes, the kube-rs
+//! Controller), [`amnezia`] (the leader's choice of missing AmneziaWG parameters),
+//! [`key_cleanup`] (deleting the keys of deleted peers when keys live in their own namespace),
+//! [`pools`] (per-server locks), [`http`] and [`metrics`]; [`run`] wires them for `main`, with
+//! leader election from `wgsub_runtime::lease`.
 
 pub mod addresses;
 pub mod amnezia;
@@ -18,7 +18,6 @@ pub mod decision;
 pub mod export_keys;
 pub mod http;
 pub mod key_cleanup;
-pub mod lease;
 pub mod metrics;
 pub mod migrate_keys;
 pub mod patches;
@@ -34,11 +33,11 @@ use kube::api::Api;
 use kube::runtime::events::Reporter;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use wgsub_runtime::lease::{self, ElectionTiming, LeaseLock};
 
 use crate::config::{Config, LogFormat};
 use crate::controller::{Clock, Context, Settings};
 use crate::key_cleanup::KeyCleanup;
-use crate::lease::{ElectionTiming, LeaseLock};
 use crate::metrics::Metrics;
 
 /// Installs the tracing subscriber the config asks for.
@@ -185,8 +184,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     lease::run_elected(
         lock,
         ElectionTiming::from_lease_duration(config.lease_duration),
-        clock.clone(),
-        &metrics,
+        &*clock,
+        metrics.leader(),
         shutdown.clone(),
         |term| {
             let ctx = Arc::new(Context::new(

@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use wgsub_crds::SubscriptionPhase;
+use wgsub_runtime::lease::LeaderMetrics;
 
 /// Label of an error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,7 +44,7 @@ pub struct Metrics {
     pool_capacity: Family<PoolLabels, Gauge>,
     events_dropped: Counter,
     peer_writes_unseen: Gauge,
-    leader: Gauge,
+    leader: LeaderMetrics,
 }
 
 impl Default for Metrics {
@@ -100,12 +101,7 @@ impl Metrics {
             "WgPeer writes of this operator its peer watch has not shown yet (the watch's lag)",
             peer_writes_unseen.clone(),
         );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader lease",
-            leader.clone(),
-        );
+        let leader = LeaderMetrics::register(&mut registry);
         let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build_info
             .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
@@ -178,9 +174,9 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
-    /// Marks whether this replica leads.
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
+    /// Whether this replica leads, and how often it started to.
+    pub fn leader(&self) -> &LeaderMetrics {
+        &self.leader
     }
 
     /// The text exposition of every metric.
@@ -203,7 +199,7 @@ mod tests {
         metrics.reconciled(Duration::from_millis(5), Some("PoolExhausted"));
         metrics.set_phase_counts(|phase| i64::from(phase == SubscriptionPhase::Active) * 7);
         metrics.set_pool_usage("vpn", "wg", 5, 253);
-        metrics.set_leader(true);
+        metrics.leader().set_leader(true);
         metrics.event_dropped();
         metrics.set_peer_writes_unseen(4);
         let text = metrics.encode();
@@ -216,6 +212,7 @@ mod tests {
             "wgsub_operator_pool_addresses_used{namespace=\"vpn\",server=\"wg\"} 5",
             "wgsub_operator_pool_addresses_capacity{namespace=\"vpn\",server=\"wg\"} 253",
             "wgsub_operator_leader 1",
+            "wgsub_operator_leader_transitions_total 1",
             "wgsub_operator_events_dropped_total 1",
             "wgsub_operator_peer_writes_unseen 4",
         ] {

@@ -14,8 +14,8 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio_util::sync::CancellationToken;
 use wgsub_operator::controller::Clock;
-use wgsub_operator::lease::{ElectionTiming, LeaseLock, run_elected};
 use wgsub_operator::metrics::Metrics;
+use wgsub_runtime::lease::{ElectionTiming, LeaseLock, run_elected};
 use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
 use wgsub_testkit::envtest::ControlPlane;
 
@@ -230,8 +230,8 @@ async fn a_leader_that_loses_the_lease_stops_its_work_and_shutdown_gives_it_up()
             run_elected(
                 lock(&client, "a"),
                 timing,
-                clock,
-                &metrics,
+                &*clock,
+                metrics.leader(),
                 shutdown,
                 |term| {
                     terms.fetch_add(1, Ordering::SeqCst);
