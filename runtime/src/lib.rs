@@ -2,4 +2,10 @@
 //! written, how SIGTERM stops the process, the `/healthz`, `/readyz` and `/metrics` endpoints,
 //! the one duration syntax of flags and chart values, and leader election through a `Lease`.
 
+pub mod duration;
+pub mod http;
 pub mod lease;
+pub mod logging;
+pub mod metrics;
+pub mod process;
+pub mod shutdown;
