@@ -13,16 +13,20 @@ pub struct PeerLiveness {
     /// The operator keeps the peer off because it exceeds its subscription's `maxDevices`
     /// (the `wgsub.io/over-limit` label).
     pub over_limit: bool,
+    /// The operator keeps the peer off because its subscription used up its data quota for the
+    /// period (the `wgsub.io/over-quota` label).
+    pub over_quota: bool,
     pub subscription_suspended: bool,
     pub expires_at: Option<Timestamp>,
 }
 
 impl PeerLiveness {
-    /// A peer is live iff it is enabled, within its subscription's device limit, its
-    /// subscription is not suspended and `now < expiresAt`.
+    /// A peer is live iff it is enabled, within its subscription's device limit and data
+    /// quota, its subscription is not suspended and `now < expiresAt`.
     pub fn is_live(&self, now: Timestamp) -> bool {
         self.enabled
             && !self.over_limit
+            && !self.over_quota
             && !self.subscription_suspended
             && self.expires_at.is_some_and(|at| now < at)
     }
@@ -85,29 +89,37 @@ mod tests {
         PeerLiveness {
             enabled,
             over_limit: false,
+            over_quota: false,
             subscription_suspended: suspended,
             expires_at: expires.map(t),
         }
     }
 
     #[test]
-    fn liveness_needs_enabled_within_limit_unsuspended_and_unexpired() {
+    fn liveness_needs_enabled_within_limit_and_quota_unsuspended_and_unexpired() {
         let now = t(NOW);
         let future = Some("2026-06-02T00:00:00Z");
         for enabled in [false, true] {
             for over_limit in [false, true] {
-                for suspended in [false, true] {
-                    for expires in [None, Some("2026-05-01T00:00:00Z"), Some(NOW), future] {
-                        let expected = enabled && !over_limit && !suspended && expires == future;
-                        let liveness = PeerLiveness {
-                            over_limit,
-                            ..peer(enabled, suspended, expires)
-                        };
-                        assert_eq!(
-                            liveness.is_live(now),
-                            expected,
-                            "{enabled} {over_limit} {suspended} {expires:?}"
-                        );
+                for over_quota in [false, true] {
+                    for suspended in [false, true] {
+                        for expires in [None, Some("2026-05-01T00:00:00Z"), Some(NOW), future] {
+                            let expected = enabled
+                                && !over_limit
+                                && !over_quota
+                                && !suspended
+                                && expires == future;
+                            let liveness = PeerLiveness {
+                                over_limit,
+                                over_quota,
+                                ..peer(enabled, suspended, expires)
+                            };
+                            assert_eq!(
+                                liveness.is_live(now),
+                                expected,
+                                "{enabled} {over_limit} {over_quota} {suspended} {expires:?}"
+                            );
+                        }
                     }
                 }
             }
@@ -121,6 +133,11 @@ mod tests {
             ..peer(true, false, Some("2026-06-02T00:00:00Z"))
         };
         assert_eq!(next_liveness_change([over], t(NOW)), None);
+        let over_quota = PeerLiveness {
+            over_quota: true,
+            ..peer(true, false, Some("2026-06-02T00:00:00Z"))
+        };
+        assert_eq!(next_liveness_change([over_quota], t(NOW)), None);
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub enum NotLive {
     Disabled,
     /// The subscription's `maxDevices` has no room for it (the operator's label).
     OverLimit,
+    /// The subscription used up its data quota for the period (the operator's label).
+    OverQuota,
     Suspended,
     Expired,
 }
@@ -166,6 +168,8 @@ fn not_live_reason(liveness: &PeerLiveness) -> NotLive {
         NotLive::Disabled
     } else if liveness.over_limit {
         NotLive::OverLimit
+    } else if liveness.over_quota {
+        NotLive::OverQuota
     } else if liveness.subscription_suspended {
         NotLive::Suspended
     } else {
@@ -581,6 +585,7 @@ mod tests {
             liveness: PeerLiveness {
                 enabled: true,
                 over_limit: false,
+                over_quota: false,
                 subscription_suspended: false,
                 expires_at: Some(t("2026-07-01T00:00:00Z")),
             },
@@ -620,10 +625,19 @@ mod tests {
         disabled.liveness.enabled = false;
         let mut over_limit = peer("over-limit", "10.8.0.5/32");
         over_limit.liveness.over_limit = true;
+        let mut over_quota = peer("over-quota", "10.8.0.6/32");
+        over_quota.liveness.over_quota = true;
         let outside = peer("outside", "10.9.0.2/32");
         let mut keyless = peer("keyless", "10.8.0.4/32");
         keyless.public_key = None;
-        for input in [&live, &disabled, &over_limit, &outside, &keyless] {
+        for input in [
+            &live,
+            &disabled,
+            &over_limit,
+            &over_quota,
+            &outside,
+            &keyless,
+        ] {
             let alone = desired_peers(&pools(), [input], t(NOW));
             assert_eq!(
                 live_candidate(input, &pools(), t(NOW)),
@@ -640,11 +654,13 @@ mod tests {
     }
 
     #[test]
-    fn disabled_over_limit_suspended_and_expired_peers_stay_off_with_their_reason() {
+    fn disabled_over_limit_over_quota_suspended_and_expired_peers_stay_off_with_their_reason() {
         let mut disabled = peer("disabled", "10.8.0.2/32");
         disabled.liveness.enabled = false;
         let mut over_limit = peer("over-limit", "10.8.0.6/32");
         over_limit.liveness.over_limit = true;
+        let mut over_quota = peer("over-quota", "10.8.0.7/32");
+        over_quota.liveness.over_quota = true;
         let mut suspended = peer("suspended", "10.8.0.3/32");
         suspended.liveness.subscription_suspended = true;
         let mut expired = peer("expired", "10.8.0.4/32");
@@ -653,7 +669,14 @@ mod tests {
         never.liveness.expires_at = None;
         let desired = desired_peers(
             &pools(),
-            [&disabled, &over_limit, &suspended, &expired, &never],
+            [
+                &disabled,
+                &over_limit,
+                &over_quota,
+                &suspended,
+                &expired,
+                &never,
+            ],
             t(NOW),
         );
         assert!(desired.peers.is_empty());
@@ -664,6 +687,10 @@ mod tests {
         assert_eq!(
             desired.states["over-limit"],
             PeerState::NotLive(NotLive::OverLimit)
+        );
+        assert_eq!(
+            desired.states["over-quota"],
+            PeerState::NotLive(NotLive::OverQuota)
         );
         assert_eq!(
             desired.states["suspended"],
@@ -818,6 +845,7 @@ mod tests {
                 liveness: PeerLiveness {
                     enabled,
                     over_limit: false,
+                    over_quota: false,
                     subscription_suspended: false,
                     expires_at: Some(Timestamp::from_second(1_800_000_000 + expires).unwrap()),
                 },

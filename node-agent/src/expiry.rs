@@ -70,6 +70,7 @@ mod tests {
             liveness: PeerLiveness {
                 enabled: true,
                 over_limit: false,
+                over_quota: false,
                 subscription_suspended: false,
                 expires_at: Some(t(expires)),
             },

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use wgsub_crds::keys::{KeyError, PresharedKey, PrivateKey};
 use wgsub_crds::liveness::PeerLiveness;
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, is_over_limit};
+use wgsub_crds::resources::{LABEL_SUBSCRIPTION, is_over_limit, is_over_quota};
 use wgsub_crds::{
     SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgPeerStatus, WgServer, WgServerSpec,
 };
@@ -96,13 +96,15 @@ pub struct Dirty {
 
 /// What the index keeps of a `WgPeer`: what the decision and the status need, nothing of its
 /// metadata but the subscription it belongs to, whether the operator keeps it off for the
-/// device limit (its `wgsub.io/over-limit` label), its creation time and generation. At 10k peers
+/// device limit or the data quota (its `wgsub.io/over-limit` and `wgsub.io/over-quota` labels),
+/// its creation time and generation. At 10k peers
 /// this is a fraction of the whole object (labels, owner references, uid, resource version).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexedPeer {
     pub spec: WgPeerSpec,
     pub subscription: Option<String>,
     pub over_limit: bool,
+    pub over_quota: bool,
     pub created: Option<Timestamp>,
     pub generation: Option<i64>,
     pub status: Option<WgPeerStatus>,
@@ -113,6 +115,7 @@ impl IndexedPeer {
         Self {
             subscription: Index::subscription_of(&peer),
             over_limit: is_over_limit(&peer),
+            over_quota: is_over_quota(&peer),
             created: peer.metadata.creation_timestamp.as_ref().map(|t| t.0),
             generation: peer.metadata.generation,
             spec: peer.spec,
@@ -161,6 +164,7 @@ impl Index {
             old.spec != peer.spec
                 || old.subscription != peer.subscription
                 || old.over_limit != peer.over_limit
+                || old.over_quota != peer.over_quota
                 || old.created != peer.created
         });
         if inputs_changed {
@@ -308,6 +312,7 @@ impl Index {
             liveness: PeerLiveness {
                 enabled: peer.spec.enabled,
                 over_limit: peer.over_limit,
+                over_quota: peer.over_quota,
                 subscription_suspended: suspended,
                 expires_at: peer.spec.expires_at,
             },
@@ -664,6 +669,19 @@ mod tests {
         index.apply_peer(peer("b", Some("tg-2"), None));
         assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());
         assert!(!index.peer_input("main", "b").unwrap().liveness.over_limit);
+
+        // So is its data-quota label.
+        let mut over_quota = peer("b", Some("tg-2"), None);
+        over_quota.labels_mut().insert(
+            wgsub_crds::resources::LABEL_OVER_QUOTA.into(),
+            "true".into(),
+        );
+        index.apply_peer(over_quota);
+        assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());
+        assert!(index.peer_input("main", "b").unwrap().liveness.over_quota);
+        index.apply_peer(peer("b", Some("tg-2"), None));
+        assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());
+        assert!(!index.peer_input("main", "b").unwrap().liveness.over_quota);
 
         index.apply_subscription(&subscription("tg-2", true));
         assert_eq!(index.take_dirty().peers, ["b".to_owned()].into());

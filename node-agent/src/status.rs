@@ -30,6 +30,7 @@ pub mod reason {
     pub const PENDING: &str = "Pending";
     pub const DISABLED: &str = "Disabled";
     pub const OVER_LIMIT: &str = "OverLimit";
+    pub const OVER_QUOTA: &str = "OverQuota";
     pub const SUSPENDED: &str = "Suspended";
     pub const EXPIRED: &str = "Expired";
     pub const CONFLICT: &str = "Conflict";
@@ -75,6 +76,11 @@ pub fn peer_ready(
             false,
             reason::OVER_LIMIT,
             "the subscription's maxDevices has no room for this device; it keeps its key and address until the limit rises or another device is switched off".to_owned(),
+        ),
+        PeerState::NotLive(NotLive::OverQuota) => (
+            false,
+            reason::OVER_QUOTA,
+            "the subscription used up its data quota for this period; the device comes back with the next period or a purchase".to_owned(),
         ),
         PeerState::NotLive(NotLive::Suspended) => (
             false,
@@ -405,6 +411,12 @@ mod tests {
                 false,
                 false,
                 reason::OVER_LIMIT,
+            ),
+            (
+                PeerState::NotLive(NotLive::OverQuota),
+                false,
+                false,
+                reason::OVER_QUOTA,
             ),
             (
                 PeerState::NotLive(NotLive::Suspended),

@@ -346,6 +346,7 @@ fn expired_peer_stays_until_retention_and_requeues_then() {
     let liveness = wgsub_crds::liveness::PeerLiveness {
         enabled: peer.spec.enabled,
         over_limit: false,
+        over_quota: false,
         subscription_suspended: false,
         expires_at: peer.spec.expires_at,
     };
@@ -1448,6 +1449,7 @@ fn live_devices(world: &World, suspended: bool, at: Timestamp) -> Vec<String> {
             wgsub_crds::liveness::PeerLiveness {
                 enabled: peer.spec.enabled,
                 over_limit: wgsub_crds::resources::is_over_limit(peer),
+                over_quota: wgsub_crds::resources::is_over_quota(peer),
                 subscription_suspended: suspended,
                 expires_at: peer.spec.expires_at,
             }

@@ -129,6 +129,7 @@ async fn live(peers: &Api<WgPeer>) -> Vec<String> {
             PeerLiveness {
                 enabled: peer.spec.enabled,
                 over_limit: is_over_limit(peer),
+                over_quota: false,
                 subscription_suspended: false,
                 expires_at: peer.spec.expires_at,
             }

@@ -406,6 +406,7 @@ async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
     let live = PeerLiveness {
         enabled: peer.spec.enabled,
         over_limit: wgsub_crds::resources::is_over_limit(&peer),
+        over_quota: wgsub_crds::resources::is_over_quota(&peer),
         subscription_suspended: sub.spec.suspended,
         expires_at: peer.spec.expires_at,
     }
