@@ -15,7 +15,6 @@ pub mod guide;
 pub mod handlers;
 pub mod http;
 pub mod jobs;
-pub mod leader;
 pub mod location_moves;
 pub mod locations;
 pub mod metrics;

@@ -16,7 +16,6 @@ use tracing_subscriber::EnvFilter;
 use wgsub_bot::app::{App, Settings};
 use wgsub_bot::broadcast::Pacing;
 use wgsub_bot::config::{Config, LogFormat, Mode};
-use wgsub_bot::leader::{self, ElectionTiming, LeaseLock};
 use wgsub_bot::metrics::Metrics;
 use wgsub_bot::{handlers, http, jobs, location_moves, server_changes, telegram};
 use wgsub_crds::plans::PlanCatalogue;
@@ -24,6 +23,7 @@ use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{
     DbConfig, Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig, db,
 };
+use wgsub_runtime::lease::{self, ElectionTiming, LeaseLock};
 
 /// Broadcast progress is edited into the admin's message every this many chats.
 const PROGRESS_EVERY: u32 = 50;
@@ -320,15 +320,22 @@ async fn receive_updates(
             );
             let timing =
                 ElectionTiming::from_lease_duration(Duration::from_secs(config.lease_duration));
-            leader::run_elected(lock, timing, shutdown.clone(), |term| {
-                let (bot, app) = (bot.clone(), app.clone());
-                async move {
-                    let mut dispatcher = dispatcher(&bot, &app);
-                    let token = dispatcher.shutdown_token();
-                    tracing::info!("receiving updates by long polling");
-                    dispatch_until(dispatcher.dispatch(), token, term).await;
-                }
-            })
+            lease::run_elected(
+                lock,
+                timing,
+                Timestamp::now,
+                app.metrics.leader(),
+                shutdown.clone(),
+                |term| {
+                    let (bot, app) = (bot.clone(), app.clone());
+                    async move {
+                        let mut dispatcher = dispatcher(&bot, &app);
+                        let token = dispatcher.shutdown_token();
+                        tracing::info!("receiving updates by long polling");
+                        dispatch_until(dispatcher.dispatch(), token, term).await;
+                    }
+                },
+            )
             .await;
         }
         Mode::Webhook => {

@@ -1,12 +1,14 @@
 //! The bot's Prometheus metrics: updates handled by kind, handler errors, answers to users who
 //! cannot be reached (blocked the bot: not an error of the bot, counted apart), notifications
-//! sent and failed (by kind), served at `/metrics`.
+//! sent and failed (by kind), and in polling mode whether this replica holds the Lease (and how
+//! often it took it), served at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use wgsub_runtime::lease::LeaderMetrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -34,6 +36,7 @@ pub struct Metrics {
     handler_errors: Family<HandlerLabels, Counter>,
     unreachable_users: Family<HandlerLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
+    leader: LeaderMetrics,
 }
 
 impl Default for Metrics {
@@ -69,6 +72,7 @@ impl Metrics {
             "Notifications the bot tried to send, by kind and result (sent, failed)",
             notifications.clone(),
         );
+        let leader = LeaderMetrics::register(&mut registry);
         let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
         build_info
             .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
@@ -84,6 +88,7 @@ impl Metrics {
             handler_errors,
             unreachable_users,
             notifications,
+            leader,
         }
     }
 
@@ -122,6 +127,11 @@ impl Metrics {
             .inc_by(count);
     }
 
+    /// Whether this replica polls as the Lease's holder, and how often it started to.
+    pub fn leader(&self) -> &LeaderMetrics {
+        &self.leader
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -136,7 +146,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_appear_with_their_labels() {
+    fn metrics_appear_with_their_labels() {
         let metrics = Metrics::new();
         metrics.update("start");
         metrics.update("start");
@@ -144,6 +154,7 @@ mod tests {
         metrics.unreachable_user("status");
         metrics.notification("payment_succeeded", true);
         metrics.notification("broadcast", false);
+        metrics.leader().set_leader(true);
         let text = metrics.encode();
         assert!(
             text.contains(r#"wgsub_bot_updates_handled_total{kind="start"} 2"#),
@@ -156,6 +167,11 @@ mod tests {
         ));
         assert!(
             text.contains(r#"wgsub_bot_notifications_total{kind="broadcast",result="failed"} 1"#)
+        );
+        assert!(text.contains("wgsub_bot_leader 1\n"), "{text}");
+        assert!(
+            text.contains("wgsub_bot_leader_transitions_total 1\n"),
+            "{text}"
         );
     }
 

@@ -4,8 +4,8 @@
 //! caller: exactly one polls — the one the coordination.k8s.io Lease names — while the other
 //! waits, ready; after SIGTERM the leader gives the Lease up and the other takes over within a
 //! few seconds. And in the library: a leader whose Lease is taken (lost) stops its work at once
-//! and waits, and a process of the same identity renews rather than fights. The API server
-//! refused none of the bot's calls.
+//! and waits, and a process of the same identity renews rather than fights, with the bot's
+//! leader gauge following. The API server refused none of the bot's calls.
 //!
 //! Needs PostgreSQL (`WGSUB_TEST_DATABASE_URL`) and the control plane's binaries
 //! (`KUBEBUILDER_ASSETS`, `WGSUB_HELM`), as scripts/test provides.
@@ -21,8 +21,9 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use wgsub_bot::leader::{ElectionTiming, LeaseLock, run_elected};
+use wgsub_bot::metrics::Metrics;
 use wgsub_ledger::testing::fresh_database;
+use wgsub_runtime::lease::{ElectionTiming, LeaseLock, run_elected};
 use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, component_kubeconfig,
     peer_keys_namespace,
@@ -223,12 +224,20 @@ async fn a_leader_whose_lease_is_taken_stops_its_work_at_once_and_waits() {
     let working = Arc::new(AtomicBool::new(false));
     let terms = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
     let election = tokio::spawn({
-        let (working, terms, shutdown) = (working.clone(), terms.clone(), shutdown.clone());
+        let (working, terms, shutdown, metrics) = (
+            working.clone(),
+            terms.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
         async move {
             run_elected(
                 lock,
                 ElectionTiming::from_lease_duration(Duration::from_secs(3)),
+                Timestamp::now,
+                metrics.leader(),
                 shutdown,
                 |term| {
                     let working = working.clone();
@@ -255,6 +264,7 @@ async fn a_leader_whose_lease_is_taken_stops_its_work_at_once_and_waits() {
         async || working.load(Ordering::SeqCst).then_some(()),
     )
     .await;
+    assert!(metrics.encode().contains("wgsub_bot_leader 1\n"));
 
     // Another replica takes the lease (as after a partition): its holder, renewed now, for 60 s.
     let leases: Api<Lease> = Api::namespaced(plane.admin_client(), &ns);
@@ -276,6 +286,7 @@ async fn a_leader_whose_lease_is_taken_stops_its_work_at_once_and_waits() {
     // Waiting, it neither restarts the work nor takes the lease back.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!working.load(Ordering::SeqCst));
+    assert!(metrics.encode().contains("wgsub_bot_leader 0\n"));
     assert_eq!(terms.load(Ordering::SeqCst), 1);
     assert_eq!(holder(&leases).await.as_deref(), Some("bot-b"));
 
@@ -291,6 +302,11 @@ async fn a_leader_whose_lease_is_taken_stops_its_work_at_once_and_waits() {
     })
     .await;
     assert_eq!(terms.load(Ordering::SeqCst), 2);
+    assert!(
+        metrics
+            .encode()
+            .contains("wgsub_bot_leader_transitions_total 2\n")
+    );
     shutdown.cancel();
     tokio::time::timeout(WITHIN, election)
         .await
