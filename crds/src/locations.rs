@@ -1,6 +1,7 @@
 //! Locations: the `WgServer`s offered to users (those with a `spec.location` that is not
-//! hidden), each with its name in the user's language, its country's flag, whether it is full
-//! and whether it is the user's; and whether a user may pick one.
+//! hidden), each with its name in the user's language, its country's flag and name (CLDR's,
+//! through keshvar), the label users see, whether it is full and whether it is the user's; and
+//! whether a user may pick one.
 //!
 //! A server's load is counted in users: a user counts on a server while any of their devices
 //! (`WgPeer`s, labelled with their subscription) is on it — including the devices of an
@@ -33,13 +34,63 @@ pub fn flag(country: &str) -> Option<String> {
         .collect()
 }
 
-/// The name for a Telegram `language_code`: English for `en*`, Russian otherwise (as the rest
-/// of the product speaks).
+/// Whether a Telegram `language_code` is English (`en*`); anything else gets Russian, as the
+/// rest of the product speaks.
+fn is_english(language_code: Option<&str>) -> bool {
+    language_code.is_some_and(|code| code.to_ascii_lowercase().starts_with("en"))
+}
+
+/// The name for a Telegram `language_code`: English for `en*`, Russian otherwise.
 pub fn display_name<'a>(location: &'a LocationSpec, language_code: Option<&str>) -> &'a str {
-    match language_code {
-        Some(code) if code.to_ascii_lowercase().starts_with("en") => &location.display_name.en,
-        _ => &location.display_name.ru,
+    if is_english(language_code) {
+        &location.display_name.en
+    } else {
+        &location.display_name.ru
     }
+}
+
+/// The name of the country of ISO 3166-1 alpha-2 code `country` (upper case) in the language
+/// of `language_code` (English for `en*`, Russian otherwise), as CLDR writes it; `None` for a
+/// code that is not assigned.
+pub fn country_name(country: &str, language_code: Option<&str>) -> Option<&'static str> {
+    if country.len() != 2 || country.bytes().any(|b| !b.is_ascii_uppercase()) {
+        return None;
+    }
+    let alpha2 = keshvar::Alpha2::try_from(country).ok()?;
+    let language = if is_english(language_code) {
+        "en"
+    } else {
+        "ru"
+    };
+    alpha2.to_country().translations().get(language).copied()
+}
+
+/// What users see for a location: `🇩🇪 Германия · Франкфурт` — the flag, the country's name
+/// and the display name; the display name alone once when it is the country's name
+/// (`🇩🇪 Германия`), and the flag and display name when the country has no name.
+pub fn label(flag: &str, country_name: Option<&str>, display_name: &str) -> String {
+    let named = |name: &str| {
+        if flag.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{flag} {name}")
+        }
+    };
+    match country_name {
+        Some(country) if country.trim().to_lowercase() != display_name.trim().to_lowercase() => {
+            named(&format!("{country} · {display_name}"))
+        }
+        _ => named(display_name),
+    }
+}
+
+/// The label of `location` in the language of `language_code`.
+pub fn location_label(location: &LocationSpec, language_code: Option<&str>) -> String {
+    label(
+        &flag(&location.country).unwrap_or_default(),
+        country_name(&location.country, language_code),
+        display_name(location, language_code),
+    )
 }
 
 /// One location as a user sees it.
@@ -51,6 +102,10 @@ pub struct Location {
     /// ISO 3166-1 alpha-2.
     pub country: String,
     pub flag: String,
+    /// The country's name in the user's language; empty for a code that is not assigned.
+    pub country_name: String,
+    /// What users see: flag, country name and display name ([`label`]).
+    pub label: String,
     /// Other users fill its capacity: it cannot be picked.
     pub full: bool,
     /// The user's server now.
@@ -120,12 +175,15 @@ pub fn locations_for<S: Borrow<WgServer>, P: Borrow<WgPeer>>(
         .filter_map(|server| {
             let location = offered(server)?;
             let name = server.name_any();
+            let country_name = country_name(&location.country, language_code);
             Some(Location {
                 full: is_full(location, &name, &users, subscription),
                 current: current == Some(name.as_str()),
                 display_name: display_name(location, language_code).to_owned(),
                 country: location.country.clone(),
                 flag: flag(&location.country).unwrap_or_default(),
+                country_name: country_name.unwrap_or_default().to_owned(),
+                label: location_label(location, language_code),
                 protocol: server.spec.protocol,
                 server: name,
             })
@@ -192,20 +250,7 @@ mod tests {
     }
 
     fn peer(name: &str, server: &str, subscription: &str) -> WgPeer {
-        let mut peer = WgPeer::new(
-            name,
-            WgPeerSpec {
-                server: server.into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
-                address: None,
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
-            },
-        );
+        let mut peer = WgPeer::new(name, WgPeerSpec::on_server(server));
         peer.labels_mut()
             .insert(LABEL_SUBSCRIPTION.into(), subscription.into());
         peer
@@ -218,6 +263,76 @@ mod tests {
         for bad in ["", "D", "DEU", "D1", "ÄÖ"] {
             assert_eq!(flag(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn every_code_the_schema_accepts_has_a_russian_and_an_english_name() {
+        let crd = serde_json::to_value(<WgServer as kube::CustomResourceExt>::crd()).unwrap();
+        let country = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["location"]["properties"]["country"];
+        let accepted: Vec<String> = serde_json::from_value(country["enum"].clone()).unwrap();
+        assert_eq!(accepted.len(), 249, "ISO 3166-1 assigns 249 codes");
+        for code in &accepted {
+            for language in ["ru", "en"] {
+                let name = country_name(code, Some(language));
+                assert!(
+                    name.is_some_and(|n| !n.trim().is_empty()),
+                    "{code} has no {language} name"
+                );
+            }
+            assert!(flag(code).is_some(), "{code} has no flag");
+        }
+        // Every other pair of letters is refused by the schema and has no name.
+        for first in b'A'..=b'Z' {
+            for second in b'A'..=b'Z' {
+                let code = String::from_utf8(vec![first, second]).unwrap();
+                if !accepted.contains(&code) {
+                    assert_eq!(country_name(&code, Some("en")), None, "{code}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn country_names_follow_the_language_code_russian_by_default() {
+        assert_eq!(country_name("DE", Some("ru")), Some("Германия"));
+        assert_eq!(country_name("DE", None), Some("Германия"));
+        assert_eq!(country_name("DE", Some("uk")), Some("Германия"));
+        assert_eq!(country_name("DE", Some("en-US")), Some("Germany"));
+        assert_eq!(country_name("NL", Some("en")), Some("Netherlands"));
+        assert_eq!(country_name("FI", Some("ru")), Some("Финляндия"));
+        for bad in ["XX", "de", "DEU", "", "D1", "XK"] {
+            assert_eq!(country_name(bad, Some("en")), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_label_is_flag_country_and_display_name_without_saying_a_name_twice() {
+        assert_eq!(
+            label("🇩🇪", Some("Германия"), "Франкфурт"),
+            "🇩🇪 Германия · Франкфурт"
+        );
+        assert_eq!(label("🇩🇪", Some("Germany"), "germany "), "🇩🇪 germany ");
+        assert_eq!(label("🇩🇪", Some("Германия"), "ГЕРМАНИЯ"), "🇩🇪 ГЕРМАНИЯ");
+        assert_eq!(label("🇽🇽", None, "Somewhere"), "🇽🇽 Somewhere");
+        assert_eq!(label("", Some("Germany"), "Berlin"), "Germany · Berlin");
+        let frankfurt = LocationSpec {
+            display_name: DisplayName {
+                ru: "Франкфурт".into(),
+                en: "Frankfurt".into(),
+            },
+            country: "DE".into(),
+            capacity: None,
+            hidden: false,
+        };
+        assert_eq!(
+            location_label(&frankfurt, Some("ru")),
+            "🇩🇪 Германия · Франкфурт"
+        );
+        assert_eq!(
+            location_label(&frankfurt, Some("en")),
+            "🇩🇪 Germany · Frankfurt"
+        );
     }
 
     #[test]
@@ -266,6 +381,8 @@ mod tests {
             ]
         );
         assert_eq!(list[0].flag, "🇩🇪");
+        assert_eq!(list[0].country_name, "Germany");
+        assert_eq!(list[0].label, "🇩🇪 Germany · Server DE");
         assert_eq!(list[0].protocol, Protocol::Wireguard);
     }
 

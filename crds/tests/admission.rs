@@ -348,6 +348,17 @@ async fn locations_with_a_bad_country_capacity_or_name_are_refused() {
             Value::Null,
             "spec.location.country",
         ),
+        // Two letters, but not an assigned ISO 3166-1 code.
+        (
+            "/spec/location/country",
+            json!("XX"),
+            "spec.location.country",
+        ),
+        (
+            "/spec/location/country",
+            json!("XK"),
+            "spec.location.country",
+        ),
         (
             "/spec/location/capacity",
             json!(0),

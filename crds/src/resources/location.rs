@@ -4,8 +4,14 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// Regex of an ISO 3166-1 alpha-2 country code, upper case (`DE`, `NL`).
-const COUNTRY_PATTERN: &str = "^[A-Z]{2}$";
+/// The ISO 3166-1 alpha-2 codes assigned to countries and territories (249), upper case:
+/// what `country` may be. The list is keshvar's (the ISO list, with CLDR's names for each).
+pub fn assigned_countries() -> Vec<String> {
+    keshvar::SUPPORTED_ALPHA2_LIST
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
 
 /// A server offered to users. A server without one is never listed and cannot be picked; it
 /// still serves the users already on it (and the default server serves everyone who never
@@ -15,8 +21,9 @@ const COUNTRY_PATTERN: &str = "^[A-Z]{2}$";
 pub struct LocationSpec {
     /// The name users see, in Russian and English (e.g. `Франкфурт` / `Frankfurt`).
     pub display_name: DisplayName,
-    /// The country, as an ISO 3166-1 alpha-2 code in upper case (e.g. `DE`); users see its flag.
-    #[schemars(length(min = 2, max = 2), regex(pattern = COUNTRY_PATTERN))]
+    /// The country, as an assigned ISO 3166-1 alpha-2 code in upper case (e.g. `DE`); users see
+    /// its flag and its name in their language beside the display name.
+    #[schemars(extend("enum" = assigned_countries()))]
     pub country: String,
     /// The most users the server takes. A user counts while any of their devices (`WgPeer`s)
     /// is on the server, including the devices of an expired subscription kept for its

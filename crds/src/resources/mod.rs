@@ -17,7 +17,7 @@ pub use common::{
     LABEL_OVER_QUOTA, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION, REASON_QUOTA_EXHAUSTED,
     SecretKeyRef, condition, is_dns_label, new_condition, set_condition,
 };
-pub use location::{DisplayName, LocationSpec};
+pub use location::{DisplayName, LocationSpec, assigned_countries};
 pub use peer::{WgPeer, WgPeerSpec, WgPeerStatus, is_over_limit, is_over_quota, peer_name};
 pub use server::{NatSpec, WgServer, WgServerSpec, WgServerStatus};
 pub use subscription::{
