@@ -8,10 +8,11 @@
 //!
 //! Also: when a device counts as connected ([`is_connected`]), and the mark a subscription
 //! carries once its user removed every device ([`ANNOTATION_DEVICES_REMOVED`]), so that the
-//! operator does not give back the first device the user deleted.
+//! operator does not give back the first device the user deleted. And what a new device's
+//! spec holds before anything is assigned to it ([`WgPeerSpec::on_server`]).
 
 use crate::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use crate::{VpnSubscription, WgPeer};
+use crate::{VpnSubscription, WgPeer, WgPeerSpec};
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
@@ -27,6 +28,24 @@ pub fn wants_first_device(subscription: &VpnSubscription) -> bool {
         .annotations()
         .get(ANNOTATION_DEVICES_REMOVED)
         .is_none_or(|value| value != "true")
+}
+
+impl WgPeerSpec {
+    /// A new device on `server`: enabled, with no key, address, expiry or name yet — the spec
+    /// the API server's defaults make of `{server}` alone.
+    pub fn on_server(server: impl Into<String>) -> Self {
+        WgPeerSpec {
+            server: server.into(),
+            public_key: None,
+            private_key_secret_ref: None,
+            preshared_key_secret_ref: None,
+            address: None,
+            address6: None,
+            expires_at: None,
+            enabled: true,
+            device_name: None,
+        }
+    }
 }
 
 /// How recent a handshake must be for a device to count as connected now. WireGuard renews a
@@ -152,6 +171,17 @@ mod tests {
         ] {
             assert!(!is_users_peer_name(42, name), "{name:?}");
         }
+    }
+
+    #[test]
+    fn a_new_device_is_what_the_defaults_make_of_its_server_alone() {
+        let defaulted: WgPeerSpec =
+            serde_json::from_value(serde_json::json!({"server": "main"})).unwrap();
+        assert_eq!(WgPeerSpec::on_server("main"), defaulted);
+        assert_eq!(
+            serde_json::to_value(WgPeerSpec::on_server("main")).unwrap(),
+            serde_json::json!({"server": "main", "enabled": true})
+        );
     }
 
     #[test]

@@ -664,20 +664,7 @@ mod tests {
     use wgsub_crds::WgPeerSpec;
 
     fn peer(name: &str, subscription: Option<&str>) -> WgPeer {
-        let mut peer = WgPeer::new(
-            name,
-            WgPeerSpec {
-                server: "main".into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
-                address: None,
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
-            },
-        );
+        let mut peer = WgPeer::new(name, WgPeerSpec::on_server("main"));
         if let Some(label) = subscription {
             peer.labels_mut()
                 .insert(LABEL_SUBSCRIPTION.into(), label.into());

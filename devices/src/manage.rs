@@ -75,15 +75,8 @@ pub fn new_device_peer(
             ..ObjectMeta::default()
         },
         spec: WgPeerSpec {
-            server: server.to_owned(),
-            public_key: None,
-            private_key_secret_ref: None,
-            preshared_key_secret_ref: None,
-            address: None,
-            address6: None,
-            expires_at: None,
-            enabled: true,
             device_name,
+            ..WgPeerSpec::on_server(server)
         },
         status: None,
     }

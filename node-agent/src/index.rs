@@ -469,15 +469,9 @@ mod tests {
         let mut peer = WgPeer::new(
             name,
             WgPeerSpec {
-                server: "main".into(),
-                public_key: None,
-                private_key_secret_ref: None,
                 preshared_key_secret_ref: Some(SecretKeyRef::new("psk", "presharedKey")),
                 address: Some("10.8.0.2/32".into()),
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
+                ..WgPeerSpec::on_server("main")
             },
         );
         if let Some(label) = subscription_label {
