@@ -177,6 +177,7 @@ async fn a_short_plan_paid_in_stars_is_not_told_three_days_left_at_payment_but_g
         plan: "three-days".into(),
         days: 3,
         devices: 1,
+        traffic_quota: None,
         stars: 50,
         invoice_payload: "payload".into(),
         paid_at: start,

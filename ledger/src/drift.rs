@@ -15,7 +15,7 @@
 //! - a resource being deleted is left alone (the next pass re-creates it once it is gone);
 //! - resources of users the ledger does not know, and fields the ledger does not own
 //!   (`server`, labels, status), are never touched;
-//! - a field the ledger says is absent (`paidUntil`, `plan`) but the resource has is cleared
+//! - a field the ledger says is absent (`paidUntil`, `plan`, `trafficQuota`) but the resource has is cleared
 //!   explicitly ([`Repair::Update::clear`]): a server-side apply that leaves a field out only
 //!   removes it when no other manager owns it, and a `kubectl edit` makes its editor an owner.
 //!
@@ -39,6 +39,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use wgsub_crds::VpnSubscription;
 use wgsub_crds::VpnSubscriptionSpec;
+use wgsub_crds::resources::TrafficQuota;
 use wgsub_crds::resources::{subscription_name, telegram_user_id_from_name};
 
 use crate::sync::{FIELD_MANAGER, SubscriptionSync, SyncError};
@@ -52,6 +53,7 @@ pub enum Field {
     PaidUntil,
     Plan,
     MaxDevices,
+    TrafficQuota,
     Suspended,
 }
 
@@ -63,6 +65,7 @@ impl Field {
             Field::PaidUntil => "paidUntil",
             Field::Plan => "plan",
             Field::MaxDevices => "maxDevices",
+            Field::TrafficQuota => "trafficQuota",
             Field::Suspended => "suspended",
         }
     }
@@ -76,6 +79,7 @@ pub struct OwnedFields {
     pub paid_until: Option<Timestamp>,
     pub plan: Option<String>,
     pub max_devices: i32,
+    pub traffic_quota: Option<TrafficQuota>,
     pub suspended: bool,
 }
 
@@ -87,6 +91,7 @@ impl OwnedFields {
             paid_until: user.entitlement.paid_until,
             plan: user.entitlement.plan.clone(),
             max_devices: user.entitlement.max_devices,
+            traffic_quota: user.entitlement.traffic_quota,
             suspended: user.suspended,
         }
     }
@@ -98,6 +103,7 @@ impl OwnedFields {
             paid_until: spec.paid_until,
             plan: spec.plan.clone(),
             max_devices: spec.max_devices,
+            traffic_quota: spec.traffic_quota,
             suspended: spec.suspended,
         }
     }
@@ -112,6 +118,10 @@ impl OwnedFields {
             (Field::PaidUntil, self.paid_until != other.paid_until),
             (Field::Plan, self.plan != other.plan),
             (Field::MaxDevices, self.max_devices != other.max_devices),
+            (
+                Field::TrafficQuota,
+                self.traffic_quota != other.traffic_quota,
+            ),
             (Field::Suspended, self.suspended != other.suspended),
         ]
         .into_iter()
@@ -119,11 +129,13 @@ impl OwnedFields {
         .collect()
     }
 
-    /// Whether the ledger leaves `field` out of the spec (only `paidUntil` and `plan` can be).
+    /// Whether the ledger leaves `field` out of the spec (only `paidUntil`, `plan` and
+    /// `trafficQuota` can be).
     fn leaves_out(&self, field: Field) -> bool {
         match field {
             Field::PaidUntil => self.paid_until.is_none(),
             Field::Plan => self.plan.is_none(),
+            Field::TrafficQuota => self.traffic_quota.is_none(),
             Field::TelegramUserId | Field::MaxDevices | Field::Suspended => false,
         }
     }
@@ -396,6 +408,7 @@ mod tests {
             paid_until: None,
             plan: None,
             max_devices: 1,
+            traffic_quota: None,
             suspended: false,
         };
         let trial = OwnedFields {
@@ -406,6 +419,10 @@ mod tests {
             paid_until: Some(t("2026-04-01T00:00:00Z")),
             plan: Some("quarter".into()),
             max_devices: 3,
+            traffic_quota: Some(TrafficQuota {
+                bytes: 100 << 30,
+                period_days: 90,
+            }),
             ..never.clone()
         };
         let suspended = OwnedFields {
@@ -436,7 +453,7 @@ mod tests {
         states
     }
 
-    fn edits() -> [fn(&mut OwnedFields); 5] {
+    fn edits() -> [fn(&mut OwnedFields); 7] {
         [
             |f| f.telegram_user_id += 1,
             |f| {
@@ -452,6 +469,25 @@ mod tests {
                 }
             },
             |f| f.max_devices = f.max_devices % 10 + 1,
+            |f| {
+                f.traffic_quota = match f.traffic_quota {
+                    Some(_) => None,
+                    None => Some(TrafficQuota {
+                        bytes: 1 << 30,
+                        period_days: 30,
+                    }),
+                }
+            },
+            |f| {
+                if let Some(quota) = &mut f.traffic_quota {
+                    quota.bytes *= 2;
+                } else {
+                    f.traffic_quota = Some(TrafficQuota {
+                        bytes: 5,
+                        period_days: 1,
+                    });
+                }
+            },
             |f| f.suspended = !f.suspended,
         ]
     }
@@ -463,6 +499,7 @@ mod tests {
         let mut next = have.cloned().unwrap_or_else(|| OwnedFields {
             paid_until: None,
             plan: None,
+            traffic_quota: None,
             ..ledger.clone()
         });
         next.telegram_user_id = ledger.telegram_user_id;
@@ -474,11 +511,15 @@ mod tests {
         if ledger.plan.is_some() {
             next.plan.clone_from(&ledger.plan);
         }
+        if ledger.traffic_quota.is_some() {
+            next.traffic_quota = ledger.traffic_quota;
+        }
         if let Repair::Update { clear, .. } = repair {
             for field in clear {
                 match field {
                     Field::PaidUntil => next.paid_until = None,
                     Field::Plan => next.plan = None,
+                    Field::TrafficQuota => next.traffic_quota = None,
                     _ => panic!("only fields the ledger can leave out are cleared: {field:?}"),
                 }
             }
@@ -546,17 +587,26 @@ mod tests {
     }
 
     #[test]
-    fn only_paid_until_and_plan_the_ledger_leaves_out_are_cleared() {
+    fn only_paid_until_plan_and_quota_the_ledger_leaves_out_are_cleared() {
         let ledger = &ledger_states()[0];
         let mut have = ledger.clone();
         have.paid_until = Some(t("2030-01-01T00:00:00Z"));
         have.plan = Some("year".into());
         have.max_devices = 5;
+        have.traffic_quota = Some(TrafficQuota {
+            bytes: 1 << 30,
+            period_days: 30,
+        });
         assert_eq!(
             repair(ledger, &Observed::Present(have)),
             Some(Repair::Update {
-                differing: vec![Field::PaidUntil, Field::Plan, Field::MaxDevices],
-                clear: vec![Field::PaidUntil, Field::Plan],
+                differing: vec![
+                    Field::PaidUntil,
+                    Field::Plan,
+                    Field::MaxDevices,
+                    Field::TrafficQuota
+                ],
+                clear: vec![Field::PaidUntil, Field::Plan, Field::TrafficQuota],
             })
         );
     }

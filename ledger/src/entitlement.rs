@@ -1,11 +1,13 @@
 //! The pure step from ledger rows to what a user is entitled to: `paidUntil` by
-//! [`wgsub_crds::ledger::fold_paid_until`], and the plan and device count of the latest payment
-//! that still counts.
+//! [`wgsub_crds::ledger::fold_paid_until`], and the plan, device count and data quota of the
+//! latest payment that still counts (free days — trial, grants, promo, referral — keep the quota
+//! of that payment; without one there is no quota).
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use wgsub_crds::ledger::{LedgerEvent, LedgerEventKind, fold_paid_until};
+use wgsub_crds::resources::TrafficQuota;
 
 /// Devices a user may have when no counted payment says otherwise.
 pub const DEFAULT_MAX_DEVICES: i32 = 1;
@@ -20,6 +22,9 @@ pub struct Entitlement {
     pub plan: Option<String>,
     /// Devices allowed by that plan (1 without one).
     pub max_devices: i32,
+    /// The traffic per period that payment bought; `None`: no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_quota: Option<TrafficQuota>,
 }
 
 impl Default for Entitlement {
@@ -28,6 +33,7 @@ impl Default for Entitlement {
             paid_until: None,
             plan: None,
             max_devices: DEFAULT_MAX_DEVICES,
+            traffic_quota: None,
         }
     }
 }
@@ -41,6 +47,8 @@ pub struct PaymentFact {
     pub days: i32,
     pub plan: String,
     pub devices: i32,
+    /// The plan's data quota when it was bought (`None`: none).
+    pub traffic_quota: Option<TrafficQuota>,
     pub amount_minor: i64,
     /// Sum of the refunds recorded against it; a payment refunded in full no longer counts.
     pub refunded_minor: i64,
@@ -165,6 +173,7 @@ pub fn entitlement(payments: &[PaymentFact], grants: &[GrantFact]) -> Entitlemen
         paid_until,
         plan: latest.map(|payment| payment.plan.clone()),
         max_devices: latest.map_or(DEFAULT_MAX_DEVICES, |payment| payment.devices.clamp(1, 10)),
+        traffic_quota: latest.and_then(|payment| payment.traffic_quota),
     }
 }
 
@@ -183,9 +192,17 @@ mod tests {
             days,
             plan: plan.into(),
             devices,
+            traffic_quota: None,
             amount_minor: 19_900,
             refunded_minor: 0,
         }
+    }
+
+    fn quota(gib: i64, period_days: i32) -> Option<TrafficQuota> {
+        Some(TrafficQuota {
+            bytes: gib << 30,
+            period_days,
+        })
     }
 
     #[test]
@@ -312,6 +329,37 @@ mod tests {
             entitlement(&payments, &grants).paid_until,
             Some(t("2026-01-31T00:00:00Z"))
         );
+    }
+
+    #[test]
+    fn the_latest_counted_payment_sets_the_traffic_quota_and_free_days_keep_it() {
+        let mut month = payment(1, "2026-01-01T00:00:00Z", 30, "month", 1);
+        month.traffic_quota = quota(50, 30);
+        let mut unlimited = payment(2, "2026-02-01T00:00:00Z", 30, "unlimited", 1);
+        assert_eq!(
+            entitlement(&[month.clone()], &[]).traffic_quota,
+            quota(50, 30)
+        );
+        // A later plan without a quota lifts it.
+        assert_eq!(
+            entitlement(&[month.clone(), unlimited.clone()], &[]).traffic_quota,
+            None
+        );
+        // Refunded in full, the later payment no longer counts: the earlier quota is back.
+        unlimited.refunded_minor = unlimited.amount_minor;
+        assert_eq!(
+            entitlement(&[month.clone(), unlimited], &[]).traffic_quota,
+            quota(50, 30)
+        );
+        // Free days after the payment keep its quota; free days alone have none.
+        let grants = [
+            grant(1, GrantKind::Promo, "2026-01-10T00:00:00Z", 7, false),
+            grant(2, GrantKind::Referral, "2026-01-11T00:00:00Z", 3, false),
+            grant(3, GrantKind::Admin, "2026-01-12T00:00:00Z", 5, false),
+        ];
+        assert_eq!(entitlement(&[month], &grants).traffic_quota, quota(50, 30));
+        let trial = [grant(4, GrantKind::Trial, "2026-01-01T00:00:00Z", 3, false)];
+        assert_eq!(entitlement(&[], &trial).traffic_quota, None);
     }
 
     #[test]

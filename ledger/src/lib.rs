@@ -5,8 +5,9 @@
 //! (a trial, an admin grant, an applied payment, a refund, a suspension) happens in one database
 //! transaction that locks the user's row, records the event, re-folds the user's
 //! [`Entitlement`] with [`wgsub_crds::ledger::fold_paid_until`] into `users.paid_until / plan /
-//! max_devices`, bumps `users.ledger_version` and (for payments and refunds) writes a
-//! notification outbox row. Writing the result into the `VpnSubscription` is a separate,
+//! max_devices / traffic_bytes / traffic_period_days` (the data quota of the latest counted
+//! payment, stored per payment at purchase), bumps `users.ledger_version` and (for payments and
+//! refunds) writes a notification outbox row. Writing the result into the `VpnSubscription` is a separate,
 //! idempotent step ([`SubscriptionSync`]) that can be repeated any time: `synced_version`
 //! records what was last written. The API's drift loop ([`drift::DriftRepair`]) compares every
 //! user with their resource and writes only what differs, so a missed write, a `kubectl edit`
@@ -60,7 +61,8 @@
 //! **Sync to Kubernetes** — [`sync`]
 //! - [`SubscriptionSync::new`]`(kube::Client, namespace)`; field manager [`FIELD_MANAGER`]
 //!   (`wgsub-ledger`, forced: the ledger is the truth and the derivation is idempotent). It owns
-//!   `spec.telegramUserId / paidUntil / plan / maxDevices / suspended` of `tg-<id>`.
+//!   `spec.telegramUserId / paidUntil / plan / maxDevices / trafficQuota / suspended` of
+//!   `tg-<id>`.
 //! - [`SubscriptionSync::sync_user`]`(&Ledger, id)`, [`SubscriptionSync::ensure_subscription`]`(
 //!   &Ledger, &TelegramUser, trial_days, now)` (upsert + trial + apply),
 //!   [`SubscriptionSync::set_suspended`], [`SubscriptionSync::admin_grant`],

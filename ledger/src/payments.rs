@@ -399,8 +399,9 @@ impl Ledger {
         sqlx::query(
             "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
                                    status, idempotence_key, created_at, updated_at, \
-                                   list_amount_minor, discount_redemption_id, save_card) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11, $12)",
+                                   list_amount_minor, discount_redemption_id, save_card, \
+                                   traffic_bytes, traffic_period_days) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11, $12, $13, $14)",
         )
         .bind(id)
         .bind(user.telegram_id)
@@ -414,6 +415,8 @@ impl Ledger {
         .bind(discount.as_ref().map(|_| plan.price_minor))
         .bind(discount.as_ref().map(|discount| discount.redemption_id))
         .bind(save_card)
+        .bind(plan.traffic_quota().map(|quota| quota.bytes))
+        .bind(plan.traffic_quota().map(|quota| quota.period_days))
         .persistent(self.persistent)
         .execute(&mut *tx)
         .await

@@ -21,6 +21,7 @@ use sqlx::FromRow;
 use sqlx::postgres::{PgConnection, PgRow};
 use uuid::Uuid;
 use wgsub_crds::plans::{Plan, PlanCatalogue};
+use wgsub_crds::resources::TrafficQuota;
 use zeroize::Zeroizing;
 
 use crate::audit::AdminAction;
@@ -322,14 +323,16 @@ pub struct StarPurchase {
     pub plan: String,
     pub days: i32,
     pub devices: i32,
+    /// The plan's data quota at purchase (`None`: none).
+    pub traffic_quota: Option<TrafficQuota>,
     pub stars: i64,
     pub invoice_payload: String,
     pub paid_at: Timestamp,
 }
 
 impl StarPurchase {
-    /// The purchase a checked payment stands for: the plan's days and devices at the invoiced
-    /// price.
+    /// The purchase a checked payment stands for: the plan's days, devices and data quota at
+    /// the invoiced price.
     pub fn new(
         charge_id: &str,
         payload: &InvoicePayload,
@@ -343,6 +346,7 @@ impl StarPurchase {
             plan: plan.id.clone(),
             days: i32::try_from(plan.days).unwrap_or(i32::MAX),
             devices: i32::from(plan.devices),
+            traffic_quota: plan.traffic_quota(),
             stars: i64::from(payload.stars),
             invoice_payload: invoice_payload.to_owned(),
             paid_at,
@@ -359,6 +363,7 @@ pub struct StarPaymentRecord {
     pub plan: String,
     pub days: i32,
     pub devices: i32,
+    pub traffic_quota: Option<TrafficQuota>,
     pub stars: i64,
     pub paid_at: Timestamp,
     pub refunded_at: Option<Timestamp>,
@@ -374,6 +379,7 @@ impl StarPaymentRecord {
             days: self.days,
             plan: self.plan.clone(),
             devices: self.devices,
+            traffic_quota: self.traffic_quota,
             amount_minor: self.stars,
             refunded_minor: if self.refunded_at.is_some() {
                 self.stars
@@ -407,7 +413,7 @@ pub enum StarRefundOutcome {
 }
 
 const STAR_COLUMNS: &str = "p.id, p.telegram_payment_charge_id, p.user_id, p.plan, p.days, \
-    p.devices, p.stars, p.paid_at, r.refunded_at";
+    p.devices, p.traffic_bytes, p.traffic_period_days, p.stars, p.paid_at, r.refunded_at";
 
 /// A star payment row (with its refund) as stored.
 #[derive(FromRow)]
@@ -418,6 +424,8 @@ struct StarPaymentRow {
     plan: String,
     days: i32,
     devices: i32,
+    traffic_bytes: Option<i64>,
+    traffic_period_days: Option<i32>,
     stars: i64,
     paid_at: jiff_sqlx::Timestamp,
     refunded_at: Option<jiff_sqlx::Timestamp>,
@@ -432,6 +440,7 @@ fn record_from_row(row: &PgRow) -> Result<StarPaymentRecord, LedgerError> {
         plan: row.plan,
         days: row.days,
         devices: row.devices,
+        traffic_quota: crate::txn::traffic_quota(row.traffic_bytes, row.traffic_period_days),
         stars: row.stars,
         paid_at: row.paid_at.to_jiff(),
         refunded_at: row.refunded_at.map(jiff_sqlx::Timestamp::to_jiff),
@@ -473,8 +482,9 @@ impl Ledger {
         let id = Uuid::new_v4();
         let inserted = sqlx::query(
             "INSERT INTO star_payments (id, telegram_payment_charge_id, user_id, plan, days, \
-                                        devices, stars, invoice_payload, paid_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                                        devices, stars, invoice_payload, paid_at, \
+                                        traffic_bytes, traffic_period_days) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (telegram_payment_charge_id) DO NOTHING RETURNING id",
         )
         .persistent(self.persistent)
@@ -487,6 +497,8 @@ impl Ledger {
         .bind(purchase.stars)
         .bind(&purchase.invoice_payload)
         .bind(purchase.paid_at.to_sqlx())
+        .bind(purchase.traffic_quota.map(|quota| quota.bytes))
+        .bind(purchase.traffic_quota.map(|quota| quota.period_days))
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
@@ -841,6 +853,7 @@ mod tests {
         assert_eq!(purchase.stars, 100);
         assert_eq!(purchase.days, 30);
         assert_eq!(purchase.devices, 1);
+        assert_eq!(purchase.traffic_quota, plan.traffic_quota());
         assert_eq!(purchase.user_id, 42);
         // What does not match the invoice is still refused after the payment.
         assert!(check_payment(&plans, &key(), facts(42, 99, &old_price)).is_err());
@@ -855,6 +868,7 @@ mod tests {
             plan: plan.into(),
             days,
             devices: if plan == "quarter" { 3 } else { 1 },
+            traffic_quota: None,
             stars: 150,
             paid_at: t(at),
             refunded_at: refunded.then(|| t("2026-03-01T00:00:00Z")),
@@ -869,6 +883,7 @@ mod tests {
             days: 30,
             plan: "month".into(),
             devices: 1,
+            traffic_quota: None,
             amount_minor: 19_900,
             refunded_minor: 0,
         };

@@ -1,5 +1,6 @@
 //! Writing the ledger into Kubernetes: the `VpnSubscription` `tg-<id>` gets
-//! `spec.telegramUserId / paidUntil / plan / maxDevices / suspended` from the user's row by
+//! `spec.telegramUserId / paidUntil / plan / maxDevices / trafficQuota / suspended` from the
+//! user's row by
 //! server-side apply with field manager [`FIELD_MANAGER`], forced (the ledger is the truth and
 //! the derivation is idempotent, so writing it again is always safe). The apply creates the
 //! subscription when it is absent.
@@ -35,8 +36,8 @@ pub fn server_patch(telegram_user_id: i64, server: &str) -> serde_json::Value {
 }
 
 /// The server-side-apply patch that makes a user's `VpnSubscription` say what the ledger says.
-/// `paidUntil` and `plan` are left out when the ledger has none, which (under server-side
-/// apply) removes them.
+/// `paidUntil`, `plan` and `trafficQuota` are left out when the ledger has none, which (under
+/// server-side apply) removes them.
 pub fn subscription_patch(user: &User) -> serde_json::Value {
     let mut spec = json!({
         "telegramUserId": user.telegram_id,
@@ -48,6 +49,9 @@ pub fn subscription_patch(user: &User) -> serde_json::Value {
     }
     if let Some(plan) = &user.entitlement.plan {
         spec["plan"] = json!(plan);
+    }
+    if let Some(quota) = &user.entitlement.traffic_quota {
+        spec["trafficQuota"] = json!(quota);
     }
     json!({
         "apiVersion": format!("{GROUP}/{VERSION}"),
@@ -232,8 +236,17 @@ impl SubscriptionSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wgsub_crds::resources::TrafficQuota;
 
     fn user(paid_until: Option<&str>, plan: Option<&str>) -> User {
+        user_with_quota(paid_until, plan, None)
+    }
+
+    fn user_with_quota(
+        paid_until: Option<&str>,
+        plan: Option<&str>,
+        traffic_quota: Option<TrafficQuota>,
+    ) -> User {
         let t = "2026-01-01T00:00:00Z".parse().unwrap();
         User {
             telegram_id: 42,
@@ -250,6 +263,7 @@ mod tests {
                 paid_until: paid_until.map(|s| s.parse().unwrap()),
                 plan: plan.map(Into::into),
                 max_devices: 3,
+                traffic_quota,
             },
             ledger_version: 2,
             synced_version: 1,
@@ -280,9 +294,29 @@ mod tests {
     }
 
     #[test]
-    fn a_never_paid_user_has_no_paid_until_or_plan_in_the_patch() {
+    fn a_never_paid_user_has_no_paid_until_plan_or_quota_in_the_patch() {
         let patch = subscription_patch(&user(None, None));
         assert!(patch["spec"].get("paidUntil").is_none());
         assert!(patch["spec"].get("plan").is_none());
+        assert!(patch["spec"].get("trafficQuota").is_none());
+    }
+
+    #[test]
+    fn a_plan_with_a_quota_puts_it_in_the_patch() {
+        let quota = TrafficQuota {
+            bytes: 50 << 30,
+            period_days: 30,
+        };
+        let patch = subscription_patch(&user_with_quota(
+            Some("2026-02-01T00:00:00Z"),
+            Some("month"),
+            Some(quota),
+        ));
+        assert_eq!(
+            patch["spec"]["trafficQuota"],
+            json!({"bytes": 53_687_091_200_i64, "periodDays": 30})
+        );
+        let parsed: VpnSubscription = serde_json::from_value(patch).unwrap();
+        assert_eq!(parsed.spec.traffic_quota, Some(quota));
     }
 }

@@ -6,9 +6,19 @@ use jiff_sqlx::ToSqlx;
 use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
+use wgsub_crds::resources::TrafficQuota;
 
 use crate::LedgerError;
 use crate::entitlement::{Entitlement, GrantFact, GrantKind, PaymentFact, entitlement};
+
+/// The quota stored in a row's `traffic_bytes` / `traffic_period_days` (both set or both NULL,
+/// a constraint of each table).
+pub(crate) fn traffic_quota(bytes: Option<i64>, period_days: Option<i32>) -> Option<TrafficQuota> {
+    Some(TrafficQuota {
+        bytes: bytes?,
+        period_days: period_days?,
+    })
+}
 
 /// Locks the user's row for the rest of the transaction.
 pub(crate) async fn lock_user(
@@ -33,6 +43,8 @@ struct AppliedPaymentRow {
     days: i32,
     plan: String,
     devices: i32,
+    traffic_bytes: Option<i64>,
+    traffic_period_days: Option<i32>,
     amount_minor: i64,
     refunded: i64,
 }
@@ -55,7 +67,8 @@ pub(crate) async fn refold(
     persistent: bool,
 ) -> Result<(Entitlement, i64), LedgerError> {
     let payment_rows = sqlx::query_as::<_, AppliedPaymentRow>(
-        "SELECT p.id, p.succeeded_at, p.days, p.plan, p.devices, p.amount_minor, \
+        "SELECT p.id, p.succeeded_at, p.days, p.plan, p.devices, p.traffic_bytes, \
+                p.traffic_period_days, p.amount_minor, \
                 COALESCE((SELECT SUM(r.amount_minor) FROM refunds r WHERE r.payment_id = p.id), 0)::BIGINT AS refunded \
          FROM payments p JOIN payment_applications a ON a.payment_id = p.id \
          WHERE p.user_id = $1",
@@ -79,6 +92,7 @@ pub(crate) async fn refold(
             days: row.days,
             plan: row.plan,
             devices: row.devices,
+            traffic_quota: traffic_quota(row.traffic_bytes, row.traffic_period_days),
             amount_minor: row.amount_minor,
             refunded_minor: row.refunded,
         });
@@ -118,6 +132,7 @@ pub(crate) async fn bump(
         Some(folded) => {
             sqlx::query_scalar(
                 "UPDATE users SET paid_until = $2, plan = $3, max_devices = $4, \
+                    traffic_bytes = $5, traffic_period_days = $6, \
                     ledger_version = ledger_version + 1 \
                  WHERE telegram_id = $1 RETURNING ledger_version",
             )
@@ -126,6 +141,8 @@ pub(crate) async fn bump(
             .bind(folded.paid_until.map(|t| t.to_sqlx()))
             .bind(folded.plan.as_deref())
             .bind(folded.max_devices)
+            .bind(folded.traffic_quota.map(|quota| quota.bytes))
+            .bind(folded.traffic_quota.map(|quota| quota.period_days))
             .fetch_optional(&mut *conn)
             .await?
         }

@@ -59,7 +59,7 @@ impl User {
 
 pub(crate) const USER_COLUMNS: &str = "telegram_id, username, first_name, last_name, \
     language_code, email, phone, suspended, created_at, last_seen_at, paid_until, plan, \
-    max_devices, ledger_version, synced_version";
+    max_devices, traffic_bytes, traffic_period_days, ledger_version, synced_version";
 
 /// A `users` row as stored.
 #[derive(FromRow)]
@@ -77,6 +77,8 @@ struct UserRow {
     paid_until: Option<jiff_sqlx::Timestamp>,
     plan: Option<String>,
     max_devices: i32,
+    traffic_bytes: Option<i64>,
+    traffic_period_days: Option<i32>,
     ledger_version: i64,
     synced_version: i64,
 }
@@ -98,6 +100,7 @@ pub(crate) fn user_from_row(row: &PgRow) -> Result<User, sqlx::Error> {
             paid_until: row.paid_until.map(jiff_sqlx::Timestamp::to_jiff),
             plan: row.plan,
             max_devices: row.max_devices,
+            traffic_quota: crate::txn::traffic_quota(row.traffic_bytes, row.traffic_period_days),
         },
         ledger_version: row.ledger_version,
         synced_version: row.synced_version,

@@ -11,6 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use uuid::Uuid;
 use wgsub_crds::plans::{LocalizedText, Plan};
+use wgsub_crds::resources::TrafficQuota;
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::yookassa::{self, Amount, METADATA_PAYMENT_ID, METADATA_USER_ID};
 use wgsub_ledger::{
@@ -752,5 +753,108 @@ async fn through_pgbouncer_sqlxs_own_migrator_fails_when_run_concurrently() {
                 // the same DDL at once.
                 || e.contains("duplicate key value")),
         "{failures:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_payment_keeps_its_plans_traffic_quota_and_the_fold_follows_it() {
+    let ledger = ledger("quota").await;
+    let yk = FakeYooKassa::start().await;
+    yk.accept_payments("2f000000-000f-5000-8000-000000000009")
+        .await;
+    let now = t("2026-03-01T00:00:00Z");
+    ledger.upsert_user(&tg(9, "q"), now).await.unwrap();
+    ledger.grant_trial(9, 3, now).await.unwrap();
+    assert_eq!(
+        ledger
+            .user(9)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .traffic_quota,
+        None,
+        "a trial has no quota"
+    );
+    let quota_plan = Plan {
+        traffic_gib: Some(100),
+        ..plan()
+    };
+    let created = ledger
+        .create_payment(
+            &yk.client(),
+            PaymentOrder {
+                user_id: 9,
+                plan: &quota_plan,
+                return_url: "https://t.me/wgsub_bot",
+                receipt: None,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    // Stored with the payment at purchase: what the plan said then is what was bought.
+    let stored: (Option<i64>, Option<i32>) =
+        sqlx::query_as("SELECT traffic_bytes, traffic_period_days FROM payments WHERE id = $1")
+            .bind(created.id)
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, (Some(100 << 30), Some(90)));
+    let record = ledger.payment(created.id).await.unwrap().unwrap();
+    ledger
+        .apply_payment(record.id, &succeeded(&record), now)
+        .await
+        .unwrap();
+    let want = quota_plan.traffic_quota();
+    assert_eq!(
+        want,
+        Some(TrafficQuota {
+            bytes: 107_374_182_400,
+            period_days: 90
+        })
+    );
+    let user = ledger.user(9).await.unwrap().unwrap();
+    assert_eq!(user.entitlement.traffic_quota, want);
+    // Free days keep the latest payment's quota.
+    let granted = ledger
+        .admin_grant(
+            &AdminGrant {
+                user_id: 9,
+                days: 5,
+                admin_id: 1,
+                reason: "goodwill".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(granted.traffic_quota, want);
+    // Refunded in full, the payment and its quota are gone: the trial is what is left.
+    let refund = yookassa::Refund {
+        id: "2f000000-0015-5000-9000-000000000009".into(),
+        payment_id: record.yookassa_id.clone().unwrap(),
+        status: "succeeded".into(),
+        amount: Amount {
+            value: "549.00".into(),
+            currency: "RUB".into(),
+        },
+        created_at: Some(now + SignedDuration::from_hours(2)),
+    };
+    let RefundOutcome::Recorded { entitlement, .. } =
+        ledger.record_refund(&refund, now).await.unwrap()
+    else {
+        panic!("the refund is recorded")
+    };
+    assert_eq!(entitlement.traffic_quota, None);
+    assert_eq!(
+        ledger
+            .user(9)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .traffic_quota,
+        None
     );
 }

@@ -682,3 +682,42 @@ async fn a_charge_given_up_as_failed_is_applied_once_when_its_succeeded_webhook_
     assert_eq!(again, RenewalReport::default());
     assert_eq!(w.fake.charges().len(), 1);
 }
+
+#[tokio::test]
+async fn a_renewal_charge_keeps_the_traffic_quota_its_plan_has_when_it_is_charged() {
+    let w = world("renewal_quota").await;
+    w.buy(11, true).await.unwrap();
+    assert_eq!(
+        w.ledger
+            .user(11)
+            .await
+            .unwrap()
+            .unwrap()
+            .entitlement
+            .traffic_quota,
+        None,
+        "the month was bought without a quota"
+    );
+    let before = w.paid_until(11).await;
+    // The catalogue now gives the month 20 GiB per period; the renewal buys that.
+    let with_quota = Plan {
+        traffic_gib: Some(20),
+        ..plan()
+    };
+    let plans = PlanCatalogue::new(vec![with_quota.clone()]).unwrap();
+    let at = before - SignedDuration::from_hours(12);
+    let report = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!(report.succeeded, 1, "{report:?}");
+    let user = w.ledger.user(11).await.unwrap().unwrap();
+    assert_eq!(user.entitlement.paid_until, Some(before + DAY * 30));
+    assert_eq!(user.entitlement.traffic_quota, with_quota.traffic_quota());
+    let stored: Vec<(Option<i64>, Option<i32>)> = sqlx::query_as(
+        "SELECT traffic_bytes, traffic_period_days FROM payments WHERE user_id = $1 \
+         ORDER BY created_at",
+    )
+    .bind(11_i64)
+    .fetch_all(w.ledger.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, [(None, None), (Some(20 << 30), Some(30))]);
+}

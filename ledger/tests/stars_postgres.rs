@@ -5,6 +5,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use wgsub_crds::plans::PlanCatalogue;
+use wgsub_crds::resources::TrafficQuota;
 use wgsub_ledger::stars::{
     InvoiceKey, InvoicePayload, PaymentFacts, STARS_CURRENCY, check_payment,
 };
@@ -239,4 +240,40 @@ async fn a_payment_of_a_user_missing_from_the_ledger_is_not_recorded() {
         "{error}"
     );
     assert_eq!(ledger.star_payment("stxCharge-3").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_stars_payment_keeps_the_traffic_quota_of_its_plan() {
+    let ledger = ledger_with_user("stars_quota", 503).await;
+    let plans = PlanCatalogue::from_yaml_str(
+        "plans:
+  - {id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 2, priceStars: 150, trafficGib: 25}
+",
+    )
+    .unwrap();
+    let key = InvoiceKey::from_bot_token(&format!("1:{}", uuid::Uuid::new_v4().simple()));
+    let text = InvoicePayload {
+        user_id: 503,
+        plan: "month".into(),
+        stars: 150,
+    }
+    .encode(&key);
+    let facts = PaymentFacts {
+        payer_id: 503,
+        currency: STARS_CURRENCY,
+        total_amount: 150,
+        invoice_payload: &text,
+    };
+    let (payload, plan) = check_payment(&plans, &key, facts).unwrap();
+    let paid_at = t("2026-02-01T00:00:00Z");
+    let bought = StarPurchase::new("stxQuota-1", &payload, plan, &text, paid_at);
+    ledger.apply_star_payment(&bought, paid_at).await.unwrap();
+    let want = Some(TrafficQuota {
+        bytes: 25 << 30,
+        period_days: 30,
+    });
+    let user = ledger.user(503).await.unwrap().unwrap();
+    assert_eq!(user.entitlement.traffic_quota, want);
+    let record = ledger.star_payment("stxQuota-1").await.unwrap().unwrap();
+    assert_eq!(record.traffic_quota, want);
 }

@@ -2,7 +2,8 @@
 //! client authenticated as the chart's `wgsub-api` ServiceAccount under the chart's RBAC) with a
 //! real PostgreSQL (a database per test): the sync of a user's fold into their
 //! `VpnSubscription`, and the drift repair — an edit by another field manager, a deleted
-//! resource and a never-written one are repaired by one pass, a pass over 1,000 users with
+//! resource and a never-written one are repaired by one pass (the data quota too: an edited
+//! quota is put back, one the ledger does not give removed), a pass over 1,000 users with
 //! nothing to repair makes no write, and a user who never paid gets no resource from it.
 
 use std::collections::HashSet;
@@ -13,9 +14,9 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use wgsub_crds::VpnSubscription;
-use wgsub_crds::resources::subscription_name;
+use wgsub_crds::resources::{TrafficQuota, subscription_name};
 use wgsub_ledger::testing::fresh_database;
-use wgsub_ledger::{AdminGrant, DriftRepair, Ledger, SubscriptionSync, TelegramUser};
+use wgsub_ledger::{AdminGrant, DriftRepair, Ledger, StarPurchase, SubscriptionSync, TelegramUser};
 use wgsub_testkit::chart::{apply_chart_rbac, assert_nothing_forbidden, component_client};
 use wgsub_testkit::envtest::{AuditedRequest, ControlPlane};
 use wgsub_testkit::process::eventually;
@@ -438,5 +439,95 @@ async fn a_pass_over_a_thousand_users_with_nothing_to_repair_makes_no_write() {
     );
     assert_eq!((report.updated, report.created, report.failed), (1, 0, 0));
     assert_eq!(w.api_writes("bulk-one").await, before + 1, "one write");
+    assert_nothing_forbidden(w.plane, &w.ns, "api");
+}
+
+/// Edits the user's resource as `kubectl edit` does (a read, then a PUT by another manager).
+async fn kubectl_edit(w: &World, user_id: i64, edit: impl FnOnce(&mut VpnSubscription)) {
+    let mut edited = w.subscription(user_id).await.unwrap();
+    edit(&mut edited);
+    w.admin
+        .replace(
+            &subscription_name(user_id),
+            &PostParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..PostParams::default()
+            },
+            &edited,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_traffic_quota_is_synced_and_an_edited_or_added_one_is_repaired_by_one_pass() {
+    let w = World::start("drift-quota").await;
+    let now = Timestamp::now();
+    let quota = TrafficQuota {
+        bytes: 10 << 30,
+        period_days: 30,
+    };
+    // User 51 bought a plan with a quota (in Stars); user 52 has time without one.
+    w.ledger.upsert_user(&tg(51), now).await.unwrap();
+    w.ledger
+        .apply_star_payment(
+            &StarPurchase {
+                telegram_payment_charge_id: "charge-51".into(),
+                user_id: 51,
+                plan: "month".into(),
+                days: 30,
+                devices: 1,
+                traffic_quota: Some(quota),
+                stars: 150,
+                invoice_payload: "payload".into(),
+                paid_at: now,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    w.paying_user(52, 30, now).await;
+    let synced = w.sync.sync_user(&w.ledger, 51).await.unwrap();
+    assert_eq!(synced.spec.traffic_quota, Some(quota));
+    let synced = w.sync.sync_user(&w.ledger, 52).await.unwrap();
+    assert_eq!(synced.spec.traffic_quota, None);
+
+    kubectl_edit(&w, 51, |s| {
+        s.spec.traffic_quota = Some(TrafficQuota {
+            bytes: 1 << 40,
+            period_days: 30,
+        })
+    })
+    .await;
+    kubectl_edit(&w, 52, |s| s.spec.traffic_quota = Some(quota)).await;
+    w.cache_shows("the raised quota is cached", 51, |s| {
+        s.is_some_and(|s| s.spec.traffic_quota != Some(quota))
+    })
+    .await;
+    w.cache_shows("the added quota is cached", 52, |s| {
+        s.is_some_and(|s| s.spec.traffic_quota.is_some())
+    })
+    .await;
+    let report = w.drift.pass(&w.ledger).await.unwrap();
+    assert_eq!((report.updated, report.failed), (2, 0));
+    assert_eq!(
+        w.subscription(51).await.unwrap().spec.traffic_quota,
+        Some(quota)
+    );
+    assert_eq!(
+        w.subscription(52).await.unwrap().spec.traffic_quota,
+        None,
+        "a quota the ledger does not give is removed though kubectl-edit owns it"
+    );
+    w.cache_shows("the repairs are cached", 52, |s| {
+        s.is_some_and(|s| s.spec.traffic_quota.is_none())
+    })
+    .await;
+    w.cache_shows("the repairs are cached", 51, |s| {
+        s.is_some_and(|s| s.spec.traffic_quota == Some(quota))
+    })
+    .await;
+    let report = w.drift.pass(&w.ledger).await.unwrap();
+    assert_eq!((report.updated, report.created), (0, 0), "converged");
     assert_nothing_forbidden(w.plane, &w.ns, "api");
 }
