@@ -1,8 +1,11 @@
-//! Parsing of `/admin` arguments into an [`AdminCommand`], with errors that name what was wrong
-//! so the reply can be a usage line pointing at the problem.
+//! `/admin`: parsing its arguments into an [`AdminCommand`], with errors that name what was
+//! wrong so the reply can be a usage line pointing at the problem; carrying the command out is
+//! [`run`]'s.
 
 use jiff::Timestamp;
 use wgsub_ledger::promo::{CodeSyntaxError, PromoBenefit, normalize_code};
+
+pub mod run;
 
 /// Longest text Telegram accepts in one message.
 pub const MAX_MESSAGE_CHARS: usize = 4096;

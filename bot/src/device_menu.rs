@@ -19,7 +19,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, ForceReply, InlineKeyboardButton, InlineKeyboardMarkup, User};
+use teloxide::types::{ForceReply, InlineKeyboardButton, InlineKeyboardMarkup, User};
 use wgsub_crds::devices::{is_connected, is_users_peer_name, required_device_name};
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::resources::subscription_name;
@@ -30,7 +30,8 @@ use wgsub_devices::manage::{
 
 use crate::app::App;
 use crate::devices::{device_label, user_peer, user_peers};
-use crate::handlers::{HandlerError, HandlerResult, finish, lang_of, registered_user};
+use crate::handlers::reply::{Reply, on_message};
+use crate::handlers::{HandlerError, HandlerResult, registered_user};
 use crate::telegram::CONFIG_PREFIX;
 use crate::text::{self, DeviceEntry, Lang};
 
@@ -163,7 +164,8 @@ async fn active_subscription(
 }
 
 /// Sends the list of the user's devices with its buttons.
-async fn send_list(bot: &Bot, app: &App, chat: ChatId, lang: Lang, user_id: i64) -> HandlerResult {
+async fn send_list(to: Reply<'_>, user_id: i64) -> HandlerResult {
+    let app = to.app;
     let peers = user_peers(&app.caches, user_id)?;
     // The limit the operator and the api enforce: the subscription's.
     let max_devices = writer(app)
@@ -172,41 +174,32 @@ async fn send_list(bot: &Bot, app: &App, chat: ChatId, lang: Lang, user_id: i64)
         .map_or(1, |sub| sub.spec.max_devices);
     let now = Timestamp::now();
     let entries: Vec<DeviceEntry> = peers.iter().map(|peer| entry(peer, now)).collect();
-    bot.send_message(chat, text::devices_list(lang, &entries, max_devices))
-        .reply_markup(list_keyboard(lang, &peers, max_devices))
+    to.bot
+        .send_message(to.chat, text::devices_list(to.lang, &entries, max_devices))
+        .reply_markup(list_keyboard(to.lang, &peers, max_devices))
         .await?;
     Ok(())
 }
 
 /// `/devices`.
 pub async fn devices_command(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("devices");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
-        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
+    on_message(&bot, &app, &message, "devices", async |to| {
+        let Some(user) = registered_user(to, &message).await? else {
             return Ok(());
         };
-        send_list(&bot, &app, message.chat.id, lang, user.telegram_id).await
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "devices", result).await
+        send_list(to, user.telegram_id).await
+    })
+    .await
 }
 
 /// A `/devices` button (`data` after [`DEVICE_PREFIX`]).
-pub async fn on_button(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-    data: &str,
-) -> HandlerResult {
+pub async fn on_button(to: Reply<'_>, from: &User, data: &str) -> HandlerResult {
+    let (app, lang) = (to.app, to.lang);
     let Some(user_id) = crate::handlers::stored_user_id(from) else {
         return Ok(());
     };
     let Some(action) = DeviceAction::parse(data) else {
-        bot.send_message(chat, text::unknown(lang)).await?;
-        return Ok(());
+        return to.send(text::unknown(lang)).await;
     };
     let peer_of = |name: &str| -> Result<Option<WgPeer>, HandlerError> {
         if !is_users_peer_name(user_id, name) {
@@ -215,97 +208,105 @@ pub async fn on_button(
         Ok(user_peer(&app.caches, user_id, name)?)
     };
     match action {
-        DeviceAction::List => send_list(bot, app, chat, lang, user_id).await,
-        DeviceAction::Add => add(bot, app, chat, lang, user_id).await,
-        DeviceAction::Keep => {
-            bot.send_message(chat, text::delete_cancelled(lang)).await?;
-            Ok(())
-        }
+        DeviceAction::List => send_list(to, user_id).await,
+        DeviceAction::Add => add(to, user_id).await,
+        DeviceAction::Keep => to.send(text::delete_cancelled(lang)).await,
         DeviceAction::Rename(name) => {
             let Some(peer) = peer_of(&name)? else {
-                return gone(bot, chat, lang).await;
+                return gone(to).await;
             };
-            bot.send_message(chat, text::rename_prompt(lang, &device_label(&peer), &name))
+            to.bot
+                .send_message(
+                    to.chat,
+                    text::rename_prompt(lang, &device_label(&peer), &name),
+                )
                 .reply_markup(ForceReply::new())
                 .await?;
             Ok(())
         }
         DeviceAction::Delete(name) => {
             let Some(peer) = peer_of(&name)? else {
-                return gone(bot, chat, lang).await;
+                return gone(to).await;
             };
             let [yes, no] = text::confirm_delete_buttons(lang);
             let keyboard = InlineKeyboardMarkup::new([[
                 InlineKeyboardButton::callback(yes, DeviceAction::ConfirmDelete(name).data()),
                 InlineKeyboardButton::callback(no, DeviceAction::Keep.data()),
             ]]);
-            bot.send_message(chat, text::confirm_delete(lang, &device_label(&peer)))
+            to.bot
+                .send_message(to.chat, text::confirm_delete(lang, &device_label(&peer)))
                 .reply_markup(keyboard)
                 .await?;
             Ok(())
         }
         DeviceAction::ConfirmDelete(name) => {
             let Some(peer) = peer_of(&name)? else {
-                return gone(bot, chat, lang).await;
+                return gone(to).await;
             };
-            let others = user_peers(&app.caches, user_id)?;
-            let last = others.iter().all(|other| other.name_any() == name);
-            match writer(app)
-                .delete(&subscription_name(user_id), &peer, last)
-                .await
-            {
-                Ok(()) => {}
-                Err(WriteError::Gone) => return gone(bot, chat, lang).await,
-                Err(error) => return Err(error.into()),
-            }
-            app.caches
-                .wait_gone(&peer, wgsub_devices::cache::DEFAULT_WRITE_WAIT)
-                .await;
-            bot.send_message(chat, text::deleted(lang, &device_label(&peer)))
-                .await?;
-            send_list(bot, app, chat, lang, user_id).await
+            delete(to, user_id, &peer).await
         }
         DeviceAction::Rotate(name) => {
             let Some(old) = peer_of(&name)? else {
-                return gone(bot, chat, lang).await;
+                return gone(to).await;
             };
-            let Some(subscription) = active_subscription(app, user_id).await? else {
-                bot.send_message(chat, text::subscription_inactive(lang))
-                    .await?;
-                return Ok(());
-            };
-            let names: Vec<String> = user_peers(&app.caches, user_id)?
-                .iter()
-                .map(|peer| peer.name_any())
-                .collect();
-            let replacement = replacement_peer(&subscription, &old, &names, &old.spec.server);
-            let created = match writer(app).rotate(&old, &replacement).await {
-                Ok(created) => created,
-                Err(WriteError::Gone) => return gone(bot, chat, lang).await,
-                Err(WriteError::Conflict) => {
-                    bot.send_message(chat, text::device_busy(lang)).await?;
-                    return Ok(());
-                }
-                Err(error) => return Err(error.into()),
-            };
-            bot.send_message(chat, text::rotated(lang, &device_label(&old)))
-                .reply_markup(config_button(lang, &created.name_any()))
-                .await?;
-            Ok(())
+            rotate(to, user_id, &old).await
         }
     }
 }
 
-async fn gone(bot: &Bot, chat: ChatId, lang: Lang) -> HandlerResult {
-    bot.send_message(chat, text::device_gone(lang)).await?;
+/// Deletes the user's device (confirmed), then lists the rest.
+async fn delete(to: Reply<'_>, user_id: i64, peer: &WgPeer) -> HandlerResult {
+    let app = to.app;
+    let name = peer.name_any();
+    let others = user_peers(&app.caches, user_id)?;
+    let last = others.iter().all(|other| other.name_any() == name);
+    match writer(app)
+        .delete(&subscription_name(user_id), peer, last)
+        .await
+    {
+        Ok(()) => {}
+        Err(WriteError::Gone) => return gone(to).await,
+        Err(error) => return Err(error.into()),
+    }
+    app.caches
+        .wait_gone(peer, wgsub_devices::cache::DEFAULT_WRITE_WAIT)
+        .await;
+    to.send(text::deleted(to.lang, &device_label(peer))).await?;
+    send_list(to, user_id).await
+}
+
+/// Gives the user's device a new key: a new peer replaces it.
+async fn rotate(to: Reply<'_>, user_id: i64, old: &WgPeer) -> HandlerResult {
+    let (app, lang) = (to.app, to.lang);
+    let Some(subscription) = active_subscription(app, user_id).await? else {
+        return to.send(text::subscription_inactive(lang)).await;
+    };
+    let names: Vec<String> = user_peers(&app.caches, user_id)?
+        .iter()
+        .map(|peer| peer.name_any())
+        .collect();
+    let replacement = replacement_peer(&subscription, old, &names, &old.spec.server);
+    let created = match writer(app).rotate(old, &replacement).await {
+        Ok(created) => created,
+        Err(WriteError::Gone) => return gone(to).await,
+        Err(WriteError::Conflict) => return to.send(text::device_busy(lang)).await,
+        Err(error) => return Err(error.into()),
+    };
+    to.bot
+        .send_message(to.chat, text::rotated(lang, &device_label(old)))
+        .reply_markup(config_button(lang, &created.name_any()))
+        .await?;
     Ok(())
 }
 
-async fn add(bot: &Bot, app: &App, chat: ChatId, lang: Lang, user_id: i64) -> HandlerResult {
+async fn gone(to: Reply<'_>) -> HandlerResult {
+    to.send(text::device_gone(to.lang)).await
+}
+
+async fn add(to: Reply<'_>, user_id: i64) -> HandlerResult {
+    let (app, lang) = (to.app, to.lang);
     let Some(subscription) = active_subscription(app, user_id).await? else {
-        bot.send_message(chat, text::subscription_inactive(lang))
-            .await?;
-        return Ok(());
+        return to.send(text::subscription_inactive(lang)).await;
     };
     let peers = user_peers(&app.caches, user_id)?;
     let names: Vec<String> = peers.iter().map(|peer| peer.name_any()).collect();
@@ -319,30 +320,22 @@ async fn add(bot: &Bot, app: &App, chat: ChatId, lang: Lang, user_id: i64) -> Ha
         .or_else(|| peers.first().map(|peer| peer.spec.server.clone()));
     let Some(server) = server else {
         writer(app).clear_removed_mark(&subscription).await;
-        bot.send_message(chat, text::first_device_coming(lang))
-            .await?;
-        return Ok(());
+        return to.send(text::first_device_coming(lang)).await;
     };
     let peer = match device_to_add(&subscription, &names, &server, None) {
         Ok(peer) => peer,
-        Err(AddRefused::Limit { max }) => {
-            bot.send_message(chat, text::device_limit(lang, max))
-                .await?;
-            return Ok(());
-        }
+        Err(AddRefused::Limit { max }) => return to.send(text::device_limit(lang, max)).await,
     };
     let created = match writer(app).add(&subscription, &peer).await {
         Ok(created) => created,
-        Err(WriteError::Conflict) => {
-            bot.send_message(chat, text::device_busy(lang)).await?;
-            return Ok(());
-        }
+        Err(WriteError::Conflict) => return to.send(text::device_busy(lang)).await,
         Err(error) => return Err(error.into()),
     };
     app.caches
         .wait_for(&created, wgsub_devices::cache::DEFAULT_WRITE_WAIT)
         .await;
-    bot.send_message(chat, text::device_added(lang, &device_label(&created)))
+    to.bot
+        .send_message(to.chat, text::device_added(lang, &device_label(&created)))
         .reply_markup(config_button(lang, &created.name_any()))
         .await?;
     Ok(())
@@ -360,10 +353,7 @@ pub fn is_rename_reply(message: Message) -> bool {
 
 /// The reply to a rename prompt: the device's new name, or why it does not fit.
 pub async fn rename_reply(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("rename_device");
-    let lang = lang_of(message.from.as_ref());
-    let chat = message.chat.id;
-    let result = async {
+    on_message(&bot, &app, &message, "rename_device", async |to| {
         let Some(from) = message.from.as_ref() else {
             return Ok(());
         };
@@ -384,27 +374,24 @@ pub async fn rename_reply(bot: Bot, message: Message, app: Arc<App>) -> HandlerR
             None
         };
         let Some(peer) = peer else {
-            return gone(&bot, chat, lang).await;
+            return gone(to).await;
         };
         let Ok(device_name) = required_device_name(message.text().unwrap_or_default()) else {
-            bot.send_message(chat, text::invalid_device_name(lang))
-                .await?;
-            return Ok(());
+            return to.send(text::invalid_device_name(to.lang)).await;
         };
         let renamed = match writer(&app).rename(&peer, &device_name).await {
             Ok(renamed) => renamed,
-            Err(WriteError::Gone) => return gone(&bot, chat, lang).await,
+            Err(WriteError::Gone) => return gone(to).await,
             Err(error) => return Err(error.into()),
         };
         app.caches
             .wait_for(&renamed, wgsub_devices::cache::DEFAULT_WRITE_WAIT)
             .await;
-        bot.send_message(chat, text::renamed(lang, &device_label(&renamed)))
+        to.send(text::renamed(to.lang, &device_label(&renamed)))
             .await?;
-        send_list(&bot, &app, chat, lang, user_id).await
-    }
-    .await;
-    finish(&bot, &app, chat, lang, "rename_device", result).await
+        send_list(to, user_id).await
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -465,15 +452,10 @@ mod tests {
         let mut peer = WgPeer::new(
             "tg-42-1",
             WgPeerSpec {
-                server: "main".into(),
-                public_key: None,
                 private_key_secret_ref: ready.then(|| SecretKeyRef::new("k", "privateKey")),
-                preshared_key_secret_ref: None,
                 address: ready.then(|| "10.8.0.2/32".to_owned()),
-                address6: None,
-                expires_at: None,
-                enabled: true,
                 device_name: Some("Phone".into()),
+                ..WgPeerSpec::on_server("main")
             },
         );
         peer.status = Some(WgPeerStatus {

@@ -8,42 +8,50 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use teloxide::prelude::*;
-use teloxide::types::ChatId;
 use wgsub_ledger::referral::referral_link;
 use wgsub_ledger::{CreateCodeError, NewPromoCode, RedeemError, Redeemed};
 
 use crate::admin::PromoCommand;
+use crate::admin::run::Logged;
 use crate::app::App;
-use crate::handlers::{
-    HandlerError, HandlerResult, finish, lang_of, registered_user, sync_quietly,
-};
-use crate::text::{self, Lang};
+use crate::handlers::reply::{Reply, on_message};
+use crate::handlers::{HandlerError, HandlerResult, registered_user, sync_quietly};
+use crate::text;
 
 /// Most codes `/admin promo list` shows (newest first).
 pub const LISTED_CODES: i64 = 50;
 
 /// `/promo <code>`.
 pub async fn promo(bot: Bot, message: Message, app: Arc<App>, code: String) -> HandlerResult {
-    app.metrics.update("promo");
-    let lang = lang_of(message.from.as_ref());
-    let chat = message.chat.id;
-    let result = async {
-        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
+    on_message(&bot, &app, &message, "promo", async |to| {
+        let Some(user) = registered_user(to, &message).await? else {
             return Ok(());
         };
-        let id = user.telegram_id;
         if code.trim().is_empty() {
-            bot.send_message(chat, text::promo_usage(lang)).await?;
-            return Ok(());
+            return to.send(text::promo_usage(to.lang)).await;
         }
-        let answer = match app.ledger.redeem_promo_code(id, &code, Timestamp::now()).await {
+        let answer = redeem(to, user.telegram_id, &code).await?;
+        to.send(answer).await
+    })
+    .await
+}
+
+/// Redeems `code` for the user; the answer that says what it gave or why it was refused.
+async fn redeem(to: Reply<'_>, id: i64, code: &str) -> Result<String, HandlerError> {
+    let (app, lang) = (to.app, to.lang);
+    Ok(
+        match app
+            .ledger
+            .redeem_promo_code(id, code, Timestamp::now())
+            .await
+        {
             Ok(Redeemed::Days {
                 code,
                 days,
                 entitlement,
             }) => {
                 tracing::info!(user = id, %code, days, "promo code redeemed for free days");
-                sync_quietly(&app, id).await;
+                sync_quietly(app, id).await;
                 text::promo_days(lang, days, entitlement.paid_until)
             }
             Ok(Redeemed::Discount { code, percent_off }) => {
@@ -61,44 +69,32 @@ pub async fn promo(bot: Bot, message: Message, app: Arc<App>, code: String) -> H
                 text::promo_refused(lang, refusal).to_owned()
             }
             Err(RedeemError::Ledger(error)) => return Err(error.into()),
-        };
-        bot.send_message(chat, answer).await?;
-        Ok(())
-    }
-    .await;
-    finish(&bot, &app, chat, lang, "promo", result).await
+        },
+    )
 }
 
 /// `/invite`: the personal link and what it brought.
 pub async fn invite(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("invite");
-    let lang = lang_of(message.from.as_ref());
-    let chat = message.chat.id;
-    let result = async {
-        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
+    on_message(&bot, &app, &message, "invite", async |to| {
+        let Some(user) = registered_user(to, &message).await? else {
             return Ok(());
         };
         let me = bot.get_me().await?;
         let link = referral_link(me.username(), user.telegram_id);
         let summary = app.ledger.referral_summary(user.telegram_id).await?;
-        bot.send_message(chat, text::invite(lang, &link, summary))
-            .await?;
-        Ok(())
-    }
-    .await;
-    finish(&bot, &app, chat, lang, "invite", result).await
+        to.send(text::invite(to.lang, &link, summary)).await
+    })
+    .await
 }
 
 /// Carries out `/admin promo …`; returns the name and outcome for the admin log.
 pub async fn run_admin_promo(
-    bot: &Bot,
-    app: &App,
+    to: Reply<'_>,
     admin_id: i64,
-    chat: ChatId,
-    lang: Lang,
     command: PromoCommand,
     now: Timestamp,
-) -> Result<(&'static str, String), HandlerError> {
+) -> Result<Logged, HandlerError> {
+    let (app, lang) = (to.app, to.lang);
     let (answer, outcome) = match command {
         PromoCommand::Create {
             code,
@@ -149,6 +145,6 @@ pub async fn run_admin_promo(
             )
         }
     };
-    bot.send_message(chat, answer).await?;
+    to.send(answer).await?;
     Ok(("promo", outcome))
 }

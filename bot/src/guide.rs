@@ -17,6 +17,7 @@ use wgsub_ledger::NotificationEvent;
 use crate::app::App;
 use crate::broadcast::Delivery;
 use crate::devices::user_peers;
+use crate::handlers::reply::Reply;
 use crate::handlers::{HandlerResult, stored_user_id};
 use crate::jobs::notification_text;
 use crate::telegram::delivery;
@@ -101,28 +102,18 @@ pub async fn send_notice(bot: &Bot, chat: i64, lang: Lang, event: &NotificationE
 }
 
 /// A guide button: the platform buttons, or the guide for the platform picked.
-pub async fn on_button(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-    data: &str,
-) -> HandlerResult {
-    match GuideAction::parse(data) {
-        GuideAction::Choose => {
-            bot.send_message(chat, text::guide_choose_platform(lang))
-                .reply_markup(platform_keyboard())
-                .await?;
-        }
+pub async fn on_button(to: Reply<'_>, from: &User, data: &str) -> HandlerResult {
+    let answer = match GuideAction::parse(data) {
+        GuideAction::Choose => text::guide_choose_platform(to.lang).to_owned(),
         GuideAction::Show(platform) => {
-            let protocol = user_protocol(app, from)?;
-            let guide = text::guide(lang, protocol, platform, store_links(protocol, platform));
-            bot.send_message(chat, guide)
-                .reply_markup(platform_keyboard())
-                .await?;
+            let protocol = user_protocol(to.app, from)?;
+            text::guide(to.lang, protocol, platform, store_links(protocol, platform))
         }
-    }
+    };
+    to.bot
+        .send_message(to.chat, answer)
+        .reply_markup(platform_keyboard())
+        .await?;
     Ok(())
 }
 

@@ -2,38 +2,38 @@
 //! answers anything else with a short help. [`handler_tree`] is what the binary dispatches and
 //! what the tests drive; its dependencies (`Arc<App>`) are injected with `dptree::deps!`.
 //!
-//! Every handler answers: on an internal failure the user gets a short "try again" and the
-//! failure is counted in `wgsub_bot_handler_errors_total`.
+//! Every handler answers in one envelope ([`reply`]): on an internal failure the user
+//! gets a short "try again" and the failure is counted in `wgsub_bot_handler_errors_total`.
+//! `/admin` is carried out beside its parser, in [`crate::admin::run`].
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use teloxide::dispatching::UpdateHandler;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, InlineKeyboardButton, InputFile, MessageId, UpdateKind, User};
+use teloxide::types::{ChatId, InlineKeyboardButton, InputFile, UpdateKind, User};
 use teloxide::utils::command::BotCommands;
 use wgsub_crds::VpnSubscriptionSpec;
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::plans::Plan;
 use wgsub_crds::resources::MAX_TELEGRAM_USER_ID;
 use wgsub_crds::{SubscriptionPhase, WgPeer};
-use wgsub_ledger::{
-    AdminGrant, PaymentError, PaymentOrder, ReceiptCustomer, SyncError, TelegramUser,
-    User as LedgerUser,
-};
+use wgsub_ledger::{PaymentError, PaymentOrder, ReceiptCustomer, TelegramUser, User as LedgerUser};
 
-use crate::admin::{self, AdminCommand, UserRef};
+use crate::admin;
 use crate::app::App;
-use crate::broadcast;
 use crate::device_menu;
 use crate::devices::{self, DeviceConfig};
 use crate::growth;
 use crate::locations;
 use crate::renewal;
 use crate::stars::{self, STARS_PREFIX};
-use crate::store::{self, AdminLogEntry};
+use crate::store;
 use crate::telegram::{self, BUY_PREFIX, CONFIG_PREFIX};
 use crate::text::{self, Lang};
+use reply::{Reply, answer, on_message};
+
+pub mod reply;
 
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub type HandlerResult = Result<(), HandlerError>;
@@ -79,7 +79,7 @@ pub fn handler_tree() -> UpdateHandler<HandlerError> {
         .branch(
             dptree::case![Command::Admin(arguments)]
                 .filter(sent_by_admin)
-                .endpoint(admin),
+                .endpoint(admin::run::command),
         );
     let messages = Update::filter_message()
         .branch(Message::filter_successful_payment().endpoint(stars::successful_payment))
@@ -103,7 +103,7 @@ pub fn stored_user_id(user: &User) -> Option<i64> {
         .filter(|id| (1..=MAX_TELEGRAM_USER_ID).contains(id))
 }
 
-fn user_id(user: &User) -> Result<i64, HandlerError> {
+pub(crate) fn user_id(user: &User) -> Result<i64, HandlerError> {
     stored_user_id(user).ok_or_else(|| "Telegram user id out of range".into())
 }
 
@@ -164,39 +164,6 @@ fn sent_by_admin(message: Message, app: Arc<App>) -> bool {
         .is_some_and(|id| app.is_admin(id))
 }
 
-/// Turns a failed handler into a "try again" answer and a counted, logged error.
-pub(crate) async fn finish(
-    bot: &Bot,
-    app: &App,
-    chat: ChatId,
-    lang: Lang,
-    handler: &str,
-    result: HandlerResult,
-) -> HandlerResult {
-    let Err(error) = result else {
-        return Ok(());
-    };
-    if is_unreachable(&error) {
-        app.metrics.unreachable_user(handler);
-        tracing::info!(handler, chat = chat.0, %error, "the user cannot be reached (blocked the bot or gone)");
-        return Ok(());
-    }
-    app.metrics.handler_error(handler);
-    tracing::error!(handler, %error, "handler failed");
-    if let Err(error) = bot.send_message(chat, text::internal_error(lang)).await {
-        tracing::debug!(handler, %error, "the \"try again\" answer was not delivered");
-    }
-    Ok(())
-}
-
-/// Whether a handler failed only because Telegram will not deliver to the user (they blocked
-/// the bot, or the chat is gone): not a fault of the bot.
-fn is_unreachable(error: &HandlerError) -> bool {
-    error
-        .downcast_ref::<teloxide::RequestError>()
-        .is_some_and(telegram::is_unreachable)
-}
-
 /// Writes the user's `VpnSubscription` from the ledger; a failure is logged, not shown (the
 /// ledger has it, and the API's drift loop writes it again).
 pub(crate) async fn sync_quietly(app: &App, user_id: i64) {
@@ -217,12 +184,10 @@ pub fn referrer_of(payload: &str, user_id: i64) -> Option<i64> {
 }
 
 async fn start(bot: Bot, message: Message, app: Arc<App>, payload: String) -> HandlerResult {
-    app.metrics.update("start");
-    let Some(from) = message.from.as_ref() else {
-        return Ok(());
-    };
-    let lang = lang_of(Some(from));
-    let result = async {
+    on_message(&bot, &app, &message, "start", async |to| {
+        let Some(from) = message.from.as_ref() else {
+            return Ok(());
+        };
         let user = telegram_user(from)?;
         let now = Timestamp::now();
         let first_start = app.ledger.user(user.id).await?.is_none();
@@ -242,48 +207,42 @@ async fn start(bot: Bot, message: Message, app: Arc<App>, payload: String) -> Ha
                 .paid_until
                 .map(|until| (app.settings.trial_days, until))
         });
-        bot.send_message(
-            message.chat.id,
-            text::welcome(lang, &from.first_name, trial),
-        )
-        .reply_markup(telegram::app_keyboard(lang, &app.settings.miniapp_url))
-        .await?;
+        bot.send_message(to.chat, text::welcome(to.lang, &from.first_name, trial))
+            .reply_markup(telegram::app_keyboard(to.lang, &app.settings.miniapp_url))
+            .await?;
         Ok(())
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "start", result).await
+    })
+    .await
 }
 
 async fn app_command(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("app");
-    let lang = lang_of(message.from.as_ref());
-    let result = bot
-        .send_message(message.chat.id, text::app(lang))
-        .reply_markup(telegram::app_keyboard(lang, &app.settings.miniapp_url))
-        .await
-        .map(|_| ())
-        .map_err(Into::into);
-    finish(&bot, &app, message.chat.id, lang, "app", result).await
+    on_message(&bot, &app, &message, "app", async |to| {
+        bot.send_message(to.chat, text::app(to.lang))
+            .reply_markup(telegram::app_keyboard(to.lang, &app.settings.miniapp_url))
+            .await?;
+        Ok(())
+    })
+    .await
 }
 
 async fn help(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("help");
-    let lang = lang_of(message.from.as_ref());
-    let result = bot
-        .send_message(message.chat.id, text::help(lang))
-        .await
-        .map(|_| ())
-        .map_err(Into::into);
-    finish(&bot, &app, message.chat.id, lang, "help", result).await
+    on_message(&bot, &app, &message, "help", async |to| {
+        to.send(text::help(to.lang)).await
+    })
+    .await
 }
 
 /// True in a private chat; elsewhere (a group, a channel) tells the sender to ask in private
 /// and returns false: what `/config` and `/admin` answer is for the sender's eyes only.
-async fn in_private_chat(bot: &Bot, message: &Message, lang: Lang) -> Result<bool, HandlerError> {
+pub(crate) async fn in_private_chat(
+    to: Reply<'_>,
+    message: &Message,
+) -> Result<bool, HandlerError> {
     if message.chat.is_private() {
         return Ok(true);
     }
-    bot.send_message(message.chat.id, text::private_chat_only(lang))
+    to.bot
+        .send_message(to.chat, text::private_chat_only(to.lang))
         .reply_parameters(teloxide::types::ReplyParameters::new(message.id))
         .await?;
     Ok(false)
@@ -292,8 +251,7 @@ async fn in_private_chat(bot: &Bot, message: &Message, lang: Lang) -> Result<boo
 /// Anything that is not a known command: the receipt e-mail when one is awaited, otherwise a
 /// short help (also for `/admin` from non-administrators).
 async fn other_message(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
+    answer(Reply::of(&bot, &app, &message), "unknown", async |to| {
         if let (Some(from), Some(text)) = (message.from.as_ref(), message.text())
             && app.settings.receipts.is_some()
             && !text.starts_with('/')
@@ -306,43 +264,38 @@ async fn other_message(bot: Bot, message: Message, app: Arc<App>) -> HandlerResu
                 .is_some_and(|user| user.receipt_customer().is_none());
             if needs_contact {
                 app.metrics.update("receipt_contact");
-                match ReceiptCustomer::parse(text) {
-                    Ok(contact) => {
-                        app.ledger.set_receipt_contact(id, &contact).await?;
-                        bot.send_message(message.chat.id, text::receipt_contact_saved(lang))
-                            .await?;
-                        send_plans(&bot, &app, message.chat.id, lang).await?;
-                    }
-                    Err(problem) => {
-                        bot.send_message(
-                            message.chat.id,
-                            text::receipt_contact_invalid(lang, &problem),
-                        )
-                        .await?;
-                    }
-                }
-                return Ok(());
+                return save_receipt_contact(to, id, text).await;
             }
         }
         app.metrics.update("unknown");
-        bot.send_message(message.chat.id, text::unknown(lang))
-            .await?;
-        Ok(())
+        to.send(text::unknown(to.lang)).await
+    })
+    .await
+}
+
+/// The e-mail a receipt goes to, typed by a user asked for it: saved, then the plans; or why
+/// it does not look like one.
+async fn save_receipt_contact(to: Reply<'_>, user_id: i64, typed: &str) -> HandlerResult {
+    match ReceiptCustomer::parse(typed) {
+        Ok(contact) => {
+            to.app.ledger.set_receipt_contact(user_id, &contact).await?;
+            to.send(text::receipt_contact_saved(to.lang)).await?;
+            send_plans(to).await
+        }
+        Err(problem) => {
+            to.send(text::receipt_contact_invalid(to.lang, &problem))
+                .await
+        }
     }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "unknown", result).await
 }
 
 async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("status");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
-        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
+    on_message(&bot, &app, &message, "status", async |to| {
+        let Some(user) = registered_user(to, &message).await? else {
             return Ok(());
         };
-        let id = user.telegram_id;
         let phase = ledger_phase(&user, Timestamp::now());
-        let peers = devices::user_peers(&app.caches, id)?;
+        let peers = devices::user_peers(&app.caches, user.telegram_id)?;
         let lines: Vec<text::DeviceLine> = peers
             .iter()
             .map(|peer| text::DeviceLine {
@@ -351,25 +304,22 @@ async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
                 last_handshake: peer.status.as_ref().and_then(|s| s.last_handshake),
             })
             .collect();
-        bot.send_message(
-            message.chat.id,
-            text::status(
-                lang,
-                phase,
-                user.entitlement.paid_until,
-                user.entitlement.max_devices,
-                &lines,
-            ),
-        )
-        .await?;
-        Ok(())
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "status", result).await
+        let entitlement = &user.entitlement;
+        to.send(text::status(
+            to.lang,
+            phase,
+            entitlement.paid_until,
+            entitlement.max_devices,
+            &lines,
+        ))
+        .await
+    })
+    .await
 }
 
-async fn send_plans(bot: &Bot, app: &App, chat: ChatId, lang: Lang) -> HandlerResult {
-    let buttons = app.plans.plans().iter().flat_map(|plan| {
+async fn send_plans(to: Reply<'_>) -> HandlerResult {
+    let lang = to.lang;
+    let buttons = to.app.plans.plans().iter().flat_map(|plan| {
         let card = InlineKeyboardButton::callback(
             text::plan_button(lang, plan),
             format!("{BUY_PREFIX}{}", plan.id),
@@ -378,16 +328,15 @@ async fn send_plans(bot: &Bot, app: &App, chat: ChatId, lang: Lang) -> HandlerRe
             .map(|(label, data)| vec![InlineKeyboardButton::callback(label, data)]);
         std::iter::once(renewal::beside_renewing(card, lang, &plan.id)).chain(stars)
     });
-    bot.send_message(chat, text::choose_plan(lang))
+    to.bot
+        .send_message(to.chat, text::choose_plan(lang))
         .reply_markup(teloxide::types::InlineKeyboardMarkup::new(buttons))
         .await?;
     Ok(())
 }
 
 async fn buy(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("buy");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
+    on_message(&bot, &app, &message, "buy", async |to| {
         let Some(from) = message.from.as_ref() else {
             return Ok(());
         };
@@ -396,29 +345,18 @@ async fn buy(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
             .upsert_user(&telegram_user(from)?, Timestamp::now())
             .await?;
         if app.settings.receipts.is_some() && user.receipt_customer().is_none() {
-            bot.send_message(message.chat.id, text::ask_receipt_contact(lang))
-                .await?;
-            return Ok(());
+            return to.send(text::ask_receipt_contact(to.lang)).await;
         }
-        send_plans(&bot, &app, message.chat.id, lang).await?;
-        locations::offer_with_buy(&bot, &app, message.chat.id, lang, user.telegram_id).await
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "buy", result).await
+        send_plans(to).await?;
+        locations::offer_with_buy(to, user.telegram_id).await
+    })
+    .await
 }
 
-async fn buy_plan(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-    plan_id: &str,
-    save_card: bool,
-) -> HandlerResult {
+async fn buy_plan(to: Reply<'_>, from: &User, plan_id: &str, save_card: bool) -> HandlerResult {
+    let (app, lang) = (to.app, to.lang);
     let Some(plan) = app.plans.get(plan_id) else {
-        bot.send_message(chat, text::unknown_plan(lang)).await?;
-        return Ok(());
+        return to.send(text::unknown_plan(lang)).await;
     };
     let now = Timestamp::now();
     let user = app.ledger.upsert_user(&telegram_user(from)?, now).await?;
@@ -428,11 +366,11 @@ async fn buy_plan(
         return_url: &app.settings.return_url,
         receipt: app.settings.receipts,
     };
-    match app
+    let created = app
         .ledger
         .create_payment_saving_card(&app.yookassa, order, save_card, now)
-        .await
-    {
+        .await;
+    match created {
         Ok(created) => {
             let url = url::Url::parse(&created.confirmation_url)
                 .map_err(|e| format!("YooKassa confirmation URL: {e}"))?;
@@ -441,69 +379,46 @@ async fn buy_plan(
                 price_minor: created.amount_minor,
                 ..plan.clone()
             };
-            send_payment_link(bot, chat, lang, &charged, url).await
+            send_payment_link(to, &charged, url).await
         }
-        Err(PaymentError::ContactRequired) => {
-            bot.send_message(chat, text::ask_receipt_contact(lang))
-                .await?;
-            Ok(())
-        }
+        Err(PaymentError::ContactRequired) => to.send(text::ask_receipt_contact(lang)).await,
         Err(PaymentError::Limited(limited)) => {
             app.metrics.update("payment_limited");
-            bot.send_message(chat, text::too_many_payments(lang, limited.retry_after))
-                .await?;
-            Ok(())
+            to.send(text::too_many_payments(lang, limited.retry_after))
+                .await
         }
         Err(PaymentError::YooKassa(error)) => {
             app.metrics.handler_error("buy_plan");
             tracing::warn!(%error, "YooKassa refused or failed to create a payment");
-            bot.send_message(chat, text::payment_unavailable(lang))
-                .await?;
-            Ok(())
+            to.send(text::payment_unavailable(lang)).await
         }
         Err(error) => Err(error.into()),
     }
 }
 
-async fn send_payment_link(
-    bot: &Bot,
-    chat: ChatId,
-    lang: Lang,
-    plan: &Plan,
-    url: url::Url,
-) -> HandlerResult {
-    bot.send_message(chat, text::payment_link(lang, plan))
-        .reply_markup(telegram::column([InlineKeyboardButton::url(
-            text::pay_button(lang),
-            url,
-        )]))
+async fn send_payment_link(to: Reply<'_>, plan: &Plan, url: url::Url) -> HandlerResult {
+    let pay = InlineKeyboardButton::url(text::pay_button(to.lang), url);
+    to.bot
+        .send_message(to.chat, text::payment_link(to.lang, plan))
+        .reply_markup(telegram::column([pay]))
         .await?;
     Ok(())
 }
 
 async fn config(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("config");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
-        if !in_private_chat(&bot, &message, lang).await? {
+    on_message(&bot, &app, &message, "config", async |to| {
+        if !in_private_chat(to, &message).await? {
             return Ok(());
         }
-        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
+        let Some(user) = registered_user(to, &message).await? else {
             return Ok(());
         };
-        let id = user.telegram_id;
         if ledger_phase(&user, Timestamp::now()) != SubscriptionPhase::Active {
-            bot.send_message(message.chat.id, text::subscription_inactive(lang))
-                .await?;
-            return Ok(());
+            return to.send(text::subscription_inactive(to.lang)).await;
         }
-        let peers = devices::user_peers(&app.caches, id)?;
-        match peers.as_slice() {
-            [] => {
-                bot.send_message(message.chat.id, text::no_devices_yet(lang))
-                    .await?;
-            }
-            [peer] => send_device(&bot, &app, message.chat.id, lang, peer).await?,
+        match devices::user_peers(&app.caches, user.telegram_id)?.as_slice() {
+            [] => to.send(text::no_devices_yet(to.lang)).await,
+            [peer] => send_device(to, peer).await,
             many => {
                 let buttons = many.iter().map(|peer| {
                     InlineKeyboardButton::callback(
@@ -514,61 +429,48 @@ async fn config(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
                         ),
                     )
                 });
-                bot.send_message(message.chat.id, text::choose_device(lang))
+                bot.send_message(to.chat, text::choose_device(to.lang))
                     .reply_markup(telegram::column(buttons))
                     .await?;
+                Ok(())
             }
         }
-        Ok(())
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "config", result).await
+    })
+    .await
 }
 
-async fn send_device(
-    bot: &Bot,
-    app: &App,
-    chat: ChatId,
-    lang: Lang,
-    peer: &WgPeer,
-) -> HandlerResult {
-    match devices::device_config(&app.caches, peer)? {
-        DeviceConfig::NotReady => {
-            bot.send_message(chat, text::config_not_ready(lang)).await?;
-        }
-        DeviceConfig::Ready(rendered) => {
-            let qr = devices::qr_png(&rendered.text)?;
-            let label = devices::device_label(peer);
-            // teloxide takes the bytes by value: this copy is dropped when the upload is done.
-            let conf = rendered.text.as_bytes().to_vec();
-            let protocol = rendered.protocol;
-            bot.send_document(chat, InputFile::memory(conf).file_name(rendered.file_name))
-                .caption(text::config_caption(lang, &label, protocol))
-                .await?;
-            bot.send_photo(chat, InputFile::memory(qr).file_name("wgsub-qr.png"))
-                .caption(text::qr_caption(lang, protocol))
-                .reply_markup(crate::guide::open_keyboard(lang))
-                .await?;
-        }
-    }
+async fn send_device(to: Reply<'_>, peer: &WgPeer) -> HandlerResult {
+    let (bot, chat, lang) = (to.bot, to.chat, to.lang);
+    let DeviceConfig::Ready(rendered) = devices::device_config(&to.app.caches, peer)? else {
+        return to.send(text::config_not_ready(lang)).await;
+    };
+    let qr = devices::qr_png(&rendered.text)?;
+    let label = devices::device_label(peer);
+    // teloxide takes the bytes by value: this copy is dropped when the upload is done.
+    let conf = rendered.text.as_bytes().to_vec();
+    let protocol = rendered.protocol;
+    bot.send_document(chat, InputFile::memory(conf).file_name(rendered.file_name))
+        .caption(text::config_caption(lang, &label, protocol))
+        .await?;
+    bot.send_photo(chat, InputFile::memory(qr).file_name("wgsub-qr.png"))
+        .caption(text::qr_caption(lang, protocol))
+        .reply_markup(crate::guide::open_keyboard(lang))
+        .await?;
     Ok(())
 }
 
 /// The sender's ledger record; `None` (after telling a sender who never used /start so) when
 /// there is none or the message has no sender.
 pub(crate) async fn registered_user(
-    bot: &Bot,
-    app: &App,
+    to: Reply<'_>,
     message: &Message,
-    lang: Lang,
 ) -> Result<Option<LedgerUser>, HandlerError> {
     let Some(from) = message.from.as_ref() else {
         return Ok(None);
     };
-    let user = app.ledger.user(user_id(from)?).await?;
+    let user = to.app.ledger.user(user_id(from)?).await?;
     if user.is_none() {
-        bot.send_message(message.chat.id, text::not_registered(lang))
-            .await?;
+        to.send(text::not_registered(to.lang)).await?;
     }
     Ok(user)
 }
@@ -583,343 +485,66 @@ fn ledger_phase(user: &LedgerUser, now: Timestamp) -> SubscriptionPhase {
     subscription_phase(&spec, now)
 }
 
-async fn config_device(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-    peer_name: &str,
-) -> HandlerResult {
+async fn config_device(to: Reply<'_>, from: &User, peer_name: &str) -> HandlerResult {
     let id = user_id(from)?;
     if !wgsub_crds::devices::is_users_peer_name(id, peer_name) {
-        bot.send_message(chat, text::unknown_device(lang)).await?;
-        return Ok(());
+        return to.send(text::unknown_device(to.lang)).await;
     }
-    let user = app.ledger.user(id).await?;
+    let user = to.app.ledger.user(id).await?;
     let active =
         user.is_some_and(|user| ledger_phase(&user, Timestamp::now()) == SubscriptionPhase::Active);
     if !active {
-        bot.send_message(chat, text::subscription_inactive(lang))
-            .await?;
-        return Ok(());
+        return to.send(text::subscription_inactive(to.lang)).await;
     }
-    match devices::user_peer(&app.caches, id, peer_name)? {
-        Some(peer) => send_device(bot, app, chat, lang, &peer).await,
-        None => {
-            bot.send_message(chat, text::unknown_device(lang)).await?;
-            Ok(())
-        }
+    match devices::user_peer(&to.app.caches, id, peer_name)? {
+        Some(peer) => send_device(to, &peer).await,
+        None => to.send(text::unknown_device(to.lang)).await,
     }
 }
 
 async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResult {
-    let lang = lang_of(Some(&query.from));
-    let chat = ChatId::from(query.from.id);
+    let to = Reply {
+        bot: &bot,
+        app: &app,
+        chat: ChatId::from(query.from.id),
+        lang: lang_of(Some(&query.from)),
+    };
     // Only stops the button's spinner: a query too old to answer (after a restart, say) must
     // not stop the button from working.
     if let Err(error) = bot.answer_callback_query(query.id.clone()).await {
         tracing::debug!(%error, "the callback query was not answered");
     }
     let data = query.data.as_deref().unwrap_or_default();
-    let result = if let Some(plan) = data.strip_prefix(renewal::BUY_RENEWING_PREFIX) {
-        app.metrics.update("buy_plan_renewing");
-        buy_plan(&bot, &app, &query.from, chat, lang, plan, true).await
-    } else if data == renewal::RENEWAL_OFF {
-        app.metrics.update("renewal_off_button");
-        renewal::switch_off(&bot, &app, &query.from, chat, lang).await
-    } else if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
-        app.metrics.update("buy_plan");
-        buy_plan(&bot, &app, &query.from, chat, lang, plan, false).await
-    } else if let Some(plan) = data.strip_prefix(STARS_PREFIX) {
-        app.metrics.update("stars_invoice");
-        stars::send_invoice(&bot, &app, &query.from, chat, lang, plan).await
-    } else if let Some(action) = data.strip_prefix(device_menu::DEVICE_PREFIX) {
-        app.metrics.update("device_button");
-        device_menu::on_button(&bot, &app, &query.from, chat, lang, action).await
-    } else if let Some(server) = data.strip_prefix(locations::LOCATION_PREFIX) {
-        app.metrics.update("location_pick");
-        locations::on_pick(&bot, &app, &query.from, chat, lang, server).await
-    } else if let Some(platform) = data.strip_prefix(crate::guide::GUIDE_PREFIX) {
-        app.metrics.update("guide");
-        crate::guide::on_button(&bot, &app, &query.from, chat, lang, platform).await
-    } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
-        app.metrics.update("config_device");
-        config_device(&bot, &app, &query.from, chat, lang, peer).await
-    } else {
-        app.metrics.update("unknown_callback");
-        bot.send_message(chat, text::unknown(lang))
-            .await
-            .map(|_| ())
-            .map_err(Into::into)
-    };
-    finish(&bot, &app, chat, lang, "callback", result).await
-}
-
-// ---- administrators ----
-
-/// The ledger user an admin command names, if they exist.
-async fn resolve(app: &App, user: &UserRef) -> Result<Option<wgsub_ledger::User>, HandlerError> {
-    Ok(match user {
-        UserRef::Id(id) => app.ledger.user(*id).await?,
-        UserRef::Username(name) => app.ledger.user_by_username(name).await?,
+    let from = &query.from;
+    answer(to, "callback", async |to| {
+        if let Some(plan) = data.strip_prefix(renewal::BUY_RENEWING_PREFIX) {
+            app.metrics.update("buy_plan_renewing");
+            buy_plan(to, from, plan, true).await
+        } else if data == renewal::RENEWAL_OFF {
+            app.metrics.update("renewal_off_button");
+            renewal::switch_off(to, from).await
+        } else if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
+            app.metrics.update("buy_plan");
+            buy_plan(to, from, plan, false).await
+        } else if let Some(plan) = data.strip_prefix(STARS_PREFIX) {
+            app.metrics.update("stars_invoice");
+            stars::send_invoice(to, from, plan).await
+        } else if let Some(action) = data.strip_prefix(device_menu::DEVICE_PREFIX) {
+            app.metrics.update("device_button");
+            device_menu::on_button(to, from, action).await
+        } else if let Some(server) = data.strip_prefix(locations::LOCATION_PREFIX) {
+            app.metrics.update("location_pick");
+            locations::on_pick(to, from, server).await
+        } else if let Some(platform) = data.strip_prefix(crate::guide::GUIDE_PREFIX) {
+            app.metrics.update("guide");
+            crate::guide::on_button(to, from, platform).await
+        } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
+            app.metrics.update("config_device");
+            config_device(to, from, peer).await
+        } else {
+            app.metrics.update("unknown_callback");
+            to.send(text::unknown(to.lang)).await
+        }
     })
-}
-
-async fn admin(bot: Bot, message: Message, app: Arc<App>, arguments: String) -> HandlerResult {
-    app.metrics.update("admin");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
-        let Some(from) = message.from.as_ref() else {
-            return Ok(());
-        };
-        if !in_private_chat(&bot, &message, lang).await? {
-            return Ok(());
-        }
-        let admin_id = user_id(from)?;
-        let chat = message.chat.id;
-        let command = match admin::parse(&arguments) {
-            Ok(command) => command,
-            Err(error) => {
-                bot.send_message(chat, text::admin_usage_error(lang, &error))
-                    .await?;
-                return Ok(());
-            }
-        };
-        let (name, outcome) = run_admin(&bot, &app, admin_id, chat, lang, command).await?;
-        let entry = AdminLogEntry {
-            admin_id,
-            command: name.into(),
-            arguments: arguments.trim().into(),
-            outcome,
-        };
-        store::log_admin(&app.ledger, &entry, Timestamp::now()).await?;
-        Ok(())
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "admin", result).await
-}
-
-/// Carries out an admin command; returns its name and outcome for the admin log.
-async fn run_admin(
-    bot: &Bot,
-    app: &App,
-    admin_id: i64,
-    chat: ChatId,
-    lang: Lang,
-    command: AdminCommand,
-) -> Result<(&'static str, String), HandlerError> {
-    let now = Timestamp::now();
-    match command {
-        AdminCommand::Help => {
-            bot.send_message(chat, text::admin_help(lang)).await?;
-            Ok(("help", "shown".into()))
-        }
-        AdminCommand::Stats => {
-            let stats = app.ledger.stats(now).await?;
-            let money = |revenue: &[wgsub_ledger::Revenue]| {
-                revenue
-                    .iter()
-                    .map(|r| (r.currency.clone(), r.amount_minor))
-                    .collect()
-            };
-            let view = text::StatsView {
-                users: stats.users,
-                active: stats.active,
-                expired: stats.expired,
-                never_paid: stats.never_paid,
-                suspended: stats.suspended,
-                revenue_today: money(&stats.revenue_today),
-                revenue_30_days: money(&stats.revenue_30_days),
-            };
-            bot.send_message(chat, text::admin_stats(lang, &view))
-                .await?;
-            Ok(("stats", "shown".into()))
-        }
-        AdminCommand::Grant { user, days, reason } => {
-            let Some(target) = resolve(app, &user).await? else {
-                bot.send_message(chat, text::admin_user_not_found(lang, &user))
-                    .await?;
-                return Ok(("grant", "unknown user".into()));
-            };
-            let grant = AdminGrant {
-                user_id: target.telegram_id,
-                days,
-                admin_id,
-                reason: reason.unwrap_or_else(|| "granted with /admin grant".into()),
-            };
-            let entitlement = match app.sync.admin_grant(&app.ledger, &grant, now).await {
-                Ok(entitlement) => entitlement,
-                Err(error @ (SyncError::Kube(_) | SyncError::Unrepaired(_))) => {
-                    tracing::warn!(%error, "grant recorded; VpnSubscription write failed, the drift loop retries");
-                    app.ledger
-                        .user(target.telegram_id)
-                        .await?
-                        .map(|user| user.entitlement)
-                        .ok_or("granted user vanished")?
-                }
-                Err(SyncError::Ledger(error)) => return Err(error.into()),
-            };
-            bot.send_message(
-                chat,
-                text::admin_granted(lang, target.telegram_id, days, entitlement.paid_until),
-            )
-            .await?;
-            Ok((
-                "grant",
-                format!("granted {days} days to {}", target.telegram_id),
-            ))
-        }
-        AdminCommand::Promo(command) => {
-            growth::run_admin_promo(bot, app, admin_id, chat, lang, command, now).await
-        }
-        AdminCommand::Suspend { user, reason } => {
-            set_suspended(bot, app, admin_id, chat, lang, &user, reason, true, now).await
-        }
-        AdminCommand::Unsuspend { user, reason } => {
-            set_suspended(bot, app, admin_id, chat, lang, &user, reason, false, now).await
-        }
-        AdminCommand::Find { user } => {
-            let Some(target) = resolve(app, &user).await? else {
-                bot.send_message(chat, text::admin_user_not_found(lang, &user))
-                    .await?;
-                return Ok(("find", "unknown user".into()));
-            };
-            let view = text::UserView {
-                telegram_id: target.telegram_id,
-                username: target.username.clone(),
-                name: [Some(target.first_name.clone()), target.last_name.clone()]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                language_code: target.language_code.clone(),
-                created_at: target.created_at,
-                last_seen_at: target.last_seen_at,
-                paid_until: target.entitlement.paid_until,
-                plan: target.entitlement.plan.clone(),
-                max_devices: target.entitlement.max_devices,
-                suspended: target.suspended,
-            };
-            bot.send_message(chat, text::admin_found(lang, &view))
-                .await?;
-            Ok(("find", format!("found {}", target.telegram_id)))
-        }
-        AdminCommand::Refund { charge_id, reason } => {
-            let outcome =
-                stars::admin_refund(bot, app, admin_id, chat, lang, &charge_id, reason).await?;
-            Ok(("refund", outcome))
-        }
-        AdminCommand::Broadcast {
-            audience,
-            text: body,
-        } => {
-            let recipients = store::recipients(&app.ledger, audience, now).await?;
-            if recipients.is_empty() {
-                bot.send_message(chat, text::broadcast_no_recipients(lang))
-                    .await?;
-                return Ok(("broadcast", "no recipients".into()));
-            }
-            let total = u32::try_from(recipients.len()).unwrap_or(u32::MAX);
-            let id =
-                store::start_broadcast(&app.ledger, admin_id, audience, &body, total, now).await?;
-            let progress_message = bot
-                .send_message(chat, text::broadcast_started(lang, audience, total))
-                .await?;
-            let tally = run_broadcast(
-                bot,
-                app,
-                chat,
-                progress_message.id,
-                lang,
-                &recipients,
-                &body,
-            )
-            .await;
-            store::finish_broadcast(&app.ledger, id, tally, Timestamp::now()).await?;
-            bot.send_message(chat, text::broadcast_done(lang, tally))
-                .await?;
-            Ok((
-                "broadcast",
-                format!(
-                    "{}: {} delivered, {} failed",
-                    audience.as_str(),
-                    tally.delivered,
-                    tally.failed
-                ),
-            ))
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn set_suspended(
-    bot: &Bot,
-    app: &App,
-    admin_id: i64,
-    chat: ChatId,
-    lang: Lang,
-    user: &UserRef,
-    reason: Option<String>,
-    suspended: bool,
-    now: Timestamp,
-) -> Result<(&'static str, String), HandlerError> {
-    let name = if suspended { "suspend" } else { "unsuspend" };
-    let Some(target) = resolve(app, user).await? else {
-        bot.send_message(chat, text::admin_user_not_found(lang, user))
-            .await?;
-        return Ok((name, "unknown user".into()));
-    };
-    let reason = reason.unwrap_or_else(|| format!("/admin {name}"));
-    let changed = app
-        .ledger
-        .set_suspended(target.telegram_id, suspended, admin_id, &reason, now)
-        .await?;
-    if changed {
-        sync_quietly(app, target.telegram_id).await;
-    }
-    bot.send_message(
-        chat,
-        text::admin_suspended(lang, target.telegram_id, suspended, changed),
-    )
-    .await?;
-    let outcome = if changed { "changed" } else { "unchanged" };
-    Ok((name, format!("{outcome}: {}", target.telegram_id)))
-}
-
-/// Sends the broadcast paced, editing the progress message as it goes.
-async fn run_broadcast(
-    bot: &Bot,
-    app: &App,
-    chat: ChatId,
-    progress_message: MessageId,
-    lang: Lang,
-    recipients: &[i64],
-    body: &str,
-) -> broadcast::Tally {
-    let tally = broadcast::run(
-        app.settings.pacing,
-        recipients,
-        app.settings.progress_every,
-        |recipient| telegram::send_text(bot, recipient, body.to_owned()),
-        tokio::time::sleep,
-        |tally| async move {
-            if let Err(error) = bot
-                .edit_message_text(
-                    chat,
-                    progress_message,
-                    text::broadcast_progress(lang, tally),
-                )
-                .await
-            {
-                tracing::debug!(%error, "broadcast progress not shown");
-            }
-        },
-    )
-    .await;
-    app.metrics
-        .notifications("broadcast", true, tally.delivered.into());
-    app.metrics
-        .notifications("broadcast", false, tally.failed.into());
-    tally
+    .await
 }

@@ -19,7 +19,8 @@ use wgsub_crds::locations::{
 use wgsub_crds::resources::subscription_name;
 
 use crate::app::App;
-use crate::handlers::{HandlerResult, finish, lang_of};
+use crate::handlers::HandlerResult;
+use crate::handlers::reply::{Reply, on_message};
 use crate::telegram;
 use crate::text::{self, Lang};
 
@@ -63,9 +64,7 @@ pub fn keyboard(lang: Lang, locations: &[Location]) -> InlineKeyboardMarkup {
 
 /// `/location`.
 pub async fn location_command(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("location");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
+    on_message(&bot, &app, &message, "location", async |to| {
         let Some(user_id) = message
             .from
             .as_ref()
@@ -73,58 +72,41 @@ pub async fn location_command(bot: Bot, message: Message, app: Arc<App>) -> Hand
         else {
             return Ok(());
         };
-        let locations = offered(&app, user_id, lang)?;
+        let locations = offered(&app, user_id, to.lang)?;
         if locations.is_empty() {
-            bot.send_message(message.chat.id, text::no_locations(lang))
-                .await?;
-            return Ok(());
+            return to.send(text::no_locations(to.lang)).await;
         }
         let current = locations
             .iter()
             .find(|l| l.current)
             .map(|l| format!("{} {}", l.flag, l.display_name));
-        bot.send_message(
-            message.chat.id,
-            text::choose_location(lang, current.as_deref()),
-        )
-        .reply_markup(keyboard(lang, &locations))
-        .await?;
+        bot.send_message(to.chat, text::choose_location(to.lang, current.as_deref()))
+            .reply_markup(keyboard(to.lang, &locations))
+            .await?;
         Ok(())
-    }
-    .await;
-    finish(&bot, &app, message.chat.id, lang, "location", result).await
+    })
+    .await
 }
 
 /// The location choice shown with `/buy`, when there is a choice (two or more offered). The
 /// plans are sent already: caches that cannot answer now leave the choice out (`/location`
 /// offers it later) rather than fail the purchase.
-pub async fn offer_with_buy(
-    bot: &Bot,
-    app: &App,
-    chat: ChatId,
-    lang: Lang,
-    user_id: i64,
-) -> HandlerResult {
-    let Ok(locations) = offered(app, user_id, lang) else {
+pub async fn offer_with_buy(to: Reply<'_>, user_id: i64) -> HandlerResult {
+    let Ok(locations) = offered(to.app, user_id, to.lang) else {
         return Ok(());
     };
     if locations.len() >= 2 {
-        bot.send_message(chat, text::buy_location(lang))
-            .reply_markup(keyboard(lang, &locations))
+        to.bot
+            .send_message(to.chat, text::buy_location(to.lang))
+            .reply_markup(keyboard(to.lang, &locations))
             .await?;
     }
     Ok(())
 }
 
 /// A location button: puts the user on `server` when it is offered and not full.
-pub async fn on_pick(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-    server: &str,
-) -> HandlerResult {
+pub async fn on_pick(to: Reply<'_>, from: &User, server: &str) -> HandlerResult {
+    let (app, lang) = (to.app, to.lang);
     let user_id = i64::try_from(from.id.0)?;
     app.caches.check()?;
     let subscription = subscription_name(user_id);
@@ -140,8 +122,7 @@ pub async fn on_pick(
     };
     if let Some(refusal) = refusal {
         app.metrics.update("location_refused");
-        bot.send_message(chat, refusal).await?;
-        return Ok(());
+        return to.send(refusal).await;
     }
     app.sync.set_server(user_id, server).await?;
     tracing::info!(user = user_id, server, "location picked in the bot");
@@ -152,7 +133,5 @@ pub async fn on_pick(
             || server.to_owned(),
             |l| format!("{} {}", l.flag, l.display_name),
         );
-    bot.send_message(chat, text::location_set(lang, &name))
-        .await?;
-    Ok(())
+    to.send(text::location_set(lang, &name)).await
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, InlineKeyboardButton, User};
+use teloxide::types::{InlineKeyboardButton, User};
 
 use crate::app::App;
-use crate::handlers::{HandlerResult, finish, lang_of, registered_user, telegram_user};
+use crate::handlers::reply::{Reply, on_message};
+use crate::handlers::{HandlerResult, registered_user, telegram_user};
 use crate::telegram;
 use crate::text::{self, Lang};
 
@@ -23,51 +24,40 @@ pub const RENEWAL_OFF: &str = "renewal:off";
 
 /// `/renewal`.
 pub async fn renewal_command(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
-    app.metrics.update("renewal");
-    let lang = lang_of(message.from.as_ref());
-    let chat = message.chat.id;
-    let result = async {
-        let Some(user) = registered_user(&bot, &app, &message, lang).await? else {
+    on_message(&bot, &app, &message, "renewal", async |to| {
+        let Some(user) = registered_user(to, &message).await? else {
             return Ok(());
         };
         let status = app.ledger.renewal_status(user.telegram_id).await?;
         let card = status.card.as_ref();
         let expires = card.and_then(|card| card.expires());
         let answer = text::renewal_status(
-            lang,
+            to.lang,
             card.map(|card| (card.title.as_str(), expires.as_deref())),
             status.next_charge_at,
             status.plan.as_deref(),
         );
-        let request = bot.send_message(chat, answer);
+        let request = bot.send_message(to.chat, answer);
         if status.enabled {
-            let off = InlineKeyboardButton::callback(text::renewal_off_button(lang), RENEWAL_OFF);
+            let off =
+                InlineKeyboardButton::callback(text::renewal_off_button(to.lang), RENEWAL_OFF);
             request.reply_markup(telegram::column([off])).await?;
         } else {
             request.await?;
         }
         Ok(())
-    }
-    .await;
-    finish(&bot, &app, chat, lang, "renewal", result).await
+    })
+    .await
 }
 
 /// The "switch off" button: deletes the saved method (nothing is charged afterwards).
-pub async fn switch_off(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-) -> HandlerResult {
-    let now = Timestamp::now();
+pub async fn switch_off(to: Reply<'_>, from: &User) -> HandlerResult {
+    let (app, now) = (to.app, Timestamp::now());
     let user = app.ledger.upsert_user(&telegram_user(from)?, now).await?;
     if app.ledger.disable_renewal(user.telegram_id, now).await? {
         app.metrics.update("renewal_off");
     }
-    bot.send_message(chat, text::renewal_switched_off(lang))
-        .await?;
-    Ok(())
+    to.send(text::renewal_switched_off(to.lang)).await
 }
 
 /// A plan's row of `/buy`: its card button and beside it the same plan bought saving the card.

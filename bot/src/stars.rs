@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, LabeledPrice, PreCheckoutQuery, TelegramTransactionId, User};
+use teloxide::types::{LabeledPrice, PreCheckoutQuery, TelegramTransactionId, User};
 use teloxide::{ApiError, RequestError};
 use wgsub_crds::plans::Plan;
 use wgsub_ledger::stars::{
@@ -23,8 +23,9 @@ use wgsub_ledger::stars::{
 use wgsub_ledger::{StarApplyOutcome, StarPurchase, StarRefundOutcome};
 
 use crate::app::App;
+use crate::handlers::reply::{Reply, on_message};
 use crate::handlers::{
-    HandlerError, HandlerResult, finish, lang_of, stored_user_id, sync_quietly, telegram_user,
+    HandlerError, HandlerResult, lang_of, stored_user_id, sync_quietly, telegram_user,
 };
 use crate::text::{self, Lang};
 
@@ -40,34 +41,25 @@ fn key(bot: &Bot) -> InvoiceKey {
 }
 
 /// Sends the invoice of a plan sold for Stars.
-pub async fn send_invoice(
-    bot: &Bot,
-    app: &App,
-    from: &User,
-    chat: ChatId,
-    lang: Lang,
-    plan_id: &str,
-) -> HandlerResult {
+pub async fn send_invoice(to: Reply<'_>, from: &User, plan_id: &str) -> HandlerResult {
+    let (bot, app, lang) = (to.bot, to.app, to.lang);
     let Some(plan) = app.plans.get(plan_id) else {
-        bot.send_message(chat, text::unknown_plan(lang)).await?;
-        return Ok(());
+        return to.send(text::unknown_plan(lang)).await;
     };
     let user = app
         .ledger
         .upsert_user(&telegram_user(from)?, Timestamp::now())
         .await?;
     if user.suspended {
-        bot.send_message(chat, text::stars_refused(lang, &StarsRefusal::Suspended))
-            .await?;
-        return Ok(());
+        return to
+            .send(text::stars_refused(lang, &StarsRefusal::Suspended))
+            .await;
     }
     let Some(invoice) = invoice_for(user.telegram_id, plan) else {
-        bot.send_message(chat, text::stars_not_offered(lang))
-            .await?;
-        return Ok(());
+        return to.send(text::stars_not_offered(lang)).await;
     };
     bot.send_invoice(
-        chat,
+        to.chat,
         invoice_title(Some(lang.code()), plan),
         invoice_description(Some(lang.code()), plan),
         invoice.encode(&key(bot)),
@@ -163,9 +155,7 @@ pub async fn successful_payment(
     message: Message,
     app: std::sync::Arc<App>,
 ) -> HandlerResult {
-    app.metrics.update("successful_payment");
-    let lang = lang_of(message.from.as_ref());
-    let result = async {
+    on_message(&bot, &app, &message, "successful_payment", async |to| {
         let (Some(from), Some(paid)) = (message.from.as_ref(), message.successful_payment())
         else {
             return Ok(());
@@ -180,10 +170,7 @@ pub async fn successful_payment(
         };
         let (payload, plan) = match check_payment(&app.plans, &key(&bot), facts) {
             Ok(checked) => checked,
-            Err(refusal) => {
-                return refuse_paid(&bot, &app, from, message.chat.id, lang, charge_id, &refusal)
-                    .await;
-            }
+            Err(refusal) => return refuse_paid(to, from, charge_id, &refusal).await,
         };
         let paid_at = Timestamp::from_second(message.date.timestamp()).unwrap_or_else(|_| Timestamp::now());
         let purchase = StarPurchase::new(charge_id, &payload, plan, &paid.invoice_payload, paid_at);
@@ -200,30 +187,19 @@ pub async fn successful_payment(
             }
         }
         Ok(())
-    }
-    .await;
-    finish(
-        &bot,
-        &app,
-        message.chat.id,
-        lang,
-        "successful_payment",
-        result,
-    )
+    })
     .await
 }
 
 /// A paid invoice that cannot be credited: refunded through Telegram, the user told, logged.
 async fn refuse_paid(
-    bot: &Bot,
-    app: &App,
+    to: Reply<'_>,
     from: &User,
-    chat: ChatId,
-    lang: Lang,
     charge_id: &str,
     refusal: &StarsRefusal,
 ) -> HandlerResult {
-    app.metrics.update("successful_payment_refused");
+    let bot = to.bot;
+    to.app.metrics.update("successful_payment_refused");
     tracing::warn!(user = from.id.0, charge = %charge_id, %refusal, "a Stars payment could not be credited; refunding it");
     let refunded = bot
         .refund_star_payment(from.id, TelegramTransactionId(charge_id.to_owned()))
@@ -231,12 +207,8 @@ async fn refuse_paid(
     if let Err(error) = &refunded {
         tracing::error!(user = from.id.0, charge = %charge_id, %error, "the uncredited Stars payment was not refunded: refund it by hand");
     }
-    bot.send_message(
-        chat,
-        text::stars_payment_not_credited(lang, refunded.is_ok()),
-    )
-    .await?;
-    Ok(())
+    to.send(text::stars_payment_not_credited(to.lang, refunded.is_ok()))
+        .await
 }
 
 /// Whether Telegram says the charge was refunded before (a retried `/admin refund`).
@@ -248,23 +220,25 @@ fn already_refunded(error: &RequestError) -> bool {
 /// removes time for money that was not returned), then records the refund once. Returns the
 /// outcome for the admin log.
 pub async fn admin_refund(
-    bot: &Bot,
-    app: &App,
+    to: Reply<'_>,
     admin_id: i64,
-    chat: ChatId,
-    lang: Lang,
     charge_id: &str,
     reason: Option<String>,
 ) -> Result<String, HandlerError> {
+    let (bot, app, lang) = (to.bot, to.app, to.lang);
+    let unknown = async || -> Result<String, HandlerError> {
+        to.send(text::admin_refund_unknown(lang, charge_id)).await?;
+        Ok("unknown payment".into())
+    };
+    let already = async || -> Result<String, HandlerError> {
+        to.send(text::admin_refund_already(lang, charge_id)).await?;
+        Ok(format!("already refunded: {charge_id}"))
+    };
     let Some(payment) = app.ledger.star_payment(charge_id).await? else {
-        bot.send_message(chat, text::admin_refund_unknown(lang, charge_id))
-            .await?;
-        return Ok("unknown payment".into());
+        return unknown().await;
     };
     if payment.refunded_at.is_some() {
-        bot.send_message(chat, text::admin_refund_already(lang, charge_id))
-            .await?;
-        return Ok(format!("already refunded: {charge_id}"));
+        return already().await;
     }
     let user = u64::try_from(payment.user_id).map_err(|_| "stored user id is negative")?;
     match bot
@@ -277,8 +251,7 @@ pub async fn admin_refund(
         }
         Err(error) => {
             tracing::warn!(charge = %charge_id, %error, "refundStarPayment failed");
-            bot.send_message(chat, text::admin_refund_failed(lang, charge_id))
-                .await?;
+            to.send(text::admin_refund_failed(lang, charge_id)).await?;
             return Ok(format!("refund failed at Telegram: {charge_id}"));
         }
     }
@@ -293,26 +266,18 @@ pub async fn admin_refund(
             entitlement,
         } => {
             sync_quietly(app, user_id).await;
-            bot.send_message(
-                chat,
-                text::admin_refunded(lang, user_id, payment.stars, entitlement.paid_until),
-            )
-            .await?;
-            Ok(format!(
-                "refunded {} stars to {user_id}: {charge_id}",
-                payment.stars
+            let stars = payment.stars;
+            to.send(text::admin_refunded(
+                lang,
+                user_id,
+                stars,
+                entitlement.paid_until,
             ))
+            .await?;
+            Ok(format!("refunded {stars} stars to {user_id}: {charge_id}"))
         }
-        StarRefundOutcome::AlreadyRefunded => {
-            bot.send_message(chat, text::admin_refund_already(lang, charge_id))
-                .await?;
-            Ok(format!("already refunded: {charge_id}"))
-        }
-        StarRefundOutcome::UnknownPayment => {
-            bot.send_message(chat, text::admin_refund_unknown(lang, charge_id))
-                .await?;
-            Ok("unknown payment".into())
-        }
+        StarRefundOutcome::AlreadyRefunded => already().await,
+        StarRefundOutcome::UnknownPayment => unknown().await,
     }
 }
 

@@ -13,6 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use teloxide::types::ChatId;
+use wgsub_bot::handlers::reply::Reply;
 use wgsub_bot::text::{self, Lang};
 use wgsub_bot::{location_moves, locations};
 use wgsub_crds::keys::PrivateKey;
@@ -130,15 +131,17 @@ async fn a_pick_is_written_and_a_full_hidden_or_unknown_server_is_refused_writin
     );
 
     let anna = user(4201, "en");
+    let to = Reply {
+        bot: &bot,
+        app: &h.app,
+        chat: ChatId(4201),
+        lang: Lang::En,
+    };
     for server in ["nl-1", "fi-1", "nowhere"] {
-        locations::on_pick(&bot, &h.app, &anna, ChatId(4201), Lang::En, server)
-            .await
-            .unwrap();
+        locations::on_pick(to, &anna, server).await.unwrap();
     }
     assert!(h.subscription(4201).await.is_none(), "nothing written");
-    locations::on_pick(&bot, &h.app, &anna, ChatId(4201), Lang::En, "de-1")
-        .await
-        .unwrap();
+    locations::on_pick(to, &anna, "de-1").await.unwrap();
     let sub = h.subscription(4201).await.expect("the pick creates it");
     assert_eq!(sub.spec.server.as_deref(), Some("de-1"));
     assert!(
