@@ -1,12 +1,14 @@
-//! The upgrade to key namespaces on the real API server: a release laid out as before them (an
-//! operator without `--keys-namespace` wrote the device's key Secret beside its peer, owned by
-//! it; the server key sits in the release namespace too), then `wgsub-operator migrate-keys` as
-//! the chart's pre-upgrade hook runs it — the `wgsub-migrate-keys` ServiceAccount under the Roles
-//! the chart renders for it — then the operator as the chart runs it (`--keys-namespace`, its own
-//! ServiceAccount). The device keeps its private key (its published public key is unchanged
-//! after the upgraded operator reconciled a renewal), the server key is in the server keys namespace, a second run
-//! changes nothing, a different Secret already at a target is reported and left alone, and the
-//! server refused none of the calls.
+//! The upgrade to key namespaces on the real API server: a release laid out as before them (the
+//! operator of those charts wrote the device's key Secret beside its peer, owned by the peer and
+//! labelled with its uid, with no key id; the server key sits in the release namespace too) —
+//! built here by hand, write for write as that operator made it, since today's operator writes
+//! another layout — then `wgsub-operator migrate-keys` as the chart's pre-upgrade hook runs it
+//! (the `wgsub-migrate-keys` ServiceAccount under the Roles the chart renders for it), then the
+//! operator as the chart runs it (`--keys-namespace`, its own ServiceAccount). The device keeps
+//! its private key (its published public key is unchanged after the upgraded operator reconciled
+//! a renewal), the server key is in the server keys namespace, a second run changes nothing, a
+//! different Secret already at a target is reported and left alone, and the server refused none
+//! of the calls.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,9 +19,10 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use wgsub_crds::keys::PrivateKey;
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
 use wgsub_crds::{
     SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
 };
@@ -79,24 +82,97 @@ fn write_kubeconfig(dir: &Path, name: &str, kubeconfig: &str) -> String {
     path.display().to_string()
 }
 
-/// The operator; with `keys_namespace`, as the chart now runs it, else as charts before.
-fn operator(ns: &str, kubeconfig: &str, dir: &Path, keys_namespace: Option<&str>) -> Process {
-    let mut env = vec![
+/// The operator as the chart now runs it, its keys in `keys_namespace`.
+fn operator(ns: &str, kubeconfig: &str, dir: &Path, keys_namespace: &str) -> Process {
+    let env = [
         ("KUBECONFIG", kubeconfig),
         ("WGSUB_NAMESPACE", ns),
         ("WGSUB_DEFAULT_SERVER", "wg"),
         ("WGSUB_IDENTITY", "operator"),
         ("WGSUB_LEASE_DURATION", "3s"),
+        ("WGSUB_KEYS_NAMESPACE", keys_namespace),
     ];
-    if let Some(keys) = keys_namespace {
-        env.push(("WGSUB_KEYS_NAMESPACE", keys));
-    }
-    let name = if keys_namespace.is_some() {
-        "operator-new"
-    } else {
-        "operator-old"
-    };
-    Process::start(BINARY, name, dir, &env, &[])
+    Process::start(BINARY, "operator", dir, &env, &[])
+}
+
+/// The field manager of the operator, then and now.
+const OPERATOR: &str = "wgsub-operator";
+
+/// The device `peer` of `subscription` keyed as the operator of charts before the key
+/// namespaces keyed it, in its three writes: the peer with its address and expiry (no key), the
+/// key Secret beside it (owned by the peer, labelled with the peer's name, uid and subscription,
+/// no key id, no write time), then the peer again with the public key and the Secret reference.
+/// Returns the public key and the peer's uid.
+async fn key_as_the_old_operator(
+    admin: &Client,
+    ns: &str,
+    subscription: &VpnSubscription,
+    peer: &str,
+    address: &str,
+) -> (String, String) {
+    let apply = PatchParams::apply(OPERATOR).force();
+    let peers = Api::<WgPeer>::namespaced(admin.clone(), ns);
+    let owner = subscription
+        .controller_owner_ref(&())
+        .expect("a stored subscription");
+    let mut body = json!({
+        "apiVersion": "wgsub.io/v1alpha1",
+        "kind": "WgPeer",
+        "metadata": {
+            "name": peer,
+            "labels": {
+                LABEL_SUBSCRIPTION: subscription.name_any(),
+                LABEL_SERVER: "wg",
+            },
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "server": "wg",
+            "address": address,
+            "expiresAt": subscription.spec.paid_until,
+        },
+    });
+    let written = peers
+        .patch(peer, &apply, &Patch::Apply(&body))
+        .await
+        .expect("the old operator's first write of the peer");
+    let uid = written.uid().expect("a stored peer");
+    let key = PrivateKey::generate();
+    let secret_name = format!("{peer}-key");
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "labels": {
+                LABEL_PEER: peer,
+                LABEL_PEER_UID: uid,
+                LABEL_SUBSCRIPTION: subscription.name_any(),
+            },
+            "ownerReferences": [{
+                "apiVersion": "wgsub.io/v1alpha1",
+                "kind": "WgPeer",
+                "name": peer,
+                "uid": uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "type": "Opaque",
+        "data": {"privateKey": ByteString(key.to_base64().as_bytes().to_vec())},
+    });
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .patch(&secret_name, &apply, &Patch::Apply(&secret))
+        .await
+        .expect("the old operator's key Secret");
+    let public_key = key.public_key().to_base64();
+    body["spec"]["publicKey"] = json!(public_key);
+    body["spec"]["privateKeySecretRef"] = json!({"name": secret_name, "key": "privateKey"});
+    peers
+        .patch(peer, &apply, &Patch::Apply(&body))
+        .await
+        .expect("the old operator's publication of the key");
+    (public_key, uid)
 }
 
 /// `wgsub-operator migrate-keys` run to its end as the hook Job runs it.
@@ -147,8 +223,8 @@ async fn an_upgraded_release_keeps_every_devices_and_servers_key() {
     let peers = Api::<WgPeer>::namespaced(admin.clone(), &ns);
     let subscriptions = Api::<VpnSubscription>::namespaced(admin.clone(), &ns);
 
-    // The old layout: the operator of charts before the key namespaces (every right, keys
-    // beside the peers), a server key the node-agent made in the release namespace.
+    // The old layout: a device keyed by the operator of charts before the key namespaces (its
+    // key beside its peer), a server key the node-agent made in the release namespace.
     Api::<WgServer>::namespaced(admin.clone(), &ns)
         .create(&PostParams::default(), &server("wg", "wg-key"))
         .await
@@ -156,26 +232,19 @@ async fn an_upgraded_release_keeps_every_devices_and_servers_key() {
     old.create(&PostParams::default(), &server_key("wg-key"))
         .await
         .expect("the old server key");
-    let admin_kubeconfig = write_kubeconfig(dir.path(), "admin", &plane.admin_kubeconfig());
-    let mut before = operator(&ns, &admin_kubeconfig, dir.path(), None);
-    before.wait_ready(WITHIN).await;
     let mut spec = VpnSubscriptionSpec::for_user(1);
     spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24));
-    subscriptions
+    let subscription = subscriptions
         .create(&PostParams::default(), &VpnSubscription::new("tg-1", spec))
         .await
         .expect("tg-1");
-    let public_key = eventually("the old operator keys tg-1-1", WITHIN, async || {
-        published_key(&peers, "tg-1-1").await
-    })
-    .await;
-    assert!(before.terminate(WITHIN).success());
+    let (public_key, peer_uid) =
+        key_as_the_old_operator(&admin, &ns, &subscription, "tg-1-1", "10.8.0.2/32").await;
     let old_key = old.get("tg-1-1-key").await.expect("the old device key");
-    assert!(
-        !old_key.owner_references().is_empty(),
-        "the old layout: the key is owned by its peer"
+    assert_eq!(
+        published_key(&peers, "tg-1-1").await.as_deref(),
+        Some(public_key.as_str())
     );
-    let peer_uid = peers.get("tg-1-1").await.unwrap().uid().unwrap();
     let old_server_key = data_of(&old, "wg-key").await;
 
     // The pre-upgrade hook.
@@ -221,7 +290,7 @@ async fn an_upgraded_release_keeps_every_devices_and_servers_key() {
         &component_kubeconfig(plane, &ns, "operator").await,
     );
     let keys_namespace = peer_keys_namespace(&ns);
-    let mut after = operator(&ns, &operator_kubeconfig, dir.path(), Some(&keys_namespace));
+    let mut after = operator(&ns, &operator_kubeconfig, dir.path(), &keys_namespace);
     after.wait_ready(WITHIN).await;
     // A renewal: the operator reconciles tg-1 and rewrites its peer's expiry.
     let expires = peers.get("tg-1-1").await.unwrap().spec.expires_at;
