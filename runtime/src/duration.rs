@@ -132,7 +132,7 @@ pub fn format(duration: Duration) -> String {
 
 /// The clap value parser of every duration setting: [`parse`], then the bounds. A bad value
 /// stops the binary naming the flag and its variable, e.g. `invalid value "2s" for
-/// --lease-duration (WGSUB_LEASE_DURATION): shorter than the least, 3s`.
+/// --lease-duration (WGSUB_LEASE_DURATION): shorter than 3s`.
 #[derive(Debug, Clone, Copy)]
 pub struct DurationParser {
     min: Duration,
@@ -176,13 +176,13 @@ impl DurationParser {
             return Err(if self.min == Duration::from_nanos(1) {
                 "must be more than zero".to_owned()
             } else {
-                format!("shorter than the least, {}", format(self.min))
+                format!("shorter than {}", format(self.min))
             });
         }
         if let Some(max) = self.max
             && duration > max
         {
-            return Err(format!("longer than the most, {}", format(max)));
+            return Err(format!("longer than {}", format(max)));
         }
         Ok(duration)
     }
@@ -333,9 +333,9 @@ mod tests {
             (secs(60), Duration::from_millis(1500), Duration::ZERO)
         );
         let error = settings(&["--lease", "2s"]).unwrap_err();
-        assert!(error.contains("shorter than the least, 3s"), "{error}");
+        assert!(error.contains("shorter than 3s"), "{error}");
         let error = settings(&["--lease", "5m1s"]).unwrap_err();
-        assert!(error.contains("longer than the most, 5m"), "{error}");
+        assert!(error.contains("longer than 5m"), "{error}");
         let error = settings(&["--interval", "0s"]).unwrap_err();
         assert!(error.contains("more than zero"), "{error}");
     }
