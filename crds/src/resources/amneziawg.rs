@@ -9,7 +9,7 @@
 
 use kube::KubeSchema;
 use kube::core::{Message, Reason, Rule};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::amnezia::{
@@ -21,7 +21,7 @@ use crate::amnezia::{
 /// rules keep them within uint32 and `a ≤ b`).
 pub(crate) const HEADER_PATTERN: &str = r"^[0-9]{1,10}(-[0-9]{1,10})?$";
 /// Longest header text: two 10-digit numbers and a dash.
-const HEADER_MAX_LENGTH: u32 = 21;
+const HEADER_MAX_LENGTH: usize = 21;
 /// Regex of a signature packet (`I1`–`I5`): a sequence of the tags amneziawg-go 0.2.16 builds —
 /// `<b 0x…>` static bytes (whole bytes of hex), `<r n>` random bytes, `<rd n>` random digits,
 /// `<rc n>` random letters, `<t>` a timestamp. (`<c>`, documented upstream, is refused by its
@@ -116,36 +116,44 @@ fn headers_apart(i: u8, j: u8) -> Rule {
     .reason(Reason::FieldValueInvalid)
 }
 
+/// Field `field` (named at `.field`) is refused unless the server uses AWG 1.5, or it is
+/// absent, or `unless` (a CEL condition on it) holds.
+fn only_with_1_5(field: &str, unless: Option<String>, message: String) -> Rule {
+    let mut rule = format!("{IS_1_5} || !has(self.{field})");
+    if let Some(condition) = unless {
+        rule = format!("{rule} || {condition}");
+    }
+    Rule::new(rule)
+        .message(Message::Message(message))
+        .field_path(format!(".{field}"))
+        .reason(Reason::FieldValueForbidden)
+}
+
 /// Header `n` is a single number unless the server uses AWG 1.5.
 fn header_single_before_1_5(n: u8) -> Rule {
-    Rule::new(format!(
-        "{IS_1_5} || !has(self.h{n}) || !self.h{n}.contains('-')"
-    ))
-    .message(Message::Message(format!(
-        "h{n} may be a range only with version 1.5 (AWG 1.0 clients read one number)"
-    )))
-    .field_path(format!(".h{n}"))
-    .reason(Reason::FieldValueForbidden)
+    only_with_1_5(
+        &format!("h{n}"),
+        Some(format!("!self.h{n}.contains('-')")),
+        format!("h{n} may be a range only with version 1.5 (AWG 1.0 clients read one number)"),
+    )
 }
 
 /// A padding `s<n>` other than 0 only with version 1.5.
 fn padding_only_1_5(n: u8) -> Rule {
-    Rule::new(format!("{IS_1_5} || !has(self.s{n}) || self.s{n} == 0"))
-        .message(Message::Message(format!(
-            "s{n} may be set only with version 1.5"
-        )))
-        .field_path(format!(".s{n}"))
-        .reason(Reason::FieldValueForbidden)
+    only_with_1_5(
+        &format!("s{n}"),
+        Some(format!("self.s{n} == 0")),
+        format!("s{n} may be set only with version 1.5"),
+    )
 }
 
 /// A signature packet `i<n>` only with version 1.5.
 fn signature_only_1_5(n: u8) -> Rule {
-    Rule::new(format!("{IS_1_5} || !has(self.i{n})"))
-        .message(Message::Message(format!(
-            "i{n} may be set only with version 1.5"
-        )))
-        .field_path(format!(".i{n}"))
-        .reason(Reason::FieldValueForbidden)
+    only_with_1_5(
+        &format!("i{n}"),
+        None,
+        format!("i{n} may be set only with version 1.5"),
+    )
 }
 
 /// The padded lengths of two message kinds differ: `base_a + s<a> != base_b + s<b>`, named at
@@ -168,133 +176,137 @@ fn jmin_not_above_jmax() -> Rule {
         .reason(Reason::FieldValueInvalid)
 }
 
-/// AmneziaWG parameters of a server. Absent fields are chosen by the operator once, at random,
-/// and written here; a changed value is a deliberate act after which every client needs its
-/// config again. Server and clients must agree on every value but the junk ones.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(
-    validation = jmin_not_above_jmax(),
-    validation = lengths_differ(1, INITIATION_SIZE, 2, RESPONSE_SIZE),
-    validation = lengths_differ(1, INITIATION_SIZE, 3, COOKIE_REPLY_SIZE),
-    validation = lengths_differ(2, RESPONSE_SIZE, 3, COOKIE_REPLY_SIZE),
-    validation = lengths_differ(1, INITIATION_SIZE, 4, TRANSPORT_SIZE),
-    validation = lengths_differ(2, RESPONSE_SIZE, 4, TRANSPORT_SIZE),
-    validation = lengths_differ(3, COOKIE_REPLY_SIZE, 4, TRANSPORT_SIZE),
-    validation = padding_only_1_5(3),
-    validation = padding_only_1_5(4),
-    validation = signature_only_1_5(1),
-    validation = signature_only_1_5(2),
-    validation = signature_only_1_5(3),
-    validation = signature_only_1_5(4),
-    validation = signature_only_1_5(5),
-    validation = header_single_before_1_5(1),
-    validation = header_single_before_1_5(2),
-    validation = header_single_before_1_5(3),
-    validation = header_single_before_1_5(4),
-    validation = headers_apart(1, 2),
-    validation = headers_apart(1, 3),
-    validation = headers_apart(2, 3),
-    validation = headers_apart(1, 4),
-    validation = headers_apart(2, 4),
-    validation = headers_apart(3, 4),
-)]
-pub struct AmneziaWgSpec {
-    /// `1.0` (absent: the default; every AmneziaWG client) or `1.5` (adds `s3`, `s4`,
-    /// `i1`–`i5` and header ranges).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<AmneziaVersion>,
+/// Declares a struct whose fields are all optional, one row each: `name: Type [schemars
+/// arguments]` becomes `pub name: Option<Type>` — `None` when absent from JSON, absent from JSON
+/// when `None` (so a server-side apply never claims a field it leaves out) — with those
+/// arguments as its `#[schemars(…)]`; the doc comments above a row are the field's.
+macro_rules! optional_fields {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_attr:meta])* $field:ident: $ty:ty $([$($schema:tt)*])?, )*
+        }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $(
+                $(#[$field_attr])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                $(#[schemars($($schema)*)])?
+                pub $field: Option<$ty>,
+            )*
+        }
+    };
+}
 
-    /// Junk packets sent before every handshake.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_JC))]
-    pub jc: Option<i32>,
-    /// Smallest junk packet, bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_JUNK))]
-    pub jmin: Option<i32>,
-    /// Largest junk packet, bytes (at least `jmin`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_JUNK))]
-    pub jmax: Option<i32>,
+/// The schema of a string field of `min..=max` characters matching `pattern`, with CEL `rules`.
+fn string_field(schema: &mut Schema, min: usize, max: usize, pattern: &str, rules: Vec<Rule>) {
+    schema.insert("minLength".into(), min.into());
+    schema.insert("maxLength".into(), max.into());
+    schema.insert("pattern".into(), pattern.into());
+    for rule in rules {
+        kube::core::validate(schema, rule).expect("a CEL rule is JSON");
+    }
+}
 
-    /// Random bytes before a handshake initiation (148 bytes): at most 1280 − 148.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_PACKET - INITIATION_SIZE))]
-    pub s1: Option<i32>,
-    /// Random bytes before a handshake response (92 bytes): at most 1280 − 92; `92 + s2` may
-    /// not equal `148 + s1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_PACKET - RESPONSE_SIZE))]
-    pub s2: Option<i32>,
-    /// Version 1.5: random bytes before a cookie reply (64 bytes): at most 1280 − 64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_PACKET - COOKIE_REPLY_SIZE))]
-    pub s3: Option<i32>,
-    /// Version 1.5: random bytes before every data packet; the server's `mtu` (1420 when
-    /// absent) plus `s4` may not exceed 1420.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = MAX_PACKET - TRANSPORT_SIZE))]
-    pub s4: Option<i32>,
+/// A message-type header `h1`–`h4`: a number or a range `a-b`, in order, within uint32 and
+/// none of WireGuard's own message types.
+fn header(schema: &mut Schema) {
+    let rules = vec![
+        header_in_order(),
+        header_in_uint32(),
+        header_not_wireguard(),
+    ];
+    string_field(schema, 1, HEADER_MAX_LENGTH, HEADER_PATTERN, rules);
+}
 
-    /// Message type of handshake initiations: a number, or (version 1.5) a range `a-b`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
-    #[x_kube(
-        validation = header_in_order(),
-        validation = header_in_uint32(),
-        validation = header_not_wireguard()
-    )]
-    pub h1: Option<String>,
-    /// Message type of handshake responses.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
-    #[x_kube(
-        validation = header_in_order(),
-        validation = header_in_uint32(),
-        validation = header_not_wireguard()
-    )]
-    pub h2: Option<String>,
-    /// Message type of cookie replies.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
-    #[x_kube(
-        validation = header_in_order(),
-        validation = header_in_uint32(),
-        validation = header_not_wireguard()
-    )]
-    pub h3: Option<String>,
-    /// Message type of data packets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = HEADER_MAX_LENGTH), regex(pattern = HEADER_PATTERN))]
-    #[x_kube(
-        validation = header_in_order(),
-        validation = header_in_uint32(),
-        validation = header_not_wireguard()
-    )]
-    pub h4: Option<String>,
+/// A signature packet `i1`–`i5`: a sequence of amneziawg-go's tags.
+fn signature(schema: &mut Schema) {
+    string_field(
+        schema,
+        3,
+        SIGNATURE_MAX_LENGTH,
+        SIGNATURE_PATTERN,
+        Vec::new(),
+    );
+}
 
-    /// Version 1.5: signature packet sent before every handshake, e.g. `<b 0xc70000>` `<r 32>`;
-    /// only clients need it (it goes into their configs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
-    pub i1: Option<String>,
-    /// Version 1.5: second signature packet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
-    pub i2: Option<String>,
-    /// Version 1.5: third signature packet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
-    pub i3: Option<String>,
-    /// Version 1.5: fourth signature packet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
-    pub i4: Option<String>,
-    /// Version 1.5: fifth signature packet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 3, max = SIGNATURE_MAX_LENGTH), regex(pattern = SIGNATURE_PATTERN))]
-    pub i5: Option<String>,
+optional_fields! {
+    /// AmneziaWG parameters of a server. Absent fields are chosen by the operator once, at random,
+    /// and written here; a changed value is a deliberate act after which every client needs its
+    /// config again. Server and clients must agree on every value but the junk ones.
+    #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+    #[serde(rename_all = "camelCase")]
+    #[x_kube(
+        validation = jmin_not_above_jmax(),
+        validation = lengths_differ(1, INITIATION_SIZE, 2, RESPONSE_SIZE),
+        validation = lengths_differ(1, INITIATION_SIZE, 3, COOKIE_REPLY_SIZE),
+        validation = lengths_differ(2, RESPONSE_SIZE, 3, COOKIE_REPLY_SIZE),
+        validation = lengths_differ(1, INITIATION_SIZE, 4, TRANSPORT_SIZE),
+        validation = lengths_differ(2, RESPONSE_SIZE, 4, TRANSPORT_SIZE),
+        validation = lengths_differ(3, COOKIE_REPLY_SIZE, 4, TRANSPORT_SIZE),
+        validation = padding_only_1_5(3),
+        validation = padding_only_1_5(4),
+        validation = signature_only_1_5(1),
+        validation = signature_only_1_5(2),
+        validation = signature_only_1_5(3),
+        validation = signature_only_1_5(4),
+        validation = signature_only_1_5(5),
+        validation = header_single_before_1_5(1),
+        validation = header_single_before_1_5(2),
+        validation = header_single_before_1_5(3),
+        validation = header_single_before_1_5(4),
+        validation = headers_apart(1, 2),
+        validation = headers_apart(1, 3),
+        validation = headers_apart(2, 3),
+        validation = headers_apart(1, 4),
+        validation = headers_apart(2, 4),
+        validation = headers_apart(3, 4),
+    )]
+    pub struct AmneziaWgSpec {
+        /// `1.0` (absent: the default; every AmneziaWG client) or `1.5` (adds `s3`, `s4`,
+        /// `i1`–`i5` and header ranges).
+        version: AmneziaVersion,
+
+        /// Junk packets sent before every handshake.
+        jc: i32 [range(min = 0, max = MAX_JC)],
+        /// Smallest junk packet, bytes.
+        jmin: i32 [range(min = 0, max = MAX_JUNK)],
+        /// Largest junk packet, bytes (at least `jmin`).
+        jmax: i32 [range(min = 0, max = MAX_JUNK)],
+
+        /// Random bytes before a handshake initiation (148 bytes): at most 1280 − 148.
+        s1: i32 [range(min = 0, max = MAX_PACKET - INITIATION_SIZE)],
+        /// Random bytes before a handshake response (92 bytes): at most 1280 − 92; `92 + s2` may
+        /// not equal `148 + s1`.
+        s2: i32 [range(min = 0, max = MAX_PACKET - RESPONSE_SIZE)],
+        /// Version 1.5: random bytes before a cookie reply (64 bytes): at most 1280 − 64.
+        s3: i32 [range(min = 0, max = MAX_PACKET - COOKIE_REPLY_SIZE)],
+        /// Version 1.5: random bytes before every data packet; the server's `mtu` (1420 when
+        /// absent) plus `s4` may not exceed 1420.
+        s4: i32 [range(min = 0, max = MAX_PACKET - TRANSPORT_SIZE)],
+
+        /// Message type of handshake initiations: a number, or (version 1.5) a range `a-b`.
+        h1: String [transform = header],
+        /// Message type of handshake responses.
+        h2: String [transform = header],
+        /// Message type of cookie replies.
+        h3: String [transform = header],
+        /// Message type of data packets.
+        h4: String [transform = header],
+
+        /// Version 1.5: signature packet sent before every handshake, e.g. `<b 0xc70000>` `<r 32>`;
+        /// only clients need it (it goes into their configs).
+        i1: String [transform = signature],
+        /// Version 1.5: second signature packet.
+        i2: String [transform = signature],
+        /// Version 1.5: third signature packet.
+        i3: String [transform = signature],
+        /// Version 1.5: fourth signature packet.
+        i4: String [transform = signature],
+        /// Version 1.5: fifth signature packet.
+        i5: String [transform = signature],
+    }
 }
 
 /// The spec-level rules on the protocol: the `amneziawg` block only on an AmneziaWG server, and
