@@ -12,7 +12,7 @@ use crate::renewal::{CardView, RenewalView};
 use crate::stars::{StarsInvoiceRequest, StarsInvoiceResponse};
 use crate::user::{
     AddDeviceRequest, CreatePaymentRequest, MeResponse, PaymentResponse, PlanView, QrFormat,
-    SubscriptionView, UpdateDeviceRequest, UserView,
+    SubscriptionView, UpdateDeviceRequest, UsageView, UserView,
 };
 
 /// `Authorization: tma <initData>`.
@@ -87,7 +87,8 @@ impl Modify for UnauthorizedCodes {
     ),
     components(schemas(
         PromoRequest, PromoResponse, DiscountView, ReferralsView,
-        ErrorBody, MeResponse, UserView, SubscriptionView, DeviceView, DeviceProtocol, PlanView,
+        ErrorBody, MeResponse, UserView, SubscriptionView, UsageView, DeviceView, DeviceProtocol,
+        PlanView,
         CreatePaymentRequest, PaymentResponse, AddDeviceRequest, UpdateDeviceRequest, QrFormat,
         StarsInvoiceRequest, StarsInvoiceResponse, RenewalView, CardView,
         LocationView, LocationRequest,

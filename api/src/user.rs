@@ -22,9 +22,11 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wgsub_crds::liveness::subscription_phase;
+use wgsub_crds::resources::LABEL_SUBSCRIPTION;
 use wgsub_crds::resources::Protocol;
 use wgsub_crds::resources::subscription_name;
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
+use wgsub_devices::usage::{DeviceTraffic, Usage};
 use wgsub_ledger::{PaymentError, PaymentOrder};
 use zeroize::Zeroizing;
 
@@ -94,6 +96,50 @@ pub struct SubscriptionView {
     pub max_devices: i32,
     /// The `WgServer` the devices use: the user's location, or the default server.
     pub server: String,
+    /// The traffic used this period against the plan's quota, and in total.
+    pub usage: UsageView,
+}
+
+/// The subscription's traffic, as the operator counted it (`rx`: received from the devices,
+/// the user's upload; `tx`: sent to them).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    /// Bytes (received plus sent) the plan allows per period; absent: no quota.
+    pub quota_bytes: Option<i64>,
+    /// Bytes received plus sent this period.
+    pub used_bytes: i64,
+    /// What is left of the quota this period (never below 0); absent without a quota.
+    pub remaining_bytes: Option<i64>,
+    pub period_rx_bytes: i64,
+    pub period_tx_bytes: i64,
+    /// When the period started (absent until counted).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub period_start: Option<Timestamp>,
+    /// When the period ends and the quota starts again (absent without a quota).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub period_end: Option<Timestamp>,
+    pub total_rx_bytes: i64,
+    pub total_tx_bytes: i64,
+    /// The quota is used up: the devices are paused until `periodEnd` or a purchase.
+    pub exhausted: bool,
+}
+
+impl From<Usage> for UsageView {
+    fn from(usage: Usage) -> Self {
+        Self {
+            quota_bytes: usage.quota_bytes,
+            used_bytes: usage.period_bytes(),
+            remaining_bytes: usage.remaining_bytes(),
+            period_rx_bytes: usage.period_rx_bytes,
+            period_tx_bytes: usage.period_tx_bytes,
+            period_start: usage.period_start,
+            period_end: usage.period_end,
+            total_rx_bytes: usage.total_rx_bytes,
+            total_tx_bytes: usage.total_tx_bytes,
+            exhausted: usage.exhausted,
+        }
+    }
 }
 
 /// `GET /api/v1/me`.
@@ -121,6 +167,15 @@ pub struct PlanView {
     /// Price in Telegram Stars; absent when the plan is not sold for Stars.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price_stars: Option<u32>,
+    /// Traffic (received plus sent) one period of the plan allows, in GiB; absent: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_gib: Option<u32>,
+    /// The same in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_bytes: Option<i64>,
+    /// Days of one quota period (the plan's days); absent: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_period_days: Option<i32>,
 }
 
 /// `POST /api/v1/payments` body.
@@ -245,20 +300,32 @@ fn server_protocol(state: &SharedState, server: &str) -> Option<Protocol> {
     state.caches.server(server).map(|s| s.spec.protocol)
 }
 
-/// The view of a peer the user's call wrote, with its server's protocol.
+/// The view of a peer the user's call wrote, with its server's protocol and the traffic its
+/// subscription (by the peer's label, from the cache) counted for it.
 pub(crate) fn device_view(state: &SharedState, peer: &WgPeer) -> DeviceView {
+    let subscription = peer
+        .labels()
+        .get(LABEL_SUBSCRIPTION)
+        .and_then(|name| state.caches.subscription(name));
     DeviceView::of(
         peer,
         server_protocol(state, &peer.spec.server),
+        DeviceTraffic::of(subscription.as_deref(), &peer.name_any()),
         Timestamp::now(),
     )
 }
 
-/// The user's devices as [`device_views`] lists them, with their servers' protocols.
+/// The user's devices as [`device_views`] lists them, with their servers' protocols and their
+/// traffic from the user's cached subscription.
 fn devices_of(state: &SharedState, user_id: i64, peers: &[WgPeer]) -> Vec<DeviceView> {
-    device_views(user_id, peers, Timestamp::now(), |server| {
-        server_protocol(state, server)
-    })
+    let subscription = state.caches.subscription(&subscription_name(user_id));
+    device_views(
+        user_id,
+        peers,
+        subscription.as_deref(),
+        Timestamp::now(),
+        |server| server_protocol(state, server),
+    )
 }
 
 /// Waits until the caches hold `written` (bounded), so the user's next read sees it.
@@ -291,6 +358,10 @@ pub(crate) async fn me_view(state: &SharedState, init: &InitData) -> Result<MeRe
         .await
         .map_err(ApiError::from_ledger)?;
     let subscription = subscription_of(state, user.telegram_id)?;
+    let usage = subscription.as_deref().map(Usage::of).unwrap_or(Usage {
+        quota_bytes: user.entitlement.traffic_quota.map(|quota| quota.bytes),
+        ..Usage::default()
+    });
     let spec = subscription
         .map(|s| s.spec.clone())
         .unwrap_or_else(|| VpnSubscriptionSpec {
@@ -298,6 +369,7 @@ pub(crate) async fn me_view(state: &SharedState, init: &InitData) -> Result<MeRe
             plan: user.entitlement.plan.clone(),
             max_devices: user.entitlement.max_devices,
             suspended: user.suspended,
+            traffic_quota: user.entitlement.traffic_quota,
             ..VpnSubscriptionSpec::for_user(user.telegram_id)
         });
     let peers = users_peers(state, user.telegram_id)?;
@@ -319,6 +391,7 @@ pub(crate) async fn me_view(state: &SharedState, init: &InitData) -> Result<MeRe
             plan: spec.plan,
             max_devices: spec.max_devices,
             server,
+            usage: usage.into(),
         },
         devices: devices_of(state, user.telegram_id, &peers),
     })
@@ -342,6 +415,9 @@ pub async fn plans(State(state): State<SharedState>) -> Json<Vec<PlanView>> {
                 currency: plan.currency.clone(),
                 devices: plan.devices,
                 price_stars: plan.price_stars,
+                traffic_gib: plan.traffic_gib,
+                traffic_bytes: plan.traffic_quota().map(|quota| quota.bytes),
+                traffic_period_days: plan.traffic_quota().map(|quota| quota.period_days),
             })
             .collect(),
     )

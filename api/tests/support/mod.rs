@@ -63,7 +63,7 @@ pub struct Harness {
 
 pub fn plans() -> PlanCatalogue {
     PlanCatalogue::from_yaml_str(
-        "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n",
+        "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n    trafficGib: 50\n",
     )
     .unwrap()
 }
