@@ -7,19 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use wgsub_runtime::duration::{self, DurationParser};
+use wgsub_runtime::logging::LogArgs;
 
 use crate::agent::Settings;
 use crate::amneziawg::Userspace;
 use crate::awg_kernel::{AwgBackendChoice, AwgImplementation, KernelAwg, resolve};
 use crate::interface::{Backend, BackendChoice};
 use crate::nat::Firewall;
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// Which firewall the NAT rules go into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,21 +36,10 @@ impl FirewallChoice {
     }
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("{text:?} must be a positive number of seconds"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 /// wgsub-node-agent: keeps this node's WireGuard interfaces equal to the live WgPeers of the
 /// WgServers it serves.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wgsub-node-agent", version, about)]
+#[command(name = "wgsub-node-agent", version, about, after_help = duration::HELP)]
 pub struct Config {
     /// This node's name (from the downward API: spec.nodeName).
     #[arg(long, env = "WGSUB_NODE_NAME")]
@@ -94,16 +78,19 @@ pub struct Config {
     #[arg(long, env = "WGSUB_AMNEZIAWG_GO", default_value = "amneziawg-go")]
     pub amneziawg_go: PathBuf,
 
-    /// Seconds between full comparisons of the interface with the live peers.
-    #[arg(long, env = "WGSUB_RESYNC_INTERVAL", value_parser = parse_seconds, default_value = "30")]
+    /// Time between full comparisons of the interface with the live peers.
+    #[arg(long, env = "WGSUB_RESYNC_INTERVAL", default_value = "30s", value_name = "DURATION",
+          value_parser = DurationParser::positive())]
     pub resync_interval: Duration,
 
-    /// Seconds between status batches (handshakes, active flags, conditions).
-    #[arg(long, env = "WGSUB_STATUS_INTERVAL", value_parser = parse_seconds, default_value = "10")]
+    /// Time between status batches (handshakes, active flags, conditions).
+    #[arg(long, env = "WGSUB_STATUS_INTERVAL", default_value = "10s", value_name = "DURATION",
+          value_parser = DurationParser::positive())]
     pub status_interval: Duration,
 
-    /// Seconds between writes of changed byte counters (and of a server's lastSync) alone.
-    #[arg(long, env = "WGSUB_COUNTERS_INTERVAL", value_parser = parse_seconds, default_value = "60")]
+    /// Time between writes of changed byte counters (and of a server's lastSync) alone.
+    #[arg(long, env = "WGSUB_COUNTERS_INTERVAL", default_value = "60s", value_name = "DURATION",
+          value_parser = DurationParser::positive())]
     pub counters_interval: Duration,
 
     /// Most status patches per second sent to the API server.
@@ -124,13 +111,8 @@ pub struct Config {
     #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:9102")]
     pub http_addr: SocketAddr,
 
-    /// Log format.
-    #[arg(long, env = "WGSUB_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `wgsub_node_agent=debug`.
-    #[arg(long, env = "WGSUB_LOG", default_value = "info")]
-    pub log: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// A setting with a value clap accepted but the agent cannot use.
@@ -180,12 +162,6 @@ impl Config {
             return Err(ConfigError {
                 field: "netns",
                 message: format!("{} does not exist", path.display()),
-            });
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
-            return Err(ConfigError {
-                field: "log",
-                message: format!("{:?} is not a log filter", self.log),
             });
         }
         if self.amneziawg_backend == AwgBackendChoice::Kernel {
@@ -345,8 +321,8 @@ mod tests {
                 .to_string()
                 .contains("--netns")
         );
-        let config = parse(&["--log", "[[["]).unwrap();
-        assert!(config.validate().unwrap_err().to_string().contains("--log"));
+        let err = parse(&["--log", "[[["]).unwrap_err().to_string();
+        assert!(err.contains("--log"), "{err}");
         let mut config = parse(&[]).unwrap();
         config.node_name = " ".into();
         assert!(

@@ -1,16 +1,13 @@
-//! The agent's HTTP surface: `/healthz` (the agent loop has run recently), `/readyz` (every
-//! watch has listed once and the first full sync is done) and `/metrics`. Errors are JSON
-//! `{code, message}` with a stable code.
+//! The agent's probes on the shared `/healthz`, `/readyz`, `/metrics` server
+//! ([`wgsub_runtime::http`]): alive while the agent loop has run recently, ready once every
+//! watch has listed and the first full sync is done ([`Health`]), metrics from [`Metrics`] with
+//! the ready gauge set at each scrape.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use wgsub_runtime::http::{Probes, Unavailable};
 
 use crate::metrics::Metrics;
 
@@ -53,75 +50,47 @@ impl Health {
     }
 }
 
-#[derive(Debug, Clone)]
-struct AppState {
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({"code": code, "message": message})),
-    )
-        .into_response()
-}
-
-async fn healthz(State(state): State<AppState>) -> Response {
-    if state.health.is_alive(jiff::Timestamp::now()) {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loop_stalled",
-            "the agent loop has not run recently",
-        )
-    }
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.health.is_ready() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "watches have not synced or the first interface sync has not finished",
-        )
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.ready.set(i64::from(state.health.is_ready()));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such path")
-}
-
-/// The router.
-pub fn app(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(self::metrics))
-        .fallback(not_found)
-        .with_state(AppState { health, metrics })
+/// The probes over `health`, with `metrics` served (and its ready gauge set) at each scrape.
+pub fn probes(health: Arc<Health>, metrics: Arc<Metrics>) -> Probes {
+    let (live, ready) = (health.clone(), health.clone());
+    Probes::new(move || {
+        metrics.ready.set(i64::from(health.is_ready()));
+        metrics.encode()
+    })
+    .live_when(move || {
+        let alive = live.is_alive(jiff::Timestamp::now());
+        async move {
+            if alive {
+                Ok(())
+            } else {
+                Err(Unavailable::new(
+                    "loop_stalled",
+                    "the agent loop has not run recently",
+                ))
+            }
+        }
+    })
+    .ready_when(move || {
+        let is_ready = ready.is_ready();
+        async move {
+            if is_ready {
+                Ok(())
+            } else {
+                Err(Unavailable::new(
+                    "not_ready",
+                    "watches have not synced or the first interface sync has not finished",
+                ))
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
@@ -138,7 +107,7 @@ mod tests {
     #[tokio::test]
     async fn readiness_follows_the_first_sync() {
         let health = Arc::new(Health::new(Duration::from_secs(60)));
-        let app = app(health.clone(), Arc::new(Metrics::default()));
+        let app = probes(health.clone(), Arc::new(Metrics::default())).router();
         let (status, body) = call(app.clone(), "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -157,7 +126,7 @@ mod tests {
     #[tokio::test]
     async fn the_ready_gauge_follows_readiness_at_each_scrape() {
         let health = Arc::new(Health::new(Duration::from_secs(60)));
-        let app = app(health.clone(), Arc::new(Metrics::default()));
+        let app = probes(health.clone(), Arc::new(Metrics::default())).router();
         let (_, body) = call(app.clone(), "/metrics").await;
         assert!(body.contains("wgsub_node_agent_ready 0\n"), "{body}");
         health.set_ready();

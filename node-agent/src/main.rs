@@ -1,69 +1,33 @@
 //! The `wgsub-node-agent` binary: parses the settings, starts logging, the watches, the status
-//! writer, the HTTP server and the agent loop, and stops them all on SIGTERM or Ctrl-C.
+//! writer, the HTTP server and the agent loop, and stops them all on SIGTERM or Ctrl-C. The
+//! shell around it (logging, SIGTERM, probes, the exit line) is [`wgsub_runtime`]'s.
 
 use std::sync::Arc;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 use wgsub_node_agent::agent::Agent;
 use wgsub_node_agent::awg_kernel::AwgImplementation;
-use wgsub_node_agent::config::{Config, LogFormat};
-use wgsub_node_agent::http::{Health, app};
+use wgsub_node_agent::config::Config;
+use wgsub_node_agent::http::{Health, probes};
 use wgsub_node_agent::index::SharedIndex;
 use wgsub_node_agent::interface::Worker;
 use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_node_agent::metrics::Metrics;
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn shutdown_signal(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
-    token.cancel();
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match start().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "wgsub-node-agent: {}",
-                wgsub_crds::error_line::error_line(&*error)
-            );
-            std::process::ExitCode::FAILURE
-        }
-    }
+    wgsub_runtime::process::exit("wgsub-node-agent", start().await)
 }
 
-/// The binary; its error is printed as one line naming its cause.
+/// The binary; a bad setting exits 2 naming it, any other error is printed as one line.
 async fn start() -> anyhow::Result<()> {
     let config = Config::parse();
-    // One TLS crypto provider, named here: with two compiled in (as a build with test
-    // dependencies has), rustls would refuse to pick one at the first connection.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    wgsub_runtime::process::install_crypto_provider();
     if let Err(error) = config.validate() {
         eprintln!("wgsub-node-agent: {error}");
         std::process::exit(2);
     }
-    init_logging(&config);
+    config.log.init();
     let settings = config.agent_settings();
     tracing::info!(
         node = config.node_name,
@@ -77,8 +41,7 @@ async fn start() -> anyhow::Result<()> {
     );
 
     let client = kube::Client::try_default().await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(shutdown_signal(shutdown.clone()));
+    let shutdown = wgsub_runtime::shutdown::on_signal();
 
     let index = Arc::new(SharedIndex::default());
     let metrics = Arc::new(Metrics::default());
@@ -89,8 +52,11 @@ async fn start() -> anyhow::Result<()> {
     let worker = Worker::start(config.netns.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    let server = axum::serve(listener, app(health.clone(), metrics.clone()))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = wgsub_runtime::http::serve(
+        listener,
+        probes(health.clone(), metrics.clone()).router(),
+        shutdown.clone(),
+    );
 
     let agent = Agent::new(
         settings,

@@ -58,7 +58,7 @@ fn duration_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("wgsub_node_agent");
+        let mut registry = wgsub_runtime::metrics::registry("wgsub_node_agent");
         let peers = Family::<InterfaceLabels, Gauge>::default();
         registry.register("peers", "Peers on the WireGuard interface", peers.clone());
         let applies = Family::<ApplyLabels, Counter>::default();
@@ -111,15 +111,6 @@ impl Default for Metrics {
             "1 when the agent is ready (watches listed, first interface sync done), else 0",
             ready.clone(),
         );
-        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-        build_info
-            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
-            .set(1);
-        registry.register(
-            "build_info",
-            "What this binary was built from (version, git commit, rustc); always 1",
-            build_info,
-        );
         Self {
             registry,
             peers,
@@ -138,10 +129,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        wgsub_runtime::metrics::encode(&self.registry)
     }
 
     pub fn interface(name: &str) -> InterfaceLabels {

@@ -289,9 +289,9 @@ async fn the_agent_process_serves_its_node_from_watches_and_stops_cleanly_on_sig
     };
     let started = log
         .iter()
-        .find(|entry| entry["fields"]["message"] == "starting")
+        .find(|entry| entry["message"] == "starting")
         .expect("a start line");
-    assert_eq!(started["fields"]["backend"], expected, "{started}");
+    assert_eq!(started["backend"], expected, "{started}");
     assert!(
         !agent.log().contains(key.to_base64().as_str()),
         "the server's private key was logged"
