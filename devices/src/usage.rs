@@ -2,7 +2,7 @@
 //! (`VpnSubscription.spec.trafficQuota`, `status.usage`, the `QuotaExhausted` condition): the
 //! period's use against the quota, what remains, when the period ends, the totals, and each
 //! device's share (by `WgPeer` name). The api and the bot both show it; the Mini App and the
-//! bot's texts format the byte counts. Pure: no I/O.
+//! bot's texts (`text::bytes`) format the byte counts. Pure: no I/O.
 //!
 //! `rx` is what the server received from a device (the user's upload), `tx` what it sent to it
 //! (the download).
@@ -104,45 +104,6 @@ impl DeviceTraffic {
     }
 }
 
-/// The units a byte count is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ByteUnits {
-    /// `MB`, `GB`, a decimal point.
-    English,
-    /// `МБ`, `ГБ`, a decimal comma.
-    Russian,
-}
-
-const MIB: i64 = 1 << 20;
-const GIB: i64 = 1 << 30;
-
-/// A byte count as people read it: whole megabytes below a gigabyte (`512 MB`), one decimal
-/// below a hundred gigabytes (`1.5 GB`), whole gigabytes above (`250 GB`). Units are binary
-/// (a plan's `trafficGib` of 50 shows as `50 GB`); negative counts show as zero.
-pub fn format_bytes(bytes: i64, units: ByteUnits) -> String {
-    let (mb, gb, comma) = match units {
-        ByteUnits::English => ("MB", "GB", false),
-        ByteUnits::Russian => ("МБ", "ГБ", true),
-    };
-    let bytes = bytes.max(0);
-    if bytes < GIB {
-        // Rounded to the nearest megabyte, so 1023.6 MiB does not read as a whole gigabyte.
-        let whole = (bytes + MIB / 2) / MIB;
-        return format!("{} {mb}", whole.min(1023));
-    }
-    if bytes < 100 * GIB {
-        let tenths = (i128::from(bytes) * 10 + i128::from(GIB / 2)) / i128::from(GIB);
-        let (whole, tenth) = (tenths / 10, tenths % 10);
-        if tenth == 0 {
-            return format!("{whole} {gb}");
-        }
-        let point = if comma { ',' } else { '.' };
-        return format!("{whole}{point}{tenth} {gb}");
-    }
-    let whole = (i128::from(bytes) + i128::from(GIB / 2)) / i128::from(GIB);
-    format!("{whole} {gb}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +111,9 @@ mod tests {
     use wgsub_crds::resources::{
         DeviceUsage, TrafficQuota, TrafficUsage, VpnSubscriptionSpec, VpnSubscriptionStatus,
     };
+
+    const MIB: i64 = 1 << 20;
+    const GIB: i64 = 1 << 30;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -267,29 +231,5 @@ mod tests {
             DeviceTraffic::default()
         );
         assert_eq!(DeviceTraffic::of(None, "tg-7-1"), DeviceTraffic::default());
-    }
-
-    #[test]
-    fn bytes_read_as_megabytes_and_gigabytes_in_both_languages() {
-        use ByteUnits::{English, Russian};
-        for (bytes, en, ru) in [
-            (-5, "0 MB", "0 МБ"),
-            (0, "0 MB", "0 МБ"),
-            (400 * 1024, "0 MB", "0 МБ"),
-            (MIB, "1 MB", "1 МБ"),
-            (512 * MIB, "512 MB", "512 МБ"),
-            (GIB - 1, "1023 MB", "1023 МБ"),
-            (GIB, "1 GB", "1 ГБ"),
-            (GIB + GIB / 2, "1.5 GB", "1,5 ГБ"),
-            (10 * GIB + 999 * MIB, "11 GB", "11 ГБ"),
-            (99 * GIB + 900 * MIB, "99.9 GB", "99,9 ГБ"),
-            (100 * GIB, "100 GB", "100 ГБ"),
-            (250 * GIB + GIB / 3, "250 GB", "250 ГБ"),
-            (1_000_000 * GIB, "1000000 GB", "1000000 ГБ"),
-            (i64::MAX, "8589934592 GB", "8589934592 ГБ"),
-        ] {
-            assert_eq!(format_bytes(bytes, English), en, "{bytes}");
-            assert_eq!(format_bytes(bytes, Russian), ru, "{bytes}");
-        }
     }
 }
