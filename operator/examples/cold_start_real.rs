@@ -34,9 +34,10 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use wgsub_crds::{VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer};
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_testkit::chart::{apply_chart_rbac, component_kubeconfig, service_account};
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 
 #[path = "support/real.rs"]
 mod real;
@@ -46,9 +47,7 @@ use real::{free_port, keyed, operator_metrics, server, start_operator};
 const GIVE_UP: Duration = Duration::from_secs(900);
 
 fn subscription(user: usize, paid_until: Timestamp) -> VpnSubscription {
-    let mut spec = VpnSubscriptionSpec::for_user(1_000_000 + user as i64);
-    spec.paid_until = Some(paid_until);
-    VpnSubscription::new(&format!("tg-{}", 1_000_000 + user), spec)
+    fixtures::paid_subscription(1_000_000 + user as i64, paid_until)
 }
 
 /// A field of `/proc/<pid>/status`, in MiB.

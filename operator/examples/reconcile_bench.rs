@@ -45,13 +45,11 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use kube_fake_client::ClientBuilder;
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus, WgPeer, WgServer,
-    WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer, WgServer};
 use wgsub_operator::addresses::UsedAddresses;
 use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::metrics::Metrics;
+use wgsub_testkit::fixtures;
 
 const NS: &str = "vpn";
 
@@ -72,27 +70,7 @@ fn rss_mib(pid: &str, field: &str) -> f64 {
 }
 
 fn server() -> WgServer {
-    let mut server = WgServer::new(
-        "wg",
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: "10.8.0.0/16".into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    );
+    let mut server = fixtures::server("wg", "10.8.0.0/16");
     server.metadata.namespace = Some(NS.into());
     server
 }
@@ -112,9 +90,7 @@ async fn serve_fake(count: i64) {
     let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
     let subs: Api<VpnSubscription> = Api::namespaced(fake.clone(), NS);
     for user in 1..=count {
-        let mut spec = VpnSubscriptionSpec::for_user(user);
-        spec.paid_until = Some(paid_until);
-        let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+        let mut sub = fixtures::paid_subscription(user, paid_until);
         sub.status = Some(VpnSubscriptionStatus::default());
         subs.create(&PostParams::default(), &sub)
             .await

@@ -16,9 +16,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::Reporter;
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_operator::addresses::is_client_v4;
 use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::metrics::Metrics;
@@ -27,6 +25,7 @@ use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wgsub_testkit::process::eventually;
 
 const BURST: usize = 100;
@@ -35,30 +34,6 @@ const WITHIN: Duration = Duration::from_secs(120);
 /// Reconciles at the same time, as a deployment facing bursts would set `WGSUB_CONCURRENCY`.
 const CONCURRENCY: u16 = 32;
 
-fn server() -> WgServer {
-    WgServer::new(
-        "wg",
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: POOL.into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    )
-}
-
 /// A namespace with the chart's RBAC and the server `wg`.
 async fn namespace(prefix: &str) -> (&'static ControlPlane, String, Client) {
     let plane = ControlPlane::with_crds();
@@ -66,7 +41,7 @@ async fn namespace(prefix: &str) -> (&'static ControlPlane, String, Client) {
     apply_chart_rbac(plane, &name, &[]).await;
     let admin = plane.admin_client();
     Api::<WgServer>::namespaced(admin.clone(), &name)
-        .create(&PostParams::default(), &server())
+        .create(&PostParams::default(), &fixtures::server("wg", POOL))
         .await
         .expect("creating the server");
     (plane, name, admin)
@@ -107,9 +82,7 @@ fn create_burst(admin: &Client, namespace: &str) -> (Instant, JoinHandle<()>) {
             .for_each_concurrent(BURST, |i| {
                 let api = api.clone();
                 async move {
-                    let mut spec = VpnSubscriptionSpec::for_user(5_000 + i as i64);
-                    spec.paid_until = Some(paid_until);
-                    let sub = VpnSubscription::new(&format!("tg-{}", 5_000 + i), spec);
+                    let sub = fixtures::paid_subscription(5_000 + i as i64, paid_until);
                     api.create(&PostParams::default(), &sub)
                         .await
                         .unwrap_or_else(|e| panic!("subscription {i}: {e}"));

@@ -25,10 +25,7 @@ use wgsub_crds::resources::{
     CONDITION_DEVICES_OVER_LIMIT, LABEL_OVER_LIMIT, LABEL_SERVER, LABEL_SUBSCRIPTION, condition,
     is_over_limit,
 };
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus, WgPeer, WgPeerSpec,
-    WgServer, WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer, WgPeerSpec, WgServer};
 use wgsub_operator::controller::{self, Context, Settings};
 use wgsub_operator::decision::reasons;
 use wgsub_operator::metrics::Metrics;
@@ -37,36 +34,13 @@ use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wgsub_testkit::process::eventually;
 
 const WITHIN: Duration = Duration::from_secs(20);
 /// The field manager of the API (`api/src/state.rs`).
 const API_MANAGER: &str = "wgsub-api";
 const SUBSCRIPTION: &str = "tg-7";
-
-fn server() -> WgServer {
-    WgServer::new(
-        "wg",
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: "10.8.0.0/24".into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    )
-}
 
 /// An extra device as the API creates it: labels, the subscription as controller, switched
 /// on, no key and no address.
@@ -163,7 +137,10 @@ async fn devices_over_a_lowered_limit_stop_keeping_their_configs_and_come_back_w
     let peers: Api<WgPeer> = Api::namespaced(admin.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &peer_keys_namespace(&ns));
     servers
-        .create(&PostParams::default(), &server())
+        .create(
+            &PostParams::default(),
+            &fixtures::server("wg", "10.8.0.0/24"),
+        )
         .await
         .expect("the server");
 
@@ -187,14 +164,11 @@ async fn devices_over_a_lowered_limit_stop_keeping_their_configs_and_come_back_w
     }));
 
     // A subscription paid for three devices, device 1 made by the operator, 2 and 3 by the API.
-    let mut spec = VpnSubscriptionSpec::for_user(7);
-    spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24 * 30));
-    spec.max_devices = 3;
+    let mut subscription =
+        fixtures::paid_subscription(7, Timestamp::now() + SignedDuration::from_hours(24 * 30));
+    subscription.spec.max_devices = 3;
     let subscription = subscriptions
-        .create(
-            &PostParams::default(),
-            &VpnSubscription::new(SUBSCRIPTION, spec),
-        )
+        .create(&PostParams::default(), &subscription)
         .await
         .expect("the subscription");
     eventually("device 1 gets its config", WITHIN, async || {

@@ -21,13 +21,11 @@ use kube::{Client, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, condition};
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus, WgPeer, WgServer,
-    WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus, WgPeer, WgServer};
 use wgsub_operator::controller::{self, Context, Error, Settings};
 use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, reasons};
 use wgsub_operator::metrics::Metrics;
+use wgsub_testkit::fixtures;
 
 const NS: &str = "vpn";
 const DAY: SignedDuration = SignedDuration::from_hours(24);
@@ -37,27 +35,7 @@ fn start() -> Timestamp {
 }
 
 fn server(name: &str, pool: &str) -> WgServer {
-    let mut server = WgServer::new(
-        name,
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: pool.into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    );
+    let mut server = fixtures::server(name, pool);
     server.metadata.namespace = Some(NS.into());
     server
 }
@@ -107,10 +85,8 @@ impl Cluster {
         Api::namespaced(self.client.clone(), NS)
     }
 
-    async fn subscribe(&self, user: i64, paid_until: Option<Timestamp>) -> String {
-        let mut spec = VpnSubscriptionSpec::for_user(user);
-        spec.paid_until = paid_until;
-        let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+    async fn subscribe(&self, user: i64, paid_until: Timestamp) -> String {
+        let mut sub = fixtures::paid_subscription(user, paid_until);
         sub.status = Some(VpnSubscriptionStatus::default());
         self.subs()
             .create(&PostParams::default(), &sub)
@@ -165,7 +141,7 @@ fn ready_reason(sub: &VpnSubscription) -> String {
 #[tokio::test]
 async fn an_invalid_server_pool_is_reported_on_its_subscriptions() {
     let cluster = Cluster::with_interceptors(vec![server("wg", "10.8.0.7/24")], None).await;
-    let name = cluster.subscribe(1, Some(start() + DAY)).await;
+    let name = cluster.subscribe(1, start() + DAY).await;
     let error = cluster.reconcile(&name).await.unwrap_err();
     assert_eq!(error.reason(), reasons::INVALID_SERVER);
     assert_eq!(
@@ -198,7 +174,7 @@ async fn a_key_secret_write_that_fails_once_writes_no_peer_and_regenerates_nothi
         })
     };
     let cluster = Cluster::with_interceptors(vec![server("wg", "10.8.0.0/24")], Some(funcs)).await;
-    let name = cluster.subscribe(1, Some(start() + DAY)).await;
+    let name = cluster.subscribe(1, start() + DAY).await;
 
     let failed = cluster.reconcile(&name).await;
     assert!(matches!(failed, Err(Error::Kube(_))), "{failed:?}");

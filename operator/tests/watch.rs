@@ -25,10 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{CONDITION_READY, LABEL_PEER, LABEL_SUBSCRIPTION, condition};
-use wgsub_crds::{
-    SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec,
-    WgServer, WgServerSpec,
-};
+use wgsub_crds::{SubscriptionPhase, VpnSubscription, WgPeer, WgPeerSpec, WgServer};
 use wgsub_operator::controller::{Context, Settings};
 use wgsub_operator::decision::{KEY_ID, LABEL_PEER_UID, reasons};
 use wgsub_operator::metrics::Metrics;
@@ -38,6 +35,7 @@ use wgsub_testkit::chart::{
     service_account,
 };
 use wgsub_testkit::envtest::{AuditedRequest, ControlPlane};
+use wgsub_testkit::fixtures;
 use wgsub_testkit::process::eventually;
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -48,30 +46,6 @@ const COLLECTED_WITHIN: Duration = Duration::from_secs(90);
 const OTHER_PEERS: usize = 520;
 /// The field manager of the API (`api/src/state.rs`).
 const API_MANAGER: &str = "wgsub-api";
-
-fn server(name: &str, pool: &str) -> WgServer {
-    WgServer::new(
-        name,
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: pool.into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    )
-}
 
 fn other_peer(i: usize) -> WgPeer {
     WgPeer::new(
@@ -88,12 +62,6 @@ fn other_peer(i: usize) -> WgPeer {
             device_name: None,
         },
     )
-}
-
-fn paid_subscription(user: i64, paid_until: Timestamp) -> VpnSubscription {
-    let mut spec = VpnSubscriptionSpec::for_user(user);
-    spec.paid_until = Some(paid_until);
-    VpnSubscription::new(&format!("tg-{user}"), spec)
 }
 
 /// One test's namespace on the real server, with the chart's RBAC applied and the default
@@ -114,7 +82,9 @@ impl Namespace {
             name,
             admin: plane.admin_client(),
         };
-        namespace.create(&server("wg", "10.8.0.0/24")).await;
+        namespace
+            .create(&fixtures::server("wg", "10.8.0.0/24"))
+            .await;
         namespace
     }
 
@@ -315,7 +285,7 @@ async fn the_running_controller_follows_watches_under_the_charts_rbac_and_stops_
 
     // 1. A paid subscription created now can only arrive through the watch.
     let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
-    ns.create(&paid_subscription(1, paid_until)).await;
+    ns.create(&fixtures::paid_subscription(1, paid_until)).await;
     let (peer, secret) = eventually(
         "tg-1 gets a published peer with its key Secret",
         WITHIN,
@@ -483,7 +453,7 @@ async fn the_operators_applies_own_its_fields_only_and_status_goes_through_the_s
     let ns = Namespace::new("operator-ssa").await;
     let operator = Operator::start(&ns).await;
     let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
-    ns.create(&paid_subscription(2, paid_until)).await;
+    ns.create(&fixtures::paid_subscription(2, paid_until)).await;
     let (peer, _) = eventually("tg-2 gets a published peer", WITHIN, async || {
         ns.published("tg-2-1").await
     })
@@ -624,7 +594,7 @@ async fn deleting_a_subscription_collects_its_peers_and_their_key_secrets() {
     let ns = Namespace::new("operator-gc").await;
     let operator = Operator::start(&ns).await;
     let paid_until = Timestamp::now() + SignedDuration::from_hours(24 * 30);
-    ns.create(&paid_subscription(3, paid_until)).await;
+    ns.create(&fixtures::paid_subscription(3, paid_until)).await;
     let (peer, secret) = eventually("tg-3 gets a published peer", WITHIN, async || {
         ns.published("tg-3-1").await
     })

@@ -5,18 +5,12 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use wgsub_crds::{WgPeer, WgServer, WgServerSpec};
+use wgsub_crds::{WgPeer, WgServer};
+use wgsub_testkit::fixtures;
 
 /// The one `WgServer` (named `wg`, a /16 pool).
 pub fn server() -> WgServer {
-    let spec: WgServerSpec = serde_json::from_value(serde_json::json!({
-        "endpoint": "vpn.example.com:51820",
-        "listenPort": 51820,
-        "addressPool": "10.8.0.0/16",
-        "privateKeySecretRef": {"name": "wg-key", "key": "privateKey"},
-    }))
-    .expect("a valid WgServer spec");
-    WgServer::new("wg", spec)
+    fixtures::server("wg", "10.8.0.0/16")
 }
 
 /// The operator binary: `WGSUB_OPERATOR_BIN`, or beside the folder of the running example.
