@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Why no address could be given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,21 +21,25 @@ pub enum PoolError {
     Invalid(String),
 }
 
-/// Parses a pool text, refusing host bits being set (`10.8.0.1/24`).
+/// Parses an IPv4 pool text, refusing host bits being set (`10.8.0.1/24`).
 pub fn parse_pool_v4(text: &str) -> Result<Ipv4Net, PoolError> {
-    let net: Ipv4Net = text
-        .trim()
-        .parse()
-        .map_err(|_| PoolError::Invalid(text.into()))?;
-    if net.trunc() != net {
-        return Err(PoolError::Invalid(text.into()));
+    match parse_network(text)? {
+        IpNet::V4(net) => Ok(net),
+        IpNet::V6(_) => Err(PoolError::Invalid(text.into())),
     }
-    Ok(net)
 }
 
 /// Parses an IPv6 pool text, refusing host bits being set.
 pub fn parse_pool_v6(text: &str) -> Result<Ipv6Net, PoolError> {
-    let net: Ipv6Net = text
+    match parse_network(text)? {
+        IpNet::V6(net) => Ok(net),
+        IpNet::V4(_) => Err(PoolError::Invalid(text.into())),
+    }
+}
+
+/// A network in CIDR form of either family, without host bits.
+fn parse_network(text: &str) -> Result<IpNet, PoolError> {
+    let net: IpNet = text
         .trim()
         .parse()
         .map_err(|_| PoolError::Invalid(text.into()))?;
@@ -77,23 +81,34 @@ pub fn allocate_v4(pool: Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr,
             pool: pool.to_string(),
         });
     }
-    // Walk the used addresses inside the client range in order; the first gap is the answer.
-    let mut candidate = first + 1;
-    for address in used.range(Ipv4Addr::from(candidate)..=Ipv4Addr::from(last)) {
-        let address = u32::from(*address);
+    let candidate = first + 1;
+    let used = used.range(Ipv4Addr::from(candidate)..=Ipv4Addr::from(last));
+    lowest_free(candidate, last, used.map(|address| u32::from(*address)))
+        .map(Ipv4Addr::from)
+        .ok_or_else(|| PoolError::Exhausted {
+            pool: pool.to_string(),
+        })
+}
+
+/// The lowest of `candidate..=last` not in `used` (ascending; values below `candidate` and
+/// above `last` not among them), or `None` when every one is taken: a walk along the used
+/// addresses in order, where the first gap is the answer.
+fn lowest_free<N>(mut candidate: N, last: N, used: impl Iterator<Item = N>) -> Option<N>
+where
+    N: Copy + Ord + From<u8> + std::ops::Add<Output = N>,
+{
+    for address in used {
         if address > candidate {
             break;
         }
         if address == candidate {
             if candidate == last {
-                return Err(PoolError::Exhausted {
-                    pool: pool.to_string(),
-                });
+                return None;
             }
-            candidate += 1;
+            candidate = candidate + N::from(1);
         }
     }
-    Ok(Ipv4Addr::from(candidate))
+    Some(candidate)
 }
 
 /// The server's IPv6 address: the first address after the subnet-router anycast address.
@@ -115,22 +130,13 @@ pub fn allocate_v6(pool: Ipv6Net, used: &BTreeSet<Ipv6Addr>) -> Result<Ipv6Addr,
         });
     }
     let last = u128::from(pool.broadcast());
-    let mut candidate = u128::from(server_address_v6(pool)) + 1;
-    for address in used.range(Ipv6Addr::from(candidate)..=Ipv6Addr::from(last)) {
-        let address = u128::from(*address);
-        if address > candidate {
-            break;
-        }
-        if address == candidate {
-            if candidate == last {
-                return Err(PoolError::Exhausted {
-                    pool: pool.to_string(),
-                });
-            }
-            candidate += 1;
-        }
-    }
-    Ok(Ipv6Addr::from(candidate))
+    let candidate = u128::from(server_address_v6(pool)) + 1;
+    let used = used.range(Ipv6Addr::from(candidate)..=Ipv6Addr::from(last));
+    lowest_free(candidate, last, used.map(|address| u128::from(*address)))
+        .map(Ipv6Addr::from)
+        .ok_or_else(|| PoolError::Exhausted {
+            pool: pool.to_string(),
+        })
 }
 
 /// The client address of an IPv4 host as the `/32` a `WgPeer` carries.
