@@ -896,14 +896,16 @@ mod tests {
 
     #[test]
     fn effective_sets_need_every_field_and_give_conf_pairs_in_order() {
-        let params = spec(good_1_0()).amneziawg_params().unwrap();
-        let pairs: Vec<String> = params
-            .pairs()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let pairs = |block: serde_json::Value| -> Vec<String> {
+            let params = spec(block).amneziawg_params().unwrap();
+            params
+                .pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect()
+        };
         assert_eq!(
-            pairs,
+            pairs(good_1_0()),
             [
                 "Jc=4",
                 "Jmin=40",
@@ -916,14 +918,8 @@ mod tests {
                 "H4=4567890"
             ]
         );
-        let params = spec(good_1_5()).amneziawg_params().unwrap();
-        let pairs: Vec<String> = params
-            .pairs()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
         assert_eq!(
-            pairs,
+            pairs(good_1_5()),
             [
                 "Jc=4",
                 "Jmin=40",
