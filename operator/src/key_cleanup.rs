@@ -12,8 +12,9 @@
 //!   [`orphans`] are deleted: Secrets whose labelled peer uid is not live and whose key id is on
 //!   no live peer. A key Secret is written just before its peer (which then carries the key id),
 //!   so a Secret with a key id is also kept for [`KEY_GRACE`] after its last write
-//!   ([`ANNOTATION_WRITTEN_AT`]); Secrets with only the uid label (written before key ids) keep
-//!   the rule that a uid not among the peers listed after them is a deleted peer's.
+//!   ([`ANNOTATION_WRITTEN_AT`]), by the operator's clock (the one that stamps that time);
+//!   Secrets with only the uid label (written before key ids) keep the rule that a uid not among
+//!   the peers listed after them is a deleted peer's.
 //!
 //! Every delete carries the uid and resource version the Secret was seen with, so a Secret
 //! rewritten in between (a new peer of the same name got its key) is kept. Secrets with neither
@@ -36,6 +37,7 @@ use wgsub_crds::WgPeer;
 use jiff::{SignedDuration, Timestamp};
 use wgsub_crds::resources::LABEL_PEER;
 
+use crate::controller::Clock;
 use crate::decision::{ANNOTATION_WRITTEN_AT, KEY_ID, LABEL_PEER_UID};
 
 /// How often every key Secret is checked against the peers, besides after each re-list.
@@ -137,19 +139,32 @@ pub fn key_with_id(id: &str) -> String {
 }
 
 /// The collection of one watched namespace's keys in `keys_namespace`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct KeyCleanup {
     peers: Api<PartialObjectMeta<WgPeer>>,
     secrets: Api<PartialObjectMeta<Secret>>,
     deleter: Api<Secret>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for KeyCleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCleanup")
+            .field("peers", &self.peers)
+            .field("secrets", &self.secrets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyCleanup {
-    pub fn new(client: Client, namespace: &str, keys_namespace: &str) -> Self {
+    /// The collection of `namespace`'s keys in `keys_namespace`, judging [`KEY_GRACE`] by
+    /// `clock` (the operator's, which stamps [`ANNOTATION_WRITTEN_AT`] on the keys it writes).
+    pub fn new(client: Client, namespace: &str, keys_namespace: &str, clock: Clock) -> Self {
         Self {
             peers: Api::namespaced(client.clone(), namespace),
             secrets: Api::namespaced(client.clone(), keys_namespace),
             deleter: Api::namespaced(client, keys_namespace),
+            clock,
         }
     }
 
@@ -169,7 +184,7 @@ impl KeyCleanup {
             let found = orphans(
                 listed.items.iter().map(|s| &s.metadata),
                 &Live::default(),
-                Timestamp::now(),
+                (self.clock)(),
                 SignedDuration::ZERO,
             );
             deleted += self.delete_all(found).await?;
@@ -186,7 +201,7 @@ impl KeyCleanup {
         let found = orphans(
             secrets.items.iter().map(|s| &s.metadata),
             &live,
-            Timestamp::now(),
+            (self.clock)(),
             KEY_GRACE,
         );
         self.delete_all(found).await

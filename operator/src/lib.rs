@@ -95,6 +95,7 @@ pub async fn lead(
             ctx.client.clone(),
             namespace,
             ctx.settings.keys_namespace_for(namespace),
+            ctx.clock.clone(),
         )
     });
     let cleanup_term = term.clone();

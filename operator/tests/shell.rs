@@ -89,10 +89,19 @@ impl Cluster {
         let namespace = plane.namespace("operator-shell").await;
         apply_chart_rbac(plane, &namespace, &[]).await;
         let client = component_client(plane, &namespace, "operator").await;
-        // The operator collects the keys of deleted peers while it leads; here, all along.
+        let clock = Arc::new(Mutex::new(start()));
+        // The operator collects the keys of deleted peers while it leads, by its clock; here,
+        // all along.
         let keys = peer_keys_namespace(&namespace);
+        let by = clock.clone();
         tokio::spawn(
-            KeyCleanup::new(client.clone(), &namespace, &keys).run(std::future::pending()),
+            KeyCleanup::new(
+                client.clone(),
+                &namespace,
+                &keys,
+                Arc::new(move || *by.lock().unwrap()),
+            )
+            .run(std::future::pending()),
         );
         let admin = plane.admin_client();
         for server in servers {
@@ -101,7 +110,6 @@ impl Cluster {
                 .await
                 .unwrap();
         }
-        let clock = Arc::new(Mutex::new(start()));
         let metrics = Arc::new(Metrics::new());
         let ctx = Self::context(&client, &namespace, &clock, &metrics);
         Self {
