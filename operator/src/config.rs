@@ -4,19 +4,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use jiff::{SignedDuration, Span, SpanRelativeTo};
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use clap::Parser;
+use clap::builder::TypedValueParser as _;
+use jiff::SignedDuration;
+use wgsub_runtime::duration::{self, DurationParser};
+use wgsub_runtime::logging::LogArgs;
 
 /// `wgsub-operator`: turns paid VpnSubscriptions into WgPeers with keys, addresses and expiry.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wgsub-operator", version, about)]
+#[command(name = "wgsub-operator", version, about, after_help = duration::HELP)]
 pub struct Config {
     /// Namespace whose subscriptions, peers and servers are reconciled; absent: all namespaces.
     #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
@@ -37,7 +33,8 @@ pub struct Config {
     pub lease_name: String,
 
     /// How long the lease stays held without renewal (e.g. 15s); at least 3s.
-    #[arg(long, env = "WGSUB_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    #[arg(long, env = "WGSUB_LEASE_DURATION", default_value = "15s", value_name = "DURATION",
+          value_parser = DurationParser::at_least(Duration::from_secs(3)))]
     pub lease_duration: Duration,
 
     /// This replica's name in the lease (the pod name); defaults to the host name.
@@ -50,7 +47,8 @@ pub struct Config {
 
     /// How long expired or suspended subscriptions keep their peers (keys and addresses) after
     /// the paid period, e.g. 30d or 720h.
-    #[arg(long, env = "WGSUB_RETENTION", default_value = "30d", value_parser = parse_retention)]
+    #[arg(long, env = "WGSUB_RETENTION", default_value = "30d", value_name = "DURATION",
+          value_parser = DurationParser::any().map(signed))]
     pub retention: SignedDuration,
 
     /// Subscriptions reconciled at the same time (each mostly waits for the API server).
@@ -61,13 +59,8 @@ pub struct Config {
     #[arg(long, env = "WGSUB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// Log format.
-    #[arg(long, env = "WGSUB_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax), e.g. info or wgsub_operator=debug.
-    #[arg(long = "log", env = "WGSUB_LOG", default_value = "info", value_parser = parse_filter)]
-    pub log_filter: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Config {
@@ -127,29 +120,9 @@ fn parse_name(text: &str) -> Result<String, String> {
     }
 }
 
-fn parse_span(text: &str) -> Result<SignedDuration, String> {
-    let span: Span = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration such as 30d, 12h or 15s: {e}"))?;
-    span.to_duration(SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("{text:?} is not a fixed duration: {e}"))
-}
-
-fn parse_retention(text: &str) -> Result<SignedDuration, String> {
-    let duration = parse_span(text)?;
-    if duration.is_negative() {
-        return Err(format!("{text:?} is negative"));
-    }
-    Ok(duration)
-}
-
-fn parse_lease_duration(text: &str) -> Result<Duration, String> {
-    let duration =
-        Duration::try_from(parse_span(text)?).map_err(|_| format!("{text:?} is negative"))?;
-    if duration < Duration::from_secs(3) {
-        return Err(format!("{text:?} is shorter than 3s"));
-    }
-    Ok(duration)
+/// A parsed duration as jiff's: what is longer than jiff can hold is its longest.
+fn signed(duration: Duration) -> SignedDuration {
+    SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
 }
 
 fn parse_identity(text: &str) -> Result<String, String> {
@@ -157,12 +130,6 @@ fn parse_identity(text: &str) -> Result<String, String> {
         return Err("the identity must be 1 to 128 characters".to_owned());
     }
     Ok(text.to_owned())
-}
-
-fn parse_filter(text: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(text)
-        .map(|_| text.to_owned())
-        .map_err(|e| format!("{text:?} is not a log filter: {e}"))
 }
 
 #[cfg(test)]
@@ -182,7 +149,7 @@ mod tests {
         assert_eq!(config.lease_namespace().unwrap(), "vpn");
         assert_eq!(config.default_server, "default");
         assert_eq!(config.http_addr.port(), 8080);
-        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log, LogArgs::default());
         assert_eq!(config.keys_namespace, None, "keys beside their peers");
         let apart = parse(&["--namespace", "vpn", "--keys-namespace", "vpn-keys"]).unwrap();
         assert_eq!(apart.keys_namespace.as_deref(), Some("vpn-keys"));
@@ -260,7 +227,7 @@ mod tests {
             .expect("a --log flag");
         assert_eq!(log.get_env().and_then(|e| e.to_str()), Some("WGSUB_LOG"));
         let config = parse(&["--namespace", "vpn", "--log", "wgsub_operator=debug"]).unwrap();
-        assert_eq!(config.log_filter, "wgsub_operator=debug");
+        assert_eq!(config.log.log_filter, "wgsub_operator=debug");
     }
 
     #[test]

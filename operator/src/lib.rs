@@ -32,51 +32,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use kube::runtime::events::Reporter;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 use wgsub_runtime::lease::{self, ElectionTiming, LeaseLock};
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
 use crate::controller::{Clock, Context, Settings};
 use crate::key_cleanup::KeyCleanup;
 use crate::metrics::Metrics;
-
-/// Installs the tracing subscriber the config asks for.
-pub fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn termination_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            warn!("cannot listen for Ctrl-C: {error}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                warn!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
 
 /// What the leader runs until `term` is cancelled: the Controller over `namespace` (all when
 /// absent), the choice of missing AmneziaWG parameters ([`amnezia::run`]) and, over one
@@ -95,7 +57,6 @@ pub async fn lead(
             ctx.client.clone(),
             namespace,
             ctx.settings.keys_namespace_for(namespace),
-            ctx.clock.clone(),
         )
     });
     let cleanup_term = term.clone();
@@ -130,31 +91,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let shutdown = CancellationToken::new();
+    let shutdown = wgsub_runtime::shutdown::on_signal();
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on --http-addr {}", config.http_addr))?;
     info!(address = %config.http_addr, "serving /healthz, /readyz, /metrics");
-    let http_shutdown = shutdown.clone();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            http::app(http::HttpState {
-                metrics: metrics.clone(),
-                ready: ready.clone(),
-            }),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-        .into_future(),
-    );
-
-    let signal_token = shutdown.clone();
-    tokio::spawn(async move {
-        termination_signal().await;
-        info!("termination signal: finishing running reconciles and giving the lease up");
-        signal_token.cancel();
-    });
+    let server = tokio::spawn(wgsub_runtime::http::serve(
+        listener,
+        http::probes(metrics.clone(), ready.clone()).router(),
+        shutdown.clone(),
+    ));
 
     client
         .apiserver_version()

@@ -1,6 +1,7 @@
 //! `wgsub-operator` binary: parse the settings, start logging, run the operator — or, as
 //! `wgsub-operator migrate-keys`, move the key Secrets into their namespaces (`migrate_keys`), or
-//! as `wgsub-operator export-keys`, back a key namespace up to a file (`export_keys`).
+//! as `wgsub-operator export-keys`, back a key namespace up to a file (`export_keys`). The
+//! shell around it (logging, SIGTERM, the exit line) is [`wgsub_runtime`]'s.
 
 use clap::Parser as _;
 use wgsub_operator::config::Config;
@@ -9,41 +10,25 @@ use wgsub_operator::migrate_keys::MigrateConfig;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match start().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "wgsub-operator: {}",
-                wgsub_crds::error_line::error_line(&*error)
-            );
-            std::process::ExitCode::FAILURE
-        }
-    }
+    wgsub_runtime::process::exit("wgsub-operator", start().await)
 }
 
-/// The binary; its error is printed as one line naming its cause.
+/// The binary; a bad setting exits 2 naming it, any other error is printed as one line.
 async fn start() -> anyhow::Result<()> {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "migrate-keys")
-    {
+    wgsub_runtime::process::install_crypto_provider();
+    let subcommand = std::env::args_os().nth(1);
+    if subcommand.as_ref().is_some_and(|a| a == "migrate-keys") {
         let config = MigrateConfig::try_parse_checked(std::env::args_os().skip(1))
             .unwrap_or_else(|e| e.exit());
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        config.log.init();
         return wgsub_operator::migrate_keys::run(config).await;
     }
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "export-keys")
-    {
+    if subcommand.as_ref().is_some_and(|a| a == "export-keys") {
+        // Its report is its standard output: no logger.
         let config = ExportConfig::parse_from(std::env::args_os().skip(1));
-        let _ = rustls::crypto::ring::default_provider().install_default();
         return wgsub_operator::export_keys::run(config).await;
     }
     let config = Config::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
-    // One TLS crypto provider, named here: with two compiled in (as a build with test
-    // dependencies has), rustls would refuse to pick one at the first connection.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    wgsub_operator::init_logging(&config);
+    config.log.init();
     wgsub_operator::run(config).await
 }

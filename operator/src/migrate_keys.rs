@@ -49,6 +49,8 @@ pub struct MigrateConfig {
     /// release namespace, which the chart's hook does not have: run it by hand after checking).
     #[arg(long)]
     pub delete_originals: bool,
+    #[command(flatten)]
+    pub log: wgsub_runtime::logging::LogArgs,
 }
 
 impl MigrateConfig {

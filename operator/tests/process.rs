@@ -23,7 +23,10 @@ use wgsub_testkit::chart::{
     service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
-use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
+use wgsub_testkit::process::{
+    Process, assert_help_mentions, assert_refused_at_start, assert_stops_without_kubeconfig,
+    eventually,
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-operator");
 /// The namespace of `--help` and refused-setting checks (no server involved).
@@ -126,6 +129,11 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
         "--lease-duration",
     );
     assert!(message.contains("shorter than 3s"), "{message}");
+}
+
+#[test]
+fn without_a_kubernetes_configuration_the_start_stops_with_one_line_naming_the_cause() {
+    assert_stops_without_kubeconfig(BINARY, &[], &["--namespace", NS]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
