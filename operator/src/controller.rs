@@ -14,6 +14,13 @@
 //! once it is written, even if a key write fails), so a new device costs three round trips in
 //! a row, not four.
 //!
+//! Traffic: each reconcile folds the peers' counters into the subscription's usage
+//! ([`crate::usage`]); the latest fold of every subscription is kept in memory for the leadership
+//! term as the base of the next (so bytes seen between two status writes survive a counter
+//! restart), and the status gets it when [`crate::usage::should_write`] says so. A peer's status
+//! write by the node-agent changes its `resourceVersion`, which the peers' metadata watch
+//! delivers, so it triggers its subscription's reconcile like any other change of the peer.
+//!
 //! Fields written: `WgPeer` metadata labels/ownerReferences and `spec.server`, `publicKey`,
 //! `privateKeySecretRef`, `address`, `address6`, `expiresAt`; key `Secret`s; `VpnSubscription`
 //! `status`. Never `WgPeer.spec.enabled` or `deviceName` (the API's).
@@ -38,7 +45,7 @@ use tracing::{debug, info, warn};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::pool;
-use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
+use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION, TrafficUsage};
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, WgPeer, WgServer};
 
 use crate::addresses::WriteOutcome;
@@ -84,6 +91,10 @@ impl Settings {
     }
 }
 
+/// The latest traffic fold of each subscription, by namespace and name, with the uid of the
+/// subscription it was folded for.
+type KeptUsage = HashMap<(String, String), (Option<String>, TrafficUsage)>;
+
 /// The source of the current time (a parameter so tests can move it).
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -108,6 +119,10 @@ pub struct Context {
     /// The queue of the Event publisher [`run`] keeps (absent when reconciles are called
     /// without it: then each publishes its Events itself).
     events: std::sync::OnceLock<tokio::sync::mpsc::Sender<(Event, ObjectReference)>>,
+    /// The latest traffic fold of each subscription (by namespace and name, with its uid).
+    usage: Mutex<KeptUsage>,
+    /// How long a folded usage waits at most to be written (`--usage-write-interval`).
+    usage_write_interval: SignedDuration,
 }
 
 impl std::fmt::Debug for Context {
@@ -141,7 +156,50 @@ impl Context {
             peers: std::sync::OnceLock::new(),
             peer_view: PeerView::default(),
             events: std::sync::OnceLock::new(),
+            usage: Mutex::default(),
+            usage_write_interval: crate::usage::DEFAULT_WRITE_INTERVAL,
         }
+    }
+
+    /// The same context writing a subscription's folded usage at most once per `interval`
+    /// when nothing else forces a write.
+    pub fn with_usage_write_interval(mut self, interval: SignedDuration) -> Self {
+        self.usage_write_interval = interval;
+        self
+    }
+
+    /// The latest fold kept for the subscription `namespace/name` with uid `uid`.
+    fn kept_usage(&self, namespace: &str, name: &str, uid: Option<&str>) -> Option<TrafficUsage> {
+        let kept = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        kept.get(&(namespace.to_owned(), name.to_owned()))
+            .filter(|(kept_uid, _)| kept_uid.as_deref() == uid)
+            .map(|(_, usage)| usage.clone())
+    }
+
+    /// Keeps `usage` as the latest fold of the subscription (or forgets it when `None`).
+    fn keep_usage(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+        usage: Option<TrafficUsage>,
+    ) {
+        let mut kept = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (namespace.to_owned(), name.to_owned());
+        match usage {
+            Some(usage) => {
+                kept.insert(key, (uid.map(str::to_owned), usage));
+            }
+            None => {
+                kept.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets the folds of subscriptions that no longer exist.
+    fn forget_usage_except(&self, existing: &std::collections::HashSet<(String, String)>) {
+        let mut kept = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|key, _| existing.contains(key));
     }
 
     /// Hands `event` to the publisher, or drops it (counted) when [`EVENT_QUEUE`] are waiting;
@@ -544,6 +602,7 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
         None
     };
 
+    let kept_usage = ctx.kept_usage(&namespace, &name, sub.metadata.uid.as_deref());
     let observed = Observed {
         subscription: sub,
         default_server: &ctx.settings.default_server,
@@ -552,6 +611,8 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
         secrets: &secrets,
         now,
         retention: ctx.settings.retention,
+        usage_base: kept_usage.as_ref(),
+        usage_write_interval: ctx.usage_write_interval,
     };
     let mut new_key = PrivateKey::generate;
 
@@ -595,6 +656,18 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
             None,
         ),
     };
+
+    ctx.keep_usage(
+        &namespace,
+        &name,
+        sub.metadata.uid.as_deref(),
+        plan.usage.folded.clone(),
+    );
+    let (rx, tx) = plan.usage.accounted;
+    ctx.metrics.traffic_accounted(rx, tx);
+    if plan.usage.became_exhausted {
+        ctx.metrics.quota_exhausted();
+    }
 
     execute(
         sub,
@@ -935,6 +1008,13 @@ pub async fn run(
     let counting = async move {
         loop {
             count_phases(&metrics, &store, clock());
+            counted.forget_usage_except(
+                &store
+                    .state()
+                    .iter()
+                    .filter_map(|s| Some((s.namespace()?, s.name_any())))
+                    .collect(),
+            );
             metrics.set_peer_writes_unseen(counted.peer_view.pending());
             tokio::time::sleep(Duration::from_secs(15)).await;
         }

@@ -14,6 +14,11 @@
 //! their keys and addresses, so they come back unchanged when the limit rises. Which devices
 //! keep their places is [`devices_over_limit`].
 //!
+//! A subscription that used up its data quota for the period ([`crate::usage`]) has every
+//! device kept off by the operator's `wgsub.io/over-quota` label, likewise beside the user's
+//! switch, until the next period or a purchase; its status carries the folded usage and the
+//! `QuotaExhausted` condition.
+//!
 //! An active subscription without devices gets its first one, unless its user deleted their
 //! last device themselves ([`wants_first_device`]): a device the user deleted is not given back.
 //!
@@ -33,8 +38,9 @@ use wgsub_crds::keys::{PrivateKey, PublicKey};
 use wgsub_crds::liveness::subscription_phase;
 use wgsub_crds::pool;
 use wgsub_crds::resources::{
-    CONDITION_DEVICES_OVER_LIMIT, CONDITION_READY, LABEL_SERVER, LABEL_SUBSCRIPTION, condition,
-    is_over_limit, new_condition, peer_name, set_condition,
+    CONDITION_DEVICES_OVER_LIMIT, CONDITION_QUOTA_EXHAUSTED, CONDITION_READY, LABEL_SERVER,
+    LABEL_SUBSCRIPTION, REASON_QUOTA_EXHAUSTED, TrafficUsage, condition, is_over_limit,
+    is_over_quota, new_condition, peer_name, set_condition,
 };
 use wgsub_crds::{
     SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,
@@ -42,6 +48,7 @@ use wgsub_crds::{
 };
 
 use crate::addresses::{UsedAddresses, is_client_v4, is_client_v6};
+use crate::usage;
 
 /// The data key of the private key in a key Secret the operator writes.
 pub const PRIVATE_KEY_FIELD: &str = "privateKey";
@@ -93,6 +100,12 @@ pub mod reasons {
     /// Condition `DevicesOverLimit` false (and Event): every device is within `maxDevices`
     /// again.
     pub const WITHIN_LIMIT: &str = "WithinLimit";
+    /// Condition `QuotaExhausted` (and Event): the period's traffic reached the data quota;
+    /// every device is off until the next period or a purchase.
+    pub const QUOTA_EXHAUSTED: &str = wgsub_crds::resources::REASON_QUOTA_EXHAUSTED;
+    /// Condition `QuotaExhausted` false (and Event): a new period or a purchase brought the
+    /// devices back.
+    pub const WITHIN_QUOTA: &str = "WithinQuota";
 }
 
 /// Normal or Warning, as Kubernetes Events have it.
@@ -122,6 +135,8 @@ pub struct DesiredPeer {
     pub expires_at: Option<Timestamp>,
     /// Kept off the interface: the subscription's `maxDevices` has no room for it.
     pub over_limit: bool,
+    /// Kept off the interface: the subscription used up its data quota for the period.
+    pub over_quota: bool,
     /// The [`KEY_ID`] of the published key (none on peers keyed before key ids existed).
     pub key_id: Option<String>,
 }
@@ -145,6 +160,7 @@ impl DesiredPeer {
             address6: peer.spec.address6.clone(),
             expires_at: peer.spec.expires_at,
             over_limit: is_over_limit(peer),
+            over_quota: is_over_quota(peer),
             key_id: peer.annotations().get(KEY_ID).cloned(),
         }
     }
@@ -159,6 +175,7 @@ impl DesiredPeer {
             address6: None,
             expires_at: None,
             over_limit: false,
+            over_quota: false,
             key_id: None,
         }
     }
@@ -323,6 +340,9 @@ pub struct Plan {
     /// The next instant at which the subscription changes by the clock alone.
     pub requeue_at: Option<Timestamp>,
     pub problem: Option<Problem>,
+    /// The traffic accounting of this reconcile: the latest fold for the operator to keep, the
+    /// bytes accounted, the exhaustion.
+    pub usage: usage::Accounting,
 }
 
 impl Plan {
@@ -347,6 +367,11 @@ pub struct Observed<'a> {
     pub now: Timestamp,
     /// How long peers outlive the end of the paid period.
     pub retention: SignedDuration,
+    /// The operator's latest fold of the subscription's traffic, when it has one (the base of
+    /// the next; see [`usage::account`]).
+    pub usage_base: Option<&'a TrafficUsage>,
+    /// The longest a folded usage waits to be written when nothing else forces a write.
+    pub usage_write_interval: SignedDuration,
 }
 
 /// The server a subscription uses.
@@ -614,7 +639,7 @@ fn ensure_device(
     server: &str,
     pools: (Ipv4Net, Option<Ipv6Net>),
     paid_until: Timestamp,
-    over_limit: bool,
+    (over_limit, over_quota): (bool, bool),
     subscription: &VpnSubscription,
     secrets: &[Secret],
     used: &mut UsedAddresses,
@@ -720,6 +745,7 @@ fn ensure_device(
     }
     desired.expires_at = Some(paid_until);
     desired.over_limit = over_limit;
+    desired.over_quota = over_quota;
 
     let current = existing.is_some_and(|peer| peer_is_current(peer, &desired, subscription));
     if current && key.is_none() {
@@ -733,17 +759,18 @@ fn ensure_device(
     }))
 }
 
-/// The write that keeps a peer's `expiresAt` equal to the subscription's `paidUntil` and its
-/// place within the device limit, touching nothing else.
+/// The write that keeps a peer's `expiresAt` equal to the subscription's `paidUntil`, its
+/// place within the device limit and its quota label, touching nothing else.
 fn mirror_expiry(
     peer: &WgPeer,
     expires_at: Timestamp,
-    over: &BTreeSet<String>,
+    (over, over_quota): (&BTreeSet<String>, bool),
     subscription: &VpnSubscription,
 ) -> Option<PeerWrite> {
     let mut desired = DesiredPeer::from_existing(peer);
     desired.expires_at = Some(expires_at);
     desired.over_limit = over.contains(&desired.name);
+    desired.over_quota = over_quota;
     (!peer_is_current(peer, &desired, subscription)).then_some(PeerWrite {
         peer: desired,
         key: None,
@@ -785,17 +812,28 @@ pub fn decide(
     let mut remaining: BTreeSet<String> = peers.iter().map(|p| p.name_any()).collect();
     let limited: Vec<LimitedDevice<'_>> = peers.iter().map(|p| LimitedDevice::of(p)).collect();
     let over = devices_over_limit(&name, &limited, device_limit(spec));
+    let old = subscription.status.clone().unwrap_or_default();
+    let was_exhausted =
+        condition(&old.conditions, CONDITION_QUOTA_EXHAUSTED).is_some_and(|c| c.status == "True");
+    let accounting = usage::account(
+        spec,
+        old.usage.as_ref(),
+        was_exhausted,
+        observed.usage_base,
+        observed.own_peers,
+        now,
+        observed.usage_write_interval,
+    );
+    let over_quota = accounting.exhausted;
 
     let ready: (bool, &'static str, String) = match (phase, spec.paid_until) {
         (SubscriptionPhase::Active, Some(paid_until)) => {
             requeue_at = Some(paid_until);
             match server_pools(observed.server, server) {
                 Err(found) => {
-                    writes.extend(
-                        peers
-                            .iter()
-                            .filter_map(|p| mirror_expiry(p, paid_until, &over, subscription)),
-                    );
+                    writes.extend(peers.iter().filter_map(|p| {
+                        mirror_expiry(p, paid_until, (&over, over_quota), subscription)
+                    }));
                     let ready = (false, found.reason(), found.message());
                     problem = Some(found);
                     ready
@@ -814,7 +852,7 @@ pub fn decide(
                             server,
                             pools,
                             paid_until,
-                            over.contains(&device),
+                            (over.contains(&device), over_quota),
                             subscription,
                             observed.secrets,
                             used,
@@ -855,11 +893,9 @@ pub fn decide(
                 deletes.extend(peers.iter().map(|p| Holding::of(p)));
                 remaining.clear();
             } else {
-                writes.extend(
-                    peers
-                        .iter()
-                        .filter_map(|p| mirror_expiry(p, paid_until, &over, subscription)),
-                );
+                writes.extend(peers.iter().filter_map(|p| {
+                    mirror_expiry(p, paid_until, (&over, over_quota), subscription)
+                }));
                 if !peers.is_empty() {
                     requeue_at = delete_at;
                 }
@@ -883,9 +919,15 @@ pub fn decide(
 
     // Devices leaving the interface are written before those joining it, so that the limit
     // holds at every instant in between.
-    writes.sort_by_key(|write| !write.peer.over_limit);
+    writes.sort_by_key(|write| !(write.peer.over_limit || write.peer.over_quota));
+    if deletes.is_empty() {
+        // The end of the quota's period, or when a held-back usage is due.
+        requeue_at = [requeue_at, accounting.requeue_at]
+            .into_iter()
+            .flatten()
+            .min();
+    }
 
-    let old = subscription.status.clone().unwrap_or_default();
     let generation = subscription.metadata.generation;
     let mut status = old.clone();
     status.phase = Some(phase);
@@ -941,6 +983,33 @@ pub fn decide(
                 false,
                 reasons::WITHIN_LIMIT,
                 format!("every device is within maxDevices {limit}"),
+                generation,
+                now,
+            ),
+        );
+    }
+    status.usage = accounting.status_usage.clone();
+    let quota_note = quota_note(spec, status.usage.as_ref());
+    if over_quota {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                CONDITION_QUOTA_EXHAUSTED,
+                true,
+                REASON_QUOTA_EXHAUSTED,
+                quota_note.clone(),
+                generation,
+                now,
+            ),
+        );
+    } else if condition(&status.conditions, CONDITION_QUOTA_EXHAUSTED).is_some() {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                CONDITION_QUOTA_EXHAUSTED,
+                false,
+                reasons::WITHIN_QUOTA,
+                quota_note.clone(),
                 generation,
                 now,
             ),
@@ -1005,6 +1074,19 @@ pub fn decide(
             });
         }
     }
+    if over_quota && !was_exhausted {
+        events.push(PlannedEvent {
+            kind: EventKind::Warning,
+            reason: reasons::QUOTA_EXHAUSTED,
+            note: quota_note,
+        });
+    } else if was_exhausted && !over_quota {
+        events.push(PlannedEvent {
+            kind: EventKind::Normal,
+            reason: reasons::WITHIN_QUOTA,
+            note: quota_note,
+        });
+    }
     let moved: Vec<&str> = writes
         .iter()
         .filter(|write| write.moved_from.is_some())
@@ -1040,6 +1122,25 @@ pub fn decide(
         events,
         requeue_at,
         problem,
+        usage: accounting,
+    }
+}
+
+/// The sentence of the `QuotaExhausted` condition and its Events: the period's traffic against
+/// the quota, and when the period ends.
+fn quota_note(spec: &VpnSubscriptionSpec, usage: Option<&TrafficUsage>) -> String {
+    let used = usage.map_or(0, TrafficUsage::period_bytes);
+    let end = usage
+        .and_then(|u| u.period_end)
+        .map(|end| format!("; the period ends at {end}"))
+        .unwrap_or_default();
+    match spec.traffic_quota {
+        Some(quota) if used >= quota.bytes => format!(
+            "{used} of {} bytes used this period: every device is off until the next period or a purchase{end}",
+            quota.bytes
+        ),
+        Some(quota) => format!("{used} of {} bytes used this period{end}", quota.bytes),
+        None => "no data quota".to_owned(),
     }
 }
 

@@ -136,6 +136,8 @@ impl World {
             secrets: &secrets,
             now: at,
             retention: self.retention,
+            usage_base: None,
+            usage_write_interval: crate::usage::DEFAULT_WRITE_INTERVAL,
         };
         decide(&observed, &mut self.used, &mut PrivateKey::generate)
     }
@@ -151,6 +153,7 @@ impl World {
             peer.spec.preshared_key_secret_ref = existing.spec.preshared_key_secret_ref.clone();
             peer.metadata.uid = existing.metadata.uid.clone();
             peer.metadata.creation_timestamp = existing.metadata.creation_timestamp.clone();
+            peer.status = existing.status.clone();
         } else {
             peer.metadata.uid = Some(format!("uid-{}", desired.name));
         }
@@ -1191,6 +1194,8 @@ fn a_key_stored_for_an_existing_peer_whose_write_failed_is_published_without_a_n
         secrets: &secrets,
         now: now(),
         retention: world.retention,
+        usage_base: None,
+        usage_write_interval: crate::usage::DEFAULT_WRITE_INTERVAL,
     };
     let plan = decide(&observed, &mut world.used, &mut no_new_key);
     assert!(matches!(plan.writes[0].key, Some(KeyStep::Publish { .. })));
@@ -1839,4 +1844,194 @@ fn an_imported_peer_without_its_private_key_keeps_the_key_the_user_holds() {
     assert_eq!(peer.spec.public_key, Some(private.public_key().to_base64()));
     assert_eq!(peer.spec.address.as_deref(), Some("10.8.0.78/32"));
     assert!(world.secrets.is_empty());
+}
+
+/// The node-agent reports a peer's counters.
+fn report(world: &mut World, peer: &str, rx: i64, tx: i64) {
+    let status = world
+        .peers
+        .get_mut(peer)
+        .unwrap()
+        .status
+        .get_or_insert_default();
+    status.rx_bytes = rx;
+    status.tx_bytes = tx;
+}
+
+fn quota_condition(sub: &VpnSubscription) -> Option<(String, String)> {
+    let status = sub.status.as_ref()?;
+    condition(
+        &status.conditions,
+        wgsub_crds::resources::CONDITION_QUOTA_EXHAUSTED,
+    )
+    .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn with_quota(bytes: i64, paid_until: Timestamp) -> VpnSubscription {
+    let mut sub = subscription(1, Some(paid_until));
+    sub.spec.max_devices = 2;
+    sub.spec.traffic_quota = Some(wgsub_crds::resources::TrafficQuota {
+        bytes,
+        period_days: 30,
+    });
+    sub
+}
+
+#[test]
+fn crossing_the_quota_labels_every_device_and_sets_the_condition_leaving_enabled_alone() {
+    let mut world = world();
+    let paid_until = now() + DAY * 60;
+    let mut sub = with_quota(1000, paid_until);
+    world.run(&mut sub, now());
+    world
+        .peers
+        .insert("tg-1-2".into(), api_device("tg-1", 2, "wg"));
+    world.run(&mut sub, now());
+    let usage = sub.status.as_ref().unwrap().usage.clone().unwrap();
+    assert_eq!(usage.period_end, Some(now() + DAY * 30));
+    assert_eq!(quota_condition(&sub), None);
+
+    report(&mut world, "tg-1-1", 600, 300);
+    report(&mut world, "tg-1-2", 50, 40);
+    let reported_at = now() + SignedDuration::from_secs(1);
+    let first = world.run(&mut sub, reported_at);
+    assert!(
+        first.status.is_some(),
+        "the devices' first counts are written"
+    );
+    report(&mut world, "tg-1-2", 50, 49);
+    let below = world.run(&mut sub, now() + SignedDuration::from_secs(2));
+    assert!(below.writes.is_empty(), "999 bytes are within the quota");
+    assert!(!below.usage.exhausted);
+    assert_eq!(quota_condition(&sub), None);
+    assert!(
+        below.status.is_none(),
+        "more bytes alone wait for the write interval"
+    );
+    assert_eq!(
+        below.requeue_at,
+        Some(reported_at + crate::usage::DEFAULT_WRITE_INTERVAL)
+    );
+
+    report(&mut world, "tg-1-2", 50, 50);
+    let at = now() + SignedDuration::from_secs(3);
+    let crossed = world.run(&mut sub, at);
+    assert!(crossed.usage.exhausted);
+    assert_eq!(crossed.writes.len(), 2);
+    for peer in ["tg-1-1", "tg-1-2"] {
+        assert!(
+            wgsub_crds::resources::is_over_quota(world.peer(peer)),
+            "{peer}"
+        );
+    }
+    assert!(world.peer("tg-1-1").spec.enabled);
+    assert!(
+        !world.peer("tg-1-2").spec.enabled,
+        "the user's switch stays"
+    );
+    assert_eq!(
+        quota_condition(&sub),
+        Some(("True".into(), reasons::QUOTA_EXHAUSTED.into()))
+    );
+    let usage = sub.status.as_ref().unwrap().usage.clone().unwrap();
+    assert_eq!(usage.period_bytes(), 1000);
+    assert_eq!(usage.updated_at, Some(at));
+    assert_eq!(reasons_of(&crossed), vec![reasons::QUOTA_EXHAUSTED]);
+    assert_eq!(crossed.requeue_at, Some(now() + DAY * 30));
+    assert_eq!(
+        crossed.events[0].kind,
+        EventKind::Warning,
+        "{}",
+        crossed.events[0].note
+    );
+
+    // Reconciling again changes nothing.
+    let again = world.decide(&sub, at + SignedDuration::from_secs(1));
+    assert!(again.writes.is_empty());
+    assert!(again.status.is_none());
+    assert!(again.events.is_empty());
+}
+
+#[test]
+fn a_purchase_lifts_the_quota_and_takes_the_labels_off() {
+    let mut world = world();
+    let mut sub = with_quota(1000, now() + DAY * 60);
+    world.run(&mut sub, now());
+    report(&mut world, "tg-1-1", 700, 400);
+    world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert!(wgsub_crds::resources::is_over_quota(world.peer("tg-1-1")));
+
+    let renewed = now() + DAY * 90;
+    sub.spec.paid_until = Some(renewed);
+    sub.metadata.generation = Some(2);
+    let at = now() + SignedDuration::from_hours(1);
+    let plan = world.run(&mut sub, at);
+    assert!(!plan.usage.exhausted);
+    assert!(!wgsub_crds::resources::is_over_quota(world.peer("tg-1-1")));
+    assert_eq!(world.peer("tg-1-1").spec.expires_at, Some(renewed));
+    assert_eq!(
+        quota_condition(&sub),
+        Some(("False".into(), reasons::WITHIN_QUOTA.into()))
+    );
+    let usage = sub.status.as_ref().unwrap().usage.clone().unwrap();
+    assert_eq!(usage.period_start, at);
+    assert_eq!(usage.period_bytes(), 0);
+    assert_eq!(usage.total_bytes(), 1100);
+    assert!(reasons_of(&plan).contains(&reasons::WITHIN_QUOTA));
+    assert!(reasons_of(&plan).contains(&reasons::RENEWED));
+}
+
+#[test]
+fn the_next_period_brings_the_devices_back_at_its_start() {
+    let mut world = world();
+    let mut sub = with_quota(1000, now() + DAY * 60);
+    world.run(&mut sub, now());
+    report(&mut world, "tg-1-1", 2000, 0);
+    let exhausted = world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    let end = now() + DAY * 30;
+    assert_eq!(exhausted.requeue_at, Some(end));
+    assert!(
+        world
+            .decide(&sub, end - SignedDuration::from_secs(1))
+            .usage
+            .exhausted
+    );
+    let plan = world.run(&mut sub, end);
+    assert!(!plan.usage.exhausted);
+    assert!(!wgsub_crds::resources::is_over_quota(world.peer("tg-1-1")));
+    let usage = sub.status.as_ref().unwrap().usage.clone().unwrap();
+    assert_eq!(usage.period_start, end);
+    assert_eq!(plan.requeue_at, Some(now() + DAY * 60));
+}
+
+#[test]
+fn an_expired_subscription_over_its_quota_keeps_the_label_on_its_kept_devices() {
+    let mut world = world();
+    let paid_until = now() + DAY;
+    let mut sub = with_quota(1000, paid_until);
+    world.run(&mut sub, now());
+    report(&mut world, "tg-1-1", 2000, 0);
+    world.run(&mut sub, paid_until + SignedDuration::from_secs(1));
+    assert_eq!(
+        sub.status.as_ref().unwrap().phase,
+        Some(SubscriptionPhase::Expired)
+    );
+    assert!(wgsub_crds::resources::is_over_quota(world.peer("tg-1-1")));
+}
+
+#[test]
+fn a_subscription_without_quota_or_reported_traffic_carries_no_usage() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    let status = sub.status.clone().unwrap();
+    assert_eq!(status.usage, None);
+    assert_eq!(quota_condition(&sub), None);
+    report(&mut world, "tg-1-1", 5, 6);
+    let plan = world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    assert!(plan.writes.is_empty());
+    let usage = sub.status.clone().unwrap().usage.unwrap();
+    assert_eq!((usage.total_rx_bytes, usage.total_tx_bytes), (5, 6));
+    assert_eq!(usage.period_end, None);
+    assert_eq!(quota_condition(&sub), None);
 }

@@ -3,9 +3,9 @@
 //! `paidUntil`, keeps them through renewals, deletes them after the retention period, and writes
 //! the subscription's status. Writes use server-side apply with field manager `wgsub-operator`.
 //!
-//! Functional core: [`addresses`], [`decision`] and [`patches`] are pure and tested on
-//! hand-built objects. Imperative shell: [`controller`] (Kubernetes reads and writes, the kube-rs
-//! Controller), [`amnezia`] (the leader's choice of missing AmneziaWG parameters),
+//! Functional core: [`addresses`], [`decision`], [`patches`] and [`usage`] (traffic and the
+//! data quota) are pure and tested on hand-built objects. Imperative shell: [`controller`]
+//! (Kubernetes reads and writes, the kube-rs Controller), [`amnezia`] (the leader's choice of missing AmneziaWG parameters),
 //! [`key_cleanup`] (deleting the keys of deleted peers when keys live in their own namespace),
 //! [`pools`] (per-server locks), [`http`] and [`metrics`]; [`run`] wires them for `main`, with
 //! leader election from `wgsub_runtime::lease`.
@@ -23,6 +23,7 @@ pub mod migrate_keys;
 pub mod patches;
 pub mod peer_view;
 pub mod pools;
+pub mod usage;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

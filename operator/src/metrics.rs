@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics: reconciles, errors by reason, reconcile duration,
-//! subscriptions by phase, address pool usage per server, Events dropped and whether this
-//! replica leads.
+//! subscriptions by phase, address pool usage per server, Events dropped, traffic accounted and
+//! data quotas used up, and whether this replica leads.
 
 use std::time::Duration;
 
@@ -25,6 +25,12 @@ pub struct PhaseLabels {
     pub phase: String,
 }
 
+/// Label of the traffic counter: `rx` (received from the devices) or `tx` (sent to them).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
 /// Labels of the pool gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
@@ -44,6 +50,8 @@ pub struct Metrics {
     pool_capacity: Family<PoolLabels, Gauge>,
     events_dropped: Counter,
     peer_writes_unseen: Gauge,
+    traffic: Family<DirectionLabels, Counter>,
+    quota_exhaustions: Counter,
     leader: LeaderMetrics,
 }
 
@@ -56,7 +64,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry holding every metric.
     pub fn new() -> Self {
-        let mut registry = wgsub_runtime::metrics::registry("wgsub_operator");
+        let mut registry = Registry::with_prefix("wgsub_operator");
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         let errors = Family::<ReasonLabels, Counter>::default();
@@ -101,7 +109,28 @@ impl Metrics {
             "WgPeer writes of this operator its peer watch has not shown yet (the watch's lag)",
             peer_writes_unseen.clone(),
         );
+        let traffic = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "traffic_accounted_bytes",
+            "Bytes folded into subscriptions' usage from their peers' counters, by direction",
+            traffic.clone(),
+        );
+        let quota_exhaustions = Counter::default();
+        registry.register(
+            "quota_exhaustions",
+            "Times a subscription used up its data quota for the period",
+            quota_exhaustions.clone(),
+        );
         let leader = LeaderMetrics::register(&mut registry);
+        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build_info
+            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
+            .set(1);
+        registry.register(
+            "build_info",
+            "What this binary was built from (version, git commit, rustc); always 1",
+            build_info,
+        );
         Self {
             registry,
             reconciles,
@@ -112,6 +141,8 @@ impl Metrics {
             pool_capacity,
             events_dropped,
             peer_writes_unseen,
+            traffic,
+            quota_exhaustions,
             leader,
         }
     }
@@ -165,6 +196,24 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// Counts bytes accounted: `rx` received from devices, `tx` sent to them.
+    pub fn traffic_accounted(&self, rx: i64, tx: i64) {
+        for (direction, bytes) in [("rx", rx), ("tx", tx)] {
+            if let Ok(bytes) = u64::try_from(bytes)
+                && bytes > 0
+            {
+                self.traffic
+                    .get_or_create(&DirectionLabels { direction })
+                    .inc_by(bytes);
+            }
+        }
+    }
+
+    /// Counts a subscription that used up its data quota.
+    pub fn quota_exhausted(&self) {
+        self.quota_exhaustions.inc();
+    }
+
     /// Whether this replica leads, and how often it started to.
     pub fn leader(&self) -> &LeaderMetrics {
         &self.leader
@@ -172,7 +221,10 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
-        wgsub_runtime::metrics::encode(&self.registry)
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
     }
 }
 
@@ -190,6 +242,9 @@ mod tests {
         metrics.leader().set_leader(true);
         metrics.event_dropped();
         metrics.set_peer_writes_unseen(4);
+        metrics.traffic_accounted(1500, 0);
+        metrics.traffic_accounted(500, 20);
+        metrics.quota_exhausted();
         let text = metrics.encode();
         for expected in [
             "wgsub_operator_reconciles_total 2",
@@ -203,6 +258,9 @@ mod tests {
             "wgsub_operator_leader_transitions_total 1",
             "wgsub_operator_events_dropped_total 1",
             "wgsub_operator_peer_writes_unseen 4",
+            "wgsub_operator_traffic_accounted_bytes_total{direction=\"rx\"} 2000",
+            "wgsub_operator_traffic_accounted_bytes_total{direction=\"tx\"} 20",
+            "wgsub_operator_quota_exhaustions_total 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

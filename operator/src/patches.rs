@@ -2,7 +2,8 @@
 //! `Secret` (in the peer keys namespace), a `VpnSubscription` status. Pure builders, so what the operator claims ownership of
 //! is visible (and tested) in one place: never `enabled` or `deviceName`, which belong to the API.
 //! A device over its subscription's limit carries the operator's own `wgsub.io/over-limit`
-//! label; the label is left out otherwise, so server-side apply removes it.
+//! label, and every device of a subscription that used up its data quota the
+//! `wgsub.io/over-quota` label; each is left out otherwise, so server-side apply removes it.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,9 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use wgsub_crds::resources::{LABEL_OVER_LIMIT, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
+use wgsub_crds::resources::{
+    LABEL_OVER_LIMIT, LABEL_OVER_QUOTA, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION,
+};
 use wgsub_crds::{VpnSubscription, VpnSubscriptionStatus};
 
 use crate::decision::{ANNOTATION_WRITTEN_AT, DesiredPeer, KEY_ID, LABEL_PEER_UID, NewKey};
@@ -72,6 +75,9 @@ pub fn peer_apply(
     });
     if desired.over_limit {
         labels[LABEL_OVER_LIMIT] = json!("true");
+    }
+    if desired.over_quota {
+        labels[LABEL_OVER_QUOTA] = json!("true");
     }
     let mut metadata = json!({
         "name": desired.name,
@@ -184,6 +190,7 @@ mod tests {
             address6: Some("fd00::2/128".into()),
             expires_at: Some("2030-01-01T00:00:00Z".parse().unwrap()),
             over_limit: false,
+            over_quota: false,
             key_id: None,
         }
     }
@@ -237,6 +244,23 @@ mod tests {
         assert!(!body["spec"].as_object().unwrap().contains_key("enabled"));
         let back: WgPeer = serde_json::from_value(body).unwrap();
         assert!(wgsub_crds::resources::is_over_limit(&back));
+    }
+
+    #[test]
+    fn the_over_quota_label_is_sent_only_for_a_device_of_an_exhausted_subscription() {
+        let within = peer_apply(&subscription(), &desired()).unwrap();
+        assert!(within["metadata"]["labels"].get(LABEL_OVER_QUOTA).is_none());
+        let over = DesiredPeer {
+            over_quota: true,
+            ..desired()
+        };
+        let body = peer_apply(&subscription(), &over).unwrap();
+        assert_eq!(body["metadata"]["labels"][LABEL_OVER_QUOTA], "true");
+        assert!(body["metadata"]["labels"].get(LABEL_OVER_LIMIT).is_none());
+        assert!(!body["spec"].as_object().unwrap().contains_key("enabled"));
+        let back: WgPeer = serde_json::from_value(body).unwrap();
+        assert!(wgsub_crds::resources::is_over_quota(&back));
+        assert!(!wgsub_crds::resources::is_over_limit(&back));
     }
 
     #[test]
