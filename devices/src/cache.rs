@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::NamespaceResourceScope;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -202,8 +203,16 @@ pub fn holds_version(cached: &str, written: &str) -> bool {
     }
 }
 
-/// A kind the caches hold; see [`Caches::wait_for`].
-pub trait Cached: Resource<DynamicType = ()> + Clone + Sized + 'static {
+/// A kind the caches hold (namespaced, watched); see [`Caches::wait_for`].
+pub trait Cached:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
     /// The caches' store of this kind, if they hold it.
     fn store(caches: &Caches) -> Option<&Store<Self>>;
 
@@ -321,58 +330,32 @@ impl Caches {
         let health = Arc::new(Mutex::new(HashMap::new()));
         let (changed, _) = watch::channel(0u64);
         let peer_index = Arc::new(RwLock::new(PeerIndex::default()));
-        let mut tasks = Vec::new();
         let watch_config = || watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
-        let feed = Feed {
+        let mut feed = Feed {
+            client,
             health: health.clone(),
             changed: changed.clone(),
+            tasks: Vec::new(),
         };
 
-        let subscriptions = options.subscriptions.then(|| {
-            let (store, writer) = kube::runtime::reflector::store();
-            tasks.push(feed.spawn(
-                Kind::Subscriptions,
-                Api::namespaced(client.clone(), namespace),
-                watch_config(),
-                writer,
-                |_| {},
-            ));
-            store
-        });
-        let (peers, writer) = kube::runtime::reflector::store();
+        let subscriptions = options
+            .subscriptions
+            .then(|| feed.watch(Kind::Subscriptions, namespace, watch_config(), |_| {}));
         let index = peer_index.clone();
-        tasks.push(feed.spawn(
-            Kind::Peers,
-            Api::namespaced(client.clone(), namespace),
-            watch_config(),
-            writer,
-            move |event| {
-                index
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .apply(event)
-            },
-        ));
-        let (servers, writer) = kube::runtime::reflector::store();
-        tasks.push(feed.spawn(
-            Kind::Servers,
-            Api::namespaced(client.clone(), namespace),
-            watch_config(),
-            writer,
-            |_| {},
-        ));
+        let peers = feed.watch(Kind::Peers, namespace, watch_config(), move |event| {
+            index
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .apply(event)
+        });
+        let servers = feed.watch(Kind::Servers, namespace, watch_config(), |_| {});
         let keys_namespace = options
             .keys_namespace
             .clone()
             .unwrap_or_else(|| namespace.to_owned());
-        let (secrets, writer) = kube::runtime::reflector::store();
-        tasks.push(feed.spawn(
-            Kind::Secrets,
-            Api::namespaced(client, &keys_namespace),
-            watch_config().labels(LABEL_PEER),
-            writer,
-            |_| {},
-        ));
+        let secrets_config = watch_config().labels(LABEL_PEER);
+        let secrets = feed.watch(Kind::Secrets, &keys_namespace, secrets_config, |_| {});
+        let tasks = feed.tasks;
         Self {
             inner: Arc::new(Inner {
                 namespace: namespace.to_owned(),
@@ -483,6 +466,16 @@ impl Caches {
         self.inner.servers.state()
     }
 
+    /// Every cached `VpnSubscription`, in no particular order (none when they are not
+    /// cached).
+    pub fn subscriptions(&self) -> Vec<Arc<VpnSubscription>> {
+        self.inner
+            .subscriptions
+            .as_ref()
+            .map(Store::state)
+            .unwrap_or_default()
+    }
+
     /// Every cached `WgPeer`, in no particular order.
     pub fn peers(&self) -> Vec<Arc<WgPeer>> {
         self.inner.peers.state()
@@ -518,17 +511,7 @@ impl Caches {
                 .get(&key)
                 .is_none_or(|cached| uid.is_some() && cached.meta().uid != uid)
         };
-        let mut changed = self.inner.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if gone() {
-                return true;
-            }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return gone(),
-            }
-        }
+        self.wait_until(limit, gone).await
     }
 
     /// Waits until the cache holds `written` (the object a write returned) at its resource
@@ -554,53 +537,56 @@ impl Caches {
                     .is_some_and(|have| holds_version(have, &version))
             })
         };
+        self.wait_until(limit, holds).await
+    }
+
+    /// Whether `done` holds of the cache, asked now and again after every change the watches
+    /// bring, for at most `limit`: true as soon as it does, else its answer at the deadline.
+    async fn wait_until(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
         let mut changed = self.inner.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if holds() {
+            if done() {
                 return true;
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => {}
-                _ => return holds(),
+                _ => return done(),
             }
         }
     }
 }
 
-/// What the watch tasks share.
+/// What the watch tasks share, and the tasks started.
 struct Feed {
+    client: kube::Client,
     health: Arc<Mutex<HashMap<Kind, Health>>>,
     changed: watch::Sender<u64>,
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Feed {
-    fn spawn<K>(
-        &self,
+    /// Starts the watch of `kind` in `namespace` and returns the store it fills.
+    fn watch<K: Cached>(
+        &mut self,
         kind: Kind,
-        api: Api<K>,
+        namespace: &str,
         config: watcher::Config,
-        writer: Writer<K>,
         on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
-    ) -> tokio::task::AbortHandle
-    where
-        K: Resource<DynamicType = ()>
-            + Clone
-            + fmt::Debug
-            + serde::de::DeserializeOwned
-            + Send
-            + Sync
-            + 'static,
-    {
+    ) -> Store<K> {
+        let (store, writer) = kube::runtime::reflector::store();
+        let api = Api::namespaced(self.client.clone(), namespace);
         let health = self.health.clone();
         let changed = self.changed.clone();
-        tokio::spawn(feed(kind, api, config, writer, health, changed, on_event)).abort_handle()
+        let task = tokio::spawn(feed(kind, api, config, writer, health, changed, on_event));
+        self.tasks.push(task.abort_handle());
+        store
     }
 }
 
 /// One kind's task: watch, apply every event to the store (and `on_event`), and on an error
 /// re-list from scratch after a backoff.
-async fn feed<K>(
+async fn feed<K: Cached>(
     kind: Kind,
     api: Api<K>,
     config: watcher::Config,
@@ -608,15 +594,7 @@ async fn feed<K>(
     health: Arc<Mutex<HashMap<Kind, Health>>>,
     changed: watch::Sender<u64>,
     mut on_event: impl FnMut(&watcher::Event<K>),
-) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     const FIRST_BACKOFF: Duration = Duration::from_millis(500);
     let mut backoff = FIRST_BACKOFF;
     let update = |change: &dyn Fn(&mut Health)| {
