@@ -5,7 +5,8 @@
 //!
 //! Functional core: [`addresses`], [`decision`], [`patches`] and [`usage`] (traffic and the
 //! data quota) are pure and tested on hand-built objects. Imperative shell: [`controller`]
-//! (Kubernetes reads and writes, the kube-rs Controller), [`amnezia`] (the leader's choice of missing AmneziaWG parameters),
+//! (Kubernetes reads and writes, the kube-rs Controller), [`amnezia`] (the leader's choice of
+//! missing AmneziaWG parameters),
 //! [`key_cleanup`] (deleting the keys of deleted peers when keys live in their own namespace),
 //! [`pools`] (per-server locks), [`http`] and [`metrics`]; [`run`] wires them for `main`, with
 //! leader election from `wgsub_runtime::lease`.
@@ -58,6 +59,7 @@ pub async fn lead(
             ctx.client.clone(),
             namespace,
             ctx.settings.keys_namespace_for(namespace),
+            ctx.clock.clone(),
         )
     });
     let cleanup_term = term.clone();

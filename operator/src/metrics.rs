@@ -64,7 +64,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry holding every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wgsub_operator");
+        let mut registry = wgsub_runtime::metrics::registry("wgsub_operator");
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         let errors = Family::<ReasonLabels, Counter>::default();
@@ -122,15 +122,6 @@ impl Metrics {
             quota_exhaustions.clone(),
         );
         let leader = LeaderMetrics::register(&mut registry);
-        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-        build_info
-            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
-            .set(1);
-        registry.register(
-            "build_info",
-            "What this binary was built from (version, git commit, rustc); always 1",
-            build_info,
-        );
         Self {
             registry,
             reconciles,
@@ -221,10 +212,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        wgsub_runtime::metrics::encode(&self.registry)
     }
 }
 
