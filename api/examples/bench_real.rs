@@ -30,25 +30,23 @@
 //! `PACED_CONNECTIONS` (100), `SETTLE` (seconds to wait after seeding before measuring, so the
 //! API server and etcd are quiet again; 20).
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 use wgsub_api::initdata;
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
-use wgsub_crds::{SecretKeyRef, WgPeer, WgPeerSpec, WgServer};
+use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::{AdminGrant, Ledger, SubscriptionSync, TelegramUser};
 use wgsub_testkit::chart::{apply_chart_rbac, component_kubeconfig, service_account};
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 
 const FIRST_USER: i64 = 1_000_000;
 const PLANS: &str = "plans:\n  - id: month\n    title: {ru: \"Месяц\", en: \"Month\"}\n    days: 30\n    priceMinor: 19900\n    currency: RUB\n    devices: 2\n";
@@ -94,43 +92,13 @@ async fn seed_user(
     let subscription = sync.sync_user(ledger, id).await?;
     let name = format!("tg-{id}-1");
     let key = PrivateKey::generate();
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(format!("{name}-key")),
-            labels: Some(BTreeMap::from([(LABEL_PEER.to_owned(), name.clone())])),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            "privateKey".to_owned(),
-            ByteString(key.to_base64().as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    };
     Api::<Secret>::namespaced(admin.clone(), namespace)
-        .create(&PostParams::default(), &secret)
+        .create(&PostParams::default(), &fixtures::key_secret(&name, &key))
         .await?;
-    let mut peer = WgPeer::new(
-        &name,
-        WgPeerSpec {
-            server: "main".into(),
-            public_key: Some(key.public_key().to_base64()),
-            private_key_secret_ref: Some(SecretKeyRef::new(format!("{name}-key"), "privateKey")),
-            preshared_key_secret_ref: None,
-            address: Some(format!(
-                "10.64.{}.{}/32",
-                (index + 2) / 256,
-                (index + 2) % 256
-            )),
-            address6: None,
-            expires_at: subscription.spec.paid_until,
-            enabled: true,
-            device_name: Some("Phone".into()),
-        },
-    );
-    peer.metadata.labels = Some(BTreeMap::from([(
-        LABEL_SUBSCRIPTION.to_owned(),
-        format!("tg-{id}"),
-    )]));
+    let address = format!("10.64.{}.{}/32", (index + 2) / 256, (index + 2) % 256);
+    let mut peer = fixtures::peer(&name, &format!("tg-{id}"), "main", &key, &address);
+    peer.spec.expires_at = subscription.spec.paid_until;
+    peer.spec.device_name = Some("Phone".into());
     Api::<WgPeer>::namespaced(admin.clone(), namespace)
         .create(&PostParams::default(), &peer)
         .await?;
@@ -307,26 +275,10 @@ async fn main() -> anyhow::Result<()> {
     apply_chart_rbac(plane, &namespace, &[]).await;
     let admin = plane.admin_client();
     let servers: Api<WgServer> = Api::namespaced(admin.clone(), &namespace);
-    let server = WgServer::new(
-        "main",
-        serde_json::from_value(json!({
-            "endpoint": "vpn.example.com:51820",
-            "addressPool": "10.64.0.0/16",
-            "dns": ["1.1.1.1"],
-            "privateKeySecretRef": {"name": "main-key"}
-        }))?,
-    );
+    let mut server = fixtures::server("main", "10.64.0.0/16");
+    server.spec.dns = vec!["1.1.1.1".into()];
     servers.create(&PostParams::default(), &server).await?;
-    servers
-        .patch_status(
-            "main",
-            &PatchParams::apply("wgsub-bench-agent"),
-            &Patch::Apply(json!({
-                "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-                "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
-            })),
-        )
-        .await?;
+    fixtures::publish_server_key(&servers, "main").await;
     let (pool, database_url) = fresh_database("bench_real").await;
     let ledger = Ledger::new(pool, false);
     let sync = SubscriptionSync::new(admin.clone(), &namespace);

@@ -6,7 +6,6 @@
 //! in-memory Kubernetes. Each test binary uses a part of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,10 +17,9 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 use wgsub_api::metrics::Metrics;
@@ -30,16 +28,14 @@ use wgsub_api::state::api_caches;
 use wgsub_api::{AppState, KubeApis, Settings, app, clientip, initdata};
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
-use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION};
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer,
-};
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::{DbConfig, Ledger, YooKassa, YooKassaConfig};
 use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wiremock::matchers::{header as has_header, header_exists, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 use zeroize::Zeroizing;
@@ -206,32 +202,13 @@ async fn harness_on(
 /// status subresource).
 pub async fn create_server(admin: &kube::Client, namespace: &str) {
     let servers: Api<WgServer> = Api::namespaced(admin.clone(), namespace);
-    let server = WgServer::new(
-        "main",
-        serde_json::from_value(json!({
-            "endpoint": "vpn.example.com:51820",
-            "addressPool": "10.8.0.0/24",
-            "dns": ["1.1.1.1"],
-            "privateKeySecretRef": {"name": "main-key"}
-        }))
-        .unwrap(),
-    );
+    let mut server = fixtures::server("main", "10.8.0.0/24");
+    server.spec.dns = vec!["1.1.1.1".into()];
     servers
         .create(&PostParams::default(), &server)
         .await
         .unwrap();
-    let status = json!({
-        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-        "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
-    });
-    servers
-        .patch_status(
-            "main",
-            &PatchParams::apply("wgsub-test-agent"),
-            &Patch::Apply(&status),
-        )
-        .await
-        .unwrap();
+    fixtures::publish_server_key(&servers, "main").await;
 }
 
 /// The AmneziaWG WgServer `name` (pool `10.9.0.0/24`) with a complete AWG 1.0 parameter set
@@ -260,18 +237,7 @@ pub async fn create_amneziawg_server(h: &Harness, name: &str) {
         .create(&PostParams::default(), &server)
         .await
         .unwrap();
-    let status = json!({
-        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-        "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
-    });
-    let server = servers
-        .patch_status(
-            name,
-            &PatchParams::apply("wgsub-test-agent"),
-            &Patch::Apply(&status),
-        )
-        .await
-        .unwrap();
+    let server = fixtures::publish_server_key(&servers, name).await;
     h.visible(&server).await;
 }
 
@@ -436,10 +402,11 @@ impl Harness {
     /// An active subscription with one ready device `tg-<id>-1` (as the operator would make it).
     pub async fn active_user(&self, user: i64) {
         let subs: Api<VpnSubscription> = Api::namespaced(self.admin.clone(), &self.namespace);
-        let mut spec = VpnSubscriptionSpec::for_user(user);
-        spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24 * 30));
-        spec.max_devices = 2;
-        let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+        let mut sub = fixtures::paid_subscription(
+            user,
+            Timestamp::now() + SignedDuration::from_hours(24 * 30),
+        );
+        sub.spec.max_devices = 2;
         sub.metadata.namespace = Some(self.namespace.clone());
         let sub = subs.create(&Default::default(), &sub).await.unwrap();
         self.visible(&sub).await;
@@ -471,43 +438,14 @@ impl Harness {
         let name = format!("tg-{user}-{index}");
         let key = PrivateKey::generate();
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &self.keys_namespace);
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(format!("{name}-key")),
-                namespace: Some(self.keys_namespace.clone()),
-                labels: Some(BTreeMap::from([(LABEL_PEER.to_owned(), name.clone())])),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(
-                "privateKey".to_owned(),
-                ByteString(key.to_base64().as_bytes().to_vec()),
-            )])),
-            ..Default::default()
-        };
+        let mut secret = fixtures::key_secret(&name, &key);
+        secret.metadata.namespace = Some(self.keys_namespace.clone());
         let secret = secrets.create(&Default::default(), &secret).await.unwrap();
         self.visible(&secret).await;
-        let mut peer = WgPeer::new(
-            &name,
-            WgPeerSpec {
-                server: server.into(),
-                public_key: Some(key.public_key().to_base64()),
-                private_key_secret_ref: Some(SecretKeyRef::new(
-                    format!("{name}-key"),
-                    "privateKey",
-                )),
-                preshared_key_secret_ref: None,
-                address: Some(address.into()),
-                address6: None,
-                expires_at: sub.spec.paid_until,
-                enabled: true,
-                device_name: Some(device_name.into()),
-            },
-        );
+        let mut peer = fixtures::peer(&name, &format!("tg-{user}"), server, &key, address);
+        peer.spec.expires_at = sub.spec.paid_until;
+        peer.spec.device_name = Some(device_name.into());
         peer.metadata.namespace = Some(self.namespace.clone());
-        peer.metadata.labels = Some(BTreeMap::from([(
-            LABEL_SUBSCRIPTION.to_owned(),
-            format!("tg-{user}"),
-        )]));
         let peer = Api::<WgPeer>::namespaced(self.admin.clone(), &self.namespace)
             .create(&Default::default(), &peer)
             .await
