@@ -27,6 +27,7 @@ use wgsub_crds::{SubscriptionPhase, VpnSubscription, WgPeer};
 use wgsub_devices::manage::{
     AddRefused, DeviceWriter, WriteError, device_to_add, replacement_peer,
 };
+use wgsub_devices::usage::DeviceTraffic;
 
 use crate::app::App;
 use crate::devices::{device_label, user_peer, user_peers};
@@ -114,6 +115,24 @@ pub fn entry(peer: &WgPeer, now: Timestamp) -> DeviceEntry {
     }
 }
 
+/// Each device's traffic this period and in total, from `subscription`'s usage; `None` for a
+/// device the operator has not counted yet.
+pub fn device_traffic(
+    subscription: Option<&VpnSubscription>,
+    peers: &[WgPeer],
+) -> Vec<Option<DeviceTraffic>> {
+    let usage = subscription
+        .and_then(|sub| sub.status.as_ref())
+        .and_then(|status| status.usage.as_ref());
+    peers
+        .iter()
+        .map(|peer| {
+            usage?.device(&peer.name_any())?;
+            Some(DeviceTraffic::of(subscription, &peer.name_any()))
+        })
+        .collect()
+}
+
 /// The list's keyboard: per device its config button, then rename, new key and delete; an add
 /// button while there is room.
 pub fn list_keyboard(lang: Lang, peers: &[WgPeer], max_devices: i32) -> InlineKeyboardMarkup {
@@ -167,15 +186,18 @@ async fn active_subscription(
 async fn send_list(to: Reply<'_>, user_id: i64) -> HandlerResult {
     let app = to.app;
     let peers = user_peers(&app.caches, user_id)?;
-    // The limit the operator and the api enforce: the subscription's.
-    let max_devices = writer(app)
+    // The limit the operator and the api enforce: the subscription's; and the devices'
+    // traffic as the operator counted it there.
+    let subscription = writer(app)
         .subscription(&subscription_name(user_id))
-        .await?
-        .map_or(1, |sub| sub.spec.max_devices);
+        .await?;
+    let max_devices = subscription.as_ref().map_or(1, |sub| sub.spec.max_devices);
     let now = Timestamp::now();
     let entries: Vec<DeviceEntry> = peers.iter().map(|peer| entry(peer, now)).collect();
+    let traffic = device_traffic(subscription.as_ref(), &peers);
+    let list = text::devices_list_with_traffic(to.lang, &entries, &traffic, max_devices);
     to.bot
-        .send_message(to.chat, text::devices_list(to.lang, &entries, max_devices))
+        .send_message(to.chat, list)
         .reply_markup(list_keyboard(to.lang, &peers, max_devices))
         .await?;
     Ok(())

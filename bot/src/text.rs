@@ -6,6 +6,7 @@ use wgsub_crds::SubscriptionPhase;
 use wgsub_crds::plans::Plan;
 use wgsub_crds::resources::Protocol;
 use wgsub_devices::apps::{Platform, StoreLink};
+use wgsub_devices::usage::{DeviceTraffic, Usage};
 
 use wgsub_ledger::{PromoBenefit, PromoCode, RedeemRefusal, ReferralSummary};
 
@@ -273,18 +274,21 @@ pub fn choose_plan(lang: Lang) -> &'static str {
     lang.pick("Выберите тариф:", "Choose a plan:")
 }
 
-/// The label of a plan's button: title, price and devices.
+/// The label of a plan's button: title, price, devices and the traffic per period.
 pub fn plan_button(lang: Lang, plan: &Plan) -> String {
     let title = plan.title.for_language(Some(lang.code()));
+    let traffic = plan_traffic(lang, plan)
+        .map(|traffic| format!(", {traffic}"))
+        .unwrap_or_default();
     match lang {
         Lang::Ru => format!(
-            "{title} — {} {} ({} устр.)",
+            "{title} — {} {} ({} устр.{traffic})",
             plan.price_decimal(),
             plan.currency,
             plan.devices
         ),
         Lang::En => format!(
-            "{title} — {} {} ({} device{})",
+            "{title} — {} {} ({} device{}{traffic})",
             plan.price_decimal(),
             plan.currency,
             plan.devices,
@@ -542,6 +546,17 @@ pub fn bytes(lang: Lang, count: i64) -> String {
 /// The `/devices` answer: each device with whether it is connected, its last handshake and its
 /// traffic, then what the buttons do.
 pub fn devices_list(lang: Lang, devices: &[DeviceEntry], max_devices: i32) -> String {
+    devices_list_with_traffic(lang, devices, &[], max_devices)
+}
+
+/// [`devices_list`] with each device's traffic this period and in total (`traffic[i]` for
+/// `devices[i]`; `None` or missing: not counted yet).
+pub fn devices_list_with_traffic(
+    lang: Lang,
+    devices: &[DeviceEntry],
+    traffic: &[Option<DeviceTraffic>],
+    max_devices: i32,
+) -> String {
     let mut out = format!(
         "{}: {} / {max_devices}\n",
         lang.pick("Ваши устройства", "Your devices"),
@@ -554,7 +569,7 @@ pub fn devices_list(lang: Lang, devices: &[DeviceEntry], max_devices: i32) -> St
         ));
         return out;
     }
-    for device in devices {
+    for (index, device) in devices.iter().enumerate() {
         let state = match (device.ready, device.connected, device.enabled) {
             (false, _, _) => lang.pick("⏳ готовится", "⏳ being set up"),
             (true, _, false) => lang.pick("⏸ выключено", "⏸ off"),
@@ -577,6 +592,9 @@ pub fn devices_list(lang: Lang, devices: &[DeviceEntry], max_devices: i32) -> St
             bytes(lang, device.rx_bytes),
             bytes(lang, device.tx_bytes),
         ));
+        if let Some(Some(traffic)) = traffic.get(index) {
+            out.push_str(&device_traffic_line(lang, traffic));
+        }
     }
     out.push_str(lang.pick(
         "\nКнопки: 📄 конфиг, ✏️ переименовать, 🔄 новый ключ (старый конфиг перестанет работать), 🗑 удалить.",
@@ -1897,5 +1915,257 @@ mod amneziawg_tests {
             config_caption(Lang::Ru, "a", Protocol::Amneziawg),
             config_caption(Lang::En, "a", Protocol::Amneziawg)
         );
+    }
+}
+
+// ---- Data quota: traffic per period ----
+
+/// A plan's traffic per period as its button shows it (`50 GB`); `None` without a quota.
+fn plan_traffic(lang: Lang, plan: &Plan) -> Option<String> {
+    plan.traffic_gib
+        .map(|gib| format!("{gib} {}", lang.pick("ГБ", "GB")))
+}
+
+/// The traffic lines of `/status`: this period's use against the quota (with what is left and
+/// when the period ends) and a paused notice when it is used up; the totals. Empty without a
+/// quota and with nothing counted yet.
+pub fn usage_lines(lang: Lang, usage: &Usage) -> String {
+    let mut out = String::new();
+    if let Some(quota) = usage.quota_bytes {
+        let used = bytes(lang, usage.period_bytes());
+        let left = bytes(lang, usage.remaining_bytes().unwrap_or(0));
+        let quota = bytes(lang, quota);
+        out.push_str(&match lang {
+            Lang::Ru => format!("Трафик за период: {used} из {quota}, осталось {left}"),
+            Lang::En => format!("Traffic this period: {used} of {quota}, {left} left"),
+        });
+        if let Some(end) = usage.period_end {
+            out.push_str(&format!(" ({} {})", lang.pick("до", "until"), date(end)));
+        }
+        out.push('\n');
+        if usage.exhausted {
+            out.push_str(&quota_paused(lang, usage.period_end));
+            out.push('\n');
+        }
+    } else if usage.total_bytes() == 0 {
+        return out;
+    }
+    out.push_str(&format!(
+        "{}: ↑ {} ↓ {}",
+        lang.pick("Трафик всего", "Traffic in total"),
+        bytes(lang, usage.total_rx_bytes),
+        bytes(lang, usage.total_tx_bytes)
+    ));
+    out
+}
+
+/// That the quota is used up and until when the devices are paused.
+fn quota_paused(lang: Lang, period_end: Option<Timestamp>) -> String {
+    match (lang, period_end) {
+        (Lang::Ru, Some(end)) => format!(
+            "⛔ Трафик на этот период исчерпан: VPN на паузе до {} или до новой покупки (/buy).",
+            date(end)
+        ),
+        (Lang::Ru, None) => {
+            "⛔ Трафик на этот период исчерпан: VPN на паузе до новой покупки (/buy).".into()
+        }
+        (Lang::En, Some(end)) => format!(
+            "⛔ This period's traffic is used up: the VPN is paused until {} or a new purchase (/buy).",
+            date(end)
+        ),
+        (Lang::En, None) => {
+            "⛔ This period's traffic is used up: the VPN is paused until a new purchase (/buy)."
+                .into()
+        }
+    }
+}
+
+/// The message sent once when a user's quota for the period runs out; the plans follow as
+/// buttons.
+pub fn quota_exhausted(lang: Lang, period_end: Option<Timestamp>) -> String {
+    let paused = match (lang, period_end) {
+        (Lang::Ru, Some(end)) => format!(
+            "Ваши устройства на паузе до {}, когда начнётся новый период, — или до новой покупки.",
+            date(end)
+        ),
+        (Lang::Ru, None) => "Ваши устройства на паузе до новой покупки.".to_owned(),
+        (Lang::En, Some(end)) => format!(
+            "Your devices are paused until {}, when a new period starts — or until you buy more.",
+            date(end)
+        ),
+        (Lang::En, None) => "Your devices are paused until you buy more.".to_owned(),
+    };
+    format!(
+        "{}\n\n{paused}\n{}",
+        lang.pick(
+            "⛔ Трафик по вашему тарифу на этот период исчерпан.",
+            "⛔ You have used up your plan's traffic for this period."
+        ),
+        lang.pick(
+            "Продлить сейчас — выберите тариф:",
+            "To go on now, pick a plan:"
+        )
+    )
+}
+
+/// A device's traffic line of `/devices`: this period and in total.
+fn device_traffic_line(lang: Lang, traffic: &DeviceTraffic) -> String {
+    format!(
+        "  {} ↑ {} ↓ {} · {} ↑ {} ↓ {}\n",
+        lang.pick("за период", "this period"),
+        bytes(lang, traffic.period_rx_bytes),
+        bytes(lang, traffic.period_tx_bytes),
+        lang.pick("всего", "in total"),
+        bytes(lang, traffic.total_rx_bytes),
+        bytes(lang, traffic.total_tx_bytes),
+    )
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+    use wgsub_crds::plans::LocalizedText;
+
+    const GIB: i64 = 1 << 30;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn plan(traffic_gib: Option<u32>) -> Plan {
+        Plan {
+            id: "month".into(),
+            title: LocalizedText {
+                ru: "Месяц".into(),
+                en: "Month".into(),
+            },
+            days: 30,
+            price_minor: 19_900,
+            currency: "RUB".into(),
+            devices: 2,
+            price_stars: None,
+            traffic_gib,
+        }
+    }
+
+    #[test]
+    fn a_plan_button_tells_its_traffic_and_none_without_a_quota() {
+        assert_eq!(
+            plan_button(Lang::En, &plan(Some(50))),
+            "Month — 199.00 RUB (2 devices, 50 GB)"
+        );
+        assert_eq!(
+            plan_button(Lang::Ru, &plan(Some(50))),
+            "Месяц — 199.00 RUB (2 устр., 50 ГБ)"
+        );
+        assert_eq!(
+            plan_button(Lang::En, &plan(None)),
+            "Month — 199.00 RUB (2 devices)"
+        );
+    }
+
+    fn usage(quota: Option<i64>, exhausted: bool) -> Usage {
+        Usage {
+            quota_bytes: quota,
+            period_rx_bytes: 10 * GIB,
+            period_tx_bytes: 30 * GIB + GIB / 2,
+            period_start: Some(t("2026-12-07T00:00:00Z")),
+            period_end: quota.map(|_| t("2027-01-06T00:00:00Z")),
+            total_rx_bytes: 25 * GIB,
+            total_tx_bytes: 90 * GIB,
+            exhausted,
+        }
+    }
+
+    #[test]
+    fn status_shows_use_against_the_quota_what_is_left_and_the_period_end() {
+        assert_eq!(
+            usage_lines(Lang::En, &usage(Some(50 * GIB), false)),
+            "Traffic this period: 40.5 GB of 50.0 GB, 9.5 GB left (until 2027-01-06 00:00 UTC)\n\
+             Traffic in total: ↑ 25.0 GB ↓ 90.0 GB"
+        );
+        assert_eq!(
+            usage_lines(Lang::Ru, &usage(Some(50 * GIB), false)),
+            "Трафик за период: 40.5 ГБ из 50.0 ГБ, осталось 9.5 ГБ (до 2027-01-06 00:00 UTC)\n\
+             Трафик всего: ↑ 25.0 ГБ ↓ 90.0 ГБ"
+        );
+    }
+
+    #[test]
+    fn status_says_the_vpn_is_paused_when_the_quota_is_used_up() {
+        for lang in [Lang::Ru, Lang::En] {
+            let lines = usage_lines(lang, &usage(Some(40 * GIB), true));
+            assert!(lines.contains("⛔"), "{lines}");
+            assert!(lines.contains("2027-01-06 00:00 UTC"), "{lines}");
+            assert!(lines.contains("/buy"), "{lines}");
+            assert!(lines.contains(&bytes(lang, 0)), "nothing left: {lines}");
+        }
+        assert!(!usage_lines(Lang::En, &usage(Some(50 * GIB), false)).contains('⛔'));
+    }
+
+    #[test]
+    fn without_a_quota_status_shows_totals_and_nothing_before_any_traffic() {
+        assert_eq!(
+            usage_lines(Lang::En, &usage(None, false)),
+            "Traffic in total: ↑ 25.0 GB ↓ 90.0 GB"
+        );
+        assert_eq!(usage_lines(Lang::Ru, &Usage::default()), "");
+    }
+
+    #[test]
+    fn the_exhaustion_notice_names_the_period_end_or_only_a_purchase() {
+        let end = Some(t("2027-01-06T00:00:00Z"));
+        for lang in [Lang::Ru, Lang::En] {
+            let with_end = quota_exhausted(lang, end);
+            assert!(with_end.contains("2027-01-06 00:00 UTC"), "{with_end}");
+            assert!(!quota_exhausted(lang, None).contains("UTC"));
+        }
+        assert!(quota_exhausted(Lang::En, end).contains("pick a plan"));
+        assert!(quota_exhausted(Lang::Ru, end).contains("выберите тариф"));
+    }
+
+    #[test]
+    fn a_device_line_shows_its_period_and_total_traffic() {
+        let traffic = DeviceTraffic {
+            period_rx_bytes: 1536,
+            period_tx_bytes: 3 * 1024 * 1024,
+            total_rx_bytes: 2 * GIB,
+            total_tx_bytes: 5 * GIB,
+        };
+        assert_eq!(
+            device_traffic_line(Lang::En, &traffic),
+            "  this period ↑ 1.5 KB ↓ 3.0 MB · in total ↑ 2.0 GB ↓ 5.0 GB\n"
+        );
+        assert_eq!(
+            device_traffic_line(Lang::Ru, &traffic),
+            "  за период ↑ 1.5 КБ ↓ 3.0 МБ · всего ↑ 2.0 ГБ ↓ 5.0 ГБ\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod renewal_unconfirmed_tests {
+    use super::*;
+
+    #[test]
+    fn an_unconfirmed_renewal_is_being_checked_never_called_failed() {
+        let until: Timestamp = "2026-04-01T00:00:00Z".parse().unwrap();
+        for lang in [Lang::Ru, Lang::En] {
+            let said = renewal_unconfirmed(lang, Some(until));
+            assert!(said.contains("2026-04-01 00:00 UTC"), "{said}");
+            assert!(said.contains("/buy"), "{said}");
+            for wrong in [
+                "failed",
+                "could not be charged",
+                "Nothing was charged and",
+                "Не удалось",
+                "Деньги не списаны,",
+            ] {
+                assert!(!said.contains(wrong), "{lang:?} says {wrong:?}: {said}");
+            }
+            assert!(!renewal_unconfirmed(lang, None).contains("UTC"));
+        }
+        assert!(renewal_unconfirmed(Lang::Ru, None).contains("проверяем"));
+        assert!(renewal_unconfirmed(Lang::En, None).contains("checking"));
     }
 }
