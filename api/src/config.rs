@@ -6,38 +6,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use jiff::SignedDuration;
 use wgsub_crds::plans::PlanCatalogue;
+use wgsub_runtime::duration::{self, DurationParser};
+use wgsub_runtime::logging::LogArgs;
 use zeroize::Zeroizing;
 
 use crate::clientip::{YOOKASSA_SOURCE_RANGES, parse_net};
 
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// `wgsub-api`: the HTTP API, YooKassa webhooks and the Telegram Mini App of wgsub.
 #[derive(Debug, Parser)]
-#[command(name = "wgsub-api", version, about)]
+#[command(name = "wgsub-api", version, about, after_help = duration::HELP)]
 pub struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        env = "WGSUB_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax), e.g. info or wgsub_api=debug.
-    #[arg(long = "log", env = "WGSUB_LOG", default_value = "info", global = true, value_parser = parse_filter)]
-    pub log_filter: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -46,6 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the API (runs pending migrations first).
+    #[command(after_help = duration::HELP)]
     Serve(Box<ServeArgs>),
     /// Run the database migrations and exit (for a Helm hook Job).
     Migrate(DatabaseArgs),
@@ -139,7 +124,8 @@ pub struct ServeArgs {
 
     /// Maximum age of Mini App initData (e.g. 1h, 30m): older initData is refused with
     /// `init_data_expired` and the Mini App asks the user to reopen it for fresh initData.
-    #[arg(long, env = "WGSUB_INIT_DATA_MAX_AGE", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "WGSUB_INIT_DATA_MAX_AGE", default_value = "1h", value_name = "DURATION",
+          value_parser = DurationParser::positive())]
     pub init_data_max_age: Duration,
 
     /// Public https URL of the API; the Mini App is at <url>/miniapp/.
@@ -184,7 +170,8 @@ pub struct ServeArgs {
     pub trusted_proxies: Vec<IpNet>,
 
     /// How often ledger → VpnSubscription drift is repaired (e.g. 60s).
-    #[arg(long, env = "WGSUB_DRIFT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "WGSUB_DRIFT_INTERVAL", default_value = "60s", value_name = "DURATION",
+          value_parser = DurationParser::positive())]
     pub drift_interval: Duration,
 
     /// Largest accepted request body in bytes.
@@ -268,12 +255,6 @@ impl clap::builder::TypedValueParser for SecretParser {
     }
 }
 
-fn parse_filter(text: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(text)
-        .map(|_| text.to_owned())
-        .map_err(|e| e.to_string())
-}
-
 fn parse_database_url(text: &str) -> Result<SecretString, String> {
     let config = wgsub_ledger::DbConfig::new(text);
     config
@@ -343,29 +324,6 @@ fn parse_url(text: &str) -> Result<String, String> {
     } else {
         Err(format!("{text:?} is not an http(s) URL"))
     }
-}
-
-/// `30s`, `15m`, `24h`, `7d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} needs a unit (s, m, h, d)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 15m, 24h or 7d"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
-    };
-    if number == 0 {
-        return Err(format!("{text:?} must be more than zero"));
-    }
-    Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
 
 fn parse_plans_file(text: &str) -> Result<Plans, String> {
@@ -489,12 +447,27 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["", "10", "h", "0s", "5w", "-1h"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+    fn durations_take_the_one_syntax_and_must_be_more_than_zero() {
+        let file = plans_file();
+        let path = file.path().to_str().unwrap();
+        let given = serve(
+            Cli::try_parse_from(args(
+                &["--drift-interval", "1m30s", "--init-data-max-age", "7d"],
+                path,
+            ))
+            .unwrap(),
+        );
+        assert_eq!(given.drift_interval, Duration::from_secs(90));
+        assert_eq!(given.init_data_max_age, Duration::from_secs(604_800));
+        for bad in ["", "h", "0s", "5w", "-1h"] {
+            let flag = format!("--drift-interval={bad}");
+            let error = Cli::try_parse_from(args(&[&flag], path))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("--drift-interval (WGSUB_DRIFT_INTERVAL)"),
+                "{bad}: {error}"
+            );
         }
     }
 

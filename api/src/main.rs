@@ -1,52 +1,23 @@
 //! `wgsub-api` binary: parses settings, sets up logging, then either runs the migrations
 //! (`migrate`, for the Helm hook Job), imports an old server's customers (`import`) or serves
-//! (`serve`: migrations, drift loop, HTTP with graceful shutdown on SIGTERM/SIGINT).
+//! (`serve`: migrations, drift loop, HTTP with graceful shutdown on SIGTERM/SIGINT). The shell
+//! around it (logging, SIGTERM, the exit line) is [`wgsub_runtime`]'s.
 
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
-use wgsub_api::config::{Cli, Command, ImportArgs, LogFormat, ServeArgs};
+use wgsub_api::config::{Cli, Command, ImportArgs, ServeArgs};
 use wgsub_api::state::state_from_args;
 use wgsub_api::{app, import, system};
 use wgsub_ledger::db;
-
-fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::new(filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn shutdown_signal(stop: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
-    stop.cancel();
-}
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
     let state = state_from_args(&args, client).await?;
-    let stop = CancellationToken::new();
+    let stop = wgsub_runtime::shutdown::on_signal();
     let drift = tokio::spawn(system::drift_loop(
         state.clone(),
         args.drift_interval,
@@ -60,7 +31,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal(stop.clone()))
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
     .await
     .context("serving HTTP")?;
     stop.cancel();
@@ -105,22 +76,14 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match start().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("wgsub-api: {}", wgsub_crds::error_line::error_line(&*error));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    wgsub_runtime::process::exit("wgsub-api", start().await)
 }
 
-/// The binary; its error is printed as one line naming its cause.
+/// The binary; a bad setting exits 2 naming it, any other error is printed as one line.
 async fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // One TLS crypto provider, named here: with two compiled in (as a build with test
-    // dependencies has), rustls would refuse to pick one at the first connection.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    init_logging(cli.log_format, &cli.log_filter);
+    wgsub_runtime::process::install_crypto_provider();
+    cli.log.init();
     match cli.command {
         Command::Migrate(database) => {
             let pool = db::connect_lazy(&database.db_config()).context("--database-url")?;

@@ -87,7 +87,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wgsub_api");
+        let mut registry = wgsub_runtime::metrics::registry("wgsub_api");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -147,15 +147,6 @@ impl Metrics {
             "ledger_last_payment_timestamp_seconds",
             "Unix time of the latest applied payment; 0 before the first",
             ledger.last_payment.clone(),
-        );
-        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-        build_info
-            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
-            .set(1);
-        registry.register(
-            "build_info",
-            "What this binary was built from (version, git commit, rustc); always 1",
-            build_info,
         );
         Self {
             registry,
@@ -236,10 +227,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        wgsub_runtime::metrics::encode(&self.registry)
     }
 }
 

@@ -1,67 +1,54 @@
-//! Operational endpoints: `/healthz` (the process serves), `/readyz` (the database reachable
-//! and the caches synced and fresh — see [`wgsub_devices::cache`] for how stale they may be),
-//! `/metrics`, `/openapi.json`, the request metrics middleware and the drift loop that repairs
-//! every difference between the ledger and the `VpnSubscription`s (and refreshes the ledger's
-//! business gauges).
+//! Operational endpoints: the probes on [`wgsub_runtime::http`]'s `/healthz` (the process
+//! serves), `/readyz` (the database reachable and the caches synced and fresh — see
+//! [`wgsub_devices::cache`] for how stale they may be) and `/metrics`; `/openapi.json`, the
+//! request metrics middleware and the drift loop that repairs every difference between the
+//! ledger and the `VpnSubscription`s (and refreshes the ledger's business gauges).
 
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
+use wgsub_runtime::http::{Probes, Unavailable};
 
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::state::SharedState;
 
-pub async fn healthz() -> &'static str {
-    "ok"
+/// The probes: ready when [`readiness`] is, metrics from the state's registry.
+pub fn probes(state: &SharedState) -> Probes {
+    let (scraped, checked) = (state.clone(), state.clone());
+    Probes::new(move || scraped.metrics.encode()).ready_when(move || {
+        let state = checked.clone();
+        async move { readiness(&state).await }
+    })
 }
 
 /// Ready when the database answers and the caches have synced and are not stale (no call to
 /// the API server: the caches' watches are what proves it reachable).
-pub async fn readyz(State(state): State<SharedState>) -> Response {
+pub async fn readiness(state: &SharedState) -> Result<(), Unavailable> {
     let database = state.ledger.ping().await;
     let caches = state.caches.check();
-    match (database, caches) {
-        (Ok(()), Ok(())) => (StatusCode::OK, "ready").into_response(),
-        (database, caches) => {
-            let mut failing = Vec::new();
-            if let Err(error) = &database {
-                tracing::warn!(%error, "not ready: database");
-                failing.push("database unreachable".to_owned());
-            }
-            if let Err(error) = &caches {
-                tracing::warn!(%error, "not ready: caches");
-                failing.push(error.to_string());
-            }
-            let code = if caches.is_err() {
-                "cache_not_ready"
-            } else {
-                "not_ready"
-            };
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"code": code, "message": failing.join("; ")})),
-            )
-                .into_response()
-        }
+    if database.is_ok() && caches.is_ok() {
+        return Ok(());
     }
-}
-
-pub async fn metrics(State(state): State<SharedState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    let mut failing = Vec::new();
+    if let Err(error) = &database {
+        tracing::warn!(%error, "not ready: database");
+        failing.push("database unreachable".to_owned());
+    }
+    if let Err(error) = &caches {
+        tracing::warn!(%error, "not ready: caches");
+        failing.push(error.to_string());
+    }
+    let code = if caches.is_err() {
+        "cache_not_ready"
+    } else {
+        "not_ready"
+    };
+    Err(Unavailable::new(code, failing.join("; ")))
 }
 
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
