@@ -96,6 +96,11 @@ const TEXT = {
     fail_insufficient_funds: "not enough money on the card", fail_card_expired: "the card has expired",
     fail_plan_unavailable: "the plan is no longer sold", fail_permission_revoked: "the permission was revoked",
     units: ["B", "KB", "MB", "GB", "TB"],
+    usageTitle: "Traffic", usageOf: "{u} of {q}", usageLeft: "{l} left · renews {d}",
+    usageTotal: "In total: ↓ {down} · ↑ {up}", exhaustedTitle: "Your traffic is used up",
+    exhaustedText: "Your devices are paused until {d}, when a new period starts, or until you buy more.",
+    buyMore: "Buy more", perPeriod: "{q} of traffic",
+    devicePeriod: "This period: ↓ {down} · ↑ {up}", deviceTotal: "in total: ↓ {down} · ↑ {up}",
   },
   ru: {
     status: "Статус", plans: "Тарифы", keys: "Ключи", phase: "Статус", paidUntil: "Оплачено до",
@@ -170,6 +175,11 @@ const TEXT = {
     fail_insufficient_funds: "на карте недостаточно средств", fail_card_expired: "срок действия карты истёк",
     fail_plan_unavailable: "тариф больше не продаётся", fail_permission_revoked: "разрешение на списание отозвано",
     units: ["Б", "КБ", "МБ", "ГБ", "ТБ"],
+    usageTitle: "Трафик", usageOf: "{u} из {q}", usageLeft: "осталось {l} · обновится {d}",
+    usageTotal: "Всего: ↓ {down} · ↑ {up}", exhaustedTitle: "Трафик закончился",
+    exhaustedText: "Устройства на паузе до {d}, когда начнётся новый период, или до новой покупки.",
+    buyMore: "Купить ещё", perPeriod: "{q} трафика",
+    devicePeriod: "За период: ↓ {down} · ↑ {up}", deviceTotal: "всего: ↓ {down} · ↑ {up}",
   },
 };
 
@@ -405,6 +415,8 @@ function updateMainAction() {
     const pick = locations.find((l) => l.server === movePick);
     if (pick && !pick.current) setMainAction(fill("moveTo", { l: locationLabel(pick) }), () => move(pick));
     else setMainAction(null);
+  } else if (screen === "status" && quotaExhausted()) {
+    setMainAction(t("buyMore"), () => selectTab("plans"));
   } else if (screen === "status" && (phase === "Expired" || phase === "Pending" || endingSoon())) {
     setMainAction(t(phase === "Pending" ? "choosePlan" : "renew"), () => selectTab("plans"));
   } else if (screen === "keys" && me && phase === "Active" && me.devices.length < me.subscription.maxDevices) {
@@ -508,6 +520,7 @@ async function showMe() {
   $("device-count").textContent = me.devices.length + " / " + sub.maxDevices;
   if (!planChosen && plans.some((p) => p.id === sub.plan)) selectPlan(sub.plan, false);
   showDaysLeft(sub);
+  showUsage(sub);
   showRenewal(sub);
   showLocation();
   await renderDevices();
@@ -533,6 +546,39 @@ function showDaysLeft(sub) {
   $("days-left-text").textContent = days < 1 ? t("lessThanDay") : plural("daysLeft", days);
   $("days-bar").style.width = Math.max(2, Math.min(100, (100 * left) / (scale * 86400000))) + "%";
   box.dataset.level = days < 3 ? "low" : days < 7 ? "soon" : "ok";
+}
+
+// The traffic bar: used of the plan's quota this period and when it renews (the totals without
+// a quota); a used-up quota gets a card that leads to buying.
+function showUsage(sub) {
+  const usage = sub.usage || {};
+  const box = $("usage");
+  const quota = usage.quotaBytes;
+  const total = (usage.totalRxBytes || 0) + (usage.totalTxBytes || 0);
+  box.hidden = !quota && !total;
+  const totals = fill("usageTotal", { down: formatBytes(usage.totalTxBytes), up: formatBytes(usage.totalRxBytes) });
+  if (quota) {
+    $("usage-used").textContent = fill("usageOf", { u: formatBytes(usage.usedBytes), q: formatBytes(quota) });
+    $("usage-text").textContent = fill("usageLeft", { l: formatBytes(usage.remainingBytes), d: formatDate(usage.periodEnd) })
+      + " · " + totals;
+    const share = Math.min(1, (usage.usedBytes || 0) / quota);
+    $("usage-bar").style.width = Math.max(2, 100 * share) + "%";
+    box.dataset.level = usage.exhausted || share >= 0.95 ? "low" : share >= 0.8 ? "soon" : "ok";
+  } else {
+    $("usage-used").textContent = formatBytes(total);
+    $("usage-text").textContent = totals;
+    box.dataset.level = "ok";
+  }
+  $("usage-bar-box").hidden = !quota;
+  const card = $("quota-card");
+  card.hidden = !usage.exhausted || sub.phase !== "Active";
+  if (!card.hidden) $("quota-text").textContent = fill("exhaustedText", { d: formatDate(usage.periodEnd) });
+}
+
+// The quota is used up while the subscription is active: the status screen leads to buying.
+function quotaExhausted() {
+  const sub = me && me.subscription;
+  return Boolean(sub && sub.phase === "Active" && sub.usage && sub.usage.exhausted);
 }
 
 // An expired, never paid or suspended subscription gets a card that leads to the plans.
@@ -595,7 +641,8 @@ function renderPlans() {
     const info = element("div");
     info.append(
       element("div", "name", planTitle(plan)),
-      element("div", "hint", plan.days + " " + t("days") + " · " + plan.devices + " " + t("deviceCount")),
+      element("div", "hint", plan.days + " " + t("days") + " · " + plan.devices + " " + t("deviceCount")
+        + (plan.trafficBytes ? " · " + fill("perPeriod", { q: formatBytes(plan.trafficBytes) }) : "")),
     );
     const side = element("div", "pay-actions");
     side.append(element("strong", "price", priceText(plan)));
@@ -917,7 +964,10 @@ async function renderDevice(device) {
   const stats = element("div", "hint stats");
   stats.textContent = (device.lastHandshake ? fill("lastSeen", { r: formatAgo(device.lastHandshake) }) : t("neverSeen"))
     + " · " + fill("traffic", { down: formatBytes(device.txBytes), up: formatBytes(device.rxBytes) });
-  card.append(title, stats);
+  const usage = element("div", "hint device-usage");
+  usage.textContent = fill("devicePeriod", { down: formatBytes(device.periodTxBytes), up: formatBytes(device.periodRxBytes) })
+    + " · " + fill("deviceTotal", { down: formatBytes(device.totalTxBytes), up: formatBytes(device.totalRxBytes) });
+  card.append(title, stats, usage);
 
   const controls = element("div", "actions");
   const label = element("label", "switch");
@@ -1224,6 +1274,7 @@ async function start() {
   $("page-back").addEventListener("click", back);
   $("refresh").addEventListener("click", loadMe);
   $("renew").addEventListener("click", () => selectTab("plans"));
+  $("quota-buy").addEventListener("click", () => selectTab("plans"));
   $("location-change").addEventListener("click", openLocations);
   $("renewal-off").addEventListener("click", renewalOff);
   $("reopen").addEventListener("click", reopen);

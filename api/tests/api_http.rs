@@ -656,7 +656,7 @@ async fn openapi_metrics_health_and_the_mini_app_are_served() {
 
 /// The plans of the browser test: the harness's month, also sold for Stars.
 const BROWSER_PLANS: &str = "plans:
-  - {id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 2, priceStars: 150}
+  - {id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 2, priceStars: 150, trafficGib: 50}
 ";
 
 /// initData of `user_id` speaking `language`, as Telegram signs it now, with the user object
@@ -737,6 +737,43 @@ async fn user_paid_until(h: &Harness, user: i64, from_now: SignedDuration) {
     h.visible(&sub).await;
     let address = format!("10.8.0.{}/32", user % 200 + 2);
     h.ready_device(user, 1, "main", &address, "Phone").await;
+}
+
+/// Gives `user` the plan's 50 GiB quota (as the ledger's sync writes it) and this period's
+/// traffic as the operator counts it: 40 GiB on `tg-<user>-1`, or all 50 and the quota
+/// `exhausted` (condition QuotaExhausted).
+async fn traffic_used(h: &Harness, user: i64, exhausted: bool) {
+    const GIB: i64 = 1 << 30;
+    let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
+    let name = format!("tg-{user}");
+    let quota = json!({"spec": {"trafficQuota": {"bytes": 50 * GIB, "periodDays": 30}}});
+    subs.patch(&name, &Default::default(), &kube::api::Patch::Merge(quota))
+        .await
+        .unwrap();
+    let (rx, tx) = if exhausted {
+        (20 * GIB, 30 * GIB)
+    } else {
+        (10 * GIB, 30 * GIB)
+    };
+    let now = Timestamp::now();
+    let status = json!({"status": {
+        "usage": {
+            "periodStart": (now - SignedDuration::from_hours(24 * 10)).to_string(),
+            "periodEnd": (now + SignedDuration::from_hours(24 * 20)).to_string(),
+            "periodRxBytes": rx, "periodTxBytes": tx,
+            "totalRxBytes": 25 * GIB, "totalTxBytes": 90 * GIB,
+            "devices": [{"peer": format!("tg-{user}-1"), "periodRxBytes": rx, "periodTxBytes": tx,
+                         "totalRxBytes": 25 * GIB, "totalTxBytes": 90 * GIB}],
+        },
+        "conditions": [{"type": "QuotaExhausted", "status": if exhausted { "True" } else { "False" },
+                        "reason": if exhausted { "QuotaExhausted" } else { "WithinQuota" },
+                        "message": "", "lastTransitionTime": now.to_string()}],
+    }});
+    let written = subs
+        .patch_status(&name, &Default::default(), &kube::api::Patch::Merge(status))
+        .await
+        .unwrap();
+    h.visible(&written).await;
 }
 
 /// The Mini App in headless Chromium against this API (api/tests/miniapp_browser.cjs says what
@@ -828,6 +865,10 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
         .unwrap();
     h.visible(&awg).await;
     h.active_user(607).await;
+    h.active_user(609).await;
+    traffic_used(&h, 609, false).await;
+    h.active_user(610).await;
+    traffic_used(&h, 610, true).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = h.router.clone();
@@ -847,6 +888,8 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
         ("pending", 605),
         ("mover", 607),
         ("ending", 608),
+        ("quota", 609),
+        ("exhausted", 610),
     ] {
         users.insert(
             role.into(),

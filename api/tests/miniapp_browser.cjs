@@ -6,7 +6,8 @@
 // Users (set up by api/tests/api_http.rs): `active` (two devices: a connected WireGuard phone
 // with traffic, an AmneziaWG laptop never seen), `expired` (a device, paid time over), `pending`
 // (never paid), `ending` (one day left), `adder` (one device of two), `mover` (on the default
-// server). Locations offered:
+// server), `quota` (40 of the plan's 50 GB used this period), `exhausted` (all 50 used: paused).
+// Locations offered:
 // `de-1` (Germany), `nl-1` (full), `awg` (Finland, AmneziaWG). Scenarios:
 // - payment: the MainButton pays for the picked plan in the picked location (the request
 //   carries it), the page polls until the webhook (sent by the Rust side on request) moves the
@@ -20,6 +21,9 @@
 // - automatic renewal: agreed to with the first payment (the request carries saveCard; the
 //   Rust side's YooKassa then reports the card saved), shown on the status screen, switched off
 //   after a confirmation (a declined one keeps it);
+// - the data quota in both themes and languages, with screenshots: the plan's traffic, the
+//   usage bar (used of the quota, what is left, the totals), each device's period and total
+//   traffic, and the used-up state whose card and MainButton lead to the plans;
 // - a new key and delete, each after a confirmation (a declined delete keeps the device);
 // - the guide on every platform for both protocols (store links, the quickest import first);
 // - add a device with the MainButton; rename (a 200-character name refused with the API's
@@ -704,6 +708,53 @@ async function rename() {
   });
 }
 
+// The data quota: the plan's traffic, the usage bar and each device's traffic; a used-up quota
+// leads to buying.
+async function usage(theme, lang) {
+  const say = {
+    en: { plan: "50 GB of traffic", used: "40 GB of 50 GB", left: "10 GB left · renews ", total: "In total: ↓ 90 GB · ↑ 25 GB",
+      device: "This period: ↓ 30 GB · ↑ 10 GB · in total: ↓ 90 GB · ↑ 25 GB", buy: "Buy more",
+      exhausted: "Your traffic is used up", paused: "Your devices are paused until " },
+    ru: { plan: "50 ГБ трафика", used: "40 ГБ из 50 ГБ", left: "осталось 10 ГБ · обновится ", total: "Всего: ↓ 90 ГБ · ↑ 25 ГБ",
+      device: "За период: ↓ 30 ГБ · ↑ 10 ГБ · всего: ↓ 90 ГБ · ↑ 25 ГБ", buy: "Купить ещё",
+      exhausted: "Трафик закончился", paused: "Устройства на паузе до " },
+  }[lang];
+  const tag = `${theme}-${lang}`;
+  await withMiniApp({ theme, who: USERS.quota[lang] }, async (page) => {
+    check(await page.isVisible("#usage"), "the usage bar shows");
+    check((await page.textContent("#usage-used")) === say.used, `used of the quota: ${await page.textContent("#usage-used")}`);
+    const text = await page.textContent("#usage-text");
+    check(text.startsWith(say.left) && text.endsWith(say.total), `what is left, when it renews, the totals: ${text}`);
+    check((await page.getAttribute("#usage", "data-level")) === "soon", "80% used: the bar warns");
+    check(await page.isHidden("#quota-card"), "no used-up card within the quota");
+    await expectMain(page, null, `${tag} status within the quota`);
+    await shot(page, `${tag}-usage`);
+    await page.click("#tab-plans");
+    const hint = await page.textContent('[data-plan="month"] .hint');
+    check(hint.endsWith(say.plan), `the plan tells its traffic: ${hint}`);
+    await page.click("#tab-keys");
+    await page.waitForSelector('[data-device="tg-609-1"] .device-usage');
+    const device = await page.textContent('[data-device="tg-609-1"] .device-usage');
+    check(device === say.device, `the device's traffic this period and in total: ${device}`);
+    await shot(page, `${tag}-keys-usage`);
+  });
+  await withMiniApp({ theme, who: USERS.exhausted[lang] }, async (page) => {
+    check(await page.isVisible("#quota-card"), "the used-up card shows");
+    check((await page.textContent("#quota-card .name")) === say.exhausted, "it says the traffic is used up");
+    check((await page.textContent("#quota-text")).startsWith(say.paused), "and until when the devices are paused");
+    check((await page.getAttribute("#usage", "data-level")) === "low", "the bar is full");
+    check((await page.textContent("#quota-buy")) === say.buy, "its button buys more");
+    await expectMain(page, say.buy, `${tag} used-up status`);
+    await shot(page, `${tag}-exhausted`);
+    await tapMain(page);
+    await page.waitForSelector('body[data-screen="plans"]');
+    await page.click("#tab-status");
+    await page.click("#quota-buy");
+    await page.waitForSelector('body[data-screen="plans"]');
+  });
+  console.log(`miniapp usage ${tag}: ok`);
+}
+
 async function expired() {
   await withMiniApp({ who: USERS.active.en, initData: staleInitData }, async (page) => {
     await page.waitForSelector("#expired", { state: "visible", timeout: 5000 });
@@ -725,6 +776,7 @@ async function expired() {
   await screens("dark", "en", "tdesktop", "windows", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36");
   await screens("dark", "ru", "macos", "macos");
   for (const theme of ["light", "dark"]) for (const lang of ["en", "ru"]) await renewal(theme, lang);
+  for (const theme of ["light", "dark"]) for (const lang of ["en", "ru"]) await usage(theme, lang);
   await guideMatrix();
   await addDevice();
   await deviceActions();
