@@ -51,6 +51,13 @@ pub struct Config {
           value_parser = DurationParser::any().map(signed))]
     pub retention: SignedDuration,
 
+    /// The longest a subscription's folded traffic waits to be written to its status when
+    /// nothing else forces a write (reaching the quota, a new period and a new or removed
+    /// device are written at once), e.g. 60s; at least 1s.
+    #[arg(long, env = "WGSUB_USAGE_WRITE_INTERVAL", default_value = "60s", value_name = "DURATION",
+          value_parser = DurationParser::at_least(Duration::from_secs(1)).map(signed))]
+    pub usage_write_interval: SignedDuration,
+
     /// Subscriptions reconciled at the same time (each mostly waits for the API server).
     #[arg(long, env = "WGSUB_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
@@ -151,6 +158,10 @@ mod tests {
         assert_eq!(config.http_addr.port(), 8080);
         assert_eq!(config.log, LogArgs::default());
         assert_eq!(config.keys_namespace, None, "keys beside their peers");
+        assert_eq!(
+            config.usage_write_interval,
+            crate::usage::DEFAULT_WRITE_INTERVAL
+        );
         let apart = parse(&["--namespace", "vpn", "--keys-namespace", "vpn-keys"]).unwrap();
         assert_eq!(apart.keys_namespace.as_deref(), Some("vpn-keys"));
     }
@@ -168,6 +179,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.retention, SignedDuration::from_hours(720));
         assert_eq!(config.lease_duration, Duration::from_secs(60));
+        let quick = parse(&["--namespace", "vpn", "--usage-write-interval", "2s"]).unwrap();
+        assert_eq!(quick.usage_write_interval, SignedDuration::from_secs(2));
         let zero = parse(&["--namespace", "vpn", "--retention", "0s"]).unwrap();
         assert_eq!(zero.retention, SignedDuration::ZERO);
     }
@@ -188,6 +201,10 @@ mod tests {
             (
                 vec!["--namespace", "vpn", "--concurrency", "0"],
                 "--concurrency",
+            ),
+            (
+                vec!["--namespace", "vpn", "--usage-write-interval", "0s"],
+                "--usage-write-interval",
             ),
             (
                 vec!["--namespace", "vpn", "--http-addr", "nowhere"],

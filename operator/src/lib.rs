@@ -148,7 +148,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 settings.clone(),
                 metrics.clone(),
                 clock.clone(),
-            ));
+            )
+            .with_usage_write_interval(config.usage_write_interval));
             lead(ctx, config.namespace.clone(), config.concurrency, term)
         },
     )

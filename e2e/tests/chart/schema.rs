@@ -54,6 +54,10 @@ fn bad_values_are_refused_with_the_field_named() {
         "/operator/expiredPeerRetention",
     );
     refused(&["api.driftInterval=soon"], "/api/driftInterval");
+    refused(
+        &["operator.usageWriteInterval=0s"],
+        "/operator/usageWriteInterval",
+    );
     // The api parses one number and one unit, more than zero: the chart refuses what it would.
     refused(&["api.driftInterval=1m30s"], "/api/driftInterval");
     refused(&["api.initDataMaxAge=1h30m"], "/api/initDataMaxAge");
@@ -142,6 +146,7 @@ fn good_values_of_the_same_fields_are_accepted() {
         ],
         &["api.publicUrl=https://vpn.example.test"],
         &["operator.expiredPeerRetention=12h"],
+        &["operator.usageWriteInterval=5m"],
         &[
             "yookassa.receipts.enabled=true",
             "yookassa.receipts.vatCode=12",
