@@ -139,17 +139,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics.leader(),
         shutdown.clone(),
         |term| {
-            let ctx = Arc::new(Context::new(
-                client.clone(),
-                Reporter {
-                    controller: patches::FIELD_MANAGER.to_owned(),
-                    instance: Some(identity.clone()),
-                },
-                settings.clone(),
-                metrics.clone(),
-                clock.clone(),
-            )
-            .with_usage_write_interval(config.usage_write_interval));
+            let ctx = Arc::new(
+                Context::new(
+                    client.clone(),
+                    Reporter {
+                        controller: patches::FIELD_MANAGER.to_owned(),
+                        instance: Some(identity.clone()),
+                    },
+                    settings.clone(),
+                    metrics.clone(),
+                    clock.clone(),
+                )
+                .with_usage_write_interval(config.usage_write_interval),
+            );
             lead(ctx, config.namespace.clone(), config.concurrency, term)
         },
     )
