@@ -2,10 +2,12 @@
 //! API server (`wgsub_testkit::envtest`: kube-apiserver + etcd), the operator binary running as a
 //! process under the chart's RBAC, as it runs in a cluster.
 //!
+//! In the environment `scripts/test` sets up (`KUBEBUILDER_ASSETS` for the control plane,
+//! `WGSUB_HELM` for the chart's RBAC; `WGSUB_KUBECTL` for the optional profile below):
+//!
 //! ```text
-//! source /tmp/wgsub-env.sh   # KUBEBUILDER_ASSETS, WGSUB_HELM, CARGO_TARGET_DIR
 //! cargo build --release -p wgsub-operator --bin wgsub-operator --example cold_start_real
-//! $CARGO_TARGET_DIR/release/examples/cold_start_real [subscriptions] [concurrency]
+//! "${CARGO_TARGET_DIR:-target}/release/examples/cold_start_real" [subscriptions] [concurrency]
 //! ```
 //!
 //! (defaults 10000 and the binary's default `WGSUB_CONCURRENCY`; the binary is found beside the
@@ -23,7 +25,14 @@
 //! the operator's requests by verb and resource (from the API server's audit log), the API
 //! server's own time by verb and resource (its `apiserver_request_duration_seconds`), and the
 //! operator's own counters from its `/metrics` (reconciles, Events dropped, peer writes its
-//! watch had not shown yet — also printed every 10 s beside the RSS).
+//! watch had not shown yet — also printed every 10 s beside the RSS), and the CPU time each
+//! process spent from the operator's start to the last keyed peer (etcd, kube-apiserver,
+//! kube-controller-manager, the operator, this benchmark's own watch): on a machine of two
+//! cores, where the time went.
+//!
+//! With `WGSUB_BENCH_APISERVER_PROFILE=<file>` it also saves a 30-second CPU profile of the
+//! kube-apiserver (its `/debug/pprof/profile`, through `WGSUB_KUBECTL get --raw`), from 5 s after
+//! the operator's start; read it with `go tool pprof -top <file>`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Command;
@@ -64,6 +73,62 @@ fn status_mib(pid: u32, field: &str) -> f64 {
                 .ok()
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// The CPU seconds (user + system) of this process and each of its children (the control
+/// plane's processes and the operator), by command name.
+fn cpu_seconds() -> BTreeMap<String, f64> {
+    let me = std::process::id();
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut seconds = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return seconds;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: the comm may hold spaces, so split after its last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        let (Some(ppid), Some(utime), Some(stime)) = (field(1), field(11), field(12)) else {
+            continue;
+        };
+        if pid == me || ppid as u32 == me {
+            *seconds.entry(comm.to_owned()).or_default() += (utime + stime) / ticks;
+        }
+    }
+    seconds
+}
+
+/// Saves a 30-second CPU profile of the kube-apiserver into `file`, starting in 5 s, on a thread
+/// of its own (`WGSUB_KUBECTL get --raw /debug/pprof/profile`).
+fn profile_apiserver(
+    admin_kubeconfig: &str,
+    dir: &std::path::Path,
+    file: std::path::PathBuf,
+) -> std::thread::JoinHandle<std::path::PathBuf> {
+    let kubeconfig = dir.join("admin.kubeconfig");
+    std::fs::write(&kubeconfig, admin_kubeconfig).expect("writing the admin kubeconfig");
+    let kubectl = std::env::var_os("WGSUB_KUBECTL").unwrap_or_else(|| "kubectl".into());
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        let output = Command::new(kubectl)
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["get", "--raw", "/debug/pprof/profile?seconds=30"])
+            .output()
+            .expect("kubectl runs");
+        assert!(output.status.success(), "the profile: {output:?}");
+        std::fs::write(&file, output.stdout).expect("writing the profile");
+        file
+    })
 }
 
 fn load_average() -> String {
@@ -198,6 +263,9 @@ async fn main() {
     let mut operator = start_operator(&namespace, &kubeconfig, &log, concurrency.as_deref(), port);
     let pid = operator.id();
     let launched = Instant::now();
+    let cpu_at_start = cpu_seconds();
+    let profiling = std::env::var_os("WGSUB_BENCH_APISERVER_PROFILE")
+        .map(|file| profile_apiserver(&plane.admin_kubeconfig(), dir.path(), file.into()));
     let mut marks = BTreeMap::new();
     let mut max_load = 0.0f64;
     let mut last_print = Instant::now();
@@ -239,6 +307,7 @@ async fn main() {
         }
     }
     let total = launched.elapsed();
+    let cpu_at_end = cpu_seconds();
     // Let the reconciles the last writes triggered run out before reading the peak.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let peak = status_mib(pid, "VmHWM:");
@@ -249,6 +318,10 @@ async fn main() {
         .status();
     let _ = operator.wait();
     let addresses = watching.await.expect("the watch task");
+    if let Some(profiling) = profiling {
+        let file = profiling.join().expect("the profile thread");
+        println!("  kube-apiserver CPU profile: {}", file.display());
+    }
     let distinct: HashSet<&String> = addresses.values().collect();
 
     let mut calls: BTreeMap<String, usize> = BTreeMap::new();
@@ -287,6 +360,14 @@ async fn main() {
             "    {seconds:>8.1} s {count:>7.0}  {:>6.1} ms  {request}",
             1000.0 * seconds / count.max(1.0)
         );
+    }
+    println!(
+        "  CPU seconds from the operator's start to the last keyed peer ({:.1} s of wall time):",
+        total.as_secs_f64()
+    );
+    for (process, seconds) in &cpu_at_end {
+        let spent = seconds - cpu_at_start.get(process).copied().unwrap_or(0.0);
+        println!("    {spent:>7.1} s  {process}");
     }
     println!("  highest 1-minute load average seen: {max_load:.2} (2 cores)");
     assert_eq!(
