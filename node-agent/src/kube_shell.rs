@@ -16,6 +16,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::object::HasStatus;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -43,18 +44,54 @@ pub trait Indexed:
     fn names(index: &Index) -> BTreeSet<String>;
 }
 
-impl Indexed for WgServer {
-    const KIND: Kind = Kind::WgServer;
-    fn apply(index: &mut Index, object: Self) {
-        index.apply_server(object);
-    }
-    fn delete(index: &mut Index, name: &str) {
-        index.delete_server(name);
-    }
-    fn names(index: &Index) -> BTreeSet<String> {
-        index.server_names()
-    }
+/// Implements [`Indexed`] for `$ty`: its [`Kind`], how one object goes into the index, and
+/// the index's methods that delete one by name and list the names.
+macro_rules! indexed {
+    ($ty:ty, $kind:expr, $apply:expr, $delete:path, $names:path) => {
+        impl Indexed for $ty {
+            const KIND: Kind = $kind;
+            fn apply(index: &mut Index, object: Self) {
+                let apply: fn(&mut Index, Self) = $apply;
+                apply(index, object);
+            }
+            fn delete(index: &mut Index, name: &str) {
+                $delete(index, name);
+            }
+            fn names(index: &Index) -> BTreeSet<String> {
+                $names(index)
+            }
+        }
+    };
 }
+
+indexed!(
+    WgServer,
+    Kind::WgServer,
+    Index::apply_server,
+    Index::delete_server,
+    Index::server_names
+);
+indexed!(
+    WatchedPeer,
+    Kind::WgPeer,
+    |index, peer| index.apply_peer(peer.0),
+    Index::delete_peer,
+    Index::peer_names
+);
+indexed!(
+    VpnSubscription,
+    Kind::VpnSubscription,
+    |index, sub| index.apply_subscription(&sub),
+    Index::delete_subscription,
+    Index::subscription_names
+);
+indexed!(
+    Secret,
+    Kind::Secret,
+    |index, secret| index.apply_secret(&secret),
+    Index::delete_secret,
+    Index::secret_names
+);
 
 /// A `WgPeer` as the agent decodes it from list and watch responses. Only the metadata the
 /// agent reads is decoded (name, namespace, uid, resource version, generation, creation and
@@ -134,45 +171,6 @@ impl Resource for WatchedPeer {
     }
 }
 
-impl Indexed for WatchedPeer {
-    const KIND: Kind = Kind::WgPeer;
-    fn apply(index: &mut Index, object: Self) {
-        index.apply_peer(object.0);
-    }
-    fn delete(index: &mut Index, name: &str) {
-        index.delete_peer(name);
-    }
-    fn names(index: &Index) -> BTreeSet<String> {
-        index.peer_names()
-    }
-}
-
-impl Indexed for VpnSubscription {
-    const KIND: Kind = Kind::VpnSubscription;
-    fn apply(index: &mut Index, object: Self) {
-        index.apply_subscription(&object);
-    }
-    fn delete(index: &mut Index, name: &str) {
-        index.delete_subscription(name);
-    }
-    fn names(index: &Index) -> BTreeSet<String> {
-        index.subscription_names()
-    }
-}
-
-impl Indexed for Secret {
-    const KIND: Kind = Kind::Secret;
-    fn apply(index: &mut Index, object: Self) {
-        index.apply_secret(&object);
-    }
-    fn delete(index: &mut Index, name: &str) {
-        index.delete_secret(name);
-    }
-    fn names(index: &Index) -> BTreeSet<String> {
-        index.secret_names()
-    }
-}
-
 /// Feeds one watch event into the index; `listed` collects names during a relist so objects
 /// that vanished while the watch was down are dropped at `InitDone`. Public so the benchmark
 /// fills the index exactly as the watches do.
@@ -201,20 +199,24 @@ pub fn feed<K: Indexed>(shared: &SharedIndex, listed: &mut BTreeSet<String>, eve
     }
 }
 
-async fn watch_kind<K: Indexed>(
-    api: Api<K>,
+async fn watch_kind<K>(
+    client: &Client,
+    namespace: &str,
     config: watcher::Config,
-    shared: Arc<SharedIndex>,
-    shutdown: CancellationToken,
-) {
+    shared: &SharedIndex,
+    shutdown: &CancellationToken,
+) where
+    K: Indexed + Resource<Scope = kube::core::NamespaceResourceScope>,
+{
     let mut listed = BTreeSet::new();
+    let api = Api::<K>::namespaced(client.clone(), namespace);
     let stream = watcher::watcher(api, config).default_backoff();
     futures::pin_mut!(stream);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             next = stream.next() => match next {
-                Some(Ok(event)) => feed(&shared, &mut listed, event),
+                Some(Ok(event)) => feed(shared, &mut listed, event),
                 Some(Err(error)) => tracing::warn!(kind = ?K::KIND, %error, "watch error; retrying"),
                 None => return,
             },
@@ -238,28 +240,16 @@ pub async fn run_watches(
     shared: Arc<SharedIndex>,
     shutdown: CancellationToken,
 ) {
+    let (shared, shutdown) = (&*shared, &shutdown);
+    let config = watcher::Config::default;
     tokio::join!(
-        watch_kind(
-            Api::<WgServer>::namespaced(client.clone(), namespace),
-            watcher::Config::default(),
-            shared.clone(),
-            shutdown.clone()
-        ),
-        watch_kind(
-            Api::<WatchedPeer>::namespaced(client.clone(), namespace),
-            watcher::Config::default(),
-            shared.clone(),
-            shutdown.clone()
-        ),
-        watch_kind(
-            Api::<VpnSubscription>::namespaced(client.clone(), namespace),
-            watcher::Config::default(),
-            shared.clone(),
-            shutdown.clone()
-        ),
-        watch_kind(
-            Api::<Secret>::namespaced(client, server_keys_namespace),
-            watcher::Config::default().labels(&secret_selector()),
+        watch_kind::<WgServer>(&client, namespace, config(), shared, shutdown),
+        watch_kind::<WatchedPeer>(&client, namespace, config(), shared, shutdown),
+        watch_kind::<VpnSubscription>(&client, namespace, config(), shared, shutdown),
+        watch_kind::<Secret>(
+            &client,
+            server_keys_namespace,
+            config().labels(&secret_selector()),
             shared,
             shutdown
         ),
@@ -335,37 +325,20 @@ impl KubeApi {
         }
     }
 
-    /// Writes a peer's status (server-side apply on `wgpeers/status`).
-    pub async fn patch_peer_status(
-        &self,
-        name: &str,
-        status: &WgPeerStatus,
-    ) -> Result<(), kube::Error> {
-        let api = Api::<WgPeer>::namespaced(self.client.clone(), &self.namespace);
+    /// Writes the status of the `K` named `name` (a peer's or a server's) by server-side apply
+    /// on its `status` subresource, as [`FIELD_MANAGER`].
+    pub async fn patch_status<K>(&self, name: &str, status: &K::Status) -> Result<(), kube::Error>
+    where
+        K: HasStatus<Status: serde::Serialize>
+            + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), &self.namespace);
         let patch = serde_json::json!({
-            "apiVersion": WgPeer::api_version(&()),
-            "kind": WgPeer::kind(&()),
-            "status": status,
-        });
-        api.patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Writes a server's status (server-side apply on `wgservers/status`).
-    pub async fn patch_server_status(
-        &self,
-        name: &str,
-        status: &WgServerStatus,
-    ) -> Result<(), kube::Error> {
-        let api = Api::<WgServer>::namespaced(self.client.clone(), &self.namespace);
-        let patch = serde_json::json!({
-            "apiVersion": WgServer::api_version(&()),
-            "kind": WgServer::kind(&()),
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
             "status": status,
         });
         api.patch_status(
@@ -512,11 +485,12 @@ impl StatusQueue {
     async fn write(&self, api: &KubeApi, target: Target, write: StatusWrite, metrics: &Metrics) {
         let (result, resource) = match (&target, &write) {
             (Target::Peer(name), StatusWrite::Peer(status)) => {
-                (api.patch_peer_status(name, status).await, "wgpeers")
+                (api.patch_status::<WgPeer>(name, status).await, "wgpeers")
             }
-            (Target::Server(name), StatusWrite::Server(status)) => {
-                (api.patch_server_status(name, status).await, "wgservers")
-            }
+            (Target::Server(name), StatusWrite::Server(status)) => (
+                api.patch_status::<WgServer>(name, status).await,
+                "wgservers",
+            ),
             _ => return,
         };
         let outcome = match result {
