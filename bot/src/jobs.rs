@@ -1,7 +1,8 @@
 //! The background work: expiry reminders (the pure schedule in [`crate::reminders`], what was
 //! sent kept in the database), the ledger's notification outbox (payment succeeded, refund,
 //! a failed automatic renewal) and the automatic renewals themselves ([`run_renewals`]).
-//! Each run is one function of `now` so tests drive it directly.
+//! Each run is one function of `now` so tests drive it directly. The bot's own notice queues
+//! (moves, changed server parameters) share [`queue`].
 
 use jiff::{SignedDuration, Timestamp};
 use teloxide::Bot;
@@ -14,11 +15,32 @@ use crate::store;
 use crate::telegram::send_text;
 use crate::text::{self, Lang};
 
+pub mod queue;
+
 /// How a run went.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunReport {
     pub sent: u32,
     pub failed: u32,
+}
+
+impl RunReport {
+    /// Counts one send.
+    pub fn count(&mut self, delivered: bool) {
+        if delivered {
+            self.sent += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+/// The language of a user's messages, by the code Telegram last gave the ledger for them.
+pub async fn user_lang(app: &App, user_id: i64) -> Result<Lang, LedgerError> {
+    let user = app.ledger.user(user_id).await?;
+    Ok(Lang::from_code(
+        user.and_then(|user| user.language_code).as_deref(),
+    ))
 }
 
 /// Sends the reminders due at `now`, each claimed in the database first so it goes out once
@@ -156,23 +178,13 @@ pub async fn drain_outbox(
         if index > 0 {
             tokio::time::sleep(app.settings.pacing.interval()).await;
         }
-        let lang = Lang::from_code(
-            app.ledger
-                .user(notification.user_id)
-                .await?
-                .and_then(|user| user.language_code)
-                .as_deref(),
-        );
+        let lang = user_lang(app, notification.user_id).await?;
         let delivery =
             crate::guide::send_notice(bot, notification.user_id, lang, &notification.event).await;
         let delivered = delivery == Delivery::Delivered;
         app.metrics
             .notification(notification.event.kind(), delivered);
-        if delivered {
-            report.sent += 1;
-        } else {
-            report.failed += 1;
-        }
+        report.count(delivered);
         match outbox_step(delivery, now.duration_since(notification.created_at)) {
             OutboxStep::MarkSent => {
                 app.ledger

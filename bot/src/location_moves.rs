@@ -3,9 +3,10 @@
 //! config of theirs changed — new server endpoint and key, new address — so the old tunnels
 //! stop working. The bot records the server each device was last seen on in its cache; when a
 //! device shows up on another server it queues one notice for its user in the same statement
-//! that records the move (a restart between the two loses nothing), then sends the notices,
-//! each claimed first so a second replica or a restart never sends one twice. The first sight
-//! of a device tells nobody; several devices moving at once make one notice.
+//! that records the move (a restart between the two loses nothing), then sends the notices
+//! through the bot's notice queue ([`crate::jobs::queue`]: each claimed first so a second
+//! replica or a restart never sends one twice). The first sight of a device tells nobody;
+//! several devices moving at once make one notice.
 //!
 //! The decision ([`plan_moves`]) is pure; [`run`] is the shell around the caches, the bot's
 //! tables and the Bot API.
@@ -13,31 +14,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
 use kube::ResourceExt;
-use sqlx::Row;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{FromRow, Postgres};
 use teloxide::Bot;
-use teloxide::prelude::*;
-use teloxide::types::InlineKeyboardButton;
 use wgsub_crds::locations::{display_name, flag};
 use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::session::RunOn;
 use wgsub_ledger::{Ledger, LedgerError};
 
 use crate::app::App;
-use crate::broadcast::Delivery;
-use crate::devices::device_label;
-use crate::jobs::{OutboxStep, RunReport, outbox_step};
+use crate::jobs::RunReport;
+use crate::jobs::queue::{self, QueueReport, Queued};
 use crate::server_changes::user_of;
-use crate::telegram::{self, CONFIG_PREFIX};
 use crate::text::{self, Lang};
 
 /// The metric kind of the notice.
 pub const NOTICE_KIND: &str = "location_moved";
-
-/// A claim older than this was left by a bot that stopped mid-send; it is sent again.
-pub const STALE_CLAIM: SignedDuration = SignedDuration::from_mins(15);
 
 /// A user's device and the server it is on, as the cache shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,28 +88,16 @@ pub fn plan_moves(recorded: &BTreeMap<String, String>, seen: &[SeenDevice]) -> M
     plan
 }
 
-/// How a run went: devices first seen, moves recorded, and the notices sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MovesReport {
-    pub first_seen: u32,
-    pub moved: u32,
-    pub notices: RunReport,
-}
-
-/// One run: records what the caches show (only when they are in sync — an empty cache after a
-/// restart must not look like every device gone), then sends up to `limit` open notices.
+/// One run ([`queue::run`]): records the devices' servers, then sends up to `limit` open
+/// notices; `changed` counts the moves.
 pub async fn run(
     app: &App,
     bot: &Bot,
     now: Timestamp,
     limit: i64,
-) -> Result<MovesReport, LedgerError> {
-    let mut report = MovesReport::default();
-    if app.caches.check().is_ok() {
-        (report.first_seen, report.moved) = record_moves(app, now).await?;
-    }
-    report.notices = send_notices(app, bot, now, limit).await?;
-    Ok(report)
+) -> Result<QueueReport, LedgerError> {
+    let send = send_notices(app, bot, now, limit);
+    queue::run(app, record_moves(app, now), send).await
 }
 
 /// Records the devices' servers: `(first seen, moved)`.
@@ -124,7 +108,7 @@ pub async fn record_moves(app: &App, now: Timestamp) -> Result<(u32, u32), Ledge
         .await?;
     let recorded: BTreeMap<String, String> = rows
         .iter()
-        .map(|row| Ok((row.try_get("peer")?, row.try_get("server")?)))
+        .map(<(String, String)>::from_row)
         .collect::<Result<_, sqlx::Error>>()?;
     let plan = plan_moves(&recorded, &seen);
 
@@ -194,138 +178,53 @@ async fn record_move(
     .bind(now.to_sqlx())
     .fetch_one_on(ledger)
     .await?;
-    Ok(row.try_get::<i64, _>("moved")? == 1)
+    Ok(<(i64,)>::from_row(&row)?.0 == 1)
 }
 
 /// A queued notice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 struct Notice {
     user_id: i64,
     server: String,
-    queued_at: Timestamp,
+    queued_at: jiff_sqlx::Timestamp,
 }
 
-async fn open_notices(
-    ledger: &Ledger,
-    now: Timestamp,
-    limit: i64,
-) -> Result<Vec<Notice>, LedgerError> {
-    let rows = sqlx::query(
-        "SELECT user_id, server, queued_at FROM bot_move_notices \
-         WHERE outcome = 'pending' OR (outcome = 'claimed' AND claimed_at < $1) \
-         ORDER BY queued_at, user_id LIMIT $2",
-    )
-    .bind((now - STALE_CLAIM).to_sqlx())
-    .bind(limit)
-    .fetch_all_on(ledger)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Notice {
-                user_id: row.try_get("user_id")?,
-                server: row.try_get("server")?,
-                queued_at: row
-                    .try_get::<jiff_sqlx::Timestamp, _>("queued_at")?
-                    .to_jiff(),
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+impl Queued for Notice {
+    const TABLE: &'static str = "bot_move_notices";
+    const KEY: &'static [&'static str] = &["user_id", "server"];
+
+    fn bind_key<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query.bind(self.user_id).bind(&self.server)
+    }
+
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    fn queued_at(&self) -> Timestamp {
+        self.queued_at.to_jiff()
+    }
 }
 
-/// Claims a notice for sending; false when another replica holds it, it is done, or a newer
-/// move replaced it.
-async fn claim(ledger: &Ledger, notice: &Notice, now: Timestamp) -> Result<bool, LedgerError> {
-    let claimed = sqlx::query(
-        "UPDATE bot_move_notices SET outcome = 'claimed', claimed_at = $3 \
-         WHERE user_id = $1 AND server = $2 \
-           AND (outcome = 'pending' OR (outcome = 'claimed' AND claimed_at < $4))",
-    )
-    .bind(notice.user_id)
-    .bind(&notice.server)
-    .bind(now.to_sqlx())
-    .bind((now - STALE_CLAIM).to_sqlx())
-    .execute_on(ledger)
-    .await?
-    .rows_affected();
-    Ok(claimed == 1)
-}
-
-/// Ends the claim made at `claimed_at` (the `now` given to [`claim`]): `Some(delivered)` for
-/// done, `None` to give it back for the next run. A claim taken over as stale since is left to
-/// its new holder: giving it back would let a third run send the notice again.
-async fn finish(
-    ledger: &Ledger,
-    notice: &Notice,
-    claimed_at: Timestamp,
-    outcome: Option<bool>,
-) -> Result<(), LedgerError> {
-    let outcome = match outcome {
-        Some(true) => "delivered",
-        Some(false) => "failed",
-        None => "pending",
-    };
-    sqlx::query(
-        "UPDATE bot_move_notices \
-         SET outcome = $3, claimed_at = CASE WHEN $3 = 'pending' THEN NULL ELSE claimed_at END \
-         WHERE user_id = $1 AND server = $2 AND outcome = 'claimed' \
-           AND claimed_at = $4",
-    )
-    .bind(notice.user_id)
-    .bind(&notice.server)
-    .bind(outcome)
-    .bind(claimed_at.to_sqlx())
-    .execute_on(ledger)
-    .await?;
-    Ok(())
-}
-
-/// Sends up to `limit` open notices: the text naming the new location, and a button per
-/// device the user has there that sends its new config. Failures are treated as the ledger's
-/// outbox treats them ([`outbox_step`]).
+/// Sends up to `limit` open notices ([`queue::send_open`]): the text naming the new location,
+/// and a button per device the user has there that sends its new config.
 pub async fn send_notices(
     app: &App,
     bot: &Bot,
     now: Timestamp,
     limit: i64,
 ) -> Result<RunReport, LedgerError> {
-    let mut report = RunReport::default();
-    let peers = app.caches.peers();
-    let servers = app.caches.servers();
-    let mut sent_any = false;
-    for notice in open_notices(&app.ledger, now, limit).await? {
-        if !claim(&app.ledger, &notice, now).await? {
-            continue;
-        }
-        if sent_any {
-            tokio::time::sleep(app.settings.pacing.interval()).await;
-        }
-        sent_any = true;
-        let lang = Lang::from_code(
-            app.ledger
-                .user(notice.user_id)
-                .await?
-                .and_then(|user| user.language_code)
-                .as_deref(),
-        );
-        let delivery = send_notice(bot, lang, &notice, &peers, &servers).await;
-        let delivered = delivery == Delivery::Delivered;
-        app.metrics.notification(NOTICE_KIND, delivered);
-        if delivered {
-            report.sent += 1;
-        } else {
-            report.failed += 1;
-        }
-        match outbox_step(delivery, now.duration_since(notice.queued_at)) {
-            OutboxStep::MarkSent => finish(&app.ledger, &notice, now, Some(delivered)).await?,
-            OutboxStep::Keep => finish(&app.ledger, &notice, now, None).await?,
-            OutboxStep::Stop => {
-                finish(&app.ledger, &notice, now, None).await?;
-                break;
-            }
-        }
-    }
-    Ok(report)
+    let (peers, servers) = (app.caches.peers(), app.caches.servers());
+    let (peers, servers) = (peers.as_slice(), servers.as_slice());
+    let send = move |notice: &Notice, lang| {
+        let text = text::location_moved(lang, &location_name(servers, &notice.server, lang));
+        let to = (notice.user_id, notice.server.clone());
+        async move { queue::send_with_configs(bot, lang, to, peers, text).await }
+    };
+    queue::send_open(app, now, limit, NOTICE_KIND, send).await
 }
 
 /// The name users see for `server`: flag and display name, or the server's name.
@@ -346,45 +245,10 @@ pub fn location_name(servers: &[Arc<WgServer>], server: &str, lang: Lang) -> Str
         )
 }
 
-async fn send_notice(
-    bot: &Bot,
-    lang: Lang,
-    notice: &Notice,
-    peers: &[Arc<WgPeer>],
-    servers: &[Arc<WgServer>],
-) -> Delivery {
-    let mut devices: Vec<&WgPeer> = peers
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|peer| peer.spec.server == notice.server && user_of(peer) == Some(notice.user_id))
-        .collect();
-    devices.sort_by_key(|peer| peer.name_any());
-    let buttons = devices.iter().map(|peer| {
-        InlineKeyboardButton::callback(
-            text::new_config_button(lang, &device_label(peer)),
-            format!("{CONFIG_PREFIX}{}", peer.name_any()),
-        )
-    });
-    let name = location_name(servers, &notice.server, lang);
-    let request = bot.send_message(ChatId(notice.user_id), text::location_moved(lang, &name));
-    let result = if devices.is_empty() {
-        request.await
-    } else {
-        request.reply_markup(telegram::column(buttons)).await
-    };
-    if let Err(error) = &result {
-        tracing::debug!(chat = notice.user_id, %error, "location move notice failed");
-    }
-    telegram::delivery(&result)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A run stalled past [`STALE_CLAIM`] whose send then fails for a passing reason gives
-    /// back only its own claim, never the one another run took over since: a third run would
-    /// send the notice again.
     #[tokio::test]
     async fn a_stalled_run_cannot_give_back_the_claim_another_run_took_over() {
         let (pool, _) = wgsub_ledger::testing::fresh_database("bot_move_claims").await;
@@ -398,33 +262,12 @@ mod tests {
         let notice = Notice {
             user_id: 7,
             server: "de-1".into(),
-            queued_at: start,
+            queued_at: start.to_sqlx(),
         };
-        let stalled = start;
-        assert!(claim(&ledger, &notice, stalled).await.unwrap());
-        let takeover = stalled + STALE_CLAIM + SignedDuration::from_secs(1);
-        assert_eq!(
-            open_notices(&ledger, takeover, 10).await.unwrap(),
-            std::slice::from_ref(&notice)
-        );
-        assert!(claim(&ledger, &notice, takeover).await.unwrap());
-        finish(&ledger, &notice, stalled, None).await.unwrap();
-        let third = takeover + SignedDuration::from_secs(1);
-        assert!(open_notices(&ledger, third, 10).await.unwrap().is_empty());
-        assert!(!claim(&ledger, &notice, third).await.unwrap());
-        // The stalled run delivering late does not end the holder's claim either; the holder
-        // ends it.
-        finish(&ledger, &notice, stalled, Some(true)).await.unwrap();
-        finish(&ledger, &notice, takeover, Some(false))
-            .await
-            .unwrap();
-        let outcome: String = sqlx::query("SELECT outcome FROM bot_move_notices WHERE user_id = 7")
-            .fetch_one_on(&ledger)
-            .await
-            .unwrap()
-            .try_get("outcome")
-            .unwrap();
-        assert_eq!(outcome, "failed");
+        queue::testing::a_stalled_run_cannot_give_back_the_claim_another_run_took_over(
+            &ledger, notice, start,
+        )
+        .await;
     }
 
     fn device(peer: &str, user_id: i64, server: &str) -> SeenDevice {

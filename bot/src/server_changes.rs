@@ -3,9 +3,10 @@
 //! tunnel: the bot watches the servers in its cache, records each server's parameter
 //! fingerprint ([`wgsub_crds::amnezia::fingerprint`]), and when it differs from the last one
 //! recorded queues one notice per user with a peer on that server — in the same statement, so
-//! a restart between the two loses nothing — then sends the notices, each claimed first so a
-//! second replica or a restart never sends one twice. The first sight of a server tells
-//! nobody; WireGuard servers carry no parameters and never count.
+//! a restart between the two loses nothing — then sends the notices through the bot's notice
+//! queue ([`crate::jobs::queue`]: each claimed first so a second replica or a restart never
+//! sends one twice). The first sight of a server tells nobody; WireGuard servers carry no
+//! parameters and never count.
 //!
 //! The decisions ([`current_fingerprints`], [`step`], [`users_on`]) are pure; [`run`] is the
 //! shell around the caches, the bot's tables and the Bot API.
@@ -13,30 +14,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use jiff_sqlx::ToSqlx;
 use kube::ResourceExt;
-use sqlx::Row;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{FromRow, Postgres};
 use teloxide::Bot;
-use teloxide::prelude::*;
-use teloxide::types::InlineKeyboardButton;
 use wgsub_crds::resources::{LABEL_SUBSCRIPTION, telegram_user_id_from_name};
 use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::session::RunOn;
 use wgsub_ledger::{Ledger, LedgerError};
 
 use crate::app::App;
-use crate::broadcast::Delivery;
-use crate::devices::device_label;
-use crate::jobs::{OutboxStep, RunReport, outbox_step};
-use crate::telegram::{self, CONFIG_PREFIX};
-use crate::text::{self, Lang};
+use crate::jobs::RunReport;
+use crate::jobs::queue::{self, QueueReport, Queued};
+use crate::text;
 
 /// The metric kind of the notice.
 pub const NOTICE_KIND: &str = "server_params_changed";
-
-/// A claim older than this was left by a bot that stopped mid-send; it is sent again.
-pub const STALE_CLAIM: SignedDuration = SignedDuration::from_mins(15);
 
 /// The parameter fingerprint of every AmneziaWG server whose set is complete and valid, by
 /// name. A WireGuard server, or one whose parameters are still being chosen, is left out.
@@ -88,28 +84,16 @@ pub fn users_on(peers: &[Arc<WgPeer>], server: &str) -> Vec<i64> {
         .collect()
 }
 
-/// How a run went: servers whose change was recorded, and the notices sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ChangesReport {
-    pub first_seen: u32,
-    pub changed: u32,
-    pub notices: RunReport,
-}
-
-/// One run: records what the caches show (when they are in sync — an empty cache after a
-/// restart must not look like a server without users), then sends up to `limit` open notices.
+/// One run ([`queue::run`]): records the servers' fingerprints, then sends up to `limit` open
+/// notices; `changed` counts the servers whose parameters changed.
 pub async fn run(
     app: &App,
     bot: &Bot,
     now: Timestamp,
     limit: i64,
-) -> Result<ChangesReport, LedgerError> {
-    let mut report = ChangesReport::default();
-    if app.caches.check().is_ok() {
-        (report.first_seen, report.changed) = record_changes(app, now).await?;
-    }
-    report.notices = send_notices(app, bot, now, limit).await?;
-    Ok(report)
+) -> Result<QueueReport, LedgerError> {
+    let send = send_notices(app, bot, now, limit);
+    queue::run(app, record_changes(app, now), send).await
 }
 
 /// Compares every AmneziaWG server's fingerprint with the recorded one: `(first seen,
@@ -145,7 +129,7 @@ async fn recorded_fingerprints(ledger: &Ledger) -> Result<BTreeMap<String, Strin
         .fetch_all_on(ledger)
         .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("server")?, row.try_get("fingerprint")?)))
+        .map(<(String, String)>::from_row)
         .collect::<Result<_, sqlx::Error>>()
         .map_err(Into::into)
 }
@@ -201,175 +185,63 @@ async fn record_change(
     .bind(users)
     .fetch_one_on(ledger)
     .await?;
-    Ok(row.try_get::<i64, _>("changed")? == 1)
+    Ok(<(i64,)>::from_row(&row)?.0 == 1)
 }
 
 /// A queued notice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 struct Notice {
     server: String,
     generation: i64,
     user_id: i64,
-    queued_at: Timestamp,
+    queued_at: jiff_sqlx::Timestamp,
 }
 
-async fn open_notices(
-    ledger: &Ledger,
-    now: Timestamp,
-    limit: i64,
-) -> Result<Vec<Notice>, LedgerError> {
-    let rows = sqlx::query(
-        "SELECT server, generation, user_id, queued_at FROM bot_server_param_notices \
-         WHERE outcome = 'pending' OR (outcome = 'claimed' AND claimed_at < $1) \
-         ORDER BY queued_at, server, generation, user_id LIMIT $2",
-    )
-    .bind((now - STALE_CLAIM).to_sqlx())
-    .bind(limit)
-    .fetch_all_on(ledger)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Notice {
-                server: row.try_get("server")?,
-                generation: row.try_get("generation")?,
-                user_id: row.try_get("user_id")?,
-                queued_at: row
-                    .try_get::<jiff_sqlx::Timestamp, _>("queued_at")?
-                    .to_jiff(),
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
+impl Queued for Notice {
+    const TABLE: &'static str = "bot_server_param_notices";
+    const KEY: &'static [&'static str] = &["server", "generation", "user_id"];
+
+    fn bind_key<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.server)
+            .bind(self.generation)
+            .bind(self.user_id)
+    }
+
+    fn user_id(&self) -> i64 {
+        self.user_id
+    }
+
+    fn queued_at(&self) -> Timestamp {
+        self.queued_at.to_jiff()
+    }
 }
 
-/// Claims a notice for sending; false when another replica holds it or it is done.
-async fn claim(ledger: &Ledger, notice: &Notice, now: Timestamp) -> Result<bool, LedgerError> {
-    let claimed = sqlx::query(
-        "UPDATE bot_server_param_notices SET outcome = 'claimed', claimed_at = $4 \
-         WHERE server = $1 AND generation = $2 AND user_id = $3 \
-           AND (outcome = 'pending' OR (outcome = 'claimed' AND claimed_at < $5))",
-    )
-    .bind(&notice.server)
-    .bind(notice.generation)
-    .bind(notice.user_id)
-    .bind(now.to_sqlx())
-    .bind((now - STALE_CLAIM).to_sqlx())
-    .execute_on(ledger)
-    .await?
-    .rows_affected();
-    Ok(claimed == 1)
-}
-
-/// Ends the claim made at `claimed_at` (the `now` given to [`claim`]): `Some(delivered)` for
-/// done, `None` to give it back for the next run. A claim taken over as stale since is left to
-/// its new holder: giving it back would let a third run send the notice again.
-async fn finish(
-    ledger: &Ledger,
-    notice: &Notice,
-    claimed_at: Timestamp,
-    outcome: Option<bool>,
-) -> Result<(), LedgerError> {
-    let outcome = match outcome {
-        Some(true) => "delivered",
-        Some(false) => "failed",
-        None => "pending",
-    };
-    sqlx::query(
-        "UPDATE bot_server_param_notices \
-         SET outcome = $4, claimed_at = CASE WHEN $4 = 'pending' THEN NULL ELSE claimed_at END \
-         WHERE server = $1 AND generation = $2 AND user_id = $3 AND outcome = 'claimed' \
-           AND claimed_at = $5",
-    )
-    .bind(&notice.server)
-    .bind(notice.generation)
-    .bind(notice.user_id)
-    .bind(outcome)
-    .bind(claimed_at.to_sqlx())
-    .execute_on(ledger)
-    .await?;
-    Ok(())
-}
-
-/// Sends up to `limit` open notices: the text, and a button per device the user has on the
-/// server that sends its new config. Failures are treated as the ledger's outbox treats them
-/// ([`outbox_step`]): a gone chat is final, a passing failure is retried for a while,
-/// `retry_after` ends the run.
+/// Sends up to `limit` open notices ([`queue::send_open`]): the text, and a button per device
+/// the user has on the server that sends its new config.
 pub async fn send_notices(
     app: &App,
     bot: &Bot,
     now: Timestamp,
     limit: i64,
 ) -> Result<RunReport, LedgerError> {
-    let mut report = RunReport::default();
     let peers = app.caches.peers();
-    let mut sent_any = false;
-    for notice in open_notices(&app.ledger, now, limit).await? {
-        if !claim(&app.ledger, &notice, now).await? {
-            continue;
-        }
-        if sent_any {
-            tokio::time::sleep(app.settings.pacing.interval()).await;
-        }
-        sent_any = true;
-        let lang = Lang::from_code(
-            app.ledger
-                .user(notice.user_id)
-                .await?
-                .and_then(|user| user.language_code)
-                .as_deref(),
-        );
-        let delivery = send_notice(bot, lang, &notice, &peers).await;
-        let delivered = delivery == Delivery::Delivered;
-        app.metrics.notification(NOTICE_KIND, delivered);
-        if delivered {
-            report.sent += 1;
-        } else {
-            report.failed += 1;
-        }
-        match outbox_step(delivery, now.duration_since(notice.queued_at)) {
-            OutboxStep::MarkSent => finish(&app.ledger, &notice, now, Some(delivered)).await?,
-            OutboxStep::Keep => finish(&app.ledger, &notice, now, None).await?,
-            OutboxStep::Stop => {
-                finish(&app.ledger, &notice, now, None).await?;
-                break;
-            }
-        }
-    }
-    Ok(report)
-}
-
-async fn send_notice(bot: &Bot, lang: Lang, notice: &Notice, peers: &[Arc<WgPeer>]) -> Delivery {
-    let mut devices: Vec<&WgPeer> = peers
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|peer| peer.spec.server == notice.server && user_of(peer) == Some(notice.user_id))
-        .collect();
-    devices.sort_by_key(|peer| peer.name_any());
-    let buttons = devices.iter().map(|peer| {
-        InlineKeyboardButton::callback(
-            text::new_config_button(lang, &device_label(peer)),
-            format!("{CONFIG_PREFIX}{}", peer.name_any()),
-        )
-    });
-    let request = bot.send_message(ChatId(notice.user_id), text::server_params_changed(lang));
-    let result = if devices.is_empty() {
-        request.await
-    } else {
-        request.reply_markup(telegram::column(buttons)).await
+    let peers = peers.as_slice();
+    let send = move |notice: &Notice, lang| {
+        let text = text::server_params_changed(lang).to_owned();
+        let to = (notice.user_id, notice.server.clone());
+        async move { queue::send_with_configs(bot, lang, to, peers, text).await }
     };
-    if let Err(error) = &result {
-        tracing::debug!(chat = notice.user_id, %error, "server change notice failed");
-    }
-    telegram::delivery(&result)
+    queue::send_open(app, now, limit, NOTICE_KIND, send).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A run stalled past [`STALE_CLAIM`] whose send then fails for a passing reason gives
-    /// back only its own claim, never the one another run took over since: a third run would
-    /// send the notice again.
     #[tokio::test]
     async fn a_stalled_run_cannot_give_back_the_claim_another_run_took_over() {
         let (pool, _) = wgsub_ledger::testing::fresh_database("bot_param_claims").await;
@@ -384,35 +256,22 @@ mod tests {
             server: "awg-1".into(),
             generation: 2,
             user_id: 7,
-            queued_at: start,
+            queued_at: start.to_sqlx(),
         };
-        let stalled = start;
-        assert!(claim(&ledger, &notice, stalled).await.unwrap());
-        let takeover = stalled + STALE_CLAIM + SignedDuration::from_secs(1);
-        assert_eq!(
-            open_notices(&ledger, takeover, 10).await.unwrap(),
-            std::slice::from_ref(&notice)
-        );
-        assert!(claim(&ledger, &notice, takeover).await.unwrap());
-        finish(&ledger, &notice, stalled, None).await.unwrap();
-        let third = takeover + SignedDuration::from_secs(1);
-        assert!(open_notices(&ledger, third, 10).await.unwrap().is_empty());
-        assert!(!claim(&ledger, &notice, third).await.unwrap());
-        // The stalled run delivering late does not end the holder's claim either; the holder
-        // ends it.
-        finish(&ledger, &notice, stalled, Some(true)).await.unwrap();
-        finish(&ledger, &notice, takeover, Some(false))
-            .await
-            .unwrap();
-        let outcome: String =
-            sqlx::query("SELECT outcome FROM bot_server_param_notices WHERE user_id = 7")
-                .fetch_one_on(&ledger)
-                .await
-                .unwrap()
-                .try_get("outcome")
-                .unwrap();
-        assert_eq!(outcome, "failed");
+        queue::testing::a_stalled_run_cannot_give_back_the_claim_another_run_took_over(
+            &ledger, notice, start,
+        )
+        .await;
     }
+
+    #[test]
+    fn a_notice_is_named_by_its_server_generation_and_user() {
+        assert_eq!(
+            queue::key_matches::<Notice>(),
+            "server = $1 AND generation = $2 AND user_id = $3"
+        );
+    }
+
     use serde_json::json;
     use wgsub_crds::WgPeerSpec;
 

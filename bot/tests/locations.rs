@@ -191,7 +191,7 @@ async fn a_move_tells_the_user_once_with_a_button_per_device_and_first_sight_nob
     create_peer(&h, 4102, 1, "main").await;
 
     let report = location_moves::run(&h.app, &bot, start, 100).await.unwrap();
-    assert_eq!((report.first_seen, report.moved), (3, 0));
+    assert_eq!((report.first_seen, report.changed), (3, 0));
     assert!(sent(&telegram).await.is_empty(), "first sight tells nobody");
 
     // The operator moves 4101's devices to de-1.
@@ -213,7 +213,7 @@ async fn a_move_tells_the_user_once_with_a_button_per_device_and_first_sight_nob
         location_moves::run(&h.app, &bot, later, 100),
     );
     let (one, two) = (one.unwrap(), two.unwrap());
-    assert_eq!(one.moved + two.moved, 2, "each move recorded once");
+    assert_eq!(one.changed + two.changed, 2, "each move recorded once");
     assert_eq!(
         one.notices.sent + two.notices.sent,
         1,
@@ -222,7 +222,7 @@ async fn a_move_tells_the_user_once_with_a_button_per_device_and_first_sight_nob
     let again = location_moves::run(&h.app, &bot, later + SignedDuration::from_hours(1), 100)
         .await
         .unwrap();
-    assert_eq!((again.moved, again.notices.sent), (0, 0));
+    assert_eq!((again.changed, again.notices.sent), (0, 0));
 
     let messages = sent(&telegram).await;
     let per_chat: BTreeMap<i64, usize> =
@@ -248,7 +248,7 @@ async fn a_move_tells_the_user_once_with_a_button_per_device_and_first_sight_nob
     let report = location_moves::run(&h.app, &bot, later + SignedDuration::from_hours(2), 100)
         .await
         .unwrap();
-    assert_eq!((report.moved, report.notices.sent), (1, 1));
+    assert_eq!((report.changed, report.notices.sent), (1, 1));
     assert_eq!(
         sent(&telegram).await.last().unwrap().1,
         text::location_moved(Lang::En, "main")
