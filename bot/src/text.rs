@@ -52,6 +52,40 @@ pub fn date(at: Timestamp) -> String {
     at.strftime("%Y-%m-%d %H:%M UTC").to_string()
 }
 
+/// An instant that may be unknown: its [`date`], or `—`.
+fn date_or_dash(at: Option<Timestamp>) -> String {
+    at.map(date).unwrap_or_else(|| "—".into())
+}
+
+/// A sentence ending a message with an instant, ` <lead> <date>.`; empty when there is none.
+fn dated_sentence(lang: Lang, ru: &str, en: &str, at: Option<Timestamp>) -> String {
+    at.map(|at| format!(" {} {}.", lang.pick(ru, en), date(at)))
+        .unwrap_or_default()
+}
+
+/// A device's last handshake as `/status` and `/devices` show it.
+fn last_handshake(lang: Lang, at: Option<Timestamp>) -> String {
+    match at {
+        Some(at) => format!(
+            "{} {}",
+            lang.pick("последнее соединение", "last handshake"),
+            date(at)
+        ),
+        None => lang
+            .pick("ещё не подключалось", "never connected")
+            .to_owned(),
+    }
+}
+
+/// `label: value` lines, as the admin answers list numbers.
+fn labelled_lines(lines: &[(&str, String)]) -> String {
+    lines
+        .iter()
+        .map(|(label, value)| format!("{label}: {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The commands registered with Telegram (`setMyCommands`), with their descriptions.
 pub fn command_descriptions(lang: Lang) -> Vec<(&'static str, &'static str)> {
     vec![
@@ -240,16 +274,7 @@ pub fn status(
         devices.len()
     ));
     for device in devices {
-        let handshake = match device.last_handshake {
-            Some(at) => format!(
-                "{} {}",
-                lang.pick("последнее соединение", "last handshake"),
-                date(at)
-            ),
-            None => lang
-                .pick("ещё не подключалось", "never connected")
-                .to_owned(),
-        };
+        let handshake = last_handshake(lang, device.last_handshake);
         let off = if device.enabled {
             ""
         } else {
@@ -454,11 +479,7 @@ pub fn payment_succeeded(lang: Lang, paid_until: Option<Timestamp>) -> String {
 }
 
 pub fn refund_recorded(lang: Lang, paid_until: Option<Timestamp>) -> String {
-    let until = match (lang, paid_until) {
-        (Lang::Ru, Some(until)) => format!(" Подписка теперь до {}.", date(until)),
-        (Lang::En, Some(until)) => format!(" Your subscription now ends {}.", date(until)),
-        (_, None) => String::new(),
-    };
+    let until = now_ends(lang, paid_until);
     format!(
         "{}{until}",
         lang.pick("Возврат оформлен.", "Your refund went through.")
@@ -576,16 +597,7 @@ pub fn devices_list_with_traffic(
             (true, true, true) => lang.pick("🟢 подключено", "🟢 connected"),
             (true, false, true) => lang.pick("⚪ не подключено", "⚪ not connected"),
         };
-        let handshake = match device.last_handshake {
-            Some(at) => format!(
-                "{} {}",
-                lang.pick("последнее соединение", "last handshake"),
-                date(at)
-            ),
-            None => lang
-                .pick("ещё не подключалось", "never connected")
-                .to_owned(),
-        };
+        let handshake = last_handshake(lang, device.last_handshake);
         out.push_str(&format!(
             "\n• {} — {state}\n  {handshake}; ↑ {} ↓ {}\n",
             device.name,
@@ -863,28 +875,30 @@ pub struct StatsView {
 }
 
 pub fn admin_stats(lang: Lang, stats: &StatsView) -> String {
-    match lang {
-        Lang::Ru => format!(
-            "Пользователи: {}\nАктивные подписки: {}\nИстёкшие: {}\nНе оплачивали: {}\nПриостановлены: {}\nВыручка сегодня: {}\nВыручка за 30 дней: {}",
-            stats.users,
-            stats.active,
-            stats.expired,
-            stats.never_paid,
-            stats.suspended,
-            amounts(&stats.revenue_today),
-            amounts(&stats.revenue_30_days)
+    labelled_lines(&[
+        (lang.pick("Пользователи", "Users"), stats.users.to_string()),
+        (
+            lang.pick("Активные подписки", "Active subscriptions"),
+            stats.active.to_string(),
         ),
-        Lang::En => format!(
-            "Users: {}\nActive subscriptions: {}\nExpired: {}\nNever paid: {}\nSuspended: {}\nRevenue today: {}\nRevenue, last 30 days: {}",
-            stats.users,
-            stats.active,
-            stats.expired,
-            stats.never_paid,
-            stats.suspended,
-            amounts(&stats.revenue_today),
-            amounts(&stats.revenue_30_days)
+        (lang.pick("Истёкшие", "Expired"), stats.expired.to_string()),
+        (
+            lang.pick("Не оплачивали", "Never paid"),
+            stats.never_paid.to_string(),
         ),
-    }
+        (
+            lang.pick("Приостановлены", "Suspended"),
+            stats.suspended.to_string(),
+        ),
+        (
+            lang.pick("Выручка сегодня", "Revenue today"),
+            amounts(&stats.revenue_today),
+        ),
+        (
+            lang.pick("Выручка за 30 дней", "Revenue, last 30 days"),
+            amounts(&stats.revenue_30_days),
+        ),
+    ])
 }
 
 pub fn admin_user_not_found(lang: Lang, user: &UserRef) -> String {
@@ -895,7 +909,7 @@ pub fn admin_user_not_found(lang: Lang, user: &UserRef) -> String {
 }
 
 pub fn admin_granted(lang: Lang, user_id: i64, days: u32, paid_until: Option<Timestamp>) -> String {
-    let until = paid_until.map(date).unwrap_or_else(|| "—".into());
+    let until = date_or_dash(paid_until);
     match lang {
         Lang::Ru => format!("Пользователю {user_id} добавлено {days} дн. Оплачено до {until}."),
         Lang::En => format!("Granted {days} days to user {user_id}. Paid until {until}."),
@@ -936,27 +950,22 @@ pub fn admin_found(lang: Lang, user: &UserView) -> String {
         .as_deref()
         .map(|u| format!("@{u}"))
         .unwrap_or_else(|| "—".into());
-    let until = user.paid_until.map(date).unwrap_or_else(|| "—".into());
+    let until = date_or_dash(user.paid_until);
     let plan = user.plan.as_deref().unwrap_or("—");
     let language = user.language_code.as_deref().unwrap_or("—");
+    let (id, name, devices) = (user.telegram_id, &user.name, user.max_devices);
+    let (joined, seen) = (date(user.created_at), date(user.last_seen_at));
+    let suspended = if user.suspended {
+        lang.pick("да", "yes")
+    } else {
+        lang.pick("нет", "no")
+    };
     match lang {
         Lang::Ru => format!(
-            "id {} {username} ({})\nЯзык: {language}\nС нами с {}, последний раз {}\nОплачено до: {until}\nТариф: {plan}, устройств: {}\nПриостановлен: {}",
-            user.telegram_id,
-            user.name,
-            date(user.created_at),
-            date(user.last_seen_at),
-            user.max_devices,
-            if user.suspended { "да" } else { "нет" }
+            "id {id} {username} ({name})\nЯзык: {language}\nС нами с {joined}, последний раз {seen}\nОплачено до: {until}\nТариф: {plan}, устройств: {devices}\nПриостановлен: {suspended}"
         ),
         Lang::En => format!(
-            "id {} {username} ({})\nLanguage: {language}\nJoined {}, last seen {}\nPaid until: {until}\nPlan: {plan}, devices: {}\nSuspended: {}",
-            user.telegram_id,
-            user.name,
-            date(user.created_at),
-            date(user.last_seen_at),
-            user.max_devices,
-            if user.suspended { "yes" } else { "no" }
+            "id {id} {username} ({name})\nLanguage: {language}\nJoined {joined}, last seen {seen}\nPaid until: {until}\nPlan: {plan}, devices: {devices}\nSuspended: {suspended}"
         ),
     }
 }
@@ -975,21 +984,15 @@ pub fn broadcast_started(lang: Lang, audience: Audience, total: u32) -> String {
 }
 
 pub fn broadcast_progress(lang: Lang, tally: Tally) -> String {
+    let (done, total, delivered, failed) =
+        (tally.done(), tally.total, tally.delivered, tally.failed);
     match lang {
-        Lang::Ru => format!(
-            "Рассылка: {} из {} (доставлено {}, не доставлено {})",
-            tally.done(),
-            tally.total,
-            tally.delivered,
-            tally.failed
-        ),
-        Lang::En => format!(
-            "Broadcast: {} of {} (delivered {}, failed {})",
-            tally.done(),
-            tally.total,
-            tally.delivered,
-            tally.failed
-        ),
+        Lang::Ru => {
+            format!("Рассылка: {done} из {total} (доставлено {delivered}, не доставлено {failed})")
+        }
+        Lang::En => {
+            format!("Broadcast: {done} of {total} (delivered {delivered}, failed {failed})")
+        }
     }
 }
 
@@ -1091,7 +1094,7 @@ pub fn admin_refunded(
     stars: i64,
     paid_until: Option<Timestamp>,
 ) -> String {
-    let until = paid_until.map(date).unwrap_or_else(|| "—".into());
+    let until = date_or_dash(paid_until);
     match lang {
         Lang::Ru => format!(
             "Пользователю {user_id} возвращено {stars} ⭐, время платежа снято. Оплачено до {until}."
@@ -1129,13 +1132,24 @@ pub fn admin_refund_failed(lang: Lang, charge_id: &str) -> String {
 
 // ---- promo codes and referrals ----
 
+/// ` Your subscription now ends <date>.` after time was taken back.
+fn now_ends(lang: Lang, paid_until: Option<Timestamp>) -> String {
+    dated_sentence(
+        lang,
+        "Подписка теперь до",
+        "Your subscription now ends",
+        paid_until,
+    )
+}
+
 /// The referrer's message when a user they brought paid for the first time.
 pub fn referral_rewarded(lang: Lang, days: i32, paid_until: Option<Timestamp>) -> String {
-    let until = match (lang, paid_until) {
-        (Lang::Ru, Some(until)) => format!(" Подписка теперь до {}.", date(until)),
-        (Lang::En, Some(until)) => format!(" Your subscription now runs until {}.", date(until)),
-        (_, None) => String::new(),
-    };
+    let until = dated_sentence(
+        lang,
+        "Подписка теперь до",
+        "Your subscription now runs until",
+        paid_until,
+    );
     match lang {
         Lang::Ru => format!(
             "Приглашённый вами пользователь оплатил подписку — вам начислено {days} дн.{until}"
@@ -1146,11 +1160,7 @@ pub fn referral_rewarded(lang: Lang, days: i32, paid_until: Option<Timestamp>) -
 
 /// The referrer's message when that first payment was refunded and the reward taken back.
 pub fn referral_revoked(lang: Lang, days: i32, paid_until: Option<Timestamp>) -> String {
-    let until = match (lang, paid_until) {
-        (Lang::Ru, Some(until)) => format!(" Подписка теперь до {}.", date(until)),
-        (Lang::En, Some(until)) => format!(" Your subscription now ends {}.", date(until)),
-        (_, None) => String::new(),
-    };
+    let until = now_ends(lang, paid_until);
     match lang {
         Lang::Ru => format!(
             "Оплата приглашённого вами пользователя возвращена, поэтому {days} дн. бонуса списаны.{until}"
@@ -1209,11 +1219,12 @@ pub fn promo_refused(lang: Lang, refusal: RedeemRefusal) -> &'static str {
 
 /// Free days from a code were added.
 pub fn promo_days(lang: Lang, days: u32, paid_until: Option<Timestamp>) -> String {
-    let until = match (lang, paid_until) {
-        (Lang::Ru, Some(until)) => format!(" Подписка активна до {}.", date(until)),
-        (Lang::En, Some(until)) => format!(" Your subscription is active until {}.", date(until)),
-        (_, None) => String::new(),
-    };
+    let until = dated_sentence(
+        lang,
+        "Подписка активна до",
+        "Your subscription is active until",
+        paid_until,
+    );
     match lang {
         Lang::Ru => format!("Промокод принят: +{days} дн.{until}"),
         Lang::En => format!("Promo code accepted: +{days} days.{until}"),
@@ -1308,21 +1319,15 @@ fn benefit(lang: Lang, benefit: PromoBenefit) -> String {
 }
 
 pub fn admin_promo_created(lang: Lang, code: &PromoCode) -> String {
+    let (name, uses) = (&code.code, code.max_uses);
+    let (gives, until) = (benefit(lang, code.benefit), date(code.expires_at));
     match lang {
-        Lang::Ru => format!(
-            "Промокод {} создан: {}, до {}, использований не больше {}.",
-            code.code,
-            benefit(lang, code.benefit),
-            date(code.expires_at),
-            code.max_uses
-        ),
-        Lang::En => format!(
-            "Promo code {} created: {}, until {}, at most {} uses.",
-            code.code,
-            benefit(lang, code.benefit),
-            date(code.expires_at),
-            code.max_uses
-        ),
+        Lang::Ru => {
+            format!("Промокод {name} создан: {gives}, до {until}, использований не больше {uses}.")
+        }
+        Lang::En => {
+            format!("Promo code {name} created: {gives}, until {until}, at most {uses} uses.")
+        }
     }
 }
 
@@ -1472,11 +1477,12 @@ fn renewal_failure_reason(lang: Lang, reason: &str) -> &'static str {
 /// The automatic renewal was not charged: no time added; how to pay by hand.
 pub fn renewal_failed(lang: Lang, reason: &str, paid_until: Option<Timestamp>) -> String {
     let why = renewal_failure_reason(lang, reason);
-    let until = match (lang, paid_until) {
-        (Lang::Ru, Some(until)) => format!(" Подписка действует до {}.", date(until)),
-        (Lang::En, Some(until)) => format!(" Your subscription runs until {}.", date(until)),
-        (_, None) => String::new(),
-    };
+    let until = dated_sentence(
+        lang,
+        "Подписка действует до",
+        "Your subscription runs until",
+        paid_until,
+    );
     match lang {
         Lang::Ru => format!(
             "Не удалось автоматически продлить подписку: {why}. Деньги не списаны, время не добавлено.{until} Оплатить вручную: /buy"
@@ -1509,11 +1515,7 @@ pub fn renewal_status(
         })
         .unwrap_or_default();
     let plan = plan.unwrap_or("-");
-    let next = match (lang, next_charge_at) {
-        (Lang::Ru, Some(at)) => format!(" Следующее списание: {}.", date(at)),
-        (Lang::En, Some(at)) => format!(" Next charge: {}.", date(at)),
-        (_, None) => String::new(),
-    };
+    let next = dated_sentence(lang, "Следующее списание:", "Next charge:", next_charge_at);
     match lang {
         Lang::Ru => format!(
             "Автопродление включено: тариф {plan}, карта {title}{expires}.{next} Выключить можно в любой момент — карта будет удалена."
