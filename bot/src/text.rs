@@ -418,16 +418,32 @@ pub fn config_caption(lang: Lang, device: &str, protocol: Protocol) -> String {
             format!("Config “{device}”: import the file into WireGuard.")
         }
         (Protocol::Amneziawg, Lang::Ru) => format!(
-            "Конфигурация «{device}» для AmneziaWG: импортируйте файл в приложение AmneziaVPN \
-             или AmneziaWG (приложение WireGuard с ней не подключится).\n\n{}",
+            "Конфигурация «{device}» для AmneziaWG: импортируйте файл в приложение {}. {}\n\n{}",
+            amneziawg_app_names(lang),
+            not_for_the_wireguard_app(lang),
             amneziawg_apps(lang)
         ),
         (Protocol::Amneziawg, Lang::En) => format!(
-            "Config “{device}” for AmneziaWG: import the file into the AmneziaVPN or AmneziaWG \
-             app (the WireGuard app cannot connect with it).\n\n{}",
+            "Config “{device}” for AmneziaWG: import the file into the {} app. {}\n\n{}",
+            amneziawg_app_names(lang),
+            not_for_the_wireguard_app(lang),
             amneziawg_apps(lang)
         ),
     }
+}
+
+/// The apps that import an AmneziaWG config, named alike in the config's caption and the
+/// connection guide.
+fn amneziawg_app_names(lang: Lang) -> &'static str {
+    lang.pick("AmneziaVPN или AmneziaWG", "AmneziaVPN or AmneziaWG")
+}
+
+/// Said with every AmneziaWG config and in its guide: the app most users know will not do.
+fn not_for_the_wireguard_app(lang: Lang) -> &'static str {
+    lang.pick(
+        "Приложение WireGuard с этой конфигурацией не подключится.",
+        "The WireGuard app cannot connect with this config.",
+    )
 }
 
 /// Where to get the apps that import an AmneziaWG config: the official store pages and
@@ -1831,17 +1847,16 @@ pub fn guide(lang: Lang, protocol: Protocol, platform: Platform, links: &[StoreL
         .iter()
         .map(|link| format!("\n• {} — {}", link.label, link.url))
         .collect();
+    let (apps_named, not_wireguard) = (amneziawg_app_names(lang), not_for_the_wireguard_app(lang));
     let install = match (protocol, lang) {
-        (Protocol::Wireguard, Lang::Ru) => "1. Установите приложение WireGuard:",
-        (Protocol::Wireguard, Lang::En) => "1. Install the WireGuard app:",
-        (Protocol::Amneziawg, Lang::Ru) => {
-            "1. Ваш сервер работает на AmneziaWG: установите AmneziaVPN (или AmneziaWG). \
-             Приложение WireGuard с этой конфигурацией не подключится."
-        }
-        (Protocol::Amneziawg, Lang::En) => {
-            "1. Your server speaks AmneziaWG: install AmneziaVPN (or AmneziaWG). \
-             The WireGuard app cannot connect with this config."
-        }
+        (Protocol::Wireguard, Lang::Ru) => "1. Установите приложение WireGuard:".to_owned(),
+        (Protocol::Wireguard, Lang::En) => "1. Install the WireGuard app:".to_owned(),
+        (Protocol::Amneziawg, Lang::Ru) => format!(
+            "1. Ваш сервер работает на AmneziaWG: установите приложение {apps_named}. {not_wireguard}"
+        ),
+        (Protocol::Amneziawg, Lang::En) => format!(
+            "1. Your server speaks AmneziaWG: install the {apps_named} app. {not_wireguard}"
+        ),
     };
     let import = match (protocol, platform.is_phone(), lang) {
         (Protocol::Wireguard, true, Lang::Ru) => {
@@ -1917,6 +1932,20 @@ mod amneziawg_tests {
             config_caption(Lang::Ru, "a", Protocol::Amneziawg),
             config_caption(Lang::En, "a", Protocol::Amneziawg)
         );
+    }
+
+    #[test]
+    fn the_caption_and_the_guide_name_the_apps_and_the_warning_alike() {
+        for lang in [Lang::Ru, Lang::En] {
+            let caption = config_caption(lang, "iPhone", Protocol::Amneziawg);
+            for platform in Platform::ALL {
+                let guide = guide(lang, Protocol::Amneziawg, platform, &[]);
+                for text in [&caption, &guide] {
+                    assert!(text.contains(amneziawg_app_names(lang)), "{text}");
+                    assert!(text.contains(not_for_the_wireguard_app(lang)), "{text}");
+                }
+            }
+        }
     }
 }
 
