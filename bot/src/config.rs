@@ -6,8 +6,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use wgsub_runtime::duration::{self, DurationParser};
+use wgsub_runtime::logging::LogArgs;
 
 /// A secret setting (token, password): `Debug` and `Display` print no part of it.
 #[derive(Clone, PartialEq, Eq)]
@@ -47,13 +50,6 @@ pub enum Mode {
     Polling,
     /// Telegram POSTs updates to `--webhook-url`; each must carry the secret token.
     Webhook,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// An `https://` URL.
@@ -127,13 +123,9 @@ fn parse_trial_days(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{text:?} is not a number of days 0–365"))
 }
 
-fn parse_seconds(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|s| (1..=86_400).contains(s))
-        .ok_or_else(|| format!("{text:?} is not a number of seconds 1–86400"))
-}
+/// Intervals of the bot's jobs and its shutdown timeout: 1 second to 1 day.
+const JOB_PERIOD: DurationParser =
+    DurationParser::at_least(Duration::from_secs(1)).at_most(Duration::from_secs(86_400));
 
 fn parse_lease_name(text: &str) -> Result<String, String> {
     if wgsub_crds::resources::is_dns_label(text) {
@@ -143,14 +135,6 @@ fn parse_lease_name(text: &str) -> Result<String, String> {
             "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
         ))
     }
-}
-
-fn parse_lease_seconds(text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|s| (3..=300).contains(s))
-        .ok_or_else(|| format!("{text:?} is not a number of seconds 3–300"))
 }
 
 fn parse_identity(text: &str) -> Result<String, String> {
@@ -178,7 +162,7 @@ fn parse_vat_code(text: &str) -> Result<u8, String> {
 
 /// wgsub-bot: the Telegram bot of wgsub (sign-up, buying, configs, reminders, admin).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wgsub-bot", version)]
+#[command(name = "wgsub-bot", version, after_help = duration::HELP)]
 pub struct Config {
     /// Telegram bot token from @BotFather.
     #[arg(long, env = "WGSUB_BOT_TOKEN", hide_env_values = true)]
@@ -244,10 +228,11 @@ pub struct Config {
     #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-bot", value_parser = parse_lease_name)]
     pub lease_name: String,
 
-    /// Seconds the lease stays held without renewal (3–300); a replica that loses it stops
+    /// How long the lease stays held without renewal (3s–5m); a replica that loses it stops
     /// polling within two thirds of it.
-    #[arg(long, env = "WGSUB_LEASE_DURATION", default_value = "15", value_parser = parse_lease_seconds)]
-    pub lease_duration: u64,
+    #[arg(long, env = "WGSUB_LEASE_DURATION", default_value = "15s", value_name = "DURATION",
+          value_parser = DurationParser::at_least(Duration::from_secs(3)).at_most(Duration::from_secs(300)))]
+    pub lease_duration: Duration,
 
     /// This replica's name in the lease (the pod name); defaults to the host name.
     #[arg(long, env = "WGSUB_IDENTITY", value_parser = parse_identity)]
@@ -293,40 +278,39 @@ pub struct Config {
     #[arg(long, env = "WGSUB_YOOKASSA_VAT_CODE", default_value = "1", value_parser = parse_vat_code)]
     pub receipt_vat_code: u8,
 
-    /// Seconds between reminder checks.
-    #[arg(long, env = "WGSUB_BOT_REMINDER_INTERVAL", default_value = "300", value_parser = parse_seconds)]
-    pub reminder_interval: u64,
+    /// Time between reminder checks (1s–1d).
+    #[arg(long, env = "WGSUB_BOT_REMINDER_INTERVAL", default_value = "5m", value_name = "DURATION",
+          value_parser = JOB_PERIOD)]
+    pub reminder_interval: Duration,
 
     /// Hours before a paid period ends its automatic renewal is charged (give the api the
     /// same value: it shows users when the next charge is).
     #[arg(long, env = "WGSUB_RENEWAL_LEAD_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=720))]
     pub renewal_lead_hours: u32,
 
-    /// Seconds between automatic renewal runs (safe on every replica: each period is claimed
-    /// in the database).
-    #[arg(long, env = "WGSUB_BOT_RENEWAL_INTERVAL", default_value = "300", value_parser = parse_seconds)]
-    pub renewal_interval: u64,
+    /// Time between automatic renewal runs (1s–1d; safe on every replica: each period is
+    /// claimed in the database).
+    #[arg(long, env = "WGSUB_BOT_RENEWAL_INTERVAL", default_value = "5m", value_name = "DURATION",
+          value_parser = JOB_PERIOD)]
+    pub renewal_interval: Duration,
 
-    /// Seconds between drains of the notification outbox.
-    #[arg(long, env = "WGSUB_BOT_OUTBOX_INTERVAL", default_value = "5", value_parser = parse_seconds)]
-    pub outbox_interval: u64,
+    /// Time between drains of the notification outbox (1s–1d).
+    #[arg(long, env = "WGSUB_BOT_OUTBOX_INTERVAL", default_value = "5s", value_name = "DURATION",
+          value_parser = JOB_PERIOD)]
+    pub outbox_interval: Duration,
 
-    /// Seconds the bot may take to stop after SIGTERM (the Bot API may not answer the final
+    /// How long the bot may take to stop after SIGTERM (the Bot API may not answer the final
     /// `getUpdates`); keep it well inside the pod's termination grace period.
-    #[arg(long, env = "WGSUB_BOT_SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
-    pub shutdown_timeout: u64,
+    #[arg(long, env = "WGSUB_BOT_SHUTDOWN_TIMEOUT", default_value = "10s", value_name = "DURATION",
+          value_parser = JOB_PERIOD)]
+    pub shutdown_timeout: Duration,
 
     /// Broadcast messages per second (at most Telegram's 30).
     #[arg(long, env = "WGSUB_BOT_BROADCAST_RATE", default_value = "25", value_parser = parse_rate)]
     pub broadcast_rate: u32,
 
-    /// Log format.
-    #[arg(long, env = "WGSUB_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "WGSUB_LOG", default_value = "info")]
-    pub log_filter: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// A setting that is wrong together with others, named by its flag.
@@ -443,7 +427,7 @@ mod tests {
         assert_eq!(config.referral_reward_days, 7);
         assert_eq!(
             (config.lease_name.as_str(), config.lease_duration),
-            ("wgsub-bot", 15)
+            ("wgsub-bot", Duration::from_secs(15))
         );
         assert!(config.admin_ids.0.is_empty());
         config.validate().unwrap();
@@ -466,11 +450,47 @@ mod tests {
             (&["--identity", ""], "--identity"),
             (&["--webhook-secret", "has space"], "--webhook-secret"),
             (&["--reminder-interval", "0"], "--reminder-interval"),
+            (&["--shutdown-timeout", "2d"], "--shutdown-timeout"),
+            (&["--log", "info,=[=="], "--log"),
             (&["--mode", "carrier-pigeon"], "--mode"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn durations_take_the_one_syntax_and_bare_seconds_as_before() {
+        let config = parse(&[
+            "--lease-duration",
+            "6",
+            "--reminder-interval",
+            "1h30m",
+            "--outbox-interval",
+            "2s",
+            "--shutdown-timeout",
+            "1m",
+        ])
+        .unwrap();
+        assert_eq!(config.lease_duration, Duration::from_secs(6));
+        assert_eq!(config.reminder_interval, Duration::from_secs(5400));
+        assert_eq!(config.outbox_interval, Duration::from_secs(2));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(60));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                defaults.renewal_interval,
+                defaults.reminder_interval,
+                defaults.outbox_interval,
+                defaults.shutdown_timeout
+            ),
+            (
+                Duration::from_secs(300),
+                Duration::from_secs(300),
+                Duration::from_secs(5),
+                Duration::from_secs(10)
+            )
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The bot's HTTP: `/healthz`, `/readyz` (database reachable, caches synced and fresh) and
-//! `/metrics` on
-//! one port, and in webhook mode the update endpoint, which accepts an update only when it
-//! carries the configured secret token (compared in constant time).
+//! The bot's HTTP: its probes on the shared `/healthz`, `/readyz` (database reachable, caches
+//! synced and fresh), `/metrics` server ([`wgsub_runtime::http`]), and in webhook mode the
+//! update endpoint, which accepts an update only when it carries the configured secret token
+//! (compared in constant time).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,17 +9,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use futures::StreamExt;
-use serde_json::json;
 use subtle::ConstantTimeEq;
 use teloxide::stop::{StopToken, mk_stop_token};
 use teloxide::types::Update;
 use teloxide::update_listeners::{StatefulListener, UpdateListener};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use wgsub_runtime::http::{Probes, Unavailable, error};
 
 use crate::app::App;
 use crate::config::Secret;
@@ -27,52 +27,33 @@ use crate::config::Secret;
 /// The header Telegram puts the webhook secret token in.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"code": code, "message": message})),
-    )
-        .into_response()
+/// The probes: ready when the database answers and the caches are synced and fresh.
+pub fn probes(app: &Arc<App>) -> Probes {
+    let (scraped, checked) = (app.clone(), app.clone());
+    Probes::new(move || scraped.metrics.encode()).ready_when(move || {
+        let app = checked.clone();
+        async move { readiness(&app).await }
+    })
 }
 
-/// `/healthz`, `/readyz`, `/metrics`.
+/// `/healthz`, `/readyz`, `/metrics` on a server of their own.
 pub fn ops_router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(app)
+    probes(&app).router()
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+async fn readiness(app: &App) -> Result<(), Unavailable> {
     if let Err(e) = app.ledger.ping().await {
         tracing::warn!(error = %e, "not ready: database");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(Unavailable::new(
             "database_unavailable",
             "the database cannot be reached",
-        );
+        ));
     }
     if let Err(e) = app.caches.check() {
         tracing::warn!(error = %e, "not ready: caches");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cache_not_ready",
-            &e.to_string(),
-        );
+        return Err(Unavailable::new("cache_not_ready", e.to_string()));
     }
-    (StatusCode::OK, "ready").into_response()
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        app.metrics.encode(),
-    )
-        .into_response()
+    Ok(())
 }
 
 #[derive(Clone)]

@@ -2,7 +2,8 @@
 //! and runs the handler tree (long polling while this replica holds the bot's Lease, or webhook
 //! on every replica), the reminder and outbox loops and the health/metrics server until SIGTERM —
 //! and stops within `--shutdown-timeout` of it even when the Bot API does not answer (teloxide's
-//! last `getUpdates` would otherwise wait on it).
+//! last `getUpdates` would otherwise wait on it). The shell around it (logging, SIGTERM, probes,
+//! the exit line) is [`wgsub_runtime`]'s.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,10 +13,9 @@ use clap::Parser;
 use jiff::Timestamp;
 use teloxide::prelude::*;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 use wgsub_bot::app::{App, Settings};
 use wgsub_bot::broadcast::Pacing;
-use wgsub_bot::config::{Config, LogFormat, Mode};
+use wgsub_bot::config::{Config, Mode};
 use wgsub_bot::metrics::Metrics;
 use wgsub_bot::{handlers, http, jobs, location_moves, server_changes, telegram};
 use wgsub_crds::plans::PlanCatalogue;
@@ -33,33 +33,13 @@ const OUTBOX_BATCH: i64 = 100;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    // One TLS crypto provider, named here: with two compiled in (as a build with test
-    // dependencies has), rustls would refuse to pick one at the first connection.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    wgsub_runtime::process::install_crypto_provider();
     if let Err(error) = config.validate() {
         eprintln!("wgsub-bot: invalid configuration: {error}");
         return ExitCode::from(2);
     }
-    init_logging(&config);
-    match run(config).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(
-                error = wgsub_crds::error_line::error_line(&*error),
-                "wgsub-bot stopped"
-            );
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    config.log.init();
+    wgsub_runtime::process::exit("wgsub-bot", run(config).await)
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -133,114 +113,83 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(%error, "setMyCommands failed; the command menu may be stale");
     }
 
-    let shutdown = CancellationToken::new();
+    let shutdown = wgsub_runtime::shutdown::on_signal();
     let mut tasks = tokio::task::JoinSet::new();
 
     let ops = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let ops_router = http::ops_router(app.clone());
     let ops_shutdown = shutdown.clone();
-    let ops_app = app.clone();
     tasks.spawn(async move {
-        let served = axum::serve(ops, http::ops_router(ops_app))
-            .with_graceful_shutdown(ops_shutdown.cancelled_owned())
-            .await;
-        if let Err(error) = served {
+        if let Err(error) = wgsub_runtime::http::serve(ops, ops_router, ops_shutdown).await {
             tracing::error!(%error, "health server failed");
         }
     });
 
-    let every = |seconds: u64| Duration::from_secs(seconds);
-    spawn_loop(
-        &mut tasks,
-        shutdown.clone(),
-        every(config.renewal_interval),
-        {
+    spawn_loop(&mut tasks, shutdown.clone(), config.renewal_interval, {
+        let app = app.clone();
+        move || {
             let app = app.clone();
-            move || {
-                let app = app.clone();
-                async move {
-                    match jobs::run_renewals(&app, Timestamp::now()).await {
-                        Ok(report) if report != Default::default() => tracing::info!(
-                            succeeded = report.succeeded,
-                            failed = report.failed,
-                            refused = report.refused,
-                            pending = report.pending,
-                            "automatic renewals"
-                        ),
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "renewal run failed"),
-                    }
+            async move {
+                match jobs::run_renewals(&app, Timestamp::now()).await {
+                    Ok(report) if report != Default::default() => tracing::info!(
+                        succeeded = report.succeeded,
+                        failed = report.failed,
+                        refused = report.refused,
+                        pending = report.pending,
+                        "automatic renewals"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "renewal run failed"),
                 }
             }
-        },
-    );
-    spawn_loop(
-        &mut tasks,
-        shutdown.clone(),
-        every(config.reminder_interval),
-        {
+        }
+    });
+    spawn_loop(&mut tasks, shutdown.clone(), config.reminder_interval, {
+        let (app, bot) = (app.clone(), bot.clone());
+        move || {
             let (app, bot) = (app.clone(), bot.clone());
-            move || {
-                let (app, bot) = (app.clone(), bot.clone());
-                async move {
-                    match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
-                        Ok(report) if report.sent + report.failed > 0 => {
-                            tracing::info!(sent = report.sent, failed = report.failed, "reminders")
-                        }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%error, "reminder run failed"),
+            async move {
+                match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
+                    Ok(report) if report.sent + report.failed > 0 => {
+                        tracing::info!(sent = report.sent, failed = report.failed, "reminders")
                     }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "reminder run failed"),
                 }
             }
-        },
-    );
-    spawn_loop(
-        &mut tasks,
-        shutdown.clone(),
-        every(config.outbox_interval),
-        {
+        }
+    });
+    spawn_loop(&mut tasks, shutdown.clone(), config.outbox_interval, {
+        let (app, bot) = (app.clone(), bot.clone());
+        move || {
             let (app, bot) = (app.clone(), bot.clone());
-            move || {
-                let (app, bot) = (app.clone(), bot.clone());
-                async move {
-                    if let Err(error) =
-                        jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
-                    {
-                        tracing::warn!(%error, "outbox run failed");
-                    }
+            async move {
+                if let Err(error) =
+                    jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
+                {
+                    tracing::warn!(%error, "outbox run failed");
                 }
             }
-        },
-    );
-
-    spawn_loop(
-        &mut tasks,
-        shutdown.clone(),
-        every(config.outbox_interval),
-        {
-            let (app, bot) = (app.clone(), bot.clone());
-            move || {
-                let (app, bot) = (app.clone(), bot.clone());
-                async move {
-                    let now = Timestamp::now();
-                    if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
-                        tracing::warn!(%error, "server change run failed");
-                    }
-                    if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
-                        tracing::warn!(%error, "location move run failed");
-                    }
-                }
-            }
-        },
-    );
-
-    let signal_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        signal_shutdown.cancel();
+        }
     });
 
-    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout);
+    spawn_loop(&mut tasks, shutdown.clone(), config.outbox_interval, {
+        let (app, bot) = (app.clone(), bot.clone());
+        move || {
+            let (app, bot) = (app.clone(), bot.clone());
+            async move {
+                let now = Timestamp::now();
+                if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
+                    tracing::warn!(%error, "server change run failed");
+                }
+                if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
+                    tracing::warn!(%error, "location move run failed");
+                }
+            }
+        }
+    });
+
+    let shutdown_timeout = config.shutdown_timeout;
     let work = async {
         receive_updates(&config, &bot, &app, &mut tasks, &shutdown).await?;
         shutdown.cancel();
@@ -255,7 +204,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         result = work => result,
         () = deadline => {
             tracing::warn!(
-                timeout_seconds = config.shutdown_timeout,
+                timeout_seconds = config.shutdown_timeout.as_secs_f64(),
                 "stopping at the shutdown timeout: the Bot API or a job did not finish in time"
             );
             Ok(())
@@ -310,7 +259,7 @@ async fn receive_updates(
                 kube::Api::namespaced(app.kube.clone(), &config.namespace),
                 &config.lease_name,
                 &config.identity(),
-                Duration::from_secs(config.lease_duration),
+                config.lease_duration,
             );
             tracing::info!(
                 identity = lock.identity(),
@@ -318,8 +267,7 @@ async fn receive_updates(
                 config.namespace,
                 config.lease_name
             );
-            let timing =
-                ElectionTiming::from_lease_duration(Duration::from_secs(config.lease_duration));
+            let timing = ElectionTiming::from_lease_duration(config.lease_duration);
             lease::run_elected(
                 lock,
                 timing,
@@ -394,19 +342,4 @@ fn spawn_loop<F, Fut>(
             }
         }
     });
-}
-
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -6,7 +6,6 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use wgsub_runtime::lease::LeaderMetrics;
 
@@ -47,7 +46,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wgsub_bot");
+        let mut registry = wgsub_runtime::metrics::registry("wgsub_bot");
         let updates = Family::<KindLabels, Counter>::default();
         registry.register(
             "updates_handled",
@@ -73,15 +72,6 @@ impl Metrics {
             notifications.clone(),
         );
         let leader = LeaderMetrics::register(&mut registry);
-        let build_info = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
-        build_info
-            .get_or_create(&wgsub_crds::build_info::LABELS.to_vec())
-            .set(1);
-        registry.register(
-            "build_info",
-            "What this binary was built from (version, git commit, rustc); always 1",
-            build_info,
-        );
         Self {
             registry,
             updates,
@@ -134,10 +124,7 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        wgsub_runtime::metrics::encode(&self.registry)
     }
 }
 
