@@ -39,38 +39,33 @@ pub async fn promo(bot: Bot, message: Message, app: Arc<App>, code: String) -> H
 /// Redeems `code` for the user; the answer that says what it gave or why it was refused.
 async fn redeem(to: Reply<'_>, id: i64, code: &str) -> Result<String, HandlerError> {
     let (app, lang) = (to.app, to.lang);
-    Ok(
-        match app
-            .ledger
-            .redeem_promo_code(id, code, Timestamp::now())
-            .await
-        {
-            Ok(Redeemed::Days {
-                code,
-                days,
-                entitlement,
-            }) => {
-                tracing::info!(user = id, %code, days, "promo code redeemed for free days");
-                sync_quietly(app, id).await;
-                text::promo_days(lang, days, entitlement.paid_until)
-            }
-            Ok(Redeemed::Discount { code, percent_off }) => {
-                tracing::info!(user = id, %code, percent_off, "promo code redeemed for a discount");
-                text::promo_discount(lang, percent_off)
-            }
-            Err(RedeemError::Syntax(error)) => {
-                app.metrics.update("promo_malformed");
-                tracing::info!(user = id, %error, chars = code.chars().count(), "a promo code that does not parse was refused");
-                text::promo_malformed(lang).to_owned()
-            }
-            Err(RedeemError::Refused(refusal)) => {
-                app.metrics.update("promo_refused");
-                tracing::info!(user = id, reason = refusal.label(), "promo code refused");
-                text::promo_refused(lang, refusal).to_owned()
-            }
-            Err(RedeemError::Ledger(error)) => return Err(error.into()),
-        },
-    )
+    let redeemed = app.ledger.redeem_promo_code(id, code, Timestamp::now());
+    Ok(match redeemed.await {
+        Ok(Redeemed::Days {
+            code,
+            days,
+            entitlement,
+        }) => {
+            tracing::info!(user = id, %code, days, "promo code redeemed for free days");
+            sync_quietly(app, id).await;
+            text::promo_days(lang, days, entitlement.paid_until)
+        }
+        Ok(Redeemed::Discount { code, percent_off }) => {
+            tracing::info!(user = id, %code, percent_off, "promo code redeemed for a discount");
+            text::promo_discount(lang, percent_off)
+        }
+        Err(RedeemError::Syntax(error)) => {
+            app.metrics.update("promo_malformed");
+            tracing::info!(user = id, %error, chars = code.chars().count(), "a promo code that does not parse was refused");
+            text::promo_malformed(lang).to_owned()
+        }
+        Err(RedeemError::Refused(refusal)) => {
+            app.metrics.update("promo_refused");
+            tracing::info!(user = id, reason = refusal.label(), "promo code refused");
+            text::promo_refused(lang, refusal).to_owned()
+        }
+        Err(RedeemError::Ledger(error)) => return Err(error.into()),
+    })
 }
 
 /// `/invite`: the personal link and what it brought.
