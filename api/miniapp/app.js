@@ -413,7 +413,7 @@ function updateMainAction() {
     else setMainAction(null);
   } else if (screen === "locations") {
     const pick = locations.find((l) => l.server === movePick);
-    if (pick && !pick.current) setMainAction(fill("moveTo", { l: locationLabel(pick) }), () => move(pick));
+    if (pick && !pick.current) setMainAction(fill("moveTo", { l: pick.label }), () => move(pick));
     else setMainAction(null);
   } else if (screen === "status" && quotaExhausted()) {
     setMainAction(t("buyMore"), () => selectTab("plans"));
@@ -799,7 +799,6 @@ let locations = [];
 let buyLocation = null;
 let movePick = null;
 
-function locationLabel(location) { return location.flag + " " + location.displayName; }
 
 async function loadLocations() {
   if (!initData) return;
@@ -816,7 +815,7 @@ async function loadLocations() {
 function showLocation() {
   const current = locations.find((l) => l.current);
   $("location-row").hidden = locations.length === 0;
-  $("location").textContent = current ? locationLabel(current) : t("locationDefault");
+  $("location").textContent = current ? current.label : t("locationDefault");
   if (!buyLocation || !locations.some((l) => l.server === buyLocation && (!l.full || l.current))) {
     buyLocation = current ? current.server : null;
   }
@@ -847,7 +846,7 @@ function locationChoice(location, className, checked, onPick) {
   choice.setAttribute("aria-checked", String(checked));
   const blocked = location.full && !location.current;
   choice.disabled = blocked;
-  choice.append(element("span", "label", locationLabel(location)));
+  choice.append(element("span", "label", location.label));
   const notes = [];
   if (location.protocol === "amneziawg") notes.push("AmneziaWG");
   if (location.current) notes.push(t("locationCurrent"));
@@ -866,7 +865,7 @@ function openLocations() {
 
 // Moves the user's devices to `location` once they confirm that their configs change.
 async function move(location) {
-  const label = locationLabel(location);
+  const label = location.label;
   if (!(await confirmAction(fill("moveConfirm", { l: label })))) return;
   try {
     me = await (await api("/api/v1/me/location", {

@@ -1,5 +1,6 @@
 //! The user's location: `GET /api/v1/locations` (the `WgServer`s offered to users, in the
-//! user's language, the full ones and the user's own marked), `PUT /api/v1/me/location` (move
+//! user's language with their country's flag and name, the full ones and the user's own
+//! marked), `PUT /api/v1/me/location` (move
 //! there), and the same check for the optional `server` of `POST /api/v1/payments`.
 //!
 //! What is offered, what is full and whether a pick is allowed is decided by
@@ -37,6 +38,11 @@ pub struct LocationView {
     pub country: String,
     /// The country's flag emoji.
     pub flag: String,
+    /// The country's name in the user's language (CLDR's).
+    pub country_name: String,
+    /// What to show: flag, country name and display name (`🇩🇪 Германия · Франкфурт`; the
+    /// name once when the display name is the country's).
+    pub label: String,
     /// Other users fill its capacity: it cannot be picked.
     pub full: bool,
     /// The user's location now.
@@ -145,6 +151,8 @@ pub async fn locations(
                 display_name: l.display_name,
                 country: l.country,
                 flag: l.flag,
+                country_name: l.country_name,
+                label: l.label,
                 full: l.full,
                 current: l.current,
                 protocol: l.protocol.into(),

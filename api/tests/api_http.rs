@@ -834,13 +834,13 @@ async fn the_mini_app_in_headless_chromium_guides_pays_renews_and_feels_native()
     user_paid_until(&h, 603, SignedDuration::from_hours(-48)).await;
     user_paid_until(&h, 608, SignedDuration::from_hours(47)).await;
     h.active_user(604).await;
-    // Locations: Germany, the Netherlands (full: user 606 has a device there) and the
-    // AmneziaWG server as Finland.
+    // Locations: Frankfurt in Germany, the Netherlands (full: user 606 has a device there)
+    // and the AmneziaWG server as Finland.
     offered_server(
         &h,
         "de-1",
         "10.20.0.0/24",
-        json!({"displayName": {"ru": "Германия", "en": "Germany"}, "country": "DE"}),
+        json!({"displayName": {"ru": "Франкфурт", "en": "Frankfurt"}, "country": "DE"}),
     )
     .await;
     offered_server(

@@ -66,7 +66,7 @@ async fn world(label: &str) -> Harness {
         &h,
         "nl-1",
         "10.21.0.0/24",
-        json!({"displayName": {"ru": "Нидерланды", "en": "Netherlands"}, "country": "NL",
+        json!({"displayName": {"ru": "Амстердам", "en": "Amsterdam"}, "country": "NL",
                "capacity": 1}),
     )
     .await;
@@ -134,17 +134,23 @@ async fn offered_locations_are_listed_with_the_full_one_and_the_users_own_marked
         rows(&list),
         [
             row("de-1", "Germany", "🇩🇪", false, false),
-            row("nl-1", "Netherlands", "🇳🇱", true, false),
+            row("nl-1", "Amsterdam", "🇳🇱", true, false),
         ],
         "hidden fi-1 and unoffered main are left out; nl-1 is full of user 902"
     );
     assert_eq!(list[0]["country"], "DE");
+    assert_eq!(list[0]["countryName"], "Germany");
+    assert_eq!(
+        list[0]["label"], "🇩🇪 Germany",
+        "a display name that is the country's name is said once"
+    );
+    assert_eq!(list[1]["label"], "🇳🇱 Netherlands · Amsterdam");
 
     // The user on nl-1 sees it as theirs and not full.
     let (_, theirs) = h.user_call(902, "GET", "/api/v1/locations", None).await;
     assert_eq!(
         rows(&theirs)[1],
-        row("nl-1", "Netherlands", "🇳🇱", false, false)
+        row("nl-1", "Amsterdam", "🇳🇱", false, false)
     );
     let (status, body) = h
         .user_call(
@@ -158,7 +164,7 @@ async fn offered_locations_are_listed_with_the_full_one_and_the_users_own_marked
     let (_, theirs) = h.user_call(902, "GET", "/api/v1/locations", None).await;
     assert_eq!(
         rows(&theirs)[1],
-        row("nl-1", "Netherlands", "🇳🇱", false, true)
+        row("nl-1", "Amsterdam", "🇳🇱", false, true)
     );
 
     let (status, _, _) = h
@@ -336,6 +342,8 @@ async fn the_openapi_document_has_the_location_contract() {
         "displayName",
         "country",
         "flag",
+        "countryName",
+        "label",
         "full",
         "current",
         "protocol",

@@ -8,7 +8,7 @@
 // (never paid), `ending` (one day left), `adder` (one device of two), `mover` (on the default
 // server), `quota` (40 of the plan's 50 GB used this period), `exhausted` (all 50 used: paused).
 // Locations offered:
-// `de-1` (Germany), `nl-1` (full), `awg` (Finland, AmneziaWG). Scenarios:
+// `de-1` (Frankfurt, Germany), `nl-1` (full), `awg` (Finland, AmneziaWG). Scenarios:
 // - payment: the MainButton pays for the picked plan in the picked location (the request
 //   carries it), the page polls until the webhook (sent by the Rust side on request) moves the
 //   paid-until date and says so; a second payment that never arrives ends, after the bounded
@@ -88,7 +88,7 @@ const SAY = {
     late: "The payment has not arrived yet", starsFailed: "The payment in Stars did not go through.",
     starsPaid: "Paid in Stars: waiting", promoUnknown: "There is no such promo code.",
     guideTitle: "Connect “Phone”", notReady: "Your key is being prepared…", traffic: "↓ 1.5 MB · ↑ 342 KB",
-    full: "Full", current: "Current", locationDefault: "Default", moveTo: "Move to ",
+    frankfurt: "🇩🇪 Germany · Frankfurt", full: "Full", current: "Current", locationDefault: "Default", moveTo: "Move to ",
     moveConfirm: "Their configs change", moved: "Your configs changed",
     renewalOn: "On: Visa •••• 4242, valid until 12/27", renewalOff: "Automatic renewal is off.",
     deleteConfirm: "Its config stops working at once", rotateConfirm: "The current config stops working",
@@ -104,7 +104,7 @@ const SAY = {
     expiredTitle: "Подписка закончилась", pendingTitle: "Подписки пока нет", connected: "Подключено",
     notConnected: "Не подключено", never: "Рукопожатий ещё не было", install: "1. Установите приложение",
     copied: "Скопировано", guideTitle: "Подключить «Phone»", notReady: "Ключ готовится…",
-    traffic: "↓ 1,5 МБ · ↑ 342 КБ", full: "Мест нет", current: "Текущая",
+    traffic: "↓ 1,5 МБ · ↑ 342 КБ", frankfurt: "🇩🇪 Германия · Франкфурт", full: "Мест нет", current: "Текущая",
     renewalOn: "Включено: Visa •••• 4242, действует до 12/27",
   },
 };
@@ -370,7 +370,8 @@ async function screens(theme, lang, platform, expectPlatform, userAgent) {
     await expectMain(page, null, `${tag} status`);
     const places = await fromApi(page, "/api/v1/locations");
     const germany = places.find((l) => l.server === "de-1");
-    check((await page.textContent("#location")) === `${germany.flag} ${germany.displayName}`, "the status names the location");
+    check(germany.label === say.frankfurt, `the API labels the location with its country: ${germany.label}`);
+    check((await page.textContent("#location")) === say.frankfurt, "the status names the location with its country's flag and name");
     check((await page.textContent("#renewal-state")) === say.renewalOn, "automatic renewal is on with the saved card");
     check((await page.textContent("#renewal-next")).length > 0, "the next charge is named");
     await shot(page, `${tag}-status`);
@@ -552,7 +553,8 @@ async function move() {
     await page.click('#location-list [data-server="de-1"]');
     const places = await fromApi(page, "/api/v1/locations");
     const germany = places.find((l) => l.server === "de-1");
-    const label = `${germany.flag} ${germany.displayName}`;
+    const label = germany.label;
+    check(label === SAY.en.frankfurt, `the location is labelled with its country: ${label}`);
     await expectMain(page, `${SAY.en.moveTo}${label}`, "locations with Germany picked");
     await page.evaluate(() => { window.__confirmAnswer = false; });
     await tapMain(page);
