@@ -21,7 +21,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{FromRow, Postgres};
 use teloxide::Bot;
-use wgsub_crds::locations::{display_name, flag};
+use wgsub_crds::locations::location_label;
 use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::session::RunOn;
 use wgsub_ledger::{Ledger, LedgerError};
@@ -227,7 +227,8 @@ pub async fn send_notices(
     queue::send_open(app, now, limit, NOTICE_KIND, send).await
 }
 
-/// The name users see for `server`: flag and display name, or the server's name.
+/// The name users see for `server`: the country's flag and name and the server's display
+/// name ([`location_label`]), or the server's name.
 pub fn location_name(servers: &[Arc<WgServer>], server: &str, lang: Lang) -> String {
     servers
         .iter()
@@ -235,13 +236,7 @@ pub fn location_name(servers: &[Arc<WgServer>], server: &str, lang: Lang) -> Str
         .and_then(|s| s.spec.location.as_ref())
         .map_or_else(
             || server.to_owned(),
-            |location| {
-                format!(
-                    "{} {}",
-                    flag(&location.country).unwrap_or_default(),
-                    display_name(location, Some(lang.code()))
-                )
-            },
+            |location| location_label(location, Some(lang.code())),
         )
 }
 

@@ -1,4 +1,5 @@
-//! Locations in the bot: `/location` lists the offered servers as buttons (flag and name in
+//! Locations in the bot: `/location` lists the offered servers as buttons (the country's flag
+//! and name, and the server's name, in
 //! the user's language, the user's own and the full ones marked), `/buy` offers the same
 //! choice, and a button puts the user there — checked and written exactly as the api's
 //! `PUT /api/v1/me/location` does ([`wgsub_crds::locations::check_choice`] on the caches, then
@@ -50,13 +51,7 @@ pub fn offered(
 pub fn keyboard(lang: Lang, locations: &[Location]) -> InlineKeyboardMarkup {
     telegram::column(locations.iter().map(|location| {
         InlineKeyboardButton::callback(
-            text::location_button(
-                lang,
-                &location.flag,
-                &location.display_name,
-                location.full,
-                location.current,
-            ),
+            text::location_button(lang, &location.label, location.full, location.current),
             format!("{LOCATION_PREFIX}{}", location.server),
         )
     }))
@@ -79,7 +74,7 @@ pub async fn location_command(bot: Bot, message: Message, app: Arc<App>) -> Hand
         let current = locations
             .iter()
             .find(|l| l.current)
-            .map(|l| format!("{} {}", l.flag, l.display_name));
+            .map(|l| l.label.clone());
         bot.send_message(to.chat, text::choose_location(to.lang, current.as_deref()))
             .reply_markup(keyboard(to.lang, &locations))
             .await?;
@@ -129,9 +124,6 @@ pub async fn on_pick(to: Reply<'_>, from: &User, server: &str) -> HandlerResult 
     let name = offered(app, user_id, lang)?
         .into_iter()
         .find(|l| l.server == server)
-        .map_or_else(
-            || server.to_owned(),
-            |l| format!("{} {}", l.flag, l.display_name),
-        );
+        .map_or_else(|| server.to_owned(), |l| l.label);
     to.send(text::location_set(lang, &name)).await
 }

@@ -1584,9 +1584,10 @@ pub fn buy_location(lang: Lang) -> &'static str {
     )
 }
 
-/// A location's button: flag and name, a mark for the user's own and for a full one.
-pub fn location_button(lang: Lang, flag: &str, name: &str, full: bool, current: bool) -> String {
-    let mut label = format!("{flag} {name}");
+/// A location's button: its label (flag, country, name), a mark for the user's own and for a
+/// full one.
+pub fn location_button(lang: Lang, label: &str, full: bool, current: bool) -> String {
+    let mut label = label.to_owned();
     if current {
         label.push_str(" ✓");
     }

@@ -100,7 +100,7 @@ async fn a_pick_is_written_and_a_full_hidden_or_unknown_server_is_refused_writin
     create_server(
         &h,
         "nl-1",
-        json!({"displayName": {"ru": "Нидерланды", "en": "Netherlands"}, "country": "NL",
+        json!({"displayName": {"ru": "Амстердам", "en": "Amsterdam"}, "country": "NL",
                "capacity": 1}),
     )
     .await;
@@ -116,17 +116,17 @@ async fn a_pick_is_written_and_a_full_hidden_or_unknown_server_is_refused_writin
     let listed = locations::offered(&h.app, 4201, Lang::En).unwrap();
     let labels: Vec<String> = listed
         .iter()
-        .map(|l| text::location_button(Lang::En, &l.flag, &l.display_name, l.full, l.current))
+        .map(|l| text::location_button(Lang::En, &l.label, l.full, l.current))
         .collect();
-    assert_eq!(labels, ["🇩🇪 Germany", "🇳🇱 Netherlands — full"]);
+    assert_eq!(
+        labels,
+        ["🇩🇪 Germany", "🇳🇱 Netherlands · Amsterdam — full"],
+        "the country's flag and name, and the server's name unless it is the country's"
+    );
     let theirs = locations::offered(&h.app, 4202, Lang::Ru).unwrap();
     assert_eq!(
-        (
-            theirs[1].display_name.as_str(),
-            theirs[1].full,
-            theirs[1].current
-        ),
-        ("Нидерланды", false, true),
+        (theirs[1].label.as_str(), theirs[1].full, theirs[1].current),
+        ("🇳🇱 Нидерланды · Амстердам", false, true),
         "the user's own server is theirs and never full to them"
     );
 
