@@ -557,25 +557,32 @@ impl DesiredState {
     }
 }
 
+/// What the tests of the decisions built on [`DesiredState`] (here, in `pass` and in `expiry`)
+/// start from: a clock reading, an IPv4 pool and a live peer.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use wgsub_crds::keys::PrivateKey;
-    use wgsub_crds::pool::{parse_pool_v4, parse_pool_v6};
+    use wgsub_crds::pool::parse_pool_v4;
 
-    fn t(s: &str) -> Timestamp {
+    /// The tests' "now".
+    pub(crate) const NOW: &str = "2026-06-01T12:00:00Z";
+
+    pub(crate) fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
-    const NOW: &str = "2026-06-01T12:00:00Z";
 
-    fn pools() -> Pools {
+    /// `10.8.0.0/24`, no IPv6 pool.
+    pub(crate) fn pools_v4() -> Pools {
         Pools {
             v4: parse_pool_v4("10.8.0.0/24").unwrap(),
-            v6: Some(parse_pool_v6("fd00:8::/64").unwrap()),
+            v6: None,
         }
     }
 
-    fn peer(name: &str, address: &str) -> PeerInput {
+    /// A live peer at `address` with a fresh key: enabled, within every limit, paid until
+    /// 2026-07-01, no preshared key.
+    pub(crate) fn live_peer(name: impl Into<String>, address: impl Into<String>) -> PeerInput {
         PeerInput {
             name: name.into(),
             created: Some(t("2026-01-01T00:00:00Z")),
@@ -591,6 +598,47 @@ mod tests {
             },
             preshared_key: PresharedKeyInput::NotUsed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{NOW, live_peer as peer, pools_v4, t};
+    use super::*;
+    use wgsub_crds::keys::PrivateKey;
+    use wgsub_crds::pool::parse_pool_v6;
+
+    fn pools() -> Pools {
+        Pools {
+            v6: Some(parse_pool_v6("fd00:8::/64").unwrap()),
+            ..pools_v4()
+        }
+    }
+
+    /// One peer kept off the interface for each reason (at 10.8.0.2 and up), with the reason.
+    fn kept_off() -> Vec<(PeerInput, NotLive)> {
+        type Change = fn(&mut PeerLiveness);
+        let cases: [(&str, Change, NotLive); 6] = [
+            ("disabled", |l| l.enabled = false, NotLive::Disabled),
+            ("over-limit", |l| l.over_limit = true, NotLive::OverLimit),
+            ("over-quota", |l| l.over_quota = true, NotLive::OverQuota),
+            (
+                "suspended",
+                |l| l.subscription_suspended = true,
+                NotLive::Suspended,
+            ),
+            ("expired", |l| l.expires_at = Some(t(NOW)), NotLive::Expired),
+            ("never", |l| l.expires_at = None, NotLive::Expired),
+        ];
+        cases
+            .into_iter()
+            .zip(2..)
+            .map(|((name, change, reason), host)| {
+                let mut input = peer(name, format!("10.8.0.{host}/32"));
+                change(&mut input.liveness);
+                (input, reason)
+            })
+            .collect()
     }
 
     fn refusal(desired: &DesiredPeers, name: &str) -> Refusal {
@@ -621,23 +669,14 @@ mod tests {
     #[test]
     fn one_peer_judged_alone_gives_what_its_lone_decision_puts_on_the_interface() {
         let live = peer("live", "10.8.0.2/32");
-        let mut disabled = peer("disabled", "10.8.0.3/32");
-        disabled.liveness.enabled = false;
-        let mut over_limit = peer("over-limit", "10.8.0.5/32");
-        over_limit.liveness.over_limit = true;
-        let mut over_quota = peer("over-quota", "10.8.0.6/32");
-        over_quota.liveness.over_quota = true;
         let outside = peer("outside", "10.9.0.2/32");
         let mut keyless = peer("keyless", "10.8.0.4/32");
         keyless.public_key = None;
-        for input in [
-            &live,
-            &disabled,
-            &over_limit,
-            &over_quota,
-            &outside,
-            &keyless,
-        ] {
+        let kept_off = kept_off();
+        let inputs = [&live, &outside, &keyless]
+            .into_iter()
+            .chain(kept_off.iter().map(|(input, _)| input));
+        for input in inputs {
             let alone = desired_peers(&pools(), [input], t(NOW));
             assert_eq!(
                 live_candidate(input, &pools(), t(NOW)),
@@ -655,55 +694,17 @@ mod tests {
 
     #[test]
     fn disabled_over_limit_over_quota_suspended_and_expired_peers_stay_off_with_their_reason() {
-        let mut disabled = peer("disabled", "10.8.0.2/32");
-        disabled.liveness.enabled = false;
-        let mut over_limit = peer("over-limit", "10.8.0.6/32");
-        over_limit.liveness.over_limit = true;
-        let mut over_quota = peer("over-quota", "10.8.0.7/32");
-        over_quota.liveness.over_quota = true;
-        let mut suspended = peer("suspended", "10.8.0.3/32");
-        suspended.liveness.subscription_suspended = true;
-        let mut expired = peer("expired", "10.8.0.4/32");
-        expired.liveness.expires_at = Some(t(NOW));
-        let mut never = peer("never", "10.8.0.5/32");
-        never.liveness.expires_at = None;
-        let desired = desired_peers(
-            &pools(),
-            [
-                &disabled,
-                &over_limit,
-                &over_quota,
-                &suspended,
-                &expired,
-                &never,
-            ],
-            t(NOW),
-        );
+        let kept_off = kept_off();
+        let desired = desired_peers(&pools(), kept_off.iter().map(|(input, _)| input), t(NOW));
         assert!(desired.peers.is_empty());
-        assert_eq!(
-            desired.states["disabled"],
-            PeerState::NotLive(NotLive::Disabled)
-        );
-        assert_eq!(
-            desired.states["over-limit"],
-            PeerState::NotLive(NotLive::OverLimit)
-        );
-        assert_eq!(
-            desired.states["over-quota"],
-            PeerState::NotLive(NotLive::OverQuota)
-        );
-        assert_eq!(
-            desired.states["suspended"],
-            PeerState::NotLive(NotLive::Suspended)
-        );
-        assert_eq!(
-            desired.states["expired"],
-            PeerState::NotLive(NotLive::Expired)
-        );
-        assert_eq!(
-            desired.states["never"],
-            PeerState::NotLive(NotLive::Expired)
-        );
+        for (input, reason) in kept_off {
+            assert_eq!(
+                desired.states[&input.name],
+                PeerState::NotLive(reason),
+                "{}",
+                input.name
+            );
+        }
     }
 
     #[test]

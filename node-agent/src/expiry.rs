@@ -45,38 +45,16 @@ pub fn sleep_until(deadline: Option<Timestamp>, now: Timestamp, max: Duration) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{PeerInput, Pools, PresharedKeyInput};
-    use wgsub_crds::keys::PrivateKey;
-    use wgsub_crds::liveness::PeerLiveness;
-    use wgsub_crds::pool::parse_pool_v4;
-
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-    const NOW: &str = "2026-06-01T12:00:00Z";
+    use crate::desired::fixtures::{NOW, live_peer, pools_v4, t};
 
     /// The decision made at `at` for one live peer per expiry.
     fn decided(at: &str, expiries: &[&str]) -> DesiredState {
-        let pools = Pools {
-            v4: parse_pool_v4("10.8.0.0/24").unwrap(),
-            v6: None,
-        };
-        let peers = expiries.iter().enumerate().map(|(n, expires)| PeerInput {
-            name: format!("p{n}"),
-            created: Some(t("2026-01-01T00:00:00Z")),
-            public_key: Some(PrivateKey::generate().public_key().to_base64()),
-            address: Some(format!("10.8.0.{}/32", n + 2)),
-            address6: None,
-            liveness: PeerLiveness {
-                enabled: true,
-                over_limit: false,
-                over_quota: false,
-                subscription_suspended: false,
-                expires_at: Some(t(expires)),
-            },
-            preshared_key: PresharedKeyInput::NotUsed,
+        let peers = expiries.iter().enumerate().map(|(n, expires)| {
+            let mut peer = live_peer(format!("p{n}"), format!("10.8.0.{}/32", n + 2));
+            peer.liveness.expires_at = Some(t(expires));
+            peer
         });
-        DesiredState::new(pools, peers, t(at))
+        DesiredState::new(pools_v4(), peers, t(at))
     }
 
     #[test]

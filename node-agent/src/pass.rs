@@ -345,23 +345,10 @@ pub fn sync_plan(
 mod tests {
     use std::path::PathBuf;
 
-    use wgsub_crds::pool::parse_pool_v4;
-
     use super::*;
     use crate::amneziawg::{AwgParams, Userspace};
+    use crate::desired::fixtures::{NOW, pools_v4 as pools, t};
     use crate::interface::Backend;
-
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-    const NOW: &str = "2026-06-01T12:00:00Z";
-
-    fn pools() -> Pools {
-        Pools {
-            v4: parse_pool_v4("10.8.0.0/24").unwrap(),
-            v6: None,
-        }
-    }
 
     fn awg(jc: u32) -> Driver {
         Driver::AmneziaWg {
