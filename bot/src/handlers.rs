@@ -305,14 +305,16 @@ async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
             })
             .collect();
         let entitlement = &user.entitlement;
-        to.send(text::status(
+        let status = text::status(
             to.lang,
             phase,
             entitlement.paid_until,
             entitlement.max_devices,
             &lines,
-        ))
-        .await
+        );
+        let usage = crate::quota::usage_of(&app.caches, user.telegram_id, entitlement);
+        to.send(crate::quota::status_with_usage(to.lang, status, &usage))
+            .await
     })
     .await
 }

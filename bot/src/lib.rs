@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod location_moves;
 pub mod locations;
 pub mod metrics;
+pub mod quota;
 pub mod reminders;
 pub mod renewal;
 pub mod server_changes;

@@ -17,7 +17,7 @@ use wgsub_bot::app::{App, Settings};
 use wgsub_bot::broadcast::Pacing;
 use wgsub_bot::config::{Config, Mode};
 use wgsub_bot::metrics::Metrics;
-use wgsub_bot::{handlers, http, jobs, location_moves, server_changes, telegram};
+use wgsub_bot::{handlers, http, jobs, location_moves, quota, server_changes, telegram};
 use wgsub_crds::plans::PlanCatalogue;
 use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{
@@ -86,6 +86,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             &config.namespace,
             CacheOptions {
                 keys_namespace: config.keys_namespace.clone(),
+                // `/status` shows the traffic and the quota notices follow QuotaExhausted.
+                subscriptions: true,
                 ..CacheOptions::default()
             },
         ),
@@ -184,6 +186,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
                     tracing::warn!(%error, "location move run failed");
+                }
+                if let Err(error) = quota::run(&app, &bot, now, OUTBOX_BATCH).await {
+                    tracing::warn!(%error, "quota notice run failed");
                 }
             }
         }

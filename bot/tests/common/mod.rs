@@ -120,6 +120,7 @@ pub async fn harness(label: &str, options: Options) -> Harness {
             &namespace,
             CacheOptions {
                 keys_namespace: Some(peer_keys_namespace(&namespace)),
+                subscriptions: true,
                 ..CacheOptions::default()
             },
         ),
