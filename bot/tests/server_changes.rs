@@ -16,9 +16,10 @@ use serde_json::json;
 use wgsub_bot::server_changes;
 use wgsub_bot::text::{self, Lang};
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{WgPeer, WgPeerSpec, WgServer};
+use wgsub_crds::resources::subscription_name;
+use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::TelegramUser;
+use wgsub_testkit::fixtures;
 use wiremock::MockServer;
 
 fn tg(id: i64, language: &str) -> TelegramUser {
@@ -117,21 +118,13 @@ async fn a_parameter_change_tells_each_user_on_the_server_once_and_wireguard_nev
         (4004, 1, "awg"),
     ] {
         let subscription = subscription_name(user);
-        let mut peer = WgPeer::new(
-            &format!("{subscription}-{index}"),
-            WgPeerSpec {
-                server: server.into(),
-                public_key: Some(PrivateKey::generate().public_key().to_base64()),
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
-                address: Some(format!("10.8.0.{}/32", user - 4000 + index * 10)),
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: Some(format!("phone {index}")),
-            },
-        );
-        peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), subscription)].into());
+        let name = format!("{subscription}-{index}");
+        let address = format!("10.8.0.{}/32", user - 4000 + index * 10);
+        let key = PrivateKey::generate();
+        let mut peer = fixtures::peer(&name, &subscription, server, &key, &address);
+        // Only the public key matters to the notices: no key Secret is made.
+        peer.spec.private_key_secret_ref = None;
+        peer.spec.device_name = Some(format!("phone {index}"));
         let peer = peers.create(&PostParams::default(), &peer).await.unwrap();
         h.visible(&peer).await;
     }

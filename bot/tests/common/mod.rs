@@ -12,9 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 use teloxide::types::User;
 use teloxide_tests::{MockMessageText, MockPrivateChat, MockUser};
@@ -24,14 +23,15 @@ use wgsub_bot::config::AdminIds;
 use wgsub_bot::metrics::Metrics;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::plans::PlanCatalogue;
-use wgsub_crds::resources::{LABEL_PEER, LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{SecretKeyRef, VpnSubscription, WgPeer, WgPeerSpec, WgServer};
+use wgsub_crds::resources::subscription_name;
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_devices::{CacheOptions, Caches};
 use wgsub_ledger::{Ledger, ReceiptSettings, SubscriptionSync, YooKassa, YooKassaConfig};
 use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -211,33 +211,14 @@ impl Harness {
     pub async fn ready_peer(&self, user: i64, index: u32, device: &str) {
         let servers: Api<WgServer> = Api::namespaced(self.admin.clone(), &self.namespace);
         if servers.get_opt("main").await.unwrap().is_none() {
-            let server = WgServer::new(
-                "main",
-                serde_json::from_value(json!({
-                    "endpoint": "vpn.example.com:51820",
-                    "addressPool": "10.8.0.0/24",
-                    "dns": ["1.1.1.1"],
-                    "privateKeySecretRef": {"name": "main-key"}
-                }))
-                .unwrap(),
-            );
+            let mut server = fixtures::server("main", "10.8.0.0/24");
+            server.spec.dns = vec!["1.1.1.1".into()];
             servers
                 .create(&PostParams::default(), &server)
                 .await
                 .unwrap();
             // The node-agent publishes the key through the status subresource.
-            let status = json!({
-                "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-                "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
-            });
-            let server = servers
-                .patch_status(
-                    "main",
-                    &PatchParams::apply("wgsub-test-agent"),
-                    &Patch::Apply(&status),
-                )
-                .await
-                .unwrap();
+            let server = fixtures::publish_server_key(&servers, "main").await;
             self.visible(&server).await;
         }
         let subscription = subscription_name(user);
@@ -246,49 +227,18 @@ impl Harness {
         // The key Secret in the peer keys namespace, as the operator writes it.
         let keys_namespace = peer_keys_namespace(&self.namespace);
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), &keys_namespace);
+        let mut secret = fixtures::key_secret(&name, &key);
+        secret.metadata.namespace = Some(keys_namespace.clone());
         let secret = secrets
-            .create(
-                &PostParams::default(),
-                &Secret {
-                    metadata: ObjectMeta {
-                        name: Some(format!("{name}-key")),
-                        namespace: Some(keys_namespace.clone()),
-                        labels: Some([(LABEL_PEER.to_owned(), name.clone())].into()),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(
-                        [(
-                            "privateKey".to_owned(),
-                            ByteString(key.to_base64().as_bytes().to_vec()),
-                        )]
-                        .into(),
-                    ),
-                    ..Secret::default()
-                },
-            )
+            .create(&PostParams::default(), &secret)
             .await
             .unwrap();
         self.visible(&secret).await;
         let peers: Api<WgPeer> = Api::namespaced(self.admin.clone(), &self.namespace);
-        let mut peer = WgPeer::new(
-            &name,
-            WgPeerSpec {
-                server: "main".into(),
-                public_key: Some(key.public_key().to_base64()),
-                private_key_secret_ref: Some(SecretKeyRef::new(
-                    format!("{name}-key"),
-                    "privateKey",
-                )),
-                preshared_key_secret_ref: None,
-                address: Some(format!("10.8.0.{}/32", index + 1)),
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: Some(device.into()),
-            },
-        );
+        let address = format!("10.8.0.{}/32", index + 1);
+        let mut peer = fixtures::peer(&name, &subscription, "main", &key, &address);
+        peer.spec.device_name = Some(device.into());
         peer.metadata.namespace = Some(self.namespace.clone());
-        peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), subscription)].into());
         let peer = peers.create(&PostParams::default(), &peer).await.unwrap();
         self.visible(&peer).await;
     }
