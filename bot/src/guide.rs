@@ -1,4 +1,4 @@
-//! The connection guide: after a payment (the outbox notice), under a config (`/config`) and
+//! The connection guide: after the first purchase (its notice), under a config (`/config`) and
 //! from its own button, the user picks their platform (iOS, Android, Windows, macOS, Linux) and
 //! gets the app to install for their server's protocol — WireGuard, or AmneziaVPN / AmneziaWG —
 //! with its official store links ([`wgsub_devices::apps`], the same the Mini App shows) and the
@@ -83,12 +83,20 @@ pub fn protocol_for(
     }
 }
 
-/// The keyboard sent with an outbox notice: the platforms after a payment, nothing otherwise.
+/// The keyboard sent with an outbox notice: the platforms after the user's first purchase
+/// (not after each renewal or later purchase: their tunnel is set up), nothing otherwise.
 pub fn notice_keyboard(event: &NotificationEvent) -> Option<InlineKeyboardMarkup> {
-    matches!(event, NotificationEvent::PaymentSucceeded { .. }).then(platform_keyboard)
+    matches!(
+        event,
+        NotificationEvent::PaymentSucceeded {
+            first_purchase: true,
+            ..
+        }
+    )
+    .then(platform_keyboard)
 }
 
-/// Sends an outbox notice (with the guide's platform buttons after a payment).
+/// Sends an outbox notice (with the guide's platform buttons after the first purchase).
 pub async fn send_notice(bot: &Bot, chat: i64, lang: Lang, event: &NotificationEvent) -> Delivery {
     let mut request = bot.send_message(ChatId(chat), notification_text(lang, event));
     if let Some(keyboard) = notice_keyboard(event) {
@@ -198,15 +206,21 @@ mod tests {
     }
 
     #[test]
-    fn only_a_payment_notice_carries_the_platform_buttons() {
-        let paid = NotificationEvent::PaymentSucceeded {
+    fn only_the_first_purchases_notice_carries_the_platform_buttons() {
+        let paid = |first_purchase| NotificationEvent::PaymentSucceeded {
             payment_id: uuid::Uuid::from_u128(7),
             plan: "month".into(),
             amount_minor: 19_900,
             currency: "RUB".into(),
             paid_until: None,
+            first_purchase,
         };
-        assert_eq!(notice_keyboard(&paid), Some(platform_keyboard()));
+        assert_eq!(notice_keyboard(&paid(true)), Some(platform_keyboard()));
+        assert_eq!(
+            notice_keyboard(&paid(false)),
+            None,
+            "a renewal or a later purchase"
+        );
         let referral = NotificationEvent::ReferralRewarded {
             days: 7,
             paid_until: None,

@@ -243,6 +243,7 @@ mod tests {
             amount_minor: 19_900,
             currency: "RUB".into(),
             paid_until: Some(until),
+            first_purchase: false,
         };
         assert!(notification_text(Lang::En, &event).contains("2026-04-01 00:00 UTC"));
         assert!(notification_text(Lang::Ru, &event).contains("2026-04-01 00:00 UTC"));

@@ -29,6 +29,10 @@ pub enum NotificationEvent {
         amount_minor: i64,
         currency: String,
         paid_until: Option<Timestamp>,
+        /// The user's first purchase (no payment applied before, by card or in Stars): the
+        /// notice leads to the connection guide. Absent in older rows: not the first.
+        #[serde(default)]
+        first_purchase: bool,
     },
     /// A refund was recorded; the subscription now runs until `paid_until`.
     RefundRecorded {
@@ -76,6 +80,25 @@ pub struct Notification {
     pub user_id: i64,
     pub created_at: Timestamp,
     pub event: NotificationEvent,
+}
+
+/// In the transaction applying a payment of `user_id` (their row locked, the payment already
+/// recorded as applied): whether it is their only applied payment, by card or in Stars.
+pub(crate) async fn is_first_purchase(
+    conn: &mut PgConnection,
+    persistent: bool,
+    user_id: i64,
+) -> Result<bool, LedgerError> {
+    let (applied,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payment_applications a \
+                 JOIN payments p ON p.id = a.payment_id WHERE p.user_id = $1) \
+              + (SELECT count(*) FROM star_payments WHERE user_id = $1)",
+    )
+    .persistent(persistent)
+    .bind(user_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(applied <= 1)
 }
 
 pub(crate) async fn enqueue(

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use wgsub_crds::plans::Plan;
 
 use crate::entitlement::Entitlement;
-use crate::outbox::{NotificationEvent, enqueue};
+use crate::outbox::{NotificationEvent, enqueue, is_first_purchase};
 use crate::promo::{discounted_price, waiting_from_row};
 use crate::referral::{EarnedBy, revoke_reward, reward_referrer};
 use crate::session::RunOn;
@@ -623,6 +623,7 @@ impl Ledger {
             amount_minor: record.amount_minor,
             currency: record.currency.clone(),
             paid_until: entitlement.paid_until,
+            first_purchase: is_first_purchase(&mut tx, self.persistent, record.user_id).await?,
         };
         enqueue(&mut tx, self.persistent, record.user_id, &event, now).await?;
         reward_referrer(

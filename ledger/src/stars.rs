@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use crate::audit::AdminAction;
 use crate::entitlement::{Entitlement, PaymentFact};
 use crate::grants::record_admin_action;
-use crate::outbox::{NotificationEvent, enqueue};
+use crate::outbox::{NotificationEvent, enqueue, is_first_purchase};
 use crate::referral::{EarnedBy, revoke_reward, reward_referrer};
 use crate::session::RunOn;
 use crate::txn::{lock_user, refold};
@@ -514,6 +514,7 @@ impl Ledger {
             amount_minor: purchase.stars,
             currency: STARS_CURRENCY.to_owned(),
             paid_until: entitlement.paid_until,
+            first_purchase: is_first_purchase(&mut tx, self.persistent, purchase.user_id).await?,
         };
         enqueue(&mut tx, self.persistent, purchase.user_id, &event, now).await?;
         reward_referrer(

@@ -393,6 +393,7 @@ async fn a_succeeded_payment_applied_twenty_times_concurrently_counts_once() {
             amount_minor: 54_900,
             currency: "RUB".into(),
             paid_until: user.entitlement.paid_until,
+            first_purchase: true,
         }
     );
     assert!(
