@@ -58,10 +58,17 @@ fn bad_values_are_refused_with_the_field_named() {
         &["operator.usageWriteInterval=0s"],
         "/operator/usageWriteInterval",
     );
-    // The api parses one number and one unit, more than zero: the chart refuses what it would.
-    refused(&["api.driftInterval=1m30s"], "/api/driftInterval");
-    refused(&["api.initDataMaxAge=1h30m"], "/api/initDataMaxAge");
+    // The binaries' one duration syntax, largest unit first; the api's intervals more than zero.
+    refused(&["api.driftInterval=30s1m"], "/api/driftInterval");
+    refused(&["api.initDataMaxAge=1h 30m"], "/api/initDataMaxAge");
     refused(&["api.initDataMaxAge=0h"], "/api/initDataMaxAge");
+    refused(&["api.initDataMaxAge=0h0m"], "/api/initDataMaxAge");
+    refused(
+        &["operator.expiredPeerRetention=5w"],
+        "/operator/expiredPeerRetention",
+    );
+    refused(&["bot.shutdownTimeout=26s"], "/bot/shutdownTimeout");
+    refused(&["bot.shutdownTimeout=0s"], "/bot/shutdownTimeout");
     refused(
         &["yookassa.receipts.vatCode=13"],
         "/yookassa/receipts/vatCode",
@@ -153,6 +160,13 @@ fn good_values_of_the_same_fields_are_accepted() {
             "database.pgbouncer=true",
             "api.driftInterval=90s",
             "api.initDataMaxAge=30m",
+        ],
+        &[
+            "api.driftInterval=1m30s",
+            "api.initDataMaxAge=1h30m",
+            "operator.expiredPeerRetention=0s",
+            "operator.usageWriteInterval=1d12h",
+            "bot.shutdownTimeout=25s",
         ],
         &[
             "bot.mode=webhook",
