@@ -71,30 +71,33 @@ fn start_operator(
     ))
 }
 
-/// The node-agent, configured as the chart configures it (plus the lab's network namespace):
-/// its watches, status writer and loop, until `shutdown`.
+/// The node-agent, configured as the chart configures it (plus the lab's network namespace and
+/// the test's `extra` flags): its watches, status writer and loop, until `shutdown`.
 fn start_node_agent(
     client: kube::Client,
     namespace: &str,
     node: &str,
     netns: &std::path::Path,
+    extra: &[String],
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let server_keys = server_keys_namespace(namespace);
-    let config = wgsub_node_agent::config::Config::try_parse_from([
-        "wgsub-node-agent",
-        "--node-name",
-        node,
-        "--namespace",
-        namespace,
-        "--server-keys-namespace",
-        &server_keys,
-        "--backend",
-        "userspace",
-        "--netns",
-        netns.to_str().expect("a UTF-8 netns path"),
-    ])
-    .expect("the node-agent accepts the chart's flags");
+    let mut args = vec![
+        "wgsub-node-agent".to_owned(),
+        "--node-name".to_owned(),
+        node.to_owned(),
+        "--namespace".to_owned(),
+        namespace.to_owned(),
+        "--server-keys-namespace".to_owned(),
+        server_keys,
+        "--backend".to_owned(),
+        "userspace".to_owned(),
+        "--netns".to_owned(),
+        netns.to_str().expect("a UTF-8 netns path").to_owned(),
+    ];
+    args.extend(extra.iter().cloned());
+    let config = wgsub_node_agent::config::Config::try_parse_from(args)
+        .expect("the node-agent accepts the chart's flags");
     config
         .validate()
         .expect("the node-agent's settings are valid");
@@ -142,6 +145,8 @@ pub struct Cluster {
     pub client: kube::Client,
     /// The components that were given a client, in order.
     components: Vec<&'static str>,
+    /// Flags the node-agent gets beyond the chart's ([`Cluster::with_agent_flags`]).
+    agent_flags: Vec<String>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -175,9 +180,18 @@ impl Cluster {
             node,
             client,
             components: Vec::new(),
+            agent_flags: Vec::new(),
             shutdown: CancellationToken::new(),
             tasks: Vec::new(),
         }
+    }
+
+    /// The same cluster giving the node-agent `flags` too when it starts (a test's quicker
+    /// intervals, e.g. `--counters-interval 1s`).
+    #[allow(dead_code, reason = "tests/quota.rs uses it; tests/chain.rs does not")]
+    pub fn with_agent_flags(mut self, flags: &[&str]) -> Self {
+        self.agent_flags = flags.iter().map(|flag| (*flag).to_owned()).collect();
+        self
     }
 
     /// Creates `server` (as the chart does) and starts the operator and the node-agent (whose
@@ -211,6 +225,7 @@ impl Cluster {
             &self.namespace,
             &self.node,
             netns,
+            &self.agent_flags,
             &self.shutdown,
         ));
     }
