@@ -108,14 +108,17 @@ pub const RENEWAL_BATCH: i64 = 50;
 
 /// Charges the automatic renewals due at `now` with the saved cards and settles those still
 /// open (see [`wgsub_ledger::renewal`]): safe on every replica at once, each period is claimed
-/// in the database before YooKassa is asked. The user hears of a failure through the outbox.
+/// in the database before YooKassa is asked. The user hears of a failure through the outbox;
+/// the run's outcomes are counted in the metrics.
 pub async fn run_renewals(app: &App, now: Timestamp) -> Result<RenewalReport, LedgerError> {
     let ctx = RenewalContext {
         yookassa: &app.yookassa,
         plans: &app.plans,
         receipt: app.settings.receipts,
     };
-    app.ledger.run_renewals(ctx, now, RENEWAL_BATCH).await
+    let report = app.ledger.run_renewals(ctx, now, RENEWAL_BATCH).await?;
+    app.metrics.renewals(&report);
+    Ok(report)
 }
 
 /// How long a notification that keeps failing (not a blocked chat) is retried.
@@ -160,6 +163,9 @@ pub fn notification_text(lang: Lang, event: &NotificationEvent) -> String {
         NotificationEvent::RenewalFailed {
             reason, paid_until, ..
         } => text::renewal_failed(lang, reason, *paid_until),
+        NotificationEvent::RenewalUnconfirmed { paid_until, .. } => {
+            text::renewal_unconfirmed(lang, *paid_until)
+        }
     }
 }
 

@@ -1,12 +1,13 @@
 //! The bot's Prometheus metrics: updates handled by kind, handler errors, answers to users who
 //! cannot be reached (blocked the bot: not an error of the bot, counted apart), notifications
-//! sent and failed (by kind), and in polling mode whether this replica holds the Lease (and how
+//! sent and failed (by kind), automatic renewal charges by outcome, and in polling mode whether this replica holds the Lease (and how
 //! often it took it), served at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use wgsub_ledger::RenewalReport;
 use wgsub_runtime::lease::LeaderMetrics;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -27,6 +28,24 @@ pub struct NotificationLabels {
     pub result: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RenewalLabels {
+    /// attempted (sent to YooKassa), succeeded, failed, refused, unknown, given_up.
+    pub outcome: String,
+}
+
+/// The renewal counters a run adds to, by outcome label.
+pub fn renewal_counts(report: &RenewalReport) -> [(&'static str, u32); 6] {
+    [
+        ("attempted", report.attempted),
+        ("succeeded", report.succeeded),
+        ("failed", report.failed),
+        ("refused", report.refused),
+        ("unknown", report.unknown),
+        ("given_up", report.given_up),
+    ]
+}
+
 /// The counters, and the registry that encodes them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -35,6 +54,7 @@ pub struct Metrics {
     handler_errors: Family<HandlerLabels, Counter>,
     unreachable_users: Family<HandlerLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
+    renewal_charges: Family<RenewalLabels, Counter>,
     leader: LeaderMetrics,
 }
 
@@ -71,6 +91,14 @@ impl Metrics {
             "Notifications the bot tried to send, by kind and result (sent, failed)",
             notifications.clone(),
         );
+        let renewal_charges = Family::<RenewalLabels, Counter>::default();
+        registry.register(
+            "renewal_charges",
+            "Automatic renewal charges by outcome: attempted (sent to YooKassa), succeeded, \
+             failed, refused (before YooKassa), unknown (never answered), given_up (never \
+             answered and not asked again)",
+            renewal_charges.clone(),
+        );
         let leader = LeaderMetrics::register(&mut registry);
         Self {
             registry,
@@ -78,6 +106,7 @@ impl Metrics {
             handler_errors,
             unreachable_users,
             notifications,
+            renewal_charges,
             leader,
         }
     }
@@ -115,6 +144,17 @@ impl Metrics {
                 result: if sent { "sent" } else { "failed" }.into(),
             })
             .inc_by(count);
+    }
+
+    /// Adds what a renewal run did.
+    pub fn renewals(&self, report: &RenewalReport) {
+        for (outcome, count) in renewal_counts(report) {
+            self.renewal_charges
+                .get_or_create(&RenewalLabels {
+                    outcome: outcome.into(),
+                })
+                .inc_by(u64::from(count));
+        }
     }
 
     /// Whether this replica polls as the Lease's holder, and how often it started to.
@@ -160,6 +200,35 @@ mod tests {
             text.contains("wgsub_bot_leader_transitions_total 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renewal_runs_add_up_by_outcome() {
+        let metrics = Metrics::new();
+        let run = RenewalReport {
+            attempted: 3,
+            succeeded: 1,
+            failed: 1,
+            pending: 1,
+            given_up: 1,
+            ..RenewalReport::default()
+        };
+        metrics.renewals(&run);
+        metrics.renewals(&run);
+        metrics.renewals(&RenewalReport::default());
+        let text = metrics.encode();
+        for (outcome, total) in [
+            ("attempted", 6),
+            ("succeeded", 2),
+            ("failed", 2),
+            ("refused", 0),
+            ("unknown", 0),
+            ("given_up", 2),
+        ] {
+            let line =
+                format!("wgsub_bot_renewal_charges_total{{outcome=\"{outcome}\"}} {total}\n");
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

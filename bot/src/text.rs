@@ -1509,6 +1509,26 @@ pub fn renewal_failed(lang: Lang, reason: &str, paid_until: Option<Timestamp>) -
     }
 }
 
+/// An automatic renewal asked of YooKassa whose answer never came and that is not asked again:
+/// it may have been charged, so it is not called failed — it is being checked, a charge adds
+/// the time by itself, and nothing more is charged for the period.
+pub fn renewal_unconfirmed(lang: Lang, paid_until: Option<Timestamp>) -> String {
+    let until = dated_sentence(
+        lang,
+        "Подписка действует до",
+        "Your subscription runs until",
+        paid_until,
+    );
+    match lang {
+        Lang::Ru => format!(
+            "Автопродление пока не подтверждено: платёжная система не ответила, мы проверяем списание. Если деньги списаны, время добавится само, а повторно за этот период ничего не спишем.{until} Если деньги не списаны, оплатить можно вручную: /buy"
+        ),
+        Lang::En => format!(
+            "The automatic renewal is not confirmed yet: the payment provider did not answer, and we are checking the charge. If you were charged, the time is added by itself, and nothing more is charged for this period.{until} If nothing was charged, you can pay by hand: /buy"
+        ),
+    }
+}
+
 /// `/renewal`: the saved card (masked) and when it is charged, or that renewal is off.
 pub fn renewal_status(
     lang: Lang,

@@ -2,8 +2,9 @@
 //! ledger, the real Kubernetes API server (the bot's client under the chart's RBAC), a fake Bot
 //! API and the YooKassa fake with saved cards: a plan bought "with automatic renewal" asks
 //! YooKassa to save the card, `/renewal` shows it masked with a button that switches renewal
-//! off (after which nothing is charged), and a declined renewal adds no time and tells the
-//! user in their language how to pay by hand.
+//! off (after which nothing is charged), a declined renewal adds no time and tells the user
+//! in their language how to pay by hand, and a renewal charged is counted in the metrics and
+//! its payment notice comes without the guide the first purchase's had.
 
 mod common;
 
@@ -220,4 +221,41 @@ async fn a_declined_renewal_adds_no_time_and_tells_the_user_how_to_pay_by_hand()
     assert_eq!(sent_texts(&w.telegram).await.len(), sent.len());
     assert_eq!(w.fake.charges().len(), 1);
     assert_eq!(w.paid_until(user).await, paid_until);
+}
+
+#[tokio::test]
+async fn a_renewal_is_counted_and_only_the_first_purchases_notice_carries_the_guide() {
+    let w = world("bot_renewal_notice").await;
+    let user = 4103;
+    w.buy_renewing(user, "en").await;
+    let paid_until = w.paid_until(user).await;
+    let at = paid_until - SignedDuration::from_hours(12);
+    let report = jobs::run_renewals(&w.h.app, at).await.unwrap();
+    assert_eq!((report.attempted, report.succeeded), (1, 1), "{report:?}");
+    let metrics = w.h.app.metrics.encode();
+    for line in [
+        r#"wgsub_bot_renewal_charges_total{outcome="attempted"} 1"#,
+        r#"wgsub_bot_renewal_charges_total{outcome="succeeded"} 1"#,
+        r#"wgsub_bot_renewal_charges_total{outcome="given_up"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
+    jobs::drain_outbox(&w.h.app, &w.bot, at, 100).await.unwrap();
+    let notices: Vec<bool> = requests(&w.telegram, "sendMessage")
+        .await
+        .into_iter()
+        .filter(|m| m["chat_id"] == json!(user))
+        .filter(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Payment received"))
+        })
+        .map(|m| m.get("reply_markup").is_some())
+        .collect();
+    assert_eq!(
+        notices,
+        [true, false],
+        "the purchase's notice leads to the guide, the renewal's does not"
+    );
 }

@@ -58,6 +58,13 @@ pub enum NotificationEvent {
         reason: String,
         paid_until: Option<Timestamp>,
     },
+    /// The automatic renewal of `plan` was asked of YooKassa but never answered and is not
+    /// asked again: whether it was charged is being checked (a late answer adds the time, or
+    /// says it failed).
+    RenewalUnconfirmed {
+        plan: String,
+        paid_until: Option<Timestamp>,
+    },
 }
 
 impl NotificationEvent {
@@ -69,6 +76,7 @@ impl NotificationEvent {
             NotificationEvent::ReferralRewarded { .. } => "referral_rewarded",
             NotificationEvent::ReferralRevoked { .. } => "referral_revoked",
             NotificationEvent::RenewalFailed { .. } => "renewal_failed",
+            NotificationEvent::RenewalUnconfirmed { .. } => "renewal_unconfirmed",
         }
     }
 }

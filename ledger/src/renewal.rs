@@ -27,6 +27,14 @@
 //!   `charging` writes it) and a method YooKassa says is revoked or expired is deleted. A
 //!   renewal of a plan no longer on sale is refused before YooKassa is asked: logged, nothing
 //!   charged, the user told.
+//! - **Giving up.** A charge asked but never answered that is not to be asked again (renewal
+//!   switched off, the plan off sale, the grace over) is marked `unknown` with that reason, not
+//!   `failed`: the first ask may have charged. The user is told it is being checked
+//!   ([`NotificationEvent::RenewalUnconfirmed`]), never that it failed; a later webhook settles
+//!   it either way (applied once, or failed and told).
+//! - **Promo codes.** A percentage the user redeemed is off "the next payment": a renewal charge
+//!   is one, so it is priced with the waiting discount ([`renewal_price`]) and consumes it when
+//!   applied, as any payment does (`payments.rs`).
 //! - **Switching off.** [`Ledger::disable_renewal`] deletes the stored method; the claim
 //!   transaction re-reads it under the same row lock, so nothing is charged afterwards.
 //!
@@ -43,6 +51,7 @@ use wgsub_crds::plans::{Plan, PlanCatalogue};
 
 use crate::outbox::{NotificationEvent, enqueue};
 use crate::payments::{ApplyError, ApplyOutcome, PaymentRecord, PaymentStatus};
+use crate::promo::{WaitingDiscount, discounted_price, waiting_from_row};
 use crate::session::RunOn;
 use crate::txn::lock_user;
 use crate::yookassa::{
@@ -194,6 +203,46 @@ pub fn renewal_charge_body(
     body
 }
 
+/// The plan as a renewal charges it: its price less the waiting discount `percent_off` (a
+/// promo code's "percentage off the next payment"), rounded as every discounted payment is.
+pub fn renewal_price(plan: &Plan, percent_off: Option<u8>) -> Plan {
+    Plan {
+        price_minor: percent_off.map_or(plan.price_minor, |percent| {
+            discounted_price(plan.price_minor, percent)
+        }),
+        ..plan.clone()
+    }
+}
+
+/// Whether a charge of a due period came to `outcome` after YooKassa was asked (refusals and
+/// periods claimed elsewhere or no longer due never reach it).
+fn asked_first_time(outcome: &ChargeOutcome) -> bool {
+    matches!(
+        outcome,
+        ChargeOutcome::Succeeded | ChargeOutcome::Failed { .. } | ChargeOutcome::Pending
+    )
+}
+
+/// The discount waiting in the user's redemption (locked with the user's row by the caller),
+/// if any: the next payment is priced with it.
+async fn waiting_discount(
+    conn: &mut PgConnection,
+    persistent: bool,
+    user_id: i64,
+) -> Result<Option<WaitingDiscount>, LedgerError> {
+    sqlx::query(
+        "SELECT id, code, percent_off FROM promo_redemptions \
+         WHERE user_id = $1 AND percent_off IS NOT NULL AND consumed_by IS NULL",
+    )
+    .persistent(persistent)
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .as_ref()
+    .map(waiting_from_row)
+    .transpose()
+}
+
 /// A user's renewal as the bot and the Mini App show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewalStatus {
@@ -233,16 +282,23 @@ pub enum ChargeOutcome {
     /// Asked, never answered, and too old to ask again: never sent again, left for review; a
     /// webhook for the original payment still applies it.
     Unknown,
+    /// Asked, never answered, and not to be asked again (`reason`: renewal switched off, the
+    /// plan off sale, the grace over): marked unknown, the user told it is being checked; a
+    /// webhook for the original payment still settles it.
+    GivenUp { reason: String },
 }
 
 /// What a renewal run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RenewalReport {
+    /// Charges sent to YooKassa (first asks and asks again).
+    pub attempted: u32,
     pub succeeded: u32,
     pub failed: u32,
     pub refused: u32,
     pub pending: u32,
     pub unknown: u32,
+    pub given_up: u32,
 }
 
 impl RenewalReport {
@@ -253,8 +309,15 @@ impl RenewalReport {
             ChargeOutcome::Refused { .. } => self.refused += 1,
             ChargeOutcome::Pending => self.pending += 1,
             ChargeOutcome::Unknown => self.unknown += 1,
+            ChargeOutcome::GivenUp { .. } => self.given_up += 1,
             ChargeOutcome::AlreadyClaimed | ChargeOutcome::NoLongerDue => {}
         }
+    }
+
+    /// Counts `outcome` of a charge that was sent to YooKassa.
+    fn count_asked(&mut self, outcome: &ChargeOutcome) {
+        self.attempted += 1;
+        self.count(outcome);
     }
 }
 
@@ -523,12 +586,16 @@ impl Ledger {
                 reason: reason.to_owned(),
             });
         }
-        let plan = plan.ok_or_else(|| LedgerError::Corrupt("checked above".into()))?;
+        let list_plan = plan.ok_or_else(|| LedgerError::Corrupt("checked above".into()))?;
+        let discount = waiting_discount(&mut tx, self.persistent, due.user_id).await?;
+        let charged = renewal_price(list_plan, discount.as_ref().map(|d| d.percent_off));
+        let plan = &charged;
         sqlx::query(
             "INSERT INTO payments (id, user_id, plan, days, devices, amount_minor, currency, \
                                    status, idempotence_key, created_at, updated_at, \
-                                   traffic_bytes, traffic_period_days) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11) \
+                                   traffic_bytes, traffic_period_days, list_amount_minor, \
+                                   discount_redemption_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $9, $10, $11, $12, $13) \
              ON CONFLICT (idempotence_key) DO NOTHING",
         )
         .persistent(self.persistent)
@@ -543,6 +610,8 @@ impl Ledger {
         .bind(now.to_sqlx())
         .bind(plan.traffic_quota().map(|quota| quota.bytes))
         .bind(plan.traffic_quota().map(|quota| quota.period_days))
+        .bind(discount.as_ref().map(|_| list_plan.price_minor))
+        .bind(discount.as_ref().map(|d| d.redemption_id))
         .execute(&mut *tx)
         .await?;
         let claimed = sqlx::query(
@@ -943,6 +1012,65 @@ impl Ledger {
         Ok(ChargeOutcome::Unknown)
     }
 
+    /// Gives up the unanswered renewal charge of our payment `payment_id` for `reason` (renewal
+    /// switched off, plan off sale, grace over): it is never sent again, but the first ask may
+    /// have charged, so it is marked `unknown` (not failed), its payment stays pending for the
+    /// webhook, and the user is told it is being checked — once, by the change from `charging`.
+    async fn give_up_unanswered(
+        &self,
+        payment_id: Uuid,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<ChargeOutcome, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE renewal_charges SET status = 'unknown', reason = $2, updated_at = $3 \
+             WHERE payment_id = $1 AND status = 'charging' RETURNING user_id, plan, period_end",
+        )
+        .persistent(self.persistent)
+        .bind(payment_id)
+        .bind(reason)
+        .bind(now.to_sqlx())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(ChargeOutcome::AlreadyClaimed);
+        };
+        let user_id: i64 = row.try_get("user_id")?;
+        let plan: String = row.try_get("plan")?;
+        let period_end = row
+            .try_get::<jiff_sqlx::Timestamp, _>("period_end")?
+            .to_jiff();
+        let paid_until = sqlx::query("SELECT paid_until FROM users WHERE telegram_id = $1")
+            .persistent(self.persistent)
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
+            .map(jiff_sqlx::Timestamp::to_jiff);
+        let event = NotificationEvent::RenewalUnconfirmed {
+            plan: plan.clone(),
+            paid_until,
+        };
+        enqueue(&mut tx, self.persistent, user_id, &event, now).await?;
+        audit(
+            &mut tx,
+            self.persistent,
+            user_id,
+            "renewal_given_up",
+            json!({"plan": plan, "period_end": period_end.to_string(), "payment_id": payment_id,
+                   "reason": reason}),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(user = user_id, payment = %payment_id, reason, "unanswered renewal charge given up; outcome unknown, not sent again");
+        Ok(ChargeOutcome::GivenUp {
+            reason: reason.to_owned(),
+        })
+    }
+
     /// Renewal charges still `charging`: those never answered (asked again with the same key
     /// and body once [`STALE_CLAIM`] old; failed once their period's grace is over; `unknown`
     /// once [`REASK_WINDOW`] old) and those YooKassa has not decided (polled).
@@ -1005,27 +1133,20 @@ impl Ledger {
                             // With the method gone, the plan off sale or the grace over it is
                             // not sent again; should the first ask have charged after all, its
                             // webhook still applies it once.
-                            self.transition_payment(
-                                payment_id,
-                                &[PaymentStatus::Pending],
-                                PaymentStatus::Failed,
-                                now,
-                            )
-                            .await?;
-                            self.fail_charge(payment_id, reason, None, now).await?;
-                            ChargeOutcome::Failed {
-                                reason: reason.to_owned(),
-                            }
+                            self.give_up_unanswered(payment_id, reason, now).await?
                         }
                         (Some(body_text), true, None) => {
-                            self.ask_yookassa(
-                                ctx,
-                                payment_id,
-                                record.idempotence_key,
-                                &body_text,
-                                now,
-                            )
-                            .await?
+                            let outcome = self
+                                .ask_yookassa(
+                                    ctx,
+                                    payment_id,
+                                    record.idempotence_key,
+                                    &body_text,
+                                    now,
+                                )
+                                .await?;
+                            report.count_asked(&outcome);
+                            continue;
                         }
                     }
                 }
@@ -1047,7 +1168,11 @@ impl Ledger {
         self.recover_open_charges(ctx, now, &mut report).await?;
         for due in self.due_renewals(now, limit).await? {
             let outcome = self.charge_renewal(ctx, &due, now).await?;
-            report.count(&outcome);
+            if asked_first_time(&outcome) {
+                report.count_asked(&outcome);
+            } else {
+                report.count(&outcome);
+            }
         }
         Ok(report)
     }
@@ -1150,6 +1275,97 @@ mod tests {
         ] {
             assert!(!removes_method(reason), "{reason}");
         }
+    }
+
+    fn month() -> Plan {
+        Plan {
+            id: "month".into(),
+            title: LocalizedText {
+                ru: "Месяц".into(),
+                en: "Month".into(),
+            },
+            days: 30,
+            price_minor: 19_900,
+            currency: "RUB".into(),
+            devices: 1,
+            price_stars: None,
+            traffic_gib: None,
+        }
+    }
+
+    #[test]
+    fn a_waiting_percentage_is_taken_off_the_renewal_and_nothing_else_changes() {
+        let plan = month();
+        assert_eq!(renewal_price(&plan, None), plan);
+        let charged = renewal_price(&plan, Some(25));
+        assert_eq!(charged.price_minor, 14_925);
+        assert_eq!(
+            Plan {
+                price_minor: 19_900,
+                ..charged.clone()
+            },
+            plan
+        );
+        // Rounded half up, never below one minor unit, as every discounted payment.
+        assert_eq!(renewal_price(&plan, Some(33)).price_minor, 13_333);
+        assert_eq!(
+            renewal_price(
+                &Plan {
+                    price_minor: 1,
+                    ..month()
+                },
+                Some(99)
+            )
+            .price_minor,
+            1
+        );
+        let body =
+            renewal_charge_body(Uuid::from_u128(7), 42, &charged, "pm-1", "VPN: Month", None);
+        assert_eq!(body["amount"]["value"], json!("149.25"));
+    }
+
+    #[test]
+    fn the_report_counts_asks_and_every_outcome_apart() {
+        let failed = ChargeOutcome::Failed {
+            reason: "insufficient_funds".into(),
+        };
+        let given_up = ChargeOutcome::GivenUp {
+            reason: REASON_RENEWAL_OFF.into(),
+        };
+        for asked in [
+            ChargeOutcome::Succeeded,
+            failed.clone(),
+            ChargeOutcome::Pending,
+        ] {
+            assert!(asked_first_time(&asked), "{asked:?}");
+        }
+        for not_asked in [
+            ChargeOutcome::AlreadyClaimed,
+            ChargeOutcome::NoLongerDue,
+            ChargeOutcome::Refused {
+                reason: REASON_PLAN_UNAVAILABLE.into(),
+            },
+        ] {
+            assert!(!asked_first_time(&not_asked), "{not_asked:?}");
+        }
+        let mut report = RenewalReport::default();
+        report.count_asked(&ChargeOutcome::Succeeded);
+        report.count_asked(&failed);
+        report.count(&given_up);
+        report.count(&ChargeOutcome::Unknown);
+        report.count(&ChargeOutcome::AlreadyClaimed);
+        assert_eq!(
+            report,
+            RenewalReport {
+                attempted: 2,
+                succeeded: 1,
+                failed: 1,
+                refused: 0,
+                pending: 0,
+                unknown: 1,
+                given_up: 1,
+            }
+        );
     }
 
     #[test]

@@ -16,12 +16,12 @@ use fake_yookassa::{FakeYooKassa, MethodState};
 use jiff::{SignedDuration, Timestamp};
 use uuid::Uuid;
 use wgsub_crds::plans::{LocalizedText, Plan, PlanCatalogue};
-use wgsub_ledger::renewal::{REASK_WINDOW, STALE_CLAIM};
+use wgsub_ledger::renewal::{REASK_WINDOW, RENEWAL_GRACE, STALE_CLAIM};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::yookassa::PaymentDetails;
 use wgsub_ledger::{
-    ApplyOutcome, Ledger, NotificationEvent, PaymentOrder, RenewalContext, RenewalReport,
-    TelegramUser, YooKassa, YooKassaConfig,
+    ApplyOutcome, Ledger, NewPromoCode, NotificationEvent, PaymentOrder, PromoBenefit,
+    RenewalContext, RenewalReport, TelegramUser, YooKassa, YooKassaConfig,
 };
 use wiremock::MockServer;
 use zeroize::Zeroizing;
@@ -196,6 +196,37 @@ impl World {
         charged[0]["id"].as_str().unwrap().to_owned()
     }
 
+    /// The renewal notices user `id` is to get: `failed:<reason>` or `unconfirmed`.
+    async fn renewal_notices(&self, id: i64) -> Vec<String> {
+        self.ledger
+            .unsent_notifications(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.user_id == id)
+            .filter_map(|n| match n.event {
+                NotificationEvent::RenewalFailed { reason, .. } => Some(format!("failed:{reason}")),
+                NotificationEvent::RenewalUnconfirmed { .. } => Some("unconfirmed".to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `first_purchase` of each payment notice of user `id`, oldest first.
+    async fn payment_notices(&self, id: i64) -> Vec<bool> {
+        self.ledger
+            .unsent_notifications(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.user_id == id)
+            .filter_map(|n| match n.event {
+                NotificationEvent::PaymentSucceeded { first_purchase, .. } => Some(first_purchase),
+                _ => None,
+            })
+            .collect()
+    }
+
     async fn renewal_failures(&self, id: i64) -> Vec<String> {
         self.ledger
             .unsent_notifications(100)
@@ -253,13 +284,16 @@ async fn a_period_is_charged_once_when_two_replicas_race() {
         [a.unwrap(), b.unwrap(), c.unwrap()]
             .iter()
             .fold(RenewalReport::default(), |sum, r| RenewalReport {
+                attempted: sum.attempted + r.attempted,
                 succeeded: sum.succeeded + r.succeeded,
                 failed: sum.failed + r.failed,
                 refused: sum.refused + r.refused,
                 pending: sum.pending + r.pending,
                 unknown: sum.unknown + r.unknown,
+                given_up: sum.given_up + r.given_up,
             });
     assert_eq!(total.succeeded, 1, "{total:?}");
+    assert_eq!(total.attempted, 1, "one replica asked YooKassa: {total:?}");
     assert_eq!(
         w.fake.charges().len(),
         1,
@@ -629,7 +663,7 @@ async fn a_lost_charge_is_never_asked_again_once_yookassa_may_forget_its_key_and
 }
 
 #[tokio::test]
-async fn a_charge_given_up_as_failed_is_applied_once_when_its_succeeded_webhook_arrives_later() {
+async fn a_charge_given_up_unanswered_is_unknown_and_applied_once_when_its_webhook_arrives_later() {
     let w = world("renewal_late_success").await;
     w.buy(12, true).await.unwrap();
     let before = w.paid_until(12).await;
@@ -654,9 +688,20 @@ async fn a_charge_given_up_as_failed_is_applied_once_when_its_succeeded_webhook_
         )
         .await
         .unwrap();
-    assert_eq!(gave_up.failed, 1, "{gave_up:?}");
+    assert_eq!(gave_up.given_up, 1, "{gave_up:?}");
+    assert_eq!(gave_up.failed, 0, "{gave_up:?}");
     assert_eq!(w.fake.charges().len(), 1, "not sent again");
-    assert_eq!(w.renewal_failures(12).await, ["renewal_off"]);
+    // The first ask may have charged: the user hears it is being checked, never that it failed.
+    assert_eq!(w.renewal_notices(12).await, ["unconfirmed"]);
+    assert_eq!(
+        w.charge_state(12).await,
+        ("unknown".to_owned(), Some("renewal_off".to_owned()))
+    );
+    assert_eq!(
+        w.ledger.renewal_status(12).await.unwrap().last_failure,
+        None,
+        "an unknown outcome is no failure to show"
+    );
     assert_eq!(w.paid_until(12).await, before);
     // YooKassa had charged it after all: its webhook applies it, once.
     let id = w.charged_id();
@@ -720,4 +765,97 @@ async fn a_renewal_charge_keeps_the_traffic_quota_its_plan_has_when_it_is_charge
     .await
     .unwrap();
     assert_eq!(stored, [(None, None), (Some(20 << 30), Some(30))]);
+}
+
+#[tokio::test]
+async fn a_given_up_charge_whose_late_webhook_says_canceled_fails_and_tells_the_user_then() {
+    let w = world("renewal_late_cancel").await;
+    let method = w.buy(14, true).await.unwrap();
+    let before = w.paid_until(14).await;
+    // Charged late, within the grace after the period's end; YooKassa's answer is lost.
+    let at = before + SignedDuration::from_hours(2);
+    let plans = catalogue();
+    w.fake.set_method(&method, MethodState::Late);
+    w.fake.lose_next_charge_answers(1);
+    let first = w.ledger.run_renewals(w.ctx(&plans), at, 50).await.unwrap();
+    assert_eq!((first.attempted, first.pending), (1, 1), "{first:?}");
+    // Past the grace, the unanswered charge is not asked again: given up, outcome unknown.
+    let late = before + RENEWAL_GRACE + SignedDuration::from_mins(30);
+    let gave_up = w
+        .ledger
+        .run_renewals(w.ctx(&plans), late, 50)
+        .await
+        .unwrap();
+    assert_eq!(gave_up.given_up, 1, "{gave_up:?}");
+    assert_eq!(
+        w.charge_state(14).await,
+        (
+            "unknown".to_owned(),
+            Some("provider_unavailable".to_owned())
+        )
+    );
+    assert_eq!(w.renewal_notices(14).await, ["unconfirmed"]);
+    // YooKassa's answer arrives after all: declined. Now it failed, and the user hears so once.
+    let id = w.charged_id();
+    w.fake.decide(&id, Some("insufficient_funds"));
+    assert_eq!(w.webhook(&id).await, None);
+    assert_eq!(w.webhook(&id).await, None);
+    assert_eq!(
+        w.charge_state(14).await,
+        ("failed".to_owned(), Some("insufficient_funds".to_owned()))
+    );
+    assert_eq!(
+        w.renewal_notices(14).await,
+        ["unconfirmed", "failed:insufficient_funds"]
+    );
+    assert_eq!(w.paid_until(14).await, before);
+}
+
+#[tokio::test]
+async fn a_redeemed_percentage_is_taken_off_the_next_renewal_once_and_its_notice_has_no_guide() {
+    let w = world("renewal_promo").await;
+    w.buy(15, true).await.unwrap();
+    let before = w.paid_until(15).await;
+    let now = Timestamp::now();
+    w.ledger
+        .create_promo_code(
+            &NewPromoCode {
+                code: "QUARTER".into(),
+                benefit: PromoBenefit::PercentOff(25),
+                expires_at: now + DAY * 30,
+                max_uses: 10,
+                admin_id: 1,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    w.ledger
+        .redeem_promo_code(15, "quarter", now)
+        .await
+        .unwrap();
+    let plans = catalogue();
+    let first = w
+        .ledger
+        .run_renewals(w.ctx(&plans), before - SignedDuration::from_hours(20), 50)
+        .await
+        .unwrap();
+    assert_eq!((first.attempted, first.succeeded), (1, 1), "{first:?}");
+    let charges = w.fake.charges();
+    assert_eq!(charges[0].1["amount"]["value"], "149.25", "25 % off 199.00");
+    let renewed = w.paid_until(15).await;
+    assert_eq!(renewed, before + DAY * 30);
+    // The discount is used up: the renewal after that is charged in full.
+    let second = w
+        .ledger
+        .run_renewals(w.ctx(&plans), renewed - SignedDuration::from_hours(20), 50)
+        .await
+        .unwrap();
+    assert_eq!((second.attempted, second.succeeded), (1, 1), "{second:?}");
+    let charges = w.fake.charges();
+    assert_eq!(charges.len(), 2);
+    assert_eq!(charges[1].1["amount"]["value"], "199.00");
+    assert_eq!(w.paid_until(15).await, renewed + DAY * 30);
+    // Only the first purchase's notice leads to the connection guide, not the renewals'.
+    assert_eq!(w.payment_notices(15).await, [true, false, false]);
 }
