@@ -6,17 +6,11 @@
 //! callers of this crate — with no call refused; each missing piece named as not ready; and a
 //! Secret without the `wgsub.io/peer` label never cached.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use serde_json::json;
+use kube::api::PostParams;
 use std::time::Duration;
 use wgsub_crds::keys::PrivateKey;
-
-use wgsub_crds::resources::LABEL_PEER;
 use wgsub_crds::{SecretKeyRef, WgPeer, WgPeerSpec, WgServer};
 use wgsub_devices::{
     CacheOptions, Caches, DeviceConfigError, RenderedConfig, render_device_config,
@@ -25,6 +19,7 @@ use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 
 /// The components that render configs.
 const READERS: [&str; 2] = ["api", "bot"];
@@ -43,48 +38,22 @@ async fn cluster_with(server: Option<bool>, key: Option<&PrivateKey>, labelled: 
     let admin = plane.admin_client();
     if let Some(with_key) = server {
         let servers: Api<WgServer> = Api::namespaced(admin.clone(), &ns);
-        let server = WgServer::new(
-            "main",
-            serde_json::from_value(json!({
-                "endpoint": "vpn.example.com:51820",
-                "addressPool": "10.8.0.0/24",
-                "privateKeySecretRef": {"name": "main-key"}
-            }))
-            .unwrap(),
-        );
         servers
-            .create(&PostParams::default(), &server)
+            .create(
+                &PostParams::default(),
+                &fixtures::server("main", "10.8.0.0/24"),
+            )
             .await
             .unwrap();
         if with_key {
-            let status = json!({
-                "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-                "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
-            });
-            servers
-                .patch_status(
-                    "main",
-                    &PatchParams::apply("wgsub-test-agent"),
-                    &Patch::Apply(&status),
-                )
-                .await
-                .unwrap();
+            fixtures::publish_server_key(&servers, "main").await;
         }
     }
     if let Some(key) = key {
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some("tg-1-1-key".into()),
-                labels: labelled
-                    .then(|| BTreeMap::from([(LABEL_PEER.to_owned(), "tg-1-1".to_owned())])),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([(
-                "privateKey".to_owned(),
-                ByteString(key.to_base64().as_bytes().to_vec()),
-            )])),
-            ..Secret::default()
-        };
+        let mut secret = fixtures::key_secret("tg-1-1", key);
+        if !labelled {
+            secret.metadata.labels = None;
+        }
         Api::<Secret>::namespaced(admin, &peer_keys_namespace(&ns))
             .create(&PostParams::default(), &secret)
             .await
