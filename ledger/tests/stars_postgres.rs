@@ -107,10 +107,14 @@ async fn a_stars_payment_delivered_twice_and_concurrently_is_applied_once() {
     assert_eq!(user.entitlement.max_devices, 2);
     let told = notifications(&ledger).await;
     assert_eq!(told.len(), 1, "{told:?}");
-    assert!(matches!(
-        &told[0],
-        NotificationEvent::PaymentSucceeded { currency, amount_minor: 150, .. } if currency == "XTR"
-    ));
+    assert!(
+        matches!(
+            &told[0],
+            NotificationEvent::PaymentSucceeded { currency, amount_minor: 150, first_purchase: true, .. }
+                if currency == "XTR"
+        ),
+        "the user's first purchase, in Stars: its notice leads to the guide"
+    );
     let record = ledger.star_payment("stxCharge-1").await.unwrap().unwrap();
     assert_eq!((record.user_id, record.stars), (501, 150));
     assert_eq!(record.refunded_at, None);
