@@ -40,6 +40,11 @@ impl Lang {
     }
 
     fn pick<'a>(self, ru: &'a str, en: &'a str) -> &'a str {
+        self.choose(ru, en)
+    }
+
+    /// The one of two translations in this language.
+    fn choose<T>(self, ru: T, en: T) -> T {
         match self {
             Lang::Ru => ru,
             Lang::En => en,
@@ -504,26 +509,21 @@ pub fn refund_recorded(lang: Lang, paid_until: Option<Timestamp>) -> String {
 
 pub fn reminder(lang: Lang, kind: ReminderKind, paid_until: Timestamp) -> String {
     let at = date(paid_until);
-    match (lang, kind) {
-        (Lang::Ru, ReminderKind::ThreeDays) => {
-            format!("Подписка закончится через 3 дня ({at}). Продлить: /buy")
-        }
-        (Lang::En, ReminderKind::ThreeDays) => {
-            format!("Your subscription ends in 3 days ({at}). Renew: /buy")
-        }
-        (Lang::Ru, ReminderKind::OneDay) => {
-            format!("Подписка закончится завтра ({at}). Продлить: /buy")
-        }
-        (Lang::En, ReminderKind::OneDay) => {
-            format!("Your subscription ends tomorrow ({at}). Renew: /buy")
-        }
-        (Lang::Ru, ReminderKind::Expired) => {
-            format!("Подписка закончилась ({at}), VPN отключён. Продлить: /buy")
-        }
-        (Lang::En, ReminderKind::Expired) => {
-            format!("Your subscription ended ({at}) and the VPN is off. Renew: /buy")
-        }
-    }
+    let (ru, en) = match kind {
+        ReminderKind::ThreeDays => (
+            format!("Подписка закончится через 3 дня ({at}). Продлить: /buy"),
+            format!("Your subscription ends in 3 days ({at}). Renew: /buy"),
+        ),
+        ReminderKind::OneDay => (
+            format!("Подписка закончится завтра ({at}). Продлить: /buy"),
+            format!("Your subscription ends tomorrow ({at}). Renew: /buy"),
+        ),
+        ReminderKind::Expired => (
+            format!("Подписка закончилась ({at}), VPN отключён. Продлить: /buy"),
+            format!("Your subscription ended ({at}) and the VPN is off. Renew: /buy"),
+        ),
+    };
+    lang.choose(ru, en)
 }
 
 /// Told once to every user with a device on a server whose AmneziaWG parameters changed:
@@ -787,67 +787,8 @@ pub fn admin_help(lang: Lang) -> String {
 
 /// A usage line naming what was wrong with the arguments.
 pub fn admin_usage_error(lang: Lang, error: &AdminParseError) -> String {
-    let problem = match (lang, error) {
-        (Lang::Ru, AdminParseError::UnknownSubcommand(word)) => {
-            format!("неизвестная подкоманда «{word}»")
-        }
-        (Lang::En, AdminParseError::UnknownSubcommand(word)) => {
-            format!("unknown subcommand “{word}”")
-        }
-        (Lang::Ru, AdminParseError::MissingUser(_)) => "не указан пользователь".into(),
-        (Lang::En, AdminParseError::MissingUser(_)) => "the user is missing".into(),
-        (Lang::Ru, AdminParseError::BadUser(_, word)) => {
-            format!("«{word}» — не id пользователя и не @username")
-        }
-        (Lang::En, AdminParseError::BadUser(_, word)) => {
-            format!("“{word}” is neither a user id nor an @username")
-        }
-        (Lang::Ru, AdminParseError::MissingDays) => "не указано число дней".into(),
-        (Lang::En, AdminParseError::MissingDays) => "the number of days is missing".into(),
-        (Lang::Ru, AdminParseError::BadDays(word)) => format!(
-            "дни: «{word}» — не целое число от 1 до {}",
-            crate::admin::MAX_GRANT_DAYS
-        ),
-        (Lang::En, AdminParseError::BadDays(word)) => format!(
-            "days: “{word}” is not a whole number from 1 to {}",
-            crate::admin::MAX_GRANT_DAYS
-        ),
-        (Lang::Ru, AdminParseError::MissingAudience) => "не указано, кому: all или active".into(),
-        (Lang::En, AdminParseError::MissingAudience) => {
-            "the audience is missing: all or active".into()
-        }
-        (Lang::Ru, AdminParseError::BadAudience(word)) => {
-            format!("кому: «{word}» — должно быть all или active")
-        }
-        (Lang::En, AdminParseError::BadAudience(word)) => {
-            format!("audience: “{word}” must be all or active")
-        }
-        (Lang::Ru, AdminParseError::EmptyBroadcast) => "пустой текст рассылки".into(),
-        (Lang::En, AdminParseError::EmptyBroadcast) => "the broadcast text is empty".into(),
-        (Lang::Ru, AdminParseError::BroadcastTooLong(chars)) => format!(
-            "текст длиной {chars} символов, Telegram принимает до {}",
-            crate::admin::MAX_MESSAGE_CHARS
-        ),
-        (Lang::En, AdminParseError::BroadcastTooLong(chars)) => format!(
-            "the text is {chars} characters long, Telegram takes at most {}",
-            crate::admin::MAX_MESSAGE_CHARS
-        ),
-        (Lang::Ru, AdminParseError::UnexpectedArguments(_, extra)) => {
-            format!("лишние аргументы «{extra}»")
-        }
-        (Lang::En, AdminParseError::UnexpectedArguments(_, extra)) => {
-            format!("unexpected arguments “{extra}”")
-        }
-        (lang, AdminParseError::Promo(problem)) => promo_arg_problem(lang, problem),
-        (Lang::Ru, AdminParseError::MissingChargeId) => "не указан id платежа".into(),
-        (Lang::En, AdminParseError::MissingChargeId) => "the payment charge id is missing".into(),
-        (Lang::Ru, AdminParseError::BadChargeId(word)) => {
-            format!("«{word}» — не id платежа Telegram")
-        }
-        (Lang::En, AdminParseError::BadChargeId(word)) => {
-            format!("“{word}” is not a Telegram payment charge id")
-        }
-    };
+    let (ru, en) = usage_problem(error);
+    let problem = lang.choose(ru, en);
     let usage = match error.subcommand() {
         Some(sub) => sub.usage().to_owned(),
         None => admin_help(lang),
@@ -856,6 +797,70 @@ pub fn admin_usage_error(lang: Lang, error: &AdminParseError) -> String {
         "{}: {problem}.\n{}: {usage}",
         lang.pick("Ошибка", "Error"),
         lang.pick("Использование", "Usage")
+    )
+}
+
+/// What was wrong with `/admin` arguments, in Russian and in English.
+fn usage_problem(error: &AdminParseError) -> (String, String) {
+    let (max_days, max_chars) = (
+        crate::admin::MAX_GRANT_DAYS,
+        crate::admin::MAX_MESSAGE_CHARS,
+    );
+    match error {
+        AdminParseError::UnknownSubcommand(word) => (
+            format!("неизвестная подкоманда «{word}»"),
+            format!("unknown subcommand “{word}”"),
+        ),
+        AdminParseError::MissingUser(_) => (
+            "не указан пользователь".into(),
+            "the user is missing".into(),
+        ),
+        AdminParseError::BadUser(_, word) => (
+            format!("«{word}» — не id пользователя и не @username"),
+            format!("“{word}” is neither a user id nor an @username"),
+        ),
+        AdminParseError::MissingDays => (
+            "не указано число дней".into(),
+            "the number of days is missing".into(),
+        ),
+        AdminParseError::BadDays(word) => (
+            format!("дни: «{word}» — не целое число от 1 до {max_days}"),
+            format!("days: “{word}” is not a whole number from 1 to {max_days}"),
+        ),
+        AdminParseError::MissingAudience => (
+            "не указано, кому: all или active".into(),
+            "the audience is missing: all or active".into(),
+        ),
+        AdminParseError::BadAudience(word) => (
+            format!("кому: «{word}» — должно быть all или active"),
+            format!("audience: “{word}” must be all or active"),
+        ),
+        AdminParseError::EmptyBroadcast => (
+            "пустой текст рассылки".into(),
+            "the broadcast text is empty".into(),
+        ),
+        AdminParseError::BroadcastTooLong(chars) => (
+            format!("текст длиной {chars} символов, Telegram принимает до {max_chars}"),
+            format!("the text is {chars} characters long, Telegram takes at most {max_chars}"),
+        ),
+        AdminParseError::UnexpectedArguments(_, extra) => unexpected(extra),
+        AdminParseError::Promo(problem) => promo_problem(problem),
+        AdminParseError::MissingChargeId => (
+            "не указан id платежа".into(),
+            "the payment charge id is missing".into(),
+        ),
+        AdminParseError::BadChargeId(word) => (
+            format!("«{word}» — не id платежа Telegram"),
+            format!("“{word}” is not a Telegram payment charge id"),
+        ),
+    }
+}
+
+/// Arguments after the last one a command takes.
+fn unexpected(extra: &str) -> (String, String) {
+    (
+        format!("лишние аргументы «{extra}»"),
+        format!("unexpected arguments “{extra}”"),
     )
 }
 
@@ -1273,55 +1278,54 @@ pub fn invite(lang: Lang, link: &str, summary: ReferralSummary) -> String {
 
 /// What was wrong with `/admin promo` arguments.
 pub fn promo_arg_problem(lang: Lang, problem: &PromoArgError) -> String {
-    match (lang, problem) {
-        (Lang::Ru, PromoArgError::MissingAction) => {
-            "не указано действие: create, list или disable".into()
-        }
-        (Lang::En, PromoArgError::MissingAction) => {
-            "the action is missing: create, list or disable".into()
-        }
-        (Lang::Ru, PromoArgError::BadAction(word)) => format!("неизвестное действие «{word}»"),
-        (Lang::En, PromoArgError::BadAction(word)) => format!("unknown action “{word}”"),
-        (Lang::Ru, PromoArgError::MissingCode) => "не указан код".into(),
-        (Lang::En, PromoArgError::MissingCode) => "the code is missing".into(),
-        (Lang::Ru, PromoArgError::BadCode(word, _)) => {
-            format!("код «{word}»: 3–32 символа из A–Z, 0–9, «-», «_», в начале буква или цифра")
-        }
-        (Lang::En, PromoArgError::BadCode(word, _)) => {
-            format!("code “{word}”: 3–32 of A–Z, 0–9, '-', '_', starting with a letter or digit")
-        }
-        (Lang::Ru, PromoArgError::MissingBenefit) => "не указано, что даёт код: 7d или 20%".into(),
-        (Lang::En, PromoArgError::MissingBenefit) => {
-            "what the code gives is missing: 7d or 20%".into()
-        }
-        (Lang::Ru, PromoArgError::BadBenefit(word)) => format!(
-            "«{word}» — нужно число дней (1–{}) с d или процент скидки (1–99) с %",
-            crate::admin::MAX_GRANT_DAYS
+    let (ru, en) = promo_problem(problem);
+    lang.choose(ru, en)
+}
+
+/// What was wrong with `/admin promo` arguments, in Russian and in English.
+fn promo_problem(problem: &PromoArgError) -> (String, String) {
+    let (max_days, max_uses) = (crate::admin::MAX_GRANT_DAYS, crate::admin::MAX_PROMO_USES);
+    match problem {
+        PromoArgError::MissingAction => (
+            "не указано действие: create, list или disable".into(),
+            "the action is missing: create, list or disable".into(),
         ),
-        (Lang::En, PromoArgError::BadBenefit(word)) => format!(
-            "“{word}” must be days (1–{}) with d or a percentage off (1–99) with %",
-            crate::admin::MAX_GRANT_DAYS
+        PromoArgError::BadAction(word) => (
+            format!("неизвестное действие «{word}»"),
+            format!("unknown action “{word}”"),
         ),
-        (Lang::Ru, PromoArgError::MissingExpiry) => "не указан срок действия (ГГГГ-ММ-ДД)".into(),
-        (Lang::En, PromoArgError::MissingExpiry) => "the expiry is missing (YYYY-MM-DD)".into(),
-        (Lang::Ru, PromoArgError::BadExpiry(word)) => format!("срок «{word}» — не дата ГГГГ-ММ-ДД"),
-        (Lang::En, PromoArgError::BadExpiry(word)) => {
-            format!("expiry “{word}” is not a YYYY-MM-DD date")
-        }
-        (Lang::Ru, PromoArgError::MissingUses) => {
-            "не указано максимальное число использований".into()
-        }
-        (Lang::En, PromoArgError::MissingUses) => "the maximum number of uses is missing".into(),
-        (Lang::Ru, PromoArgError::BadUses(word)) => format!(
-            "«{word}» — не целое число от 1 до {}",
-            crate::admin::MAX_PROMO_USES
+        PromoArgError::MissingCode => ("не указан код".into(), "the code is missing".into()),
+        PromoArgError::BadCode(word, _) => (
+            format!("код «{word}»: 3–32 символа из A–Z, 0–9, «-», «_», в начале буква или цифра"),
+            format!("code “{word}”: 3–32 of A–Z, 0–9, '-', '_', starting with a letter or digit"),
         ),
-        (Lang::En, PromoArgError::BadUses(word)) => format!(
-            "“{word}” is not a whole number from 1 to {}",
-            crate::admin::MAX_PROMO_USES
+        PromoArgError::MissingBenefit => (
+            "не указано, что даёт код: 7d или 20%".into(),
+            "what the code gives is missing: 7d or 20%".into(),
         ),
-        (Lang::Ru, PromoArgError::Unexpected(extra)) => format!("лишние аргументы «{extra}»"),
-        (Lang::En, PromoArgError::Unexpected(extra)) => format!("unexpected arguments “{extra}”"),
+        PromoArgError::BadBenefit(word) => (
+            format!("«{word}» — нужно число дней (1–{max_days}) с d или процент скидки (1–99) с %"),
+            format!(
+                "“{word}” must be days (1–{max_days}) with d or a percentage off (1–99) with %"
+            ),
+        ),
+        PromoArgError::MissingExpiry => (
+            "не указан срок действия (ГГГГ-ММ-ДД)".into(),
+            "the expiry is missing (YYYY-MM-DD)".into(),
+        ),
+        PromoArgError::BadExpiry(word) => (
+            format!("срок «{word}» — не дата ГГГГ-ММ-ДД"),
+            format!("expiry “{word}” is not a YYYY-MM-DD date"),
+        ),
+        PromoArgError::MissingUses => (
+            "не указано максимальное число использований".into(),
+            "the maximum number of uses is missing".into(),
+        ),
+        PromoArgError::BadUses(word) => (
+            format!("«{word}» — не целое число от 1 до {max_uses}"),
+            format!("“{word}” is not a whole number from 1 to {max_uses}"),
+        ),
+        PromoArgError::Unexpected(extra) => unexpected(extra),
     }
 }
 
