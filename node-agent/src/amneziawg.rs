@@ -567,25 +567,23 @@ impl Userspace {
     }
 }
 
+/// The parameter set the UAPI and netlink tests encode and decode.
+#[cfg(test)]
+pub(crate) fn test_params_1_0() -> AwgParams {
+    AwgParams {
+        jc: 4,
+        jmin: 40,
+        jmax: 70,
+        s: [25, 61, 0, 0],
+        h: [1_234_567, 2_345_678, 3_456_789, 4_567_890].map(|v| Some(Header::single(v))),
+        i: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_params_1_0 as params_1_0;
     use super::*;
-
-    fn params_1_0() -> AwgParams {
-        AwgParams {
-            jc: 4,
-            jmin: 40,
-            jmax: 70,
-            s: [25, 61, 0, 0],
-            h: [
-                Some(Header::single(1_234_567)),
-                Some(Header::single(2_345_678)),
-                Some(Header::single(3_456_789)),
-                Some(Header::single(4_567_890)),
-            ],
-            i: Default::default(),
-        }
-    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -691,14 +689,7 @@ mod tests {
             first.config,
             PeerConfig::new([net("fd00::2/128"), net("10.8.0.2/32")], Some(psk))
         );
-        assert_eq!(
-            first.stats,
-            PeerStats {
-                last_handshake: Some(Timestamp::from_second(1_700_000_000).unwrap()),
-                rx_bytes: 200,
-                tx_bytes: 100,
-            }
-        );
+        assert_eq!(first.stats, crate::snapshot::REPORTED_STATS);
         let second = &snapshot.peers[&bare];
         assert_eq!(second.config, PeerConfig::new([], None));
         assert_eq!(second.stats, PeerStats::default());

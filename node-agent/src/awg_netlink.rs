@@ -721,6 +721,7 @@ mod tests {
     use wgsub_crds::keys::PrivateKey;
 
     use super::*;
+    use crate::amneziawg::test_params_1_0 as params_1_0;
 
     /// Sends `message` through the wire format and back.
     fn wire(message: AmneziaWg) -> AmneziaWg {
@@ -747,17 +748,6 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
-    }
-
-    fn params_1_0() -> AwgParams {
-        AwgParams {
-            jc: 4,
-            jmin: 40,
-            jmax: 70,
-            s: [25, 61, 0, 0],
-            h: [1_234_567, 2_345_678, 3_456_789, 4_567_890].map(|v| Some(Header::single(v))),
-            i: Default::default(),
-        }
     }
 
     fn params_1_5() -> AwgParams {
@@ -1275,14 +1265,7 @@ mod tests {
             a.config,
             PeerConfig::new([net("10.8.0.2/32"), net("fd00::2/128")], Some(psk))
         );
-        assert_eq!(
-            a.stats,
-            PeerStats {
-                last_handshake: Some(Timestamp::from_second(1_700_000_000).unwrap()),
-                rx_bytes: 200,
-                tx_bytes: 100,
-            }
-        );
+        assert_eq!(a.stats, crate::snapshot::REPORTED_STATS);
         let b = &read.snapshot.peers[&second];
         assert_eq!(
             b.config,

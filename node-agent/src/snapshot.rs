@@ -43,6 +43,15 @@ pub struct PeerStats {
     pub tx_bytes: u64,
 }
 
+/// The stats the decoding tests (UAPI and netlink) give their first peer: a handshake at
+/// second 1 700 000 000, 200 bytes received and 100 sent.
+#[cfg(test)]
+pub(crate) const REPORTED_STATS: PeerStats = PeerStats {
+    last_handshake: Some(Timestamp::constant(1_700_000_000, 0)),
+    rx_bytes: 200,
+    tx_bytes: 100,
+};
+
 /// One peer on the interface.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedPeer {
