@@ -111,11 +111,15 @@ pub async fn run(
 }
 
 /// Queues a notice for each exhausted period of the cached subscriptions: `(0, queued)`.
+/// A notice still waiting for a period that is no longer used up (a purchase started a new
+/// period, or the period ended, before it was sent) is withdrawn: it would tell of a pause that
+/// is over.
 pub async fn record_exhausted(app: &App, now: Timestamp) -> Result<(u32, u32), LedgerError> {
     let subscriptions = app.caches.subscriptions();
+    let exhausted = exhausted_periods(&subscriptions);
     let mut queued = 0;
-    for period in exhausted_periods(&subscriptions) {
-        if queue_notice(&app.ledger, &period, now).await? {
+    for period in &exhausted {
+        if queue_notice(&app.ledger, period, now).await? {
             tracing::info!(
                 user = period.user_id,
                 "data quota used up; telling the user"
@@ -123,7 +127,42 @@ pub async fn record_exhausted(app: &App, now: Timestamp) -> Result<(u32, u32), L
             queued += 1;
         }
     }
+    let withdrawn = withdraw_stale(&app.ledger, &exhausted).await?;
+    if withdrawn > 0 {
+        tracing::info!(
+            withdrawn,
+            "quota notices of periods no longer used up withdrawn"
+        );
+    }
     Ok((0, queued))
+}
+
+/// Deletes the waiting notices whose period is not among `exhausted`; returns how many.
+async fn withdraw_stale(
+    ledger: &Ledger,
+    exhausted: &[ExhaustedPeriod],
+) -> Result<u64, LedgerError> {
+    let users: Vec<i64> = exhausted.iter().map(|period| period.user_id).collect();
+    // As the table holds them: to the microsecond, the rest dropped (as the binding does).
+    let starts: Vec<String> = exhausted
+        .iter()
+        .map(|period| Timestamp::from_microsecond(period.period_start.as_microsecond()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| LedgerError::Invalid(error.to_string()))?
+        .iter()
+        .map(Timestamp::to_string)
+        .collect();
+    let deleted = sqlx::query(
+        "DELETE FROM bot_quota_notices WHERE outcome = 'pending' \
+           AND (user_id, period_start) NOT IN ( \
+               SELECT id, start::timestamptz FROM unnest($1::BIGINT[], $2::TEXT[]) AS e (id, start))",
+    )
+    .bind(users)
+    .bind(starts)
+    .execute_on(ledger)
+    .await?
+    .rows_affected();
+    Ok(deleted)
 }
 
 /// Queues the period's notice; false when it was queued before (by this or another replica).

@@ -3,7 +3,8 @@
 //! whose quota the operator marks used up (condition `QuotaExhausted`) is told once per period —
 //! in their language, with the period's end and the plans as buttons — however many runs there
 //! are, two of them at once; a user within the quota is told nothing; a new period used up is
-//! told again; `/status` shows the traffic against the quota.
+//! told again; a notice not yet sent when a purchase ended the pause is withdrawn; `/status`
+//! shows the traffic against the quota.
 
 mod common;
 
@@ -113,7 +114,8 @@ async fn a_used_up_quota_is_told_once_per_period_with_the_plans_to_buy() {
     let telegram = fake_telegram(&[]).await;
     let bot = bot_for(&telegram);
     let now = Timestamp::now();
-    let start: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+    // The operator's instants carry nanoseconds; the table keeps microseconds.
+    let start: Timestamp = "2026-12-01T00:00:00.123456789Z".parse().unwrap();
     for (id, language) in [(5001, "en"), (5002, "ru"), (5003, "en")] {
         h.ledger.upsert_user(&tg(id, language), now).await.unwrap();
         subscription(&h, id, now + SignedDuration::from_hours(24 * 60)).await;
@@ -166,6 +168,31 @@ async fn a_used_up_quota_is_told_once_per_period_with_the_plans_to_buy() {
         messages[2].1.contains("2027-01-30 00:00 UTC"),
         "{:?}",
         messages[2]
+    );
+    h.assert_nothing_forbidden();
+}
+
+#[tokio::test]
+async fn a_notice_not_sent_before_the_pause_ended_is_withdrawn() {
+    let h = harness("bot_quota_withdrawn", Options::default()).await;
+    let telegram = fake_telegram(&[]).await;
+    let bot = bot_for(&telegram);
+    let now = Timestamp::now();
+    h.ledger.upsert_user(&tg(5201, "en"), now).await.unwrap();
+    subscription(&h, 5201, now + SignedDuration::from_hours(24 * 60)).await;
+    let start: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+    period(&h, 5201, start, true).await;
+    // Queued, and the bot stops before sending it.
+    assert_eq!(quota::record_exhausted(&h.app, now).await.unwrap(), (0, 1));
+    // A purchase starts a new period within the quota before the bot runs again.
+    period(&h, 5201, start + SignedDuration::from_hours(24 * 5), false).await;
+    let report = quota::run(&h.app, &bot, now + SignedDuration::from_mins(5), 100)
+        .await
+        .unwrap();
+    assert_eq!((report.changed, report.notices.sent), (0, 0));
+    assert!(
+        sent(&telegram).await.is_empty(),
+        "no word of a pause that is over"
     );
     h.assert_nothing_forbidden();
 }
