@@ -8,4 +8,5 @@ pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod settings;
 pub mod shutdown;
