@@ -9,27 +9,28 @@ use clap::builder::TypedValueParser as _;
 use jiff::SignedDuration;
 use wgsub_runtime::duration::{self, DurationParser};
 use wgsub_runtime::logging::LogArgs;
+use wgsub_runtime::settings;
 
 /// `wgsub-operator`: turns paid VpnSubscriptions into WgPeers with keys, addresses and expiry.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wgsub-operator", version, about, after_help = duration::HELP)]
 pub struct Config {
     /// Namespace whose subscriptions, peers and servers are reconciled; absent: all namespaces.
-    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = settings::kubernetes_name)]
     pub namespace: Option<String>,
 
     /// Namespace of the peers' key Secrets, apart from the credentials of --namespace (the
     /// chart grants Secrets nowhere else); absent: each peer's own namespace. Needs --namespace.
-    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = settings::kubernetes_name)]
     pub keys_namespace: Option<String>,
 
     /// Namespace of the leader-election Lease; defaults to --namespace (required when watching
     /// all namespaces).
-    #[arg(long, env = "WGSUB_LEASE_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_LEASE_NAMESPACE", value_parser = settings::kubernetes_name)]
     pub lease_namespace: Option<String>,
 
     /// Name of the leader-election Lease.
-    #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-operator", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-operator", value_parser = settings::kubernetes_name)]
     pub lease_name: String,
 
     /// How long the lease stays held without renewal (e.g. 15s); at least 3s.
@@ -38,11 +39,11 @@ pub struct Config {
     pub lease_duration: Duration,
 
     /// This replica's name in the lease (the pod name); defaults to the host name.
-    #[arg(long, env = "WGSUB_IDENTITY", value_parser = parse_identity)]
+    #[arg(long, env = "WGSUB_IDENTITY", value_parser = settings::identity)]
     pub identity: Option<String>,
 
     /// The WgServer of subscriptions that name none.
-    #[arg(long, env = "WGSUB_DEFAULT_SERVER", default_value = "default", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_DEFAULT_SERVER", default_value = "default", value_parser = settings::kubernetes_name)]
     pub default_server: String,
 
     /// How long expired or suspended subscriptions keep their peers (keys and addresses) after
@@ -106,37 +107,13 @@ impl Config {
 
     /// This replica's identity in the lease.
     pub fn identity(&self) -> String {
-        self.identity.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| format!("wgsub-operator-{}", std::process::id()))
-        })
-    }
-}
-
-/// A Kubernetes object name (DNS-1123 label: lower-case alphanumerics and '-', at most 63).
-fn parse_name(text: &str) -> Result<String, String> {
-    if wgsub_crds::resources::is_dns_label(text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
-        ))
+        settings::replica_identity(self.identity.as_deref(), "wgsub-operator")
     }
 }
 
 /// A parsed duration as jiff's: what is longer than jiff can hold is its longest.
 fn signed(duration: Duration) -> SignedDuration {
     SignedDuration::try_from(duration).unwrap_or(SignedDuration::MAX)
-}
-
-fn parse_identity(text: &str) -> Result<String, String> {
-    if text.trim().is_empty() || text.len() > 128 {
-        return Err("the identity must be 1 to 128 characters".to_owned());
-    }
-    Ok(text.to_owned())
 }
 
 #[cfg(test)]

@@ -33,22 +33,12 @@ const SERVICE_ACCOUNT_TOKEN: &str = "kubernetes.io/service-account-token";
 #[command(name = "wgsub-operator export-keys", about)]
 pub struct ExportConfig {
     /// The key namespace to export (keyNamespaces.peers or keyNamespaces.servers).
-    #[arg(long, value_parser = parse_name)]
+    #[arg(long, value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub namespace: String,
 
     /// The file to write (JSON, mode 0600); it must not exist yet.
     #[arg(long)]
     pub out: PathBuf,
-}
-
-fn parse_name(text: &str) -> Result<String, String> {
-    if wgsub_crds::resources::is_dns_label(text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
-        ))
-    }
 }
 
 /// The restorable copy of `secrets`: a `v1` `List` sorted by name.

@@ -34,15 +34,15 @@ use crate::decision::LABEL_PEER_UID;
 #[command(name = "wgsub-operator migrate-keys", about)]
 pub struct MigrateConfig {
     /// The release namespace: the peers, the servers and the old key Secrets.
-    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub namespace: String,
 
     /// Where the devices' key Secrets go (the chart's keyNamespaces.peers).
-    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub keys_namespace: String,
 
     /// Where the server and preshared key Secrets go (the chart's keyNamespaces.servers).
-    #[arg(long, env = "WGSUB_SERVER_KEYS_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_SERVER_KEYS_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub server_keys_namespace: String,
 
     /// Delete each original once all its copies are in place (needs `delete` on Secrets of the
@@ -76,16 +76,6 @@ impl MigrateConfig {
             ));
         }
         Ok(config)
-    }
-}
-
-fn parse_name(text: &str) -> Result<String, String> {
-    if wgsub_crds::resources::is_dns_label(text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
-        ))
     }
 }
 
