@@ -44,14 +44,14 @@ pub struct ImportArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Namespace of the VpnSubscriptions, WgPeers and WgServers.
-    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub namespace: String,
     /// Namespace of the devices' key Secrets (the operator's --keys-namespace); absent:
     /// --namespace.
-    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub keys_namespace: Option<String>,
     /// The WgServer the imported peers move to.
-    #[arg(long, value_parser = parse_name)]
+    #[arg(long, value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub server: String,
     /// The old server's wg0.conf, or the output of `wg show <interface> dump`.
     #[arg(long)]
@@ -102,16 +102,16 @@ pub struct ServeArgs {
     pub http_addr: SocketAddr,
 
     /// Namespace of the VpnSubscriptions, WgPeers and WgServers.
-    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub namespace: String,
 
     /// Namespace of the devices' key Secrets (the operator's --keys-namespace); absent:
     /// --namespace. The chart keeps them apart, so the api reads no other Secret.
-    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_KEYS_NAMESPACE", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub keys_namespace: Option<String>,
 
     /// The WgServer of subscriptions that name none (as the operator's --default-server).
-    #[arg(long, env = "WGSUB_DEFAULT_SERVER", default_value = "default", value_parser = parse_name)]
+    #[arg(long, env = "WGSUB_DEFAULT_SERVER", default_value = "default", value_parser = wgsub_runtime::settings::kubernetes_name)]
     pub default_server: String,
 
     /// The plan catalogue (YAML `plans: [...]`).
@@ -306,14 +306,6 @@ fn parse_bot_username(text: &str) -> Result<String, String> {
         Ok(name.to_owned())
     } else {
         Err(format!("{text:?} is not a Telegram bot username"))
-    }
-}
-
-fn parse_name(text: &str) -> Result<String, String> {
-    if wgsub_crds::resources::is_dns_label(text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!("{text:?} is not a Kubernetes name (DNS label)"))
     }
 }
 
