@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use wgsub_runtime::duration::{self, DurationParser};
 use wgsub_runtime::logging::LogArgs;
+use wgsub_runtime::settings;
 
 /// A secret setting (token, password): `Debug` and `Display` print no part of it.
 #[derive(Clone, PartialEq, Eq)]
@@ -127,23 +128,6 @@ fn parse_trial_days(text: &str) -> Result<u32, String> {
 const JOB_PERIOD: DurationParser =
     DurationParser::at_least(Duration::from_secs(1)).at_most(Duration::from_secs(86_400));
 
-fn parse_lease_name(text: &str) -> Result<String, String> {
-    if wgsub_crds::resources::is_dns_label(text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes name (lower-case letters, digits and '-', at most 63)"
-        ))
-    }
-}
-
-fn parse_identity(text: &str) -> Result<String, String> {
-    if text.trim().is_empty() || text.len() > 128 {
-        return Err("the identity must be 1 to 128 characters".to_owned());
-    }
-    Ok(text.to_owned())
-}
-
 fn parse_rate(text: &str) -> Result<u32, String> {
     let rate: u32 = text
         .trim()
@@ -225,7 +209,7 @@ pub struct Config {
 
     /// Name of the coordination.k8s.io Lease (in --namespace) that elects the one replica that
     /// polls (polling mode); webhook mode takes none.
-    #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-bot", value_parser = parse_lease_name)]
+    #[arg(long, env = "WGSUB_LEASE_NAME", default_value = "wgsub-bot", value_parser = settings::kubernetes_name)]
     pub lease_name: String,
 
     /// How long the lease stays held without renewal (3s–5m); a replica that loses it stops
@@ -235,7 +219,7 @@ pub struct Config {
     pub lease_duration: Duration,
 
     /// This replica's name in the lease (the pod name); defaults to the host name.
-    #[arg(long, env = "WGSUB_IDENTITY", value_parser = parse_identity)]
+    #[arg(long, env = "WGSUB_IDENTITY", value_parser = settings::identity)]
     pub identity: Option<String>,
 
     /// Public https URL Telegram posts updates to (webhook mode).
@@ -374,13 +358,7 @@ impl Config {
 
     /// This replica's identity in the lease: `--identity`, else the host name (the pod name).
     pub fn identity(&self) -> String {
-        self.identity.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_owned())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| format!("wgsub-bot-{}", std::process::id()))
-        })
+        settings::replica_identity(self.identity.as_deref(), "wgsub-bot")
     }
 }
 
