@@ -328,20 +328,7 @@ mod tests {
         use wgsub_crds::WgPeerSpec;
         use wgsub_crds::resources::LABEL_SUBSCRIPTION;
         let peer = |name: &str, label: Option<&str>| {
-            let mut peer = WgPeer::new(
-                name,
-                WgPeerSpec {
-                    server: "main".into(),
-                    public_key: None,
-                    private_key_secret_ref: None,
-                    preshared_key_secret_ref: None,
-                    address: None,
-                    address6: None,
-                    expires_at: None,
-                    enabled: true,
-                    device_name: None,
-                },
-            );
+            let mut peer = WgPeer::new(name, WgPeerSpec::on_server("main"));
             peer.metadata.labels =
                 label.map(|l| [(LABEL_SUBSCRIPTION.to_owned(), l.to_owned())].into());
             Arc::new(peer)

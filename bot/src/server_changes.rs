@@ -295,20 +295,7 @@ mod tests {
     }
 
     fn peer(name: &str, server: &str, subscription: Option<&str>) -> Arc<WgPeer> {
-        let mut peer = WgPeer::new(
-            name,
-            WgPeerSpec {
-                server: server.into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
-                address: None,
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
-            },
-        );
+        let mut peer = WgPeer::new(name, WgPeerSpec::on_server(server));
         peer.metadata.labels =
             subscription.map(|label| [(LABEL_SUBSCRIPTION.to_owned(), label.to_owned())].into());
         Arc::new(peer)

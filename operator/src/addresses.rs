@@ -372,15 +372,8 @@ mod tests {
         let mut peer = WgPeer::new(
             name,
             WgPeerSpec {
-                server: server.into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
                 address: address.map(Into::into),
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
+                ..WgPeerSpec::on_server(server)
             },
         );
         peer.metadata.creation_timestamp =

@@ -1106,15 +1106,10 @@ mod tests {
         let mut peer = WgPeer::new(
             "tg-1-1",
             wgsub_crds::WgPeerSpec {
-                server: "wg".into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
                 address: Some("10.8.0.2/32".into()),
                 address6: Some("fd00::2/128".into()),
-                expires_at: None,
-                enabled: true,
                 device_name: Some("phone".into()),
+                ..wgsub_crds::WgPeerSpec::on_server("wg")
             },
         );
         peer.metadata.creation_timestamp = Some(Time("2026-06-01T00:00:00Z".parse().unwrap()));
@@ -1135,20 +1130,7 @@ mod tests {
     }
 
     fn versioned(name: &str, version: &str) -> WgPeer {
-        let mut peer = WgPeer::new(
-            name,
-            wgsub_crds::WgPeerSpec {
-                server: "wg".into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
-                address: None,
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
-            },
-        );
+        let mut peer = WgPeer::new(name, wgsub_crds::WgPeerSpec::on_server("wg"));
         peer.metadata.namespace = Some("vpn".into());
         peer.metadata.resource_version = Some(version.into());
         peer

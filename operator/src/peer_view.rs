@@ -210,15 +210,8 @@ mod tests {
         let mut peer = WgPeer::new(
             name,
             wgsub_crds::WgPeerSpec {
-                server: "wg".into(),
-                public_key: None,
-                private_key_secret_ref: None,
-                preshared_key_secret_ref: None,
                 address: Some(address.into()),
-                address6: None,
-                expires_at: None,
-                enabled: true,
-                device_name: None,
+                ..wgsub_crds::WgPeerSpec::on_server("wg")
             },
         );
         peer.metadata.namespace = Some("vpn".into());
