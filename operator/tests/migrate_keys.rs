@@ -23,43 +23,18 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::resources::{LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION};
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_operator::decision::LABEL_PEER_UID;
 use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, peer_keys_namespace,
     server_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wgsub_testkit::process::{Process, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-operator");
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn server(name: &str, key_secret: &str) -> WgServer {
-    WgServer::new(
-        name,
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: "10.8.0.0/24".into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new(key_secret, "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    )
-}
 
 /// A server key Secret as the node-agent made them before the key namespaces.
 fn server_key(name: &str) -> Secret {
@@ -226,16 +201,20 @@ async fn an_upgraded_release_keeps_every_devices_and_servers_key() {
     // The old layout: a device keyed by the operator of charts before the key namespaces (its
     // key beside its peer), a server key the node-agent made in the release namespace.
     Api::<WgServer>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &server("wg", "wg-key"))
+        .create(
+            &PostParams::default(),
+            &fixtures::server("wg", "10.8.0.0/24"),
+        )
         .await
         .expect("a server");
     old.create(&PostParams::default(), &server_key("wg-key"))
         .await
         .expect("the old server key");
-    let mut spec = VpnSubscriptionSpec::for_user(1);
-    spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24));
     let subscription = subscriptions
-        .create(&PostParams::default(), &VpnSubscription::new("tg-1", spec))
+        .create(
+            &PostParams::default(),
+            &fixtures::paid_subscription(1, Timestamp::now() + SignedDuration::from_hours(24)),
+        )
         .await
         .expect("tg-1");
     let (public_key, peer_uid) =
@@ -318,7 +297,10 @@ async fn an_upgraded_release_keeps_every_devices_and_servers_key() {
 
     // A different Secret already at a target: reported, never overwritten, and the hook fails.
     Api::<WgServer>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &server("wg2", "wg2-key"))
+        .create(
+            &PostParams::default(),
+            &fixtures::server("wg2", "10.8.0.0/24"),
+        )
         .await
         .expect("a second server");
     old.create(&PostParams::default(), &server_key("wg2-key"))

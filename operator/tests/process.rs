@@ -15,14 +15,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use wgsub_crds::{
-    SecretKeyRef, VpnSubscription, VpnSubscriptionSpec, WgPeer, WgServer, WgServerSpec,
-};
+use wgsub_crds::{VpnSubscription, WgPeer, WgServer};
 use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_kubeconfig, peer_keys_namespace,
     service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wgsub_testkit::process::{
     Process, assert_help_mentions, assert_refused_at_start, assert_stops_without_kubeconfig,
     eventually,
@@ -36,34 +35,8 @@ const LEASE: Duration = Duration::from_secs(30);
 /// How often a replica that does not lead tries the lease (`ElectionTiming`).
 const RETRY: Duration = Duration::from_secs(5);
 
-fn server() -> WgServer {
-    WgServer::new(
-        "wg",
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: "10.8.0.0/24".into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    )
-}
-
 fn paid_subscription(user: i64) -> VpnSubscription {
-    let mut spec = VpnSubscriptionSpec::for_user(user);
-    spec.paid_until = Some(Timestamp::now() + SignedDuration::from_hours(24));
-    VpnSubscription::new(&format!("tg-{user}"), spec)
+    fixtures::paid_subscription(user, Timestamp::now() + SignedDuration::from_hours(24))
 }
 
 /// One replica, configured as the chart configures it: `kubeconfig` carries the
@@ -149,7 +122,10 @@ async fn two_replicas_elect_one_leader_that_hands_the_lease_over_on_sigterm() {
         Api::<VpnSubscription>::namespaced(admin.clone(), &ns),
     );
     Api::<WgServer>::namespaced(admin, &ns)
-        .create(&PostParams::default(), &server())
+        .create(
+            &PostParams::default(),
+            &fixtures::server("wg", "10.8.0.0/24"),
+        )
         .await
         .expect("the server");
     let dir = tempfile::tempdir().expect("a temporary directory");

@@ -23,8 +23,8 @@ use wgsub_crds::resources::{
     CONDITION_READY, LABEL_PEER, LABEL_SERVER, LABEL_SUBSCRIPTION, condition,
 };
 use wgsub_crds::{
-    SecretKeyRef, SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus,
-    WgPeer, WgServer, WgServerSpec,
+    SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, VpnSubscriptionStatus, WgPeer,
+    WgServer,
 };
 use wgsub_operator::controller::{self, Context, Error, Settings};
 use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, KEY_ID, LABEL_PEER_UID, reasons};
@@ -34,6 +34,7 @@ use wgsub_testkit::chart::{
     apply_chart_rbac, assert_nothing_forbidden, component_client, peer_keys_namespace,
 };
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 use wgsub_testkit::process::eventually;
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
@@ -43,30 +44,6 @@ const KEY_GONE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn start() -> Timestamp {
     "2026-06-01T12:00:00Z".parse().unwrap()
-}
-
-fn server(name: &str, pool: &str) -> WgServer {
-    WgServer::new(
-        name,
-        WgServerSpec {
-            endpoint: "vpn.example.com:51820".into(),
-            listen_port: 51820,
-            interface_name: "wg0".into(),
-            address_pool: pool.into(),
-            address_pool6: None,
-            dns: vec![],
-            mtu: None,
-            persistent_keepalive: None,
-            client_allowed_ips: vec![],
-            node_name: None,
-            node_selector: None,
-            private_key_secret_ref: SecretKeyRef::new("wg-key", "privateKey"),
-            nat: None,
-            protocol: Default::default(),
-            amneziawg: None,
-            location: None,
-        },
-    )
 }
 
 /// A namespace of the real server with the chart's RBAC, a movable clock and one operator
@@ -280,7 +257,7 @@ fn requeue(action: &Action, expected: SignedDuration) {
 
 #[tokio::test]
 async fn a_paid_subscription_becomes_a_peer_with_key_secret_address_and_active_status() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let paid_until = start() + DAY * 30;
     let name = cluster.subscribe(1, Some(paid_until)).await;
 
@@ -343,7 +320,7 @@ async fn a_paid_subscription_becomes_a_peer_with_key_secret_address_and_active_s
 
 #[tokio::test]
 async fn reconciling_twice_changes_nothing() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY)).await;
     cluster.reconcile(&name).await.unwrap();
     let versions = |p: WgPeer, s: Secret, v: VpnSubscription| {
@@ -371,7 +348,7 @@ async fn reconciling_twice_changes_nothing() {
 
 #[tokio::test]
 async fn renewal_keeps_key_and_address() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY)).await;
     cluster.reconcile(&name).await.unwrap();
     let before = cluster.peer("tg-1-1").await;
@@ -398,7 +375,7 @@ async fn renewal_keeps_key_and_address() {
 
 #[tokio::test]
 async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let paid_until = start() + DAY;
     let name = cluster.subscribe(1, Some(paid_until)).await;
     cluster.reconcile(&name).await.unwrap();
@@ -454,7 +431,7 @@ async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
 
 #[tokio::test]
 async fn suspend_and_unsuspend_keep_the_config() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY * 10)).await;
     cluster.reconcile(&name).await.unwrap();
     let before = cluster.peer("tg-1-1").await;
@@ -509,7 +486,10 @@ async fn a_missing_server_is_reported_and_retried_without_peers() {
     // The server appears: the next reconcile serves the subscription.
     cluster
         .api::<WgServer>()
-        .create(&PostParams::default(), &server("wg", "10.8.0.0/24"))
+        .create(
+            &PostParams::default(),
+            &fixtures::server("wg", "10.8.0.0/24"),
+        )
         .await
         .unwrap();
     cluster.reconcile(&name).await.unwrap();
@@ -526,8 +506,8 @@ async fn a_missing_server_is_reported_and_retried_without_peers() {
 #[tokio::test]
 async fn an_exhausted_pool_fails_only_the_subscription_that_does_not_fit() {
     let cluster = Cluster::new(vec![
-        server("wg", "10.8.0.0/30"),
-        server("big", "10.9.0.0/24"),
+        fixtures::server("wg", "10.8.0.0/30"),
+        fixtures::server("big", "10.9.0.0/24"),
     ])
     .await;
     let first = cluster.subscribe(1, Some(start() + DAY)).await;
@@ -571,7 +551,7 @@ async fn an_exhausted_pool_fails_only_the_subscription_that_does_not_fit() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_reconciles_on_a_slash_24_give_two_hundred_distinct_addresses() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let mut names = Vec::new();
     for user in 1..=200 {
         names.push(cluster.subscribe(user, Some(start() + DAY)).await);
@@ -605,7 +585,7 @@ async fn two_hundred_concurrent_reconciles_on_a_slash_24_give_two_hundred_distin
 
 #[tokio::test]
 async fn a_restarted_operator_reallocates_nothing() {
-    let mut cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let mut cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     for user in 1..=3 {
         let name = cluster.subscribe(user, Some(start() + DAY)).await;
         cluster.reconcile(&name).await.unwrap();
@@ -645,7 +625,7 @@ async fn a_restarted_operator_reallocates_nothing() {
 
 #[tokio::test]
 async fn a_key_secret_deleted_by_hand_gives_a_new_key_and_tells_the_user() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY)).await;
     cluster.reconcile(&name).await.unwrap();
     let before = cluster.peer("tg-1-1").await;
@@ -685,7 +665,7 @@ async fn a_key_secret_deleted_by_hand_gives_a_new_key_and_tells_the_user() {
 
 #[tokio::test]
 async fn a_device_added_by_the_api_gets_key_and_address_and_keeps_the_api_fields() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY)).await;
     cluster
         .set_spec(
@@ -723,7 +703,7 @@ async fn a_device_added_by_the_api_gets_key_and_address_and_keeps_the_api_fields
 
 #[tokio::test]
 async fn a_never_paid_subscription_is_pending_without_peers() {
-    let cluster = Cluster::new(vec![server("wg", "10.8.0.0/24")]).await;
+    let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, None).await;
     cluster.reconcile(&name).await.unwrap();
     assert_eq!(
