@@ -504,6 +504,81 @@ async fn config_device(to: Reply<'_>, from: &User, peer_name: &str) -> HandlerRe
     }
 }
 
+/// What an inline button asks for, read from its callback data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Press<'a> {
+    /// A plan's YooKassa button; `save_card` for the one with automatic renewal.
+    BuyPlan {
+        plan: &'a str,
+        save_card: bool,
+    },
+    RenewalOff,
+    StarsInvoice {
+        plan: &'a str,
+    },
+    Device {
+        action: &'a str,
+    },
+    Location {
+        server: &'a str,
+    },
+    Guide {
+        platform: &'a str,
+    },
+    Config {
+        peer: &'a str,
+    },
+    Unknown,
+}
+
+impl<'a> Press<'a> {
+    pub fn parse(data: &'a str) -> Self {
+        let after = |prefix: &str| data.strip_prefix(prefix);
+        if let Some(plan) = after(renewal::BUY_RENEWING_PREFIX) {
+            Press::BuyPlan {
+                plan,
+                save_card: true,
+            }
+        } else if data == renewal::RENEWAL_OFF {
+            Press::RenewalOff
+        } else if let Some(plan) = after(BUY_PREFIX) {
+            Press::BuyPlan {
+                plan,
+                save_card: false,
+            }
+        } else if let Some(plan) = after(STARS_PREFIX) {
+            Press::StarsInvoice { plan }
+        } else if let Some(action) = after(device_menu::DEVICE_PREFIX) {
+            Press::Device { action }
+        } else if let Some(server) = after(locations::LOCATION_PREFIX) {
+            Press::Location { server }
+        } else if let Some(platform) = after(crate::guide::GUIDE_PREFIX) {
+            Press::Guide { platform }
+        } else if let Some(peer) = after(CONFIG_PREFIX) {
+            Press::Config { peer }
+        } else {
+            Press::Unknown
+        }
+    }
+
+    /// The update's name in `wgsub_bot_updates_total`.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Press::BuyPlan {
+                save_card: true, ..
+            } => "buy_plan_renewing",
+            Press::BuyPlan { .. } => "buy_plan",
+            Press::RenewalOff => "renewal_off_button",
+            Press::StarsInvoice { .. } => "stars_invoice",
+            Press::Device { .. } => "device_button",
+            Press::Location { .. } => "location_pick",
+            Press::Guide { .. } => "guide",
+            Press::Config { .. } => "config_device",
+            Press::Unknown => "unknown_callback",
+        }
+    }
+}
+
 async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResult {
     let to = Reply {
         bot: &bot,
@@ -516,37 +591,76 @@ async fn callback(bot: Bot, query: CallbackQuery, app: Arc<App>) -> HandlerResul
     if let Err(error) = bot.answer_callback_query(query.id.clone()).await {
         tracing::debug!(%error, "the callback query was not answered");
     }
-    let data = query.data.as_deref().unwrap_or_default();
+    let press = Press::parse(query.data.as_deref().unwrap_or_default());
     let from = &query.from;
     answer(to, "callback", async |to| {
-        if let Some(plan) = data.strip_prefix(renewal::BUY_RENEWING_PREFIX) {
-            app.metrics.update("buy_plan_renewing");
-            buy_plan(to, from, plan, true).await
-        } else if data == renewal::RENEWAL_OFF {
-            app.metrics.update("renewal_off_button");
-            renewal::switch_off(to, from).await
-        } else if let Some(plan) = data.strip_prefix(BUY_PREFIX) {
-            app.metrics.update("buy_plan");
-            buy_plan(to, from, plan, false).await
-        } else if let Some(plan) = data.strip_prefix(STARS_PREFIX) {
-            app.metrics.update("stars_invoice");
-            stars::send_invoice(to, from, plan).await
-        } else if let Some(action) = data.strip_prefix(device_menu::DEVICE_PREFIX) {
-            app.metrics.update("device_button");
-            device_menu::on_button(to, from, action).await
-        } else if let Some(server) = data.strip_prefix(locations::LOCATION_PREFIX) {
-            app.metrics.update("location_pick");
-            locations::on_pick(to, from, server).await
-        } else if let Some(platform) = data.strip_prefix(crate::guide::GUIDE_PREFIX) {
-            app.metrics.update("guide");
-            crate::guide::on_button(to, from, platform).await
-        } else if let Some(peer) = data.strip_prefix(CONFIG_PREFIX) {
-            app.metrics.update("config_device");
-            config_device(to, from, peer).await
-        } else {
-            app.metrics.update("unknown_callback");
-            to.send(text::unknown(to.lang)).await
+        app.metrics.update(press.metric());
+        match press {
+            Press::BuyPlan { plan, save_card } => buy_plan(to, from, plan, save_card).await,
+            Press::RenewalOff => renewal::switch_off(to, from).await,
+            Press::StarsInvoice { plan } => stars::send_invoice(to, from, plan).await,
+            Press::Device { action } => device_menu::on_button(to, from, action).await,
+            Press::Location { server } => locations::on_pick(to, from, server).await,
+            Press::Guide { platform } => crate::guide::on_button(to, from, platform).await,
+            Press::Config { peer } => config_device(to, from, peer).await,
+            Press::Unknown => to.send(text::unknown(to.lang)).await,
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_button_prefix_is_routed_with_its_metric() {
+        let cases = [
+            (
+                "buyr:month",
+                Press::BuyPlan {
+                    plan: "month",
+                    save_card: true,
+                },
+                "buy_plan_renewing",
+            ),
+            ("renewal:off", Press::RenewalOff, "renewal_off_button"),
+            (
+                "buy:month",
+                Press::BuyPlan {
+                    plan: "month",
+                    save_card: false,
+                },
+                "buy_plan",
+            ),
+            (
+                "stars:month",
+                Press::StarsInvoice { plan: "month" },
+                "stars_invoice",
+            ),
+            (
+                "dev:list",
+                Press::Device { action: "list" },
+                "device_button",
+            ),
+            (
+                "loc:de-1",
+                Press::Location { server: "de-1" },
+                "location_pick",
+            ),
+            ("guide:ios", Press::Guide { platform: "ios" }, "guide"),
+            ("guide:", Press::Guide { platform: "" }, "guide"),
+            (
+                "cfg:tg-7-1",
+                Press::Config { peer: "tg-7-1" },
+                "config_device",
+            ),
+            ("", Press::Unknown, "unknown_callback"),
+            ("renewal:on", Press::Unknown, "unknown_callback"),
+        ];
+        for (data, press, metric) in cases {
+            assert_eq!(Press::parse(data), press, "{data}");
+            assert_eq!(press.metric(), metric, "{data}");
+        }
+    }
 }
