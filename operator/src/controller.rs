@@ -885,6 +885,36 @@ pub fn trim_for_cache<K: Resource>(object: &mut K) {
     }
 }
 
+/// What the peer cache keeps of a watched peer: its name, namespace and resource version — all a
+/// reconcile reads there (whether the peer exists, and whether this operator's own write is its
+/// newest version, see [`PeerView`]). Its labels, annotations and owners, which map it to its
+/// subscription, stay on the watch event: at 10,000 peers they would hold megabytes for nothing.
+pub fn peer_identity<K>(peer: &PartialObjectMeta<K>) -> PartialObjectMeta<K> {
+    PartialObjectMeta {
+        types: None,
+        metadata: kube::api::ObjectMeta {
+            name: peer.metadata.name.clone(),
+            namespace: peer.metadata.namespace.clone(),
+            resource_version: peer.metadata.resource_version.clone(),
+            ..kube::api::ObjectMeta::default()
+        },
+        _phantom: std::marker::PhantomData,
+    }
+}
+
+/// `event` with each object reduced to [`peer_identity`].
+fn identity_event<K>(
+    event: &watcher::Event<PartialObjectMeta<K>>,
+) -> watcher::Event<PartialObjectMeta<K>> {
+    match event {
+        watcher::Event::Apply(peer) => watcher::Event::Apply(peer_identity(peer)),
+        watcher::Event::Delete(peer) => watcher::Event::Delete(peer_identity(peer)),
+        watcher::Event::InitApply(peer) => watcher::Event::InitApply(peer_identity(peer)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// The kinds [`OwnWrites`] tells apart.
 const PEER: &str = "WgPeer";
 const SECRET: &str = "Secret";
@@ -898,8 +928,8 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 ///
 /// Watches `VpnSubscription`s (primary, cached trimmed by [`trim_for_cache`]), `WgPeer`s and
 /// key `Secret`s (metadata only — only their labels and owners are read, to map them to their
-/// subscription; a Secret's data never reaches a watch; the peers' metadata is kept, to know
-/// which peers exist), and `WgServer`s (cached, and mapped to the subscriptions on them). A
+/// subscription; a Secret's data never reaches a watch; of the peers only their names and
+/// versions are kept ([`peer_identity`]), to know which peers exist), and `WgServer`s (cached, and mapped to the subscriptions on them). A
 /// reconcile reads its server from that cache, and fresh from the API only the Secrets and the
 /// existing peers it did not write last itself ([`PeerView`]). Watch events of the operator's
 /// own writes trigger no reconcile ([`OwnWrites`]). The initial lists of the three large kinds
@@ -928,7 +958,7 @@ pub async fn run(
         });
     let server_store = store.clone();
     let default_server = ctx.settings.default_server.clone();
-    let (peer_cache, peer_writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
+    let (peer_cache, mut peer_writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
     let peers_listed = Listed::new(&peer_cache, stop.clone());
     let _ = ctx.peers.set((peer_cache, peers_listed));
     let peers = watcher(
@@ -936,7 +966,11 @@ pub async fn run(
         watcher::Config::default(),
     )
     .modify(trim_for_cache)
-    .reflect(peer_writer)
+    .map_ok(move |event| {
+        // The cache keeps each peer's identity only; the event goes on whole to be mapped.
+        peer_writer.apply_watcher_event(&identity_event(&event));
+        event
+    })
     .map_ok({
         let ctx = ctx.clone();
         move |event| {
@@ -1126,6 +1160,56 @@ mod tests {
         assert_eq!(
             parsed,
             vec![PeerAddresses::of(&peer), PeerAddresses::of(&bare)]
+        );
+    }
+
+    #[test]
+    fn the_peer_cache_keeps_a_peers_identity_while_its_event_still_names_the_subscription() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+        use kube::api::{ObjectMeta, TypeMeta};
+        let identity = ObjectMeta {
+            name: Some("tg-1-1".into()),
+            namespace: Some("vpn".into()),
+            resource_version: Some("42".into()),
+            ..ObjectMeta::default()
+        };
+        let peer = PartialObjectMeta::<WgPeer> {
+            types: Some(TypeMeta {
+                api_version: "wgsub.io/v1alpha1".into(),
+                kind: "WgPeer".into(),
+            }),
+            metadata: ObjectMeta {
+                uid: Some("peer-uid".into()),
+                creation_timestamp: Some(Time("2026-06-01T00:00:00Z".parse().unwrap())),
+                labels: Some([(LABEL_SUBSCRIPTION.to_owned(), "tg-1".to_owned())].into()),
+                annotations: Some([(decision::KEY_ID.to_owned(), "00ff".to_owned())].into()),
+                owner_references: Some(vec![OwnerReference {
+                    kind: "VpnSubscription".into(),
+                    name: "tg-1".into(),
+                    ..OwnerReference::default()
+                }]),
+                ..identity.clone()
+            },
+            _phantom: std::marker::PhantomData,
+        };
+        let (store, mut writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
+        let reference = ObjectRef::new("tg-1-1").within("vpn");
+        let event = watcher::Event::Apply(peer.clone());
+        writer.apply_watcher_event(&identity_event(&event));
+        let kept = store.get(&reference).expect("the peer is cached");
+        assert_eq!(kept.metadata, identity);
+        assert!(kept.types.is_none());
+        let watcher::Event::Apply(whole) = event else {
+            unreachable!()
+        };
+        assert_eq!(
+            owning_subscription(&whole),
+            Some(ObjectRef::new("tg-1").within("vpn"))
+        );
+        writer.apply_watcher_event(&identity_event(&watcher::Event::Delete(peer)));
+        assert!(
+            store.get(&reference).is_none(),
+            "a deleted peer leaves the cache"
         );
     }
 
