@@ -1,7 +1,10 @@
 //! The Grafana dashboard asks only for metrics the binaries register: every `wgsub_*` series in
-//! its queries is `<prefix>_<name>` of a `Registry::with_prefix(prefix)` / `register(name, …)` in
-//! a binary's source (with the `_total`, `_bucket`, `_count` or `_sum` a Prometheus exposition
-//! adds), every query parses as PromQL (promtool), and the business panels are there.
+//! its queries is `<prefix>_<name>` of a `wgsub_runtime::metrics::registry(prefix)` (or
+//! `Registry::with_prefix(prefix)`) / `register(name, …)` in a binary's source, or of what
+//! `wgsub_runtime` registers in such a registry (`build_info` always, the leader gauges where the
+//! binary calls `LeaderMetrics::register`), with the `_total`, `_bucket`, `_count` or `_sum` a
+//! Prometheus exposition adds; every query parses as PromQL (promtool), and the business panels
+//! are there.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -34,15 +37,24 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 
 /// Every metric family the binaries register, with its prefix.
 pub fn registered_metrics() -> BTreeSet<String> {
+    let runtime =
+        |file: &str| std::fs::read_to_string(repo_root().join("runtime/src").join(file)).unwrap();
+    let (every_registry, leader) = (runtime("metrics.rs"), runtime("lease.rs"));
     let mut names = BTreeSet::new();
     for crate_dir in ["operator", "node-agent", "api", "bot"] {
         let mut files = Vec::new();
         rust_files(&repo_root().join(crate_dir).join("src"), &mut files);
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
-            let prefixes = literals_after(&text, "Registry::with_prefix(");
+            let mut prefixes = literals_after(&text, "Registry::with_prefix(");
+            prefixes.extend(literals_after(&text, "metrics::registry("));
             for prefix in &prefixes {
-                for name in literals_after(&text, ".register(") {
+                let mut registered = literals_after(&text, ".register(");
+                registered.extend(literals_after(&every_registry, ".register("));
+                if text.contains("LeaderMetrics::register(") {
+                    registered.extend(literals_after(&leader, ".register("));
+                }
+                for name in registered {
                     names.insert(format!("{prefix}_{name}"));
                 }
             }
