@@ -988,7 +988,32 @@ pub fn decide(
             ),
         );
     }
-    status.usage = accounting.status_usage.clone();
+    if !regenerated.is_empty() {
+        set_condition(
+            &mut status.conditions,
+            new_condition(
+                CONDITION_KEY_REGENERATED,
+                true,
+                reasons::KEY_REGENERATED,
+                format!(
+                    "new key for {} at {now}: the published key's private half was lost from its Secret; download the config again",
+                    regenerated.join(", ")
+                ),
+                generation,
+                now,
+            ),
+        );
+    }
+
+    // A status written for another reason carries the latest fold too.
+    status.usage = if status != old {
+        accounting.folded.as_ref().map(|folded| TrafficUsage {
+            updated_at: Some(now),
+            ..folded.clone()
+        })
+    } else {
+        accounting.status_usage.clone()
+    };
     let quota_note = quota_note(spec, status.usage.as_ref());
     if over_quota {
         set_condition(
@@ -1010,22 +1035,6 @@ pub fn decide(
                 false,
                 reasons::WITHIN_QUOTA,
                 quota_note.clone(),
-                generation,
-                now,
-            ),
-        );
-    }
-    if !regenerated.is_empty() {
-        set_condition(
-            &mut status.conditions,
-            new_condition(
-                CONDITION_KEY_REGENERATED,
-                true,
-                reasons::KEY_REGENERATED,
-                format!(
-                    "new key for {} at {now}: the published key's private half was lost from its Secret; download the config again",
-                    regenerated.join(", ")
-                ),
                 generation,
                 now,
             ),

@@ -2035,3 +2035,26 @@ fn a_subscription_without_quota_or_reported_traffic_carries_no_usage() {
     assert_eq!(usage.period_end, None);
     assert_eq!(quota_condition(&sub), None);
 }
+
+#[test]
+fn a_status_written_for_another_reason_carries_the_bytes_held_back() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    report(&mut world, "tg-1-1", 5, 6);
+    world.run(&mut sub, now() + SignedDuration::from_secs(1));
+    report(&mut world, "tg-1-1", 50, 6);
+    let held = world.run(&mut sub, now() + SignedDuration::from_secs(2));
+    assert!(held.status.is_none());
+    let usage = sub.status.clone().unwrap().usage.unwrap();
+    assert_eq!(usage.total_rx_bytes, 5);
+
+    sub.spec.suspended = true;
+    sub.metadata.generation = Some(2);
+    let at = now() + SignedDuration::from_secs(3);
+    let plan = world.run(&mut sub, at);
+    assert!(plan.status.is_some());
+    let usage = sub.status.clone().unwrap().usage.unwrap();
+    assert_eq!(usage.total_rx_bytes, 50);
+    assert_eq!(usage.updated_at, Some(at));
+}
