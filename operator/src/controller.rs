@@ -7,12 +7,13 @@
 //! a burst of reconciles does not wait for them) — then requeues at the next liveness change.
 //! Also the kube-rs `Controller` wiring and the error policy.
 //!
-//! A new key is written in three steps: the peer is applied without it, the key Secret is
-//! applied owned by that peer, and only then the peer is applied again with `publicKey` and
-//! `privateKeySecretRef` (see [`decision::KeyStep`]); a failure in between leaves nothing that
-//! looks like a lost key. The status is applied beside those last two writes (its Events go
-//! once it is written, even if a key write fails), so a new device costs three round trips in
-//! a row, not four.
+//! A new key is written in two steps: the key Secret first (labelled with the key id, stamped
+//! with its write time), then the peer, once, with its address, `publicKey`,
+//! `privateKeySecretRef` and the key id (see [`decision::KeyStep`]); a failure in between leaves
+//! a Secret no peer carries (kept for `key_cleanup::KEY_GRACE`, then collected), never a
+//! published key without its Secret. The status is applied beside those two writes (its Events
+//! go once it is written, even if a key write fails), so a new device costs two round trips in
+//! a row and three writes.
 //!
 //! Traffic: each reconcile folds the peers' counters into the subscription's usage
 //! ([`crate::usage`]); the latest fold of every subscription is kept in memory for the leadership

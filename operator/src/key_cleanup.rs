@@ -107,7 +107,7 @@ fn is_orphan(meta: &ObjectMeta, live: &Live, now: Timestamp, grace: SignedDurati
 }
 
 /// The key Secrets (their metadata, listed before the peers) that no peer listed after them
-/// holds on to (see [`is_orphan`]): their peers are gone, or were never written. Secrets without
+/// holds on to (see `is_orphan`): their peers are gone, or were never written. Secrets without
 /// a uid or resource version to make the delete conditional on are kept.
 pub fn orphans<'a>(
     secrets: impl IntoIterator<Item = &'a ObjectMeta>,
