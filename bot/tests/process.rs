@@ -3,11 +3,12 @@
 //! polling) and the real Kubernetes API server of the test process (`wgsub_testkit::envtest`, a
 //! namespace per test), reached through `KUBECONFIG` with the token of the ServiceAccount the
 //! chart runs it under and the chart's own Roles applied: its `--help`, a bad setting refused
-//! with the flag named; running, a user's `/start` gets an answer and their `VpnSubscription`
-//! (a schema-valid server-side apply), `/healthz`, `/readyz` and `/metrics` answer, logs are
-//! JSON and hold no secret, SIGTERM ends it with exit 0; the API server refused none of its
-//! calls (a call the chart does not grant is the server's own 403). When the Bot API stops
-//! answering, SIGTERM still ends it within its shutdown timeout.
+//! with the flag named, without a kubeconfig a one-line error naming it; running, a user's
+//! `/start` gets an answer and their `VpnSubscription` (a schema-valid server-side apply),
+//! `/healthz`, `/readyz` and `/metrics` answer, logs are JSON and hold no secret, SIGTERM ends
+//! it with exit 0; the API server refused none of its calls (a call the chart does not grant is
+//! the server's own 403). When the Bot API stops answering, SIGTERM still ends it within its
+//! shutdown timeout.
 //!
 //! Needs PostgreSQL (`WGSUB_TEST_DATABASE_URL`) and the control plane's binaries
 //! (`KUBEBUILDER_ASSETS`, `WGSUB_HELM`), as scripts/test provides.
@@ -26,7 +27,10 @@ use wgsub_testkit::chart::{
     service_account,
 };
 use wgsub_testkit::envtest::ControlPlane;
-use wgsub_testkit::process::{Process, assert_help_mentions, assert_refused_at_start, eventually};
+use wgsub_testkit::process::{
+    Process, assert_help_mentions, assert_refused_at_start, assert_stops_without_kubeconfig,
+    eventually,
+};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_wgsub-bot");
@@ -108,6 +112,39 @@ fn help_lists_every_setting_and_a_bad_setting_stops_the_start_with_the_flag_name
         ],
     );
     assert_refused_at_start(BINARY, &["--http-addr", "not-an-address"], "--http-addr");
+}
+
+#[test]
+fn without_a_kubernetes_configuration_the_start_stops_with_one_line_naming_the_cause() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let plans = dir.path().join("plans.yaml");
+    std::fs::write(&plans, PLANS).expect("writing the plan catalogue");
+    let token = format!("{USER}:made-up-{}", std::process::id());
+    assert_stops_without_kubeconfig(
+        BINARY,
+        &[],
+        &[
+            "--bot-token",
+            &token,
+            // Connected lazily and not migrated: the Kubernetes client is what fails.
+            "--database-url",
+            "postgres://wgsub@127.0.0.1:1/wgsub",
+            "--migrate",
+            "false",
+            "--namespace",
+            "wgsub",
+            "--plans-file",
+            plans.to_str().expect("a UTF-8 path"),
+            "--miniapp-url",
+            "https://vpn.example.test/miniapp/",
+            "--yookassa-shop-id",
+            "1",
+            "--yookassa-secret-key",
+            "made-up",
+            "--yookassa-return-url",
+            "https://vpn.example.test/miniapp/",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
