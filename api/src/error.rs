@@ -102,6 +102,15 @@ impl ApiError {
         )
     }
 
+    /// A request names a plan the catalogue does not have: 422 `unknown_plan`.
+    pub fn unknown_plan(plan: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_plan",
+            format!("there is no plan {plan:?}"),
+        )
+    }
+
     /// Anything else: logged with detail, answered without.
     pub fn internal(detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(%detail, "internal error");

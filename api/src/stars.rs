@@ -137,13 +137,10 @@ pub async fn create_stars_invoice(
     AuthUser(init): AuthUser,
     ApiJson(request): ApiJson<StarsInvoiceRequest>,
 ) -> Result<Json<StarsInvoiceResponse>, ApiError> {
-    let plan = state.plans.get(&request.plan).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_plan",
-            format!("there is no plan {:?}", request.plan),
-        )
-    })?;
+    let plan = state
+        .plans
+        .get(&request.plan)
+        .ok_or_else(|| ApiError::unknown_plan(&request.plan))?;
     let user = state
         .ledger
         .upsert_user(&init.user, Timestamp::now())

@@ -437,13 +437,10 @@ pub async fn create_payment(
     AuthUser(init): AuthUser,
     ApiJson(request): ApiJson<CreatePaymentRequest>,
 ) -> Result<Response, ApiError> {
-    let plan = state.plans.get(&request.plan).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_plan",
-            format!("there is no plan {:?}", request.plan),
-        )
-    })?;
+    let plan = state
+        .plans
+        .get(&request.plan)
+        .ok_or_else(|| ApiError::unknown_plan(&request.plan))?;
     if let Some(server) = &request.server {
         crate::locations::check_location(&state, init.user.id, server)?;
     }
