@@ -103,6 +103,8 @@ struct World {
     secrets: BTreeMap<String, Secret>,
     used: UsedAddresses,
     retention: SignedDuration,
+    /// The latest traffic fold of each subscription, as the shell keeps it.
+    usage: BTreeMap<String, wgsub_crds::resources::TrafficUsage>,
 }
 
 impl World {
@@ -113,6 +115,7 @@ impl World {
             secrets: BTreeMap::new(),
             used: UsedAddresses::default(),
             retention: DAY * 30,
+            usage: BTreeMap::new(),
         }
     }
 
@@ -136,10 +139,15 @@ impl World {
             secrets: &secrets,
             now: at,
             retention: self.retention,
-            usage_base: None,
+            usage_base: self.usage.get(&sub.name_any()),
             usage_write_interval: crate::usage::DEFAULT_WRITE_INTERVAL,
         };
-        decide(&observed, &mut self.used, &mut PrivateKey::generate)
+        let plan = decide(&observed, &mut self.used, &mut PrivateKey::generate);
+        match &plan.usage.folded {
+            Some(folded) => self.usage.insert(sub.name_any(), folded.clone()),
+            None => self.usage.remove(&sub.name_any()),
+        };
+        plan
     }
 
     /// Server-side applies a peer's operator-owned fields, keeping the API's; returns the stored

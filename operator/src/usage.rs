@@ -19,7 +19,10 @@
 //! the devices change, else at most once per write interval ([`should_write`]) — so the
 //! node-agents' frequent status writes do not each become a subscription write. The operator
 //! keeps its latest fold in memory as the base of the next one, so bytes seen between two
-//! writes are not lost to a counter restart.
+//! writes are not lost to a counter restart. A subscription's first fold in a leadership term
+//! writes nothing for the interval alone: a cold start over thousands of subscriptions does not
+//! rewrite each one's status for bytes counted while no operator looked; the reconciles that
+//! the peers' next counters trigger (spread over the node-agents' counters interval) do.
 //!
 //! Pure: no I/O, no clock.
 
@@ -195,14 +198,15 @@ pub fn is_exhausted(quota: Option<TrafficQuota>, usage: Option<&TrafficUsage>) -
 }
 
 /// Whether the folded usage must be written now rather than later: something a reader acts on
-/// changed (the exhaustion, the period, the set of devices) or the last write is at least
-/// `interval` old. Never when nothing but `updatedAt` would change.
+/// changed (the exhaustion, the period, the set of devices) or — once `settled`, i.e. not the
+/// subscription's first fold of the leadership term — the last write is at least `interval` old.
+/// Never when nothing but `updatedAt` would change.
 pub fn should_write(
     written: Option<&TrafficUsage>,
     folded: &TrafficUsage,
     exhaustion_changed: bool,
     now: Timestamp,
-    interval: SignedDuration,
+    (interval, settled): (SignedDuration, bool),
 ) -> bool {
     let Some(written) = written else {
         return true;
@@ -214,25 +218,31 @@ pub fn should_write(
         || written.period_start != folded.period_start
         || written.period_end != folded.period_end
         || !same_devices(written, folded)
-        || written
-            .updated_at
-            .is_none_or(|at| now >= at.checked_add(interval).unwrap_or(at))
+        || (settled
+            && written
+                .updated_at
+                .is_none_or(|at| now >= at.checked_add(interval).unwrap_or(at)))
 }
 
-/// When a fold held back by [`should_write`] is due: `interval` after the last write. `None`
-/// when the written usage already says everything.
+/// When a fold held back by [`should_write`] is due: `interval` after the last write, or after
+/// `now` for a first fold of the term (not `settled`). `None` when the written usage already
+/// says everything.
 pub fn next_write(
     written: Option<&TrafficUsage>,
     folded: &TrafficUsage,
-    interval: SignedDuration,
+    now: Timestamp,
+    (interval, settled): (SignedDuration, bool),
 ) -> Option<Timestamp> {
     let written = written?;
     if same_content(written, folded) {
         return None;
     }
-    written
-        .updated_at
-        .and_then(|at| at.checked_add(interval).ok())
+    let from = if settled {
+        written.updated_at
+    } else {
+        Some(now)
+    };
+    from.and_then(|at| at.checked_add(interval).ok())
 }
 
 fn same_content(a: &TrafficUsage, b: &TrafficUsage) -> bool {
@@ -273,19 +283,20 @@ pub struct Accounting {
     pub accounted: (i64, i64),
 }
 
-/// Accounts a subscription's traffic at `now`: folds its peers' counters into `base` (the
-/// operator's latest fold, when it has one, else the written usage), decides the exhaustion and
-/// whether the status gets the new usage now.
+/// Accounts a subscription's traffic at `now`: folds its peers' counters into `kept` (the
+/// operator's latest fold, when it has one this term, else the written usage), decides the
+/// exhaustion and whether the status gets the new usage now.
 pub fn account(
     spec: &VpnSubscriptionSpec,
     written: Option<&TrafficUsage>,
     was_exhausted: bool,
-    base: Option<&TrafficUsage>,
+    kept: Option<&TrafficUsage>,
     peers: &[WgPeer],
     now: Timestamp,
     interval: SignedDuration,
 ) -> Accounting {
-    let base = newest(written, base);
+    let settled = kept.is_some();
+    let base = newest(written, kept);
     let quota = spec.traffic_quota;
     let Some(fold) = fold(base, quota, spec.paid_until, &observed_counters(peers), now) else {
         return Accounting {
@@ -303,7 +314,7 @@ pub fn account(
         &fold.usage,
         exhausted != was_exhausted,
         now,
-        interval,
+        (interval, settled),
     );
     let status_usage = if write {
         Some(TrafficUsage {
@@ -313,7 +324,7 @@ pub fn account(
     } else {
         written.cloned()
     };
-    let held_back = next_write(status_usage.as_ref(), &fold.usage, interval);
+    let held_back = next_write(status_usage.as_ref(), &fold.usage, now, (interval, settled));
     let requeue_at = [fold.usage.period_end, held_back]
         .into_iter()
         .flatten()

@@ -8,6 +8,8 @@ use super::*;
 
 const DAY: SignedDuration = SignedDuration::from_hours(24);
 const MINUTE: SignedDuration = SignedDuration::from_secs(60);
+/// A write interval of a minute, for a subscription folded before in this term.
+const SETTLED: (SignedDuration, bool) = (MINUTE, true);
 
 fn t(text: &str) -> Timestamp {
     text.parse().unwrap()
@@ -450,7 +452,7 @@ fn written_at(usage: &TrafficUsage, at: Timestamp) -> TrafficUsage {
 #[test]
 fn a_first_usage_is_written_and_an_unchanged_one_never() {
     let usage = step(None, None, &[c("a", 1, 1)], start());
-    assert!(should_write(None, &usage, false, start(), MINUTE));
+    assert!(should_write(None, &usage, false, start(), SETTLED));
     let written = written_at(&usage, start());
     let much_later = start() + DAY;
     assert!(!should_write(
@@ -458,9 +460,12 @@ fn a_first_usage_is_written_and_an_unchanged_one_never() {
         &usage,
         false,
         much_later,
-        MINUTE
+        SETTLED
     ));
-    assert_eq!(next_write(Some(&written), &usage, MINUTE), None);
+    assert_eq!(
+        next_write(Some(&written), &usage, much_later, SETTLED),
+        None
+    );
 }
 
 #[test]
@@ -473,10 +478,10 @@ fn more_bytes_are_written_at_most_once_per_interval() {
         &more,
         false,
         start() + MINUTE / 2,
-        MINUTE
+        SETTLED
     ));
     assert_eq!(
-        next_write(Some(&written), &more, MINUTE),
+        next_write(Some(&written), &more, start() + MINUTE / 2, SETTLED),
         Some(start() + MINUTE)
     );
     assert!(should_write(
@@ -484,14 +489,42 @@ fn more_bytes_are_written_at_most_once_per_interval() {
         &more,
         false,
         start() + MINUTE,
-        MINUTE
+        SETTLED
     ));
     // A usage written without a time is written again.
     let untimed = TrafficUsage {
         updated_at: None,
         ..usage.clone()
     };
-    assert!(should_write(Some(&untimed), &more, false, start(), MINUTE));
+    assert!(should_write(Some(&untimed), &more, false, start(), SETTLED));
+}
+
+#[test]
+fn a_first_fold_of_the_term_waits_an_interval_from_now_for_bytes_alone() {
+    let unsettled = (MINUTE, false);
+    let usage = step(None, None, &[c("a", 1, 1)], start());
+    let written = written_at(&usage, start());
+    let much_later = start() + DAY;
+    let more = step(Some(&usage), None, &[c("a", 50, 1)], much_later);
+    assert!(!should_write(
+        Some(&written),
+        &more,
+        false,
+        much_later,
+        unsettled
+    ));
+    assert_eq!(
+        next_write(Some(&written), &more, much_later, unsettled),
+        Some(much_later + MINUTE)
+    );
+    assert!(should_write(
+        Some(&written),
+        &more,
+        true,
+        much_later,
+        unsettled
+    ));
+    assert!(should_write(None, &more, false, much_later, unsettled));
 }
 
 #[test]
@@ -500,7 +533,7 @@ fn exhaustion_a_new_period_or_other_devices_are_written_at_once() {
     let written = written_at(&usage, start());
     let soon = start() + SignedDuration::from_secs(1);
     let more = step(Some(&usage), Some(1000), &[c("a", 2, 1)], soon);
-    assert!(should_write(Some(&written), &more, true, soon, MINUTE));
+    assert!(should_write(Some(&written), &more, true, soon, SETTLED));
     let rolled = step(
         Some(&usage),
         Some(1000),
@@ -512,7 +545,7 @@ fn exhaustion_a_new_period_or_other_devices_are_written_at_once() {
         &rolled,
         false,
         start() + DAY * 30,
-        MINUTE
+        SETTLED
     ));
     let second_device = step(
         Some(&usage),
@@ -525,10 +558,10 @@ fn exhaustion_a_new_period_or_other_devices_are_written_at_once() {
         &second_device,
         false,
         soon,
-        MINUTE
+        SETTLED
     ));
     let removed = step(Some(&usage), Some(1000), &[], soon);
-    assert!(should_write(Some(&written), &removed, false, soon, MINUTE));
+    assert!(should_write(Some(&written), &removed, false, soon, SETTLED));
 }
 
 fn spec(bytes: Option<i64>) -> VpnSubscriptionSpec {
