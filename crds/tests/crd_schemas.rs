@@ -322,3 +322,32 @@ fn the_walker_catches_non_structural_schemas() {
         );
     }
 }
+
+/// Helm refuses a country the API server would refuse: the chart's values schema takes exactly
+/// the codes of the generated CRD's rule (and the empty string: not offered).
+#[test]
+fn the_charts_values_schema_takes_the_countries_the_crd_takes() {
+    let crd = schema_of("wgservers");
+    let country = &crd["properties"]["spec"]["properties"]["location"]["properties"]["country"];
+    let rule = country["x-kubernetes-validations"][0]["rule"]
+        .as_str()
+        .expect("the country rule");
+    let crd_codes: Vec<Value> = rule
+        .strip_prefix("'|")
+        .and_then(|r| r.strip_suffix("|'.contains('|' + self + '|')"))
+        .expect("'|AD|…|'.contains('|' + self + '|')")
+        .split('|')
+        .map(|code| json!(code))
+        .collect();
+    assert_eq!(crd_codes.len(), 249);
+    let path = crate_dir().join("../charts/wgsub/values.schema.json");
+    let values: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let choices = &values["properties"]["defaultServer"]["properties"]["location"]["properties"]["country"]
+        ["anyOf"];
+    assert_eq!(choices[0], json!({"const": ""}));
+    assert_eq!(
+        choices[1]["enum"],
+        json!(crd_codes),
+        "charts/wgsub/values.schema.json: the country list differs from crds/wgservers.yaml"
+    );
+}
