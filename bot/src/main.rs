@@ -134,10 +134,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
             async move {
                 match jobs::run_renewals(&app, Timestamp::now()).await {
                     Ok(report) if report != Default::default() => tracing::info!(
+                        attempted = report.attempted,
                         succeeded = report.succeeded,
                         failed = report.failed,
                         refused = report.refused,
                         pending = report.pending,
+                        unknown = report.unknown,
+                        given_up = report.given_up,
                         "automatic renewals"
                     ),
                     Ok(_) => {}
