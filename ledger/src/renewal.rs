@@ -44,7 +44,7 @@ use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 use wgsub_crds::plans::{Plan, PlanCatalogue};
@@ -349,17 +349,85 @@ async fn audit(
     Ok(())
 }
 
-fn card_from_row(row: &sqlx::postgres::PgRow) -> Result<SavedCard, LedgerError> {
-    Ok(SavedCard {
-        title: row.try_get("title")?,
-        expiry_month: row
-            .try_get::<Option<i32>, _>("expiry_month")?
-            .and_then(|m| u8::try_from(m).ok()),
-        expiry_year: row
-            .try_get::<Option<i32>, _>("expiry_year")?
-            .and_then(|y| u16::try_from(y).ok()),
-    })
+/// A user's saved method with what their renewal status needs of the user.
+#[derive(FromRow)]
+struct MethodRow {
+    title: String,
+    expiry_month: Option<i32>,
+    expiry_year: Option<i32>,
+    plan: String,
+    paid_until: Option<jiff_sqlx::Timestamp>,
+    suspended: bool,
 }
+
+impl MethodRow {
+    fn card(&self) -> SavedCard {
+        SavedCard {
+            title: self.title.clone(),
+            expiry_month: self.expiry_month.and_then(|m| u8::try_from(m).ok()),
+            expiry_year: self.expiry_year.and_then(|y| u16::try_from(y).ok()),
+        }
+    }
+}
+
+/// A renewal charge as a change of its status returns it.
+#[derive(FromRow)]
+struct ChargeRow {
+    user_id: i64,
+    plan: String,
+    period_end: jiff_sqlx::Timestamp,
+}
+
+/// Moves the renewal charge of our payment `payment_id` by `update` (an `UPDATE
+/// renewal_charges … RETURNING user_id, plan, period_end` taking the payment id, the reason and
+/// the time), in `tx`; `None` when the charge was not in a state the update moves.
+async fn move_charge(
+    tx: &mut PgConnection,
+    persistent: bool,
+    update: &'static str,
+    payment_id: Uuid,
+    reason: &str,
+    now: Timestamp,
+) -> Result<Option<ChargeRow>, LedgerError> {
+    Ok(sqlx::query_as::<_, ChargeRow>(update)
+        .persistent(persistent)
+        .bind(payment_id)
+        .bind(reason)
+        .bind(now.to_sqlx())
+        .fetch_optional(&mut *tx)
+        .await?)
+}
+
+/// The user's `paid_until` now, in `tx`.
+async fn paid_until_in(
+    tx: &mut PgConnection,
+    persistent: bool,
+    user_id: i64,
+) -> Result<Option<Timestamp>, LedgerError> {
+    let paid_until: Option<jiff_sqlx::Timestamp> =
+        sqlx::query_scalar("SELECT paid_until FROM users WHERE telegram_id = $1")
+            .persistent(persistent)
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(paid_until.map(jiff_sqlx::Timestamp::to_jiff))
+}
+
+/// A renewal charge still `charging`, with its payment and the user's saved method.
+#[derive(FromRow)]
+struct OpenCharge {
+    id: Uuid,
+    yookassa_id: Option<String>,
+    created_at: jiff_sqlx::Timestamp,
+    period_end: jiff_sqlx::Timestamp,
+    yookassa_method_id: Option<String>,
+    request_body: Option<String>,
+}
+
+/// `charging` to `unknown`: the charge is never sent again and waits for the webhook.
+const CHARGE_TO_UNKNOWN: &str = "UPDATE renewal_charges SET status = 'unknown', reason = $2, \
+     updated_at = $3 WHERE payment_id = $1 AND status = 'charging' \
+     RETURNING user_id, plan, period_end";
 
 impl Ledger {
     /// The same ledger charging renewals `lead` before a period ends (default
@@ -393,15 +461,11 @@ impl Ledger {
         .bind(user_id)
         .fetch_optional_on(self)
         .await?;
+        let failure = failure
+            .map(|row| <(String, Option<String>)>::from_row(&row))
+            .transpose()?;
         let last_failure = match failure {
-            Some(row)
-                if !matches!(
-                    row.try_get::<String, _>("status")?.as_str(),
-                    "succeeded" | "unknown"
-                ) =>
-            {
-                row.try_get::<Option<String>, _>("reason")?
-            }
+            Some((status, reason)) if !matches!(status.as_str(), "succeeded" | "unknown") => reason,
             _ => None,
         };
         let Some(row) = method else {
@@ -413,17 +477,15 @@ impl Ledger {
                 last_failure,
             });
         };
-        let paid_until = row
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
-            .map(jiff_sqlx::Timestamp::to_jiff);
-        let suspended: bool = row.try_get("suspended")?;
+        let method = MethodRow::from_row(&row)?;
         Ok(RenewalStatus {
             enabled: true,
-            card: Some(card_from_row(&row)?),
-            next_charge_at: paid_until
-                .filter(|_| !suspended)
-                .map(|until| next_charge_at(until, self.renewal_lead)),
-            plan: Some(row.try_get("plan")?),
+            card: Some(method.card()),
+            next_charge_at: method
+                .paid_until
+                .filter(|_| !method.suspended)
+                .map(|until| next_charge_at(until.to_jiff(), self.renewal_lead)),
+            plan: Some(method.plan),
             last_failure,
         })
     }
@@ -433,18 +495,16 @@ impl Ledger {
     pub async fn disable_renewal(&self, user_id: i64, now: Timestamp) -> Result<bool, LedgerError> {
         let mut tx = self.pool.begin().await?;
         lock_user(&mut tx, user_id, self.persistent).await?;
-        let deleted =
-            sqlx::query("DELETE FROM payment_methods WHERE user_id = $1 RETURNING title, plan")
+        let deleted: Option<(String, String)> =
+            sqlx::query_as("DELETE FROM payment_methods WHERE user_id = $1 RETURNING title, plan")
                 .persistent(self.persistent)
                 .bind(user_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some(row) = deleted else {
+        let Some((title, plan)) = deleted else {
             tx.rollback().await?;
             return Ok(false);
         };
-        let title: String = row.try_get("title")?;
-        let plan: String = row.try_get("plan")?;
         audit(
             &mut tx,
             self.persistent,
@@ -486,12 +546,12 @@ impl Ledger {
         .await?;
         rows.iter()
             .map(|row| {
+                let (user_id, paid_until, plan) =
+                    <(i64, jiff_sqlx::Timestamp, String)>::from_row(row)?;
                 Ok(DueRenewal {
-                    user_id: row.try_get("telegram_id")?,
-                    period_end: row
-                        .try_get::<jiff_sqlx::Timestamp, _>("paid_until")?
-                        .to_jiff(),
-                    plan: row.try_get("plan")?,
+                    user_id,
+                    period_end: paid_until.to_jiff(),
+                    plan,
                 })
             })
             .collect()
@@ -521,7 +581,12 @@ impl Ledger {
         let key = idempotence_key(due.user_id, due.period_end);
         let mut tx = self.pool.begin().await?;
         lock_user(&mut tx, due.user_id, self.persistent).await?;
-        let current = sqlx::query(
+        let (paid_until, suspended, method_id, method_plan): (
+            Option<jiff_sqlx::Timestamp>,
+            bool,
+            Option<String>,
+            Option<String>,
+        ) = sqlx::query_as(
             "SELECT u.paid_until, u.suspended, m.yookassa_method_id, m.plan FROM users u \
              LEFT JOIN payment_methods m ON m.user_id = u.telegram_id WHERE u.telegram_id = $1",
         )
@@ -529,12 +594,7 @@ impl Ledger {
         .bind(due.user_id)
         .fetch_one(&mut *tx)
         .await?;
-        let paid_until = current
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
-            .map(jiff_sqlx::Timestamp::to_jiff);
-        let method_id: Option<String> = current.try_get("yookassa_method_id")?;
-        let method_plan: Option<String> = current.try_get("plan")?;
-        let suspended: bool = current.try_get("suspended")?;
+        let paid_until = paid_until.map(jiff_sqlx::Timestamp::to_jiff);
         if paid_until != Some(due.period_end)
             || suspended
             || method_plan.as_deref() != Some(due.plan.as_str())
@@ -614,7 +674,7 @@ impl Ledger {
         .bind(discount.as_ref().map(|d| d.redemption_id))
         .execute(&mut *tx)
         .await?;
-        let claimed = sqlx::query(
+        let claimed: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO renewal_charges (user_id, period_end, payment_id, plan, status, \
                                           created_at, updated_at) \
              SELECT $1, $2, id, $3, 'charging', $4, $4 FROM payments WHERE idempotence_key = $5 \
@@ -628,11 +688,10 @@ impl Ledger {
         .bind(key)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = claimed else {
+        let Some(payment_id) = claimed else {
             tx.rollback().await?;
             return Ok(ChargeOutcome::AlreadyClaimed);
         };
-        let payment_id: Uuid = row.try_get("payment_id")?;
         let description = format!(
             "VPN: {}",
             plan.title.for_language(user.language_code.as_deref())
@@ -905,26 +964,27 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<(), LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        let failed = move_charge(
+            &mut tx,
+            self.persistent,
             "UPDATE renewal_charges SET status = 'failed', reason = $2, updated_at = $3 \
              WHERE payment_id = $1 AND status IN ('charging', 'unknown') \
              RETURNING user_id, plan, period_end",
+            payment_id,
+            reason,
+            now,
         )
-        .persistent(self.persistent)
-        .bind(payment_id)
-        .bind(reason)
-        .bind(now.to_sqlx())
-        .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
+        let Some(ChargeRow {
+            user_id,
+            plan,
+            period_end,
+        }) = failed
+        else {
             tx.rollback().await?;
             return Ok(());
         };
-        let user_id: i64 = row.try_get("user_id")?;
-        let plan: String = row.try_get("plan")?;
-        let period_end = row
-            .try_get::<jiff_sqlx::Timestamp, _>("period_end")?
-            .to_jiff();
+        let period_end = period_end.to_jiff();
         let removed = if removes_method(reason) {
             sqlx::query(
                 "DELETE FROM payment_methods WHERE user_id = $1 \
@@ -939,13 +999,7 @@ impl Ledger {
         } else {
             false
         };
-        let paid_until = sqlx::query("SELECT paid_until FROM users WHERE telegram_id = $1")
-            .persistent(self.persistent)
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
-            .map(jiff_sqlx::Timestamp::to_jiff);
+        let paid_until = paid_until_in(&mut tx, self.persistent, user_id).await?;
         let event = NotificationEvent::RenewalFailed {
             plan: plan.clone(),
             reason: reason.to_owned(),
@@ -978,25 +1032,25 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<ChargeOutcome, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE renewal_charges SET status = 'unknown', reason = $2, updated_at = $3 \
-             WHERE payment_id = $1 AND status = 'charging' RETURNING user_id, plan, period_end",
+        let moved = move_charge(
+            &mut tx,
+            self.persistent,
+            CHARGE_TO_UNKNOWN,
+            payment_id,
+            REASON_NO_ANSWER,
+            now,
         )
-        .persistent(self.persistent)
-        .bind(payment_id)
-        .bind(REASON_NO_ANSWER)
-        .bind(now.to_sqlx())
-        .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
+        let Some(ChargeRow {
+            user_id,
+            plan,
+            period_end,
+        }) = moved
+        else {
             tx.rollback().await?;
             return Ok(ChargeOutcome::AlreadyClaimed);
         };
-        let user_id: i64 = row.try_get("user_id")?;
-        let plan: String = row.try_get("plan")?;
-        let period_end = row
-            .try_get::<jiff_sqlx::Timestamp, _>("period_end")?
-            .to_jiff();
+        let period_end = period_end.to_jiff();
         audit(
             &mut tx,
             self.persistent,
@@ -1023,32 +1077,26 @@ impl Ledger {
         now: Timestamp,
     ) -> Result<ChargeOutcome, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE renewal_charges SET status = 'unknown', reason = $2, updated_at = $3 \
-             WHERE payment_id = $1 AND status = 'charging' RETURNING user_id, plan, period_end",
+        let moved = move_charge(
+            &mut tx,
+            self.persistent,
+            CHARGE_TO_UNKNOWN,
+            payment_id,
+            reason,
+            now,
         )
-        .persistent(self.persistent)
-        .bind(payment_id)
-        .bind(reason)
-        .bind(now.to_sqlx())
-        .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
+        let Some(ChargeRow {
+            user_id,
+            plan,
+            period_end,
+        }) = moved
+        else {
             tx.rollback().await?;
             return Ok(ChargeOutcome::AlreadyClaimed);
         };
-        let user_id: i64 = row.try_get("user_id")?;
-        let plan: String = row.try_get("plan")?;
-        let period_end = row
-            .try_get::<jiff_sqlx::Timestamp, _>("period_end")?
-            .to_jiff();
-        let paid_until = sqlx::query("SELECT paid_until FROM users WHERE telegram_id = $1")
-            .persistent(self.persistent)
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get::<Option<jiff_sqlx::Timestamp>, _>("paid_until")?
-            .map(jiff_sqlx::Timestamp::to_jiff);
+        let period_end = period_end.to_jiff();
+        let paid_until = paid_until_in(&mut tx, self.persistent, user_id).await?;
         let event = NotificationEvent::RenewalUnconfirmed {
             plan: plan.clone(),
             paid_until,
@@ -1090,14 +1138,15 @@ impl Ledger {
         .fetch_all_on(self)
         .await?;
         for row in rows {
-            let payment_id: Uuid = row.try_get("id")?;
-            let yookassa_id: Option<String> = row.try_get("yookassa_id")?;
-            let created_at = row
-                .try_get::<jiff_sqlx::Timestamp, _>("created_at")?
-                .to_jiff();
-            let period_end = row
-                .try_get::<jiff_sqlx::Timestamp, _>("period_end")?
-                .to_jiff();
+            let OpenCharge {
+                id: payment_id,
+                yookassa_id,
+                created_at,
+                period_end,
+                yookassa_method_id: method,
+                request_body,
+            } = OpenCharge::from_row(&row)?;
+            let (created_at, period_end) = (created_at.to_jiff(), period_end.to_jiff());
             let outcome = match yookassa_id {
                 Some(id) => match ctx.yookassa.get_payment_details(&id).await {
                     Ok(fetched) => self.settle_charge(payment_id, &fetched, now).await?,
@@ -1108,8 +1157,6 @@ impl Ledger {
                 },
                 None if now.duration_since(created_at) < STALE_CLAIM => continue,
                 None => {
-                    let method: Option<String> = row.try_get("yookassa_method_id")?;
-                    let request_body: Option<String> = row.try_get("request_body")?;
                     let past_grace = now
                         >= period_end
                             .saturating_add(RENEWAL_GRACE)
