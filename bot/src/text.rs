@@ -1494,15 +1494,20 @@ fn renewal_failure_reason(lang: Lang, reason: &str) -> &'static str {
     }
 }
 
-/// The automatic renewal was not charged: no time added; how to pay by hand.
-pub fn renewal_failed(lang: Lang, reason: &str, paid_until: Option<Timestamp>) -> String {
-    let why = renewal_failure_reason(lang, reason);
-    let until = dated_sentence(
+/// ` Your subscription runs until <date>.` after a renewal that added no time.
+fn runs_until(lang: Lang, paid_until: Option<Timestamp>) -> String {
+    dated_sentence(
         lang,
         "Подписка действует до",
         "Your subscription runs until",
         paid_until,
-    );
+    )
+}
+
+/// The automatic renewal was not charged: no time added; how to pay by hand.
+pub fn renewal_failed(lang: Lang, reason: &str, paid_until: Option<Timestamp>) -> String {
+    let why = renewal_failure_reason(lang, reason);
+    let until = runs_until(lang, paid_until);
     match lang {
         Lang::Ru => format!(
             "Не удалось автоматически продлить подписку: {why}. Деньги не списаны, время не добавлено.{until} Оплатить вручную: /buy"
@@ -1517,12 +1522,7 @@ pub fn renewal_failed(lang: Lang, reason: &str, paid_until: Option<Timestamp>) -
 /// it may have been charged, so it is not called failed — it is being checked, a charge adds
 /// the time by itself, and nothing more is charged for the period.
 pub fn renewal_unconfirmed(lang: Lang, paid_until: Option<Timestamp>) -> String {
-    let until = dated_sentence(
-        lang,
-        "Подписка действует до",
-        "Your subscription runs until",
-        paid_until,
-    );
+    let until = runs_until(lang, paid_until);
     match lang {
         Lang::Ru => format!(
             "Автопродление пока не подтверждено: платёжная система не ответила, мы проверяем списание. Если деньги списаны, время добавится само, а повторно за этот период ничего не спишем.{until} Если деньги не списаны, оплатить можно вручную: /buy"
