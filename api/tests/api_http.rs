@@ -20,6 +20,7 @@ use wgsub_api::state::FIELD_MANAGER;
 use wgsub_crds::{VpnSubscription, WgPeer};
 use wgsub_testkit::chart::{apply_chart_rbac, component_client};
 use wgsub_testkit::envtest::ControlPlane;
+use wgsub_testkit::fixtures;
 
 mod support;
 
@@ -695,43 +696,12 @@ async fn device_seen(h: &Harness, name: &str) {
     h.visible(&peer).await;
 }
 
-/// The WgServer `name` (pool `pool`) offered to users as `location`, its public key published.
-async fn offered_server(h: &Harness, name: &str, pool: &str, location: Value) {
-    let servers: Api<wgsub_crds::WgServer> = Api::namespaced(h.admin.clone(), &h.namespace);
-    let server = wgsub_crds::WgServer::new(
-        name,
-        serde_json::from_value(json!({
-            "endpoint": format!("{name}.example.com:51820"),
-            "addressPool": pool,
-            "privateKeySecretRef": {"name": format!("{name}-key")},
-            "location": location,
-        }))
-        .unwrap(),
-    );
-    servers.create(&Default::default(), &server).await.unwrap();
-    let status = json!({
-        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-        "status": {"publicKey": wgsub_crds::keys::PrivateKey::generate().public_key().to_base64()}
-    });
-    let server = servers
-        .patch_status(
-            name,
-            &kube::api::PatchParams::apply("wgsub-test-agent"),
-            &kube::api::Patch::Apply(&status),
-        )
-        .await
-        .unwrap();
-    h.visible(&server).await;
-}
-
 /// A subscription of `user` paid until `from_now` (negative: it ran out), with its device
 /// `tg-<user>-1` (kept while expired).
 async fn user_paid_until(h: &Harness, user: i64, from_now: SignedDuration) {
     let subs: Api<VpnSubscription> = Api::namespaced(h.admin.clone(), &h.namespace);
-    let mut spec = wgsub_crds::VpnSubscriptionSpec::for_user(user);
-    spec.paid_until = Some(Timestamp::now() + from_now);
-    spec.plan = Some("month".into());
-    let mut sub = VpnSubscription::new(&format!("tg-{user}"), spec);
+    let mut sub = fixtures::paid_subscription(user, Timestamp::now() + from_now);
+    sub.spec.plan = Some("month".into());
     sub.metadata.namespace = Some(h.namespace.clone());
     let sub = subs.create(&Default::default(), &sub).await.unwrap();
     h.visible(&sub).await;

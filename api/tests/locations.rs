@@ -7,49 +7,12 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use wgsub_crds::WgServer;
-use wgsub_crds::keys::PrivateKey;
 use wgsub_ledger::sync::LOCATION_FIELD_MANAGER;
 
 mod support;
 
 use support::*;
-
-/// The WgServer `name` (pool `pool`) with `location`, its public key published; the api's
-/// caches hold it when this returns.
-async fn offered_server(h: &Harness, name: &str, pool: &str, location: Value) {
-    let servers: Api<WgServer> = Api::namespaced(h.admin.clone(), &h.namespace);
-    let server = WgServer::new(
-        name,
-        serde_json::from_value(json!({
-            "endpoint": format!("{name}.example.com:51820"),
-            "addressPool": pool,
-            "privateKeySecretRef": {"name": format!("{name}-key")},
-            "location": location,
-        }))
-        .unwrap(),
-    );
-    servers
-        .create(&PostParams::default(), &server)
-        .await
-        .unwrap();
-    let status = json!({
-        "apiVersion": "wgsub.io/v1alpha1", "kind": "WgServer",
-        "status": {"publicKey": PrivateKey::generate().public_key().to_base64()}
-    });
-    let server = servers
-        .patch_status(
-            name,
-            &PatchParams::apply("wgsub-test-agent"),
-            &Patch::Apply(&status),
-        )
-        .await
-        .unwrap();
-    h.visible(&server).await;
-}
 
 /// `de-1` (no limit), `nl-1` (one user, taken by user 902's second device) and the hidden
 /// `fi-1`; `main` has no location. User 901 is active on `main`.

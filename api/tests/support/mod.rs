@@ -241,6 +241,21 @@ pub async fn create_amneziawg_server(h: &Harness, name: &str) {
     h.visible(&server).await;
 }
 
+/// The WgServer `name` (pool `pool`, dialled at `<name>.example.com`) offered to users as
+/// `location`, its public key published; the api's caches hold it when this returns.
+pub async fn offered_server(h: &Harness, name: &str, pool: &str, location: Value) {
+    let servers: Api<WgServer> = Api::namespaced(h.admin.clone(), &h.namespace);
+    let mut server = fixtures::server(name, pool);
+    server.spec.endpoint = format!("{name}.example.com:51820");
+    server.spec.location = Some(serde_json::from_value(location).unwrap());
+    servers
+        .create(&PostParams::default(), &server)
+        .await
+        .unwrap();
+    let server = fixtures::publish_server_key(&servers, name).await;
+    h.visible(&server).await;
+}
+
 impl Harness {
     /// Waits until the api's caches hold `written` (an object the test wrote as the admin).
     pub async fn visible<K: wgsub_devices::cache::Cached>(&self, written: &K) {
