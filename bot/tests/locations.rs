@@ -17,21 +17,18 @@ use wgsub_bot::handlers::reply::Reply;
 use wgsub_bot::text::{self, Lang};
 use wgsub_bot::{location_moves, locations};
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, subscription_name};
-use wgsub_crds::{WgPeer, WgPeerSpec, WgServer};
+use wgsub_crds::resources::subscription_name;
+use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::TelegramUser;
 use wgsub_ledger::sync::LOCATION_FIELD_MANAGER;
+use wgsub_testkit::fixtures;
 use wiremock::MockServer;
 
 async fn create_server(h: &common::Harness, name: &str, location: Value) {
     let servers: Api<WgServer> = Api::namespaced(h.admin.clone(), &h.namespace);
-    let spec = json!({
-        "endpoint": format!("{name}.example.com:51820"),
-        "addressPool": "10.8.0.0/24",
-        "privateKeySecretRef": {"name": format!("{name}-key")},
-        "location": location,
-    });
-    let server = WgServer::new(name, serde_json::from_value(spec).unwrap());
+    let mut server = fixtures::server(name, "10.8.0.0/24");
+    server.spec.endpoint = format!("{name}.example.com:51820");
+    server.spec.location = Some(serde_json::from_value(location).unwrap());
     let server = servers
         .create(&PostParams::default(), &server)
         .await
@@ -41,21 +38,13 @@ async fn create_server(h: &common::Harness, name: &str, location: Value) {
 
 async fn create_peer(h: &common::Harness, user: i64, index: u32, server: &str) {
     let subscription = subscription_name(user);
-    let mut peer = WgPeer::new(
-        &format!("{subscription}-{index}"),
-        WgPeerSpec {
-            server: server.into(),
-            public_key: Some(PrivateKey::generate().public_key().to_base64()),
-            private_key_secret_ref: None,
-            preshared_key_secret_ref: None,
-            address: Some(format!("10.8.0.{}/32", user % 100 + i64::from(index) * 10)),
-            address6: None,
-            expires_at: None,
-            enabled: true,
-            device_name: Some(format!("phone {index}")),
-        },
-    );
-    peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), subscription)].into());
+    let name = format!("{subscription}-{index}");
+    let address = format!("10.8.0.{}/32", user % 100 + i64::from(index) * 10);
+    let key = PrivateKey::generate();
+    let mut peer = fixtures::peer(&name, &subscription, server, &key, &address);
+    // Only the public key matters to moves: no key Secret is made.
+    peer.spec.private_key_secret_ref = None;
+    peer.spec.device_name = Some(format!("phone {index}"));
     let peers: Api<WgPeer> = Api::namespaced(h.admin.clone(), &h.namespace);
     let peer = peers.create(&PostParams::default(), &peer).await.unwrap();
     h.visible(&peer).await;
