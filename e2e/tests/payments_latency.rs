@@ -12,8 +12,10 @@
 //! node-agent's status write). One admin watch of the peers observes both. Printed: p50, p99
 //! and max of each, per round.
 //!
+//! In the environment `scripts/test` sets up (`KUBEBUILDER_ASSETS`, `WGSUB_HELM`,
+//! `WGSUB_TEST_DATABASE_URL`):
+//!
 //! ```text
-//! source /tmp/wgsub-env.sh   # or what scripts/test sets: KUBEBUILDER_ASSETS, the database URL
 //! cargo test -p wgsub-e2e --release --test payments_latency -- --ignored --nocapture
 //! ```
 //!
