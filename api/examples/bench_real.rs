@@ -18,8 +18,8 @@
 //! (`VmRSS`/`VmHWM`) at the end, and the number of non-watch API-server requests the api made
 //! while being measured (from the server's audit log; the reads make none).
 //!
-//! Run (needs `wrk`: `apt-get install wrk`; and `source /tmp/wgsub-env.sh` or scripts/test's
-//! environment for `KUBEBUILDER_ASSETS`, `WGSUB_HELM`, `WGSUB_TEST_DATABASE_URL`):
+//! Run (needs `wrk`: `apt-get install wrk`; and the environment scripts/test sets up:
+//! `KUBEBUILDER_ASSETS`, `WGSUB_HELM`, `WGSUB_TEST_DATABASE_URL`):
 //!
 //! ```text
 //! cargo build --release -p wgsub-api --bin wgsub-api --example bench_real &&
