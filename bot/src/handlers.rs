@@ -11,11 +11,13 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use teloxide::dispatching::UpdateHandler;
 use teloxide::prelude::*;
-use teloxide::types::{ChatId, InlineKeyboardButton, InputFile, UpdateKind, User};
+use teloxide::types::{
+    ChatId, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, UpdateKind, User,
+};
 use teloxide::utils::command::BotCommands;
 use wgsub_crds::VpnSubscriptionSpec;
 use wgsub_crds::liveness::subscription_phase;
-use wgsub_crds::plans::Plan;
+use wgsub_crds::plans::{Plan, PlanCatalogue};
 use wgsub_crds::resources::MAX_TELEGRAM_USER_ID;
 use wgsub_crds::{SubscriptionPhase, WgPeer};
 use wgsub_ledger::{PaymentError, PaymentOrder, ReceiptCustomer, TelegramUser, User as LedgerUser};
@@ -319,9 +321,9 @@ async fn status(bot: Bot, message: Message, app: Arc<App>) -> HandlerResult {
     .await
 }
 
-async fn send_plans(to: Reply<'_>) -> HandlerResult {
-    let lang = to.lang;
-    let buttons = to.app.plans.plans().iter().flat_map(|plan| {
+/// Every plan's buttons: by card (with or without renewal) and, when sold for Stars, in Stars.
+pub fn plans_keyboard(lang: Lang, plans: &PlanCatalogue) -> InlineKeyboardMarkup {
+    let buttons = plans.plans().iter().flat_map(|plan| {
         let card = InlineKeyboardButton::callback(
             text::plan_button(lang, plan),
             format!("{BUY_PREFIX}{}", plan.id),
@@ -330,9 +332,13 @@ async fn send_plans(to: Reply<'_>) -> HandlerResult {
             .map(|(label, data)| vec![InlineKeyboardButton::callback(label, data)]);
         std::iter::once(renewal::beside_renewing(card, lang, &plan.id)).chain(stars)
     });
+    InlineKeyboardMarkup::new(buttons)
+}
+
+async fn send_plans(to: Reply<'_>) -> HandlerResult {
     to.bot
-        .send_message(to.chat, text::choose_plan(lang))
-        .reply_markup(teloxide::types::InlineKeyboardMarkup::new(buttons))
+        .send_message(to.chat, text::choose_plan(to.lang))
+        .reply_markup(plans_keyboard(to.lang, &to.app.plans))
         .await?;
     Ok(())
 }

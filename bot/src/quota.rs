@@ -1,6 +1,6 @@
 //! The data quota in the bot: the traffic lines of `/status` ([`status_with_usage`]) and the
 //! one message a user gets when their quota for the period runs out — the VPN is paused until
-//! the period ends or a purchase, with the plans as buttons.
+//! the period ends or a purchase, with the plans as buttons (by card, with renewal, in Stars).
 //!
 //! The operator marks a subscription whose period's traffic reached its quota with the
 //! condition `QuotaExhausted` (and keeps its peers off the interface). The bot watches the
@@ -22,9 +22,7 @@ use sqlx::query::Query;
 use sqlx::{FromRow, Postgres};
 use teloxide::Bot;
 use teloxide::prelude::*;
-use teloxide::types::InlineKeyboardButton;
 use wgsub_crds::VpnSubscription;
-use wgsub_crds::plans::PlanCatalogue;
 use wgsub_crds::resources::{subscription_name, telegram_user_id_from_name};
 use wgsub_devices::Caches;
 use wgsub_devices::usage::Usage;
@@ -32,9 +30,10 @@ use wgsub_ledger::session::RunOn;
 use wgsub_ledger::{Entitlement, Ledger, LedgerError};
 
 use crate::app::App;
+use crate::handlers::plans_keyboard;
 use crate::jobs::RunReport;
 use crate::jobs::queue::{self, QueueReport, Queued};
-use crate::telegram::{self, BUY_PREFIX};
+use crate::telegram;
 use crate::text::{self, Lang};
 
 /// The metric kind of the notice.
@@ -218,20 +217,6 @@ impl Queued for Notice {
     }
 }
 
-/// The buttons under the notice: each plan, bought as the plans list buys it.
-fn plan_buttons(lang: Lang, plans: &PlanCatalogue) -> Vec<InlineKeyboardButton> {
-    plans
-        .plans()
-        .iter()
-        .map(|plan| {
-            InlineKeyboardButton::callback(
-                text::plan_button(lang, plan),
-                format!("{BUY_PREFIX}{}", plan.id),
-            )
-        })
-        .collect()
-}
-
 /// Sends up to `limit` open notices ([`queue::send_open`]): that the quota is used up, until
 /// when the VPN is paused, and the plans to buy.
 pub async fn send_notices(
@@ -242,12 +227,9 @@ pub async fn send_notices(
 ) -> Result<RunReport, LedgerError> {
     let send = move |notice: &Notice, lang| {
         let text = text::quota_exhausted(lang, Some(notice.period_end.to_jiff()));
-        let (chat, buttons) = (ChatId(notice.user_id), plan_buttons(lang, &app.plans));
+        let (chat, buttons) = (ChatId(notice.user_id), plans_keyboard(lang, &app.plans));
         async move {
-            let result = bot
-                .send_message(chat, text)
-                .reply_markup(telegram::column(buttons))
-                .await;
+            let result = bot.send_message(chat, text).reply_markup(buttons).await;
             if let Err(error) = &result {
                 tracing::debug!(%chat, %error, "quota notice failed");
             }

@@ -32,6 +32,12 @@ fn tg(id: i64, language: &str) -> TelegramUser {
     }
 }
 
+/// The harness's plans, the month also sold for Stars.
+const PLANS_WITH_STARS: &str = "plans:
+  - {id: month, title: {ru: Месяц, en: Month}, days: 30, priceMinor: 19900, currency: RUB, devices: 1, priceStars: 150}
+  - {id: quarter, title: {ru: Квартал, en: Quarter}, days: 90, priceMinor: 54900, currency: RUB, devices: 3}
+";
+
 /// The `sendMessage` requests: (chat, text, the callback data of its buttons).
 async fn sent(server: &MockServer) -> Vec<(i64, String, Vec<String>)> {
     server
@@ -110,7 +116,11 @@ async fn period(h: &common::Harness, user: i64, start: Timestamp, exhausted: boo
 
 #[tokio::test]
 async fn a_used_up_quota_is_told_once_per_period_with_the_plans_to_buy() {
-    let h = harness("bot_quota_notices", Options::default()).await;
+    let options = Options {
+        plans: Some(PLANS_WITH_STARS),
+        ..Options::default()
+    };
+    let h = harness("bot_quota_notices", options).await;
     let telegram = fake_telegram(&[]).await;
     let bot = bot_for(&telegram);
     let now = Timestamp::now();
@@ -151,7 +161,17 @@ async fn a_used_up_quota_is_told_once_per_period_with_the_plans_to_buy() {
         english.contains("2026-12-31 00:00 UTC"),
         "the period's end: {english}"
     );
-    assert_eq!(buttons, &["buy:month", "buy:quarter"], "the plans to buy");
+    assert_eq!(
+        buttons,
+        &[
+            "buy:month",
+            "buyr:month",
+            "stars:month",
+            "buy:quarter",
+            "buyr:quarter"
+        ],
+        "the plans to buy as /buy offers them: by card, with renewal, in Stars"
+    );
     let (_, russian, _) = to(5002);
     assert!(russian.contains("исчерпан"), "{russian}");
 
@@ -218,18 +238,13 @@ async fn status_shows_the_traffic_against_the_quota_and_that_the_vpn_is_paused()
         .and_then(|m| m.text().map(str::to_owned))
         .expect("/status answers");
     assert!(
-        text.contains(
-            "Traffic this period: 50.0 GB of 50.0 GB, 0 B left (until 2026-12-31 00:00 UTC)"
-        ),
+        text.contains("Traffic this period: 50 GB of 50 GB, 0 B left (until 2026-12-31 00:00 UTC)"),
         "{text}"
     );
     assert!(
         text.contains("the VPN is paused until 2026-12-31 00:00 UTC"),
         "{text}"
     );
-    assert!(
-        text.contains("Traffic in total: ↑ 30.0 GB ↓ 90.0 GB"),
-        "{text}"
-    );
+    assert!(text.contains("Traffic in total: ↑ 30 GB ↓ 90 GB"), "{text}");
     h.assert_nothing_forbidden();
 }
