@@ -502,7 +502,7 @@ mod tests {
         assert!(!shown.connected && !shown.ready);
         let list = text::devices_list(Lang::En, &[entry(&recent, now)], 2);
         assert!(list.contains("Phone — 🟢 connected"), "{list}");
-        assert!(list.contains("↑ 1.5 KB ↓ 3.0 MB"), "{list}");
+        assert!(list.contains("↑ 1.5 KB ↓ 3 MB"), "{list}");
         let list = text::devices_list(Lang::Ru, &[entry(&old, now), shown], 2);
         assert!(
             list.contains("⚪ не подключено") && list.contains("⏳ готовится"),
@@ -514,8 +514,8 @@ mod tests {
     fn byte_counts_read_in_binary_units() {
         assert_eq!(text::bytes(Lang::En, 0), "0 B");
         assert_eq!(text::bytes(Lang::En, 1023), "1023 B");
-        assert_eq!(text::bytes(Lang::En, 1024), "1.0 KB");
-        assert_eq!(text::bytes(Lang::Ru, 5 * 1024 * 1024 * 1024), "5.0 ГБ");
+        assert_eq!(text::bytes(Lang::En, 1024), "1 KB");
+        assert_eq!(text::bytes(Lang::Ru, 5 * 1024 * 1024 * 1024), "5 ГБ");
         assert_eq!(text::bytes(Lang::En, -5), "0 B");
     }
 

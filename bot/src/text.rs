@@ -561,7 +561,8 @@ pub struct DeviceEntry {
     pub tx_bytes: i64,
 }
 
-/// A byte count as users read it: `0 B`, `1.5 KB`, `12.3 MB`, `2.0 GB` (powers of 1024).
+/// A byte count as users read it: `0 B`, `1.5 KB`, `12.3 MB`, `2 GB` (powers of 1024, one
+/// decimal unless it is zero — so a quota of `50 GB` reads as the plan's button says it).
 pub fn bytes(lang: Lang, count: i64) -> String {
     let units = match lang {
         Lang::Ru => ["Б", "КБ", "МБ", "ГБ", "ТБ"],
@@ -577,7 +578,9 @@ pub fn bytes(lang: Lang, count: i64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    format!("{value:.1} {}", units[unit])
+    let shown = format!("{value:.1}");
+    let shown = shown.strip_suffix(".0").unwrap_or(&shown);
+    format!("{shown} {}", units[unit])
 }
 
 /// The `/devices` answer: each device with whether it is connected, its last handshake and its
@@ -2137,13 +2140,13 @@ mod quota_tests {
     fn status_shows_use_against_the_quota_what_is_left_and_the_period_end() {
         assert_eq!(
             usage_lines(Lang::En, &usage(Some(50 * GIB), false)),
-            "Traffic this period: 40.5 GB of 50.0 GB, 9.5 GB left (until 2027-01-06 00:00 UTC)\n\
-             Traffic in total: ↑ 25.0 GB ↓ 90.0 GB"
+            "Traffic this period: 40.5 GB of 50 GB, 9.5 GB left (until 2027-01-06 00:00 UTC)\n\
+             Traffic in total: ↑ 25 GB ↓ 90 GB"
         );
         assert_eq!(
             usage_lines(Lang::Ru, &usage(Some(50 * GIB), false)),
-            "Трафик за период: 40.5 ГБ из 50.0 ГБ, осталось 9.5 ГБ (до 2027-01-06 00:00 UTC)\n\
-             Трафик всего: ↑ 25.0 ГБ ↓ 90.0 ГБ"
+            "Трафик за период: 40.5 ГБ из 50 ГБ, осталось 9.5 ГБ (до 2027-01-06 00:00 UTC)\n\
+             Трафик всего: ↑ 25 ГБ ↓ 90 ГБ"
         );
     }
 
@@ -2163,7 +2166,7 @@ mod quota_tests {
     fn without_a_quota_status_shows_totals_and_nothing_before_any_traffic() {
         assert_eq!(
             usage_lines(Lang::En, &usage(None, false)),
-            "Traffic in total: ↑ 25.0 GB ↓ 90.0 GB"
+            "Traffic in total: ↑ 25 GB ↓ 90 GB"
         );
         assert_eq!(usage_lines(Lang::Ru, &Usage::default()), "");
     }
@@ -2190,11 +2193,11 @@ mod quota_tests {
         };
         assert_eq!(
             device_traffic_line(Lang::En, &traffic),
-            "  this period ↑ 1.5 KB ↓ 3.0 MB · in total ↑ 2.0 GB ↓ 5.0 GB\n"
+            "  this period ↑ 1.5 KB ↓ 3 MB · in total ↑ 2 GB ↓ 5 GB\n"
         );
         assert_eq!(
             device_traffic_line(Lang::Ru, &traffic),
-            "  за период ↑ 1.5 КБ ↓ 3.0 МБ · всего ↑ 2.0 ГБ ↓ 5.0 ГБ\n"
+            "  за период ↑ 1.5 КБ ↓ 3 МБ · всего ↑ 2 ГБ ↓ 5 ГБ\n"
         );
     }
 }

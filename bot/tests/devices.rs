@@ -153,7 +153,7 @@ async fn devices_lists_connected_and_traffic_and_deletes_only_after_confirmation
     let list = last_text(&bot);
     assert!(list.contains("Your devices: 2 / 2"), "{list}");
     assert!(list.contains("phone — 🟢 connected"), "{list}");
-    assert!(list.contains("↑ 1.5 KB ↓ 3.0 MB"), "{list}");
+    assert!(list.contains("↑ 1.5 KB ↓ 3 MB"), "{list}");
     assert!(list.contains("laptop — ⚪ not connected"), "{list}");
     assert_eq!(
         last_buttons(&bot),
