@@ -424,6 +424,17 @@ struct OpenCharge {
     request_body: Option<String>,
 }
 
+/// Why an unanswered renewal charge is marked `unknown` rather than asked again.
+#[derive(Debug, Clone, Copy)]
+enum Unanswered<'a> {
+    /// Claimed at `claimed_at` and too old to ask again: YooKassa may no longer know its
+    /// Idempotence-Key. Logged for review; the user is not told: they may well have been charged.
+    TooOld { claimed_at: Timestamp },
+    /// Not to be asked again for `reason` (renewal switched off, plan off sale, grace over); the
+    /// user is told it is being checked.
+    GivenUp { reason: &'a str },
+}
+
 /// `charging` to `unknown`: the charge is never sent again and waits for the webhook.
 const CHARGE_TO_UNKNOWN: &str = "UPDATE renewal_charges SET status = 'unknown', reason = $2, \
      updated_at = $3 WHERE payment_id = $1 AND status = 'charging' \
@@ -1021,61 +1032,19 @@ impl Ledger {
         Ok(())
     }
 
-    /// Marks the unanswered renewal charge of our payment `payment_id` (claimed at
-    /// `claimed_at`) `unknown`: it is never sent again (YooKassa may no longer know its
-    /// Idempotence-Key), its payment stays pending for the webhook, and it is logged for review.
-    /// The user is not told: they may well have been charged.
+    /// Marks the unanswered renewal charge of our payment `payment_id` `unknown`, for `why`: it
+    /// is never sent again, but the first ask may have charged, so it is not failed; its payment
+    /// stays pending for the webhook. Only the change from `charging` writes (and tells) anything.
     async fn mark_unknown(
         &self,
         payment_id: Uuid,
-        claimed_at: Timestamp,
+        why: Unanswered<'_>,
         now: Timestamp,
     ) -> Result<ChargeOutcome, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let moved = move_charge(
-            &mut tx,
-            self.persistent,
-            CHARGE_TO_UNKNOWN,
-            payment_id,
-            REASON_NO_ANSWER,
-            now,
-        )
-        .await?;
-        let Some(ChargeRow {
-            user_id,
-            plan,
-            period_end,
-        }) = moved
-        else {
-            tx.rollback().await?;
-            return Ok(ChargeOutcome::AlreadyClaimed);
+        let reason = match why {
+            Unanswered::TooOld { .. } => REASON_NO_ANSWER,
+            Unanswered::GivenUp { reason } => reason,
         };
-        let period_end = period_end.to_jiff();
-        audit(
-            &mut tx,
-            self.persistent,
-            user_id,
-            "renewal_unknown",
-            json!({"plan": plan, "period_end": period_end.to_string(), "payment_id": payment_id,
-                   "claimed_at": claimed_at.to_string(), "reason": REASON_NO_ANSWER}),
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        tracing::error!(user = user_id, payment = %payment_id, %claimed_at, "renewal charge never answered and too old to ask again; needs review, not sent again");
-        Ok(ChargeOutcome::Unknown)
-    }
-
-    /// Gives up the unanswered renewal charge of our payment `payment_id` for `reason` (renewal
-    /// switched off, plan off sale, grace over): it is never sent again, but the first ask may
-    /// have charged, so it is marked `unknown` (not failed), its payment stays pending for the
-    /// webhook, and the user is told it is being checked — once, by the change from `charging`.
-    async fn give_up_unanswered(
-        &self,
-        payment_id: Uuid,
-        reason: &str,
-        now: Timestamp,
-    ) -> Result<ChargeOutcome, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let moved = move_charge(
             &mut tx,
@@ -1095,27 +1064,36 @@ impl Ledger {
             tx.rollback().await?;
             return Ok(ChargeOutcome::AlreadyClaimed);
         };
-        let period_end = period_end.to_jiff();
-        let paid_until = paid_until_in(&mut tx, self.persistent, user_id).await?;
-        let event = NotificationEvent::RenewalUnconfirmed {
-            plan: plan.clone(),
-            paid_until,
+        let mut details = json!({"plan": plan, "period_end": period_end.to_jiff().to_string(),
+                                 "payment_id": payment_id, "reason": reason});
+        let audit_event = match why {
+            Unanswered::TooOld { claimed_at } => {
+                details["claimed_at"] = json!(claimed_at.to_string());
+                "renewal_unknown"
+            }
+            Unanswered::GivenUp { .. } => {
+                let paid_until = paid_until_in(&mut tx, self.persistent, user_id).await?;
+                let event = NotificationEvent::RenewalUnconfirmed {
+                    plan: plan.clone(),
+                    paid_until,
+                };
+                enqueue(&mut tx, self.persistent, user_id, &event, now).await?;
+                "renewal_given_up"
+            }
         };
-        enqueue(&mut tx, self.persistent, user_id, &event, now).await?;
-        audit(
-            &mut tx,
-            self.persistent,
-            user_id,
-            "renewal_given_up",
-            json!({"plan": plan, "period_end": period_end.to_string(), "payment_id": payment_id,
-                   "reason": reason}),
-            now,
-        )
-        .await?;
+        audit(&mut tx, self.persistent, user_id, audit_event, details, now).await?;
         tx.commit().await?;
-        tracing::warn!(user = user_id, payment = %payment_id, reason, "unanswered renewal charge given up; outcome unknown, not sent again");
-        Ok(ChargeOutcome::GivenUp {
-            reason: reason.to_owned(),
+        Ok(match why {
+            Unanswered::TooOld { claimed_at } => {
+                tracing::error!(user = user_id, payment = %payment_id, %claimed_at, "renewal charge never answered and too old to ask again; needs review, not sent again");
+                ChargeOutcome::Unknown
+            }
+            Unanswered::GivenUp { reason } => {
+                tracing::warn!(user = user_id, payment = %payment_id, reason, "unanswered renewal charge given up; outcome unknown, not sent again");
+                ChargeOutcome::GivenUp {
+                    reason: reason.to_owned(),
+                }
+            }
         })
     }
 
@@ -1174,13 +1152,21 @@ impl Ledger {
                         // YooKassa may have forgotten the key (or the exact first body is not
                         // known): asking again could charge twice.
                         (None, _, _) | (_, false, _) => {
-                            self.mark_unknown(payment_id, created_at, now).await?
+                            self.mark_unknown(
+                                payment_id,
+                                Unanswered::TooOld {
+                                    claimed_at: created_at,
+                                },
+                                now,
+                            )
+                            .await?
                         }
                         (Some(_), true, Some(reason)) => {
                             // With the method gone, the plan off sale or the grace over it is
                             // not sent again; should the first ask have charged after all, its
                             // webhook still applies it once.
-                            self.give_up_unanswered(payment_id, reason, now).await?
+                            self.mark_unknown(payment_id, Unanswered::GivenUp { reason }, now)
+                                .await?
                         }
                         (Some(body_text), true, None) => {
                             let outcome = self
