@@ -445,7 +445,7 @@ impl Ledger {
             body["save_payment_method"] = serde_json::Value::Bool(true);
         }
         let created = match yookassa
-            .create_payment(&body, &idempotence_key.to_string())
+            .create_payment::<yookassa::Payment>(&body, &idempotence_key.to_string())
             .await
         {
             Ok(created) => created,

@@ -758,7 +758,7 @@ impl Ledger {
         })?;
         match ctx
             .yookassa
-            .create_payment_details(&body, &key.to_string())
+            .create_payment::<PaymentDetails>(&body, &key.to_string())
             .await
         {
             Ok(created) => {

@@ -405,34 +405,14 @@ impl YooKassa {
     }
 
     /// `POST /payments` with `idempotence_key`, repeated with the same key as
-    /// [`should_retry`] allows.
-    pub async fn create_payment(
+    /// [`should_retry`] allows, read as a [`Payment`] or as [`PaymentDetails`] (with the
+    /// payment method and the cancellation details: a charge with a saved method is decided in
+    /// this answer).
+    pub async fn create_payment<T: serde::de::DeserializeOwned>(
         &self,
         body: &serde_json::Value,
         idempotence_key: &str,
-    ) -> Result<Payment, YooKassaError> {
-        self.call(
-            reqwest::Method::POST,
-            "/payments",
-            Some(body),
-            Some(idempotence_key),
-        )
-        .await
-    }
-
-    /// `GET /payments/{id}`.
-    pub async fn get_payment(&self, id: &str) -> Result<Payment, YooKassaError> {
-        let path = format!("/payments/{}", path_segment(id)?);
-        self.call(reqwest::Method::GET, &path, None, None).await
-    }
-
-    /// `POST /payments` as [`YooKassa::create_payment`], read with the payment method and the
-    /// cancellation details (a charge with a saved method is decided in this answer).
-    pub async fn create_payment_details(
-        &self,
-        body: &serde_json::Value,
-        idempotence_key: &str,
-    ) -> Result<PaymentDetails, YooKassaError> {
+    ) -> Result<T, YooKassaError> {
         self.call(
             reqwest::Method::POST,
             "/payments",
