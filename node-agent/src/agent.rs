@@ -272,6 +272,21 @@ struct Written {
     servers: BTreeMap<String, (WgServerStatus, Timestamp)>,
 }
 
+impl Written {
+    /// The status last written for the peer `peer_name` and when its counters last changed;
+    /// before any write, `current` (its status as read) and no time.
+    fn last_peer<'a>(
+        &'a self,
+        peer_name: &str,
+        current: Option<&'a WgPeerStatus>,
+    ) -> (Option<&'a WgPeerStatus>, Option<Timestamp>) {
+        match self.peers.get(peer_name) {
+            Some((written, at)) => (Some(written), *at),
+            None => (current, None),
+        }
+    }
+}
+
 /// The agent.
 #[derive(Debug)]
 pub struct Agent {
@@ -802,6 +817,16 @@ impl Agent {
         self.queue_applied_status(&name, judge.as_ref());
     }
 
+    /// The status and `metadata.generation` of the `WgPeer` `peer_name` as the index holds
+    /// them; `None` once it is gone.
+    fn indexed_status(&self, peer_name: &str) -> Option<(Option<WgPeerStatus>, Option<i64>)> {
+        self.index.read(|index| {
+            index
+                .peer(peer_name)
+                .map(|peer| (peer.status.clone(), peer.generation))
+        })
+    }
+
     /// Queues, right after a sync pass applied them, the status writes that matter of the
     /// peers it judged (`None`: every peer of the server) — a first `Ready`, a cut at expiry or
     /// a disable — instead of leaving them to the next status batch. Whether a peer is on the
@@ -824,17 +849,10 @@ impl Agent {
         let now = self.clock.now();
         for (peer_name, state) in judged {
             let on_interface = matches!(state, PeerState::Live(key) if applied.contains_key(key));
-            let Some((current, generation)) = self.index.read(|index| {
-                index
-                    .peer(peer_name)
-                    .map(|peer| (peer.status.clone(), peer.generation))
-            }) else {
+            let Some((current, generation)) = self.indexed_status(peer_name) else {
                 continue;
             };
-            let (last, counters_at) = match self.written.peers.get(peer_name) {
-                Some((written, at)) => (Some(written), *at),
-                None => (current.as_ref(), None),
-            };
+            let (last, counters_at) = self.written.last_peer(peer_name, current.as_ref());
             let ready = peer_ready(
                 state,
                 on_interface,
@@ -987,11 +1005,7 @@ impl Agent {
                     _ => None,
                 };
                 active += usize::from(stats.is_some());
-                let Some((current, generation)) = self.index.read(|index| {
-                    index
-                        .peer(peer_name)
-                        .map(|peer| (peer.status.clone(), peer.generation))
-                }) else {
+                let Some((current, generation)) = self.indexed_status(peer_name) else {
                     continue;
                 };
                 let ready = peer_ready(
@@ -1002,10 +1016,7 @@ impl Agent {
                     now,
                 );
                 let new = peer_status(current.as_ref(), ready, stats.as_ref(), generation);
-                let (last, counters_at) = match self.written.peers.get(peer_name) {
-                    Some((written, at)) => (Some(written), *at),
-                    None => (current.as_ref(), None),
-                };
+                let (last, counters_at) = self.written.last_peer(peer_name, current.as_ref());
                 let write = match peer_write_due(&new, last, counters_at, now, routine) {
                     Some(Due::Now) => Some(Priority::Urgent),
                     Some(Due::Routine) => self.routine_budget.take().then_some(Priority::Routine),
