@@ -186,7 +186,6 @@ async fn record_move(
 struct Notice {
     user_id: i64,
     server: String,
-    queued_at: jiff_sqlx::Timestamp,
 }
 
 impl Queued for Notice {
@@ -198,14 +197,6 @@ impl Queued for Notice {
         query: Query<'q, Postgres, PgArguments>,
     ) -> Query<'q, Postgres, PgArguments> {
         query.bind(self.user_id).bind(&self.server)
-    }
-
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-
-    fn queued_at(&self) -> Timestamp {
-        self.queued_at.to_jiff()
     }
 }
 
@@ -257,7 +248,6 @@ mod tests {
         let notice = Notice {
             user_id: 7,
             server: "de-1".into(),
-            queued_at: start.to_sqlx(),
         };
         queue::testing::a_stalled_run_cannot_give_back_the_claim_another_run_took_over(
             &ledger, notice, start,

@@ -191,7 +191,6 @@ struct Notice {
     user_id: i64,
     period_start: jiff_sqlx::Timestamp,
     period_end: jiff_sqlx::Timestamp,
-    queued_at: jiff_sqlx::Timestamp,
 }
 
 impl Queued for Notice {
@@ -206,14 +205,6 @@ impl Queued for Notice {
             .bind(self.user_id)
             .bind(self.period_start)
             .bind(self.period_end)
-    }
-
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-
-    fn queued_at(&self) -> Timestamp {
-        self.queued_at.to_jiff()
     }
 }
 
@@ -338,7 +329,6 @@ mod tests {
             user_id: 7,
             period_start: period.period_start.to_sqlx(),
             period_end: period.period_end.to_sqlx(),
-            queued_at: start.to_sqlx(),
         };
         queue::testing::a_stalled_run_cannot_give_back_the_claim_another_run_took_over(
             &ledger, notice, start,

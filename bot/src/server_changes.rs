@@ -194,7 +194,6 @@ struct Notice {
     server: String,
     generation: i64,
     user_id: i64,
-    queued_at: jiff_sqlx::Timestamp,
 }
 
 impl Queued for Notice {
@@ -209,14 +208,6 @@ impl Queued for Notice {
             .bind(&self.server)
             .bind(self.generation)
             .bind(self.user_id)
-    }
-
-    fn user_id(&self) -> i64 {
-        self.user_id
-    }
-
-    fn queued_at(&self) -> Timestamp {
-        self.queued_at.to_jiff()
     }
 }
 
@@ -256,7 +247,6 @@ mod tests {
             server: "awg-1".into(),
             generation: 2,
             user_id: 7,
-            queued_at: start.to_sqlx(),
         };
         queue::testing::a_stalled_run_cannot_give_back_the_claim_another_run_took_over(
             &ledger, notice, start,

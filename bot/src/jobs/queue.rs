@@ -1,10 +1,11 @@
 //! The bot's own notice queues — a user's devices moved to another location
 //! ([`crate::location_moves`]), their server's AmneziaWG parameters changed
-//! ([`crate::server_changes`]): one row per notice, queued in the statement that records what
-//! happened. A row is claimed before it is sent, so a second replica or a restart never sends it
-//! twice; a claim older than [`STALE_CLAIM`] was left by a bot that stopped mid-send and is taken
-//! over; ending a claim ([`finish`]) ends only the claim it names. What differs between the
-//! queues — the table and the columns that name one notice — is a [`Queued`] type.
+//! ([`crate::server_changes`]), their data quota used up ([`crate::quota`]): one row per
+//! notice, queued in the statement that records what happened. A row is claimed before it is
+//! sent, so a second replica or a restart never sends it twice; a claim older than
+//! [`STALE_CLAIM`] was left by a bot that stopped mid-send and is taken over; ending a claim
+//! ([`finish`]) ends only the claim it names. What differs between the queues — the table and
+//! the columns that name one notice — is a [`Queued`] type.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use jiff_sqlx::ToSqlx;
 use kube::ResourceExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, FromRow, Postgres};
+use sqlx::{AssertSqlSafe, FromRow, Postgres, Row};
 use teloxide::prelude::*;
 use teloxide::types::InlineKeyboardButton;
 use wgsub_crds::WgPeer;
@@ -37,7 +38,8 @@ pub trait Queued: for<'r> FromRow<'r, PgRow> + Send + Sync + Unpin {
     /// `delivered`, `failed`) besides the key.
     const TABLE: &'static str;
     /// The columns that name one notice, in the order [`Queued::bind_key`] binds them (and the
-    /// order notices queued at the same instant are sent in).
+    /// order notices queued at the same instant are sent in); `user_id`, who the notice goes
+    /// to, is one of them.
     const KEY: &'static [&'static str];
 
     /// Binds the notice's key, in [`Queued::KEY`]'s order.
@@ -45,9 +47,14 @@ pub trait Queued: for<'r> FromRow<'r, PgRow> + Send + Sync + Unpin {
         &'q self,
         query: Query<'q, Postgres, PgArguments>,
     ) -> Query<'q, Postgres, PgArguments>;
-    /// Who the notice goes to.
-    fn user_id(&self) -> i64;
-    fn queued_at(&self) -> Timestamp;
+}
+
+/// A notice [`open`] found to send: the queue's row, who it goes to and when it was queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenNotice<N> {
+    pub notice: N,
+    pub user_id: i64,
+    pub queued_at: Timestamp,
 }
 
 /// `k1 = $1 AND k2 = $2 …` over the key.
@@ -94,7 +101,7 @@ pub async fn open<N: Queued>(
     ledger: &Ledger,
     now: Timestamp,
     limit: i64,
-) -> Result<Vec<N>, LedgerError> {
+) -> Result<Vec<OpenNotice<N>>, LedgerError> {
     let key = N::KEY.join(", ");
     let sql = format!(
         "SELECT {key}, queued_at FROM {} \
@@ -108,7 +115,15 @@ pub async fn open<N: Queued>(
         .fetch_all_on(ledger)
         .await?;
     rows.iter()
-        .map(N::from_row)
+        .map(|row| {
+            Ok(OpenNotice {
+                notice: N::from_row(row)?,
+                user_id: row.try_get("user_id")?,
+                queued_at: row
+                    .try_get::<jiff_sqlx::Timestamp, _>("queued_at")?
+                    .to_jiff(),
+            })
+        })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(Into::into)
 }
@@ -183,7 +198,12 @@ pub async fn send_open<N: Queued, F: Future<Output = Delivery>>(
 ) -> Result<RunReport, LedgerError> {
     let mut report = RunReport::default();
     let mut sent_any = false;
-    for notice in open::<N>(&app.ledger, now, limit).await? {
+    for OpenNotice {
+        notice,
+        user_id,
+        queued_at,
+    } in open::<N>(&app.ledger, now, limit).await?
+    {
         if !claim(&app.ledger, &notice, now).await? {
             continue;
         }
@@ -191,12 +211,12 @@ pub async fn send_open<N: Queued, F: Future<Output = Delivery>>(
             tokio::time::sleep(app.settings.pacing.interval()).await;
         }
         sent_any = true;
-        let lang = user_lang(app, notice.user_id()).await?;
+        let lang = user_lang(app, user_id).await?;
         let delivery = send(&notice, lang).await;
         let delivered = delivery == Delivery::Delivered;
         app.metrics.notification(kind, delivered);
         report.count(delivered);
-        let step = outbox_step(delivery, now.duration_since(notice.queued_at()));
+        let step = outbox_step(delivery, now.duration_since(queued_at));
         let outcome = (step == OutboxStep::MarkSent).then_some(delivered);
         finish(&app.ledger, &notice, now, outcome).await?;
         if step == OutboxStep::Stop {
@@ -257,10 +277,12 @@ pub(crate) mod testing {
         let stalled = start;
         assert!(claim(ledger, &notice, stalled).await.unwrap());
         let takeover = stalled + STALE_CLAIM + SignedDuration::from_secs(1);
-        assert_eq!(
-            open::<N>(ledger, takeover, 10).await.unwrap(),
-            std::slice::from_ref(&notice)
-        );
+        let found = open::<N>(ledger, takeover, 10).await.unwrap();
+        let found: Vec<_> = found
+            .iter()
+            .map(|open| (&open.notice, open.queued_at))
+            .collect();
+        assert_eq!(found, [(&notice, start)]);
         assert!(claim(ledger, &notice, takeover).await.unwrap());
         finish(ledger, &notice, stalled, None).await.unwrap();
         let third = takeover + SignedDuration::from_secs(1);
@@ -272,9 +294,13 @@ pub(crate) mod testing {
         finish(ledger, &notice, takeover, Some(false))
             .await
             .unwrap();
-        let sql = format!("SELECT outcome FROM {} WHERE user_id = $1", N::TABLE);
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(notice.user_id())
+        let sql = format!(
+            "SELECT outcome FROM {} WHERE {}",
+            N::TABLE,
+            key_matches::<N>()
+        );
+        let row = notice
+            .bind_key(sqlx::query(AssertSqlSafe(sql)))
             .fetch_one_on(ledger)
             .await
             .unwrap();
