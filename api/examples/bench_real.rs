@@ -44,7 +44,9 @@ use wgsub_crds::keys::PrivateKey;
 use wgsub_crds::{WgPeer, WgServer};
 use wgsub_ledger::testing::fresh_database;
 use wgsub_ledger::{AdminGrant, Ledger, SubscriptionSync, TelegramUser};
-use wgsub_testkit::chart::{apply_chart_rbac, component_kubeconfig, service_account};
+use wgsub_testkit::chart::{
+    apply_chart_rbac, component_kubeconfig, peer_keys_namespace, service_account,
+};
 use wgsub_testkit::envtest::ControlPlane;
 use wgsub_testkit::fixtures;
 
@@ -92,7 +94,7 @@ async fn seed_user(
     let subscription = sync.sync_user(ledger, id).await?;
     let name = format!("tg-{id}-1");
     let key = PrivateKey::generate();
-    Api::<Secret>::namespaced(admin.clone(), namespace)
+    Api::<Secret>::namespaced(admin.clone(), &peer_keys_namespace(namespace))
         .create(&PostParams::default(), &fixtures::key_secret(&name, &key))
         .await?;
     let address = format!("10.64.{}.{}/32", (index + 2) / 256, (index + 2) % 256);
@@ -230,15 +232,16 @@ async fn get(client: &reqwest::Client, url: &str, auth: &str) -> Option<(u16, St
 async fn until_device_ready(client: &reqwest::Client, base: &str, auth: &str, within: Duration) {
     let started = Instant::now();
     loop {
-        if let Some((200, body)) = get(client, &format!("{base}/api/v1/me"), auth).await
-            && serde_json::from_str::<serde_json::Value>(&body)
+        let answer = get(client, &format!("{base}/api/v1/me"), auth).await;
+        if let Some((200, body)) = &answer
+            && serde_json::from_str::<serde_json::Value>(body)
                 .is_ok_and(|me| me["devices"][0]["ready"] == json!(true))
         {
             return;
         }
         assert!(
             started.elapsed() < within,
-            "the api never showed the device"
+            "the api never showed the device; its last answer: {answer:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -301,6 +304,7 @@ async fn main() -> anyhow::Result<()> {
         .env("KUBECONFIG", &kubeconfig)
         .env("WGSUB_DATABASE_URL", &database_url)
         .env("WGSUB_NAMESPACE", &namespace)
+        .env("WGSUB_KEYS_NAMESPACE", peer_keys_namespace(&namespace))
         .env("WGSUB_DEFAULT_SERVER", "main")
         .env("WGSUB_PLANS_FILE", &plans)
         .env("WGSUB_BOT_TOKEN", &token)
