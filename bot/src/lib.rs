@@ -2,7 +2,7 @@
 //!
 //! The decisions are pure and live in their own modules ([`reminders`], [`admin`] parsing,
 //! [`broadcast`] pacing, [`text`]); the rest is a thin shell around the shared ledger crate,
-//! the Kubernetes API and the Telegram Bot API.
+//! the Kubernetes API and the Telegram Bot API; [`service`] wires them for `main`.
 
 pub mod admin;
 pub mod app;
@@ -22,6 +22,7 @@ pub mod quota;
 pub mod reminders;
 pub mod renewal;
 pub mod server_changes;
+pub mod service;
 pub mod stars;
 pub mod store;
 pub mod telegram;
