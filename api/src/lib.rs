@@ -12,7 +12,8 @@
 //! ([`wgsub_devices::Caches`]), never from the API server.
 //! The money lives in PostgreSQL ([`wgsub_ledger`]).
 //!
-//! The binary (`main.rs`) only wires: settings → state → [`app`] → serve.
+//! The binary (`main.rs`) only parses and hands over to [`service`], which wires: settings →
+//! state → [`app`] → serve.
 
 pub mod clientip;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod miniapp;
 pub mod openapi;
 pub mod qr;
 pub mod renewal;
+pub mod service;
 pub mod stars;
 pub mod state;
 pub mod system;
