@@ -8,7 +8,8 @@
 //! UAPI text, [`awg_netlink`]'s kernel messages). Imperative shell: [`interface`] (WireGuard
 //! through wireguard-control, AmneziaWG through amneziawg-go or the kernel module
 //! ([`awg_kernel`]), links through iproute2, on one worker thread), [`kube_shell`] (watches,
-//! Secret creation, status writes), [`agent`] (the loop), [`http`] and [`metrics`].
+//! Secret creation, status writes), [`agent`] (the loop), [`http`] and [`metrics`]; [`service`]
+//! wires them from the settings and runs them (what the binary's `main` hands over to).
 //!
 //! Writes, with the field manager `wgsub-node-agent`: `WgPeer.status`, `WgServer.status`, and
 //! the server key Secret when it is missing.
@@ -28,5 +29,6 @@ pub mod kube_shell;
 pub mod metrics;
 pub mod nat;
 pub mod pass;
+pub mod service;
 pub mod snapshot;
 pub mod status;
