@@ -1,8 +1,9 @@
 //! The wgsub API in this process, configured from the binary's own flags (`wgsub-api serve …`)
-//! and wired as its `main` wires it — ledger on PostgreSQL, YooKassa client, Kubernetes APIs,
-//! drift loop — serving on a loopback port; plus the two kinds of callers: the Mini App (with
-//! initData signed by a bot token made for this run) and YooKassa's webhook (arriving through the
-//! trusted reverse proxy with a YooKassa source address in `X-Forwarded-For`).
+//! and wired as `serve` in `wgsub_api::service` wires it — ledger on PostgreSQL, YooKassa
+//! client, Kubernetes APIs, drift loop — serving on a loopback port; plus the two kinds of
+//! callers: the Mini App (with initData signed by a bot token made for this run) and YooKassa's
+//! webhook (arriving through the trusted reverse proxy with a YooKassa source address in
+//! `X-Forwarded-For`).
 
 use std::net::{IpAddr, SocketAddr};
 

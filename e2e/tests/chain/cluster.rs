@@ -2,10 +2,11 @@
 //! with its garbage collector), a namespace per test with the chart's RBAC applied to it and a
 //! Node for the VPN server; the operator's real `controller::run` (its watches, mappers,
 //! scheduler and reconciles) and the node-agent's real watches, status writer and loop on a
-//! wireguard-go interface in the lab's server namespace — wired as their `main`s wire them,
-//! configured from the flags the chart gives them. Every component talks to the server with a
-//! client authenticated as the ServiceAccount the chart runs it under, so a call the chart's
-//! RBAC does not grant is the server's own 403, and the server's audit log tells the test.
+//! wireguard-go interface in the lab's server namespace — wired as `wgsub_operator::run` and
+//! `wgsub_node_agent::service::run` wire them, configured from the flags the chart gives them.
+//! Every component talks to the server with a client authenticated as the ServiceAccount the
+//! chart runs it under, so a call the chart's RBAC does not grant is the server's own 403, and
+//! the server's audit log tells the test.
 
 use std::sync::Arc;
 
