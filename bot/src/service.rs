@@ -162,28 +162,28 @@ fn spawn_renewals(
     config: &Config,
     app: &Arc<App>,
 ) {
-    spawn_loop(tasks, shutdown.clone(), config.renewal_interval, {
-        let app = app.clone();
-        move || {
-            let app = app.clone();
-            async move {
-                match jobs::run_renewals(&app, Timestamp::now()).await {
-                    Ok(report) if report != Default::default() => tracing::info!(
-                        attempted = report.attempted,
-                        succeeded = report.succeeded,
-                        failed = report.failed,
-                        refused = report.refused,
-                        pending = report.pending,
-                        unknown = report.unknown,
-                        given_up = report.given_up,
-                        "automatic renewals"
-                    ),
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "renewal run failed"),
-                }
+    spawn_loop(
+        tasks,
+        shutdown.clone(),
+        config.renewal_interval,
+        app.clone(),
+        |app| async move {
+            match jobs::run_renewals(&app, Timestamp::now()).await {
+                Ok(report) if report != Default::default() => tracing::info!(
+                    attempted = report.attempted,
+                    succeeded = report.succeeded,
+                    failed = report.failed,
+                    refused = report.refused,
+                    pending = report.pending,
+                    unknown = report.unknown,
+                    given_up = report.given_up,
+                    "automatic renewals"
+                ),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "renewal run failed"),
             }
-        }
-    });
+        },
+    );
 }
 
 /// Expiry reminders every `--reminder-interval`.
@@ -194,21 +194,22 @@ fn spawn_reminders(
     app: &Arc<App>,
     bot: &Bot,
 ) {
-    spawn_loop(tasks, shutdown.clone(), config.reminder_interval, {
-        let (app, bot) = (app.clone(), bot.clone());
-        move || {
-            let (app, bot) = (app.clone(), bot.clone());
-            async move {
-                match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
-                    Ok(report) if report.sent + report.failed > 0 => {
-                        tracing::info!(sent = report.sent, failed = report.failed, "reminders")
-                    }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "reminder run failed"),
+    let context = (app.clone(), bot.clone());
+    spawn_loop(
+        tasks,
+        shutdown.clone(),
+        config.reminder_interval,
+        context,
+        |(app, bot)| async move {
+            match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
+                Ok(report) if report.sent + report.failed > 0 => {
+                    tracing::info!(sent = report.sent, failed = report.failed, "reminders")
                 }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "reminder run failed"),
             }
-        }
-    });
+        },
+    );
 }
 
 /// The notice outbox drained every `--outbox-interval`, [`OUTBOX_BATCH`] rows a run.
@@ -219,19 +220,19 @@ fn spawn_outbox(
     app: &Arc<App>,
     bot: &Bot,
 ) {
-    spawn_loop(tasks, shutdown.clone(), config.outbox_interval, {
-        let (app, bot) = (app.clone(), bot.clone());
-        move || {
-            let (app, bot) = (app.clone(), bot.clone());
-            async move {
-                if let Err(error) =
-                    jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
-                {
-                    tracing::warn!(%error, "outbox run failed");
-                }
+    let context = (app.clone(), bot.clone());
+    spawn_loop(
+        tasks,
+        shutdown.clone(),
+        config.outbox_interval,
+        context,
+        |(app, bot)| async move {
+            if let Err(error) = jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
+            {
+                tracing::warn!(%error, "outbox run failed");
             }
-        }
-    });
+        },
+    );
 }
 
 /// The server change, location move and quota notices, in that order, every
@@ -243,24 +244,25 @@ fn spawn_notices(
     app: &Arc<App>,
     bot: &Bot,
 ) {
-    spawn_loop(tasks, shutdown.clone(), config.outbox_interval, {
-        let (app, bot) = (app.clone(), bot.clone());
-        move || {
-            let (app, bot) = (app.clone(), bot.clone());
-            async move {
-                let now = Timestamp::now();
-                if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
-                    tracing::warn!(%error, "server change run failed");
-                }
-                if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
-                    tracing::warn!(%error, "location move run failed");
-                }
-                if let Err(error) = quota::run(&app, &bot, now, OUTBOX_BATCH).await {
-                    tracing::warn!(%error, "quota notice run failed");
-                }
+    let context = (app.clone(), bot.clone());
+    spawn_loop(
+        tasks,
+        shutdown.clone(),
+        config.outbox_interval,
+        context,
+        |(app, bot)| async move {
+            let now = Timestamp::now();
+            if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
+                tracing::warn!(%error, "server change run failed");
             }
-        }
-    });
+            if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
+                tracing::warn!(%error, "location move run failed");
+            }
+            if let Err(error) = quota::run(&app, &bot, now, OUTBOX_BATCH).await {
+                tracing::warn!(%error, "quota notice run failed");
+            }
+        },
+    );
 }
 
 /// Receives updates until shutdown, then waits for `tasks` — or, once shutdown has begun, for
@@ -427,14 +429,17 @@ async fn receive_by_webhook(
     Ok(())
 }
 
-/// Runs `step` every `period` (the first at once; a late tick delays the next) until shutdown.
-fn spawn_loop<F, Fut>(
+/// Runs `step` on a clone of `context` every `period` (the first at once; a late tick delays
+/// the next) until shutdown.
+fn spawn_loop<C, F, Fut>(
     tasks: &mut JoinSet<()>,
     shutdown: CancellationToken,
     period: Duration,
-    mut step: F,
+    context: C,
+    step: F,
 ) where
-    F: FnMut() -> Fut + Send + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
     tasks.spawn(async move {
@@ -443,7 +448,7 @@ fn spawn_loop<F, Fut>(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => step().await,
+                _ = ticks.tick() => step(context.clone()).await,
             }
         }
     });
