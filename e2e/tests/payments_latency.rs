@@ -9,7 +9,7 @@
 //! from its webhook being sent: the API's answer (the payment re-fetched from YooKassa, checked
 //! and applied to the ledger, the `VpnSubscription` written), the `WgPeer` with an address and a
 //! published key (the operator's part), the peer's public key on the server's interface (read
-//! from its UAPI socket every 10 ms: the moment the tunnel works), and the peer `Ready` (the
+//! through wireguard-control every 10 ms: the moment the tunnel works), and the peer `Ready` (the
 //! node-agent's status write, which follows at the status writer's pace). One admin watch of
 //! the peers observes the writes. Printed: p50, p99 and max of each, per round.
 //!
@@ -48,6 +48,7 @@ use wgsub_crds::plans::{LocalizedText, Plan, PlanCatalogue};
 use wgsub_crds::resources::{CONDITION_READY, peer_name, subscription_name};
 use wgsub_crds::{WgPeer, WgServer, WgServerSpec};
 use wgsub_ledger::TelegramUser;
+use wireguard_control::{Backend, Device, InterfaceName};
 
 use crate::api::ApiServer;
 use crate::cluster::Cluster;
@@ -124,35 +125,22 @@ struct Seen {
 /// How often the server's interface is read for new peers.
 const INTERFACE_POLL: Duration = Duration::from_millis(10);
 
-/// The public keys (base64) on the interface behind the UAPI `socket`: one `get=1` over the
-/// socket, as `wg show` does it, without a process per read. Empty when it does not answer.
-async fn interface_keys(socket: &std::path::Path) -> Vec<String> {
-    use base64::Engine;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let Ok(mut stream) = tokio::net::UnixStream::connect(socket).await else {
-        return Vec::new();
-    };
-    if stream.write_all(b"get=1\n\n").await.is_err() {
-        return Vec::new();
-    }
-    let mut lines = BufReader::new(stream).lines();
-    let mut keys = Vec::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.is_empty() {
-            break;
-        }
-        let Some(hex) = line.strip_prefix("public_key=") else {
-            continue;
-        };
-        let bytes: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
-            .collect();
-        if let Some(bytes) = bytes {
-            keys.push(base64::engine::general_purpose::STANDARD.encode(bytes));
-        }
-    }
-    keys
+/// The public keys (base64) on the userspace WireGuard interface `name`, read through
+/// wireguard-control over its UAPI socket (no process per read). Empty when it does not answer.
+async fn interface_keys(name: InterfaceName) -> Vec<String> {
+    tokio::task::spawn_blocking(move || {
+        Device::get(&name, Backend::Userspace)
+            .map(|device| {
+                device
+                    .peers
+                    .iter()
+                    .map(|peer| peer.config.public_key.to_base64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 fn keyed(peer: &WgPeer) -> bool {
@@ -258,10 +246,10 @@ async fn webhook_to_ready_peer_for_simultaneous_payments() {
         Default::default();
     let reading = {
         let on_interface = on_interface.clone();
-        let socket = std::path::PathBuf::from(format!("/var/run/wireguard/{}.sock", lab.server_if));
+        let name: InterfaceName = lab.server_if.parse().expect("a valid interface name");
         tokio::spawn(async move {
             loop {
-                let keys = interface_keys(&socket).await;
+                let keys = interface_keys(name).await;
                 let now = Instant::now();
                 {
                     let mut on_interface = on_interface.lock().unwrap_or_else(|e| e.into_inner());
