@@ -48,10 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = wgsub_runtime::shutdown::on_signal();
     let mut tasks = JoinSet::new();
     spawn_ops_server(&mut tasks, &config, &app, &shutdown).await?;
-    spawn_renewals(&mut tasks, &shutdown, &config, &app);
-    spawn_reminders(&mut tasks, &shutdown, &config, &app, &bot);
-    spawn_outbox(&mut tasks, &shutdown, &config, &app, &bot);
-    spawn_notices(&mut tasks, &shutdown, &config, &app, &bot);
+    spawn_jobs(&mut tasks, &shutdown, &config, &app, &bot);
 
     serve_until_stopped(&config, &bot, &app, tasks, &shutdown).await
 }
@@ -155,114 +152,72 @@ async fn spawn_ops_server(
     Ok(())
 }
 
-/// Automatic renewals every `--renewal-interval`.
-fn spawn_renewals(
-    tasks: &mut JoinSet<()>,
-    shutdown: &CancellationToken,
-    config: &Config,
-    app: &Arc<App>,
-) {
-    spawn_loop(
-        tasks,
-        shutdown.clone(),
-        config.renewal_interval,
-        app.clone(),
-        |app| async move {
-            match jobs::run_renewals(&app, Timestamp::now()).await {
-                Ok(report) if report != Default::default() => tracing::info!(
-                    attempted = report.attempted,
-                    succeeded = report.succeeded,
-                    failed = report.failed,
-                    refused = report.refused,
-                    pending = report.pending,
-                    unknown = report.unknown,
-                    given_up = report.given_up,
-                    "automatic renewals"
-                ),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "renewal run failed"),
-            }
-        },
-    );
-}
-
-/// Expiry reminders every `--reminder-interval`.
-fn spawn_reminders(
+/// The background jobs, each looping until shutdown: automatic renewals every
+/// `--renewal-interval`, expiry reminders every `--reminder-interval`, and the notice outbox
+/// and the notice queues (server change, location move, quota) every `--outbox-interval`.
+fn spawn_jobs(
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
     config: &Config,
     app: &Arc<App>,
     bot: &Bot,
 ) {
-    let context = (app.clone(), bot.clone());
-    spawn_loop(
-        tasks,
-        shutdown.clone(),
-        config.reminder_interval,
-        context,
-        |(app, bot)| async move {
-            match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
-                Ok(report) if report.sent + report.failed > 0 => {
-                    tracing::info!(sent = report.sent, failed = report.failed, "reminders")
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "reminder run failed"),
-            }
-        },
-    );
+    let mut loops = Loops { tasks, shutdown };
+    let with_bot = (app.clone(), bot.clone());
+    loops.every(config.renewal_interval, app.clone(), renewal_run);
+    loops.every(config.reminder_interval, with_bot.clone(), reminder_run);
+    loops.every(config.outbox_interval, with_bot.clone(), outbox_run);
+    loops.every(config.outbox_interval, with_bot, notice_run);
 }
 
-/// The notice outbox drained every `--outbox-interval`, [`OUTBOX_BATCH`] rows a run.
-fn spawn_outbox(
-    tasks: &mut JoinSet<()>,
-    shutdown: &CancellationToken,
-    config: &Config,
-    app: &Arc<App>,
-    bot: &Bot,
-) {
-    let context = (app.clone(), bot.clone());
-    spawn_loop(
-        tasks,
-        shutdown.clone(),
-        config.outbox_interval,
-        context,
-        |(app, bot)| async move {
-            if let Err(error) = jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await
-            {
-                tracing::warn!(%error, "outbox run failed");
-            }
-        },
-    );
+/// One run of automatic renewals, logged when it did anything.
+async fn renewal_run(app: Arc<App>) {
+    match jobs::run_renewals(&app, Timestamp::now()).await {
+        Ok(report) if report != Default::default() => tracing::info!(
+            attempted = report.attempted,
+            succeeded = report.succeeded,
+            failed = report.failed,
+            refused = report.refused,
+            pending = report.pending,
+            unknown = report.unknown,
+            given_up = report.given_up,
+            "automatic renewals"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "renewal run failed"),
+    }
 }
 
-/// The server change, location move and quota notices, in that order, every
-/// `--outbox-interval`.
-fn spawn_notices(
-    tasks: &mut JoinSet<()>,
-    shutdown: &CancellationToken,
-    config: &Config,
-    app: &Arc<App>,
-    bot: &Bot,
-) {
-    let context = (app.clone(), bot.clone());
-    spawn_loop(
-        tasks,
-        shutdown.clone(),
-        config.outbox_interval,
-        context,
-        |(app, bot)| async move {
-            let now = Timestamp::now();
-            if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
-                tracing::warn!(%error, "server change run failed");
-            }
-            if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
-                tracing::warn!(%error, "location move run failed");
-            }
-            if let Err(error) = quota::run(&app, &bot, now, OUTBOX_BATCH).await {
-                tracing::warn!(%error, "quota notice run failed");
-            }
-        },
-    );
+/// One run of expiry reminders, logged when it sent any.
+async fn reminder_run((app, bot): (Arc<App>, Bot)) {
+    match jobs::send_due_reminders(&app, &bot, Timestamp::now()).await {
+        Ok(report) if report.sent + report.failed > 0 => {
+            tracing::info!(sent = report.sent, failed = report.failed, "reminders")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "reminder run failed"),
+    }
+}
+
+/// One run of the notice outbox, [`OUTBOX_BATCH`] rows at most.
+async fn outbox_run((app, bot): (Arc<App>, Bot)) {
+    if let Err(error) = jobs::drain_outbox(&app, &bot, Timestamp::now(), OUTBOX_BATCH).await {
+        tracing::warn!(%error, "outbox run failed");
+    }
+}
+
+/// One run of the server change, location move and quota notices, in that order.
+async fn notice_run((app, bot): (Arc<App>, Bot)) {
+    let now = Timestamp::now();
+    if let Err(error) = server_changes::run(&app, &bot, now, OUTBOX_BATCH).await {
+        tracing::warn!(%error, "server change run failed");
+    }
+    if let Err(error) = location_moves::run(&app, &bot, now, OUTBOX_BATCH).await {
+        tracing::warn!(%error, "location move run failed");
+    }
+    if let Err(error) = quota::run(&app, &bot, now, OUTBOX_BATCH).await {
+        tracing::warn!(%error, "quota notice run failed");
+    }
 }
 
 /// Receives updates until shutdown, then waits for `tasks` — or, once shutdown has begun, for
@@ -429,27 +384,31 @@ async fn receive_by_webhook(
     Ok(())
 }
 
-/// Runs `step` on a clone of `context` every `period` (the first at once; a late tick delays
-/// the next) until shutdown.
-fn spawn_loop<C, F, Fut>(
-    tasks: &mut JoinSet<()>,
-    shutdown: CancellationToken,
-    period: Duration,
-    context: C,
-    step: F,
-) where
-    C: Clone + Send + 'static,
-    F: Fn(C) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    tasks.spawn(async move {
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => step(context.clone()).await,
+/// Background loops spawned onto `tasks`, each running until `shutdown`.
+struct Loops<'a> {
+    tasks: &'a mut JoinSet<()>,
+    shutdown: &'a CancellationToken,
+}
+
+impl Loops<'_> {
+    /// Runs `step` on a clone of `context` every `period` (the first at once; a late tick
+    /// delays the next) until shutdown.
+    fn every<C, F, Fut>(&mut self, period: Duration, context: C, step: F)
+    where
+        C: Clone + Send + 'static,
+        F: Fn(C) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = ticks.tick() => step(context.clone()).await,
+                }
             }
-        }
-    });
+        });
+    }
 }
