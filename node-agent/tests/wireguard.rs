@@ -1,8 +1,15 @@
-//! Real WireGuard: two network namespaces (`server`, `client`) joined by a veth pair. The agent's
-//! loop drives a wireguard-go interface in the server namespace (its worker thread enters it);
-//! the client interface is configured from the `.conf` the crds renderer makes for the peer
-//! (`wg-quick strip` + `wg setconf`, address and route by `ip`). Kubernetes reads and writes go to
-//! an in-memory API (kube-fake-client); the test plays the watches by feeding the index.
+//! Real WireGuard against the real Kubernetes API server. Two network namespaces (`server`,
+//! `client`) joined by a veth pair; the agent's loop drives a wireguard-go interface in the server
+//! namespace (its worker thread enters it) and its watches watch a namespace of the envtest API
+//! server (`wgsub_testkit::envtest`), where the test creates and patches the `WgServer`, `WgPeer`s,
+//! `VpnSubscription` and key Secret and waits, with bounded polling, for the interface and the
+//! status to follow. The client interface is configured from the `.conf` the crds renderer
+//! makes for the peer (`wg-quick strip` + `wg setconf`, address and route by `ip`).
+//!
+//! Covers: the tunnel and the expiry timer, the agent's own clock, disable/enable/renewal and
+//! suspension, resync repairing drift, address conflicts and a malformed server key, NAT rules
+//! (nftables and iptables, and switched by the server), and peers added while the `WgPeer` list
+//! still arrives (its pages held by the test between the agent and the API server).
 //!
 //! Needs root, wireguard-go, wireguard-tools, iproute2, ping and nft: fails with a message
 //! otherwise.
@@ -13,30 +20,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+// The `http` crate's types, as axum re-exports them (the ones kube's client takes).
+use axum::http::{Request, Uri};
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
-use kube_fake_client::ClientBuilder;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use wgsub_crds::config::ClientConfig;
 use wgsub_crds::keys::PrivateKey;
-use wgsub_crds::resources::{LABEL_SUBSCRIPTION, condition};
+use wgsub_crds::resources::{LABEL_SUBSCRIPTION, NatSpec, condition};
 use wgsub_crds::{
     VpnSubscription, VpnSubscriptionSpec, WgPeer, WgPeerSpec, WgServer, WgServerSpec,
 };
 use wgsub_node_agent::agent::{Agent, Clock, Settings};
 use wgsub_node_agent::http::Health;
-use wgsub_node_agent::index::{Kind, SharedIndex};
+use wgsub_node_agent::index::SharedIndex;
 use wgsub_node_agent::interface::{Backend, Worker};
-use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue};
+use wgsub_node_agent::kube_shell::{KubeApi, StatusQueue, run_watches};
 use wgsub_node_agent::metrics::Metrics;
 use wgsub_node_agent::nat::{self, Firewall, NatPlan};
+use wgsub_testkit::envtest::ControlPlane;
 
-const NAMESPACE: &str = "wgsub";
-const NODE: &str = "node-1";
 const SERVER: &str = "main";
 const SERVER_VETH: &str = "172.31.0.1";
 const LISTEN_PORT: u16 = 51820;
@@ -72,6 +78,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 struct Lab {
     server_ns: String,
     client_ns: String,
+    /// The veth end in the server namespace: where NAT sends clients' traffic out.
+    server_veth: String,
     server_if: String,
     client_if: String,
     dir: tempfile::TempDir,
@@ -92,21 +100,22 @@ impl Lab {
         let lab = Lab {
             server_ns: format!("wgsub-na-s{id}"),
             client_ns: format!("wgsub-na-c{id}"),
+            server_veth: format!("vas{id}"),
             server_if: format!("wgs{id}"),
             client_if: format!("wgc{id}"),
             dir: tempfile::tempdir().unwrap(),
         };
-        let (va, vb) = (format!("vas{id}"), format!("vbc{id}"));
+        let (va, vb) = (&lab.server_veth, format!("vbc{id}"));
         run("ip", &["netns", "add", &lab.server_ns]);
         run("ip", &["netns", "add", &lab.client_ns]);
         run(
             "ip",
-            &["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            &["link", "add", va, "type", "veth", "peer", "name", &vb],
         );
-        run("ip", &["link", "set", &va, "netns", &lab.server_ns]);
+        run("ip", &["link", "set", va, "netns", &lab.server_ns]);
         run("ip", &["link", "set", &vb, "netns", &lab.client_ns]);
         for (ns, dev, address) in [
-            (&lab.server_ns, &va, "172.31.0.1/24"),
+            (&lab.server_ns, va, "172.31.0.1/24"),
             (&lab.client_ns, &vb, "172.31.0.2/24"),
         ] {
             run("ip", &["-n", ns, "addr", "add", address, "dev", dev]);
@@ -262,14 +271,27 @@ fn in_secs(seconds: i64) -> Timestamp {
         .unwrap()
 }
 
-/// A lab with the agent running against an in-memory API.
+/// How the agent's `WgPeer` watch gets its list.
+enum PeerList {
+    /// As the API server answers it.
+    Whole,
+    /// One peer a page, each page asked for only once the test releases it
+    /// ([`Scenario::release_peer_pages`], [`Scenario::end_peer_list`]).
+    HeldPageByPage,
+}
+
+/// A lab, a namespace of the real API server with a Node, the `WgServer` of the lab's interface
+/// and the subscription `tg-1`, and the agent serving that node with its watches on the namespace
+/// (server keys in the same namespace).
 struct Scenario {
     lab: Lab,
-    index: Arc<SharedIndex>,
     client: kube::Client,
+    namespace: String,
     metrics: Arc<Metrics>,
+    /// The permits of the `WgPeer` list's pages ([`PeerList::HeldPageByPage`]); closed when
+    /// nothing is held.
+    peer_pages: Arc<Semaphore>,
     shutdown: CancellationToken,
-    created: u32,
 }
 
 impl Drop for Scenario {
@@ -278,7 +300,7 @@ impl Drop for Scenario {
     }
 }
 
-fn server_spec(lab: &Lab) -> WgServerSpec {
+fn server_spec(lab: &Lab, node: &str) -> WgServerSpec {
     serde_json::from_value(serde_json::json!({
         "endpoint": format!("{SERVER_VETH}:{LISTEN_PORT}"),
         "listenPort": LISTEN_PORT,
@@ -286,51 +308,85 @@ fn server_spec(lab: &Lab) -> WgServerSpec {
         "addressPool": "10.8.0.0/24",
         "clientAllowedIPs": ["10.8.0.0/24"],
         "mtu": 1420,
-        "nodeName": NODE,
+        "nodeName": node,
         "privateKeySecretRef": {"name": "main-key", "key": "privateKey"},
     }))
     .unwrap()
 }
 
+/// `client` with the list requests of `WgPeer`s (not their watches) asking for one object a
+/// page, each sent only when it gets a permit of `pages`; once `pages` is closed, they go
+/// straight through. The API server's answers are passed on untouched.
+fn with_held_peer_pages(client: kube::Client, pages: Arc<Semaphore>) -> kube::Client {
+    let service = tower::service_fn(move |mut request: Request<kube::client::Body>| {
+        let (client, pages) = (client.clone(), pages.clone());
+        async move {
+            let uri = request.uri();
+            let query = uri.query().unwrap_or_default();
+            if uri.path().ends_with("/wgpeers") && !query.contains("watch=") {
+                let one_a_page: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| !pair.is_empty() && !pair.starts_with("limit="))
+                    .chain(["limit=1"])
+                    .collect();
+                let paged = format!("{}?{}", uri.path(), one_a_page.join("&"));
+                *request.uri_mut() = paged.parse::<Uri>().expect("a request URI");
+                if let Ok(permit) = pages.acquire().await {
+                    permit.forget();
+                }
+            }
+            client.send(request).await
+        }
+    });
+    kube::Client::new(service, "default")
+}
+
 impl Scenario {
     async fn start(resync: Duration) -> Scenario {
-        Self::start_with(resync, true, Clock::default()).await
+        Self::start_with(resync, Clock::default(), PeerList::Whole).await
     }
 
-    /// The agent started with every watch listed, or (`peers_listed` false) with the `WgPeer`
-    /// list still arriving: the test feeds it and ends it with [`Scenario::end_peer_list`]. The
-    /// agent decides with `clock`.
-    async fn start_with(resync: Duration, peers_listed: bool, clock: Clock) -> Scenario {
+    /// The agent deciding with `clock`, its watches getting the `WgPeer` list as `peer_list`
+    /// says.
+    async fn start_with(resync: Duration, clock: Clock, peer_list: PeerList) -> Scenario {
         let lab = Lab::new();
-        let mut server = WgServer::new(SERVER, server_spec(&lab));
-        server.metadata.namespace = Some(NAMESPACE.into());
+        let plane = ControlPlane::with_crds();
+        let namespace = plane.namespace("wireguard").await;
+        let client = plane.admin_client();
+        let node_name = format!("node-{}", lab.server_ns);
         let mut node = Node::default();
-        node.metadata.name = Some(NODE.into());
-        let mut subscription = VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1));
-        subscription.metadata.namespace = Some(NAMESPACE.into());
-        let client = ClientBuilder::new()
-            .with_resource::<WgServer>()
-            .with_resource::<WgPeer>()
-            .with_resource::<VpnSubscription>()
-            .with_object(server.clone())
-            .with_object(subscription.clone())
-            .with_object(node)
-            .build()
+        node.metadata.name = Some(node_name.clone());
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
             .await
             .unwrap();
-        let index = Arc::new(SharedIndex::default());
-        index.update(|i| {
-            i.apply_server(server);
-            i.apply_subscription(&subscription);
-        });
-        for kind in Kind::ALL {
-            if peers_listed || kind != Kind::WgPeer {
-                index.mark_synced(kind);
+        let server = WgServer::new(SERVER, server_spec(&lab, &node_name));
+        Api::<WgServer>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &server)
+            .await
+            .unwrap();
+        let subscription = VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1));
+        Api::<VpnSubscription>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &subscription)
+            .await
+            .unwrap();
+
+        let peer_pages = Arc::new(Semaphore::new(0));
+        let watch_client = match peer_list {
+            PeerList::Whole => {
+                peer_pages.close();
+                client.clone()
             }
-        }
+            PeerList::HeldPageByPage => with_held_peer_pages(client.clone(), peer_pages.clone()),
+        };
+        let index = Arc::new(SharedIndex::default());
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
-        let api = KubeApi::new(client.clone(), NAMESPACE);
+        tokio::spawn({
+            let (namespace, index, shutdown) = (namespace.clone(), index.clone(), shutdown.clone());
+            async move { run_watches(watch_client, &namespace, &namespace, index, shutdown).await }
+        });
+        let api = KubeApi::new(client.clone(), namespace.clone());
         let status = Arc::new(StatusQueue::default());
         tokio::spawn(status.clone().run_writer(
             api.clone(),
@@ -340,7 +396,7 @@ impl Scenario {
         ));
         let agent = Agent::new(
             Settings {
-                node_name: NODE.into(),
+                node_name,
                 backend: Backend::Userspace,
                 amneziawg: None,
                 resync_interval: resync,
@@ -348,7 +404,7 @@ impl Scenario {
                 counters_interval: Duration::from_secs(60),
                 firewall: Some(Firewall::Nftables),
             },
-            index.clone(),
+            index,
             api,
             Worker::start(Some(lab.netns_path())).unwrap(),
             metrics.clone(),
@@ -359,21 +415,25 @@ impl Scenario {
         tokio::spawn(agent.run(shutdown.clone()));
         Scenario {
             lab,
-            index,
             client,
+            namespace,
             metrics,
+            peer_pages,
             shutdown,
-            created: 0,
         }
     }
 
     fn peers(&self) -> Api<WgPeer> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// A new peer with its own key, created in the API and fed to the index.
+    fn servers(&self) -> Api<WgServer> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// A new peer with its own key, created in the API.
     async fn add_peer(
-        &mut self,
+        &self,
         name: &str,
         address: &str,
         expires_at: Timestamp,
@@ -393,43 +453,40 @@ impl Scenario {
                 device_name: None,
             },
         );
-        peer.metadata.namespace = Some(NAMESPACE.into());
         peer.metadata.labels = Some([(LABEL_SUBSCRIPTION.to_owned(), "tg-1".to_owned())].into());
-        // Creation times one second apart: older peers win conflicts.
-        self.created += 1;
-        peer.metadata.creation_timestamp = Some(Time(
-            Timestamp::from_second(1_700_000_000 + i64::from(self.created)).unwrap(),
-        ));
-        peer.metadata.generation = Some(1);
         let created = self
             .peers()
             .create(&PostParams::default(), &peer)
             .await
             .unwrap();
-        let mut indexed = created.clone();
-        indexed.metadata.creation_timestamp = peer.metadata.creation_timestamp.clone();
-        self.index.update(|i| i.apply_peer(indexed.clone()));
-        (indexed, key)
+        (created, key)
     }
 
-    /// The `WgPeer` list's end (the watch's `InitDone`).
+    /// Lets the next `pages` pages of the `WgPeer` list through.
+    fn release_peer_pages(&self, pages: usize) {
+        self.peer_pages.add_permits(pages);
+    }
+
+    /// Lets the rest of the `WgPeer` list through: its last page ends it (the watch's
+    /// `InitDone`).
     fn end_peer_list(&self) {
-        self.index.mark_synced(Kind::WgPeer);
+        self.peer_pages.close();
     }
 
-    /// Changes a peer's spec as an API write would, and feeds the change to the index.
-    fn change_peer(&self, peer: &mut WgPeer, change: impl FnOnce(&mut WgPeerSpec)) {
-        change(&mut peer.spec);
-        peer.metadata.generation = peer.metadata.generation.map(|g| g + 1);
-        self.index.update(|i| i.apply_peer(peer.clone()));
+    /// Merge-patches the spec of the peer `name`.
+    async fn patch_peer(&self, name: &str, spec: serde_json::Value) {
+        self.peers()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .unwrap();
     }
 
     async fn server_status(&self) -> Option<wgsub_crds::WgServerStatus> {
-        Api::<WgServer>::namespaced(self.client.clone(), NAMESPACE)
-            .get(SERVER)
-            .await
-            .ok()
-            .and_then(|s| s.status)
+        self.servers().get(SERVER).await.ok().and_then(|s| s.status)
     }
 
     async fn server_public_key(&self) -> wgsub_crds::keys::PublicKey {
@@ -449,8 +506,9 @@ impl Scenario {
 
     async fn client_config(&self, peer: &WgPeer, key: &PrivateKey) -> ClientConfig {
         let server_public = self.server_public_key().await;
+        let server = self.servers().get(SERVER).await.unwrap();
         ClientConfig::for_peer(
-            &server_spec(&self.lab),
+            &server.spec,
             Some(server_public),
             &peer.spec,
             key.clone(),
@@ -481,7 +539,7 @@ impl Scenario {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_pings_and_the_expiry_timer_alone_removes_the_peer() {
     // A resync far away: only the expiry timer can remove the peer.
-    let mut s = Scenario::start(Duration::from_secs(3600)).await;
+    let s = Scenario::start(Duration::from_secs(3600)).await;
     let expires = in_secs(8);
     let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", expires).await;
     s.wait_on_interface(&key, true).await;
@@ -492,7 +550,7 @@ async fn tunnel_pings_and_the_expiry_timer_alone_removes_the_peer() {
     );
 
     // The agent created the server's key Secret, and published the matching public key.
-    let secret = Api::<Secret>::namespaced(s.client.clone(), NAMESPACE)
+    let secret = Api::<Secret>::namespaced(s.client.clone(), &s.namespace)
         .get("main-key")
         .await
         .expect("the agent creates the missing key Secret");
@@ -548,7 +606,7 @@ async fn the_agent_clock_alone_decides_when_a_peer_has_expired() {
         let offset = offset.clone();
         move || Timestamp::now() + jiff::SignedDuration::from_secs(offset.load(Ordering::SeqCst))
     });
-    let mut s = Scenario::start_with(Duration::from_secs(1), true, clock).await;
+    let s = Scenario::start_with(Duration::from_secs(1), clock, PeerList::Whole).await;
     let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(-3600)).await;
     s.wait_on_interface(&key, true).await;
     s.lab.connect_client(&s.client_config(&peer, &key).await);
@@ -579,8 +637,8 @@ async fn the_agent_clock_alone_decides_when_a_peer_has_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_enable_and_renewal_bring_the_same_key_back() {
-    let mut s = Scenario::start(Duration::from_secs(3600)).await;
-    let (mut peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
+    let s = Scenario::start(Duration::from_secs(3600)).await;
+    let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
     s.wait_on_interface(&key, true).await;
     s.lab.connect_client(&s.client_config(&peer, &key).await);
     assert!(
@@ -588,25 +646,35 @@ async fn disable_enable_and_renewal_bring_the_same_key_back() {
         "ping through the tunnel failed"
     );
 
-    s.change_peer(&mut peer, |spec| spec.enabled = false);
+    s.patch_peer("tg-1-1", serde_json::json!({"enabled": false}))
+        .await;
     s.wait_on_interface(&key, false).await;
     assert!(
         !s.lab.ping_works(Duration::from_secs(2)),
         "ping works while disabled"
     );
 
-    s.change_peer(&mut peer, |spec| spec.enabled = true);
+    s.patch_peer("tg-1-1", serde_json::json!({"enabled": true}))
+        .await;
     s.wait_on_interface(&key, true).await;
     assert!(s.lab.ping_works(REHANDSHAKE), "ping fails after enable");
 
     // Expired (the operator mirrored an old paidUntil), then renewed: same key, same config.
-    s.change_peer(&mut peer, |spec| spec.expires_at = Some(in_secs(-60)));
+    s.patch_peer(
+        "tg-1-1",
+        serde_json::json!({"expiresAt": in_secs(-60).to_string()}),
+    )
+    .await;
     s.wait_on_interface(&key, false).await;
     assert!(
         !s.lab.ping_works(Duration::from_secs(2)),
         "ping works while expired"
     );
-    s.change_peer(&mut peer, |spec| spec.expires_at = Some(in_secs(3600)));
+    s.patch_peer(
+        "tg-1-1",
+        serde_json::json!({"expiresAt": in_secs(3600).to_string()}),
+    )
+    .await;
     s.wait_on_interface(&key, true).await;
     assert!(
         s.lab.ping_works(REHANDSHAKE),
@@ -614,15 +682,20 @@ async fn disable_enable_and_renewal_bring_the_same_key_back() {
     );
 
     // Suspension of the subscription takes the peer off too.
-    let mut subscription = VpnSubscription::new("tg-1", VpnSubscriptionSpec::for_user(1));
-    subscription.spec.suspended = true;
-    s.index.update(|i| i.apply_subscription(&subscription));
+    Api::<VpnSubscription>::namespaced(s.client.clone(), &s.namespace)
+        .patch(
+            "tg-1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"suspended": true}})),
+        )
+        .await
+        .unwrap();
     s.wait_on_interface(&key, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_removes_hand_added_peers_restores_the_port_and_recreates_a_deleted_interface() {
-    let mut s = Scenario::start(Duration::from_secs(1)).await;
+    let s = Scenario::start(Duration::from_secs(1)).await;
     let (peer, key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
     s.wait_on_interface(&key, true).await;
     s.lab.connect_client(&s.client_config(&peer, &key).await);
@@ -686,7 +759,7 @@ async fn resync_removes_hand_added_peers_restores_the_port_and_recreates_a_delet
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_address_refuses_the_second_peer_with_conflict_and_the_first_keeps_working() {
-    let mut s = Scenario::start(Duration::from_secs(2)).await;
+    let s = Scenario::start(Duration::from_secs(2)).await;
     let (first, first_key) = s.add_peer("tg-1-1", "10.8.0.2/32", in_secs(3600)).await;
     s.wait_on_interface(&first_key, true).await;
     s.lab
@@ -720,11 +793,16 @@ async fn duplicate_address_refuses_the_second_peer_with_conflict_and_the_first_k
         "the first peer stopped working"
     );
 
-    // A malformed server key: condition InvalidKey, the interface is left as it was.
-    let mut broken = Secret::default();
-    broken.metadata.name = Some("main-key".into());
-    broken.data = Some([("privateKey".to_owned(), ByteString(b"not-a-key".to_vec()))].into());
-    s.index.update(|i| i.apply_secret(&broken));
+    // A malformed server key in the Secret the agent created: condition InvalidKey, the
+    // interface is left as it was.
+    Api::<Secret>::namespaced(s.client.clone(), &s.namespace)
+        .patch(
+            "main-key",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"privateKey": "not-a-key"}})),
+        )
+        .await
+        .unwrap();
     wait_for(
         "InvalidKey on the server",
         Duration::from_secs(10),
@@ -760,7 +838,7 @@ async fn nat_rules_are_applied_idempotently_and_removed_on_opt_out() {
         interface: lab.server_if.clone(),
         pool4: "10.8.0.0/24".parse().unwrap(),
         pool6: None,
-        egress: format!("vas{}", &lab.server_if[3..]),
+        egress: lab.server_veth.clone(),
         client_to_client: false,
         blocked: Vec::new(),
         dns: false,
@@ -829,7 +907,7 @@ async fn nat_rules_through_iptables_are_applied_idempotently_and_removed_on_opt_
         interface: lab.server_if.clone(),
         pool4: "10.8.0.0/24".parse().unwrap(),
         pool6: Some("fd00:8::/64".parse().unwrap()),
-        egress: format!("vas{}", &lab.server_if[3..]),
+        egress: lab.server_veth.clone(),
         client_to_client: false,
         blocked: Vec::new(),
         dns: false,
@@ -929,24 +1007,29 @@ async fn the_agent_turns_nat_on_and_off_with_the_server_without_waiting_for_a_re
     })
     .await;
     assert!(!table_exists(), "NAT rules without NAT asked for");
-    let set_nat = |enabled: bool| {
-        let mut server = s.index.read(|i| i.server(SERVER).cloned()).unwrap();
-        server.spec.nat = Some(wgsub_crds::resources::NatSpec {
+    let set_nat = async |enabled: bool| {
+        let nat = NatSpec {
             enabled,
-            egress_interface: Some(format!("vas{}", &s.lab.server_if[3..])),
+            egress_interface: Some(s.lab.server_veth.clone()),
             ..Default::default()
-        });
-        server.metadata.generation = server.metadata.generation.map(|g| g + 1);
-        s.index.update(|i| i.apply_server(server));
+        };
+        s.servers()
+            .patch(
+                SERVER,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"nat": nat}})),
+            )
+            .await
+            .unwrap();
     };
-    set_nat(true);
+    set_nat(true).await;
     wait_for(
         "NAT rules after opt-in",
         Duration::from_secs(10),
         async || table_exists(),
     )
     .await;
-    set_nat(false);
+    set_nat(false).await;
     wait_for(
         "no NAT rules after opt-out",
         Duration::from_secs(10),
@@ -958,14 +1041,28 @@ async fn the_agent_turns_nat_on_and_off_with_the_server_without_waiting_for_a_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_the_list_end_settles_conflicts()
  {
-    let mut s = Scenario::start_with(Duration::from_secs(60), false, Clock::default()).await;
-    // Listed first, but created after the peer listed next: the loser of their conflict.
-    s.created = 10;
-    let (_, newer_key) = s.add_peer("tg-1-b", "10.8.0.2/32", in_secs(3600)).await;
-    s.wait_on_interface(&newer_key, true).await;
-    s.created = 0;
-    let (_, older_key) = s.add_peer("tg-1-a", "10.8.0.2/32", in_secs(3600)).await;
+    let s = Scenario::start_with(
+        Duration::from_secs(60),
+        Clock::default(),
+        PeerList::HeldPageByPage,
+    )
+    .await;
+    // The list (in name order) is taken when its first page is asked for: every peer is in it.
+    // `tg-1-a` is listed first but created after `tg-1-b`, which wants the same address: the
+    // loser of their conflict. `tg-1-d` is the last page, which comes with the list's end.
+    let (older, older_key) = s.add_peer("tg-1-b", "10.8.0.2/32", in_secs(3600)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (newer, newer_key) = s.add_peer("tg-1-a", "10.8.0.2/32", in_secs(3600)).await;
     let (_, other_key) = s.add_peer("tg-1-c", "10.8.0.3/32", in_secs(3600)).await;
+    let (_, last_key) = s.add_peer("tg-1-d", "10.8.0.4/32", in_secs(3600)).await;
+    assert!(
+        older.metadata.creation_timestamp < newer.metadata.creation_timestamp,
+        "the API server gave both peers the same creation time"
+    );
+
+    s.release_peer_pages(1);
+    s.wait_on_interface(&newer_key, true).await;
+    s.release_peer_pages(2);
     s.wait_on_interface(&other_key, true).await;
     // The older peer's address is held on the interface: it waits for the whole list.
     let holder = |key: &PrivateKey| {
@@ -988,6 +1085,7 @@ async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_th
     s.end_peer_list();
     s.wait_on_interface(&newer_key, false).await;
     s.wait_on_interface(&older_key, true).await;
+    s.wait_on_interface(&last_key, true).await;
     assert!(
         holder(&older_key),
         "the older peer does not hold its address"
@@ -1000,12 +1098,11 @@ async fn peers_are_added_while_the_list_arrives_without_taking_an_address_and_th
     wait_for(
         "Conflict on the newer peer",
         Duration::from_secs(10),
-        async || s.ready_reason("tg-1-b").await.as_deref() == Some("Conflict"),
+        async || s.ready_reason("tg-1-a").await.as_deref() == Some("Conflict"),
     )
     .await;
     // The additions made while the list arrived are counted as start applies.
-    let mut metrics = String::new();
-    prometheus_client::encoding::text::encode(&mut metrics, &s.metrics.registry).unwrap();
+    let metrics = s.metrics.encode();
     let start_applies = format!(
         "wgsub_node_agent_applies_total{{interface=\"{}\",kind=\"Start\"}}",
         s.lab.server_if
