@@ -56,7 +56,7 @@ pub struct ImportArgs {
     /// The old server's wg0.conf, or the output of `wg show <interface> dump`.
     #[arg(long)]
     pub wg_config: PathBuf,
-    /// The CSV: peer,telegram_id,paid_until,device_name[,private_key].
+    /// The CSV: `peer,telegram_id,paid_until,device_name[,private_key]`.
     #[arg(long)]
     pub csv: PathBuf,
     /// Write the plan (without it, only print what would be written).
@@ -128,7 +128,7 @@ pub struct ServeArgs {
           value_parser = DurationParser::positive())]
     pub init_data_max_age: Duration,
 
-    /// Public https URL of the API; the Mini App is at <url>/miniapp/.
+    /// Public https URL of the API; the Mini App is at `<url>/miniapp/`.
     #[arg(long, env = "WGSUB_PUBLIC_URL", value_parser = parse_url)]
     pub public_url: Option<String>,
 
@@ -148,7 +148,7 @@ pub struct ServeArgs {
     #[arg(long, env = "WGSUB_TELEGRAM_API_URL", default_value = "https://api.telegram.org", value_parser = parse_url)]
     pub telegram_api_url: String,
 
-    /// Where YooKassa sends users after paying; default <public-url>/miniapp/.
+    /// Where YooKassa sends users after paying; default `<public-url>/miniapp/`.
     #[arg(long, env = "WGSUB_YOOKASSA_RETURN_URL", value_parser = parse_url)]
     pub yookassa_return_url: Option<String>,
 
