@@ -16,7 +16,7 @@ use wgsub_ledger::{RedeemError, RedeemRefusal, Redeemed};
 
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::state::SharedState;
-use crate::user::AuthUser;
+use crate::user::{AuthUser, ledger_user};
 
 /// `POST /api/v1/me/promo` body.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -92,11 +92,7 @@ pub async fn redeem_promo(
     ApiJson(request): ApiJson<PromoRequest>,
 ) -> Result<Json<PromoResponse>, ApiError> {
     let now = Timestamp::now();
-    let user = state
-        .ledger
-        .upsert_user(&init.user, now)
-        .await
-        .map_err(ApiError::from_ledger)?;
+    let user = ledger_user(&state, &init, now).await?;
     let id = user.telegram_id;
     match state.ledger.redeem_promo_code(id, &request.code, now).await {
         Ok(Redeemed::Days {

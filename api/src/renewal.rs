@@ -14,7 +14,7 @@ use wgsub_ledger::RenewalStatus;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::state::SharedState;
-use crate::user::AuthUser;
+use crate::user::{AuthUser, ledger_user};
 
 /// The saved card, masked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -79,11 +79,7 @@ pub async fn disable_renewal(
     AuthUser(init): AuthUser,
 ) -> Result<StatusCode, ApiError> {
     let now = Timestamp::now();
-    let user = state
-        .ledger
-        .upsert_user(&init.user, now)
-        .await
-        .map_err(ApiError::from_ledger)?;
+    let user = ledger_user(&state, &init, now).await?;
     state
         .ledger
         .disable_renewal(user.telegram_id, now)

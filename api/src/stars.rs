@@ -24,7 +24,7 @@ use wgsub_ledger::stars::{
 
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::state::SharedState;
-use crate::user::AuthUser;
+use crate::user::{AuthUser, ledger_user};
 
 /// How long the Bot API may take to make an invoice link.
 pub const TELEGRAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -141,11 +141,7 @@ pub async fn create_stars_invoice(
         .plans
         .get(&request.plan)
         .ok_or_else(|| ApiError::unknown_plan(&request.plan))?;
-    let user = state
-        .ledger
-        .upsert_user(&init.user, Timestamp::now())
-        .await
-        .map_err(ApiError::from_ledger)?;
+    let user = ledger_user(&state, &init, Timestamp::now()).await?;
     if user.suspended {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

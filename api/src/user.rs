@@ -27,7 +27,7 @@ use wgsub_crds::resources::Protocol;
 use wgsub_crds::resources::subscription_name;
 use wgsub_crds::{SubscriptionPhase, VpnSubscription, VpnSubscriptionSpec, WgPeer};
 use wgsub_devices::usage::{DeviceTraffic, Usage};
-use wgsub_ledger::{PaymentError, PaymentOrder};
+use wgsub_ledger::{PaymentError, PaymentOrder, User};
 use zeroize::Zeroizing;
 
 use crate::devices::{
@@ -71,6 +71,20 @@ impl FromRequestParts<SharedState> for AuthUser {
         .map(AuthUser)
         .map_err(ApiError::from_init_data)
     }
+}
+
+/// The initData user as the ledger keeps them, recorded at `now` (inserted, or their names,
+/// language and last-seen refreshed: [`wgsub_ledger::Ledger::upsert_user`]).
+pub(crate) async fn ledger_user(
+    state: &SharedState,
+    init: &InitData,
+    now: Timestamp,
+) -> Result<User, ApiError> {
+    state
+        .ledger
+        .upsert_user(&init.user, now)
+        .await
+        .map_err(ApiError::from_ledger)
 }
 
 /// The user as the Mini App shows them.
@@ -352,11 +366,7 @@ pub async fn me(
 /// The `/api/v1/me` view of the initData user.
 pub(crate) async fn me_view(state: &SharedState, init: &InitData) -> Result<MeResponse, ApiError> {
     let now = Timestamp::now();
-    let user = state
-        .ledger
-        .upsert_user(&init.user, now)
-        .await
-        .map_err(ApiError::from_ledger)?;
+    let user = ledger_user(state, init, now).await?;
     let subscription = subscription_of(state, user.telegram_id)?;
     let usage = subscription.as_deref().map(Usage::of).unwrap_or(Usage {
         quota_bytes: user.entitlement.traffic_quota.map(|quota| quota.bytes),
@@ -445,11 +455,7 @@ pub async fn create_payment(
         crate::locations::check_location(&state, init.user.id, server)?;
     }
     let now = Timestamp::now();
-    let user = state
-        .ledger
-        .upsert_user(&init.user, now)
-        .await
-        .map_err(ApiError::from_ledger)?;
+    let user = ledger_user(&state, &init, now).await?;
     if let Some(server) = &request.server {
         crate::locations::apply_location(&state, user.telegram_id, server).await?;
     }
