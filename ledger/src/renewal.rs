@@ -44,8 +44,8 @@ use jiff::{SignedDuration, Timestamp};
 use jiff_sqlx::ToSqlx;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::FromRow;
 use sqlx::postgres::PgConnection;
+use sqlx::{FromRow, Postgres, Transaction};
 use uuid::Uuid;
 use wgsub_crds::plans::{Plan, PlanCatalogue};
 
@@ -376,26 +376,6 @@ struct ChargeRow {
     user_id: i64,
     plan: String,
     period_end: jiff_sqlx::Timestamp,
-}
-
-/// Moves the renewal charge of our payment `payment_id` by `update` (an `UPDATE
-/// renewal_charges … RETURNING user_id, plan, period_end` taking the payment id, the reason and
-/// the time), in `tx`; `None` when the charge was not in a state the update moves.
-async fn move_charge(
-    tx: &mut PgConnection,
-    persistent: bool,
-    update: &'static str,
-    payment_id: Uuid,
-    reason: &str,
-    now: Timestamp,
-) -> Result<Option<ChargeRow>, LedgerError> {
-    Ok(sqlx::query_as::<_, ChargeRow>(update)
-        .persistent(persistent)
-        .bind(payment_id)
-        .bind(reason)
-        .bind(now.to_sqlx())
-        .fetch_optional(&mut *tx)
-        .await?)
 }
 
 /// The user's `paid_until` now, in `tx`.
@@ -964,6 +944,39 @@ impl Ledger {
         Ok(())
     }
 
+    /// Opens a transaction and moves the renewal charge of our payment `payment_id` by `update`
+    /// (an `UPDATE renewal_charges … RETURNING user_id, plan, period_end` taking the payment
+    /// id, the reason and the time) in it: the transaction, to go on with, and the charge's
+    /// user, plan and period end; `None`, the transaction rolled back, when the charge was not
+    /// in a state the update moves.
+    async fn begin_charge_move(
+        &self,
+        update: &'static str,
+        payment_id: Uuid,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Option<(Transaction<'static, Postgres>, i64, String, Timestamp)>, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query_as::<_, ChargeRow>(update)
+            .persistent(self.persistent)
+            .bind(payment_id)
+            .bind(reason)
+            .bind(now.to_sqlx())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match moved {
+            Some(ChargeRow {
+                user_id,
+                plan,
+                period_end,
+            }) => Ok(Some((tx, user_id, plan, period_end.to_jiff()))),
+            None => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Marks the renewal charge of our payment `payment_id` failed for `reason`, once: tells
     /// the user and, when the reason says so, deletes the saved method `method` (or, unknown,
     /// the user's one). A payment that is no renewal charge, or one already decided, is left.
@@ -974,28 +987,17 @@ impl Ledger {
         method: Option<&str>,
         now: Timestamp,
     ) -> Result<(), LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let failed = move_charge(
-            &mut tx,
-            self.persistent,
+        let failed = self.begin_charge_move(
             "UPDATE renewal_charges SET status = 'failed', reason = $2, updated_at = $3 \
              WHERE payment_id = $1 AND status IN ('charging', 'unknown') \
              RETURNING user_id, plan, period_end",
             payment_id,
             reason,
             now,
-        )
-        .await?;
-        let Some(ChargeRow {
-            user_id,
-            plan,
-            period_end,
-        }) = failed
-        else {
-            tx.rollback().await?;
+        );
+        let Some((mut tx, user_id, plan, period_end)) = failed.await? else {
             return Ok(());
         };
-        let period_end = period_end.to_jiff();
         let removed = if removes_method(reason) {
             sqlx::query(
                 "DELETE FROM payment_methods WHERE user_id = $1 \
@@ -1045,26 +1047,11 @@ impl Ledger {
             Unanswered::TooOld { .. } => REASON_NO_ANSWER,
             Unanswered::GivenUp { reason } => reason,
         };
-        let mut tx = self.pool.begin().await?;
-        let moved = move_charge(
-            &mut tx,
-            self.persistent,
-            CHARGE_TO_UNKNOWN,
-            payment_id,
-            reason,
-            now,
-        )
-        .await?;
-        let Some(ChargeRow {
-            user_id,
-            plan,
-            period_end,
-        }) = moved
-        else {
-            tx.rollback().await?;
+        let moved = self.begin_charge_move(CHARGE_TO_UNKNOWN, payment_id, reason, now);
+        let Some((mut tx, user_id, plan, period_end)) = moved.await? else {
             return Ok(ChargeOutcome::AlreadyClaimed);
         };
-        let mut details = json!({"plan": plan, "period_end": period_end.to_jiff().to_string(),
+        let mut details = json!({"plan": plan, "period_end": period_end.to_string(),
                                  "payment_id": payment_id, "reason": reason});
         let audit_event = match why {
             Unanswered::TooOld { claimed_at } => {
