@@ -8,7 +8,8 @@
 //!
 //! A payment applied or canceled is then handed to [`wgsub_ledger::Ledger::settle_renewal`]
 //! with YooKassa's copy: the card it saved is stored (when the buyer agreed), a renewal charge
-//! is marked succeeded or failed.
+//! is marked succeeded or failed. The user's `VpnSubscription` is written beside that and the
+//! audit row, not after them: the operator starts on the new peer while the rest is recorded.
 //!
 //! Every delivery that reaches a decision is audited, one row each. Refusals before that —
 //! which anyone on the internet can send as fast as they like — touch neither YooKassa nor the
@@ -26,9 +27,10 @@ use axum::http::StatusCode;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::json;
+use wgsub_ledger::yookassa::PaymentDetails;
 use wgsub_ledger::yookassa::is_object_id;
 use wgsub_ledger::{
-    ApplyError, ApplyOutcome, DeliveryOutcome, LedgerError, RefundOutcome, Sampled,
+    ApplyError, ApplyOutcome, DeliveryOutcome, LedgerError, PaymentRecord, RefundOutcome, Sampled,
     WebhookDelivery, YooKassaError,
 };
 
@@ -49,12 +51,14 @@ struct NotificationObject {
 }
 
 /// What a delivery came to, before it is audited.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct Decision {
     outcome: DeliveryOutcome,
     reason: String,
     /// The user whose subscription must be written after the ledger changed.
     sync_user: Option<i64>,
+    /// The payment to settle ([`wgsub_ledger::Ledger::settle_renewal`]) before the audit.
+    settle: Option<Box<(PaymentRecord, PaymentDetails)>>,
 }
 
 impl Decision {
@@ -63,6 +67,7 @@ impl Decision {
             outcome,
             reason: reason.into(),
             sync_user: None,
+            settle: None,
         }
     }
 }
@@ -136,19 +141,14 @@ async fn decide(state: &SharedState, event: &str, object_id: &str) -> Result<Dec
                     format!("payment_{other}"),
                 )),
             }?;
-            if matches!(
+            // A saved card is stored, a renewal charge settled: once, however often YooKassa
+            // repeats the notification.
+            let settle = matches!(
                 decision.outcome,
                 DeliveryOutcome::Applied | DeliveryOutcome::Duplicate
-            ) {
-                // A saved card is stored, a renewal charge settled: once, however often
-                // YooKassa repeats the notification.
-                state
-                    .ledger
-                    .settle_renewal(&record, &details, now)
-                    .await
-                    .map_err(Retry::Ledger)?;
-            }
-            Ok(decision)
+            )
+            .then(|| Box::new((record, details)));
+            Ok(Decision { settle, ..decision })
         }
         "refund.succeeded" => {
             let refund = match state.yookassa.get_refund(object_id).await {
@@ -310,24 +310,39 @@ pub async fn yookassa(
     }
     match decide(&state, event, object_id).await {
         Ok(decision) => {
-            audit(
-                &state,
-                delivery(
-                    Some(event),
-                    Some(object_id),
-                    decision.outcome,
-                    &decision.reason,
-                ),
-            )
-            .await?;
-            if let Some(user_id) = decision.sync_user {
-                // The money is recorded; a failed write is repaired by the drift loop.
-                let result = state.kube.sync.sync_user(&state.ledger, user_id).await;
-                state.metrics.sync(result.is_ok());
-                if let Err(error) = result {
-                    tracing::warn!(%error, user = user_id, "VpnSubscription write failed; the drift loop will retry");
+            let recording = async {
+                if let Some(settle) = &decision.settle {
+                    let (record, details) = settle.as_ref();
+                    let settled = state
+                        .ledger
+                        .settle_renewal(record, details, Timestamp::now())
+                        .await;
+                    settled.map_err(|error| ledger_failure(&state, error))?;
                 }
-            }
+                audit(
+                    &state,
+                    delivery(
+                        Some(event),
+                        Some(object_id),
+                        decision.outcome,
+                        &decision.reason,
+                    ),
+                )
+                .await
+            };
+            // The money is recorded in the ledger: the subscription is written at the same
+            // time as the rest; a failed write is repaired by the drift loop.
+            let syncing = async {
+                if let Some(user_id) = decision.sync_user {
+                    let result = state.kube.sync.sync_user(&state.ledger, user_id).await;
+                    state.metrics.sync(result.is_ok());
+                    if let Err(error) = result {
+                        tracing::warn!(%error, user = user_id, "VpnSubscription write failed; the drift loop will retry");
+                    }
+                }
+            };
+            let (recorded, ()) = tokio::join!(recording, syncing);
+            recorded?;
             Ok((
                 StatusCode::OK,
                 Json(json!({"outcome": decision.outcome.as_str(), "reason": decision.reason})),
@@ -351,13 +366,17 @@ pub async fn yookassa(
                 "YooKassa could not be asked; retry later",
             ))
         }
-        Err(Retry::Ledger(error)) => {
-            count(&state, DeliveryOutcome::Rejected, "database_unavailable");
-            Err(if error.is_unavailable() {
-                ApiError::unavailable("the database", &error)
-            } else {
-                ApiError::internal(&error)
-            })
-        }
+        Err(Retry::Ledger(error)) => Err(ledger_failure(&state, error)),
+    }
+}
+
+/// A ledger failure before the delivery was recorded: counted, and answered so that YooKassa
+/// retries.
+fn ledger_failure(state: &SharedState, error: LedgerError) -> ApiError {
+    count(state, DeliveryOutcome::Rejected, "database_unavailable");
+    if error.is_unavailable() {
+        ApiError::unavailable("the database", &error)
+    } else {
+        ApiError::internal(&error)
     }
 }
