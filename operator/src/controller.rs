@@ -67,6 +67,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// (`wgsub_operator_events_dropped_total`), so a burst of reconciles (a cold start over
 /// thousands of new subscriptions) neither waits for its Events nor queues them without bound.
 pub const EVENT_QUEUE: usize = 256;
+/// The least time between two Events [`run`] publishes (at most 20 a second): a burst of
+/// payments gets the API server's time for its peers first, and its Events follow.
+pub const EVENT_INTERVAL: Duration = Duration::from_millis(50);
 /// How long [`run`] takes at most to stop once its shutdown signal came: running reconciles
 /// may finish within it (one still running then is dropped: every reconcile's writes are safe to
 /// stop between any two of them, and the next leader starts over), and the queued Events are
@@ -1054,9 +1057,13 @@ pub async fn run(
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
     };
-    // Events are published one at a time beside the reconciles, which only queue them.
+    // Events are published one at a time beside the reconciles, which only queue them, and
+    // paced (EVENT_INTERVAL).
     let publishing = async {
+        let mut pace = tokio::time::interval(EVENT_INTERVAL);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while let Some((event, reference)) = events.recv().await {
+            pace.tick().await;
             publish_event(&ctx.recorder, &event, &reference).await;
         }
     };
