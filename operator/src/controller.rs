@@ -661,6 +661,8 @@ async fn reconcile_subscription(sub: &VpnSubscription, ctx: &Context) -> Result<
         ),
     };
 
+    let plan = decision::status_after_new_devices(plan, now);
+
     ctx.keep_usage(
         &namespace,
         &name,

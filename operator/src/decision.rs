@@ -350,6 +350,47 @@ impl Plan {
     pub fn allocates(&self) -> bool {
         self.writes.iter().any(|w| w.allocated)
     }
+
+    /// Some write gives a new device its first key: a peer with nothing published yet goes
+    /// onto its server's interface.
+    pub fn keys_new_devices(&self) -> bool {
+        self.writes
+            .iter()
+            .any(|w| w.peer.public_key.is_none() && w.key.is_some())
+    }
+}
+
+/// The longest a status waits behind new devices ([`status_after_new_devices`]).
+pub const STATUS_FOLLOW_UP: SignedDuration = SignedDuration::from_secs(2);
+
+/// Whether `event` reports a change the status records (so the next status write reports it
+/// again), rather than a write this plan makes (a key regenerated, devices moved or deleted),
+/// which no later plan would report.
+fn reports_status(event: &PlannedEvent) -> bool {
+    ![
+        reasons::KEY_REGENERATED,
+        reasons::MOVED,
+        reasons::PEERS_DELETED,
+    ]
+    .contains(&event.reason)
+}
+
+/// Holds back the status of a plan that keys new devices, with the Events reporting its
+/// changes, for the next reconcile to write: the node-agent's first status of the new peers
+/// (their `Ready`, their counters) brings that reconcile within moments, and the requeue
+/// [`STATUS_FOLLOW_UP`] after `now` at the latest. That reconcile writes a status anyway (the
+/// counters fold into its usage), so a new device costs one status write rather than two, and
+/// a burst of purchases gets the API server's time for its peers first. A plan with a problem
+/// writes its status at once (its condition is what tells what is wrong).
+pub fn status_after_new_devices(mut plan: Plan, now: Timestamp) -> Plan {
+    if plan.status.is_none() || plan.problem.is_some() || !plan.keys_new_devices() {
+        return plan;
+    }
+    plan.status = None;
+    plan.events.retain(|event| !reports_status(event));
+    let follow_up = now + STATUS_FOLLOW_UP;
+    plan.requeue_at = Some(plan.requeue_at.map_or(follow_up, |at| at.min(follow_up)));
+    plan
 }
 
 /// Everything one reconcile read.

@@ -2066,3 +2066,120 @@ fn a_status_written_for_another_reason_carries_the_bytes_held_back() {
     assert_eq!(usage.total_rx_bytes, 50);
     assert_eq!(usage.updated_at, Some(at));
 }
+
+#[test]
+fn a_new_devices_status_and_events_wait_for_the_next_reconcile_which_writes_them() {
+    let mut world = world();
+    let paid_until = now() + DAY * 30;
+    let mut sub = subscription(1, Some(paid_until));
+    let decided = world.decide(&sub, now());
+    let whole_status = decided.status.clone().unwrap();
+    assert!(decided.keys_new_devices());
+
+    let plan = status_after_new_devices(decided, now());
+    assert_eq!(plan.writes.len(), 1, "the device is written at once");
+    assert_eq!(plan.status, None);
+    assert!(plan.events.is_empty(), "{:?}", plan.events);
+    assert_eq!(plan.requeue_at, Some(now() + STATUS_FOLLOW_UP));
+    world.apply(&mut sub, &plan);
+    assert_eq!(sub.status, None);
+
+    let later = now() + SignedDuration::from_secs(1);
+    let next = status_after_new_devices(world.decide(&sub, later), later);
+    assert!(next.writes.is_empty());
+    assert!(!next.keys_new_devices());
+    let mut status = next.status.clone().unwrap();
+    let became_ready = condition(&status.conditions, CONDITION_READY).unwrap();
+    assert_eq!(
+        became_ready.last_transition_time.0, later,
+        "when it is written"
+    );
+    status.conditions = whole_status.conditions.clone();
+    assert_eq!(status, whole_status, "the status the first plan had");
+    assert_eq!(reasons_of(&next), vec![reasons::ACTIVATED]);
+    assert_eq!(next.requeue_at, Some(paid_until));
+}
+
+#[test]
+fn a_status_waits_for_new_devices_no_longer_than_the_follow_up_nor_past_an_earlier_change() {
+    let mut world = world();
+    let soon = now() + SignedDuration::from_secs(1);
+    let sub = subscription(1, Some(soon));
+    let plan = status_after_new_devices(world.decide(&sub, now()), now());
+    assert_eq!(plan.status, None);
+    assert_eq!(plan.requeue_at, Some(soon), "the expiry comes first");
+}
+
+#[test]
+fn a_plan_that_keys_no_new_device_writes_its_status_at_once() {
+    let mut world = world();
+    let mut sub = subscription(1, Some(now() + DAY));
+    world.run(&mut sub, now());
+    sub.spec.paid_until = Some(now() + DAY * 31);
+    sub.metadata.generation = Some(2);
+    let later = now() + SignedDuration::from_hours(1);
+    let decided = world.decide(&sub, later);
+    let (status, events) = (decided.status.clone(), decided.events.clone());
+    assert!(status.is_some() && !decided.writes.is_empty());
+
+    let plan = status_after_new_devices(decided, later);
+    assert_eq!(
+        plan.status, status,
+        "a renewal's status is written with its peer"
+    );
+    assert_eq!(plan.events, events);
+    assert_eq!(reasons_of(&plan), vec![reasons::RENEWED]);
+}
+
+#[test]
+fn a_plan_with_a_problem_writes_its_status_at_once_even_beside_a_new_device() {
+    // 10.8.0.0/30 holds one client: the first device gets it, the second finds no room.
+    let mut world = World::new(Some(server("wg", "10.8.0.0/30", None)));
+    let mut sub = subscription(1, Some(now() + DAY));
+    sub.spec.max_devices = 2;
+    for index in [1, 2] {
+        world
+            .peers
+            .insert(peer_name("tg-1", index), api_device("tg-1", index, "wg"));
+    }
+    let decided = world.decide(&sub, now());
+    assert!(decided.keys_new_devices());
+    assert!(matches!(
+        decided.problem,
+        Some(Problem::PoolExhausted { .. })
+    ));
+    let status = decided.status.clone();
+
+    let plan = status_after_new_devices(decided, now());
+    assert_eq!(plan.status, status);
+    assert!(reasons_of(&plan).contains(&reasons::POOL_EXHAUSTED));
+}
+
+#[test]
+fn only_events_of_status_changes_wait_with_the_status() {
+    let event = |reason| PlannedEvent {
+        kind: EventKind::Normal,
+        reason,
+        note: String::new(),
+    };
+    for reason in [
+        reasons::KEY_REGENERATED,
+        reasons::MOVED,
+        reasons::PEERS_DELETED,
+    ] {
+        assert!(!reports_status(&event(reason)), "{reason}");
+    }
+    for reason in [
+        reasons::ACTIVATED,
+        reasons::RENEWED,
+        reasons::EXPIRED,
+        reasons::SUSPENDED,
+        reasons::POOL_EXHAUSTED,
+        reasons::MAX_DEVICES_EXCEEDED,
+        reasons::WITHIN_LIMIT,
+        reasons::QUOTA_EXHAUSTED,
+        reasons::WITHIN_QUOTA,
+    ] {
+        assert!(reports_status(&event(reason)), "{reason}");
+    }
+}

@@ -27,7 +27,9 @@ use wgsub_crds::{
     WgServer,
 };
 use wgsub_operator::controller::{self, Context, Error, Settings};
-use wgsub_operator::decision::{CONDITION_KEY_REGENERATED, KEY_ID, LABEL_PEER_UID, reasons};
+use wgsub_operator::decision::{
+    CONDITION_KEY_REGENERATED, KEY_ID, LABEL_PEER_UID, STATUS_FOLLOW_UP, reasons,
+};
 use wgsub_operator::key_cleanup::KeyCleanup;
 use wgsub_operator::metrics::Metrics;
 use wgsub_testkit::chart::{
@@ -192,6 +194,14 @@ impl Cluster {
         controller::reconcile(Arc::new(sub), self.ctx.clone()).await
     }
 
+    /// Serves a subscription whose devices are new: the reconcile that keys them, then the one
+    /// that writes the status held back for them (`decision::status_after_new_devices`; in a
+    /// cluster the node-agent's first status of the peers brings it). The second's action.
+    async fn serve(&self, name: &str) -> Action {
+        self.reconcile(name).await.unwrap();
+        self.reconcile(name).await.unwrap()
+    }
+
     async fn sub(&self, name: &str) -> VpnSubscription {
         self.subs().get(name).await.unwrap()
     }
@@ -262,6 +272,14 @@ async fn a_paid_subscription_becomes_a_peer_with_key_secret_address_and_active_s
     let name = cluster.subscribe(1, Some(paid_until)).await;
 
     let action = cluster.reconcile(&name).await.unwrap();
+    requeue(&action, STATUS_FOLLOW_UP);
+    assert_eq!(
+        phase(&cluster.sub(&name).await),
+        None,
+        "the status follows the new device"
+    );
+    assert!(cluster.event_reasons(&name).await.is_empty());
+    let action = cluster.reconcile(&name).await.unwrap();
     assert_eq!(
         action,
         Action::requeue(controller::MAX_REQUEUE),
@@ -322,7 +340,7 @@ async fn a_paid_subscription_becomes_a_peer_with_key_secret_address_and_active_s
 async fn reconciling_twice_changes_nothing() {
     let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY)).await;
-    cluster.reconcile(&name).await.unwrap();
+    cluster.serve(&name).await;
     let versions = |p: WgPeer, s: Secret, v: VpnSubscription| {
         (
             p.resource_version(),
@@ -350,7 +368,7 @@ async fn reconciling_twice_changes_nothing() {
 async fn renewal_keeps_key_and_address() {
     let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY)).await;
-    cluster.reconcile(&name).await.unwrap();
+    cluster.serve(&name).await;
     let before = cluster.peer("tg-1-1").await;
     let key = cluster.private_key_of("tg-1-1").await;
 
@@ -433,7 +451,7 @@ async fn expiry_stops_the_peer_and_retention_deletes_it_with_its_secret() {
 async fn suspend_and_unsuspend_keep_the_config() {
     let cluster = Cluster::new(vec![fixtures::server("wg", "10.8.0.0/24")]).await;
     let name = cluster.subscribe(1, Some(start() + DAY * 10)).await;
-    cluster.reconcile(&name).await.unwrap();
+    cluster.serve(&name).await;
     let before = cluster.peer("tg-1-1").await;
 
     cluster
@@ -492,7 +510,7 @@ async fn a_missing_server_is_reported_and_retried_without_peers() {
         )
         .await
         .unwrap();
-    cluster.reconcile(&name).await.unwrap();
+    cluster.serve(&name).await;
     assert_eq!(ready_reason(&cluster.sub(&name).await), reasons::READY);
     assert!(
         cluster
@@ -520,7 +538,7 @@ async fn an_exhausted_pool_fails_only_the_subscription_that_does_not_fit() {
         )
         .await;
 
-    cluster.reconcile(&first).await.unwrap();
+    cluster.serve(&first).await;
     let error = cluster.reconcile(&second).await.unwrap_err();
     assert_eq!(error.reason(), reasons::POOL_EXHAUSTED);
     assert_eq!(
@@ -673,7 +691,7 @@ async fn a_device_added_by_the_api_gets_key_and_address_and_keeps_the_api_fields
             json!({"telegramUserId": 1, "paidUntil": start() + DAY, "maxDevices": 2}),
         )
         .await;
-    cluster.reconcile(&name).await.unwrap();
+    cluster.serve(&name).await;
     cluster
         .peers()
         .patch(
@@ -688,7 +706,7 @@ async fn a_device_added_by_the_api_gets_key_and_address_and_keeps_the_api_fields
         .await
         .unwrap();
 
-    cluster.reconcile(&name).await.unwrap();
+    cluster.serve(&name).await;
     let device = cluster.peer("tg-1-2").await;
     assert_eq!(device.spec.address.as_deref(), Some("10.8.0.3/32"));
     assert!(device.spec.public_key.is_some());
