@@ -60,7 +60,7 @@ pub struct Config {
     pub usage_write_interval: SignedDuration,
 
     /// Subscriptions reconciled at the same time (each mostly waits for the API server).
-    #[arg(long, env = "WGSUB_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "WGSUB_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// Address of the /healthz, /readyz and /metrics server.
@@ -127,7 +127,7 @@ mod tests {
     #[test]
     fn defaults_are_documented_values() {
         let config = parse(&["--namespace", "vpn"]).unwrap();
-        assert_eq!(config.concurrency, 32);
+        assert_eq!(config.concurrency, 64);
         assert_eq!(config.retention, SignedDuration::from_hours(30 * 24));
         assert_eq!(config.lease_duration, Duration::from_secs(15));
         assert_eq!(config.lease_namespace().unwrap(), "vpn");
