@@ -1,6 +1,7 @@
 //! The AmneziaWG kernel module's generic netlink messages, pure: building the `SET_DEVICE`
 //! messages of one update (device settings, obfuscation parameters and a [`PeerDiff`]) and
-//! reading a `GET_DEVICE` dump back into the agent's [`InterfaceSnapshot`] and [`AwgParams`].
+//! reading a `GET_DEVICE` dump back into the agent's
+//! [`InterfaceSnapshot`](crate::snapshot::InterfaceSnapshot) and [`AwgParams`].
 //!
 //! The family is `amneziawg`, shaped like WireGuard's `wireguard` family with the obfuscation
 //! attributes after it. `netlink-packet-amneziawg` defines the WireGuard attributes and AWG

@@ -440,7 +440,7 @@ impl StatusQueue {
 
     /// Sends queued writes until `shutdown`: at most `per_second` a second on average, with
     /// bursts of up to a second's worth (so a batch of new peers reads `Ready` at once) and up
-    /// to [`WRITES_IN_FLIGHT`] at a time. Failed writes are queued again unless the object is
+    /// to `WRITES_IN_FLIGHT` at a time. Failed writes are queued again unless the object is
     /// gone (404) or a newer write replaced them.
     pub async fn run_writer(
         self: Arc<Self>,

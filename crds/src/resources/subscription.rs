@@ -20,7 +20,7 @@ const NAME_PATTERN: &str = "^tg-[1-9][0-9]{0,17}$";
 /// The longest subscription name: the prefix and 18 digits.
 const NAME_MAX_LENGTH: i64 = 21;
 
-/// The largest Telegram user id a subscription name can hold: 18 digits ([`NAME_PATTERN`]).
+/// The largest Telegram user id a subscription name can hold: 18 digits (the name pattern, `^tg-[1-9][0-9]{0,17}$`).
 pub const MAX_TELEGRAM_USER_ID: i64 = 999_999_999_999_999_999;
 
 /// The name of the subscription of a Telegram user.
