@@ -651,10 +651,15 @@ async fn keyed_on_interface(chain: &Chain, name: &str) -> String {
     .await;
     match found {
         Ok(key) => key,
-        Err(_) => panic!(
-            "{name}'s key did not reach the interface within 10 s; the cluster holds:\n{}",
-            chain.cluster.describe().await
-        ),
+        Err(_) => {
+            let subscription = name.rsplit_once('-').map_or(name, |(sub, _)| sub);
+            panic!(
+                "{name}'s key did not reach the interface within 10 s; the cluster holds:\n{}\n\
+                 the components' writes of the subscription and its peers:\n{}",
+                chain.cluster.describe().await,
+                chain.cluster.writes_naming(subscription).join("\n")
+            )
+        }
     }
 }
 

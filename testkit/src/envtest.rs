@@ -240,6 +240,30 @@ impl ControlPlane {
             .collect()
     }
 
+    /// Every write (not `get`, `list` or `watch`) any ServiceAccount made so far whose URI
+    /// contains `fragment`, in the order the server finished them, one line each: when it
+    /// arrived, who made it, and the request — for a failing test to say who wrote an object.
+    pub fn writes_naming(&self, fragment: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
+            .filter(|event| event.stage == "ResponseComplete")
+            .filter(|event| !matches!(event.verb.as_str(), "get" | "list" | "watch"))
+            .filter(|event| event.request_uri.contains(fragment))
+            .map(|event| {
+                let who = event.user.username.rsplit(':').next().unwrap_or_default();
+                let code = event.response_status.and_then(|status| status.code);
+                format!(
+                    "{} {who} {} -> {}: {}",
+                    event.request_received_timestamp,
+                    event.verb,
+                    code.map_or("-".into(), |c| c.to_string()),
+                    event.request_uri
+                )
+            })
+            .collect()
+    }
+
     fn config(&self) -> kube::Config {
         let mut config = kube::Config::new(self.server.parse().expect("the server URL"));
         let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).expect("the CA");
@@ -292,6 +316,8 @@ impl std::fmt::Display for AuditedRequest {
 struct AuditEvent {
     stage: String,
     verb: String,
+    #[serde(default)]
+    request_received_timestamp: String,
     #[serde(rename = "requestURI")]
     request_uri: String,
     user: AuditUser,

@@ -258,6 +258,12 @@ impl Cluster {
             .requests_of(&self.namespace, &service_account(component))
     }
 
+    /// Every component's write whose URI contains `fragment`, in order (see
+    /// `ControlPlane::writes_naming`).
+    pub fn writes_naming(&self, fragment: &str) -> Vec<String> {
+        self.plane.writes_naming(fragment)
+    }
+
     /// Fails the test unless every component given a client made calls and the server refused
     /// none of them (its own 403s, from its audit log).
     pub fn assert_nothing_forbidden(&self) {
