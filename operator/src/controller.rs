@@ -67,6 +67,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// (`wgsub_operator_events_dropped_total`), so a burst of reconciles (a cold start over
 /// thousands of new subscriptions) neither waits for its Events nor queues them without bound.
 pub const EVENT_QUEUE: usize = 256;
+/// The longest a reconcile waits for the watched peers to show deletions the API server has
+/// already made (see `Context::peers`); then it fails and is retried.
+pub const STORE_CATCH_UP: Duration = Duration::from_secs(5);
 /// The least time between two Events [`run`] publishes (at most 20 a second): a burst of
 /// payments gets the API server's time for its peers first, and its Events follow.
 pub const EVENT_INTERVAL: Duration = Duration::from_millis(50);
@@ -227,37 +230,59 @@ impl Context {
     /// they nor this operator's own writes hold does not exist (no read); a peer whose newest
     /// version this operator wrote itself is that write (no read); the others are read fresh
     /// from the API ([`PeerView`]). Without the watch, every name is read.
+    ///
+    /// A peer read as gone while the watched store still holds it shows the store behind the
+    /// API server: then what the store says is absent may exist already (a device the API
+    /// added just before it deleted another, as a key rotation does), and a reconcile that
+    /// saw no device at all would give the subscription a first one again. So the reconcile
+    /// waits until the store has caught up with those deletions (at most
+    /// [`STORE_CATCH_UP`]) and looks again.
     async fn peers(
         &self,
         api: &Api<WgPeer>,
         namespace: &str,
         names: Vec<String>,
     ) -> Result<Vec<WgPeer>, Error> {
-        let mut peers = Vec::new();
-        let store = match self.peers.get() {
-            Some((store, listed)) => {
-                listed.wait().await?;
-                Some(store)
+        let Some((store, listed)) = self.peers.get() else {
+            let mut peers = Vec::new();
+            for name in names {
+                peers.extend(api.get_opt(&name).await?);
             }
-            None => None,
+            return Ok(peers);
         };
-        for name in names {
-            let known = match store {
-                Some(store) => {
-                    let reference = ObjectRef::new(&name).within(namespace);
-                    self.peer_view.known(namespace, &name, || {
-                        store.get(&reference).map(|meta| meta.resource_version())
-                    })
+        listed.wait().await?;
+        let held = |name: &str| store.get(&ObjectRef::new(name).within(namespace)).is_some();
+        let deadline = tokio::time::Instant::now() + STORE_CATCH_UP;
+        loop {
+            let mut peers = Vec::new();
+            let mut behind = Vec::new();
+            for name in &names {
+                let known = self.peer_view.known(namespace, name, || {
+                    store
+                        .get(&ObjectRef::new(name).within(namespace))
+                        .map(|meta| meta.resource_version())
+                });
+                match known {
+                    Known::Absent => {}
+                    Known::Written(peer) => peers.push(peer.as_ref().clone()),
+                    Known::Read => match api.get_opt(name).await? {
+                        Some(peer) => peers.push(peer),
+                        None if held(name) => behind.push(name.as_str()),
+                        None => {}
+                    },
                 }
-                None => Known::Read,
-            };
-            match known {
-                Known::Absent => {}
-                Known::Written(peer) => peers.push(peer.as_ref().clone()),
-                Known::Read => peers.extend(api.get_opt(&name).await?),
+            }
+            if behind.is_empty() {
+                return Ok(peers);
+            }
+            debug!(namespace, peers = ?behind, "peers gone from the API are still in the watched store; waiting for it");
+            while behind.iter().any(|name| held(name)) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::StoreBehind);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Ok(peers)
     }
 
     /// Whether the watched peers hold `namespace/name` now.
@@ -413,6 +438,8 @@ pub enum Error {
     Problem(Problem),
     #[error("the controller stops before the watched objects were listed")]
     Stopping,
+    #[error("the watched peers did not catch up with the API server within {STORE_CATCH_UP:?}")]
+    StoreBehind,
 }
 
 impl Error {
@@ -424,6 +451,7 @@ impl Error {
             Error::NoNamespace(_) => "NoNamespace",
             Error::Problem(problem) => problem.reason(),
             Error::Stopping => "Stopping",
+            Error::StoreBehind => "StoreBehind",
         }
     }
 }
@@ -1313,6 +1341,107 @@ mod tests {
         let listed = Listed::new(&store, CancellationToken::new());
         drop(writer);
         assert!(matches!(listed.wait().await, Err(Error::Stopping)));
+    }
+
+    /// A reconcile's context on the real API server, with the watched peers played by `store`
+    /// (fed by hand, its first list over).
+    fn context_with_peers(client: Client, store: Store<PartialObjectMeta<WgPeer>>) -> Context {
+        let ctx = Context::new(
+            client,
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: None,
+            },
+            Settings {
+                default_server: "wg".into(),
+                retention: SignedDuration::from_hours(24),
+                keys_namespace: None,
+            },
+            Arc::new(Metrics::new()),
+            Arc::new(Timestamp::now),
+        );
+        let listed = Listed::new(&store, CancellationToken::new());
+        let _ = ctx.peers.set((store, listed));
+        ctx
+    }
+
+    fn identity(namespace: &str, name: &str, version: &str) -> PartialObjectMeta<WgPeer> {
+        PartialObjectMeta {
+            types: None,
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                resource_version: Some(version.into()),
+                ..kube::api::ObjectMeta::default()
+            },
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    /// The API server holds the replacement tg-1-2 and no longer tg-1-1 (a key rotation); the
+    /// watched store still holds tg-1-1 and not yet tg-1-2. Returns the peers API, the store's
+    /// writer and the context.
+    async fn rotated_behind_the_store() -> (
+        Api<WgPeer>,
+        reflector::store::Writer<PartialObjectMeta<WgPeer>>,
+        Context,
+        String,
+    ) {
+        let plane = wgsub_testkit::envtest::ControlPlane::with_crds();
+        let namespace = plane.namespace("behind").await;
+        let client = plane.admin_client();
+        let peers: Api<WgPeer> = Api::namespaced(client.clone(), &namespace);
+        let key = PrivateKey::generate();
+        let replacement =
+            wgsub_testkit::fixtures::peer("tg-1-2", "tg-1", "wg", &key, "10.8.0.3/32");
+        peers
+            .create(&Default::default(), &replacement)
+            .await
+            .expect("the replacement");
+        let (store, mut writer) = reflector::store::<PartialObjectMeta<WgPeer>>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(identity(
+            &namespace, "tg-1-1", "1",
+        )));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        (peers, writer, context_with_peers(client, store), namespace)
+    }
+
+    fn names() -> Vec<String> {
+        vec!["tg-1-1".to_owned(), "tg-1-2".to_owned()]
+    }
+
+    #[tokio::test]
+    async fn a_store_behind_a_deletion_is_waited_for_so_a_device_added_before_it_is_seen() {
+        let (peers, mut writer, ctx, namespace) = rotated_behind_the_store().await;
+        let watched = namespace.clone();
+        let catching_up = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The watch delivers in order: the replacement's creation, then the deletion.
+            writer.apply_watcher_event(&watcher::Event::Apply(identity(&watched, "tg-1-2", "2")));
+            writer.apply_watcher_event(&watcher::Event::Delete(identity(&watched, "tg-1-1", "3")));
+            writer
+        });
+        let started = Instant::now();
+        let found = ctx.peers(&peers, &namespace, names()).await;
+        let _writer = catching_up.await.unwrap();
+        let found: Vec<String> = found.unwrap().iter().map(ResourceExt::name_any).collect();
+        assert_eq!(
+            found,
+            ["tg-1-2"],
+            "not an empty list: the subscription would get a first device again"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_never_catches_up_fails_the_reconcile_for_a_retry() {
+        let (peers, _writer, ctx, namespace) = rotated_behind_the_store().await;
+        let started = Instant::now();
+        let result = ctx.peers(&peers, &namespace, names()).await;
+        assert!(matches!(result, Err(Error::StoreBehind)), "{result:?}");
+        assert!(started.elapsed() >= STORE_CATCH_UP);
+        assert_eq!(Error::StoreBehind.reason(), "StoreBehind");
     }
 
     #[test]
