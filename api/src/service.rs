@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
 use wgsub_ledger::db;
 
 use crate::config::{Command, DatabaseArgs, ImportArgs, ServeArgs};
-use crate::state::state_from_args;
+use crate::state::{SharedState, state_from_args};
 use crate::{app, import, system};
 
 /// Runs `command` to its end; an error is printed by `main` as one line.
@@ -31,23 +32,38 @@ async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves HTTP on `--http-addr` with the drift loop beside it, until SIGTERM or SIGINT; the
-/// drift loop is waited for after the last request.
+/// Serves HTTP on `--http-addr` with the drift loop beside it, until SIGTERM or SIGINT.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
     let state = state_from_args(&args, client).await?;
-    let stop = wgsub_runtime::shutdown::on_signal();
-    let drift = tokio::spawn(system::drift_loop(
-        state.clone(),
-        args.drift_interval,
-        stop.clone(),
-    ));
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .with_context(|| format!("--http-addr {}", args.http_addr))?;
     tracing::info!(addr = %args.http_addr, namespace = %args.namespace, "serving");
+    serve_until(
+        state,
+        listener,
+        args.drift_interval,
+        wgsub_runtime::shutdown::on_signal(),
+    )
+    .await
+}
+
+/// Serves the API on `listener` with the drift loop (every `drift_interval`) beside it until
+/// `stop` is cancelled; the drift loop is waited for after the last request.
+pub async fn serve_until(
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    drift_interval: std::time::Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let drift = tokio::spawn(system::drift_loop(
+        state.clone(),
+        drift_interval,
+        stop.clone(),
+    ));
     axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -60,8 +76,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads `--wg-config` and `--csv`, runs [`import::run`] and prints its plan (also when it
-/// fails part way).
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let wg_text = std::fs::read_to_string(&args.wg_config)
         .with_context(|| format!("--wg-config {}", args.wg_config.display()))?;

@@ -1,11 +1,11 @@
 //! The wgsub API in this process, configured from the binary's own flags (`wgsub-api serve …`)
-//! and wired as `serve` in `wgsub_api::service` wires it — ledger on PostgreSQL, YooKassa
-//! client, Kubernetes APIs, drift loop — serving on a loopback port; plus the two kinds of
+//! and served by the binary's own `wgsub_api::service::serve_until` — ledger on PostgreSQL,
+//! YooKassa client, Kubernetes APIs, drift loop — on a loopback port; plus the two kinds of
 //! callers: the Mini App (with initData signed by a bot token made for this run) and YooKassa's
 //! webhook (arriving through the trusted reverse proxy with a YooKassa source address in
 //! `X-Forwarded-For`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use clap::Parser as _;
 use jiff::Timestamp;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wgsub_api::config::{Cli, Command, ServeArgs};
 use wgsub_api::state::state_from_args;
-use wgsub_api::{app, initdata, system};
+use wgsub_api::{initdata, service};
 use wgsub_crds::plans::PlanCatalogue;
 use wgsub_ledger::TelegramUser;
 
@@ -89,30 +89,17 @@ impl ApiServer {
             .await
             .expect("the API state from its settings");
         let stop = CancellationToken::new();
-        let drift = tokio::spawn(system::drift_loop(
-            state.clone(),
-            args.drift_interval,
-            stop.clone(),
-        ));
         let listener = tokio::net::TcpListener::bind(args.http_addr)
             .await
             .expect("listen on loopback");
         let address = listener.local_addr().expect("the listening address");
-        let served = stop.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app(state).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { served.cancelled().await })
-            .await
-            .expect("the API serves");
-        });
+        let serving = service::serve_until(state, listener, args.drift_interval, stop.clone());
+        let server = tokio::spawn(async move { serving.await.expect("the API serves") });
         ApiServer {
             base: format!("http://{address}"),
             http: reqwest::Client::new(),
             stop,
-            tasks: vec![drift, server],
+            tasks: vec![server],
         }
     }
 
